@@ -1,0 +1,49 @@
+package units
+
+import (
+	"testing"
+	"time"
+)
+
+func TestParseSize(t *testing.T) {
+	tests := map[string]int64{
+		"64 MB": 64 << 20, "64MiB": 64 << 20, "1.5 GB": 3 << 29, "4096": 4096, "10 KBytes": 10 << 10, "0": 0,
+	}
+	for in, want := range tests {
+		got, err := ParseSize(in)
+		if err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "MB", "-1 MB", "12 parsecs", "1e99 GB"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) accepted bad input", in)
+		}
+	}
+}
+
+func TestParseDuration(t *testing.T) {
+	tests := map[string]time.Duration{
+		"10 minutes": 10 * time.Minute, "1h": time.Hour, "30": 30 * time.Second, "1m30s": 90 * time.Second,
+		"250 ms": 250 * time.Millisecond, "2 days": 48 * time.Hour,
+	}
+	for in, want := range tests {
+		got, err := ParseDuration(in)
+		if err != nil || got != want {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "soon", "-5 s", "5 fortnights"} {
+		if _, err := ParseDuration(in); err == nil {
+			t.Errorf("ParseDuration(%q) accepted bad input", in)
+		}
+	}
+}
+
+func TestFormatSize(t *testing.T) {
+	for n, want := range map[int64]string{64 << 20: "64 MB", 1 << 30: "1 GB", 1536: "1536 bytes", 2048: "2 KB"} {
+		if got := FormatSize(n); got != want {
+			t.Errorf("FormatSize(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
