@@ -1,0 +1,45 @@
+package policy
+
+// API names the host calls a function can make. Each is a yes/no item of the
+// middlebox node policy and must be listed in a manifest to be usable.
+const (
+	APISend      = "send"       // send bytes to the invoking client
+	APIRecv      = "recv"       // receive bytes from the invoking client
+	APILog       = "log"        // write to the instance's log
+	APITime      = "time"       // wall clock
+	APISleep     = "sleep"      // sleep
+	APIRandom    = "random"     // random bytes
+	APIStorage   = "storage"    // the instance's private key/value storage
+	APIHTTPFetch = "http.fetch" // HTTP(S) fetch, checked against the destination policy
+	APIBento     = "bento"      // deploy/invoke/shutdown functions on other Bento servers
+	APIExit      = "exit"       // end the instance from inside (e.g. Dropbox after its last get)
+)
+
+// APIs lists every known host call with a one-line description, in the
+// order shown to operators.
+var APIs = []struct{ Name, Doc string }{
+	{APISend, "send output to the invoking client"},
+	{APIRecv, "receive input from the invoking client"},
+	{APILog, "write to the instance log (kept by bentod, shown to the shutdown-token holder)"},
+	{APITime, "read the wall clock"},
+	{APISleep, "sleep"},
+	{APIRandom, "read random bytes"},
+	{APIStorage, "private key/value storage, counted against the storage limit"},
+	{APIExit, "end the instance from inside"},
+	{APIHTTPFetch, "HTTP(S) requests to destinations the destination policy accepts"},
+	{APIBento, "deploy, invoke and shut down functions on other Bento servers (composition)"},
+}
+
+// KnownAPI reports whether name is a host call.
+func KnownAPI(name string) bool {
+	for _, a := range APIs {
+		if a.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// DefaultAPIs are allowed when bentorc has no AllowAPI line: everything
+// that cannot reach the network.
+var DefaultAPIs = []string{APISend, APIRecv, APILog, APITime, APISleep, APIRandom, APIStorage, APIExit}

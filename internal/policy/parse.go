@@ -1,0 +1,388 @@
+package policy
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/torbento/bento/internal/exitpolicy"
+	"github.com/torbento/bento/internal/units"
+)
+
+// ConfigError points at the line of bentorc that is wrong.
+type ConfigError struct {
+	File string
+	Line int
+	Msg  string
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
+}
+
+// line is one logical configuration line.
+type line struct {
+	file    string
+	num     int
+	keyword string
+	value   string
+}
+
+const maxIncludeDepth = 8
+
+// Load reads the bentorc at path (following %include) and returns the
+// effective policy, starting from Default.
+func Load(path string) (*Policy, error) {
+	lines, err := readLines(path, 0)
+	if err != nil {
+		return nil, err
+	}
+	return fromLines(lines, memTotal())
+}
+
+// Parse parses bentorc text; name is used in error messages. %include is
+// resolved relative to the working directory.
+func Parse(name string, data []byte) (*Policy, error) {
+	lines, err := splitLines(name, data, 0)
+	if err != nil {
+		return nil, err
+	}
+	return fromLines(lines, memTotal())
+}
+
+func readLines(path string, depth int) ([]line, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading configuration: %w", err)
+	}
+	return splitLines(path, data, depth)
+}
+
+// splitLines implements torrc's lexical rules: "Keyword value" lines,
+// comments from '#', backslash-newline continuation, case-insensitive
+// keywords, and "%include PATH" of a file or a directory (files in lexical
+// order, dotfiles skipped).
+func splitLines(name string, data []byte, depth int) ([]line, error) {
+	var out []line
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	num, start := 0, 0
+	var cont strings.Builder
+	for sc.Scan() {
+		num++
+		text := sc.Text()
+		if cont.Len() == 0 {
+			start = num
+		}
+		if i := strings.IndexByte(text, '#'); i >= 0 {
+			text = text[:i]
+		}
+		if strings.HasSuffix(text, "\\") {
+			cont.WriteString(strings.TrimSuffix(text, "\\"))
+			cont.WriteByte(' ')
+			continue
+		}
+		cont.WriteString(text)
+		full := strings.TrimSpace(cont.String())
+		cont.Reset()
+		if full == "" {
+			continue
+		}
+		kw, val, _ := strings.Cut(full, " ")
+		if i := strings.IndexByte(kw, '\t'); i >= 0 {
+			kw, val = full[:i], full[i+1:]
+		}
+		val = strings.TrimSpace(val)
+		if strings.EqualFold(kw, "%include") {
+			if depth >= maxIncludeDepth {
+				return nil, &ConfigError{name, start, "%include nested too deeply"}
+			}
+			inc, err := include(name, val, depth+1)
+			if err != nil {
+				return nil, &ConfigError{name, start, err.Error()}
+			}
+			out = append(out, inc...)
+			continue
+		}
+		out = append(out, line{file: name, num: start, keyword: strings.ToLower(kw), value: val})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return out, nil
+}
+
+func include(from, path string, depth int) ([]line, error) {
+	if path == "" {
+		return nil, fmt.Errorf("%%include needs a file or directory")
+	}
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(filepath.Dir(from), path)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !st.IsDir() {
+		return readLines(path, depth)
+	}
+	ents, err := os.ReadDir(path)
+	if err != nil {
+		return nil, err
+	}
+	names := []string{}
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), ".") && !e.IsDir() {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	var out []line
+	for _, n := range names {
+		l, err := readLines(filepath.Join(path, n), depth)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, l...)
+	}
+	return out, nil
+}
+
+func fromLines(lines []line, mem int64) (*Policy, error) {
+	p := Default()
+	apisSet, imagesSet := false, false
+	dest := &exitpolicy.Policy{}
+	for _, l := range lines {
+		fail := func(format string, a ...any) error {
+			return &ConfigError{l.file, l.num, fmt.Sprintf(format, a...)}
+		}
+		size := func(dst *int64) error {
+			n, err := units.ParseSize(l.value)
+			if err != nil {
+				return fail("%s: %v", l.keyword, err)
+			}
+			*dst = n
+			return nil
+		}
+		cores := func(dst *float64) error {
+			f, err := strconv.ParseFloat(l.value, 64)
+			if err != nil || f < 0 || f > 4096 {
+				return fail("%s: %q is not a number of cores (e.g. 0.5)", l.keyword, l.value)
+			}
+			*dst = f
+			return nil
+		}
+		count := func(dst *int) error {
+			n, err := strconv.Atoi(l.value)
+			if err != nil || n < 0 {
+				return fail("%s: %q is not a non-negative whole number", l.keyword, l.value)
+			}
+			*dst = n
+			return nil
+		}
+		var err error
+		switch l.keyword {
+		case "listenaddress", "policyaddress":
+			v := l.value
+			if l.keyword == "policyaddress" && (v == "0" || strings.EqualFold(v, "none")) {
+				p.PolicyAddress = ""
+				continue
+			}
+			if _, _, e := net.SplitHostPort(v); e != nil {
+				err = fail("%s: %q is not HOST:PORT (e.g. 127.0.0.1:8888)", l.keyword, v)
+			} else if l.keyword == "listenaddress" {
+				p.ListenAddress = v
+			} else {
+				p.PolicyAddress = v
+			}
+		case "datadirectory":
+			if !filepath.IsAbs(l.value) {
+				err = fail("DataDirectory must be an absolute path, got %q", l.value)
+			}
+			p.DataDirectory = l.value
+		case "runtime":
+			switch l.value {
+			case "runc", "crun", "runsc":
+				p.Runtime = l.value
+			default:
+				err = fail("Runtime %q: want runc, crun or runsc", l.value)
+			}
+		case "runtimepath":
+			p.RuntimePath = l.value
+		case "runnerpath":
+			p.RunnerPath = l.value
+		case "nickname":
+			p.Nickname = l.value
+		case "log":
+			lvl := strings.ToLower(strings.Fields(l.value + " x")[0])
+			switch lvl {
+			case "err", "warn", "notice", "info", "debug":
+				p.LogLevel = lvl
+			default:
+				err = fail("Log %q: want one of err, warn, notice, info, debug", l.value)
+			}
+		case "safelogging":
+			switch l.value {
+			case "1":
+				p.SafeLogging = true
+			case "0":
+				p.SafeLogging = false
+			default:
+				err = fail("SafeLogging takes 0 or 1")
+			}
+		case "allowapi":
+			if !apisSet {
+				p.APIs = map[string]bool{}
+				apisSet = true
+			}
+			for _, a := range splitList(l.value) {
+				if strings.EqualFold(a, "none") {
+					continue
+				}
+				if !KnownAPI(a) {
+					err = fail("AllowAPI: unknown host call %q (known: %s)", a, knownList())
+					break
+				}
+				p.APIs[a] = true
+			}
+		case "image":
+			if !imagesSet {
+				p.Images = nil
+				imagesSet = true
+			}
+			for _, i := range splitList(l.value) {
+				if i != "starlark" {
+					err = fail("Image %q is not built in (available: starlark)", i)
+					break
+				}
+				if !p.HasImage(i) {
+					p.Images = append(p.Images, i)
+				}
+			}
+		case "destinationpolicy":
+			q, warns, e := exitpolicy.Parse(l.value)
+			if e != nil {
+				err = fail("DestinationPolicy: %v", e)
+				break
+			}
+			for _, w := range warns {
+				p.Warnings = append(p.Warnings, fmt.Sprintf("%s:%d: DestinationPolicy %s", l.file, l.num, w))
+			}
+			dest.Append(q)
+		case "maxmemory":
+			err = size(&p.Max.Memory)
+		case "maxcpu":
+			err = cores(&p.Max.CPU)
+		case "maxcputime", "maxlifetime":
+			d, e := units.ParseDuration(l.value)
+			if e != nil {
+				err = fail("%s: %v", l.keyword, e)
+			} else if l.keyword == "maxcputime" {
+				p.Max.CPUTime = d
+			} else {
+				p.Max.Lifetime = d
+			}
+		case "maxprocesses":
+			err = count(&p.Max.Processes)
+		case "maxstorage":
+			err = size(&p.Max.Storage)
+		case "maxoutput":
+			err = size(&p.Max.Output)
+		case "maxuploadsize":
+			err = size(&p.Max.Upload)
+		case "maxfetchsize":
+			err = size(&p.Max.Fetch)
+		case "maxsteps":
+			n, e := strconv.ParseUint(l.value, 10, 64)
+			if e != nil {
+				err = fail("MaxSteps %q is not a whole number", l.value)
+			}
+			p.Max.Steps = n
+		case "totalmemory":
+			err = size(&p.Aggregate.Memory)
+		case "totalcpu":
+			err = cores(&p.Aggregate.CPU)
+		case "reservememory":
+			err = size(&p.Aggregate.ReserveMemory)
+		case "reservecpu":
+			err = cores(&p.Aggregate.ReserveCPU)
+		case "maxinstances":
+			err = count(&p.Aggregate.Instances)
+		default:
+			err = fail("unknown keyword %q (see docs/operators.md for the list)", l.keyword)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	p.Destinations = dest
+	p.finish(mem)
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Validate checks the policy as a whole.
+func (p *Policy) Validate() error {
+	if len(p.Images) == 0 {
+		return fmt.Errorf("no Image offered: functions could not run (add \"Image starlark\")")
+	}
+	if p.Aggregate.Memory > 0 && p.Max.Memory > p.Aggregate.Memory {
+		return fmt.Errorf("MaxMemory %s exceeds the memory left for functions (%s after ReserveMemory)",
+			units.FormatSize(p.Max.Memory), units.FormatSize(p.Aggregate.Memory))
+	}
+	if p.Max.Memory < 16<<20 {
+		return fmt.Errorf("MaxMemory %s is below 16 MB, the least a function runner needs", units.FormatSize(p.Max.Memory))
+	}
+	if p.Max.Processes < 4 {
+		return fmt.Errorf("MaxProcesses %d is below 4, the least a function runner needs", p.Max.Processes)
+	}
+	if p.APIs[APIHTTPFetch] || p.APIs[APIBento] {
+		if !p.Destinations.AcceptsAny() {
+			p.Warnings = append(p.Warnings, "AllowAPI lists a network call but DestinationPolicy accepts nothing: such calls will always be refused")
+		}
+	}
+	return nil
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, f := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }) {
+		out = append(out, strings.ToLower(f))
+	}
+	return out
+}
+
+func knownList() string {
+	var names []string
+	for _, a := range APIs {
+		names = append(names, a.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
+// memTotal reads the machine's memory from /proc/meminfo.
+func memTotal() int64 {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 1 << 30
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(l, "MemTotal:"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				if kb, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+					return kb << 10
+				}
+			}
+		}
+	}
+	return 1 << 30
+}

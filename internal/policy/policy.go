@@ -1,0 +1,182 @@
+// Package policy holds the operator's configuration of bentod: the
+// middlebox node policy (which host calls, images, resources and
+// destinations functions may use, per function and over all of them) and
+// the daemon settings around it. It is read from a torrc-style file
+// (bentorc) and served to clients as JSON.
+package policy
+
+import (
+	"math"
+	"runtime"
+	"sort"
+	"time"
+
+	"github.com/torbento/bento/internal/exitpolicy"
+)
+
+// Limits are resource amounts: per-function ceilings in a policy, or what a
+// manifest asks for.
+type Limits struct {
+	Memory    int64         `json:"memory_bytes"`    // cgroup memory limit (no swap)
+	CPU       float64       `json:"cpu_cores"`       // CPU bandwidth, in cores
+	CPUTime   time.Duration `json:"cpu_time_ns"`     // total CPU time before the instance is stopped
+	Processes int           `json:"processes"`       // pids limit (threads count)
+	Storage   int64         `json:"storage_bytes"`   // storage API bytes, and the size of the scratch tmpfs
+	Output    int64         `json:"output_bytes"`    // bytes sent to clients over the instance's life
+	Lifetime  time.Duration `json:"lifetime_ns"`     // wall-clock life of the instance
+	Steps     uint64        `json:"starlark_steps"`  // Starlark execution steps per invocation
+	Upload    int64         `json:"upload_bytes"`    // size of the uploaded function bundle
+	Fetch     int64         `json:"fetch_bytes"`     // largest HTTP response body one fetch may return
+}
+
+// Policy is the middlebox node policy plus daemon settings.
+type Policy struct {
+	// Daemon settings (not part of the public policy).
+	ListenAddress string // where clients connect; default 127.0.0.1:8888
+	PolicyAddress string // HTTP address serving the policy JSON; "" disables
+	DataDirectory string
+	Runtime       string // OCI runtime name: runc, crun or runsc
+	RuntimePath   string // path of the runtime binary; "" = search PATH
+	RunnerPath    string // path of bento-runner; "" = beside bentod
+	LogLevel      string // err, warn, notice, info, debug
+	SafeLogging   bool   // scrub addresses from logs (default on)
+	Nickname      string // shown to clients
+
+	// Middlebox node policy.
+	APIs         map[string]bool
+	Images       []string
+	Max          Limits // per-function ceilings
+	Aggregate    Aggregate
+	Destinations *exitpolicy.Policy
+
+	// Warnings found while parsing (ignored policy items and the like).
+	Warnings []string
+}
+
+// Aggregate bounds all instances together and keeps a reserve for the relay.
+type Aggregate struct {
+	Memory        int64   // memory all instances may use together
+	CPU           float64 // cores all instances may use together
+	ReserveMemory int64   // memory kept for tor and the system
+	ReserveCPU    float64 // cores kept for tor and the system
+	Instances     int     // instances at once
+}
+
+// Default returns the safe default policy: no network, small quotas.
+func Default() *Policy {
+	p := &Policy{
+		ListenAddress: "127.0.0.1:8888",
+		PolicyAddress: "127.0.0.1:8889",
+		DataDirectory: "/var/lib/bento",
+		Runtime:       "runc",
+		LogLevel:      "notice",
+		SafeLogging:   true,
+		APIs:          map[string]bool{},
+		Images:        []string{"starlark"},
+		Max: Limits{
+			Memory:    64 << 20,
+			CPU:       0.5,
+			CPUTime:   60 * time.Second,
+			Processes: 32,
+			Storage:   16 << 20,
+			Output:    16 << 20,
+			Lifetime:  10 * time.Minute,
+			Steps:     1e9,
+			Upload:    1 << 20,
+			Fetch:     16 << 20,
+		},
+		Aggregate: Aggregate{
+			ReserveMemory: 512 << 20,
+			ReserveCPU:    0.5,
+			Instances:     128,
+		},
+		Destinations: &exitpolicy.Policy{},
+	}
+	for _, a := range DefaultAPIs {
+		p.APIs[a] = true
+	}
+	return p
+}
+
+// finish fills in aggregate ceilings that depend on the machine.
+func (p *Policy) finish(memTotal int64) {
+	if p.Aggregate.Memory == 0 {
+		p.Aggregate.Memory = max(memTotal-p.Aggregate.ReserveMemory, 0)
+	}
+	if p.Aggregate.CPU == 0 {
+		p.Aggregate.CPU = math.Max(float64(runtime.NumCPU())-p.Aggregate.ReserveCPU, 0)
+	}
+}
+
+// AllowedAPIs returns the allowed host calls, sorted.
+func (p *Policy) AllowedAPIs() []string {
+	var out []string
+	for a, ok := range p.APIs {
+		if ok {
+			out = append(out, a)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// HasImage reports whether the policy offers the image.
+func (p *Policy) HasImage(name string) bool {
+	for _, i := range p.Images {
+		if i == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Public is the policy as served to clients: what a function may ask for.
+// It holds no paths, addresses or other daemon settings.
+type Public struct {
+	Version      int      `json:"version"`
+	Nickname     string   `json:"nickname,omitempty"`
+	APIs         []string `json:"apis"`
+	Images       []string `json:"images"`
+	Max          Limits   `json:"max"`
+	Destinations []string `json:"destinations"` // tor exit-policy items; deny when none match
+	Free         struct {
+		Memory    int64   `json:"memory_bytes"`
+		CPU       float64 `json:"cpu_cores"`
+		Instances int     `json:"instances"`
+	} `json:"free"`
+}
+
+// PublicView returns the public form of the policy.
+func (p *Policy) PublicView() *Public {
+	pub := &Public{
+		Version:      1,
+		Nickname:     p.Nickname,
+		APIs:         p.AllowedAPIs(),
+		Images:       append([]string(nil), p.Images...),
+		Max:          p.Max,
+		Destinations: append([]string{}, p.Destinations.Items...),
+	}
+	if pub.APIs == nil {
+		pub.APIs = []string{}
+	}
+	return pub
+}
+
+// FromPublic rebuilds the checkable part of a policy from its public form,
+// so a client can check a manifest before uploading it.
+func FromPublic(pub *Public) (*Policy, error) {
+	p := &Policy{APIs: map[string]bool{}, Images: pub.Images, Max: pub.Max, Nickname: pub.Nickname}
+	for _, a := range pub.APIs {
+		p.APIs[a] = true
+	}
+	dest := &exitpolicy.Policy{}
+	for _, item := range pub.Destinations {
+		q, _, err := exitpolicy.Parse(item)
+		if err != nil {
+			return nil, err
+		}
+		dest.Append(q)
+	}
+	p.Destinations = dest
+	return p, nil
+}

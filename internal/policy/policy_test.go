@@ -1,0 +1,134 @@
+package policy
+
+import (
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaults(t *testing.T) {
+	p, err := Parse("empty", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.APIs[APIHTTPFetch] || p.APIs[APIBento] {
+		t.Error("default policy allows network calls")
+	}
+	if p.Destinations.AcceptsAny() {
+		t.Error("default policy accepts destinations")
+	}
+	if p.Max.Memory != 64<<20 || !p.SafeLogging || p.Runtime != "runc" {
+		t.Errorf("unexpected defaults: %+v", p)
+	}
+}
+
+func TestParse(t *testing.T) {
+	dir := t.TempDir()
+	inc := filepath.Join(dir, "bentorc.d")
+	if err := os.Mkdir(inc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(inc, "10-net"), []byte("AllowAPI http.fetch\nDestinationPolicy accept 127.0.0.1:8000-9000\n"), 0o644)
+	os.WriteFile(filepath.Join(inc, ".hidden"), []byte("Bogus 1\n"), 0o644)
+	rc := filepath.Join(dir, "bentorc")
+	os.WriteFile(rc, []byte(`# Bento node policy
+Nickname   relay1
+ListenAddress 127.0.0.1:9999
+DataDirectory /tmp/bento   # comment
+allowapi send,recv \
+   log
+MaxMemory 128 MB
+MaxCPU 1.5
+MaxLifetime 5 minutes
+DestinationPolicy reject 127.0.0.1:8888
+%include bentorc.d
+ReserveMemory 1 GB
+MaxInstances 10
+`), 0o644)
+	p, err := Load(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(p.AllowedAPIs(), ","); got != "http.fetch,log,recv,send" {
+		t.Errorf("APIs = %s", got)
+	}
+	if p.Max.Memory != 128<<20 || p.Max.CPU != 1.5 || p.Max.Lifetime != 5*time.Minute {
+		t.Errorf("limits = %+v", p.Max)
+	}
+	if p.Destinations.Allows(netip.MustParseAddr("127.0.0.1"), 8888) {
+		t.Error("first DestinationPolicy line must win")
+	}
+	if !p.Destinations.Allows(netip.MustParseAddr("127.0.0.1"), 8080) {
+		t.Error("included DestinationPolicy lost")
+	}
+	if p.ListenAddress != "127.0.0.1:9999" || p.Nickname != "relay1" || p.Aggregate.Instances != 10 {
+		t.Errorf("settings = %+v", p)
+	}
+	b, _ := json.Marshal(p.PublicView())
+	if strings.Contains(string(b), "/tmp/bento") || strings.Contains(string(b), "9999") {
+		t.Errorf("public view leaks daemon settings: %s", b)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := map[string]string{
+		"Bogus 1":                           "unknown keyword",
+		"\n\nMaxMemory lots":                "empty:3: maxmemory",
+		"AllowAPI exec":                     "unknown host call",
+		"DestinationPolicy allow *:*":       "DestinationPolicy",
+		"Runtime docker":                    "want runc",
+		"DataDirectory relative":            "absolute",
+		"MaxMemory 1 MB":                    "below 16 MB",
+		"ListenAddress 8888":                "HOST:PORT",
+		"Image python":                      "not built in",
+		"MaxCPU -1":                         "number of cores",
+		"SafeLogging yes":                   "0 or 1",
+	}
+	for in, want := range tests {
+		_, err := Parse("empty", []byte(in))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q) = %v, want error containing %q", in, err, want)
+		}
+	}
+}
+
+func TestFromPublic(t *testing.T) {
+	p, err := Parse("x", []byte("AllowAPI send,http.fetch\nDestinationPolicy accept 127.0.0.1:80, reject *:*\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(p.PublicView())
+	var pub Public
+	if err := json.Unmarshal(b, &pub); err != nil {
+		t.Fatal(err)
+	}
+	q, err := FromPublic(&pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !q.APIs[APIHTTPFetch] || !q.Destinations.Allows(netip.MustParseAddr("127.0.0.1"), 80) || q.Max != p.Max {
+		t.Errorf("round trip lost data: %+v", q)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("AllowAPI send\nMaxMemory 64 MB\nDestinationPolicy accept *:80\n"))
+	f.Add([]byte("Log info\nSafeLogging 0\nMaxLifetime 1 hour \\\n\nImage starlark\n"))
+	f.Add([]byte("ReserveCPU 0.5\nTotalMemory 2 GB\nMaxInstances 3\n# c\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := Parse("fuzz", data)
+		if err != nil {
+			return
+		}
+		if len(p.Images) == 0 {
+			t.Fatal("accepted a policy with no image")
+		}
+		if _, err := json.Marshal(p.PublicView()); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
