@@ -1,0 +1,319 @@
+// Package manifest defines a function's manifest (bento.toml): what the
+// function is, which image and entry point it uses, the host calls it needs,
+// the resources it asks for and the destinations it will contact. Check
+// compares a manifest with a node policy and lists every item that exceeds
+// it; an admitted instance gets exactly what its manifest asked for.
+package manifest
+
+import (
+	"bytes"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/torbento/bento/internal/exitpolicy"
+	"github.com/torbento/bento/internal/policy"
+	"github.com/torbento/bento/internal/units"
+)
+
+// FileName is the manifest's name inside a function directory.
+const FileName = "bento.toml"
+
+// Modes of an instance.
+const (
+	// ModeOneShot instances end when their first invocation returns.
+	ModeOneShot = "oneshot"
+	// ModeService instances stay up for further invocations until shut
+	// down, until their lifetime ends, or until they call exit().
+	ModeService = "service"
+)
+
+// Manifest is a parsed and validated bento.toml.
+type Manifest struct {
+	Name         string             `json:"name"`
+	Image        string             `json:"image"`
+	Entry        string             `json:"entry"`    // file in the bundle
+	Function     string             `json:"function"` // callable in Entry
+	Mode         string             `json:"mode"`
+	APIs         []string           `json:"apis"`
+	Destinations []string           `json:"destinations"`
+	Resources    policy.Limits      `json:"resources"`
+	Dest         *exitpolicy.Policy `json:"-"`
+}
+
+// file is the TOML shape of bento.toml.
+type file struct {
+	Name         string   `toml:"name"`
+	Image        string   `toml:"image"`
+	Entry        string   `toml:"entry"`
+	Function     string   `toml:"function"`
+	Mode         string   `toml:"mode"`
+	APIs         []string `toml:"apis"`
+	Destinations []string `toml:"destinations"`
+	Resources    struct {
+		Memory    string  `toml:"memory"`
+		CPU       float64 `toml:"cpu"`
+		CPUTime   string  `toml:"cpu_time"`
+		Processes int     `toml:"processes"`
+		Storage   string  `toml:"storage"`
+		Output    string  `toml:"output"`
+		Lifetime  string  `toml:"lifetime"`
+		Steps     uint64  `toml:"steps"`
+	} `toml:"resources"`
+}
+
+// Defaults are what an instance gets for a resource its manifest does not
+// mention (lowered to the policy's ceiling when that is smaller).
+var Defaults = policy.Limits{
+	Memory:    32 << 20,
+	CPU:       0.25,
+	CPUTime:   10 * time.Second,
+	Processes: 16,
+	Storage:   1 << 20,
+	Output:    1 << 20,
+	Lifetime:  time.Minute,
+	Steps:     100_000_000,
+}
+
+// Minimums below which the runner cannot work.
+const (
+	MinMemory    = 16 << 20
+	MinProcesses = 1
+)
+
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$`)
+var identRE = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]{0,63}$`)
+
+// Error is a malformed manifest.
+type Error struct{ Msg string }
+
+func (e *Error) Error() string { return FileName + ": " + e.Msg }
+
+// Parse parses and validates bento.toml. Resources left out stay zero;
+// Resolve fills them in against a policy.
+func Parse(data []byte) (*Manifest, error) {
+	var f file
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&f)
+	if err != nil {
+		return nil, &Error{err.Error()}
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		var keys []string
+		for _, k := range und {
+			keys = append(keys, k.String())
+		}
+		return nil, &Error{fmt.Sprintf("unknown keys %s (known: name, image, entry, function, mode, apis, destinations, [resources] memory, cpu, cpu_time, processes, storage, output, lifetime, steps)", strings.Join(keys, ", "))}
+	}
+	m := &Manifest{
+		Name: f.Name, Image: f.Image, Entry: f.Entry, Function: f.Function, Mode: f.Mode,
+		APIs: f.APIs, Destinations: f.Destinations,
+	}
+	r := &m.Resources
+	r.CPU, r.Processes, r.Steps = f.Resources.CPU, f.Resources.Processes, f.Resources.Steps
+	for _, s := range []struct {
+		key, val string
+		dst      *int64
+	}{{"memory", f.Resources.Memory, &r.Memory}, {"storage", f.Resources.Storage, &r.Storage}, {"output", f.Resources.Output, &r.Output}} {
+		if s.val == "" {
+			continue
+		}
+		n, err := units.ParseSize(s.val)
+		if err != nil {
+			return nil, &Error{"resources." + s.key + ": " + err.Error()}
+		}
+		*s.dst = n
+	}
+	for _, s := range []struct {
+		key, val string
+		dst      *time.Duration
+	}{{"cpu_time", f.Resources.CPUTime, &r.CPUTime}, {"lifetime", f.Resources.Lifetime, &r.Lifetime}} {
+		if s.val == "" {
+			continue
+		}
+		d, err := units.ParseDuration(s.val)
+		if err != nil {
+			return nil, &Error{"resources." + s.key + ": " + err.Error()}
+		}
+		*s.dst = d
+	}
+	if err := m.validate(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (m *Manifest) validate() error {
+	bad := func(format string, a ...any) error { return &Error{fmt.Sprintf(format, a...)} }
+	if !nameRE.MatchString(m.Name) {
+		return bad("name %q: want 1-64 letters, digits, '.', '_' or '-'", m.Name)
+	}
+	if m.Image == "" {
+		m.Image = "starlark"
+	}
+	if m.Entry == "" {
+		m.Entry = "main.star"
+	}
+	if !ValidFileName(m.Entry) {
+		return bad("entry %q: want a file name in the function directory such as main.star", m.Entry)
+	}
+	if m.Function == "" {
+		m.Function = "main"
+	}
+	if !identRE.MatchString(m.Function) {
+		return bad("function %q is not an identifier", m.Function)
+	}
+	switch m.Mode {
+	case "":
+		m.Mode = ModeOneShot
+	case ModeOneShot, ModeService:
+	default:
+		return bad("mode %q: want %q or %q", m.Mode, ModeOneShot, ModeService)
+	}
+	seen := map[string]bool{}
+	for _, a := range m.APIs {
+		if !policy.KnownAPI(a) {
+			return bad("apis: unknown host call %q", a)
+		}
+		if seen[a] {
+			return bad("apis: %q listed twice", a)
+		}
+		seen[a] = true
+	}
+	sort.Strings(m.APIs)
+	dest := &exitpolicy.Policy{}
+	for _, d := range m.Destinations {
+		q, warns, err := exitpolicy.Parse(d)
+		if err != nil {
+			return bad("destinations: %v", err)
+		}
+		if len(warns) > 0 {
+			return bad("destinations: %s", warns[0])
+		}
+		dest.Append(q)
+	}
+	m.Dest = dest
+	r := m.Resources
+	if r.CPU < 0 || r.CPU > 1024 || r.Processes < 0 || r.Memory < 0 {
+		return bad("resources: negative or absurd value")
+	}
+	if r.Memory != 0 && r.Memory < MinMemory {
+		return bad("resources.memory %s is below the minimum of %s", units.FormatSize(r.Memory), units.FormatSize(MinMemory))
+	}
+	if r.Processes != 0 && r.Processes < MinProcesses {
+		return bad("resources.processes %d is below the minimum of %d", r.Processes, MinProcesses)
+	}
+	if (seen[policy.APIHTTPFetch] || seen[policy.APIBento]) && !dest.AcceptsAny() {
+		return bad("apis lists a network call but destinations accepts nothing; add e.g. destinations = [\"accept 192.0.2.1:443\"]")
+	}
+	return nil
+}
+
+// ValidFileName reports whether name may name a file of a function bundle:
+// a plain file name, no directories.
+func ValidFileName(name string) bool {
+	return name != "" && len(name) <= 128 && name != "." && name != ".." &&
+		!strings.ContainsAny(name, "/\\\x00") && !strings.HasPrefix(name, ".")
+}
+
+// Has reports whether the manifest lists the host call.
+func (m *Manifest) Has(api string) bool {
+	for _, a := range m.APIs {
+		if a == api {
+			return true
+		}
+	}
+	return false
+}
+
+// Resolve fills resources the manifest left out with Defaults, lowered to
+// the policy's ceilings.
+func (m *Manifest) Resolve(p *policy.Policy) {
+	r, d, c := &m.Resources, Defaults, p.Max
+	if r.Memory == 0 {
+		r.Memory = min(d.Memory, c.Memory)
+	}
+	if r.CPU == 0 {
+		r.CPU = min(d.CPU, c.CPU)
+	}
+	if r.CPUTime == 0 {
+		r.CPUTime = min(d.CPUTime, c.CPUTime)
+	}
+	if r.Processes == 0 {
+		r.Processes = min(d.Processes, c.Processes)
+	}
+	if r.Storage == 0 {
+		r.Storage = min(d.Storage, c.Storage)
+	}
+	if r.Output == 0 {
+		r.Output = min(d.Output, c.Output)
+	}
+	if r.Lifetime == 0 {
+		r.Lifetime = min(d.Lifetime, c.Lifetime)
+	}
+	if r.Steps == 0 {
+		r.Steps = min(d.Steps, c.Steps)
+	}
+	r.Upload, r.Fetch = c.Upload, c.Fetch
+}
+
+// Violation is one manifest item the policy does not allow.
+type Violation struct {
+	Item    string `json:"item"`    // e.g. "resources.memory", "apis", "destinations"
+	Asked   string `json:"asked"`   // what the manifest asks for
+	Allowed string `json:"allowed"` // what the policy allows
+}
+
+func (v Violation) String() string {
+	return fmt.Sprintf("%s: asks %s, policy allows %s", v.Item, v.Asked, v.Allowed)
+}
+
+// Check lists every item of m that p does not allow. An empty list means
+// the manifest is admissible. Resources must be resolved first.
+func Check(m *Manifest, p *policy.Policy) []Violation {
+	var out []Violation
+	if !p.HasImage(m.Image) {
+		out = append(out, Violation{"image", m.Image, "one of " + strings.Join(p.Images, ", ")})
+	}
+	for _, a := range m.APIs {
+		if !p.APIs[a] {
+			out = append(out, Violation{"apis", a, "only " + strings.Join(p.AllowedAPIs(), ", ")})
+		}
+	}
+	r, c := m.Resources, p.Max
+	size := func(item string, asked, max int64) {
+		if asked > max {
+			out = append(out, Violation{item, units.FormatSize(asked), "at most " + units.FormatSize(max)})
+		}
+	}
+	dur := func(item string, asked, max time.Duration) {
+		if asked > max {
+			out = append(out, Violation{item, asked.String(), "at most " + max.String()})
+		}
+	}
+	size("resources.memory", r.Memory, c.Memory)
+	if r.CPU > c.CPU {
+		out = append(out, Violation{"resources.cpu", fmt.Sprintf("%g cores", r.CPU), fmt.Sprintf("at most %g cores", c.CPU)})
+	}
+	dur("resources.cpu_time", r.CPUTime, c.CPUTime)
+	if r.Processes > c.Processes {
+		out = append(out, Violation{"resources.processes", fmt.Sprint(r.Processes), fmt.Sprintf("at most %d", c.Processes)})
+	}
+	size("resources.storage", r.Storage, c.Storage)
+	size("resources.output", r.Output, c.Output)
+	dur("resources.lifetime", r.Lifetime, c.Lifetime)
+	if r.Steps > c.Steps {
+		out = append(out, Violation{"resources.steps", fmt.Sprint(r.Steps), fmt.Sprintf("at most %d", c.Steps)})
+	}
+	for _, item := range p.Destinations.Covers(m.Dest) {
+		allowed := "nothing (no destinations)"
+		if len(p.Destinations.Items) > 0 {
+			allowed = "only " + strings.Join(p.Destinations.Items, ", ")
+		}
+		out = append(out, Violation{"destinations", item, allowed})
+	}
+	return out
+}

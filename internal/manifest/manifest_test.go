@@ -1,0 +1,133 @@
+package manifest
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/torbento/bento/internal/policy"
+)
+
+const browser = `
+name = "browser"
+apis = ["send", "http.fetch"]
+destinations = ["accept 127.0.0.1:8000-9000"]
+[resources]
+memory = "48 MB"
+lifetime = "30 s"
+`
+
+func TestParse(t *testing.T) {
+	m, err := Parse([]byte(browser))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Image != "starlark" || m.Entry != "main.star" || m.Function != "main" || m.Mode != ModeOneShot {
+		t.Errorf("defaults not applied: %+v", m)
+	}
+	if m.Resources.Memory != 48<<20 || m.Resources.Lifetime != 30*time.Second {
+		t.Errorf("resources = %+v", m.Resources)
+	}
+	p := policy.Default()
+	m.Resolve(p)
+	if m.Resources.CPU != Defaults.CPU || m.Resources.Memory != 48<<20 {
+		t.Errorf("resolve: %+v", m.Resources)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := map[string]string{
+		`name = "x y"`:                                   "name",
+		`name = "a"` + "\nbogus = 1":                     "unknown keys bogus",
+		`name = "a"` + "\napis = [\"exec\"]":             "unknown host call",
+		`name = "a"` + "\napis = [\"http.fetch\"]":       "destinations accepts nothing",
+		`name = "a"` + "\nentry = \"../etc/passwd\"":     "entry",
+		`name = "a"` + "\nmode = \"forever\"":            "mode",
+		`name = "a"` + "\n[resources]\nmemory = \"1 MB\"": "below the minimum",
+		`name = "a"` + "\n[resources]\nmemory = \"lots\"": "resources.memory",
+		`name = "a"` + "\ndestinations = [\"accept6 1.2.3.4:80\"]": "destinations",
+		`name = `:                                        "bento.toml",
+	}
+	for in, want := range tests {
+		_, err := Parse([]byte(in))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q) = %v, want error containing %q", in, err, want)
+		}
+	}
+}
+
+func TestCheck(t *testing.T) {
+	p, err := policy.Parse("rc", []byte("AllowAPI send,recv,http.fetch\nMaxMemory 64 MB\nDestinationPolicy accept 127.0.0.1:8000-8999\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Parse([]byte(`
+name = "greedy"
+apis = ["send", "storage", "http.fetch", "bento"]
+destinations = ["accept 127.0.0.1:8080", "accept *:443"]
+[resources]
+memory = "128 MB"
+cpu = 2
+lifetime = "1 day"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Resolve(p)
+	var got []string
+	for _, v := range Check(m, p) {
+		got = append(got, v.String())
+	}
+	want := []string{
+		"apis: asks storage, policy allows only http.fetch, recv, send",
+		"apis: asks bento, policy allows only http.fetch, recv, send",
+		"resources.memory: asks 128 MB, policy allows at most 64 MB",
+		"resources.cpu: asks 2 cores, policy allows at most 0.5 cores",
+		"resources.lifetime: asks 24h0m0s, policy allows at most 10m0s",
+		"destinations: asks accept *:443, policy allows only accept 127.0.0.1:8000-8999",
+	}
+	// apis are sorted by Parse
+	if strings.Join(got, "\n") != strings.Join(sortedFirst(want), "\n") {
+		t.Errorf("violations:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(sortedFirst(want), "\n"))
+	}
+}
+
+func sortedFirst(w []string) []string {
+	// Parse sorts apis, so "bento" comes before "storage".
+	w[0], w[1] = w[1], w[0]
+	return w
+}
+
+func TestShippedManifests(t *testing.T) {
+	files, _ := filepath.Glob("../../functions/*/" + FileName)
+	if len(files) == 0 {
+		t.Fatal("no shipped functions found")
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Parse(data); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(browser))
+	f.Add([]byte("name = \"a\"\nmode = \"service\"\n[resources]\nsteps = 5\ncpu = 0.1\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := Parse(data)
+		if err != nil {
+			return
+		}
+		m.Resolve(policy.Default())
+		_ = Check(m, policy.Default())
+		if !ValidFileName(m.Entry) {
+			t.Fatalf("accepted entry %q", m.Entry)
+		}
+	})
+}
