@@ -1,0 +1,63 @@
+package proto
+
+import "encoding/json"
+
+// Host API frame types (bentod ⇄ runner).
+const (
+	HInit   uint8 = 64 // d→r Init; body: the bundle's files
+	HReady  uint8 = 65 // r→d Ready
+	HInvoke uint8 = 66 // d→r HostInvoke
+	HCall   uint8 = 67 // r→d Call; body: bulk argument (data to send, value to store, ...)
+	HReply  uint8 = 68 // d→r Reply; body: bulk result
+	HDone   uint8 = 69 // r→d Done; body: the return value, encoded
+)
+
+// HostAPIVersion is the host API version.
+const HostAPIVersion = 1
+
+// Init loads a function into the runner.
+type Init struct {
+	Version  int         `json:"version"`
+	Name     string      `json:"name"`
+	Entry    string      `json:"entry"`
+	Function string      `json:"function"`
+	Steps    uint64      `json:"steps"`
+	Files    []FileEntry `json:"files"`
+}
+
+// Ready reports that the module loaded (Error nil) or failed to.
+type Ready struct {
+	Error *FuncError `json:"error,omitempty"`
+}
+
+// HostInvoke starts invocation Inv with JSON-array arguments.
+type HostInvoke struct {
+	Inv  uint64          `json:"inv"`
+	Args json.RawMessage `json:"args"`
+}
+
+// Call is a host call from the runner. Name is a host-call name from the
+// policy's catalogue plus an operation (e.g. "storage.put").
+type Call struct {
+	ID   uint64          `json:"id"`
+	Inv  uint64          `json:"inv"`
+	Name string          `json:"name"`
+	Args json.RawMessage `json:"args,omitempty"`
+}
+
+// Reply answers a Call. Error, when set, becomes a Starlark error in the
+// function; Result is call-specific JSON; the frame body carries bulk data.
+type Reply struct {
+	ID     uint64          `json:"id"`
+	Error  string          `json:"error,omitempty"`
+	Result json.RawMessage `json:"result,omitempty"`
+}
+
+// Done ends an invocation: the function returned (body: its value as
+// bytes) or failed (Error set).
+type Done struct {
+	Inv   uint64     `json:"inv"`
+	Error *FuncError `json:"error,omitempty"`
+	// None is set when the function returned None: no output is added.
+	None bool `json:"none,omitempty"`
+}

@@ -1,0 +1,216 @@
+// Package proto defines the messages of Bento's two protocols, both carried
+// in wire frames:
+//
+//   - the client protocol, between the bento CLI (or any client) and
+//     bentod: policy, deploy, invoke, attach, input, output, shutdown;
+//   - the host API, between bentod and the runner inside a sandbox: the
+//     runner asks, bentod checks every call against the manifest and the
+//     policy and answers.
+//
+// Both are versioned by the Hello exchange (client) and Init (host API).
+package proto
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Version is the client protocol version.
+const Version = 1
+
+// Client protocol frame types.
+const (
+	THello       uint8 = 1  // c→s Hello
+	TWelcome     uint8 = 2  // s→c Welcome
+	TPolicy      uint8 = 3  // c→s (empty)
+	TPolicyReply uint8 = 4  // s→c header: policy.Public
+	TDeploy      uint8 = 5  // c→s Deploy; body: the bundle's files
+	TDeployed    uint8 = 6  // s→c Deployed
+	TInvoke      uint8 = 7  // c→s Invoke
+	TAttach      uint8 = 8  // c→s Attach
+	TSession     uint8 = 9  // s→c Session
+	TInput       uint8 = 10 // c→s body: bytes for the function's recv()
+	TInputEOF    uint8 = 11 // c→s the client will send no more input
+	TOutput      uint8 = 12 // s→c Output; body: bytes the function sent
+	TExit        uint8 = 13 // s→c Exit
+	TShutdown    uint8 = 14 // c→s Shutdown
+	TOK          uint8 = 15 // s→c (empty)
+	TError       uint8 = 16 // s→c Error
+)
+
+// Hello opens a client connection.
+type Hello struct {
+	Version int `json:"version"`
+}
+
+// Welcome answers Hello.
+type Welcome struct {
+	Version int    `json:"version"`
+	Server  string `json:"server"`
+}
+
+// Deploy uploads a function and spawns an instance of it.
+type Deploy struct {
+	Manifest string      `json:"manifest"` // bento.toml text
+	Files    []FileEntry `json:"files"`    // names and sizes of the files in the body, in order
+}
+
+// FileEntry is one file of a bundle.
+type FileEntry struct {
+	Name string `json:"name"`
+	Size int    `json:"size"`
+}
+
+// Deployed answers Deploy. The tokens are secrets: the invocation token may
+// be shared to let others invoke the instance; only the shutdown token ends it.
+type Deployed struct {
+	Instance        string          `json:"instance"`
+	InvocationToken string          `json:"invocation_token"`
+	ShutdownToken   string          `json:"shutdown_token"`
+	Resources       json.RawMessage `json:"resources"`
+}
+
+// Invoke starts an invocation: the manifest's function is called with Args
+// (a JSON array).
+type Invoke struct {
+	Token string          `json:"token"`
+	Args  json.RawMessage `json:"args,omitempty"`
+}
+
+// Attach reattaches to a session, resuming output at Offset.
+type Attach struct {
+	Token   string `json:"token"`
+	Session string `json:"session"`
+	Offset  int64  `json:"offset"`
+}
+
+// Session is the server's answer to Invoke or Attach; output follows.
+type Session struct {
+	Session string `json:"session"`
+	Offset  int64  `json:"offset"`
+}
+
+// Output carries function output. Offset is the position in the session's
+// output log just after this record: a client that has it and reattaches
+// with it loses nothing and receives nothing twice.
+type Output struct {
+	Offset int64 `json:"offset"`
+}
+
+// Exit ends a session.
+type Exit struct {
+	Status string     `json:"status"` // ok, error, killed
+	Reason string     `json:"reason,omitempty"`
+	Error  *FuncError `json:"error,omitempty"`
+	Offset int64      `json:"offset"`
+}
+
+// Exit statuses.
+const (
+	StatusOK     = "ok"     // the function returned
+	StatusError  = "error"  // the function raised an error
+	StatusKilled = "killed" // the instance was stopped (limit, shutdown, crash)
+)
+
+// FuncError is an error in the function's code, with where it happened.
+type FuncError struct {
+	File      string `json:"file,omitempty"`
+	Line      int    `json:"line,omitempty"`
+	Col       int    `json:"col,omitempty"`
+	Msg       string `json:"msg"`
+	Backtrace string `json:"backtrace,omitempty"`
+}
+
+func (e *FuncError) Error() string {
+	if e.File == "" {
+		return e.Msg
+	}
+	return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Line, e.Col, e.Msg)
+}
+
+// Shutdown ends an instance.
+type Shutdown struct {
+	Token string `json:"token"`
+}
+
+// Error is a refused request.
+type Error struct {
+	Code       string      `json:"code"`
+	Message    string      `json:"message"`
+	Violations []Violation `json:"violations,omitempty"`
+}
+
+// Violation is one manifest item the node policy does not allow.
+type Violation struct {
+	Item    string `json:"item"`
+	Asked   string `json:"asked"`
+	Allowed string `json:"allowed"`
+}
+
+// Error codes.
+const (
+	CodeBadRequest = "bad_request" // malformed message or manifest
+	CodeRefused    = "refused"     // the manifest exceeds the node policy
+	CodeBusy       = "busy"        // the box is full; retry later
+	CodeNotFound   = "not_found"   // unknown token or session
+	CodeTooLarge   = "too_large"   // upload or message too large
+	CodeGone       = "gone"        // the instance has ended
+	CodeInternal   = "internal"    // bentod failed
+)
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %s", e.Code, e.Message)
+	for _, v := range e.Violations {
+		fmt.Fprintf(&b, "\n  %s: asks %s, policy allows %s", v.Item, v.Asked, v.Allowed)
+	}
+	return b.String()
+}
+
+// MaxFiles bounds the number of files in a bundle.
+const MaxFiles = 64
+
+// PackFiles lays out a bundle: entries sorted by name and the body.
+func PackFiles(files map[string][]byte) ([]FileEntry, []byte) {
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var body []byte
+	entries := make([]FileEntry, 0, len(names))
+	for _, n := range names {
+		entries = append(entries, FileEntry{Name: n, Size: len(files[n])})
+		body = append(body, files[n]...)
+	}
+	return entries, body
+}
+
+// UnpackFiles splits body by entries, checking names with valid and that
+// the sizes account for the body exactly.
+func UnpackFiles(entries []FileEntry, body []byte, valid func(string) bool) (map[string][]byte, error) {
+	if len(entries) > MaxFiles {
+		return nil, fmt.Errorf("bundle has %d files, at most %d allowed", len(entries), MaxFiles)
+	}
+	files := make(map[string][]byte, len(entries))
+	off := 0
+	for _, e := range entries {
+		if !valid(e.Name) {
+			return nil, fmt.Errorf("bundle file name %q is not allowed (plain names only, no '/' or leading '.')", e.Name)
+		}
+		if _, dup := files[e.Name]; dup {
+			return nil, fmt.Errorf("bundle file %q appears twice", e.Name)
+		}
+		if e.Size < 0 || e.Size > len(body)-off {
+			return nil, fmt.Errorf("bundle file %q: size %d exceeds the data sent", e.Name, e.Size)
+		}
+		files[e.Name] = body[off : off+e.Size : off+e.Size]
+		off += e.Size
+	}
+	if off != len(body) {
+		return nil, fmt.Errorf("bundle: %d bytes of data follow the last file", len(body)-off)
+	}
+	return files, nil
+}
