@@ -1,0 +1,380 @@
+package runner
+
+import (
+	"encoding/json"
+	"fmt"
+
+	starlarkjson "go.starlark.net/lib/json"
+	"go.starlark.net/starlark"
+	"go.starlark.net/starlarkstruct"
+)
+
+// predeclared returns the names every function file sees: the host
+// modules bento, storage, http and remote, and the json module.
+func (r *Runner) predeclared() starlark.StringDict {
+	b := func(name string, fn func(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error)) *starlark.Builtin {
+		return starlark.NewBuiltin(name, func(th *starlark.Thread, _ *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+			return fn(th, args, kw)
+		})
+	}
+	module := func(name string, members starlark.StringDict) *starlarkstruct.Module {
+		return &starlarkstruct.Module{Name: name, Members: members}
+	}
+	return starlark.StringDict{
+		"json": starlarkjson.Module,
+		"bento": module("bento", starlark.StringDict{
+			"send":   b("send", r.send),
+			"recv":   b("recv", r.recv),
+			"log":    b("log", r.log),
+			"time":   b("time", r.time),
+			"sleep":  b("sleep", r.sleep),
+			"random": b("random", r.random),
+			"exit":   b("exit", r.exit),
+			"source": b("source", r.source),
+		}),
+		"storage": module("storage", starlark.StringDict{
+			"put":    b("put", r.storagePut),
+			"get":    b("get", r.storageGet),
+			"delete": b("delete", r.storageDelete),
+			"keys":   b("keys", r.storageKeys),
+		}),
+		"http": module("http", starlark.StringDict{
+			"fetch": b("fetch", r.fetch),
+		}),
+		"remote": module("remote", starlark.StringDict{
+			"deploy":   b("deploy", r.remoteDeploy),
+			"invoke":   b("invoke", r.remoteInvoke),
+			"shutdown": b("shutdown", r.remoteShutdown),
+		}),
+	}
+}
+
+func (r *Runner) send(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var data starlark.Value
+	if err := starlark.UnpackArgs("send", args, kw, "data", &data); err != nil {
+		return nil, err
+	}
+	bulk, err := bulkArg("send", data)
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := r.call(th, "send", nil, bulk); err != nil {
+		return nil, err
+	}
+	return starlark.MakeInt(len(bulk)), nil
+}
+
+func (r *Runner) recv(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var timeout starlark.Value = starlark.None
+	if err := starlark.UnpackArgs("recv", args, kw, "timeout?", &timeout); err != nil {
+		return nil, err
+	}
+	var a struct {
+		Timeout float64 `json:"timeout,omitempty"`
+	}
+	if f, ok := starlark.AsFloat(timeout); ok {
+		a.Timeout = f
+	}
+	res, body, err := r.call(th, "recv", a, nil)
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		EOF     bool `json:"eof"`
+		Timeout bool `json:"timeout"`
+	}
+	_ = json.Unmarshal(res, &out)
+	if out.EOF || out.Timeout {
+		return starlark.None, nil
+	}
+	return starlark.Bytes(body), nil
+}
+
+func (r *Runner) log(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	if len(kw) > 0 {
+		return nil, fmt.Errorf("log: unexpected keyword arguments")
+	}
+	msg := ""
+	for i, a := range args {
+		if i > 0 {
+			msg += " "
+		}
+		if s, ok := a.(starlark.String); ok {
+			msg += string(s)
+		} else {
+			msg += a.String()
+		}
+	}
+	_, _, err := r.call(th, "log", map[string]string{"msg": msg}, nil)
+	return starlark.None, err
+}
+
+func (r *Runner) time(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	if err := starlark.UnpackArgs("time", args, kw); err != nil {
+		return nil, err
+	}
+	res, _, err := r.call(th, "time", nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		Now float64 `json:"now"`
+	}
+	if err := json.Unmarshal(res, &out); err != nil {
+		return nil, err
+	}
+	return starlark.Float(out.Now), nil
+}
+
+func (r *Runner) sleep(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var secs starlark.Value
+	if err := starlark.UnpackArgs("sleep", args, kw, "seconds", &secs); err != nil {
+		return nil, err
+	}
+	f, ok := starlark.AsFloat(secs)
+	if !ok || f < 0 {
+		return nil, fmt.Errorf("sleep: want a non-negative number of seconds")
+	}
+	_, _, err := r.call(th, "sleep", map[string]float64{"seconds": f}, nil)
+	return starlark.None, err
+}
+
+func (r *Runner) random(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var n int
+	if err := starlark.UnpackArgs("random", args, kw, "n", &n); err != nil {
+		return nil, err
+	}
+	_, body, err := r.call(th, "random", map[string]int{"n": n}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return starlark.Bytes(body), nil
+}
+
+func (r *Runner) exit(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	if err := starlark.UnpackArgs("exit", args, kw); err != nil {
+		return nil, err
+	}
+	_, _, err := r.call(th, "exit", nil, nil)
+	return starlark.None, err
+}
+
+// source returns a file of the function's own bundle, for composition.
+func (r *Runner) source(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var name string
+	if err := starlark.UnpackArgs("source", args, kw, "name", &name); err != nil {
+		return nil, err
+	}
+	b, ok := r.files[name]
+	if !ok {
+		return nil, fmt.Errorf("source: no file %q in the function bundle", name)
+	}
+	return starlark.String(b), nil
+}
+
+func (r *Runner) storagePut(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var key string
+	var val starlark.Value
+	if err := starlark.UnpackArgs("put", args, kw, "key", &key, "value", &val); err != nil {
+		return nil, err
+	}
+	bulk, err := bulkArg("storage.put", val)
+	if err != nil {
+		return nil, err
+	}
+	_, _, err = r.call(th, "storage.put", map[string]string{"key": key}, bulk)
+	return starlark.None, err
+}
+
+func (r *Runner) storageGet(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var key string
+	if err := starlark.UnpackArgs("get", args, kw, "key", &key); err != nil {
+		return nil, err
+	}
+	res, body, err := r.call(th, "storage.get", map[string]string{"key": key}, nil)
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		Found bool `json:"found"`
+	}
+	_ = json.Unmarshal(res, &out)
+	if !out.Found {
+		return starlark.None, nil
+	}
+	return starlark.Bytes(body), nil
+}
+
+func (r *Runner) storageDelete(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var key string
+	if err := starlark.UnpackArgs("delete", args, kw, "key", &key); err != nil {
+		return nil, err
+	}
+	_, _, err := r.call(th, "storage.delete", map[string]string{"key": key}, nil)
+	return starlark.None, err
+}
+
+func (r *Runner) storageKeys(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	if err := starlark.UnpackArgs("keys", args, kw); err != nil {
+		return nil, err
+	}
+	res, _, err := r.call(th, "storage.keys", nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		Keys []string `json:"keys"`
+	}
+	if err := json.Unmarshal(res, &out); err != nil {
+		return nil, err
+	}
+	l := make([]starlark.Value, len(out.Keys))
+	for i, k := range out.Keys {
+		l[i] = starlark.String(k)
+	}
+	return starlark.NewList(l), nil
+}
+
+// FetchArgs are the arguments of http.fetch, as sent to bentod.
+type FetchArgs struct {
+	URL     string            `json:"url"`
+	Method  string            `json:"method"`
+	Headers map[string]string `json:"headers,omitempty"`
+	Timeout float64           `json:"timeout,omitempty"`
+}
+
+// FetchResult is what bentod returns for http.fetch (the body is the
+// frame's body).
+type FetchResult struct {
+	Status  int               `json:"status"`
+	Headers map[string]string `json:"headers"`
+}
+
+func (r *Runner) fetch(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var a FetchArgs
+	var headers *starlark.Dict
+	var body starlark.Value = starlark.None
+	var timeout starlark.Value = starlark.None
+	a.Method = "GET"
+	if err := starlark.UnpackArgs("fetch", args, kw, "url", &a.URL, "method?", &a.Method, "headers?", &headers, "body?", &body, "timeout?", &timeout); err != nil {
+		return nil, err
+	}
+	if headers != nil {
+		a.Headers = map[string]string{}
+		for _, it := range headers.Items() {
+			k, ok1 := starlark.AsString(it[0])
+			v, ok2 := starlark.AsString(it[1])
+			if !ok1 || !ok2 {
+				return nil, fmt.Errorf("fetch: headers must map str to str")
+			}
+			a.Headers[k] = v
+		}
+	}
+	if f, ok := starlark.AsFloat(timeout); ok {
+		a.Timeout = f
+	}
+	var bulk []byte
+	if body != starlark.None {
+		var err error
+		if bulk, err = bulkArg("fetch body", body); err != nil {
+			return nil, err
+		}
+	}
+	res, rbody, err := r.call(th, "http.fetch", a, bulk)
+	if err != nil {
+		return nil, err
+	}
+	var out FetchResult
+	if err := json.Unmarshal(res, &out); err != nil {
+		return nil, err
+	}
+	h := starlark.NewDict(len(out.Headers))
+	for k, v := range out.Headers {
+		h.SetKey(starlark.String(k), starlark.String(v))
+	}
+	return starlarkstruct.FromStringDict(starlarkstruct.Default, starlark.StringDict{
+		"status":  starlark.MakeInt(out.Status),
+		"headers": h,
+		"body":    starlark.Bytes(rbody),
+	}), nil
+}
+
+// RemoteDeployArgs are the arguments of remote.deploy as sent to bentod;
+// the files travel in the frame's body.
+type RemoteDeployArgs struct {
+	Server   string            `json:"server"`
+	Manifest string            `json:"manifest"`
+	Files    map[string]string `json:"files"`
+}
+
+func (r *Runner) remoteDeploy(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var a RemoteDeployArgs
+	var files *starlark.Dict
+	if err := starlark.UnpackArgs("deploy", args, kw, "server", &a.Server, "manifest", &a.Manifest, "files", &files); err != nil {
+		return nil, err
+	}
+	a.Files = map[string]string{}
+	for _, it := range files.Items() {
+		k, ok1 := starlark.AsString(it[0])
+		v, ok2 := starlark.AsString(it[1])
+		if !ok1 || !ok2 {
+			return nil, fmt.Errorf("deploy: files must map file names to str")
+		}
+		a.Files[k] = v
+	}
+	res, _, err := r.call(th, "bento.deploy", a, nil)
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		Instance        string `json:"instance"`
+		InvocationToken string `json:"invocation_token"`
+		ShutdownToken   string `json:"shutdown_token"`
+	}
+	if err := json.Unmarshal(res, &out); err != nil {
+		return nil, err
+	}
+	return starlarkstruct.FromStringDict(starlarkstruct.Default, starlark.StringDict{
+		"instance":         starlark.String(out.Instance),
+		"invocation_token": starlark.String(out.InvocationToken),
+		"shutdown_token":   starlark.String(out.ShutdownToken),
+	}), nil
+}
+
+func (r *Runner) remoteInvoke(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var server, token string
+	var fargs *starlark.List
+	var input starlark.Value = starlark.None
+	if err := starlark.UnpackArgs("invoke", args, kw, "server", &server, "token", &token, "args?", &fargs, "input?", &input); err != nil {
+		return nil, err
+	}
+	var bulk []byte
+	if input != starlark.None {
+		var err error
+		if bulk, err = bulkArg("invoke input", input); err != nil {
+			return nil, err
+		}
+	}
+	var argsJSON json.RawMessage = []byte("[]")
+	if fargs != nil {
+		enc, err := starlark.Call(th, starlarkjson.Module.Members["encode"], starlark.Tuple{fargs}, nil)
+		if err != nil {
+			return nil, err
+		}
+		argsJSON = []byte(enc.(starlark.String))
+	}
+	_, body, err := r.call(th, "bento.invoke", map[string]any{"server": server, "token": token, "args": argsJSON}, bulk)
+	if err != nil {
+		return nil, err
+	}
+	return starlark.Bytes(body), nil
+}
+
+func (r *Runner) remoteShutdown(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var server, token string
+	if err := starlark.UnpackArgs("shutdown", args, kw, "server", &server, "token", &token); err != nil {
+		return nil, err
+	}
+	_, _, err := r.call(th, "bento.shutdown", map[string]string{"server": server, "token": token}, nil)
+	return starlark.None, err
+}
