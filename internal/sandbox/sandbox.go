@@ -1,0 +1,314 @@
+// Package sandbox runs each function instance in its own container through
+// an OCI runtime (runc by default; crun or runsc by configuration). It
+// writes the bundle — read-only root holding only the runner, empty network
+// namespace, size-limited /tmp, cgroup limits, no capabilities,
+// no_new_privs, a seccomp allow-list, rlimits — starts the container
+// detached with the host-API socket as fd 3, reaps it as a child subreaper,
+// reads its cgroup counters, and removes every trace of it.
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	runnerName   = "bento-runner"
+	cgroupParent = "bento"
+)
+
+// Config configures a Sandbox.
+type Config struct {
+	Runtime    string // runtime binary (path or name in PATH)
+	StateDir   string // runtime state (--root) and bundles live here
+	RunnerPath string // the static bento-runner binary
+}
+
+// Sandbox starts and tracks containers.
+type Sandbox struct {
+	runtime string
+	state   string // --root for the runtime
+	bundles string
+	rootfs  string
+	memsw   bool
+}
+
+// New prepares the shared read-only root filesystem and makes the calling
+// process a child subreaper, so that detached containers are reparented to
+// it and their exit status can be collected.
+func New(cfg Config) (*Sandbox, error) {
+	rt, err := exec.LookPath(cfg.Runtime)
+	if err != nil {
+		return nil, fmt.Errorf("OCI runtime %q not found: %w (install it, e.g. apt-get install runc, or set RuntimePath)", cfg.Runtime, err)
+	}
+	if cfg.RunnerPath == "" {
+		return nil, errors.New("no runner binary configured")
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return nil, fmt.Errorf("becoming a child subreaper: %w", err)
+	}
+	s := &Sandbox{
+		runtime: rt,
+		state:   filepath.Join(cfg.StateDir, "runtime"),
+		bundles: filepath.Join(cfg.StateDir, "bundles"),
+		rootfs:  filepath.Join(cfg.StateDir, "rootfs"),
+	}
+	for _, d := range []string{s.state, s.bundles, s.rootfs} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.prepareRootfs(cfg.RunnerPath); err != nil {
+		return nil, err
+	}
+	_, err = os.Stat(filepath.Join(cgroupV1Root, "memory", "memory.memsw.limit_in_bytes"))
+	s.memsw = err == nil
+	return s, nil
+}
+
+// prepareRootfs lays out the image: the runner and empty mount points.
+func (s *Sandbox) prepareRootfs(runner string) error {
+	if err := os.Chmod(s.rootfs, 0o755); err != nil {
+		return err
+	}
+	for _, d := range []string{"proc", "dev", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(s.rootfs, d), 0o755); err != nil {
+			return err
+		}
+	}
+	src, err := os.Open(runner)
+	if err != nil {
+		return fmt.Errorf("runner binary: %w (build it with: CGO_ENABLED=0 go build -o bin/ ./cmd/bento-runner)", err)
+	}
+	defer src.Close()
+	tmp := filepath.Join(s.rootfs, "."+runnerName+".tmp")
+	dst, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		dst.Close()
+		return err
+	}
+	if err := dst.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(s.rootfs, runnerName))
+}
+
+// Container is one running instance's container.
+type Container struct {
+	ID     string
+	Pid    int
+	s      *Sandbox
+	bundle string
+	cg     cgroupPaths
+
+	exited chan struct{}
+	status unix.WaitStatus
+	once   sync.Once
+}
+
+// Start creates and starts a container. hostAPI becomes the container's fd
+// 3; the runner's stdout and stderr go to logFile.
+func (s *Sandbox) Start(ctx context.Context, id string, l Limits, hostAPI *os.File, logFile *os.File) (*Container, error) {
+	if !validID(id) {
+		return nil, fmt.Errorf("invalid container id %q", id)
+	}
+	bundle := filepath.Join(s.bundles, id)
+	if err := os.MkdirAll(bundle, 0o700); err != nil {
+		return nil, err
+	}
+	cfg, err := json.Marshal(s.buildSpec(id, l))
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), cfg, 0o600); err != nil {
+		return nil, err
+	}
+	pidFile := filepath.Join(bundle, "pid")
+	logStart, _ := logFile.Seek(0, io.SeekCurrent)
+	cmd := exec.CommandContext(ctx, s.runtime, "--root", s.state, "run", "--detach",
+		"--bundle", bundle, "--pid-file", pidFile, "--preserve-fds", "1", id)
+	cmd.ExtraFiles = []*os.File{hostAPI}
+	// Files, not pipes: the detached container keeps its stdio open, and a
+	// pipe would keep the runtime's Wait from returning.
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	if err := cmd.Run(); err != nil {
+		s.remove(id, bundle)
+		return nil, fmt.Errorf("%s run: %v: %s", filepath.Base(s.runtime), err, tail(logFile, logStart))
+	}
+	pidData, err := os.ReadFile(pidFile)
+	if err != nil {
+		s.remove(id, bundle)
+		return nil, fmt.Errorf("reading container pid: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(pidData)))
+	if err != nil {
+		s.remove(id, bundle)
+		return nil, fmt.Errorf("bad container pid %q", pidData)
+	}
+	c := &Container{ID: id, Pid: pid, s: s, bundle: bundle, cg: cgroupsFor(id), exited: make(chan struct{})}
+	go c.reap()
+	return c, nil
+}
+
+// reap waits for the container's init process, which is our child once the
+// runtime has exited (we are its subreaper).
+func (c *Container) reap() {
+	for {
+		_, err := unix.Wait4(c.Pid, &c.status, 0, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			// Not our child (should not happen): poll until it is gone.
+			for unix.Kill(c.Pid, 0) == nil {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		break
+	}
+	close(c.exited)
+}
+
+// Exited is closed when the container's process has ended.
+func (c *Container) Exited() <-chan struct{} { return c.exited }
+
+// Status describes how the container's process ended; valid after Exited.
+func (c *Container) Status() string {
+	ws := c.status
+	switch {
+	case ws.Exited():
+		return fmt.Sprintf("exit status %d", ws.ExitStatus())
+	case ws.Signaled():
+		return "killed by " + unix.SignalName(ws.Signal())
+	}
+	return "ended"
+}
+
+// Signal returns the signal that ended the process, or 0.
+func (c *Container) Signal() syscall.Signal {
+	if c.status.Signaled() {
+		return c.status.Signal()
+	}
+	return 0
+}
+
+// Kill stops the container's processes at once. Killing the init of a pid
+// namespace kills everything in it.
+func (c *Container) Kill() {
+	select {
+	case <-c.exited:
+		return
+	default:
+	}
+	_ = unix.Kill(c.Pid, unix.SIGKILL)
+}
+
+// Stats reads the container's cgroup counters.
+func (c *Container) Stats() Stats { return c.cg.stats() }
+
+// Remove kills the container if needed, waits for it, and deletes its
+// runtime state, cgroups and bundle.
+func (c *Container) Remove() error {
+	c.Kill()
+	select {
+	case <-c.exited:
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("container %s did not exit after SIGKILL", c.ID)
+	}
+	var err error
+	c.once.Do(func() { err = c.s.remove(c.ID, c.bundle) })
+	return err
+}
+
+func (s *Sandbox) remove(id, bundle string) error {
+	out, err := exec.Command(s.runtime, "--root", s.state, "delete", "--force", id).CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "does not exist") {
+		err = fmt.Errorf("%s delete %s: %v: %s", filepath.Base(s.runtime), id, err, strings.TrimSpace(string(out)))
+	} else {
+		err = nil
+	}
+	cgroupsFor(id).remove()
+	if rerr := os.RemoveAll(bundle); rerr != nil && err == nil {
+		err = rerr
+	}
+	return err
+}
+
+// List returns the ids of containers the runtime knows in our state dir.
+func (s *Sandbox) List() ([]string, error) {
+	out, err := exec.Command(s.runtime, "--root", s.state, "list", "--quiet").Output()
+	if err != nil {
+		return nil, err
+	}
+	return strings.Fields(string(out)), nil
+}
+
+// Reap removes containers left by an earlier bentod (for example one
+// killed with SIGKILL) and returns how many it removed.
+func (s *Sandbox) Reap() (int, error) {
+	ids, err := s.List()
+	if err != nil {
+		return 0, err
+	}
+	ents, _ := os.ReadDir(s.bundles)
+	seen := map[string]bool{}
+	for _, id := range ids {
+		seen[id] = true
+	}
+	for _, e := range ents {
+		if validID(e.Name()) {
+			seen[e.Name()] = true
+		}
+	}
+	n := 0
+	for id := range seen {
+		if err := s.remove(id, filepath.Join(s.bundles, id)); err == nil {
+			n++
+		}
+	}
+	return n, nil
+}
+
+func validID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// tail returns the last lines written to f after offset.
+func tail(f *os.File, offset int64) string {
+	buf := make([]byte, 2048)
+	end, _ := f.Seek(0, io.SeekCurrent)
+	if end-offset > int64(len(buf)) {
+		offset = end - int64(len(buf))
+	}
+	n, _ := f.ReadAt(buf[:max(0, end-offset)], offset)
+	lines := strings.Split(strings.TrimSpace(string(buf[:n])), "\n")
+	if len(lines) > 3 {
+		lines = lines[len(lines)-3:]
+	}
+	return strings.Join(lines, "; ")
+}

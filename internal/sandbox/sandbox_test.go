@@ -1,0 +1,114 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/torbento/bento/internal/proto"
+	"github.com/torbento/bento/internal/testutil"
+	"github.com/torbento/bento/internal/wire"
+)
+
+func newSandbox(t *testing.T) *Sandbox {
+	testutil.RequireSandbox(t)
+	s, err := New(Config{Runtime: "runc", StateDir: t.TempDir(), RunnerPath: testutil.Runner(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+var small = Limits{Memory: 32 << 20, CPU: 0.5, CPUTime: 5 * time.Second, Processes: 16, Storage: 1 << 20}
+
+// start runs code in a fresh container and returns the host side.
+func start(t *testing.T, s *Sandbox, id, code string, l Limits) (*Container, *wire.Conn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, guest := os.NewFile(uintptr(fds[0]), "host"), os.NewFile(uintptr(fds[1]), "guest")
+	logf, _ := os.Create(filepath.Join(t.TempDir(), "log"))
+	c, err := s.Start(context.Background(), id, l, guest, logf)
+	guest.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Remove(); err != nil {
+			t.Error(err)
+		}
+		logf.Close()
+		host.Close()
+	})
+	conn := wire.NewConn(host)
+	ents, body := proto.PackFiles(map[string][]byte{"main.star": []byte(code)})
+	if err := conn.Send(proto.HInit, proto.Init{Version: proto.HostAPIVersion, Entry: "main.star", Function: "main", Files: ents}, body); err != nil {
+		<-c.Exited()
+		b, _ := os.ReadFile(logf.Name())
+		t.Fatalf("sending init: %v; container %s; log: %s", err, c.Status(), b)
+	}
+	f, err := conn.Read()
+	if err != nil || f.Type != proto.HReady {
+		b, _ := os.ReadFile(logf.Name())
+		t.Fatalf("no ready: %v %v; log: %s", f, err, b)
+	}
+	return c, conn
+}
+
+func TestRunFunction(t *testing.T) {
+	s := newSandbox(t)
+	_, conn := start(t, s, "t-run", "def main(a, b):\n    return a * b\n", small)
+	conn.Send(proto.HInvoke, proto.HostInvoke{Inv: 1, Args: []byte(`["ab", 3]`)}, nil)
+	f, err := conn.Read()
+	if err != nil || f.Type != proto.HDone || string(f.Body) != "ababab" {
+		t.Fatalf("got %+v %v", f, err)
+	}
+}
+
+func TestMemoryLimitKills(t *testing.T) {
+	s := newSandbox(t)
+	c, conn := start(t, s, "t-mem", "def main():\n    x = 'a' * 1000\n    l = []\n    for i in range(100000000):\n        l.append(x * 100 + str(i))\n", small)
+	conn.Send(proto.HInvoke, proto.HostInvoke{Inv: 1}, nil)
+	select {
+	case <-c.Exited():
+	case <-time.After(30 * time.Second):
+		t.Fatal("memory bomb still running after 30s")
+	}
+	st := c.Stats()
+	if st.OOMKills == 0 {
+		t.Errorf("status %s, stats %+v: want an OOM kill", c.Status(), st)
+	}
+}
+
+func TestNoNetwork(t *testing.T) {
+	s := newSandbox(t)
+	// The container has its own /proc: only its own process is visible.
+	c, conn := start(t, s, "t-net", "def main():\n    return 1\n", small)
+	_ = conn
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/dev", c.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only the header lines and lo.
+	if n := len(splitLines(string(b))); n != 3 {
+		t.Errorf("container sees %d lines of interfaces, want header+lo only:\n%s", n, b)
+	}
+}
+
+func splitLines(s string) []string {
+	var out []string
+	start := 0
+	for i := range s {
+		if s[i] == '\n' {
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return out
+}

@@ -1,0 +1,186 @@
+package sandbox
+
+import (
+	"math"
+	"strconv"
+	"time"
+)
+
+// The OCI runtime-spec subset bentod writes (github.com/opencontainers/
+// runtime-spec, config.md and config-linux.md). Declared here rather than
+// imported: the fields are few and stable, and the module is heavy.
+type ociSpec struct {
+	Version  string     `json:"ociVersion"`
+	Process  ociProcess `json:"process"`
+	Root     ociRoot    `json:"root"`
+	Hostname string     `json:"hostname"`
+	Mounts   []ociMount `json:"mounts"`
+	Linux    ociLinux   `json:"linux"`
+}
+
+type ociProcess struct {
+	Terminal        bool            `json:"terminal"`
+	User            ociUser         `json:"user"`
+	Args            []string        `json:"args"`
+	Env             []string        `json:"env"`
+	Cwd             string          `json:"cwd"`
+	Capabilities    ociCapabilities `json:"capabilities"`
+	Rlimits         []ociRlimit     `json:"rlimits"`
+	NoNewPrivileges bool            `json:"noNewPrivileges"`
+}
+
+type ociUser struct {
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
+}
+
+type ociCapabilities struct {
+	Bounding    []string `json:"bounding"`
+	Effective   []string `json:"effective"`
+	Inheritable []string `json:"inheritable"`
+	Permitted   []string `json:"permitted"`
+	Ambient     []string `json:"ambient"`
+}
+
+type ociRlimit struct {
+	Type string `json:"type"`
+	Hard uint64 `json:"hard"`
+	Soft uint64 `json:"soft"`
+}
+
+type ociRoot struct {
+	Path     string `json:"path"`
+	Readonly bool   `json:"readonly"`
+}
+
+type ociMount struct {
+	Destination string   `json:"destination"`
+	Type        string   `json:"type"`
+	Source      string   `json:"source"`
+	Options     []string `json:"options"`
+}
+
+type ociLinux struct {
+	CgroupsPath   string         `json:"cgroupsPath"`
+	Resources     ociResources   `json:"resources"`
+	Namespaces    []ociNamespace `json:"namespaces"`
+	MaskedPaths   []string       `json:"maskedPaths"`
+	ReadonlyPaths []string       `json:"readonlyPaths"`
+	Seccomp       *ociSeccomp    `json:"seccomp,omitempty"`
+}
+
+type ociResources struct {
+	Memory  ociMemory      `json:"memory"`
+	CPU     ociCPU         `json:"cpu"`
+	Pids    ociPids        `json:"pids"`
+	Devices []ociDeviceCgr `json:"devices"`
+}
+
+type ociMemory struct {
+	Limit int64  `json:"limit"`
+	Swap  *int64 `json:"swap,omitempty"`
+}
+
+type ociCPU struct {
+	Quota  int64  `json:"quota"`
+	Period uint64 `json:"period"`
+}
+
+type ociPids struct {
+	Limit int64 `json:"limit"`
+}
+
+type ociDeviceCgr struct {
+	Allow  bool   `json:"allow"`
+	Access string `json:"access"`
+}
+
+type ociNamespace struct {
+	Type string `json:"type"`
+}
+
+type ociSeccomp struct {
+	DefaultAction string           `json:"defaultAction"`
+	Architectures []string         `json:"architectures"`
+	Syscalls      []ociSyscallRule `json:"syscalls"`
+}
+
+type ociSyscallRule struct {
+	Names  []string `json:"names"`
+	Action string   `json:"action"`
+}
+
+const cpuPeriod = 100_000 // µs
+
+// buildSpec returns the container configuration for one instance.
+func (s *Sandbox) buildSpec(id string, l Limits) *ociSpec {
+	cpuSecs := uint64(math.Ceil(l.CPUTime.Seconds())) + 1
+	spec := &ociSpec{
+		Version: "1.0.2",
+		Process: ociProcess{
+			User: ociUser{UID: 65534, GID: 65534},
+			Args: []string{"/" + runnerName},
+			Env: []string{
+				"PATH=/",
+				// The Go runtime collects garbage harder as it nears the
+				// cgroup limit instead of being OOM-killed early.
+				"GOMEMLIMIT=" + strconv.FormatInt(l.Memory*7/8, 10),
+				"GOMAXPROCS=" + strconv.Itoa(max(1, int(math.Ceil(l.CPU)))),
+				"GOTRACEBACK=none",
+			},
+			Cwd:          "/",
+			Capabilities: ociCapabilities{Bounding: []string{}, Effective: []string{}, Inheritable: []string{}, Permitted: []string{}, Ambient: []string{}},
+			Rlimits: []ociRlimit{
+				{Type: "RLIMIT_NOFILE", Hard: 64, Soft: 64},
+				{Type: "RLIMIT_CORE", Hard: 0, Soft: 0},
+				// Backstop for the CPU-time limit bentod enforces itself.
+				{Type: "RLIMIT_CPU", Soft: cpuSecs, Hard: cpuSecs + 1},
+			},
+			NoNewPrivileges: true,
+		},
+		Root:     ociRoot{Path: s.rootfs, Readonly: true},
+		Hostname: "bento",
+		Mounts: []ociMount{
+			{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "noexec", "strictatime", "mode=755", "size=64k"}},
+			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{
+				"nosuid", "nodev", "noexec", "mode=1777", "size=" + strconv.FormatInt(max(l.Storage, 4096), 10), "nr_inodes=1024"}},
+		},
+		Linux: ociLinux{
+			CgroupsPath: "/" + cgroupParent + "/" + id,
+			Resources: ociResources{
+				Memory:  ociMemory{Limit: l.Memory},
+				CPU:     ociCPU{Quota: max(1000, int64(l.CPU*cpuPeriod)), Period: cpuPeriod},
+				Pids:    ociPids{Limit: int64(l.Processes)},
+				Devices: []ociDeviceCgr{{Allow: false, Access: "rwm"}},
+			},
+			Namespaces: []ociNamespace{
+				{Type: "pid"}, {Type: "network"}, {Type: "ipc"}, {Type: "uts"}, {Type: "mount"}, {Type: "cgroup"},
+			},
+			MaskedPaths: []string{
+				"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+				"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+				"/proc/interrupts", "/proc/meminfo", "/proc/cpuinfo", "/proc/stat", "/proc/loadavg",
+				"/proc/uptime", "/proc/diskstats", "/proc/net", "/sys/firmware",
+			},
+			ReadonlyPaths: []string{
+				"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+			},
+			Seccomp: seccompProfile(),
+		},
+	}
+	if s.memsw {
+		swap := l.Memory // memory+swap equal to memory: no swap
+		spec.Linux.Resources.Memory.Swap = &swap
+	}
+	return spec
+}
+
+// Limits are the resources one container gets.
+type Limits struct {
+	Memory    int64
+	CPU       float64
+	CPUTime   time.Duration
+	Processes int
+	Storage   int64
+}

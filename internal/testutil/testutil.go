@@ -1,0 +1,83 @@
+// Package testutil holds helpers shared by tests: prerequisite checks that
+// fail under CI instead of skipping, and building the project's binaries
+// once per test process.
+package testutil
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+// InCI reports whether the tests run under CI (CI=true), where a missing
+// prerequisite is a failure, never a skip.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Require fails (under CI) or skips the test when ok is false.
+func Require(t testing.TB, ok bool, what string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if InCI() {
+		t.Fatalf("prerequisite missing under CI: %s (run scripts/setup.sh)", what)
+	}
+	t.Skipf("prerequisite missing: %s (run scripts/setup.sh)", what)
+}
+
+// RequireSandbox checks for root and runc.
+func RequireSandbox(t testing.TB) {
+	t.Helper()
+	Require(t, os.Geteuid() == 0, "root (containers need it)")
+	_, err := exec.LookPath("runc")
+	Require(t, err == nil, "runc in PATH (apt-get install runc)")
+}
+
+// RepoRoot returns the module's root directory.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+	buildOut  []byte
+)
+
+// Binaries builds bentod, bento and bento-runner (static) into a shared
+// temporary directory once per test process and returns it.
+func Binaries(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "bento-bin-")
+		if buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", binDir+"/", "./cmd/bentod", "./cmd/bento", "./cmd/bento-runner")
+		cmd.Dir = RepoRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		buildOut, buildErr = cmd.CombinedOutput()
+	})
+	if buildErr != nil {
+		t.Fatalf("building binaries: %v\n%s", buildErr, buildOut)
+	}
+	return binDir
+}
+
+// Runner builds only bento-runner and returns its path.
+func Runner(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", dir+"/bento-runner", "./cmd/bento-runner")
+	cmd.Dir = RepoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building runner: %v\n%s", err, out)
+	}
+	return dir + "/bento-runner"
+}
