@@ -1,0 +1,121 @@
+// Package netcheck gives functions network access on bentod's side of the
+// sandbox, only to destinations that both the node's DestinationPolicy and
+// the function's manifest accept. A name is resolved once, every address is
+// checked, and the connection goes to a checked address: there is no second
+// lookup a DNS rebinding could exploit. The underlying dialer is pluggable
+// so that a Tor dialer can take its place.
+package netcheck
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+
+	"github.com/torbento/bento/internal/exitpolicy"
+)
+
+// Dialer makes connections; *net.Dialer is one.
+type Dialer interface {
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Resolver looks names up; *net.Resolver is one.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// Checked dials only destinations every policy accepts.
+type Checked struct {
+	Policies []*exitpolicy.Policy
+	Dialer   Dialer
+	Resolver Resolver
+}
+
+// DeniedError is a destination some policy rejects.
+type DeniedError struct {
+	Dest string
+	Why  string
+}
+
+func (e *DeniedError) Error() string {
+	return fmt.Sprintf("destination %s denied: %s", e.Dest, e.Why)
+}
+
+// Check returns the addresses of host:port that every policy accepts, or a
+// DeniedError saying which policy refused.
+func (c *Checked) Check(ctx context.Context, hostport string) ([]netip.AddrPort, error) {
+	host, portStr, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return nil, fmt.Errorf("destination %q: %v", hostport, err)
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil || port == 0 {
+		return nil, fmt.Errorf("destination %q: bad port", hostport)
+	}
+	var addrs []netip.Addr
+	if a, err := netip.ParseAddr(host); err == nil {
+		addrs = []netip.Addr{a.Unmap()}
+	} else {
+		r := c.Resolver
+		if r == nil {
+			r = net.DefaultResolver
+		}
+		if addrs, err = r.LookupNetIP(ctx, "ip", host); err != nil {
+			return nil, fmt.Errorf("resolving %s: %w", host, err)
+		}
+	}
+	var ok []netip.AddrPort
+	why := "no address"
+	for _, a := range addrs {
+		a = a.Unmap()
+		allowed := true
+		for i, p := range c.Policies {
+			if !p.Allows(a, uint16(port)) {
+				allowed = false
+				why = fmt.Sprintf("%s is rejected by the %s", netip.AddrPortFrom(a, uint16(port)), policyName(i))
+				break
+			}
+		}
+		if allowed {
+			ok = append(ok, netip.AddrPortFrom(a, uint16(port)))
+		}
+	}
+	if len(ok) == 0 {
+		return nil, &DeniedError{Dest: hostport, Why: why}
+	}
+	return ok, nil
+}
+
+func policyName(i int) string {
+	if i == 0 {
+		return "node's DestinationPolicy"
+	}
+	return "manifest's destinations"
+}
+
+// DialContext checks addr and connects to the first accepted address that
+// answers.
+func (c *Checked) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	if network != "tcp" && network != "tcp4" && network != "tcp6" {
+		return nil, fmt.Errorf("network %q not supported", network)
+	}
+	addrs, err := c.Check(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	d := c.Dialer
+	if d == nil {
+		d = &net.Dialer{}
+	}
+	var last error
+	for _, a := range addrs {
+		conn, err := d.DialContext(ctx, "tcp", a.String())
+		if err == nil {
+			return conn, nil
+		}
+		last = err
+	}
+	return nil, last
+}
