@@ -1,0 +1,401 @@
+// Command bento is the Bento client: look at a server's policy, deploy a
+// function, invoke it (or reattach to an invocation), and shut it down.
+//
+// Usage:
+//
+//	bento policy   SERVER [--check DIR]
+//	bento deploy   SERVER DIR
+//	bento invoke   [-i] SERVER INVOCATION-TOKEN [ARG...]
+//	bento attach   SERVER INVOCATION-TOKEN SESSION [--offset N]
+//	bento shutdown SERVER SHUTDOWN-TOKEN
+//	bento run      [-i] SERVER DIR [ARG...]
+//
+// ARGs are passed to the function: each is parsed as JSON if it can be
+// (numbers, true, null, "quoted", [lists], {objects}) and is a string
+// otherwise.
+//
+// Exit codes: 0 success; 1 the function raised an error; 2 usage; 3 the
+// manifest was refused by the server's policy; 4 the server could not be
+// reached; 5 unknown token, session or ended instance; 6 the function was
+// stopped (a limit, a shutdown); 7 the server is busy; 8 other server
+// errors.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/torbento/bento/client"
+)
+
+const (
+	exitOK       = 0
+	exitFuncErr  = 1
+	exitUsage    = 2
+	exitRefused  = 3
+	exitConnect  = 4
+	exitNotFound = 5
+	exitKilled   = 6
+	exitBusy     = 7
+	exitServer   = 8
+)
+
+const usage = `usage:
+  bento policy   SERVER [--check DIR]        show a server's node policy (and check a function against it)
+  bento deploy   SERVER DIR [--destinations ITEMS]  upload a function and start an instance; prints its tokens
+  bento invoke   [-i] SERVER TOKEN [ARG...]  call the function (-i: send stdin to it)
+  bento attach   SERVER TOKEN SESSION [--offset N]  reattach to an invocation after a disconnect
+  bento shutdown SERVER SHUTDOWN-TOKEN       end an instance
+  bento run      [-i] SERVER DIR [ARG...]    deploy, invoke and shut down in one step
+
+SERVER is HOST:PORT (default port 8888). ARGs are JSON when they parse as JSON, strings otherwise.
+`
+
+func main() { os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) }
+
+type cli struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	ctx            context.Context
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, usage)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "policy":
+		return c.policy(rest)
+	case "deploy":
+		return c.deploy(rest)
+	case "invoke":
+		return c.invoke(rest)
+	case "attach":
+		return c.attach(rest)
+	case "shutdown":
+		return c.shutdown(rest)
+	case "run":
+		return c.runCmd(rest)
+	}
+	fmt.Fprintf(stderr, "bento: unknown command %q\n\n%s", cmd, usage)
+	return exitUsage
+}
+
+func (c *cli) usageErr(format string, a ...any) int {
+	fmt.Fprintf(c.stderr, "bento: "+format+"\n\n%s", append(a, usage)...)
+	return exitUsage
+}
+
+func serverAddr(s string) string {
+	if !strings.Contains(s, ":") || strings.HasSuffix(s, "]") {
+		return s + ":8888"
+	}
+	return s
+}
+
+// fail prints err and returns the matching exit code.
+func (c *cli) fail(err error) int {
+	var se *client.Error
+	var ce *client.ConnError
+	var xe *client.ExitError
+	switch {
+	case errors.As(err, &se):
+		fmt.Fprintf(c.stderr, "bento: server refused: %s\n", se.Message)
+		for _, v := range se.Violations {
+			fmt.Fprintf(c.stderr, "  %s: asks %s, policy allows %s\n", v.Item, v.Asked, v.Allowed)
+		}
+		switch se.Code {
+		case client.CodeRefused:
+			return exitRefused
+		case client.CodeNotFound, client.CodeGone:
+			return exitNotFound
+		case client.CodeBusy:
+			return exitBusy
+		}
+		return exitServer
+	case errors.As(err, &ce):
+		fmt.Fprintf(c.stderr, "bento: %v\n", ce)
+		return exitConnect
+	case errors.As(err, &xe):
+		return c.exitCode(xe.Exit)
+	}
+	fmt.Fprintf(c.stderr, "bento: %v\n", err)
+	return exitServer
+}
+
+func (c *cli) exitCode(e *client.Exit) int {
+	switch e.Status {
+	case client.StatusOK:
+		return exitOK
+	case client.StatusError:
+		fmt.Fprintf(c.stderr, "bento: function error: %s\n", e.Error.Error())
+		if e.Error.Backtrace != "" {
+			fmt.Fprintf(c.stderr, "%s\n", strings.TrimSpace(e.Error.Backtrace))
+		}
+		return exitFuncErr
+	}
+	fmt.Fprintf(c.stderr, "bento: function stopped: %s\n", e.Reason)
+	return exitKilled
+}
+
+// flags parses flags that may appear anywhere among positional arguments
+// (until "--").
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		if args[0] == "--" {
+			pos = append(pos, args[1:]...)
+			break
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+	return pos, nil
+}
+
+func (c *cli) policy(args []string) int {
+	fs := flag.NewFlagSet("policy", flag.ContinueOnError)
+	fs.SetOutput(c.stderr)
+	check := fs.String("check", "", "function directory to check against the policy")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil || len(pos) != 1 {
+		return c.usageErr("policy takes SERVER [--check DIR]")
+	}
+	cl := client.New(serverAddr(pos[0]))
+	p, err := cl.Policy(c.ctx)
+	if err != nil {
+		return c.fail(err)
+	}
+	if *check == "" {
+		b, _ := json.MarshalIndent(p, "", "  ")
+		fmt.Fprintf(c.stdout, "%s\n", b)
+		return exitOK
+	}
+	fn, err := client.LoadFunction(*check)
+	if err != nil {
+		return c.fail(err)
+	}
+	vs, err := fn.Check(p)
+	if err != nil {
+		fmt.Fprintf(c.stderr, "bento: %v\n", err)
+		return exitUsage
+	}
+	if len(vs) == 0 {
+		fmt.Fprintf(c.stdout, "%s: the server's policy allows everything the manifest asks for\n", *check)
+		return exitOK
+	}
+	fmt.Fprintf(c.stdout, "%s: the server would refuse this function:\n", *check)
+	for _, v := range vs {
+		fmt.Fprintf(c.stdout, "  %s: asks %s, policy allows %s\n", v.Item, v.Asked, v.Allowed)
+	}
+	return exitRefused
+}
+
+// destFlag collects --destinations values: tor exit-policy items that
+// replace the manifest's destinations.
+type destFlag []string
+
+func (d *destFlag) String() string { return strings.Join(*d, ", ") }
+func (d *destFlag) Set(v string) error {
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			*d = append(*d, item)
+		}
+	}
+	return nil
+}
+
+// loadFunction reads a function directory, applying --destinations.
+func (c *cli) loadFunction(dir string, dests destFlag) (*client.Function, int) {
+	fn, err := client.LoadFunction(dir)
+	if err != nil {
+		fmt.Fprintf(c.stderr, "bento: %v\n", err)
+		return nil, exitUsage
+	}
+	if len(dests) > 0 {
+		if err := fn.SetDestinations(dests); err != nil {
+			fmt.Fprintf(c.stderr, "bento: %v\n", err)
+			return nil, exitUsage
+		}
+	}
+	return fn, exitOK
+}
+
+func (c *cli) deploy(args []string) int {
+	fs := flag.NewFlagSet("deploy", flag.ContinueOnError)
+	fs.SetOutput(c.stderr)
+	var dests destFlag
+	fs.Var(&dests, "destinations", "replace the manifest's destinations (e.g. \"accept 127.0.0.1:8080\")")
+	args, err := parseInterspersed(fs, args)
+	if err != nil || len(args) != 2 {
+		return c.usageErr("deploy takes SERVER DIR [--destinations ITEMS]")
+	}
+	fn, code := c.loadFunction(args[1], dests)
+	if fn == nil {
+		return code
+	}
+	d, err := client.New(serverAddr(args[0])).Deploy(c.ctx, fn)
+	if err != nil {
+		return c.fail(err)
+	}
+	out := map[string]any{"instance": d.Instance, "invocation_token": d.InvocationToken, "shutdown_token": d.ShutdownToken}
+	b, _ := json.MarshalIndent(out, "", "  ")
+	fmt.Fprintf(c.stdout, "%s\n", b)
+	return exitOK
+}
+
+// parseArgs turns command-line words into function arguments.
+func parseArgs(words []string) []any {
+	out := make([]any, 0, len(words))
+	for _, w := range words {
+		var v any
+		if err := json.Unmarshal([]byte(w), &v); err == nil {
+			out = append(out, v)
+		} else {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+func (c *cli) invoke(args []string) int {
+	fs := flag.NewFlagSet("invoke", flag.ContinueOnError)
+	fs.SetOutput(c.stderr)
+	interactive := fs.Bool("i", false, "send standard input to the function")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	pos := fs.Args()
+	if len(pos) < 2 {
+		return c.usageErr("invoke takes [-i] SERVER TOKEN [ARG...]")
+	}
+	cl := client.New(serverAddr(pos[0]))
+	s, err := cl.Invoke(c.ctx, pos[1], parseArgs(pos[2:])...)
+	if err != nil {
+		return c.fail(err)
+	}
+	return c.stream(cl, pos[1], s, *interactive)
+}
+
+func (c *cli) attach(args []string) int {
+	fs := flag.NewFlagSet("attach", flag.ContinueOnError)
+	fs.SetOutput(c.stderr)
+	offset := fs.Int64("offset", 0, "resume output at this offset (printed when a session is interrupted)")
+	interactive := fs.Bool("i", false, "send standard input to the function")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil || len(pos) != 3 {
+		return c.usageErr("attach takes SERVER TOKEN SESSION [--offset N]")
+	}
+	cl := client.New(serverAddr(pos[0]))
+	s, err := cl.Attach(c.ctx, pos[1], pos[2], *offset)
+	if err != nil {
+		return c.fail(err)
+	}
+	return c.stream(cl, pos[1], s, *interactive)
+}
+
+// stream copies session output to stdout (and stdin to the session).
+func (c *cli) stream(cl *client.Client, token string, s *client.Session, interactive bool) int {
+	defer s.Close()
+	if interactive {
+		go func() {
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := c.stdin.Read(buf)
+				if n > 0 {
+					if s.Send(append([]byte(nil), buf[:n]...)) != nil {
+						return
+					}
+				}
+				if err != nil {
+					s.CloseInput()
+					return
+				}
+			}
+		}()
+	}
+	for {
+		data, exit, err := s.Recv()
+		if err != nil {
+			fmt.Fprintf(c.stderr, "bento: disconnected from session %s; the function keeps running.\n"+
+				"bento: reattach with: bento attach %s %s %s --offset %d\n", s.ID, cl.Addr, "INVOCATION-TOKEN", s.ID, s.Offset)
+			return exitConnect
+		}
+		if exit != nil {
+			return c.exitCode(exit)
+		}
+		if _, err := c.stdout.Write(data); err != nil {
+			return exitServer
+		}
+	}
+}
+
+func (c *cli) shutdown(args []string) int {
+	if len(args) != 2 {
+		return c.usageErr("shutdown takes SERVER SHUTDOWN-TOKEN")
+	}
+	if err := client.New(serverAddr(args[0])).Shutdown(c.ctx, args[1]); err != nil {
+		return c.fail(err)
+	}
+	return exitOK
+}
+
+func (c *cli) runCmd(args []string) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(c.stderr)
+	interactive := fs.Bool("i", false, "send standard input to the function")
+	var dests destFlag
+	fs.Var(&dests, "destinations", "replace the manifest's destinations")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	pos := fs.Args()
+	if len(pos) < 2 {
+		return c.usageErr("run takes [-i] [--destinations ITEMS] SERVER DIR [ARG...]")
+	}
+	fn, code := c.loadFunction(pos[1], dests)
+	if fn == nil {
+		return code
+	}
+	cl := client.New(serverAddr(pos[0]))
+	d, err := cl.Deploy(c.ctx, fn)
+	if err != nil {
+		return c.fail(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := cl.Shutdown(ctx, d.ShutdownToken); err != nil && !client.IsCode(err, client.CodeNotFound) {
+			fmt.Fprintf(c.stderr, "bento: shutting down instance %s: %v\n", d.Instance, err)
+		}
+	}()
+	s, err := cl.Invoke(c.ctx, d.InvocationToken, parseArgs(pos[2:])...)
+	if err != nil {
+		return c.fail(err)
+	}
+	return c.stream(cl, d.InvocationToken, s, *interactive)
+}

@@ -1,0 +1,116 @@
+// Command bentod is the Bento server a relay operator runs beside tor: it
+// runs users' functions in sandboxes within the operator's middlebox node
+// policy (bentorc).
+//
+// Usage:
+//
+//	bentod [-f bentorc] [--verify-config]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/torbento/bento/internal/policy"
+	"github.com/torbento/bento/internal/safelog"
+	"github.com/torbento/bento/internal/server"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	conf := flag.String("f", "/etc/bento/bentorc", "configuration file (torrc-style)")
+	verify := flag.Bool("verify-config", false, "check the configuration, print the effective policy, and exit")
+	flag.Usage = func() {
+		fmt.Fprintf(os.Stderr, "usage: bentod [-f bentorc] [--verify-config]\n\n")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() > 0 {
+		flag.Usage()
+		return 2
+	}
+	p, err := policy.Load(*conf)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bentod: %v\n", err)
+		return 1
+	}
+	for _, w := range p.Warnings {
+		fmt.Fprintf(os.Stderr, "bentod: warning: %s\n", w)
+	}
+	if *verify {
+		b, _ := json.MarshalIndent(p.PublicView(), "", "  ")
+		fmt.Printf("%s\nConfiguration was valid\n", b)
+		return 0
+	}
+	safelog.SetSafe(p.SafeLogging)
+	log := safelog.New(os.Stderr, p.LogLevel)
+	srv, err := server.New(server.Options{Policy: p, Logger: log})
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	ln, err := net.Listen("tcp", p.ListenAddress)
+	if err != nil {
+		log.Error("cannot listen", "err", err)
+		return 1
+	}
+	var hs *http.Server
+	if p.PolicyAddress != "" {
+		pln, err := net.Listen("tcp", p.PolicyAddress)
+		if err != nil {
+			log.Error("cannot listen for the policy", "err", err)
+			return 1
+		}
+		hs = &http.Server{Handler: srv.PolicyHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go hs.Serve(pln)
+		safelog.Notice(log, "serving the node policy", "addr", safelog.Addr(pln.Addr().String()))
+	}
+	safelog.Notice(log, "bentod listening", "addr", safelog.Addr(ln.Addr().String()), "version", server.Version)
+
+	closed := make(chan struct{})
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		for sig := range sigs {
+			if sig == syscall.SIGHUP {
+				np, err := policy.Load(*conf)
+				if err != nil {
+					log.Warn("reload failed; keeping the old policy", "err", err)
+					continue
+				}
+				srv.SetPolicy(np)
+				safelog.SetSafe(np.SafeLogging)
+				safelog.Notice(log, "policy reloaded")
+				continue
+			}
+			safelog.Notice(log, "shutting down", "signal", sig.String())
+			if hs != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				hs.Shutdown(ctx)
+				cancel()
+			}
+			srv.Close()
+			close(closed)
+			return
+		}
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
+		log.Error("serve", "err", err)
+		srv.Close()
+		return 1
+	}
+	<-closed // every instance has been torn down
+	return 0
+}
