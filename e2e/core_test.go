@@ -1,0 +1,235 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/torbento/bento/client"
+)
+
+const netPolicy = "AllowAPI send,recv,log,time,sleep,random,storage,exit,http.fetch,bento\nDestinationPolicy accept 127.0.0.1:*\n"
+
+func TestHello(t *testing.T) {
+	d := startBentod(t, "")
+	r := bento(t, "", "run", d.Addr, fn("hello"), "Alice")
+	if r.Code != 0 || r.Stdout != "hello, Alice!\nsent from a Bento box\n" {
+		t.Fatalf("run hello: %s", r)
+	}
+}
+
+func TestBrowserPadded(t *testing.T) {
+	d := startBentod(t, netPolicy)
+	body := page(10_000)
+	base, port := webServer(t, body)
+	for _, multiple := range []int{0, 4096, 1 << 20} {
+		r := bento(t, "", "run", "--destinations", fmt.Sprintf("accept 127.0.0.1:%d", port), d.Addr, fn("browser"), base+"/page", fmt.Sprint(multiple))
+		if r.Code != 0 {
+			t.Fatalf("browser: %s", r)
+		}
+		if want := padded(body, multiple); !bytes.Equal([]byte(r.Stdout), want) {
+			t.Errorf("multiple %d: got %d bytes, want %d (prefix %q)", multiple, len(r.Stdout), len(want), trunc(r.Stdout))
+		}
+	}
+}
+
+func TestComposition(t *testing.T) {
+	a := startBentod(t, netPolicy)
+	b := startBentod(t, "")
+	body := page(200_000)
+	base, _ := webServer(t, body)
+	dep := deployCLI(t, a, fn("browser-dropbox"), "--destinations", "accept 127.0.0.1:*")
+	r := bento(t, "", "invoke", a.Addr, dep.InvocationToken, base+"/page", "65536", b.Addr, "2")
+	if r.Code != 0 {
+		t.Fatalf("browser-dropbox: %s", r)
+	}
+	var box struct {
+		Server, InvocationToken, ShutdownToken string `json:"-"`
+		S                                      string `json:"server"`
+		Inv                                    string `json:"invocation_token"`
+		Sd                                     string `json:"shutdown_token"`
+		Bytes                                  int    `json:"bytes"`
+	}
+	if err := jsonUnmarshal(r.Stdout, &box); err != nil || box.Inv == "" {
+		t.Fatalf("output %q: %v", r.Stdout, err)
+	}
+	// A is gone: its instance ended and its bentod stops.
+	a.stop(t)
+	want := padded(body, 65536)
+	for i := 0; i < 2; i++ {
+		g := bento(t, "", "invoke", b.Addr, box.Inv, "get")
+		if g.Code != 0 || !bytes.Equal([]byte(g.Stdout), want) {
+			t.Fatalf("get %d from B: %d bytes, want %d: %s", i, len(g.Stdout), len(want), g)
+		}
+	}
+	// max_gets was 2: the data is deleted and the Dropbox has ended.
+	time.Sleep(300 * time.Millisecond)
+	g := bento(t, "", "invoke", b.Addr, box.Inv, "get")
+	if g.Code != 5 {
+		t.Fatalf("third get: want exit 5 (gone), got %s", g)
+	}
+}
+
+func TestReattach(t *testing.T) {
+	d := startBentod(t, "")
+	dep := deployCLI(t, d, fn("counter"))
+	cl := client.New(d.Addr)
+	s, err := cl.Invoke(ctx(t), dep.InvocationToken, 40, 0.02)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for len(got) < 30 {
+		data, exit, err := s.Recv()
+		if err != nil || exit != nil {
+			t.Fatalf("early end: %v %v", exit, err)
+		}
+		got = append(got, data...)
+	}
+	offset := s.Offset
+	s.Close() // disconnect mid-stream; the function keeps running
+	time.Sleep(300 * time.Millisecond)
+	// Reattach with the real CLI at the recorded offset.
+	r := bento(t, "", "attach", d.Addr, dep.InvocationToken, s.ID, "--offset", fmt.Sprint(offset))
+	if r.Code != 0 {
+		t.Fatalf("attach: %s", r)
+	}
+	got = append(got, r.Stdout...)
+	var want strings.Builder
+	for i := 0; i < 40; i++ {
+		fmt.Fprintf(&want, "line %d\n", i)
+	}
+	want.WriteString("done\n")
+	if string(got) != want.String() {
+		t.Fatalf("output after reattach:\n%q\nwant\n%q", got, want.String())
+	}
+	// A bad offset is refused clearly.
+	r = bento(t, "", "attach", d.Addr, dep.InvocationToken, s.ID, "--offset", "3")
+	if r.Code == 0 || !strings.Contains(r.Stderr, "record boundary") {
+		t.Fatalf("attach at a bad offset: %s", r)
+	}
+}
+
+func TestInteractive(t *testing.T) {
+	d := startBentod(t, "")
+	r := bento(t, "ping\n", "run", "-i", d.Addr, fn("echo"))
+	if r.Code != 0 || r.Stdout != "ping\nechoed 1 messages\n" {
+		t.Fatalf("echo: %s", r)
+	}
+}
+
+func TestSharedTokenAndShutdown(t *testing.T) {
+	d := startBentod(t, "")
+	dep := deployCLI(t, d, fn("dropbox"))
+	// The owner shares the invocation token; another client puts and gets.
+	if r := bento(t, "secret data", "invoke", "-i", d.Addr, dep.InvocationToken, "put"); r.Code != 0 {
+		t.Fatalf("put by another client: %s", r)
+	}
+	if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "get"); r.Code != 0 || r.Stdout != "secret data" {
+		t.Fatalf("get: %s", r)
+	}
+	// The invocation token cannot end the instance.
+	if r := bento(t, "", "shutdown", d.Addr, dep.InvocationToken); r.Code != 5 {
+		t.Fatalf("shutdown with the invocation token: %s", r)
+	}
+	if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "get"); r.Code != 0 {
+		t.Fatalf("instance must survive a shutdown with the wrong token: %s", r)
+	}
+	// A guessed token is refused.
+	if r := bento(t, "", "shutdown", d.Addr, "bento-sd-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"); r.Code != 5 {
+		t.Fatalf("shutdown with a guessed token: %s", r)
+	}
+	if r := bento(t, "", "shutdown", d.Addr, dep.ShutdownToken); r.Code != 0 {
+		t.Fatalf("shutdown: %s", r)
+	}
+	if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "get"); r.Code != 5 {
+		t.Fatalf("invoke after shutdown: %s", r)
+	}
+	if strings.Contains(d.log.String(), dep.InvocationToken) || strings.Contains(d.log.String(), dep.ShutdownToken) {
+		t.Fatal("a token reached bentod's log")
+	}
+	if strings.Contains(d.log.String(), "127.0.0.1:") {
+		t.Fatal("an address reached bentod's log under SafeLogging")
+	}
+}
+
+func TestManifestRefused(t *testing.T) {
+	d := startBentod(t, "AllowAPI send\nMaxMemory 32 MB\n")
+	dir := t.TempDir()
+	os.WriteFile(dir+"/bento.toml", []byte(`name = "greedy"
+apis = ["send", "http.fetch"]
+destinations = ["accept *:443"]
+[resources]
+memory = "64 MB"
+lifetime = "1 hour"
+`), 0o644)
+	os.WriteFile(dir+"/main.star", []byte("def main():\n    return 1\n"), 0o644)
+	r := bento(t, "", "deploy", d.Addr, dir)
+	if r.Code != 3 {
+		t.Fatalf("want exit 3, got %s", r)
+	}
+	for _, want := range []string{
+		"apis: asks http.fetch, policy allows only send",
+		"resources.memory: asks 64 MB, policy allows at most 32 MB",
+		"resources.lifetime: asks 1h0m0s, policy allows at most 10m0s",
+		"destinations: asks accept *:443, policy allows nothing",
+	} {
+		if !strings.Contains(r.Stderr, want) {
+			t.Errorf("refusal lacks %q:\n%s", want, r.Stderr)
+		}
+	}
+	// The client can learn the same before uploading.
+	r = bento(t, "", "policy", d.Addr, "--check", dir)
+	if r.Code != 3 || !strings.Contains(r.Stdout, "resources.memory") {
+		t.Fatalf("policy --check: %s", r)
+	}
+}
+
+func TestAPIDeniedAtRunTime(t *testing.T) {
+	d := startBentod(t, netPolicy)
+	base, _ := webServer(t, []byte("x"))
+	r := bento(t, "", "run", d.Addr, fn("fetcher"), base+"/page")
+	if r.Code != 1 || !strings.Contains(r.Stderr, `permission denied: http.fetch() needs "http.fetch" in the manifest's apis`) ||
+		!strings.Contains(r.Stderr, "main.star:2") {
+		t.Fatalf("want a located permission error, got %s", r)
+	}
+}
+
+func TestDestinationDenied(t *testing.T) {
+	body := []byte("hello")
+	base, port := webServer(t, body)
+	_, other := webServer(t, body)
+	// The manifest allows only `other`; the node allows all of loopback.
+	d := startBentod(t, netPolicy)
+	r := bento(t, "", "run", "--destinations", fmt.Sprintf("accept 127.0.0.1:%d", other), d.Addr, fn("browser"), base+"/page")
+	if r.Code != 1 || !strings.Contains(r.Stderr, "rejected by the manifest's destinations") {
+		t.Fatalf("destination outside the manifest: %s", r)
+	}
+	// The node rejects the port even though the manifest asks for it: the
+	// upload is refused up front.
+	d2 := startBentod(t, fmt.Sprintf("AllowAPI http.fetch\nDestinationPolicy reject 127.0.0.1:%d, accept 127.0.0.1:*\n", port))
+	r = bento(t, "", "run", "--destinations", fmt.Sprintf("accept 127.0.0.1:%d", port), d2.Addr, fn("browser"), base+"/page")
+	if r.Code != 3 {
+		t.Fatalf("manifest destination the node rejects: %s", r)
+	}
+	// A redirect to a rejected destination is caught at dial time.
+	r = bento(t, "", "run", "--destinations", "accept 127.0.0.1:*", d2.Addr, fn("browser"), fmt.Sprintf("http://127.0.0.1:%d/page", port))
+	if r.Code != 3 {
+		t.Fatalf("want refusal: %s", r)
+	}
+}
+
+func TestFunctionErrors(t *testing.T) {
+	d := startBentod(t, "")
+	r := bento(t, "", "deploy", d.Addr, fn("syntaxerr"))
+	if r.Code != 8 || !strings.Contains(r.Stderr, "main.star:2:") {
+		t.Fatalf("syntax error: %s", r)
+	}
+	r = bento(t, "", "run", d.Addr, fn("runtimeerr"))
+	if r.Code != 1 || !strings.Contains(r.Stderr, "main.star:2:") || !strings.Contains(r.Stderr, "missing") {
+		t.Fatalf("runtime error: %s", r)
+	}
+}

@@ -1,0 +1,210 @@
+// Package e2e drives the real binaries: bentod with real runc containers,
+// and the bento CLI, against loopback servers.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/torbento/bento/client"
+	"github.com/torbento/bento/internal/testutil"
+)
+
+// daemon is a running bentod.
+type daemon struct {
+	Addr    string
+	Policy  string // HTTP policy address
+	DataDir string
+	cmd     *exec.Cmd
+	log     *bytes.Buffer
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// startBentod starts bentod with the given extra bentorc lines.
+func startBentod(t *testing.T, rc string) *daemon {
+	t.Helper()
+	testutil.RequireSandbox(t)
+	bin := testutil.Binaries(t)
+	dir := t.TempDir()
+	d := &daemon{
+		Addr:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		Policy:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		DataDir: filepath.Join(dir, "data"),
+		log:     &bytes.Buffer{},
+	}
+	conf := filepath.Join(dir, "bentorc")
+	full := fmt.Sprintf("ListenAddress %s\nPolicyAddress %s\nDataDirectory %s\nLog info\n%s\n", d.Addr, d.Policy, d.DataDir, rc)
+	if err := os.WriteFile(conf, []byte(full), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd = exec.Command(filepath.Join(bin, "bentod"), "-f", conf)
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.stop(t) })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c, err := net.Dial("tcp", d.Addr); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bentod did not start listening; log:\n%s", d.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return d
+}
+
+// stop ends bentod and checks it left nothing behind.
+func (d *daemon) stop(t *testing.T) {
+	if d.cmd.ProcessState != nil {
+		return
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- d.cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		d.cmd.Process.Kill()
+		<-done
+		t.Errorf("bentod did not exit on SIGTERM; log:\n%s", d.log)
+	}
+	out, _ := exec.Command("runc", "--root", filepath.Join(d.DataDir, "runtime"), "list", "-q").Output()
+	if s := strings.TrimSpace(string(out)); s != "" {
+		t.Errorf("containers left behind: %s", s)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(d.DataDir, "bundles")); len(ents) > 0 {
+		t.Errorf("%d bundles left behind", len(ents))
+	}
+	if t.Failed() {
+		t.Logf("bentod log:\n%s", d.log)
+	}
+}
+
+// kill ends bentod at once, as a crash would.
+func (d *daemon) kill() {
+	d.cmd.Process.Kill()
+	d.cmd.Wait()
+}
+
+// result is a finished bento CLI run.
+type result struct {
+	Stdout, Stderr string
+	Code           int
+}
+
+// bento runs the CLI.
+func bento(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(testutil.Binaries(t), "bento"), args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.Stdin = strings.NewReader(stdin)
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return result{out.String(), errb.String(), code}
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\nstdout: %q\nstderr: %s", r.Code, trunc(r.Stdout), r.Stderr)
+}
+
+func trunc(s string) string {
+	if len(s) > 300 {
+		return s[:300] + "…"
+	}
+	return s
+}
+
+// fn returns the path of a shipped function or a test function.
+func fn(name string) string {
+	if p := filepath.Join(testutil.RepoRoot(), "functions", name); exists(p) {
+		return p
+	}
+	return filepath.Join(testutil.RepoRoot(), "e2e", "testdata", "functions", name)
+}
+
+func exists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// webServer serves body at /page and returns its base URL and port.
+func webServer(t *testing.T, body []byte) (string, int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/page" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write(body)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String(), ln.Addr().(*net.TCPAddr).Port
+}
+
+// page returns n deterministic bytes.
+func page(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte('a' + (i*7+i/13)%26)
+	}
+	return b
+}
+
+// padded is Browser's output for body padded to a multiple.
+func padded(body []byte, multiple int) []byte {
+	out := append([]byte(fmt.Sprintf("%016d", len(body))), body...)
+	if multiple > 0 && len(out)%multiple != 0 {
+		out = append(out, make([]byte, multiple-len(out)%multiple)...)
+	}
+	return out
+}
+
+func deployCLI(t *testing.T, d *daemon, dir string, extra ...string) client.Deployed {
+	t.Helper()
+	r := bento(t, "", append([]string{"deploy", d.Addr, dir}, extra...)...)
+	if r.Code != 0 {
+		t.Fatalf("deploy %s: %s", dir, r)
+	}
+	var dep client.Deployed
+	if err := jsonUnmarshal(r.Stdout, &dep); err != nil {
+		t.Fatalf("deploy output %q: %v", r.Stdout, err)
+	}
+	return dep
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return c
+}
