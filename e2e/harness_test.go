@@ -25,6 +25,7 @@ type daemon struct {
 	Addr    string
 	Policy  string // HTTP policy address
 	DataDir string
+	conf    string
 	cmd     *exec.Cmd
 	log     *bytes.Buffer
 }
@@ -51,17 +52,24 @@ func startBentod(t *testing.T, rc string) *daemon {
 		DataDir: filepath.Join(dir, "data"),
 		log:     &bytes.Buffer{},
 	}
-	conf := filepath.Join(dir, "bentorc")
+	d.conf = filepath.Join(dir, "bentorc")
 	full := fmt.Sprintf("ListenAddress %s\nPolicyAddress %s\nDataDirectory %s\nLog info\n%s\n", d.Addr, d.Policy, d.DataDir, rc)
-	if err := os.WriteFile(conf, []byte(full), 0o644); err != nil {
+	if err := os.WriteFile(d.conf, []byte(full), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d.cmd = exec.Command(filepath.Join(bin, "bentod"), "-f", conf)
+	d.start(t, bin)
+	t.Cleanup(func() { d.stop(t) })
+	return d
+}
+
+// start runs bentod and waits until it listens.
+func (d *daemon) start(t *testing.T, bin string) {
+	t.Helper()
+	d.cmd = exec.Command(filepath.Join(bin, "bentod"), "-f", d.conf)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.stop(t) })
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if c, err := net.Dial("tcp", d.Addr); err == nil {
@@ -73,7 +81,12 @@ func startBentod(t *testing.T, rc string) *daemon {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return d
+}
+
+// restart starts bentod again on the same configuration and data.
+func (d *daemon) restart(t *testing.T) {
+	t.Helper()
+	d.start(t, testutil.Binaries(t))
 }
 
 // stop ends bentod and checks it left nothing behind.

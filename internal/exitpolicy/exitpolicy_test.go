@@ -41,8 +41,8 @@ func TestEvaluate(t *testing.T) {
 		{"reject 127.0.0.1:8888\naccept 127.0.0.1:*", "127.0.0.1", 8888, Reject},
 		{"reject 127.0.0.1:8888\naccept 127.0.0.1:*", "127.0.0.1", 8080, Accept},
 		{"accept 127.0.0.1:80", "127.0.0.2", 80, Reject},
-		{"", "192.0.2.1", 80, Reject},                  // deny by default
-		{"ACCEPT *:443", "192.0.2.1", 443, Accept},      // case-insensitive as in tor
+		{"", "192.0.2.1", 80, Reject},                     // deny by default
+		{"ACCEPT *:443", "192.0.2.1", 443, Accept},        // case-insensitive as in tor
 		{"accept6 192.0.2.1:80", "192.0.2.1", 80, Reject}, // ignored item
 		{"accept 0.0.0.0/0:*", "203.0.113.5", 1, Accept},
 	}
@@ -102,11 +102,11 @@ func TestWarnings(t *testing.T) {
 
 func TestRuleString(t *testing.T) {
 	tests := map[string][]string{
-		"accept *:80":               {"accept *4:80", "accept6 *6:80"},
-		"reject 10.0.0.0/8:1-1024":  {"reject 10.0.0.0/8:1-1024"},
-		"accept [2001:db8::]/32":    {"accept6 [2001:db8::]/32:*"},
-		"accept6 [::1]:9050":        {"accept6 [::1]:9050"},
-		"reject 192.0.2.1:*":        {"reject 192.0.2.1:*"},
+		"accept *:80":              {"accept *4:80", "accept6 *6:80"},
+		"reject 10.0.0.0/8:1-1024": {"reject 10.0.0.0/8:1-1024"},
+		"accept [2001:db8::]/32":   {"accept6 [2001:db8::]/32:*"},
+		"accept6 [::1]:9050":       {"accept6 [::1]:9050"},
+		"reject 192.0.2.1:*":       {"reject 192.0.2.1:*"},
 	}
 	for in, want := range tests {
 		rules, _, err := ParseItem(in)

@@ -39,16 +39,16 @@ func TestParse(t *testing.T) {
 
 func TestParseErrors(t *testing.T) {
 	tests := map[string]string{
-		`name = "x y"`:                                   "name",
-		`name = "a"` + "\nbogus = 1":                     "unknown keys bogus",
-		`name = "a"` + "\napis = [\"exec\"]":             "unknown host call",
-		`name = "a"` + "\napis = [\"http.fetch\"]":       "destinations accepts nothing",
-		`name = "a"` + "\nentry = \"../etc/passwd\"":     "entry",
-		`name = "a"` + "\nmode = \"forever\"":            "mode",
-		`name = "a"` + "\n[resources]\nmemory = \"1 MB\"": "below the minimum",
-		`name = "a"` + "\n[resources]\nmemory = \"lots\"": "resources.memory",
+		`name = "x y"`:                                             "name",
+		`name = "a"` + "\nbogus = 1":                               "unknown keys bogus",
+		`name = "a"` + "\napis = [\"exec\"]":                       "unknown host call",
+		`name = "a"` + "\napis = [\"http.fetch\"]":                 "destinations accepts nothing",
+		`name = "a"` + "\nentry = \"../etc/passwd\"":               "entry",
+		`name = "a"` + "\nmode = \"forever\"":                      "mode",
+		`name = "a"` + "\n[resources]\nmemory = \"1 MB\"":          "below the minimum",
+		`name = "a"` + "\n[resources]\nmemory = \"lots\"":          "resources.memory",
 		`name = "a"` + "\ndestinations = [\"accept6 1.2.3.4:80\"]": "destinations",
-		`name = `:                                        "bento.toml",
+		`name = `: "bento.toml",
 	}
 	for in, want := range tests {
 		_, err := Parse([]byte(in))

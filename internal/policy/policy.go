@@ -17,16 +17,16 @@ import (
 // Limits are resource amounts: per-function ceilings in a policy, or what a
 // manifest asks for.
 type Limits struct {
-	Memory    int64         `json:"memory_bytes"`    // cgroup memory limit (no swap)
-	CPU       float64       `json:"cpu_cores"`       // CPU bandwidth, in cores
-	CPUTime   time.Duration `json:"cpu_time_ns"`     // total CPU time before the instance is stopped
-	Processes int           `json:"processes"`       // pids limit (threads count)
-	Storage   int64         `json:"storage_bytes"`   // storage API bytes, and the size of the scratch tmpfs
-	Output    int64         `json:"output_bytes"`    // bytes sent to clients over the instance's life
-	Lifetime  time.Duration `json:"lifetime_ns"`     // wall-clock life of the instance
-	Steps     uint64        `json:"starlark_steps"`  // Starlark execution steps per invocation
-	Upload    int64         `json:"upload_bytes"`    // size of the uploaded function bundle
-	Fetch     int64         `json:"fetch_bytes"`     // largest HTTP response body one fetch may return
+	Memory    int64         `json:"memory_bytes"`   // cgroup memory limit (no swap)
+	CPU       float64       `json:"cpu_cores"`      // CPU bandwidth, in cores
+	CPUTime   time.Duration `json:"cpu_time_ns"`    // total CPU time before the instance is stopped
+	Processes int           `json:"processes"`      // pids limit (threads count)
+	Storage   int64         `json:"storage_bytes"`  // storage API bytes, and the size of the scratch tmpfs
+	Output    int64         `json:"output_bytes"`   // bytes sent to clients over the instance's life
+	Lifetime  time.Duration `json:"lifetime_ns"`    // wall-clock life of the instance
+	Steps     uint64        `json:"starlark_steps"` // Starlark execution steps per invocation
+	Upload    int64         `json:"upload_bytes"`   // size of the uploaded function bundle
+	Fetch     int64         `json:"fetch_bytes"`    // largest HTTP response body one fetch may return
 }
 
 // Policy is the middlebox node policy plus daemon settings.

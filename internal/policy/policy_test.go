@@ -76,17 +76,17 @@ MaxInstances 10
 
 func TestParseErrors(t *testing.T) {
 	tests := map[string]string{
-		"Bogus 1":                           "unknown keyword",
-		"\n\nMaxMemory lots":                "empty:3: maxmemory",
-		"AllowAPI exec":                     "unknown host call",
-		"DestinationPolicy allow *:*":       "DestinationPolicy",
-		"Runtime docker":                    "want runc",
-		"DataDirectory relative":            "absolute",
-		"MaxMemory 1 MB":                    "below 16 MB",
-		"ListenAddress 8888":                "HOST:PORT",
-		"Image python":                      "not built in",
-		"MaxCPU -1":                         "number of cores",
-		"SafeLogging yes":                   "0 or 1",
+		"Bogus 1":                     "unknown keyword",
+		"\n\nMaxMemory lots":          "empty:3: maxmemory",
+		"AllowAPI exec":               "unknown host call",
+		"DestinationPolicy allow *:*": "DestinationPolicy",
+		"Runtime docker":              "want runc",
+		"DataDirectory relative":      "absolute",
+		"MaxMemory 1 MB":              "below 16 MB",
+		"ListenAddress 8888":          "HOST:PORT",
+		"Image python":                "not built in",
+		"MaxCPU -1":                   "number of cores",
+		"SafeLogging yes":             "0 or 1",
 	}
 	for in, want := range tests {
 		_, err := Parse("empty", []byte(in))

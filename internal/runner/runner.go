@@ -110,8 +110,7 @@ var fileOptions = &syntax.FileOptions{While: true, Recursion: true, TopLevelCont
 func (r *Runner) load() *proto.FuncError {
 	cache := map[string]starlark.StringDict{}
 	loading := map[string]bool{}
-	var loadFn func(th *starlark.Thread, name string) (starlark.StringDict, error)
-	loadFn = func(th *starlark.Thread, name string) (starlark.StringDict, error) {
+	loadFn := func(th *starlark.Thread, name string) (starlark.StringDict, error) {
 		if g, ok := cache[name]; ok {
 			return g, nil
 		}
@@ -339,4 +338,3 @@ func bulkArg(fn string, v starlark.Value) ([]byte, error) {
 	}
 	return nil, fmt.Errorf("%s: want str or bytes, got %s", fn, v.Type())
 }
-

@@ -41,8 +41,8 @@ func TestLimits(t *testing.T) {
 		t.Errorf("oversized frame on conn: %v", err)
 	}
 	for _, bad := range [][]byte{
-		{0, 0, 0, 2, 1, 0},             // shorter than a frame header
-		{0, 0, 0, 5, 1, 0, 0, 0, 9},    // header longer than frame
+		{0, 0, 0, 2, 1, 0},               // shorter than a frame header
+		{0, 0, 0, 5, 1, 0, 0, 0, 9},      // header longer than frame
 		{0, 0, 0, 9, 1, 0, 0, 0, 1, 'x'}, // truncated
 	} {
 		if _, _, err := Decode(bad, 1<<20); err == nil {

@@ -1,0 +1,64 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestCrashRecovery kills bentod with SIGKILL while an instance runs and
+// checks that a restarted bentod reaps the orphaned container and that the
+// instance's client gets a clear error.
+func TestCrashRecovery(t *testing.T) {
+	d := startBentod(t, "")
+	dep := deployCLI(t, d, fn("dropbox"))
+	if r := bento(t, "x", "invoke", "-i", d.Addr, dep.InvocationToken, "put"); r.Code != 0 {
+		t.Fatal(r)
+	}
+	pidFile := filepath.Join(d.DataDir, "bundles", dep.Instance, "pid")
+	pidData, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.kill()
+	var pid int
+	for _, c := range strings.TrimSpace(string(pidData)) {
+		pid = pid*10 + int(c-'0')
+	}
+	if syscall.Kill(pid, 0) != nil {
+		t.Fatalf("the orphaned container process %d is already gone; the test proves nothing", pid)
+	}
+	d.restart(t)
+	deadline := time.Now().Add(5 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		// A zombie reparented to init counts as gone once it is not running.
+		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Contains(string(st), ") Z ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("orphaned container process %d still runs after restart", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out, _ := exec.Command("runc", "--root", filepath.Join(d.DataDir, "runtime"), "list", "-q").Output()
+	if strings.TrimSpace(string(out)) != "" {
+		t.Fatalf("runc still lists %s", out)
+	}
+	for _, cg := range []string{"/sys/fs/cgroup/memory/bento", "/sys/fs/cgroup/pids/bento", "/sys/fs/cgroup/bento"} {
+		if _, err := os.Stat(filepath.Join(cg, dep.Instance)); err == nil {
+			t.Fatalf("the orphaned container's cgroup %s remains", cg)
+		}
+	}
+	r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "get")
+	if r.Code != 5 || !strings.Contains(r.Stderr, "no instance has this token") {
+		t.Fatalf("client of a lost instance: %s", r)
+	}
+	if !strings.Contains(d.log.String(), "removed containers left by an earlier bentod") {
+		t.Fatalf("restart did not report the reaping:\n%s", d.log)
+	}
+}
