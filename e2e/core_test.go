@@ -66,7 +66,6 @@ func TestComposition(t *testing.T) {
 		}
 	}
 	// max_gets was 2: the data is deleted and the Dropbox has ended.
-	time.Sleep(300 * time.Millisecond)
 	g := bento(t, "", "invoke", b.Addr, box.Inv, "get")
 	if g.Code != 5 {
 		t.Fatalf("third get: want exit 5 (gone), got %s", g)

@@ -50,7 +50,7 @@ const (
 )
 
 const usage = `usage:
-  bento policy   SERVER [--check DIR]        show a server's node policy (and check a function against it)
+  bento policy   SERVER [--check DIR] [--json]  show a server's node policy (and check a function against it)
   bento deploy   SERVER DIR [--destinations ITEMS]  upload a function and start an instance; prints its tokens
   bento invoke   [-i] SERVER TOKEN [ARG...]  call the function (-i: send stdin to it)
   bento attach   SERVER TOKEN SESSION [--offset N]  reattach to an invocation after a disconnect
@@ -181,6 +181,7 @@ func (c *cli) policy(args []string) int {
 	fs := flag.NewFlagSet("policy", flag.ContinueOnError)
 	fs.SetOutput(c.stderr)
 	check := fs.String("check", "", "function directory to check against the policy")
+	asJSON := fs.Bool("json", false, "print the policy as JSON")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil || len(pos) != 1 {
 		return c.usageErr("policy takes SERVER [--check DIR]")
@@ -191,8 +192,12 @@ func (c *cli) policy(args []string) int {
 		return c.fail(err)
 	}
 	if *check == "" {
-		b, _ := json.MarshalIndent(p, "", "  ")
-		fmt.Fprintf(c.stdout, "%s\n", b)
+		if *asJSON {
+			b, _ := json.MarshalIndent(p, "", "  ")
+			fmt.Fprintf(c.stdout, "%s\n", b)
+		} else {
+			printPolicy(c.stdout, p)
+		}
 		return exitOK
 	}
 	fn, err := client.LoadFunction(*check)
@@ -398,4 +403,36 @@ func (c *cli) runCmd(args []string) int {
 		return c.fail(err)
 	}
 	return c.stream(cl, d.InvocationToken, s, *interactive)
+}
+
+// printPolicy shows a policy the way an operator wrote it.
+func printPolicy(w io.Writer, p *client.Policy) {
+	name := p.Nickname
+	if name == "" {
+		name = "(no nickname)"
+	}
+	fmt.Fprintf(w, "server       %s\n", name)
+	fmt.Fprintf(w, "images       %s\n", strings.Join(p.Images, ", "))
+	fmt.Fprintf(w, "host calls   %s\n", strings.Join(p.APIs, ", "))
+	dest := "none (no network access)"
+	if len(p.Destinations) > 0 {
+		dest = strings.Join(p.Destinations, ", ")
+	}
+	fmt.Fprintf(w, "destinations %s\n", dest)
+	m := p.Max
+	fmt.Fprintf(w, "per function memory %s, cpu %g cores, cpu time %s, processes %d, storage %s, output %s, lifetime %s, steps %d, upload %s\n",
+		size(m.Memory), m.CPU, m.CPUTime, m.Processes, size(m.Storage), size(m.Output), m.Lifetime, m.Steps, size(m.Upload))
+	fmt.Fprintf(w, "free now     memory %s, cpu %.2f cores, %d instances\n", size(p.Free.Memory), p.Free.CPU, p.Free.Instances)
+}
+
+func size(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%d MB", n>>20)
+	case n >= 1<<10:
+		return fmt.Sprintf("%d KB", n>>10)
+	}
+	return fmt.Sprintf("%d bytes", n)
 }

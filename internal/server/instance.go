@@ -45,6 +45,7 @@ type Instance struct {
 	invoked     bool
 	outputUsed  int64
 	storageUsed int64
+	exiting     bool // the function called exit()
 	killReason  string
 	endReason   string
 	ended       chan struct{} // closed when the container is gone
@@ -301,6 +302,9 @@ func (in *Instance) newSession(args json.RawMessage) (*session, error) {
 	if in.isEnded() {
 		return nil, &proto.Error{Code: proto.CodeGone, Message: "instance has ended: " + in.endReason}
 	}
+	if in.exiting {
+		return nil, &proto.Error{Code: proto.CodeGone, Message: "instance is ending: the function called exit()"}
+	}
 	if in.m.Mode == manifest.ModeOneShot && in.invoked {
 		return nil, &proto.Error{Code: proto.CodeGone, Message: "one-shot instance was already invoked; attach to its session or deploy again"}
 	}
@@ -348,10 +352,14 @@ func (in *Instance) finish(d proto.Done, body []byte) {
 	in.mu.Lock()
 	s.done = true
 	delete(in.byInv, d.Inv)
+	exiting := in.exiting && len(in.byInv) == 0
 	in.mu.Unlock()
 	appendExit(s, exit)
-	if oneshot {
+	switch {
+	case oneshot:
 		in.kill("function returned")
+	case exiting:
+		in.kill("function called exit()")
 	}
 }
 
@@ -448,12 +456,12 @@ func (in *Instance) dispatch(call proto.Call, body []byte) {
 		_, _ = rand.Read(b)
 		reply(nil, nil, b)
 	case "exit":
+		// The instance ends when the calling invocation finishes; no new
+		// invocation is accepted meanwhile.
+		in.mu.Lock()
+		in.exiting = true
+		in.mu.Unlock()
 		reply(nil, nil, nil)
-		go func() {
-			// Let the current invocation finish, then end.
-			time.Sleep(50 * time.Millisecond)
-			in.kill("function called exit()")
-		}()
 	case "storage.put", "storage.get", "storage.delete", "storage.keys":
 		res, bulk, err := h.storage(call.Name)
 		if err != errStopped {

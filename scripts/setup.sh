@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# setup.sh: install what Bento needs on a Debian machine and build it.
+#
+# Needs root (containers are started through runc as root). Installs runc
+# from Debian when it is missing, checks for Go, and builds bentod, bento and
+# the static bento-runner into ./bin.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root: bentod starts containers through runc (sudo bash scripts/setup.sh)"
+
+export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
+command -v go >/dev/null || die "Go is missing: install Go 1.26 or later from go.dev/dl into /usr/local/go"
+
+apt_updated=0
+need_pkg() { # need_pkg COMMAND PACKAGE
+	command -v "$1" >/dev/null && return 0
+	if ! command -v apt-get >/dev/null; then
+		die "$1 is missing and this is not a Debian-like system: install the $2 package by hand"
+	fi
+	if [ "$apt_updated" = 0 ]; then
+		say "apt-get update"
+		apt-get update -qq || die "apt-get update failed"
+		apt_updated=1
+	fi
+	say "installing $2"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null || die "apt-get install $2 failed"
+	command -v "$1" >/dev/null || die "$2 installed but $1 is still not in PATH"
+}
+
+need_pkg runc runc
+# The race detector needs cgo.
+need_pkg gcc gcc
+
+say "building into ./bin"
+mkdir -p bin
+CGO_ENABLED=0 go build -trimpath -o bin/ ./cmd/bentod ./cmd/bento ./cmd/bento-runner
+say "ready: $(runc --version | head -1), $(go version)"

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# test.sh: set up, then run every check and test: gofmt, go vet,
+# staticcheck, the unit and end-to-end suites with the race detector (real
+# runc containers), and a short run of every fuzz target.
+#
+# Under CI=true a missing prerequisite fails the tests instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
+FUZZTIME=${FUZZTIME:-4s}
+
+step() { printf '\n== %s\n' "$*"; }
+
+step gofmt
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+	printf 'gofmt would change:\n%s\n' "$unformatted"
+	exit 1
+fi
+
+step "go vet"
+go vet ./...
+
+step staticcheck
+if ! command -v staticcheck >/dev/null; then
+	go install honnef.co/go/tools/cmd/staticcheck@latest
+fi
+staticcheck ./...
+
+step "fuzz targets (${FUZZTIME} each)"
+for pkg in $(go list ./...); do
+	dir=$(go list -f '{{.Dir}}' "$pkg")
+	for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
+		echo "fuzz $pkg $target"
+		go test -run='^$' -fuzz="^${target}\$" -fuzztime="$FUZZTIME" "$pkg" >/tmp/bento-fuzz.log 2>&1 || {
+			cat /tmp/bento-fuzz.log
+			exit 1
+		}
+	done
+done
+
+step "tests (race detector, real runc)"
+go test -race -count=1 -timeout 20m ./... 2>&1 | tee /tmp/bento-test.log
+status=${PIPESTATUS[0]}
+passed=$(grep -c '^ok ' /tmp/bento-test.log || true)
+failed=$(grep -c '^FAIL' /tmp/bento-test.log || true)
+echo "packages: ${passed} passed, ${failed} failed"
+exit "$status"
