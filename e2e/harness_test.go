@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,10 +28,29 @@ type daemon struct {
 	DataDir string
 	conf    string
 	cmd     *exec.Cmd
-	log     *bytes.Buffer
+	log     *syncBuffer
 }
 
-func freePort(t *testing.T) int {
+// syncBuffer is a bytes.Buffer safe for the process-output copier and the
+// test to use at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -41,7 +61,7 @@ func freePort(t *testing.T) int {
 }
 
 // startBentod starts bentod with the given extra bentorc lines.
-func startBentod(t *testing.T, rc string) *daemon {
+func startBentod(t testing.TB, rc string) *daemon {
 	t.Helper()
 	testutil.RequireSandbox(t)
 	bin := testutil.Binaries(t)
@@ -50,7 +70,7 @@ func startBentod(t *testing.T, rc string) *daemon {
 		Addr:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		Policy:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		DataDir: filepath.Join(dir, "data"),
-		log:     &bytes.Buffer{},
+		log:     &syncBuffer{},
 	}
 	d.conf = filepath.Join(dir, "bentorc")
 	full := fmt.Sprintf("ListenAddress %s\nPolicyAddress %s\nDataDirectory %s\nLog info\n%s\n", d.Addr, d.Policy, d.DataDir, rc)
@@ -63,7 +83,7 @@ func startBentod(t *testing.T, rc string) *daemon {
 }
 
 // start runs bentod and waits until it listens.
-func (d *daemon) start(t *testing.T, bin string) {
+func (d *daemon) start(t testing.TB, bin string) {
 	t.Helper()
 	d.cmd = exec.Command(filepath.Join(bin, "bentod"), "-f", d.conf)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
@@ -84,13 +104,13 @@ func (d *daemon) start(t *testing.T, bin string) {
 }
 
 // restart starts bentod again on the same configuration and data.
-func (d *daemon) restart(t *testing.T) {
+func (d *daemon) restart(t testing.TB) {
 	t.Helper()
 	d.start(t, testutil.Binaries(t))
 }
 
 // stop ends bentod and checks it left nothing behind.
-func (d *daemon) stop(t *testing.T) {
+func (d *daemon) stop(t testing.TB) {
 	if d.cmd.ProcessState != nil {
 		return
 	}
@@ -103,6 +123,9 @@ func (d *daemon) stop(t *testing.T) {
 		d.cmd.Process.Kill()
 		<-done
 		t.Errorf("bentod did not exit on SIGTERM; log:\n%s", d.log)
+	}
+	if strings.Contains(d.log.String(), "WARNING: DATA RACE") {
+		t.Errorf("bentod reported a data race")
 	}
 	out, _ := exec.Command("runc", "--root", filepath.Join(d.DataDir, "runtime"), "list", "-q").Output()
 	if s := strings.TrimSpace(string(out)); s != "" {
@@ -129,7 +152,7 @@ type result struct {
 }
 
 // bento runs the CLI.
-func bento(t *testing.T, stdin string, args ...string) result {
+func bento(t testing.TB, stdin string, args ...string) result {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(testutil.Binaries(t), "bento"), args...)
 	var out, errb bytes.Buffer
@@ -167,7 +190,7 @@ func fn(name string) string {
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // webServer serves body at /page and returns its base URL and port.
-func webServer(t *testing.T, body []byte) (string, int) {
+func webServer(t testing.TB, body []byte) (string, int) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -203,7 +226,7 @@ func padded(body []byte, multiple int) []byte {
 	return out
 }
 
-func deployCLI(t *testing.T, d *daemon, dir string, extra ...string) client.Deployed {
+func deployCLI(t testing.TB, d *daemon, dir string, extra ...string) client.Deployed {
 	t.Helper()
 	r := bento(t, "", append([]string{"deploy", d.Addr, dir}, extra...)...)
 	if r.Code != 0 {
@@ -216,7 +239,7 @@ func deployCLI(t *testing.T, d *daemon, dir string, extra ...string) client.Depl
 	return dep
 }
 
-func ctx(t *testing.T) context.Context {
+func ctx(t testing.TB) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return c

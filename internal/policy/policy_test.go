@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/json"
+	"flag"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 	"testing"
 	"time"
 )
+
+var update = flag.Bool("update", false, "rewrite golden files")
 
 func TestDefaults(t *testing.T) {
 	p, err := Parse("empty", nil)
@@ -131,4 +134,25 @@ func FuzzParse(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestSampleGolden parses docs/bentorc.sample and compares the public
+// policy with testdata/sample.golden.json (go test -update rewrites it).
+func TestSampleGolden(t *testing.T) {
+	p, err := Load("../../docs/bentorc.sample")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := json.MarshalIndent(p.PublicView(), "", "  ")
+	golden := "testdata/sample.golden.json"
+	if *update {
+		os.WriteFile(golden, got, 0o644)
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) {
+		t.Errorf("public policy of the sample differs from %s:\n%s", golden, got)
+	}
 }
