@@ -232,3 +232,20 @@ func TestFunctionErrors(t *testing.T) {
 		t.Fatalf("runtime error: %s", r)
 	}
 }
+
+// TestManyInvocations invokes one service instance more times than it may
+// run sessions at once: finished sessions must not count.
+func TestManyInvocations(t *testing.T) {
+	d := startBentod(t, "")
+	dir := t.TempDir()
+	os.WriteFile(dir+"/bento.toml", []byte("name = \"ping\"\nmode = \"service\"\n"), 0o644)
+	os.WriteFile(dir+"/main.star", []byte("def main(x):\n    return x\n"), 0o644)
+	dep := deployCLI(t, d, dir)
+	cl := client.New(d.Addr)
+	for i := 0; i < 600; i++ {
+		out, err := cl.Call(ctx(t), dep.InvocationToken, fmt.Sprint(i))
+		if err != nil || string(out) != fmt.Sprint(i) {
+			t.Fatalf("call %d: %q %v", i, out, err)
+		}
+	}
+}

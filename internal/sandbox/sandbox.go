@@ -89,6 +89,11 @@ func (s *Sandbox) prepareRootfs(runner string) error {
 			return err
 		}
 	}
+	// runc gives a tmpfs the mode of the directory it is mounted on: make
+	// /tmp writable by the function's unprivileged user.
+	if err := os.Chmod(filepath.Join(s.rootfs, "tmp"), 0o1777|os.ModeSticky); err != nil {
+		return err
+	}
 	src, err := os.Open(runner)
 	if err != nil {
 		return fmt.Errorf("runner binary: %w (build it with: CGO_ENABLED=0 go build -o bin/ ./cmd/bento-runner)", err)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -111,4 +113,61 @@ func splitLines(s string) []string {
 		}
 	}
 	return out
+}
+
+// TestConfinement runs a probe in place of the runner and checks what the
+// sandbox lets a hostile program do.
+func TestConfinement(t *testing.T) {
+	testutil.RequireSandbox(t)
+	dir := t.TempDir()
+	build := exec.Command("go", "build", "-o", dir+"/probe", "./testdata/probe")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building probe: %v\n%s", err, out)
+	}
+	s, err := New(Config{Runtime: "runc", StateDir: t.TempDir(), RunnerPath: dir + "/probe"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	devnull, _ := os.Open(os.DevNull)
+	logPath := filepath.Join(t.TempDir(), "log")
+	logf, _ := os.Create(logPath)
+	c, err := s.Start(context.Background(), "t-probe", Limits{Memory: 32 << 20, CPU: 0.5, CPUTime: 5 * time.Second, Processes: 16, Storage: 256 << 10}, devnull, logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-c.Exited()
+	defer c.Remove()
+	out, _ := os.ReadFile(logPath)
+	got := map[string]string{}
+	for _, l := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			got[k] = v
+		}
+	}
+	want := map[string]string{
+		"uid":          "65534",
+		"socket":       "operation not permitted",
+		"socket_unix":  "operation not permitted",
+		"mount":        "operation not permitted",
+		"ptrace":       "operation not permitted",
+		"fork":         "operation not permitted",
+		"write_root":   "read-only file system",
+		"fill_tmp":     "no space left on device",
+		"root":         "bento-runner,dev,proc,tmp",
+		"cap_eff":      "0000000000000000",
+		"no_new_privs": "1",
+		"seccomp":      "2",
+		"hostname":     "bento",
+		"done":         "true",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %q, want %q", k, got[k], v)
+		}
+	}
+	if got["kcore"] == "ok" {
+		t.Error("/proc/kcore is readable")
+	}
+	t.Logf("probe output:\n%s", out)
 }

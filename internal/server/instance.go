@@ -55,14 +55,21 @@ type Instance struct {
 
 // session is one invocation.
 type session struct {
-	id    string
-	inv   uint64
-	out   *outLog
-	input chan []byte   // bytes for recv()
-	eof   chan struct{} // closed on the client's InputEOF
-	once  sync.Once
-	done  bool
+	id     string
+	inv    uint64
+	out    *outLog
+	input  chan []byte   // bytes for recv()
+	eof    chan struct{} // closed on the client's InputEOF
+	once   sync.Once
+	done   bool
+	doneAt time.Time
 }
+
+// Session bounds per instance.
+const (
+	maxActiveSessions   = 256  // invocations running at once
+	maxRetainedSessions = 1024 // finished sessions kept for reattaching
+)
 
 // storage keys are stored hex-encoded as file names.
 const maxKey = 256
@@ -265,7 +272,7 @@ func (in *Instance) teardown(reason string) {
 	in.endedAt = time.Now()
 	for _, s := range in.sessions {
 		if !s.done {
-			s.done = true
+			s.done, s.doneAt = true, time.Now()
 			exit := proto.Exit{Status: proto.StatusKilled, Reason: reason}
 			appendExit(s, exit)
 		}
@@ -308,9 +315,10 @@ func (in *Instance) newSession(args json.RawMessage) (*session, error) {
 	if in.m.Mode == manifest.ModeOneShot && in.invoked {
 		return nil, &proto.Error{Code: proto.CodeGone, Message: "one-shot instance was already invoked; attach to its session or deploy again"}
 	}
-	if len(in.sessions) >= 256 {
-		return nil, &proto.Error{Code: proto.CodeBusy, Message: "too many sessions on this instance; retry later"}
+	if len(in.byInv) >= maxActiveSessions {
+		return nil, &proto.Error{Code: proto.CodeBusy, Message: fmt.Sprintf("%d invocations are running on this instance; retry later", len(in.byInv))}
 	}
+	in.pruneSessionsLocked(time.Now())
 	in.invoked = true
 	in.nextInv++
 	s := &session{id: newID("s-", 16), inv: in.nextInv, input: make(chan []byte, 64), eof: make(chan struct{})}
@@ -328,6 +336,26 @@ func (in *Instance) newSession(args json.RawMessage) (*session, error) {
 		return nil, &proto.Error{Code: proto.CodeGone, Message: "instance is ending"}
 	}
 	return s, nil
+}
+
+// pruneSessionsLocked forgets finished sessions whose output retention is
+// over, and the oldest finished ones beyond maxRetainedSessions.
+func (in *Instance) pruneSessionsLocked(now time.Time) {
+	var done []*session
+	for _, s := range in.sessions {
+		if s.done {
+			done = append(done, s)
+		}
+	}
+	sort.Slice(done, func(i, j int) bool { return done[i].doneAt.Before(done[j].doneAt) })
+	for i, s := range done {
+		if now.Sub(s.doneAt) < OutputRetention && len(done)-i <= maxRetainedSessions {
+			break
+		}
+		s.out.close()
+		_ = os.Remove(filepath.Join(in.dir, "sessions", s.id))
+		delete(in.sessions, s.id)
+	}
 }
 
 // finish records an invocation's result.
@@ -350,7 +378,7 @@ func (in *Instance) finish(d proto.Done, body []byte) {
 		exit = proto.Exit{Status: proto.StatusError, Error: d.Error}
 	}
 	in.mu.Lock()
-	s.done = true
+	s.done, s.doneAt = true, time.Now()
 	delete(in.byInv, d.Inv)
 	exiting := in.exiting && len(in.byInv) == 0
 	in.mu.Unlock()

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -323,13 +324,16 @@ func (s *Server) deploy(d proto.Deploy, body []byte, log *slog.Logger) (*proto.D
 		if in.c != nil {
 			_ = in.c.Remove()
 		}
+		// The runtime's own words, for the operator (they name host paths,
+		// so they are not sent to the client).
+		runnerLog, _ := os.ReadFile(filepath.Join(in.dir, "runner.log"))
 		_ = os.RemoveAll(in.dir)
 		s.unadmit(m)
 		var le *loadError
 		if errors.As(err, &le) {
 			return nil, &proto.Error{Code: proto.CodeBadRequest, Message: "function failed to load: " + le.Error()}
 		}
-		log.Warn("instance failed to start", "function", m.Name, "err", err)
+		log.Warn("instance failed to start", "function", m.Name, "err", err, "runtime", lastLine(runnerLog))
 		return nil, &proto.Error{Code: proto.CodeInternal, Message: "could not start the function: " + err.Error()}
 	}
 	s.mu.Lock()
@@ -469,4 +473,14 @@ func (s *Server) Instances() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.running
+}
+
+// lastLine returns the last non-empty line of b, bounded.
+func lastLine(b []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	l := lines[len(lines)-1]
+	if len(l) > 300 {
+		l = l[:300]
+	}
+	return l
 }
