@@ -248,4 +248,12 @@ func TestManyInvocations(t *testing.T) {
 			t.Fatalf("call %d: %q %v", i, out, err)
 		}
 	}
+	// Finished sessions keep their output on disk, not open descriptors.
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", d.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fds) > 64 {
+		t.Fatalf("bentod holds %d descriptors after 600 finished sessions", len(fds))
+	}
 }

@@ -25,7 +25,8 @@ const (
 )
 
 type outLog struct {
-	f *os.File
+	path string
+	f    *os.File // for appending; closed once the exit record is written
 
 	mu     sync.Mutex
 	size   int64
@@ -38,7 +39,7 @@ func newOutLog(path string) (*outLog, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &outLog{f: f, notify: make(chan struct{})}, nil
+	return &outLog{path: path, f: f, notify: make(chan struct{})}, nil
 }
 
 var errLogClosed = errors.New("session already ended")
@@ -59,6 +60,8 @@ func (l *outLog) append(kind byte, data []byte) (int64, error) {
 	l.size += int64(recHeader + len(data))
 	if kind == recExit {
 		l.closed = true
+		// A finished session holds no descriptor: readers open the file.
+		_ = l.f.Close()
 	}
 	close(l.notify)
 	l.notify = make(chan struct{})
@@ -73,16 +76,19 @@ func (l *outLog) state() (int64, bool, <-chan struct{}) {
 	return l.size, l.closed, l.notify
 }
 
-// readRecord reads the record at off, which must be below the size
-// returned by state.
-func (l *outLog) readRecord(off int64) (kind byte, data []byte, next int64, err error) {
+// reader opens the log for reading.
+func (l *outLog) reader() (*os.File, error) { return os.Open(l.path) }
+
+// readRecord reads the record at off from r, a reader of l; off must be
+// below the size returned by state.
+func readRecord(r io.ReaderAt, off int64) (kind byte, data []byte, next int64, err error) {
 	var hdr [recHeader]byte
-	if _, err := l.f.ReadAt(hdr[:], off); err != nil {
+	if _, err := r.ReadAt(hdr[:], off); err != nil {
 		return 0, nil, 0, err
 	}
 	n := int64(binary.BigEndian.Uint32(hdr[1:]))
 	data = make([]byte, n)
-	if _, err := l.f.ReadAt(data, off+recHeader); err != nil && !(err == io.EOF && n == 0) {
+	if _, err := r.ReadAt(data, off+recHeader); err != nil && !(err == io.EOF && n == 0) {
 		return 0, nil, 0, err
 	}
 	return hdr[0], data, off + recHeader + n, nil
@@ -94,10 +100,15 @@ func (l *outLog) validOffset(off int64) error {
 	if off < 0 || off > size {
 		return fmt.Errorf("offset %d is outside the session's output (0-%d)", off, size)
 	}
+	r, err := l.reader()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
 	var pos int64
 	var hdr [recHeader]byte
 	for pos < off {
-		if _, err := l.f.ReadAt(hdr[:], pos); err != nil {
+		if _, err := r.ReadAt(hdr[:], pos); err != nil {
 			return err
 		}
 		pos += recHeader + int64(binary.BigEndian.Uint32(hdr[1:]))
@@ -108,4 +119,12 @@ func (l *outLog) validOffset(off int64) error {
 	return nil
 }
 
-func (l *outLog) close() error { return l.f.Close() }
+// close releases the log's descriptor if it is still open.
+func (l *outLog) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.closed {
+		l.closed = true
+		_ = l.f.Close()
+	}
+}

@@ -28,11 +28,16 @@ func TestOutLog(t *testing.T) {
 			t.Errorf("validOffset(%d) accepted a bad offset", off)
 		}
 	}
-	kind, data, next, err := l.readRecord(0)
+	r, err := l.reader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	kind, data, next, err := readRecord(r, 0)
 	if err != nil || kind != recData || string(data) != "hello" || next != off1 {
 		t.Fatalf("record 0 = %d %q %d %v", kind, data, next, err)
 	}
-	kind, data, _, _ = l.readRecord(off2)
+	kind, data, _, _ = readRecord(r, off2)
 	if kind != recExit || !strings.Contains(string(data), "ok") {
 		t.Fatalf("exit record = %d %q", kind, data)
 	}

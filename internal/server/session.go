@@ -105,10 +105,15 @@ func (s *Server) readInput(conn *wire.Conn, in *Instance, sess *session) {
 // streamOutput sends the session's records from offset until the exit
 // record, waiting for new output as it comes.
 func (s *Server) streamOutput(conn *wire.Conn, sess *session, off int64, readerDone <-chan struct{}) {
+	r, err := sess.out.reader()
+	if err != nil {
+		return
+	}
+	defer r.Close()
 	for {
 		size, _, notify := sess.out.state()
 		for off < size {
-			kind, data, next, err := sess.out.readRecord(off)
+			kind, data, next, err := readRecord(r, off)
 			if err != nil {
 				return
 			}
