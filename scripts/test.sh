@@ -24,7 +24,7 @@ go vet ./...
 
 step staticcheck
 if ! command -v staticcheck >/dev/null; then
-	go install honnef.co/go/tools/cmd/staticcheck@latest
+	go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 fi
 staticcheck ./...
 
