@@ -164,3 +164,21 @@ func TestBadArgs(t *testing.T) {
 		t.Fatalf("error = %+v", d.Error)
 	}
 }
+
+func FuzzArgsFromJSON(f *testing.F) {
+	f.Add([]byte(`["x", 1, 2.5, null, true, [1, {"a": []}]]`))
+	f.Add([]byte(`[]`))
+	f.Add([]byte(`{"a":1}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		args, err := argsFromJSON(raw)
+		if err != nil {
+			return
+		}
+		for _, a := range args {
+			if a == nil {
+				t.Fatal("nil Starlark value")
+			}
+			_ = a.String()
+		}
+	})
+}
