@@ -126,9 +126,14 @@ func (s *Server) policy() *policy.Policy { return s.pol.Load() }
 // were admitted with; host calls are checked against the new policy.
 func (s *Server) SetPolicy(p *policy.Policy) { s.pol.Store(p) }
 
+// MaxConnections bounds client connections served at once; more are
+// closed at once.
+const MaxConnections = 1024
+
 // Serve accepts client connections on ln until Close.
 func (s *Server) Serve(ln net.Listener) error {
 	go func() { <-s.closed; ln.Close() }()
+	slots := make(chan struct{}, MaxConnections)
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -144,9 +149,16 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return err
 		}
+		select {
+		case slots <- struct{}{}:
+		default:
+			s.log.Warn("too many client connections; refusing one", "limit", MaxConnections)
+			c.Close()
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
-			defer s.wg.Done()
+			defer func() { <-slots; s.wg.Done() }()
 			s.handle(c)
 		}()
 	}
@@ -437,16 +449,26 @@ func (s *Server) janitor() {
 	}
 }
 
-// lookup finds an instance by token.
-func (s *Server) lookup(table map[tokenHash]*Instance, tok string) *Instance {
+// lookup finds the instance whose invocation token (shutdown false) or
+// shutdown token (shutdown true) is tok. The map is keyed by the token's
+// hash; the hash found is compared once more in constant time.
+func (s *Server) lookup(tok string, shutdown bool) *Instance {
 	h := hashToken(tok)
 	s.mu.Lock()
+	table := s.byInv
+	if shutdown {
+		table = s.byShut
+	}
 	in := table[h]
 	s.mu.Unlock()
 	if in == nil {
 		return nil
 	}
-	if table != nil && !h.equal(in.invHash) && !h.equal(in.shutHash) {
+	want := in.invHash
+	if shutdown {
+		want = in.shutHash
+	}
+	if !h.equal(want) {
 		return nil
 	}
 	return in
@@ -456,7 +478,7 @@ var errBadToken = &proto.Error{Code: proto.CodeNotFound, Message: "no instance h
 
 // shutdown ends an instance; only its shutdown token can.
 func (s *Server) shutdown(tok string) *proto.Error {
-	in := s.lookup(s.byShut, tok)
+	in := s.lookup(tok, true)
 	if in == nil {
 		return errBadToken
 	}

@@ -25,7 +25,7 @@ func (s *Server) serveSession(conn *wire.Conn, nc net.Conn, f *wire.Frame) {
 			_ = conn.Send(proto.TError, proto.Error{Code: proto.CodeBadRequest, Message: err.Error()}, nil)
 			return
 		}
-		if in = s.lookup(s.byInv, req.Token); in == nil {
+		if in = s.lookup(req.Token, false); in == nil {
 			_ = conn.Send(proto.TError, errBadToken, nil)
 			return
 		}
@@ -51,7 +51,7 @@ func (s *Server) serveSession(conn *wire.Conn, nc net.Conn, f *wire.Frame) {
 			_ = conn.Send(proto.TError, proto.Error{Code: proto.CodeBadRequest, Message: err.Error()}, nil)
 			return
 		}
-		if in = s.lookup(s.byInv, req.Token); in == nil {
+		if in = s.lookup(req.Token, false); in == nil {
 			_ = conn.Send(proto.TError, errBadToken, nil)
 			return
 		}
