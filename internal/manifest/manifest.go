@@ -7,6 +7,7 @@ package manifest
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"regexp"
 	"sort"
@@ -233,31 +234,24 @@ func (m *Manifest) Has(api string) bool {
 // the policy's ceilings.
 func (m *Manifest) Resolve(p *policy.Policy) {
 	r, d, c := &m.Resources, Defaults, p.Max
-	if r.Memory == 0 {
-		r.Memory = min(d.Memory, c.Memory)
-	}
-	if r.CPU == 0 {
-		r.CPU = min(d.CPU, c.CPU)
-	}
-	if r.CPUTime == 0 {
-		r.CPUTime = min(d.CPUTime, c.CPUTime)
-	}
-	if r.Processes == 0 {
-		r.Processes = min(d.Processes, c.Processes)
-	}
-	if r.Storage == 0 {
-		r.Storage = min(d.Storage, c.Storage)
-	}
-	if r.Output == 0 {
-		r.Output = min(d.Output, c.Output)
-	}
-	if r.Lifetime == 0 {
-		r.Lifetime = min(d.Lifetime, c.Lifetime)
-	}
-	if r.Steps == 0 {
-		r.Steps = min(d.Steps, c.Steps)
-	}
+	orDefault(&r.Memory, d.Memory, c.Memory)
+	orDefault(&r.CPU, d.CPU, c.CPU)
+	orDefault(&r.CPUTime, d.CPUTime, c.CPUTime)
+	orDefault(&r.Processes, d.Processes, c.Processes)
+	orDefault(&r.Storage, d.Storage, c.Storage)
+	orDefault(&r.Output, d.Output, c.Output)
+	orDefault(&r.Lifetime, d.Lifetime, c.Lifetime)
+	orDefault(&r.Steps, d.Steps, c.Steps)
 	r.Upload, r.Fetch = c.Upload, c.Fetch
+}
+
+// orDefault sets an unset (zero) resource to the default, lowered to the
+// ceiling.
+func orDefault[T cmp.Ordered](v *T, def, ceiling T) {
+	var zero T
+	if *v == zero {
+		*v = min(def, ceiling)
+	}
 }
 
 // Violation is one manifest item the policy does not allow.

@@ -13,60 +13,10 @@ import (
 // output streams from the session log from the client's offset, input from
 // the client feeds recv(). The connection closes when the session ends.
 func (s *Server) serveSession(conn *wire.Conn, nc net.Conn, f *wire.Frame) {
-	var (
-		in     *Instance
-		sess   *session
-		offset int64
-	)
-	switch f.Type {
-	case proto.TInvoke:
-		var req proto.Invoke
-		if err := f.Unmarshal(&req); err != nil {
-			_ = conn.Send(proto.TError, proto.Error{Code: proto.CodeBadRequest, Message: err.Error()}, nil)
-			return
-		}
-		if in = s.lookup(req.Token, false); in == nil {
-			_ = conn.Send(proto.TError, errBadToken, nil)
-			return
-		}
-		if len(req.Args) > 0 {
-			var probe []json.RawMessage
-			if json.Unmarshal(req.Args, &probe) != nil {
-				_ = conn.Send(proto.TError, proto.Error{Code: proto.CodeBadRequest, Message: "args must be a JSON array"}, nil)
-				return
-			}
-		}
-		var err error
-		if sess, err = in.newSession(req.Args); err != nil {
-			if pe, ok := err.(*proto.Error); ok {
-				_ = conn.Send(proto.TError, pe, nil)
-			} else {
-				_ = conn.Send(proto.TError, proto.Error{Code: proto.CodeInternal, Message: err.Error()}, nil)
-			}
-			return
-		}
-	case proto.TAttach:
-		var req proto.Attach
-		if err := f.Unmarshal(&req); err != nil {
-			_ = conn.Send(proto.TError, proto.Error{Code: proto.CodeBadRequest, Message: err.Error()}, nil)
-			return
-		}
-		if in = s.lookup(req.Token, false); in == nil {
-			_ = conn.Send(proto.TError, errBadToken, nil)
-			return
-		}
-		in.mu.Lock()
-		sess = in.sessions[req.Session]
-		in.mu.Unlock()
-		if sess == nil {
-			_ = conn.Send(proto.TError, proto.Error{Code: proto.CodeNotFound, Message: "this instance has no session " + req.Session}, nil)
-			return
-		}
-		if err := sess.out.validOffset(req.Offset); err != nil {
-			_ = conn.Send(proto.TError, proto.Error{Code: proto.CodeBadRequest, Message: err.Error()}, nil)
-			return
-		}
-		offset = req.Offset
+	in, sess, offset, perr := s.openSession(f)
+	if perr != nil {
+		_ = conn.Send(proto.TError, perr, nil)
+		return
 	}
 	if conn.Send(proto.TSession, proto.Session{Session: sess.id, Offset: offset}, nil) != nil {
 		return
@@ -77,6 +27,53 @@ func (s *Server) serveSession(conn *wire.Conn, nc net.Conn, f *wire.Frame) {
 		s.readInput(conn, in, sess)
 	}()
 	s.streamOutput(conn, sess, offset, readerDone)
+}
+
+func badRequest(msg string) *proto.Error {
+	return &proto.Error{Code: proto.CodeBadRequest, Message: msg}
+}
+
+// openSession starts an invocation (Invoke) or finds the session to resume
+// (Attach), returning where its output starts.
+func (s *Server) openSession(f *wire.Frame) (*Instance, *session, int64, *proto.Error) {
+	var req struct {
+		proto.Invoke
+		Session string `json:"session"`
+		Offset  int64  `json:"offset"`
+	}
+	if err := f.Unmarshal(&req); err != nil {
+		return nil, nil, 0, badRequest(err.Error())
+	}
+	in := s.lookup(req.Token, false)
+	if in == nil {
+		return nil, nil, 0, errBadToken
+	}
+	if f.Type == proto.TAttach {
+		in.mu.Lock()
+		sess := in.sessions[req.Session]
+		in.mu.Unlock()
+		if sess == nil {
+			return nil, nil, 0, &proto.Error{Code: proto.CodeNotFound, Message: "this instance has no session " + req.Session}
+		}
+		if err := sess.out.validOffset(req.Offset); err != nil {
+			return nil, nil, 0, badRequest(err.Error())
+		}
+		return in, sess, req.Offset, nil
+	}
+	if len(req.Args) > 0 {
+		var probe []json.RawMessage
+		if json.Unmarshal(req.Args, &probe) != nil {
+			return nil, nil, 0, badRequest("args must be a JSON array")
+		}
+	}
+	sess, err := in.newSession(req.Args)
+	if err != nil {
+		if pe, ok := err.(*proto.Error); ok {
+			return nil, nil, 0, pe
+		}
+		return nil, nil, 0, &proto.Error{Code: proto.CodeInternal, Message: err.Error()}
+	}
+	return in, sess, 0, nil
 }
 
 // readInput feeds client input frames to the session until the client
