@@ -214,10 +214,12 @@ func TestDestinationDenied(t *testing.T) {
 	if r.Code != 3 {
 		t.Fatalf("manifest destination the node rejects: %s", r)
 	}
-	// A redirect to a rejected destination is caught at dial time.
-	r = bento(t, "", "run", "--destinations", "accept 127.0.0.1:*", d2.Addr, fn("browser"), fmt.Sprintf("http://127.0.0.1:%d/page", port))
-	if r.Code != 3 {
-		t.Fatalf("want refusal: %s", r)
+	// A redirect from an accepted destination to one the node rejects is
+	// caught when bentod dials it.
+	redirector := httpRedirect(t, base+"/page")
+	r = bento(t, "", "run", "--destinations", "accept 127.0.0.1:"+redirector.port, d2.Addr, fn("browser"), redirector.url)
+	if r.Code != 1 || !strings.Contains(r.Stderr, "rejected by the node's DestinationPolicy") {
+		t.Fatalf("redirect to a rejected destination: %s", r)
 	}
 }
 

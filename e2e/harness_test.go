@@ -244,3 +244,18 @@ func ctx(t testing.TB) context.Context {
 	t.Cleanup(cancel)
 	return c
 }
+
+type redirector struct{ url, port string }
+
+// httpRedirect serves a redirect to target.
+func httpRedirect(t testing.TB, target string) redirector {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.RedirectHandler(target, http.StatusFound)}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return redirector{url: "http://" + ln.Addr().String() + "/", port: fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)}
+}

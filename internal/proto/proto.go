@@ -124,8 +124,11 @@ type FuncError struct {
 }
 
 func (e *FuncError) Error() string {
-	if e.File == "" {
+	switch {
+	case e.File == "":
 		return e.Msg
+	case e.Line == 0:
+		return e.File + ": " + e.Msg
 	}
 	return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Line, e.Col, e.Msg)
 }

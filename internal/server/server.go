@@ -300,6 +300,9 @@ func (s *Server) handle(nc net.Conn) {
 // deploy checks and starts a new instance.
 func (s *Server) deploy(d proto.Deploy, body []byte, log *slog.Logger) (*proto.Deployed, *proto.Error) {
 	p := s.policy()
+	if size := int64(len(body) + len(d.Manifest)); size > p.Max.Upload {
+		return nil, &proto.Error{Code: proto.CodeTooLarge, Message: fmt.Sprintf("upload of %s exceeds this node's MaxUploadSize of %s", units.FormatSize(size), units.FormatSize(p.Max.Upload))}
+	}
 	m, err := manifest.Parse([]byte(d.Manifest))
 	if err != nil {
 		return nil, &proto.Error{Code: proto.CodeBadRequest, Message: err.Error()}
