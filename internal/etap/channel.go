@@ -360,6 +360,13 @@ func (c *Conn) readRecord() error {
 	return nil
 }
 
+// Buffered reports whether a packet can be returned by Recv without
+// reading from the transport.
+func (c *Conn) Buffered() bool {
+	_, n, _ := parseEntry(c.stream.Bytes()[c.consumed:])
+	return n > 0
+}
+
 func (c *Conn) advanceClock(ns int64) {
 	for {
 		old := c.clock.Load()

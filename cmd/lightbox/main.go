@@ -1,0 +1,125 @@
+// Command lightbox runs the two ends of a LightBox tunnel.
+//
+//	lightbox middlebox -listen ADDR -psk FILE [-model bounce|direct] [-out FILE] [-linktype N]
+//	lightbox gateway   -connect ADDR -psk FILE -in CAPTURE [-realtime] [-rate N] [-record-size N] [-out FILE]
+//
+// The gateway reads a pcap, pcapng or gzip-compressed capture and sends
+// its packets through etap; the middlebox receives them, processes them,
+// and bounces them back (the gateway writes them to -out) or sends them on
+// directly (written to its own -out).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/torbento/bento/internal/capture"
+	"github.com/torbento/bento/internal/etap"
+	"github.com/torbento/bento/internal/lightbox"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	var err error
+	switch os.Args[1] {
+	case "middlebox":
+		err = middlebox(os.Args[2:])
+	case "gateway":
+		err = gateway(os.Args[2:])
+	default:
+		usage()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lightbox:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage:
+  lightbox middlebox -listen ADDR -psk FILE [-model bounce|direct] [-out FILE] [-linktype N]
+  lightbox gateway   -connect ADDR -psk FILE -in CAPTURE [-realtime] [-rate N] [-record-size N] [-out FILE]
+`)
+	os.Exit(2)
+}
+
+func middlebox(args []string) error {
+	fs := flag.NewFlagSet("middlebox", flag.ExitOnError)
+	listen := fs.String("listen", "127.0.0.1:8890", "address to accept the gateway on")
+	pskFile := fs.String("psk", "", "pre-shared key file")
+	model := fs.String("model", lightbox.Bounce, "bounce (return packets to the gateway) or direct (send them on)")
+	out := fs.String("out", "", "direct model: capture file to write processed packets to")
+	link := fs.Int("linktype", int(layers.LinkTypeEthernet), "direct model: link type of -out")
+	fs.Parse(args)
+	psk, err := lightbox.ReadPSK(*pskFile)
+	if err != nil {
+		return err
+	}
+	cfg := lightbox.MiddleboxConfig{Etap: etap.Config{PSK: psk}, Model: *model, LinkType: layers.LinkType(*link)}
+	if *model == lightbox.Direct {
+		f, err := os.Create(*out)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		cfg.Out = f
+	}
+	conn, err := lightbox.Listen(*listen)
+	if err != nil {
+		return err
+	}
+	cfg.Conn = conn
+	st, err := lightbox.RunMiddlebox(cfg)
+	fmt.Fprintf(os.Stderr, "middlebox: %d packets, %d records in, %d out, %v\n", st.Packets, st.Records.RecordsIn, st.Records.RecordsOut, st.Elapsed)
+	return err
+}
+
+func gateway(args []string) error {
+	fs := flag.NewFlagSet("gateway", flag.ExitOnError)
+	connect := fs.String("connect", "127.0.0.1:8890", "middlebox address")
+	pskFile := fs.String("psk", "", "pre-shared key file")
+	in := fs.String("in", "", "capture to send (pcap, pcapng, or gzip of either)")
+	realtime := fs.Bool("realtime", false, "replay at the capture's own timing")
+	rate := fs.Float64("rate", 0, "constant rate in records per second (0: as fast as possible)")
+	size := fs.Int("record-size", etap.DefaultRecordSize, "record size in bytes")
+	out := fs.String("out", "", "bounce model: capture file to write returned packets to")
+	fs.Parse(args)
+	psk, err := lightbox.ReadPSK(*pskFile)
+	if err != nil {
+		return err
+	}
+	c, err := capture.ReadFile(*in)
+	if err != nil {
+		return err
+	}
+	if c.Truncated {
+		fmt.Fprintf(os.Stderr, "gateway: %s is cut short in the middle of a packet; sending the %d whole packets\n", *in, len(c.Packets))
+	}
+	conn, err := net.Dial("tcp", *connect)
+	if err != nil {
+		return err
+	}
+	cfg := lightbox.GatewayConfig{Conn: conn, Etap: etap.Config{PSK: psk, RecordSize: *size}, Options: etap.Options{Rate: *rate}, Capture: c, Realtime: *realtime}
+	if *out != "" {
+		f, err := os.Create(*out)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		cfg.Returned = f
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	sent, back, err := lightbox.RunGateway(ctx, cfg)
+	fmt.Fprintf(os.Stderr, "gateway: sent %d packets in %d records (%d padding), got %d back, %v\n",
+		sent.Packets, sent.Records.RecordsOut, sent.Records.PaddingOut, back.Packets, back.Elapsed)
+	return err
+}
