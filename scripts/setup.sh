@@ -37,5 +37,5 @@ need_pkg gcc gcc
 
 say "building into ./bin"
 mkdir -p bin
-CGO_ENABLED=0 go build -trimpath -o bin/ ./cmd/bentod ./cmd/bento ./cmd/bento-runner
+CGO_ENABLED=0 go build -trimpath -o bin/ ./cmd/bentod ./cmd/bento ./cmd/bento-runner ./cmd/lightbox
 say "ready: $(runc --version | head -1), $(go version)"
