@@ -1,0 +1,206 @@
+package flowstate
+
+import (
+	"bytes"
+	"errors"
+	"math/rand"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func key(i int) Key {
+	return MakeKey(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), netip.MustParseAddr("192.0.2.1"), uint16(i), 80, 6)
+}
+
+// TestAgainstMap runs random operations on a Manager with a small cache
+// (so states move between cache and store all the time) and on a plain
+// map, and checks they always agree.
+func TestAgainstMap(t *testing.T) {
+	for _, storeName := range []string{"mem", "file"} {
+		t.Run(storeName, func(t *testing.T) {
+			const size = 48
+			var store Store = NewMemStore()
+			if storeName == "file" {
+				fs, err := NewFileStore(filepath.Join(t.TempDir(), "store"), 12+size+16)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer fs.Close()
+				store = fs
+			}
+			m, err := New(Config{StateSize: size, CacheEntries: 16, ExpectedFlows: 8, Store: store, IdleTimeout: 50 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			oracle := map[Key][]byte{}
+			lastSeen := map[Key]time.Time{}
+			rng := rand.New(rand.NewSource(7))
+			now := time.Unix(1000, 0)
+			for op := 0; op < 50000; op++ {
+				k := key(rng.Intn(400))
+				now = now.Add(time.Duration(rng.Intn(40)) * time.Millisecond)
+				switch r := rng.Intn(100); {
+				case r < 60: // read, compare, write
+					st, created, err := m.Lookup(k, now)
+					if err != nil {
+						t.Fatal(err)
+					}
+					want, ok := oracle[k]
+					if created == ok {
+						t.Fatalf("op %d: created=%v but oracle has=%v", op, created, ok)
+					}
+					if !ok {
+						want = make([]byte, size)
+					}
+					if !bytes.Equal(st, want) {
+						t.Fatalf("op %d: state differs from the oracle", op)
+					}
+					rng.Read(st[:rng.Intn(size)])
+					oracle[k] = append([]byte(nil), st...)
+					lastSeen[k] = now
+				case r < 70:
+					_, ok := oracle[k]
+					if m.Remove(k) != ok {
+						t.Fatalf("op %d: Remove disagrees", op)
+					}
+					delete(oracle, k)
+					delete(lastSeen, k)
+				case r < 71:
+					got := map[Key]bool{}
+					m.Expire(now, func(k Key, st []byte) {
+						if !bytes.Equal(st, oracle[k]) {
+							t.Fatalf("op %d: expired state differs", op)
+						}
+						got[k] = true
+					})
+					for k, at := range lastSeen {
+						if now.Sub(at) >= 50*time.Second != got[k] {
+							t.Fatalf("op %d: flow idle %v expired=%v", op, now.Sub(at), got[k])
+						}
+						if got[k] {
+							delete(oracle, k)
+							delete(lastSeen, k)
+						}
+					}
+				default: // idle time passes
+					now = now.Add(time.Duration(rng.Intn(3000)) * time.Millisecond)
+				}
+				if m.Len() != len(oracle) {
+					t.Fatalf("op %d: %d flows tracked, oracle has %d", op, m.Len(), len(oracle))
+				}
+			}
+			if m.Stats.SwapIns == 0 || m.Stats.Evictions == 0 || m.Stats.Expired == 0 {
+				t.Fatalf("the test did not exercise swapping and expiry: %+v", m.Stats)
+			}
+			t.Logf("%+v", m.Stats)
+		})
+	}
+}
+
+// TestFreshness plays the untrusted store: it replays an old seal of a
+// flow, swaps two flows' seals, and alters one; each is detected.
+func TestFreshness(t *testing.T) {
+	setup := func() (*Manager, *MemStore) {
+		st := NewMemStore()
+		m, _ := New(Config{StateSize: 32, CacheEntries: 1, Store: st})
+		return m, st
+	}
+	write := func(m *Manager, k Key, b byte) {
+		s, _, err := m.Lookup(k, time.Unix(1, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s[0] = b
+	}
+	handleOf := func(m *Manager, k Key) uint64 { return m.entries[m.idx.find(&k).ent].handle }
+	a, b := key(1), key(2)
+
+	// Replay: keep A's first seal, let A change and be sealed again, put
+	// the old seal back.
+	m, st := setup()
+	write(m, a, 1)
+	write(m, b, 1) // evicts A (seal 1)
+	old := st.Raw(handleOf(m, a))
+	write(m, a, 2) // A back in, B out
+	write(m, b, 2) // A out again (seal 2)
+	st.SetRaw(handleOf(m, a), old)
+	if _, _, err := m.Lookup(a, time.Unix(2, 0)); !errors.Is(err, ErrFreshness) {
+		t.Fatalf("replayed state: %v", err)
+	}
+
+	// Swap: give A the seal of B.
+	m, st = setup()
+	write(m, a, 1)
+	write(m, b, 1)
+	write(m, key(3), 1) // both A and B are now sealed
+	st.SetRaw(handleOf(m, a), st.Raw(handleOf(m, b)))
+	if _, _, err := m.Lookup(a, time.Unix(2, 0)); !errors.Is(err, ErrFreshness) {
+		t.Fatalf("swapped state: %v", err)
+	}
+
+	// Alter one bit.
+	m, st = setup()
+	write(m, a, 1)
+	write(m, b, 1)
+	blob := st.Raw(handleOf(m, a))
+	blob[20] ^= 1
+	st.SetRaw(handleOf(m, a), blob)
+	if _, _, err := m.Lookup(a, time.Unix(2, 0)); !errors.Is(err, ErrFreshness) {
+		t.Fatalf("altered state: %v", err)
+	}
+	// The flow was dropped; the manager goes on.
+	if _, created, err := m.Lookup(a, time.Unix(3, 0)); err != nil || !created {
+		t.Fatalf("after a detected attack: created=%v err=%v", created, err)
+	}
+
+	// A new incarnation of the same flow cannot be fed its predecessor's
+	// seal (versions never restart for a slot).
+	m, st = setup()
+	write(m, a, 7)
+	write(m, b, 1) // A sealed (version 1)
+	firstHandle := handleOf(m, a)
+	first := st.Raw(firstHandle)
+	m.Remove(b)
+	m.Remove(a)
+	write(m, a, 8) // the same 5-tuple again, reusing its own entry and slot
+	if handleOf(m, a) != firstHandle {
+		t.Fatal("the test must reuse A's store slot")
+	}
+	write(m, b, 2) // sealed as the next version
+	st.SetRaw(handleOf(m, a), first)
+	if _, _, err := m.Lookup(a, time.Unix(4, 0)); !errors.Is(err, ErrFreshness) {
+		t.Fatalf("previous incarnation's state accepted: %v", err)
+	}
+}
+
+// TestIndexGrows inserts far more flows than the index was sized for and
+// checks every one is still found.
+func TestIndexGrows(t *testing.T) {
+	m, _ := New(Config{StateSize: 8, CacheEntries: 64, ExpectedFlows: 64})
+	const n = 20000
+	for i := 0; i < n; i++ {
+		st, _, err := m.Lookup(key(i), time.Unix(0, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st[0] = byte(i)
+	}
+	for i := 0; i < n; i++ {
+		st, created, err := m.Lookup(key(i), time.Unix(0, 0))
+		if err != nil || created || st[0] != byte(i) {
+			t.Fatalf("flow %d: created=%v err=%v state=%d", i, created, err, st[0])
+		}
+	}
+	if m.Len() != n {
+		t.Fatalf("Len = %d", m.Len())
+	}
+}
+
+func TestKey(t *testing.T) {
+	k := MakeKey(netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("2001:db8::1"), 1234, 443, 6)
+	if k.Reverse().Reverse() != k || k.Reverse() == k {
+		t.Fatal("Reverse")
+	}
+}
