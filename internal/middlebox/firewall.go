@@ -1,0 +1,144 @@
+package middlebox
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// FirewallStateSize is the firewall's per-flow state.
+const FirewallStateSize = 32
+
+// Connection states.
+const (
+	fwNone        = iota
+	fwSynSent     // the client's SYN passed
+	fwSynReceived // the server answered SYN-ACK
+	fwEstablished
+	fwClosing // one side sent FIN
+)
+
+// Firewall is a stateful firewall: hosts inside may open connections out;
+// from outside, only new connections to the listed services are let in;
+// everything else that belongs to no connection is dropped. TCP follows
+// the handshake and teardown; UDP flows are kept until they expire.
+type Firewall struct {
+	Table   StateTable
+	Inside  []netip.Prefix
+	Allowed []netip.AddrPort // services inside reachable from outside (TCP and UDP)
+	dec     *Decoder
+	meta    Meta
+	Passed  int
+	Dropped int
+	Log     []string // one line per dropped packet
+}
+
+// NewFirewall returns a firewall keeping connection state in table.
+func NewFirewall(table StateTable, dec *Decoder, inside []netip.Prefix, allowed []netip.AddrPort) *Firewall {
+	return &Firewall{Table: table, Inside: inside, Allowed: allowed, dec: dec}
+}
+
+func (f *Firewall) inside(a netip.Addr) bool {
+	for _, p := range f.Inside {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func (f *Firewall) allowedIn(m *Meta) bool {
+	for _, s := range f.Allowed {
+		if s.Addr() == m.Dst && s.Port() == m.DstPort {
+			return true
+		}
+	}
+	return false
+}
+
+// Verdict reports whether the packet passes, and why not.
+func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
+	m := &f.meta
+	if !f.dec.Decode(data, m) {
+		return false, "not IP", nil
+	}
+	if m.Proto != 6 && m.Proto != 17 {
+		return false, fmt.Sprintf("protocol %d not allowed", m.Proto), nil
+	}
+	k, reverse := m.Key()
+	st, created, err := f.Table.Lookup(k, now)
+	if err != nil {
+		return false, "", err
+	}
+	if created {
+		// Only a new connection may create state: from inside, or to an
+		// allowed service; for TCP, only a SYN.
+		opener := f.inside(m.Src) || f.allowedIn(m)
+		if !opener || (m.Proto == 6 && m.Flags&(SYN|ACK|RST) != SYN) {
+			f.Table.Remove(k)
+			if !opener {
+				return false, "unsolicited from outside", nil
+			}
+			return false, "no connection", nil
+		}
+		st[0] = fwSynSent
+		st[1] = 1 // the key's first endpoint opened the connection
+		if reverse {
+			st[1] = 2
+		}
+		if m.Proto == 17 {
+			st[0] = fwEstablished
+		}
+		return true, "", nil
+	}
+	if m.Proto == 17 {
+		return true, "", nil
+	}
+	fromClient := (st[1] == 1) != reverse
+	switch {
+	case m.Flags&RST != 0:
+		f.Table.Remove(k)
+		return true, "", nil
+	case st[0] == fwSynSent && !fromClient && m.Flags&(SYN|ACK) == SYN|ACK:
+		st[0] = fwSynReceived
+	case st[0] == fwSynSent && fromClient && m.Flags&SYN != 0:
+		// a retransmitted SYN
+	case st[0] == fwSynReceived && fromClient && m.Flags&ACK != 0 && m.Flags&SYN == 0:
+		st[0] = fwEstablished
+		if m.Flags&FIN != 0 {
+			st[0] = fwClosing
+			st[2] |= 1
+		}
+	case st[0] >= fwEstablished && m.Flags&SYN == 0:
+		if m.Flags&FIN != 0 {
+			st[0] = fwClosing
+			if fromClient {
+				st[2] |= 1
+			} else {
+				st[2] |= 2
+			}
+		}
+		if st[0] == fwClosing && st[2] == 3 && m.Flags&ACK != 0 && m.Flags&FIN == 0 {
+			f.Table.Remove(k) // the last ACK of the teardown
+		}
+	default:
+		return false, "out of state", nil
+	}
+	return true, "", nil
+}
+
+// Handle decides one packet, counting and logging drops.
+func (f *Firewall) Handle(data []byte, now time.Time) (bool, error) {
+	ok, why, err := f.Verdict(data, now)
+	if err != nil {
+		return false, err
+	}
+	if ok {
+		f.Passed++
+	} else {
+		f.Dropped++
+		m := &f.meta
+		f.Log = append(f.Log, fmt.Sprintf("drop %s %s:%d -> %s:%d: %s", protoName(m.Proto), m.Src, m.SrcPort, m.Dst, m.DstPort, why))
+	}
+	return ok, nil
+}

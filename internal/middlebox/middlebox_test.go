@@ -1,0 +1,193 @@
+package middlebox
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/torbento/bento/internal/flowstate"
+)
+
+// frame builds one Ethernet/IPv4/TCP-or-UDP frame.
+func frame(src string, sport uint16, dst string, dport uint16, proto string, flags uint8, ttl uint8, payload string) []byte {
+	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: ttl, SrcIP: net.ParseIP(src).To4(), DstIP: net.ParseIP(dst).To4()}
+	var l4 gopacket.SerializableLayer
+	if proto == "udp" {
+		ip.Protocol = layers.IPProtocolUDP
+		u := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
+		u.SetNetworkLayerForChecksum(ip)
+		l4 = u
+	} else {
+		ip.Protocol = layers.IPProtocolTCP
+		t := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: 1000, Window: 29200,
+			FIN: flags&FIN != 0, SYN: flags&SYN != 0, RST: flags&RST != 0, PSH: flags&PSH != 0, ACK: flags&ACK != 0}
+		t.SetNetworkLayerForChecksum(ip)
+		l4 = t
+	}
+	buf := gopacket.NewSerializeBuffer()
+	gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, l4, gopacket.Payload(payload))
+	return buf.Bytes()
+}
+
+func monitorCapture() [][]byte {
+	c, s := "10.0.0.1", "10.0.0.2"
+	return [][]byte{
+		frame(c, 40000, s, 22, "tcp", SYN, 64, ""),
+		frame(s, 22, c, 40000, "tcp", SYN|ACK, 64, ""),
+		frame(c, 40000, s, 22, "tcp", ACK, 64, ""),
+		frame(s, 22, c, 40000, "tcp", ACK|PSH, 64, "SSH-2.0-OpenSSH_9.2\r\n"),
+		frame(c, 40000, s, 22, "tcp", ACK|PSH, 64, "SSH-2.0-client\r\n"),
+		frame(c, 40000, s, 22, "tcp", FIN|ACK, 64, ""),
+		frame(s, 22, c, 40000, "tcp", FIN|ACK, 64, ""),
+		frame("10.0.0.3", 50000, s, 80, "tcp", SYN, 128, ""),
+		frame(s, 80, "10.0.0.3", 50000, "tcp", SYN|ACK, 64, ""),
+		frame("10.0.0.3", 50000, s, 80, "tcp", ACK|PSH, 128, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+		frame(s, 80, "10.0.0.3", 50000, "tcp", ACK|PSH, 64, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+		frame("10.0.0.3", 50000, s, 80, "tcp", RST, 128, ""),
+		frame(c, 5353, "10.0.0.9", 53, "udp", 0, 64, "query"),
+		frame("10.0.0.9", 53, c, 5353, "udp", 0, 64, "answer!"),
+	}
+}
+
+func firewallCapture() [][]byte {
+	in, out := "10.0.0.1", "203.0.113.5"
+	return [][]byte{
+		frame(in, 40000, out, 443, "tcp", SYN, 64, ""),
+		frame(out, 443, in, 40000, "tcp", SYN|ACK, 64, ""),
+		frame(in, 40000, out, 443, "tcp", ACK, 64, ""),
+		frame(out, 443, in, 40000, "tcp", ACK|PSH, 64, "data"),
+		frame(in, 40000, out, 443, "tcp", FIN|ACK, 64, ""),
+		frame(out, 443, in, 40000, "tcp", FIN|ACK, 64, ""),
+		frame(in, 40000, out, 443, "tcp", ACK, 64, ""),
+		frame(out, 443, in, 40000, "tcp", ACK|PSH, 64, "late"),
+		frame("198.51.100.7", 6000, in, 23, "tcp", SYN, 64, ""),
+		frame("198.51.100.7", 6001, "10.0.0.2", 22, "tcp", SYN, 64, ""),
+		frame("10.0.0.2", 22, "198.51.100.7", 6001, "tcp", SYN|ACK, 64, ""),
+		frame("198.51.100.7", 6002, in, 40001, "tcp", ACK, 64, ""),
+		frame(in, 5353, "8.8.8.8", 53, "udp", 0, 64, "q"),
+		frame("8.8.8.8", 53, in, 5353, "udp", 0, 64, "a"),
+		frame("8.8.4.4", 53, in, 5353, "udp", 0, 64, "spoof"),
+		frame("198.51.100.7", 6003, "10.0.0.2", 22, "tcp", ACK, 64, ""),
+		frame(in, 40002, out, 443, "tcp", ACK, 64, ""),
+	}
+}
+
+// tables returns the three state tables for states of size bytes; the
+// manager's cache holds two states, so states are sealed and opened all
+// the time.
+func tables(t *testing.T, size int) map[string]StateTable {
+	m, err := flowstate.New(flowstate.Config{StateSize: size, CacheEntries: 2, IdleTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return map[string]StateTable{"manager": m, "map": NewMapTable(size), "strawman": NewStrawman(size)}
+}
+
+func expected(t *testing.T, name string) string {
+	b, err := os.ReadFile("testdata/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keep []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(l, "#") && l != "" {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+func TestMonitor(t *testing.T) {
+	want := expected(t, "monitor.expected")
+	for name, table := range tables(t, MonitorStateSize) {
+		t.Run(name, func(t *testing.T) {
+			mo := NewMonitor(table, NewDecoder(layers.LinkTypeEthernet))
+			now := time.Unix(100, 0)
+			for i, f := range monitorCapture() {
+				if err := mo.Handle(f, now.Add(time.Duration(i)*time.Millisecond)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The UDP flow is still open: end it by expiry.
+			if m, ok := table.(*flowstate.Manager); ok {
+				m.Expire(now.Add(time.Hour), mo.Expired)
+			} else {
+				for _, k := range openKeys(table) {
+					st, _, _ := table.Lookup(k, now)
+					mo.Expired(k, append([]byte(nil), st...))
+					table.Remove(k)
+				}
+			}
+			var got []string
+			got = append(got, "assets:")
+			for _, a := range mo.Assets() {
+				got = append(got, a.String())
+			}
+			got = append(got, "flows:")
+			for _, r := range mo.Records {
+				got = append(got, r.String())
+			}
+			if g := strings.Join(got, "\n"); g != want {
+				t.Errorf("got:\n%s\nwant:\n%s", g, want)
+			}
+		})
+	}
+}
+
+// openKeys lists the flows of a MapTable or Strawman.
+func openKeys(t StateTable) []flowstate.Key {
+	var out []flowstate.Key
+	switch tt := t.(type) {
+	case *MapTable:
+		for k := range tt.m {
+			out = append(out, k)
+		}
+	case *Strawman:
+		tt.flush()
+		for k := range tt.m {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func TestFirewall(t *testing.T) {
+	want := expected(t, "firewall.expected")
+	for name, table := range tables(t, FirewallStateSize) {
+		t.Run(name, func(t *testing.T) {
+			fw := NewFirewall(table, NewDecoder(layers.LinkTypeEthernet),
+				[]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, []netip.AddrPort{netip.MustParseAddrPort("10.0.0.2:22")})
+			for i, f := range firewallCapture() {
+				if _, err := fw.Handle(f, time.Unix(100, int64(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := strings.Join(append(fw.Log, fmt.Sprintf("passed %d dropped %d", fw.Passed, fw.Dropped)), "\n")
+			if got != want {
+				t.Errorf("got:\n%s\nwant:\n%s", got, want)
+			}
+		})
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	for _, fr := range monitorCapture() {
+		f.Add(fr)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d := NewDecoder(layers.LinkTypeEthernet)
+		var m Meta
+		if d.Decode(data, &m) {
+			k, _ := m.Key()
+			_ = k.Reverse()
+		}
+	})
+}
