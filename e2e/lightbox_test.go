@@ -113,3 +113,44 @@ func TestLightboxConstantRate(t *testing.T) {
 		t.Fatalf("a realtime replay at a constant rate sent no padding: %s", gw)
 	}
 }
+
+// TestLightboxMiddleboxes runs the monitor and the firewall in the real
+// middlebox binary on real captures.
+func TestLightboxMiddleboxes(t *testing.T) {
+	var cip, small string
+	for _, f := range traces(t) {
+		switch {
+		case strings.Contains(f, "cip.pcap"):
+			cip = f
+		case strings.Contains(f, "appneta"):
+			small = f
+		}
+	}
+	report := filepath.Join(t.TempDir(), "monitor.txt")
+	runLightbox(t, cip, []string{"-run", "monitor", "-report", report}, nil)
+	b, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flows := strings.Count(string(b), "\nflow ")
+	assets := strings.Count(string(b), "asset ")
+	// cip.pcap holds 3,017 bidirectional 5-tuples (shared/research/lightbox.md §3).
+	if flows < 3000 || flows > 3100 || assets == 0 {
+		t.Fatalf("monitor on cip.pcap: %d flows, %d assets", flows, assets)
+	}
+	t.Logf("monitor on cip.pcap: %d flows, %d assets", flows, assets)
+
+	report = filepath.Join(t.TempDir(), "firewall.txt")
+	out := filepath.Join(t.TempDir(), "passed.pcap")
+	runLightbox(t, small, []string{"-run", "firewall", "-report", report}, []string{"-out", out})
+	b, _ = os.ReadFile(report)
+	var passed, dropped int
+	if _, err := fmt.Sscanf(string(b[strings.LastIndex(string(b), "passed"):]), "passed %d dropped %d", &passed, &dropped); err != nil {
+		t.Fatalf("firewall report: %v\n%s", err, b)
+	}
+	c, _ := capture.ReadFile(out)
+	if passed == 0 || len(c.Packets) != passed {
+		t.Fatalf("firewall passed %d (dropped %d) but %d came back", passed, dropped, len(c.Packets))
+	}
+	t.Logf("firewall on test.pcap: passed %d, dropped %d", passed, dropped)
+}

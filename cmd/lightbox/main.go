@@ -1,6 +1,6 @@
 // Command lightbox runs the two ends of a LightBox tunnel.
 //
-//	lightbox middlebox -listen ADDR -psk FILE [-model bounce|direct] [-out FILE] [-linktype N]
+//	lightbox middlebox -listen ADDR -psk FILE [-run forward|monitor|firewall] [-model bounce|direct] [-out FILE]
 //	lightbox gateway   -connect ADDR -psk FILE -in CAPTURE [-realtime] [-rate N] [-record-size N] [-out FILE]
 //
 // The gateway reads a pcap, pcapng or gzip-compressed capture and sends
@@ -14,8 +14,10 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 
 	"github.com/gopacket/gopacket/layers"
 
@@ -45,7 +47,7 @@ func main() {
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
-  lightbox middlebox -listen ADDR -psk FILE [-model bounce|direct] [-out FILE] [-linktype N]
+  lightbox middlebox -listen ADDR -psk FILE [-run forward|monitor|firewall] [-model bounce|direct] [-out FILE] [-report FILE]
   lightbox gateway   -connect ADDR -psk FILE -in CAPTURE [-realtime] [-rate N] [-record-size N] [-out FILE]
 `)
 	os.Exit(2)
@@ -57,13 +59,45 @@ func middlebox(args []string) error {
 	pskFile := fs.String("psk", "", "pre-shared key file")
 	model := fs.String("model", lightbox.Bounce, "bounce (return packets to the gateway) or direct (send them on)")
 	out := fs.String("out", "", "direct model: capture file to write processed packets to")
-	link := fs.Int("linktype", int(layers.LinkTypeEthernet), "direct model: link type of -out")
+	link := fs.Int("linktype", int(layers.LinkTypeEthernet), "link type of the packets (1 Ethernet, 101 raw IP)")
+	run := fs.String("run", "forward", "middlebox to run: forward, monitor or firewall")
+	report := fs.String("report", "", "file for the middlebox's report (default: standard output)")
+	inside := fs.String("inside", "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16", "firewall: inside networks")
+	allowed := fs.String("allow", "", "firewall: inside services reachable from outside, ADDR:PORT,...")
+	cache := fs.Int("cache", 4096, "flow states kept in trusted memory")
 	fs.Parse(args)
 	psk, err := lightbox.ReadPSK(*pskFile)
 	if err != nil {
 		return err
 	}
-	cfg := lightbox.MiddleboxConfig{Etap: etap.Config{PSK: psk}, Model: *model, LinkType: layers.LinkType(*link)}
+	pc := lightbox.ProcessorConfig{Name: *run, LinkType: layers.LinkType(*link), CacheEntries: *cache, Report: os.Stdout}
+	for _, s := range splitList(*inside) {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return fmt.Errorf("-inside: %v", err)
+		}
+		pc.Inside = append(pc.Inside, p)
+	}
+	for _, s := range splitList(*allowed) {
+		a, err := netip.ParseAddrPort(s)
+		if err != nil {
+			return fmt.Errorf("-allow: %v", err)
+		}
+		pc.Allowed = append(pc.Allowed, a)
+	}
+	if *report != "" {
+		f, err := os.Create(*report)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		pc.Report = f
+	}
+	proc, finish, err := lightbox.NewProcessor(pc)
+	if err != nil {
+		return err
+	}
+	cfg := lightbox.MiddleboxConfig{Etap: etap.Config{PSK: psk}, Model: *model, LinkType: layers.LinkType(*link), Processor: proc}
 	if *model == lightbox.Direct {
 		f, err := os.Create(*out)
 		if err != nil {
@@ -79,7 +113,20 @@ func middlebox(args []string) error {
 	cfg.Conn = conn
 	st, err := lightbox.RunMiddlebox(cfg)
 	fmt.Fprintf(os.Stderr, "middlebox: %d packets, %d records in, %d out, %v\n", st.Packets, st.Records.RecordsIn, st.Records.RecordsOut, st.Elapsed)
+	if ferr := finish(); err == nil {
+		err = ferr
+	}
 	return err
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 func gateway(args []string) error {

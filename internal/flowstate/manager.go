@@ -1,6 +1,7 @@
 // Package flowstate is LightBox's flow-state manager: per-flow state for
-// 100,000s of flows kept fast by a small trusted cache of the working set,
-// with every other flow's state sealed into an untrusted store.
+// 100,000s of flows kept fast by a small trusted cache of the working set
+// (CLOCK replacement, an LRU approximation), with every other flow's state
+// sealed into an untrusted store.
 //
 // Trust boundary. A Manager and everything it points to — the cache of
 // states, the cuckoo index over all flows with each flow's version
@@ -10,7 +11,7 @@
 // handles, and may lose, corrupt, replay or swap them.
 //
 // Each state is a fixed-size, pointer-free byte record. When the cache is
-// full, the least recently used state is sealed with AES-256-GCM (nonce: a
+// full, a state not used recently is sealed with AES-256-GCM (nonce: a
 // 96-bit counter that never repeats; additional data: the flow key, its
 // store slot and the slot's version, which increments at every seal, is
 // never reset, and stays in the trusted index) and put in the store. Bringing it back opens it against the
@@ -92,12 +93,15 @@ type Manager struct {
 	entries []entry
 	freeEnt []int32
 
-	// The trusted cache: CacheEntries states and an LRU list over them.
-	states     []byte
-	owner      []int32 // entry of each cache slot, -1 when free
-	prev, next []int32
-	head, tail int32 // most and least recently used slot, -1 when empty
-	freeSlots  []int32
+	// The trusted cache: CacheEntries states, replaced by CLOCK (second
+	// chance), an LRU approximation whose hit costs one store: a hit sets
+	// the slot's reference bit; eviction sweeps the hand past referenced
+	// slots, clearing their bits, and takes the first unreferenced one.
+	states    []byte
+	owner     []int32 // entry of each cache slot, -1 when free
+	ref       []bool
+	hand      int32
+	freeSlots []int32
 
 	aead       cipher.AEAD
 	nonceCtr   uint64
@@ -134,8 +138,7 @@ func New(cfg Config) (*Manager, error) {
 	m := &Manager{
 		cfg: cfg, aead: g,
 		states: make([]byte, cfg.CacheEntries*cfg.StateSize),
-		owner:  make([]int32, cfg.CacheEntries), prev: make([]int32, cfg.CacheEntries), next: make([]int32, cfg.CacheEntries),
-		head: -1, tail: -1,
+		owner:  make([]int32, cfg.CacheEntries), ref: make([]bool, cfg.CacheEntries),
 		entries: make([]entry, 0, cfg.ExpectedFlows),
 	}
 	m.idx = newIndex(cfg.ExpectedFlows, func(ei int32) *Key { return &m.entries[ei].key })
@@ -183,7 +186,7 @@ func (m *Manager) Lookup(k Key, now time.Time) (state []byte, created bool, err 
 	e.last = now.UnixNano()
 	if e.cached >= 0 {
 		m.Stats.Hits++
-		m.touch(e.cached)
+		m.ref[e.cached] = true
 		return m.state(e.cached), false, nil
 	}
 	// Swap in: make room, then open the sealed state into the slot.
@@ -214,7 +217,6 @@ func (m *Manager) Remove(k Key) bool {
 		_ = m.cfg.Store.Delete(e.handle)
 	}
 	if c := m.entries[ei].cached; c >= 0 {
-		m.unlink(c)
 		m.owner[c] = -1
 		m.freeSlots = append(m.freeSlots, c)
 	}
@@ -280,20 +282,24 @@ func (m *Manager) dropEntry(ei int32) {
 	m.freeEnt = append(m.freeEnt, ei)
 }
 
-// takeSlot returns a free cache slot, evicting the least recently used
-// state into the store if the cache is full.
+// takeSlot returns a free cache slot, evicting a state not used since the
+// hand last passed (CLOCK) into the store if the cache is full.
 func (m *Manager) takeSlot() (int32, error) {
 	if n := len(m.freeSlots); n > 0 {
 		s := m.freeSlots[n-1]
 		m.freeSlots = m.freeSlots[:n-1]
 		return s, nil
 	}
-	victim := m.tail
+	victim := m.hand
+	for m.ref[victim] {
+		m.ref[victim] = false
+		victim = (victim + 1) % int32(len(m.owner))
+	}
+	m.hand = (victim + 1) % int32(len(m.owner))
 	ei := m.owner[victim]
 	if err := m.seal(ei, m.state(victim)); err != nil {
 		return -1, err
 	}
-	m.unlink(victim)
 	m.owner[victim] = -1
 	m.entries[ei].cached = -1
 	m.Stats.Evictions++
@@ -348,38 +354,5 @@ func (m *Manager) load(ei int32, slot int32) error {
 func (m *Manager) attach(ei int32, slot int32) {
 	m.owner[slot] = ei
 	m.entries[ei].cached = slot
-	m.pushFront(slot)
-}
-
-// LRU list over cache slots.
-func (m *Manager) pushFront(s int32) {
-	m.prev[s], m.next[s] = -1, m.head
-	if m.head >= 0 {
-		m.prev[m.head] = s
-	}
-	m.head = s
-	if m.tail < 0 {
-		m.tail = s
-	}
-}
-
-func (m *Manager) unlink(s int32) {
-	p, n := m.prev[s], m.next[s]
-	if p >= 0 {
-		m.next[p] = n
-	} else {
-		m.head = n
-	}
-	if n >= 0 {
-		m.prev[n] = p
-	} else {
-		m.tail = p
-	}
-}
-
-func (m *Manager) touch(s int32) {
-	if m.head != s {
-		m.unlink(s)
-		m.pushFront(s)
-	}
+	m.ref[slot] = true
 }

@@ -1,0 +1,108 @@
+package lightbox
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"time"
+
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/torbento/bento/internal/etap"
+	"github.com/torbento/bento/internal/flowstate"
+	"github.com/torbento/bento/internal/middlebox"
+)
+
+// ProcessorConfig chooses and sets up a middlebox.
+type ProcessorConfig struct {
+	Name         string // forward, monitor, firewall
+	LinkType     layers.LinkType
+	CacheEntries int           // trusted cache of flow states (default 4096)
+	IdleTimeout  time.Duration // flows idle this long expire (default 2 minutes)
+	Inside       []netip.Prefix
+	Allowed      []netip.AddrPort
+	Report       io.Writer // where the monitor writes assets and flows, and the firewall its drops
+}
+
+// NewProcessor builds the named middlebox on a flow-state manager.
+func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
+	if cfg.CacheEntries == 0 {
+		cfg.CacheEntries = 4096
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 2 * time.Minute
+	}
+	dec := middlebox.NewDecoder(cfg.LinkType)
+	switch cfg.Name {
+	case "", "forward":
+		return Forward{}, func() error { return nil }, nil
+	case "monitor":
+		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.MonitorStateSize, CacheEntries: cfg.CacheEntries, IdleTimeout: cfg.IdleTimeout})
+		if err != nil {
+			return nil, nil, err
+		}
+		mo := middlebox.NewMonitor(m, dec)
+		p := &monitorProc{mo: mo, m: m}
+		return p, func() error {
+			m.Expire(p.last.Add(cfg.IdleTimeout+time.Nanosecond), mo.Expired) // the capture is over
+			for _, a := range mo.Assets() {
+				fmt.Fprintf(cfg.Report, "asset %s\n", a)
+			}
+			for _, r := range mo.Records {
+				fmt.Fprintf(cfg.Report, "flow %s\n", r)
+			}
+			return p.err
+		}, nil
+	case "firewall":
+		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.FirewallStateSize, CacheEntries: cfg.CacheEntries, IdleTimeout: cfg.IdleTimeout})
+		if err != nil {
+			return nil, nil, err
+		}
+		fw := middlebox.NewFirewall(m, dec, cfg.Inside, cfg.Allowed)
+		p := &firewallProc{fw: fw}
+		return p, func() error {
+			for _, l := range fw.Log {
+				fmt.Fprintln(cfg.Report, l)
+			}
+			fmt.Fprintf(cfg.Report, "passed %d dropped %d\n", fw.Passed, fw.Dropped)
+			return p.err
+		}, nil
+	}
+	return nil, nil, fmt.Errorf("unknown middlebox %q (want forward, monitor or firewall)", cfg.Name)
+}
+
+type monitorProc struct {
+	mo         *middlebox.Monitor
+	m          *flowstate.Manager
+	last       time.Time
+	lastExpire time.Time
+	err        error
+}
+
+func (p *monitorProc) Process(pkt etap.Packet, now time.Time) []etap.Packet {
+	p.last = now
+	if err := p.mo.Handle(pkt.Data, now); err != nil && p.err == nil {
+		p.err = err
+	}
+	if now.Sub(p.lastExpire) >= time.Second { // once a second of trusted time
+		p.lastExpire = now
+		p.m.Expire(now, p.mo.Expired)
+	}
+	return []etap.Packet{pkt}
+}
+
+type firewallProc struct {
+	fw  *middlebox.Firewall
+	err error
+}
+
+func (p *firewallProc) Process(pkt etap.Packet, now time.Time) []etap.Packet {
+	ok, err := p.fw.Handle(pkt.Data, now)
+	if err != nil && p.err == nil {
+		p.err = err
+	}
+	if !ok {
+		return nil
+	}
+	return []etap.Packet{pkt}
+}
