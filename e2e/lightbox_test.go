@@ -154,3 +154,26 @@ func TestLightboxMiddleboxes(t *testing.T) {
 	}
 	t.Logf("firewall on test.pcap: passed %d, dropped %d", passed, dropped)
 }
+
+// TestLightboxIDS runs the IDS in the real middlebox binary on a real HTTP
+// capture with a rule for its status lines.
+func TestLightboxIDS(t *testing.T) {
+	var trace string
+	for _, f := range traces(t) {
+		if strings.Contains(f, "http-mime") {
+			trace = f
+		}
+	}
+	dir := t.TempDir()
+	rules := filepath.Join(dir, "rules")
+	os.WriteFile(rules, []byte(`alert tcp any any <> any any (msg:"http status"; content:"HTTP/1."; sid:1;)`+"\n"), 0o644)
+	report := filepath.Join(dir, "ids.txt")
+	runLightbox(t, trace, []string{"-run", "ids", "-rules", rules, "-report", report}, nil)
+	b, _ := os.ReadFile(report)
+	var alerts, gaps int
+	fmt.Sscanf(string(b[strings.LastIndex(string(b), "alerts"):]), "alerts %d gaps %d", &alerts, &gaps)
+	if alerts == 0 {
+		t.Fatalf("no alert on an HTTP capture:\n%s", b)
+	}
+	t.Logf("ids on %s: %d alerts, %d gaps", filepath.Base(trace), alerts, gaps)
+}

@@ -1,6 +1,6 @@
 // Command lightbox runs the two ends of a LightBox tunnel.
 //
-//	lightbox middlebox -listen ADDR -psk FILE [-run forward|monitor|firewall] [-model bounce|direct] [-out FILE]
+//	lightbox middlebox -listen ADDR -psk FILE [-run forward|monitor|firewall|ids] [-rules FILE] [-model bounce|direct] [-out FILE]
 //	lightbox gateway   -connect ADDR -psk FILE -in CAPTURE [-realtime] [-rate N] [-record-size N] [-out FILE]
 //
 // The gateway reads a pcap, pcapng or gzip-compressed capture and sends
@@ -24,6 +24,7 @@ import (
 	"github.com/torbento/bento/internal/capture"
 	"github.com/torbento/bento/internal/etap"
 	"github.com/torbento/bento/internal/lightbox"
+	"github.com/torbento/bento/internal/middlebox"
 )
 
 func main() {
@@ -33,9 +34,9 @@ func main() {
 	var err error
 	switch os.Args[1] {
 	case "middlebox":
-		err = middlebox(os.Args[2:])
+		err = runMiddlebox(os.Args[2:])
 	case "gateway":
-		err = gateway(os.Args[2:])
+		err = runGateway(os.Args[2:])
 	default:
 		usage()
 	}
@@ -47,20 +48,21 @@ func main() {
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
-  lightbox middlebox -listen ADDR -psk FILE [-run forward|monitor|firewall] [-model bounce|direct] [-out FILE] [-report FILE]
+  lightbox middlebox -listen ADDR -psk FILE [-run forward|monitor|firewall|ids] [-rules FILE] [-model bounce|direct] [-out FILE] [-report FILE]
   lightbox gateway   -connect ADDR -psk FILE -in CAPTURE [-realtime] [-rate N] [-record-size N] [-out FILE]
 `)
 	os.Exit(2)
 }
 
-func middlebox(args []string) error {
+func runMiddlebox(args []string) error {
 	fs := flag.NewFlagSet("middlebox", flag.ExitOnError)
 	listen := fs.String("listen", "127.0.0.1:8890", "address to accept the gateway on")
 	pskFile := fs.String("psk", "", "pre-shared key file")
 	model := fs.String("model", lightbox.Bounce, "bounce (return packets to the gateway) or direct (send them on)")
 	out := fs.String("out", "", "direct model: capture file to write processed packets to")
 	link := fs.Int("linktype", int(layers.LinkTypeEthernet), "link type of the packets (1 Ethernet, 101 raw IP)")
-	run := fs.String("run", "forward", "middlebox to run: forward, monitor or firewall")
+	run := fs.String("run", "forward", "middlebox to run: forward, monitor, firewall or ids")
+	rulesFile := fs.String("rules", "", "ids: Snort-style rules file")
 	report := fs.String("report", "", "file for the middlebox's report (default: standard output)")
 	inside := fs.String("inside", "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16", "firewall: inside networks")
 	allowed := fs.String("allow", "", "firewall: inside services reachable from outside, ADDR:PORT,...")
@@ -92,6 +94,17 @@ func middlebox(args []string) error {
 		}
 		defer f.Close()
 		pc.Report = f
+	}
+	if *run == "ids" {
+		f, err := os.Open(*rulesFile)
+		if err != nil {
+			return fmt.Errorf("-rules: %v", err)
+		}
+		pc.Rules, err = middlebox.ParseRules(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %v", *rulesFile, err)
+		}
 	}
 	proc, finish, err := lightbox.NewProcessor(pc)
 	if err != nil {
@@ -129,7 +142,7 @@ func splitList(s string) []string {
 	return out
 }
 
-func gateway(args []string) error {
+func runGateway(args []string) error {
 	fs := flag.NewFlagSet("gateway", flag.ExitOnError)
 	connect := fs.String("connect", "127.0.0.1:8890", "middlebox address")
 	pskFile := fs.String("psk", "", "pre-shared key file")

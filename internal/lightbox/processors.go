@@ -15,7 +15,8 @@ import (
 
 // ProcessorConfig chooses and sets up a middlebox.
 type ProcessorConfig struct {
-	Name         string // forward, monitor, firewall
+	Name         string           // forward, monitor, firewall, ids
+	Rules        []middlebox.Rule // ids
 	LinkType     layers.LinkType
 	CacheEntries int           // trusted cache of flow states (default 4096)
 	IdleTimeout  time.Duration // flows idle this long expire (default 2 minutes)
@@ -67,8 +68,25 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 			fmt.Fprintf(cfg.Report, "passed %d dropped %d\n", fw.Passed, fw.Dropped)
 			return p.err
 		}, nil
+	case "ids":
+		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.IDSStateSize, CacheEntries: cfg.CacheEntries, IdleTimeout: cfg.IdleTimeout})
+		if err != nil {
+			return nil, nil, err
+		}
+		x, err := middlebox.NewIDS(m, dec, cfg.Rules)
+		if err != nil {
+			return nil, nil, err
+		}
+		p := &idsProc{x: x}
+		return p, func() error {
+			for _, a := range x.Alerts {
+				fmt.Fprintln(cfg.Report, a)
+			}
+			fmt.Fprintf(cfg.Report, "alerts %d gaps %d\n", len(x.Alerts), x.Gaps)
+			return p.err
+		}, nil
 	}
-	return nil, nil, fmt.Errorf("unknown middlebox %q (want forward, monitor or firewall)", cfg.Name)
+	return nil, nil, fmt.Errorf("unknown middlebox %q (want forward, monitor, firewall or ids)", cfg.Name)
 }
 
 type monitorProc struct {
@@ -103,6 +121,18 @@ func (p *firewallProc) Process(pkt etap.Packet, now time.Time) []etap.Packet {
 	}
 	if !ok {
 		return nil
+	}
+	return []etap.Packet{pkt}
+}
+
+type idsProc struct {
+	x   *middlebox.IDS
+	err error
+}
+
+func (p *idsProc) Process(pkt etap.Packet, now time.Time) []etap.Packet {
+	if err := p.x.Handle(pkt.Data, now); err != nil && p.err == nil {
+		p.err = err
 	}
 	return []etap.Packet{pkt}
 }

@@ -1,0 +1,241 @@
+package middlebox
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Per-direction reassembly and matching state, inside the flow state:
+//
+//	u32 next     next in-order sequence number
+//	u8  flags    1: next is known; 2: a gap was skipped; 4: FIN seen
+//	u8  tailLen  bytes in tail
+//	u16 hi       bytes of buf up to the last buffered byte
+//	u32 acState  the matcher's state after the last delivered byte
+//	[64]  tail   the last bytes delivered (to confirm case-sensitive matches)
+//	[320] bitmap which bytes of buf hold data
+//	[2560] buf   out-of-order data, buf[0] is sequence number next
+const (
+	reasmWindow = 2560
+	dNext       = 0
+	dFlags      = 4
+	dTailLen    = 5
+	dHi         = 6
+	dAC         = 8
+	dTail       = 12
+	dBitmap     = dTail + MaxContent
+	dBuf        = dBitmap + reasmWindow/8
+	dirSize     = dBuf + reasmWindow
+
+	fKnown = 1
+	fGap   = 2
+	fFin   = 4
+
+	// IDSStateSize is the IDS's per-flow state (LightBox's is ~5.5 KB).
+	IDSStateSize = 8 + 2*dirSize
+)
+
+// Alert is a rule that matched a flow's reassembled data.
+type Alert struct {
+	SID      int
+	Msg      string
+	Src, Dst netip.AddrPort // the direction the data flowed
+}
+
+func (a Alert) String() string {
+	return fmt.Sprintf("alert sid %d %q %s -> %s", a.SID, a.Msg, a.Src, a.Dst)
+}
+
+// IDS reassembles each TCP direction within a bounded window — handling
+// out-of-order segments, retransmissions, overlaps (the first copy of a
+// byte received wins) and gaps (when the window cannot hold what is
+// missing, the hole is skipped, counted and matching restarts) — and
+// matches the rules' contents over the reassembled stream with one
+// Aho-Corasick automaton. UDP payloads are matched per datagram.
+type IDS struct {
+	Table  StateTable
+	Rules  []Rule
+	Alerts []Alert
+	Gaps   int
+	dec    *Decoder
+	ac     *matcher
+	meta   Meta
+	win    []byte
+}
+
+// NewIDS compiles the rules.
+func NewIDS(table StateTable, dec *Decoder, rules []Rule) (*IDS, error) {
+	pats := make([][]byte, len(rules))
+	for i := range rules {
+		pats[i] = rules[i].Content
+	}
+	ac := buildMatcher(pats)
+	if len(ac.next) > MaxMatcherStates {
+		return nil, fmt.Errorf("rules need %d automaton states, more than %d", len(ac.next), MaxMatcherStates)
+	}
+	return &IDS{Table: table, Rules: rules, dec: dec, ac: ac}, nil
+}
+
+// Handle processes one packet at trusted time now.
+func (x *IDS) Handle(data []byte, now time.Time) error {
+	m := &x.meta
+	if !x.dec.Decode(data, m) {
+		return nil
+	}
+	src, dst := netip.AddrPortFrom(m.Src, m.SrcPort), netip.AddrPortFrom(m.Dst, m.DstPort)
+	switch m.Proto {
+	case 17:
+		var scratch [dirSize]byte
+		x.deliver(scratch[:], m.Payload, 17, src, dst)
+		return nil
+	case 6:
+	default:
+		return nil
+	}
+	k, reverse := m.Key()
+	st, _, err := x.Table.Lookup(k, now)
+	if err != nil {
+		return err
+	}
+	side := 0
+	if reverse {
+		side = 1
+	}
+	d := st[8+side*dirSize : 8+(side+1)*dirSize]
+	seq := m.Seq
+	if m.Flags&SYN != 0 {
+		x.reset(d, seq+1)
+		seq++
+	}
+	if len(m.Payload) > 0 {
+		if d[dFlags]&fKnown == 0 {
+			x.reset(d, seq)
+		}
+		x.segment(d, seq, m.Payload, src, dst)
+	}
+	if m.Flags&FIN != 0 {
+		d[dFlags] |= fFin
+	}
+	o := st[8+(1-side)*dirSize:]
+	if m.Flags&RST != 0 || (d[dFlags]&fFin != 0 && o[dFlags]&fFin != 0) {
+		x.Table.Remove(k)
+	}
+	return nil
+}
+
+func (x *IDS) reset(d []byte, next uint32) {
+	clear(d)
+	binary.BigEndian.PutUint32(d[dNext:], next)
+	d[dFlags] = fKnown
+}
+
+func bit(d []byte, i int) bool { return d[dBitmap+i/8]&(1<<(i%8)) != 0 }
+func setBit(d []byte, i int)   { d[dBitmap+i/8] |= 1 << (i % 8) }
+
+// segment takes one TCP payload at sequence number seq.
+func (x *IDS) segment(d []byte, seq uint32, p []byte, src, dst netip.AddrPort) {
+	for len(p) > reasmWindow { // larger than the window (TSO): in pieces
+		x.segment(d, seq, p[:reasmWindow], src, dst)
+		seq, p = seq+reasmWindow, p[reasmWindow:]
+	}
+	base := binary.BigEndian.Uint32(d[dNext:])
+	hi := int(binary.BigEndian.Uint16(d[dHi:]))
+	rel := int64(int32(seq - base))
+	if rel < 0 { // starts before base: the delivered part is a retransmission
+		if -rel >= int64(len(p)) {
+			return
+		}
+		p, seq, rel = p[-rel:], base, 0
+	}
+	if rel == 0 && hi == 0 { // in order, nothing buffered: the common case
+		x.deliver(d, p, 6, src, dst)
+		binary.BigEndian.PutUint32(d[dNext:], base+uint32(len(p)))
+		return
+	}
+	if rel+int64(len(p)) > reasmWindow {
+		// The window cannot hold it: skip the hole and restart matching
+		// after it.
+		x.Gaps++
+		flags := d[dFlags] | fGap
+		x.reset(d, seq)
+		d[dFlags] = flags
+		x.deliver(d, p, 6, src, dst)
+		binary.BigEndian.PutUint32(d[dNext:], seq+uint32(len(p)))
+		return
+	}
+	// Store what is new: the first copy of each byte wins.
+	for i := range p {
+		if j := int(rel) + i; !bit(d, j) {
+			d[dBuf+j] = p[i]
+			setBit(d, j)
+		}
+	}
+	hi = max(hi, int(rel)+len(p))
+	// Deliver the in-order prefix and shift the window past it.
+	n := 0
+	for n < hi && bit(d, n) {
+		n++
+	}
+	if n > 0 {
+		x.win = append(x.win[:0], d[dBuf:dBuf+n]...)
+		x.deliver(d, x.win, 6, src, dst)
+		copy(d[dBuf:], d[dBuf+n:dBuf+hi])
+		shiftBitmap(d[dBitmap:dBitmap+reasmWindow/8], n, hi)
+		hi -= n
+		binary.BigEndian.PutUint32(d[dNext:], base+uint32(n))
+	}
+	binary.BigEndian.PutUint16(d[dHi:], uint16(hi))
+}
+
+// shiftBitmap moves the first hi bits of the bitmap down by n.
+func shiftBitmap(b []byte, n, hi int) {
+	for i := 0; i < hi; i++ {
+		j := i + n
+		if j < hi && b[j/8]&(1<<(j%8)) != 0 {
+			b[i/8] |= 1 << (i % 8)
+		} else {
+			b[i/8] &^= 1 << (i % 8)
+		}
+	}
+}
+
+// deliver runs the automaton over in-order bytes and raises alerts.
+func (x *IDS) deliver(d []byte, p []byte, proto uint8, src, dst netip.AddrPort) {
+	s := int32(binary.BigEndian.Uint32(d[dAC:]))
+	tl := int(d[dTailLen])
+	for i, c := range p {
+		s = x.ac.next[s][lower(c)]
+		for _, ri := range x.ac.out[s] {
+			r := &x.Rules[ri]
+			if !r.matchesFlow(proto, src, dst) {
+				continue
+			}
+			if !r.NoCase && !x.exact(d[dTail:dTail+tl], p[:i+1], r.Content) {
+				continue
+			}
+			x.Alerts = append(x.Alerts, Alert{SID: r.SID, Msg: r.Msg, Src: src, Dst: dst})
+		}
+	}
+	binary.BigEndian.PutUint32(d[dAC:], uint32(s))
+	// Keep the last MaxContent bytes.
+	var tail [2 * MaxContent]byte
+	all := append(append(tail[:0], d[dTail:dTail+tl]...), p[max(0, len(p)-MaxContent):]...)
+	all = all[max(0, len(all)-MaxContent):]
+	copy(d[dTail:], all)
+	d[dTailLen] = byte(len(all))
+}
+
+// exact confirms that the stream (tail followed by upto) ends with c.
+func (x *IDS) exact(tail, upto, c []byte) bool {
+	n := len(c)
+	if len(upto) >= n {
+		return string(upto[len(upto)-n:]) == string(c)
+	}
+	k := n - len(upto)
+	if k > len(tail) {
+		return false
+	}
+	return string(tail[len(tail)-k:]) == string(c[:k]) && string(upto) == string(c[k:])
+}

@@ -1,0 +1,122 @@
+package middlebox
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+)
+
+// seg builds a TCP segment with a given sequence number.
+func seg(src string, sport uint16, dst string, dport uint16, flags uint8, seq uint32, payload string) []byte {
+	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.ParseIP(src).To4(), DstIP: net.ParseIP(dst).To4()}
+	t := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: seq, Window: 29200,
+		FIN: flags&FIN != 0, SYN: flags&SYN != 0, RST: flags&RST != 0, PSH: flags&PSH != 0, ACK: flags&ACK != 0}
+	t.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, t, gopacket.Payload(payload))
+	return buf.Bytes()
+}
+
+func idsCapture() [][]byte {
+	c, s := "10.0.0.1", "10.0.0.2"
+	return [][]byte{
+		seg(c, 40000, s, 80, SYN, 1000, ""),
+		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /x?q="),        // 1001-1009, in order
+		seg(c, 40000, s, 80, ACK|PSH, 1013, "ack HTTP/1.1\r\n"), // 1013-1026, early
+		seg(c, 40000, s, 80, ACK|PSH, 1010, "attXXXX"),          // 1010-1016, overlaps "ack "
+		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /EvIL"),        // retransmission, different bytes
+		seg(s, 80, c, 40000, ACK|PSH, 5001, "HTTP/1.1 200 OK\r\nsplit-pat"),
+		seg(s, 80, c, 40000, ACK|PSH, 5027, "tern evil \xde\xad\xbe\xef\r\n"),
+		seg(c, 40000, s, 80, ACK|PSH, 1027, "abs"), // 1027-1029
+		seg(c, 40000, s, 80, ACK|PSH, 4030, "ent"), // 3000 bytes later: a gap
+		frame(c, 5353, "10.0.0.9", 53, "udp", 0, 64, "xTuNnElx"),
+		frame("10.0.0.9", 53, c, 5353, "udp", 0, 64, "tunnel"),
+		seg(c, 40000, s, 80, RST, 4033, ""),
+	}
+}
+
+func TestIDS(t *testing.T) {
+	f, err := os.Open("testdata/ids.rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, err := ParseRules(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := expected(t, "ids.expected")
+	for name, table := range tables(t, IDSStateSize) {
+		t.Run(name, func(t *testing.T) {
+			x, err := NewIDS(table, NewDecoder(layers.LinkTypeEthernet), rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, fr := range idsCapture() {
+				if err := x.Handle(fr, time.Unix(100, int64(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var got []string
+			for _, a := range x.Alerts {
+				got = append(got, a.String())
+			}
+			got = append(got, fmt.Sprintf("gaps %d", x.Gaps))
+			if g := strings.Join(got, "\n"); g != want {
+				t.Errorf("got:\n%s\nwant:\n%s", g, want)
+			}
+			if table.Len() != 0 {
+				t.Errorf("%d flows left after RST", table.Len())
+			}
+		})
+	}
+}
+
+func TestParseRulesErrors(t *testing.T) {
+	tests := map[string]string{
+		`alert tcp any any -> any 80 (msg:"x"; sid:1;)`:                  "needs content",
+		`alert icmp any any -> any any (content:"x"; sid:1;)`:            "protocol",
+		`alert tcp any any => any 80 (content:"x"; sid:1;)`:              "direction",
+		`alert tcp any any -> any 80 (content:"x"; content:"y"; sid:1;)`: "more than one content",
+		`alert tcp any any -> any 80 (content:"|zz|"; sid:1;)`:           "bad hex",
+		`alert tcp any any -> any 80 (content:"x"; pcre:"/x/"; sid:1;)`:  "not supported",
+		`alert tcp 10.0.0.300 any -> any 80 (content:"x"; sid:1;)`:       "address",
+		`drop tcp any any -> any 80 (content:"x"; sid:1;)`:               "header",
+		`alert tcp any any -> any 80 content:"x"; sid:1;`:                "parentheses",
+	}
+	for in, want := range tests {
+		_, err := ParseRules(strings.NewReader(in))
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "line 1") {
+			t.Errorf("ParseRules(%q) = %v, want %q", in, err, want)
+		}
+	}
+}
+
+func FuzzParseRules(f *testing.F) {
+	b, _ := os.ReadFile("testdata/ids.rules")
+	f.Add(string(b))
+	f.Fuzz(func(t *testing.T, s string) {
+		rules, err := ParseRules(strings.NewReader(s))
+		if err != nil {
+			return
+		}
+		for _, r := range rules {
+			if len(r.Content) == 0 || len(r.Content) > MaxContent || r.SID <= 0 {
+				t.Fatalf("accepted rule %+v", r)
+			}
+		}
+		if len(rules) < 50 {
+			if _, err := NewIDS(NewMapTable(IDSStateSize), NewDecoder(layers.LinkTypeEthernet), rules); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
