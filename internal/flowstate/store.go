@@ -20,22 +20,24 @@ type Store interface {
 var ErrNoBlob = errors.New("flowstate: no blob under this handle")
 
 // MemStore keeps blobs in memory outside the trusted cache (the analogue
-// of LightBox's untrusted host memory): one slab of fixed-size slots,
-// handle h at offset h*size, grown as handles grow.
+// of LightBox's untrusted host memory): fixed-size slots in chunks of
+// 1024, handle h in chunk h/1024. Growing adds a chunk and never copies.
 type MemStore struct {
 	mu      sync.Mutex
 	size    int
-	slab    []byte
+	chunks  [][]byte
 	present []bool
 }
+
+const chunkSlots = 1024
 
 // NewMemStore returns an empty MemStore; the blob size is set by the
 // first Put.
 func NewMemStore() *MemStore { return &MemStore{} }
 
 func (s *MemStore) slot(h uint64) []byte {
-	off := int(h) * s.size
-	return s.slab[off : off+s.size]
+	off := int(h%chunkSlots) * s.size
+	return s.chunks[h/chunkSlots][off : off+s.size]
 }
 
 // Put stores a copy of blob.
@@ -49,9 +51,8 @@ func (s *MemStore) Put(h uint64, blob []byte) error {
 		return fmt.Errorf("flowstate: blob of %d bytes in a store of %d-byte slots", len(blob), s.size)
 	}
 	for int(h) >= len(s.present) {
-		n := max(1024, 2*len(s.present))
-		s.slab = append(s.slab, make([]byte, (n-len(s.present))*s.size)...)
-		s.present = append(s.present, make([]bool, n-len(s.present))...)
+		s.chunks = append(s.chunks, make([]byte, chunkSlots*s.size))
+		s.present = append(s.present, make([]bool, chunkSlots)...)
 	}
 	copy(s.slot(h), blob)
 	s.present[h] = true
