@@ -14,11 +14,7 @@ import (
 	"github.com/torbento/bento/internal/testutil"
 )
 
-func traces(t *testing.T) []string {
-	files, _ := filepath.Glob(filepath.Join(testutil.RepoRoot(), "..", "shared", "traces", "*"))
-	testutil.Require(t, len(files) > 0, "../shared/traces beside the repository")
-	return files
-}
+func traces(t *testing.T) []string { return testutil.Traces(t) }
 
 // runLightbox runs a middlebox and a gateway binary against each other.
 func runLightbox(t *testing.T, trace string, mbArgs, gwArgs []string) (string, string) {

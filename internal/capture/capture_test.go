@@ -13,13 +13,7 @@ import (
 	"github.com/torbento/bento/internal/testutil"
 )
 
-// Traces returns the shared packet captures, failing under CI when they
-// are missing.
-func traces(t *testing.T) []string {
-	files, _ := filepath.Glob(filepath.Join(testutil.RepoRoot(), "..", "shared", "traces", "*"))
-	testutil.Require(t, len(files) > 0, "../shared/traces beside the repository")
-	return files
-}
+func traces(t *testing.T) []string { return testutil.Traces(t) }
 
 func TestReadTraces(t *testing.T) {
 	// Packets per trace, as listed in shared/research/lightbox.md §3.

@@ -77,11 +77,7 @@ func pipe(t testing.TB, cfg etap.Config, gw, mb etap.Options, mitm func(in io.Re
 	return gwConn, mbConn
 }
 
-func traceFiles(t testing.TB) []string {
-	files, _ := filepath.Glob(filepath.Join(testutil.RepoRoot(), "..", "shared", "traces", "*"))
-	testutil.Require(t, len(files) > 0, "../shared/traces beside the repository")
-	return files
-}
+func traceFiles(t testing.TB) []string { return testutil.Traces(t) }
 
 // TestBounceTraces sends every packet of every shared capture through
 // etap to a middlebox that bounces it back, and checks that all come back

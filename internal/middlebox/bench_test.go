@@ -3,7 +3,6 @@ package middlebox
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
@@ -60,16 +59,7 @@ func benchPerPacket(b *testing.B, mb, table string, flows int) {
 		mo := NewMonitor(st, dec)
 		handle = mo.Handle
 	case "ids":
-		f, err := os.Open("testdata/ids.rules")
-		if err != nil {
-			b.Fatal(err)
-		}
-		rules, err := ParseRules(f)
-		f.Close()
-		if err != nil {
-			b.Fatal(err)
-		}
-		x, err := NewIDS(st, dec, rules)
+		x, err := NewIDS(st, dec, loadRules(b))
 		if err != nil {
 			b.Fatal(err)
 		}

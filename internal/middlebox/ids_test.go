@@ -2,27 +2,13 @@ package middlebox
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 )
-
-// seg builds a TCP segment with a given sequence number.
-func seg(src string, sport uint16, dst string, dport uint16, flags uint8, seq uint32, payload string) []byte {
-	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
-	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.ParseIP(src).To4(), DstIP: net.ParseIP(dst).To4()}
-	t := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: seq, Window: 29200,
-		FIN: flags&FIN != 0, SYN: flags&SYN != 0, RST: flags&RST != 0, PSH: flags&PSH != 0, ACK: flags&ACK != 0}
-	t.SetNetworkLayerForChecksum(ip)
-	buf := gopacket.NewSerializeBuffer()
-	gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, t, gopacket.Payload(payload))
-	return buf.Bytes()
-}
 
 func idsCapture() [][]byte {
 	c, s := "10.0.0.1", "10.0.0.2"
@@ -44,15 +30,7 @@ func idsCapture() [][]byte {
 }
 
 func TestIDS(t *testing.T) {
-	f, err := os.Open("testdata/ids.rules")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rules, err := ParseRules(f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	rules := loadRules(t)
 	want := expected(t, "ids.expected")
 	for name, table := range tables(t, IDSStateSize) {
 		t.Run(name, func(t *testing.T) {

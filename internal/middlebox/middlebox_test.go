@@ -15,8 +15,18 @@ import (
 	"github.com/torbento/bento/internal/flowstate"
 )
 
-// frame builds one Ethernet/IPv4/TCP-or-UDP frame.
+// frame builds one Ethernet/IPv4/TCP-or-UDP frame (TCP sequence number
+// 1000).
 func frame(src string, sport uint16, dst string, dport uint16, proto string, flags uint8, ttl uint8, payload string) []byte {
+	return build(src, sport, dst, dport, proto, flags, ttl, 1000, payload)
+}
+
+// seg builds a TCP segment with a given sequence number.
+func seg(src string, sport uint16, dst string, dport uint16, flags uint8, seq uint32, payload string) []byte {
+	return build(src, sport, dst, dport, "tcp", flags, 64, seq, payload)
+}
+
+func build(src string, sport uint16, dst string, dport uint16, proto string, flags, ttl uint8, seq uint32, payload string) []byte {
 	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
 	ip := &layers.IPv4{Version: 4, TTL: ttl, SrcIP: net.ParseIP(src).To4(), DstIP: net.ParseIP(dst).To4()}
 	var l4 gopacket.SerializableLayer
@@ -27,7 +37,7 @@ func frame(src string, sport uint16, dst string, dport uint16, proto string, fla
 		l4 = u
 	} else {
 		ip.Protocol = layers.IPProtocolTCP
-		t := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: 1000, Window: 29200,
+		t := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: seq, Window: 29200,
 			FIN: flags&FIN != 0, SYN: flags&SYN != 0, RST: flags&RST != 0, PSH: flags&PSH != 0, ACK: flags&ACK != 0}
 		t.SetNetworkLayerForChecksum(ip)
 		l4 = t
@@ -35,6 +45,21 @@ func frame(src string, sport uint16, dst string, dport uint16, proto string, fla
 	buf := gopacket.NewSerializeBuffer()
 	gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, l4, gopacket.Payload(payload))
 	return buf.Bytes()
+}
+
+// loadRules reads testdata/ids.rules.
+func loadRules(t testing.TB) []Rule {
+	t.Helper()
+	f, err := os.Open("testdata/ids.rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rules, err := ParseRules(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rules
 }
 
 func monitorCapture() [][]byte {

@@ -92,3 +92,12 @@ func Runner(t testing.TB) string {
 	}
 	return dir + "/bento-runner"
 }
+
+// Traces returns the shared packet captures (../shared/traces beside the
+// repository), failing under CI when they are missing.
+func Traces(t testing.TB) []string {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(RepoRoot(), "..", "shared", "traces", "*"))
+	Require(t, len(files) > 0, "../shared/traces beside the repository")
+	return files
+}
