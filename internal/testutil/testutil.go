@@ -93,11 +93,16 @@ func Runner(t testing.TB) string {
 	return dir + "/bento-runner"
 }
 
-// Traces returns the shared packet captures (../shared/traces beside the
-// repository), failing under CI when they are missing.
+// Traces returns the shared packet captures: $BENTO_TRACES if set, else
+// ../shared/traces beside the repository. It fails under CI when there
+// are none.
 func Traces(t testing.TB) []string {
 	t.Helper()
-	files, _ := filepath.Glob(filepath.Join(RepoRoot(), "..", "shared", "traces", "*"))
-	Require(t, len(files) > 0, "../shared/traces beside the repository")
+	dir := os.Getenv("BENTO_TRACES")
+	if dir == "" {
+		dir = filepath.Join(RepoRoot(), "..", "shared", "traces")
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*"))
+	Require(t, len(files) > 0, "packet captures in "+dir+" (../shared/traces beside the repository, or set BENTO_TRACES)")
 	return files
 }
