@@ -97,13 +97,16 @@ func TestExactResources(t *testing.T) {
 func TestDropboxExpiry(t *testing.T) {
 	d := startBentod(t, "")
 	dep := deployCLI(t, d, fn("dropbox"))
-	if r := bento(t, "short-lived", "invoke", "-i", d.Addr, dep.InvocationToken, "put", "0", "1"); r.Code != 0 {
+	// Expiry is 4 s: ample for a put and a get even under the race
+	// detector on a loaded machine.
+	start := time.Now()
+	if r := bento(t, "short-lived", "invoke", "-i", d.Addr, dep.InvocationToken, "put", "0", "4"); r.Code != 0 {
 		t.Fatal(r)
 	}
 	if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "get"); r.Code != 0 || r.Stdout != "short-lived" {
-		t.Fatalf("get before expiry: %s", r)
+		t.Fatalf("get %v after the put, before expiry: %s", time.Since(start), r)
 	}
-	time.Sleep(1200 * time.Millisecond)
+	time.Sleep(time.Until(start.Add(4500 * time.Millisecond)))
 	if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "get"); r.Code != 1 || !strings.Contains(r.Stderr, "expired and was deleted") {
 		t.Fatalf("get after expiry: %s", r)
 	}
