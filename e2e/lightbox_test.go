@@ -173,3 +173,86 @@ func TestLightboxIDS(t *testing.T) {
 	}
 	t.Logf("ids on %s: %d alerts, %d gaps", filepath.Base(trace), alerts, gaps)
 }
+
+// TestLightboxTUN feeds the gateway live packets from a TUN device, all
+// inside a network namespace made for the test (only lo and tun0): UDP
+// datagrams sent to an address routed into tun0 go through etap to the
+// middlebox and back, into the gateway's output capture.
+func TestLightboxTUN(t *testing.T) {
+	testutil.RequireSandbox(t)
+	_, err := exec.LookPath("ip")
+	testutil.Require(t, err == nil, "ip (iproute2)")
+	ns := fmt.Sprintf("bento-tun-%d", os.Getpid())
+	sh := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	in := func(args ...string) []string { return append([]string{"ip", "netns", "exec", ns}, args...) }
+	sh("ip", "netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	sh(in("sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")...)
+	sh(in("ip", "link", "set", "lo", "up")...)
+	sh(in("ip", "tuntap", "add", "dev", "tun0", "mode", "tun")...)
+	sh(in("ip", "addr", "add", "10.99.0.1/24", "dev", "tun0")...)
+	sh(in("ip", "link", "set", "tun0", "up")...)
+
+	bin := filepath.Join(testutil.Binaries(t), "lightbox")
+	dir := t.TempDir()
+	psk := filepath.Join(dir, "psk")
+	os.WriteFile(psk, []byte("a pre-shared key for this test only"), 0o600)
+	out := filepath.Join(dir, "returned.pcap")
+	var mbOut, gwOut syncBuffer
+	mbArgs := in(bin, "middlebox", "-listen", "127.0.0.1:8890", "-psk", psk, "-linktype", "101")
+	mb := exec.Command(mbArgs[0], mbArgs[1:]...)
+	mb.Stderr = &mbOut
+	if err := mb.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer mb.Process.Kill()
+	var gw *exec.Cmd
+	for i := 0; i < 100; i++ {
+		args := in(bin, "gateway", "-connect", "127.0.0.1:8890", "-psk", psk, "-tun", "tun0", "-packets", "3", "-out", out)
+		gw = exec.Command(args[0], args[1:]...)
+		gw.Stderr = &gwOut
+		if err := gw.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if strings.Contains(gwOut.String(), "reading packets from tun0") {
+			break
+		}
+		gw.Wait()
+	}
+	if !strings.Contains(gwOut.String(), "reading packets from tun0") {
+		t.Fatalf("gateway did not start: %s", gwOut.String())
+	}
+	sh(in("bash", "-c", "for i in 1 2 3; do echo hi$i > /dev/udp/10.99.0.2/9999; done")...)
+	done := make(chan error, 1)
+	go func() { done <- gw.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("gateway: %v\n%s", err, gwOut.String())
+		}
+	case <-time.After(20 * time.Second):
+		gw.Process.Kill()
+		t.Fatalf("gateway did not get 3 packets: %s", gwOut.String())
+	}
+	mb.Wait()
+	c, err := capture.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Packets) != 3 || c.LinkType != 101 {
+		t.Fatalf("%d packets of link type %d came back, want 3 raw IP", len(c.Packets), c.LinkType)
+	}
+	for i, p := range c.Packets {
+		want := fmt.Sprintf("hi%d\n", i+1)
+		if !bytes.HasSuffix(p.Data, []byte(want)) || p.Data[0]>>4 != 4 || p.Data[9] != 17 {
+			t.Fatalf("packet %d is not the UDP datagram %q: % x", i, want, p.Data)
+		}
+	}
+	t.Logf("%s%s", gwOut.String(), mbOut.String())
+}

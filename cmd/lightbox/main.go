@@ -1,7 +1,7 @@
 // Command lightbox runs the two ends of a LightBox tunnel.
 //
 //	lightbox middlebox -listen ADDR -psk FILE [-run forward|monitor|firewall|ids] [-rules FILE] [-model bounce|direct] [-out FILE]
-//	lightbox gateway   -connect ADDR -psk FILE -in CAPTURE [-realtime] [-rate N] [-record-size N] [-out FILE]
+//	lightbox gateway   -connect ADDR -psk FILE (-in CAPTURE [-realtime] | -tun NAME [-packets N]) [-rate N] [-record-size N] [-out FILE]
 //
 // The gateway reads a pcap, pcapng or gzip-compressed capture and sends
 // its packets through etap; the middlebox receives them, processes them,
@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/gopacket/gopacket/layers"
 
@@ -49,7 +50,7 @@ func main() {
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   lightbox middlebox -listen ADDR -psk FILE [-run forward|monitor|firewall|ids] [-rules FILE] [-model bounce|direct] [-out FILE] [-report FILE]
-  lightbox gateway   -connect ADDR -psk FILE -in CAPTURE [-realtime] [-rate N] [-record-size N] [-out FILE]
+  lightbox gateway   -connect ADDR -psk FILE (-in CAPTURE [-realtime] | -tun NAME [-packets N]) [-rate N] [-record-size N] [-out FILE]
 `)
 	os.Exit(2)
 }
@@ -147,6 +148,8 @@ func runGateway(args []string) error {
 	connect := fs.String("connect", "127.0.0.1:8890", "middlebox address")
 	pskFile := fs.String("psk", "", "pre-shared key file")
 	in := fs.String("in", "", "capture to send (pcap, pcapng, or gzip of either)")
+	tunName := fs.String("tun", "", "send live packets from this TUN device instead of a capture")
+	maxPkts := fs.Int("packets", 0, "with -tun: stop after this many packets (0: until interrupted)")
 	realtime := fs.Bool("realtime", false, "replay at the capture's own timing")
 	rate := fs.Float64("rate", 0, "constant rate in records per second (0: as fast as possible)")
 	size := fs.Int("record-size", etap.DefaultRecordSize, "record size in bytes")
@@ -156,18 +159,30 @@ func runGateway(args []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := capture.ReadFile(*in)
-	if err != nil {
-		return err
-	}
-	if c.Truncated {
-		fmt.Fprintf(os.Stderr, "gateway: %s is cut short in the middle of a packet; sending the %d whole packets\n", *in, len(c.Packets))
+	var c *capture.Capture
+	var tun *capture.TUN
+	switch {
+	case *tunName != "":
+		if tun, err = capture.OpenTUN(*tunName); err != nil {
+			return err
+		}
+		defer tun.Close()
+	case *in != "":
+		if c, err = capture.ReadFile(*in); err != nil {
+			return err
+		}
+		if c.Truncated {
+			fmt.Fprintf(os.Stderr, "gateway: %s is cut short in the middle of a packet; sending the %d whole packets\n", *in, len(c.Packets))
+		}
+	default:
+		return fmt.Errorf("give a capture (-in FILE) or a TUN device (-tun NAME)")
 	}
 	conn, err := net.Dial("tcp", *connect)
 	if err != nil {
 		return err
 	}
-	cfg := lightbox.GatewayConfig{Conn: conn, Etap: etap.Config{PSK: psk, RecordSize: *size}, Options: etap.Options{Rate: *rate}, Capture: c, Realtime: *realtime}
+	cfg := lightbox.GatewayConfig{Conn: conn, Etap: etap.Config{PSK: psk, RecordSize: *size}, Options: etap.Options{Rate: *rate},
+		Capture: c, TUN: tun, Packets: *maxPkts, Realtime: *realtime}
 	if *out != "" {
 		f, err := os.Create(*out)
 		if err != nil {
@@ -176,8 +191,11 @@ func runGateway(args []string) error {
 		defer f.Close()
 		cfg.Returned = f
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if tun != nil {
+		fmt.Fprintf(os.Stderr, "gateway: reading packets from %s\n", *tunName)
+	}
 	sent, back, err := lightbox.RunGateway(ctx, cfg)
 	fmt.Fprintf(os.Stderr, "gateway: sent %d packets in %d records (%d padding), got %d back, %v\n",
 		sent.Packets, sent.Records.RecordsOut, sent.Records.PaddingOut, back.Packets, back.Elapsed)

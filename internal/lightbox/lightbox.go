@@ -136,8 +136,10 @@ type GatewayConfig struct {
 	Etap     etap.Config
 	Options  etap.Options
 	Capture  *capture.Capture
-	Realtime bool      // replay at the capture's timing
-	Returned io.Writer // Bounce: packets coming back, written as pcap (nil: discard)
+	TUN      *capture.TUN // live source instead of Capture
+	Packets  int          // TUN: stop after this many packets (0: until ctx ends)
+	Realtime bool         // replay at the capture's timing
+	Returned io.Writer    // Bounce: packets coming back, written as pcap (nil: discard)
 }
 
 // RunGateway sends the capture through etap and, when the middlebox
@@ -154,7 +156,11 @@ func RunGateway(ctx context.Context, cfg GatewayConfig) (sent, returned Stats, e
 		var w *pcapgo.Writer
 		if cfg.Returned != nil {
 			w = pcapgo.NewWriterNanos(cfg.Returned)
-			if err := w.WriteFileHeader(etap.MaxPacket, cfg.Capture.LinkType); err != nil {
+			link := layers.LinkTypeRaw
+			if cfg.Capture != nil {
+				link = cfg.Capture.LinkType
+			}
+			if err := w.WriteFileHeader(etap.MaxPacket, link); err != nil {
 				back <- err
 				return
 			}
@@ -178,10 +184,17 @@ func RunGateway(ctx context.Context, cfg GatewayConfig) (sent, returned Stats, e
 			}
 		}
 	}()
-	err = capture.Replay(ctx, cfg.Capture.Packets, cfg.Realtime, func(p etap.Packet) error {
-		sent.Packets++
-		return c.Send(p)
-	})
+	if cfg.TUN != nil {
+		err = liveTUN(ctx, cfg.TUN, cfg.Packets, func(p etap.Packet) error {
+			sent.Packets++
+			return c.Send(p)
+		})
+	} else {
+		err = capture.Replay(ctx, cfg.Capture.Packets, cfg.Realtime, func(p etap.Packet) error {
+			sent.Packets++
+			return c.Send(p)
+		})
+	}
 	if cerr := c.CloseSend(); err == nil {
 		err = cerr
 	}
@@ -192,6 +205,24 @@ func RunGateway(ctx context.Context, cfg GatewayConfig) (sent, returned Stats, e
 	returned.Elapsed = time.Since(start)
 	sent.Records = c.Stats()
 	return sent, returned, err
+}
+
+// liveTUN sends packets from a TUN device as they arrive.
+func liveTUN(ctx context.Context, t *capture.TUN, max int, send func(etap.Packet) error) error {
+	go func() { <-ctx.Done(); t.Close() }()
+	for n := 0; max == 0 || n < max; n++ {
+		p, err := t.Read()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if err := send(p); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ReadPSK reads a pre-shared key file (at least 16 bytes).
