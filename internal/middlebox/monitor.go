@@ -61,14 +61,14 @@ func (r FlowRecord) String() string {
 type Monitor struct {
 	Table   StateTable
 	dec     *Decoder
-	assets  map[string]Asset
+	assets  map[Asset]struct{} // a set: Asset is comparable, no key to format
 	Records []FlowRecord
 	meta    Meta
 }
 
 // NewMonitor returns a monitor keeping per-flow state in table.
 func NewMonitor(table StateTable, dec *Decoder) *Monitor {
-	return &Monitor{Table: table, dec: dec, assets: map[string]Asset{}}
+	return &Monitor{Table: table, dec: dec, assets: map[Asset]struct{}{}}
 }
 
 // Handle processes one packet at trusted time now.
@@ -151,13 +151,13 @@ func (mo *Monitor) finish(k flowstate.Key, st []byte) {
 }
 
 func (mo *Monitor) addAsset(a Asset) {
-	mo.assets[a.String()] = a
+	mo.assets[a] = struct{}{}
 }
 
 // Assets returns what was learned, sorted.
 func (mo *Monitor) Assets() []Asset {
 	out := make([]Asset, 0, len(mo.assets))
-	for _, a := range mo.assets {
+	for a := range mo.assets {
 		out = append(out, a)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
