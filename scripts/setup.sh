@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # setup.sh: install what Bento needs on a Debian machine and build it.
 #
-# Needs root (containers are started through runc as root). Installs runc
-# from Debian when it is missing, checks for Go, and builds bentod, bento and
+# Needs root (containers are started through runc as root). Installs runc,
+# iproute2, util-linux and tor from Debian when they are missing (tor without
+# ever starting its system service), checks for Go, and builds bentod, bento and
 # the static bento-runner into ./bin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,10 +33,23 @@ need_pkg() { # need_pkg COMMAND PACKAGE
 }
 
 need_pkg runc runc
+need_pkg ip iproute2
+need_pkg unshare util-linux
+# Debian's tor for the private Tor network of the tests and the demo. The
+# package would start tor as a system service, on the public network:
+# forbid that first (policy-rc.d exit 101 = "do not start services").
+if ! command -v tor >/dev/null || ! command -v tor-gencert >/dev/null; then
+	if [ ! -x /usr/sbin/policy-rc.d ] || ! grep -q 'exit 101' /usr/sbin/policy-rc.d; then
+		say "installing /usr/sbin/policy-rc.d (exit 101) so that installing tor starts no service"
+		printf '#!/bin/sh\n# written by bento scripts/setup.sh: never start services on install\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+	fi
+	need_pkg tor tor
+fi
 # The race detector needs cgo.
 need_pkg gcc gcc
 
 say "building into ./bin"
 mkdir -p bin
 CGO_ENABLED=0 go build -trimpath -o bin/ ./cmd/bentod ./cmd/bento ./cmd/bento-runner ./cmd/lightbox
-say "ready: $(runc --version | head -1), $(go version)"
+say "ready: $(runc --version | head -1), $(tor --version | head -1), $(go version)"
