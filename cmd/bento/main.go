@@ -10,6 +10,9 @@
 //	bento shutdown SERVER SHUTDOWN-TOKEN
 //	bento run      [-i] SERVER DIR [ARG...]
 //
+// With --tor-socks ADDR before the command (or $BENTO_TOR_SOCKS), every
+// connection goes through tor's SocksPort: SERVER may be an onion address.
+//
 // ARGs are passed to the function: each is parsed as JSON if it can be
 // (numbers, true, null, "quoted", [lists], {objects}) and is a string
 // otherwise.
@@ -30,11 +33,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/torbento/bento/client"
+	"github.com/torbento/bento/internal/socks"
 )
 
 const (
@@ -57,6 +62,10 @@ const usage = `usage:
   bento shutdown SERVER SHUTDOWN-TOKEN       end an instance
   bento run      [-i] SERVER DIR [ARG...]    deploy, invoke and shut down in one step
 
+Global option, before the command:
+  --tor-socks ADDR   reach the server through tor's SocksPort ADDR (also $BENTO_TOR_SOCKS);
+                     SERVER may then be an onion address (xyz.onion:8888) or a relay's address
+
 SERVER is HOST:PORT (default port 8888). ARGs are JSON when they parse as JSON, strings otherwise.
 `
 
@@ -66,6 +75,18 @@ type cli struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	ctx            context.Context
+	torSocks       string // reach servers through this tor SocksPort
+}
+
+// newClient returns a client for addr, through Tor when --tor-socks is set.
+func (c *cli) newClient(addr string) *client.Client {
+	cl := client.New(addr)
+	if c.torSocks != "" {
+		// Fresh SOCKS credentials per run: tor gives this run circuits of
+		// its own (IsolateSOCKSAuth).
+		cl.Dialer = &socks.Dialer{Proxy: c.torSocks, Username: "bento-cli-" + strconv.Itoa(os.Getpid()), Password: "bento"}
+	}
+	return cl
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
@@ -76,9 +97,24 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		return exitOK
 	}
+	torSocks := os.Getenv("BENTO_TOR_SOCKS")
+	for len(args) > 0 && strings.HasPrefix(args[0], "--tor-socks") {
+		if v, ok := strings.CutPrefix(args[0], "--tor-socks="); ok {
+			torSocks, args = v, args[1:]
+		} else if args[0] == "--tor-socks" && len(args) > 1 {
+			torSocks, args = args[1], args[2:]
+		} else {
+			fmt.Fprintf(stderr, "bento: --tor-socks needs an address (e.g. 127.0.0.1:9050)\n\n%s", usage)
+			return exitUsage
+		}
+	}
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx}
+	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx, torSocks: torSocks}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "policy":
@@ -186,7 +222,7 @@ func (c *cli) policy(args []string) int {
 	if err != nil || len(pos) != 1 {
 		return c.usageErr("policy takes SERVER [--check DIR]")
 	}
-	cl := client.New(serverAddr(pos[0]))
+	cl := c.newClient(serverAddr(pos[0]))
 	p, err := cl.Policy(c.ctx)
 	if err != nil {
 		return c.fail(err)
@@ -263,7 +299,7 @@ func (c *cli) deploy(args []string) int {
 	if fn == nil {
 		return code
 	}
-	d, err := client.New(serverAddr(args[0])).Deploy(c.ctx, fn)
+	d, err := c.newClient(serverAddr(args[0])).Deploy(c.ctx, fn)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -298,7 +334,7 @@ func (c *cli) invoke(args []string) int {
 	if len(pos) < 2 {
 		return c.usageErr("invoke takes [-i] SERVER TOKEN [ARG...]")
 	}
-	cl := client.New(serverAddr(pos[0]))
+	cl := c.newClient(serverAddr(pos[0]))
 	s, err := cl.Invoke(c.ctx, pos[1], parseArgs(pos[2:])...)
 	if err != nil {
 		return c.fail(err)
@@ -315,7 +351,7 @@ func (c *cli) attach(args []string) int {
 	if err != nil || len(pos) != 3 {
 		return c.usageErr("attach takes SERVER TOKEN SESSION [--offset N]")
 	}
-	cl := client.New(serverAddr(pos[0]))
+	cl := c.newClient(serverAddr(pos[0]))
 	s, err := cl.Attach(c.ctx, pos[1], pos[2], *offset)
 	if err != nil {
 		return c.fail(err)
@@ -363,7 +399,7 @@ func (c *cli) shutdown(args []string) int {
 	if len(args) != 2 {
 		return c.usageErr("shutdown takes SERVER SHUTDOWN-TOKEN")
 	}
-	if err := client.New(serverAddr(args[0])).Shutdown(c.ctx, args[1]); err != nil {
+	if err := c.newClient(serverAddr(args[0])).Shutdown(c.ctx, args[1]); err != nil {
 		return c.fail(err)
 	}
 	return exitOK
@@ -386,7 +422,7 @@ func (c *cli) runCmd(args []string) int {
 	if fn == nil {
 		return code
 	}
-	cl := client.New(serverAddr(pos[0]))
+	cl := c.newClient(serverAddr(pos[0]))
 	d, err := cl.Deploy(c.ctx, fn)
 	if err != nil {
 		return c.fail(err)

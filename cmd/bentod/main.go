@@ -23,6 +23,7 @@ import (
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/safelog"
 	"github.com/torbento/bento/internal/server"
+	"github.com/torbento/bento/internal/torlink"
 )
 
 func main() {
@@ -79,6 +80,20 @@ func run() int {
 	}
 	safelog.Notice(log, "bentod listening", "addr", safelog.Addr(ln.Addr().String()), "version", server.Version)
 
+	// The tor beside us: onion service and the functions' control-port
+	// firewall. Changing TorControlPort needs a restart.
+	link, err := torlink.New(p, ln.Addr().String(), log)
+	if err != nil {
+		log.Error("tor link", "err", err)
+		return 1
+	}
+	linkCtx, stopLink := context.WithCancel(context.Background())
+	defer stopLink()
+	if link != nil {
+		srv.SetTor(link)
+		go link.Run(linkCtx)
+	}
+
 	closed := make(chan struct{})
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
@@ -102,6 +117,7 @@ func run() int {
 				cancel()
 			}
 			srv.Close()
+			stopLink()
 			close(closed)
 			return
 		}

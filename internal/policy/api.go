@@ -3,16 +3,18 @@ package policy
 // API names the host calls a function can make. Each is a yes/no item of the
 // middlebox node policy and must be listed in a manifest to be usable.
 const (
-	APISend      = "send"       // send bytes to the invoking client
-	APIRecv      = "recv"       // receive bytes from the invoking client
-	APILog       = "log"        // write to the instance's log
-	APITime      = "time"       // wall clock
-	APISleep     = "sleep"      // sleep
-	APIRandom    = "random"     // random bytes
-	APIStorage   = "storage"    // the instance's private key/value storage
-	APIHTTPFetch = "http.fetch" // HTTP(S) fetch, checked against the destination policy
-	APIBento     = "bento"      // deploy/invoke/shutdown functions on other Bento servers
-	APIExit      = "exit"       // end the instance from inside (e.g. Dropbox after its last get)
+	APISend       = "send"        // send bytes to the invoking client
+	APIRecv       = "recv"        // receive bytes from the invoking client
+	APILog        = "log"         // write to the instance's log
+	APITime       = "time"        // wall clock
+	APISleep      = "sleep"       // sleep
+	APIRandom     = "random"      // random bytes
+	APIStorage    = "storage"     // the instance's private key/value storage
+	APIHTTPFetch  = "http.fetch"  // HTTP(S) fetch, checked against the destination policy
+	APIBento      = "bento"       // deploy/invoke/shutdown functions on other Bento servers
+	APIExit       = "exit"        // end the instance from inside (e.g. Dropbox after its last get)
+	APITorFetch   = "tor.fetch"   // HTTP(S) through Tor circuits, .onion included
+	APITorControl = "tor.control" // tor's control port through bentod's firewall: own circuits, streams, onion services
 )
 
 // APIs lists every known host call with a one-line description, in the
@@ -28,6 +30,8 @@ var APIs = []struct{ Name, Doc string }{
 	{APIExit, "end the instance from inside"},
 	{APIHTTPFetch, "HTTP(S) requests to destinations the destination policy accepts"},
 	{APIBento, "deploy, invoke and shut down functions on other Bento servers (composition)"},
+	{APITorFetch, "HTTP(S) requests through Tor circuits (.onion included); the exit relay's policy applies, not DestinationPolicy"},
+	{APITorControl, "tor's control port through bentod's firewall: build and close its own circuits, see only its own circuits and streams, publish onion services"},
 }
 
 // KnownAPI reports whether name is a host call.

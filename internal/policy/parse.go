@@ -219,6 +219,38 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			p.RunnerPath = l.value
 		case "nickname":
 			p.Nickname = l.value
+		case "torcontrolport":
+			if _, _, e := net.SplitHostPort(l.value); e != nil && !strings.HasPrefix(l.value, "unix:/") {
+				err = fail("TorControlPort: %q is neither HOST:PORT nor unix:/PATH (Debian's tor: unix:/run/tor/control)", l.value)
+			}
+			p.TorControlPort = l.value
+		case "torcontrolpassword":
+			p.TorControlPassword = l.value
+		case "torcookiefile":
+			if !filepath.IsAbs(l.value) {
+				err = fail("TorCookieFile must be an absolute path, got %q", l.value)
+			}
+			p.TorCookieFile = l.value
+		case "torsocksport":
+			if _, _, e := net.SplitHostPort(l.value); e != nil && !strings.HasPrefix(l.value, "unix:/") {
+				err = fail("TorSocksPort: %q is neither HOST:PORT nor unix:/PATH", l.value)
+			}
+			p.TorSocksPort = l.value
+		case "onionservice":
+			switch l.value {
+			case "1":
+				p.OnionService = true
+			case "0":
+				p.OnionService = false
+			default:
+				err = fail("OnionService takes 0 or 1")
+			}
+		case "onionserviceport":
+			n, e := strconv.Atoi(l.value)
+			if e != nil || n < 1 || n > 65535 {
+				err = fail("OnionServicePort %q is not a port number", l.value)
+			}
+			p.OnionServicePort = n
 		case "log":
 			lvl := strings.ToLower(strings.Fields(l.value + " x")[0])
 			switch lvl {
@@ -343,6 +375,15 @@ func (p *Policy) Validate() error {
 	}
 	if p.Max.Processes < 4 {
 		return fmt.Errorf("MaxProcesses %d is below 4, the least a function runner needs", p.Max.Processes)
+	}
+	if p.OnionService && p.TorControlPort == "" {
+		return fmt.Errorf("OnionService 1 needs TorControlPort (bentod publishes the service through tor's control port)")
+	}
+	if p.APIs[APITorFetch] && p.TorSocksPort == "" {
+		return fmt.Errorf("AllowAPI %s needs TorSocksPort (the SocksPort functions' Tor traffic goes through)", APITorFetch)
+	}
+	if p.APIs[APITorControl] && p.TorControlPort == "" {
+		return fmt.Errorf("AllowAPI %s needs TorControlPort", APITorControl)
 	}
 	if p.APIs[APIHTTPFetch] || p.APIs[APIBento] {
 		if !p.Destinations.AcceptsAny() {

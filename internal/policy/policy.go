@@ -42,6 +42,14 @@ type Policy struct {
 	SafeLogging   bool   // scrub addresses from logs (default on)
 	Nickname      string // shown to clients
 
+	// The co-resident tor (none when TorControlPort is empty).
+	TorControlPort     string // "unix:/run/tor/control" or "127.0.0.1:9051"
+	TorControlPassword string // HASHEDPASSWORD; else the cookie is used
+	TorCookieFile      string // overrides the cookie path tor announces
+	TorSocksPort       string // SocksPort for functions' Tor traffic and composition over .onion
+	OnionService       bool   // publish bentod as an onion service
+	OnionServicePort   int    // its virtual port (default: ListenAddress's port)
+
 	// Middlebox node policy.
 	APIs         map[string]bool
 	Images       []string

@@ -39,7 +39,12 @@ func (r *Runner) predeclared() starlark.StringDict {
 			"keys":   b("keys", r.storageKeys),
 		}),
 		"http": module("http", starlark.StringDict{
-			"fetch": b("fetch", r.fetch),
+			"fetch": b("fetch", r.fetcher("http.fetch")),
+		}),
+		"tor": module("tor", starlark.StringDict{
+			"fetch":   b("fetch", r.fetcher("tor.fetch")),
+			"control": b("control", r.torControl),
+			"event":   b("event", r.torEvent),
 		}),
 		"remote": module("remote", starlark.StringDict{
 			"deploy":   b("deploy", r.remoteDeploy),
@@ -250,7 +255,15 @@ type FetchResult struct {
 	Headers map[string]string `json:"headers"`
 }
 
-func (r *Runner) fetch(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+// fetcher returns http.fetch or tor.fetch: the same call, carried out by
+// bentod directly or through Tor.
+func (r *Runner) fetcher(call string) func(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	return func(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+		return r.fetch(th, call, args, kw)
+	}
+}
+
+func (r *Runner) fetch(th *starlark.Thread, call string, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
 	var a FetchArgs
 	var headers *starlark.Dict
 	var body starlark.Value = starlark.None
@@ -280,7 +293,7 @@ func (r *Runner) fetch(th *starlark.Thread, args starlark.Tuple, kw []starlark.T
 			return nil, err
 		}
 	}
-	res, rbody, err := r.call(th, "http.fetch", a, bulk)
+	res, rbody, err := r.call(th, call, a, bulk)
 	if err != nil {
 		return nil, err
 	}
@@ -377,4 +390,70 @@ func (r *Runner) remoteShutdown(th *starlark.Thread, args starlark.Tuple, kw []s
 	}
 	_, _, err := r.call(th, "bento.shutdown", map[string]string{"server": server, "token": token}, nil)
 	return starlark.None, err
+}
+
+// ControlResult is bentod's answer to tor.control: the reply as tor (or the
+// firewall) gave it.
+type ControlResult struct {
+	Status int      `json:"status"`
+	Lines  []string `json:"lines"`
+	// Data holds the data blocks of "+" lines, by line index.
+	Data map[int]string `json:"data,omitempty"`
+}
+
+func controlValue(res ControlResult) starlark.Value {
+	lines := make([]starlark.Value, len(res.Lines))
+	for i, l := range res.Lines {
+		lines[i] = starlark.String(l)
+	}
+	data := starlark.NewDict(len(res.Data))
+	for i, d := range res.Data {
+		data.SetKey(starlark.MakeInt(i), starlark.String(d))
+	}
+	return starlarkstruct.FromStringDict(starlarkstruct.Default, starlark.StringDict{
+		"status": starlark.MakeInt(res.Status),
+		"ok":     starlark.Bool(res.Status >= 200 && res.Status < 300),
+		"lines":  starlark.NewList(lines),
+		"data":   data,
+	})
+}
+
+// torControl sends one control-port command line through bentod's
+// firewall: tor.control("EXTENDCIRCUIT 0") returns a struct with status,
+// ok, lines and data.
+func (r *Runner) torControl(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var line string
+	if err := starlark.UnpackArgs("control", args, kw, "command", &line); err != nil {
+		return nil, err
+	}
+	res, _, err := r.call(th, "tor.control", map[string]string{"command": line}, nil)
+	if err != nil {
+		return nil, err
+	}
+	var out ControlResult
+	if err := json.Unmarshal(res, &out); err != nil {
+		return nil, err
+	}
+	return controlValue(out), nil
+}
+
+// torEvent waits for the next control-port event the function subscribed
+// to with SETEVENTS, as far as the firewall lets it see; None on timeout.
+func (r *Runner) torEvent(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	timeout := 10.0
+	if err := starlark.UnpackArgs("event", args, kw, "timeout?", &timeout); err != nil {
+		return nil, err
+	}
+	res, _, err := r.call(th, "tor.event", map[string]float64{"timeout": timeout}, nil)
+	if err != nil {
+		return nil, err
+	}
+	var out ControlResult
+	if err := json.Unmarshal(res, &out); err != nil {
+		return nil, err
+	}
+	if out.Status == 0 {
+		return starlark.None, nil
+	}
+	return controlValue(out), nil
 }

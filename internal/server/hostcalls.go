@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -15,6 +16,8 @@ import (
 	"github.com/torbento/bento/internal/exitpolicy"
 	"github.com/torbento/bento/internal/netcheck"
 	"github.com/torbento/bento/internal/runner"
+	"github.com/torbento/bento/internal/socks"
+	"github.com/torbento/bento/internal/torctl"
 	"github.com/torbento/bento/internal/units"
 )
 
@@ -62,7 +65,13 @@ func (h hostCall) blocking(name string) (any, []byte, error) {
 			return nil, nil, errStopped
 		}
 	case "http.fetch":
-		return h.fetch()
+		return h.fetch(false)
+	case "tor.fetch":
+		return h.fetch(true)
+	case "tor.control":
+		return h.torControl()
+	case "tor.event":
+		return h.torEvent()
 	case "bento.deploy", "bento.invoke", "bento.shutdown":
 		return h.remote(name)
 	}
@@ -112,28 +121,59 @@ func (h hostCall) checked() *netcheck.Checked {
 	}
 }
 
-func (h hostCall) fetch() (any, []byte, error) {
+// torDialer returns a dialer through the node's TorSocksPort. Each instance
+// gets its own SOCKS credentials, so tor (IsolateSOCKSAuth, on by default)
+// never puts two instances' streams on one circuit.
+func (h hostCall) torDialer() (*socks.Dialer, error) {
+	p := h.in.srv.policy().TorSocksPort
+	if p == "" {
+		return nil, errors.New("this node has no Tor SOCKS port (TorSocksPort)")
+	}
+	return &socks.Dialer{Proxy: p, Username: h.in.socksUser(), Password: "bento"}, nil
+}
+
+// fetch carries out http.fetch (direct, checked against the destination
+// policies) or tor.fetch (through Tor, where the exit relay's policy
+// decides).
+func (h hostCall) fetch(viaTor bool) (any, []byte, error) {
+	name := "fetch"
+	if viaTor {
+		name = "tor.fetch"
+	}
 	var a runner.FetchArgs
 	if err := json.Unmarshal(h.args, &a); err != nil {
-		return nil, nil, fmt.Errorf("fetch: bad arguments")
+		return nil, nil, fmt.Errorf("%s: bad arguments", name)
 	}
 	u, err := url.Parse(a.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, nil, fmt.Errorf("fetch: %q is not an http:// or https:// URL", a.URL)
+		return nil, nil, fmt.Errorf("%s: %q is not an http:// or https:// URL", name, a.URL)
 	}
 	timeout := 30 * time.Second
+	if viaTor {
+		timeout = 60 * time.Second
+	}
 	if a.Timeout > 0 && a.Timeout < 300 {
 		timeout = time.Duration(a.Timeout * float64(time.Second))
 	}
 	ctx, cancel := h.ctx(timeout)
 	defer cancel()
-	dialer := h.checked()
-	// Check up front for a clear error; the transport checks again on
-	// every dial (redirects included) and dials only checked addresses.
-	if _, err := dialer.Check(ctx, hostPort(u)); err != nil {
-		return nil, nil, fmt.Errorf("fetch: %w", err)
+	var dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	if viaTor {
+		td, err := h.torDialer()
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
+		}
+		dial = td.DialContext
+	} else {
+		dialer := h.checked()
+		// Check up front for a clear error; the transport checks again on
+		// every dial (redirects included) and dials only checked addresses.
+		if _, err := dialer.Check(ctx, hostPort(u)); err != nil {
+			return nil, nil, fmt.Errorf("fetch: %w", err)
+		}
+		dial = dialer.DialContext
 	}
-	tr := &http.Transport{DialContext: dialer.DialContext, Proxy: nil, DisableKeepAlives: true,
+	tr := &http.Transport{DialContext: dial, Proxy: nil, DisableKeepAlives: true,
 		ResponseHeaderTimeout: timeout, MaxResponseHeaderBytes: 64 << 10}
 	defer tr.CloseIdleConnections()
 	cl := &http.Client{Transport: tr, CheckRedirect: func(req *http.Request, via []*http.Request) error {
@@ -166,7 +206,7 @@ func (h hostCall) fetch() (any, []byte, error) {
 		if errors.As(err, &de) {
 			return nil, nil, fmt.Errorf("fetch: %w", de)
 		}
-		return nil, nil, fmt.Errorf("fetch %s: %v", u.Redacted(), unwrapURLError(err))
+		return nil, nil, fmt.Errorf("%s %s: %v", name, u.Redacted(), unwrapURLError(err))
 	}
 	defer resp.Body.Close()
 	limit := h.in.m.Resources.Fetch
@@ -175,7 +215,7 @@ func (h hostCall) fetch() (any, []byte, error) {
 		return nil, nil, fmt.Errorf("fetch: reading body: %v", err)
 	}
 	if int64(len(data)) > limit {
-		return nil, nil, fmt.Errorf("fetch: response body exceeds %s (MaxFetchSize)", units.FormatSize(limit))
+		return nil, nil, fmt.Errorf("%s: response body exceeds %s (MaxFetchSize)", name, units.FormatSize(limit))
 	}
 	hdrs := map[string]string{}
 	for k := range resp.Header {
@@ -216,11 +256,21 @@ func (h hostCall) remote(name string) (any, []byte, error) {
 	}
 	ctx, cancel := h.ctx(h.in.m.Resources.Lifetime)
 	defer cancel()
-	dialer := h.checked()
-	if _, err := dialer.Check(ctx, a.Server); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", name, err)
+	cl := &client.Client{Addr: a.Server}
+	if host, _, _ := net.SplitHostPort(a.Server); strings.HasSuffix(strings.ToLower(host), ".onion") {
+		// A server published as an onion service is reached through Tor.
+		td, err := h.torDialer()
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %s is an onion service: %w", name, a.Server, err)
+		}
+		cl.Dialer = td
+	} else {
+		dialer := h.checked()
+		if _, err := dialer.Check(ctx, a.Server); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
+		}
+		cl.Dialer = dialer
 	}
-	cl := &client.Client{Addr: a.Server, Dialer: dialer}
 	switch name {
 	case "bento.deploy":
 		fn := &client.Function{Manifest: []byte(a.Manifest), Files: map[string][]byte{}}
@@ -250,4 +300,67 @@ func (h hostCall) remote(name string) (any, []byte, error) {
 		}
 		return nil, nil, nil
 	}
+}
+
+// torControl passes one command line through the control-port firewall.
+func (h hostCall) torControl() (any, []byte, error) {
+	var a struct {
+		Command string `json:"command"`
+	}
+	if err := json.Unmarshal(h.args, &a); err != nil {
+		return nil, nil, errors.New("tor.control: bad arguments")
+	}
+	sess, err := h.in.control()
+	if err != nil {
+		return nil, nil, fmt.Errorf("tor.control: %w", err)
+	}
+	ctx, cancel := h.ctx(60 * time.Second)
+	defer cancel()
+	r, err := sess.Do(ctx, a.Command)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tor.control: %w", err)
+	}
+	h.in.log.Debug("tor.control", "instance", h.in.id, "status", r.Status)
+	return controlResult(r), nil, nil
+}
+
+func controlResult(r *torctl.Reply) runner.ControlResult {
+	out := runner.ControlResult{Status: r.Status}
+	for i, l := range r.Lines {
+		out.Lines = append(out.Lines, l.Text)
+		if l.Sep == '+' {
+			if out.Data == nil {
+				out.Data = map[int]string{}
+			}
+			out.Data[i] = string(l.Data)
+		}
+	}
+	return out
+}
+
+// torEvent waits for the function's next control-port event.
+func (h hostCall) torEvent() (any, []byte, error) {
+	var a struct {
+		Timeout float64 `json:"timeout"`
+	}
+	_ = json.Unmarshal(h.args, &a)
+	if a.Timeout <= 0 || a.Timeout > 300 {
+		a.Timeout = 300
+	}
+	sess, err := h.in.control()
+	if err != nil {
+		return nil, nil, fmt.Errorf("tor.event: %w", err)
+	}
+	ctx, cancel := h.ctx(time.Duration(a.Timeout * float64(time.Second)))
+	defer cancel()
+	r := sess.NextEvent(ctx)
+	if r == nil {
+		select {
+		case <-h.in.c.Exited():
+			return nil, nil, errStopped
+		default:
+		}
+		return runner.ControlResult{}, nil, nil
+	}
+	return controlResult(r), nil, nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/sandbox"
+	"github.com/torbento/bento/internal/torfw"
 	"github.com/torbento/bento/internal/units"
 	"github.com/torbento/bento/internal/wire"
 )
@@ -51,7 +52,27 @@ type Instance struct {
 	ended       chan struct{} // closed when the container is gone
 	endedAt     time.Time
 	released    bool
+	torSession  *torfw.Session // opened on the first tor.control call
 }
+
+// control returns the instance's control-port firewall session.
+func (in *Instance) control() (*torfw.Session, error) {
+	fw := in.srv.firewall
+	if fw == nil {
+		return nil, fmt.Errorf("this node is not connected to tor's control port (TorControlPort)")
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.torSession == nil {
+		in.torSession = fw.Open(in.socksUser())
+	}
+	return in.torSession, nil
+}
+
+// socksUser is the SOCKS username of the instance's Tor traffic: tor
+// isolates it from everyone else's, and the firewall attributes circuits
+// and streams by it.
+func (in *Instance) socksUser() string { return "bento-" + in.id }
 
 // session is one invocation.
 type session struct {
@@ -277,7 +298,15 @@ func (in *Instance) teardown(reason string) {
 			appendExit(s, exit)
 		}
 	}
+	ts := in.torSession
 	in.mu.Unlock()
+	if ts != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := ts.Close(ctx); err != nil {
+			in.log.Warn("closing the function's Tor objects", "instance", in.id, "err", err)
+		}
+		cancel()
+	}
 	_ = os.RemoveAll(in.storageDir())
 	_ = os.Remove(filepath.Join(in.dir, "runner.log"))
 	close(in.ended)
@@ -418,6 +447,8 @@ func apiFor(name string) string {
 		return policy.APIStorage
 	case strings.HasPrefix(name, "bento."):
 		return policy.APIBento
+	case name == "tor.event":
+		return policy.APITorControl
 	}
 	return name
 }
@@ -495,7 +526,7 @@ func (in *Instance) dispatch(call proto.Call, body []byte) {
 		if err != errStopped {
 			reply(err, res, bulk)
 		}
-	case "recv", "sleep", "http.fetch", "bento.deploy", "bento.invoke", "bento.shutdown":
+	case "recv", "sleep", "http.fetch", "tor.fetch", "tor.control", "tor.event", "bento.deploy", "bento.invoke", "bento.shutdown":
 		go func() {
 			res, bulk, err := h.blocking(call.Name)
 			if err == errStopped {

@@ -27,6 +27,8 @@ import (
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/safelog"
 	"github.com/torbento/bento/internal/sandbox"
+	"github.com/torbento/bento/internal/torfw"
+	"github.com/torbento/bento/internal/torlink"
 	"github.com/torbento/bento/internal/units"
 	"github.com/torbento/bento/internal/wire"
 )
@@ -46,6 +48,8 @@ type Server struct {
 	instDir   string
 	transport netcheck.Dialer   // for function network access; a Tor dialer later
 	resolver  netcheck.Resolver // nil: the system resolver
+	tor       *torlink.Link     // nil without TorControlPort
+	firewall  *torfw.Firewall   // functions' control-port access
 
 	mu        sync.Mutex
 	instances map[string]*Instance
@@ -129,6 +133,23 @@ func (s *Server) SetPolicy(p *policy.Policy) { s.pol.Store(p) }
 // MaxConnections bounds client connections served at once; more are
 // closed at once.
 const MaxConnections = 1024
+
+// SetTor connects the server to the tor beside it: functions' tor.control
+// calls go through a control-port firewall on this link. Call it before
+// the link runs.
+func (s *Server) SetTor(l *torlink.Link) {
+	s.tor = l
+	s.firewall = torfw.New(l, torfw.Limits{})
+	l.OnConnect(s.firewall.Setup)
+}
+
+// Onion returns the server's onion address ("" when it has none).
+func (s *Server) Onion() string {
+	if s.tor == nil {
+		return ""
+	}
+	return s.tor.Onion()
+}
 
 // Serve accepts client connections on ln until Close.
 func (s *Server) Serve(ln net.Listener) error {

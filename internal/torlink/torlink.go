@@ -1,0 +1,168 @@
+// Package torlink is bentod's link to the tor beside it: one control
+// connection kept open across tor restarts (torctl.Keeper), on which bentod
+// publishes itself as an onion service with a key kept in its data
+// directory. The service is tied to that connection (no Detach), so it
+// disappears when bentod does and is published again after tor restarts.
+package torlink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/torbento/bento/internal/policy"
+	"github.com/torbento/bento/internal/safelog"
+	"github.com/torbento/bento/internal/torctl"
+)
+
+// KeyFile is the onion service's private key, in DataDirectory.
+const KeyFile = "onion_service_key"
+
+// HostnameFile holds the onion address (like tor's HiddenServiceDir/hostname).
+const HostnameFile = "onion_hostname"
+
+// Link is bentod's control connection to tor.
+type Link struct {
+	keeper   *torctl.Keeper
+	dataDir  string
+	onion    bool
+	virtPort int
+	target   string
+	log      *slog.Logger
+
+	mu        sync.Mutex
+	serviceID string
+	onConnect []func(ctx context.Context, c *torctl.Conn) error
+}
+
+// New prepares a link for policy p; target is the address bentod listens
+// on (the onion service forwards there). It returns nil when p names no
+// TorControlPort.
+func New(p *policy.Policy, target string, log *slog.Logger) (*Link, error) {
+	if p.TorControlPort == "" {
+		return nil, nil
+	}
+	_, port, err := net.SplitHostPort(target)
+	if err != nil {
+		return nil, err
+	}
+	vp, _ := strconv.Atoi(port)
+	if p.OnionServicePort != 0 {
+		vp = p.OnionServicePort
+	}
+	l := &Link{dataDir: p.DataDirectory, onion: p.OnionService, virtPort: vp, target: target, log: log}
+	network, addr := torctl.ParseAddr(p.TorControlPort)
+	l.keeper = &torctl.Keeper{
+		Network: network, Addr: addr,
+		Auth:  torctl.Auth{Password: p.TorControlPassword, CookieFile: p.TorCookieFile},
+		Setup: l.setup,
+		Logf: func(format string, args ...any) {
+			safelog.Notice(log, fmt.Sprintf(format, args...))
+		},
+	}
+	return l, nil
+}
+
+// OnConnect adds a function run on every new control connection, after the
+// onion service is published (the firewall subscribes to events here).
+func (l *Link) OnConnect(f func(ctx context.Context, c *torctl.Conn) error) {
+	l.mu.Lock()
+	l.onConnect = append(l.onConnect, f)
+	l.mu.Unlock()
+}
+
+// Run keeps the link until ctx ends.
+func (l *Link) Run(ctx context.Context) { l.keeper.Run(ctx) }
+
+// Conn returns the current control connection, waiting until ctx ends.
+func (l *Link) Conn(ctx context.Context) (*torctl.Conn, error) { return l.keeper.Conn(ctx) }
+
+// Onion returns bentod's onion address as HOST:PORT ("" until published).
+func (l *Link) Onion() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.serviceID == "" {
+		return ""
+	}
+	return l.serviceID + ".onion:" + strconv.Itoa(l.virtPort)
+}
+
+func (l *Link) setup(ctx context.Context, c *torctl.Conn) error {
+	if l.onion {
+		if err := l.publish(ctx, c); err != nil {
+			return err
+		}
+	}
+	l.mu.Lock()
+	fs := append([]func(context.Context, *torctl.Conn) error(nil), l.onConnect...)
+	l.mu.Unlock()
+	for _, f := range fs {
+		if err := f(ctx, c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l *Link) publish(ctx context.Context, c *torctl.Conn) error {
+	keyPath := filepath.Join(l.dataDir, KeyFile)
+	key := "NEW:ED25519-V3"
+	flags := []string{}
+	b, err := os.ReadFile(keyPath)
+	switch {
+	case err == nil:
+		key = strings.TrimSpace(string(b))
+		if !strings.HasPrefix(key, "ED25519-V3:") || torctl.ValidArg(key) != nil {
+			return fmt.Errorf("onion service key %s is damaged (want one ED25519-V3:... line); move it away to make a new address", keyPath)
+		}
+		flags = append(flags, "Flags=DiscardPK")
+	case errors.Is(err, os.ErrNotExist):
+	default:
+		return fmt.Errorf("reading the onion service key: %w", err)
+	}
+	cmd, err := torctl.NewCommand("ADD_ONION", append(append([]string{key}, flags...), fmt.Sprintf("Port=%d,%s", l.virtPort, l.target))...)
+	if err != nil {
+		return err
+	}
+	r, err := c.Do(ctx, cmd)
+	if err != nil {
+		return fmt.Errorf("publishing the onion service: %w", err)
+	}
+	id, priv := "", ""
+	for _, line := range r.Lines {
+		if v, ok := strings.CutPrefix(line.Text, "ServiceID="); ok {
+			id = v
+		}
+		if v, ok := strings.CutPrefix(line.Text, "PrivateKey="); ok {
+			priv = v
+		}
+	}
+	if id == "" {
+		return fmt.Errorf("ADD_ONION reply has no ServiceID")
+	}
+	if priv != "" {
+		tmp := keyPath + ".tmp"
+		if err := os.WriteFile(tmp, []byte(priv+"\n"), 0o600); err != nil {
+			return fmt.Errorf("saving the onion service key: %w", err)
+		}
+		if err := os.Rename(tmp, keyPath); err != nil {
+			return fmt.Errorf("saving the onion service key: %w", err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(l.dataDir, HostnameFile), []byte(id+".onion\n"), 0o644); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.serviceID = id
+	l.mu.Unlock()
+	// The onion address is what clients are meant to use: not scrubbed.
+	l.log.Info("onion service published", "onion", id+".onion", "port", l.virtPort)
+	return nil
+}
