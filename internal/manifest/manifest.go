@@ -207,7 +207,9 @@ func (m *Manifest) validate() error {
 	if r.Processes != 0 && r.Processes < MinProcesses {
 		return bad("resources.processes %d is below the minimum of %d", r.Processes, MinProcesses)
 	}
-	if (seen[policy.APIHTTPFetch] || seen[policy.APIBento]) && !dest.AcceptsAny() {
+	// http.fetch only reaches destinations; bento may also reach onion
+	// addresses through Tor when the function can use Tor.
+	if (seen[policy.APIHTTPFetch] || seen[policy.APIBento] && !seen[policy.APITorFetch]) && !dest.AcceptsAny() {
 		return bad("apis lists a network call but destinations accepts nothing; add e.g. destinations = [\"accept 192.0.2.1:443\"]")
 	}
 	return nil

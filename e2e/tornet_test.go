@@ -1,0 +1,48 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"sync"
+	"testing"
+
+	"github.com/torbento/bento/internal/privnet"
+	"github.com/torbento/bento/internal/testutil"
+)
+
+var (
+	torNetOnce sync.Once
+	torNet     *privnet.Net
+	torNetErr  error
+	torNetDir  string
+)
+
+// tornet returns the private Tor network shared by the package's tests,
+// starting it on first use.
+func tornet(t testing.TB) *privnet.Net {
+	t.Helper()
+	_, e1 := exec.LookPath("tor")
+	_, e2 := exec.LookPath("tor-gencert")
+	testutil.Require(t, e1 == nil && e2 == nil, "Debian's tor package (tor, tor-gencert)")
+	torNetOnce.Do(func() {
+		torNetDir, torNetErr = os.MkdirTemp("", "bento-privnet-")
+		if torNetErr != nil {
+			return
+		}
+		torNet, torNetErr = privnet.Start(context.Background(), torNetDir, privnet.Options{})
+	})
+	if torNetErr != nil {
+		t.Fatalf("private Tor network: %v", torNetErr)
+	}
+	return torNet
+}
+
+func stopTorNet() {
+	if torNet != nil {
+		torNet.Stop()
+	}
+	if torNetDir != "" {
+		os.RemoveAll(torNetDir)
+	}
+}
