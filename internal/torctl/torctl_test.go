@@ -161,9 +161,9 @@ func TestGetInfoValues(t *testing.T) {
 
 // fakeTor is a scripted control port on one end of a pipe.
 type fakeTor struct {
-	t      *testing.T
-	br     *bufio.Reader
-	nc     net.Conn
+	t  *testing.T
+	br *bufio.Reader
+	nc net.Conn
 }
 
 func newFake(t *testing.T) (*Conn, *fakeTor) {
