@@ -21,7 +21,7 @@ type torDaemon struct {
 	relay *privnet.Node
 }
 
-func startTorBentod(t *testing.T, relay *privnet.Node) *torDaemon {
+func startTorBentod(t testing.TB, relay *privnet.Node) *torDaemon {
 	t.Helper()
 	d := startBentod(t, fmt.Sprintf(`TorControlPort %s
 TorCookieFile %s

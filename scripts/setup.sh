@@ -51,5 +51,5 @@ need_pkg gcc gcc
 
 say "building into ./bin"
 mkdir -p bin
-CGO_ENABLED=0 go build -trimpath -o bin/ ./cmd/bentod ./cmd/bento ./cmd/bento-runner ./cmd/lightbox
+CGO_ENABLED=0 go build -trimpath -o bin/ ./cmd/bentod ./cmd/bento ./cmd/bento-runner ./cmd/lightbox ./cmd/privnet
 say "ready: $(runc --version | head -1), $(tor --version | head -1), $(go version)"
