@@ -53,13 +53,15 @@ RC
 }
 show() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 bt() { # the CLI through the Tor client, retrying while a new onion service's descriptor spreads
-	local i
+	local i rc=0
 	for i in $(seq 20); do
-		if $B/bento --tor-socks "$PRIVNET_SOCKS" "$@"; then return 0; else local rc=$?; fi
-		[ "$rc" = 4 ] || return "$rc"
+		rc=0
+		$B/bento --tor-socks "$PRIVNET_SOCKS" "$@" 2>"$work/bento.err" || rc=$?
+		[ "$rc" = 4 ] || break
 		sleep 1
 	done
-	return 4
+	cat "$work/bento.err" >&2
+	return "$rc"
 }
 
 start A 18888 18889 0
