@@ -4,13 +4,19 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/torbento/bento/client"
 	"github.com/torbento/bento/internal/privnet"
+	"github.com/torbento/bento/internal/socks"
 )
 
 // torDaemon is a bentod beside one of the private network's exits,
@@ -27,7 +33,7 @@ func startTorBentod(t testing.TB, relay *privnet.Node) *torDaemon {
 TorCookieFile %s
 TorSocksPort %s
 OnionService 1
-AllowAPI send,recv,log,time,sleep,random,storage,exit,tor.fetch,tor.control,bento
+AllowAPI send,recv,log,time,sleep,random,storage,exit,tor.fetch,tor.control,tor.stream,bento
 DestinationPolicy reject *:*
 `, relay.ControlAddr(), relay.CookieFile(), relay.SocksAddr()))
 	var host []byte
@@ -197,4 +203,209 @@ func hasCircuit(status, id string) bool {
 		}
 	}
 	return false
+}
+
+// torHTTPGet fetches url through the network's client with fresh
+// credentials (a new circuit, as a new user).
+func torHTTPGet(n *privnet.Net, url, user string, timeout time.Duration) (string, error) {
+	d := &socks.Dialer{Proxy: n.Client().SocksAddr(), Username: user, Password: "x"}
+	cl := &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
+	resp, err := cl.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// startService invokes a long-running function (Replica, LoadBalancer)
+// and returns the address it announces on its first output line.
+func startService(t *testing.T, d *torDaemon, dir string, args ...any) (addr, shutdown string) {
+	t.Helper()
+	fnc, err := client.LoadFunction(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := client.New(d.Addr)
+	dep, err := cl.Deploy(ctx(t), fnc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := cl.Invoke(ctx(t), dep.InvocationToken, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var line []byte
+	for !bytes.Contains(line, []byte("\n")) {
+		data, exit, err := s.Recv()
+		if err != nil || exit != nil {
+			t.Fatalf("%s: no address line: %q %+v %v\n%s", dir, line, exit, err, d.log)
+		}
+		line = append(line, data...)
+	}
+	return strings.TrimSpace(string(line)), dep.ShutdownToken
+}
+
+// TestTorFunctionOnion: a function publishes an onion service and a client
+// reaches it through Tor; after shutdown the service is gone.
+func TestTorFunctionOnion(t *testing.T) {
+	n := tornet(t)
+	d := startTorBentod(t, n.Exits()[0])
+	addr, sd := startService(t, d, fn("replica"), "r0")
+	host, _, _ := strings.Cut(addr, ":")
+	if !strings.HasSuffix(host, ".onion") || len(host) != 62 {
+		t.Fatalf("announced address %q", addr)
+	}
+	var body string
+	var err error
+	for i := 0; i < 30; i++ {
+		if body, err = torHTTPGet(n, "http://"+addr+"/", fmt.Sprint("fo-", i), 20*time.Second); err == nil {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if body != "r0\n" {
+		t.Fatalf("GET %s: %q %v\n%s", addr, body, err, d.log)
+	}
+	if r := bento(t, "", "shutdown", d.Addr, sd); r.Code != 0 {
+		t.Fatalf("shutdown: %s", r)
+	}
+	if body, err := torHTTPGet(n, "http://"+addr+"/", "fo-after", 20*time.Second); err == nil {
+		t.Fatalf("the function's onion service still answers after shutdown: %q", body)
+	}
+}
+
+// TestTorLoadBalancer: 24 clients through one LoadBalancer onion service
+// are spread over 3 Replica functions on two Bento servers.
+func TestTorLoadBalancer(t *testing.T) {
+	n := tornet(t)
+	a, b := startTorBentod(t, n.Exits()[0]), startTorBentod(t, n.Exits()[1])
+	var replicas []string
+	for i, d := range []*torDaemon{a, a, b} {
+		addr, _ := startService(t, d, fn("replica"), fmt.Sprintf("r%d", i))
+		replicas = append(replicas, addr)
+	}
+	front, _ := startService(t, b, fn("loadbalancer"), replicas)
+	// The front's descriptor must be up before the crowd arrives.
+	var err error
+	for i := 0; i < 30; i++ {
+		if _, err = torHTTPGet(n, "http://"+front+"/", fmt.Sprint("lb-warm-", i), 30*time.Second); err == nil {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if err != nil {
+		t.Fatalf("load balancer unreachable: %v\n%s", err, b.log)
+	}
+	const clients = 24
+	var mu sync.Mutex
+	counts := map[string]int{}
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body, err := torHTTPGet(n, "http://"+front+"/", fmt.Sprint("lb-client-", i), 60*time.Second)
+			if err != nil {
+				errs <- err
+				return
+			}
+			mu.Lock()
+			counts[strings.TrimSpace(body)]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("client: %v", err)
+	}
+	t.Logf("replica counts: %v", counts)
+	total := 0
+	for _, r := range []string{"r0", "r1", "r2"} {
+		if counts[r] < 4 {
+			t.Errorf("replica %s served %d of %d clients, want a fair share: %v", r, counts[r], clients, counts)
+		}
+		total += counts[r]
+	}
+	if total != clients {
+		t.Errorf("served %d of %d clients: %v", total, clients, counts)
+	}
+}
+
+// TestTorCover: Cover keeps a Tor stream at the rate it was given, with
+// the user's data inside cells that look like the padding.
+func TestTorCover(t *testing.T) {
+	n := tornet(t)
+	d := startTorBentod(t, n.Exits()[0])
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type arrival struct {
+		at time.Time
+		n  int
+	}
+	got := make(chan []byte, 1)
+	var arrivals []arrival
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		var all []byte
+		buf := make([]byte, 64<<10)
+		for {
+			k, err := c.Read(buf)
+			if k > 0 {
+				arrivals = append(arrivals, arrival{time.Now(), k})
+				all = append(all, buf[:k]...)
+			}
+			if err != nil {
+				got <- all
+				return
+			}
+		}
+	}()
+	const rate, seconds, cell = 16384, 4, 512
+	r := bento(t, "a secret message", "run", "-i", d.Addr, fn("cover"), ln.Addr().String(), fmt.Sprint(rate), fmt.Sprint(seconds), fmt.Sprint(cell))
+	if r.Code != 0 {
+		t.Fatalf("cover: %s\n%s", r, d.log)
+	}
+	var stats struct {
+		Cells     int     `json:"cells"`
+		DataCells int     `json:"data_cells"`
+		Seconds   float64 `json:"seconds"`
+	}
+	if err := json.Unmarshal([]byte(r.Stdout), &stats); err != nil {
+		t.Fatalf("output %q: %v", r.Stdout, err)
+	}
+	all := <-got
+	want := rate * seconds / cell
+	if stats.Cells != want || len(all) != want*cell {
+		t.Fatalf("cells: function says %d, receiver got %d bytes; want %d cells of %d", stats.Cells, len(all), want, cell)
+	}
+	var data []byte
+	for i := 0; i < len(all); i += cell {
+		c := all[i : i+cell]
+		l := int(c[1])<<8 | int(c[2])
+		if c[0] == 1 {
+			data = append(data, c[3:3+l]...)
+		} else if c[0] != 0 || l != 0 {
+			t.Fatalf("cell %d: kind %d length %d", i/cell, c[0], l)
+		}
+	}
+	if string(data) != "a secret message" {
+		t.Fatalf("data inside the cells: %q", data)
+	}
+	// The rate as the receiver saw it, after Tor: within 25% of the goal.
+	span := arrivals[len(arrivals)-1].at.Sub(arrivals[0].at).Seconds()
+	if seen := float64(len(all)) / span; seen < rate*0.75 || seen > rate*1.25 {
+		t.Fatalf("receiver saw %.0f B/s over %.1f s, want %d ± 25%%", seen, span, rate)
+	}
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"sync"
@@ -43,6 +44,10 @@ func stopTorNet() {
 		torNet.Stop()
 	}
 	if torNetDir != "" {
+		if os.Getenv("BENTO_KEEP_PRIVNET") != "" {
+			fmt.Fprintf(os.Stderr, "private Tor network kept in %s (logs: */notice.log)\n", torNetDir)
+			return
+		}
 		os.RemoveAll(torNetDir)
 	}
 }

@@ -15,6 +15,7 @@ const (
 	APIExit       = "exit"        // end the instance from inside (e.g. Dropbox after its last get)
 	APITorFetch   = "tor.fetch"   // HTTP(S) through Tor circuits, .onion included
 	APITorControl = "tor.control" // tor's control port through bentod's firewall: own circuits, streams, onion services
+	APITorStream  = "tor.stream"  // TCP streams through Tor, and onion services whose connections the function accepts
 )
 
 // APIs lists every known host call with a one-line description, in the
@@ -31,6 +32,7 @@ var APIs = []struct{ Name, Doc string }{
 	{APIHTTPFetch, "HTTP(S) requests to destinations the destination policy accepts"},
 	{APIBento, "deploy, invoke and shut down functions on other Bento servers (composition)"},
 	{APITorFetch, "HTTP(S) requests through Tor circuits (.onion included); the exit relay's policy applies, not DestinationPolicy"},
+	{APITorStream, "streams through Tor (tor.dial) and onion services of the function's own whose connections it accepts (tor.listen, tor.accept)"},
 	{APITorControl, "tor's control port through bentod's firewall: build and close its own circuits, see only its own circuits and streams, publish onion services"},
 }
 

@@ -382,6 +382,9 @@ func (p *Policy) Validate() error {
 	if p.APIs[APITorFetch] && p.TorSocksPort == "" {
 		return fmt.Errorf("AllowAPI %s needs TorSocksPort (the SocksPort functions' Tor traffic goes through)", APITorFetch)
 	}
+	if p.APIs[APITorStream] && (p.TorControlPort == "" || p.TorSocksPort == "") {
+		return fmt.Errorf("AllowAPI %s needs TorSocksPort (for tor.dial) and TorControlPort (for tor.listen)", APITorStream)
+	}
 	if p.APIs[APITorControl] && p.TorControlPort == "" {
 		return fmt.Errorf("AllowAPI %s needs TorControlPort", APITorControl)
 	}

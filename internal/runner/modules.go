@@ -45,6 +45,13 @@ func (r *Runner) predeclared() starlark.StringDict {
 			"fetch":   b("fetch", r.fetcher("tor.fetch")),
 			"control": b("control", r.torControl),
 			"event":   b("event", r.torEvent),
+			"listen":  b("listen", r.torListen),
+			"accept":  b("accept", r.torAccept),
+			"dial":    b("dial", r.torDial),
+			"read":    b("read", r.torRead),
+			"write":   b("write", r.torWrite),
+			"close":   b("close", r.torClose),
+			"splice":  b("splice", r.torSplice),
 		}),
 		"remote": module("remote", starlark.StringDict{
 			"deploy":   b("deploy", r.remoteDeploy),
@@ -440,8 +447,12 @@ func (r *Runner) torControl(th *starlark.Thread, args starlark.Tuple, kw []starl
 // torEvent waits for the next control-port event the function subscribed
 // to with SETEVENTS, as far as the firewall lets it see; None on timeout.
 func (r *Runner) torEvent(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-	timeout := 10.0
-	if err := starlark.UnpackArgs("event", args, kw, "timeout?", &timeout); err != nil {
+	var tv starlark.Value = starlark.None
+	if err := starlark.UnpackArgs("event", args, kw, "timeout?", &tv); err != nil {
+		return nil, err
+	}
+	timeout, err := seconds("event", tv, 10)
+	if err != nil {
 		return nil, err
 	}
 	res, _, err := r.call(th, "tor.event", map[string]float64{"timeout": timeout}, nil)
@@ -456,4 +467,157 @@ func (r *Runner) torEvent(th *starlark.Thread, args starlark.Tuple, kw []starlar
 		return starlark.None, nil
 	}
 	return controlValue(out), nil
+}
+
+// StreamResult is bentod's answer to the tor stream calls.
+type StreamResult struct {
+	Conn    int    `json:"conn,omitempty"`
+	Onion   string `json:"onion,omitempty"`
+	EOF     bool   `json:"eof,omitempty"`
+	Timeout bool   `json:"timeout,omitempty"`
+}
+
+func (r *Runner) stream(th *starlark.Thread, call string, args any, bulk []byte) (StreamResult, []byte, error) {
+	var out StreamResult
+	res, body, err := r.call(th, call, args, bulk)
+	if err != nil {
+		return out, nil, err
+	}
+	if len(res) > 0 {
+		if err := json.Unmarshal(res, &out); err != nil {
+			return out, nil, err
+		}
+	}
+	return out, body, nil
+}
+
+// torListen publishes an onion service on virtual port port whose
+// connections the function takes with tor.accept; returns "xyz.onion".
+func (r *Runner) torListen(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var port int
+	if err := starlark.UnpackArgs("listen", args, kw, "port", &port); err != nil {
+		return nil, err
+	}
+	res, _, err := r.stream(th, "tor.listen", map[string]int{"port": port}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return starlark.String(res.Onion), nil
+}
+
+// torAccept waits for a connection to one of the function's onion
+// services and returns its handle, or None on timeout.
+func (r *Runner) torAccept(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var tv starlark.Value = starlark.None
+	if err := starlark.UnpackArgs("accept", args, kw, "timeout?", &tv); err != nil {
+		return nil, err
+	}
+	timeout, err := seconds("accept", tv, 0)
+	if err != nil {
+		return nil, err
+	}
+	res, _, err := r.stream(th, "tor.accept", map[string]float64{"timeout": timeout}, nil)
+	if err != nil {
+		return nil, err
+	}
+	if res.Timeout {
+		return starlark.None, nil
+	}
+	return starlark.MakeInt(res.Conn), nil
+}
+
+// torDial opens a stream through Tor to host:port (.onion included) and
+// returns its handle.
+func (r *Runner) torDial(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var host string
+	var port int
+	var tv starlark.Value = starlark.None
+	raise := true
+	if err := starlark.UnpackArgs("dial", args, kw, "host", &host, "port", &port, "timeout?", &tv, "raise_error?", &raise); err != nil {
+		return nil, err
+	}
+	timeout, err := seconds("dial", tv, 60)
+	if err != nil {
+		return nil, err
+	}
+	res, _, err := r.stream(th, "tor.dial", map[string]any{"host": host, "port": port, "timeout": timeout}, nil)
+	if err != nil {
+		if !raise {
+			// Starlark has no try/except: a load balancer skips a dead
+			// replica by testing for None.
+			return starlark.None, nil
+		}
+		return nil, err
+	}
+	return starlark.MakeInt(res.Conn), nil
+}
+
+// torRead reads up to n bytes: b"" at end of stream, None on timeout.
+func (r *Runner) torRead(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var conn int
+	n := 65536
+	var tv starlark.Value = starlark.None
+	if err := starlark.UnpackArgs("read", args, kw, "conn", &conn, "n?", &n, "timeout?", &tv); err != nil {
+		return nil, err
+	}
+	timeout, err := seconds("read", tv, 0)
+	if err != nil {
+		return nil, err
+	}
+	res, body, err := r.stream(th, "tor.read", map[string]any{"conn": conn, "n": n, "timeout": timeout}, nil)
+	if err != nil {
+		return nil, err
+	}
+	if res.Timeout {
+		return starlark.None, nil
+	}
+	return starlark.Bytes(body), nil
+}
+
+func (r *Runner) torWrite(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var conn int
+	var data starlark.Value
+	if err := starlark.UnpackArgs("write", args, kw, "conn", &conn, "data", &data); err != nil {
+		return nil, err
+	}
+	bulk, err := bulkArg("write", data)
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := r.stream(th, "tor.write", map[string]int{"conn": conn}, bulk); err != nil {
+		return nil, err
+	}
+	return starlark.None, nil
+}
+
+func (r *Runner) torClose(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var conn int
+	if err := starlark.UnpackArgs("close", args, kw, "conn", &conn); err != nil {
+		return nil, err
+	}
+	_, _, err := r.stream(th, "tor.close", map[string]int{"conn": conn}, nil)
+	return starlark.None, err
+}
+
+// torSplice hands two streams to bentod, which copies each way until one
+// side ends, then closes both. It returns at once.
+func (r *Runner) torSplice(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var a, b int
+	if err := starlark.UnpackArgs("splice", args, kw, "a", &a, "b", &b); err != nil {
+		return nil, err
+	}
+	_, _, err := r.stream(th, "tor.splice", map[string]int{"a": a, "b": b}, nil)
+	return starlark.None, err
+}
+
+// seconds reads a timeout given as an int, a float or None (def).
+func seconds(fn string, v starlark.Value, def float64) (float64, error) {
+	if v == starlark.None {
+		return def, nil
+	}
+	f, ok := starlark.AsFloat(v)
+	if !ok || f < 0 {
+		return 0, fmt.Errorf("%s: timeout must be a non-negative number of seconds, got %s", fn, v.Type())
+	}
+	return f, nil
 }

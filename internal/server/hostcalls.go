@@ -72,6 +72,8 @@ func (h hostCall) blocking(name string) (any, []byte, error) {
 		return h.torControl()
 	case "tor.event":
 		return h.torEvent()
+	case "tor.listen", "tor.accept", "tor.dial", "tor.read", "tor.write", "tor.close", "tor.splice":
+		return h.torStream(name)
 	case "bento.deploy", "bento.invoke", "bento.shutdown":
 		return h.remote(name)
 	}

@@ -53,6 +53,7 @@ type Instance struct {
 	endedAt     time.Time
 	released    bool
 	torSession  *torfw.Session // opened on the first tor.control call
+	st          *streams       // Tor streams and onion-service listeners
 }
 
 // control returns the instance's control-port firewall session.
@@ -298,8 +299,11 @@ func (in *Instance) teardown(reason string) {
 			appendExit(s, exit)
 		}
 	}
-	ts := in.torSession
+	ts, st := in.torSession, in.st
 	in.mu.Unlock()
+	if st != nil {
+		st.close()
+	}
 	if ts != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		if err := ts.Close(ctx); err != nil {
@@ -449,6 +453,8 @@ func apiFor(name string) string {
 		return policy.APIBento
 	case name == "tor.event":
 		return policy.APITorControl
+	case strings.HasPrefix(name, "tor.") && name != "tor.fetch" && name != "tor.control":
+		return policy.APITorStream
 	}
 	return name
 }
@@ -526,7 +532,8 @@ func (in *Instance) dispatch(call proto.Call, body []byte) {
 		if err != errStopped {
 			reply(err, res, bulk)
 		}
-	case "recv", "sleep", "http.fetch", "tor.fetch", "tor.control", "tor.event", "bento.deploy", "bento.invoke", "bento.shutdown":
+	case "recv", "sleep", "http.fetch", "tor.fetch", "tor.control", "tor.event", "bento.deploy", "bento.invoke", "bento.shutdown",
+		"tor.listen", "tor.accept", "tor.dial", "tor.read", "tor.write", "tor.close", "tor.splice":
 		go func() {
 			res, bulk, err := h.blocking(call.Name)
 			if err == errStopped {

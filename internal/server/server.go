@@ -140,7 +140,9 @@ const MaxConnections = 1024
 func (s *Server) SetTor(l *torlink.Link) {
 	s.tor = l
 	s.firewall = torfw.New(l, torfw.Limits{})
-	l.OnConnect(s.firewall.Setup)
+	s.firewall.Listen = s.listenFor
+	l.Subscribe(torfw.TrackedEvents(), s.firewall.HandleEvent)
+	l.OnConnect(s.firewall.Reset)
 }
 
 // Onion returns the server's onion address ("" when it has none).

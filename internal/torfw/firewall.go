@@ -27,7 +27,8 @@ type Limits struct {
 // which reveals nothing about other users).
 var allowedEvents = map[string]bool{"CIRC": true, "STREAM": true, "CIRC_MINOR": true, "HS_DESC": true, "STATUS_CLIENT": true}
 
-// trackedEvents are those bentod's own connection subscribes to.
+// trackedEvents are those bentod's own connection subscribes to for the
+// firewall.
 var trackedEvents = []string{"CIRC", "STREAM", "CIRC_MINOR", "HS_DESC", "STATUS_CLIENT"}
 
 // GETINFO keys functions may read from tor as is: public network data
@@ -85,16 +86,14 @@ func New(up Upstream, l Limits) *Firewall {
 		circ: map[string]*Session{}, strm: map[string]*Session{}, onion: map[string]*Session{}}
 }
 
-// Setup subscribes bentod's own control connection to the events the
-// firewall tracks ownership with. Run it on every new connection.
-func (fw *Firewall) Setup(ctx context.Context, c *torctl.Conn) error {
-	c.OnEvent(fw.HandleEvent)
-	cmd := torctl.MustCommand("SETEVENTS", trackedEvents...)
-	if _, err := c.Do(ctx, cmd); err != nil {
-		return fmt.Errorf("firewall: subscribing to events: %w", err)
-	}
-	// After a reconnection tor has forgotten what functions created on the
-	// old connection; so do we (their onion services went with it).
+// TrackedEvents are the events bentod's own control connection must
+// subscribe to and pass to HandleEvent.
+func TrackedEvents() []string { return append([]string(nil), trackedEvents...) }
+
+// Reset runs on every new control connection: after a reconnection tor
+// has forgotten the onion services functions created on the old connection
+// (they went with it); so does the firewall.
+func (fw *Firewall) Reset(ctx context.Context, c *torctl.Conn) error {
 	fw.mu.Lock()
 	for id, s := range fw.onion {
 		delete(fw.onion, id)

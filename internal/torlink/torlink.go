@@ -13,9 +13,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/safelog"
@@ -40,6 +42,51 @@ type Link struct {
 	mu        sync.Mutex
 	serviceID string
 	onConnect []func(ctx context.Context, c *torctl.Conn) error
+	events    map[string]bool
+	handlers  []func(*torctl.Reply)
+	uploaded  map[string]chan struct{} // onion service IDs waiting for their first upload
+}
+
+// Subscribe asks for events on every connection and passes them to h,
+// from the reading goroutine and in order. Call it before Run.
+func (l *Link) Subscribe(events []string, h func(*torctl.Reply)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range events {
+		l.events[e] = true
+	}
+	l.handlers = append(l.handlers, h)
+}
+
+func (l *Link) dispatch(r *torctl.Reply) {
+	l.mu.Lock()
+	hs := make([]func(*torctl.Reply), len(l.handlers))
+	copy(hs, l.handlers)
+	if words, _, err := torctl.ParseLine(r.Lines[0].Text); err == nil && len(words) >= 3 && words[0] == "HS_DESC" && words[1] == "UPLOADED" {
+		if ch, ok := l.uploaded[words[2]]; ok {
+			close(ch)
+			delete(l.uploaded, words[2])
+		}
+	}
+	l.mu.Unlock()
+	for _, h := range hs {
+		h(r)
+	}
+}
+
+// WaitUploaded returns a channel closed when tor has uploaded a descriptor
+// of onion service id to an HSDir: from then on clients can reach it.
+// Clients that look a service up too early are told it does not exist and
+// do not ask the same HSDirs again for 15 minutes.
+func (l *Link) WaitUploaded(id string) <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ch, ok := l.uploaded[id]
+	if !ok {
+		ch = make(chan struct{})
+		l.uploaded[id] = ch
+	}
+	return ch
 }
 
 // New prepares a link for policy p; target is the address bentod listens
@@ -57,7 +104,8 @@ func New(p *policy.Policy, target string, log *slog.Logger) (*Link, error) {
 	if p.OnionServicePort != 0 {
 		vp = p.OnionServicePort
 	}
-	l := &Link{dataDir: p.DataDirectory, onion: p.OnionService, virtPort: vp, target: target, log: log}
+	l := &Link{dataDir: p.DataDirectory, onion: p.OnionService, virtPort: vp, target: target, log: log,
+		events: map[string]bool{"HS_DESC": true}, uploaded: map[string]chan struct{}{}}
 	network, addr := torctl.ParseAddr(p.TorControlPort)
 	l.keeper = &torctl.Keeper{
 		Network: network, Addr: addr,
@@ -95,6 +143,21 @@ func (l *Link) Onion() string {
 }
 
 func (l *Link) setup(ctx context.Context, c *torctl.Conn) error {
+	c.OnEvent(l.dispatch)
+	l.mu.Lock()
+	var evs []string
+	for e := range l.events {
+		evs = append(evs, e)
+	}
+	l.mu.Unlock()
+	sort.Strings(evs)
+	cmd, err := torctl.NewCommand("SETEVENTS", evs...)
+	if err != nil {
+		return err
+	}
+	if _, err := c.Do(ctx, cmd); err != nil {
+		return fmt.Errorf("subscribing to events: %w", err)
+	}
 	if l.onion {
 		if err := l.publish(ctx, c); err != nil {
 			return err
@@ -147,6 +210,7 @@ func (l *Link) publish(ctx context.Context, c *torctl.Conn) error {
 	if id == "" {
 		return fmt.Errorf("ADD_ONION reply has no ServiceID")
 	}
+	up := l.WaitUploaded(id)
 	if priv != "" {
 		tmp := keyPath + ".tmp"
 		if err := os.WriteFile(tmp, []byte(priv+"\n"), 0o600); err != nil {
@@ -156,13 +220,23 @@ func (l *Link) publish(ctx context.Context, c *torctl.Conn) error {
 			return fmt.Errorf("saving the onion service key: %w", err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(l.dataDir, HostnameFile), []byte(id+".onion\n"), 0o644); err != nil {
-		return err
-	}
-	l.mu.Lock()
-	l.serviceID = id
-	l.mu.Unlock()
-	// The onion address is what clients are meant to use: not scrubbed.
-	l.log.Info("onion service published", "onion", id+".onion", "port", l.virtPort)
+	// Announce the address once clients can find it.
+	go func() {
+		select {
+		case <-up:
+		case <-c.Done():
+			return
+		case <-time.After(2 * time.Minute):
+			l.log.Warn("onion service descriptor not uploaded after 2 minutes; announcing the address anyway", "onion", id+".onion")
+		}
+		if err := os.WriteFile(filepath.Join(l.dataDir, HostnameFile), []byte(id+".onion\n"), 0o644); err != nil {
+			l.log.Warn("writing the onion hostname", "err", err)
+		}
+		l.mu.Lock()
+		l.serviceID = id
+		l.mu.Unlock()
+		// The onion address is what clients are meant to use: not scrubbed.
+		safelog.Notice(l.log, "onion service published", "onion", id+".onion", "port", l.virtPort)
+	}()
 	return nil
 }
