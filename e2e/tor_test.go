@@ -170,39 +170,116 @@ func TestTorFirewall(t *testing.T) {
 	if !strings.HasPrefix(res[0][2].(string), circ+" ") {
 		t.Errorf("f1's circuit-status %q lacks its circuit %s", res[0][2], circ)
 	}
-	// After shutdown nothing f1 created remains on the real tor.
-	if r := bento(t, "", "shutdown", d.Addr, f1.ShutdownToken); r.Code != 0 {
-		t.Fatalf("shutdown: %s", r)
+
+	// Streams: f2 holds one open through Tor; f1 can neither see nor close it.
+	sink := holdServer(t)
+	if r := bento(t, "", "invoke", d.Addr, f2.InvocationToken, "dial", sink); r.Code != 0 {
+		t.Fatalf("f2 dial: %s", r)
+	}
+	res = ctlRun(t, d, f2.InvocationToken, "GETINFO stream-status")
+	f2streams := strings.Fields(res[0][2].(string))
+	if len(f2streams) < 4 || f2streams[1] != "SUCCEEDED" {
+		t.Fatalf("f2's stream-status %q", res[0][2])
+	}
+	f2stream := f2streams[0]
+	res = ctlRun(t, d, f1.InvocationToken, "GETINFO stream-status", "CLOSESTREAM "+f2stream+" 1")
+	if strings.Contains(res[0][2].(string), f2stream+" ") || res[1][0].(float64) != 552 {
+		t.Errorf("f1 sees or closes f2's stream %s: %v", f2stream, res)
+	}
+
+	// f1 attaches a stream of its own to the circuit it built.
+	waitCircuitBuilt(t, d, f1.InvocationToken, circ)
+	if r := bento(t, "", "invoke", d.Addr, f1.InvocationToken, "dial", sink, circ); r.Code != 0 {
+		t.Fatalf("f1 dial on its circuit %s: %s", circ, r)
+	}
+	res = ctlRun(t, d, f1.InvocationToken, "GETINFO stream-status")
+	f1streams := strings.Fields(res[0][2].(string))
+	if len(f1streams) < 4 || f1streams[2] != circ {
+		t.Fatalf("f1's stream is not on its circuit %s: %q", circ, res[0][2])
+	}
+	f1stream := f1streams[0]
+	// f2 cannot put a stream on f1's circuit.
+	if r := bento(t, "", "invoke", d.Addr, f2.InvocationToken, "dial", sink, circ); r.Code != 1 || !strings.Contains(r.Stderr, "not one of yours") {
+		t.Errorf("f2 dialing on f1's circuit: %s", r)
+	}
+
+	// After shutdown nothing either created remains on the real tor.
+	for _, f := range []string{f1.ShutdownToken, f2.ShutdownToken} {
+		if r := bento(t, "", "shutdown", d.Addr, f); r.Code != 0 {
+			t.Fatalf("shutdown: %s", r)
+		}
 	}
 	c, err := n.Control(ctx(t), relay)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	var status string
+	var info map[string]string
 	for i := 0; i < 50; i++ {
-		info, err := c.GetInfo(ctx(t), "circuit-status")
-		if err != nil {
+		if info, err = c.GetInfo(ctx(t), "circuit-status", "stream-status"); err != nil {
 			t.Fatal(err)
 		}
-		status = info["circuit-status"]
-		if !hasCircuit(status, circ) {
-			break
+		if !hasID(info["circuit-status"], circ) && !hasID(info["stream-status"], f1stream) && !hasID(info["stream-status"], f2stream) {
+			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if hasCircuit(status, circ) {
-		t.Fatalf("circuit %s still open after shutdown:\n%s", circ, status)
-	}
+	t.Fatalf("after shutdown, circuit %s or streams %s, %s remain:\n%s\n%s", circ, f1stream, f2stream, info["circuit-status"], info["stream-status"])
 }
 
-func hasCircuit(status, id string) bool {
+// hasID reports whether a circuit-status or stream-status listing has a
+// live entry with the given ID.
+func hasID(status, id string) bool {
 	for _, l := range strings.Split(status, "\n") {
 		if f := strings.Fields(l); len(f) >= 2 && f[0] == id && f[1] != "CLOSED" && f[1] != "FAILED" {
 			return true
 		}
 	}
 	return false
+}
+
+// waitCircuitBuilt waits until the function sees its circuit as BUILT.
+func waitCircuitBuilt(t *testing.T, d *torDaemon, token, circ string) {
+	t.Helper()
+	for i := 0; i < 100; i++ {
+		res := ctlRun(t, d, token, "GETINFO circuit-status")
+		if strings.HasPrefix(res[0][2].(string), circ+" BUILT") {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("circuit %s never built", circ)
+}
+
+// holdServer accepts connections on loopback and keeps them open until
+// the test ends; it returns its address.
+func holdServer(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	return ln.Addr().String()
 }
 
 // torHTTPGet fetches url through the network's client with fresh

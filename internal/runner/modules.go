@@ -527,20 +527,22 @@ func (r *Runner) torAccept(th *starlark.Thread, args starlark.Tuple, kw []starla
 }
 
 // torDial opens a stream through Tor to host:port (.onion included) and
-// returns its handle.
+// returns its handle; with circuit, on that circuit of the function's own
+// (built with tor.control("EXTENDCIRCUIT 0 ...")).
 func (r *Runner) torDial(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
 	var host string
 	var port int
 	var tv starlark.Value = starlark.None
 	raise := true
-	if err := starlark.UnpackArgs("dial", args, kw, "host", &host, "port", &port, "timeout?", &tv, "raise_error?", &raise); err != nil {
+	circuit := ""
+	if err := starlark.UnpackArgs("dial", args, kw, "host", &host, "port", &port, "timeout?", &tv, "raise_error?", &raise, "circuit?", &circuit); err != nil {
 		return nil, err
 	}
 	timeout, err := seconds("dial", tv, 60)
 	if err != nil {
 		return nil, err
 	}
-	res, _, err := r.stream(th, "tor.dial", map[string]any{"host": host, "port": port, "timeout": timeout}, nil)
+	res, _, err := r.stream(th, "tor.dial", map[string]any{"host": host, "port": port, "timeout": timeout, "circuit": circuit}, nil)
 	if err != nil {
 		if !raise {
 			// Starlark has no try/except: a load balancer skips a dead

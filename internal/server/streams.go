@@ -10,9 +10,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/torbento/bento/internal/runner"
+	"github.com/torbento/bento/internal/socks"
+	"github.com/torbento/bento/internal/torfw"
 )
 
 // maxConns bounds an instance's open streams, spliced pairs included, and
@@ -147,6 +150,7 @@ func (h hostCall) torStream(name string) (any, []byte, error) {
 		Timeout float64 `json:"timeout"`
 		A       int     `json:"a"`
 		B       int     `json:"b"`
+		Circuit string  `json:"circuit"`
 	}
 	if err := json.Unmarshal(h.args, &a); err != nil {
 		return nil, nil, fmt.Errorf("%s: bad arguments", name)
@@ -218,7 +222,13 @@ func (h hostCall) torStream(name string) (any, []byte, error) {
 		}
 		ctx, cancel := wait()
 		defer cancel()
-		c, err := td.DialContext(ctx, "tcp", net.JoinHostPort(a.Host, strconv.Itoa(a.Port)))
+		target := net.JoinHostPort(a.Host, strconv.Itoa(a.Port))
+		var c net.Conn
+		if a.Circuit != "" {
+			c, err = h.dialOnCircuit(ctx, td, target, a.Circuit)
+		} else {
+			c, err = td.DialContext(ctx, "tcp", target)
+		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("tor.dial: %w", err)
 		}
@@ -315,4 +325,82 @@ func splice(a, b net.Conn, exited <-chan struct{}, done func()) {
 	b.Close()
 	<-finished
 	<-finished
+}
+
+var attachSeq atomic.Uint64
+
+// dialOnCircuit opens a stream to target on circuit circ, which the
+// function must own. The SOCKS password is unique to this stream, so tor
+// has no circuit for it yet and leaves it waiting while one is built; the
+// firewall spots the stream's NEW event and bentod attaches it to circ.
+func (h hostCall) dialOnCircuit(ctx context.Context, td *socks.Dialer, target, circ string) (net.Conn, error) {
+	sess, err := h.in.control()
+	if err != nil {
+		return nil, err
+	}
+	if !sess.OwnsCircuit(circ) {
+		return nil, fmt.Errorf("circuit %q is not one of yours (build one with tor.control(\"EXTENDCIRCUIT 0\"))", circ)
+	}
+	// Moving a stream races with the exit's answer on the circuit tor
+	// chose; a lost race is retried on a fresh stream.
+	for attempt := 1; ; attempt++ {
+		c, err := h.dialOnCircuitOnce(ctx, sess, td, target, circ)
+		if !errors.Is(err, errLostRace) || attempt == 5 {
+			return c, err
+		}
+		h.in.log.Info("moving a stream to the function's circuit lost the race with the exit; retrying", "instance", h.in.id, "attempt", attempt)
+	}
+}
+
+var errLostRace = errors.New("the stream connected on tor's circuit before it could be moved")
+
+func (h hostCall) dialOnCircuitOnce(ctx context.Context, sess *torfw.Session, td *socks.Dialer, target, circ string) (net.Conn, error) {
+	pw := fmt.Sprintf("attach-%d", attachSeq.Add(1))
+	ids := sess.ExpectStream(pw)
+	defer sess.Unexpect(pw)
+	d := *td
+	d.Password = pw
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	done := make(chan res, 1)
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		c, err := d.DialContext(dctx, "tcp", target)
+		done <- res{c, err}
+	}()
+	fail := func(err error) (net.Conn, error) {
+		cancel()
+		if r := <-done; r.c != nil {
+			r.c.Close()
+		}
+		return nil, err
+	}
+	select {
+	case id := <-ids:
+		r, err := sess.Do(ctx, "ATTACHSTREAM "+id+" "+circ)
+		if err != nil {
+			return fail(err)
+		}
+		if r.Status == 555 {
+			return fail(errLostRace)
+		}
+		if !r.OK() {
+			return fail(fmt.Errorf("attaching the stream to circuit %s: tor answered %d %s", circ, r.Status, r.Lines[len(r.Lines)-1].Text))
+		}
+	case r := <-done:
+		if r.err == nil {
+			r.c.Close()
+			return nil, errLostRace
+		}
+		return nil, r.err
+	case <-time.After(15 * time.Second):
+		return fail(errors.New("tor reported no new stream within 15 s"))
+	case <-ctx.Done():
+		return fail(ctx.Err())
+	}
+	r := <-done
+	return r.c, r.err
 }

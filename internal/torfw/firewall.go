@@ -118,14 +118,41 @@ type Session struct {
 	circuits map[string]bool
 	streams  map[string]bool
 	onions   map[string]bool
+	expect   map[string]chan string // SOCKS password → the new stream's ID
 	closed   bool
+}
+
+// OwnsCircuit reports whether the function owns circuit id.
+func (s *Session) OwnsCircuit(id string) bool { return s.ownsCircuit(id) }
+
+// ExpectStream returns a channel that receives the ID of the stream tor
+// reports as SENTCONNECT for this function with SOCKS password pw. bentod
+// dials with a password of its own for each stream it must put on a chosen
+// circuit, and moves it there with ATTACHSTREAM while it waits for the
+// exit's answer: tor accepts ATTACHSTREAM for a stream it attached itself
+// only in that state (without __LeaveStreamsUnattached, which bentod never
+// sets on the relay's tor because every other stream would then wait for
+// bentod).
+func (s *Session) ExpectStream(pw string) <-chan string {
+	ch := make(chan string, 1)
+	s.mu.Lock()
+	s.expect[pw] = ch
+	s.mu.Unlock()
+	return ch
+}
+
+// Unexpect drops an expectation that will not be met.
+func (s *Session) Unexpect(pw string) {
+	s.mu.Lock()
+	delete(s.expect, pw)
+	s.mu.Unlock()
 }
 
 // Open starts the session of owner, the SOCKS username bentod gives the
 // function's Tor traffic.
 func (fw *Firewall) Open(owner string) *Session {
 	s := &Session{fw: fw, owner: owner, subs: map[string]bool{}, notify: make(chan struct{}, 1),
-		circuits: map[string]bool{}, streams: map[string]bool{}, onions: map[string]bool{}}
+		circuits: map[string]bool{}, streams: map[string]bool{}, onions: map[string]bool{}, expect: map[string]chan string{}}
 	fw.mu.Lock()
 	fw.sessions[owner] = s
 	fw.mu.Unlock()
@@ -572,6 +599,14 @@ func (fw *Firewall) HandleEvent(r *torctl.Reply) {
 				s.streams[id] = true
 				s.mu.Unlock()
 			}
+		}
+		if owner != nil && words[2] == "SENTCONNECT" {
+			owner.mu.Lock()
+			if ch, ok := owner.expect[kv["SOCKS_PASSWORD"]]; ok && kv["SOCKS_USERNAME"] == owner.owner {
+				ch <- id
+				delete(owner.expect, kv["SOCKS_PASSWORD"])
+			}
+			owner.mu.Unlock()
 		}
 		if (words[2] == "CLOSED" || words[2] == "FAILED") && owner != nil {
 			o := owner
