@@ -486,3 +486,44 @@ func TestTorCover(t *testing.T) {
 		t.Fatalf("receiver saw %.0f B/s over %.1f s, want %d ± 25%%", seen, span, rate)
 	}
 }
+
+// TestTorRestart: the relay's tor restarts; bentod reconnects, publishes
+// its onion service again under the same address, and clients reach it.
+func TestTorRestart(t *testing.T) {
+	n := tornet(t)
+	relay := n.Exits()[1]
+	d := startTorBentod(t, relay)
+	if r := bentoTor(t, n, "run", d.Onion, fn("hello")); r.Code != 0 {
+		t.Fatalf("before the restart: %s", r)
+	}
+	if err := n.Restart(ctx(t), relay); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for !strings.Contains(d.log.String(), "connected again") {
+		if time.Now().After(deadline) {
+			t.Fatalf("bentod did not reconnect to the restarted tor:\n%s", d.log)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for strings.Count(d.log.String(), "onion service published") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("bentod did not publish its onion service again:\n%s", d.log)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	host, err := os.ReadFile(filepath.Join(d.DataDir, "onion_hostname"))
+	if err != nil || !strings.HasPrefix(d.Onion, strings.TrimSpace(string(host))+":") {
+		t.Fatalf("onion address changed: %q, was %q", host, d.Onion)
+	}
+	// Clients cache the old descriptor's introduction points, which died
+	// with the old tor; they fetch the new one after those fail.
+	var r result
+	for time.Now().Before(deadline) {
+		if r = bento(t, "", "--tor-socks", n.Client().SocksAddr(), "run", d.Onion, fn("hello")); r.Code == 0 {
+			return
+		}
+		time.Sleep(2 * time.Second)
+	}
+	t.Fatalf("after the restart: %s\n%s", r, d.log)
+}

@@ -715,3 +715,22 @@ func (n *Net) Stop() {
 		}
 	}
 }
+
+// Restart stops one relay (SIGTERM, as a tor restart by its operator
+// does) and starts it again with the same keys, returning once its control
+// port answers. Controllers connected to it lose their connection.
+func (n *Net) Restart(ctx context.Context, nd *Node) error {
+	if nd.Role == Authority {
+		return errors.New("privnet: restarting an authority is not supported")
+	}
+	if nd.PID() != 0 {
+		_ = nd.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-nd.exited:
+		case <-time.After(10 * time.Second):
+			_ = nd.cmd.Process.Kill()
+			<-nd.exited
+		}
+	}
+	return n.launch(ctx, nil, nd)
+}
