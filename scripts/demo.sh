@@ -9,7 +9,9 @@
 # pads it; runs Browser on server A storing the page in a Dropbox it deploys
 # on server B, over Tor; server A goes away; the user fetches the page from
 # B; a function's attempt to reconfigure the relay through the control port
-# is refused; a greedy manifest is refused with the list of what it asked.
+# is refused; a LoadBalancer onion service spreads clients over three
+# Replica functions; a greedy manifest is refused with the list of what it
+# asked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PRIVNET_SOCKS:-}" ]; then
@@ -40,7 +42,7 @@ TorControlPort ${!control}
 TorCookieFile ${!cookie}
 TorSocksPort ${!socks}
 OnionService 1
-AllowAPI send,recv,log,time,sleep,random,storage,exit,tor.fetch,tor.control,bento
+AllowAPI send,recv,log,time,sleep,random,storage,exit,tor.fetch,tor.control,tor.stream,bento
 RC
 	$B/bentod -f "$work/$1.rc" 2>"$work/$1.log" &
 	pids+=($!)
@@ -100,6 +102,28 @@ bt invoke "$Bsrv" "$box" get || echo "(exit status $?)"
 
 show "a function asks tor's control port, through B's firewall: GETINFO version, EXTENDCIRCUIT 0, SETCONF, SIGNAL HALT"
 bt run "$Bsrv" e2e/testdata/functions/torctl '["GETINFO version","EXTENDCIRCUIT 0","SETCONF ExitPolicy=\"accept *:*\"","SIGNAL HALT"]'
+
+show "three Replica functions on B and a LoadBalancer in front of them, each an onion service of its own"
+announce() { # announce NAME ARGS...: run a long-lived function in the background, print its first output line
+	local name=$1
+	shift
+	$B/bento --tor-socks "$PRIVNET_SOCKS" run "$Bsrv" "$@" >"$work/$name.out" 2>"$work/$name.err" &
+	pids+=($!)
+	for _ in $(seq 300); do
+		[ -n "$(head -1 "$work/$name.out" 2>/dev/null)" ] && break
+		sleep 0.1
+	done
+	head -1 "$work/$name.out"
+}
+r0=$(announce r0 functions/replica r0); r1=$(announce r1 functions/replica r1); r2=$(announce r2 functions/replica r2)
+echo "replicas: $r0 $r1 $r2"
+lb=$(announce lb functions/loadbalancer "[\"$r0\",\"$r1\",\"$r2\"]")
+echo "load balancer: $lb"
+show "six clients fetch http://$lb/ through Tor"
+for i in 1 2 3 4 5 6; do
+	printf 'client %d: ' "$i"
+	curl -s -m 60 --socks5-hostname "$PRIVNET_SOCKS" --proxy-user "client$i:x" "http://$lb/" || echo "(failed)"
+done
 
 cat >"$work/greedy.toml" <<'T'
 name = "greedy"

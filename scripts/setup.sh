@@ -35,6 +35,7 @@ need_pkg() { # need_pkg COMMAND PACKAGE
 need_pkg runc runc
 need_pkg ip iproute2
 need_pkg unshare util-linux
+need_pkg curl curl # the demo fetches through Tor with it
 # Debian's tor for the private Tor network of the tests and the demo. The
 # package would start tor as a system service, on the public network:
 # forbid that first (policy-rc.d exit 101 = "do not start services").
