@@ -516,14 +516,48 @@ func TestTorRestart(t *testing.T) {
 	if err != nil || !strings.HasPrefix(d.Onion, strings.TrimSpace(string(host))+":") {
 		t.Fatalf("onion address changed: %q, was %q", host, d.Onion)
 	}
-	// Clients cache the old descriptor's introduction points, which died
-	// with the old tor; they fetch the new one after those fail.
+	// A client that has never seen the service finds it at once. (One that
+	// cached the old descriptor tries its dead introduction points first,
+	// and may wait out tor's 15-minute limit on asking the same HSDirs.)
 	var r result
 	for time.Now().Before(deadline) {
-		if r = bento(t, "", "--tor-socks", n.Client().SocksAddr(), "run", d.Onion, fn("hello")); r.Code == 0 {
+		if r = bento(t, "", "--tor-socks", n.Exits()[0].SocksAddr(), "run", d.Onion, fn("hello")); r.Code == 0 {
 			return
 		}
 		time.Sleep(2 * time.Second)
 	}
 	t.Fatalf("after the restart: %s\n%s", r, d.log)
+}
+
+// TestTorDirectRespectsExitPolicy: beside a middle relay (exit policy
+// "reject *:*"), a function cannot fetch directly even what DestinationPolicy
+// accepts; beside an exit that accepts the destination, it can. The middle
+// relay's tor is reached over its unix control socket.
+func TestTorDirectRespectsExitPolicy(t *testing.T) {
+	n := tornet(t)
+	base, port := webServer(t, page(1000))
+	for _, tc := range []struct {
+		relay, control string
+		ok             bool
+	}{
+		{"relay0", "unix:" + n.Node("relay0").ControlSocket(), false},
+		{"exit0", n.Node("exit0").ControlAddr(), true},
+	} {
+		relay := n.Node(tc.relay)
+		d := startBentod(t, fmt.Sprintf("TorControlPort %s\nTorCookieFile %s\nAllowAPI send,http.fetch\nDestinationPolicy accept 127.0.0.1:*\n",
+			tc.control, relay.CookieFile()))
+		for i := 0; !strings.Contains(d.log.String(), "connected to tor's control port"); i++ {
+			if i == 100 {
+				t.Fatalf("bentod did not connect to %s's control port %s:\n%s", tc.relay, tc.control, d.log)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		r := bento(t, "", "run", "--destinations", fmt.Sprintf("accept 127.0.0.1:%d", port), d.Addr, fn("browser"), base+"/page")
+		if tc.ok && r.Code != 0 {
+			t.Errorf("beside %s: %s", tc.relay, r)
+		}
+		if !tc.ok && (r.Code != 1 || !strings.Contains(r.Stderr, "relay's exit policy")) {
+			t.Errorf("beside %s: want a refusal naming the relay's exit policy, got %s", tc.relay, r)
+		}
+	}
 }

@@ -89,10 +89,13 @@ func (c *Checked) Check(ctx context.Context, hostport string) ([]netip.AddrPort,
 }
 
 func policyName(i int) string {
-	if i == 0 {
+	switch i {
+	case 0:
 		return "node's DestinationPolicy"
+	case 1:
+		return "manifest's destinations"
 	}
-	return "manifest's destinations"
+	return "relay's exit policy"
 }
 
 // DialContext checks addr and connects to the first accepted address that

@@ -124,6 +124,10 @@ func (n *Node) SocksAddr() string {
 	return "127.0.0.1:" + strconv.Itoa(n.SocksPort)
 }
 
+// ControlSocket is the node's control port as a unix socket, as Debian's
+// tor offers it (/run/tor/control).
+func (n *Node) ControlSocket() string { return filepath.Join(n.Dir, "control") }
+
 // CookieFile is the node's control-port auth cookie.
 func (n *Node) CookieFile() string { return filepath.Join(n.Dir, "control_auth_cookie") }
 
@@ -401,6 +405,7 @@ func (n *Net) writeTorrcs(hash string) error {
 		w("NumCPUs 1")
 		w("AddressDisableIPv6 1")
 		w("ControlPort 127.0.0.1:%d", nd.ControlPort)
+		w("ControlSocket %s", nd.ControlSocket())
 		w("CookieAuthentication 1")
 		w("HashedControlPassword %s", hash)
 		b.WriteString("# our authorities only: the public ones are never configured\n")

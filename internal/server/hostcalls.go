@@ -116,8 +116,18 @@ func (h hostCall) recv() (any, []byte, error) {
 // checked returns a dialer that enforces the node's and the manifest's
 // destination policies.
 func (h hostCall) checked() *netcheck.Checked {
+	pols := []*exitpolicy.Policy{h.in.srv.policy().Destinations, h.in.m.Dest}
+	if t := h.in.srv.tor; t != nil {
+		// Beside a relay, functions reach directly only what the relay's
+		// exit policy accepts; until tor told us, nothing.
+		ep := t.ExitPolicy()
+		if ep == nil {
+			ep = &exitpolicy.Policy{}
+		}
+		pols = append(pols, ep)
+	}
 	return &netcheck.Checked{
-		Policies: []*exitpolicy.Policy{h.in.srv.policy().Destinations, h.in.m.Dest},
+		Policies: pols,
 		Dialer:   h.in.srv.transport,
 		Resolver: h.in.srv.resolver,
 	}

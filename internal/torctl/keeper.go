@@ -43,6 +43,7 @@ func (k *Keeper) Run(ctx context.Context) {
 	k.init()
 	backoff := 100 * time.Millisecond
 	failures := 0
+	connected := false
 	for ctx.Err() == nil {
 		c, err := k.connect(ctx)
 		if err != nil {
@@ -60,9 +61,12 @@ func (k *Keeper) Run(ctx context.Context) {
 			}
 			continue
 		}
-		if failures > 0 {
+		if failures > 0 || connected {
 			k.logf("tor control port %s connected again", k.Addr)
+		} else {
+			k.logf("connected to tor's control port %s", k.Addr)
 		}
+		connected = true
 		failures, backoff = 0, 100*time.Millisecond
 		k.mu.Lock()
 		k.cur = c

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/torbento/bento/internal/exitpolicy"
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/safelog"
 	"github.com/torbento/bento/internal/torctl"
@@ -45,6 +46,15 @@ type Link struct {
 	events    map[string]bool
 	handlers  []func(*torctl.Reply)
 	uploaded  map[string]chan struct{} // onion service IDs waiting for their first upload
+	exit      *exitpolicy.Policy       // the relay's exit policy, read at each connection
+}
+
+// ExitPolicy returns the relay's exit policy as tor reported it on the
+// current connection, or nil before the first connection.
+func (l *Link) ExitPolicy() *exitpolicy.Policy {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.exit
 }
 
 // Subscribe asks for events on every connection and passes them to h,
@@ -158,6 +168,19 @@ func (l *Link) setup(ctx context.Context, c *torctl.Conn) error {
 	if _, err := c.Do(ctx, cmd); err != nil {
 		return fmt.Errorf("subscribing to events: %w", err)
 	}
+	// Direct connections from functions stay within what the relay itself
+	// would carry as an exit.
+	info, err := c.GetInfo(ctx, "exit-policy/full")
+	if err != nil {
+		return fmt.Errorf("reading the relay's exit policy: %w", err)
+	}
+	ep, _, err := exitpolicy.Parse(info["exit-policy/full"])
+	if err != nil {
+		return fmt.Errorf("parsing the relay's exit policy: %w", err)
+	}
+	l.mu.Lock()
+	l.exit = ep
+	l.mu.Unlock()
 	if l.onion {
 		if err := l.publish(ctx, c); err != nil {
 			return err
