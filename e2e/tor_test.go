@@ -346,8 +346,21 @@ func TestTorFunctionOnion(t *testing.T) {
 	if body != "r0\n" {
 		t.Fatalf("GET %s: %q %v\n%s", addr, body, err, d.log)
 	}
+	// The relay's tor hosts the service now, and not after shutdown.
+	c, err := n.Control(ctx(t), n.Exits()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	key := "hs/service/desc/id/" + strings.TrimSuffix(host, ".onion")
+	if _, err := c.GetInfo(ctx(t), key); err != nil {
+		t.Fatalf("GETINFO %s while the function runs: %v", key, err)
+	}
 	if r := bento(t, "", "shutdown", d.Addr, sd); r.Code != 0 {
 		t.Fatalf("shutdown: %s", r)
+	}
+	if _, err := c.GetInfo(ctx(t), key); err == nil {
+		t.Fatalf("GETINFO %s: the relay still hosts the function's onion service after shutdown", key)
 	}
 	if body, err := torHTTPGet(n, "http://"+addr+"/", "fo-after", 20*time.Second); err == nil {
 		t.Fatalf("the function's onion service still answers after shutdown: %q", body)
