@@ -180,6 +180,11 @@ func ReadReply(r io.Reader) (string, error) {
 		if _, err := io.ReadFull(r, name); err != nil {
 			return "", fmt.Errorf("socks: reading bound address: %w", err)
 		}
+		for _, c := range name {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+				return "", fmt.Errorf("socks: bound address %q is not a host name", name)
+			}
+		}
 		host = string(name)
 	default:
 		return "", fmt.Errorf("socks: unknown address type %d in reply", h[3])
