@@ -65,7 +65,7 @@ func startBentod(t testing.TB, rc string) *daemon {
 	t.Helper()
 	testutil.RequireSandbox(t)
 	bin := testutil.Binaries(t)
-	dir := t.TempDir()
+	dir := testutil.TempDir(t)
 	d := &daemon{
 		Addr:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		Policy:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),

@@ -35,6 +35,9 @@ type Config struct {
 	Runtime    string // runtime binary (path or name in PATH)
 	StateDir   string // runtime state (--root) and bundles live here
 	RunnerPath string // the static bento-runner binary
+	// NoUserNS turns the containers' user namespace off (for kernels or
+	// setups that cannot map IDs); on by default where the kernel allows.
+	NoUserNS bool
 }
 
 // Sandbox starts and tracks containers.
@@ -44,6 +47,7 @@ type Sandbox struct {
 	bundles string
 	rootfs  string
 	memsw   bool
+	userns  bool // containers get a user namespace
 }
 
 // New prepares the shared read-only root filesystem and makes the calling
@@ -76,6 +80,14 @@ func New(cfg Config) (*Sandbox, error) {
 	}
 	_, err = os.Stat(filepath.Join(cgroupV1Root, "memory", "memory.memsw.limit_in_bytes"))
 	s.memsw = err == nil
+	s.userns = userNamespaces()
+	if s.userns && !cfg.NoUserNS {
+		if err := searchable(cfg.StateDir); err != nil {
+			return nil, err
+		}
+	} else {
+		s.userns = false
+	}
 	return s, nil
 }
 
@@ -316,4 +328,40 @@ func tail(f *os.File, offset int64) string {
 		lines = lines[len(lines)-3:]
 	}
 	return strings.Join(lines, "; ")
+}
+
+// userNamespaces reports whether the kernel lets us create user namespaces.
+func userNamespaces() bool {
+	b, err := os.ReadFile("/proc/sys/user/max_user_namespaces")
+	if err != nil {
+		return false
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return err == nil && n > 0
+}
+
+// searchable makes dir searchable by others (0711: they may pass through,
+// not list) and checks that every directory above it is too: a container's
+// init runs as an unprivileged ID of its user namespace and must reach the
+// root filesystem through this path.
+func searchable(dir string) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return err
+	}
+	for p := filepath.Dir(dir); ; p = filepath.Dir(p) {
+		st, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		if st.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("containers run in a user namespace and must reach %s, but %s is mode %o: make it searchable (chmod o+x %s) or move DataDirectory", dir, p, st.Mode().Perm(), p)
+		}
+		if p == "/" {
+			return nil
+		}
+	}
 }

@@ -61,6 +61,9 @@ type ociMount struct {
 }
 
 type ociLinux struct {
+	UIDMappings   []ociIDMap     `json:"uidMappings,omitempty"`
+	GIDMappings   []ociIDMap     `json:"gidMappings,omitempty"`
+	Devices       []ociDevice    `json:"devices"`
 	CgroupsPath   string         `json:"cgroupsPath"`
 	Resources     ociResources   `json:"resources"`
 	Namespaces    []ociNamespace `json:"namespaces"`
@@ -90,8 +93,27 @@ type ociPids struct {
 	Limit int64 `json:"limit"`
 }
 
+type ociIDMap struct {
+	ContainerID uint32 `json:"containerID"`
+	HostID      uint32 `json:"hostID"`
+	Size        uint32 `json:"size"`
+}
+
+type ociDevice struct {
+	Path     string `json:"path"`
+	Type     string `json:"type"`
+	Major    int64  `json:"major"`
+	Minor    int64  `json:"minor"`
+	FileMode uint32 `json:"fileMode"`
+	UID      uint32 `json:"uid"`
+	GID      uint32 `json:"gid"`
+}
+
 type ociDeviceCgr struct {
 	Allow  bool   `json:"allow"`
+	Type   string `json:"type,omitempty"`
+	Major  *int64 `json:"major,omitempty"`
+	Minor  *int64 `json:"minor,omitempty"`
 	Access string `json:"access"`
 }
 
@@ -152,8 +174,9 @@ func (s *Sandbox) buildSpec(id string, l Limits) *ociSpec {
 				Memory:  ociMemory{Limit: l.Memory},
 				CPU:     ociCPU{Quota: max(1000, int64(l.CPU*cpuPeriod)), Period: cpuPeriod},
 				Pids:    ociPids{Limit: int64(l.Processes)},
-				Devices: []ociDeviceCgr{{Allow: false, Access: "rwm"}},
+				Devices: deviceRules(),
 			},
+			Devices: devices(),
 			Namespaces: []ociNamespace{
 				{Type: "pid"}, {Type: "network"}, {Type: "ipc"}, {Type: "uts"}, {Type: "mount"}, {Type: "cgroup"},
 			},
@@ -162,12 +185,22 @@ func (s *Sandbox) buildSpec(id string, l Limits) *ociSpec {
 				"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
 				"/proc/interrupts", "/proc/meminfo", "/proc/cpuinfo", "/proc/stat", "/proc/loadavg",
 				"/proc/uptime", "/proc/diskstats", "/proc/net", "/sys/firmware",
+				// runc always adds these devices; masked, each is /dev/null.
+				"/dev/full", "/dev/random", "/dev/tty",
 			},
 			ReadonlyPaths: []string{
 				"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
 			},
 			Seccomp: seccompProfile(),
 		},
+	}
+	if s.userns {
+		// A user namespace: the runner's uid 65534 inside is an unprivileged
+		// uid of a range no one on the host uses; root inside (which nothing
+		// runs as) is no one outside either.
+		spec.Linux.Namespaces = append(spec.Linux.Namespaces, ociNamespace{Type: "user"})
+		spec.Linux.UIDMappings = []ociIDMap{{ContainerID: 0, HostID: UserNSBase, Size: 65536}}
+		spec.Linux.GIDMappings = []ociIDMap{{ContainerID: 0, HostID: UserNSBase, Size: 65536}}
 	}
 	if s.memsw {
 		swap := l.Memory // memory+swap equal to memory: no swap
@@ -183,4 +216,31 @@ type Limits struct {
 	CPUTime   time.Duration
 	Processes int
 	Storage   int64
+}
+
+// UserNSBase is the first host ID of the range containers' IDs map to.
+// The runner runs as 65534 inside, UserNSBase+65534 outside.
+const UserNSBase = 0x30000000
+
+// The only devices in a container: /dev/null, /dev/zero and /dev/urandom.
+var allowedDevices = []struct {
+	name         string
+	major, minor int64
+}{{"null", 1, 3}, {"zero", 1, 5}, {"urandom", 1, 9}}
+
+func devices() []ociDevice {
+	var out []ociDevice
+	for _, d := range allowedDevices {
+		out = append(out, ociDevice{Path: "/dev/" + d.name, Type: "c", Major: d.major, Minor: d.minor, FileMode: 0o666})
+	}
+	return out
+}
+
+// deviceRules denies every device in the cgroup, then allows the three.
+func deviceRules() []ociDeviceCgr {
+	out := []ociDeviceCgr{{Allow: false, Access: "rwm"}}
+	for _, d := range allowedDevices {
+		out = append(out, ociDeviceCgr{Allow: true, Type: "c", Major: &d.major, Minor: &d.minor, Access: "rw"})
+	}
+	return out
 }

@@ -106,3 +106,17 @@ func Traces(t testing.TB) []string {
 	Require(t, len(files) > 0, "packet captures in "+dir+" (../shared/traces beside the repository, or set BENTO_TRACES)")
 	return files
 }
+
+// TempDir returns a temporary directory that bentod may use as its
+// DataDirectory: it and its parents are searchable by others, as the
+// containers' user namespace needs (t.TempDir's parents are 0700).
+func TempDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
