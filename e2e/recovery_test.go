@@ -55,10 +55,46 @@ func TestCrashRecovery(t *testing.T) {
 		}
 	}
 	r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "get")
-	if r.Code != 5 || !strings.Contains(r.Stderr, "no instance has this token") {
+	if r.Code != 5 || !strings.Contains(r.Stderr, "the instance ended: bentod restarted") {
 		t.Fatalf("client of a lost instance: %s", r)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(d.DataDir, "instances")); len(ents) != 0 {
+		t.Fatalf("%d instance directories (stored data) remain with RestoreInstances 0", len(ents))
 	}
 	if !strings.Contains(d.log.String(), "removed containers left by an earlier bentod") {
 		t.Fatalf("restart did not report the reaping:\n%s", d.log)
+	}
+}
+
+// TestRestoreInstances: with RestoreInstances 1 a Dropbox keeps its tokens
+// and its data across a restart of bentod, whether bentod was stopped or
+// killed.
+func TestRestoreInstances(t *testing.T) {
+	for _, how := range []string{"SIGTERM", "SIGKILL"} {
+		t.Run(how, func(t *testing.T) {
+			d := startBentod(t, "RestoreInstances 1\n")
+			dep := deployCLI(t, d, fn("dropbox"))
+			if r := bento(t, "kept across restarts", "invoke", "-i", d.Addr, dep.InvocationToken, "put", "2"); r.Code != 0 {
+				t.Fatal(r)
+			}
+			if how == "SIGKILL" {
+				d.kill()
+			} else {
+				d.stop(t)
+			}
+			d.restart(t)
+			if !strings.Contains(d.log.String(), "restored=1") {
+				t.Errorf("restart did not report the restored instance:\n%s", d.log)
+			}
+			for i := 0; i < 2; i++ {
+				if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "get"); r.Code != 0 || r.Stdout != "kept across restarts" {
+					t.Fatalf("get %d after the restart: %s", i, r)
+				}
+			}
+			// max_gets was 2: it ended for good, as it would have anyway.
+			if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "get"); r.Code != 5 {
+				t.Fatalf("third get: %s", r)
+			}
+		})
 	}
 }

@@ -245,6 +245,15 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			default:
 				err = fail("OnionService takes 0 or 1")
 			}
+		case "restoreinstances":
+			switch l.value {
+			case "1":
+				p.RestoreInstances = true
+			case "0":
+				p.RestoreInstances = false
+			default:
+				err = fail("RestoreInstances takes 0 or 1")
+			}
 		case "onionserviceport":
 			n, e := strconv.Atoi(l.value)
 			if e != nil || n < 1 || n > 65535 {

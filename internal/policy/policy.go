@@ -50,6 +50,10 @@ type Policy struct {
 	OnionService       bool   // publish bentod as an onion service
 	OnionServicePort   int    // its virtual port (default: ListenAddress's port)
 
+	// RestoreInstances: instances (tokens, code, stored data) survive a
+	// restart of bentod, a crash included. Default off.
+	RestoreInstances bool
+
 	// Middlebox node policy.
 	APIs         map[string]bool
 	Images       []string

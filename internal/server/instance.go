@@ -39,21 +39,23 @@ type Instance struct {
 	c    *sandbox.Container
 	conn *wire.Conn
 
-	mu          sync.Mutex
-	sessions    map[string]*session
-	byInv       map[uint64]*session
-	nextInv     uint64
-	invoked     bool
-	outputUsed  int64
-	storageUsed int64
-	exiting     bool // the function called exit()
-	killReason  string
-	endReason   string
-	ended       chan struct{} // closed when the container is gone
-	endedAt     time.Time
-	released    bool
-	torSession  *torfw.Session // opened on the first tor.control call
-	st          *streams       // Tor streams and onion-service listeners
+	mu           sync.Mutex
+	sessions     map[string]*session
+	byInv        map[uint64]*session
+	nextInv      uint64
+	invoked      bool
+	outputUsed   int64
+	storageUsed  int64
+	exiting      bool // the function called exit()
+	killReason   string
+	endReason    string
+	ended        chan struct{} // closed when the container is gone
+	endedAt      time.Time
+	released     bool
+	created      time.Time // deploy time; the lifetime counts from it, across restarts
+	manifestText string
+	torSession   *torfw.Session // opened on the first tor.control call
+	st           *streams       // Tor streams and onion-service listeners
 }
 
 // control returns the instance's control-port firewall session.
@@ -190,7 +192,7 @@ func (in *Instance) startFailure(err error) error {
 
 // run serves the host API until the container ends, then tears down.
 func (in *Instance) run() {
-	lifetime := time.NewTimer(in.m.Resources.Lifetime)
+	lifetime := time.NewTimer(time.Until(in.created.Add(in.m.Resources.Lifetime)))
 	defer lifetime.Stop()
 	go func() {
 		select {
@@ -311,7 +313,20 @@ func (in *Instance) teardown(reason string) {
 		}
 		cancel()
 	}
+	select {
+	case <-in.srv.closed:
+		if in.srv.restore && reason == "bentod is shutting down" {
+			// Kept for the next bentod: the record and the stored data.
+			_ = os.Remove(filepath.Join(in.dir, "runner.log"))
+			close(in.ended)
+			in.srv.release(in)
+			in.log.Info("instance stopped; it will be restored", "instance", in.id)
+			return
+		}
+	default:
+	}
 	_ = os.RemoveAll(in.storageDir())
+	_ = os.Remove(filepath.Join(in.dir, recordFile))
 	_ = os.Remove(filepath.Join(in.dir, "runner.log"))
 	close(in.ended)
 	in.srv.release(in)

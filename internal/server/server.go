@@ -58,6 +58,8 @@ type Server struct {
 	usedMem   int64
 	usedCPU   float64
 	running   int
+	restore   bool                 // RestoreInstances, read at start
+	lost      map[tokenHash]string // tokens of instances a restart ended, and why
 
 	wg     sync.WaitGroup
 	closed chan struct{}
@@ -101,6 +103,8 @@ func New(opts Options) (*Server, error) {
 		instances: map[string]*Instance{},
 		byInv:     map[tokenHash]*Instance{},
 		byShut:    map[tokenHash]*Instance{},
+		lost:      map[tokenHash]string{},
+		restore:   p.RestoreInstances,
 		closed:    make(chan struct{}),
 	}
 	if s.log == nil {
@@ -115,11 +119,12 @@ func New(opts Options) (*Server, error) {
 	} else if n > 0 {
 		safelog.Notice(s.log, "removed containers left by an earlier bentod", "count", n)
 	}
-	// Instances do not survive a restart: their containers are gone.
-	_ = os.RemoveAll(s.instDir)
 	if err := os.MkdirAll(s.instDir, 0o700); err != nil {
 		return nil, err
 	}
+	// The containers of an earlier bentod are gone; its instances start
+	// again (RestoreInstances 1) or end with a clear answer to their clients.
+	s.recoverInstances()
 	go s.janitor()
 	return s, nil
 }
@@ -352,8 +357,9 @@ func (s *Server) deploy(d proto.Deploy, body []byte, log *slog.Logger) (*proto.D
 	inv, invHash := newToken(invPrefix)
 	shut, shutHash := newToken(shutPrefix)
 	in := &Instance{
-		id: newID("i-", 12), m: m, srv: s, log: s.log, invHash: invHash, shutHash: shutHash,
+		id: newID("i-", 12), m: m, srv: s, log: s.log, invHash: invHash, shutHash: shutHash, created: time.Now(),
 		files: files, sessions: map[string]*session{}, byInv: map[uint64]*session{}, ended: make(chan struct{}),
+		manifestText: d.Manifest,
 	}
 	in.dir = filepath.Join(s.instDir, in.id)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -373,6 +379,9 @@ func (s *Server) deploy(d proto.Deploy, body []byte, log *slog.Logger) (*proto.D
 		}
 		log.Warn("instance failed to start", "function", m.Name, "err", err, "runtime", lastLine(runnerLog))
 		return nil, &proto.Error{Code: proto.CodeInternal, Message: "could not start the function: " + err.Error()}
+	}
+	if err := in.saveRecord(d.Manifest); err != nil {
+		log.Warn("saving the instance record", "instance", in.id, "err", err)
 	}
 	s.mu.Lock()
 	s.instances[in.id] = in
@@ -506,7 +515,7 @@ var errBadToken = &proto.Error{Code: proto.CodeNotFound, Message: "no instance h
 func (s *Server) shutdown(tok string) *proto.Error {
 	in := s.lookup(tok, true)
 	if in == nil {
-		return errBadToken
+		return s.tokenError(tok)
 	}
 	if !in.isEnded() {
 		in.kill("shut down by its owner")

@@ -46,7 +46,7 @@ func (s *Server) openSession(f *wire.Frame) (*Instance, *session, int64, *proto.
 	}
 	in := s.lookup(req.Token, false)
 	if in == nil {
-		return nil, nil, 0, errBadToken
+		return nil, nil, 0, s.tokenError(req.Token)
 	}
 	if f.Type == proto.TAttach {
 		in.mu.Lock()
