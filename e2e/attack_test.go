@@ -205,3 +205,41 @@ func tokenArgs(cmd, addr, token string) []string {
 	}
 	return []string{cmd, addr, token}
 }
+
+// TestFairness: one client cannot take every slot. Two clients on
+// different addresses (127.0.0.2 and 127.0.0.3) each get their share.
+func TestFairness(t *testing.T) {
+	d := startBentod(t, "MaxInstances 5\nMaxInstancesPerClient 2\n")
+	fnc, err := client.LoadFunction(fn("dropbox"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := func(ip string) *client.Client {
+		cl := client.New(d.Addr)
+		cl.Dialer = &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		return cl
+	}
+	greedy, other := from("127.0.0.2"), from("127.0.0.3")
+	var held []*client.Deployed
+	for i := 0; i < 2; i++ {
+		dep, err := greedy.Deploy(ctx(t), fnc)
+		if err != nil {
+			t.Fatalf("greedy client's deploy %d: %v", i, err)
+		}
+		held = append(held, dep)
+	}
+	_, err = greedy.Deploy(ctx(t), fnc)
+	if !client.IsCode(err, client.CodeBusy) || !strings.Contains(err.Error(), "MaxInstancesPerClient") {
+		t.Fatalf("greedy client's third deploy: %v", err)
+	}
+	if _, err := other.Deploy(ctx(t), fnc); err != nil {
+		t.Fatalf("another client while the greedy one is at its share: %v", err)
+	}
+	// A slot given back is the greedy client's to use again.
+	if err := greedy.Shutdown(ctx(t), held[0].ShutdownToken); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := greedy.Deploy(ctx(t), fnc); err != nil {
+		t.Fatalf("after a shutdown: %v", err)
+	}
+}

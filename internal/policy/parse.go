@@ -355,6 +355,8 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			err = cores(&p.Aggregate.ReserveCPU)
 		case "maxinstances":
 			err = count(&p.Aggregate.Instances)
+		case "maxinstancesperclient":
+			err = count(&p.Aggregate.PerClient)
 		default:
 			err = fail("unknown keyword %q (see docs/operators.md for the list)", l.keyword)
 		}

@@ -72,6 +72,11 @@ type Aggregate struct {
 	ReserveMemory int64   // memory kept for tor and the system
 	ReserveCPU    float64 // cores kept for tor and the system
 	Instances     int     // instances at once
+	// PerClient bounds the instances one client address may hold at once
+	// (0: a quarter of Instances, at least 1). Clients reaching bentod
+	// through Tor all come from the relay's loopback address and are not
+	// told apart: only the other ceilings bound them.
+	PerClient int
 }
 
 // Default returns the safe default policy: no network, small quotas.

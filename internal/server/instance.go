@@ -54,6 +54,7 @@ type Instance struct {
 	released     bool
 	created      time.Time // deploy time; the lifetime counts from it, across restarts
 	manifestText string
+	client       string         // per-client fairness key ("" for Tor/loopback clients)
 	torSession   *torfw.Session // opened on the first tor.control call
 	st           *streams       // Tor streams and onion-service listeners
 }

@@ -60,6 +60,7 @@ type Server struct {
 	running   int
 	restore   bool                 // RestoreInstances, read at start
 	lost      map[tokenHash]string // tokens of instances a restart ended, and why
+	perClient map[string]int       // instances held, by client address
 
 	wg     sync.WaitGroup
 	closed chan struct{}
@@ -104,6 +105,7 @@ func New(opts Options) (*Server, error) {
 		byInv:     map[tokenHash]*Instance{},
 		byShut:    map[tokenHash]*Instance{},
 		lost:      map[tokenHash]string{},
+		perClient: map[string]int{},
 		restore:   p.RestoreInstances,
 		closed:    make(chan struct{}),
 	}
@@ -294,7 +296,7 @@ func (s *Server) handle(nc net.Conn) {
 				fail(proto.CodeBadRequest, "%v", err)
 				return
 			}
-			res, perr := s.deploy(d, f.Body, log)
+			res, perr := s.deploy(d, f.Body, clientKey(nc.RemoteAddr()), log)
 			if perr != nil {
 				_ = conn.Send(proto.TError, perr, nil)
 				continue
@@ -326,7 +328,7 @@ func (s *Server) handle(nc net.Conn) {
 }
 
 // deploy checks and starts a new instance.
-func (s *Server) deploy(d proto.Deploy, body []byte, log *slog.Logger) (*proto.Deployed, *proto.Error) {
+func (s *Server) deploy(d proto.Deploy, body []byte, client string, log *slog.Logger) (*proto.Deployed, *proto.Error) {
 	p := s.policy()
 	if size := int64(len(body) + len(d.Manifest)); size > p.Max.Upload {
 		return nil, &proto.Error{Code: proto.CodeTooLarge, Message: fmt.Sprintf("upload of %s exceeds this node's MaxUploadSize of %s", units.FormatSize(size), units.FormatSize(p.Max.Upload))}
@@ -351,7 +353,11 @@ func (s *Server) deploy(d proto.Deploy, body []byte, log *slog.Logger) (*proto.D
 	if _, ok := files[m.Entry]; !ok {
 		return nil, &proto.Error{Code: proto.CodeBadRequest, Message: fmt.Sprintf("entry file %q is not in the upload", m.Entry)}
 	}
+	if perr := s.admitClient(client); perr != nil {
+		return nil, perr
+	}
 	if perr := s.admit(m); perr != nil {
+		s.releaseClient(client)
 		return nil, perr
 	}
 	inv, invHash := newToken(invPrefix)
@@ -359,7 +365,7 @@ func (s *Server) deploy(d proto.Deploy, body []byte, log *slog.Logger) (*proto.D
 	in := &Instance{
 		id: newID("i-", 12), m: m, srv: s, log: s.log, invHash: invHash, shutHash: shutHash, created: time.Now(),
 		files: files, sessions: map[string]*session{}, byInv: map[uint64]*session{}, ended: make(chan struct{}),
-		manifestText: d.Manifest,
+		manifestText: d.Manifest, client: client,
 	}
 	in.dir = filepath.Join(s.instDir, in.id)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -373,6 +379,7 @@ func (s *Server) deploy(d proto.Deploy, body []byte, log *slog.Logger) (*proto.D
 		runnerLog, _ := os.ReadFile(filepath.Join(in.dir, "runner.log"))
 		_ = os.RemoveAll(in.dir)
 		s.unadmit(m)
+		s.releaseClient(client)
 		var le *loadError
 		if errors.As(err, &le) {
 			return nil, &proto.Error{Code: proto.CodeBadRequest, Message: "function failed to load: " + le.Error()}
@@ -440,6 +447,7 @@ func (s *Server) release(in *Instance) {
 	in.mu.Unlock()
 	if !done {
 		s.unadmit(in.m)
+		s.releaseClient(in.client)
 	}
 }
 
@@ -540,4 +548,49 @@ func lastLine(b []byte) string {
 		l = l[:300]
 	}
 	return l
+}
+
+// clientKey is the address per-client fairness counts by: the client's IP,
+// or "" for clients that come through the relay's tor (loopback), who
+// cannot be told apart.
+func clientKey(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return ""
+	}
+	ip := ta.IP
+	if ip.Equal(net.IPv4(127, 0, 0, 1)) || ip.Equal(net.IPv6loopback) {
+		return ""
+	}
+	return ip.String()
+}
+
+// admitClient reserves one of the client's slots.
+func (s *Server) admitClient(client string) *proto.Error {
+	if client == "" {
+		return nil
+	}
+	a := s.policy().Aggregate
+	limit := a.PerClient
+	if limit == 0 {
+		limit = max(1, a.Instances/4)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perClient[client] >= limit {
+		return &proto.Error{Code: proto.CodeBusy, Message: fmt.Sprintf("busy, retry later: you already hold %d instances here (MaxInstancesPerClient)", s.perClient[client])}
+	}
+	s.perClient[client]++
+	return nil
+}
+
+func (s *Server) releaseClient(client string) {
+	if client == "" {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perClient[client]--; s.perClient[client] <= 0 {
+		delete(s.perClient, client)
+	}
 }
