@@ -1,0 +1,72 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/torbento/bento/internal/testutil"
+)
+
+// TestSecurityTable keeps docs/SECURITY.md's table of attacks and the tests
+// one for one: every test it names exists, and every case of the
+// adversarial tests (TestAttacks, TestLimits) is in the table.
+func TestSecurityTable(t *testing.T) {
+	root := testutil.RepoRoot()
+	doc, err := os.ReadFile(filepath.Join(root, "docs", "SECURITY.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every test source of the repository, by file.
+	sources := map[string]string{}
+	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err == nil && strings.HasSuffix(p, "_test.go") {
+			b, _ := os.ReadFile(p)
+			sources[p] = string(b)
+		}
+		return nil
+	})
+	named := map[string]bool{}
+	rows := 0
+	for _, line := range strings.Split(string(doc), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) != 5 || !strings.HasPrefix(strings.TrimSpace(cells[3]), "`Test") {
+			continue
+		}
+		rows++
+		ref := strings.Trim(strings.TrimSpace(cells[3]), "`")
+		named[ref] = true
+		fn, sub, _ := strings.Cut(ref, "/")
+		found := false
+		for _, src := range sources {
+			if strings.Contains(src, "func "+fn+"(t *testing.T)") && (sub == "" || strings.Contains(src, `"`+sub+`"`)) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			t.Errorf("docs/SECURITY.md names %s, which is not a test", ref)
+		}
+	}
+	if rows < 20 {
+		t.Fatalf("found %d attack rows in docs/SECURITY.md; the table's format changed?", rows)
+	}
+	cases := map[string]*regexp.Regexp{
+		"TestAttacks": regexp.MustCompile(`t\.Run\("([a-z-]+)"`),
+		"TestLimits":  regexp.MustCompile(`\{"([a-z]+)", "[a-z ]+limit`),
+	}
+	for fn, re := range cases {
+		for p, src := range sources {
+			if !strings.Contains(src, "func "+fn+"(t *testing.T)") {
+				continue
+			}
+			for _, m := range re.FindAllStringSubmatch(src, -1) {
+				if !named[fn+"/"+m[1]] {
+					t.Errorf("%s/%s (%s) is not in docs/SECURITY.md's table", fn, m[1], filepath.Base(p))
+				}
+			}
+		}
+	}
+}
