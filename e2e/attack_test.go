@@ -5,12 +5,16 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net"
+	"os"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/torbento/bento/client"
+	"github.com/torbento/bento/internal/privs"
 )
 
 // neighbour is an innocent instance whose calls are timed before and
@@ -241,5 +245,34 @@ func TestFairness(t *testing.T) {
 	}
 	if _, err := greedy.Deploy(ctx(t), fnc); err != nil {
 		t.Fatalf("after a shutdown: %v", err)
+	}
+}
+
+// TestBentodPrivileges: bentod keeps only the capabilities runc needs, on
+// every thread and for everything it starts.
+func TestBentodPrivileges(t *testing.T) {
+	d := startBentod(t, "")
+	if r := bento(t, "", "run", d.Addr, fn("hello")); r.Code != 0 {
+		t.Fatalf("bentod with fewer privileges cannot run functions: %s", r)
+	}
+	bnd, err := privs.Bounding(d.cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want uint64
+	for _, c := range privs.Needed {
+		want |= 1 << c
+	}
+	mine, err := privs.Bounding(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want &= mine; bnd != want {
+		t.Fatalf("bentod's capability bounding set is %#x, want %#x (privs.Needed within the test's own %#x)", bnd, want, mine)
+	}
+	for _, c := range []int{unix.CAP_SYS_MODULE, unix.CAP_SYS_TIME, unix.CAP_NET_RAW, unix.CAP_SYS_BOOT, unix.CAP_SYSLOG, unix.CAP_BPF} {
+		if bnd&(1<<c) != 0 {
+			t.Errorf("bentod may still use capability %d", c)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -134,10 +135,24 @@ func (d *daemon) stop(t testing.TB) {
 	if ents, _ := os.ReadDir(filepath.Join(d.DataDir, "bundles")); len(ents) > 0 {
 		t.Errorf("%d bundles left behind", len(ents))
 	}
+	// No cgroup of any instance this bentod started, and no mount under
+	// its data directory.
+	for _, id := range instanceRE.FindAllString(d.log.String(), -1) {
+		for _, cg := range []string{"/sys/fs/cgroup/memory/bento", "/sys/fs/cgroup/pids/bento", "/sys/fs/cgroup/cpu/bento", "/sys/fs/cgroup/bento"} {
+			if _, err := os.Stat(filepath.Join(cg, strings.TrimPrefix(id, "instance="))); err == nil {
+				t.Errorf("cgroup %s/%s left behind", cg, id)
+			}
+		}
+	}
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil && strings.Contains(string(mi), d.DataDir) {
+		t.Errorf("mounts under %s left behind", d.DataDir)
+	}
 	if t.Failed() {
 		t.Logf("bentod log:\n%s", d.log)
 	}
 }
+
+var instanceRE = regexp.MustCompile(`instance=i-[0-9a-f]+`)
 
 // kill ends bentod at once, as a crash would.
 func (d *daemon) kill() {

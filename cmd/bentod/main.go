@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/torbento/bento/internal/policy"
+	"github.com/torbento/bento/internal/privs"
 	"github.com/torbento/bento/internal/safelog"
 	"github.com/torbento/bento/internal/server"
 	"github.com/torbento/bento/internal/torlink"
@@ -57,6 +58,11 @@ func run() int {
 	}
 	safelog.SetSafe(p.SafeLogging)
 	log := safelog.New(os.Stderr, p.LogLevel)
+	// Keep only what runc and bentod need; nothing below can regain the rest.
+	if err := privs.Drop(privs.Needed); err != nil {
+		log.Error("dropping privileges", "err", err)
+		return 1
+	}
 	srv, err := server.New(server.Options{Policy: p, Logger: log})
 	if err != nil {
 		log.Error("cannot start", "err", err)
