@@ -40,8 +40,8 @@ import (
 const Password = "privnet"
 
 // Options shape the network. The zero value gives 3 authorities, 2 exits,
-// 1 middle relay and a client: 7 tors, the smallest network in which onion
-// services work (they need 4 relays or more).
+// 2 middle relays and a client: 8 tors. Onion services need 4 relays or
+// more; several services hosted by one relay need a few more.
 type Options struct {
 	Authorities int // default 3
 	Exits       int // default 2
@@ -69,7 +69,7 @@ func (o *Options) defaults() {
 	}
 	def(&o.Authorities, 3)
 	def(&o.Exits, 2)
-	def(&o.Middles, 1)
+	def(&o.Middles, 2)
 	def(&o.BasePort, 5000)
 	def(&o.SocksPort, 9050)
 	def(&o.ControlPort, 9051)
@@ -432,6 +432,13 @@ func (n *Net) writeTorrcs(hash string) error {
 			w("ServerDNSDetectHijacking 0")
 			w("ServerDNSAllowBrokenConfig 1")
 			if nd.Role == Exit {
+				// Exits host Bento's onion services. In a network of a
+				// handful of relays, vanguards-lite leaves too few nodes for
+				// a third hop once the host, its guard and its layer-2
+				// vanguards are excluded ("Failed to find node for hop #3"
+				// for introduction circuits); the public network has
+				// thousands of relays and does not need this.
+				w("VanguardsLiteEnabled 0")
 				w("ExitRelay 1")
 				w("RefuseUnknownExits 0")
 				w("ExitPolicyRejectPrivate 0")

@@ -46,6 +46,7 @@ type Link struct {
 	events    map[string]bool
 	handlers  []func(*torctl.Reply)
 	uploaded  map[string]chan struct{} // onion service IDs waiting for their first upload
+	uploads   map[string]*uploadCount  // descriptor uploads under way, by service ID
 	exit      *exitpolicy.Policy       // the relay's exit policy, read at each connection
 }
 
@@ -56,6 +57,9 @@ func (l *Link) ExitPolicy() *exitpolicy.Policy {
 	defer l.mu.Unlock()
 	return l.exit
 }
+
+// uploadCount follows the HS_DESC events of one service's first upload.
+type uploadCount struct{ started, done, ok int }
 
 // Subscribe asks for events on every connection and passes them to h,
 // from the reading goroutine and in order. Call it before Run.
@@ -72,10 +76,33 @@ func (l *Link) dispatch(r *torctl.Reply) {
 	l.mu.Lock()
 	hs := make([]func(*torctl.Reply), len(l.handlers))
 	copy(hs, l.handlers)
-	if words, _, err := torctl.ParseLine(r.Lines[0].Text); err == nil && len(words) >= 3 && words[0] == "HS_DESC" && words[1] == "UPLOADED" {
-		if ch, ok := l.uploaded[words[2]]; ok {
+	if words, _, err := torctl.ParseLine(r.Lines[0].Text); err == nil && len(words) >= 3 && words[0] == "HS_DESC" {
+		id := words[2]
+		u := l.uploads[id]
+		if _, waiting := l.uploaded[id]; !waiting {
+			// Only services someone waits for are followed (a waiter is
+			// registered as ADD_ONION answers, before any upload starts).
+		} else if u == nil {
+			u = &uploadCount{}
+			l.uploads[id] = u
+		}
+		switch {
+		case u == nil:
+		case words[1] == "UPLOAD":
+			u.started++
+		case words[1] == "UPLOADED":
+			u.done++
+			u.ok++
+		case words[1] == "FAILED":
+			u.done++
+		}
+		// Ready once every HSDir tor is uploading to has answered and one
+		// at least took the descriptor: a client asking any of them then
+		// finds it.
+		if ch, waiting := l.uploaded[id]; waiting && u != nil && u.ok > 0 && u.done >= u.started {
 			close(ch)
-			delete(l.uploaded, words[2])
+			delete(l.uploaded, id)
+			delete(l.uploads, id)
 		}
 	}
 	l.mu.Unlock()
@@ -85,7 +112,9 @@ func (l *Link) dispatch(r *torctl.Reply) {
 }
 
 // WaitUploaded returns a channel closed when tor has uploaded a descriptor
-// of onion service id to an HSDir: from then on clients can reach it.
+// of onion service id to the HSDirs responsible for it (every upload it
+// started has been answered, one at least accepted): from then on clients
+// can find it.
 // Clients that look a service up too early are told it does not exist and
 // do not ask the same HSDirs again for 15 minutes.
 func (l *Link) WaitUploaded(id string) <-chan struct{} {
@@ -115,7 +144,7 @@ func New(p *policy.Policy, target string, log *slog.Logger) (*Link, error) {
 		vp = p.OnionServicePort
 	}
 	l := &Link{dataDir: p.DataDirectory, onion: p.OnionService, virtPort: vp, target: target, log: log,
-		events: map[string]bool{"HS_DESC": true}, uploaded: map[string]chan struct{}{}}
+		events: map[string]bool{"HS_DESC": true}, uploaded: map[string]chan struct{}{}, uploads: map[string]*uploadCount{}}
 	network, addr := torctl.ParseAddr(p.TorControlPort)
 	l.keeper = &torctl.Keeper{
 		Network: network, Addr: addr,
