@@ -98,6 +98,17 @@ func main() {
 		f.Close()
 		p("dev_"+d, fmt.Sprintf("%d:%d", st.Rdev>>8&0xfff, st.Rdev&0xff|st.Rdev>>12&0xfff00))
 	}
+	// Other processes: the pid namespace shows only the container's own.
+	procs := 0
+	pents, _ := os.ReadDir("/proc")
+	for _, e := range pents {
+		if e.Name()[0] >= '0' && e.Name()[0] <= '9' {
+			procs++
+		}
+	}
+	p("procs", procs)
+	_, err = os.ReadFile("/proc/1/environ")
+	p("pid1_environ", errno(err))
 	p("mknod", errno(syscall.Mknod("/tmp/mem", syscall.S_IFCHR|0o666, 1<<8|1)))
 	if m, err := os.ReadFile("/proc/self/uid_map"); err == nil {
 		p("uid_map", strings.Join(strings.Fields(string(m)), " "))
