@@ -177,7 +177,8 @@ func TestLightboxIDS(t *testing.T) {
 // TestLightboxTUN feeds the gateway live packets from a TUN device, all
 // inside a network namespace made for the test (only lo and tun0): UDP
 // datagrams sent to an address routed into tun0 go through etap to the
-// middlebox and back, into the gateway's output capture.
+// middlebox and back, into the gateway's output capture and, injected
+// through tun1, into the kernel.
 func TestLightboxTUN(t *testing.T) {
 	testutil.RequireSandbox(t)
 	_, err := exec.LookPath("ip")
@@ -197,6 +198,17 @@ func TestLightboxTUN(t *testing.T) {
 	sh(in("ip", "tuntap", "add", "dev", "tun0", "mode", "tun")...)
 	sh(in("ip", "addr", "add", "10.99.0.1/24", "dev", "tun0")...)
 	sh(in("ip", "link", "set", "tun0", "up")...)
+	// tun1: where the gateway injects what comes back.
+	sh(in("ip", "tuntap", "add", "dev", "tun1", "mode", "tun")...)
+	sh(in("ip", "addr", "add", "10.98.0.1/24", "dev", "tun1")...)
+	sh(in("ip", "link", "set", "tun1", "up")...)
+	rx := func() string {
+		out, _ := exec.Command("ip", "netns", "exec", ns, "cat", "/sys/class/net/tun1/statistics/rx_packets").Output()
+		return strings.TrimSpace(string(out))
+	}
+	if got := rx(); got != "0" {
+		t.Fatalf("tun1 received %s packets before the test", got)
+	}
 
 	bin := filepath.Join(testutil.Binaries(t), "lightbox")
 	dir := t.TempDir()
@@ -213,7 +225,7 @@ func TestLightboxTUN(t *testing.T) {
 	defer mb.Process.Kill()
 	var gw *exec.Cmd
 	for i := 0; i < 100; i++ {
-		args := in(bin, "gateway", "-connect", "127.0.0.1:8890", "-psk", psk, "-tun", "tun0", "-packets", "3", "-out", out)
+		args := in(bin, "gateway", "-connect", "127.0.0.1:8890", "-psk", psk, "-tun", "tun0", "-packets", "3", "-out", out, "-tun-out", "tun1")
 		gw = exec.Command(args[0], args[1:]...)
 		gw.Stderr = &gwOut
 		if err := gw.Start(); err != nil {
@@ -253,6 +265,10 @@ func TestLightboxTUN(t *testing.T) {
 		if !bytes.HasSuffix(p.Data, []byte(want)) || p.Data[0]>>4 != 4 || p.Data[9] != 17 {
 			t.Fatalf("packet %d is not the UDP datagram %q: % x", i, want, p.Data)
 		}
+	}
+	// The three came back into the kernel through tun1.
+	if got := rx(); got != "3" {
+		t.Fatalf("tun1 received %s packets, want the 3 returned ones", got)
 	}
 	t.Logf("%s%s", gwOut.String(), mbOut.String())
 }

@@ -1,7 +1,7 @@
 // Command lightbox runs the two ends of a LightBox tunnel.
 //
 //	lightbox middlebox -listen ADDR -psk FILE [-run forward|monitor|firewall|ids] [-rules FILE] [-model bounce|direct] [-out FILE]
-//	lightbox gateway   -connect ADDR -psk FILE (-in CAPTURE [-realtime] | -tun NAME [-packets N]) [-rate N] [-record-size N] [-out FILE]
+//	lightbox gateway   -connect ADDR -psk FILE (-in CAPTURE [-realtime] | -tun NAME [-packets N]) [-rate N] [-record-size N] [-out FILE] [-tun-out NAME]
 //
 // The gateway reads a pcap, pcapng or gzip-compressed capture and sends
 // its packets through etap; the middlebox receives them, processes them,
@@ -50,7 +50,7 @@ func main() {
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   lightbox middlebox -listen ADDR -psk FILE [-run forward|monitor|firewall|ids] [-rules FILE] [-model bounce|direct] [-out FILE] [-report FILE]
-  lightbox gateway   -connect ADDR -psk FILE (-in CAPTURE [-realtime] | -tun NAME [-packets N]) [-rate N] [-record-size N] [-out FILE]
+  lightbox gateway   -connect ADDR -psk FILE (-in CAPTURE [-realtime] | -tun NAME [-packets N]) [-rate N] [-record-size N] [-out FILE] [-tun-out NAME]
 `)
 	os.Exit(2)
 }
@@ -154,6 +154,7 @@ func runGateway(args []string) error {
 	rate := fs.Float64("rate", 0, "constant rate in records per second (0: as fast as possible)")
 	size := fs.Int("record-size", etap.DefaultRecordSize, "record size in bytes")
 	out := fs.String("out", "", "bounce model: capture file to write returned packets to")
+	tunOut := fs.String("tun-out", "", "bounce model: inject returned packets into this TUN device")
 	fs.Parse(args)
 	psk, err := lightbox.ReadPSK(*pskFile)
 	if err != nil {
@@ -190,6 +191,12 @@ func runGateway(args []string) error {
 		}
 		defer f.Close()
 		cfg.Returned = f
+	}
+	if *tunOut != "" {
+		if cfg.ReturnTUN, err = capture.OpenTUN(*tunOut); err != nil {
+			return err
+		}
+		defer cfg.ReturnTUN.Close()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

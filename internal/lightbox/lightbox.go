@@ -140,6 +140,9 @@ type GatewayConfig struct {
 	Packets  int          // TUN: stop after this many packets (0: until ctx ends)
 	Realtime bool         // replay at the capture's timing
 	Returned io.Writer    // Bounce: packets coming back, written as pcap (nil: discard)
+	// ReturnTUN, in the bounce model, injects the packets coming back into
+	// this TUN device: the gateway forwards what the middlebox let through.
+	ReturnTUN *capture.TUN
 }
 
 // RunGateway sends the capture through etap and, when the middlebox
@@ -176,6 +179,12 @@ func RunGateway(ctx context.Context, cfg GatewayConfig) (sent, returned Stats, e
 				return
 			}
 			returned.Packets++
+			if cfg.ReturnTUN != nil {
+				if err := cfg.ReturnTUN.Write(p.Data); err != nil {
+					back <- fmt.Errorf("injecting a returned packet: %w", err)
+					return
+				}
+			}
 			if w != nil {
 				if err := w.WritePacket(gopacket.CaptureInfo{Timestamp: p.Time, CaptureLength: len(p.Data), Length: p.OrigLen}, p.Data); err != nil {
 					back <- err
