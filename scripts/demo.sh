@@ -23,6 +23,7 @@ fi
 
 B=bin
 work=$(mktemp -d /tmp/bento-demo.XXXXXX)
+chmod 711 "$work" # containers, in a user namespace, reach their root file system through it
 pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done

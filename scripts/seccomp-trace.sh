@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
 command -v strace >/dev/null || apt-get install -y -qq strace >/dev/null
 work=$(mktemp -d /tmp/bento-trace.XXXXXX)
+chmod 711 "$work" # containers, in a user namespace, reach their root file system through it
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cat >"$work/rc" <<RC
 ListenAddress 127.0.0.1:17790

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test.sh: set up, then run every check and test: gofmt, go vet,
 # staticcheck, the unit and end-to-end suites with the race detector (real
-# runc containers), and a short run of every fuzz target.
+# runc containers), a short run of every fuzz target, and the demo.
 #
 # Under CI=true a missing prerequisite fails the tests instead of skipping.
 set -euo pipefail
@@ -49,4 +49,14 @@ status=${PIPESTATUS[0]}
 passed=$(grep -c '^ok ' /tmp/bento-test.log || true)
 failed=$(grep -c '^FAIL' /tmp/bento-test.log || true)
 echo "packages: ${passed} passed, ${failed} failed"
-exit "$status"
+[ "$status" = 0 ] || exit "$status"
+
+# The README's demo is part of the product: it must keep working.
+step "demo (scripts/demo.sh, over a private Tor network)"
+if bash scripts/demo.sh >/tmp/bento-demo.log 2>&1 && grep -q '^demo finished' /tmp/bento-demo.log; then
+	echo "demo finished"
+else
+	cat /tmp/bento-demo.log
+	echo "the demo failed"
+	exit 1
+fi
