@@ -188,6 +188,7 @@ func (h hostCall) torStream(name string) (any, []byte, error) {
 				select {
 				case <-h.in.srv.tor.WaitUploaded(id):
 				case <-ctx.Done():
+					h.in.srv.tor.StopWaiting(id)
 					return nil, nil, fmt.Errorf("tor.listen: the onion service's descriptor was not uploaded within a minute")
 				}
 				return runner.StreamResult{Onion: id + ".onion"}, nil, nil

@@ -111,6 +111,15 @@ func (l *Link) dispatch(r *torctl.Reply) {
 	}
 }
 
+// StopWaiting forgets a wait that gave up (a service that never finished
+// its upload).
+func (l *Link) StopWaiting(id string) {
+	l.mu.Lock()
+	delete(l.uploaded, id)
+	delete(l.uploads, id)
+	l.mu.Unlock()
+}
+
 // WaitUploaded returns a channel closed when tor has uploaded a descriptor
 // of onion service id to the HSDirs responsible for it (every upload it
 // started has been answered, one at least accepted): from then on clients
