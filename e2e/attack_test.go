@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -42,11 +41,6 @@ func (n *neighbour) call(t *testing.T) time.Duration {
 	return time.Since(start)
 }
 
-func medianOf(d []time.Duration) time.Duration {
-	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-	return d[len(d)/2]
-}
-
 // during runs attack while timing the neighbour's calls, and checks they
 // stay fast: bentod and the other instances are unaffected.
 func (n *neighbour) during(t *testing.T, attack func() result) result {
@@ -67,7 +61,7 @@ func (n *neighbour) during(t *testing.T, attack func() result) result {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	mb, md := medianOf(before), medianOf(during)
+	mb, md := median(before), median(during)
 	t.Logf("neighbour's calls: median %v before, %v during (%d calls)", mb.Round(time.Microsecond), md.Round(time.Microsecond), len(during))
 	if md > time.Second && md > 20*mb {
 		t.Errorf("the neighbour slowed from %v to %v during the attack", mb, md)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # demo.sh: set up, then show Bento's main job over a private Tor network on
-# this machine (Debian's tor: 3 directory authorities, 2 exits, a middle
-# relay and a client, inside a network namespace that has only loopback).
+# this machine (Debian's tor: 3 directory authorities, 2 exits, 2 middle
+# relays and a client, inside a network namespace that has only loopback).
 #
 # Two Bento servers run beside the two exit relays, each published as an
 # onion service. The user, through the Tor client: reads a server's policy;

@@ -544,6 +544,41 @@ func (s *Session) addOnion(ctx context.Context, args []string) (*torctl.Reply, e
 	return filtered, nil
 }
 
+func circuitsOf(s *Session) map[string]bool { return s.circuits }
+func streamsOf(s *Session) map[string]bool  { return s.streams }
+
+func ended(status string) bool { return status == "CLOSED" || status == "FAILED" }
+
+// adopt returns the session owning id in table. An ID nobody owns yet is
+// adopted by the session whose SOCKS username tor reported (user), if any.
+// fw.mu is held.
+func (fw *Firewall) adopt(table map[string]*Session, owned func(*Session) map[string]bool, id, user string) *Session {
+	if s := table[id]; s != nil || user == "" {
+		return s
+	}
+	s := fw.sessions[user]
+	if s != nil {
+		table[id] = s
+		s.mu.Lock()
+		owned(s)[id] = true
+		s.mu.Unlock()
+	}
+	return s
+}
+
+// forget returns a function that drops id from table and from its owner,
+// to run once the event has been delivered.
+func (fw *Firewall) forget(table map[string]*Session, owned func(*Session) map[string]bool, id string, owner *Session) func() {
+	return func() {
+		fw.mu.Lock()
+		delete(table, id)
+		fw.mu.Unlock()
+		owner.mu.Lock()
+		delete(owned(owner), id)
+		owner.mu.Unlock()
+	}
+}
+
 // HandleEvent takes an event from bentod's own connection, updates
 // ownership and passes it to the owning function if it subscribed.
 func (fw *Firewall) HandleEvent(r *torctl.Reply) {
@@ -563,43 +598,20 @@ func (fw *Firewall) HandleEvent(r *torctl.Reply) {
 		if len(words) < 3 {
 			break
 		}
-		id := words[1]
-		owner = fw.circ[id]
-		if owner == nil && ev == "CIRC" {
-			if s := fw.sessions[kv["SOCKS_USERNAME"]]; s != nil && kv["SOCKS_USERNAME"] != "" {
-				owner = s
-				fw.circ[id] = s
-				s.mu.Lock()
-				s.circuits[id] = true
-				s.mu.Unlock()
-			}
+		id, user := words[1], ""
+		if ev == "CIRC" {
+			user = kv["SOCKS_USERNAME"] // CIRC_MINOR never adopts
 		}
-		if ev == "CIRC" && (words[2] == "CLOSED" || words[2] == "FAILED") && owner != nil {
-			o := owner
-			closed = func() {
-				fw.mu.Lock()
-				delete(fw.circ, id)
-				fw.mu.Unlock()
-				o.mu.Lock()
-				delete(o.circuits, id)
-				o.mu.Unlock()
-			}
+		owner = fw.adopt(fw.circ, circuitsOf, id, user)
+		if ev == "CIRC" && ended(words[2]) && owner != nil {
+			closed = fw.forget(fw.circ, circuitsOf, id, owner)
 		}
 	case "STREAM":
 		if len(words) < 3 {
 			break
 		}
 		id := words[1]
-		owner = fw.strm[id]
-		if owner == nil {
-			if s := fw.sessions[kv["SOCKS_USERNAME"]]; s != nil && kv["SOCKS_USERNAME"] != "" {
-				owner = s
-				fw.strm[id] = s
-				s.mu.Lock()
-				s.streams[id] = true
-				s.mu.Unlock()
-			}
-		}
+		owner = fw.adopt(fw.strm, streamsOf, id, kv["SOCKS_USERNAME"])
 		if owner != nil && words[2] == "SENTCONNECT" {
 			owner.mu.Lock()
 			if ch, ok := owner.expect[kv["SOCKS_PASSWORD"]]; ok && kv["SOCKS_USERNAME"] == owner.owner {
@@ -608,16 +620,8 @@ func (fw *Firewall) HandleEvent(r *torctl.Reply) {
 			}
 			owner.mu.Unlock()
 		}
-		if (words[2] == "CLOSED" || words[2] == "FAILED") && owner != nil {
-			o := owner
-			closed = func() {
-				fw.mu.Lock()
-				delete(fw.strm, id)
-				fw.mu.Unlock()
-				o.mu.Lock()
-				delete(o.streams, id)
-				o.mu.Unlock()
-			}
+		if ended(words[2]) && owner != nil {
+			closed = fw.forget(fw.strm, streamsOf, id, owner)
 		}
 	case "HS_DESC":
 		if len(words) >= 3 {
