@@ -41,8 +41,10 @@ func newIndex(capacity int, keyOf func(int32) *Key) *index {
 	return &index{seed: maphash.MakeSeed(), buckets: make([]bucket, nb), mask: uint64(nb - 1), keyOf: keyOf}
 }
 
-func (x *index) hash(k *Key) (b1, b2 uint64, tag uint32) {
-	h := maphash.Bytes(x.seed, k[:])
+// sum is the keyed hash of k; the manager computes it once per lookup.
+func (x *index) sum(k *Key) uint64 { return maphash.Bytes(x.seed, k[:]) }
+
+func (x *index) split(h uint64) (b1, b2 uint64, tag uint32) {
 	b1 = h & x.mask
 	b2 = (h >> 32) & x.mask
 	if b2 == b1 {
@@ -51,9 +53,9 @@ func (x *index) hash(k *Key) (b1, b2 uint64, tag uint32) {
 	return b1, b2, uint32(h>>40) | 1
 }
 
-// find returns the slot holding k, or nil.
-func (x *index) find(k *Key) *slot {
-	b1, b2, tag := x.hash(k)
+// find returns the slot holding k (hash h), or nil.
+func (x *index) find(k *Key, h uint64) *slot {
+	b1, b2, tag := x.split(h)
 	for _, b := range [2]uint64{b1, b2} {
 		bk := &x.buckets[b]
 		for i := range bk {
@@ -70,10 +72,30 @@ func (x *index) find(k *Key) *slot {
 	return nil
 }
 
+// candidate returns the entry of a slot in the two buckets of hash h whose
+// tag matches, or -1, without reading the entry table: a swap-in starts
+// the entry's, the stored state's and the victim's memory accesses
+// together from it, then confirms the key with find. Both buckets are
+// read before either is searched, so their cache misses overlap.
+func (x *index) candidate(h uint64) int32 {
+	b1, b2, tag := x.split(h)
+	p, q := &x.buckets[b1], &x.buckets[b2]
+	for i := range p {
+		a, b := p[i], q[i]
+		if a.tag == tag {
+			return a.ent
+		}
+		if b.tag == tag {
+			return b.ent
+		}
+	}
+	return -1
+}
+
 // insert adds k → ent; k must be absent. Slots move during displacement,
 // so callers keep no slot pointers across an insert.
-func (x *index) insert(k Key, ent int32) {
-	b1, b2, tag := x.hash(&k)
+func (x *index) insert(k Key, ent int32, h uint64) {
+	b1, b2, tag := x.split(h)
 	cur := slot{tag: tag, ent: ent}
 	x.n++
 	for _, b := range [2]uint64{b1, b2} {
@@ -86,7 +108,7 @@ func (x *index) insert(k Key, ent int32) {
 	for kick := 0; kick < maxKicks; kick++ {
 		i := kick % slotsPerBucket
 		cur, x.buckets[b][i] = x.buckets[b][i], cur
-		o1, o2, _ := x.hash(x.keyOf(cur.ent))
+		o1, o2, _ := x.split(x.sum(x.keyOf(cur.ent)))
 		if b == o1 {
 			b = o2
 		} else {
@@ -113,9 +135,9 @@ func (x *index) place(b uint64, s slot) bool {
 	return false
 }
 
-// remove deletes k.
-func (x *index) remove(k *Key) bool {
-	s := x.find(k)
+// remove deletes k (hash h).
+func (x *index) remove(k *Key, h uint64) bool {
+	s := x.find(k, h)
 	if s == nil {
 		return false
 	}
@@ -139,11 +161,13 @@ func (x *index) grow() {
 	for bi := range old {
 		for _, s := range old[bi] {
 			if s.used() {
-				x.insert(*x.keyOf(s.ent), s.ent)
+				k := x.keyOf(s.ent)
+				x.insert(*k, s.ent, x.sum(k))
 			}
 		}
 	}
 	for _, s := range stash {
-		x.insert(*x.keyOf(s.ent), s.ent)
+		k := x.keyOf(s.ent)
+		x.insert(*k, s.ent, x.sum(k))
 	}
 }

@@ -75,18 +75,35 @@ var (
 	ErrFreshness = errors.New("flowstate: stored state failed verification (stale, replayed, swapped or altered); flow dropped")
 )
 
+// An entry is one tracked flow in the trusted index: 64 bytes, one cache
+// line. Its store slot is its own position in the entry table, so a slot
+// and its version counter stay together for good: the pair (slot, version)
+// is never sealed twice, even when the entry is reused for another flow.
 type entry struct {
-	key     Key
+	key     Key  // 37 bytes
+	inUse   bool //
+	_       [2]byte
+	cached  int32  // cache slot, or -1 when the state is in the store
 	version uint64 // seals so far; the store's blob must be seal number version
-	handle  uint64 // store slot, valid once hasBlob
-	hasBlob bool
-	cached  int32 // cache slot, or -1 when stored
-	last    int64 // last access, trusted clock (ns)
-	inUse   bool
+	last    int64  // last access (ns, trusted clock); while cached, the cache's copy is current
+}
+
+// A cslot describes what one trusted cache slot holds.
+type cslot struct {
+	key  Key // the cached flow, compared on every hit
+	ent  int32
+	hash uint32 // low bits of the flow's hash: its home in the cache table
+	last int64  // last access (ns, trusted clock)
 }
 
 // Manager tracks flow states. It is not safe for concurrent use: a
 // middlebox runs it on its one processing goroutine.
+//
+// A lookup hashes the flow key once. A hit is answered by the cache
+// alone: a small open-addressed table from flow to cache slot (8 bytes a
+// slot, sized for the cache, so it stays in the CPU's caches), the slot's
+// description (key and last access) and the state. Only a miss goes to the
+// cuckoo index over every flow, the entry table and the store.
 type Manager struct {
 	cfg     Config
 	idx     *index
@@ -98,17 +115,21 @@ type Manager struct {
 	// the slot's reference bit; eviction sweeps the hand past referenced
 	// slots, clearing their bits, and takes the first unreferenced one.
 	states    []byte
-	owner     []int32 // entry of each cache slot, -1 when free
+	slots     []cslot
 	ref       []bool
 	hand      int32
 	freeSlots []int32
+	// ctab maps cached flows to their slots, linear probing: each word is
+	// hash>>32 << 32 | slot+1, 0 when empty.
+	ctab  []uint64
+	cmask uint64
 
-	aead       cipher.AEAD
-	nonceCtr   uint64
-	nextHandle uint64
-	blob       []byte
-	nonce      [12]byte
-	aadBuf     []byte
+	aead     cipher.AEAD
+	nonceCtr uint64
+	blob     []byte
+	nonce    [12]byte
+	aadBuf   []byte
+	sink     byte // where prefetch's loads go
 
 	Stats Stats
 }
@@ -135,15 +156,20 @@ func New(cfg Config) (*Manager, error) {
 	}
 	blk, _ := aes.NewCipher(key)
 	g, _ := cipher.NewGCM(blk)
+	nt := 1
+	for nt < 2*cfg.CacheEntries { // load at most 1/2: short probes
+		nt <<= 1
+	}
 	m := &Manager{
 		cfg: cfg, aead: g,
 		states: make([]byte, cfg.CacheEntries*cfg.StateSize),
-		owner:  make([]int32, cfg.CacheEntries), ref: make([]bool, cfg.CacheEntries),
+		slots:  make([]cslot, cfg.CacheEntries), ref: make([]bool, cfg.CacheEntries),
+		ctab: make([]uint64, nt), cmask: uint64(nt - 1),
 		entries: make([]entry, 0, cfg.ExpectedFlows),
 	}
 	m.idx = newIndex(cfg.ExpectedFlows, func(ei int32) *Key { return &m.entries[ei].key })
 	for i := cfg.CacheEntries - 1; i >= 0; i-- {
-		m.owner[i] = -1
+		m.slots[i].ent = -1
 		m.freeSlots = append(m.freeSlots, int32(i))
 	}
 	return m, nil
@@ -160,65 +186,110 @@ func (m *Manager) state(slot int32) []byte {
 	return m.states[off : off+m.cfg.StateSize : off+m.cfg.StateSize]
 }
 
+// cfind returns the cache slot holding flow k (hash h), or -1.
+func (m *Manager) cfind(k *Key, h uint64) int32 {
+	tag := h >> 32 << 32
+	for i := h & m.cmask; ; i = (i + 1) & m.cmask {
+		w := m.ctab[i]
+		if w == 0 {
+			return -1
+		}
+		if w&^0xffffffff == tag {
+			if s := int32(uint32(w)) - 1; m.slots[s].key == *k {
+				return s
+			}
+		}
+	}
+}
+
+func (m *Manager) cinsert(h uint64, slot int32) {
+	i := h & m.cmask
+	for m.ctab[i] != 0 {
+		i = (i + 1) & m.cmask
+	}
+	m.ctab[i] = h>>32<<32 | uint64(slot+1)
+}
+
+// cdelete removes slot's flow from the cache table, shifting back the
+// words after it that would otherwise be cut off from their home.
+func (m *Manager) cdelete(slot int32) {
+	i := uint64(m.slots[slot].hash) & m.cmask
+	for uint32(m.ctab[i]) != uint32(slot+1) {
+		i = (i + 1) & m.cmask
+	}
+	for j := (i + 1) & m.cmask; m.ctab[j] != 0; j = (j + 1) & m.cmask {
+		home := uint64(m.slots[uint32(m.ctab[j])-1].hash) & m.cmask
+		// Move j's word into the hole at i unless its home lies in (i, j].
+		if (j-home)&m.cmask >= (j-i)&m.cmask {
+			m.ctab[i] = m.ctab[j]
+			i = j
+		}
+	}
+	m.ctab[i] = 0
+}
+
 // Lookup returns the state of flow k, creating a zeroed one if the flow is
 // new (created is then true). The slice stays valid until the next call
 // of any Manager method; writes to it are the flow's new state. now is the
 // trusted clock.
 func (m *Manager) Lookup(k Key, now time.Time) (state []byte, created bool, err error) {
-	s := m.idx.find(&k)
+	h := m.idx.sum(&k)
+	if c := m.cfind(&k, h); c >= 0 {
+		m.Stats.Hits++
+		m.slots[c].last = now.UnixNano()
+		m.ref[c] = true
+		return m.state(c), false, nil
+	}
+	victim := m.nextVictim()
+	if ei := m.idx.candidate(h); ei >= 0 {
+		m.prefetch(ei, victim)
+	}
+	s := m.idx.find(&k, h)
 	if s == nil {
 		ei := m.newEntry(k)
-		slot, err := m.takeSlot()
+		slot, err := m.takeSlot(victim)
 		if err != nil {
 			m.dropEntry(ei)
 			return nil, false, err
 		}
-		m.idx.insert(k, ei)
-		m.attach(ei, slot)
+		m.idx.insert(k, ei, h)
+		m.attach(ei, slot, h, now)
 		st := m.state(slot)
 		clear(st)
-		m.entries[ei].last = now.UnixNano()
 		m.Stats.Creates++
 		return st, true, nil
 	}
-	ei := s.ent
-	e := &m.entries[ei]
-	e.last = now.UnixNano()
-	if e.cached >= 0 {
-		m.Stats.Hits++
-		m.ref[e.cached] = true
-		return m.state(e.cached), false, nil
-	}
 	// Swap in: make room, then open the sealed state into the slot.
-	slot, err := m.takeSlot()
+	ei := s.ent
+	slot, err := m.takeSlot(victim)
 	if err != nil {
 		return nil, false, err
 	}
 	if err := m.load(ei, slot); err != nil {
 		m.freeSlots = append(m.freeSlots, slot)
-		m.idx.remove(&k)
+		m.idx.remove(&k, h)
 		m.dropEntry(ei)
 		return nil, false, err
 	}
-	m.attach(ei, slot)
+	m.attach(ei, slot, h, now)
 	m.Stats.SwapIns++
 	return m.state(slot), false, nil
 }
 
 // Remove stops tracking flow k (a FIN or RST, say).
 func (m *Manager) Remove(k Key) bool {
-	s := m.idx.find(&k)
+	h := m.idx.sum(&k)
+	s := m.idx.find(&k, h)
 	if s == nil {
 		return false
 	}
 	ei := s.ent
-	m.idx.remove(&k)
-	if e := &m.entries[ei]; e.hasBlob && e.cached < 0 {
-		_ = m.cfg.Store.Delete(e.handle)
-	}
+	m.idx.remove(&k, h)
 	if c := m.entries[ei].cached; c >= 0 {
-		m.owner[c] = -1
+		m.detach(c)
 		m.freeSlots = append(m.freeSlots, c)
+	} else {
+		_ = m.cfg.Store.Delete(uint64(ei))
 	}
 	m.dropEntry(ei)
 	return true
@@ -237,7 +308,14 @@ func (m *Manager) Expire(now time.Time, onExpire func(Key, []byte)) int {
 	var tmp []byte
 	for ei := range m.entries {
 		e := &m.entries[ei]
-		if !e.inUse || e.last > limit {
+		if !e.inUse {
+			continue
+		}
+		last := e.last
+		if e.cached >= 0 {
+			last = m.slots[e.cached].last
+		}
+		if last > limit {
 			continue
 		}
 		if onExpire != nil {
@@ -260,48 +338,77 @@ func (m *Manager) Expire(now time.Time, onExpire func(Key, []byte)) int {
 }
 
 func (m *Manager) newEntry(k Key) int32 {
-	e := entry{key: k, cached: -1, inUse: true}
 	if n := len(m.freeEnt); n > 0 {
 		ei := m.freeEnt[n-1]
 		m.freeEnt = m.freeEnt[:n-1]
-		// Reuse the store slot, and keep counting its versions: the pair
-		// (handle, version) is never sealed twice, even across flows.
-		old := m.entries[ei]
-		e.handle, e.hasBlob, e.version = old.handle, old.hasBlob, old.version
-		m.entries[ei] = e
+		// Keep counting the slot's versions: the pair (slot, version) is
+		// never sealed twice, even across flows.
+		e := &m.entries[ei]
+		e.key, e.inUse, e.cached = k, true, -1
 		return ei
 	}
-	m.entries = append(m.entries, e)
+	m.entries = append(m.entries, entry{key: k, inUse: true, cached: -1})
 	return int32(len(m.entries) - 1)
 }
 
-// dropEntry frees an entry; its store slot stays with the entry for reuse.
+// dropEntry frees an entry; its store slot and version stay with it.
 func (m *Manager) dropEntry(ei int32) {
 	e := &m.entries[ei]
 	e.inUse, e.cached = false, -1
 	m.freeEnt = append(m.freeEnt, ei)
 }
 
-// takeSlot returns a free cache slot, evicting a state not used since the
-// hand last passed (CLOCK) into the store if the cache is full.
-func (m *Manager) takeSlot() (int32, error) {
-	if n := len(m.freeSlots); n > 0 {
-		s := m.freeSlots[n-1]
-		m.freeSlots = m.freeSlots[:n-1]
-		return s, nil
+// nextVictim returns -1 if a cache slot is free, or else the slot to
+// evict: the first one the CLOCK hand finds not used since it last passed.
+func (m *Manager) nextVictim() int32 {
+	if len(m.freeSlots) > 0 {
+		return -1
 	}
 	victim := m.hand
 	for m.ref[victim] {
 		m.ref[victim] = false
-		victim = (victim + 1) % int32(len(m.owner))
+		victim = (victim + 1) % int32(len(m.slots))
 	}
-	m.hand = (victim + 1) % int32(len(m.owner))
-	ei := m.owner[victim]
+	m.hand = (victim + 1) % int32(len(m.slots))
+	return victim
+}
+
+// prefetch reads, all at once, the memory a swap-in of entry ei over the
+// victim slot (if not -1) is about to use: the entry, its sealed state in
+// the store, the victim's state and its entry. At a million flows each of
+// these is a cache miss; Go has no prefetch instruction, but independent
+// loads whose results are combined let the CPU wait for all of them in
+// the time of one, where the swap-in alone would take them one by one.
+func (m *Manager) prefetch(ei, victim int32) {
+	x := m.entries[ei].key[0]
+	if victim >= 0 {
+		x ^= byte(m.entries[m.slots[victim].ent].version)
+		st := m.state(victim)
+		for i := 0; i < len(st); i += 64 {
+			x ^= st[i]
+		}
+	}
+	if p, ok := m.cfg.Store.(prefetcher); ok {
+		x ^= p.prefetch(uint64(ei))
+	}
+	m.sink = x
+}
+
+// takeSlot returns a free cache slot if victim is -1, or else empties
+// victim, sealing its state into the store.
+func (m *Manager) takeSlot(victim int32) (int32, error) {
+	if victim < 0 {
+		n := len(m.freeSlots)
+		s := m.freeSlots[n-1]
+		m.freeSlots = m.freeSlots[:n-1]
+		return s, nil
+	}
+	ei := m.slots[victim].ent
 	if err := m.seal(ei, m.state(victim)); err != nil {
 		return -1, err
 	}
-	m.owner[victim] = -1
-	m.entries[ei].cached = -1
+	m.entries[ei].last = m.slots[victim].last
+	m.detach(victim)
 	m.Stats.Evictions++
 	return victim, nil
 }
@@ -309,36 +416,32 @@ func (m *Manager) takeSlot() (int32, error) {
 // seal writes state as the next version of entry ei into the store.
 func (m *Manager) seal(ei int32, state []byte) error {
 	e := &m.entries[ei]
-	if !e.hasBlob {
-		e.handle, e.hasBlob = m.nextHandle, true
-		m.nextHandle++
-	}
 	e.version++
 	m.nonceCtr++
 	binary.BigEndian.PutUint64(m.nonce[4:], m.nonceCtr)
 	m.blob = append(m.blob[:0], m.nonce[:]...)
-	m.blob = m.aead.Seal(m.blob, m.nonce[:], state, m.aad(e))
-	return m.cfg.Store.Put(e.handle, m.blob)
+	m.blob = m.aead.Seal(m.blob, m.nonce[:], state, m.aad(ei))
+	return m.cfg.Store.Put(uint64(ei), m.blob)
 }
 
 // aad binds a sealed state to its flow, its store slot and its version.
-func (m *Manager) aad(e *entry) []byte {
+func (m *Manager) aad(ei int32) []byte {
+	e := &m.entries[ei]
 	a := append(m.aadBuf[:0], e.key[:]...)
-	a = binary.BigEndian.AppendUint64(a, e.handle)
+	a = binary.BigEndian.AppendUint64(a, uint64(ei))
 	m.aadBuf = binary.BigEndian.AppendUint64(a, e.version)
 	return m.aadBuf
 }
 
 // open fetches and verifies entry ei's sealed state, appending it to into.
 func (m *Manager) open(ei int32, into []byte) ([]byte, error) {
-	e := &m.entries[ei]
 	var err error
-	m.blob, err = m.cfg.Store.Get(e.handle, m.blob[:0])
+	m.blob, err = m.cfg.Store.Get(uint64(ei), m.blob[:0])
 	if err != nil || len(m.blob) != m.BlobSize() {
 		return nil, ErrFreshness
 	}
 	m.Stats.Verifications++
-	out, err := m.aead.Open(into, m.blob[:12], m.blob[12:], m.aad(e))
+	out, err := m.aead.Open(into, m.blob[:12], m.blob[12:], m.aad(ei))
 	if err != nil {
 		return nil, ErrFreshness
 	}
@@ -351,8 +454,19 @@ func (m *Manager) load(ei int32, slot int32) error {
 	return err
 }
 
-func (m *Manager) attach(ei int32, slot int32) {
-	m.owner[slot] = ei
-	m.entries[ei].cached = slot
+// attach puts entry ei (hash h) into cache slot.
+func (m *Manager) attach(ei int32, slot int32, h uint64, now time.Time) {
+	e := &m.entries[ei]
+	e.cached = slot
+	m.slots[slot] = cslot{key: e.key, ent: ei, hash: uint32(h), last: now.UnixNano()}
+	m.cinsert(h, slot)
 	m.ref[slot] = true
+}
+
+// detach empties cache slot; the caller reuses or frees it.
+func (m *Manager) detach(slot int32) {
+	m.cdelete(slot)
+	m.entries[m.slots[slot].ent].cached = -1
+	m.slots[slot].ent = -1
+	m.ref[slot] = false
 }

@@ -114,7 +114,7 @@ func TestFreshness(t *testing.T) {
 		}
 		s[0] = b
 	}
-	handleOf := func(m *Manager, k Key) uint64 { return m.entries[m.idx.find(&k).ent].handle }
+	handleOf := func(m *Manager, k Key) uint64 { return uint64(m.idx.find(&k, m.idx.sum(&k)).ent) }
 	a, b := key(1), key(2)
 
 	// Replay: keep A's first seal, let A change and be sealed again, put

@@ -69,6 +69,25 @@ func (s *MemStore) Get(h uint64, into []byte) ([]byte, error) {
 	return append(into, s.slot(h)...), nil
 }
 
+// A prefetcher is a store that can start reading a blob ahead of Get.
+type prefetcher interface {
+	prefetch(h uint64) byte
+}
+
+// prefetch reads one byte of every cache line of h's slot.
+func (s *MemStore) prefetch(h uint64) byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var x byte
+	if int(h) < len(s.present) {
+		b := s.slot(h)
+		for i := 0; i < len(b); i += 64 {
+			x ^= b[i]
+		}
+	}
+	return x
+}
+
 // Delete forgets h.
 func (s *MemStore) Delete(h uint64) error {
 	s.mu.Lock()
