@@ -31,14 +31,15 @@ type index struct {
 	stash   []slot
 	n       int
 	keyOf   func(ent int32) *Key
+	mem     *arena
 }
 
-func newIndex(capacity int, keyOf func(int32) *Key) *index {
+func newIndex(mem *arena, capacity int, keyOf func(int32) *Key) *index {
 	nb := 1
 	for nb*slotsPerBucket < capacity*2 { // keep the load under ~50%
 		nb <<= 1
 	}
-	return &index{seed: maphash.MakeSeed(), buckets: make([]bucket, nb), mask: uint64(nb - 1), keyOf: keyOf}
+	return &index{seed: maphash.MakeSeed(), buckets: alloc[bucket](mem, nb), mask: uint64(nb - 1), keyOf: keyOf, mem: mem}
 }
 
 // sum is the keyed hash of k; the manager computes it once per lookup.
@@ -155,7 +156,7 @@ func (x *index) remove(k *Key, h uint64) bool {
 // grow doubles the table and re-inserts everything.
 func (x *index) grow() {
 	old, stash := x.buckets, x.stash
-	x.buckets = make([]bucket, 2*len(old))
+	x.buckets = alloc[bucket](x.mem, 2*len(old))
 	x.mask = uint64(len(x.buckets) - 1)
 	x.stash, x.n = nil, 0
 	for bi := range old {
@@ -170,4 +171,5 @@ func (x *index) grow() {
 		k := x.keyOf(s.ent)
 		x.insert(*k, s.ent, x.sum(k))
 	}
+	release(x.mem, old)
 }

@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"time"
 )
 
@@ -92,7 +93,7 @@ type entry struct {
 type cslot struct {
 	key  Key // the cached flow, compared on every hit
 	ent  int32
-	hash uint32 // low bits of the flow's hash: its home in the cache table
+	hash uint32 // the flow's hash>>32: its word (and home) in the cache table
 	last int64  // last access (ns, trusted clock)
 }
 
@@ -120,10 +121,13 @@ type Manager struct {
 	hand      int32
 	freeSlots []int32
 	// ctab maps cached flows to their slots, linear probing: each word is
-	// hash>>32 << 32 | slot+1, 0 when empty.
+	// hash>>32 << 32 | slot+1, 0 when empty; a word's home is (hash>>32) &
+	// cmask, so moving words never needs the slots' descriptions.
 	ctab  []uint64
 	cmask uint64
 
+	mem      *arena // where the large tables live
+	ownStore *MemStore
 	aead     cipher.AEAD
 	nonceCtr uint64
 	blob     []byte
@@ -144,8 +148,10 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.StateSize <= 0 || cfg.CacheEntries <= 0 {
 		return nil, fmt.Errorf("flowstate: StateSize and CacheEntries must be positive")
 	}
+	var own *MemStore
 	if cfg.Store == nil {
-		cfg.Store = NewMemStore()
+		own = NewMemStore()
+		cfg.Store = own
 	}
 	if cfg.ExpectedFlows < cfg.CacheEntries {
 		cfg.ExpectedFlows = cfg.CacheEntries
@@ -160,19 +166,34 @@ func New(cfg Config) (*Manager, error) {
 	for nt < 2*cfg.CacheEntries { // load at most 1/2: short probes
 		nt <<= 1
 	}
+	mem := &arena{}
 	m := &Manager{
-		cfg: cfg, aead: g,
-		states: make([]byte, cfg.CacheEntries*cfg.StateSize),
-		slots:  make([]cslot, cfg.CacheEntries), ref: make([]bool, cfg.CacheEntries),
-		ctab: make([]uint64, nt), cmask: uint64(nt - 1),
-		entries: make([]entry, 0, cfg.ExpectedFlows),
+		cfg: cfg, aead: g, mem: mem, ownStore: own,
+		states: alloc[byte](mem, cfg.CacheEntries*cfg.StateSize),
+		slots:  alloc[cslot](mem, cfg.CacheEntries), ref: make([]bool, cfg.CacheEntries),
+		ctab: alloc[uint64](mem, nt), cmask: uint64(nt - 1),
+		entries: alloc[entry](mem, cfg.ExpectedFlows)[:0],
 	}
-	m.idx = newIndex(cfg.ExpectedFlows, func(ei int32) *Key { return &m.entries[ei].key })
+	m.idx = newIndex(mem, cfg.ExpectedFlows, func(ei int32) *Key { return &m.entries[ei].key })
+	runtime.AddCleanup(m, func(a *arena) { a.free() }, mem)
 	for i := cfg.CacheEntries - 1; i >= 0; i-- {
 		m.slots[i].ent = -1
 		m.freeSlots = append(m.freeSlots, int32(i))
 	}
 	return m, nil
+}
+
+// Close releases the manager's memory (and that of the store it made
+// itself, if Config.Store was nil). States it handed out become invalid;
+// the manager must not be used again. A manager that is not closed
+// releases its memory when the garbage collector finds it unreachable.
+func (m *Manager) Close() {
+	m.mem.free()
+	m.states, m.slots, m.ctab, m.entries = nil, nil, nil, nil
+	m.idx.buckets = nil
+	if m.ownStore != nil {
+		m.ownStore.Close()
+	}
 }
 
 // BlobSize is the size of one sealed state in the store.
@@ -189,7 +210,7 @@ func (m *Manager) state(slot int32) []byte {
 // cfind returns the cache slot holding flow k (hash h), or -1.
 func (m *Manager) cfind(k *Key, h uint64) int32 {
 	tag := h >> 32 << 32
-	for i := h & m.cmask; ; i = (i + 1) & m.cmask {
+	for i := (h >> 32) & m.cmask; ; i = (i + 1) & m.cmask {
 		w := m.ctab[i]
 		if w == 0 {
 			return -1
@@ -203,7 +224,7 @@ func (m *Manager) cfind(k *Key, h uint64) int32 {
 }
 
 func (m *Manager) cinsert(h uint64, slot int32) {
-	i := h & m.cmask
+	i := (h >> 32) & m.cmask
 	for m.ctab[i] != 0 {
 		i = (i + 1) & m.cmask
 	}
@@ -218,7 +239,7 @@ func (m *Manager) cdelete(slot int32) {
 		i = (i + 1) & m.cmask
 	}
 	for j := (i + 1) & m.cmask; m.ctab[j] != 0; j = (j + 1) & m.cmask {
-		home := uint64(m.slots[uint32(m.ctab[j])-1].hash) & m.cmask
+		home := (m.ctab[j] >> 32) & m.cmask
 		// Move j's word into the hole at i unless its home lies in (i, j].
 		if (j-home)&m.cmask >= (j-i)&m.cmask {
 			m.ctab[i] = m.ctab[j]
@@ -347,7 +368,7 @@ func (m *Manager) newEntry(k Key) int32 {
 		e.key, e.inUse, e.cached = k, true, -1
 		return ei
 	}
-	m.entries = append(m.entries, entry{key: k, inUse: true, cached: -1})
+	m.entries = append(grow(m.mem, m.entries), entry{key: k, inUse: true, cached: -1})
 	return int32(len(m.entries) - 1)
 }
 
@@ -374,24 +395,118 @@ func (m *Manager) nextVictim() int32 {
 }
 
 // prefetch reads, all at once, the memory a swap-in of entry ei over the
-// victim slot (if not -1) is about to use: the entry, its sealed state in
-// the store, the victim's state and its entry. At a million flows each of
+// victim slot (if not -1) is about to use: the entry and its sealed state
+// in the store; the victim's state, entry, store slot and cache table
+// word. At a million flows each of
 // these is a cache miss; Go has no prefetch instruction, but independent
 // loads whose results are combined let the CPU wait for all of them in
 // the time of one, where the swap-in alone would take them one by one.
 func (m *Manager) prefetch(ei, victim int32) {
 	x := m.entries[ei].key[0]
+	p, _ := m.cfg.Store.(prefetcher)
 	if victim >= 0 {
-		x ^= byte(m.entries[m.slots[victim].ent].version)
-		st := m.state(victim)
-		for i := 0; i < len(st); i += 64 {
-			x ^= st[i]
+		v := &m.slots[victim]
+		x ^= byte(m.entries[v.ent].version) ^ byte(m.ctab[uint64(v.hash)&m.cmask])
+		x ^= touch(m.state(victim))
+		if p != nil {
+			x ^= p.prefetch(uint64(v.ent))
 		}
 	}
-	if p, ok := m.cfg.Store.(prefetcher); ok {
+	if p != nil {
 		x ^= p.prefetch(uint64(ei))
 	}
 	m.sink = x
+}
+
+// Prefetch is a hint that flows keys are about to be looked up, in any
+// order: it reads, together, what those Lookups will need — each flow's
+// cache table word and cached state, or for a flow not cached its index
+// buckets, entry and sealed state, and the slots the CLOCK hand will
+// evict for them. A middlebox calls it with the keys of a batch of
+// packets (an etap record's) before processing them, so that their cache
+// misses overlap instead of being waited for one after another; it is
+// LightBox's batched, pipelined state fetch. It changes nothing.
+func (m *Manager) Prefetch(keys []Key) {
+	for len(keys) > 0 {
+		n := min(len(keys), prefetchBatch)
+		m.prefetchBatch(keys[:n])
+		keys = keys[n:]
+	}
+}
+
+// prefetchBatch is how many keys Prefetch reads ahead together: enough to
+// fill the CPU's queue of outstanding misses, few enough that what it
+// brings in stays in the L1 and L2 caches until used.
+const prefetchBatch = 32
+
+// maxTouch bounds the cache lines Prefetch reads of one state or blob; the
+// hardware's stream prefetcher brings in the rest of a long one.
+const maxTouch = 16
+
+func touch(b []byte) byte {
+	var x byte
+	for i := 0; i < len(b) && i < maxTouch*64; i += 64 {
+		x ^= b[i]
+	}
+	return x
+}
+
+func (m *Manager) prefetchBatch(keys []Key) {
+	var hs [prefetchBatch]uint64
+	var misses [prefetchBatch]uint8
+	var x uint64
+	// 1: every key's cache table word.
+	for i := range keys {
+		h := m.idx.sum(&keys[i])
+		hs[i] = h
+		x ^= m.ctab[(h>>32)&m.cmask]
+	}
+	// 2: cached flows' states (the first lines, which middleboxes update
+	// on every packet); for the rest, both index buckets.
+	nm := 0
+	for i := range keys {
+		if c := m.cfind(&keys[i], hs[i]); c >= 0 {
+			st := m.state(c)
+			x ^= uint64(st[0]) ^ uint64(st[min(64, len(st)-1)])
+			continue
+		}
+		b1, b2, _ := m.idx.split(hs[i])
+		x ^= uint64(m.idx.buckets[b1][0].tag ^ m.idx.buckets[b2][0].tag)
+		misses[nm] = uint8(i)
+		nm++
+	}
+	if nm == 0 {
+		m.sink ^= byte(x)
+		return
+	}
+	// 3: the entries and sealed states of flows not cached.
+	p, _ := m.cfg.Store.(prefetcher)
+	for _, i := range misses[:nm] {
+		if ei := m.idx.candidate(hs[i]); ei >= 0 {
+			x ^= uint64(m.entries[ei].key[0])
+			if p != nil {
+				x ^= uint64(p.prefetch(uint64(ei)))
+			}
+		}
+	}
+	// 4: the victims, the next slots the hand would find unreferenced:
+	// their states (to be sealed), entries, store slots and table words.
+	if len(m.freeSlots) < nm {
+		v := m.hand
+		for seen, found := 0, len(m.freeSlots); seen < len(m.slots) && found < nm; seen++ {
+			if sl := &m.slots[v]; !m.ref[v] && sl.ent >= 0 {
+				x ^= uint64(touch(m.state(v))) ^ m.entries[sl.ent].version ^ m.ctab[uint64(sl.hash)&m.cmask]
+				if p != nil {
+					x ^= uint64(p.prefetch(uint64(sl.ent)))
+				}
+				found++
+			}
+			if v++; int(v) == len(m.slots) {
+				v = 0
+			}
+		}
+	}
+	m.sink ^= byte(x)
 }
 
 // takeSlot returns a free cache slot if victim is -1, or else empties
@@ -458,7 +573,7 @@ func (m *Manager) load(ei int32, slot int32) error {
 func (m *Manager) attach(ei int32, slot int32, h uint64, now time.Time) {
 	e := &m.entries[ei]
 	e.cached = slot
-	m.slots[slot] = cslot{key: e.key, ent: ei, hash: uint32(h), last: now.UnixNano()}
+	m.slots[slot] = cslot{key: e.key, ent: ei, hash: uint32(h >> 32), last: now.UnixNano()}
 	m.cinsert(h, slot)
 	m.ref[slot] = true
 }

@@ -2,12 +2,15 @@ package flowstate
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"math/rand"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func key(i int) Key {
@@ -84,8 +87,23 @@ func TestAgainstMap(t *testing.T) {
 							delete(lastSeen, k)
 						}
 					}
+				case r < 76: // a batch's prefetch hint, flows known or not
+					keys := make([]Key, rng.Intn(3*prefetchBatch))
+					for i := range keys {
+						keys[i] = key(rng.Intn(500))
+					}
+					before := m.Stats
+					hand := m.hand
+					refs := append([]bool(nil), m.ref...)
+					m.Prefetch(keys)
+					if m.Stats != before || m.hand != hand || !slices.Equal(refs, m.ref) {
+						t.Fatalf("op %d: Prefetch changed the manager", op)
+					}
 				default: // idle time passes
 					now = now.Add(time.Duration(rng.Intn(3000)) * time.Millisecond)
+				}
+				if op%97 == 0 {
+					checkInvariants(t, m)
 				}
 				if m.Len() != len(oracle) {
 					t.Fatalf("op %d: %d flows tracked, oracle has %d", op, m.Len(), len(oracle))
@@ -96,6 +114,43 @@ func TestAgainstMap(t *testing.T) {
 			}
 			t.Logf("%+v", m.Stats)
 		})
+	}
+}
+
+// checkInvariants checks that the cache table and the cache slots agree:
+// every cached flow is found through the table, in the slot its entry
+// names, and the table holds nothing else.
+func checkInvariants(t *testing.T, m *Manager) {
+	t.Helper()
+	cached := 0
+	for c := range m.slots {
+		sl := &m.slots[c]
+		if sl.ent < 0 {
+			continue
+		}
+		cached++
+		if e := &m.entries[sl.ent]; !e.inUse || e.cached != int32(c) || e.key != sl.key {
+			t.Fatalf("cache slot %d and entry %d disagree", c, sl.ent)
+		}
+		if got := m.cfind(&sl.key, m.idx.sum(&sl.key)); got != int32(c) {
+			t.Fatalf("cached flow in slot %d found in slot %d", c, got)
+		}
+	}
+	words := 0
+	for _, w := range m.ctab {
+		if w != 0 {
+			words++
+		}
+	}
+	if words != cached || cached+len(m.freeSlots) != len(m.slots) {
+		t.Fatalf("%d table words, %d cached states, %d free slots of %d", words, cached, len(m.freeSlots), len(m.slots))
+	}
+}
+
+// An entry is one cache line.
+func TestEntrySize(t *testing.T) {
+	if n := unsafe.Sizeof(entry{}); n != 64 {
+		t.Fatalf("entry is %d bytes", n)
 	}
 }
 
@@ -203,4 +258,45 @@ func TestKey(t *testing.T) {
 	if k.Reverse().Reverse() != k || k.Reverse() == k {
 		t.Fatal("Reverse")
 	}
+}
+
+// TestLargeTables uses tables big enough to live in their own mappings
+// (huge pages), grows the entry table and the index past their first
+// size, and checks every flow.
+func TestLargeTables(t *testing.T) {
+	const n = 150_000
+	m, err := New(Config{StateSize: 64, CacheEntries: 1 << 16, ExpectedFlows: 70_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if len(m.mem.maps) == 0 {
+		t.Fatal("no table was mapped")
+	}
+	now := time.Unix(0, 0)
+	for pass := 0; pass < 2; pass++ {
+		keys := make([]Key, 0, prefetchBatch)
+		for i := 0; i < n; i++ {
+			if len(keys) == 0 {
+				for j := i; j < min(n, i+prefetchBatch); j++ {
+					keys = append(keys, key(j))
+				}
+				m.Prefetch(keys)
+			}
+			keys = keys[1:]
+			st, created, err := m.Lookup(key(i), now)
+			if err != nil || created != (pass == 0) {
+				t.Fatalf("pass %d flow %d: created=%v err=%v", pass, i, created, err)
+			}
+			if pass == 0 {
+				binary.BigEndian.PutUint32(st, uint32(i))
+			} else if got := binary.BigEndian.Uint32(st); got != uint32(i) {
+				t.Fatalf("flow %d has the state of flow %d", i, got)
+			}
+		}
+	}
+	if m.Len() != n || m.Stats.SwapIns == 0 {
+		t.Fatalf("Len %d, %+v", m.Len(), m.Stats)
+	}
+	checkInvariants(t, m)
 }

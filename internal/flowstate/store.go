@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 )
 
@@ -21,23 +22,36 @@ var ErrNoBlob = errors.New("flowstate: no blob under this handle")
 
 // MemStore keeps blobs in memory outside the trusted cache (the analogue
 // of LightBox's untrusted host memory): fixed-size slots in chunks of
-// 1024, handle h in chunk h/1024. Growing adds a chunk and never copies.
+// about 4 MiB (huge pages), handle h in chunk h>>shift. Growing adds a
+// chunk and never copies.
 type MemStore struct {
 	mu      sync.Mutex
 	size    int
+	shift   uint // log2 of the slots per chunk
 	chunks  [][]byte
 	present []bool
+	mem     *arena
 }
-
-const chunkSlots = 1024
 
 // NewMemStore returns an empty MemStore; the blob size is set by the
 // first Put.
-func NewMemStore() *MemStore { return &MemStore{} }
+func NewMemStore() *MemStore {
+	s := &MemStore{mem: &arena{}}
+	runtime.AddCleanup(s, func(a *arena) { a.free() }, s.mem)
+	return s
+}
+
+// Close releases the store's memory; it must not be used again.
+func (s *MemStore) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mem.free()
+	s.chunks, s.present = nil, nil
+}
 
 func (s *MemStore) slot(h uint64) []byte {
-	off := int(h%chunkSlots) * s.size
-	return s.chunks[h/chunkSlots][off : off+s.size]
+	off := int(h&(1<<s.shift-1)) * s.size
+	return s.chunks[h>>s.shift][off : off+s.size]
 }
 
 // Put stores a copy of blob.
@@ -46,13 +60,15 @@ func (s *MemStore) Put(h uint64, blob []byte) error {
 	defer s.mu.Unlock()
 	if s.size == 0 {
 		s.size = len(blob)
+		for s.shift = 10; s.size<<s.shift < hugeMin; s.shift++ {
+		}
 	}
 	if len(blob) != s.size {
 		return fmt.Errorf("flowstate: blob of %d bytes in a store of %d-byte slots", len(blob), s.size)
 	}
 	for int(h) >= len(s.present) {
-		s.chunks = append(s.chunks, make([]byte, chunkSlots*s.size))
-		s.present = append(s.present, make([]bool, chunkSlots)...)
+		s.chunks = append(s.chunks, alloc[byte](s.mem, s.size<<s.shift))
+		s.present = append(s.present, make([]bool, 1<<s.shift)...)
 	}
 	copy(s.slot(h), blob)
 	s.present[h] = true
@@ -78,14 +94,10 @@ type prefetcher interface {
 func (s *MemStore) prefetch(h uint64) byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var x byte
-	if int(h) < len(s.present) {
-		b := s.slot(h)
-		for i := 0; i < len(b); i += 64 {
-			x ^= b[i]
-		}
+	if int(h) >= len(s.present) {
+		return 0
 	}
-	return x
+	return touch(s.slot(h))
 }
 
 // Delete forgets h.

@@ -43,7 +43,7 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 			return nil, nil, err
 		}
 		mo := middlebox.NewMonitor(m, dec)
-		p := &monitorProc{mo: mo, m: m}
+		p := &monitorProc{mo: mo, m: m, exp: expiry{m: m, onExpire: mo.Expired}}
 		return p, func() error {
 			m.Expire(p.last.Add(cfg.IdleTimeout+time.Nanosecond), mo.Expired) // the capture is over
 			for _, a := range mo.Assets() {
@@ -60,7 +60,7 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 			return nil, nil, err
 		}
 		fw := middlebox.NewFirewall(m, dec, cfg.Inside, cfg.Allowed)
-		p := &firewallProc{fw: fw}
+		p := &firewallProc{fw: fw, exp: expiry{m: m}}
 		return p, func() error {
 			for _, l := range fw.Log {
 				fmt.Fprintln(cfg.Report, l)
@@ -77,7 +77,7 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		p := &idsProc{x: x}
+		p := &idsProc{x: x, exp: expiry{m: m}}
 		return p, func() error {
 			for _, a := range x.Alerts {
 				fmt.Fprintln(cfg.Report, a)
@@ -89,12 +89,36 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 	return nil, nil, fmt.Errorf("unknown middlebox %q (want forward, monitor, firewall or ids)", cfg.Name)
 }
 
+// expiry ends idle flows once a second of trusted time.
+type expiry struct {
+	m        *flowstate.Manager
+	onExpire func(flowstate.Key, []byte) // nil: nothing to report
+	last     time.Time
+}
+
+func (e *expiry) tick(now time.Time) {
+	if now.Sub(e.last) >= time.Second {
+		e.last = now
+		e.m.Expire(now, e.onExpire)
+	}
+}
+
+// datas lists the packets' bytes in buf.
+func datas(buf [][]byte, pkts []etap.Packet) [][]byte {
+	buf = buf[:0]
+	for _, p := range pkts {
+		buf = append(buf, p.Data)
+	}
+	return buf
+}
+
 type monitorProc struct {
-	mo         *middlebox.Monitor
-	m          *flowstate.Manager
-	last       time.Time
-	lastExpire time.Time
-	err        error
+	mo   *middlebox.Monitor
+	m    *flowstate.Manager
+	exp  expiry
+	last time.Time
+	err  error
+	buf  [][]byte
 }
 
 func (p *monitorProc) Process(pkt etap.Packet, now time.Time) []etap.Packet {
@@ -102,16 +126,26 @@ func (p *monitorProc) Process(pkt etap.Packet, now time.Time) []etap.Packet {
 	if err := p.mo.Handle(pkt.Data, now); err != nil && p.err == nil {
 		p.err = err
 	}
-	if now.Sub(p.lastExpire) >= time.Second { // once a second of trusted time
-		p.lastExpire = now
-		p.m.Expire(now, p.mo.Expired)
-	}
+	p.exp.tick(now)
 	return []etap.Packet{pkt}
 }
 
+func (p *monitorProc) ProcessBatch(pkts []etap.Packet, now time.Time) []etap.Packet {
+	p.last = now
+	p.buf = datas(p.buf, pkts)
+	if err := p.mo.HandleBatch(p.buf, now); err != nil && p.err == nil {
+		p.err = err
+	}
+	p.exp.tick(now)
+	return pkts
+}
+
 type firewallProc struct {
-	fw  *middlebox.Firewall
-	err error
+	fw   *middlebox.Firewall
+	exp  expiry
+	err  error
+	buf  [][]byte
+	pass []bool
 }
 
 func (p *firewallProc) Process(pkt etap.Packet, now time.Time) []etap.Packet {
@@ -119,20 +153,55 @@ func (p *firewallProc) Process(pkt etap.Packet, now time.Time) []etap.Packet {
 	if err != nil && p.err == nil {
 		p.err = err
 	}
+	p.exp.tick(now)
 	if !ok {
 		return nil
 	}
 	return []etap.Packet{pkt}
 }
 
+func (p *firewallProc) ProcessBatch(pkts []etap.Packet, now time.Time) []etap.Packet {
+	p.buf = datas(p.buf, pkts)
+	p.pass = append(p.pass[:0], make([]bool, len(pkts))...)
+	if err := p.fw.HandleBatch(p.buf, now, p.pass); err != nil && p.err == nil {
+		p.err = err
+	}
+	p.exp.tick(now)
+	out := pkts[:0]
+	for i, pkt := range pkts {
+		if p.pass[i] {
+			out = append(out, pkt)
+		}
+	}
+	return out
+}
+
 type idsProc struct {
 	x   *middlebox.IDS
+	exp expiry
 	err error
+	buf [][]byte
 }
 
 func (p *idsProc) Process(pkt etap.Packet, now time.Time) []etap.Packet {
 	if err := p.x.Handle(pkt.Data, now); err != nil && p.err == nil {
 		p.err = err
 	}
+	p.exp.tick(now)
 	return []etap.Packet{pkt}
 }
+
+func (p *idsProc) ProcessBatch(pkts []etap.Packet, now time.Time) []etap.Packet {
+	p.buf = datas(p.buf, pkts)
+	if err := p.x.HandleBatch(p.buf, now); err != nil && p.err == nil {
+		p.err = err
+	}
+	p.exp.tick(now)
+	return pkts
+}
+
+var (
+	_ BatchProcessor = (*monitorProc)(nil)
+	_ BatchProcessor = (*firewallProc)(nil)
+	_ BatchProcessor = (*idsProc)(nil)
+)
