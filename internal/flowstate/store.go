@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"sync"
 )
 
 // Store is the untrusted side: it holds sealed state blobs by handle and
 // may lose, corrupt, replay or swap them; the manager detects all of that.
-// Every blob of one store has the same size.
+// Every blob of one store has the same size. A Manager calls its store
+// from one goroutine at a time; a store need not be safe for concurrent
+// use.
 type Store interface {
 	Put(handle uint64, blob []byte) error
 	Get(handle uint64, into []byte) ([]byte, error)
@@ -23,9 +24,11 @@ var ErrNoBlob = errors.New("flowstate: no blob under this handle")
 // MemStore keeps blobs in memory outside the trusted cache (the analogue
 // of LightBox's untrusted host memory): fixed-size slots in chunks of
 // about 4 MiB (huge pages), handle h in chunk h>>shift. Growing adds a
-// chunk and never copies.
+// chunk and never copies. It is not safe for concurrent use, and takes no
+// lock: on x86 a lock is a full memory barrier, which would make the CPU
+// wait for every outstanding cache miss at each call and undo the
+// manager's prefetching.
 type MemStore struct {
-	mu      sync.Mutex
 	size    int
 	shift   uint // log2 of the slots per chunk
 	chunks  [][]byte
@@ -43,8 +46,6 @@ func NewMemStore() *MemStore {
 
 // Close releases the store's memory; it must not be used again.
 func (s *MemStore) Close() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.mem.free()
 	s.chunks, s.present = nil, nil
 }
@@ -56,8 +57,6 @@ func (s *MemStore) slot(h uint64) []byte {
 
 // Put stores a copy of blob.
 func (s *MemStore) Put(h uint64, blob []byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.size == 0 {
 		s.size = len(blob)
 		for s.shift = 10; s.size<<s.shift < hugeMin; s.shift++ {
@@ -77,8 +76,6 @@ func (s *MemStore) Put(h uint64, blob []byte) error {
 
 // Get appends the blob under h to into.
 func (s *MemStore) Get(h uint64, into []byte) ([]byte, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if int(h) >= len(s.present) || !s.present[h] {
 		return into, ErrNoBlob
 	}
@@ -92,8 +89,6 @@ type prefetcher interface {
 
 // prefetch reads one byte of every cache line of h's slot.
 func (s *MemStore) prefetch(h uint64) byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if int(h) >= len(s.present) {
 		return 0
 	}
@@ -102,8 +97,6 @@ func (s *MemStore) prefetch(h uint64) byte {
 
 // Delete forgets h.
 func (s *MemStore) Delete(h uint64) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if int(h) < len(s.present) {
 		s.present[h] = false
 	}

@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
-
-	"github.com/torbento/bento/internal/flowstate"
 )
 
 // FirewallStateSize is the firewall's per-flow state.
@@ -30,7 +28,6 @@ type Firewall struct {
 	Allowed []netip.AddrPort // services inside reachable from outside (TCP and UDP)
 	dec     *Decoder
 	meta    Meta
-	batch   batch
 	Passed  int
 	Dropped int
 	Log     []string // one line per dropped packet
@@ -65,16 +62,10 @@ func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 	if !f.dec.Decode(data, m) {
 		return false, "not IP", nil
 	}
-	k, reverse := m.Key()
-	return f.verdict(m, k, reverse, now)
-}
-
-func tcpOrUDP(m *Meta) bool { return m.Proto == 6 || m.Proto == 17 }
-
-func (f *Firewall) verdict(m *Meta, k flowstate.Key, reverse bool, now time.Time) (bool, string, error) {
-	if !tcpOrUDP(m) {
+	if m.Proto != 6 && m.Proto != 17 {
 		return false, fmt.Sprintf("protocol %d not allowed", m.Proto), nil
 	}
+	k, reverse := m.Key()
 	st, created, err := f.Table.Lookup(k, now)
 	if err != nil {
 		return false, "", err
@@ -142,41 +133,12 @@ func (f *Firewall) Handle(data []byte, now time.Time) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	f.count(&f.meta, ok, why)
-	return ok, nil
-}
-
-// HandleBatch decides packets that arrived together (an etap record's),
-// fetching their connections' states together first: pass[i] reports
-// whether pkts[i] passes. A packet whose state failed verification is
-// dropped; the first such error is returned.
-func (f *Firewall) HandleBatch(pkts [][]byte, now time.Time, pass []bool) error {
-	b := &f.batch
-	b.decode(f.dec, pkts, f.Table, tcpOrUDP)
-	var first error
-	for i := range pkts {
-		m := &b.metas[i]
-		ok, why, err := false, "not IP", error(nil)
-		if b.ok[i] {
-			ok, why, err = f.verdict(m, b.keys[i], b.rev[i], now)
-		}
-		if err != nil {
-			if first == nil {
-				first = err
-			}
-			ok, why = false, "state failed verification"
-		}
-		f.count(m, ok, why)
-		pass[i] = ok
-	}
-	return first
-}
-
-func (f *Firewall) count(m *Meta, ok bool, why string) {
 	if ok {
 		f.Passed++
-		return
+	} else {
+		f.Dropped++
+		m := &f.meta
+		f.Log = append(f.Log, fmt.Sprintf("drop %s %s:%d -> %s:%d: %s", protoName(m.Proto), m.Src, m.SrcPort, m.Dst, m.DstPort, why))
 	}
-	f.Dropped++
-	f.Log = append(f.Log, fmt.Sprintf("drop %s %s:%d -> %s:%d: %s", protoName(m.Proto), m.Src, m.SrcPort, m.Dst, m.DstPort, why))
+	return ok, nil
 }

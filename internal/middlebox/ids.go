@@ -62,7 +62,6 @@ type IDS struct {
 	dec    *Decoder
 	ac     *matcher
 	meta   Meta
-	batch  batch
 	win    []byte
 }
 
@@ -85,30 +84,6 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 	if !x.dec.Decode(data, m) {
 		return nil
 	}
-	return x.handle(m, now)
-}
-
-func isTCP(m *Meta) bool { return m.Proto == 6 }
-
-// HandleBatch processes packets that arrived together (an etap record's),
-// fetching their streams' states together first. It goes on past a
-// packet whose state failed verification and returns the first such
-// error.
-func (x *IDS) HandleBatch(pkts [][]byte, now time.Time) error {
-	b := &x.batch
-	b.decode(x.dec, pkts, x.Table, isTCP)
-	var first error
-	for i := range pkts {
-		if b.ok[i] {
-			if err := x.handle(&b.metas[i], now); err != nil && first == nil {
-				first = err
-			}
-		}
-	}
-	return first
-}
-
-func (x *IDS) handle(m *Meta, now time.Time) error {
 	src, dst := netip.AddrPortFrom(m.Src, m.SrcPort), netip.AddrPortFrom(m.Dst, m.DstPort)
 	switch m.Proto {
 	case 17:

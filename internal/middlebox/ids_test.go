@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gopacket/gopacket/layers"
 )
@@ -37,7 +38,11 @@ func TestIDS(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			feed(t, name, idsCapture(), x.Handle, x.HandleBatch)
+			for i, fr := range idsCapture() {
+				if err := x.Handle(fr, time.Unix(100, int64(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
 			var got []string
 			for _, a := range x.Alerts {
 				got = append(got, a.String())

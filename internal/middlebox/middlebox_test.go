@@ -105,40 +105,15 @@ func firewallCapture() [][]byte {
 	}
 }
 
-// tables returns the state tables for states of size bytes, each once for
-// packets handed over one by one and once for batches: the manager's
-// cache holds two states, so states are sealed and opened all the time.
+// tables returns the three state tables for states of size bytes; the
+// manager's cache holds two states, so states are sealed and opened all
+// the time.
 func tables(t *testing.T, size int) map[string]StateTable {
-	out := map[string]StateTable{}
-	for _, mode := range []string{"", "/batch"} {
-		m, err := flowstate.New(flowstate.Config{StateSize: size, CacheEntries: 2, IdleTimeout: time.Minute})
-		if err != nil {
-			t.Fatal(err)
-		}
-		out["manager"+mode], out["map"+mode], out["strawman"+mode] = m, NewMapTable(size), NewStrawman(size)
+	m, err := flowstate.New(flowstate.Config{StateSize: size, CacheEntries: 2, IdleTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
-}
-
-// feed hands frames to a middlebox, the i-th at time 100 s + i ms: one by
-// one, or for a table whose name ends in /batch, in batches of three
-// (each at the time of its last packet).
-func feed(t *testing.T, name string, frames [][]byte, one func([]byte, time.Time) error, batch func([][]byte, time.Time) error) {
-	at := func(i int) time.Time { return time.Unix(100, 0).Add(time.Duration(i) * time.Millisecond) }
-	if !strings.HasSuffix(name, "/batch") {
-		for i, f := range frames {
-			if err := one(f, at(i)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return
-	}
-	for i := 0; i < len(frames); i += 3 {
-		n := min(3, len(frames)-i)
-		if err := batch(frames[i:i+n], at(i+n-1)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	return map[string]StateTable{"manager": m, "map": NewMapTable(size), "strawman": NewStrawman(size)}
 }
 
 func expected(t *testing.T, name string) string {
@@ -161,7 +136,11 @@ func TestMonitor(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			mo := NewMonitor(table, NewDecoder(layers.LinkTypeEthernet))
 			now := time.Unix(100, 0)
-			feed(t, name, monitorCapture(), mo.Handle, mo.HandleBatch)
+			for i, f := range monitorCapture() {
+				if err := mo.Handle(f, now.Add(time.Duration(i)*time.Millisecond)); err != nil {
+					t.Fatal(err)
+				}
+			}
 			// The UDP flow is still open: end it by expiry.
 			if m, ok := table.(*flowstate.Manager); ok {
 				m.Expire(now.Add(time.Hour), mo.Expired)
@@ -211,26 +190,11 @@ func TestFirewall(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			fw := NewFirewall(table, NewDecoder(layers.LinkTypeEthernet),
 				[]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, []netip.AddrPort{netip.MustParseAddrPort("10.0.0.2:22")})
-			one := func(f []byte, now time.Time) error {
-				_, err := fw.Handle(f, now)
-				return err
-			}
-			batch := func(fs [][]byte, now time.Time) error {
-				pass := make([]bool, len(fs))
-				before := fw.Dropped
-				err := fw.HandleBatch(fs, now, pass)
-				dropped := 0
-				for _, ok := range pass {
-					if !ok {
-						dropped++
-					}
+			for i, f := range firewallCapture() {
+				if _, err := fw.Handle(f, time.Unix(100, int64(i))); err != nil {
+					t.Fatal(err)
 				}
-				if dropped != fw.Dropped-before {
-					t.Errorf("HandleBatch reports %d drops, but counted %d", dropped, fw.Dropped-before)
-				}
-				return err
 			}
-			feed(t, name, firewallCapture(), one, batch)
 			got := strings.Join(append(fw.Log, fmt.Sprintf("passed %d dropped %d", fw.Passed, fw.Dropped)), "\n")
 			if got != want {
 				t.Errorf("got:\n%s\nwant:\n%s", got, want)

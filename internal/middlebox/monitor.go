@@ -64,7 +64,6 @@ type Monitor struct {
 	assets  map[Asset]struct{} // a set: Asset is comparable, no key to format
 	Records []FlowRecord
 	meta    Meta
-	batch   batch
 }
 
 // NewMonitor returns a monitor keeping per-flow state in table.
@@ -79,27 +78,6 @@ func (mo *Monitor) Handle(data []byte, now time.Time) error {
 		return nil
 	}
 	k, reverse := m.Key()
-	return mo.handle(m, k, reverse, now)
-}
-
-// HandleBatch processes packets that arrived together (an etap record's),
-// fetching their flows' states together first. It goes on past a packet
-// whose state failed verification and returns the first such error.
-func (mo *Monitor) HandleBatch(pkts [][]byte, now time.Time) error {
-	b := &mo.batch
-	b.decode(mo.dec, pkts, mo.Table, nil)
-	var first error
-	for i := range pkts {
-		if b.ok[i] {
-			if err := mo.handle(&b.metas[i], b.keys[i], b.rev[i], now); err != nil && first == nil {
-				first = err
-			}
-		}
-	}
-	return first
-}
-
-func (mo *Monitor) handle(m *Meta, k flowstate.Key, reverse bool, now time.Time) error {
 	st, created, err := mo.Table.Lookup(k, now)
 	if err != nil {
 		return err

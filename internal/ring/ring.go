@@ -90,43 +90,14 @@ func (r *Ring[T]) Pop() (v T, ok bool) {
 		}
 		backoff(spins)
 	}
-	return r.take(), true
-}
-
-// PopBatch fills dst with up to len(dst) values: it waits for the first as
-// Pop does, then takes only values already published. It returns how many
-// it took, 0 once the producer has closed the ring and it is empty.
-// Consumer only.
-func (r *Ring[T]) PopBatch(dst []T) int {
-	if len(dst) == 0 {
-		return 0
-	}
-	v, ok := r.Pop()
-	if !ok {
-		return 0
-	}
-	dst[0] = v
-	n := 1
-	if r.cRead == r.cWriteCache {
-		r.cWriteCache = r.write.Load()
-	}
-	for ; n < len(dst) && r.cRead != r.cWriteCache; n++ {
-		dst[n] = r.take()
-	}
-	return n
-}
-
-// take removes the next value, which must be there.
-func (r *Ring[T]) take() T {
 	var zero T
 	i := r.cRead & r.mask
-	v := r.buf[i]
-	r.buf[i] = zero
+	v, r.buf[i] = r.buf[i], zero
 	r.cRead++
 	if r.cSince++; r.cSince >= r.batch {
 		r.publishRead()
 	}
-	return v
+	return v, true
 }
 
 func (r *Ring[T]) publishRead() {

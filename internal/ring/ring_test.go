@@ -30,46 +30,6 @@ func TestOrderAndClose(t *testing.T) {
 	}
 }
 
-// TestPopBatch checks that batches keep the order, lose nothing, end at
-// Close, and are filled from what is already there.
-func TestPopBatch(t *testing.T) {
-	r := New[int](256, 64)
-	const n = 100000
-	go func() {
-		for i := 0; i < n; i++ {
-			r.Push(i)
-		}
-		r.Close()
-	}()
-	buf := make([]int, 50)
-	next, batches, full := 0, 0, 0
-	for {
-		k := r.PopBatch(buf)
-		if k == 0 {
-			break
-		}
-		batches++
-		if k == len(buf) {
-			full++
-		}
-		for _, v := range buf[:k] {
-			if v != next {
-				t.Fatalf("got %d, want %d", v, next)
-			}
-			next++
-		}
-	}
-	if next != n {
-		t.Fatalf("%d values arrived of %d", next, n)
-	}
-	if full == 0 {
-		t.Fatalf("no batch was full in %d batches", batches)
-	}
-	if r.PopBatch(buf) != 0 {
-		t.Fatal("PopBatch after close returned values")
-	}
-}
-
 // TestLightTraffic checks that a single value pushed and flushed arrives
 // even though the batch is not full.
 func TestLightTraffic(t *testing.T) {
