@@ -103,22 +103,12 @@ func (e *expiry) tick(now time.Time) {
 	}
 }
 
-// datas lists the packets' bytes in buf.
-func datas(buf [][]byte, pkts []etap.Packet) [][]byte {
-	buf = buf[:0]
-	for _, p := range pkts {
-		buf = append(buf, p.Data)
-	}
-	return buf
-}
-
 type monitorProc struct {
 	mo   *middlebox.Monitor
 	m    *flowstate.Manager
 	exp  expiry
 	last time.Time
 	err  error
-	buf  [][]byte
 }
 
 func (p *monitorProc) Process(pkt etap.Packet, now time.Time) []etap.Packet {
@@ -130,22 +120,10 @@ func (p *monitorProc) Process(pkt etap.Packet, now time.Time) []etap.Packet {
 	return []etap.Packet{pkt}
 }
 
-func (p *monitorProc) ProcessBatch(pkts []etap.Packet, now time.Time) []etap.Packet {
-	p.last = now
-	p.buf = datas(p.buf, pkts)
-	if err := p.mo.HandleBatch(p.buf, now); err != nil && p.err == nil {
-		p.err = err
-	}
-	p.exp.tick(now)
-	return pkts
-}
-
 type firewallProc struct {
-	fw   *middlebox.Firewall
-	exp  expiry
-	err  error
-	buf  [][]byte
-	pass []bool
+	fw  *middlebox.Firewall
+	exp expiry
+	err error
 }
 
 func (p *firewallProc) Process(pkt etap.Packet, now time.Time) []etap.Packet {
@@ -160,27 +138,10 @@ func (p *firewallProc) Process(pkt etap.Packet, now time.Time) []etap.Packet {
 	return []etap.Packet{pkt}
 }
 
-func (p *firewallProc) ProcessBatch(pkts []etap.Packet, now time.Time) []etap.Packet {
-	p.buf = datas(p.buf, pkts)
-	p.pass = append(p.pass[:0], make([]bool, len(pkts))...)
-	if err := p.fw.HandleBatch(p.buf, now, p.pass); err != nil && p.err == nil {
-		p.err = err
-	}
-	p.exp.tick(now)
-	out := pkts[:0]
-	for i, pkt := range pkts {
-		if p.pass[i] {
-			out = append(out, pkt)
-		}
-	}
-	return out
-}
-
 type idsProc struct {
 	x   *middlebox.IDS
 	exp expiry
 	err error
-	buf [][]byte
 }
 
 func (p *idsProc) Process(pkt etap.Packet, now time.Time) []etap.Packet {
@@ -190,18 +151,3 @@ func (p *idsProc) Process(pkt etap.Packet, now time.Time) []etap.Packet {
 	p.exp.tick(now)
 	return []etap.Packet{pkt}
 }
-
-func (p *idsProc) ProcessBatch(pkts []etap.Packet, now time.Time) []etap.Packet {
-	p.buf = datas(p.buf, pkts)
-	if err := p.x.HandleBatch(p.buf, now); err != nil && p.err == nil {
-		p.err = err
-	}
-	p.exp.tick(now)
-	return pkts
-}
-
-var (
-	_ BatchProcessor = (*monitorProc)(nil)
-	_ BatchProcessor = (*firewallProc)(nil)
-	_ BatchProcessor = (*idsProc)(nil)
-)

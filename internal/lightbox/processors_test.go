@@ -1,0 +1,59 @@
+package lightbox
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/torbento/bento/internal/etap"
+	"github.com/torbento/bento/internal/flowstate"
+)
+
+func syn(src string, sport uint16) []byte {
+	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.ParseIP(src).To4(), DstIP: net.ParseIP("192.0.2.1").To4()}
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: 80, Seq: 1, SYN: true, Window: 1000}
+	tcp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, tcp)
+	return buf.Bytes()
+}
+
+// TestIdleFlowsExpire checks that every middlebox ends flows idle for
+// IdleTimeout of trusted time, so that state does not pile up.
+func TestIdleFlowsExpire(t *testing.T) {
+	for _, name := range []string{"monitor", "firewall", "ids"} {
+		t.Run(name, func(t *testing.T) {
+			p, _, err := NewProcessor(ProcessorConfig{Name: name, LinkType: layers.LinkTypeEthernet, IdleTimeout: time.Minute,
+				Inside: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m *flowstate.Manager
+			switch q := p.(type) {
+			case *monitorProc:
+				m = q.exp.m
+			case *firewallProc:
+				m = q.exp.m
+			case *idsProc:
+				m = q.exp.m
+			}
+			t0 := time.Unix(1000, 0)
+			for i := range 3 {
+				p.Process(etap.Packet{Data: syn("10.0.0.1", uint16(1000+i))}, t0)
+			}
+			if m.Len() != 3 {
+				t.Fatalf("%d flows tracked, want 3", m.Len())
+			}
+			p.Process(etap.Packet{Data: syn("10.0.0.2", 2000)}, t0.Add(30*time.Second))
+			p.Process(etap.Packet{Data: syn("10.0.0.3", 3000)}, t0.Add(70*time.Second))
+			if m.Len() != 2 {
+				t.Fatalf("%d flows tracked after the first three idled out, want 2", m.Len())
+			}
+		})
+	}
+}
