@@ -26,33 +26,40 @@ func accesses(n, count int) []int {
 
 var flowCounts = []int{10_000, 100_000, 1_000_000}
 
-// BenchmarkManager: Lookup and update one state per operation, 4096
-// states cached, the rest sealed in a MemStore.
+// BenchmarkManager: Lookup and update one state per operation, 4096 or
+// 65,536 states cached, the rest sealed in a MemStore.
 func BenchmarkManager(b *testing.B) {
 	for _, n := range flowCounts {
-		b.Run(fmt.Sprintf("flows=%d", n), func(b *testing.B) {
-			m, _ := New(Config{StateSize: benchState, CacheEntries: 4096, ExpectedFlows: n})
-			keys := make([]Key, n)
-			now := time.Unix(0, 0)
-			for i := range keys {
-				keys[i] = key(i)
-				m.Lookup(keys[i], now)
-			}
-			seq := accesses(n, 1<<20)
-			for _, i := range seq { // warm the cache with the working set
-				m.Lookup(keys[i], now)
-			}
-			m.Stats = Stats{}
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				st, _, err := m.Lookup(keys[seq[i&(1<<20-1)]], now)
-				if err != nil {
-					b.Fatal(err)
+		for _, v := range []struct {
+			name  string
+			cache int
+		}{{"cache=4k", 4096}, {"cache=64k", 65536}} {
+			b.Run(fmt.Sprintf("flows=%d/%s", n, v.name), func(b *testing.B) {
+				m, _ := New(Config{StateSize: benchState, CacheEntries: v.cache, ExpectedFlows: n})
+				defer m.Close()
+				keys := make([]Key, n)
+				now := time.Unix(0, 0)
+				for i := range keys {
+					keys[i] = key(i)
+					m.Lookup(keys[i], now)
 				}
-				st[0]++
-			}
-			b.ReportMetric(float64(m.Stats.Hits)/float64(m.Stats.Hits+m.Stats.SwapIns), "hit-rate")
-		})
+				seq := accesses(n, 1<<20)
+				for _, i := range seq { // warm the cache with the working set
+					m.Lookup(keys[i], now)
+				}
+				m.Stats = Stats{}
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					j := i & (1<<20 - 1)
+					st, _, err := m.Lookup(keys[seq[j]], now)
+					if err != nil {
+						b.Fatal(err)
+					}
+					st[0]++
+				}
+				b.ReportMetric(float64(m.Stats.Hits)/float64(m.Stats.Hits+m.Stats.SwapIns), "hit-rate")
+			})
+		}
 	}
 }
 

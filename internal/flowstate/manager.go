@@ -1,7 +1,8 @@
 // Package flowstate is LightBox's flow-state manager: per-flow state for
 // 100,000s of flows kept fast by a small trusted cache of the working set
-// (CLOCK replacement, an LRU approximation), with every other flow's state
-// sealed into an untrusted store.
+// (CLOCK replacement, an LRU approximation, with its own small lookup
+// table so that a hit touches little memory), with every other flow's
+// state sealed into an untrusted store.
 //
 // Trust boundary. A Manager and everything it points to — the cache of
 // states, the cuckoo index over all flows with each flow's version
@@ -418,28 +419,7 @@ func (m *Manager) prefetch(ei, victim int32) {
 	m.sink = x
 }
 
-// Prefetch is a hint that flows keys are about to be looked up, in any
-// order: it reads, together, what those Lookups will need — each flow's
-// cache table word and cached state, or for a flow not cached its index
-// buckets, entry and sealed state, and the slots the CLOCK hand will
-// evict for them. A middlebox calls it with the keys of a batch of
-// packets (an etap record's) before processing them, so that their cache
-// misses overlap instead of being waited for one after another; it is
-// LightBox's batched, pipelined state fetch. It changes nothing.
-func (m *Manager) Prefetch(keys []Key) {
-	for len(keys) > 0 {
-		n := min(len(keys), prefetchBatch)
-		m.prefetchBatch(keys[:n])
-		keys = keys[n:]
-	}
-}
-
-// prefetchBatch is how many keys Prefetch reads ahead together: enough to
-// fill the CPU's queue of outstanding misses, few enough that what it
-// brings in stays in the L1 and L2 caches until used.
-const prefetchBatch = 32
-
-// maxTouch bounds the cache lines Prefetch reads of one state or blob; the
+// maxTouch bounds the cache lines prefetch reads of one state or blob; the
 // hardware's stream prefetcher brings in the rest of a long one.
 const maxTouch = 16
 
@@ -449,64 +429,6 @@ func touch(b []byte) byte {
 		x ^= b[i]
 	}
 	return x
-}
-
-func (m *Manager) prefetchBatch(keys []Key) {
-	var hs [prefetchBatch]uint64
-	var misses [prefetchBatch]uint8
-	var x uint64
-	// 1: every key's cache table word.
-	for i := range keys {
-		h := m.idx.sum(&keys[i])
-		hs[i] = h
-		x ^= m.ctab[(h>>32)&m.cmask]
-	}
-	// 2: cached flows' states (the first lines, which middleboxes update
-	// on every packet); for the rest, both index buckets.
-	nm := 0
-	for i := range keys {
-		if c := m.cfind(&keys[i], hs[i]); c >= 0 {
-			st := m.state(c)
-			x ^= uint64(st[0]) ^ uint64(st[min(64, len(st)-1)])
-			continue
-		}
-		b1, b2, _ := m.idx.split(hs[i])
-		x ^= uint64(m.idx.buckets[b1][0].tag ^ m.idx.buckets[b2][0].tag)
-		misses[nm] = uint8(i)
-		nm++
-	}
-	if nm == 0 {
-		m.sink ^= byte(x)
-		return
-	}
-	// 3: the entries and sealed states of flows not cached.
-	p, _ := m.cfg.Store.(prefetcher)
-	for _, i := range misses[:nm] {
-		if ei := m.idx.candidate(hs[i]); ei >= 0 {
-			x ^= uint64(m.entries[ei].key[0])
-			if p != nil {
-				x ^= uint64(p.prefetch(uint64(ei)))
-			}
-		}
-	}
-	// 4: the victims, the next slots the hand would find unreferenced:
-	// their states (to be sealed), entries, store slots and table words.
-	if len(m.freeSlots) < nm {
-		v := m.hand
-		for seen, found := 0, len(m.freeSlots); seen < len(m.slots) && found < nm; seen++ {
-			if sl := &m.slots[v]; !m.ref[v] && sl.ent >= 0 {
-				x ^= uint64(touch(m.state(v))) ^ m.entries[sl.ent].version ^ m.ctab[uint64(sl.hash)&m.cmask]
-				if p != nil {
-					x ^= uint64(p.prefetch(uint64(sl.ent)))
-				}
-				found++
-			}
-			if v++; int(v) == len(m.slots) {
-				v = 0
-			}
-		}
-	}
-	m.sink ^= byte(x)
 }
 
 // takeSlot returns a free cache slot if victim is -1, or else empties

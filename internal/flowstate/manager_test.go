@@ -7,7 +7,6 @@ import (
 	"math/rand"
 	"net/netip"
 	"path/filepath"
-	"slices"
 	"testing"
 	"time"
 	"unsafe"
@@ -86,18 +85,6 @@ func TestAgainstMap(t *testing.T) {
 							delete(oracle, k)
 							delete(lastSeen, k)
 						}
-					}
-				case r < 76: // a batch's prefetch hint, flows known or not
-					keys := make([]Key, rng.Intn(3*prefetchBatch))
-					for i := range keys {
-						keys[i] = key(rng.Intn(500))
-					}
-					before := m.Stats
-					hand := m.hand
-					refs := append([]bool(nil), m.ref...)
-					m.Prefetch(keys)
-					if m.Stats != before || m.hand != hand || !slices.Equal(refs, m.ref) {
-						t.Fatalf("op %d: Prefetch changed the manager", op)
 					}
 				default: // idle time passes
 					now = now.Add(time.Duration(rng.Intn(3000)) * time.Millisecond)
@@ -275,15 +262,7 @@ func TestLargeTables(t *testing.T) {
 	}
 	now := time.Unix(0, 0)
 	for pass := 0; pass < 2; pass++ {
-		keys := make([]Key, 0, prefetchBatch)
 		for i := 0; i < n; i++ {
-			if len(keys) == 0 {
-				for j := i; j < min(n, i+prefetchBatch); j++ {
-					keys = append(keys, key(j))
-				}
-				m.Prefetch(keys)
-			}
-			keys = keys[1:]
 			st, created, err := m.Lookup(key(i), now)
 			if err != nil || created != (pass == 0) {
 				t.Fatalf("pass %d flow %d: created=%v err=%v", pass, i, created, err)

@@ -29,17 +29,6 @@ type Processor interface {
 	Process(p etap.Packet, now time.Time) []etap.Packet
 }
 
-// A BatchProcessor can also take the packets that arrived together (up
-// to a record's worth) in one call, returning what passes in order; the
-// middleboxes do, to fetch the batch's flow states together.
-type BatchProcessor interface {
-	Processor
-	ProcessBatch(pkts []etap.Packet, now time.Time) []etap.Packet
-}
-
-// batchMax is the most packets handed to a BatchProcessor at once.
-const batchMax = 64
-
 // Forward passes every packet on unchanged.
 type Forward struct{}
 
@@ -118,29 +107,17 @@ func RunMiddlebox(cfg MiddleboxConfig) (Stats, error) {
 	}()
 	st := Stats{}
 	var emitErr error
-	bp, batched := cfg.Processor.(BatchProcessor)
-	in := make([]etap.Packet, batchMax)
-	var outs []etap.Packet
 	for {
-		n := r.PopBatch(in)
-		if n == 0 {
+		p, ok := r.Pop()
+		if !ok {
 			break
 		}
-		st.Packets += n
-		if batched {
-			outs = bp.ProcessBatch(in[:n], c.Clock())
-		} else {
-			outs = outs[:0]
-			for _, p := range in[:n] {
-				outs = append(outs, cfg.Processor.Process(p, c.Clock())...)
-			}
-		}
-		for _, out := range outs {
+		st.Packets++
+		for _, out := range cfg.Processor.Process(p, c.Clock()) {
 			if err := emit(out); err != nil && emitErr == nil {
 				emitErr = err
 			}
 		}
-		clear(in[:n])
 	}
 	err = <-recvErr
 	if cerr := c.CloseSend(); err == nil {
