@@ -67,13 +67,14 @@ func runMiddlebox(args []string) error {
 	report := fs.String("report", "", "file for the middlebox's report (default: standard output)")
 	inside := fs.String("inside", "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16", "firewall: inside networks")
 	allowed := fs.String("allow", "", "firewall: inside services reachable from outside, ADDR:PORT,...")
-	cache := fs.Int("cache", 4096, "flow states kept in trusted memory")
+	cache := fs.Int("cache", 0, "flow states kept in trusted memory (0: as many as fit in -cache-mb)")
+	cacheMB := fs.Int("cache-mb", lightbox.DefaultCacheBytes>>20, "MiB of trusted memory for cached flow states, when -cache is 0")
 	fs.Parse(args)
 	psk, err := lightbox.ReadPSK(*pskFile)
 	if err != nil {
 		return err
 	}
-	pc := lightbox.ProcessorConfig{Name: *run, LinkType: layers.LinkType(*link), CacheEntries: *cache, Report: os.Stdout}
+	pc := lightbox.ProcessorConfig{Name: *run, LinkType: layers.LinkType(*link), CacheEntries: *cache, CacheBytes: *cacheMB << 20, Report: os.Stdout}
 	for _, s := range splitList(*inside) {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {

@@ -18,17 +18,36 @@ type ProcessorConfig struct {
 	Name         string           // forward, monitor, firewall, ids
 	Rules        []middlebox.Rule // ids
 	LinkType     layers.LinkType
-	CacheEntries int           // trusted cache of flow states (default 4096)
+	CacheEntries int           // trusted cache of flow states (0: as many as fit in CacheBytes)
+	CacheBytes   int           // trusted memory for cached states when CacheEntries is 0 (default 32 MiB)
 	IdleTimeout  time.Duration // flows idle this long expire (default 2 minutes)
 	Inside       []netip.Prefix
 	Allowed      []netip.AddrPort
 	Report       io.Writer // where the monitor writes assets and flows, and the firewall its drops
 }
 
+// DefaultCacheBytes is the trusted memory given to cached flow states when
+// neither a number of states nor a size is set: 65,536 of the monitor's
+// states, with which the monitor and the firewall run within 1.1× of a
+// plain map at a million flows (docs/benchmarks.md); LightBox's 4096
+// states, sized for an SGX enclave, cost up to 1.5×.
+const DefaultCacheBytes = 32 << 20
+
+// cacheEntries is how many states of size bytes the cache holds.
+func (cfg *ProcessorConfig) cacheEntries(size int) int {
+	if cfg.CacheEntries > 0 {
+		return cfg.CacheEntries
+	}
+	return max(64, cfg.CacheBytes/size)
+}
+
 // NewProcessor builds the named middlebox on a flow-state manager.
 func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
-	if cfg.CacheEntries == 0 {
-		cfg.CacheEntries = 4096
+	if cfg.CacheEntries < 0 || cfg.CacheBytes < 0 {
+		return nil, nil, fmt.Errorf("the flow-state cache cannot be negative (entries %d, bytes %d)", cfg.CacheEntries, cfg.CacheBytes)
+	}
+	if cfg.CacheBytes == 0 {
+		cfg.CacheBytes = DefaultCacheBytes
 	}
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = 2 * time.Minute
@@ -38,7 +57,7 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 	case "", "forward":
 		return Forward{}, func() error { return nil }, nil
 	case "monitor":
-		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.MonitorStateSize, CacheEntries: cfg.CacheEntries, IdleTimeout: cfg.IdleTimeout})
+		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.MonitorStateSize, CacheEntries: cfg.cacheEntries(middlebox.MonitorStateSize), IdleTimeout: cfg.IdleTimeout})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -55,7 +74,7 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 			return p.err
 		}, nil
 	case "firewall":
-		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.FirewallStateSize, CacheEntries: cfg.CacheEntries, IdleTimeout: cfg.IdleTimeout})
+		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.FirewallStateSize, CacheEntries: cfg.cacheEntries(middlebox.FirewallStateSize), IdleTimeout: cfg.IdleTimeout})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -69,7 +88,7 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 			return p.err
 		}, nil
 	case "ids":
-		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.IDSStateSize, CacheEntries: cfg.CacheEntries, IdleTimeout: cfg.IdleTimeout})
+		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.IDSStateSize, CacheEntries: cfg.cacheEntries(middlebox.IDSStateSize), IdleTimeout: cfg.IdleTimeout})
 		if err != nil {
 			return nil, nil, err
 		}

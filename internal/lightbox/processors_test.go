@@ -57,3 +57,23 @@ func TestIdleFlowsExpire(t *testing.T) {
 		})
 	}
 }
+
+func TestCacheSize(t *testing.T) {
+	for _, c := range []struct {
+		entries, bytes, size, want int
+	}{
+		{100, 0, 512, 100},
+		{0, DefaultCacheBytes, 512, 65536},
+		{0, DefaultCacheBytes, 32, 1 << 20},
+		{0, 1 << 20, 5920, 177},
+		{0, 1000, 512, 64},
+	} {
+		cfg := ProcessorConfig{CacheEntries: c.entries, CacheBytes: c.bytes}
+		if got := cfg.cacheEntries(c.size); got != c.want {
+			t.Errorf("%d entries, %d bytes, states of %d: %d cached, want %d", c.entries, c.bytes, c.size, got, c.want)
+		}
+	}
+	if _, _, err := NewProcessor(ProcessorConfig{Name: "monitor", CacheBytes: -1}); err == nil {
+		t.Error("a negative cache size was accepted")
+	}
+}
