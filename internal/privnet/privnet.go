@@ -403,6 +403,14 @@ func (n *Net) writeTorrcs(hash string) error {
 		w("LogTimeGranularity 1")
 		w("ShutdownWaitLength 0")
 		w("NumCPUs 1")
+		// Tor learns its circuit build timeout from the builds it sees,
+		// which on loopback take milliseconds; when the 2-core machine is
+		// then loaded, builds overrun the learned timeout and are abandoned
+		// by the dozen ("Resetting timeout to 60000ms after 18 timeouts"),
+		// an onion service's rendezvous circuits among them, and clients
+		// wait minutes. A network on loopback needs a fixed timeout.
+		w("LearnCircuitBuildTimeout 0")
+		w("CircuitBuildTimeout 30")
 		w("AddressDisableIPv6 1")
 		w("ControlPort 127.0.0.1:%d", nd.ControlPort)
 		w("ControlSocket %s", nd.ControlSocket())
