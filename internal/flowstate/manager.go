@@ -15,9 +15,9 @@
 // full, a state not used recently is sealed with AES-256-GCM (nonce: a
 // 96-bit counter that never repeats; additional data: the flow key, its
 // store slot and the slot's version, which increments at every seal, is
-// never reset, and stays in the trusted index) and put in the store. Bringing it back opens it against the
-// version the index holds, so a stale, replayed, swapped or altered blob is
-// detected. Idle flows expire by the caller's trusted clock, whether
+// never reset, and stays in the trusted index) and put in the store.
+// Bringing it back opens it against the version the index holds, so a
+// stale, replayed, swapped or altered blob is detected. Idle flows expire by the caller's trusted clock, whether
 // cached or stored.
 package flowstate
 
@@ -398,10 +398,10 @@ func (m *Manager) nextVictim() int32 {
 // prefetch reads, all at once, the memory a swap-in of entry ei over the
 // victim slot (if not -1) is about to use: the entry and its sealed state
 // in the store; the victim's state, entry, store slot and cache table
-// word. At a million flows each of
-// these is a cache miss; Go has no prefetch instruction, but independent
-// loads whose results are combined let the CPU wait for all of them in
-// the time of one, where the swap-in alone would take them one by one.
+// word. At a million flows each of these is a cache miss; Go has no
+// prefetch instruction, but independent loads whose results are combined
+// let the CPU wait for all of them in the time of one, where the swap-in
+// alone would take them one by one.
 func (m *Manager) prefetch(ei, victim int32) {
 	x := m.entries[ei].key[0]
 	p, _ := m.cfg.Store.(prefetcher)
