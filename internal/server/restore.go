@@ -128,12 +128,7 @@ func (s *Server) restoreInstance(rec record, dir string) error {
 		s.unadmit(m)
 		return err
 	}
-	s.mu.Lock()
-	s.instances[in.id] = in
-	s.byInv[invHash] = in
-	s.byShut[shutHash] = in
-	s.mu.Unlock()
-	go in.run()
+	s.launch(in, invHash, shutHash)
 	return nil
 }
 

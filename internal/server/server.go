@@ -390,12 +390,7 @@ func (s *Server) deploy(d proto.Deploy, body []byte, client string, log *slog.Lo
 	if err := in.saveRecord(d.Manifest); err != nil {
 		log.Warn("saving the instance record", "instance", in.id, "err", err)
 	}
-	s.mu.Lock()
-	s.instances[in.id] = in
-	s.byInv[invHash] = in
-	s.byShut[shutHash] = in
-	s.mu.Unlock()
-	go in.run()
+	s.launch(in, invHash, shutHash)
 	safelog.Notice(log, "instance started", "instance", in.id, "function", m.Name,
 		"memory", units.FormatSize(m.Resources.Memory), "cpu", m.Resources.CPU)
 	res, _ := json.Marshal(m.Resources)
@@ -593,4 +588,15 @@ func (s *Server) releaseClient(client string) {
 	if s.perClient[client]--; s.perClient[client] <= 0 {
 		delete(s.perClient, client)
 	}
+}
+
+// launch registers a started instance under its id and token hashes, so
+// clients can reach it, and lets it run.
+func (s *Server) launch(in *Instance, invHash, shutHash tokenHash) {
+	s.mu.Lock()
+	s.instances[in.id] = in
+	s.byInv[invHash] = in
+	s.byShut[shutHash] = in
+	s.mu.Unlock()
+	go in.run()
 }
