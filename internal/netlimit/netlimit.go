@@ -1,0 +1,322 @@
+// Package netlimit bounds what clients can make a daemon hold through a
+// listener: a total number of connections served at once, a number per
+// client address, and an accept loop that survives running out of file
+// descriptors or kernel buffers (EMFILE, ENFILE, ENOBUFS, ENOMEM) by
+// backing off and shedding the pending connection, as nginx and Go's
+// net/http do, instead of failing.
+//
+// A connection over its address's share is accepted and closed at once
+// (after an optional Reject hook has told it why), so the kernel's backlog
+// never fills with connections nobody will serve and honest clients get a
+// prompt answer instead of a hang. When the total is reached, the
+// connection that has been idle longest (one that has not said what it
+// wants, or waits between requests; see SetIdle) is closed to make room:
+// a crowd of idle connections from many addresses cannot lock newcomers
+// out, it can only churn itself.
+package netlimit
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Reason says why a connection was refused.
+type Reason int
+
+// Reasons for refusing a connection.
+const (
+	TooMany        Reason = iota + 1 // the listener serves its total already
+	TooManyFromYou                   // the client's address holds its share already
+)
+
+func (r Reason) String() string {
+	switch r {
+	case TooMany:
+		return "too many connections to this server; retry later"
+	case TooManyFromYou:
+		return "too many connections from your address; close some and retry"
+	}
+	return "refused"
+}
+
+// Config sets a listener's limits.
+type Config struct {
+	// Name names the listener in logs ("client", "policy").
+	Name string
+	// Total bounds the connections served at once (0: unlimited).
+	Total int
+	// PerAddr bounds the connections one client address holds at once
+	// (0: unlimited). Addresses are counted by Key.
+	PerAddr int
+	// Key maps a remote address to the unit PerAddr counts: by default an
+	// IPv4 address, or an IPv6 /64 (one host's usual share).
+	Key func(net.Addr) string
+	// Reject, if set, is called on a refused connection before it is
+	// closed, to tell the client why. It must not block for long: the
+	// connection has a write deadline of RejectTimeout.
+	Reject func(c net.Conn, why Reason)
+	// Log receives rate-limited warnings (nil: no logging).
+	Log *slog.Logger
+}
+
+// RejectTimeout bounds the write of a refusal.
+const RejectTimeout = 200 * time.Millisecond
+
+// Stats are a listener's counters.
+type Stats struct {
+	Open           int   // connections being served
+	Addresses      int   // distinct client addresses among them
+	Accepted       int64 // connections handed to the server
+	RefusedTotal   int64 // refused: the total was reached
+	RefusedPerAddr int64 // refused: the address's share was reached
+	Evicted        int64 // idle connections closed to make room
+	AcceptErrors   int64 // accept failures (out of descriptors and the like)
+}
+
+// Listener wraps a net.Listener with the limits of a Config.
+type Listener struct {
+	ln  net.Listener
+	cfg Config
+
+	mu     sync.Mutex
+	open   int
+	byAddr map[string]int
+	conns  map[*conn]struct{}
+	spare  *os.File // a reserved descriptor, given up to shed a connection on EMFILE
+
+	accepted, refusedTotal, refusedPerAddr, evicted, acceptErrors atomic.Int64
+	lastWarn                                                      atomic.Int64 // unix nanoseconds
+}
+
+// New wraps ln.
+func New(ln net.Listener, cfg Config) *Listener {
+	if cfg.Key == nil {
+		cfg.Key = AddrKey
+	}
+	l := &Listener{ln: ln, cfg: cfg, byAddr: map[string]int{}, conns: map[*conn]struct{}{}}
+	l.spare, _ = os.Open(os.DevNull)
+	return l
+}
+
+// AddrKey is the default per-address key: the IP address for IPv4 (and
+// IPv4-mapped IPv6), the /64 prefix for IPv6, the whole string otherwise.
+func AddrKey(a net.Addr) string {
+	var ip netip.Addr
+	switch t := a.(type) {
+	case *net.TCPAddr:
+		ip, _ = netip.AddrFromSlice(t.IP)
+	case *net.UDPAddr:
+		ip, _ = netip.AddrFromSlice(t.IP)
+	default:
+		return a.String()
+	}
+	ip = ip.Unmap()
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.String()
+	}
+	return ip.String()
+}
+
+// Addr returns the listener's address.
+func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+
+// Close closes the listener; connections already handed out stay open.
+func (l *Listener) Close() error {
+	l.mu.Lock()
+	if l.spare != nil {
+		l.spare.Close()
+		l.spare = nil
+	}
+	l.mu.Unlock()
+	return l.ln.Close()
+}
+
+// Stats returns the listener's counters.
+func (l *Listener) Stats() Stats {
+	l.mu.Lock()
+	open, addrs := l.open, len(l.byAddr)
+	l.mu.Unlock()
+	return Stats{Open: open, Addresses: addrs, Accepted: l.accepted.Load(), RefusedTotal: l.refusedTotal.Load(),
+		RefusedPerAddr: l.refusedPerAddr.Load(), Evicted: l.evicted.Load(), AcceptErrors: l.acceptErrors.Load()}
+}
+
+// Accept returns the next connection within the limits. Connections over
+// a limit are refused here and never returned. Accept fails only when the
+// listener is closed: every other error (out of descriptors, out of kernel
+// memory, an aborted connection) is logged, backed off from and retried.
+func (l *Listener) Accept() (net.Conn, error) {
+	var delay time.Duration
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil, err
+			}
+			l.acceptErrors.Add(1)
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				l.shed()
+			}
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+			} else if delay *= 2; delay > time.Second {
+				delay = time.Second
+			}
+			l.warn("accept failed; backing off", "err", err, "delay", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		if lc := l.admit(c); lc != nil {
+			l.accepted.Add(1)
+			return lc, nil
+		}
+	}
+}
+
+// shed gives up the spare descriptor to accept and close the connection
+// that could not be accepted, so that its client learns at once, then
+// takes the descriptor back.
+func (l *Listener) shed() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.spare == nil {
+		return
+	}
+	l.spare.Close()
+	l.spare = nil
+	if tl, ok := l.ln.(*net.TCPListener); ok {
+		_ = tl.SetDeadline(time.Now().Add(time.Millisecond))
+		if c, err := tl.Accept(); err == nil {
+			c.Close()
+		}
+		_ = tl.SetDeadline(time.Time{})
+	}
+	l.spare, _ = os.Open(os.DevNull)
+}
+
+// admit counts c in, or refuses it.
+func (l *Listener) admit(c net.Conn) net.Conn {
+	key := l.cfg.Key(c.RemoteAddr())
+	now := time.Now().UnixNano()
+	l.mu.Lock()
+	why := Reason(0)
+	var victim *conn
+	switch {
+	case l.cfg.PerAddr > 0 && l.byAddr[key] >= l.cfg.PerAddr:
+		why = TooManyFromYou
+	case l.cfg.Total > 0 && l.open >= l.cfg.Total:
+		if victim = l.oldestIdleLocked(); victim == nil {
+			why = TooMany
+		}
+	}
+	var lc *conn
+	if why == 0 {
+		l.open++
+		l.byAddr[key]++
+		lc = &conn{Conn: c, l: l, key: key}
+		lc.idleSince.Store(now) // idle until the server says otherwise
+		l.conns[lc] = struct{}{}
+	}
+	l.mu.Unlock()
+	if victim != nil {
+		l.evicted.Add(1)
+		l.warn("connection limit reached; closing the connections idle longest", "listener", l.cfg.Name, "limit", l.cfg.Total)
+		victim.Close()
+	}
+	if why == 0 {
+		return lc
+	}
+	if why == TooMany {
+		l.refusedTotal.Add(1)
+		l.warn("connection limit reached; refusing connections", "listener", l.cfg.Name, "limit", l.cfg.Total)
+	} else {
+		l.refusedPerAddr.Add(1)
+	}
+	if l.cfg.Reject != nil {
+		_ = c.SetWriteDeadline(time.Now().Add(RejectTimeout))
+		l.cfg.Reject(c, why)
+	} else if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0) // a reset: nothing to say, no TIME_WAIT to keep
+	}
+	c.Close()
+	return nil
+}
+
+// oldestIdleLocked picks the connection idle longest and marks it so no
+// other newcomer picks it too.
+func (l *Listener) oldestIdleLocked() *conn {
+	var best *conn
+	var since int64
+	for c := range l.conns {
+		if t := c.idleSince.Load(); t > 0 && (best == nil || t < since) {
+			best, since = c, t
+		}
+	}
+	if best != nil {
+		best.idleSince.Store(0)
+	}
+	return best
+}
+
+func (l *Listener) release(c *conn) {
+	key := c.key
+	l.mu.Lock()
+	delete(l.conns, c)
+	l.open--
+	if l.byAddr[key]--; l.byAddr[key] <= 0 {
+		delete(l.byAddr, key)
+	}
+	l.mu.Unlock()
+}
+
+// warn logs at most once every ten seconds.
+func (l *Listener) warn(msg string, args ...any) {
+	if l.cfg.Log == nil {
+		return
+	}
+	now := time.Now().UnixNano()
+	last := l.lastWarn.Load()
+	if now-last < int64(10*time.Second) || !l.lastWarn.CompareAndSwap(last, now) {
+		return
+	}
+	l.cfg.Log.Warn(msg, args...)
+}
+
+// conn gives its slot back when closed.
+type conn struct {
+	net.Conn
+	l         *Listener
+	key       string
+	once      sync.Once
+	idleSince atomic.Int64 // unix nanoseconds; 0 while busy
+}
+
+func (c *conn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.l.release(c) })
+	return err
+}
+
+// SetIdle tells the listener whether c (a connection it returned) waits
+// for its client to say what it wants (idle, the state a connection starts
+// in) or is being served (busy). Only idle connections are closed to make
+// room. Other connections are ignored.
+func SetIdle(c net.Conn, idle bool) {
+	lc, ok := c.(*conn)
+	if !ok {
+		return
+	}
+	if !idle {
+		lc.idleSince.Store(0)
+	} else if lc.idleSince.Load() == 0 {
+		lc.idleSince.Store(time.Now().UnixNano())
+	}
+}

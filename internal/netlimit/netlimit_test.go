@@ -1,0 +1,178 @@
+package netlimit
+
+import (
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// serve accepts on l and parks every connection until the test ends.
+func serve(t *testing.T, l *Listener) chan net.Conn {
+	got := make(chan net.Conn, 100)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				close(got)
+				return
+			}
+			got <- c
+		}
+	}()
+	t.Cleanup(func() { l.Close() })
+	return got
+}
+
+func listen(t *testing.T, cfg Config) *Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(ln, cfg)
+}
+
+func dialFrom(t *testing.T, ip string, addr net.Addr) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// refused reports whether the server closed c at once, and what it said.
+func refused(c net.Conn) (bool, string) {
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	b, err := io.ReadAll(c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false, ""
+	}
+	return true, string(b)
+}
+
+func TestPerAddress(t *testing.T) {
+	l := listen(t, Config{Total: 100, PerAddr: 2, Reject: func(c net.Conn, why Reason) { io.WriteString(c, why.String()) }})
+	got := serve(t, l)
+	a1, a2 := dialFrom(t, "127.0.0.2", l.Addr()), dialFrom(t, "127.0.0.2", l.Addr())
+	<-got
+	<-got
+	a3 := dialFrom(t, "127.0.0.2", l.Addr())
+	if ok, msg := refused(a3); !ok || !strings.Contains(msg, "from your address") {
+		t.Fatalf("third connection from one address: refused %v, %q", ok, msg)
+	}
+	// Another address is served.
+	dialFrom(t, "127.0.0.3", l.Addr())
+	c := <-got
+	if ok, _ := refused(a1); ok {
+		t.Fatal("an admitted connection was closed")
+	}
+	// Closing one gives its slot back.
+	c.Close()
+	_ = a2
+	st := l.Stats()
+	if st.Open != 2 || st.RefusedPerAddr != 1 || st.Addresses != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestEvictsIdleWhenFull(t *testing.T) {
+	l := listen(t, Config{Total: 3})
+	got := serve(t, l)
+	var served []net.Conn
+	for i := 0; i < 3; i++ {
+		dialFrom(t, "127.0.0."+string(rune('2'+i)), l.Addr())
+		served = append(served, <-got)
+	}
+	// The first two are busy, the third idle: a newcomer evicts the third.
+	SetIdle(served[0], false)
+	SetIdle(served[1], false)
+	newcomer := dialFrom(t, "127.0.0.9", l.Addr())
+	<-got
+	if _, err := served[2].Read(make([]byte, 1)); err == nil {
+		t.Fatal("the idle connection was not closed")
+	}
+	if ok, _ := refused(newcomer); ok {
+		t.Fatal("the newcomer was refused although an idle connection could go")
+	}
+	// All busy now: the next one is refused (a reset, nothing to say).
+	l.mu.Lock()
+	for c := range l.conns {
+		SetIdle(c, false)
+	}
+	l.mu.Unlock()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.10")}}
+	if late, err := d.Dial("tcp", l.Addr().String()); err == nil {
+		if ok, _ := refused(late); !ok {
+			t.Fatal("a connection over the total was served with nobody idle")
+		}
+		late.Close()
+	}
+	if st := l.Stats(); st.Evicted != 1 || st.RefusedTotal != 1 || st.Open != 3 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// flakyListener fails Accept with EMFILE a few times.
+type flakyListener struct {
+	net.Listener
+	mu    sync.Mutex
+	fails int
+}
+
+func (f *flakyListener) Accept() (net.Conn, error) {
+	f.mu.Lock()
+	if f.fails > 0 {
+		f.fails--
+		f.mu.Unlock()
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: syscall.EMFILE}
+	}
+	f.mu.Unlock()
+	return f.Listener.Accept()
+}
+
+func TestAcceptErrorsAreNotFatal(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := New(&flakyListener{Listener: ln, fails: 5}, Config{Total: 10})
+	got := serve(t, l)
+	dialFrom(t, "127.0.0.1", ln.Addr())
+	select {
+	case c := <-got:
+		if c == nil {
+			t.Fatal("Accept gave up")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no connection after the accept errors")
+	}
+	if st := l.Stats(); st.AcceptErrors != 5 {
+		t.Fatalf("stats %+v", st)
+	}
+	l.Close()
+	if _, ok := <-got; ok {
+		t.Fatal("Accept went on after Close")
+	}
+}
+
+func TestAddrKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.7:1":            "192.0.2.7",
+		"[::ffff:192.0.2.7]:1":   "192.0.2.7",
+		"[2001:db8:1:2:3::4]:80": "2001:db8:1:2::/64",
+		"[2001:db8:1:2:ff::]:80": "2001:db8:1:2::/64",
+	} {
+		a, _ := net.ResolveTCPAddr("tcp", in)
+		if got := AddrKey(a); got != want {
+			t.Errorf("AddrKey(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
