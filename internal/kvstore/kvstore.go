@@ -1,0 +1,379 @@
+// Package kvstore keeps one instance's stored data (the storage.* host
+// calls) in a single append-only file with an index in memory.
+//
+// Every put and delete is one record
+//
+//	u32 CRC-32C of the rest | u8 op | u16 key length | u32 value length | key | value
+//
+// written with one write(2), so a crash (kill -9 at any moment) leaves every
+// key with its old or its new value: a torn record at the end fails its
+// checksum and is cut off when the file is opened again. When dead records
+// outweigh live ones the file is rewritten (to a temporary file, synced,
+// then renamed over the old one), so the file stays within about twice the
+// live data.
+//
+// What a store may hold is charged, not just counted in value bytes: each
+// key costs its length, its value's length and Overhead (the record header
+// and the index entry), so many tiny keys cannot hold more of the disk or of
+// bentod's memory than the limit says, and MaxKeys bounds the index.
+package kvstore
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+)
+
+// Overhead is charged for every key on top of its key and value bytes: the
+// record header on disk and the index entry in memory.
+const Overhead = 64
+
+// MaxKeyLen bounds a key.
+const MaxKeyLen = 256
+
+// maxValue is the largest value a record may claim when the file is read
+// (the limit itself may have changed since it was written).
+const maxValue = 1 << 30
+
+const (
+	opPut    = 1
+	opDelete = 2
+	hdrLen   = 4 + 1 + 2 + 4
+)
+
+var table = crc32.MakeTable(crc32.Castagnoli)
+
+// Errors of the store. Messages name no paths: they reach functions.
+var (
+	ErrFull    = errors.New("storage limit exceeded")
+	ErrTooMany = errors.New("too many keys")
+	ErrKey     = fmt.Errorf("key must be 1-%d bytes", MaxKeyLen)
+	ErrClosed  = errors.New("storage is closed")
+)
+
+// Options bound a store.
+type Options struct {
+	MaxBytes int64 // charged bytes: keys, values and Overhead per key
+	MaxKeys  int   // keys at once (0: MaxBytes/Overhead)
+	Sync     bool  // fdatasync after every change (power-loss durability)
+}
+
+// Store is one instance's key/value data.
+type Store struct {
+	path string
+	opt  Options
+
+	mu      sync.Mutex
+	f       *os.File
+	size    int64 // file size
+	live    int64 // bytes of live records in the file
+	charged int64 // what the live keys are charged
+	index   map[string]entry
+	closed  bool
+}
+
+type entry struct {
+	off  int64 // of the value
+	vlen uint32
+}
+
+func recordLen(klen, vlen int) int64 { return int64(hdrLen + klen + vlen) }
+
+func charge(klen, vlen int) int64 { return int64(klen+vlen) + Overhead }
+
+// Open opens (or creates) the store at path, cutting off a torn record at
+// its end. A leftover temporary file of an interrupted compaction is
+// removed: the old file is still whole.
+func Open(path string, opt Options) (*Store, error) {
+	if opt.MaxKeys == 0 {
+		opt.MaxKeys = int(max(1, opt.MaxBytes/Overhead))
+	}
+	_ = os.Remove(path + ".tmp")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{path: path, opt: opt, f: f, index: map[string]entry{}}
+	if err := s.load(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// load reads every whole record and truncates what follows the last.
+func (s *Store) load() error {
+	r := bufio.NewReaderSize(io.NewSectionReader(s.f, 0, 1<<62), 64<<10)
+	var off int64
+	var hdr [hdrLen]byte
+	for {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			break
+		}
+		op, klen, vlen := hdr[4], int(binary.BigEndian.Uint16(hdr[5:])), int(binary.BigEndian.Uint32(hdr[7:]))
+		if (op != opPut && op != opDelete) || klen == 0 || klen > MaxKeyLen || vlen > maxValue || (op == opDelete && vlen != 0) {
+			break
+		}
+		body := make([]byte, klen+vlen)
+		if _, err := io.ReadFull(r, body); err != nil {
+			break
+		}
+		c := crc32.Update(crc32.Checksum(hdr[4:], table), table, body)
+		if c != binary.BigEndian.Uint32(hdr[:4]) {
+			break
+		}
+		key := string(body[:klen])
+		s.drop(key)
+		if op == opPut {
+			s.index[key] = entry{off: off + hdrLen + int64(klen), vlen: uint32(vlen)}
+			s.live += recordLen(klen, vlen)
+			s.charged += charge(klen, vlen)
+		}
+		off += recordLen(klen, vlen)
+	}
+	st, err := s.f.Stat()
+	if err != nil {
+		return err
+	}
+	if st.Size() != off {
+		// A torn or damaged tail: what follows the last whole record.
+		if err := s.f.Truncate(off); err != nil {
+			return err
+		}
+	}
+	s.size = off
+	return nil
+}
+
+// drop forgets key's live record, if any.
+func (s *Store) drop(key string) {
+	if e, ok := s.index[key]; ok {
+		s.live -= recordLen(len(key), int(e.vlen))
+		s.charged -= charge(len(key), int(e.vlen))
+		delete(s.index, key)
+	}
+}
+
+// Charged returns what the live keys are charged against MaxBytes.
+func (s *Store) Charged() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.charged
+}
+
+// Len returns the number of keys.
+func (s *Store) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.index)
+}
+
+// FileSize returns the size of the file on disk.
+func (s *Store) FileSize() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.size
+}
+
+func checkKey(key string) error {
+	if len(key) == 0 || len(key) > MaxKeyLen {
+		return ErrKey
+	}
+	return nil
+}
+
+// Put stores value under key, or fails with ErrFull or ErrTooMany and
+// changes nothing.
+func (s *Store) Put(key string, value []byte) error {
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	old, exists := s.index[key]
+	after := s.charged + charge(len(key), len(value))
+	if exists {
+		after -= charge(len(key), int(old.vlen))
+	} else if len(s.index) >= s.opt.MaxKeys {
+		return ErrTooMany
+	}
+	if after > s.opt.MaxBytes {
+		return ErrFull
+	}
+	if err := s.append(opPut, key, value); err != nil {
+		return err
+	}
+	s.drop(key)
+	s.index[key] = entry{off: s.size - int64(len(value)), vlen: uint32(len(value))}
+	s.live += recordLen(len(key), len(value))
+	s.charged += charge(len(key), len(value))
+	return s.maybeCompact()
+}
+
+// Delete removes key (a missing key is not an error).
+func (s *Store) Delete(key string) error {
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if _, ok := s.index[key]; !ok {
+		return nil
+	}
+	if err := s.append(opDelete, key, nil); err != nil {
+		return err
+	}
+	s.drop(key)
+	return s.maybeCompact()
+}
+
+// append writes one record at the end of the file.
+func (s *Store) append(op byte, key string, value []byte) error {
+	rec := make([]byte, hdrLen, recordLen(len(key), len(value)))
+	rec[4] = op
+	binary.BigEndian.PutUint16(rec[5:], uint16(len(key)))
+	binary.BigEndian.PutUint32(rec[7:], uint32(len(value)))
+	rec = append(append(rec, key...), value...)
+	binary.BigEndian.PutUint32(rec[:4], crc32.Checksum(rec[4:], table))
+	if _, err := s.f.WriteAt(rec, s.size); err != nil {
+		// Whatever part reached the file fails its checksum at the next
+		// open; cut it now so later records follow a whole one.
+		_ = s.f.Truncate(s.size)
+		return err
+	}
+	if s.opt.Sync {
+		if err := s.f.Sync(); err != nil {
+			return err
+		}
+	}
+	s.size += int64(len(rec))
+	return nil
+}
+
+// maybeCompact rewrites the file when dead records outweigh live ones.
+func (s *Store) maybeCompact() error {
+	if s.size-s.live <= max(s.live, 64<<10) {
+		return nil
+	}
+	return s.compact()
+}
+
+func (s *Store) compact() error {
+	tmp := s.path + ".tmp"
+	nf, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
+	if err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		nf.Close()
+		os.Remove(tmp)
+		return err
+	}
+	keys := make([]string, 0, len(s.index))
+	for k := range s.index {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys) // deterministic files
+	w := bufio.NewWriterSize(nf, 64<<10)
+	index := make(map[string]entry, len(s.index))
+	var off int64
+	for _, k := range keys {
+		e := s.index[k]
+		v := make([]byte, e.vlen)
+		if _, err := s.f.ReadAt(v, e.off); err != nil {
+			return fail(err)
+		}
+		rec := make([]byte, hdrLen, recordLen(len(k), len(v)))
+		rec[4] = opPut
+		binary.BigEndian.PutUint16(rec[5:], uint16(len(k)))
+		binary.BigEndian.PutUint32(rec[7:], uint32(len(v)))
+		rec = append(append(rec, k...), v...)
+		binary.BigEndian.PutUint32(rec[:4], crc32.Checksum(rec[4:], table))
+		if _, err := w.Write(rec); err != nil {
+			return fail(err)
+		}
+		index[k] = entry{off: off + hdrLen + int64(len(k)), vlen: e.vlen}
+		off += int64(len(rec))
+	}
+	if err := w.Flush(); err != nil {
+		return fail(err)
+	}
+	if err := nf.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmp, s.path); err != nil {
+		return fail(err)
+	}
+	if d, err := os.Open(filepath.Dir(s.path)); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	s.f.Close()
+	s.f, s.index, s.size, s.live = nf, index, off, off
+	return nil
+}
+
+// Get returns key's value and whether it exists.
+func (s *Store) Get(key string) ([]byte, bool, error) {
+	if err := checkKey(key); err != nil {
+		return nil, false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, false, ErrClosed
+	}
+	e, ok := s.index[key]
+	if !ok {
+		return nil, false, nil
+	}
+	v := make([]byte, e.vlen)
+	if _, err := s.f.ReadAt(v, e.off); err != nil {
+		return nil, false, err
+	}
+	return v, true, nil
+}
+
+// Size returns the length of key's value, and whether it exists.
+func (s *Store) Size(key string) (int, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.index[key]
+	return int(e.vlen), ok
+}
+
+// Keys returns every key, sorted.
+func (s *Store) Keys() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := make([]string, 0, len(s.index))
+	for k := range s.index {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// Close closes the file; the data stays.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	return s.f.Close()
+}
