@@ -12,6 +12,13 @@
 // optional "/bits" or dotted-quad prefix mask, or a bracketed IPv6 address
 // with an optional "/bits" mask, and PORTSPEC is "*", a port, or "lo-hi".
 //
+// Bento adds one kind of address tor's exit policies do not have: onion
+// services, which functions reach through Tor and which have no IP
+// address. "NAME.onion" names one service and "*.onion" every one. A
+// destination given by name (an onion service, or a host name an exit
+// relay resolves) meets only these rules and rules for "*"; address rules
+// never match a name.
+//
 // As in tor, "*" in an accept/reject rule matches both IPv4 and IPv6, while
 // in accept6/reject6 it matches IPv6 only; an IPv4 address in an
 // accept6/reject6 rule is ignored (reported as a warning); "private" expands
@@ -56,13 +63,25 @@ type Rule struct {
 	Prefix  netip.Prefix // masked network; Bits()==0 means any address of its family
 	PortMin uint16
 	PortMax uint16
+	// Name, for a rule about onion services, is one onion address
+	// ("xyz.onion") or "*.onion"; Prefix is then unset.
+	Name string
+	// AnyHost marks the rules expanded from "*": they match destinations
+	// given by name too.
+	AnyHost bool
 	// Source is the policy item this rule was expanded from, for messages.
 	Source string
 }
 
+// WildOnion is the name pattern of every onion service.
+const WildOnion = "*.onion"
+
 // Matches reports whether addr:port falls under the rule. Families are
 // compared exactly, as tor does (CMP_EXACT).
 func (r Rule) Matches(addr netip.Addr, port uint16) bool {
+	if r.Name != "" {
+		return false
+	}
 	if addr.Is4() != r.Prefix.Addr().Is4() {
 		return false
 	}
@@ -72,10 +91,30 @@ func (r Rule) Matches(addr netip.Addr, port uint16) bool {
 	return r.Prefix.Contains(addr)
 }
 
+// MatchesName reports whether the destination name:port falls under the
+// rule: name is a lower-case onion address or host name.
+func (r Rule) MatchesName(name string, port uint16) bool {
+	if port < r.PortMin || port > r.PortMax {
+		return false
+	}
+	switch {
+	case r.AnyHost:
+		return true
+	case r.Name == WildOnion:
+		return strings.HasSuffix(name, ".onion")
+	}
+	return r.Name != "" && r.Name == name
+}
+
 // String renders the rule in tor's canonical form.
 func (r Rule) String() string {
 	var b strings.Builder
 	b.WriteString(r.Action.String())
+	if r.Name != "" {
+		b.WriteString(" " + r.Name + ":")
+		writePorts(&b, r.PortMin, r.PortMax)
+		return b.String()
+	}
 	if !r.Prefix.Addr().Is4() {
 		b.WriteString("6")
 	}
@@ -98,15 +137,19 @@ func (r Rule) String() string {
 		}
 	}
 	b.WriteByte(':')
-	switch {
-	case r.PortMin <= 1 && r.PortMax == 65535:
-		b.WriteByte('*')
-	case r.PortMin == r.PortMax:
-		b.WriteString(strconv.Itoa(int(r.PortMin)))
-	default:
-		fmt.Fprintf(&b, "%d-%d", r.PortMin, r.PortMax)
-	}
+	writePorts(&b, r.PortMin, r.PortMax)
 	return b.String()
+}
+
+func writePorts(b *strings.Builder, lo, hi uint16) {
+	switch {
+	case lo <= 1 && hi == 65535:
+		b.WriteByte('*')
+	case lo == hi:
+		b.WriteString(strconv.Itoa(int(lo)))
+	default:
+		fmt.Fprintf(b, "%d-%d", lo, hi)
+	}
 }
 
 // Policy is an ordered list of rules.
@@ -142,6 +185,26 @@ func (p *Policy) Evaluate(addr netip.Addr, port uint16) Decision {
 // Allows reports whether addr:port is accepted.
 func (p *Policy) Allows(addr netip.Addr, port uint16) bool {
 	return p.Evaluate(addr, port).Action == Accept
+}
+
+// EvaluateName returns the decision for a destination given by name: an
+// onion address, or a host name that a Tor exit resolves. Only onion
+// rules and rules for "*" can match it.
+func (p *Policy) EvaluateName(name string, port uint16) Decision {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	if p != nil {
+		for _, r := range p.Rules {
+			if r.MatchesName(name, port) {
+				return Decision{Action: r.Action, Rule: r.Source}
+			}
+		}
+	}
+	return Decision{Action: Reject}
+}
+
+// AllowsName reports whether the destination name:port is accepted.
+func (p *Policy) AllowsName(name string, port uint16) bool {
+	return p.EvaluateName(name, port).Action == Accept
 }
 
 // Empty reports whether the policy has no rules (and so rejects everything).
@@ -284,8 +347,21 @@ func ParseItem(item string) ([]Rule, string, error) {
 		}
 	}
 
-	var prefixes []netip.Prefix
 	bracketed := strings.HasPrefix(spec, "[")
+	if !bracketed && strings.HasSuffix(address, ".onion") {
+		if address != WildOnion && !ValidOnion(address) {
+			return bad("%q is not an onion address (56 base32 characters, then .onion) nor *.onion", address)
+		}
+		if hasMask {
+			return bad("a mask cannot follow an onion address")
+		}
+		if v6only {
+			return bad("onion services have no address family: use accept/reject, not accept6/reject6")
+		}
+		return []Rule{{Action: act, Name: address, PortMin: pmin, PortMax: pmax, Source: item}}, "", nil
+	}
+	var prefixes []netip.Prefix
+	anyHost := false
 	switch {
 	case !bracketed && (address == "*" || address == "*4" || address == "*6" || address == "private"):
 		if hasMask {
@@ -301,6 +377,7 @@ func ParseItem(item string) ([]Rule, string, error) {
 				netip.PrefixFrom(netip.IPv4Unspecified(), 0),
 				netip.PrefixFrom(netip.IPv6Unspecified(), 0),
 			}
+			anyHost = true
 		default: // private
 			for _, n := range privateNets {
 				prefixes = append(prefixes, netip.MustParsePrefix(n))
@@ -338,9 +415,24 @@ func ParseItem(item string) ([]Rule, string, error) {
 			}
 			return nil, "IPv4 address with accept6/reject6 is ignored (as tor does); use accept/reject", nil
 		}
-		rules = append(rules, Rule{Action: act, Prefix: pfx, PortMin: pmin, PortMax: pmax, Source: item})
+		rules = append(rules, Rule{Action: act, Prefix: pfx, PortMin: pmin, PortMax: pmax, AnyHost: anyHost, Source: item})
 	}
 	return rules, "", nil
+}
+
+// ValidOnion reports whether name is a v3 onion address: 56 characters of
+// base32 (a-z, 2-7) and ".onion", lower case.
+func ValidOnion(name string) bool {
+	id, ok := strings.CutSuffix(name, ".onion")
+	if !ok || len(id) != 56 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= '2' && c <= '7') {
+			return false
+		}
+	}
+	return true
 }
 
 func parseMask(mask string, v4 bool) (int, error) {

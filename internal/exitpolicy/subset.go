@@ -19,6 +19,12 @@ func (p *Policy) AcceptsAll(pfx netip.Prefix, pmin, pmax uint16) bool {
 		return false
 	}
 	for _, r := range p.Rules {
+		if r.Name != "" {
+			continue // onion rules hold no addresses
+		}
+		if len(pending) > maxRegions {
+			return false // too intricate to decide cheaply: say no
+		}
 		var next []region
 		for _, q := range pending {
 			if !overlaps(r, q) {
@@ -38,9 +44,72 @@ func (p *Policy) AcceptsAll(pfx netip.Prefix, pmin, pmax uint16) bool {
 	return len(pending) == 0
 }
 
+// maxRegions bounds the work of one AcceptsAll: a policy whose rules split
+// a region into more pieces than this gets a conservative "no".
+const maxRegions = 1 << 16
+
+// AcceptsAllNames reports whether p accepts the destination name on every
+// port in [pmin, pmax], where name is one onion address, WildOnion (every
+// onion service) or "" (every destination given by name). For WildOnion a
+// reject rule for one onion service on those ports makes the answer "no".
+func (p *Policy) AcceptsAllNames(name string, pmin, pmax uint16) bool {
+	if p == nil {
+		return false
+	}
+	type span struct{ lo, hi uint16 }
+	pending := []span{{pmin, pmax}}
+	for _, r := range p.Rules {
+		var covers, partial bool
+		switch {
+		case r.AnyHost:
+			covers = true
+		case r.Name == "":
+			continue
+		case name == "":
+			partial = true // an onion rule covers only part of all names
+		case r.Name == WildOnion:
+			covers = true
+		case name == WildOnion:
+			partial = true // a rule for one onion service
+		default:
+			covers = r.Name == name
+		}
+		if !covers && !partial {
+			continue
+		}
+		var next []span
+		for _, q := range pending {
+			if r.PortMax < q.lo || r.PortMin > q.hi {
+				next = append(next, q)
+				continue
+			}
+			if r.Action == Reject {
+				return false
+			}
+			if partial {
+				next = append(next, q)
+				continue
+			}
+			if q.lo < r.PortMin {
+				next = append(next, span{q.lo, r.PortMin - 1})
+			}
+			if q.hi > r.PortMax {
+				next = append(next, span{r.PortMax + 1, q.hi})
+			}
+		}
+		pending = next
+		if len(pending) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // Covers reports whether every destination q accepts is accepted by p too.
 // Rules of q are checked one by one (reject rules of q are not used to carve
-// out exceptions), so the answer may be a conservative "no".
+// out exceptions), so the answer may be a conservative "no". A "*" rule of
+// q is checked for addresses only: at run time a destination given by name
+// must still be accepted by both policies' name rules.
 func (p *Policy) Covers(q *Policy) []string {
 	var uncovered []string
 	seen := map[string]bool{}
@@ -48,7 +117,14 @@ func (p *Policy) Covers(q *Policy) []string {
 		if r.Action != Accept {
 			continue
 		}
-		if !p.AcceptsAll(r.Prefix, r.PortMin, r.PortMax) && !seen[r.Source] {
+		var ok bool
+		switch {
+		case r.Name != "":
+			ok = p.AcceptsAllNames(r.Name, r.PortMin, r.PortMax)
+		default:
+			ok = p.AcceptsAll(r.Prefix, r.PortMin, r.PortMax)
+		}
+		if !ok && !seen[r.Source] {
 			seen[r.Source] = true
 			uncovered = append(uncovered, r.Source)
 		}
@@ -57,7 +133,7 @@ func (p *Policy) Covers(q *Policy) []string {
 }
 
 func overlaps(r Rule, q region) bool {
-	if r.Prefix.Addr().Is4() != q.Prefix.Addr().Is4() {
+	if r.Name != "" || r.Prefix.Addr().Is4() != q.Prefix.Addr().Is4() {
 		return false
 	}
 	if r.PortMax < q.Min || r.PortMin > q.Max {

@@ -122,3 +122,36 @@ func (c *Checked) DialContext(ctx context.Context, network, addr string) (net.Co
 	}
 	return nil, last
 }
+
+// CheckTor checks a destination reached through Tor: an exit relay or an
+// onion service makes the connection, and the name is resolved there, not
+// here. An address literal meets the address rules of every policy; a name
+// (an onion address, or a host name an exit resolves) meets their name
+// rules (see exitpolicy.EvaluateName). policies are the node's
+// DestinationPolicy and the manifest's destinations, in that order.
+func CheckTor(policies []*exitpolicy.Policy, hostport string) error {
+	host, portStr, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return fmt.Errorf("destination %q: %v", hostport, err)
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil || port == 0 {
+		return fmt.Errorf("destination %q: bad port", hostport)
+	}
+	if len(host) == 0 || len(host) > 255 {
+		return fmt.Errorf("destination %q: bad host", hostport)
+	}
+	a, aerr := netip.ParseAddr(host)
+	for i, p := range policies {
+		var ok bool
+		if aerr == nil {
+			ok = p.Allows(a.Unmap(), uint16(port))
+		} else {
+			ok = p.AllowsName(host, uint16(port))
+		}
+		if !ok {
+			return &DeniedError{Dest: hostport, Why: fmt.Sprintf("%s is rejected by the %s", hostport, policyName(i))}
+		}
+	}
+	return nil
+}
