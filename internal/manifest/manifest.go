@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"cmp"
 	"fmt"
+	"math"
 	"regexp"
 	"sort"
 	"strings"
@@ -94,9 +95,19 @@ type Error struct{ Msg string }
 
 func (e *Error) Error() string { return FileName + ": " + e.Msg }
 
+// Bounds on a manifest, so that parsing it and checking it against a
+// policy stay cheap whatever a client sends.
+const (
+	MaxSize         = 64 << 10 // bytes of bento.toml
+	MaxDestinations = 64       // destination items
+)
+
 // Parse parses and validates bento.toml. Resources left out stay zero;
 // Resolve fills them in against a policy.
 func Parse(data []byte) (*Manifest, error) {
+	if len(data) > MaxSize {
+		return nil, &Error{fmt.Sprintf("%d bytes, more than the %d a manifest may have", len(data), MaxSize)}
+	}
 	var f file
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&f)
 	if err != nil {
@@ -105,7 +116,11 @@ func Parse(data []byte) (*Manifest, error) {
 	if und := md.Undecoded(); len(und) > 0 {
 		var keys []string
 		for _, k := range und {
-			keys = append(keys, k.String())
+			if len(keys) == 5 {
+				keys = append(keys, fmt.Sprintf("and %d more", len(und)-5))
+				break
+			}
+			keys = append(keys, fmt.Sprintf("%.64q", k.String()))
 		}
 		return nil, &Error{fmt.Sprintf("unknown keys %s (known: name, image, entry, function, mode, apis, destinations, [resources] memory, cpu, cpu_time, processes, storage, output, lifetime, steps)", strings.Join(keys, ", "))}
 	}
@@ -185,6 +200,9 @@ func (m *Manifest) validate() error {
 		seen[a] = true
 	}
 	sort.Strings(m.APIs)
+	if len(m.Destinations) > MaxDestinations {
+		return bad("destinations: %d items, at most %d", len(m.Destinations), MaxDestinations)
+	}
 	dest := &exitpolicy.Policy{}
 	for _, d := range m.Destinations {
 		q, warns, err := exitpolicy.Parse(d)
@@ -198,8 +216,25 @@ func (m *Manifest) validate() error {
 	}
 	m.Dest = dest
 	r := m.Resources
-	if r.CPU < 0 || r.CPU > 1024 || r.Processes < 0 || r.Memory < 0 {
-		return bad("resources: negative or absurd value")
+	switch {
+	case math.IsNaN(r.CPU) || math.IsInf(r.CPU, 0) || r.CPU < 0 || r.CPU > 1024:
+		return bad("resources.cpu %v: want a number of cores from %g to 1024", r.CPU, policy.MinCPU)
+	case r.CPU != 0 && r.CPU < policy.MinCPU:
+		return bad("resources.cpu %v is below the least a function can be given, %g cores", r.CPU, policy.MinCPU)
+	case !policy.CPUStep(r.CPU):
+		return bad("resources.cpu %v: give cores in steps of %g (e.g. 0.25)", r.CPU, policy.MinCPU)
+	case r.Processes < 0 || r.Processes > 1<<20:
+		return bad("resources.processes %d: want 1 to %d", r.Processes, 1<<20)
+	case r.Memory < 0:
+		return bad("resources.memory: negative")
+	case r.Steps > 1<<50:
+		return bad("resources.steps %d: at most %d", r.Steps, uint64(1)<<50)
+	}
+	if r.CPUTime != 0 && r.CPUTime < 10*time.Millisecond {
+		return bad("resources.cpu_time %s is below 10ms", r.CPUTime)
+	}
+	if r.Lifetime != 0 && r.Lifetime < time.Second {
+		return bad("resources.lifetime %s is below 1s", r.Lifetime)
 	}
 	if r.Memory != 0 && r.Memory < MinMemory {
 		return bad("resources.memory %s is below the minimum of %s", units.FormatSize(r.Memory), units.FormatSize(MinMemory))
@@ -207,10 +242,10 @@ func (m *Manifest) validate() error {
 	if r.Processes != 0 && r.Processes < MinProcesses {
 		return bad("resources.processes %d is below the minimum of %d", r.Processes, MinProcesses)
 	}
-	// http.fetch only reaches destinations; bento may also reach onion
-	// addresses through Tor when the function can use Tor.
-	if (seen[policy.APIHTTPFetch] || seen[policy.APIBento] && !seen[policy.APITorFetch]) && !dest.AcceptsAny() {
-		return bad("apis lists a network call but destinations accepts nothing; add e.g. destinations = [\"accept 192.0.2.1:443\"]")
+	// Every destination is checked, directly or through Tor: a fetch or a
+	// composition call without destinations could never succeed.
+	if (seen[policy.APIHTTPFetch] || seen[policy.APIBento] || seen[policy.APITorFetch]) && !dest.AcceptsAny() {
+		return bad("apis lists a network call but destinations accepts nothing; add e.g. destinations = [\"accept 192.0.2.1:443\"] (or \"accept *.onion:*\" for onion services)")
 	}
 	return nil
 }

@@ -40,7 +40,7 @@ func TestParse(t *testing.T) {
 func TestParseErrors(t *testing.T) {
 	tests := map[string]string{
 		`name = "x y"`:                                             "name",
-		`name = "a"` + "\nbogus = 1":                               "unknown keys bogus",
+		`name = "a"` + "\nbogus = 1":                               `unknown keys "bogus"`,
 		`name = "a"` + "\napis = [\"exec\"]":                       "unknown host call",
 		`name = "a"` + "\napis = [\"http.fetch\"]":                 "destinations accepts nothing",
 		`name = "a"` + "\nentry = \"../etc/passwd\"":               "entry",

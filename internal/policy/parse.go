@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/torbento/bento/internal/exitpolicy"
 	"github.com/torbento/bento/internal/units"
@@ -171,19 +173,38 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			return nil
 		}
 		cores := func(dst *float64) error {
-			f, err := strconv.ParseFloat(l.value, 64)
-			if err != nil || f < 0 || f > 4096 {
-				return fail("%s: %q is not a number of cores (e.g. 0.5)", l.keyword, l.value)
+			f, err := ParseCores(l.value)
+			if err != nil {
+				return fail("%s: %v", l.keyword, err)
 			}
 			*dst = f
 			return nil
 		}
 		count := func(dst *int) error {
 			n, err := strconv.Atoi(l.value)
-			if err != nil || n < 0 {
-				return fail("%s: %q is not a non-negative whole number", l.keyword, l.value)
+			if err != nil || n < 0 || n > 1<<24 {
+				return fail("%s: %q is not a whole number from 0 to %d", l.keyword, l.value, 1<<24)
 			}
 			*dst = n
+			return nil
+		}
+		atLeast := func(dst *int, least int) error {
+			n, err := strconv.Atoi(l.value)
+			if err != nil || n < least || n > 1<<24 {
+				return fail("%s: %q is not a whole number from %d to %d", l.keyword, l.value, least, 1<<24)
+			}
+			*dst = n
+			return nil
+		}
+		duration := func(dst *time.Duration, least, most time.Duration) error {
+			d, err := units.ParseDuration(l.value)
+			if err != nil {
+				return fail("%s: %v", l.keyword, err)
+			}
+			if d < least || d > most {
+				return fail("%s: %s is outside %s-%s", l.keyword, d, least, most)
+			}
+			*dst = d
 			return nil
 		}
 		var err error
@@ -320,15 +341,10 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			err = size(&p.Max.Memory)
 		case "maxcpu":
 			err = cores(&p.Max.CPU)
-		case "maxcputime", "maxlifetime":
-			d, e := units.ParseDuration(l.value)
-			if e != nil {
-				err = fail("%s: %v", l.keyword, e)
-			} else if l.keyword == "maxcputime" {
-				p.Max.CPUTime = d
-			} else {
-				p.Max.Lifetime = d
-			}
+		case "maxcputime":
+			err = duration(&p.Max.CPUTime, 10*time.Millisecond, 365*24*time.Hour)
+		case "maxlifetime":
+			err = duration(&p.Max.Lifetime, time.Second, 365*24*time.Hour)
 		case "maxprocesses":
 			err = count(&p.Max.Processes)
 		case "maxstorage":
@@ -341,8 +357,8 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			err = size(&p.Max.Fetch)
 		case "maxsteps":
 			n, e := strconv.ParseUint(l.value, 10, 64)
-			if e != nil {
-				err = fail("MaxSteps %q is not a whole number", l.value)
+			if e != nil || n < 1000 || n > 1<<50 {
+				err = fail("MaxSteps %q is not a whole number from 1000 to %d", l.value, uint64(1)<<50)
 			}
 			p.Max.Steps = n
 		case "totalmemory":
@@ -357,6 +373,35 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			err = count(&p.Aggregate.Instances)
 		case "maxinstancesperclient":
 			err = count(&p.Aggregate.PerClient)
+		case "maxconnections":
+			err = atLeast(&p.Daemon.MaxConnections, 1)
+		case "maxconnectionsperaddress":
+			err = atLeast(&p.Daemon.MaxConnectionsPerAddr, 1)
+		case "maxonionconnections":
+			err = atLeast(&p.Daemon.MaxOnionConnections, 1)
+		case "onionmaxstreams":
+			err = count(&p.Daemon.OnionMaxStreams)
+			if err == nil && p.Daemon.OnionMaxStreams > 65535 {
+				err = fail("OnionMaxStreams: at most 65535 (tor's limit)")
+			}
+		case "handshaketimeout":
+			err = duration(&p.Daemon.HandshakeTimeout, time.Second, 5*time.Minute)
+		case "idletimeout":
+			err = duration(&p.Daemon.IdleTimeout, time.Second, time.Hour)
+		case "connectionlifetime":
+			err = duration(&p.Daemon.ConnectionLifetime, time.Second, 24*time.Hour)
+		case "writetimeout":
+			err = duration(&p.Daemon.WriteTimeout, time.Second, time.Hour)
+		case "maxinflight":
+			err = size(&p.Daemon.MaxInFlight)
+		case "maxdaemonmemory":
+			err = size(&p.Daemon.MaxMemory)
+		case "maxcompositiondepth":
+			err = count(&p.Composition.MaxDepth)
+		case "maxcomposedinstances":
+			err = count(&p.Composition.MaxInstances)
+		case "maxcompositioncalls":
+			err = count(&p.Composition.MaxCalls)
 		default:
 			err = fail("unknown keyword %q (see docs/operators.md for the list)", l.keyword)
 		}
@@ -384,6 +429,21 @@ func (p *Policy) Validate() error {
 	if p.Max.Memory < 16<<20 {
 		return fmt.Errorf("MaxMemory %s is below 16 MB, the least a function runner needs", units.FormatSize(p.Max.Memory))
 	}
+	if p.Max.CPU < MinCPU {
+		return fmt.Errorf("MaxCPU %g is below %g cores, the least a function can be given", p.Max.CPU, MinCPU)
+	}
+	if p.Max.Upload < 1<<10 || p.Max.Upload > 1<<30 {
+		return fmt.Errorf("MaxUploadSize %s is outside 1 KB-1 GB", units.FormatSize(p.Max.Upload))
+	}
+	if d := p.Daemon; d.MaxInFlight < 2*(p.Max.Upload+64<<10) {
+		return fmt.Errorf("MaxInFlight %s must hold at least two uploads of MaxUploadSize (%s)", units.FormatSize(d.MaxInFlight), units.FormatSize(2*(p.Max.Upload+64<<10)))
+	}
+	if d := p.Daemon; d.MaxMemory > 0 && d.MaxInFlight > d.MaxMemory/2 {
+		return fmt.Errorf("MaxInFlight %s exceeds half of MaxDaemonMemory %s: bentod needs the rest for itself", units.FormatSize(d.MaxInFlight), units.FormatSize(d.MaxMemory))
+	}
+	if p.Daemon.MaxConnectionsPerAddr > p.Daemon.MaxConnections {
+		p.Warnings = append(p.Warnings, "MaxConnectionsPerAddress exceeds MaxConnections: one address may take every connection")
+	}
 	if p.Max.Processes < 4 {
 		return fmt.Errorf("MaxProcesses %d is below 4, the least a function runner needs", p.Max.Processes)
 	}
@@ -406,6 +466,34 @@ func (p *Policy) Validate() error {
 	}
 	return nil
 }
+
+// MinCPU is the least CPU a function can be given, and the step in which
+// CPU is given: the sandbox's CPU quota is whole hundredths of a core
+// (1 ms per 100 ms period), so what is admitted is what is enforced.
+const MinCPU = 0.01
+
+// ParseCores parses a number of cores: finite, from 0 to 4096, in steps
+// of MinCPU.
+func ParseCores(v string) (float64, error) {
+	f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 || f > 4096 {
+		return 0, fmt.Errorf("%q is not a number of cores from 0 to 4096 (e.g. 0.5)", v)
+	}
+	if !CPUStep(f) {
+		return 0, fmt.Errorf("%q: give cores in steps of %g (e.g. 0.25)", v, MinCPU)
+	}
+	return f, nil
+}
+
+// CPUStep reports whether f is a whole number of MinCPU steps.
+func CPUStep(f float64) bool {
+	h := f / MinCPU
+	return math.Abs(h-math.Round(h)) < 1e-6
+}
+
+// MilliCores is cores in thousandths, the unit bentod sums in (integers
+// do not drift as floats do when added and taken away many times).
+func MilliCores(f float64) int64 { return int64(math.Round(f * 1000)) }
 
 func splitList(v string) []string {
 	var out []string

@@ -51,8 +51,15 @@ type Policy struct {
 	OnionServicePort   int    // its virtual port (default: ListenAddress's port)
 
 	// RestoreInstances: instances (tokens, code, stored data) survive a
-	// restart of bentod, a crash included. Default off.
+	// restart of bentod, a crash included. Default on: a user's stored
+	// data is lost to a restart only when the operator chose that.
 	RestoreInstances bool
+
+	// Daemon bounds bentod's own resources against hostile clients.
+	Daemon Daemon
+
+	// Composition bounds the instances and calls functions start.
+	Composition Composition
 
 	// Middlebox node policy.
 	APIs         map[string]bool
@@ -63,6 +70,30 @@ type Policy struct {
 
 	// Warnings found while parsing (ignored policy items and the like).
 	Warnings []string
+}
+
+// Daemon bounds what clients can make bentod itself hold: connections,
+// time, and memory in flight. See docs/SECURITY.md.
+type Daemon struct {
+	MaxConnections        int           // client connections served at once on ListenAddress
+	MaxConnectionsPerAddr int           // ... from one address (IPv4 address, IPv6 /64)
+	MaxOnionConnections   int           // connections arriving through bentod's onion service at once
+	OnionMaxStreams       int           // streams one rendezvous circuit may open (tor's MaxStreams, closing the circuit beyond)
+	HandshakeTimeout      time.Duration // a connection's hello must arrive within this
+	IdleTimeout           time.Duration // an idle connection between requests is closed after this
+	ConnectionLifetime    time.Duration // requests on one connection stop being served after this (sessions excepted)
+	WriteTimeout          time.Duration // a client that reads nothing for this long is dropped (its output waits)
+	MaxInFlight           int64         // bytes of uploads, host-call results and relayed output held at once
+	MaxMemory             int64         // bentod's own memory ceiling (Go's soft limit; the unit's MemoryMax is the hard one)
+}
+
+// Composition bounds what functions start on Bento servers (remote.*),
+// counted per root: the instance a client deployed and everything its
+// functions started, on this server.
+type Composition struct {
+	MaxDepth     int // functions deploying functions deploying ...: at most this deep
+	MaxInstances int // instances one root's functions may hold here at once
+	MaxCalls     int // remote.* calls one root's functions may have in progress at once
 }
 
 // Aggregate bounds all instances together and keeps a reserve for the relay.
@@ -107,7 +138,21 @@ func Default() *Policy {
 			ReserveCPU:    0.5,
 			Instances:     128,
 		},
-		Destinations: &exitpolicy.Policy{},
+		Destinations:     &exitpolicy.Policy{},
+		RestoreInstances: true,
+		Daemon: Daemon{
+			MaxConnections:        512,
+			MaxConnectionsPerAddr: 16,
+			MaxOnionConnections:   256,
+			OnionMaxStreams:       16,
+			HandshakeTimeout:      10 * time.Second,
+			IdleTimeout:           60 * time.Second,
+			ConnectionLifetime:    5 * time.Minute,
+			WriteTimeout:          30 * time.Second,
+			MaxInFlight:           64 << 20,
+			MaxMemory:             512 << 20,
+		},
+		Composition: Composition{MaxDepth: 3, MaxInstances: 8, MaxCalls: 16},
 	}
 	for _, a := range DefaultAPIs {
 		p.APIs[a] = true
