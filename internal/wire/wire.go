@@ -14,12 +14,15 @@ package wire
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
+	"time"
 )
 
 // DefaultMaxFrame bounds a frame unless a Conn is told otherwise.
@@ -33,6 +36,8 @@ type Frame struct {
 	Type   uint8
 	Header []byte // JSON
 	Body   []byte
+
+	release func() // gives the frame's bytes back to a Conn's Budget
 }
 
 // ErrTooLarge is returned for a frame above the limit.
@@ -92,53 +97,185 @@ func parse(p []byte) (*Frame, error) {
 
 // Conn reads and writes frames on a stream. Writes are serialized, so any
 // number of goroutines may write; one goroutine reads.
+//
+// A frame's buffer grows only as its bytes arrive (a peer that announces a
+// large frame and sends little costs little), and when the Conn has a
+// Budget every byte held is charged to it before it is read: a full budget
+// stops the reading (back-pressure) until others give bytes back or
+// BudgetWait passes.
 type Conn struct {
-	r        *bufio.Reader
-	w        io.Writer
-	c        io.Closer
-	wmu      sync.Mutex
-	wbuf     []byte
+	r   *bufio.Reader
+	w   io.Writer
+	c   io.Closer
+	wmu sync.Mutex
+	pre []byte
+	// MaxFrame bounds every frame (the length field).
 	MaxFrame int
+	// Limit, if set, bounds frames of each type (below MaxFrame); 0 refuses
+	// the type outright.
+	Limit func(typ uint8) int
+	// Budget, if set, is charged for every frame's bytes while they are
+	// held; Frame.Release gives them back.
+	Budget Budget
+	// BudgetWait bounds the wait for the budget (default 30 s).
+	BudgetWait time.Duration
 }
+
+// Budget is the shared allowance frames are charged to (budget.Budget).
+type Budget interface {
+	Acquire(ctx context.Context, n int64) error
+	Release(n int64)
+}
+
+// ErrBusy is a frame that could not be charged to the budget in time.
+var ErrBusy = errors.New("wire: too much data in flight on this server; retry later")
+
+// readChunk is how far a frame's buffer grows ahead of the data.
+const readChunk = 64 << 10
 
 // NewConn wraps rw. If rw is an io.Closer, Close closes it.
 func NewConn(rw io.ReadWriter) *Conn {
-	c := &Conn{r: bufio.NewReaderSize(rw, 64<<10), w: rw, MaxFrame: DefaultMaxFrame}
+	c := &Conn{r: bufio.NewReaderSize(rw, 16<<10), w: rw, MaxFrame: DefaultMaxFrame}
 	if cl, ok := rw.(io.Closer); ok {
 		c.c = cl
 	}
 	return c
 }
 
-// Read returns the next frame.
+// Read returns the next frame. With a Budget, the caller must Release the
+// frame when it no longer holds its bytes.
 func (c *Conn) Read() (*Frame, error) {
-	var hdr [4]byte
-	if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
+	var hdr [5]byte
+	if _, err := io.ReadFull(c.r, hdr[:4]); err != nil {
 		return nil, err
 	}
-	n := int(binary.BigEndian.Uint32(hdr[:]))
+	n := int(binary.BigEndian.Uint32(hdr[:4]))
 	if err := checkLen(n, c.MaxFrame); err != nil {
 		return nil, err
 	}
-	p := make([]byte, n)
-	if _, err := io.ReadFull(c.r, p); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	if _, err := io.ReadFull(c.r, hdr[4:]); err != nil {
+		return nil, unexpected(err)
+	}
+	if c.Limit != nil {
+		lim := c.Limit(hdr[4])
+		if lim == 0 {
+			return nil, &TypeError{Type: hdr[4]}
 		}
+		if n > lim {
+			return nil, &SizeError{Type: hdr[4], Size: n, Limit: lim}
+		}
+	}
+	held := int64(0)
+	charge := func(want int64) error {
+		if c.Budget == nil || want <= held {
+			return nil
+		}
+		wait := c.BudgetWait
+		if wait <= 0 {
+			wait = 30 * time.Second
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		if err := c.Budget.Acquire(ctx, want-held); err != nil {
+			return ErrBusy
+		}
+		held = want
+		return nil
+	}
+	giveBack := func() {
+		if c.Budget != nil && held > 0 {
+			c.Budget.Release(held)
+		}
+	}
+	p := []byte{hdr[4]}
+	for len(p) < n {
+		if cap(p) == len(p) {
+			want := min(n, max(2*cap(p), readChunk))
+			if err := charge(int64(want)); err != nil {
+				giveBack()
+				return nil, err
+			}
+			q := make([]byte, len(p), want)
+			copy(q, p)
+			p = q
+		}
+		m, err := c.r.Read(p[len(p):cap(p)])
+		p = p[:len(p)+m]
+		if err != nil && len(p) < n {
+			giveBack()
+			return nil, unexpected(err)
+		}
+	}
+	f, err := parse(p)
+	if err != nil {
+		giveBack()
 		return nil, err
 	}
-	return parse(p)
+	if held > 0 {
+		f.release = func() { c.Budget.Release(held) }
+	}
+	return f, nil
 }
 
-// Write sends a frame.
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// SizeError is a frame larger than its type allows; it matches ErrTooLarge.
+type SizeError struct {
+	Type        uint8
+	Size, Limit int
+}
+
+func (e *SizeError) Error() string {
+	return fmt.Sprintf("wire: a frame of type %d may hold %d bytes, this one announces %d", e.Type, e.Limit, e.Size)
+}
+
+// Is makes errors.Is(err, ErrTooLarge) hold.
+func (e *SizeError) Is(target error) bool { return target == ErrTooLarge }
+
+// TypeError is a frame of a type the reader does not accept here.
+type TypeError struct{ Type uint8 }
+
+func (e *TypeError) Error() string { return fmt.Sprintf("wire: unexpected frame type %d", e.Type) }
+
+// Release gives the frame's bytes back to the budget they were charged
+// to. The frame's Header and Body must not be used afterwards by whoever
+// relied on the charge. Release is idempotent.
+func (f *Frame) Release() {
+	if f != nil && f.release != nil {
+		f.release()
+		f.release = nil
+	}
+}
+
+// Write sends a frame. The body is written as it is, not copied.
 func (c *Conn) Write(f *Frame) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.wbuf = f.Encode(c.wbuf[:0])
-	_, err := c.w.Write(c.wbuf)
-	if cap(c.wbuf) > 1<<20 {
-		c.wbuf = nil // do not pin large buffers
+	n := 1 + 4 + len(f.Header) + len(f.Body)
+	pre := binary.BigEndian.AppendUint32(c.pre[:0], uint32(n))
+	pre = append(pre, f.Type)
+	pre = binary.BigEndian.AppendUint32(pre, uint32(len(f.Header)))
+	pre = append(pre, f.Header...)
+	if cap(pre) > 64<<10 {
+		c.pre = nil // do not pin large buffers
+	} else {
+		c.pre = pre
 	}
+	if len(f.Body) == 0 {
+		_, err := c.w.Write(pre)
+		return err
+	}
+	if len(f.Body) < 4<<10 && len(pre)+len(f.Body) <= cap(pre) {
+		_, err := c.w.Write(append(pre, f.Body...))
+		return err
+	}
+	bufs := net.Buffers{pre, f.Body}
+	_, err := bufs.WriteTo(c.w)
 	return err
 }
 
