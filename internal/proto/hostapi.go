@@ -1,6 +1,9 @@
 package proto
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"strings"
+)
 
 // Host API frame types (bentod ⇄ runner).
 const (
@@ -10,6 +13,7 @@ const (
 	HCall   uint8 = 67 // r→d Call; body: bulk argument (data to send, value to store, ...)
 	HReply  uint8 = 68 // d→r Reply; body: bulk result
 	HDone   uint8 = 69 // r→d Done; body: the return value, encoded
+	HCancel uint8 = 70 // d→r Cancel
 )
 
 // HostAPIVersion is the host API version.
@@ -51,6 +55,46 @@ type Reply struct {
 	ID     uint64          `json:"id"`
 	Error  string          `json:"error,omitempty"`
 	Result json.RawMessage `json:"result,omitempty"`
+}
+
+// Cancel asks the runner to stop invocation Inv (a limit of the
+// invocation was reached); the invocation ends with Reason as its error.
+type Cancel struct {
+	Inv    uint64 `json:"inv"`
+	Reason string `json:"reason"`
+}
+
+// Bounds on what a runner reports of an error: longer messages and
+// backtraces are cut (by the runner, and again by bentod, which trusts no
+// runner).
+const (
+	MaxErrorMsg  = 4 << 10
+	MaxBacktrace = 16 << 10
+)
+
+// Truncate cuts an error's message and backtrace to their bounds.
+func (e *FuncError) Truncate() {
+	if e == nil {
+		return
+	}
+	e.Msg = cut(e.Msg, MaxErrorMsg)
+	e.Backtrace = cut(e.Backtrace, MaxBacktrace)
+	e.File = cut(e.File, 256)
+}
+
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "…"
+}
+
+// Size is what the error costs the output allowance: its text.
+func (e *FuncError) Size() int64 {
+	if e == nil {
+		return 0
+	}
+	return int64(len(e.Msg) + len(e.Backtrace) + len(e.File))
 }
 
 // Done ends an invocation: the function returned (body: its value as

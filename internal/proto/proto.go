@@ -43,6 +43,11 @@ const (
 // Hello opens a client connection.
 type Hello struct {
 	Version int `json:"version"`
+	// Hops is set by a Bento server whose function makes the request: how
+	// deep in composition it is (functions deploying functions). Servers
+	// refuse requests deeper than their MaxCompositionDepth, so honest
+	// servers cannot be made to deploy onto each other without end.
+	Hops int `json:"hops,omitempty"`
 }
 
 // Welcome answers Hello.

@@ -29,12 +29,13 @@ type Runner struct {
 	mu      sync.Mutex
 	nextID  uint64
 	pending map[uint64]chan *wire.Frame
-	err     error // set when the connection failed
+	threads map[uint64]*starlark.Thread // running invocations
+	err     error                       // set when the connection failed
 }
 
 // Serve runs the runner on conn until bentod closes it.
 func Serve(conn *wire.Conn) error {
-	r := &Runner{conn: conn, pending: map[uint64]chan *wire.Frame{}}
+	r := &Runner{conn: conn, pending: map[uint64]chan *wire.Frame{}, threads: map[uint64]*starlark.Thread{}}
 	f, err := conn.Read()
 	if err != nil {
 		return fmt.Errorf("reading init: %w", err)
@@ -53,6 +54,7 @@ func Serve(conn *wire.Conn) error {
 		return err
 	}
 	ready := proto.Ready{Error: r.load()}
+	ready.Error.Truncate()
 	if err := conn.Send(proto.HReady, ready, nil); err != nil {
 		return err
 	}
@@ -74,7 +76,22 @@ func Serve(conn *wire.Conn) error {
 			if err := f.Unmarshal(&inv); err != nil {
 				return err
 			}
-			go r.invoke(inv)
+			th := r.thread(inv.Inv)
+			r.mu.Lock()
+			r.threads[inv.Inv] = th
+			r.mu.Unlock()
+			go r.invoke(th, inv)
+		case proto.HCancel:
+			var c proto.Cancel
+			if err := f.Unmarshal(&c); err != nil {
+				return err
+			}
+			r.mu.Lock()
+			th := r.threads[c.Inv]
+			r.mu.Unlock()
+			if th != nil {
+				th.Cancel(c.Reason)
+			}
 		case proto.HReply:
 			var rep proto.Reply
 			if err := f.Unmarshal(&rep); err != nil {
@@ -166,14 +183,18 @@ func (r *Runner) thread(inv uint64) *starlark.Thread {
 	return th
 }
 
-func (r *Runner) invoke(inv proto.HostInvoke) {
+func (r *Runner) invoke(th *starlark.Thread, inv proto.HostInvoke) {
+	defer func() {
+		r.mu.Lock()
+		delete(r.threads, inv.Inv)
+		r.mu.Unlock()
+	}()
 	done := proto.Done{Inv: inv.Inv}
 	var body []byte
 	args, err := argsFromJSON(inv.Args)
 	if err != nil {
 		done.Error = &proto.FuncError{Msg: "bad invocation arguments: " + err.Error()}
 	} else {
-		th := r.thread(inv.Inv)
 		v, err := starlark.Call(th, r.fn, args, nil)
 		switch {
 		case err != nil:
@@ -186,6 +207,7 @@ func (r *Runner) invoke(inv proto.HostInvoke) {
 			}
 		}
 	}
+	done.Error.Truncate()
 	_ = r.conn.Send(proto.HDone, done, body)
 }
 
