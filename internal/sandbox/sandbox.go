@@ -134,14 +134,22 @@ type Container struct {
 	bundle string
 	cg     cgroupPaths
 
-	exited chan struct{}
-	status unix.WaitStatus
-	once   sync.Once
+	exited  chan struct{}
+	status  unix.WaitStatus
+	once    sync.Once
+	out     *tailBuffer
+	drained <-chan struct{} // the output pipe reached its end
 }
 
+// OutputKept bounds what is kept of a container's standard output and
+// error (and the runtime's own messages): the last bytes only. A container
+// that writes endlessly costs a pipe and a small buffer, never disk.
+const OutputKept = 8 << 10
+
 // Start creates and starts a container. hostAPI becomes the container's fd
-// 3; the runner's stdout and stderr go to logFile.
-func (s *Sandbox) Start(ctx context.Context, id string, l Limits, hostAPI *os.File, logFile *os.File) (*Container, error) {
+// 3; the runtime's and the runner's standard output and error go to a
+// pipe of which bentod keeps the last OutputKept bytes (Container.Output).
+func (s *Sandbox) Start(ctx context.Context, id string, l Limits, hostAPI *os.File) (*Container, error) {
 	if !validID(id) {
 		return nil, fmt.Errorf("invalid container id %q", id)
 	}
@@ -157,17 +165,34 @@ func (s *Sandbox) Start(ctx context.Context, id string, l Limits, hostAPI *os.Fi
 		return nil, err
 	}
 	pidFile := filepath.Join(bundle, "pid")
-	logStart, _ := logFile.Seek(0, io.SeekCurrent)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	out := newTailBuffer(OutputKept)
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		defer pr.Close()
+		_, _ = io.Copy(out, pr)
+	}()
 	cmd := exec.CommandContext(ctx, s.runtime, "--root", s.state, "run", "--detach",
 		"--bundle", bundle, "--pid-file", pidFile, "--preserve-fds", "1", id)
 	cmd.ExtraFiles = []*os.File{hostAPI}
-	// Files, not pipes: the detached container keeps its stdio open, and a
-	// pipe would keep the runtime's Wait from returning.
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
-	if err := cmd.Run(); err != nil {
+	// The pipe's write end is an *os.File, handed to the runtime as it is:
+	// no copying goroutine of ours keeps Wait from returning while the
+	// detached container holds it.
+	cmd.Stdout = pw
+	cmd.Stderr = pw
+	err = cmd.Run()
+	pw.Close() // only the container holds it now
+	if err != nil {
 		s.remove(id, bundle)
-		return nil, fmt.Errorf("%s run: %v: %s", filepath.Base(s.runtime), err, tail(logFile, logStart))
+		select {
+		case <-drained:
+		case <-time.After(200 * time.Millisecond):
+		}
+		return nil, fmt.Errorf("%s run: %v: %s", filepath.Base(s.runtime), err, lastLines(out.String()))
 	}
 	pidData, err := os.ReadFile(pidFile)
 	if err != nil {
@@ -179,7 +204,7 @@ func (s *Sandbox) Start(ctx context.Context, id string, l Limits, hostAPI *os.Fi
 		s.remove(id, bundle)
 		return nil, fmt.Errorf("bad container pid %q", pidData)
 	}
-	c := &Container{ID: id, Pid: pid, s: s, bundle: bundle, cg: cgroupsFor(id), exited: make(chan struct{})}
+	c := &Container{ID: id, Pid: pid, s: s, bundle: bundle, cg: cgroupsFor(id), exited: make(chan struct{}), out: out, drained: drained}
 	go c.reap()
 	return c, nil
 }
@@ -280,9 +305,20 @@ func (s *Sandbox) List() ([]string, error) {
 // Reap removes containers left by an earlier bentod (for example one
 // killed with SIGKILL) and returns how many it removed.
 func (s *Sandbox) Reap() (int, error) {
-	ids, err := s.List()
+	ids, err := s.Stale()
 	if err != nil {
 		return 0, err
+	}
+	return s.ReapIDs(ids), nil
+}
+
+// Stale returns the containers the runtime or the bundle directory know
+// now: taken when bentod starts, before it starts any of its own, it is
+// what an earlier bentod left.
+func (s *Sandbox) Stale() ([]string, error) {
+	ids, err := s.List()
+	if err != nil {
+		return nil, err
 	}
 	ents, _ := os.ReadDir(s.bundles)
 	seen := map[string]bool{}
@@ -294,13 +330,23 @@ func (s *Sandbox) Reap() (int, error) {
 			seen[e.Name()] = true
 		}
 	}
-	n := 0
+	out := make([]string, 0, len(seen))
 	for id := range seen {
+		out = append(out, id)
+	}
+	return out, nil
+}
+
+// ReapIDs removes the given containers (from Stale) and returns how many
+// it removed.
+func (s *Sandbox) ReapIDs(ids []string) int {
+	n := 0
+	for _, id := range ids {
 		if err := s.remove(id, filepath.Join(s.bundles, id)); err == nil {
 			n++
 		}
 	}
-	return n, nil
+	return n
 }
 
 func validID(id string) bool {
@@ -315,19 +361,58 @@ func validID(id string) bool {
 	return true
 }
 
-// tail returns the last lines written to f after offset.
-func tail(f *os.File, offset int64) string {
-	buf := make([]byte, 2048)
-	end, _ := f.Seek(0, io.SeekCurrent)
-	if end-offset > int64(len(buf)) {
-		offset = end - int64(len(buf))
+// Output returns the last bytes the container and its runtime wrote to
+// standard output and error; once the container has exited, all of them.
+func (c *Container) Output() string {
+	select {
+	case <-c.exited:
+		select {
+		case <-c.drained:
+		case <-time.After(time.Second):
+		}
+	default:
 	}
-	n, _ := f.ReadAt(buf[:max(0, end-offset)], offset)
-	lines := strings.Split(strings.TrimSpace(string(buf[:n])), "\n")
+	return c.out.String()
+}
+
+// lastLines returns the last three lines of s, joined.
+func lastLines(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
 	if len(lines) > 3 {
 		lines = lines[len(lines)-3:]
 	}
 	return strings.Join(lines, "; ")
+}
+
+// tailBuffer keeps the last n bytes written to it.
+type tailBuffer struct {
+	mu    sync.Mutex
+	buf   []byte
+	n     int
+	total int64
+}
+
+func newTailBuffer(n int) *tailBuffer { return &tailBuffer{n: n} }
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.total += int64(len(p))
+	if len(p) >= t.n {
+		t.buf = append(t.buf[:0], p[len(p)-t.n:]...)
+		return len(p), nil
+	}
+	if over := len(t.buf) + len(p) - t.n; over > 0 {
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+	}
+	t.buf = append(t.buf, p...)
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
 }
 
 // userNamespaces reports whether the kernel lets us create user namespaces.

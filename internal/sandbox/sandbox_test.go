@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -35,8 +34,7 @@ func start(t *testing.T, s *Sandbox, id, code string, l Limits) (*Container, *wi
 		t.Fatal(err)
 	}
 	host, guest := os.NewFile(uintptr(fds[0]), "host"), os.NewFile(uintptr(fds[1]), "guest")
-	logf, _ := os.Create(filepath.Join(t.TempDir(), "log"))
-	c, err := s.Start(context.Background(), id, l, guest, logf)
+	c, err := s.Start(context.Background(), id, l, guest)
 	guest.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -45,20 +43,17 @@ func start(t *testing.T, s *Sandbox, id, code string, l Limits) (*Container, *wi
 		if err := c.Remove(); err != nil {
 			t.Error(err)
 		}
-		logf.Close()
 		host.Close()
 	})
 	conn := wire.NewConn(host)
 	ents, body := proto.PackFiles(map[string][]byte{"main.star": []byte(code)})
 	if err := conn.Send(proto.HInit, proto.Init{Version: proto.HostAPIVersion, Entry: "main.star", Function: "main", Files: ents}, body); err != nil {
 		<-c.Exited()
-		b, _ := os.ReadFile(logf.Name())
-		t.Fatalf("sending init: %v; container %s; log: %s", err, c.Status(), b)
+		t.Fatalf("sending init: %v; container %s; log: %s", err, c.Status(), c.Output())
 	}
 	f, err := conn.Read()
 	if err != nil || f.Type != proto.HReady {
-		b, _ := os.ReadFile(logf.Name())
-		t.Fatalf("no ready: %v %v; log: %s", f, err, b)
+		t.Fatalf("no ready: %v %v; log: %s", f, err, c.Output())
 	}
 	return c, conn
 }
@@ -130,15 +125,13 @@ func TestConfinement(t *testing.T) {
 		t.Fatal(err)
 	}
 	devnull, _ := os.Open(os.DevNull)
-	logPath := filepath.Join(t.TempDir(), "log")
-	logf, _ := os.Create(logPath)
-	c, err := s.Start(context.Background(), "t-probe", Limits{Memory: 32 << 20, CPU: 0.5, CPUTime: 5 * time.Second, Processes: 16, Storage: 256 << 10}, devnull, logf)
+	c, err := s.Start(context.Background(), "t-probe", Limits{Memory: 32 << 20, CPU: 0.5, CPUTime: 5 * time.Second, Processes: 16, Storage: 256 << 10}, devnull)
 	if err != nil {
 		t.Fatal(err)
 	}
 	<-c.Exited()
 	defer c.Remove()
-	out, _ := os.ReadFile(logPath)
+	out := c.Output()
 	got := map[string]string{}
 	for _, l := range strings.Split(string(out), "\n") {
 		if k, v, ok := strings.Cut(l, "="); ok {

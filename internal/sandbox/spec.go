@@ -136,7 +136,10 @@ const cpuPeriod = 100_000 // µs
 
 // buildSpec returns the container configuration for one instance.
 func (s *Sandbox) buildSpec(id string, l Limits) *ociSpec {
-	cpuSecs := uint64(math.Ceil(l.CPUTime.Seconds())) + 1
+	// RLIMIT_CPU is a backstop only: bentod stops an invocation at its
+	// CPU-time limit itself, and a container can use no more than its
+	// quota over its lifetime.
+	cpuSecs := uint64(math.Ceil(l.CPUTime.Seconds()+l.CPU*l.Lifetime.Seconds())) + 2
 	spec := &ociSpec{
 		Version: "1.0.2",
 		Process: ociProcess{
@@ -214,6 +217,7 @@ type Limits struct {
 	Memory    int64
 	CPU       float64
 	CPUTime   time.Duration
+	Lifetime  time.Duration
 	Processes int
 	Storage   int64
 }
