@@ -37,7 +37,27 @@ type Client struct {
 	// Timeout bounds each request (not sessions, which last as long as the
 	// function runs). Zero means 60 seconds.
 	Timeout time.Duration
+	// MaxOutput bounds what Call, CallWithInput and Session.Collect gather
+	// (0: unlimited); beyond it they fail with ErrOutputTooLarge. A server
+	// is a peer like any other: set it when the caller's memory matters.
+	MaxOutput int64
+	// Budget, if set, is charged for every frame read from the server
+	// while it is held (see wire.Budget); bentod sets it for its own
+	// functions' composition calls.
+	Budget Budget
+	// Hops is sent in the hello: how deep in composition the caller is.
+	// bentod sets it for its functions; other clients leave it 0.
+	Hops int
 }
+
+// Budget is an allowance of bytes in flight.
+type Budget interface {
+	Acquire(ctx context.Context, n int64) error
+	Release(n int64)
+}
+
+// ErrOutputTooLarge is output beyond Client.MaxOutput.
+var ErrOutputTooLarge = errors.New("output exceeds the caller's limit")
 
 // New returns a client for the server at addr (host:port) over plain TCP.
 func New(addr string) *Client { return &Client{Addr: addr} }
@@ -99,7 +119,10 @@ func (c *Client) dial(ctx context.Context) (*wire.Conn, net.Conn, error) {
 		nc.SetDeadline(dl)
 	}
 	conn := wire.NewConn(nc)
-	if err := conn.Send(proto.THello, proto.Hello{Version: proto.Version}, nil); err != nil {
+	if c.Budget != nil {
+		conn.Budget = c.Budget
+	}
+	if err := conn.Send(proto.THello, proto.Hello{Version: proto.Version, Hops: c.Hops}, nil); err != nil {
 		nc.Close()
 		return nil, nil, &ConnError{err}
 	}
@@ -118,6 +141,7 @@ func expect(conn *wire.Conn, want uint8, v any) error {
 	if err != nil {
 		return &ConnError{err}
 	}
+	defer f.Release()
 	return decode(f, want, v)
 }
 
@@ -154,6 +178,7 @@ func (c *Client) request(ctx context.Context, t uint8, hdr any, body []byte, wan
 	if err != nil {
 		return nil, &ConnError{err}
 	}
+	defer f.Release()
 	return f, decode(f, want, v)
 }
 
@@ -269,6 +294,7 @@ type Session struct {
 	conn   *wire.Conn
 	nc     net.Conn
 	exit   *Exit
+	max    int64 // Collect's bound (Client.MaxOutput)
 }
 
 // Invoke calls the instance's function with args (encoded as a JSON array)
@@ -311,7 +337,7 @@ func (c *Client) session(ctx context.Context, t uint8, hdr any) (*Session, error
 	if ctx.Done() != nil {
 		context.AfterFunc(ctx, func() { nc.Close() })
 	}
-	return &Session{ID: s.Session, Offset: s.Offset, conn: conn, nc: nc}, nil
+	return &Session{ID: s.Session, Offset: s.Offset, conn: conn, nc: nc, max: c.MaxOutput}, nil
 }
 
 // Recv returns the next piece of output. At the end of the session it
@@ -324,6 +350,9 @@ func (s *Session) Recv() ([]byte, *Exit, error) {
 	if err != nil {
 		return nil, nil, &ConnError{err}
 	}
+	// The body is handed to the caller: with a Budget, the caller charges
+	// it again if it keeps it (bentod does).
+	defer f.Release()
 	switch f.Type {
 	case proto.TOutput:
 		var o proto.Output
@@ -347,9 +376,18 @@ func (s *Session) Recv() ([]byte, *Exit, error) {
 // Exit returns how the session ended, once Recv has returned it.
 func (s *Session) Exit() *Exit { return s.exit }
 
-// Send sends data to the function's recv().
+// Send sends data to the function's recv(), in frames of at most
+// InputChunk bytes.
 func (s *Session) Send(data []byte) error {
-	return s.conn.Send(proto.TInput, nil, data)
+	for {
+		n := min(len(data), InputChunk)
+		if err := s.conn.Send(proto.TInput, nil, data[:n]); err != nil {
+			return err
+		}
+		if data = data[n:]; len(data) == 0 {
+			return nil
+		}
+	}
 }
 
 // CloseInput tells the function no more input will come (recv() returns
@@ -360,7 +398,8 @@ func (s *Session) CloseInput() error { return s.conn.Send(proto.TInputEOF, nil, 
 // later Attach.
 func (s *Session) Close() error { return s.nc.Close() }
 
-// Collect reads the session to its end and returns all output.
+// Collect reads the session to its end and returns all output, at most
+// Client.MaxOutput bytes of it.
 func (s *Session) Collect() ([]byte, *Exit, error) {
 	var out []byte
 	for {
@@ -370,6 +409,9 @@ func (s *Session) Collect() ([]byte, *Exit, error) {
 		}
 		if exit != nil {
 			return out, exit, nil
+		}
+		if s.max > 0 && int64(len(out)+len(data)) > s.max {
+			return out, nil, fmt.Errorf("%w (%d bytes)", ErrOutputTooLarge, s.max)
 		}
 		out = append(out, data...)
 	}
@@ -381,8 +423,9 @@ func (c *Client) Call(ctx context.Context, token string, args ...any) ([]byte, e
 	return c.CallWithInput(ctx, token, nil, args...)
 }
 
-// InputChunk is the size of the input frames CallWithInput sends.
-const InputChunk = 1 << 20
+// InputChunk is the size of the input frames CallWithInput sends (the
+// largest bentod accepts).
+const InputChunk = 256 << 10
 
 // CallWithInput is Call with input: the function's recv() returns input
 // (in chunks of up to InputChunk bytes), then None.

@@ -140,10 +140,12 @@ func TestAttacks(t *testing.T) {
 		}
 	})
 	t.Run("slow-clients", func(t *testing.T) {
-		// 200 connections that never finish their hello.
+		// 200 connections from 20 other addresses that never finish their
+		// hello.
 		var conns []net.Conn
 		for i := 0; i < 200; i++ {
-			c, err := net.Dial("tcp", d.Addr)
+			dl := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i%20))}}
+			c, err := dl.Dial("tcp", d.Addr)
 			if err != nil {
 				t.Fatal(err)
 			}

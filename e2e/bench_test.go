@@ -70,17 +70,16 @@ func BenchmarkUploadToFirstByte(b *testing.B) {
 // bundle (the runner exits at once without its host-API channel).
 func BenchmarkRuncStartBaseline(b *testing.B) {
 	testutil.RequireSandbox(b)
-	s, err := sandbox.New(sandbox.Config{Runtime: "runc", StateDir: b.TempDir(), RunnerPath: filepath.Join(testutil.Binaries(b), "bento-runner")})
+	s, err := sandbox.New(sandbox.Config{Runtime: "runc", StateDir: testutil.TempDir(b), RunnerPath: filepath.Join(testutil.Binaries(b), "bento-runner")})
 	if err != nil {
 		b.Fatal(err)
 	}
 	devnull, _ := os.Open(os.DevNull)
-	logf, _ := os.Create(filepath.Join(b.TempDir(), "log"))
 	var lat []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
-		c, err := s.Start(context.Background(), fmt.Sprintf("bench-%d", i), sandbox.Limits{Memory: 32 << 20, CPU: 0.25, CPUTime: 10 * time.Second, Processes: 16, Storage: 1 << 20}, devnull, logf)
+		c, err := s.Start(context.Background(), fmt.Sprintf("bench-%d", i), sandbox.Limits{Memory: 32 << 20, CPU: 0.25, CPUTime: 10 * time.Second, Processes: 16, Storage: 1 << 20}, devnull)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -150,8 +150,12 @@ func TestSharedTokenAndShutdown(t *testing.T) {
 	if strings.Contains(d.log.String(), dep.InvocationToken) || strings.Contains(d.log.String(), dep.ShutdownToken) {
 		t.Fatal("a token reached bentod's log")
 	}
-	if strings.Contains(d.log.String(), "127.0.0.1:") {
-		t.Fatal("an address reached bentod's log under SafeLogging")
+	// Clients' addresses are scrubbed; bentod's own listeners are the
+	// operator's, named as tor names its own.
+	for _, line := range strings.Split(d.log.String(), "\n") {
+		if strings.Contains(line, "127.0.0.1:") && !strings.Contains(line, "listening") && !strings.Contains(line, "serving the node policy") {
+			t.Fatalf("an address reached bentod's log under SafeLogging: %s", line)
+		}
 	}
 }
 

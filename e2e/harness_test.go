@@ -204,6 +204,16 @@ func fn(name string) string {
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
+// portOf returns the port of a URL's or an address's host:port.
+func portOf(s string) string {
+	s = strings.TrimPrefix(strings.TrimPrefix(s, "http://"), "https://")
+	if i := strings.IndexByte(s, '/'); i >= 0 {
+		s = s[:i]
+	}
+	_, port, _ := net.SplitHostPort(s)
+	return port
+}
+
 // webServer serves body at /page and returns its base URL and port.
 func webServer(t testing.TB, body []byte) (string, int) {
 	t.Helper()

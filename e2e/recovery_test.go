@@ -15,7 +15,7 @@ import (
 // checks that a restarted bentod reaps the orphaned container and that the
 // instance's client gets a clear error.
 func TestCrashRecovery(t *testing.T) {
-	d := startBentod(t, "")
+	d := startBentod(t, "RestoreInstances 0\n")
 	dep := deployCLI(t, d, fn("dropbox"))
 	if r := bento(t, "x", "invoke", "-i", d.Addr, dep.InvocationToken, "put"); r.Code != 0 {
 		t.Fatal(r)
@@ -45,9 +45,16 @@ func TestCrashRecovery(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	out, _ := exec.Command("runc", "--root", filepath.Join(d.DataDir, "runtime"), "list", "-q").Output()
-	if strings.TrimSpace(string(out)) != "" {
-		t.Fatalf("runc still lists %s", out)
+	// The restarted bentod serves at once and reaps in the background.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		out, _ := exec.Command("runc", "--root", filepath.Join(d.DataDir, "runtime"), "list", "-q").Output()
+		if strings.TrimSpace(string(out)) == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("runc still lists %s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	for _, cg := range []string{"/sys/fs/cgroup/memory/bento", "/sys/fs/cgroup/pids/bento", "/sys/fs/cgroup/bento"} {
 		if _, err := os.Stat(filepath.Join(cg, dep.Instance)); err == nil {

@@ -55,7 +55,7 @@ func TestSecurityTable(t *testing.T) {
 	}
 	cases := map[string]*regexp.Regexp{
 		"TestAttacks": regexp.MustCompile(`t\.Run\("([a-z-]+)"`),
-		"TestLimits":  regexp.MustCompile(`\{"([a-z]+)", "[a-z ]+limit`),
+		"TestLimits":  regexp.MustCompile(`\{"([a-z]+)", "[a-z ]+(limit|exceeded|reached)`),
 	}
 	for fn, re := range cases {
 		for p, src := range sources {

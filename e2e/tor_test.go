@@ -34,7 +34,7 @@ TorCookieFile %s
 TorSocksPort %s
 OnionService 1
 AllowAPI send,recv,log,time,sleep,random,storage,exit,tor.fetch,tor.control,tor.stream,bento
-DestinationPolicy reject *:*
+DestinationPolicy accept *.onion:*, accept 127.0.0.1:*
 `, relay.ControlAddr(), relay.CookieFile(), relay.SocksAddr()))
 	var host []byte
 	deadline := time.Now().Add(30 * time.Second)
@@ -73,7 +73,7 @@ func TestTorBrowserOverOnion(t *testing.T) {
 	body := page(1 << 20)
 	base, _ := webServer(t, body)
 	// client → Tor → bentod's onion service → Browser → Tor exit → web server.
-	r := bentoTor(t, n, "run", a.Onion, fn("browser-tor"), base+"/page", "65536", "tor")
+	r := bentoTor(t, n, "run", "--destinations", "accept 127.0.0.1:"+portOf(base), a.Onion, fn("browser-tor"), base+"/page", "65536", "tor")
 	if r.Code != 0 {
 		t.Fatalf("browser over Tor: %s\nbentod log:\n%s", r, a.log)
 	}
@@ -94,7 +94,7 @@ func TestTorComposition(t *testing.T) {
 	a, b := startTorBentod(t, exits[0]), startTorBentod(t, exits[1])
 	body := page(300_000)
 	base, _ := webServer(t, body)
-	r := bentoTor(t, n, "run", a.Onion, fn("browser-dropbox-tor"), base+"/page", "65536", b.Onion, "1", "tor")
+	r := bentoTor(t, n, "run", "--destinations", "accept 127.0.0.1:"+portOf(base)+", accept *.onion:*", a.Onion, fn("browser-dropbox-tor"), base+"/page", "65536", b.Onion, "1", "tor")
 	if r.Code != 0 {
 		t.Fatalf("browser-dropbox over Tor: %s\nA log:\n%s", r, a.log)
 	}
@@ -478,7 +478,7 @@ func TestTorCover(t *testing.T) {
 		}
 	}()
 	const rate, seconds, cell = 16384, 4, 512
-	r := bento(t, "a secret message", "run", "-i", d.Addr, fn("cover"), ln.Addr().String(), fmt.Sprint(rate), fmt.Sprint(seconds), fmt.Sprint(cell))
+	r := bento(t, "a secret message", "run", "-i", "--destinations", "accept "+ln.Addr().String(), d.Addr, fn("cover"), ln.Addr().String(), fmt.Sprint(rate), fmt.Sprint(seconds), fmt.Sprint(cell))
 	if r.Code != 0 {
 		t.Fatalf("cover: %s\n%s", r, d.log)
 	}

@@ -359,9 +359,12 @@ func (c *cli) attach(args []string) int {
 	return c.stream(cl, pos[1], s, *interactive)
 }
 
-// stream copies session output to stdout (and stdin to the session).
+// stream copies session output to stdout (and stdin to the session). The
+// session's id goes to stderr first, so that even a client killed outright
+// can be reattached.
 func (c *cli) stream(cl *client.Client, token string, s *client.Session, interactive bool) int {
 	defer s.Close()
+	fmt.Fprintf(c.stderr, "bento: session %s started; reattach with: bento attach %s INVOCATION-TOKEN %s\n", s.ID, cl.Addr, s.ID)
 	if interactive {
 		go func() {
 			buf := make([]byte, 32<<10)

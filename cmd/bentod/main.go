@@ -13,10 +13,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -58,6 +60,13 @@ func run() int {
 	}
 	safelog.SetSafe(p.SafeLogging)
 	log := safelog.New(os.Stderr, p.LogLevel)
+	// bentod's own memory: Go's soft limit makes the collector work harder
+	// before the process grows past it; the service's MemoryMax is the
+	// hard ceiling (docs/operators.md).
+	if p.Daemon.MaxMemory > 0 {
+		debug.SetMemoryLimit(p.Daemon.MaxMemory)
+	}
+	checkDescriptors(p, log)
 	// Keep only what runc and bentod need; nothing below can regain the rest.
 	if err := privs.Drop(privs.Needed); err != nil {
 		log.Error("dropping privileges", "err", err)
@@ -68,11 +77,12 @@ func run() int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	ln, err := net.Listen("tcp", p.ListenAddress)
+	rawLn, err := net.Listen("tcp", p.ListenAddress)
 	if err != nil {
 		log.Error("cannot listen", "err", err)
 		return 1
 	}
+	ln := srv.LimitListener(rawLn, false)
 	var hs *http.Server
 	if p.PolicyAddress != "" {
 		pln, err := net.Listen("tcp", p.PolicyAddress)
@@ -80,15 +90,32 @@ func run() int {
 			log.Error("cannot listen for the policy", "err", err)
 			return 1
 		}
-		hs = &http.Server{Handler: srv.PolicyHandler(), ReadHeaderTimeout: 10 * time.Second}
-		go hs.Serve(pln)
-		safelog.Notice(log, "serving the node policy", "addr", safelog.Addr(pln.Addr().String()))
+		hs = srv.PolicyServer()
+		go hs.Serve(srv.LimitPolicyListener(pln))
+		safelog.Notice(log, "serving the node policy", "addr", pln.Addr().String())
 	}
-	safelog.Notice(log, "bentod listening", "addr", safelog.Addr(ln.Addr().String()), "version", server.Version)
+	// Connections through bentod's onion service arrive on a listener of
+	// their own, with limits of their own.
+	onionTarget := ""
+	if p.OnionService {
+		oln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			log.Error("cannot listen for the onion service", "err", err)
+			return 1
+		}
+		onionTarget = oln.Addr().String()
+		go srv.ServeOnion(srv.LimitListener(oln, true))
+	}
+	// The operator's own listening address is not a client's: not scrubbed.
+	safelog.Notice(log, "bentod listening", "addr", ln.Addr().String(), "version", server.Version,
+		"max_connections", p.Daemon.MaxConnections, "per_address", p.Daemon.MaxConnectionsPerAddr)
+	// Clients are served from here on; the instances of an earlier bentod
+	// come back meanwhile.
+	go srv.Recover()
 
 	// The tor beside us: onion service and the functions' control-port
 	// firewall. Changing TorControlPort needs a restart.
-	link, err := torlink.New(p, ln.Addr().String(), log)
+	link, err := torlink.New(p, ln.Addr().String(), onionTarget, log)
 	if err != nil {
 		log.Error("tor link", "err", err)
 		return 1
@@ -129,10 +156,30 @@ func run() int {
 		}
 	}()
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
+		// Only a closed listener ends Serve; anything else is a bug.
 		log.Error("serve", "err", err)
 		srv.Close()
 		return 1
 	}
 	<-closed // every instance has been torn down
 	return 0
+}
+
+// checkDescriptors warns when the descriptor limit cannot cover what the
+// policy lets clients and functions hold: every connection, and a few per
+// instance (more with Tor streams).
+func checkDescriptors(p *policy.Policy, log *slog.Logger) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	perInstance := uint64(8)
+	if p.APIs[policy.APITorStream] {
+		perInstance += 64 + 8
+	}
+	need := uint64(p.Daemon.MaxConnections+p.Daemon.MaxOnionConnections+64+64) + perInstance*uint64(p.Aggregate.Instances)
+	if lim.Cur < need {
+		log.Warn("the descriptor limit is below what the policy may need; raise it (LimitNOFILE= in the service unit, ulimit -n) or lower MaxConnections/MaxInstances",
+			"limit", lim.Cur, "needed", need)
+	}
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,30 +15,50 @@ import (
 
 	"github.com/torbento/bento/client"
 	"github.com/torbento/bento/internal/exitpolicy"
+	"github.com/torbento/bento/internal/kvstore"
 	"github.com/torbento/bento/internal/netcheck"
+	"github.com/torbento/bento/internal/policy"
+	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/runner"
 	"github.com/torbento/bento/internal/socks"
 	"github.com/torbento/bento/internal/torctl"
 	"github.com/torbento/bento/internal/units"
+	"github.com/torbento/bento/internal/wire"
 )
 
-// errStopped means the call stopped the instance; no reply is sent.
+// errStopped means the call's runtime stopped; no reply is sent.
 var errStopped = errors.New("instance stopped")
 
-// hostCall is one call being carried out.
+// hostCall is one call being carried out. Bytes it holds (its argument
+// frame, results read for it) are charged to the instance's budget until
+// the reply is written; after runs then.
 type hostCall struct {
-	in   *Instance
-	s    *session
-	args json.RawMessage
-	body []byte
+	in    *Instance
+	rt    *runtime
+	s     *session
+	args  json.RawMessage
+	body  []byte
+	after []func()
 }
 
-// ctx returns a context cancelled when the instance ends.
-func (h hostCall) ctx(timeout time.Duration) (context.Context, context.CancelFunc) {
+// hold charges n bytes to the instance until the reply is written.
+func (h *hostCall) hold(ctx context.Context, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	if err := h.in.budget.Acquire(ctx, n); err != nil {
+		return fmt.Errorf("too much data in flight on this node; retry later")
+	}
+	h.after = append(h.after, func() { h.in.budget.Release(n) })
+	return nil
+}
+
+// ctx returns a context cancelled when the call's runtime ends.
+func (h *hostCall) ctx(timeout time.Duration) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	go func() {
 		select {
-		case <-h.in.c.Exited():
+		case <-h.rt.exited():
 			cancel()
 		case <-ctx.Done():
 		}
@@ -45,7 +66,162 @@ func (h hostCall) ctx(timeout time.Duration) (context.Context, context.CancelFun
 	return ctx, cancel
 }
 
-func (h hostCall) blocking(name string) (any, []byte, error) {
+// apiFor maps a host-call name onto the policy's API item.
+func apiFor(name string) string {
+	switch {
+	case strings.HasPrefix(name, "storage."):
+		return policy.APIStorage
+	case strings.HasPrefix(name, "bento."):
+		return policy.APIBento
+	case name == "tor.event":
+		return policy.APITorControl
+	case strings.HasPrefix(name, "tor.") && name != "tor.fetch" && name != "tor.control":
+		return policy.APITorStream
+	}
+	return name
+}
+
+// dispatch checks a host call against the manifest and the policy, then
+// carries it out. Calls that may block run on their own goroutine.
+func (in *Instance) dispatch(rt *runtime, call proto.Call, f *wire.Frame) {
+	h := &hostCall{in: in, rt: rt, args: call.Args, body: f.Body}
+	h.after = append(h.after, f.Release, func() { rt.calls.Add(-1) })
+	reply := func(err error, result any, bulk []byte) {
+		rep := proto.Reply{ID: call.ID}
+		if err != nil {
+			rep.Error = err.Error()
+		} else if result != nil {
+			rep.Result, _ = json.Marshal(result)
+		}
+		_ = rt.conn.Send(proto.HReply, rep, bulk)
+	}
+	finish := func(res any, bulk []byte, err error) {
+		if err != errStopped {
+			reply(err, res, bulk)
+		}
+		for _, a := range h.after {
+			a()
+		}
+	}
+	api := apiFor(call.Name)
+	if !policy.KnownAPI(api) {
+		finish(nil, nil, fmt.Errorf("unknown host call %q", truncate(call.Name, 40)))
+		return
+	}
+	if !in.m.Has(api) {
+		in.log.Info("host call denied", "instance", in.id, "call", call.Name, "why", "not in manifest")
+		finish(nil, nil, fmt.Errorf("permission denied: %s() needs %q in the manifest's apis", call.Name, api))
+		return
+	}
+	if !in.srv.policy().APIs[api] {
+		finish(nil, nil, fmt.Errorf("permission denied: this node's policy does not allow %q", api))
+		return
+	}
+	in.mu.Lock()
+	h.s = in.byInv[call.Inv]
+	in.mu.Unlock()
+	if (call.Name == "send" || call.Name == "recv") && h.s == nil {
+		finish(nil, nil, fmt.Errorf("%s() can only be called during an invocation", call.Name))
+		return
+	}
+	switch call.Name {
+	case "send":
+		finish(nil, nil, in.output(h.s, h.body))
+	case "log":
+		var a struct {
+			Msg string `json:"msg"`
+		}
+		_ = json.Unmarshal(call.Args, &a)
+		finish(nil, nil, in.appendLog(a.Msg))
+	case "time":
+		finish(map[string]float64{"now": float64(time.Now().UnixNano()) / 1e9}, nil, nil)
+	case "random":
+		var a struct {
+			N int `json:"n"`
+		}
+		_ = json.Unmarshal(call.Args, &a)
+		if a.N < 0 || a.N > 1<<20 {
+			finish(nil, nil, fmt.Errorf("random: n must be 0-1048576"))
+			return
+		}
+		b := make([]byte, a.N)
+		_, _ = rand.Read(b)
+		finish(nil, b, nil)
+	case "exit":
+		// The instance ends when the calling invocation finishes; no new
+		// invocation is accepted meanwhile.
+		in.mu.Lock()
+		in.exiting = true
+		in.mu.Unlock()
+		finish(nil, nil, nil)
+	case "storage.put", "storage.get", "storage.delete", "storage.keys":
+		res, bulk, err := h.storage(call.Name)
+		finish(res, bulk, err)
+	case "recv", "sleep", "http.fetch", "tor.fetch", "tor.control", "tor.event", "bento.deploy", "bento.invoke", "bento.shutdown",
+		"tor.listen", "tor.accept", "tor.dial", "tor.read", "tor.write", "tor.close", "tor.splice":
+		go func() {
+			defer in.srv.recoverPanic("a host call")
+			res, bulk, err := h.blocking(call.Name)
+			finish(res, bulk, err)
+		}()
+	default:
+		finish(nil, nil, fmt.Errorf("unknown host call %q", truncate(call.Name, 40)))
+	}
+}
+
+// storage implements the key/value host calls on the instance's store.
+// Errors name no path: they reach the function and its callers.
+func (h *hostCall) storage(name string) (any, []byte, error) {
+	in := h.in
+	var a struct {
+		Key string `json:"key"`
+	}
+	_ = json.Unmarshal(h.args, &a)
+	if name != "storage.keys" && (a.Key == "" || len(a.Key) > kvstore.MaxKeyLen) {
+		return nil, nil, fmt.Errorf("storage: key must be 1-%d bytes", kvstore.MaxKeyLen)
+	}
+	internal := func(err error) error {
+		in.log.Warn("storage", "instance", in.id, "call", name, "err", err)
+		return fmt.Errorf("storage: bentod could not %s (its disk?); retry later", strings.TrimPrefix(name, "storage."))
+	}
+	switch name {
+	case "storage.put":
+		err := in.store.Put(a.Key, h.body)
+		switch {
+		case errors.Is(err, kvstore.ErrFull):
+			return nil, nil, fmt.Errorf("storage limit exceeded (%s, each key counting %d bytes beyond its key and value); delete keys first", units.FormatSize(in.m.Resources.Storage), kvstore.Overhead)
+		case errors.Is(err, kvstore.ErrTooMany):
+			return nil, nil, fmt.Errorf("storage limit exceeded: too many keys")
+		case err != nil:
+			return nil, nil, internal(err)
+		}
+		return nil, nil, nil
+	case "storage.get":
+		n, ok := in.store.Size(a.Key)
+		if !ok {
+			return map[string]bool{"found": false}, nil, nil
+		}
+		ctx, cancel := h.ctx(30 * time.Second)
+		defer cancel()
+		if err := h.hold(ctx, int64(n)); err != nil {
+			return nil, nil, fmt.Errorf("storage: %w", err)
+		}
+		b, ok, err := in.store.Get(a.Key)
+		if err != nil {
+			return nil, nil, internal(err)
+		}
+		return map[string]bool{"found": ok}, b, nil
+	case "storage.delete":
+		if err := in.store.Delete(a.Key); err != nil {
+			return nil, nil, internal(err)
+		}
+		return nil, nil, nil
+	default: // keys
+		return map[string][]string{"keys": in.store.Keys()}, nil, nil
+	}
+}
+
+func (h *hostCall) blocking(name string) (any, []byte, error) {
 	switch name {
 	case "recv":
 		return h.recv()
@@ -54,14 +230,14 @@ func (h hostCall) blocking(name string) (any, []byte, error) {
 			Seconds float64 `json:"seconds"`
 		}
 		_ = json.Unmarshal(h.args, &a)
-		d := time.Duration(a.Seconds * float64(time.Second))
-		if d < 0 || d > h.in.m.Resources.Lifetime {
-			d = h.in.m.Resources.Lifetime
+		d := h.in.m.Resources.Lifetime
+		if a.Seconds >= 0 && a.Seconds < d.Seconds() {
+			d = time.Duration(a.Seconds * float64(time.Second))
 		}
 		select {
 		case <-time.After(d):
 			return nil, nil, nil
-		case <-h.in.c.Exited():
+		case <-h.rt.exited():
 			return nil, nil, errStopped
 		}
 	case "http.fetch":
@@ -80,43 +256,63 @@ func (h hostCall) blocking(name string) (any, []byte, error) {
 	return nil, nil, fmt.Errorf("unknown host call %q", name)
 }
 
-func (h hostCall) recv() (any, []byte, error) {
+// seconds turns a timeout argument into a duration within (0, most]; a
+// value out of range (negative, NaN, huge) means most.
+func seconds(v float64, most time.Duration) time.Duration {
+	if v > 0 && v < most.Seconds() {
+		return time.Duration(v * float64(time.Second))
+	}
+	return most
+}
+
+func (h *hostCall) recv() (any, []byte, error) {
 	var a struct {
 		Timeout float64 `json:"timeout"`
 	}
 	_ = json.Unmarshal(h.args, &a)
 	var timeout <-chan time.Time
 	if a.Timeout > 0 {
-		t := time.NewTimer(time.Duration(a.Timeout * float64(time.Second)))
+		t := time.NewTimer(seconds(a.Timeout, h.in.m.Resources.Lifetime))
 		defer t.Stop()
 		timeout = t.C
 	}
+	give := func(f *wire.Frame) (any, []byte, error) {
+		// The client's bytes stay charged to it until the reply is sent.
+		h.after = append(h.after, f.Release)
+		return nil, f.Body, nil
+	}
 	select {
-	case b := <-h.s.input:
-		return nil, b, nil
+	case f := <-h.s.input:
+		return give(f)
 	default:
 	}
 	select {
-	case b := <-h.s.input:
-		return nil, b, nil
+	case f := <-h.s.input:
+		return give(f)
 	case <-h.s.eof:
 		select {
-		case b := <-h.s.input:
-			return nil, b, nil
+		case f := <-h.s.input:
+			return give(f)
 		default:
 		}
 		return map[string]bool{"eof": true}, nil, nil
 	case <-timeout:
 		return map[string]bool{"timeout": true}, nil, nil
-	case <-h.in.c.Exited():
+	case <-h.rt.exited():
 		return nil, nil, errStopped
 	}
 }
 
-// checked returns a dialer that enforces the node's and the manifest's
-// destination policies.
-func (h hostCall) checked() *netcheck.Checked {
-	pols := []*exitpolicy.Policy{h.in.srv.policy().Destinations, h.in.m.Dest}
+// policies returns the node's destination policy and the manifest's: every
+// destination a function reaches, directly or through Tor, must meet both.
+func (h *hostCall) policies() []*exitpolicy.Policy {
+	return []*exitpolicy.Policy{h.in.srv.policy().Destinations, h.in.m.Dest}
+}
+
+// checked returns a dialer for direct connections: the destination
+// policies and, beside a relay, the relay's own exit policy.
+func (h *hostCall) checked() *netcheck.Checked {
+	pols := h.policies()
 	if t := h.in.srv.tor; t != nil {
 		// Beside a relay, functions reach directly only what the relay's
 		// exit policy accepts; until tor told us, nothing.
@@ -133,21 +329,37 @@ func (h hostCall) checked() *netcheck.Checked {
 	}
 }
 
-// torDialer returns a dialer through the node's TorSocksPort. Each instance
-// gets its own SOCKS credentials, so tor (IsolateSOCKSAuth, on by default)
-// never puts two instances' streams on one circuit.
-func (h hostCall) torDialer() (*socks.Dialer, error) {
+// torDialer returns a dialer through the node's TorSocksPort that checks
+// every destination against the destination policies first (the exit or
+// the onion service resolves the name: the name is what is checked). Each
+// instance gets its own SOCKS credentials, so tor (IsolateSOCKSAuth, on by
+// default) never puts two instances' streams on one circuit.
+func (h *hostCall) torDialer() (*checkedTor, error) {
 	p := h.in.srv.policy().TorSocksPort
 	if p == "" {
 		return nil, errors.New("this node has no Tor SOCKS port (TorSocksPort)")
 	}
-	return &socks.Dialer{Proxy: p, Username: h.in.socksUser(), Password: "bento"}, nil
+	return &checkedTor{d: &socks.Dialer{Proxy: p, Username: h.in.socksUser(), Password: "bento"}, pols: h.policies()}, nil
+}
+
+// checkedTor is a SOCKS dialer that refuses destinations the policies
+// reject.
+type checkedTor struct {
+	d    *socks.Dialer
+	pols []*exitpolicy.Policy
+}
+
+func (c *checkedTor) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	if err := netcheck.CheckTor(c.pols, addr); err != nil {
+		return nil, err
+	}
+	return c.d.DialContext(ctx, network, addr)
 }
 
 // fetch carries out http.fetch (direct, checked against the destination
-// policies) or tor.fetch (through Tor, where the exit relay's policy
-// decides).
-func (h hostCall) fetch(viaTor bool) (any, []byte, error) {
+// policies and the relay's exit policy) or tor.fetch (through Tor, checked
+// against the destination policies; the exit relay's policy decides too).
+func (h *hostCall) fetch(viaTor bool) (any, []byte, error) {
 	name := "fetch"
 	if viaTor {
 		name = "tor.fetch"
@@ -158,14 +370,14 @@ func (h hostCall) fetch(viaTor bool) (any, []byte, error) {
 	}
 	u, err := url.Parse(a.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, nil, fmt.Errorf("%s: %q is not an http:// or https:// URL", name, a.URL)
+		return nil, nil, fmt.Errorf("%s: %q is not an http:// or https:// URL", name, truncate(a.URL, 200))
 	}
 	timeout := 30 * time.Second
 	if viaTor {
 		timeout = 60 * time.Second
 	}
-	if a.Timeout > 0 && a.Timeout < 300 {
-		timeout = time.Duration(a.Timeout * float64(time.Second))
+	if a.Timeout > 0 {
+		timeout = seconds(a.Timeout, 300*time.Second)
 	}
 	ctx, cancel := h.ctx(timeout)
 	defer cancel()
@@ -173,6 +385,9 @@ func (h hostCall) fetch(viaTor bool) (any, []byte, error) {
 	if viaTor {
 		td, err := h.torDialer()
 		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
+		}
+		if err := netcheck.CheckTor(td.pols, hostPort(u)); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", name, err)
 		}
 		dial = td.DialContext
@@ -204,7 +419,10 @@ func (h hostCall) fetch(viaTor bool) (any, []byte, error) {
 	}
 	req, err := http.NewRequestWithContext(ctx, method, a.URL, body)
 	if err != nil {
-		return nil, nil, fmt.Errorf("fetch: %v", err)
+		return nil, nil, fmt.Errorf("%s: %v", name, err)
+	}
+	if len(a.Headers) > 64 {
+		return nil, nil, fmt.Errorf("%s: at most 64 headers", name)
 	}
 	for k, v := range a.Headers {
 		req.Header.Set(k, v)
@@ -216,24 +434,57 @@ func (h hostCall) fetch(viaTor bool) (any, []byte, error) {
 	if err != nil {
 		var de *netcheck.DeniedError
 		if errors.As(err, &de) {
-			return nil, nil, fmt.Errorf("fetch: %w", de)
+			return nil, nil, fmt.Errorf("%s: %w", name, de)
 		}
 		return nil, nil, fmt.Errorf("%s %s: %v", name, u.Redacted(), unwrapURLError(err))
 	}
 	defer resp.Body.Close()
-	limit := h.in.m.Resources.Fetch
-	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
-	if err != nil {
-		return nil, nil, fmt.Errorf("fetch: reading body: %v", err)
+	data, err := h.readLimited(ctx, resp.Body, h.in.m.Resources.Fetch)
+	if errors.Is(err, errTooBig) {
+		return nil, nil, fmt.Errorf("%s: response body exceeds %s (MaxFetchSize)", name, units.FormatSize(h.in.m.Resources.Fetch))
 	}
-	if int64(len(data)) > limit {
-		return nil, nil, fmt.Errorf("%s: response body exceeds %s (MaxFetchSize)", name, units.FormatSize(limit))
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: reading body: %v", name, err)
 	}
 	hdrs := map[string]string{}
 	for k := range resp.Header {
 		hdrs[strings.ToLower(k)] = resp.Header.Get(k)
 	}
 	return runner.FetchResult{Status: resp.StatusCode, Headers: hdrs}, data, nil
+}
+
+var errTooBig = errors.New("too big")
+
+// readLimited reads r to its end, at most limit bytes, growing its buffer
+// only as bytes arrive and charging them to the instance.
+func (h *hostCall) readLimited(ctx context.Context, r io.Reader, limit int64) ([]byte, error) {
+	var buf []byte
+	chunk := int64(32 << 10)
+	for {
+		if int64(len(buf)) == int64(cap(buf)) {
+			grow := min(max(chunk, int64(cap(buf))), limit+1-int64(len(buf)))
+			if grow <= 0 {
+				return nil, errTooBig
+			}
+			if err := h.hold(ctx, grow); err != nil {
+				return nil, err
+			}
+			nb := make([]byte, len(buf), int64(cap(buf))+grow)
+			copy(nb, buf)
+			buf = nb
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > limit {
+			return nil, errTooBig
+		}
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 }
 
 func unwrapURLError(err error) error {
@@ -249,13 +500,19 @@ func hostPort(u *url.URL) string {
 		return u.Host
 	}
 	if u.Scheme == "https" {
-		return u.Hostname() + ":443"
+		return net.JoinHostPort(u.Hostname(), "443")
 	}
-	return u.Hostname() + ":80"
+	return net.JoinHostPort(u.Hostname(), "80")
 }
 
-// remote carries out composition calls on another Bento server.
-func (h hostCall) remote(name string) (any, []byte, error) {
+// remote carries out composition calls on another Bento server, or on this
+// one. Every destination meets the destination policies (an onion server
+// is reached through Tor and checked by name); a call onto this very
+// bentod is served in process and charged to this function's client; the
+// server is told how deep in composition the call is; the output is
+// charged to the instance and cut at its MaxFetchSize; and at most
+// MaxCompositionCalls calls of one root are in progress at once.
+func (h *hostCall) remote(name string) (any, []byte, error) {
 	var a struct {
 		Server   string            `json:"server"`
 		Token    string            `json:"token"`
@@ -266,22 +523,47 @@ func (h hostCall) remote(name string) (any, []byte, error) {
 	if err := json.Unmarshal(h.args, &a); err != nil {
 		return nil, nil, fmt.Errorf("%s: bad arguments", name)
 	}
+	short := "remote." + strings.TrimPrefix(name, "bento.")
+	done, err := h.in.srv.beginCall(h.in.root)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", short, err)
+	}
+	defer done()
 	ctx, cancel := h.ctx(h.in.m.Resources.Lifetime)
 	defer cancel()
-	cl := &client.Client{Addr: a.Server}
-	if host, _, _ := net.SplitHostPort(a.Server); strings.HasSuffix(strings.ToLower(host), ".onion") {
-		// A server published as an onion service is reached through Tor.
+	host, _, err := net.SplitHostPort(a.Server)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: server %q is not HOST:PORT", short, truncate(a.Server, 100))
+	}
+	in := h.in
+	cl := &client.Client{Addr: a.Server, Budget: in.budget, Hops: in.depth + 1, MaxOutput: in.m.Resources.Fetch}
+	if strings.HasSuffix(strings.ToLower(host), ".onion") {
+		// A server published as an onion service is reached through Tor
+		// (this bentod's own: in process).
 		td, err := h.torDialer()
 		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %s is an onion service: %w", name, a.Server, err)
+			return nil, nil, fmt.Errorf("%s: %s is an onion service: %w", short, a.Server, err)
 		}
-		cl.Dialer = td
+		if err := netcheck.CheckTor(td.pols, a.Server); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", short, err)
+		}
+		if own := in.srv.Onion(); own != "" && strings.EqualFold(own, a.Server) {
+			cl.Dialer = selfDialer{in}
+		} else {
+			cl.Dialer = td
+		}
 	} else {
 		dialer := h.checked()
-		if _, err := dialer.Check(ctx, a.Server); err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", name, err)
+		addrs, err := dialer.Check(ctx, a.Server)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", short, err)
 		}
 		cl.Dialer = dialer
+		for _, ap := range addrs {
+			if in.srv.self.is(ap) {
+				cl.Dialer = selfDialer{in}
+			}
+		}
 	}
 	switch name {
 	case "bento.deploy":
@@ -291,31 +573,82 @@ func (h hostCall) remote(name string) (any, []byte, error) {
 		}
 		d, err := cl.Deploy(ctx, fn)
 		if err != nil {
-			return nil, nil, fmt.Errorf("remote.deploy on %s: %w", a.Server, err)
+			return nil, nil, fmt.Errorf("%s on %s: %w", short, a.Server, err)
 		}
 		return d, nil, nil
 	case "bento.invoke":
 		var args []any
 		if len(a.Args) > 0 {
 			if err := json.Unmarshal(a.Args, &args); err != nil {
-				return nil, nil, fmt.Errorf("remote.invoke: args must be a list")
+				return nil, nil, fmt.Errorf("%s: args must be a list", short)
 			}
 		}
-		out, err := cl.CallWithInput(ctx, a.Token, h.body, args...)
+		out, err := h.collect(ctx, cl, a.Token, args)
 		if err != nil {
-			return nil, nil, fmt.Errorf("remote.invoke on %s: %w", a.Server, err)
+			return nil, nil, fmt.Errorf("%s on %s: %w", short, a.Server, err)
 		}
 		return nil, out, nil
 	default:
 		if err := cl.Shutdown(ctx, a.Token); err != nil {
-			return nil, nil, fmt.Errorf("remote.shutdown on %s: %w", a.Server, err)
+			return nil, nil, fmt.Errorf("%s on %s: %w", short, a.Server, err)
 		}
 		return nil, nil, nil
 	}
 }
 
+// collect invokes a remote function with the call's input and gathers its
+// output, charged to the instance, at most its MaxFetchSize.
+func (h *hostCall) collect(ctx context.Context, cl *client.Client, token string, args []any) ([]byte, error) {
+	s, err := cl.Invoke(ctx, token, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	if len(h.body) > 0 {
+		if err := s.Send(h.body); err != nil {
+			return nil, &client.ConnError{Err: err}
+		}
+	}
+	if err := s.CloseInput(); err != nil {
+		return nil, &client.ConnError{Err: err}
+	}
+	var out []byte
+	limit := h.in.m.Resources.Fetch
+	for {
+		data, exit, err := s.Recv()
+		if err != nil {
+			return nil, err
+		}
+		if exit != nil {
+			if exit.Status != client.StatusOK {
+				return nil, &client.ExitError{Exit: exit}
+			}
+			return out, nil
+		}
+		if int64(len(out)+len(data)) > limit {
+			return nil, fmt.Errorf("its output exceeds %s (MaxFetchSize)", units.FormatSize(limit))
+		}
+		if err := h.hold(ctx, int64(len(data))); err != nil {
+			return nil, err
+		}
+		out = append(out, data...)
+	}
+}
+
+// selfDialer connects a function to this very bentod, in process.
+type selfDialer struct{ in *Instance }
+
+func (d selfDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	select {
+	case <-d.in.srv.closed:
+		return nil, errors.New("bentod is shutting down")
+	default:
+	}
+	return d.in.srv.selfConn(d.in), nil
+}
+
 // torControl passes one command line through the control-port firewall.
-func (h hostCall) torControl() (any, []byte, error) {
+func (h *hostCall) torControl() (any, []byte, error) {
 	var a struct {
 		Command string `json:"command"`
 	}
@@ -351,24 +684,21 @@ func controlResult(r *torctl.Reply) runner.ControlResult {
 }
 
 // torEvent waits for the function's next control-port event.
-func (h hostCall) torEvent() (any, []byte, error) {
+func (h *hostCall) torEvent() (any, []byte, error) {
 	var a struct {
 		Timeout float64 `json:"timeout"`
 	}
 	_ = json.Unmarshal(h.args, &a)
-	if a.Timeout <= 0 || a.Timeout > 300 {
-		a.Timeout = 300
-	}
 	sess, err := h.in.control()
 	if err != nil {
 		return nil, nil, fmt.Errorf("tor.event: %w", err)
 	}
-	ctx, cancel := h.ctx(time.Duration(a.Timeout * float64(time.Second)))
+	ctx, cancel := h.ctx(seconds(a.Timeout, 300*time.Second))
 	defer cancel()
 	r := sess.NextEvent(ctx)
 	if r == nil {
 		select {
-		case <-h.in.c.Exited():
+		case <-h.rt.exited():
 			return nil, nil, errStopped
 		default:
 		}

@@ -2,179 +2,256 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/torbento/bento/internal/kvstore"
 	"github.com/torbento/bento/internal/manifest"
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/proto"
+	"github.com/torbento/bento/internal/safelog"
 	"github.com/torbento/bento/internal/sandbox"
 	"github.com/torbento/bento/internal/torfw"
 	"github.com/torbento/bento/internal/units"
 	"github.com/torbento/bento/internal/wire"
 )
 
-// Instance is one running function: a container, its host-API channel, its
-// sessions and its storage.
+// Instance is one deployed function: its tokens, its sessions, its stored
+// data, and the container that runs its code (its runtime).
+//
+// The instance outlives its runtime. A runtime that reaches a limit — the
+// memory limit (the kernel's OOM kill), the process limit, a runner that
+// breaks the host-API protocol or dies — is removed, the invocations it
+// was running end with the reason, and a new runtime starts after a
+// back-off that grows with repeated failures. Whoever holds only the
+// invocation token can therefore make calls fail, but cannot end the
+// instance or lose its stored data: only the shutdown token, the lifetime,
+// the function itself (exit(), or returning in one-shot mode) and bentod's
+// own shutdown end an instance.
 type Instance struct {
-	id       string
-	m        *manifest.Manifest
-	srv      *Server
-	log      *slog.Logger
-	invHash  tokenHash
-	shutHash tokenHash
-	dir      string
-	files    map[string][]byte
-
-	c    *sandbox.Container
-	conn *wire.Conn
-
-	mu           sync.Mutex
-	sessions     map[string]*session
-	byInv        map[uint64]*session
-	nextInv      uint64
-	invoked      bool
-	outputUsed   int64
-	storageUsed  int64
-	exiting      bool // the function called exit()
-	killReason   string
-	endReason    string
-	ended        chan struct{} // closed when the container is gone
-	endedAt      time.Time
-	released     bool
+	id           string
+	m            *manifest.Manifest
+	srv          *Server
+	log          *slog.Logger
+	invHash      tokenHash
+	shutHash     tokenHash
+	dir          string
 	created      time.Time // deploy time; the lifetime counts from it, across restarts
 	manifestText string
-	client       string         // per-client fairness key ("" for Tor/loopback clients)
-	torSession   *torfw.Session // opened on the first tor.control call
-	st           *streams       // Tor streams and onion-service listeners
+	owner        string // per-client fairness key ("" for clients through Tor)
+	root         string // composition group
+	depth        int    // composition depth
+	adm          *admission
+	store        *kvstore.Store
+	budget       *chain // host-call data in flight
+
+	mu         sync.Mutex
+	rt         *runtime      // the running container; nil while (re)starting
+	rtReady    chan struct{} // closed when rt is set
+	sessions   map[string]*session
+	byInv      map[uint64]*session // running invocations
+	nextInv    uint64
+	invoked    bool
+	readers    int   // clients attached to its sessions
+	outputHeld int64 // retained output and logs, with framing, charged to Output
+	logHeld    int64 // the part of outputHeld that is the function's log
+	exiting    bool  // the function called exit()
+	endReason  string
+	endReq     chan struct{} // closed when the instance is to end
+	ended      chan struct{} // closed when it has ended
+	endedAt    time.Time
+	restarts   []time.Time
+	lastStop   string         // why the last runtime stopped
+	torSession *torfw.Session // opened on the first tor.control call
+	st         *streams       // Tor streams and onion-service listeners
 }
 
-// control returns the instance's control-port firewall session.
-func (in *Instance) control() (*torfw.Session, error) {
-	fw := in.srv.firewall
-	if fw == nil {
-		return nil, fmt.Errorf("this node is not connected to tor's control port (TorControlPort)")
-	}
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	if in.torSession == nil {
-		in.torSession = fw.Open(in.socksUser())
-	}
-	return in.torSession, nil
+// runtime is one container running the instance's code.
+type runtime struct {
+	c     *sandbox.Container
+	conn  *wire.Conn
+	stop  string       // why bentod stopped it (guarded by the instance's mu)
+	calls atomic.Int32 // host calls in progress
 }
 
-// socksUser is the SOCKS username of the instance's Tor traffic: tor
-// isolates it from everyone else's, and the firewall attributes circuits
-// and streams by it.
-func (in *Instance) socksUser() string { return "bento-" + in.id }
+// exited is closed when the runtime's container has ended.
+func (rt *runtime) exited() <-chan struct{} { return rt.c.Exited() }
 
 // session is one invocation.
 type session struct {
-	id     string
-	inv    uint64
-	out    *outLog
-	input  chan []byte   // bytes for recv()
-	eof    chan struct{} // closed on the client's InputEOF
-	once   sync.Once
-	done   bool
-	doneAt time.Time
+	id       string
+	inv      uint64
+	rt       *runtime
+	out      *outLog
+	held     int64            // output charged for it
+	input    chan *wire.Frame // client input for recv(), charged to the client
+	eof      chan struct{}    // closed on the client's InputEOF
+	fin      chan struct{}    // closed when the invocation has ended
+	eofOnce  sync.Once
+	finOnce  sync.Once
+	readers  int           // clients attached
+	cpuStart time.Duration // the runtime's CPU time when it began
+	limitHit string        // a limit of this invocation was reached
+	cancelAt time.Time     // when bentod asked the runner to cancel it
+	done     bool
+	doneAt   time.Time
+}
+
+// finish marks the invocation ended and gives back its queued input.
+func (s *session) finish() {
+	s.finOnce.Do(func() { close(s.fin) })
+	s.drainInput()
+}
+
+func (s *session) drainInput() {
+	for {
+		select {
+		case f := <-s.input:
+			f.Release()
+		default:
+			return
+		}
+	}
 }
 
 // Session bounds per instance.
 const (
-	maxActiveSessions   = 256  // invocations running at once
+	maxActiveSessions   = 64   // invocations running at once
 	maxRetainedSessions = 1024 // finished sessions kept for reattaching
+	maxReaders          = 8    // clients attached to one session at once
+	maxInstanceReaders  = 64   // ... to all of an instance's sessions
+	sessionCharge       = 256  // what a retained session costs the output allowance
+	maxCalls            = 128  // host calls in progress (a Starlark runner makes one per invocation)
+	logKept             = 64 << 10
 )
 
-// storage keys are stored hex-encoded as file names.
-const maxKey = 256
+// restart back-off: a runtime that keeps failing is started again after
+// 1 s, 2 s, 4 s ... up to a minute; ten quiet minutes forgive it.
+const (
+	restartWindow = 10 * time.Minute
+	restartMax    = time.Minute
+)
 
-func (in *Instance) storageDir() string { return filepath.Join(in.dir, "storage") }
+func newInstance(s *Server, id string, m *manifest.Manifest, text string, o origin, adm *admission) *Instance {
+	in := &Instance{
+		id: id, m: m, srv: s, log: s.log, created: time.Now(), manifestText: text,
+		owner: o.owner, root: adm.root, depth: o.depth, adm: adm,
+		dir: filepath.Join(s.instDir, id), rtReady: make(chan struct{}),
+		sessions: map[string]*session{}, byInv: map[uint64]*session{},
+		endReq: make(chan struct{}), ended: make(chan struct{}),
+	}
+	in.budget = newChain(instanceShare(s.policy(), m.Resources), s.inflight)
+	return in
+}
 
-// start runs the container and loads the function. On error everything is
-// cleaned up by the caller through in.teardown.
-func (in *Instance) start(ctx context.Context) error {
-	for _, d := range []string{in.dir, filepath.Join(in.dir, "sessions"), in.storageDir()} {
+func (in *Instance) storagePath() string { return filepath.Join(in.dir, "storage.log") }
+
+// openStore opens the instance's stored data.
+func (in *Instance) openStore() error {
+	st, err := kvstore.Open(in.storagePath(), kvstore.Options{MaxBytes: in.m.Resources.Storage})
+	if err != nil {
+		return err
+	}
+	in.store = st
+	return nil
+}
+
+// hostFrameLimit bounds a frame from the runner: the largest item a host
+// call carries (output, a stored value, a fetch body) and its header.
+func hostFrameLimit(r policy.Limits) int64 {
+	return max(r.Output, r.Storage, r.Fetch, 1<<20) + 64<<10
+}
+
+// startRuntime starts a container and loads the function into it.
+func (in *Instance) startRuntime(ctx context.Context, files map[string][]byte) (*runtime, error) {
+	for _, d := range []string{in.dir, filepath.Join(in.dir, "sessions")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Non-blocking, so the runtime poller owns it and Close interrupts a
 	// pending Read.
 	if err := syscall.SetNonblock(fds[0], true); err != nil {
 		syscall.Close(fds[0])
 		syscall.Close(fds[1])
-		return err
+		return nil, err
 	}
 	host, guest := os.NewFile(uintptr(fds[0]), "hostapi"), os.NewFile(uintptr(fds[1]), "hostapi-guest")
-	logf, err := os.OpenFile(filepath.Join(in.dir, "runner.log"), os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o600)
-	if err != nil {
-		host.Close()
-		return err
-	}
-	defer logf.Close()
 	r := in.m.Resources
 	c, err := in.srv.sb.Start(ctx, in.id, sandbox.Limits{
-		Memory: r.Memory, CPU: r.CPU, CPUTime: r.CPUTime, Processes: r.Processes, Storage: r.Storage,
-	}, guest, logf)
+		Memory: r.Memory, CPU: r.CPU, CPUTime: r.CPUTime, Lifetime: r.Lifetime, Processes: r.Processes, Storage: r.Storage,
+	}, guest)
 	// Only the container may hold the guest end: its death must be EOF here.
 	guest.Close()
 	if err != nil {
 		host.Close()
-		return fmt.Errorf("starting sandbox: %w", err)
+		return nil, fmt.Errorf("starting sandbox: %w", err)
 	}
-	in.c = c
-	go in.monitor()
-	in.conn = wire.NewConn(host)
-	in.conn.MaxFrame = int(max(r.Output, r.Storage, r.Fetch)) + 1<<20
+	rt := &runtime{c: c, conn: wire.NewConn(host)}
+	rt.conn.MaxFrame = int(hostFrameLimit(r))
+	rt.conn.Budget = in.budget
+	rt.conn.Limit = func(t uint8) int {
+		switch t {
+		case proto.HReady:
+			return 64 << 10
+		case proto.HCall, proto.HDone:
+			return int(hostFrameLimit(r))
+		}
+		return 0
+	}
 	go func() { <-c.Exited(); host.Close() }()
-
-	ents, body := proto.PackFiles(in.files)
+	fail := func(err error) (*runtime, error) {
+		_ = c.Remove()
+		return nil, err
+	}
+	ents, body := proto.PackFiles(files)
 	init := proto.Init{Version: proto.HostAPIVersion, Name: in.m.Name, Entry: in.m.Entry, Function: in.m.Function, Steps: r.Steps, Files: ents}
-	if err := in.conn.Send(proto.HInit, init, body); err != nil {
-		return in.startFailure(err)
+	if err := rt.conn.Send(proto.HInit, init, body); err != nil {
+		return fail(in.startFailure(rt, err))
 	}
 	type res struct {
 		f   *wire.Frame
 		err error
 	}
 	ch := make(chan res, 1)
-	go func() { f, err := in.conn.Read(); ch <- res{f, err} }()
+	go func() { f, err := rt.conn.Read(); ch <- res{f, err} }()
 	select {
 	case rr := <-ch:
 		if rr.err != nil {
-			return in.startFailure(rr.err)
+			return fail(in.startFailure(rt, rr.err))
 		}
+		defer rr.f.Release()
 		if rr.f.Type != proto.HReady {
-			return fmt.Errorf("runner sent frame type %d before ready", rr.f.Type)
+			return fail(fmt.Errorf("runner sent frame type %d before ready", rr.f.Type))
 		}
 		var ready proto.Ready
 		if err := rr.f.Unmarshal(&ready); err != nil {
-			return err
+			return fail(err)
 		}
 		if ready.Error != nil {
-			return &loadError{ready.Error}
+			ready.Error.Truncate()
+			return fail(&loadError{ready.Error})
 		}
 	case <-time.After(15 * time.Second):
-		return fmt.Errorf("function did not load within 15s")
+		return fail(fmt.Errorf("function did not load within 15s"))
 	case <-ctx.Done():
-		return ctx.Err()
+		return fail(ctx.Err())
 	}
-	return nil
+	go in.monitor(rt)
+	return rt, nil
 }
 
 // loadError is an error in the function's code found while loading it.
@@ -182,128 +259,313 @@ type loadError struct{ fe *proto.FuncError }
 
 func (e *loadError) Error() string { return e.fe.Error() }
 
-func (in *Instance) startFailure(err error) error {
+func (in *Instance) startFailure(rt *runtime, err error) error {
 	select {
-	case <-in.c.Exited():
-		return fmt.Errorf("sandbox ended during start-up (%s): %s", in.c.Status(), in.exitReason())
+	case <-rt.exited():
+		return fmt.Errorf("sandbox ended during start-up (%s): %s", rt.c.Status(), in.limitReason(rt))
 	case <-time.After(2 * time.Second):
 		return err
 	}
 }
 
-// run serves the host API until the container ends, then tears down.
+// setRuntime makes rt the instance's running container.
+func (in *Instance) setRuntime(rt *runtime) {
+	in.mu.Lock()
+	in.rt = rt
+	close(in.rtReady)
+	in.mu.Unlock()
+}
+
+// run serves the instance until it ends: the host API of each runtime,
+// and a new runtime after one stopped, until the instance is to end.
 func (in *Instance) run() {
+	defer in.srv.recoverPanic("running an instance")
 	lifetime := time.NewTimer(time.Until(in.created.Add(in.m.Resources.Lifetime)))
 	defer lifetime.Stop()
 	go func() {
 		select {
 		case <-lifetime.C:
-			in.kill("lifetime limit reached (" + in.m.Resources.Lifetime.String() + ")")
-		case <-in.c.Exited():
+			in.end("lifetime limit reached (" + in.m.Resources.Lifetime.String() + ")")
+		case <-in.ended:
 		}
 	}()
+	in.mu.Lock()
+	rt := in.rt
+	in.mu.Unlock()
+	if rt == nil {
+		// Restored: the containers of the earlier bentod must be gone first.
+		select {
+		case <-in.srv.reaped:
+		case <-in.endReq:
+		}
+	}
+	failed := false
 	for {
-		f, err := in.conn.Read()
+		if rt != nil {
+			in.serve(rt)
+			in.runtimeGone(rt)
+		}
+		if why, ok := in.ending(); ok {
+			in.teardown(why)
+			return
+		}
+		if rt != nil || failed {
+			delay := in.nextRestart()
+			in.mu.Lock()
+			why := in.lastStop
+			in.mu.Unlock()
+			safelog.Notice(in.log, "function runner stopped; starting a new one", "instance", in.id, "why", why, "in", delay)
+			select {
+			case <-time.After(delay):
+			case <-in.endReq:
+			}
+			if why, ok := in.ending(); ok {
+				in.teardown(why)
+				return
+			}
+		}
+		rt = nil
+		files, err := in.loadFiles()
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			rt, err = in.startRuntime(ctx, files)
+			cancel()
+		}
 		if err != nil {
-			break
+			in.log.Warn("starting the function's runner failed", "instance", in.id, "err", err)
+			in.mu.Lock()
+			in.lastStop = "it could not start: " + err.Error()
+			in.mu.Unlock()
+			rt, failed = nil, true
+			continue
+		}
+		failed = false
+		in.setRuntime(rt)
+	}
+}
+
+// nextRestart records a restart and returns how long to wait before it.
+func (in *Instance) nextRestart() time.Duration {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	now := time.Now()
+	kept := in.restarts[:0]
+	for _, t := range in.restarts {
+		if now.Sub(t) < restartWindow {
+			kept = append(kept, t)
+		}
+	}
+	in.restarts = append(kept, now)
+	n := len(in.restarts)
+	if n == 1 {
+		return 100 * time.Millisecond
+	}
+	return min(restartMax, time.Second<<min(n-2, 6))
+}
+
+// ending reports whether the instance is to end, and why.
+func (in *Instance) ending() (string, bool) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	switch {
+	case in.endReason != "":
+		return in.endReason, true
+	case in.exiting && len(in.byInv) == 0:
+		return "function called exit()", true
+	case in.m.Mode == manifest.ModeOneShot && in.invoked && len(in.byInv) == 0:
+		return "function returned", true
+	}
+	return "", false
+}
+
+// serve answers the runtime's host API until its container ends.
+func (in *Instance) serve(rt *runtime) {
+	for {
+		f, err := rt.conn.Read()
+		if err != nil {
+			if errors.Is(err, wire.ErrTooLarge) {
+				in.stopRuntime(rt, "host API protocol violation: "+err.Error())
+			}
+			return
 		}
 		switch f.Type {
 		case proto.HCall:
 			var call proto.Call
 			if err := f.Unmarshal(&call); err != nil {
-				in.kill("host API protocol violation: " + err.Error())
+				f.Release()
+				in.stopRuntime(rt, "host API protocol violation: "+err.Error())
 				continue
 			}
-			in.dispatch(call, f.Body)
+			if rt.calls.Add(1) > maxCalls {
+				rt.calls.Add(-1)
+				f.Release()
+				in.stopRuntime(rt, fmt.Sprintf("host API protocol violation: more than %d host calls at once", maxCalls))
+				continue
+			}
+			in.dispatch(rt, call, f)
 		case proto.HDone:
 			var d proto.Done
 			if err := f.Unmarshal(&d); err != nil {
-				in.kill("host API protocol violation: " + err.Error())
+				f.Release()
+				in.stopRuntime(rt, "host API protocol violation: "+err.Error())
 				continue
 			}
-			in.finish(d, f.Body)
+			in.finish(rt, d, f.Body)
+			f.Release()
 		default:
-			in.kill(fmt.Sprintf("host API protocol violation: frame type %d", f.Type))
+			f.Release()
+			in.stopRuntime(rt, fmt.Sprintf("host API protocol violation: frame type %d", f.Type))
 		}
 	}
-	// The channel closed: the runner died or was killed.
-	in.c.Kill()
-	<-in.c.Exited()
-	in.teardown(in.exitReason())
 }
 
-// monitor enforces the CPU-time and process limits from the cgroups' own
-// accounting, from the moment the container starts.
-func (in *Instance) monitor() {
+// monitor enforces the CPU-time limit of each invocation and the process
+// limit, from the cgroups' own accounting.
+func (in *Instance) monitor(rt *runtime) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
+	limit := in.m.Resources.CPUTime
 	for {
 		select {
-		case <-in.c.Exited():
+		case <-rt.exited():
 			return
 		case <-t.C:
-			st := in.c.Stats()
-			if st.CPU >= in.m.Resources.CPUTime {
-				in.kill(fmt.Sprintf("cpu time limit exceeded (%s)", in.m.Resources.CPUTime))
-				return
+		}
+		st := rt.c.Stats()
+		if st.PidsRefused > 0 {
+			in.stopRuntime(rt, fmt.Sprintf("process limit exceeded (%d processes/threads)", in.m.Resources.Processes))
+			return
+		}
+		reason := fmt.Sprintf("cpu time limit exceeded (%s)", limit)
+		var cancel []uint64
+		stop := false
+		in.mu.Lock()
+		for _, s := range in.byInv {
+			if s.rt != rt || st.CPU-s.cpuStart < limit {
+				continue
 			}
-			if st.PidsRefused > 0 {
-				in.kill(fmt.Sprintf("process limit exceeded (%d processes/threads)", in.m.Resources.Processes))
-				return
+			switch {
+			case s.cancelAt.IsZero():
+				s.limitHit, s.cancelAt = reason, time.Now()
+				cancel = append(cancel, s.inv)
+			case time.Since(s.cancelAt) > 2*time.Second:
+				stop = true // the runner did not stop it: stop the runner
 			}
+		}
+		in.mu.Unlock()
+		for _, inv := range cancel {
+			_ = rt.conn.Send(proto.HCancel, proto.Cancel{Inv: inv, Reason: reason}, nil)
+		}
+		if stop {
+			in.stopRuntime(rt, reason)
+			return
 		}
 	}
 }
 
-// kill stops the instance, recording why (the first reason wins).
-func (in *Instance) kill(reason string) {
+// end makes the instance end for good, recording why (the first reason
+// wins); its runtime is stopped and run tears everything down.
+func (in *Instance) end(reason string) {
 	in.mu.Lock()
-	if in.killReason == "" {
-		in.killReason = reason
+	if in.endReason == "" {
+		in.endReason = reason
+		close(in.endReq)
 	}
+	rt := in.rt
 	in.mu.Unlock()
-	in.c.Kill()
+	if rt != nil {
+		rt.c.Kill()
+	}
 }
 
-// exitReason explains why the container ended.
-func (in *Instance) exitReason() string {
+// stopRuntime stops a runtime that reached a limit; the instance goes on
+// with a new one.
+func (in *Instance) stopRuntime(rt *runtime, reason string) {
 	in.mu.Lock()
-	reason := in.killReason
+	if rt.stop == "" {
+		rt.stop = reason
+	}
+	in.mu.Unlock()
+	rt.c.Kill()
+}
+
+// limitReason explains why a runtime's container ended.
+func (in *Instance) limitReason(rt *runtime) string {
+	in.mu.Lock()
+	reason := rt.stop
 	in.mu.Unlock()
 	if reason != "" {
 		return reason
 	}
-	st := in.c.Stats()
+	st := rt.c.Stats()
 	switch {
 	case st.OOMKills > 0:
 		return fmt.Sprintf("memory limit exceeded (%s)", units.FormatSize(in.m.Resources.Memory))
 	case st.PidsRefused > 0:
 		return fmt.Sprintf("process limit exceeded (%d processes/threads)", in.m.Resources.Processes)
-	case in.c.Signal() == syscall.SIGXCPU || (in.c.Signal() == syscall.SIGKILL && st.CPU >= in.m.Resources.CPUTime):
-		return fmt.Sprintf("cpu time limit exceeded (%s)", in.m.Resources.CPUTime)
+	case rt.c.Signal() == syscall.SIGXCPU:
+		return "cpu time limit exceeded"
 	}
-	return "function runner ended unexpectedly (" + in.c.Status() + ")"
+	return "function runner ended unexpectedly (" + rt.c.Status() + ")"
 }
 
-// teardown ends every session, removes the container and releases the
-// instance's resources. Session output stays readable until the retention
-// period ends.
-func (in *Instance) teardown(reason string) {
-	if err := in.c.Remove(); err != nil {
+// runtimeGone removes a runtime whose container ended and ends the
+// invocations it was running.
+func (in *Instance) runtimeGone(rt *runtime) {
+	rt.c.Kill()
+	<-rt.exited()
+	reason := in.limitReason(rt)
+	in.mu.Lock()
+	if in.endReason != "" && rt.stop == "" {
+		reason = in.endReason
+	}
+	in.rt = nil
+	in.rtReady = make(chan struct{})
+	in.lastStop = reason
+	var gone []*session
+	for inv, s := range in.byInv {
+		if s.rt == rt {
+			gone = append(gone, s)
+			delete(in.byInv, inv)
+			s.done, s.doneAt = true, time.Now()
+		}
+	}
+	in.mu.Unlock()
+	if err := rt.c.Remove(); err != nil {
 		in.log.Warn("removing container", "instance", in.id, "err", err)
 	}
+	if out := rt.c.Output(); out != "" {
+		in.log.Info("the function runner's last output", "instance", in.id, "output", lastLine([]byte(out)))
+	}
+	for _, s := range gone {
+		in.appendExit(s, proto.Exit{Status: proto.StatusKilled, Reason: reason})
+		s.finish()
+	}
+}
+
+// teardown ends every session, closes the function's Tor objects and
+// releases the instance's resources. Its stored data is deleted, except
+// when bentod is shutting down with RestoreInstances: then the record and
+// the data stay for the next bentod. Session output stays readable until
+// the retention period ends.
+func (in *Instance) teardown(reason string) {
 	in.mu.Lock()
 	in.endReason = reason
 	in.endedAt = time.Now()
+	var open []*session
 	for _, s := range in.sessions {
 		if !s.done {
 			s.done, s.doneAt = true, time.Now()
-			exit := proto.Exit{Status: proto.StatusKilled, Reason: reason}
-			appendExit(s, exit)
+			open = append(open, s)
 		}
 	}
+	in.byInv = map[uint64]*session{}
 	ts, st := in.torSession, in.st
 	in.mu.Unlock()
+	for _, s := range open {
+		in.appendExit(s, proto.Exit{Status: proto.StatusKilled, Reason: reason})
+		s.finish()
+	}
 	if st != nil {
 		st.close()
 	}
@@ -314,34 +576,46 @@ func (in *Instance) teardown(reason string) {
 		}
 		cancel()
 	}
+	keep := false
 	select {
 	case <-in.srv.closed:
-		if in.srv.restore && reason == "bentod is shutting down" {
-			// Kept for the next bentod: the record and the stored data.
-			_ = os.Remove(filepath.Join(in.dir, "runner.log"))
-			close(in.ended)
-			in.srv.release(in)
-			in.log.Info("instance stopped; it will be restored", "instance", in.id)
-			return
-		}
+		keep = in.srv.restore && reason == "bentod is shutting down"
 	default:
 	}
-	_ = os.RemoveAll(in.storageDir())
-	_ = os.Remove(filepath.Join(in.dir, recordFile))
-	_ = os.Remove(filepath.Join(in.dir, "runner.log"))
+	if in.store != nil {
+		in.store.Close()
+	}
+	if !keep {
+		_ = os.Remove(in.storagePath())
+		_ = os.Remove(filepath.Join(in.dir, recordFile))
+	}
+	_ = os.Remove(filepath.Join(in.dir, "function.log"))
+	_ = os.Remove(filepath.Join(in.dir, "function.log.1"))
 	close(in.ended)
-	in.srv.release(in)
-	in.log.Info("instance ended", "instance", in.id, "reason", reason)
+	in.srv.unadmit(in.adm)
+	if keep {
+		in.log.Info("instance stopped; it will be restored", "instance", in.id)
+	} else {
+		in.log.Info("instance ended", "instance", in.id, "reason", reason)
+	}
 }
 
-// appendExit ends a session's log. The offset is filled in when the
-// record is streamed.
-func appendExit(s *session, exit proto.Exit) {
+// appendExit ends a session's log, charging the record to the output
+// allowance (an exit is always written, even beyond it). The offset is
+// filled in when the record is streamed.
+func (in *Instance) appendExit(s *session, exit proto.Exit) {
+	exit.Error.Truncate()
 	b, _ := json.Marshal(exit)
-	_, _ = s.out.append(recExit, b)
+	cost := int64(len(b)) + recordCharge
+	if _, err := s.out.append(recExit, b); err == nil {
+		in.mu.Lock()
+		in.outputHeld += cost
+		s.held += cost
+		in.mu.Unlock()
+	}
 }
 
-// isEnded reports whether the container is gone.
+// isEnded reports whether the instance has ended.
 func (in *Instance) isEnded() bool {
 	select {
 	case <-in.ended:
@@ -351,45 +625,84 @@ func (in *Instance) isEnded() bool {
 	}
 }
 
+// runtimeWait is how long a new invocation waits for a runtime that is
+// (re)starting before it is told to retry.
+const runtimeWait = 20 * time.Second
+
 // newSession starts an invocation.
 func (in *Instance) newSession(args json.RawMessage) (*session, error) {
+	deadline := time.NewTimer(runtimeWait)
+	defer deadline.Stop()
 	in.mu.Lock()
+	for {
+		if in.isEnded() || in.endReason != "" {
+			why := in.endReason
+			in.mu.Unlock()
+			return nil, &proto.Error{Code: proto.CodeGone, Message: "instance has ended: " + why}
+		}
+		if in.exiting {
+			in.mu.Unlock()
+			return nil, &proto.Error{Code: proto.CodeGone, Message: "instance is ending: the function called exit()"}
+		}
+		if in.m.Mode == manifest.ModeOneShot && in.invoked {
+			in.mu.Unlock()
+			return nil, &proto.Error{Code: proto.CodeGone, Message: "one-shot instance was already invoked; attach to its session or deploy again"}
+		}
+		if in.rt != nil {
+			break
+		}
+		ready, why := in.rtReady, in.lastStop
+		in.mu.Unlock()
+		select {
+		case <-ready:
+		case <-in.endReq:
+		case <-deadline.C:
+			msg := "busy, retry later: the function's runner is starting"
+			if why != "" {
+				msg = "busy, retry later: the function's runner is restarting after " + why
+			}
+			return nil, &proto.Error{Code: proto.CodeBusy, Message: msg}
+		}
+		in.mu.Lock()
+	}
 	defer in.mu.Unlock()
-	if in.isEnded() {
-		return nil, &proto.Error{Code: proto.CodeGone, Message: "instance has ended: " + in.endReason}
-	}
-	if in.exiting {
-		return nil, &proto.Error{Code: proto.CodeGone, Message: "instance is ending: the function called exit()"}
-	}
-	if in.m.Mode == manifest.ModeOneShot && in.invoked {
-		return nil, &proto.Error{Code: proto.CodeGone, Message: "one-shot instance was already invoked; attach to its session or deploy again"}
-	}
 	if len(in.byInv) >= maxActiveSessions {
-		return nil, &proto.Error{Code: proto.CodeBusy, Message: fmt.Sprintf("%d invocations are running on this instance; retry later", len(in.byInv))}
+		return nil, &proto.Error{Code: proto.CodeBusy, Message: fmt.Sprintf("busy, retry later: %d invocations are running on this instance", len(in.byInv))}
 	}
-	in.pruneSessionsLocked(time.Now())
-	in.invoked = true
-	in.nextInv++
-	s := &session{id: newID("s-", 16), inv: in.nextInv, input: make(chan []byte, 64), eof: make(chan struct{})}
+	in.pruneSessionsLocked(time.Now(), sessionCharge)
+	if in.outputHeld+sessionCharge > in.m.Resources.Output {
+		return nil, &proto.Error{Code: proto.CodeBusy, Message: fmt.Sprintf("busy, retry later: the output of running invocations fills this instance's output allowance (%s)", units.FormatSize(in.m.Resources.Output))}
+	}
+	rt := in.rt
+	s := &session{id: newID("s-", 16), rt: rt, input: make(chan *wire.Frame, 2), eof: make(chan struct{}), fin: make(chan struct{}),
+		cpuStart: rt.c.Stats().CPU, held: sessionCharge}
 	out, err := newOutLog(filepath.Join(in.dir, "sessions", s.id))
 	if err != nil {
-		return nil, err
+		in.log.Warn("creating a session log", "instance", in.id, "err", err)
+		return nil, &proto.Error{Code: proto.CodeInternal, Message: "could not create the session (bentod's disk?); retry later"}
 	}
 	s.out = out
+	in.invoked = true
+	in.nextInv++
+	s.inv = in.nextInv
+	in.outputHeld += sessionCharge
 	in.sessions[s.id] = s
 	in.byInv[s.inv] = s
 	if len(args) == 0 {
 		args = json.RawMessage("[]")
 	}
-	if err := in.conn.Send(proto.HInvoke, proto.HostInvoke{Inv: s.inv, Args: args}, nil); err != nil {
-		return nil, &proto.Error{Code: proto.CodeGone, Message: "instance is ending"}
+	if err := rt.conn.Send(proto.HInvoke, proto.HostInvoke{Inv: s.inv, Args: args}, nil); err != nil {
+		// The runtime is going away; runtimeGone ends this session.
+		return s, nil
 	}
 	return s, nil
 }
 
 // pruneSessionsLocked forgets finished sessions whose output retention is
-// over, and the oldest finished ones beyond maxRetainedSessions.
-func (in *Instance) pruneSessionsLocked(now time.Time) {
+// over, the oldest finished ones beyond maxRetainedSessions, and, to make
+// room for need more bytes of output, the oldest finished ones within the
+// output allowance.
+func (in *Instance) pruneSessionsLocked(now time.Time, need int64) {
 	var done []*session
 	for _, s := range in.sessions {
 		if s.done {
@@ -398,247 +711,148 @@ func (in *Instance) pruneSessionsLocked(now time.Time) {
 	}
 	sort.Slice(done, func(i, j int) bool { return done[i].doneAt.Before(done[j].doneAt) })
 	for i, s := range done {
-		if now.Sub(s.doneAt) < OutputRetention && len(done)-i <= maxRetainedSessions {
+		expired := now.Sub(s.doneAt) >= OutputRetention
+		tooMany := len(done)-i > maxRetainedSessions
+		full := in.outputHeld+need > in.m.Resources.Output
+		if !expired && !tooMany && !full {
 			break
 		}
-		s.out.close()
-		_ = os.Remove(filepath.Join(in.dir, "sessions", s.id))
+		why := "the session's output was discarded: its 10 minutes of retention are over"
+		if !expired {
+			why = "the session's output was discarded to make room for newer output (the instance's output allowance is " + units.FormatSize(in.m.Resources.Output) + ")"
+		}
+		s.out.discard(why)
+		in.outputHeld -= s.held
 		delete(in.sessions, s.id)
 	}
 }
 
 // finish records an invocation's result.
-func (in *Instance) finish(d proto.Done, body []byte) {
+func (in *Instance) finish(rt *runtime, d proto.Done, body []byte) {
 	in.mu.Lock()
 	s := in.byInv[d.Inv]
-	oneshot := in.m.Mode == manifest.ModeOneShot
 	in.mu.Unlock()
-	if s == nil {
-		in.kill("host API protocol violation: done for unknown invocation")
+	if s == nil || s.rt != rt {
+		in.stopRuntime(rt, "host API protocol violation: done for unknown invocation")
 		return
-	}
-	if d.Error == nil && !d.None && len(body) > 0 {
-		if !in.output(s, body) {
-			return
-		}
 	}
 	exit := proto.Exit{Status: proto.StatusOK}
 	if d.Error != nil {
 		exit = proto.Exit{Status: proto.StatusError, Error: d.Error}
+	} else if !d.None && len(body) > 0 {
+		in.output(s, body) // over the limit, the session records why
 	}
 	in.mu.Lock()
+	if s.limitHit != "" {
+		exit = proto.Exit{Status: proto.StatusKilled, Reason: s.limitHit}
+	}
 	s.done, s.doneAt = true, time.Now()
 	delete(in.byInv, d.Inv)
 	exiting := in.exiting && len(in.byInv) == 0
+	oneshot := in.m.Mode == manifest.ModeOneShot
 	in.mu.Unlock()
-	appendExit(s, exit)
+	in.appendExit(s, exit)
+	s.finish()
 	switch {
 	case oneshot:
-		in.kill("function returned")
+		in.end("function returned")
 	case exiting:
-		in.kill("function called exit()")
+		in.end("function called exit()")
 	}
 }
 
-// output appends data to a session, enforcing the output limit. It returns
-// false when the limit stopped the instance.
-func (in *Instance) output(s *session, data []byte) bool {
+var errOutputLimit = errors.New("output limit exceeded")
+
+// output appends data to a session within the instance's output
+// allowance: the output retained for clients, with its framing, and the
+// function's log. Finished sessions give way, oldest first; when the
+// running ones fill it, the invocation's output stops there and its
+// session ends with the reason.
+func (in *Instance) output(s *session, data []byte) error {
+	cost := int64(len(data)) + recordCharge
+	limit := in.m.Resources.Output
 	in.mu.Lock()
-	over := in.outputUsed+int64(len(data)) > in.m.Resources.Output
-	if !over {
-		in.outputUsed += int64(len(data))
+	if in.outputHeld+cost > limit {
+		in.pruneSessionsLocked(time.Now(), cost)
 	}
-	in.mu.Unlock()
-	if over {
-		in.kill(fmt.Sprintf("output limit exceeded (%s)", units.FormatSize(in.m.Resources.Output)))
-		return false
-	}
-	if _, err := s.out.append(recData, data); err != nil {
-		in.log.Warn("writing output", "instance", in.id, "err", err)
-		return false
-	}
-	return true
-}
-
-// apiFor maps a host-call name onto the policy's API item.
-func apiFor(name string) string {
-	switch {
-	case strings.HasPrefix(name, "storage."):
-		return policy.APIStorage
-	case strings.HasPrefix(name, "bento."):
-		return policy.APIBento
-	case name == "tor.event":
-		return policy.APITorControl
-	case strings.HasPrefix(name, "tor.") && name != "tor.fetch" && name != "tor.control":
-		return policy.APITorStream
-	}
-	return name
-}
-
-// dispatch checks a host call against the manifest and the policy, then
-// carries it out. Calls that may block run on their own goroutine.
-func (in *Instance) dispatch(call proto.Call, body []byte) {
-	api := apiFor(call.Name)
-	reply := func(err error, result any, bulk []byte) {
-		rep := proto.Reply{ID: call.ID}
-		if err != nil {
-			rep.Error = err.Error()
-		} else if result != nil {
-			rep.Result, _ = json.Marshal(result)
+	if in.outputHeld+cost > limit {
+		reason := fmt.Sprintf("output limit exceeded (%s held for clients at once)", units.FormatSize(limit))
+		if s.limitHit == "" {
+			s.limitHit = reason
 		}
-		_ = in.conn.Send(proto.HReply, rep, bulk)
-	}
-	if !policy.KnownAPI(api) {
-		reply(fmt.Errorf("unknown host call %q", call.Name), nil, nil)
-		return
-	}
-	if !in.m.Has(api) {
-		in.log.Info("host call denied", "instance", in.id, "call", call.Name, "why", "not in manifest")
-		reply(fmt.Errorf("permission denied: %s() needs %q in the manifest's apis", call.Name, api), nil, nil)
-		return
-	}
-	if !in.srv.policy().APIs[api] {
-		reply(fmt.Errorf("permission denied: this node's policy does not allow %q", api), nil, nil)
-		return
-	}
-	in.mu.Lock()
-	s := in.byInv[call.Inv]
-	in.mu.Unlock()
-	needSession := call.Name == "send" || call.Name == "recv"
-	if needSession && s == nil {
-		reply(fmt.Errorf("%s() can only be called during an invocation", call.Name), nil, nil)
-		return
-	}
-	h := hostCall{in: in, s: s, args: call.Args, body: body}
-	switch call.Name {
-	case "send":
-		if in.output(s, body) {
-			reply(nil, nil, nil)
-		}
-	case "log":
-		var a struct {
-			Msg string `json:"msg"`
-		}
-		_ = json.Unmarshal(call.Args, &a)
-		in.appendLog(a.Msg)
-		reply(nil, nil, nil)
-	case "time":
-		reply(nil, map[string]float64{"now": float64(time.Now().UnixNano()) / 1e9}, nil)
-	case "random":
-		var a struct {
-			N int `json:"n"`
-		}
-		_ = json.Unmarshal(call.Args, &a)
-		if a.N < 0 || a.N > 1<<20 {
-			reply(fmt.Errorf("random: n must be 0-1048576"), nil, nil)
-			return
-		}
-		b := make([]byte, a.N)
-		_, _ = rand.Read(b)
-		reply(nil, nil, b)
-	case "exit":
-		// The instance ends when the calling invocation finishes; no new
-		// invocation is accepted meanwhile.
-		in.mu.Lock()
-		in.exiting = true
 		in.mu.Unlock()
-		reply(nil, nil, nil)
-	case "storage.put", "storage.get", "storage.delete", "storage.keys":
-		res, bulk, err := h.storage(call.Name)
-		if err != errStopped {
-			reply(err, res, bulk)
-		}
-	case "recv", "sleep", "http.fetch", "tor.fetch", "tor.control", "tor.event", "bento.deploy", "bento.invoke", "bento.shutdown",
-		"tor.listen", "tor.accept", "tor.dial", "tor.read", "tor.write", "tor.close", "tor.splice":
-		go func() {
-			res, bulk, err := h.blocking(call.Name)
-			if err == errStopped {
-				return
-			}
-			reply(err, res, bulk)
-		}()
-	default:
-		reply(fmt.Errorf("unknown host call %q", call.Name), nil, nil)
+		return fmt.Errorf("%w: %s", errOutputLimit, reason)
 	}
+	in.outputHeld += cost
+	s.held += cost
+	in.mu.Unlock()
+	if _, err := s.out.append(recData, data); err != nil {
+		in.mu.Lock()
+		in.outputHeld -= cost
+		s.held -= cost
+		in.mu.Unlock()
+		if errors.Is(err, errLogClosed) {
+			return err
+		}
+		in.log.Warn("writing output", "instance", in.id, "err", err)
+		return errors.New("output could not be written (bentod's disk?)")
+	}
+	return nil
 }
 
-// appendLog keeps the last lines a function logged, bounded.
-func (in *Instance) appendLog(msg string) {
+// appendLog keeps the function's log lines, charged to the output
+// allowance: at most logKept bytes in two files, the oldest half dropped
+// when full.
+func (in *Instance) appendLog(msg string) error {
 	if len(msg) > 4096 {
 		msg = msg[:4096] + "…"
 	}
-	in.log.Debug("function log", "instance", in.id, "len", len(msg))
-	f, err := os.OpenFile(filepath.Join(in.dir, "function.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	line := time.Now().UTC().Format(time.RFC3339) + " " + msg + "\n"
+	cost := int64(len(line))
+	path := filepath.Join(in.dir, "function.log")
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.logHeld+cost > logKept {
+		// Rotate: the older half goes.
+		if st, err := os.Stat(path + ".1"); err == nil {
+			in.logHeld -= st.Size()
+			in.outputHeld -= st.Size()
+		}
+		_ = os.Rename(path, path+".1")
+	}
+	if in.outputHeld+cost > in.m.Resources.Output {
+		in.pruneSessionsLocked(time.Now(), cost)
+		if in.outputHeld+cost > in.m.Resources.Output {
+			return fmt.Errorf("%w (%s)", errOutputLimit, units.FormatSize(in.m.Resources.Output))
+		}
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return
+		return nil // logs are best effort
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > 1<<20 {
-		return
+	if _, err := f.WriteString(line); err == nil {
+		in.logHeld += cost
+		in.outputHeld += cost
 	}
-	fmt.Fprintf(f, "%s %s\n", time.Now().UTC().Format(time.RFC3339), msg)
+	in.log.Debug("function log", "instance", in.id, "len", len(msg))
+	return nil
 }
 
-// storage implements the key/value host calls on files in the instance's
-// directory, counting bytes against the storage limit.
-func (h hostCall) storage(name string) (any, []byte, error) {
-	in := h.in
-	var a struct {
-		Key string `json:"key"`
+// lastLine returns the last non-empty line of b, bounded.
+func lastLine(b []byte) string {
+	s := string(b)
+	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == ' ') {
+		s = s[:len(s)-1]
 	}
-	_ = json.Unmarshal(h.args, &a)
-	if name != "storage.keys" && (a.Key == "" || len(a.Key) > maxKey) {
-		return nil, nil, fmt.Errorf("storage: key must be 1-%d bytes", maxKey)
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == '\n' {
+			s = s[i+1:]
+			break
+		}
 	}
-	path := filepath.Join(in.storageDir(), hex.EncodeToString([]byte(a.Key)))
-	switch name {
-	case "storage.put":
-		in.mu.Lock()
-		old := int64(0)
-		if st, err := os.Stat(path); err == nil {
-			old = st.Size()
-		}
-		need := in.storageUsed - old + int64(len(h.body)) + int64(len(a.Key))
-		if need > in.m.Resources.Storage {
-			in.mu.Unlock()
-			in.kill(fmt.Sprintf("storage limit exceeded (%s)", units.FormatSize(in.m.Resources.Storage)))
-			return nil, nil, errStopped
-		}
-		err := os.WriteFile(path, h.body, 0o600)
-		if err == nil {
-			if old == 0 {
-				in.storageUsed += int64(len(a.Key))
-			}
-			in.storageUsed += int64(len(h.body)) - old
-		}
-		in.mu.Unlock()
-		return nil, nil, err
-	case "storage.get":
-		b, err := os.ReadFile(path)
-		if os.IsNotExist(err) {
-			return map[string]bool{"found": false}, nil, nil
-		}
-		return map[string]bool{"found": true}, b, err
-	case "storage.delete":
-		in.mu.Lock()
-		defer in.mu.Unlock()
-		if st, err := os.Stat(path); err == nil {
-			in.storageUsed -= st.Size() + int64(len(a.Key))
-			return nil, nil, os.Remove(path)
-		}
-		return nil, nil, nil
-	default: // keys
-		ents, err := os.ReadDir(in.storageDir())
-		if err != nil {
-			return nil, nil, err
-		}
-		keys := []string{}
-		for _, e := range ents {
-			if k, err := hex.DecodeString(e.Name()); err == nil {
-				keys = append(keys, string(k))
-			}
-		}
-		sort.Strings(keys)
-		return map[string][]string{"keys": keys}, nil, nil
+	if len(s) > 300 {
+		s = s[:300]
 	}
+	return s
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,29 +18,43 @@ import (
 //
 // where kind is recData (bytes the function sent) or recExit (the session's
 // end, JSON). Offsets given to clients are record boundaries.
+//
+// A log holds no file descriptor between appends (a function with many
+// sessions cannot make bentod hold many), and keeps a sparse index, the
+// first record boundary at or after every markStep bytes, so that checking
+// a client's offset reads at most markStep bytes of headers whatever the
+// log's size.
 const (
 	recData = 1
 	recExit = 2
 
 	recHeader = 5
+
+	// recordCharge is what each record costs the instance's output
+	// allowance beyond its data: its framing on disk and on the wire.
+	recordCharge = 16
+
+	markStep = 64 << 10
 )
 
 type outLog struct {
 	path string
-	f    *os.File // for appending; closed once the exit record is written
 
-	mu     sync.Mutex
-	size   int64
-	closed bool          // an exit record was written
-	notify chan struct{} // closed and replaced on every append
+	mu        sync.Mutex
+	size      int64
+	exitAt    int64   // offset of the exit record; -1 until it is written
+	marks     []int64 // marks[i]: first record boundary >= i*markStep
+	discarded string  // the log was removed to make room: why
+	notify    chan struct{}
 }
 
 func newOutLog(path string) (*outLog, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	return &outLog{path: path, f: f, notify: make(chan struct{})}, nil
+	f.Close()
+	return &outLog{path: path, exitAt: -1, marks: []int64{0}, notify: make(chan struct{})}, nil
 }
 
 var errLogClosed = errors.New("session already ended")
@@ -48,70 +63,105 @@ var errLogClosed = errors.New("session already ended")
 func (l *outLog) append(kind byte, data []byte) (int64, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed {
+	if l.exitAt >= 0 || l.discarded != "" {
 		return l.size, errLogClosed
 	}
-	hdr := make([]byte, recHeader, recHeader+len(data))
-	hdr[0] = kind
-	binary.BigEndian.PutUint32(hdr[1:], uint32(len(data)))
-	if _, err := l.f.WriteAt(append(hdr, data...), l.size); err != nil {
+	f, err := os.OpenFile(l.path, os.O_WRONLY, 0)
+	if err != nil {
 		return l.size, err
 	}
+	var hdr [recHeader]byte
+	hdr[0] = kind
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(data)))
+	_, err = f.WriteAt(hdr[:], l.size)
+	if err == nil && len(data) > 0 {
+		_, err = f.WriteAt(data, l.size+recHeader)
+	}
+	f.Close()
+	if err != nil {
+		return l.size, err
+	}
+	start := l.size
 	l.size += int64(recHeader + len(data))
+	for int64(len(l.marks))*markStep <= l.size {
+		l.marks = append(l.marks, l.size)
+	}
 	if kind == recExit {
-		l.closed = true
-		// A finished session holds no descriptor: readers open the file.
-		_ = l.f.Close()
+		l.exitAt = start
 	}
 	close(l.notify)
 	l.notify = make(chan struct{})
 	return l.size, nil
 }
 
-// state returns the current size, whether the log is complete, and a
-// channel closed at the next append.
-func (l *outLog) state() (int64, bool, <-chan struct{}) {
+// state returns the current size, the exit record's offset (-1 while the
+// session runs), and a channel closed at the next append or discard.
+func (l *outLog) state() (size, exitAt int64, discarded string, notify <-chan struct{}) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.size, l.closed, l.notify
+	return l.size, l.exitAt, l.discarded, l.notify
 }
 
 // reader opens the log for reading.
 func (l *outLog) reader() (*os.File, error) { return os.Open(l.path) }
 
-// readRecord reads the record at off from r, a reader of l; off must be
-// below the size returned by state.
-func readRecord(r io.ReaderAt, off int64) (kind byte, data []byte, next int64, err error) {
+// readHeader reads the header of the record at off.
+func readHeader(r io.ReaderAt, off int64) (kind byte, n int64, err error) {
 	var hdr [recHeader]byte
 	if _, err := r.ReadAt(hdr[:], off); err != nil {
-		return 0, nil, 0, err
+		return 0, 0, err
 	}
-	n := int64(binary.BigEndian.Uint32(hdr[1:]))
-	data = make([]byte, n)
-	if _, err := r.ReadAt(data, off+recHeader); err != nil && !(err == io.EOF && n == 0) {
-		return 0, nil, 0, err
-	}
-	return hdr[0], data, off + recHeader + n, nil
+	return hdr[0], int64(binary.BigEndian.Uint32(hdr[1:])), nil
 }
 
-// validOffset reports whether off is a record boundary.
+// readData reads n bytes of a record's data at off into a new buffer.
+func readData(r io.ReaderAt, off, n int64) ([]byte, error) {
+	data := make([]byte, n)
+	if n == 0 {
+		return data, nil
+	}
+	if _, err := r.ReadAt(data, off+recHeader); err != nil {
+		return nil, err
+	}
+	return data, nil
+}
+
+// validOffset reports whether off is a record boundary, reading at most
+// markStep bytes of record headers.
 func (l *outLog) validOffset(off int64) error {
-	size, _, _ := l.state()
+	l.mu.Lock()
+	size, discarded := l.size, l.discarded
+	var start int64
+	if off >= 0 && off <= size {
+		start = l.marks[off/markStep]
+	}
+	l.mu.Unlock()
+	if discarded != "" {
+		return errors.New(discarded)
+	}
 	if off < 0 || off > size {
 		return fmt.Errorf("offset %d is outside the session's output (0-%d)", off, size)
 	}
-	r, err := l.reader()
+	if off == size {
+		return nil
+	}
+	f, err := l.reader()
 	if err != nil {
 		return err
 	}
-	defer r.Close()
-	var pos int64
+	defer f.Close()
+	br := bufio.NewReaderSize(io.NewSectionReader(f, start, size-start), 16<<10)
+	pos := start
 	var hdr [recHeader]byte
 	for pos < off {
-		if _, err := r.ReadAt(hdr[:], pos); err != nil {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return err
 		}
-		pos += recHeader + int64(binary.BigEndian.Uint32(hdr[1:]))
+		n := int64(binary.BigEndian.Uint32(hdr[1:]))
+		if _, err := br.Discard(int(min(n, off-pos))); err != nil {
+			return err
+		}
+		pos += recHeader + n
 	}
 	if pos != off {
 		return fmt.Errorf("offset %d is not a record boundary", off)
@@ -119,12 +169,22 @@ func (l *outLog) validOffset(off int64) error {
 	return nil
 }
 
-// close releases the log's descriptor if it is still open.
-func (l *outLog) close() {
+// discardedWhy returns why the log was discarded ("" if it was not).
+func (l *outLog) discardedWhy() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.closed {
-		l.closed = true
-		_ = l.f.Close()
+	return l.discarded
+}
+
+// discard removes the log to make room; readers waiting are told why.
+func (l *outLog) discard(why string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.discarded != "" {
+		return
 	}
+	l.discarded = why
+	_ = os.Remove(l.path)
+	close(l.notify)
+	l.notify = make(chan struct{})
 }

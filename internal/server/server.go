@@ -4,40 +4,42 @@
 // invocation and shutdown tokens, streams buffered output to (re)attached
 // clients, serves the host API to the sandboxed runners, and reclaims every
 // resource when an instance ends.
+//
+// Everything a client or a function makes bentod hold is bounded and
+// charged to it: connections (per address and in total), time (deadlines
+// before the hello, between requests, for writes), bytes in flight (a
+// budget per client, per instance and for the whole daemon, with
+// back-pressure), instances and composition (per client and per root).
 package server
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/torbento/bento/internal/manifest"
+	"github.com/torbento/bento/internal/budget"
 	"github.com/torbento/bento/internal/netcheck"
+	"github.com/torbento/bento/internal/netlimit"
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/safelog"
 	"github.com/torbento/bento/internal/sandbox"
 	"github.com/torbento/bento/internal/torfw"
 	"github.com/torbento/bento/internal/torlink"
-	"github.com/torbento/bento/internal/units"
-	"github.com/torbento/bento/internal/wire"
 )
 
 // Version is reported to clients.
-const Version = "bentod/0.1"
+const Version = "bentod/0.2"
 
 // OutputRetention is how long a session's output stays available after its
-// instance ended, for clients that were disconnected at the time.
+// invocation ended, for clients that were disconnected at the time.
 const OutputRetention = 10 * time.Minute
 
 // Server is a running bentod.
@@ -46,22 +48,29 @@ type Server struct {
 	sb        *sandbox.Sandbox
 	log       *slog.Logger
 	instDir   string
-	transport netcheck.Dialer   // for function network access; a Tor dialer later
+	transport netcheck.Dialer   // for function network access
 	resolver  netcheck.Resolver // nil: the system resolver
 	tor       *torlink.Link     // nil without TorControlPort
 	firewall  *torfw.Firewall   // functions' control-port access
+
+	inflight *budget.Budget // bytes held for clients and functions, all together
+	budgets  keyedBudgets   // the same, per client
+	self     selfAddrs      // bentod's own addresses, for composition onto itself
 
 	mu        sync.Mutex
 	instances map[string]*Instance
 	byInv     map[tokenHash]*Instance
 	byShut    map[tokenHash]*Instance
 	usedMem   int64
-	usedCPU   float64
+	usedMilli int64 // CPU in thousandths of a core
 	running   int
 	restore   bool                 // RestoreInstances, read at start
 	lost      map[tokenHash]string // tokens of instances a restart ended, and why
 	perClient map[string]int       // instances held, by client address
+	roots     map[string]*root     // composition groups, by root instance id
 
+	stale  []string      // containers of an earlier bentod, found at start
+	reaped chan struct{} // closed once they are gone
 	wg     sync.WaitGroup
 	closed chan struct{}
 }
@@ -73,8 +82,11 @@ type Options struct {
 	Transport netcheck.Dialer
 }
 
-// New prepares the data directory and the sandbox, reaping containers an
-// earlier bentod left behind.
+// New prepares the data directory and the sandbox, and takes back the
+// instances an earlier bentod left (RestoreInstances): their admission is
+// reserved and their tokens answer at once; their containers start in the
+// background (Recover), after the earlier containers are reaped, so that
+// a restarted bentod serves clients without waiting.
 func New(opts Options) (*Server, error) {
 	p := opts.Policy
 	if err := os.MkdirAll(p.DataDirectory, 0o700); err != nil {
@@ -101,14 +113,18 @@ func New(opts Options) (*Server, error) {
 		log:       opts.Logger,
 		instDir:   filepath.Join(p.DataDirectory, "instances"),
 		transport: opts.Transport,
+		inflight:  budget.New(p.Daemon.MaxInFlight),
 		instances: map[string]*Instance{},
 		byInv:     map[tokenHash]*Instance{},
 		byShut:    map[tokenHash]*Instance{},
 		lost:      map[tokenHash]string{},
 		perClient: map[string]int{},
+		roots:     map[string]*root{},
 		restore:   p.RestoreInstances,
+		reaped:    make(chan struct{}),
 		closed:    make(chan struct{}),
 	}
+	s.budgets = keyedBudgets{parent: s.inflight, per: clientShare(p), m: map[string]*keyedBudget{}}
 	if s.log == nil {
 		s.log = safelog.New(os.Stderr, p.LogLevel)
 	}
@@ -116,30 +132,32 @@ func New(opts Options) (*Server, error) {
 		s.transport = &net.Dialer{Timeout: 30 * time.Second}
 	}
 	s.pol.Store(p)
-	if n, err := sb.Reap(); err != nil {
-		s.log.Warn("reaping old containers", "err", err)
-	} else if n > 0 {
-		safelog.Notice(s.log, "removed containers left by an earlier bentod", "count", n)
-	}
 	if err := os.MkdirAll(s.instDir, 0o700); err != nil {
 		return nil, err
 	}
-	// The containers of an earlier bentod are gone; its instances start
-	// again (RestoreInstances 1) or end with a clear answer to their clients.
+	if s.stale, err = sb.Stale(); err != nil {
+		s.log.Warn("listing old containers", "err", err)
+	}
 	s.recoverInstances()
 	go s.janitor()
 	return s, nil
+}
+
+// Recover reaps the containers of an earlier bentod, which lets the
+// restored instances start. Run it once the listeners serve.
+func (s *Server) Recover() {
+	defer close(s.reaped)
+	if n := s.sb.ReapIDs(s.stale); n > 0 {
+		safelog.Notice(s.log, "removed containers left by an earlier bentod", "count", n)
+	}
 }
 
 func (s *Server) policy() *policy.Policy { return s.pol.Load() }
 
 // SetPolicy replaces the policy (SIGHUP). Running instances keep what they
 // were admitted with; host calls are checked against the new policy.
+// Connection limits and budgets keep their values until a restart.
 func (s *Server) SetPolicy(p *policy.Policy) { s.pol.Store(p) }
-
-// MaxConnections bounds client connections served at once; more are
-// closed at once.
-const MaxConnections = 1024
 
 // SetTor connects the server to the tor beside it: functions' tor.control
 // calls go through a control-port firewall on this link. Call it before
@@ -160,37 +178,22 @@ func (s *Server) Onion() string {
 	return s.tor.Onion()
 }
 
-// Serve accepts client connections on ln until Close.
-func (s *Server) Serve(ln net.Listener) error {
-	go func() { <-s.closed; ln.Close() }()
-	slots := make(chan struct{}, MaxConnections)
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			select {
-			case <-s.closed:
-				return nil
-			default:
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(50 * time.Millisecond)
-				continue
-			}
-			return err
-		}
-		select {
-		case slots <- struct{}{}:
-		default:
-			s.log.Warn("too many client connections; refusing one", "limit", MaxConnections)
-			c.Close()
-			continue
-		}
-		s.wg.Add(1)
-		go func() {
-			defer func() { <-slots; s.wg.Done() }()
-			s.handle(c)
-		}()
+// PolicyServer returns the HTTP server of the public policy (PolicyAddress),
+// with the timeouts and header limit a public endpoint needs; serve it on a
+// listener from LimitPolicyListener.
+func (s *Server) PolicyServer() *http.Server {
+	return &http.Server{
+		Handler:           s.PolicyHandler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       30 * time.Second,
+		MaxHeaderBytes:    8 << 10,
+		// Connections waiting for a request may be closed to make room.
+		ConnState: func(c net.Conn, st http.ConnState) {
+			netlimit.SetIdle(c, st == http.StateNew || st == http.StateIdle)
+		},
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 }
 
@@ -201,10 +204,19 @@ func (s *Server) PolicyHandler() http.Handler {
 			http.NotFound(w, r)
 			return
 		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		b, err := json.MarshalIndent(s.publicPolicy(), "", "  ")
+		if err != nil {
+			s.log.Error("encoding the public policy", "err", err)
+			http.Error(w, "internal error", http.StatusInternalServerError)
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(s.publicPolicy())
+		w.Write(append(b, '\n'))
 	})
 }
 
@@ -213,7 +225,7 @@ func (s *Server) publicPolicy() *policy.Public {
 	pub := p.PublicView()
 	s.mu.Lock()
 	pub.Free.Memory = max(0, p.Aggregate.Memory-s.usedMem)
-	pub.Free.CPU = max(0, p.Aggregate.CPU-s.usedCPU)
+	pub.Free.CPU = float64(max(0, policy.MilliCores(p.Aggregate.CPU)-s.usedMilli)) / 1000
 	pub.Free.Instances = max(0, p.Aggregate.Instances-s.running)
 	s.mu.Unlock()
 	return pub
@@ -234,215 +246,44 @@ func (s *Server) Close() {
 	}
 	s.mu.Unlock()
 	for _, in := range all {
-		if in.c != nil {
-			in.kill("bentod is shutting down")
-		}
+		in.end("bentod is shutting down")
 	}
 	for _, in := range all {
-		if in.c != nil {
-			<-in.ended
-		}
+		<-in.ended
 	}
 }
 
-// handle serves one client connection.
-func (s *Server) handle(nc net.Conn) {
-	defer nc.Close()
-	log := s.log.With("client", safelog.Addr(nc.RemoteAddr().String()))
-	conn := wire.NewConn(nc)
-	p := s.policy()
-	conn.MaxFrame = int(p.Max.Upload) + 256<<10
-	fail := func(code, format string, a ...any) {
-		_ = conn.Send(proto.TError, proto.Error{Code: code, Message: fmt.Sprintf(format, a...)}, nil)
-	}
-	nc.SetDeadline(time.Now().Add(30 * time.Second))
-	f, err := conn.Read()
-	if err != nil {
-		if errors.Is(err, wire.ErrTooLarge) {
-			fail(proto.CodeTooLarge, "%v", err)
-		}
-		return
-	}
-	var hello proto.Hello
-	if f.Type != proto.THello || f.Unmarshal(&hello) != nil {
-		fail(proto.CodeBadRequest, "expected a hello frame first (is this a Bento client?)")
-		return
-	}
-	if hello.Version != proto.Version {
-		fail(proto.CodeBadRequest, "protocol version %d not supported (server speaks %d)", hello.Version, proto.Version)
-		return
-	}
-	if err := conn.Send(proto.TWelcome, proto.Welcome{Version: proto.Version, Server: Version}, nil); err != nil {
-		return
-	}
+// janitor forgets ended instances once their output retention is over, and
+// finished sessions whose retention is over.
+func (s *Server) janitor() {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
 	for {
-		nc.SetDeadline(time.Now().Add(5 * time.Minute))
-		f, err := conn.Read()
-		if err != nil {
-			if errors.Is(err, wire.ErrTooLarge) {
-				fail(proto.CodeTooLarge, "%v (MaxUploadSize is %s)", err, units.FormatSize(p.Max.Upload))
-			}
+		select {
+		case <-s.closed:
 			return
+		case <-t.C:
 		}
-		nc.SetDeadline(time.Time{})
-		switch f.Type {
-		case proto.TPolicy:
-			if conn.Send(proto.TPolicyReply, s.publicPolicy(), nil) != nil {
-				return
+		s.mu.Lock()
+		var old, live []*Instance
+		for _, in := range s.instances {
+			in.mu.Lock()
+			if !in.endedAt.IsZero() && time.Since(in.endedAt) > OutputRetention {
+				old = append(old, in)
+			} else {
+				live = append(live, in)
 			}
-		case proto.TDeploy:
-			var d proto.Deploy
-			if err := f.Unmarshal(&d); err != nil {
-				fail(proto.CodeBadRequest, "%v", err)
-				return
-			}
-			res, perr := s.deploy(d, f.Body, clientKey(nc.RemoteAddr()), log)
-			if perr != nil {
-				_ = conn.Send(proto.TError, perr, nil)
-				continue
-			}
-			if conn.Send(proto.TDeployed, res, nil) != nil {
-				return
-			}
-		case proto.TShutdown:
-			var sd proto.Shutdown
-			if err := f.Unmarshal(&sd); err != nil {
-				fail(proto.CodeBadRequest, "%v", err)
-				return
-			}
-			if perr := s.shutdown(sd.Token); perr != nil {
-				_ = conn.Send(proto.TError, perr, nil)
-				continue
-			}
-			if conn.Send(proto.TOK, nil, nil) != nil {
-				return
-			}
-		case proto.TInvoke, proto.TAttach:
-			s.serveSession(conn, nc, f)
-			return
-		default:
-			fail(proto.CodeBadRequest, "unexpected frame type %d", f.Type)
-			return
+			in.mu.Unlock()
 		}
-	}
-}
-
-// deploy checks and starts a new instance.
-func (s *Server) deploy(d proto.Deploy, body []byte, client string, log *slog.Logger) (*proto.Deployed, *proto.Error) {
-	p := s.policy()
-	if size := int64(len(body) + len(d.Manifest)); size > p.Max.Upload {
-		return nil, &proto.Error{Code: proto.CodeTooLarge, Message: fmt.Sprintf("upload of %s exceeds this node's MaxUploadSize of %s", units.FormatSize(size), units.FormatSize(p.Max.Upload))}
-	}
-	m, err := manifest.Parse([]byte(d.Manifest))
-	if err != nil {
-		return nil, &proto.Error{Code: proto.CodeBadRequest, Message: err.Error()}
-	}
-	m.Resolve(p)
-	if vs := manifest.Check(m, p); len(vs) > 0 {
-		e := &proto.Error{Code: proto.CodeRefused, Message: fmt.Sprintf("manifest of %q asks for more than this node's policy allows (%d items)", m.Name, len(vs))}
-		for _, v := range vs {
-			e.Violations = append(e.Violations, proto.Violation(v))
+		s.mu.Unlock()
+		for _, in := range old {
+			s.forget(in)
 		}
-		log.Info("manifest refused", "function", m.Name, "violations", len(vs))
-		return nil, e
-	}
-	files, err := proto.UnpackFiles(d.Files, body, manifest.ValidFileName)
-	if err != nil {
-		return nil, &proto.Error{Code: proto.CodeBadRequest, Message: err.Error()}
-	}
-	if _, ok := files[m.Entry]; !ok {
-		return nil, &proto.Error{Code: proto.CodeBadRequest, Message: fmt.Sprintf("entry file %q is not in the upload", m.Entry)}
-	}
-	if perr := s.admitClient(client); perr != nil {
-		return nil, perr
-	}
-	if perr := s.admit(m); perr != nil {
-		s.releaseClient(client)
-		return nil, perr
-	}
-	inv, invHash := newToken(invPrefix)
-	shut, shutHash := newToken(shutPrefix)
-	in := &Instance{
-		id: newID("i-", 12), m: m, srv: s, log: s.log, invHash: invHash, shutHash: shutHash, created: time.Now(),
-		files: files, sessions: map[string]*session{}, byInv: map[uint64]*session{}, ended: make(chan struct{}),
-		manifestText: d.Manifest, client: client,
-	}
-	in.dir = filepath.Join(s.instDir, in.id)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := in.start(ctx); err != nil {
-		if in.c != nil {
-			_ = in.c.Remove()
+		for _, in := range live {
+			in.mu.Lock()
+			in.pruneSessionsLocked(time.Now(), 0)
+			in.mu.Unlock()
 		}
-		// The runtime's own words, for the operator (they name host paths,
-		// so they are not sent to the client).
-		runnerLog, _ := os.ReadFile(filepath.Join(in.dir, "runner.log"))
-		_ = os.RemoveAll(in.dir)
-		s.unadmit(m)
-		s.releaseClient(client)
-		var le *loadError
-		if errors.As(err, &le) {
-			return nil, &proto.Error{Code: proto.CodeBadRequest, Message: "function failed to load: " + le.Error()}
-		}
-		log.Warn("instance failed to start", "function", m.Name, "err", err, "runtime", lastLine(runnerLog))
-		return nil, &proto.Error{Code: proto.CodeInternal, Message: "could not start the function: " + err.Error()}
-	}
-	if err := in.saveRecord(d.Manifest); err != nil {
-		log.Warn("saving the instance record", "instance", in.id, "err", err)
-	}
-	s.launch(in, invHash, shutHash)
-	safelog.Notice(log, "instance started", "instance", in.id, "function", m.Name,
-		"memory", units.FormatSize(m.Resources.Memory), "cpu", m.Resources.CPU)
-	res, _ := json.Marshal(m.Resources)
-	return &proto.Deployed{Instance: in.id, InvocationToken: inv, ShutdownToken: shut, Resources: res}, nil
-}
-
-// admit reserves the instance's resources within the aggregate ceilings.
-func (s *Server) admit(m *manifest.Manifest) *proto.Error {
-	p := s.policy()
-	r := m.Resources
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	select {
-	case <-s.closed:
-		return &proto.Error{Code: proto.CodeBusy, Message: "bentod is shutting down; retry later"}
-	default:
-	}
-	var why string
-	switch {
-	case s.running >= p.Aggregate.Instances:
-		why = fmt.Sprintf("%d instances are running (MaxInstances)", s.running)
-	case s.usedMem+r.Memory > p.Aggregate.Memory:
-		why = fmt.Sprintf("%s of memory is free for functions, %s asked", units.FormatSize(max(0, p.Aggregate.Memory-s.usedMem)), units.FormatSize(r.Memory))
-	case s.usedCPU+r.CPU > p.Aggregate.CPU+1e-9:
-		why = fmt.Sprintf("%.2f cores are free for functions, %.2f asked", max(0, p.Aggregate.CPU-s.usedCPU), r.CPU)
-	}
-	if why != "" {
-		return &proto.Error{Code: proto.CodeBusy, Message: "busy, retry later: " + why}
-	}
-	s.running++
-	s.usedMem += r.Memory
-	s.usedCPU += r.CPU
-	return nil
-}
-
-func (s *Server) unadmit(m *manifest.Manifest) {
-	s.mu.Lock()
-	s.running--
-	s.usedMem -= m.Resources.Memory
-	s.usedCPU -= m.Resources.CPU
-	s.mu.Unlock()
-}
-
-// release returns an ended instance's resources.
-func (s *Server) release(in *Instance) {
-	in.mu.Lock()
-	done := in.released
-	in.released = true
-	in.mu.Unlock()
-	if !done {
-		s.unadmit(in.m)
-		s.releaseClient(in.client)
 	}
 }
 
@@ -455,42 +296,19 @@ func (s *Server) forget(in *Instance) {
 	s.mu.Unlock()
 	in.mu.Lock()
 	for _, ss := range in.sessions {
-		ss.out.close()
+		ss.out.discard("the instance ended more than 10 minutes ago")
 	}
 	in.mu.Unlock()
 	_ = os.RemoveAll(in.dir)
-}
-
-// janitor forgets ended instances once their output retention is over.
-func (s *Server) janitor() {
-	t := time.NewTicker(30 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.closed:
-			return
-		case <-t.C:
-		}
-		s.mu.Lock()
-		var old []*Instance
-		for _, in := range s.instances {
-			in.mu.Lock()
-			if !in.endedAt.IsZero() && time.Since(in.endedAt) > OutputRetention {
-				old = append(old, in)
-			}
-			in.mu.Unlock()
-		}
-		s.mu.Unlock()
-		for _, in := range old {
-			s.forget(in)
-		}
-	}
 }
 
 // lookup finds the instance whose invocation token (shutdown false) or
 // shutdown token (shutdown true) is tok. The map is keyed by the token's
 // hash; the hash found is compared once more in constant time.
 func (s *Server) lookup(tok string, shutdown bool) *Instance {
+	if len(tok) > 128 {
+		return nil
+	}
 	h := hashToken(tok)
 	s.mu.Lock()
 	table := s.byInv
@@ -520,10 +338,8 @@ func (s *Server) shutdown(tok string) *proto.Error {
 	if in == nil {
 		return s.tokenError(tok)
 	}
-	if !in.isEnded() {
-		in.kill("shut down by its owner")
-		<-in.ended
-	}
+	in.end("shut down by its owner")
+	<-in.ended
 	s.forget(in)
 	return nil
 }
@@ -535,68 +351,26 @@ func (s *Server) Instances() int {
 	return s.running
 }
 
-// lastLine returns the last non-empty line of b, bounded.
-func lastLine(b []byte) string {
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	l := lines[len(lines)-1]
-	if len(l) > 300 {
-		l = l[:300]
-	}
-	return l
-}
-
-// clientKey is the address per-client fairness counts by: the client's IP,
-// or "" for clients that come through the relay's tor (loopback), who
-// cannot be told apart.
-func clientKey(a net.Addr) string {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok {
-		return ""
-	}
-	ip := ta.IP
-	if ip.Equal(net.IPv4(127, 0, 0, 1)) || ip.Equal(net.IPv6loopback) {
-		return ""
-	}
-	return ip.String()
-}
-
-// admitClient reserves one of the client's slots.
-func (s *Server) admitClient(client string) *proto.Error {
-	if client == "" {
-		return nil
-	}
-	a := s.policy().Aggregate
-	limit := a.PerClient
-	if limit == 0 {
-		limit = max(1, a.Instances/4)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.perClient[client] >= limit {
-		return &proto.Error{Code: proto.CodeBusy, Message: fmt.Sprintf("busy, retry later: you already hold %d instances here (MaxInstancesPerClient)", s.perClient[client])}
-	}
-	s.perClient[client]++
-	return nil
-}
-
-func (s *Server) releaseClient(client string) {
-	if client == "" {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.perClient[client]--; s.perClient[client] <= 0 {
-		delete(s.perClient, client)
-	}
-}
-
-// launch registers a started instance under its id and token hashes, so
-// clients can reach it, and lets it run.
-func (s *Server) launch(in *Instance, invHash, shutHash tokenHash) {
+// launch registers an instance under its id and token hashes, so clients
+// can reach it, and lets it run.
+func (s *Server) launch(in *Instance) {
 	s.mu.Lock()
 	s.instances[in.id] = in
-	s.byInv[invHash] = in
-	s.byShut[shutHash] = in
+	s.byInv[in.invHash] = in
+	s.byShut[in.shutHash] = in
 	s.mu.Unlock()
 	go in.run()
+}
+
+// tokenError is the answer for a token no running instance has: what
+// happened to it, if bentod knows.
+func (s *Server) tokenError(tok string) *proto.Error {
+	h := hashToken(tok)
+	s.mu.Lock()
+	why, ok := s.lost[h]
+	s.mu.Unlock()
+	if ok {
+		return &proto.Error{Code: proto.CodeGone, Message: why}
+	}
+	return errBadToken
 }

@@ -1,7 +1,12 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"time"
 
@@ -12,21 +17,44 @@ import (
 // serveSession runs an invocation or reattachment on this connection:
 // output streams from the session log from the client's offset, input from
 // the client feeds recv(). The connection closes when the session ends.
-func (s *Server) serveSession(conn *wire.Conn, nc net.Conn, f *wire.Frame) {
+func (s *Server) serveSession(conn *wire.Conn, nc net.Conn, f *wire.Frame, log *slog.Logger) {
 	in, sess, offset, perr := s.openSession(f)
+	f.Release()
+	wt := s.policy().Daemon.WriteTimeout
+	send := func(t uint8, hdr any, body []byte) error {
+		_ = nc.SetWriteDeadline(time.Now().Add(wt))
+		return conn.Send(t, hdr, body)
+	}
 	if perr != nil {
-		_ = conn.Send(proto.TError, perr, nil)
+		_ = send(proto.TError, perr, nil)
 		return
 	}
-	if conn.Send(proto.TSession, proto.Session{Session: sess.id, Offset: offset}, nil) != nil {
+	defer func() {
+		in.mu.Lock()
+		sess.readers--
+		in.readers--
+		in.mu.Unlock()
+	}()
+	if send(proto.TSession, proto.Session{Session: sess.id, Offset: offset}, nil) != nil {
 		return
+	}
+	// Input frames are small and charged to the client until recv() has
+	// handed them to the function.
+	conn.Limit = func(t uint8) int {
+		switch t {
+		case proto.TInput:
+			return inputLimit
+		case proto.TInputEOF:
+			return 64
+		}
+		return 0
 	}
 	readerDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
-		s.readInput(conn, in, sess)
+		s.readInput(conn, sess)
 	}()
-	s.streamOutput(conn, sess, offset, readerDone)
+	s.streamOutput(conn.Budget, send, sess, offset, readerDone)
 }
 
 func badRequest(msg string) *proto.Error {
@@ -34,7 +62,8 @@ func badRequest(msg string) *proto.Error {
 }
 
 // openSession starts an invocation (Invoke) or finds the session to resume
-// (Attach), returning where its output starts.
+// (Attach), returning where its output starts. The caller must count the
+// session's reader down when done.
 func (s *Server) openSession(f *wire.Frame) (*Instance, *session, int64, *proto.Error) {
 	var req struct {
 		proto.Invoke
@@ -51,14 +80,33 @@ func (s *Server) openSession(f *wire.Frame) (*Instance, *session, int64, *proto.
 	if f.Type == proto.TAttach {
 		in.mu.Lock()
 		sess := in.sessions[req.Session]
+		if sess != nil {
+			if sess.readers >= maxReaders || in.readers >= maxInstanceReaders {
+				in.mu.Unlock()
+				return nil, nil, 0, &proto.Error{Code: proto.CodeBusy, Message: "busy, retry later: this session (or instance) already has its most attached clients"}
+			}
+			sess.readers++
+			in.readers++
+		}
 		in.mu.Unlock()
 		if sess == nil {
-			return nil, nil, 0, &proto.Error{Code: proto.CodeNotFound, Message: "this instance has no session " + req.Session}
+			return nil, nil, 0, &proto.Error{Code: proto.CodeNotFound, Message: "this instance has no session " + truncate(req.Session, 40) + " (its output is kept 10 minutes after it ends)"}
 		}
 		if err := sess.out.validOffset(req.Offset); err != nil {
-			return nil, nil, 0, badRequest(err.Error())
+			in.mu.Lock()
+			sess.readers--
+			in.readers--
+			in.mu.Unlock()
+			code := proto.CodeBadRequest
+			if sess.out.discardedWhy() != "" {
+				code = proto.CodeGone
+			}
+			return nil, nil, 0, &proto.Error{Code: code, Message: err.Error()}
 		}
 		return in, sess, req.Offset, nil
+	}
+	if len(req.Args) > maxArgs {
+		return nil, nil, 0, badRequest("arguments are longer than 64 KB")
 	}
 	if len(req.Args) > 0 {
 		var probe []json.RawMessage
@@ -66,19 +114,37 @@ func (s *Server) openSession(f *wire.Frame) (*Instance, *session, int64, *proto.
 			return nil, nil, 0, badRequest("args must be a JSON array")
 		}
 	}
+	in.mu.Lock()
+	full := in.readers >= maxInstanceReaders
+	in.mu.Unlock()
+	if full {
+		return nil, nil, 0, &proto.Error{Code: proto.CodeBusy, Message: fmt.Sprintf("busy, retry later: %d clients are attached to this instance's invocations", maxInstanceReaders)}
+	}
 	sess, err := in.newSession(req.Args)
 	if err != nil {
 		if pe, ok := err.(*proto.Error); ok {
 			return nil, nil, 0, pe
 		}
-		return nil, nil, 0, &proto.Error{Code: proto.CodeInternal, Message: err.Error()}
+		return nil, nil, 0, internalError(err.Error())
 	}
+	in.mu.Lock()
+	sess.readers++
+	in.readers++
+	in.mu.Unlock()
 	return in, sess, 0, nil
 }
 
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
 // readInput feeds client input frames to the session until the client
-// disconnects or the session ends.
-func (s *Server) readInput(conn *wire.Conn, in *Instance, sess *session) {
+// disconnects or the invocation ends. A full queue stops the reading: the
+// client meets TCP's back-pressure, bentod holds at most the queue.
+func (s *Server) readInput(conn *wire.Conn, sess *session) {
 	for {
 		f, err := conn.Read()
 		if err != nil {
@@ -87,48 +153,90 @@ func (s *Server) readInput(conn *wire.Conn, in *Instance, sess *session) {
 		switch f.Type {
 		case proto.TInput:
 			select {
-			case sess.input <- f.Body:
-			case <-in.ended:
+			case sess.input <- f:
+				select {
+				case <-sess.fin:
+					sess.drainInput() // it ended meanwhile: give the bytes back
+					return
+				default:
+				}
+			case <-sess.fin:
+				f.Release()
 				return
 			}
 		case proto.TInputEOF:
-			sess.once.Do(func() { close(sess.eof) })
+			f.Release()
+			sess.eofOnce.Do(func() { close(sess.eof) })
 		default:
+			f.Release()
 			return
 		}
 	}
 }
 
 // streamOutput sends the session's records from offset until the exit
-// record, waiting for new output as it comes.
-func (s *Server) streamOutput(conn *wire.Conn, sess *session, off int64, readerDone <-chan struct{}) {
+// record, waiting for new output as it comes. Each record is charged to
+// the client while it is being sent.
+func (s *Server) streamOutput(bud wire.Budget, send func(uint8, any, []byte) error, sess *session, off int64, readerDone <-chan struct{}) {
 	r, err := sess.out.reader()
 	if err != nil {
+		_ = send(proto.TError, proto.Error{Code: proto.CodeGone, Message: "the session's output is gone"}, nil)
 		return
 	}
 	defer r.Close()
 	for {
-		size, _, notify := sess.out.state()
+		size, exitAt, discarded, notify := sess.out.state()
+		if discarded != "" {
+			_ = send(proto.TError, proto.Error{Code: proto.CodeGone, Message: discarded}, nil)
+			return
+		}
+		if exitAt >= 0 && off >= size {
+			// Attached at the very end of a finished session (the offset
+			// the server gave with the exit): the exit again, at once.
+			off = exitAt
+		}
 		for off < size {
-			kind, data, next, err := readRecord(r, off)
+			kind, n, err := readHeader(r, off)
 			if err != nil {
 				return
 			}
-			off = next
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			err = bud.Acquire(ctx, n)
+			cancel()
+			if err != nil {
+				_ = send(proto.TError, proto.Error{Code: proto.CodeBusy, Message: "busy, retry later: too much output in flight; reattach at offset to go on"}, nil)
+				return
+			}
+			data, err := readData(r, off, n)
+			if err != nil {
+				bud.Release(n)
+				if errors.Is(err, io.EOF) {
+					return // discarded meanwhile
+				}
+				return
+			}
+			next := off + recHeader + n
 			switch kind {
 			case recData:
-				if conn.Send(proto.TOutput, proto.Output{Offset: off}, data) != nil {
+				err = send(proto.TOutput, proto.Output{Offset: next}, data)
+				bud.Release(n)
+				if err != nil {
 					return
 				}
 			case recExit:
 				var exit proto.Exit
 				_ = json.Unmarshal(data, &exit)
-				exit.Offset = off
-				_ = conn.Send(proto.TExit, exit, nil)
+				bud.Release(n)
+				exit.Offset = next
+				_ = send(proto.TExit, exit, nil)
 				// Give the client a moment to read before the close.
 				time.Sleep(10 * time.Millisecond)
 				return
+			default:
+				bud.Release(n)
+				return
 			}
+			off = next
 		}
 		select {
 		case <-notify:

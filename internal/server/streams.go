@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/torbento/bento/internal/netcheck"
 	"github.com/torbento/bento/internal/runner"
 	"github.com/torbento/bento/internal/socks"
 	"github.com/torbento/bento/internal/torfw"
@@ -91,6 +92,25 @@ func (st *streams) close() {
 	}
 }
 
+// control returns the instance's control-port firewall session.
+func (in *Instance) control() (*torfw.Session, error) {
+	fw := in.srv.firewall
+	if fw == nil {
+		return nil, fmt.Errorf("this node is not connected to tor's control port (TorControlPort)")
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.torSession == nil {
+		in.torSession = fw.Open(in.socksUser())
+	}
+	return in.torSession, nil
+}
+
+// socksUser is the SOCKS username of the instance's Tor traffic: tor
+// isolates it from everyone else's, and the firewall attributes circuits
+// and streams by it.
+func (in *Instance) socksUser() string { return "bento-" + in.id }
+
 // streams returns the instance's stream table, creating it.
 func (in *Instance) streams() *streams {
 	in.mu.Lock()
@@ -141,7 +161,7 @@ func (s *Server) listenFor(owner string, virtPort int) (string, error) {
 }
 
 // torStream carries out the tor.* stream calls.
-func (h hostCall) torStream(name string) (any, []byte, error) {
+func (h *hostCall) torStream(name string) (any, []byte, error) {
 	var a struct {
 		Host    string  `json:"host"`
 		Port    int     `json:"port"`
@@ -207,7 +227,7 @@ func (h hostCall) torStream(name string) (any, []byte, error) {
 			return runner.StreamResult{Conn: id}, nil, nil
 		case <-ctx.Done():
 			select {
-			case <-h.in.c.Exited():
+			case <-h.rt.exited():
 				return nil, nil, errStopped
 			default:
 			}
@@ -224,11 +244,14 @@ func (h hostCall) torStream(name string) (any, []byte, error) {
 		ctx, cancel := wait()
 		defer cancel()
 		target := net.JoinHostPort(a.Host, strconv.Itoa(a.Port))
+		if err := netcheck.CheckTor(td.pols, target); err != nil {
+			return nil, nil, fmt.Errorf("tor.dial: %w", err)
+		}
 		var c net.Conn
 		if a.Circuit != "" {
-			c, err = h.dialOnCircuit(ctx, td, target, a.Circuit)
+			c, err = h.dialOnCircuit(ctx, td.d, target, a.Circuit)
 		} else {
-			c, err = td.DialContext(ctx, "tcp", target)
+			c, err = td.d.DialContext(ctx, "tcp", target)
 		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("tor.dial: %w", err)
@@ -247,9 +270,15 @@ func (h hostCall) torStream(name string) (any, []byte, error) {
 			a.N = 1 << 16
 		}
 		if a.Timeout > 0 {
-			_ = c.SetReadDeadline(time.Now().Add(time.Duration(a.Timeout * float64(time.Second))))
+			_ = c.SetReadDeadline(time.Now().Add(seconds(a.Timeout, h.in.m.Resources.Lifetime)))
 		} else {
 			_ = c.SetReadDeadline(time.Time{})
+		}
+		hctx, hcancel := h.ctx(30 * time.Second)
+		err = h.hold(hctx, int64(a.N))
+		hcancel()
+		if err != nil {
+			return nil, nil, fmt.Errorf("tor.read: %w", err)
 		}
 		buf := make([]byte, a.N)
 		n, err := c.Read(buf)
@@ -297,7 +326,7 @@ func (h hostCall) torStream(name string) (any, []byte, error) {
 		st.mu.Unlock()
 		_ = ca.SetDeadline(time.Time{})
 		_ = cb.SetDeadline(time.Time{})
-		go splice(ca, cb, h.in.c.Exited(), func() {
+		go splice(ca, cb, h.rt.exited(), func() {
 			st.mu.Lock()
 			st.spliced--
 			st.mu.Unlock()
@@ -334,7 +363,7 @@ var attachSeq atomic.Uint64
 // function must own. The SOCKS password is unique to this stream, so tor
 // has no circuit for it yet and leaves it waiting while one is built; the
 // firewall spots the stream's NEW event and bentod attaches it to circ.
-func (h hostCall) dialOnCircuit(ctx context.Context, td *socks.Dialer, target, circ string) (net.Conn, error) {
+func (h *hostCall) dialOnCircuit(ctx context.Context, td *socks.Dialer, target, circ string) (net.Conn, error) {
 	sess, err := h.in.control()
 	if err != nil {
 		return nil, err
@@ -355,7 +384,7 @@ func (h hostCall) dialOnCircuit(ctx context.Context, td *socks.Dialer, target, c
 
 var errLostRace = errors.New("the stream connected on tor's circuit before it could be moved")
 
-func (h hostCall) dialOnCircuitOnce(ctx context.Context, sess *torfw.Session, td *socks.Dialer, target, circ string) (net.Conn, error) {
+func (h *hostCall) dialOnCircuitOnce(ctx context.Context, sess *torfw.Session, td *socks.Dialer, target, circ string) (net.Conn, error) {
 	pw := fmt.Sprintf("attach-%d", attachSeq.Add(1))
 	ids := sess.ExpectStream(pw)
 	defer sess.Unexpect(pw)

@@ -38,6 +38,7 @@ type Link struct {
 	onion    bool
 	virtPort int
 	target   string
+	streams  int // MaxStreams per rendezvous circuit (0: tor's default, unlimited)
 	log      *slog.Logger
 
 	mu        sync.Mutex
@@ -137,14 +138,16 @@ func (l *Link) WaitUploaded(id string) <-chan struct{} {
 	return ch
 }
 
-// New prepares a link for policy p; target is the address bentod listens
-// on (the onion service forwards there). It returns nil when p names no
-// TorControlPort.
-func New(p *policy.Policy, target string, log *slog.Logger) (*Link, error) {
+// New prepares a link for policy p. listen is the address clients reach
+// bentod on directly, whose port the onion service offers (unless
+// OnionServicePort says otherwise); target is the address the onion
+// service forwards to, a listener of its own so that connections through
+// Tor have their own limits. It returns nil when p names no TorControlPort.
+func New(p *policy.Policy, listen, target string, log *slog.Logger) (*Link, error) {
 	if p.TorControlPort == "" {
 		return nil, nil
 	}
-	_, port, err := net.SplitHostPort(target)
+	_, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +155,7 @@ func New(p *policy.Policy, target string, log *slog.Logger) (*Link, error) {
 	if p.OnionServicePort != 0 {
 		vp = p.OnionServicePort
 	}
-	l := &Link{dataDir: p.DataDirectory, onion: p.OnionService, virtPort: vp, target: target, log: log,
+	l := &Link{dataDir: p.DataDirectory, onion: p.OnionService, virtPort: vp, target: target, streams: p.Daemon.OnionMaxStreams, log: log,
 		events: map[string]bool{"HS_DESC": true}, uploaded: map[string]chan struct{}{}, uploads: map[string]*uploadCount{}}
 	network, addr := torctl.ParseAddr(p.TorControlPort)
 	l.keeper = &torctl.Keeper{
@@ -238,7 +241,13 @@ func (l *Link) setup(ctx context.Context, c *torctl.Conn) error {
 func (l *Link) publish(ctx context.Context, c *torctl.Conn) error {
 	keyPath := filepath.Join(l.dataDir, KeyFile)
 	key := "NEW:ED25519-V3"
-	flags := []string{}
+	var flags, args []string
+	if l.streams > 0 {
+		// tor's own per-client bound: a rendezvous circuit (one client's
+		// connection to the service) that opens more streams is closed.
+		flags = append(flags, "MaxStreamsCloseCircuit")
+		args = append(args, "MaxStreams="+strconv.Itoa(l.streams))
+	}
 	b, err := os.ReadFile(keyPath)
 	switch {
 	case err == nil:
@@ -246,12 +255,17 @@ func (l *Link) publish(ctx context.Context, c *torctl.Conn) error {
 		if !strings.HasPrefix(key, "ED25519-V3:") || torctl.ValidArg(key) != nil {
 			return fmt.Errorf("onion service key %s is damaged (want one ED25519-V3:... line); move it away to make a new address", keyPath)
 		}
-		flags = append(flags, "Flags=DiscardPK")
+		flags = append(flags, "DiscardPK")
 	case errors.Is(err, os.ErrNotExist):
 	default:
 		return fmt.Errorf("reading the onion service key: %w", err)
 	}
-	cmd, err := torctl.NewCommand("ADD_ONION", append(append([]string{key}, flags...), fmt.Sprintf("Port=%d,%s", l.virtPort, l.target))...)
+	cmdArgs := []string{key}
+	if len(flags) > 0 {
+		cmdArgs = append(cmdArgs, "Flags="+strings.Join(flags, ","))
+	}
+	cmdArgs = append(append(cmdArgs, args...), fmt.Sprintf("Port=%d,%s", l.virtPort, l.target))
+	cmd, err := torctl.NewCommand("ADD_ONION", cmdArgs...)
 	if err != nil {
 		return err
 	}

@@ -27,7 +27,7 @@ func closed(ch <-chan struct{}) bool {
 func TestWaitUploaded(t *testing.T) {
 	p := policy.Default()
 	p.TorControlPort = "127.0.0.1:9051"
-	l, err := New(p, "127.0.0.1:8888", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	l, err := New(p, "127.0.0.1:8888", "127.0.0.1:8888", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,113 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/torbento/bento/internal/manifest"
+	"github.com/torbento/bento/internal/proto"
+	"github.com/torbento/bento/internal/safelog"
+	"github.com/torbento/bento/internal/units"
+)
+
+// deploy checks and starts a new instance, charged to o.
+func (s *Server) deploy(d proto.Deploy, body []byte, o origin, log *slog.Logger) (*proto.Deployed, *proto.Error) {
+	p := s.policy()
+	if size := int64(len(body) + len(d.Manifest)); size > p.Max.Upload {
+		return nil, &proto.Error{Code: proto.CodeTooLarge, Message: fmt.Sprintf("upload of %s exceeds this node's MaxUploadSize of %s", units.FormatSize(size), units.FormatSize(p.Max.Upload))}
+	}
+	m, err := manifest.Parse([]byte(d.Manifest))
+	if err != nil {
+		return nil, &proto.Error{Code: proto.CodeBadRequest, Message: err.Error()}
+	}
+	m.Resolve(p)
+	if vs := manifest.Check(m, p); len(vs) > 0 {
+		e := &proto.Error{Code: proto.CodeRefused, Message: fmt.Sprintf("manifest of %q asks for more than this node's policy allows (%d items)", m.Name, len(vs))}
+		for _, v := range vs {
+			e.Violations = append(e.Violations, proto.Violation(v))
+		}
+		log.Info("manifest refused", "function", m.Name, "violations", len(vs))
+		return nil, e
+	}
+	files, err := proto.UnpackFiles(d.Files, body, manifest.ValidFileName)
+	if err != nil {
+		return nil, &proto.Error{Code: proto.CodeBadRequest, Message: err.Error()}
+	}
+	if _, ok := files[m.Entry]; !ok {
+		return nil, &proto.Error{Code: proto.CodeBadRequest, Message: fmt.Sprintf("entry file %q is not in the upload", m.Entry)}
+	}
+	id := newID("i-", 12)
+	adm, perr := s.admit(m, o, id)
+	if perr != nil {
+		return nil, perr
+	}
+	inv, invHash := newToken(invPrefix)
+	shut, shutHash := newToken(shutPrefix)
+	in := newInstance(s, id, m, d.Manifest, o, adm)
+	in.invHash, in.shutHash = invHash, shutHash
+	fail := func(pe *proto.Error) (*proto.Deployed, *proto.Error) {
+		if in.store != nil {
+			in.store.Close()
+		}
+		_ = os.RemoveAll(in.dir)
+		s.unadmit(adm)
+		return nil, pe
+	}
+	if err := os.MkdirAll(in.dir, 0o700); err != nil {
+		log.Warn("creating the instance's directory", "err", err)
+		return fail(internalError("could not create the instance"))
+	}
+	if err := in.openStore(); err != nil {
+		log.Warn("creating the instance's storage", "err", err)
+		return fail(internalError("could not create the instance's storage"))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rt, err := in.startRuntime(ctx, files)
+	if err != nil {
+		var le *loadError
+		if errors.As(err, &le) {
+			return fail(&proto.Error{Code: proto.CodeBadRequest, Message: "function failed to load: " + le.Error()})
+		}
+		// The runtime's own words are for the operator: they name host
+		// paths, so the client hears only what limit or failure it was.
+		log.Warn("instance failed to start", "function", m.Name, "err", err)
+		return fail(internalError("could not start the function: " + startFailureForClient(err)))
+	}
+	// Saved before the client hears of the instance: a crash from here on
+	// restores it (RestoreInstances) with its tokens.
+	if err := in.saveRecord(files); err != nil {
+		_ = rt.c.Remove()
+		log.Warn("saving the instance record", "instance", in.id, "err", err)
+		return fail(internalError("could not save the instance (bentod's disk?)"))
+	}
+	in.setRuntime(rt)
+	s.launch(in)
+	safelog.Notice(log, "instance started", "instance", in.id, "function", m.Name,
+		"memory", units.FormatSize(m.Resources.Memory), "cpu", m.Resources.CPU, "depth", in.depth)
+	res, _ := json.Marshal(m.Resources)
+	return &proto.Deployed{Instance: in.id, InvocationToken: inv, ShutdownToken: shut, Resources: res}, nil
+}
+
+func internalError(msg string) *proto.Error {
+	return &proto.Error{Code: proto.CodeInternal, Message: msg}
+}
+
+// startFailureForClient is what a client may hear of a failed start: the
+// limit that stopped the function while it loaded, never the runtime's
+// messages (which name the operator's paths).
+func startFailureForClient(err error) string {
+	msg := err.Error()
+	for _, limit := range []string{"memory limit exceeded", "process limit exceeded", "cpu time limit exceeded", "did not load within"} {
+		if i := strings.Index(msg, limit); i >= 0 {
+			return msg[i:]
+		}
+	}
+	return "the sandbox failed to start (the operator's log says why)"
+}
