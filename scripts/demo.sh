@@ -12,6 +12,10 @@
 # is refused; a LoadBalancer onion service spreads clients over three
 # Replica functions; a greedy manifest is refused with the list of what it
 # asked.
+#
+# Every step checks its own result: the demo stops at the first that
+# fails, says which and why, and exits 1. DEMO_BREAK=STEP breaks one step's
+# check on purpose (the test command uses it to prove the checks bite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PRIVNET_SOCKS:-}" ]; then
@@ -25,11 +29,49 @@ B=bin
 work=$(mktemp -d /tmp/bento-demo.XXXXXX)
 chmod 711 "$work" # containers, in a user namespace, reach their root file system through it
 pids=()
+current=setup
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
 	rm -rf "$work"
 }
 trap cleanup EXIT
+
+fail() {
+	printf '\ndemo: step %s failed: %s\n' "$current" "$*" >&2
+	for f in "$work"/*.log; do
+		[ -f "$f" ] && { echo "--- last lines of $f" >&2; tail -n 15 "$f" >&2; }
+	done
+	exit 1
+}
+step() { # step NAME TITLE: start a step
+	current=$1
+	printf '\n\033[1m$ %s\033[0m\n' "$2"
+}
+# check WHAT EXPECTED ACTUAL: the step's result must be what it expects.
+check() {
+	local what=$1 want=$2 got=$3
+	if [ "${DEMO_BREAK:-}" = "$current" ]; then
+		want="$want (broken on purpose by DEMO_BREAK)"
+	fi
+	[ "$got" = "$want" ] || fail "$what: want '$want', got '$got'"
+}
+contains() { # contains WHAT NEEDLE HAYSTACK
+	local what=$1 needle=$2 hay=$3
+	if [ "${DEMO_BREAK:-}" = "$current" ]; then
+		needle="$needle (broken on purpose by DEMO_BREAK)"
+	fi
+	case "$hay" in *"$needle"*) ;; *) fail "$what: '$needle' not in '${hay:0:400}'" ;; esac
+}
+# wait_for WHAT SECONDS CMD...: readiness with a deadline that fails loudly.
+wait_for() {
+	local what=$1 secs=$2
+	shift 2
+	for _ in $(seq $((secs * 10))); do
+		"$@" && return 0
+		sleep 0.1
+	done
+	fail "$what: not ready after $secs s"
+}
 
 start() { # start NAME PORT POLICYPORT EXITNUMBER
 	local socks control cookie
@@ -44,17 +86,13 @@ TorCookieFile ${!cookie}
 TorSocksPort ${!socks}
 OnionService 1
 AllowAPI send,recv,log,time,sleep,random,storage,exit,tor.fetch,tor.control,tor.stream,bento
+# Functions reach onion services, and (through an exit) this demo's web page.
+DestinationPolicy accept *.onion:*, accept 127.0.0.1:28889
 RC
 	$B/bentod -f "$work/$1.rc" 2>"$work/$1.log" &
 	pids+=($!)
-	for _ in $(seq 300); do
-		[ -s "$work/$1/onion_hostname" ] && return 0
-		sleep 0.1
-	done
-	cat "$work/$1.log"
-	exit 1
+	wait_for "bentod $1's onion service" 60 test -s "$work/$1/onion_hostname"
 }
-show() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 bt() { # the CLI through the Tor client, retrying while a new onion service's descriptor spreads
 	local i rc=0
 	for i in $(seq 20); do
@@ -63,10 +101,11 @@ bt() { # the CLI through the Tor client, retrying while a new onion service's de
 		[ "$rc" = 4 ] || break
 		sleep 1
 	done
-	cat "$work/bento.err" >&2
+	grep -v '^bento: session .* started' "$work/bento.err" >&2 || true
 	return "$rc"
 }
 
+step servers "two Bento servers beside the exit relays, each an onion service"
 start A 18888 18889 0
 start B 28888 28889 1
 A=$(cat "$work/A/onion_hostname"):18888
@@ -74,57 +113,90 @@ Bsrv=$(cat "$work/B/onion_hostname"):28888
 echo "server A: $A (beside exit0)"
 echo "server B: $Bsrv (beside exit1)"
 
-show "bento --tor-socks \$PRIVNET_SOCKS policy $A"
-bt policy "$A"
+step policy "bento --tor-socks \$PRIVNET_SOCKS policy $A"
+out=$(bt policy "$A") || fail "bento policy exited $?"
+echo "$out"
+contains "the policy names its server" "server       A" "$out"
 
-show "bento --tor-socks … run $A functions/hello Alice"
-bt run "$A" functions/hello Alice
+step hello "bento --tor-socks … run $A functions/hello Alice"
+out=$(bt run "$A" functions/hello Alice) || fail "bento run exited $?"
+echo "$out"
+check "hello's first line" "hello, Alice!" "$(head -1 <<<"$out")"
 
 # Server B's policy document is a real page on loopback; Browser fetches it
 # through a Tor exit.
 page=http://127.0.0.1:28889/policy
-show "bento --tor-socks … run $A functions/browser-tor $page 4096 tor | wc -c"
-bt run "$A" functions/browser-tor $page 4096 tor >"$work/page"
-echo "$(wc -c <"$work/page") bytes (header $(head -c 16 "$work/page"), padded to a multiple of 4096)"
+step browser "bento --tor-socks … run --destinations 'accept 127.0.0.1:28889' $A functions/browser-tor $page 4096 tor | wc -c"
+bt run --destinations "accept 127.0.0.1:28889" "$A" functions/browser-tor $page 4096 tor >"$work/page" || fail "bento run exited $?"
+size=$(wc -c <"$work/page")
+len=$((10#$(head -c 16 "$work/page")))
+echo "$size bytes (header $(head -c 16 "$work/page"), padded to a multiple of 4096)"
+check "padding to a multiple of 4096" 0 $((size % 4096))
+check "the page inside" 1 $((len > 0 && len + 16 <= size))
+contains "the page is B's policy" '"nickname": "B"' "$(tail -c +17 "$work/page" | head -c "$len")"
 
-show "bento --tor-socks … run $A functions/browser-dropbox-tor $page 4096 $Bsrv 1 tor"
-bt run "$A" functions/browser-dropbox-tor $page 4096 "$Bsrv" 1 tor | tee "$work/box.json"
+step dropbox "bento --tor-socks … run $A functions/browser-dropbox-tor $page 4096 $Bsrv 1 tor"
+bt run --destinations "accept 127.0.0.1:28889, accept *.onion:*" "$A" functions/browser-dropbox-tor $page 4096 "$Bsrv" 1 tor >"$work/box.json" || fail "bento run exited $?"
+cat "$work/box.json"
 box=$(sed -n 's/.*"invocation_token":"\([^"]*\)".*/\1/p' "$work/box.json")
+[ -n "$box" ] || fail "no invocation token in the output"
+contains "the Dropbox lives on B" "\"server\":\"$Bsrv\"" "$(cat "$work/box.json")"
 
-show "server A goes away (its onion service with it)"
-kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
+step stop-a "server A goes away (its onion service with it)"
+kill "${pids[0]}"
+wait "${pids[0]}" 2>/dev/null || true
 echo "A stopped"
 
-show "bento --tor-socks … invoke $Bsrv <dropbox token> get | cmp - <page fetched before>"
-bt invoke "$Bsrv" "$box" get >"$work/fromB"
-cmp "$work/fromB" "$work/page" && echo "the page from B's Dropbox is byte-for-byte the page Browser fetched ($(wc -c <"$work/fromB") bytes)"
-show "bento --tor-socks … invoke $Bsrv <dropbox token> get    # max_gets was 1: the data is gone"
-bt invoke "$Bsrv" "$box" get || echo "(exit status $?)"
+step get "bento --tor-socks … invoke $Bsrv <dropbox token> get | cmp - <page fetched before>"
+bt invoke "$Bsrv" "$box" get >"$work/fromB" || fail "bento invoke exited $?"
+cmp -s "$work/fromB" "$work/page" || fail "the page from B's Dropbox differs from the page Browser fetched"
+check "the page from B's Dropbox, byte for byte" "$(wc -c <"$work/page")" "$(wc -c <"$work/fromB")"
+echo "the page from B's Dropbox is byte-for-byte the page Browser fetched ($(wc -c <"$work/fromB") bytes)"
 
-show "a function asks tor's control port, through B's firewall: GETINFO version, EXTENDCIRCUIT 0, SETCONF, SIGNAL HALT"
-bt run "$Bsrv" e2e/testdata/functions/torctl '["GETINFO version","EXTENDCIRCUIT 0","SETCONF ExitPolicy=\"accept *:*\"","SIGNAL HALT"]'
+step gone "bento --tor-socks … invoke $Bsrv <dropbox token> get    # max_gets was 1: the data is gone"
+rc=0
+bt invoke "$Bsrv" "$box" get || rc=$?
+echo "(exit status $rc)"
+check "exit status of a get after max_gets" 5 "$rc"
 
-show "three Replica functions on B and a LoadBalancer in front of them, each an onion service of its own"
-announce() { # announce NAME ARGS...: run a long-lived function in the background, print its first output line
+step firewall "a function asks tor's control port, through B's firewall: GETINFO version, EXTENDCIRCUIT 0, SETCONF, SIGNAL HALT"
+out=$(bt run --destinations "accept *.onion:*" "$Bsrv" e2e/testdata/functions/torctl '["GETINFO version","EXTENDCIRCUIT 0","SETCONF ExitPolicy=\"accept *:*\"","SIGNAL HALT"]') || fail "bento run exited $?"
+echo "$out"
+statuses=$(grep -o '\[[0-9][0-9][0-9],' <<<"$out" | tr -d '[,' | tr '\n' ' ')
+check "the firewall's answers (GETINFO, EXTENDCIRCUIT allowed; SETCONF, SIGNAL refused)" "250 250 510 510 " "$statuses"
+
+step loadbalancer "three Replica functions on B and a LoadBalancer in front of them, each an onion service of its own"
+announce() { # announce NAME ARGS...: run a long-lived function in the background; its first output line is its address
 	local name=$1
 	shift
-	$B/bento --tor-socks "$PRIVNET_SOCKS" run "$Bsrv" "$@" >"$work/$name.out" 2>"$work/$name.err" &
+	$B/bento --tor-socks "$PRIVNET_SOCKS" run "$@" >"$work/$name.out" 2>"$work/$name.log" &
 	pids+=($!)
-	for _ in $(seq 300); do
-		[ -n "$(head -1 "$work/$name.out" 2>/dev/null)" ] && break
-		sleep 0.1
-	done
+	wait_for "$name's onion address" 120 grep -q . "$work/$name.out"
 	head -1 "$work/$name.out"
 }
-r0=$(announce r0 functions/replica r0); r1=$(announce r1 functions/replica r1); r2=$(announce r2 functions/replica r2)
+r0=$(announce r0 "$Bsrv" functions/replica r0)
+r1=$(announce r1 "$Bsrv" functions/replica r1)
+r2=$(announce r2 "$Bsrv" functions/replica r2)
 echo "replicas: $r0 $r1 $r2"
-lb=$(announce lb functions/loadbalancer "[\"$r0\",\"$r1\",\"$r2\"]")
+for r in "$r0" "$r1" "$r2"; do contains "a replica's address" ".onion:80" "$r"; done
+lb=$(announce lb "$Bsrv" functions/loadbalancer "[\"$r0\",\"$r1\",\"$r2\"]")
 echo "load balancer: $lb"
-show "six clients fetch http://$lb/ through Tor"
+contains "the load balancer's address" ".onion:80" "$lb"
+
+step clients "six clients fetch http://$lb/ through Tor"
+served=""
 for i in 1 2 3 4 5 6; do
-	printf 'client %d: ' "$i"
-	curl -s -m 60 --socks5-hostname "$PRIVNET_SOCKS" --proxy-user "client$i:x" "http://$lb/" || echo "(failed)"
+	answer=""
+	for attempt in 1 2 3; do # a fresh onion circuit can stall on a loaded machine: retry
+		answer=$(curl -s -m 60 --socks5-hostname "$PRIVNET_SOCKS" --proxy-user "client$i-$attempt:x" "http://$lb/") && [ -n "$answer" ] && break
+		answer=""
+	done
+	printf 'client %d: %s\n' "$i" "${answer:-(failed)}"
+	[ -n "$answer" ] || fail "client $i got no answer from the load balancer"
+	served="$served $answer"
 done
+distinct=$(tr ' ' '\n' <<<"$served" | grep -o 'r[0-2]' | sort -u | wc -l)
+check "replicas that served the six clients" 3 "$distinct"
 
 cat >"$work/greedy.toml" <<'T'
 name = "greedy"
@@ -135,7 +207,13 @@ memory = "1 GB"
 lifetime = "1 day"
 T
 mkdir -p "$work/greedy" && mv "$work/greedy.toml" "$work/greedy/bento.toml" && echo 'def main(): return 1' >"$work/greedy/main.star"
-show "bento --tor-socks … deploy $Bsrv greedy/     # asks for more than B allows"
-bt deploy "$Bsrv" "$work/greedy" || echo "(exit status $?)"
+step greedy "bento --tor-socks … deploy $Bsrv greedy/     # asks for more than B allows"
+rc=0
+bt deploy "$Bsrv" "$work/greedy" 2>"$work/greedy.err" || rc=$?
+cat "$work/greedy.err"
+echo "(exit status $rc)"
+check "exit status of a refused manifest" 3 "$rc"
+contains "the refusal lists the memory asked" "resources.memory: asks 1 GB" "$(cat "$work/greedy.err")"
+
 echo
 echo "demo finished"

@@ -51,12 +51,25 @@ failed=$(grep -c '^FAIL' /tmp/bento-test.log || true)
 echo "packages: ${passed} passed, ${failed} failed"
 [ "$status" = 0 ] || exit "$status"
 
-# The README's demo is part of the product: it must keep working.
+# The README's demo is part of the product: it must keep working, and it
+# must fail loudly when a step fails (one step broken on purpose).
 step "demo (scripts/demo.sh, over a private Tor network)"
-if bash scripts/demo.sh >/tmp/bento-demo.log 2>&1 && grep -q '^demo finished' /tmp/bento-demo.log; then
+if bash scripts/demo.sh >/tmp/bento-demo.log 2>&1 && tail -1 /tmp/bento-demo.log | grep -q '^demo finished$'; then
 	echo "demo finished"
 else
 	cat /tmp/bento-demo.log
 	echo "the demo failed"
 	exit 1
 fi
+step "demo with a step broken on purpose (DEMO_BREAK=hello) must fail"
+if DEMO_BREAK=hello bash scripts/demo.sh >/tmp/bento-demo-broken.log 2>&1; then
+	cat /tmp/bento-demo-broken.log
+	echo "the demo passed with a broken step"
+	exit 1
+fi
+if ! grep -q "^demo: step hello failed" /tmp/bento-demo-broken.log || grep -q '^demo finished' /tmp/bento-demo-broken.log; then
+	cat /tmp/bento-demo-broken.log
+	echo "the broken demo did not stop at the broken step"
+	exit 1
+fi
+echo "the broken step stopped the demo: $(grep '^demo: step' /tmp/bento-demo-broken.log)"
