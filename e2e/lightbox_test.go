@@ -12,9 +12,8 @@ import (
 
 	"github.com/torbento/bento/internal/capture"
 	"github.com/torbento/bento/internal/testutil"
+	"github.com/torbento/bento/internal/tracegen"
 )
-
-func traces(t *testing.T) []string { return testutil.Traces(t) }
 
 // runLightbox runs a middlebox and a gateway binary against each other.
 func runLightbox(t *testing.T, trace string, mbArgs, gwArgs []string) (string, string) {
@@ -71,109 +70,140 @@ func sameCapture(t *testing.T, want, got string) {
 	}
 }
 
-// TestLightboxBounce sends every shared capture through the real binaries
+// TestLightboxBounce sends every capture (the generated ones of
+// internal/tracegen, then any in $BENTO_TRACES) through the real binaries
 // and checks the packets bounced back are bit-exact and in order.
 func TestLightboxBounce(t *testing.T) {
-	for _, trace := range traces(t) {
-		t.Run(filepath.Base(trace), func(t *testing.T) {
+	type trace struct{ name, path string }
+	var all []trace
+	for _, tr := range testutil.Captures(t) {
+		all = append(all, trace{tr.Name, tr.Path})
+	}
+	for _, f := range testutil.Traces(t) {
+		all = append(all, trace{"extra/" + filepath.Base(f), f})
+	}
+	for _, tr := range all {
+		t.Run(tr.name, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "returned.pcap")
-			gw, mb := runLightbox(t, trace, nil, []string{"-out", out})
-			sameCapture(t, trace, out)
+			gw, mb := runLightbox(t, tr.path, nil, []string{"-out", out})
+			sameCapture(t, tr.path, out)
 			t.Logf("%s%s", gw, mb)
 		})
 	}
 }
 
 // TestLightboxDirect runs the direct model: the middlebox writes the
-// processed packets to the next hop (a capture file).
+// processed packets to the next hop (a capture file). The capture is cut
+// short: the gateway sends the whole packets before the cut.
 func TestLightboxDirect(t *testing.T) {
-	trace := traces(t)[0]
+	trace := testutil.Capture(t, tracegen.Truncated)
 	out := filepath.Join(t.TempDir(), "next-hop.pcap")
-	runLightbox(t, trace, []string{"-model", "direct", "-out", out}, nil)
-	sameCapture(t, trace, out)
+	gw, _ := runLightbox(t, trace.Path, []string{"-model", "direct", "-out", out}, nil)
+	sameCapture(t, trace.Path, out)
+	if !strings.Contains(gw, "cut short") || !strings.Contains(gw, fmt.Sprintf("sent %d packets", trace.Packets)) {
+		t.Fatalf("the gateway did not send the %d whole packets of a capture cut short: %s", trace.Packets, gw)
+	}
 }
 
 // TestLightboxConstantRate sends a small capture at a constant record rate:
 // the gateway reports padding records.
 func TestLightboxConstantRate(t *testing.T) {
-	var small string
-	for _, f := range traces(t) {
-		if strings.Contains(f, "appneta") {
-			small = f
-		}
-	}
+	small := testutil.Capture(t, tracegen.Office)
 	out := filepath.Join(t.TempDir(), "returned.pcap")
-	gw, _ := runLightbox(t, small, nil, []string{"-out", out, "-rate", "200", "-record-size", "4096", "-realtime"})
-	sameCapture(t, small, out)
+	gw, _ := runLightbox(t, small.Path, nil, []string{"-out", out, "-rate", "200", "-record-size", "4096", "-realtime"})
+	sameCapture(t, small.Path, out)
 	if !strings.Contains(gw, "padding") || strings.Contains(gw, "(0 padding)") {
 		t.Fatalf("a realtime replay at a constant rate sent no padding: %s", gw)
 	}
 }
 
 // TestLightboxMiddleboxes runs the monitor and the firewall in the real
-// middlebox binary on real captures.
+// middlebox binary on generated captures.
 func TestLightboxMiddleboxes(t *testing.T) {
-	var cip, small string
-	for _, f := range traces(t) {
-		switch {
-		case strings.Contains(f, "cip.pcap"):
-			cip = f
-		case strings.Contains(f, "appneta"):
-			small = f
-		}
-	}
+	caps := testutil.Captures(t, tracegen.LAN, tracegen.Office)
+	lan, small := caps[0], caps[1]
 	report := filepath.Join(t.TempDir(), "monitor.txt")
 	// 1 MiB of cached states holds 2048 of the monitor's, fewer than the
-	// capture's flows: states go to the sealed store and come back.
-	runLightbox(t, cip, []string{"-run", "monitor", "-report", report, "-cache-mb", "1"}, nil)
+	// capture's flows open at once: states go to the sealed store and come
+	// back.
+	if lan.PeakFlows <= 2048 {
+		t.Fatalf("the LAN capture has at most %d flows open at once: the cache would hold them all", lan.PeakFlows)
+	}
+	runLightbox(t, lan.Path, []string{"-run", "monitor", "-report", report, "-cache-mb", "1"}, nil)
 	b, err := os.ReadFile(report)
 	if err != nil {
 		t.Fatal(err)
 	}
 	flows := strings.Count(string(b), "\nflow ")
 	assets := strings.Count(string(b), "asset ")
-	// cip.pcap holds 3,017 bidirectional 5-tuples (shared/research/lightbox.md §3).
-	if flows < 3000 || flows > 3100 || assets == 0 {
-		t.Fatalf("monitor on cip.pcap: %d flows, %d assets", flows, assets)
+	// Every flow is reported once, with all its packets and bytes.
+	var pkts, nbytes int
+	for _, l := range strings.Split(string(b), "\n") {
+		if i := strings.Index(l, " packets "); strings.HasPrefix(l, "flow ") && i > 0 {
+			var to, back, bto, bback int
+			if _, err := fmt.Sscanf(l[i:], " packets %d/%d bytes %d/%d", &to, &back, &bto, &bback); err != nil {
+				t.Fatalf("monitor report: %q: %v", l, err)
+			}
+			pkts, nbytes = pkts+to+back, nbytes+bto+bback
+		}
 	}
-	t.Logf("monitor on cip.pcap: %d flows, %d assets", flows, assets)
+	if flows != lan.Flows || pkts != lan.IPPackets || nbytes != lan.IPBytes {
+		t.Fatalf("monitor on %s: %d flows of %d packets, %d bytes; want %d flows of %d packets, %d bytes",
+			lan.Name, flows, pkts, nbytes, lan.Flows, lan.IPPackets, lan.IPBytes)
+	}
+	for _, want := range []string{" os Windows (TTL 128)", " os Linux/Unix (TTL 64)", " os network device (TTL 255)", " ssh: SSH-2.0-", " http: HTTP/1.1 200 OK", " ftp/smtp: 220 "} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("monitor on %s learned no asset %q", lan.Name, want)
+		}
+	}
+	if assets == 0 {
+		t.Fatalf("monitor on %s: no assets", lan.Name)
+	}
+	t.Logf("monitor on %s: %d flows, %d assets", lan.Name, flows, assets)
 
 	report = filepath.Join(t.TempDir(), "firewall.txt")
 	out := filepath.Join(t.TempDir(), "passed.pcap")
-	runLightbox(t, small, []string{"-run", "firewall", "-report", report}, []string{"-out", out})
+	runLightbox(t, small.Path, []string{"-run", "firewall", "-report", report}, []string{"-out", out})
 	b, _ = os.ReadFile(report)
 	var passed, dropped int
 	if _, err := fmt.Sscanf(string(b[strings.LastIndex(string(b), "passed"):]), "passed %d dropped %d", &passed, &dropped); err != nil {
 		t.Fatalf("firewall report: %v\n%s", err, b)
 	}
-	c, _ := capture.ReadFile(out)
-	if passed == 0 || len(c.Packets) != passed {
-		t.Fatalf("firewall passed %d (dropped %d) but %d came back", passed, dropped, len(c.Packets))
+	c, err := capture.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("firewall on test.pcap: passed %d, dropped %d", passed, dropped)
+	// What comes back is what passed: the connections opened from inside.
+	if passed != small.Packets-small.Unsolicited || dropped != small.Unsolicited || len(c.Packets) != passed ||
+		strings.Count(string(b), "drop ") != dropped {
+		t.Fatalf("firewall passed %d, dropped %d, and %d came back; want %d passed and %d dropped\n%s",
+			passed, dropped, len(c.Packets), small.Packets-small.Unsolicited, small.Unsolicited, b)
+	}
+	t.Logf("firewall on %s: passed %d, dropped %d", small.Name, passed, dropped)
 }
 
-// TestLightboxIDS runs the IDS in the real middlebox binary on a real HTTP
-// capture with a rule for its status lines.
+// TestLightboxIDS runs the IDS in the real middlebox binary on an HTTP
+// capture with a rule for its request and status lines: one alert for
+// each HTTP message, none missed where a line is split across segments
+// or segments come out of order, and no gap.
 func TestLightboxIDS(t *testing.T) {
-	var trace string
-	for _, f := range traces(t) {
-		if strings.Contains(f, "http-mime") {
-			trace = f
-		}
-	}
+	trace := testutil.Capture(t, tracegen.HTTP)
 	dir := t.TempDir()
 	rules := filepath.Join(dir, "rules")
 	os.WriteFile(rules, []byte(`alert tcp any any <> any any (msg:"http status"; content:"HTTP/1."; sid:1;)`+"\n"), 0o644)
 	report := filepath.Join(dir, "ids.txt")
-	runLightbox(t, trace, []string{"-run", "ids", "-rules", rules, "-report", report}, nil)
+	runLightbox(t, trace.Path, []string{"-run", "ids", "-rules", rules, "-report", report}, nil)
 	b, _ := os.ReadFile(report)
 	var alerts, gaps int
-	fmt.Sscanf(string(b[strings.LastIndex(string(b), "alerts"):]), "alerts %d gaps %d", &alerts, &gaps)
-	if alerts == 0 {
-		t.Fatalf("no alert on an HTTP capture:\n%s", b)
+	if i := strings.LastIndex(string(b), "alerts"); i < 0 {
+		t.Fatalf("no IDS summary:\n%s", b)
+	} else if _, err := fmt.Sscanf(string(b[i:]), "alerts %d gaps %d", &alerts, &gaps); err != nil {
+		t.Fatalf("IDS summary: %v\n%s", err, b)
 	}
-	t.Logf("ids on %s: %d alerts, %d gaps", filepath.Base(trace), alerts, gaps)
+	if alerts != trace.HTTPMessages || gaps != 0 {
+		t.Fatalf("ids on %s: %d alerts, %d gaps; want %d alerts (one per HTTP message), no gap:\n%s", trace.Name, alerts, gaps, trace.HTTPMessages, b)
+	}
+	t.Logf("ids on %s: %d alerts, %d gaps", trace.Name, alerts, gaps)
 }
 
 // TestLightboxTUN feeds the gateway live packets from a TUN device, all

@@ -11,38 +11,69 @@ import (
 
 	"github.com/torbento/bento/internal/etap"
 	"github.com/torbento/bento/internal/testutil"
+	"github.com/torbento/bento/internal/tracegen"
 )
 
-func traces(t *testing.T) []string { return testutil.Traces(t) }
-
+// TestReadTraces reads every generated capture — pcap with microsecond
+// and nanosecond timestamps, pcapng with two interfaces and snapped
+// packets, gzip-compressed pcapng, raw IP, a file cut short — and checks
+// the packets, link type, truncation and timestamp precision; then any
+// extra capture in $BENTO_TRACES.
 func TestReadTraces(t *testing.T) {
-	// Packets per trace, as listed in shared/research/lightbox.md §3.
-	want := map[string]int{
-		"appneta_tcpreplay_test_test.pcap":                                    179,
-		"gopacket_gopacket_pcapgo_tests_le_test301.pcapng":                    276,
-		"gopacket_gopacket_layers_testdata_cip.pcap":                          26068,
-		"OISF_suricata-verify_tests_tls_tls-bypass-missing-event_tor_bl.pcap": 1139,
+	for _, tr := range testutil.Captures(t) {
+		t.Run(tr.Name, func(t *testing.T) {
+			c, err := ReadFile(tr.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(c.Packets) != tr.Packets || tr.Packets == 0 {
+				t.Errorf("%d packets, want %d", len(c.Packets), tr.Packets)
+			}
+			if c.LinkType != tr.LinkType {
+				t.Errorf("link type %v, want %v", c.LinkType, tr.LinkType)
+			}
+			if c.Truncated != (tr.Name == tracegen.Truncated) {
+				t.Errorf("truncated = %v", c.Truncated)
+			}
+			snapped, finer := 0, 0
+			for _, p := range c.Packets {
+				if p.OrigLen > len(p.Data) {
+					snapped++
+				}
+				if p.OrigLen < len(p.Data) {
+					t.Fatalf("a packet of %d bytes captured from %d on the wire", len(p.Data), p.OrigLen)
+				}
+				if p.Time.Nanosecond()%1000 != 0 {
+					finer++
+				}
+			}
+			if snapped != tr.Snapped {
+				t.Errorf("%d packets captured short, want %d", snapped, tr.Snapped)
+			}
+			// Microsecond pcap has none finer; the others keep nanoseconds.
+			if (finer > 0) != (tr.Format != "pcap") {
+				t.Errorf("%s: %d timestamps finer than a microsecond", tr.Format, finer)
+			}
+		})
 	}
-	for _, f := range traces(t) {
-		c, err := ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n, ok := want[filepath.Base(f)]; ok && len(c.Packets) != n {
-			t.Errorf("%s: %d packets, want %d", filepath.Base(f), len(c.Packets), n)
-		}
-		if len(c.Packets) == 0 {
-			t.Errorf("%s: no packets", f)
-		}
-		if c.Truncated != (filepath.Base(f) == "OISF_suricata-verify_tests_http-mime-truncated_input.pcap") {
-			t.Errorf("%s: truncated = %v", filepath.Base(f), c.Truncated)
-		}
+	for _, f := range testutil.Traces(t) {
+		t.Run("extra/"+filepath.Base(f), func(t *testing.T) {
+			c, err := ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(c.Packets) == 0 {
+				t.Error("no packets")
+			}
+		})
 	}
 }
 
+// TestGzip compresses a capture and checks it reads the same, packet for
+// packet.
 func TestGzip(t *testing.T) {
-	files := traces(t)
-	raw, err := os.ReadFile(files[0])
+	tr := testutil.Capture(t, tracegen.HTTP)
+	raw, err := os.ReadFile(tr.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,8 +89,14 @@ func TestGzip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(a.Packets) != len(b.Packets) || !bytes.Equal(a.Packets[len(a.Packets)-1].Data, b.Packets[len(b.Packets)-1].Data) {
-		t.Fatal("gzip-compressed capture reads differently")
+	if len(a.Packets) != tr.Packets || len(b.Packets) != len(a.Packets) || a.LinkType != b.LinkType || b.Truncated {
+		t.Fatalf("gzip-compressed capture reads %d packets (truncated %v), plain %d, want %d", len(b.Packets), b.Truncated, len(a.Packets), tr.Packets)
+	}
+	for i := range a.Packets {
+		p, q := a.Packets[i], b.Packets[i]
+		if !bytes.Equal(p.Data, q.Data) || !p.Time.Equal(q.Time) || p.OrigLen != q.OrigLen {
+			t.Fatalf("packet %d reads differently compressed", i)
+		}
 	}
 }
 

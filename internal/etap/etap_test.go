@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/torbento/bento/internal/capture"
 	"github.com/torbento/bento/internal/etap"
 	"github.com/torbento/bento/internal/testutil"
+	"github.com/torbento/bento/internal/tracegen"
 )
 
 var psk = []byte("0123456789abcdef0123456789abcdef")
@@ -77,17 +77,35 @@ func pipe(t testing.TB, cfg etap.Config, gw, mb etap.Options, mitm func(in io.Re
 	return gwConn, mbConn
 }
 
-func traceFiles(t testing.TB) []string { return testutil.Traces(t) }
+// traceFile is a capture to send.
+type traceFile struct{ name, path string }
 
-// TestBounceTraces sends every packet of every shared capture through
-// etap to a middlebox that bounces it back, and checks that all come back
-// bit-exact and in order.
+// traceFiles returns the generated captures (internal/tracegen), then any
+// extra ones in $BENTO_TRACES, named "extra/" and their file name.
+func traceFiles(t testing.TB) []traceFile {
+	var files []traceFile
+	for _, tr := range testutil.Captures(t) {
+		files = append(files, traceFile{tr.Name, tr.Path})
+	}
+	for _, f := range testutil.Traces(t) {
+		files = append(files, traceFile{"extra/" + filepath.Base(f), f})
+	}
+	return files
+}
+
+// TestBounceTraces sends every packet of every capture — from a 3,000-flow
+// LAN to 64 KB TSO frames and packets captured short — through etap to a
+// middlebox that bounces it back, and checks that all come back bit-exact
+// and in order.
 func TestBounceTraces(t *testing.T) {
 	for _, f := range traceFiles(t) {
-		t.Run(filepath.Base(f), func(t *testing.T) {
-			c, err := capture.ReadFile(f)
+		t.Run(f.name, func(t *testing.T) {
+			c, err := capture.ReadFile(f.path)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if len(c.Packets) == 0 {
+				t.Fatal("no packets")
 			}
 			gw, mb := pipe(t, etap.Config{PSK: psk, RekeyRecords: 64}, etap.Options{}, etap.Options{}, nil)
 			go func() { // the middlebox: bounce everything back
@@ -248,20 +266,21 @@ func (t *tap) Write(b []byte) (int, error) {
 }
 
 // TestObserverSeesNoDifference runs a constant-rate channel once busy (a
-// real capture replayed as fast as possible) and once idle, and checks that
-// an observer of the wire sees the same record sizes and rate.
+// capture replayed as fast as possible) and once idle, and checks that an
+// observer of the wire sees the same record sizes and rate.
 func TestObserverSeesNoDifference(t *testing.T) {
-	// Real Tor ORPort traffic: 1 MB keeps a 200 records/s channel of 4 KB
+	// A Tor ORPort download: 1.3 MB keeps a 200 records/s channel of 4 KB
 	// records busy for more than the second observed.
-	var trace string
-	for _, f := range traceFiles(t) {
-		if strings.Contains(f, "tor_bl") {
-			trace = f
-		}
-	}
-	c, err := capture.ReadFile(trace)
+	c, err := capture.ReadFile(testutil.Capture(t, tracegen.ORPort).Path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	bytesIn := 0
+	for _, p := range c.Packets {
+		bytesIn += len(p.Data)
+	}
+	if bytesIn < 1<<20 {
+		t.Fatalf("the ORPort capture holds %d bytes, too few to keep the channel busy", bytesIn)
 	}
 	observe := func(busy bool) *tap {
 		ln, _ := net.Listen("tcp", "127.0.0.1:0")

@@ -1,6 +1,6 @@
 // Package testutil holds helpers shared by tests: prerequisite checks that
-// fail under CI instead of skipping, and building the project's binaries
-// once per test process.
+// fail under CI instead of skipping, building the project's binaries once
+// per test process, and the synthetic packet captures the tests read.
 package testutil
 
 import (
@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+
+	"github.com/torbento/bento/internal/tracegen"
 )
 
 // InCI reports whether the tests run under CI (CI=true), where a missing
@@ -93,17 +95,77 @@ func Runner(t testing.TB) string {
 	return dir + "/bento-runner"
 }
 
-// Traces returns the shared packet captures: $BENTO_TRACES if set, else
-// ../shared/traces beside the repository. It fails under CI when there
-// are none.
+// generated holds a capture of internal/tracegen, made once per test
+// process.
+type generated struct {
+	once sync.Once
+	data []byte
+	tr   tracegen.Trace
+	err  error
+}
+
+var captures sync.Map // name → *generated
+
+// Captures writes the synthetic packet captures of internal/tracegen — all
+// of them, or the named ones — into a temporary directory of the test and
+// returns them with what each holds. Each is generated once per test
+// process. They are the captures the tests read, replay and send through
+// LightBox: the same on a fresh clone as under CI, with nothing beside the
+// repository.
+func Captures(t testing.TB, names ...string) []tracegen.Trace {
+	t.Helper()
+	if len(names) == 0 {
+		names = tracegen.Names()
+	}
+	dir := t.TempDir()
+	out := make([]tracegen.Trace, 0, len(names))
+	for _, name := range names {
+		v, _ := captures.LoadOrStore(name, &generated{})
+		g := v.(*generated)
+		g.once.Do(func() { g.data, g.tr, g.err = tracegen.Generate(name) })
+		if g.err != nil {
+			t.Fatal(g.err)
+		}
+		tr := g.tr
+		tr.Path = filepath.Join(dir, name)
+		if err := os.WriteFile(tr.Path, g.data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, tr)
+	}
+	return out
+}
+
+// Capture writes one capture of internal/tracegen (see Captures).
+func Capture(t testing.TB, name string) tracegen.Trace {
+	t.Helper()
+	return Captures(t, name)[0]
+}
+
+// Traces returns extra packet captures for the tests that read, bounce and
+// replay every capture: the files in the directory $BENTO_TRACES names,
+// for whoever has real captures to try. Unset, there are none and those
+// tests run on the generated captures (Captures) alone; set, the directory
+// must hold some.
 func Traces(t testing.TB) []string {
 	t.Helper()
 	dir := os.Getenv("BENTO_TRACES")
 	if dir == "" {
-		dir = filepath.Join(RepoRoot(), "..", "shared", "traces")
+		return nil
 	}
-	files, _ := filepath.Glob(filepath.Join(dir, "*"))
-	Require(t, len(files) > 0, "packet captures in "+dir+" (../shared/traces beside the repository, or set BENTO_TRACES)")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("BENTO_TRACES: %v", err)
+	}
+	var files []string
+	for _, e := range entries {
+		if e.Type().IsRegular() {
+			files = append(files, filepath.Join(dir, e.Name()))
+		}
+	}
+	if len(files) == 0 {
+		t.Fatalf("BENTO_TRACES=%s holds no capture", dir)
+	}
 	return files
 }
 
