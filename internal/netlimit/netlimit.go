@@ -87,6 +87,8 @@ type Listener struct {
 
 	mu     sync.Mutex
 	open   int
+	limit  int       // the total in force: Total, lowered while descriptors run short
+	short  time.Time // when descriptors last ran short
 	byAddr map[string]int
 	conns  map[*conn]struct{}
 	spare  *os.File // a reserved descriptor, given up to shed a connection on EMFILE
@@ -100,7 +102,7 @@ func New(ln net.Listener, cfg Config) *Listener {
 	if cfg.Key == nil {
 		cfg.Key = AddrKey
 	}
-	l := &Listener{ln: ln, cfg: cfg, byAddr: map[string]int{}, conns: map[*conn]struct{}{}}
+	l := &Listener{ln: ln, cfg: cfg, limit: cfg.Total, byAddr: map[string]int{}, conns: map[*conn]struct{}{}}
 	l.spare, _ = os.Open(os.DevNull)
 	return l
 }
@@ -162,6 +164,21 @@ func (l *Listener) Accept() (net.Conn, error) {
 			}
 			l.acceptErrors.Add(1)
 			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of descriptors: serve fewer connections for a while,
+				// so the rest of the daemon (its files, its instances) has
+				// descriptors, and let an idle connection give its up for
+				// the newcomer; with none idle, the newcomer is turned away.
+				l.mu.Lock()
+				l.limit = max(1, min(l.limit, l.open)-16)
+				l.short = time.Now()
+				victim := l.oldestIdleLocked()
+				l.mu.Unlock()
+				if victim != nil {
+					l.evicted.Add(1)
+					victim.Close()
+					l.warn("out of file descriptors; closing the connections idle longest (raise the descriptor limit)", "err", err)
+					continue
+				}
 				l.shed()
 			}
 			if delay == 0 {
@@ -208,12 +225,19 @@ func (l *Listener) admit(c net.Conn) net.Conn {
 	now := time.Now().UnixNano()
 	l.mu.Lock()
 	why := Reason(0)
-	var victim *conn
+	var victims []*conn
 	switch {
 	case l.cfg.PerAddr > 0 && l.byAddr[key] >= l.cfg.PerAddr:
 		why = TooManyFromYou
-	case l.cfg.Total > 0 && l.open >= l.cfg.Total:
-		if victim = l.oldestIdleLocked(); victim == nil {
+	case l.cfg.Total > 0 && l.open >= l.limitLocked():
+		for l.open-len(victims) >= l.limit {
+			v := l.oldestIdleLocked()
+			if v == nil {
+				break
+			}
+			victims = append(victims, v)
+		}
+		if len(victims) == 0 {
 			why = TooMany
 		}
 	}
@@ -226,10 +250,10 @@ func (l *Listener) admit(c net.Conn) net.Conn {
 		l.conns[lc] = struct{}{}
 	}
 	l.mu.Unlock()
-	if victim != nil {
+	for _, v := range victims {
 		l.evicted.Add(1)
 		l.warn("connection limit reached; closing the connections idle longest", "listener", l.cfg.Name, "limit", l.cfg.Total)
-		victim.Close()
+		v.Close()
 	}
 	if why == 0 {
 		return lc
@@ -248,6 +272,16 @@ func (l *Listener) admit(c net.Conn) net.Conn {
 	}
 	c.Close()
 	return nil
+}
+
+// limitLocked returns the total in force: after descriptors ran short it
+// grows back by 16 connections every 5 quiet seconds.
+func (l *Listener) limitLocked() int {
+	if l.limit < l.cfg.Total && time.Since(l.short) > 5*time.Second {
+		l.limit = min(l.cfg.Total, l.limit+16)
+		l.short = time.Now()
+	}
+	return l.limit
 }
 
 // oldestIdleLocked picks the connection idle longest and marks it so no

@@ -133,6 +133,12 @@ var ErrBusy = errors.New("wire: too much data in flight on this server; retry la
 // readChunk is how far a frame's buffer grows ahead of the data.
 const readChunk = 64 << 10
 
+// FreeFrame is the size up to which a frame is not charged to the
+// budget: a connection holds at most one such buffer, and connections are
+// bounded anyway, so small requests never wait behind large ones when the
+// budget is spent.
+const FreeFrame = 16 << 10
+
 // NewConn wraps rw. If rw is an io.Closer, Close closes it.
 func NewConn(rw io.ReadWriter) *Conn {
 	c := &Conn{r: bufio.NewReaderSize(rw, 16<<10), w: rw, MaxFrame: DefaultMaxFrame}
@@ -167,7 +173,7 @@ func (c *Conn) Read() (*Frame, error) {
 	}
 	held := int64(0)
 	charge := func(want int64) error {
-		if c.Budget == nil || want <= held {
+		if c.Budget == nil || want <= held || n <= FreeFrame {
 			return nil
 		}
 		wait := c.BudgetWait
