@@ -438,6 +438,9 @@ func (p *Policy) Validate() error {
 	if d := p.Daemon; d.MaxInFlight < 2*(p.Max.Upload+64<<10) {
 		return fmt.Errorf("MaxInFlight %s must hold at least two uploads of MaxUploadSize (%s)", units.FormatSize(d.MaxInFlight), units.FormatSize(2*(p.Max.Upload+64<<10)))
 	}
+	if big := 2 * (max(p.Max.Output, p.Max.Storage, p.Max.Fetch, 1<<20) + 64<<10); p.Daemon.MaxInFlight < big {
+		return fmt.Errorf("MaxInFlight %s must hold twice the largest item a function moves (MaxOutput, MaxStorage, MaxFetchSize): at least %s", units.FormatSize(p.Daemon.MaxInFlight), units.FormatSize(big))
+	}
 	if d := p.Daemon; d.MaxMemory > 0 && d.MaxInFlight > d.MaxMemory/2 {
 		return fmt.Errorf("MaxInFlight %s exceeds half of MaxDaemonMemory %s: bentod needs the rest for itself", units.FormatSize(d.MaxInFlight), units.FormatSize(d.MaxMemory))
 	}

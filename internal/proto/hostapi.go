@@ -69,7 +69,7 @@ type Cancel struct {
 // runner).
 const (
 	MaxErrorMsg  = 4 << 10
-	MaxBacktrace = 16 << 10
+	MaxBacktrace = 8 << 10
 )
 
 // Truncate cuts an error's message and backtrace to their bounds.

@@ -158,9 +158,10 @@ func clientShare(p *policy.Policy) int64 {
 }
 
 // instanceShare is how much of the bytes in flight one instance's host
-// calls may hold: a quarter of the whole, and at least its largest item.
+// calls may hold: a quarter of the whole, and at least twice its largest
+// item (one gathered, one arriving).
 func instanceShare(p *policy.Policy, r policy.Limits) int64 {
-	return max(p.Daemon.MaxInFlight/4, hostFrameLimit(r))
+	return max(p.Daemon.MaxInFlight/4, 2*hostFrameLimit(r))
 }
 
 // keyedBudgets gives each client (by key) a budget of its own inside the

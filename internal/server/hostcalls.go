@@ -43,7 +43,7 @@ type hostCall struct {
 
 // hold charges n bytes to the instance until the reply is written.
 func (h *hostCall) hold(ctx context.Context, n int64) error {
-	if n <= 0 {
+	if n <= 0 || n <= wire.FreeFrame {
 		return nil
 	}
 	if err := h.in.budget.Acquire(ctx, n); err != nil {
@@ -613,6 +613,7 @@ func (h *hostCall) collect(ctx context.Context, cl *client.Client, token string,
 		return nil, &client.ConnError{Err: err}
 	}
 	var out []byte
+	var held int64
 	limit := h.in.m.Resources.Fetch
 	for {
 		data, exit, err := s.Recv()
@@ -625,11 +626,16 @@ func (h *hostCall) collect(ctx context.Context, cl *client.Client, token string,
 			}
 			return out, nil
 		}
-		if int64(len(out)+len(data)) > limit {
+		need := int64(len(out) + len(data))
+		if need > limit {
 			return nil, fmt.Errorf("its output exceeds %s (MaxFetchSize)", units.FormatSize(limit))
 		}
-		if err := h.hold(ctx, int64(len(data))); err != nil {
-			return nil, err
+		if need > held {
+			grow := max(need-held, 64<<10)
+			if err := h.hold(ctx, grow); err != nil {
+				return nil, err
+			}
+			held += grow
 		}
 		out = append(out, data...)
 	}

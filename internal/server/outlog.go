@@ -43,6 +43,7 @@ type outLog struct {
 	mu        sync.Mutex
 	size      int64
 	exitAt    int64   // offset of the exit record; -1 until it is written
+	exitMem   []byte  // the exit record's data, when the disk refused it
 	marks     []int64 // marks[i]: first record boundary >= i*markStep
 	discarded string  // the log was removed to make room: why
 	notify    chan struct{}
@@ -68,7 +69,7 @@ func (l *outLog) append(kind byte, data []byte) (int64, error) {
 	}
 	f, err := os.OpenFile(l.path, os.O_WRONLY, 0)
 	if err != nil {
-		return l.size, err
+		return l.size, l.keepExit(kind, data, err)
 	}
 	var hdr [recHeader]byte
 	hdr[0] = kind
@@ -79,7 +80,7 @@ func (l *outLog) append(kind byte, data []byte) (int64, error) {
 	}
 	f.Close()
 	if err != nil {
-		return l.size, err
+		return l.size, l.keepExit(kind, data, err)
 	}
 	start := l.size
 	l.size += int64(recHeader + len(data))
@@ -92,6 +93,40 @@ func (l *outLog) append(kind byte, data []byte) (int64, error) {
 	close(l.notify)
 	l.notify = make(chan struct{})
 	return l.size, nil
+}
+
+// keepExit keeps an exit record the disk refused (out of descriptors, out
+// of space) in memory, so the session still ends for its clients: it is
+// small, bounded and the last record.
+func (l *outLog) keepExit(kind byte, data []byte, err error) error {
+	if kind != recExit {
+		return err
+	}
+	l.exitAt, l.exitMem = l.size, append([]byte(nil), data...)
+	l.size += int64(recHeader + len(data))
+	for int64(len(l.marks))*markStep <= l.size {
+		l.marks = append(l.marks, l.size)
+	}
+	close(l.notify)
+	l.notify = make(chan struct{})
+	return nil
+}
+
+// record reads the record at off: its kind, the length of its data, and
+// the data.
+func (l *outLog) record(r io.ReaderAt, off int64, readBody bool) (kind byte, n int64, data []byte, err error) {
+	l.mu.Lock()
+	if l.exitMem != nil && off == l.exitAt {
+		data = l.exitMem
+		l.mu.Unlock()
+		return recExit, int64(len(data)), data, nil
+	}
+	l.mu.Unlock()
+	if kind, n, err = readHeader(r, off); err != nil || !readBody {
+		return kind, n, nil, err
+	}
+	data, err = readData(r, off, n)
+	return kind, n, data, err
 }
 
 // state returns the current size, the exit record's offset (-1 while the

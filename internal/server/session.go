@@ -3,11 +3,10 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/torbento/bento/internal/proto"
@@ -29,12 +28,16 @@ func (s *Server) serveSession(conn *wire.Conn, nc net.Conn, f *wire.Frame, log *
 		_ = send(proto.TError, perr, nil)
 		return
 	}
-	defer func() {
-		in.mu.Lock()
-		sess.readers--
-		in.readers--
-		in.mu.Unlock()
-	}()
+	var once sync.Once
+	detach := func() {
+		once.Do(func() {
+			in.mu.Lock()
+			sess.readers--
+			in.readers--
+			in.mu.Unlock()
+		})
+	}
+	defer detach()
 	if send(proto.TSession, proto.Session{Session: sess.id, Offset: offset}, nil) != nil {
 		return
 	}
@@ -54,7 +57,20 @@ func (s *Server) serveSession(conn *wire.Conn, nc net.Conn, f *wire.Frame, log *
 		defer close(readerDone)
 		s.readInput(conn, sess)
 	}()
-	s.streamOutput(conn.Budget, send, sess, offset, readerDone)
+	ended := s.streamOutput(conn.Budget, send, sess, offset, readerDone)
+	detach()
+	if ended {
+		// The exit is sent: say no more, and let the client read it and
+		// close (closing now, with its input unread, would reset the
+		// connection and could lose the exit).
+		if cw, ok := nc.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		select {
+		case <-readerDone:
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 func badRequest(msg string) *proto.Error {
@@ -175,20 +191,20 @@ func (s *Server) readInput(conn *wire.Conn, sess *session) {
 }
 
 // streamOutput sends the session's records from offset until the exit
-// record, waiting for new output as it comes. Each record is charged to
-// the client while it is being sent.
-func (s *Server) streamOutput(bud wire.Budget, send func(uint8, any, []byte) error, sess *session, off int64, readerDone <-chan struct{}) {
+// record, waiting for new output as it comes, and reports whether it sent
+// the exit. Each record is charged to the client while it is being sent.
+func (s *Server) streamOutput(bud wire.Budget, send func(uint8, any, []byte) error, sess *session, off int64, readerDone <-chan struct{}) bool {
 	r, err := sess.out.reader()
 	if err != nil {
 		_ = send(proto.TError, proto.Error{Code: proto.CodeGone, Message: "the session's output is gone"}, nil)
-		return
+		return false
 	}
 	defer r.Close()
 	for {
 		size, exitAt, discarded, notify := sess.out.state()
 		if discarded != "" {
 			_ = send(proto.TError, proto.Error{Code: proto.CodeGone, Message: discarded}, nil)
-			return
+			return false
 		}
 		if exitAt >= 0 && off >= size {
 			// Attached at the very end of a finished session (the offset
@@ -196,52 +212,50 @@ func (s *Server) streamOutput(bud wire.Budget, send func(uint8, any, []byte) err
 			off = exitAt
 		}
 		for off < size {
-			kind, n, err := readHeader(r, off)
+			kind, n, _, err := sess.out.record(r, off, false)
 			if err != nil {
-				return
+				return false
+			}
+			charged := n
+			if n <= wire.FreeFrame {
+				charged = 0 // small records wait for nobody
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			err = bud.Acquire(ctx, n)
+			err = bud.Acquire(ctx, charged)
 			cancel()
 			if err != nil {
 				_ = send(proto.TError, proto.Error{Code: proto.CodeBusy, Message: "busy, retry later: too much output in flight; reattach at offset to go on"}, nil)
-				return
+				return false
 			}
-			data, err := readData(r, off, n)
+			_, _, data, err := sess.out.record(r, off, true)
 			if err != nil {
-				bud.Release(n)
-				if errors.Is(err, io.EOF) {
-					return // discarded meanwhile
-				}
-				return
+				bud.Release(charged)
+				return false // errors.Is(err, io.EOF): discarded meanwhile
 			}
 			next := off + recHeader + n
 			switch kind {
 			case recData:
 				err = send(proto.TOutput, proto.Output{Offset: next}, data)
-				bud.Release(n)
+				bud.Release(charged)
 				if err != nil {
-					return
+					return false
 				}
 			case recExit:
 				var exit proto.Exit
 				_ = json.Unmarshal(data, &exit)
-				bud.Release(n)
+				bud.Release(charged)
 				exit.Offset = next
-				_ = send(proto.TExit, exit, nil)
-				// Give the client a moment to read before the close.
-				time.Sleep(10 * time.Millisecond)
-				return
+				return send(proto.TExit, exit, nil) == nil
 			default:
-				bud.Release(n)
-				return
+				bud.Release(charged)
+				return false
 			}
 			off = next
 		}
 		select {
 		case <-notify:
 		case <-readerDone:
-			return // the client went away; output stays for a reattach
+			return false // the client went away; output stays for a reattach
 		}
 	}
 }
