@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/torbento/bento/client"
+	"github.com/torbento/bento/internal/testutil"
 )
 
 const netPolicy = "AllowAPI send,recv,log,time,sleep,random,storage,exit,http.fetch,bento\nDestinationPolicy accept 127.0.0.1:*\n"
@@ -109,6 +113,52 @@ func TestReattach(t *testing.T) {
 	r = bento(t, "", "attach", d.Addr, dep.InvocationToken, s.ID, "--offset", "3")
 	if r.Code == 0 || !strings.Contains(r.Stderr, "record boundary") {
 		t.Fatalf("attach at a bad offset: %s", r)
+	}
+	// At the very end of the finished session (the offset the server gave
+	// with its exit) an attach returns the exit at once, again and again.
+	s2, err := cl.Attach(ctx(t), dep.InvocationToken, s.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, exit, err := s2.Collect()
+	s2.Close()
+	if err != nil || exit == nil {
+		t.Fatalf("collect: %v", err)
+	}
+	for i := 0; i < 3; i++ {
+		start := time.Now()
+		r = bento(t, "", "attach", d.Addr, dep.InvocationToken, s.ID, "--offset", fmt.Sprint(exit.Offset))
+		if r.Code != 0 || r.Stdout != "" || time.Since(start) > 5*time.Second {
+			t.Fatalf("attach at the end offset %d: %s after %v", exit.Offset, r, time.Since(start))
+		}
+	}
+}
+
+// TestSessionIDFirst: the CLI names the session before any output, so a
+// client killed outright can be reattached.
+func TestSessionIDFirst(t *testing.T) {
+	d := startBentod(t, "")
+	dep := deployCLI(t, d, fn("counter"))
+	cmd := exec.Command(filepath.Join(testutil.Binaries(t), "bento"), "invoke", d.Addr, dep.InvocationToken, "50", "0.1")
+	var errb syncBuffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var sid string
+	for deadline := time.Now().Add(10 * time.Second); sid == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if m := regexp.MustCompile(`session (s-[0-9a-f]+) started`).FindStringSubmatch(errb.String()); m != nil {
+			sid = m[1]
+		}
+	}
+	cmd.Process.Kill() // as a killed client would be: no chance to print anything more
+	cmd.Wait()
+	if sid == "" {
+		t.Fatalf("the CLI named no session: %q", errb.String())
+	}
+	r := bento(t, "", "attach", d.Addr, dep.InvocationToken, sid)
+	if r.Code != 0 || !strings.HasPrefix(r.Stdout, "line 0\nline 1\n") || !strings.HasSuffix(r.Stdout, "done\n") {
+		t.Fatalf("reattaching the killed client's session: %s", r)
 	}
 }
 

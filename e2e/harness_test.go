@@ -28,6 +28,7 @@ type daemon struct {
 	Policy  string // HTTP policy address
 	DataDir string
 	conf    string
+	bin     string // directory of the binaries it runs
 	cmd     *exec.Cmd
 	log     *syncBuffer
 }
@@ -61,11 +62,18 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// startBentod starts bentod with the given extra bentorc lines.
+// startBentod starts bentod (built with the race detector when the tests
+// run with it) with the given extra bentorc lines.
 func startBentod(t testing.TB, rc string) *daemon {
 	t.Helper()
 	testutil.RequireSandbox(t)
-	bin := testutil.Binaries(t)
+	return startBentodFrom(t, testutil.Binaries(t), rc)
+}
+
+// startBentodFrom starts the bentod found in directory bin.
+func startBentodFrom(t testing.TB, bin, rc string) *daemon {
+	t.Helper()
+	testutil.RequireSandbox(t)
 	dir := testutil.TempDir(t)
 	d := &daemon{
 		Addr:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
@@ -86,6 +94,7 @@ func startBentod(t testing.TB, rc string) *daemon {
 // start runs bentod and waits until it listens.
 func (d *daemon) start(t testing.TB, bin string) {
 	t.Helper()
+	d.bin = bin
 	d.cmd = exec.Command(filepath.Join(bin, "bentod"), "-f", d.conf)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
@@ -107,7 +116,7 @@ func (d *daemon) start(t testing.TB, bin string) {
 // restart starts bentod again on the same configuration and data.
 func (d *daemon) restart(t testing.TB) {
 	t.Helper()
-	d.start(t, testutil.Binaries(t))
+	d.start(t, d.bin)
 }
 
 // stop ends bentod and checks it left nothing behind.

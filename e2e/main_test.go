@@ -12,6 +12,11 @@ import (
 // the private Tor network of the Tor tests may run; the other tests only
 // use loopback anyway.
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(attackEnv); spec != "" {
+		// An attacker process of the adversarial load tests (already in the
+		// test's namespace).
+		os.Exit(runAttacker(spec))
+	}
 	privnet.Isolate()
 	code := m.Run()
 	stopTorNet()

@@ -1,7 +1,11 @@
 package e2e
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"math/rand"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/torbento/bento/client"
 )
 
 // TestCrashRecovery kills bentod with SIGKILL while an instance runs and
@@ -103,5 +109,176 @@ func TestRestoreInstances(t *testing.T) {
 				t.Fatalf("third get: %s", r)
 			}
 		})
+	}
+}
+
+const ledgerManifest = `name = "ledger"
+mode = "service"
+apis = ["storage"]
+[resources]
+storage = "4 MB"
+output = "8 MB"
+lifetime = "10 minutes"
+`
+
+const ledgerCode = `def main(op, k = "", v = ""):
+    if op == "put":
+        storage.put(k, v)
+        return "ok"
+    return json.encode({key: str(storage.get(key)) for key in storage.keys()})
+`
+
+// ledgerValue is what round r writes under key i: its length varies, its
+// content names the round, so a torn or mixed value cannot pass.
+func ledgerValue(r, i int) string {
+	return fmt.Sprintf("r%d-k%d-", r, i) + strings.Repeat(string(rune('a'+r%26)), (r*7919+i*104729)%20000)
+}
+
+// TestCrashAtRandom kills bentod (SIGKILL) at random moments while a
+// client writes, five times: after each restart every stored value is the
+// old one or the new one, never torn; every acknowledged write is there;
+// the instance keeps its tokens and its owner's quota; no half-made
+// instance is left.
+func TestCrashAtRandom(t *testing.T) {
+	d := startBentod(t, "MaxInstancesPerClient 1\n")
+	owner := func() *client.Client {
+		cl := client.New(d.Addr)
+		cl.Dialer = &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.5")}}
+		return cl
+	}
+	fnc, _ := client.LoadFunction(tempDir(t, ledgerManifest, ledgerCode))
+	dep, err := owner().Deploy(ctx(t), fnc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const keys = 30
+	acked := make([]int, keys)     // last round acknowledged per key (-1: none)
+	attempted := make([]int, keys) // last round attempted
+	for i := range acked {
+		acked[i], attempted[i] = -1, -1
+	}
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	for round := 0; round < 5; round++ {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			cl := owner()
+			cl.Timeout = 5 * time.Second
+			// Pass after pass until the crash: generation round*100+pass.
+			for pass := 0; ; pass++ {
+				for i := 0; i < keys; i++ {
+					gen := round*100 + pass
+					attempted[i] = gen
+					if _, err := cl.Call(context.Background(), dep.InvocationToken, "put", fmt.Sprintf("k%d", i), ledgerValue(gen, i)); err != nil {
+						return
+					}
+					acked[i] = gen
+				}
+			}
+		}()
+		if round == 2 {
+			// A deploy in flight at the crash, too.
+			go owner().Deploy(context.Background(), fnc)
+		}
+		time.Sleep(time.Duration(50+rng.Intn(700)) * time.Millisecond)
+		d.kill()
+		<-done
+		d.restart(t)
+		var got map[string]string
+		for try := 0; ; try++ {
+			out, err := owner().Call(ctx(t), dep.InvocationToken, "dump")
+			if err == nil {
+				if err := json.Unmarshal(out, &got); err != nil {
+					t.Fatalf("dump: %v", err)
+				}
+				break
+			}
+			if try == 20 {
+				t.Fatalf("round %d: the instance did not come back: %v\n%s", round, err, d.log)
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		written := 0
+		for i := 0; i < keys; i++ {
+			v, ok := got[fmt.Sprintf("k%d", i)]
+			switch {
+			case !ok && acked[i] >= 0:
+				t.Fatalf("round %d: k%d, acknowledged in round %d, is gone", round, i, acked[i])
+			case !ok:
+			case v == ledgerValue(attempted[i], i):
+				written++
+			case acked[i] >= 0 && v == ledgerValue(acked[i], i):
+			default:
+				t.Fatalf("round %d: k%d holds neither its old value nor its new one (%d bytes: %.40q)", round, i, len(v), v)
+			}
+			if ok && acked[i] == attempted[i] && v != ledgerValue(acked[i], i) {
+				t.Fatalf("round %d: k%d lost a write acknowledged before the crash", round, i)
+			}
+		}
+		t.Logf("round %d: killed with %d of %d keys mid-write (%d new values found)", round, countPending(acked, attempted), keys, written)
+		// The owner's quota came back with the instance: its one slot is
+		// taken.
+		if _, err := owner().Deploy(ctx(t), fnc); !client.IsCode(err, client.CodeBusy) {
+			t.Fatalf("round %d: the owner's share after the restart: %v", round, err)
+		}
+		ents, _ := os.ReadDir(filepath.Join(d.DataDir, "instances"))
+		for _, e := range ents {
+			if _, err := os.Stat(filepath.Join(d.DataDir, "instances", e.Name(), "record.json")); err != nil {
+				t.Fatalf("round %d: a half-made instance %s remains", round, e.Name())
+			}
+		}
+	}
+}
+
+func countPending(acked, attempted []int) int {
+	n := 0
+	for i := range acked {
+		if acked[i] != attempted[i] {
+			n++
+		}
+	}
+	return n
+}
+
+func tempDir(t *testing.T, manifest, code string) string {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "bento.toml"), []byte(manifest), 0o644)
+	os.WriteFile(filepath.Join(dir, "main.star"), []byte(code), 0o644)
+	return dir
+}
+
+// TestRestartServesAtOnce: a restarted bentod answers at once, even with
+// many instances to bring back, and a call to a restored instance waits
+// for its runner rather than failing.
+func TestRestartServesAtOnce(t *testing.T) {
+	d := startBentod(t, "TotalCPU 50\n")
+	var tokens []string
+	for i := 0; i < 8; i++ {
+		dep := deployCLI(t, d, fn("dropbox"))
+		if r := bento(t, fmt.Sprintf("box %d", i), "invoke", "-i", d.Addr, dep.InvocationToken, "put"); r.Code != 0 {
+			t.Fatal(r)
+		}
+		tokens = append(tokens, dep.InvocationToken)
+	}
+	d.stop(t)
+	start := time.Now()
+	d.restart(t) // returns once bentod listens
+	if _, err := client.New(d.Addr).Policy(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	served := time.Since(start)
+	for i, tok := range tokens {
+		out, err := client.New(d.Addr).Call(ctx(t), tok, "get")
+		if err != nil || string(out) != fmt.Sprintf("box %d", i) {
+			t.Fatalf("restored box %d: %q %v", i, out, err)
+		}
+	}
+	all := time.Since(start)
+	t.Logf("restart: first answer after %v, all 8 instances answered after %v", served.Round(time.Millisecond), all.Round(time.Millisecond))
+	if served > 2*time.Second {
+		t.Fatalf("the restarted bentod took %v to answer", served)
+	}
+	if !strings.Contains(d.log.String(), "restored=8") {
+		t.Fatalf("restart did not restore the 8 instances:\n%s", d.log)
 	}
 }

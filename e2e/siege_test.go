@@ -1,0 +1,966 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/torbento/bento/client"
+	"github.com/torbento/bento/internal/proto"
+	"github.com/torbento/bento/internal/testutil"
+	"github.com/torbento/bento/internal/wire"
+)
+
+// The adversarial load suite: bentod as it ships (no race detector, whose
+// shadow memory would swamp the figures) under attacks on its own
+// resources, each with an innocent neighbour timed before and during, and
+// bentod's memory and descriptors sampled throughout against the ceilings
+// below. Attackers run in processes of their own at nice 19
+// (attacker_test.go). docs/SECURITY.md lists every case.
+
+// siegeRC is the configuration under test: the shipped defaults, with
+// shorter timeouts so the tests can watch them act.
+const siegeRC = `MaxDaemonMemory 192 MB
+MaxInFlight 48 MB
+HandshakeTimeout 3 s
+IdleTimeout 5 s
+ConnectionLifetime 12 s
+WriteTimeout 4 s
+AllowAPI send,recv,log,time,sleep,random,storage,exit,http.fetch,bento
+DestinationPolicy accept 127.0.0.1:*
+`
+
+// The stated ceilings (docs/SECURITY.md): bentod's resident memory never
+// passes MaxDaemonMemory, and its descriptors stay within its client
+// connections (MaxConnections 512), the policy endpoint's (64) and a few
+// per instance.
+const (
+	siegeMemCeiling = 192 << 20
+	siegeFDBase     = 512 + 64 + 64
+	siegeFDInstance = 8
+)
+
+// usage samples a process's resident memory and descriptors.
+type usage struct {
+	pid    int
+	mu     sync.Mutex
+	maxRSS int64
+	maxFDs int
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func watchUsage(pid int) *usage {
+	u := &usage{pid: pid, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(u.done)
+		for {
+			rss := rssKB(pid) << 10
+			fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+			u.mu.Lock()
+			u.maxRSS = max(u.maxRSS, rss)
+			u.maxFDs = max(u.maxFDs, len(fds))
+			u.mu.Unlock()
+			select {
+			case <-u.stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+	return u
+}
+
+func (u *usage) end() (int64, int) {
+	close(u.stop)
+	<-u.done
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.maxRSS, u.maxFDs
+}
+
+// siege is one bentod under attack with its neighbour.
+type siege struct {
+	d     *daemon
+	token string // the neighbour: a Dropbox holding "kept"
+	cl    *client.Client
+}
+
+func newSiege(t *testing.T, extra string) *siege {
+	d := startBentodFrom(t, testutil.ReleaseBinaries(t), siegeRC+extra)
+	dep := deployCLI(t, d, fn("dropbox"))
+	if r := bento(t, "kept", "invoke", "-i", d.Addr, dep.InvocationToken, "put"); r.Code != 0 {
+		t.Fatalf("neighbour put: %s", r)
+	}
+	return &siege{d: d, token: dep.InvocationToken, cl: client.New(d.Addr)}
+}
+
+// call times one of the neighbour's calls.
+func (s *siege) call(t *testing.T) (time.Duration, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := s.cl.Call(ctx, s.token, "get")
+	if err == nil && string(out) != "kept" {
+		err = fmt.Errorf("neighbour got %q", out)
+	}
+	return time.Since(start), err
+}
+
+// calls times n calls, or as many as fit in d (at least n).
+func (s *siege) calls(t *testing.T, n int, d time.Duration) []time.Duration {
+	t.Helper()
+	var out []time.Duration
+	deadline := time.Now().Add(d)
+	for len(out) < n || time.Now().Before(deadline) {
+		lat, err := s.call(t)
+		if err != nil {
+			t.Fatalf("the neighbour's call failed: %v", err)
+		}
+		out = append(out, lat)
+		time.Sleep(20 * time.Millisecond)
+	}
+	return out
+}
+
+// under runs attack (which returns once the attack is in full swing, and
+// a function that ends it), times the neighbour for hold, and checks the
+// invariants: the neighbour's median within 2x of its baseline, bentod
+// alive, its memory and descriptors under the ceilings.
+func (s *siege) under(t *testing.T, hold time.Duration, attack func() func()) {
+	t.Helper()
+	s.check(t, func(during func() []time.Duration) []time.Duration {
+		stop := attack()
+		defer stop()
+		return during()
+	}, func() []time.Duration { return s.calls(t, 20, hold) })
+}
+
+// while runs a blocking attack and times the neighbour until it returns
+// (at least 10 calls).
+func (s *siege) while(t *testing.T, attack func()) {
+	t.Helper()
+	s.check(t, func(_ func() []time.Duration) []time.Duration {
+		done := make(chan struct{})
+		go func() { defer close(done); attack() }()
+		var lat []time.Duration
+		for finished := false; !finished || len(lat) < 10; {
+			select {
+			case <-done:
+				finished = true
+			default:
+			}
+			l, err := s.call(t)
+			if err != nil {
+				t.Errorf("the neighbour's call failed: %v", err)
+				<-done
+				return lat
+			}
+			lat = append(lat, l)
+			time.Sleep(20 * time.Millisecond)
+		}
+		return lat
+	}, nil)
+}
+
+func (s *siege) check(t *testing.T, run func(func() []time.Duration) []time.Duration, during func() []time.Duration) {
+	t.Helper()
+	before := s.calls(t, 15, 0)
+	u := watchUsage(s.d.cmd.Process.Pid)
+	lat := run(during)
+	rss, fds := u.end()
+	if len(lat) == 0 {
+		t.Fatal("no call of the neighbour was timed")
+	}
+	mb, md := median(before), median(lat)
+	instances := strings.Count(s.d.log.String(), `msg="instance started"`)
+	fdCeiling := siegeFDBase + siegeFDInstance*instances
+	t.Logf("neighbour: median %v before, %v during (%d calls); bentod: peak RSS %.1f MB (ceiling %d MB), peak descriptors %d (ceiling %d)",
+		mb.Round(10*time.Microsecond), md.Round(10*time.Microsecond), len(lat), float64(rss)/(1<<20), siegeMemCeiling>>20, fds, fdCeiling)
+	if md > 2*mb {
+		t.Errorf("the neighbour's median went from %v to %v, more than 2x", mb, md)
+	}
+	if rss > siegeMemCeiling {
+		t.Errorf("bentod's memory reached %.1f MB, over its %d MB ceiling", float64(rss)/(1<<20), siegeMemCeiling>>20)
+	}
+	if fds > fdCeiling {
+		t.Errorf("bentod held %d descriptors, over its ceiling of %d", fds, fdCeiling)
+	}
+	if err := unix.Kill(s.d.cmd.Process.Pid, 0); err != nil || s.d.cmd.ProcessState != nil {
+		t.Fatalf("bentod is gone: %v\n%s", err, s.d.log)
+	}
+}
+
+// tempFunction writes a function directory.
+func tempFunction(t *testing.T, manifest, code string, extra ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "bento.toml"), []byte(manifest), 0o644)
+	os.WriteFile(filepath.Join(dir, "main.star"), []byte(code), 0o644)
+	for i := 0; i+1 < len(extra); i += 2 {
+		os.WriteFile(filepath.Join(dir, extra[i]), []byte(extra[i+1]), 0o644)
+	}
+	return dir
+}
+
+// TestSiege: attacks on bentod's own resources. Each subtest is one row
+// of docs/SECURITY.md.
+func TestSiege(t *testing.T) {
+	s := newSiege(t, "")
+	d := s.d
+	_, policyPort, _ := strings.Cut(d.Policy, ":")
+
+	t.Run("idle-connection-flood", func(t *testing.T) {
+		// 20,000 connections from 64 addresses that never say hello: the
+		// total stays within MaxConnections, the idle ones give way to
+		// newcomers, and the handshake timeout ends them.
+		var a *attackProc
+		s.under(t, 6*time.Second, func() func() {
+			a = startAttack(t, attackSpec{Kind: "idle", Target: d.Addr, Sources: 64, Conns: 1024, Total: 20000})
+			time.Sleep(2 * time.Second)
+			return func() {}
+		})
+		r := a.stop(t)
+		t.Logf("attacker: %+v", r)
+		if r.Connected < 2000 {
+			t.Errorf("the attacker made only %d connections", r.Connected)
+		}
+		if r.MaxLifeMs > 5000 {
+			t.Errorf("a silent connection stayed %d ms (HandshakeTimeout is 3 s)", r.MaxLifeMs)
+		}
+	})
+	t.Run("one-address-hog", func(t *testing.T) {
+		// One address says hello on 64 connections and asks for the policy
+		// every second, forever: it gets its 16, each lives at most
+		// ConnectionLifetime however often it asks.
+		var a *attackProc
+		s.under(t, 14*time.Second, func() func() {
+			a = startAttack(t, attackSpec{Kind: "hello-idle", Target: d.Addr, Sources: 1, Conns: 64, Every: 1000})
+			time.Sleep(time.Second)
+			return func() {}
+		})
+		r := a.stop(t)
+		t.Logf("attacker: %+v", r)
+		if r.Refused < 48 {
+			t.Errorf("one address held more than its 16 connections: %+v", r)
+		}
+		if r.MaxLifeMs > 14000 {
+			t.Errorf("a connection asking for the policy lived %d ms (ConnectionLifetime is 12 s)", r.MaxLifeMs)
+		}
+		if r.Requests == 0 {
+			t.Error("the attacker's requests were never answered: the test proves nothing")
+		}
+	})
+	t.Run("large-frame-before-hello", func(t *testing.T) {
+		// 1,000 connections announce a frame of MaxUploadSize before any
+		// hello and send all but its last byte: refused at once, nothing
+		// grown for them.
+		var a *attackProc
+		s.under(t, 5*time.Second, func() func() {
+			a = startAttack(t, attackSpec{Kind: "big-frame", Target: d.Addr, Sources: 50, Conns: 1000, Total: 1000, Size: 1 << 20})
+			time.Sleep(time.Second)
+			return func() {}
+		})
+		r := a.stop(t)
+		t.Logf("attacker: %+v", r)
+		if r.Refused+r.Closed < 900 {
+			t.Errorf("large frames before a hello were not turned away: %+v", r)
+		}
+	})
+	t.Run("slow-uploads", func(t *testing.T) {
+		// 1,024 connections from 64 addresses say hello and upload 1 MB
+		// each, all but the last byte: the bytes in flight stay within
+		// MaxInFlight (48 MB), the rest wait, and the idle timeout ends
+		// them.
+		var a *attackProc
+		s.under(t, 8*time.Second, func() func() {
+			a = startAttack(t, attackSpec{Kind: "slow-upload", Target: d.Addr, Sources: 64, Conns: 1024, Size: 1 << 20})
+			time.Sleep(3 * time.Second)
+			return func() {}
+		})
+		r := a.stop(t)
+		t.Logf("attacker: %+v", r)
+	})
+	t.Run("slow-reader", func(t *testing.T) {
+		// 32 clients invoke a function that sends 8 MB and never read it:
+		// the write timeout drops them, the output waits on disk, and a
+		// client that does read gets all of it.
+		out := tempFunction(t, "name = \"big\"\nmode = \"service\"\napis = [\"send\"]\n[resources]\noutput = \"16 MB\"\nlifetime = \"5 minutes\"\n",
+			"def main(n):\n    c = \"z\" * 65536\n    for i in range(n):\n        bento.send(c)\n")
+		dep := deployCLI(t, d, out)
+		var a *attackProc
+		s.under(t, 8*time.Second, func() func() {
+			a = startAttack(t, attackSpec{Kind: "slow-reader", Target: d.Addr, Sources: 8, Conns: 32, Token: dep.InvocationToken, Args: "[8]"})
+			time.Sleep(2 * time.Second)
+			return func() {}
+		})
+		r := a.stop(t)
+		t.Logf("attacker: %+v", r)
+		got, err := client.New(d.Addr).Call(ctx(t), dep.InvocationToken, 128)
+		if err != nil || len(got) != 128*65536 {
+			t.Fatalf("a reading client after the slow ones: %d bytes, %v", len(got), err)
+		}
+		bento(t, "", "shutdown", d.Addr, dep.ShutdownToken)
+	})
+	t.Run("input-flood", func(t *testing.T) {
+		// 16 clients send endless input to a function that never reads it:
+		// each session queues two frames; the rest waits in TCP.
+		quiet := tempFunction(t, "name = \"quiet\"\nmode = \"service\"\napis = [\"sleep\"]\n[resources]\nlifetime = \"5 minutes\"\n",
+			"def main():\n    bento.sleep(20)\n")
+		dep := deployCLI(t, d, quiet)
+		var a *attackProc
+		s.under(t, 6*time.Second, func() func() {
+			a = startAttack(t, attackSpec{Kind: "input-flood", Target: d.Addr, Sources: 16, Conns: 16, Token: dep.InvocationToken, Args: "[]"})
+			time.Sleep(2 * time.Second)
+			return func() {}
+		})
+		a.stop(t)
+		bento(t, "", "shutdown", d.Addr, dep.ShutdownToken)
+	})
+	t.Run("policy-endpoint-flood", func(t *testing.T) {
+		// 3,000 slow HTTP requests (headers that never end) from 64
+		// addresses to the policy endpoint: it keeps answering others.
+		var a *attackProc
+		var worst time.Duration
+		s.under(t, 6*time.Second, func() func() {
+			a = startAttack(t, attackSpec{Kind: "slowloris", Target: "127.0.0.1:" + policyPort, Sources: 64, Conns: 256, Total: 3000})
+			time.Sleep(2 * time.Second)
+			for i := 0; i < 10; i++ {
+				start := time.Now()
+				resp, err := http.Get("http://" + d.Policy + "/policy")
+				if err != nil {
+					t.Fatalf("the policy endpoint under a flood: %v", err)
+				}
+				var pub client.Policy
+				err = json.NewDecoder(resp.Body).Decode(&pub)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != 200 {
+					t.Fatalf("policy under a flood: %d %v", resp.StatusCode, err)
+				}
+				worst = max(worst, time.Since(start))
+			}
+			return func() {}
+		})
+		a.stop(t)
+		t.Logf("slowest policy fetch during the flood: %v", worst)
+	})
+	t.Run("garbage-frames", func(t *testing.T) {
+		// 3,000 connections of random bytes, some shaped like frames.
+		var a *attackProc
+		s.under(t, 5*time.Second, func() func() {
+			a = startAttack(t, attackSpec{Kind: "garbage", Target: d.Addr, Sources: 32, Conns: 32, Total: 3000})
+			time.Sleep(time.Second)
+			return func() {}
+		})
+		a.stop(t)
+	})
+	t.Run("out-of-descriptors", func(t *testing.T) {
+		// bentod's descriptor limit is lowered below what its connection
+		// cap allows, and idle connections flood in: accept fails with
+		// EMFILE, bentod backs off, closes the connections idle longest,
+		// and goes on serving.
+		pid := d.cmd.Process.Pid
+		var old unix.Rlimit
+		if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
+			t.Fatal(err)
+		}
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		low := unix.Rlimit{Cur: uint64(len(fds) + 100), Max: old.Max}
+		if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &low, nil); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil)
+		var a *attackProc
+		s.under(t, 6*time.Second, func() func() {
+			a = startAttack(t, attackSpec{Kind: "idle", Target: d.Addr, Sources: 64, Conns: 512, Total: 5000})
+			time.Sleep(2 * time.Second)
+			return func() {}
+		})
+		a.stop(t)
+		unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil)
+		if !strings.Contains(d.log.String(), "out of file descriptors") {
+			t.Error("bentod never ran out of descriptors: the test proves nothing")
+		}
+	})
+	t.Run("bytes-in-flight-stay-bounded", func(t *testing.T) {
+		// The slow uploads once more, with bentod's memory as the measure:
+		// 1,024 uploads of 1 MB would be 1 GB; the budget holds 48 MB.
+		var a *attackProc
+		var rssBefore int64
+		s.under(t, 6*time.Second, func() func() {
+			rssBefore = rssKB(d.cmd.Process.Pid) << 10
+			a = startAttack(t, attackSpec{Kind: "slow-upload", Target: d.Addr, Sources: 64, Conns: 1024, Size: 1 << 20})
+			time.Sleep(3 * time.Second)
+			return func() {}
+		})
+		a.stop(t)
+		grown := rssKB(d.cmd.Process.Pid)<<10 - rssBefore
+		t.Logf("bentod grew by %.1f MB during 1,024 stalled 1 MB uploads", float64(grown)/(1<<20))
+	})
+
+	if r := bento(t, "", "run", d.Addr, fn("hello")); r.Code != 0 {
+		t.Fatalf("bentod after the siege: %s", r)
+	}
+}
+
+// fakeBento is a Bento server of the attacker's: it welcomes, starts a
+// session for any invocation, and streams output without end.
+func fakeBento(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				conn := wire.NewConn(c)
+				for {
+					f, err := conn.Read()
+					if err != nil {
+						return
+					}
+					switch f.Type {
+					case proto.THello:
+						conn.Send(proto.TWelcome, proto.Welcome{Version: proto.Version, Server: "endless"}, nil)
+					case proto.TInvoke:
+						conn.Send(proto.TSession, proto.Session{Session: "s-endless"}, nil)
+						chunk := bytes.Repeat([]byte("e"), 64<<10)
+						for off := int64(0); ; {
+							off += int64(len(chunk)) + 5
+							if conn.Send(proto.TOutput, proto.Output{Offset: off}, chunk) != nil {
+								return
+							}
+						}
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// endlessWeb serves an HTTP body without end.
+func endlessWeb(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := bytes.Repeat([]byte("w"), 64<<10)
+		for {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String() + "/"
+}
+
+// noPaths fails when a client-facing text names bentod's data directory.
+func noPaths(t *testing.T, d *daemon, texts ...string) {
+	t.Helper()
+	for _, s := range texts {
+		if strings.Contains(s, d.DataDir) || strings.Contains(s, "/instances/") {
+			t.Errorf("a host path reached a client: %q", trunc(s))
+		}
+	}
+}
+
+// TestSiegeFunctions: what a function or a client can make bentod hold
+// through host calls, and the accounting that must not be fooled. Each
+// subtest is one row of docs/SECURITY.md.
+func TestSiegeFunctions(t *testing.T) {
+	s := newSiege(t, "")
+	d := s.d
+	run := func(dir string, args ...string) result {
+		return bento(t, "", append([]string{"run", d.Addr, dir}, args...)...)
+	}
+	t.Run("remote-endless-output", func(t *testing.T) {
+		// remote.invoke on a server that streams without end: cut at the
+		// instance's MaxFetchSize, charged to it, bentod's memory flat.
+		srv := fakeBento(t)
+		relay := tempFunction(t, "name = \"relay\"\napis = [\"bento\"]\ndestinations = [\"accept 127.0.0.1:*\"]\n[resources]\nmemory = \"16 MB\"\n",
+			"def main(server):\n    return remote.invoke(server, \"bento-inv-x\")\n")
+		var r result
+		s.while(t, func() {
+			for i := 0; i < 3; i++ {
+				r = run(relay, srv)
+			}
+		})
+		if r.Code != 1 || !strings.Contains(r.Stderr, "exceeds 16 MB (MaxFetchSize)") {
+			t.Fatalf("remote.invoke of endless output: %s\n%s", r, d.log)
+		}
+	})
+	t.Run("fetch-endless-body", func(t *testing.T) {
+		url := endlessWeb(t)
+		f := tempFunction(t, "name = \"fetch\"\napis = [\"http.fetch\"]\ndestinations = [\"accept 127.0.0.1:*\"]\n",
+			"def main(url):\n    return \"%d\" % len(http.fetch(url).body)\n")
+		var r result
+		s.while(t, func() {
+			for i := 0; i < 3; i++ {
+				r = run(f, url)
+			}
+		})
+		if r.Code != 1 || !strings.Contains(r.Stderr, "response body exceeds 16 MB") {
+			t.Fatalf("fetch of an endless body: %s", r)
+		}
+	})
+	t.Run("onion-destinations-checked", func(t *testing.T) {
+		// remote.* to an onion address the manifest does not name is
+		// refused before any connection, as any other destination.
+		onion := strings.Repeat("a", 56) + ".onion:8888"
+		f := tempFunction(t, "name = \"onion\"\napis = [\"bento\"]\ndestinations = [\"accept 127.0.0.1:*\"]\n",
+			"def main(server):\n    return remote.invoke(server, \"bento-inv-x\")\n")
+		r := run(f, onion)
+		if r.Code != 1 || !strings.Contains(r.Stderr, "Tor SOCKS port") && !strings.Contains(r.Stderr, "rejected by the") {
+			t.Fatalf("remote.invoke to an onion the manifest does not name: %s", r)
+		}
+	})
+	t.Run("non-finite-numbers", func(t *testing.T) {
+		// cpu = nan, inf, a denormal, a step finer than the sandbox's: each
+		// refused with what was wrong; the policy stays finite JSON.
+		for _, cpu := range []string{"nan", "inf", "-inf", "1e-300", "0.015", "-0.5", "1e300"} {
+			fnc := &client.Function{Manifest: []byte("name = \"n\"\n[resources]\ncpu = " + cpu + "\n"), Files: map[string][]byte{"main.star": []byte("def main(): return 1\n")}}
+			_, err := s.cl.Deploy(ctx(t), fnc)
+			if !client.IsCode(err, client.CodeBadRequest) || !strings.Contains(err.Error(), "resources.cpu") {
+				t.Errorf("cpu = %s: %v", cpu, err)
+			}
+		}
+		resp, err := http.Get("http://" + d.Policy + "/policy")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pub client.Policy
+		err = json.NewDecoder(resp.Body).Decode(&pub)
+		resp.Body.Close()
+		if err != nil || pub.Free.CPU <= 0 || pub.Free.CPU > 1e6 {
+			t.Fatalf("the policy after non-finite manifests: %+v %v", pub.Free, err)
+		}
+		rc := filepath.Join(t.TempDir(), "bentorc")
+		for _, line := range []string{"TotalCPU nan", "MaxCPU inf", "ReserveCPU 0.001", "MaxConnections -1", "IdleTimeout 0"} {
+			os.WriteFile(rc, []byte(line+"\n"), 0o644)
+			out, err := execOutput(filepath.Join(d.bin, "bentod"), "-f", rc, "--verify-config")
+			if err == nil || !strings.Contains(out, rc+":1:") {
+				t.Errorf("bentorc %q: %v %s", line, err, out)
+			}
+		}
+	})
+	t.Run("many-tiny-keys", func(t *testing.T) {
+		// 60,000 one-byte keys in 256 KB of storage: each key is charged
+		// its overhead, so about 4,000 fit, in one file on disk.
+		keys := tempFunction(t, "name = \"keys\"\nmode = \"service\"\napis = [\"storage\"]\n[resources]\nstorage = \"256 KB\"\n",
+			"def main(op, n = 0):\n    if op == \"count\":\n        return \"%d\" % len(storage.keys())\n    for i in range(n):\n        storage.put(str(i), \"x\")\n")
+		dep := deployCLI(t, d, keys)
+		var r result
+		s.while(t, func() { r = bento(t, "", "invoke", d.Addr, dep.InvocationToken, "fill", "60000") })
+		if r.Code != 1 || !strings.Contains(r.Stderr, "storage limit exceeded") {
+			t.Fatalf("60,000 keys: %s", r)
+		}
+		c := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "count")
+		n, _ := strconv.Atoi(c.Stdout)
+		if n == 0 || n > (256<<10)/64 {
+			t.Fatalf("%s keys fit in 256 KB", c.Stdout)
+		}
+		dir := filepath.Join(d.DataDir, "instances", dep.Instance)
+		st, err := os.Stat(filepath.Join(dir, "storage.log"))
+		if err != nil || st.Size() > 2*(256<<10)+(64<<10) {
+			t.Fatalf("storage on disk: %v %v", st, err)
+		}
+		ents, _ := os.ReadDir(dir)
+		t.Logf("%d keys, %d bytes on disk in one file; instance directory: %d entries", n, st.Size(), len(ents))
+		bento(t, "", "shutdown", d.Addr, dep.ShutdownToken)
+	})
+	t.Run("empty-sends", func(t *testing.T) {
+		// bento.send("") 300,000 times: each record is charged its framing,
+		// so 256 KB holds about 16,000 of them.
+		f := tempFunction(t, "name = \"empty\"\napis = [\"send\"]\n[resources]\noutput = \"256 KB\"\ncpu = 0.5\n",
+			"def main(n):\n    for i in range(n):\n        bento.send(\"\")\n")
+		var r result
+		s.while(t, func() { r = run(f, "300000") })
+		if r.Code != 6 || !strings.Contains(r.Stderr, "output limit exceeded") {
+			t.Fatalf("300,000 empty sends in 256 KB: %s", r)
+		}
+	})
+	t.Run("long-keys-no-paths", func(t *testing.T) {
+		// The longest key works; a longer one is refused; no error names a
+		// host path.
+		f := tempFunction(t, "name = \"long\"\napis = [\"storage\"]\n",
+			"def main(n):\n    k = \"k\" * n\n    storage.put(k, \"v\")\n    return storage.get(k)\n")
+		r := run(f, "256")
+		if r.Code != 0 || r.Stdout != "v" {
+			t.Fatalf("a 256-byte key: %s", r)
+		}
+		r2 := run(f, "257")
+		if r2.Code != 1 || !strings.Contains(r2.Stderr, "key must be 1-256 bytes") {
+			t.Fatalf("a 257-byte key: %s", r2)
+		}
+		noPaths(t, d, r.Stderr, r2.Stderr)
+	})
+	t.Run("oversized-arguments", func(t *testing.T) {
+		// Arguments over 64 KB are refused before they are parsed.
+		_, err := s.cl.Invoke(ctx(t), s.token, strings.Repeat("a", 100<<10))
+		if !client.IsCode(err, client.CodeTooLarge) {
+			t.Fatalf("100 KB of arguments: %v", err)
+		}
+	})
+	t.Run("huge-error-message", func(t *testing.T) {
+		// A function that fails with 10 MB of message: cut to 4 KB.
+		f := tempFunction(t, "name = \"huge\"\n[resources]\nmemory = \"64 MB\"\n", "def main():\n    fail(\"e\" * 10000000)\n")
+		r := run(f)
+		if r.Code != 1 || len(r.Stderr) > 16<<10 || !strings.Contains(r.Stderr, "eeee") {
+			t.Fatalf("a 10 MB error: exit %d, %d bytes of stderr", r.Code, len(r.Stderr))
+		}
+	})
+	t.Run("log-flood", func(t *testing.T) {
+		// print() 20,000 lines: at most 64 KB of log is kept on disk.
+		f := tempFunction(t, "name = \"logger\"\nmode = \"service\"\napis = [\"log\"]\n[resources]\noutput = \"1 MB\"\n",
+			"def main(n):\n    for i in range(n):\n        print(\"line %d %s\" % (i, \"x\" * 100))\n")
+		dep := deployCLI(t, d, f)
+		s.while(t, func() {
+			if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "20000"); r.Code != 0 {
+				t.Errorf("20,000 log lines: %s", r)
+			}
+		})
+		var kept int64
+		for _, name := range []string{"function.log", "function.log.1"} {
+			if st, err := os.Stat(filepath.Join(d.DataDir, "instances", dep.Instance, name)); err == nil {
+				kept += st.Size()
+			}
+		}
+		if kept == 0 || kept > 64<<10+8<<10 {
+			t.Fatalf("%d bytes of log kept", kept)
+		}
+		bento(t, "", "shutdown", d.Addr, dep.ShutdownToken)
+	})
+	t.Run("reattach-by-index", func(t *testing.T) {
+		// 20,000 one-byte records: attaching near the end reads at most
+		// 64 KB of headers (an index), not the whole log.
+		f := tempFunction(t, "name = \"tiny\"\nmode = \"service\"\napis = [\"send\"]\n[resources]\noutput = \"8 MB\"\nlifetime = \"5 minutes\"\ncpu = 0.5\ncpu_time = \"60 s\"\n",
+			"def main(n):\n    for i in range(n):\n        bento.send(\"x\")\n")
+		dep := deployCLI(t, d, f)
+		sess, err := s.cl.Invoke(ctx(t), dep.InvocationToken, 20000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var offsets []int64 // where each record starts
+		n := 0
+		for {
+			start := sess.Offset
+			data, exit, err := sess.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if exit != nil {
+				if exit.Status != client.StatusOK {
+					t.Fatalf("20,000 records: %+v", exit)
+				}
+				break
+			}
+			n += len(data)
+			offsets = append(offsets, start)
+		}
+		sess.Close()
+		if n != 20000 {
+			t.Fatalf("%d bytes of 20,000 records", n)
+		}
+		var worst time.Duration
+		for i := 1; i <= 20; i++ {
+			start := time.Now()
+			a, err := s.cl.Attach(ctx(t), dep.InvocationToken, sess.ID, offsets[len(offsets)-i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			rest, _, err := a.Collect()
+			a.Close()
+			if err != nil || len(rest) != i {
+				t.Fatalf("attach %d records before the end: %d bytes, %v", i, len(rest), err)
+			}
+			worst = max(worst, time.Since(start))
+		}
+		t.Logf("slowest attach near the end of 20,000 records: %v", worst)
+		bento(t, "", "shutdown", d.Addr, dep.ShutdownToken)
+	})
+	t.Run("many-readers", func(t *testing.T) {
+		// At most 8 clients attach to one session at once.
+		f := tempFunction(t, "name = \"slow\"\nmode = \"service\"\napis = [\"sleep\", \"send\"]\n[resources]\nlifetime = \"5 minutes\"\n",
+			"def main():\n    bento.send(\"start\")\n    bento.sleep(8)\n    return \"end\"\n")
+		dep := deployCLI(t, d, f)
+		first, err := s.cl.Invoke(ctx(t), dep.InvocationToken)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer first.Close()
+		var held []*client.Session
+		var busy int
+		for i := 0; i < 10; i++ {
+			a, err := s.cl.Attach(ctx(t), dep.InvocationToken, first.ID, 0)
+			if client.IsCode(err, client.CodeBusy) {
+				busy++
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, a)
+		}
+		for _, a := range held {
+			a.Close()
+		}
+		if len(held) != 7 || busy != 3 {
+			t.Fatalf("%d readers attached beside the first, %d refused; want 7 and 3", len(held), busy)
+		}
+		bento(t, "", "shutdown", d.Addr, dep.ShutdownToken)
+	})
+}
+
+func execOutput(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return string(out), err
+}
+
+// vault is a service holding one value, with operations an invoker could
+// abuse to exhaust it.
+const vaultManifest = `name = "vault"
+mode = "service"
+apis = ["storage", "send", "recv"]
+[resources]
+memory = "32 MB"
+cpu = 0.5
+cpu_time = "1 s"
+steps = 1000000000
+storage = "1 MB"
+output = "1 MB"
+lifetime = "10 minutes"
+`
+
+const vaultCode = `def main(op, n = 0):
+    if op == "put":
+        storage.put("v", "precious")
+        return "ok"
+    if op == "get":
+        return storage.get("v")
+    if op == "oom":
+        l = []
+        while True:
+            l.append("x" * 100000 + str(len(l)))
+    if op == "spin":
+        x = 0
+        while True:
+            x += 1
+    if op == "flood":
+        for i in range(n):
+            bento.send("y" * 65536)
+        return None
+    if op == "fill":
+        for i in range(n):
+            storage.put("junk%d" % i, "z" * 65536)
+        return None
+    if op == "hoard":
+        data = b""
+        while True:
+            chunk = bento.recv()
+            if chunk == None:
+                return "%d" % len(data)
+            data = data + chunk
+    fail("unknown op")
+`
+
+// TestInvocationTokenCannotHarm: whoever holds only the invocation token
+// (the users of a shared Dropbox) can make calls fail, but cannot end the
+// instance, exhaust it for good, or destroy or corrupt its stored data.
+func TestInvocationTokenCannotHarm(t *testing.T) {
+	s := newSiege(t, "")
+	d := s.d
+	dep := deployCLI(t, d, tempFunction(t, vaultManifest, vaultCode))
+	inv := func(stdin string, args ...string) result {
+		all := append([]string{"invoke"}, args...)
+		if stdin != "" {
+			all = append([]string{"invoke", "-i"}, args...)
+		}
+		return bento(t, stdin, append(all[:len(all)-len(args)], append([]string{d.Addr, dep.InvocationToken}, args...)...)...)
+	}
+	if r := inv("", "put"); r.Code != 0 {
+		t.Fatalf("put: %s", r)
+	}
+	abuse := []struct {
+		name   string
+		stdin  string
+		args   []string
+		reason string
+	}{
+		{"memory bomb", "", []string{"oom"}, "memory limit exceeded"},
+		{"cpu spin", "", []string{"spin"}, "cpu time limit exceeded"},
+		{"output flood", "", []string{"flood", "64"}, "output limit exceeded"},
+		{"storage fill", "", []string{"fill", "100"}, "storage limit exceeded"},
+		{"memory bomb again", "", []string{"oom"}, "memory limit exceeded"},
+		{"huge input hoarded", strings.Repeat("h", 24<<20), []string{"hoard"}, "limit exceeded"}, // memory or CPU, whichever first
+	}
+	s.while(t, func() {
+		for _, a := range abuse {
+			r := inv(a.stdin, a.args...)
+			if r.Code == 0 || !strings.Contains(r.Stderr, a.reason) {
+				t.Errorf("%s: want a failed call with %q, got %s", a.name, a.reason, r)
+			}
+			// Between blows the owner's data is there.
+			if g := inv("", "get"); g.Code != 0 || g.Stdout != "precious" {
+				t.Fatalf("after %s the stored value is %q: %s", a.name, g.Stdout, g)
+			}
+		}
+		// Output over and over: old output gives way, the instance stays.
+		for i := 0; i < 12; i++ {
+			if r := inv("", "flood", "12"); r.Code != 0 {
+				t.Fatalf("flood %d within the allowance: %s", i, r)
+			}
+		}
+	})
+	if g := inv("", "get"); g.Code != 0 || g.Stdout != "precious" {
+		t.Fatalf("after the abuse: %s", g)
+	}
+	if !strings.Contains(d.log.String(), "starting a new one") {
+		t.Error("the runner was never restarted: the test proves nothing")
+	}
+	// Only the shutdown token ends it.
+	if r := bento(t, "", "shutdown", d.Addr, dep.InvocationToken); r.Code != 5 {
+		t.Fatalf("shutdown with the invocation token: %s", r)
+	}
+	if r := bento(t, "", "shutdown", d.Addr, dep.ShutdownToken); r.Code != 0 {
+		t.Fatalf("shutdown with the shutdown token: %s", r)
+	}
+}
+
+// from returns a client whose connections come from ip.
+func from(addr, ip string) *client.Client {
+	cl := client.New(addr)
+	cl.Dialer = &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	return cl
+}
+
+// collectAll invokes and gathers the output and how the call ended.
+func collectAll(t *testing.T, cl *client.Client, token string, args ...any) (string, *client.Exit) {
+	t.Helper()
+	sess, err := cl.Invoke(ctx(t), token, args...)
+	if err != nil {
+		t.Fatalf("invoke: %v", err)
+	}
+	defer sess.Close()
+	out, exit, err := sess.Collect()
+	if err != nil {
+		t.Fatalf("collect: %v", err)
+	}
+	return string(out), exit
+}
+
+const childManifest = "name = \"child\"\nmode = \"service\"\n[resources]\nlifetime = \"2 minutes\"\n"
+
+// TestCompositionCharged: instances and calls a function starts are
+// charged to the client that deployed it, within their own caps, and
+// composition has a bound on depth.
+func TestCompositionCharged(t *testing.T) {
+	s := newSiege(t, "TotalCPU 50\nMaxInstancesPerClient 6\nMaxComposedInstances 8\nMaxCompositionDepth 3\nMaxCompositionCalls 4\n")
+	d := s.d
+	spawner := tempFunction(t, "name = \"spawner\"\nmode = \"service\"\napis = [\"bento\", \"send\"]\ndestinations = [\"accept 127.0.0.1:*\"]\n[resources]\nlifetime = \"2 minutes\"\n",
+		"def main(server, n):\n    for i in range(n):\n        remote.deploy(server, bento.source(\"child.toml\"), {\"main.star\": bento.source(\"child.star\")})\n        bento.send(\"%d \" % (i + 1))\n    return \"all\"\n",
+		"child.toml", childManifest, "child.star", "def main():\n    return 1\n")
+	fnc, err := client.LoadFunction(spawner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("self-deploys-charged-to-client", func(t *testing.T) {
+		// A client at 127.0.0.5 (6 instances at most) deploys a function
+		// that deploys onto its own box: the function's instances count as
+		// the client's, so it makes 5, and the client itself has no slot
+		// left; a client at another address is served.
+		greedy := from(d.Addr, "127.0.0.5")
+		dep, err := greedy.Deploy(ctx(t), fnc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out string
+		var exit *client.Exit
+		s.while(t, func() { out, exit = collectAll(t, greedy, dep.InvocationToken, d.Addr, 20) })
+		if out != "1 2 3 4 5 " || exit.Error == nil || !strings.Contains(exit.Error.Msg, "MaxInstancesPerClient") {
+			t.Fatalf("spawning from a client with 6 slots: %q, %+v", out, exit)
+		}
+		if _, err := greedy.Deploy(ctx(t), fnc); !client.IsCode(err, client.CodeBusy) || !strings.Contains(err.Error(), "MaxInstancesPerClient") {
+			t.Fatalf("the client's own deploy after its function used its share: %v", err)
+		}
+		if _, err := from(d.Addr, "127.0.0.6").Deploy(ctx(t), fnc); err != nil {
+			t.Fatalf("another client: %v", err)
+		}
+	})
+	t.Run("composed-instances-capped", func(t *testing.T) {
+		// Through Tor every client is one address; a root's functions may
+		// still hold only MaxComposedInstances (8) here.
+		dep, err := client.New(d.Addr).Deploy(ctx(t), fnc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, exit := collectAll(t, client.New(d.Addr), dep.InvocationToken, d.Addr, 20)
+		if out != "1 2 3 4 5 6 7 8 " || exit.Error == nil || !strings.Contains(exit.Error.Msg, "MaxComposedInstances") {
+			t.Fatalf("spawning without a per-client share: %q, %+v", out, exit)
+		}
+	})
+	t.Run("composition-depth", func(t *testing.T) {
+		// A function that deploys itself and calls the copy, without end:
+		// refused when the chain is deeper than MaxCompositionDepth (3).
+		self := "name = \"deeper\"\nmode = \"service\"\napis = [\"bento\"]\ndestinations = [\"accept 127.0.0.1:*\"]\n[resources]\nlifetime = \"2 minutes\"\n"
+		code := "def main(server):\n    box = remote.deploy(server, bento.source(\"self.toml\"), {\"main.star\": bento.source(\"main.star\"), \"self.toml\": bento.source(\"self.toml\")})\n    return \"+\" + remote.invoke(server, box.invocation_token, [server])\n"
+		r := bento(t, "", "run", d.Addr, tempFunction(t, self, code, "self.toml", self), d.Addr)
+		if r.Code != 1 || !strings.Contains(r.Stderr, "MaxCompositionDepth 3") {
+			t.Fatalf("recursive self-deploy: %s", r)
+		}
+	})
+	t.Run("composition-calls-capped", func(t *testing.T) {
+		// At most 4 remote calls of one root at once.
+		sleepy := deployCLI(t, d, tempFunction(t, "name = \"sleepy\"\nmode = \"service\"\napis = [\"sleep\"]\n[resources]\nlifetime = \"2 minutes\"\n", "def main():\n    bento.sleep(2)\n    return \"z\"\n"))
+		caller := deployCLI(t, d, tempFunction(t, "name = \"caller\"\nmode = \"service\"\napis = [\"bento\"]\ndestinations = [\"accept 127.0.0.1:*\"]\n[resources]\nlifetime = \"2 minutes\"\n",
+			"def main(server, tok):\n    return remote.invoke(server, tok)\n"))
+		var mu sync.Mutex
+		var ok, capped int
+		var wg sync.WaitGroup
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				out, exit := collectAll(t, client.New(d.Addr), caller.InvocationToken, d.Addr, sleepy.InvocationToken)
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case out == "z":
+					ok++
+				case exit.Error != nil && strings.Contains(exit.Error.Msg, "MaxCompositionCalls"):
+					capped++
+				default:
+					t.Errorf("call: %q %+v", out, exit)
+				}
+			}()
+		}
+		wg.Wait()
+		if ok != 4 || capped != 4 {
+			t.Fatalf("8 calls at once: %d served, %d capped; want 4 and 4", ok, capped)
+		}
+	})
+}
