@@ -71,6 +71,9 @@ func (b *Budget) Acquire(ctx context.Context, n int64) error {
 	if n < 0 {
 		return fmt.Errorf("budget: negative request %d", n)
 	}
+	if n == 0 {
+		return nil // nothing to wait for, behind anyone
+	}
 	if n > b.limit {
 		return fmt.Errorf("%w (%d > %d bytes)", ErrTooLarge, n, b.limit)
 	}

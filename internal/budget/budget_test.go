@@ -20,27 +20,42 @@ func TestAcquireRelease(t *testing.T) {
 	if err := b.Acquire(ctx, 101); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("a request larger than the budget: %v", err)
 	}
-	// A waiter is granted when bytes come back, in order.
-	order := make(chan int, 2)
-	var wg sync.WaitGroup
-	for i, n := range []int64{50, 30} {
-		wg.Add(1)
+	// Waiters are served in order: one that would fit now still waits
+	// behind one that does not.
+	granted := make(chan int64, 2)
+	for _, n := range []int64{50, 10} {
 		go func() {
-			defer wg.Done()
 			if err := b.Acquire(ctx, n); err != nil {
 				t.Error(err)
 			}
-			order <- i
+			granted <- n
 		}()
 		time.Sleep(20 * time.Millisecond) // queue them in this order
 	}
-	b.Release(60)
-	wg.Wait()
-	if first := <-order; first != 0 {
-		t.Fatalf("waiters granted out of order")
+	select {
+	case n := <-granted:
+		t.Fatalf("%d bytes granted ahead of an earlier waiter", n)
+	case <-time.After(20 * time.Millisecond):
 	}
-	if b.Used() != 80 || b.Peak() != 80 {
+	b.Release(60)
+	<-granted
+	<-granted
+	if b.Used() != 60 || b.Peak() != 60 {
 		t.Fatalf("used %d peak %d", b.Used(), b.Peak())
+	}
+}
+
+// TestZeroWaitsForNobody: a request for nothing never queues behind
+// others waiting for bytes.
+func TestZeroWaitsForNobody(t *testing.T) {
+	b := New(10)
+	b.Acquire(context.Background(), 10)
+	go b.Acquire(context.Background(), 5) // waits
+	time.Sleep(10 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := b.Acquire(ctx, 0); err != nil {
+		t.Fatalf("acquiring nothing waited: %v", err)
 	}
 }
 

@@ -12,7 +12,8 @@
 // connection that has been idle longest (one that has not said what it
 // wants, or waits between requests; see SetIdle) is closed to make room:
 // a crowd of idle connections from many addresses cannot lock newcomers
-// out, it can only churn itself.
+// out, it can only churn itself; and among connections that proved they
+// speak the protocol, the addresses holding the most give way first.
 package netlimit
 
 import (
@@ -94,7 +95,9 @@ type Listener struct {
 	spare  *os.File // a reserved descriptor, given up to shed a connection on EMFILE
 
 	accepted, refusedTotal, refusedPerAddr, evicted, acceptErrors atomic.Int64
-	lastWarn                                                      atomic.Int64 // unix nanoseconds
+
+	warnMu   sync.Mutex
+	lastWarn map[string]time.Time // by message
 }
 
 // New wraps ln.
@@ -108,7 +111,8 @@ func New(ln net.Listener, cfg Config) *Listener {
 }
 
 // AddrKey is the default per-address key: the IP address for IPv4 (and
-// IPv4-mapped IPv6), the /64 prefix for IPv6, the whole string otherwise.
+// IPv4-mapped IPv6), the /56 prefix for IPv6 (what one subscriber line is
+// commonly given), the whole string otherwise.
 func AddrKey(a net.Addr) string {
 	var ip netip.Addr
 	switch t := a.(type) {
@@ -121,7 +125,7 @@ func AddrKey(a net.Addr) string {
 	}
 	ip = ip.Unmap()
 	if ip.Is6() {
-		p, _ := ip.Prefix(64)
+		p, _ := ip.Prefix(56)
 		return p.String()
 	}
 	return ip.String()
@@ -171,7 +175,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 				l.mu.Lock()
 				l.limit = max(1, min(l.limit, l.open)-16)
 				l.short = time.Now()
-				victim := l.oldestIdleLocked()
+				victim := l.victimLocked("")
 				l.mu.Unlock()
 				if victim != nil {
 					l.evicted.Add(1)
@@ -231,7 +235,7 @@ func (l *Listener) admit(c net.Conn) net.Conn {
 		why = TooManyFromYou
 	case l.cfg.Total > 0 && l.open >= l.limitLocked():
 		for l.open-len(victims) >= l.limit {
-			v := l.oldestIdleLocked()
+			v := l.victimLocked(key)
 			if v == nil {
 				break
 			}
@@ -275,29 +279,95 @@ func (l *Listener) admit(c net.Conn) net.Conn {
 }
 
 // limitLocked returns the total in force: after descriptors ran short it
-// grows back by 16 connections every 5 quiet seconds.
+// doubles every 2 quiet seconds until it is Total again.
 func (l *Listener) limitLocked() int {
-	if l.limit < l.cfg.Total && time.Since(l.short) > 5*time.Second {
-		l.limit = min(l.cfg.Total, l.limit+16)
+	if l.limit < l.cfg.Total && time.Since(l.short) > 2*time.Second {
+		l.limit = min(l.cfg.Total, 2*l.limit)
 		l.short = time.Now()
 	}
 	return l.limit
 }
 
-// oldestIdleLocked picks the connection idle longest and marks it so no
-// other newcomer picks it too.
-func (l *Listener) oldestIdleLocked() *conn {
-	var best *conn
-	var since int64
+// Grace periods before a connection may be closed for just any newcomer:
+// one that has not said a valid hello yet gets a moment to say it (an
+// honest client does at once), one that has gets longer.
+const (
+	UnprovenGrace = 250 * time.Millisecond
+	ProvenGrace   = time.Second
+)
+
+// victimLocked picks the connection to close for a newcomer from address
+// key ("" when making room for no one in particular), and marks it so no
+// other newcomer picks it too:
+//
+//   - an idle connection that has not proved it speaks the protocol (said
+//     a valid hello) within UnprovenGrace, the one idle longest;
+//   - else, for a newcomer whose address would hold no more than its fair
+//     share of the total (the total over the addresses connected), a
+//     connection of the address holding the most, if that is more than the
+//     newcomer's would and at least its fair share: unproven ones first,
+//     then idle ones, then busy ones. Shares of the total follow addresses, so many connections of a
+//     few addresses, or of one attacker's many, cannot crowd out an honest
+//     client;
+//   - else the proven connection idle longest, if idle for ProvenGrace.
+func (l *Listener) victimLocked(key string) *conn {
+	mine := l.byAddr[key] + 1
+	addrs := len(l.byAddr)
+	if l.byAddr[key] == 0 {
+		addrs++
+	}
+	fair := (l.limit + addrs - 1) / max(1, addrs)
+	now := time.Now().UnixNano()
+	// Each connection's idle time is read once: it changes under us as
+	// the server serves it, and only the value read decides.
+	type cand struct {
+		c    *conn
+		t    int64 // idle since (0: busy)
+		rank int   // among an address's own: unproven, idle, busy
+	}
+	var unproven, fattest, oldest cand
 	for c := range l.conns {
-		if t := c.idleSince.Load(); t > 0 && (best == nil || t < since) {
-			best, since = c, t
+		if c.evicting {
+			continue
+		}
+		t := c.idleSince.Load()
+		proven := c.proven.Load()
+		x := cand{c: c, t: t, rank: 2}
+		switch {
+		case !proven:
+			x.rank = 0
+		case t != 0:
+			x.rank = 1
+		}
+		if t != 0 && !proven && now-t >= int64(UnprovenGrace) && (unproven.c == nil || t < unproven.t) {
+			unproven = x
+		}
+		if key != "" && mine <= fair {
+			// Only from an address at or over its fair share, and holding
+			// more than the newcomer's would.
+			if n := l.byAddr[c.key]; n > mine && n >= fair {
+				if fattest.c == nil || n > l.byAddr[fattest.c.key] || n == l.byAddr[fattest.c.key] && x.rank < fattest.rank {
+					fattest = x
+				}
+			}
+		}
+		if t != 0 && proven && now-t >= int64(ProvenGrace) && (oldest.c == nil || t < oldest.t) {
+			oldest = x
 		}
 	}
-	if best != nil {
-		best.idleSince.Store(0)
+	for _, v := range []cand{unproven, fattest, oldest} {
+		if v.c == nil {
+			continue
+		}
+		// Still in the state it was chosen in? (A busy one stays busy.)
+		if v.t != 0 && !v.c.idleSince.CompareAndSwap(v.t, 0) {
+			continue
+		}
+		v.c.idleSince.Store(0)
+		v.c.evicting = true
+		return v.c
 	}
-	return best
+	return nil
 }
 
 func (l *Listener) release(c *conn) {
@@ -311,16 +381,21 @@ func (l *Listener) release(c *conn) {
 	l.mu.Unlock()
 }
 
-// warn logs at most once every ten seconds.
+// warn logs each message at most once every ten seconds.
 func (l *Listener) warn(msg string, args ...any) {
 	if l.cfg.Log == nil {
 		return
 	}
-	now := time.Now().UnixNano()
-	last := l.lastWarn.Load()
-	if now-last < int64(10*time.Second) || !l.lastWarn.CompareAndSwap(last, now) {
+	l.warnMu.Lock()
+	if l.lastWarn == nil {
+		l.lastWarn = map[string]time.Time{}
+	}
+	if time.Since(l.lastWarn[msg]) < 10*time.Second {
+		l.warnMu.Unlock()
 		return
 	}
+	l.lastWarn[msg] = time.Now()
+	l.warnMu.Unlock()
 	l.cfg.Log.Warn(msg, args...)
 }
 
@@ -331,12 +406,23 @@ type conn struct {
 	key       string
 	once      sync.Once
 	idleSince atomic.Int64 // unix nanoseconds; 0 while busy
+	proven    atomic.Bool  // it said a valid hello: closed for newcomers last
+	evicting  bool         // chosen to make room (guarded by the listener's mu)
 }
 
 func (c *conn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { c.l.release(c) })
 	return err
+}
+
+// Prove tells the listener that c (a connection it returned) has shown it
+// speaks the protocol (a valid hello): when room must be made, connections
+// that have not are closed first, and c only after ProvenGrace idle.
+func Prove(c net.Conn) {
+	if lc, ok := c.(*conn); ok {
+		lc.proven.Store(true)
+	}
 }
 
 // SetIdle tells the listener whether c (a connection it returned) waits

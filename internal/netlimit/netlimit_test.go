@@ -94,6 +94,7 @@ func TestEvictsIdleWhenFull(t *testing.T) {
 	// The first two are busy, the third idle: a newcomer evicts the third.
 	SetIdle(served[0], false)
 	SetIdle(served[1], false)
+	time.Sleep(UnprovenGrace) // it had its moment to say hello
 	newcomer := dialFrom(t, "127.0.0.9", l.Addr())
 	<-got
 	if _, err := served[2].Read(make([]byte, 1)); err == nil {
@@ -165,14 +166,94 @@ func TestAcceptErrorsAreNotFatal(t *testing.T) {
 
 func TestAddrKey(t *testing.T) {
 	for in, want := range map[string]string{
-		"192.0.2.7:1":            "192.0.2.7",
-		"[::ffff:192.0.2.7]:1":   "192.0.2.7",
-		"[2001:db8:1:2:3::4]:80": "2001:db8:1:2::/64",
-		"[2001:db8:1:2:ff::]:80": "2001:db8:1:2::/64",
+		"192.0.2.7:1":             "192.0.2.7",
+		"[::ffff:192.0.2.7]:1":    "192.0.2.7",
+		"[2001:db8:1:2:3::4]:80":  "2001:db8:1::/56",
+		"[2001:db8:1:ff:ff::]:80": "2001:db8:1::/56",
+		"[2001:db8:1:100::1]:80":  "2001:db8:1:100::/56",
 	} {
 		a, _ := net.ResolveTCPAddr("tcp", in)
 		if got := AddrKey(a); got != want {
 			t.Errorf("AddrKey(%s) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+// TestProvenLast: connections that said a valid hello are closed for a
+// newcomer only after those that did not, and only once idle for
+// ProvenGrace.
+func TestProvenLast(t *testing.T) {
+	l := listen(t, Config{Total: 2})
+	got := serve(t, l)
+	dialFrom(t, "127.0.0.2", l.Addr())
+	old := <-got
+	Prove(old)
+	time.Sleep(10 * time.Millisecond)
+	dialFrom(t, "127.0.0.3", l.Addr())
+	fresh := <-got // newer, never proven
+	time.Sleep(UnprovenGrace)
+	dialFrom(t, "127.0.0.4", l.Addr())
+	<-got
+	if _, err := fresh.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the unproven connection was not the one closed")
+	}
+	old.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := old.Read(make([]byte, 1)); !isTimeout(err) {
+		t.Fatalf("the proven connection was closed: %v", err)
+	}
+	// All proven and idle for less than the grace: a newcomer is refused.
+	l.mu.Lock()
+	for c := range l.conns {
+		c.proven.Store(true)
+		c.idleSince.Store(time.Now().UnixNano())
+	}
+	l.mu.Unlock()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.5")}}
+	if c, err := d.Dial("tcp", l.Addr().String()); err == nil {
+		if ok, _ := refused(c); !ok {
+			t.Fatal("a proven connection idle for a moment was closed for a newcomer")
+		}
+		c.Close()
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestFairShareEviction: when the total is reached, an address under its
+// fair share gets a connection of the address holding the most, even a
+// busy one; an address over its share does not.
+func TestFairShareEviction(t *testing.T) {
+	l := listen(t, Config{Total: 4})
+	got := serve(t, l)
+	var hog []net.Conn
+	for i := 0; i < 4; i++ {
+		dialFrom(t, "127.0.0.2", l.Addr())
+		c := <-got
+		Prove(c)
+		SetIdle(c, false) // busy: mid-request
+		hog = append(hog, c)
+	}
+	dialFrom(t, "127.0.0.3", l.Addr())
+	Prove(<-got)
+	closed := 0
+	for _, c := range hog {
+		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); !isTimeout(err) {
+			closed++
+		}
+	}
+	if closed != 1 {
+		t.Fatalf("%d of the hog's connections closed for a newcomer under its share, want 1", closed)
+	}
+	// The hog, now at 3 of 4, is over its share of 2: it gets nothing.
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	if c, err := d.Dial("tcp", l.Addr().String()); err == nil {
+		if ok, _ := refused(c); !ok {
+			t.Fatal("an address over its share displaced another's connection")
+		}
+		c.Close()
 	}
 }

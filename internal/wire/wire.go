@@ -119,6 +119,12 @@ type Conn struct {
 	Budget Budget
 	// BudgetWait bounds the wait for the budget (default 30 s).
 	BudgetWait time.Duration
+	// ChargeSmall, if set, says which small frames (up to FreeFrame) are
+	// charged too: those that are queued rather than handled at once.
+	ChargeSmall func(typ uint8) bool
+	// OnFrame, if set, is called when a frame's header has arrived, before
+	// its body is read.
+	OnFrame func(typ uint8, n int)
 }
 
 // Budget is the shared allowance frames are charged to (budget.Budget).
@@ -171,9 +177,12 @@ func (c *Conn) Read() (*Frame, error) {
 			return nil, &SizeError{Type: hdr[4], Size: n, Limit: lim}
 		}
 	}
+	if c.OnFrame != nil {
+		c.OnFrame(hdr[4], n)
+	}
 	held := int64(0)
 	charge := func(want int64) error {
-		if c.Budget == nil || want <= held || n <= FreeFrame {
+		if c.Budget == nil || want <= held || (n <= FreeFrame && (c.ChargeSmall == nil || !c.ChargeSmall(hdr[4]))) {
 			return nil
 		}
 		wait := c.BudgetWait
