@@ -110,7 +110,12 @@ func Open(path string, opt Options) (*Store, error) {
 
 // load reads every whole record and truncates what follows the last.
 func (s *Store) load() error {
-	r := bufio.NewReaderSize(io.NewSectionReader(s.f, 0, 1<<62), 64<<10)
+	st, err := s.f.Stat()
+	if err != nil {
+		return err
+	}
+	fileSize := st.Size()
+	r := bufio.NewReaderSize(io.NewSectionReader(s.f, 0, fileSize), 64<<10)
 	var off int64
 	var hdr [hdrLen]byte
 	for {
@@ -118,8 +123,9 @@ func (s *Store) load() error {
 			break
 		}
 		op, klen, vlen := hdr[4], int(binary.BigEndian.Uint16(hdr[5:])), int(binary.BigEndian.Uint32(hdr[7:]))
-		if (op != opPut && op != opDelete) || klen == 0 || klen > MaxKeyLen || vlen > maxValue || (op == opDelete && vlen != 0) {
-			break
+		if (op != opPut && op != opDelete) || klen == 0 || klen > MaxKeyLen || vlen > maxValue || (op == opDelete && vlen != 0) ||
+			off+recordLen(klen, vlen) > fileSize {
+			break // damaged, or torn: nothing allocated for what is not there
 		}
 		body := make([]byte, klen+vlen)
 		if _, err := io.ReadFull(r, body); err != nil {
@@ -138,11 +144,7 @@ func (s *Store) load() error {
 		}
 		off += recordLen(klen, vlen)
 	}
-	st, err := s.f.Stat()
-	if err != nil {
-		return err
-	}
-	if st.Size() != off {
+	if fileSize != off {
 		// A torn or damaged tail: what follows the last whole record.
 		if err := s.f.Truncate(off); err != nil {
 			return err
@@ -217,7 +219,10 @@ func (s *Store) Put(key string, value []byte) error {
 	s.index[key] = entry{off: s.size - int64(len(value)), vlen: uint32(len(value))}
 	s.live += recordLen(len(key), len(value))
 	s.charged += charge(len(key), len(value))
-	return s.maybeCompact()
+	// The value is stored: a compaction that fails now is tried again at
+	// the next change (the file stays valid either way).
+	_ = s.maybeCompact()
+	return nil
 }
 
 // Delete removes key (a missing key is not an error).
@@ -237,7 +242,8 @@ func (s *Store) Delete(key string) error {
 		return err
 	}
 	s.drop(key)
-	return s.maybeCompact()
+	_ = s.maybeCompact()
+	return nil
 }
 
 // append writes one record at the end of the file.
