@@ -1,7 +1,9 @@
 package proto
 
 import (
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"strings"
 )
 
@@ -27,6 +29,10 @@ type Init struct {
 	Function string      `json:"function"`
 	Steps    uint64      `json:"steps"`
 	Files    []FileEntry `json:"files"`
+	// MaxBody bounds the body of any frame the runner sends: a host call's
+	// data or a return value beyond it fails in the runner, as an error of
+	// that call, instead of breaking the host API.
+	MaxBody int64 `json:"max_body,omitempty"`
 }
 
 // Ready reports that the module loaded (Error nil) or failed to.
@@ -104,4 +110,37 @@ type Done struct {
 	Error *FuncError `json:"error,omitempty"`
 	// None is set when the function returned None: no output is added.
 	None bool `json:"none,omitempty"`
+}
+
+// EncodeKeys lays out storage keys for the reply to storage.keys: each a
+// big-endian u16 length and its bytes, in the frame's body (no JSON
+// escaping to multiply its size, no header limit to meet).
+func EncodeKeys(keys []string) []byte {
+	n := 0
+	for _, k := range keys {
+		n += 2 + len(k)
+	}
+	b := make([]byte, 0, n)
+	for _, k := range keys {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(k)))
+		b = append(b, k...)
+	}
+	return b
+}
+
+// DecodeKeys reads what EncodeKeys wrote.
+func DecodeKeys(b []byte) ([]string, error) {
+	var keys []string
+	for len(b) > 0 {
+		if len(b) < 2 {
+			return nil, errors.New("storage.keys: truncated reply")
+		}
+		n := int(binary.BigEndian.Uint16(b))
+		if len(b) < 2+n {
+			return nil, errors.New("storage.keys: truncated reply")
+		}
+		keys = append(keys, string(b[2:2+n]))
+		b = b[2+n:]
+	}
+	return keys, nil
 }

@@ -7,6 +7,8 @@ import (
 	starlarkjson "go.starlark.net/lib/json"
 	"go.starlark.net/starlark"
 	"go.starlark.net/starlarkstruct"
+
+	"github.com/torbento/bento/internal/proto"
 )
 
 // predeclared returns the names every function file sees: the host
@@ -230,18 +232,16 @@ func (r *Runner) storageKeys(th *starlark.Thread, args starlark.Tuple, kw []star
 	if err := starlark.UnpackArgs("keys", args, kw); err != nil {
 		return nil, err
 	}
-	res, _, err := r.call(th, "storage.keys", nil, nil)
+	_, body, err := r.call(th, "storage.keys", nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	var out struct {
-		Keys []string `json:"keys"`
-	}
-	if err := json.Unmarshal(res, &out); err != nil {
+	keys, err := proto.DecodeKeys(body)
+	if err != nil {
 		return nil, err
 	}
-	l := make([]starlark.Value, len(out.Keys))
-	for i, k := range out.Keys {
+	l := make([]starlark.Value, len(keys))
+	for i, k := range keys {
 		l[i] = starlark.String(k)
 	}
 	return starlark.NewList(l), nil

@@ -204,6 +204,9 @@ func (r *Runner) invoke(th *starlark.Thread, inv proto.HostInvoke) {
 		default:
 			if body, err = encodeValue(v); err != nil {
 				done.Error = &proto.FuncError{Msg: "return value: " + err.Error()}
+			} else if max := r.init.MaxBody; max > 0 && int64(len(body)) > max {
+				done.Error = &proto.FuncError{Msg: fmt.Sprintf("output limit exceeded: the return value has %d bytes, more than the %d one piece of output may have here", len(body), max)}
+				body = nil
 			}
 		}
 	}
@@ -220,6 +223,9 @@ func (r *Runner) call(th *starlark.Thread, name string, args any, bulk []byte) (
 			return nil, nil, err
 		}
 		raw = b
+	}
+	if max := r.init.MaxBody; max > 0 && int64(len(bulk)) > max {
+		return nil, nil, fmt.Errorf("%s: %d bytes of data, more than the %d a host call may carry here", name, len(bulk), max)
 	}
 	inv, _ := th.Local("inv").(uint64)
 	ch := make(chan *wire.Frame, 1)
