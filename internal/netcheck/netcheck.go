@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 
 	"github.com/torbento/bento/internal/exitpolicy"
 )
@@ -141,6 +142,12 @@ func CheckTor(policies []*exitpolicy.Policy, hostport string) error {
 	if len(host) == 0 || len(host) > 255 {
 		return fmt.Errorf("destination %q: bad host", hostport)
 	}
+	if onion, ok, err := CanonicalOnion(host); ok {
+		if err != nil {
+			return err
+		}
+		host = onion
+	}
 	a, aerr := netip.ParseAddr(host)
 	for i, p := range policies {
 		var ok bool
@@ -154,4 +161,38 @@ func CheckTor(policies []*exitpolicy.Policy, hostport string) error {
 		}
 	}
 	return nil
+}
+
+// CanonicalOnion reduces a host name ending in ".onion" to the service it
+// names, as tor does: lower case, no trailing dot, no subdomains
+// ("www.<id>.onion" is "<id>.onion"). ok reports whether host is an onion
+// name at all; err, whether it is not a valid v3 onion address.
+func CanonicalOnion(host string) (onion string, ok bool, err error) {
+	h := strings.ToLower(strings.TrimSuffix(host, "."))
+	if !strings.HasSuffix(h, ".onion") {
+		return "", false, nil
+	}
+	labels := strings.Split(h, ".")
+	if len(labels) >= 2 {
+		h = labels[len(labels)-2] + ".onion"
+	}
+	if !exitpolicy.ValidOnion(h) {
+		return "", true, fmt.Errorf("%q is not a v3 onion address (56 base32 characters, then .onion)", host)
+	}
+	return h, true, nil
+}
+
+// SameOnionService reports whether two host:port destinations name the
+// same onion service and port (subdomains, case and leading zeros aside).
+func SameOnionService(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	oa, ok1, e1 := CanonicalOnion(ha)
+	ob, ok2, e2 := CanonicalOnion(hb)
+	na, e3 := strconv.Atoi(pa)
+	nb, e4 := strconv.Atoi(pb)
+	return ok1 && ok2 && e1 == nil && e2 == nil && e3 == nil && e4 == nil && oa == ob && na == nb
 }
