@@ -85,9 +85,16 @@ type ociMemory struct {
 }
 
 type ociCPU struct {
+	Shares uint64 `json:"shares,omitempty"`
 	Quota  int64  `json:"quota"`
 	Period uint64 `json:"period"`
 }
+
+// cpuShares is the containers' CPU weight (cgroup v1 cpu.shares; runc maps
+// it to cpu.weight on v2): an eighth of a normal process's 1024, so that
+// when tor and functions want the CPU at once, tor gets it; the quota
+// still bounds what a function takes when nobody else wants it.
+const cpuShares = 128
 
 type ociPids struct {
 	Limit int64 `json:"limit"`
@@ -175,7 +182,7 @@ func (s *Sandbox) buildSpec(id string, l Limits) *ociSpec {
 			CgroupsPath: "/" + cgroupParent + "/" + id,
 			Resources: ociResources{
 				Memory:  ociMemory{Limit: l.Memory},
-				CPU:     ociCPU{Quota: max(1000, int64(l.CPU*cpuPeriod)), Period: cpuPeriod},
+				CPU:     ociCPU{Shares: cpuShares, Quota: max(1000, int64(l.CPU*cpuPeriod)), Period: cpuPeriod},
 				Pids:    ociPids{Limit: int64(l.Processes)},
 				Devices: deviceRules(),
 			},
