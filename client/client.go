@@ -48,6 +48,8 @@ type Client struct {
 	// Hops is sent in the hello: how deep in composition the caller is.
 	// bentod sets it for its functions; other clients leave it 0.
 	Hops int
+	// MaxFrame bounds a frame from the server (0: 32 MB).
+	MaxFrame int
 }
 
 // Budget is an allowance of bytes in flight.
@@ -121,6 +123,9 @@ func (c *Client) dial(ctx context.Context) (*wire.Conn, net.Conn, error) {
 	conn := wire.NewConn(nc)
 	if c.Budget != nil {
 		conn.Budget = c.Budget
+	}
+	if c.MaxFrame > 0 {
+		conn.MaxFrame = c.MaxFrame
 	}
 	if err := conn.Send(proto.THello, proto.Hello{Version: proto.Version, Hops: c.Hops}, nil); err != nil {
 		nc.Close()

@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -36,8 +37,9 @@ func main() {
 func run() int {
 	conf := flag.String("f", "/etc/bento/bentorc", "configuration file (torrc-style)")
 	verify := flag.Bool("verify-config", false, "check the configuration, print the effective policy, and exit")
+	cpuProfile := flag.String("cpu-profile", "", "write a CPU profile to this file until bentod exits (for finding what makes it busy)")
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: bentod [-f bentorc] [--verify-config]\n\n")
+		fmt.Fprintf(os.Stderr, "usage: bentod [-f bentorc] [--verify-config] [--cpu-profile FILE]\n\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -60,6 +62,18 @@ func run() int {
 	}
 	safelog.SetSafe(p.SafeLogging)
 	log := safelog.New(os.Stderr, p.LogLevel)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			log.Error("cpu profile", "err", err)
+			return 1
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Error("cpu profile", "err", err)
+			return 1
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	// bentod's own memory: Go's soft limit makes the collector work harder
 	// before the process grows past it; the service's MemoryMax is the
 	// hard ceiling (docs/operators.md).

@@ -438,11 +438,11 @@ func (p *Policy) Validate() error {
 	if d := p.Daemon; d.MaxInFlight < 2*(p.Max.Upload+64<<10) {
 		return fmt.Errorf("MaxInFlight %s must hold at least two uploads of MaxUploadSize (%s)", units.FormatSize(d.MaxInFlight), units.FormatSize(2*(p.Max.Upload+64<<10)))
 	}
-	if big := 2 * (max(p.Max.Output, p.Max.Storage, p.Max.Fetch, 1<<20) + 64<<10); p.Daemon.MaxInFlight < big {
-		return fmt.Errorf("MaxInFlight %s must hold twice the largest item a function moves (MaxOutput, MaxStorage, MaxFetchSize): at least %s", units.FormatSize(p.Daemon.MaxInFlight), units.FormatSize(big))
+	if big := 2 * max(InstanceInFlight(p.Max), p.Max.Upload+96<<10); p.Daemon.MaxInFlight < big {
+		return fmt.Errorf("MaxInFlight %s must hold what two clients' functions may have in flight at once (twice the largest of MaxOutput, MaxStorage and MaxFetchSize, each): at least %s", units.FormatSize(p.Daemon.MaxInFlight), units.FormatSize(big))
 	}
-	if d := p.Daemon; d.MaxMemory > 0 && d.MaxInFlight > d.MaxMemory/2 {
-		return fmt.Errorf("MaxInFlight %s exceeds half of MaxDaemonMemory %s: bentod needs the rest for itself", units.FormatSize(d.MaxInFlight), units.FormatSize(d.MaxMemory))
+	if d := p.Daemon; d.MaxMemory > 0 && d.MaxInFlight > d.MaxMemory/3 {
+		return fmt.Errorf("MaxInFlight %s exceeds a third of MaxDaemonMemory %s: bentod needs the rest for itself and for its collector to work without thrashing", units.FormatSize(d.MaxInFlight), units.FormatSize(d.MaxMemory))
 	}
 	if p.Daemon.MaxConnectionsPerAddr > p.Daemon.MaxConnections {
 		p.Warnings = append(p.Warnings, "MaxConnectionsPerAddress exceeds MaxConnections: one address may take every connection")
@@ -468,6 +468,13 @@ func (p *Policy) Validate() error {
 		}
 	}
 	return nil
+}
+
+// InstanceInFlight is what one instance's host calls may hold at once:
+// twice its largest item (a fetch body, a stored value, an output record),
+// one gathered and one arriving, with their headers.
+func InstanceInFlight(r Limits) int64 {
+	return 2 * (max(r.Output, r.Storage, r.Fetch, 1<<20) + 64<<10)
 }
 
 // MinCPU is the least CPU a function can be given, and the step in which

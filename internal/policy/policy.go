@@ -149,7 +149,7 @@ func Default() *Policy {
 			IdleTimeout:           60 * time.Second,
 			ConnectionLifetime:    5 * time.Minute,
 			WriteTimeout:          30 * time.Second,
-			MaxInFlight:           64 << 20,
+			MaxInFlight:           128 << 20,
 			MaxMemory:             512 << 20,
 		},
 		Composition: Composition{MaxDepth: 3, MaxInstances: 8, MaxCalls: 16},

@@ -30,6 +30,15 @@ type root struct {
 	refs      int // instances of the group alive, the root included
 }
 
+// budgetKey is the key of the byte budget a client (or its functions)
+// are charged to: its address, or one shared key for clients through Tor.
+func budgetKey(owner string) string {
+	if owner == "" {
+		return "onion"
+	}
+	return owner
+}
+
 // admission is what one instance holds of the aggregate ceilings.
 type admission struct {
 	memory int64
@@ -151,17 +160,20 @@ func (s *Server) beginCall(id string) (func(), error) {
 	}, nil
 }
 
-// clientShare is how much of the bytes in flight one client may hold: a
-// quarter of the whole, and at least one upload's worth.
+// clientShare is how much of the bytes in flight one client may hold, its
+// functions included: a quarter of the whole, and at least what one of
+// its instances may need (policy.Validate makes sure two such shares fit).
 func clientShare(p *policy.Policy) int64 {
-	return max(p.Daemon.MaxInFlight/4, p.Max.Upload+256<<10)
+	return max(p.Daemon.MaxInFlight/4, p.Max.Upload+deployLimitSlack, policy.InstanceInFlight(p.Max))
 }
 
+// deployLimitSlack is what a deploy frame holds beyond the upload.
+const deployLimitSlack = 96 << 10
+
 // instanceShare is how much of the bytes in flight one instance's host
-// calls may hold: a quarter of the whole, and at least twice its largest
-// item (one gathered, one arriving).
-func instanceShare(p *policy.Policy, r policy.Limits) int64 {
-	return max(p.Daemon.MaxInFlight/4, 2*hostFrameLimit(r))
+// calls may hold: twice its largest item (one gathered, one arriving).
+func instanceShare(r policy.Limits) int64 {
+	return policy.InstanceInFlight(r)
 }
 
 // keyedBudgets gives each client (by key) a budget of its own inside the
@@ -179,8 +191,9 @@ type keyedBudget struct {
 	refs int
 }
 
-// get returns the key's chained budget; put it back with done.
-func (k *keyedBudgets) get(key string) (*chain, func()) {
+// get returns the key's chained budget (its own, then the daemon's); put
+// it back with done. A key's budget lives while anyone holds it.
+func (k *keyedBudgets) get(key string) (chain, func()) {
 	k.mu.Lock()
 	kb := k.m[key]
 	if kb == nil {
@@ -189,38 +202,38 @@ func (k *keyedBudgets) get(key string) (*chain, func()) {
 	}
 	kb.refs++
 	k.mu.Unlock()
-	return &chain{own: kb.b, parent: k.parent}, func() {
-		k.mu.Lock()
-		if kb.refs--; kb.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
+	var once sync.Once
+	return chain{kb.b, k.parent}, func() {
+		once.Do(func() {
+			k.mu.Lock()
+			if kb.refs--; kb.refs == 0 {
+				delete(k.m, key)
+			}
+			k.mu.Unlock()
+		})
 	}
 }
 
-// chain charges a holder's own budget, then the daemon's.
-type chain struct {
-	own, parent *budget.Budget
-}
-
-func newChain(own int64, parent *budget.Budget) *chain {
-	return &chain{own: budget.New(own), parent: parent}
-}
+// chain charges budgets in order: a holder's own, its client's, the
+// daemon's.
+type chain []*budget.Budget
 
 // Acquire implements wire.Budget.
-func (c *chain) Acquire(ctx context.Context, n int64) error {
-	if err := c.own.Acquire(ctx, n); err != nil {
-		return err
-	}
-	if err := c.parent.Acquire(ctx, n); err != nil {
-		c.own.Release(n)
-		return err
+func (c chain) Acquire(ctx context.Context, n int64) error {
+	for i, b := range c {
+		if err := b.Acquire(ctx, n); err != nil {
+			for j := i - 1; j >= 0; j-- {
+				c[j].Release(n)
+			}
+			return err
+		}
 	}
 	return nil
 }
 
 // Release implements wire.Budget.
-func (c *chain) Release(n int64) {
-	c.parent.Release(n)
-	c.own.Release(n)
+func (c chain) Release(n int64) {
+	for i := len(c) - 1; i >= 0; i-- {
+		c[i].Release(n)
+	}
 }

@@ -106,18 +106,25 @@ func (s *Server) recoverPanic(where string) {
 // function of this bentod opened onto it (composition): what it deploys is
 // charged to that function's client and root.
 func (s *Server) handle(nc net.Conn, o *origin, onion bool) {
+	// The frame being handled goes back to the budget whatever happens
+	// (Release is idempotent), a panic included.
+	var cur *wire.Frame
+	defer func() { cur.Release() }()
 	defer s.recoverPanic("serving a client")
 	defer nc.Close()
 	p := s.policy()
 	d := p.Daemon
+	// Bytes in flight are charged to the client: by address, one key for
+	// everyone through Tor, and a function's own composition calls to the
+	// client that deployed it.
 	var key string
 	switch {
 	case o != nil:
-		key = "self:" + o.root
+		key = budgetKey(o.owner)
 	case onion:
-		key = "onion"
+		key = budgetKey("")
 	default:
-		key = netlimit.AddrKey(nc.RemoteAddr())
+		key = budgetKey(clientKey(nc.RemoteAddr()))
 	}
 	log := s.log.With("client", safelog.Addr(nc.RemoteAddr().String()))
 	bud, done := s.budgets.get(key)
@@ -169,6 +176,9 @@ func (s *Server) handle(nc net.Conn, o *origin, onion bool) {
 	if err := send(proto.TWelcome, proto.Welcome{Version: proto.Version, Server: Version}); err != nil {
 		return
 	}
+	netlimit.Prove(nc)
+	// A request whose bytes are arriving is work in progress, not idleness.
+	conn.OnFrame = func(uint8, int) { netlimit.SetIdle(nc, false) }
 	who := origin{depth: hello.Hops}
 	switch {
 	case o != nil:
@@ -194,6 +204,7 @@ func (s *Server) handle(nc net.Conn, o *origin, onion bool) {
 		netlimit.SetIdle(nc, true) // may be closed to make room until a request is in
 		f, err := conn.Read()
 		netlimit.SetIdle(nc, false)
+		cur = f
 		if err != nil {
 			var te *wire.TypeError
 			var se *wire.SizeError
@@ -267,17 +278,12 @@ func minTime(a, b time.Time) time.Time {
 	return b
 }
 
-// clientKey is the address per-client fairness counts by: the client's IP
-// (an IPv6 client's /64), or "" for clients that come through the relay's
-// tor on loopback, who cannot be told apart.
+// clientKey is the address per-client fairness counts by on the direct
+// listener: the client's IPv4 address or IPv6 prefix. (Clients through
+// bentod's onion service arrive on a listener of their own and have none.)
 func clientKey(a net.Addr) string {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok {
-		return ""
-	}
-	ip, _ := netip.AddrFromSlice(ta.IP)
-	if ip.Unmap() == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || ip == netip.IPv6Loopback() {
-		return ""
+	if _, ok := a.(*net.TCPAddr); !ok {
+		return "local"
 	}
 	return netlimit.AddrKey(a)
 }

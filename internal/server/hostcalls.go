@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -9,7 +10,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -93,7 +96,7 @@ func (in *Instance) dispatch(rt *runtime, call proto.Call, f *wire.Frame) {
 		} else if result != nil {
 			rep.Result, _ = json.Marshal(result)
 		}
-		_ = rt.conn.Send(proto.HReply, rep, bulk)
+		_ = rt.send(proto.HReply, rep, bulk)
 	}
 	finish := func(res any, bulk []byte, err error) {
 		if err != errStopped {
@@ -144,6 +147,13 @@ func (in *Instance) dispatch(rt *runtime, call proto.Call, f *wire.Frame) {
 			finish(nil, nil, fmt.Errorf("random: n must be 0-1048576"))
 			return
 		}
+		ctx, cancel := h.ctx(30 * time.Second)
+		err := h.hold(ctx, int64(a.N))
+		cancel()
+		if err != nil {
+			finish(nil, nil, fmt.Errorf("random: %w", err))
+			return
+		}
 		b := make([]byte, a.N)
 		_, _ = rand.Read(b)
 		finish(nil, b, nil)
@@ -160,7 +170,12 @@ func (in *Instance) dispatch(rt *runtime, call proto.Call, f *wire.Frame) {
 	case "recv", "sleep", "http.fetch", "tor.fetch", "tor.control", "tor.event", "bento.deploy", "bento.invoke", "bento.shutdown",
 		"tor.listen", "tor.accept", "tor.dial", "tor.read", "tor.write", "tor.close", "tor.splice":
 		go func() {
-			defer in.srv.recoverPanic("a host call")
+			defer func() {
+				if r := recover(); r != nil {
+					in.srv.log.Error("internal error in a host call (a bug: please report it)", "call", call.Name, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+					finish(nil, nil, fmt.Errorf("bentod failed while carrying out %s; retry later", call.Name))
+				}
+			}()
 			res, bulk, err := h.blocking(call.Name)
 			finish(res, bulk, err)
 		}()
@@ -216,8 +231,18 @@ func (h *hostCall) storage(name string) (any, []byte, error) {
 			return nil, nil, internal(err)
 		}
 		return nil, nil, nil
-	default: // keys
-		return map[string][]string{"keys": in.store.Keys()}, nil, nil
+	default: // keys: in the body, charged to the instance
+		keys := in.store.Keys()
+		n := 0
+		for _, k := range keys {
+			n += 2 + len(k)
+		}
+		ctx, cancel := h.ctx(30 * time.Second)
+		defer cancel()
+		if err := h.hold(ctx, int64(n)); err != nil {
+			return nil, nil, fmt.Errorf("storage: %w", err)
+		}
+		return nil, proto.EncodeKeys(keys), nil
 	}
 }
 
@@ -339,18 +364,35 @@ func (h *hostCall) torDialer() (*checkedTor, error) {
 	if p == "" {
 		return nil, errors.New("this node has no Tor SOCKS port (TorSocksPort)")
 	}
-	return &checkedTor{d: &socks.Dialer{Proxy: p, Username: h.in.socksUser(), Password: "bento"}, pols: h.policies()}, nil
+	return &checkedTor{d: &socks.Dialer{Proxy: p, Username: h.in.socksUser(), Password: "bento"}, pols: h.policies(), own: h.in.srv.Onion()}, nil
 }
 
 // checkedTor is a SOCKS dialer that refuses destinations the policies
-// reject.
+// reject, and this bentod's own onion service (a function reaches its own
+// box with remote.*, which charges what it starts to its client).
 type checkedTor struct {
 	d    *socks.Dialer
 	pols []*exitpolicy.Policy
+	own  string // bentod's onion service, host:port
+}
+
+func (c *checkedTor) check(addr string) error {
+	if err := netcheck.CheckTor(c.pols, addr); err != nil {
+		return err
+	}
+	if host, _, _ := net.SplitHostPort(addr); c.own != "" {
+		ownHost, _, _ := net.SplitHostPort(c.own)
+		o1, ok1, _ := netcheck.CanonicalOnion(host)
+		o2, _, _ := netcheck.CanonicalOnion(ownHost)
+		if ok1 && o1 == o2 {
+			return &netcheck.DeniedError{Dest: addr, Why: "it is this box's own onion service (use remote.* to reach this box)"}
+		}
+	}
+	return nil
 }
 
 func (c *checkedTor) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	if err := netcheck.CheckTor(c.pols, addr); err != nil {
+	if err := c.check(addr); err != nil {
 		return nil, err
 	}
 	return c.d.DialContext(ctx, network, addr)
@@ -387,7 +429,7 @@ func (h *hostCall) fetch(viaTor bool) (any, []byte, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", name, err)
 		}
-		if err := netcheck.CheckTor(td.pols, hostPort(u)); err != nil {
+		if err := td.check(hostPort(u)); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", name, err)
 		}
 		dial = td.DialContext
@@ -415,7 +457,7 @@ func (h *hostCall) fetch(viaTor bool) (any, []byte, error) {
 	}
 	var body io.Reader
 	if len(h.body) > 0 {
-		body = strings.NewReader(string(h.body))
+		body = bytes.NewReader(h.body)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, a.URL, body)
 	if err != nil {
@@ -475,6 +517,9 @@ func (h *hostCall) readLimited(ctx context.Context, r io.Reader, limit int64) ([
 		}
 		n, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
+		if werr := h.in.io.wait(ctx, n); werr != nil {
+			return nil, werr
+		}
 		if int64(len(buf)) > limit {
 			return nil, errTooBig
 		}
@@ -536,7 +581,8 @@ func (h *hostCall) remote(name string) (any, []byte, error) {
 		return nil, nil, fmt.Errorf("%s: server %q is not HOST:PORT", short, truncate(a.Server, 100))
 	}
 	in := h.in
-	cl := &client.Client{Addr: a.Server, Budget: in.budget, Hops: in.depth + 1, MaxOutput: in.m.Resources.Fetch}
+	cl := &client.Client{Addr: a.Server, Budget: in.budget, Hops: in.depth + 1, MaxOutput: in.m.Resources.Fetch,
+		MaxFrame: int(hostFrameLimit(in.m.Resources))}
 	if strings.HasSuffix(strings.ToLower(host), ".onion") {
 		// A server published as an onion service is reached through Tor
 		// (this bentod's own: in process).
@@ -547,7 +593,7 @@ func (h *hostCall) remote(name string) (any, []byte, error) {
 		if err := netcheck.CheckTor(td.pols, a.Server); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", short, err)
 		}
-		if own := in.srv.Onion(); own != "" && strings.EqualFold(own, a.Server) {
+		if own := in.srv.Onion(); own != "" && netcheck.SameOnionService(own, a.Server) {
 			cl.Dialer = selfDialer{in}
 		} else {
 			cl.Dialer = td
@@ -558,7 +604,9 @@ func (h *hostCall) remote(name string) (any, []byte, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", short, err)
 		}
-		cl.Dialer = dialer
+		// The addresses checked are the ones dialled: no second lookup
+		// (DNS rebinding) between the check and the connection.
+		cl.Dialer = pinnedDialer{addrs: addrs, next: in.srv.transport}
 		for _, ap := range addrs {
 			if in.srv.self.is(ap) {
 				cl.Dialer = selfDialer{in}
@@ -613,7 +661,6 @@ func (h *hostCall) collect(ctx context.Context, cl *client.Client, token string,
 		return nil, &client.ConnError{Err: err}
 	}
 	var out []byte
-	var held int64
 	limit := h.in.m.Resources.Fetch
 	for {
 		data, exit, err := s.Recv()
@@ -626,19 +673,44 @@ func (h *hostCall) collect(ctx context.Context, cl *client.Client, token string,
 			}
 			return out, nil
 		}
+		if err := h.in.io.wait(ctx, len(data)); err != nil {
+			return nil, err
+		}
 		need := int64(len(out) + len(data))
 		if need > limit {
 			return nil, fmt.Errorf("its output exceeds %s (MaxFetchSize)", units.FormatSize(limit))
 		}
-		if need > held {
-			grow := max(need-held, 64<<10)
-			if err := h.hold(ctx, grow); err != nil {
+		if need > int64(cap(out)) {
+			// Grow by doubling, each new buffer charged before it exists.
+			size := min(max(need, 2*int64(cap(out)), 64<<10), limit)
+			if err := h.hold(ctx, size); err != nil {
 				return nil, err
 			}
-			held += grow
+			nb := make([]byte, len(out), size)
+			copy(nb, out)
+			out = nb
 		}
 		out = append(out, data...)
 	}
+}
+
+// pinnedDialer dials only the addresses a check accepted, whatever
+// address it is asked for.
+type pinnedDialer struct {
+	addrs []netip.AddrPort
+	next  netcheck.Dialer
+}
+
+func (d pinnedDialer) DialContext(ctx context.Context, network, _ string) (net.Conn, error) {
+	var last error
+	for _, a := range d.addrs {
+		c, err := d.next.DialContext(ctx, "tcp", a.String())
+		if err == nil {
+			return c, nil
+		}
+		last = err
+	}
+	return nil, last
 }
 
 // selfDialer connects a function to this very bentod, in process.

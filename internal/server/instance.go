@@ -8,12 +8,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/torbento/bento/internal/budget"
 	"github.com/torbento/bento/internal/kvstore"
 	"github.com/torbento/bento/internal/manifest"
 	"github.com/torbento/bento/internal/policy"
@@ -52,8 +54,11 @@ type Instance struct {
 	depth        int    // composition depth
 	adm          *admission
 	store        *kvstore.Store
-	budget       *chain // host-call data in flight
+	budget       chain        // host-call data in flight: the instance's, its client's, the daemon's
+	budgetDone   func()       // gives the client's budget back
+	io           *rateLimiter // host-call data moved, per second
 
+	logMu      sync.Mutex // the function's log files
 	mu         sync.Mutex
 	rt         *runtime      // the running container; nil while (re)starting
 	rtReady    chan struct{} // closed when rt is set
@@ -65,6 +70,7 @@ type Instance struct {
 	outputHeld int64 // retained output and logs, with framing, charged to Output
 	logHeld    int64 // the part of outputHeld that is the function's log
 	exiting    bool  // the function called exit()
+	keepData   bool  // the stored data could not be opened: never delete it
 	endReason  string
 	endReq     chan struct{} // closed when the instance is to end
 	ended      chan struct{} // closed when it has ended
@@ -78,9 +84,26 @@ type Instance struct {
 // runtime is one container running the instance's code.
 type runtime struct {
 	c     *sandbox.Container
+	host  *os.File // bentod's end of the host-API socket
 	conn  *wire.Conn
+	in    *Instance
 	stop  string       // why bentod stopped it (guarded by the instance's mu)
 	calls atomic.Int32 // host calls in progress
+}
+
+// hostWriteTimeout bounds a write to a runner: one that stops reading is
+// stopped, never waited for.
+const hostWriteTimeout = 30 * time.Second
+
+// send writes a frame to the runner within hostWriteTimeout.
+func (rt *runtime) send(t uint8, hdr any, body []byte) error {
+	_ = rt.host.SetWriteDeadline(time.Now().Add(hostWriteTimeout))
+	err := rt.conn.Send(t, hdr, body)
+	var ne interface{ Timeout() bool }
+	if errors.As(err, &ne) && ne.Timeout() {
+		rt.in.stopRuntime(rt, "host API protocol violation: the runner stopped reading")
+	}
+	return err
 }
 
 // exited is closed when the runtime's container has ended.
@@ -101,6 +124,7 @@ type session struct {
 	readers  int           // clients attached
 	cpuStart time.Duration // the runtime's CPU time when it began
 	limitHit string        // a limit of this invocation was reached
+	start    func()        // sends the invocation to the runner (once, by newSession's caller)
 	cancelAt time.Time     // when bentod asked the runner to cancel it
 	done     bool
 	doneAt   time.Time
@@ -149,7 +173,9 @@ func newInstance(s *Server, id string, m *manifest.Manifest, text string, o orig
 		sessions: map[string]*session{}, byInv: map[uint64]*session{},
 		endReq: make(chan struct{}), ended: make(chan struct{}),
 	}
-	in.budget = newChain(instanceShare(s.policy(), m.Resources), s.inflight)
+	client, done := s.budgets.get(budgetKey(o.owner))
+	in.budget, in.budgetDone = append(chain{budget.New(instanceShare(m.Resources))}, client...), done
+	in.io = newRateLimiter(max(1<<20, m.Resources.CPU*ioPerCore))
 	return in
 }
 
@@ -168,7 +194,7 @@ func (in *Instance) openStore() error {
 // hostFrameLimit bounds a frame from the runner: the largest item a host
 // call carries (output, a stored value, a fetch body) and its header.
 func hostFrameLimit(r policy.Limits) int64 {
-	return max(r.Output, r.Storage, r.Fetch, 1<<20) + 64<<10
+	return policy.InstanceInFlight(r) / 2
 }
 
 // startRuntime starts a container and loads the function into it.
@@ -200,9 +226,12 @@ func (in *Instance) startRuntime(ctx context.Context, files map[string][]byte) (
 		host.Close()
 		return nil, fmt.Errorf("starting sandbox: %w", err)
 	}
-	rt := &runtime{c: c, conn: wire.NewConn(host)}
+	rt := &runtime{c: c, host: host, conn: wire.NewConn(host), in: in}
 	rt.conn.MaxFrame = int(hostFrameLimit(r))
 	rt.conn.Budget = in.budget
+	// A runner whose frame waits for the budget waits (back-pressure on
+	// that function), it is never killed for it.
+	rt.conn.BudgetWait = r.Lifetime
 	rt.conn.Limit = func(t uint8) int {
 		switch t {
 		case proto.HReady:
@@ -218,8 +247,9 @@ func (in *Instance) startRuntime(ctx context.Context, files map[string][]byte) (
 		return nil, err
 	}
 	ents, body := proto.PackFiles(files)
-	init := proto.Init{Version: proto.HostAPIVersion, Name: in.m.Name, Entry: in.m.Entry, Function: in.m.Function, Steps: r.Steps, Files: ents}
-	if err := rt.conn.Send(proto.HInit, init, body); err != nil {
+	init := proto.Init{Version: proto.HostAPIVersion, Name: in.m.Name, Entry: in.m.Entry, Function: in.m.Function, Steps: r.Steps, Files: ents,
+		MaxBody: hostFrameLimit(r) - 64<<10}
+	if err := rt.send(proto.HInit, init, body); err != nil {
 		return fail(in.startFailure(rt, err))
 	}
 	type res struct {
@@ -246,8 +276,18 @@ func (in *Instance) startRuntime(ctx context.Context, files map[string][]byte) (
 			return fail(&loadError{ready.Error})
 		}
 	case <-time.After(15 * time.Second):
+		go func() { // a late ready frame gives its bytes back
+			if rr := <-ch; rr.f != nil {
+				rr.f.Release()
+			}
+		}()
 		return fail(fmt.Errorf("function did not load within 15s"))
 	case <-ctx.Done():
+		go func() {
+			if rr := <-ch; rr.f != nil {
+				rr.f.Release()
+			}
+		}()
 		return fail(ctx.Err())
 	}
 	go in.monitor(rt)
@@ -268,12 +308,20 @@ func (in *Instance) startFailure(rt *runtime, err error) error {
 	}
 }
 
-// setRuntime makes rt the instance's running container.
+// setRuntime makes rt the instance's running container, unless the
+// instance is ending (its end came while rt was starting): then rt is
+// stopped at once, and run tears the instance down.
 func (in *Instance) setRuntime(rt *runtime) {
 	in.mu.Lock()
-	in.rt = rt
-	close(in.rtReady)
+	ending := in.endReason != ""
+	if !ending {
+		in.rt = rt
+		close(in.rtReady)
+	}
 	in.mu.Unlock()
+	if ending {
+		rt.c.Kill()
+	}
 }
 
 // run serves the instance until it ends: the host API of each runtime,
@@ -293,10 +341,25 @@ func (in *Instance) run() {
 	rt := in.rt
 	in.mu.Unlock()
 	if rt == nil {
-		// Restored: the containers of the earlier bentod must be gone first.
+		// Restored: the containers of the earlier bentod must be gone
+		// first, then the stored data is opened (moved from bentod 0.1's
+		// layout on the way).
 		select {
 		case <-in.srv.reaped:
 		case <-in.endReq:
+		}
+		if in.store == nil {
+			err := migrateStorage(in.dir, in.m.Resources.Storage)
+			if err == nil {
+				err = in.openStore()
+			}
+			if err != nil {
+				in.log.Warn("the instance's stored data could not be read; it is kept for the next start", "instance", in.id, "err", err)
+				in.mu.Lock()
+				in.keepData = true
+				in.mu.Unlock()
+				in.end("its stored data could not be read (the operator's log says why)")
+			}
 		}
 	}
 	failed := false
@@ -328,13 +391,20 @@ func (in *Instance) run() {
 		files, err := in.loadFiles()
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			go func() {
+				select {
+				case <-in.endReq:
+					cancel() // the end came while it starts
+				case <-ctx.Done():
+				}
+			}()
 			rt, err = in.startRuntime(ctx, files)
 			cancel()
 		}
 		if err != nil {
 			in.log.Warn("starting the function's runner failed", "instance", in.id, "err", err)
 			in.mu.Lock()
-			in.lastStop = "it could not start: " + err.Error()
+			in.lastStop = "it could not start: " + startFailureForClient(err)
 			in.mu.Unlock()
 			rt, failed = nil, true
 			continue
@@ -402,7 +472,7 @@ func (in *Instance) serve(rt *runtime) {
 				in.stopRuntime(rt, fmt.Sprintf("host API protocol violation: more than %d host calls at once", maxCalls))
 				continue
 			}
-			in.dispatch(rt, call, f)
+			in.dispatchSafely(rt, call, f)
 		case proto.HDone:
 			var d proto.Done
 			if err := f.Unmarshal(&d); err != nil {
@@ -419,9 +489,24 @@ func (in *Instance) serve(rt *runtime) {
 	}
 }
 
+// dispatchSafely is dispatch, with a bug in a host call contained: it is
+// logged, the runtime that made the call is stopped (and replaced), and
+// bentod and the instance go on.
+func (in *Instance) dispatchSafely(rt *runtime, call proto.Call, f *wire.Frame) {
+	defer func() {
+		if r := recover(); r != nil {
+			f.Release()
+			in.srv.log.Error("internal error in a host call (a bug: please report it); the function's runner is restarted", "call", call.Name, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			in.stopRuntime(rt, "bentod failed while carrying out "+truncate(call.Name, 40))
+		}
+	}()
+	in.dispatch(rt, call, f)
+}
+
 // monitor enforces the CPU-time limit of each invocation and the process
 // limit, from the cgroups' own accounting.
 func (in *Instance) monitor(rt *runtime) {
+	defer in.srv.recoverPanic("the instance monitor")
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	limit := in.m.Resources.CPUTime
@@ -454,7 +539,7 @@ func (in *Instance) monitor(rt *runtime) {
 		}
 		in.mu.Unlock()
 		for _, inv := range cancel {
-			_ = rt.conn.Send(proto.HCancel, proto.Cancel{Inv: inv, Reason: reason}, nil)
+			_ = rt.send(proto.HCancel, proto.Cancel{Inv: inv, Reason: reason}, nil)
 		}
 		if stop {
 			in.stopRuntime(rt, reason)
@@ -576,23 +661,28 @@ func (in *Instance) teardown(reason string) {
 		}
 		cancel()
 	}
-	keep := false
+	in.mu.Lock()
+	keep := in.keepData
+	in.mu.Unlock()
 	select {
 	case <-in.srv.closed:
-		keep = in.srv.restore && reason == "bentod is shutting down"
+		keep = keep || in.srv.restore && reason == "bentod is shutting down"
 	default:
 	}
 	if in.store != nil {
 		in.store.Close()
 	}
 	if !keep {
-		_ = os.Remove(in.storagePath())
+		// The record first: a crash between the two leaves no instance
+		// that would come back without its data.
 		_ = os.Remove(filepath.Join(in.dir, recordFile))
+		_ = os.Remove(in.storagePath())
 	}
 	_ = os.Remove(filepath.Join(in.dir, "function.log"))
 	_ = os.Remove(filepath.Join(in.dir, "function.log.1"))
 	close(in.ended)
 	in.srv.unadmit(in.adm)
+	in.budgetDone()
 	if keep {
 		in.log.Info("instance stopped; it will be restored", "instance", in.id)
 	} else {
@@ -691,10 +781,10 @@ func (in *Instance) newSession(args json.RawMessage) (*session, error) {
 	if len(args) == 0 {
 		args = json.RawMessage("[]")
 	}
-	if err := rt.conn.Send(proto.HInvoke, proto.HostInvoke{Inv: s.inv, Args: args}, nil); err != nil {
-		// The runtime is going away; runtimeGone ends this session.
-		return s, nil
-	}
+	// Sent by the caller, without the lock: a runner slow to read must not
+	// hold up the instance. (If the runtime is going away, runtimeGone ends
+	// the session.)
+	s.start = func() { _ = rt.send(proto.HInvoke, proto.HostInvoke{Inv: s.inv, Args: args}, nil) }
 	return s, nil
 }
 
@@ -810,30 +900,45 @@ func (in *Instance) appendLog(msg string) error {
 	line := time.Now().UTC().Format(time.RFC3339) + " " + msg + "\n"
 	cost := int64(len(line))
 	path := filepath.Join(in.dir, "function.log")
+	// File work under the log's own lock, never the instance's.
+	in.logMu.Lock()
+	defer in.logMu.Unlock()
 	in.mu.Lock()
-	defer in.mu.Unlock()
-	if in.logHeld+cost > logKept {
-		// Rotate: the older half goes.
+	rotate := in.logHeld+cost > logKept
+	in.mu.Unlock()
+	if rotate {
+		// The older half goes.
+		var gone int64
 		if st, err := os.Stat(path + ".1"); err == nil {
-			in.logHeld -= st.Size()
-			in.outputHeld -= st.Size()
+			gone = st.Size()
 		}
 		_ = os.Rename(path, path+".1")
+		in.mu.Lock()
+		in.logHeld -= gone
+		in.outputHeld -= gone
+		in.mu.Unlock()
 	}
+	in.mu.Lock()
 	if in.outputHeld+cost > in.m.Resources.Output {
 		in.pruneSessionsLocked(time.Now(), cost)
-		if in.outputHeld+cost > in.m.Resources.Output {
-			return fmt.Errorf("%w (%s)", errOutputLimit, units.FormatSize(in.m.Resources.Output))
-		}
 	}
+	if in.outputHeld+cost > in.m.Resources.Output {
+		in.mu.Unlock()
+		return fmt.Errorf("%w (%s)", errOutputLimit, units.FormatSize(in.m.Resources.Output))
+	}
+	in.logHeld += cost
+	in.outputHeld += cost
+	in.mu.Unlock()
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil // logs are best effort
+	if err == nil {
+		_, err = f.WriteString(line)
+		f.Close()
 	}
-	defer f.Close()
-	if _, err := f.WriteString(line); err == nil {
-		in.logHeld += cost
-		in.outputHeld += cost
+	if err != nil { // logs are best effort: give the charge back
+		in.mu.Lock()
+		in.logHeld -= cost
+		in.outputHeld -= cost
+		in.mu.Unlock()
 	}
 	in.log.Debug("function log", "instance", in.id, "len", len(msg))
 	return nil

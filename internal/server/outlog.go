@@ -182,7 +182,7 @@ func (l *outLog) validOffset(off int64) error {
 	}
 	f, err := l.reader()
 	if err != nil {
-		return err
+		return errors.New("the session's output cannot be read now; retry later")
 	}
 	defer f.Close()
 	br := bufio.NewReaderSize(io.NewSectionReader(f, start, size-start), 16<<10)
@@ -190,11 +190,11 @@ func (l *outLog) validOffset(off int64) error {
 	var hdr [recHeader]byte
 	for pos < off {
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
-			return err
+			return errors.New("the session's output cannot be read now; retry later")
 		}
 		n := int64(binary.BigEndian.Uint32(hdr[1:]))
 		if _, err := br.Discard(int(min(n, off-pos))); err != nil {
-			return err
+			return errors.New("the session's output cannot be read now; retry later")
 		}
 		pos += recHeader + n
 	}

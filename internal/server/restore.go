@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,15 +20,21 @@ import (
 const recordFile = "record.json"
 
 type record struct {
-	ID       string            `json:"id"`
-	Manifest string            `json:"manifest"`
-	Files    map[string][]byte `json:"files"`
-	InvHash  string            `json:"inv_hash"`
-	ShutHash string            `json:"shut_hash"`
-	Created  time.Time         `json:"created"`
-	Owner    string            `json:"owner,omitempty"`
-	Root     string            `json:"root,omitempty"`
-	Depth    int               `json:"depth,omitempty"`
+	recordHead
+	Files map[string][]byte `json:"files"`
+}
+
+// recordHead is a record without the function's files: what a restart
+// reads of every instance (the files are read when its runner starts).
+type recordHead struct {
+	ID       string    `json:"id"`
+	Manifest string    `json:"manifest"`
+	InvHash  string    `json:"inv_hash"`
+	ShutHash string    `json:"shut_hash"`
+	Created  time.Time `json:"created"`
+	Owner    string    `json:"owner,omitempty"`
+	Root     string    `json:"root,omitempty"`
+	Depth    int       `json:"depth,omitempty"`
 }
 
 // saveRecord writes the instance's record: to a temporary file, synced,
@@ -38,9 +45,9 @@ func (in *Instance) saveRecord(files map[string][]byte) error {
 	if in.root != in.id {
 		root = in.root
 	}
-	r := record{ID: in.id, Manifest: in.manifestText, Files: files,
+	r := record{recordHead: recordHead{ID: in.id, Manifest: in.manifestText,
 		InvHash: hex.EncodeToString(in.invHash[:]), ShutHash: hex.EncodeToString(in.shutHash[:]), Created: in.created,
-		Owner: in.owner, Root: root, Depth: in.depth}
+		Owner: in.owner, Root: root, Depth: in.depth}, Files: files}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -102,20 +109,31 @@ func parseHash(s string) (tokenHash, bool) {
 // clients hear what happened.
 func (s *Server) recoverInstances() {
 	ents, _ := os.ReadDir(s.instDir)
-	var recs []record
+	var recs []recordHead
 	for _, e := range ents {
 		dir := filepath.Join(s.instDir, e.Name())
 		b, err := os.ReadFile(filepath.Join(dir, recordFile))
-		var rec record
-		if err != nil || json.Unmarshal(b, &rec) != nil || rec.ID != e.Name() {
-			// A deploy that never reached its client: nobody holds its tokens.
+		var rec recordHead
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			// A deploy that never reached its client: nobody holds its
+			// tokens.
+			_ = os.RemoveAll(dir)
+			continue
+		case err != nil:
+			// The disk or the descriptors failed us: the data stays for
+			// the next start.
+			s.log.Warn("instance record unreadable; kept for the next start", "instance", e.Name(), "err", err)
+			continue
+		case json.Unmarshal(b, &rec) != nil || rec.ID != e.Name():
+			s.log.Warn("instance record damaged; removed", "instance", e.Name())
 			_ = os.RemoveAll(dir)
 			continue
 		}
 		recs = append(recs, rec)
 	}
 	// Roots first, so that their functions' instances find them.
-	ordered := make([]record, 0, len(recs))
+	ordered := make([]recordHead, 0, len(recs))
 	for _, pass := range []bool{true, false} {
 		for _, r := range recs {
 			if (r.Root == "") == pass {
@@ -127,14 +145,18 @@ func (s *Server) recoverInstances() {
 	for _, rec := range ordered {
 		dir := filepath.Join(s.instDir, rec.ID)
 		why := "bentod restarted and this node does not restore instances (RestoreInstances 0)"
+		keep := false
 		if s.restore {
 			err := s.restoreInstance(rec, dir)
 			if err == nil {
 				restored++
 				continue
 			}
-			why = "bentod restarted and could not take it back: " + err.Error()
-			s.log.Warn("instance not restored", "instance", rec.ID, "err", err)
+			var re *restoreError
+			if errors.As(err, &re) {
+				why, keep = "bentod restarted and could not take it back: "+re.why, re.keep
+			}
+			s.log.Warn("instance not restored", "instance", rec.ID, "err", err, "data_kept", keep)
 		}
 		lost++
 		for _, hs := range []string{rec.InvHash, rec.ShutHash} {
@@ -142,30 +164,48 @@ func (s *Server) recoverInstances() {
 				s.lost[h] = "the instance ended: " + why
 			}
 		}
-		_ = os.RemoveAll(dir)
+		if !keep {
+			_ = os.RemoveAll(dir)
+		}
 	}
 	if restored+lost > 0 {
 		safelog.Notice(s.log, "instances of an earlier bentod", "restored", restored, "ended", lost)
 	}
 }
 
-func (s *Server) restoreInstance(rec record, dir string) error {
+// restoreError says why an instance was not restored, in words for its
+// clients, and whether its data stays on disk for a later start.
+type restoreError struct {
+	why  string
+	keep bool
+	err  error // for the operator's log
+}
+
+func (e *restoreError) Error() string {
+	if e.err != nil {
+		return e.why + ": " + e.err.Error()
+	}
+	return e.why
+}
+
+func (s *Server) restoreInstance(rec recordHead, dir string) error {
 	p := s.policy()
 	m, err := manifest.Parse([]byte(rec.Manifest))
 	if err != nil {
-		return err
+		return &restoreError{why: "its manifest no longer parses", err: err}
 	}
 	m.Resolve(p)
 	if vs := manifest.Check(m, p); len(vs) > 0 {
-		return fmt.Errorf("the node's policy no longer allows it (%s)", vs[0].Item)
+		// The operator's choice: the policy changed.
+		return &restoreError{why: fmt.Sprintf("the node's policy no longer allows it (%s)", vs[0].Item)}
 	}
 	if time.Since(rec.Created) >= m.Resources.Lifetime {
-		return fmt.Errorf("its lifetime ended while bentod was down")
+		return &restoreError{why: "its lifetime ended while bentod was down"}
 	}
 	invHash, ok1 := parseHash(rec.InvHash)
 	shutHash, ok2 := parseHash(rec.ShutHash)
 	if !ok1 || !ok2 {
-		return fmt.Errorf("damaged record")
+		return &restoreError{why: "its record is damaged"}
 	}
 	o := origin{owner: rec.Owner, root: rec.Root, depth: rec.Depth}
 	if o.root != "" {
@@ -178,20 +218,15 @@ func (s *Server) restoreInstance(rec record, dir string) error {
 	}
 	adm, perr := s.admit(m, o, rec.ID)
 	if perr != nil {
-		return fmt.Errorf("%s", perr.Message)
+		// The box is fuller than it was (or smaller): the data waits for
+		// a start that has room, within its lifetime.
+		return &restoreError{why: perr.Message, keep: true}
 	}
 	in := newInstance(s, rec.ID, m, rec.Manifest, o, adm)
 	in.invHash, in.shutHash, in.created = invHash, shutHash, rec.Created
-	// Sessions of the old bentod are gone with it; stored data stays.
+	// Sessions of the old bentod are gone with it; stored data stays, and
+	// is opened by run (not here: a restarted bentod serves at once).
 	_ = os.RemoveAll(filepath.Join(dir, "sessions"))
-	if err := migrateStorage(dir, m.Resources.Storage); err != nil {
-		s.unadmit(adm)
-		return fmt.Errorf("its stored data could not be read: %w", err)
-	}
-	if err := in.openStore(); err != nil {
-		s.unadmit(adm)
-		return fmt.Errorf("its stored data could not be read: %w", err)
-	}
 	s.launch(in)
 	return nil
 }

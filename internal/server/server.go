@@ -33,6 +33,7 @@ import (
 	"github.com/torbento/bento/internal/sandbox"
 	"github.com/torbento/bento/internal/torfw"
 	"github.com/torbento/bento/internal/torlink"
+	"github.com/torbento/bento/internal/units"
 )
 
 // Version is reported to clients.
@@ -147,6 +148,7 @@ func New(opts Options) (*Server, error) {
 // restored instances start. Run it once the listeners serve.
 func (s *Server) Recover() {
 	defer close(s.reaped)
+	defer s.recoverPanic("reaping old containers")
 	if n := s.sb.ReapIDs(s.stale); n > 0 {
 		safelog.Notice(s.log, "removed containers left by an earlier bentod", "count", n)
 	}
@@ -156,8 +158,15 @@ func (s *Server) policy() *policy.Policy { return s.pol.Load() }
 
 // SetPolicy replaces the policy (SIGHUP). Running instances keep what they
 // were admitted with; host calls are checked against the new policy.
-// Connection limits and budgets keep their values until a restart.
-func (s *Server) SetPolicy(p *policy.Policy) { s.pol.Store(p) }
+// Connection limits and budgets keep their values until a restart: the
+// operator is warned when the new ceilings need more than they hold.
+func (s *Server) SetPolicy(p *policy.Policy) {
+	if need := clientShare(p); need > s.budgets.per {
+		s.log.Warn("the new policy's MaxUploadSize, MaxOutput, MaxStorage or MaxFetchSize need more bytes in flight than bentod reserved at start; restart bentod for them to take full effect",
+			"per_client_now", units.FormatSize(s.budgets.per), "needed", units.FormatSize(need))
+	}
+	s.pol.Store(p)
+}
 
 // SetTor connects the server to the tor beside it: functions' tor.control
 // calls go through a control-port firewall on this link. Call it before
@@ -256,6 +265,7 @@ func (s *Server) Close() {
 // janitor forgets ended instances once their output retention is over, and
 // finished sessions whose retention is over.
 func (s *Server) janitor() {
+	defer s.recoverPanic("the janitor")
 	t := time.NewTicker(30 * time.Second)
 	defer t.Stop()
 	for {
@@ -264,9 +274,16 @@ func (s *Server) janitor() {
 			return
 		case <-t.C:
 		}
+		// The list first, then each instance on its own: never an
+		// instance's lock under the server's.
 		s.mu.Lock()
-		var old, live []*Instance
+		all := make([]*Instance, 0, len(s.instances))
 		for _, in := range s.instances {
+			all = append(all, in)
+		}
+		s.mu.Unlock()
+		var old, live []*Instance
+		for _, in := range all {
 			in.mu.Lock()
 			if !in.endedAt.IsZero() && time.Since(in.endedAt) > OutputRetention {
 				old = append(old, in)
@@ -275,7 +292,6 @@ func (s *Server) janitor() {
 			}
 			in.mu.Unlock()
 		}
-		s.mu.Unlock()
 		for _, in := range old {
 			s.forget(in)
 		}
@@ -298,7 +314,13 @@ func (s *Server) forget(in *Instance) {
 	for _, ss := range in.sessions {
 		ss.out.discard("the instance ended more than 10 minutes ago")
 	}
+	keep := in.keepData
 	in.mu.Unlock()
+	if keep {
+		// Data bentod could not open stays for the next start.
+		_ = os.RemoveAll(filepath.Join(in.dir, "sessions"))
+		return
+	}
 	_ = os.RemoveAll(in.dir)
 }
 

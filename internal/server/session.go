@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/torbento/bento/internal/netlimit"
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/wire"
 )
@@ -42,7 +43,8 @@ func (s *Server) serveSession(conn *wire.Conn, nc net.Conn, f *wire.Frame, log *
 		return
 	}
 	// Input frames are small and charged to the client until recv() has
-	// handed them to the function.
+	// handed them to the function, however small: they are queued.
+	conn.ChargeSmall = func(t uint8) bool { return t == proto.TInput }
 	conn.Limit = func(t uint8) int {
 		switch t {
 		case proto.TInput:
@@ -53,11 +55,13 @@ func (s *Server) serveSession(conn *wire.Conn, nc net.Conn, f *wire.Frame, log *
 		return 0
 	}
 	readerDone := make(chan struct{})
+	connDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
-		s.readInput(conn, sess)
+		defer s.recoverPanic("reading a session's input")
+		s.readInput(conn, sess, connDone)
 	}()
-	ended := s.streamOutput(conn.Budget, send, sess, offset, readerDone)
+	ended := s.streamOutput(conn.Budget, send, sess, offset, readerDone, nc)
 	detach()
 	if ended {
 		// The exit is sent: say no more, and let the client read it and
@@ -71,6 +75,11 @@ func (s *Server) serveSession(conn *wire.Conn, nc net.Conn, f *wire.Frame, log *
 		case <-time.After(time.Second):
 		}
 	}
+	// The input reader ends with the connection, giving back whatever it
+	// holds: nothing of a client outlives its connection.
+	close(connDone)
+	nc.Close()
+	<-readerDone
 }
 
 func badRequest(msg string) *proto.Error {
@@ -143,6 +152,7 @@ func (s *Server) openSession(f *wire.Frame) (*Instance, *session, int64, *proto.
 		}
 		return nil, nil, 0, internalError(err.Error())
 	}
+	sess.start()
 	in.mu.Lock()
 	sess.readers++
 	in.readers++
@@ -158,9 +168,10 @@ func truncate(s string, n int) string {
 }
 
 // readInput feeds client input frames to the session until the client
-// disconnects or the invocation ends. A full queue stops the reading: the
-// client meets TCP's back-pressure, bentod holds at most the queue.
-func (s *Server) readInput(conn *wire.Conn, sess *session) {
+// disconnects, the connection is done or the invocation ends. A full
+// queue stops the reading: the client meets TCP's back-pressure, bentod
+// holds at most the queue.
+func (s *Server) readInput(conn *wire.Conn, sess *session, connDone <-chan struct{}) {
 	for {
 		f, err := conn.Read()
 		if err != nil {
@@ -179,6 +190,9 @@ func (s *Server) readInput(conn *wire.Conn, sess *session) {
 			case <-sess.fin:
 				f.Release()
 				return
+			case <-connDone:
+				f.Release()
+				return
 			}
 		case proto.TInputEOF:
 			f.Release()
@@ -193,7 +207,7 @@ func (s *Server) readInput(conn *wire.Conn, sess *session) {
 // streamOutput sends the session's records from offset until the exit
 // record, waiting for new output as it comes, and reports whether it sent
 // the exit. Each record is charged to the client while it is being sent.
-func (s *Server) streamOutput(bud wire.Budget, send func(uint8, any, []byte) error, sess *session, off int64, readerDone <-chan struct{}) bool {
+func (s *Server) streamOutput(bud wire.Budget, send func(uint8, any, []byte) error, sess *session, off int64, readerDone <-chan struct{}, nc net.Conn) bool {
 	r, err := sess.out.reader()
 	if err != nil {
 		_ = send(proto.TError, proto.Error{Code: proto.CodeGone, Message: "the session's output is gone"}, nil)
@@ -220,9 +234,11 @@ func (s *Server) streamOutput(bud wire.Budget, send func(uint8, any, []byte) err
 			if n <= wire.FreeFrame {
 				charged = 0 // small records wait for nobody
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			err = bud.Acquire(ctx, charged)
-			cancel()
+			if charged > 0 {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				err = bud.Acquire(ctx, charged)
+				cancel()
+			}
 			if err != nil {
 				_ = send(proto.TError, proto.Error{Code: proto.CodeBusy, Message: "busy, retry later: too much output in flight; reattach at offset to go on"}, nil)
 				return false
@@ -252,10 +268,14 @@ func (s *Server) streamOutput(bud wire.Budget, send func(uint8, any, []byte) err
 			}
 			off = next
 		}
+		// Waiting for output, the connection may be closed to make room:
+		// its client can reattach at its offset and lose nothing.
+		netlimit.SetIdle(nc, true)
 		select {
 		case <-notify:
 		case <-readerDone:
 			return false // the client went away; output stays for a reattach
 		}
+		netlimit.SetIdle(nc, false)
 	}
 }

@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/torbento/bento/internal/netcheck"
 	"github.com/torbento/bento/internal/runner"
 	"github.com/torbento/bento/internal/socks"
 	"github.com/torbento/bento/internal/torfw"
@@ -145,6 +144,7 @@ func (s *Server) listenFor(owner string, virtPort int) (string, error) {
 	st.listeners = append(st.listeners, ln)
 	st.mu.Unlock()
 	go func() {
+		defer s.recoverPanic("an onion service's listener")
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -244,7 +244,7 @@ func (h *hostCall) torStream(name string) (any, []byte, error) {
 		ctx, cancel := wait()
 		defer cancel()
 		target := net.JoinHostPort(a.Host, strconv.Itoa(a.Port))
-		if err := netcheck.CheckTor(td.pols, target); err != nil {
+		if err := td.check(target); err != nil {
 			return nil, nil, fmt.Errorf("tor.dial: %w", err)
 		}
 		var c net.Conn
@@ -274,6 +274,16 @@ func (h *hostCall) torStream(name string) (any, []byte, error) {
 		} else {
 			_ = c.SetReadDeadline(time.Time{})
 		}
+		// A read waits no longer than the runtime that asked.
+		readDone := make(chan struct{})
+		defer close(readDone)
+		go func() {
+			select {
+			case <-h.rt.exited():
+				_ = c.SetReadDeadline(time.Now())
+			case <-readDone:
+			}
+		}()
 		hctx, hcancel := h.ctx(30 * time.Second)
 		err = h.hold(hctx, int64(a.N))
 		hcancel()
@@ -283,6 +293,12 @@ func (h *hostCall) torStream(name string) (any, []byte, error) {
 		buf := make([]byte, a.N)
 		n, err := c.Read(buf)
 		if n > 0 {
+			wctx, wcancel := h.ctx(h.in.m.Resources.Lifetime)
+			werr := h.in.io.wait(wctx, n)
+			wcancel()
+			if werr != nil {
+				return nil, nil, errStopped
+			}
 			return runner.StreamResult{}, buf[:n], nil
 		}
 		var ne net.Error
