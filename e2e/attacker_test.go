@@ -60,26 +60,35 @@ type attackProc struct {
 // startAttack runs spec in an attacker process until stop.
 func startAttack(t *testing.T, spec attackSpec) *attackProc {
 	t.Helper()
+	a, err := launchAttack(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.stop() })
+	return a
+}
+
+// launchAttack starts the attacker process, at nice 19.
+func launchAttack(spec attackSpec) (*attackProc, error) {
 	b, _ := json.Marshal(spec)
 	exe, err := os.Executable()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cmd := exec.Command("nice", "-n", "19", exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), attackEnv+"="+string(b))
 	a := &attackProc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = a.out, a.out
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	go func() { cmd.Wait(); close(a.done) }()
-	t.Cleanup(func() { a.stop(t) })
-	return a
+	return a, nil
 }
 
 // stop ends the attacker (SIGINT: it stops and prints its report) and
 // returns what it saw.
-func (a *attackProc) stop(t *testing.T) attackReport {
+func (a *attackProc) stop() attackReport {
 	select {
 	case <-a.done:
 	default:
@@ -131,6 +140,37 @@ func runAttacker(specJSON string) int {
 			}
 		}
 	}()
+	switch spec.Kind {
+	case "sink":
+		// Not an attack: the cheapest possible target, so that the
+		// attacker's own cost can be told from bentod's.
+		return serve(spec.Target, stop, func(c net.Conn) { io.Copy(io.Discard, c) })
+	case "endless-bento":
+		// A Bento server of the attacker's: welcome, a session for any
+		// invocation, and output without end.
+		return serve(spec.Target, stop, endlessBento)
+	case "endless-http":
+		// An HTTP server whose bodies never end.
+		return serve(spec.Target, stop, func(c net.Conn) {
+			br := bufio.NewReader(c)
+			for {
+				l, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if l == "\r\n" {
+					break
+				}
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+			chunk := make([]byte, 64<<10)
+			for {
+				if _, err := c.Write(chunk); err != nil {
+					return
+				}
+			}
+		})
+	}
 	sources := max(spec.Sources, 1)
 	var attempts atomic.Int64
 	more := func() bool {
@@ -335,6 +375,71 @@ func attackOne(spec attackSpec, c net.Conn, stop <-chan struct{}, rep *attackRep
 	case <-stop:
 		return false
 	}
+}
+
+// serve accepts connections on addr and hands each to handle, until stop.
+func serve(addr string, stop <-chan struct{}, handle func(net.Conn)) int {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "attacker:", err)
+		return 1
+	}
+	fmt.Println("listening") // the parent waits for this
+	go func() { <-stop; ln.Close() }()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-stop:
+				return 0
+			default:
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+		}
+		go func() {
+			defer c.Close()
+			handle(c)
+		}()
+	}
+}
+
+// endlessBento plays a Bento server that streams output without end.
+func endlessBento(c net.Conn) {
+	conn := wire.NewConn(c)
+	for {
+		f, err := conn.Read()
+		if err != nil {
+			return
+		}
+		switch f.Type {
+		case proto.THello:
+			conn.Send(proto.TWelcome, proto.Welcome{Version: proto.Version, Server: "endless"}, nil)
+		case proto.TInvoke:
+			conn.Send(proto.TSession, proto.Session{Session: "s-endless"}, nil)
+			chunk := make([]byte, 64<<10)
+			for off := int64(0); ; {
+				off += int64(len(chunk)) + 5
+				if conn.Send(proto.TOutput, proto.Output{Offset: off}, chunk) != nil {
+					return
+				}
+			}
+		}
+	}
+}
+
+// startServer runs a server kind of the attacker and waits until it
+// listens; it returns its address.
+func startServer(t *testing.T, kind string) string {
+	t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	a := startAttack(t, attackSpec{Kind: kind, Target: addr})
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(a.out.String(), "listening"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the attacker's %s server did not start: %s", kind, a.out.String())
+		}
+	}
+	return addr
 }
 
 func isTimeout(err error) bool {

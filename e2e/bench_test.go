@@ -31,7 +31,7 @@ func reportMedian(b *testing.B, d []time.Duration) {
 // BenchmarkUploadToFirstByte measures deploy + invoke of hello until the
 // first output byte arrives at the client.
 func BenchmarkUploadToFirstByte(b *testing.B) {
-	d := startBentod(b, "MaxInstances 512\nTotalCPU 50\n")
+	d := startBentod(b, "MaxInstances 512\nMaxInstancesPerClient 512\nTotalCPU 50\n")
 	fnc, err := client.LoadFunction(fn("hello"))
 	if err != nil {
 		b.Fatal(err)
@@ -148,7 +148,7 @@ func BenchmarkProtocolRoundTripBaseline(b *testing.B) {
 func BenchmarkIdleInstances(b *testing.B) {
 	const n = 100
 	for i := 0; i < b.N; i++ {
-		d := startBentod(b, "MaxInstances 200\nTotalCPU 50\n")
+		d := startBentod(b, "MaxInstances 200\nMaxInstancesPerClient 200\nTotalCPU 50\n")
 		base := rssKB(d.cmd.Process.Pid)
 		fnc, _ := client.LoadFunction(fn("dropbox"))
 		cl := client.New(d.Addr)

@@ -95,7 +95,12 @@ func startBentodFrom(t testing.TB, bin, rc string) *daemon {
 func (d *daemon) start(t testing.TB, bin string) {
 	t.Helper()
 	d.bin = bin
-	d.cmd = exec.Command(filepath.Join(bin, "bentod"), "-f", d.conf)
+	args := []string{"-f", d.conf}
+	if dir := os.Getenv("BENTO_E2E_PROFILE"); dir != "" {
+		// A debugging aid: each bentod writes a CPU profile there.
+		args = append(args, "--cpu-profile", filepath.Join(dir, fmt.Sprintf("bentod-%d.prof", time.Now().UnixNano())))
+	}
+	d.cmd = exec.Command(filepath.Join(bin, "bentod"), args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

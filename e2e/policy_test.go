@@ -91,6 +91,11 @@ func TestExactResources(t *testing.T) {
 	if quota := read("/sys/fs/cgroup/cpu/bento/"+id+"/cpu.cfs_quota_us", "/sys/fs/cgroup/bento/"+id+"/cpu.max"); quota != 25000 {
 		t.Errorf("cpu quota %d µs per 100 ms, want 25000", quota)
 	}
+	// Functions yield the CPU to tor: an eighth of a normal process's
+	// weight (cpu.shares 128; cpu.weight 5 where runc maps it onto v2).
+	if w := read("/sys/fs/cgroup/cpu/bento/"+id+"/cpu.shares", "/sys/fs/cgroup/bento/"+id+"/cpu.weight"); w != 128 && w != 5 {
+		t.Errorf("cpu weight %d, want shares 128 (weight 5)", w)
+	}
 }
 
 // TestDropboxExpiry checks that a Dropbox deletes its data after expires_in.

@@ -53,20 +53,51 @@ func TestSecurityTable(t *testing.T) {
 	if rows < 20 {
 		t.Fatalf("found %d attack rows in docs/SECURITY.md; the table's format changed?", rows)
 	}
+	// Every case of the adversarial tests is in the table: their subtests
+	// (within each test function's own body) or the test itself.
+	runRE := regexp.MustCompile(`t\.Run\("([a-z-]+)"`)
 	cases := map[string]*regexp.Regexp{
-		"TestAttacks": regexp.MustCompile(`t\.Run\("([a-z-]+)"`),
-		"TestLimits":  regexp.MustCompile(`\{"([a-z]+)", "[a-z ]+(limit|exceeded|reached)`),
+		"TestAttacks":            runRE,
+		"TestSiege":              runRE,
+		"TestSiegeFunctions":     runRE,
+		"TestCompositionCharged": runRE,
+		"TestLimits":             regexp.MustCompile(`\{"([a-z]+)", "[a-z ]+(limit|exceeded|reached)`),
 	}
 	for fn, re := range cases {
+		found := false
 		for p, src := range sources {
-			if !strings.Contains(src, "func "+fn+"(t *testing.T)") {
+			body := funcBody(src, fn)
+			if body == "" {
 				continue
 			}
-			for _, m := range re.FindAllStringSubmatch(src, -1) {
+			found = true
+			for _, m := range re.FindAllStringSubmatch(body, -1) {
 				if !named[fn+"/"+m[1]] {
 					t.Errorf("%s/%s (%s) is not in docs/SECURITY.md's table", fn, m[1], filepath.Base(p))
 				}
 			}
 		}
+		if !found {
+			t.Errorf("adversarial test %s not found", fn)
+		}
 	}
+	for _, fn := range []string{"TestInvocationTokenCannotHarm", "TestCrashAtRandom", "TestRestartServesAtOnce", "TestSessionIDFirst"} {
+		if !named[fn] {
+			t.Errorf("%s is not in docs/SECURITY.md's table", fn)
+		}
+	}
+}
+
+// funcBody returns the source of test function fn, up to the next
+// top-level function.
+func funcBody(src, fn string) string {
+	i := strings.Index(src, "func "+fn+"(t *testing.T)")
+	if i < 0 {
+		return ""
+	}
+	rest := src[i+1:]
+	if j := strings.Index(rest, "\nfunc "); j >= 0 {
+		rest = rest[:j]
+	}
+	return rest
 }

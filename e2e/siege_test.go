@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -19,9 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/torbento/bento/client"
-	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/testutil"
-	"github.com/torbento/bento/internal/wire"
 )
 
 // The adversarial load suite: bentod as it ships (no race detector, whose
@@ -33,8 +30,8 @@ import (
 
 // siegeRC is the configuration under test: the shipped defaults, with
 // shorter timeouts so the tests can watch them act.
-const siegeRC = `MaxDaemonMemory 192 MB
-MaxInFlight 48 MB
+const siegeRC = `MaxDaemonMemory 384 MB
+MaxInFlight 96 MB
 HandshakeTimeout 3 s
 IdleTimeout 5 s
 ConnectionLifetime 12 s
@@ -48,7 +45,7 @@ DestinationPolicy accept 127.0.0.1:*
 // connections (MaxConnections 512), the policy endpoint's (64) and a few
 // per instance.
 const (
-	siegeMemCeiling = 192 << 20
+	siegeMemCeiling = 384 << 20
 	siegeFDBase     = 512 + 64 + 64
 	siegeFDInstance = 8
 )
@@ -233,7 +230,7 @@ func TestSiege(t *testing.T) {
 			time.Sleep(2 * time.Second)
 			return func() {}
 		})
-		r := a.stop(t)
+		r := a.stop()
 		t.Logf("attacker: %+v", r)
 		if r.Connected < 2000 {
 			t.Errorf("the attacker made only %d connections", r.Connected)
@@ -252,7 +249,7 @@ func TestSiege(t *testing.T) {
 			time.Sleep(time.Second)
 			return func() {}
 		})
-		r := a.stop(t)
+		r := a.stop()
 		t.Logf("attacker: %+v", r)
 		if r.Refused < 48 {
 			t.Errorf("one address held more than its 16 connections: %+v", r)
@@ -274,7 +271,7 @@ func TestSiege(t *testing.T) {
 			time.Sleep(time.Second)
 			return func() {}
 		})
-		r := a.stop(t)
+		r := a.stop()
 		t.Logf("attacker: %+v", r)
 		if r.Refused+r.Closed < 900 {
 			t.Errorf("large frames before a hello were not turned away: %+v", r)
@@ -291,7 +288,7 @@ func TestSiege(t *testing.T) {
 			time.Sleep(3 * time.Second)
 			return func() {}
 		})
-		r := a.stop(t)
+		r := a.stop()
 		t.Logf("attacker: %+v", r)
 	})
 	t.Run("slow-reader", func(t *testing.T) {
@@ -307,7 +304,7 @@ func TestSiege(t *testing.T) {
 			time.Sleep(2 * time.Second)
 			return func() {}
 		})
-		r := a.stop(t)
+		r := a.stop()
 		t.Logf("attacker: %+v", r)
 		got, err := client.New(d.Addr).Call(ctx(t), dep.InvocationToken, 128)
 		if err != nil || len(got) != 128*65536 {
@@ -327,7 +324,7 @@ func TestSiege(t *testing.T) {
 			time.Sleep(2 * time.Second)
 			return func() {}
 		})
-		a.stop(t)
+		a.stop()
 		bento(t, "", "shutdown", d.Addr, dep.ShutdownToken)
 	})
 	t.Run("policy-endpoint-flood", func(t *testing.T) {
@@ -354,7 +351,7 @@ func TestSiege(t *testing.T) {
 			}
 			return func() {}
 		})
-		a.stop(t)
+		a.stop()
 		t.Logf("slowest policy fetch during the flood: %v", worst)
 	})
 	t.Run("garbage-frames", func(t *testing.T) {
@@ -365,35 +362,7 @@ func TestSiege(t *testing.T) {
 			time.Sleep(time.Second)
 			return func() {}
 		})
-		a.stop(t)
-	})
-	t.Run("out-of-descriptors", func(t *testing.T) {
-		// bentod's descriptor limit is lowered below what its connection
-		// cap allows, and idle connections flood in: accept fails with
-		// EMFILE, bentod backs off, closes the connections idle longest,
-		// and goes on serving.
-		pid := d.cmd.Process.Pid
-		var old unix.Rlimit
-		if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
-			t.Fatal(err)
-		}
-		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-		low := unix.Rlimit{Cur: uint64(len(fds) + 100), Max: old.Max}
-		if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &low, nil); err != nil {
-			t.Fatal(err)
-		}
-		defer unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil)
-		var a *attackProc
-		s.under(t, 6*time.Second, func() func() {
-			a = startAttack(t, attackSpec{Kind: "idle", Target: d.Addr, Sources: 64, Conns: 512, Total: 5000})
-			time.Sleep(2 * time.Second)
-			return func() {}
-		})
-		a.stop(t)
-		unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil)
-		if !strings.Contains(d.log.String(), "out of file descriptors") {
-			t.Error("bentod never ran out of descriptors: the test proves nothing")
-		}
+		a.stop()
 	})
 	t.Run("bytes-in-flight-stay-bounded", func(t *testing.T) {
 		// The slow uploads once more, with bentod's memory as the measure:
@@ -406,77 +375,50 @@ func TestSiege(t *testing.T) {
 			time.Sleep(3 * time.Second)
 			return func() {}
 		})
-		a.stop(t)
+		a.stop()
 		grown := rssKB(d.cmd.Process.Pid)<<10 - rssBefore
 		t.Logf("bentod grew by %.1f MB during 1,024 stalled 1 MB uploads", float64(grown)/(1<<20))
 	})
 
+	t.Run("out-of-descriptors", func(t *testing.T) {
+		// bentod's descriptor limit is lowered below what its connection
+		// cap allows, and idle connections flood in: accept fails with
+		// EMFILE, bentod backs off, closes the connections idle longest,
+		// and goes on serving.
+		pid := d.cmd.Process.Pid
+		var old unix.Rlimit
+		if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
+			t.Fatal(err)
+		}
+		// Once the earlier attacks' connections are gone, leave room for
+		// 100 more descriptors: far fewer than MaxConnections.
+		var fds []os.DirEntry
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			fds, _ = os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+			if len(fds) < 150 || time.Now().After(deadline) {
+				break
+			}
+		}
+		low := unix.Rlimit{Cur: uint64(len(fds) + 100), Max: old.Max}
+		if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &low, nil); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil)
+		var a *attackProc
+		s.under(t, 6*time.Second, func() func() {
+			a = startAttack(t, attackSpec{Kind: "idle", Target: d.Addr, Sources: 64, Conns: 512, Total: 5000})
+			time.Sleep(2 * time.Second)
+			return func() {}
+		})
+		a.stop()
+		unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil)
+		if !strings.Contains(d.log.String(), "out of file descriptors") {
+			t.Error("bentod never ran out of descriptors: the test proves nothing")
+		}
+	})
 	if r := bento(t, "", "run", d.Addr, fn("hello")); r.Code != 0 {
 		t.Fatalf("bentod after the siege: %s", r)
 	}
-}
-
-// fakeBento is a Bento server of the attacker's: it welcomes, starts a
-// session for any invocation, and streams output without end.
-func fakeBento(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				conn := wire.NewConn(c)
-				for {
-					f, err := conn.Read()
-					if err != nil {
-						return
-					}
-					switch f.Type {
-					case proto.THello:
-						conn.Send(proto.TWelcome, proto.Welcome{Version: proto.Version, Server: "endless"}, nil)
-					case proto.TInvoke:
-						conn.Send(proto.TSession, proto.Session{Session: "s-endless"}, nil)
-						chunk := bytes.Repeat([]byte("e"), 64<<10)
-						for off := int64(0); ; {
-							off += int64(len(chunk)) + 5
-							if conn.Send(proto.TOutput, proto.Output{Offset: off}, chunk) != nil {
-								return
-							}
-						}
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
-// endlessWeb serves an HTTP body without end.
-func endlessWeb(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		chunk := bytes.Repeat([]byte("w"), 64<<10)
-		for {
-			if _, err := w.Write(chunk); err != nil {
-				return
-			}
-		}
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return "http://" + ln.Addr().String() + "/"
 }
 
 // noPaths fails when a client-facing text names bentod's data directory.
@@ -501,7 +443,7 @@ func TestSiegeFunctions(t *testing.T) {
 	t.Run("remote-endless-output", func(t *testing.T) {
 		// remote.invoke on a server that streams without end: cut at the
 		// instance's MaxFetchSize, charged to it, bentod's memory flat.
-		srv := fakeBento(t)
+		srv := startServer(t, "endless-bento")
 		relay := tempFunction(t, "name = \"relay\"\napis = [\"bento\"]\ndestinations = [\"accept 127.0.0.1:*\"]\n[resources]\nmemory = \"16 MB\"\n",
 			"def main(server):\n    return remote.invoke(server, \"bento-inv-x\")\n")
 		var r result
@@ -515,7 +457,7 @@ func TestSiegeFunctions(t *testing.T) {
 		}
 	})
 	t.Run("fetch-endless-body", func(t *testing.T) {
-		url := endlessWeb(t)
+		url := "http://" + startServer(t, "endless-http") + "/"
 		f := tempFunction(t, "name = \"fetch\"\napis = [\"http.fetch\"]\ndestinations = [\"accept 127.0.0.1:*\"]\n",
 			"def main(url):\n    return \"%d\" % len(http.fetch(url).body)\n")
 		var r result
@@ -912,13 +854,16 @@ func TestCompositionCharged(t *testing.T) {
 		}
 	})
 	t.Run("composed-instances-capped", func(t *testing.T) {
-		// Through Tor every client is one address; a root's functions may
-		// still hold only MaxComposedInstances (8) here.
-		dep, err := client.New(d.Addr).Deploy(ctx(t), fnc)
+		// Whatever room is left in a client's share (here 32 instances, on
+		// a bentod of its own), a root's functions may hold only
+		// MaxComposedInstances (8): the function stops at 8.
+		roomy := startBentodFrom(t, testutil.ReleaseBinaries(t), siegeRC+"TotalCPU 50\nMaxInstancesPerClient 32\nMaxComposedInstances 8\n")
+		cl := from(roomy.Addr, "127.0.0.7")
+		dep, err := cl.Deploy(ctx(t), fnc)
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, exit := collectAll(t, client.New(d.Addr), dep.InvocationToken, d.Addr, 20)
+		out, exit := collectAll(t, cl, dep.InvocationToken, roomy.Addr, 20)
 		if out != "1 2 3 4 5 6 7 8 " || exit.Error == nil || !strings.Contains(exit.Error.Msg, "MaxComposedInstances") {
 			t.Fatalf("spawning without a per-client share: %q, %+v", out, exit)
 		}
@@ -964,3 +909,5 @@ func TestCompositionCharged(t *testing.T) {
 		}
 	})
 }
+
+func unixKill0(pid int) error { return unix.Kill(pid, 0) }

@@ -17,6 +17,7 @@ import (
 	"github.com/torbento/bento/client"
 	"github.com/torbento/bento/internal/privnet"
 	"github.com/torbento/bento/internal/socks"
+	"github.com/torbento/bento/internal/testutil"
 )
 
 // torDaemon is a bentod beside one of the private network's exits,
@@ -29,7 +30,15 @@ type torDaemon struct {
 
 func startTorBentod(t testing.TB, relay *privnet.Node) *torDaemon {
 	t.Helper()
-	d := startBentod(t, fmt.Sprintf(`TorControlPort %s
+	return startTorBentodFrom(t, testutil.Binaries(t), relay, "")
+}
+
+// startTorBentodFrom starts the bentod in bin beside relay, with extra
+// bentorc lines.
+func startTorBentodFrom(t testing.TB, bin string, relay *privnet.Node, extra string) *torDaemon {
+	t.Helper()
+	testutil.RequireSandbox(t)
+	d := startBentodFrom(t, bin, extra+fmt.Sprintf(`TorControlPort %s
 TorCookieFile %s
 TorSocksPort %s
 OnionService 1
