@@ -44,12 +44,28 @@ for pkg in $(go list ./...); do
 done
 
 step "tests (race detector, real runc)"
-go test -race -count=1 -timeout 20m ./... 2>&1 | tee /tmp/bento-test.log
-status=${PIPESTATUS[0]}
+# -v for the count of tests run; the summary lines go to the terminal, the
+# whole log to /tmp/bento-test.log (printed when something fails).
+set +e
+go test -race -count=1 -v -timeout 25m ./... >/tmp/bento-test.log 2>&1
+status=$?
+set -e
+grep -E '^(ok|FAIL|---|panic:)|^\s+--- (FAIL|SKIP)' /tmp/bento-test.log | grep -v -- '--- PASS' || true
 passed=$(grep -c '^ok ' /tmp/bento-test.log || true)
 failed=$(grep -c '^FAIL' /tmp/bento-test.log || true)
-echo "packages: ${passed} passed, ${failed} failed"
-[ "$status" = 0 ] || exit "$status"
+ran=$(grep -c '^=== RUN' /tmp/bento-test.log || true)
+skipped=$(grep -c -- '--- SKIP' /tmp/bento-test.log || true)
+echo "packages: ${passed} passed, ${failed} failed; tests and subtests run: ${ran}, skipped: ${skipped}"
+if [ "$status" != 0 ]; then
+	cat /tmp/bento-test.log
+	exit "$status"
+fi
+# Every test runs, on a fresh clone as in CI: nothing may skip.
+if [ "$skipped" != 0 ]; then
+	grep -B5 -- '--- SKIP' /tmp/bento-test.log
+	echo "tests skipped: the test command runs every test (install what is missing: bash scripts/setup.sh)"
+	exit 1
+fi
 
 # The README's demo is part of the product: it must keep working, and it
 # must fail loudly when a step fails (one step broken on purpose).
