@@ -143,8 +143,10 @@ func runAttacker(specJSON string) int {
 	switch spec.Kind {
 	case "sink":
 		// Not an attack: the cheapest possible target, so that the
-		// attacker's own cost can be told from bentod's.
-		return serve(spec.Target, stop, func(c net.Conn) { io.Copy(io.Discard, c) })
+		// attacker's own cost can be told from bentod's. It turns every
+		// connection away at once, as a full server does, so the
+		// attackers come back as often as they would to bentod.
+		return serve(spec.Target, stop, func(net.Conn) {})
 	case "endless-bento":
 		// A Bento server of the attacker's: welcome, a session for any
 		// invocation, and output without end.

@@ -96,6 +96,10 @@ func TestExactResources(t *testing.T) {
 	if w := read("/sys/fs/cgroup/cpu/bento/"+id+"/cpu.shares", "/sys/fs/cgroup/bento/"+id+"/cpu.weight"); w != 128 && w != 5 {
 		t.Errorf("cpu weight %d, want shares 128 (weight 5)", w)
 	}
+	// And all functions together, against tor.
+	if w := read("/sys/fs/cgroup/cpu/bento/cpu.shares", "/sys/fs/cgroup/bento/cpu.weight"); w != 128 && w != 5 {
+		t.Errorf("the functions' parent cgroup has cpu weight %d, want shares 128 (weight 5)", w)
+	}
 }
 
 // TestDropboxExpiry checks that a Dropbox deletes its data after expires_in.

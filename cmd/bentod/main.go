@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -85,6 +86,11 @@ func run() int {
 	if err := privs.Drop(privs.Needed); err != nil {
 		log.Error("dropping privileges", "err", err)
 		return 1
+	}
+	// bentod (and the runtimes and containers it starts, which inherit it)
+	// yields the CPU to tor.
+	if err := renice(p.Daemon.Nice); err != nil {
+		log.Warn("setting bentod's priority (Nice)", "nice", p.Daemon.Nice, "err", err)
 	}
 	srv, err := server.New(server.Options{Policy: p, Logger: log})
 	if err != nil {
@@ -196,4 +202,23 @@ func checkDescriptors(p *policy.Policy, log *slog.Logger) {
 		log.Warn("the descriptor limit is below what the policy may need; raise it (LimitNOFILE= in the service unit, ulimit -n) or lower MaxConnections/MaxInstances",
 			"limit", lim.Cur, "needed", need)
 	}
+}
+
+// renice sets the scheduling priority of every thread of bentod (Linux
+// keeps one per thread; threads made later inherit it from these).
+func renice(n int) error {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, n); err != nil && err != syscall.ESRCH {
+			return err
+		}
+	}
+	return nil
 }

@@ -396,6 +396,12 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			err = size(&p.Daemon.MaxInFlight)
 		case "maxdaemonmemory":
 			err = size(&p.Daemon.MaxMemory)
+		case "nice":
+			n, e := strconv.Atoi(l.value)
+			if e != nil || n < -20 || n > 19 {
+				err = fail("Nice %q: want a number from -20 to 19 (higher yields the CPU to tor)", l.value)
+			}
+			p.Daemon.Nice = n
 		case "maxcompositiondepth":
 			err = count(&p.Composition.MaxDepth)
 		case "maxcomposedinstances":

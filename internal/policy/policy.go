@@ -85,6 +85,7 @@ type Daemon struct {
 	WriteTimeout          time.Duration // a client that reads nothing for this long is dropped (its output waits)
 	MaxInFlight           int64         // bytes of uploads, host-call results and relayed output held at once
 	MaxMemory             int64         // bentod's own memory ceiling (Go's soft limit; the unit's MemoryMax is the hard one)
+	Nice                  int           // bentod's scheduling priority: above 0 yields the CPU to tor
 }
 
 // Composition bounds what functions start on Bento servers (remote.*),
@@ -151,6 +152,7 @@ func Default() *Policy {
 			WriteTimeout:          30 * time.Second,
 			MaxInFlight:           128 << 20,
 			MaxMemory:             512 << 20,
+			Nice:                  5,
 		},
 		Composition: Composition{MaxDepth: 3, MaxInstances: 8, MaxCalls: 16},
 	}

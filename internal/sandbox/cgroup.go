@@ -126,3 +126,27 @@ func keyed(path, key string) (int64, bool) {
 	}
 	return 0, false
 }
+
+// yieldToTor gives the parent cgroup of all containers a low CPU weight:
+// when tor (or anything else on the machine) wants the CPU, the functions
+// together get an eighth of a normal process's share; when nobody else
+// does, they use what their quotas allow. Each container's own weight
+// only divides the parent's among the functions.
+func yieldToTor() error {
+	if unified {
+		dir := filepath.Join(cgroupV1Root, cgroupParent)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		// cpu.weight exists once the root delegates the cpu controller.
+		if _, err := os.Stat(filepath.Join(dir, "cpu.weight")); err != nil {
+			return nil
+		}
+		return os.WriteFile(filepath.Join(dir, "cpu.weight"), []byte("5"), 0o644)
+	}
+	dir := filepath.Join(cgroupV1Root, "cpu", cgroupParent)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "cpu.shares"), []byte(strconv.Itoa(cpuShares)), 0o644)
+}

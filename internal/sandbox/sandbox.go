@@ -48,6 +48,9 @@ type Sandbox struct {
 	rootfs  string
 	memsw   bool
 	userns  bool // containers get a user namespace
+	// WeightErr is why the containers' parent cgroup could not be given a
+	// low CPU weight (nil when it was).
+	WeightErr error
 }
 
 // New prepares the shared read-only root filesystem and makes the calling
@@ -78,6 +81,9 @@ func New(cfg Config) (*Sandbox, error) {
 	if err := s.prepareRootfs(cfg.RunnerPath); err != nil {
 		return nil, err
 	}
+	// Best effort (a machine may not let us): the quotas bound functions
+	// either way.
+	s.WeightErr = yieldToTor()
 	_, err = os.Stat(filepath.Join(cgroupV1Root, "memory", "memory.memsw.limit_in_bytes"))
 	s.memsw = err == nil
 	s.userns = userNamespaces()

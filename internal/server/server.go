@@ -109,6 +109,9 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if sb.WeightErr != nil && opts.Logger != nil {
+		opts.Logger.Warn("functions could not be given a low CPU weight; they still keep to their quotas", "err", sb.WeightErr)
+	}
 	s := &Server{
 		sb:        sb,
 		log:       opts.Logger,

@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/torbento/bento/internal/netlimit"
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/wire"
 )
@@ -268,14 +267,12 @@ func (s *Server) streamOutput(bud wire.Budget, send func(uint8, any, []byte) err
 			}
 			off = next
 		}
-		// Waiting for output, the connection may be closed to make room:
-		// its client can reattach at its offset and lose nothing.
-		netlimit.SetIdle(nc, true)
+		// A session waiting for output stays busy: it is closed to make
+		// room only when its address holds more than its fair share.
 		select {
 		case <-notify:
 		case <-readerDone:
 			return false // the client went away; output stays for a reattach
 		}
-		netlimit.SetIdle(nc, false)
 	}
 }
