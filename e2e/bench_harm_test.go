@@ -311,6 +311,7 @@ type soakLoad struct {
 	calls    []time.Duration // Dropbox gets
 	runs     []time.Duration // deploy + invoke + shutdown of hello
 	errors   int
+	errMsgs  []string // the first few
 	deployed int
 }
 
@@ -319,6 +320,9 @@ func (l *soakLoad) add(dst *[]time.Duration, d time.Duration, err error) {
 	defer l.mu.Unlock()
 	if err != nil {
 		l.errors++
+		if len(l.errMsgs) < 5 {
+			l.errMsgs = append(l.errMsgs, err.Error())
+		}
 		return
 	}
 	*dst = append(*dst, d)
@@ -364,12 +368,14 @@ func BenchmarkSoak(b *testing.B) {
 		}
 		boxes = append(boxes, dep.InvocationToken)
 	}
+	// Each honest client has an address of its own, as users do.
 	honest := func(l *soakLoad, stop <-chan struct{}) *sync.WaitGroup {
 		var wg sync.WaitGroup
 		for i, tok := range boxes {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				cl := from(d.Addr, fmt.Sprintf("127.0.1.%d", 10+i))
 				for {
 					select {
 					case <-stop:
@@ -388,6 +394,7 @@ func BenchmarkSoak(b *testing.B) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			cl := from(d.Addr, "127.0.1.20")
 			for {
 				select {
 				case <-stop:
@@ -429,7 +436,7 @@ func BenchmarkSoak(b *testing.B) {
 	big, _ := cl.Deploy(ctx, &client.Function{Manifest: []byte("name = \"big\"\nmode = \"service\"\napis = [\"send\"]\n[resources]\noutput = \"16 MB\"\nlifetime = \"10 minutes\"\n"),
 		Files: map[string][]byte{"main.star": []byte("def main(n):\n    for i in range(n):\n        bento.send(\"z\" * 65536)\n")}})
 	if quiet == nil || big == nil {
-		b.Fatal("deploying the hostile side's functions failed")
+		b.Fatalf("deploying the hostile side's functions failed\n%s", d.log)
 	}
 	specs := []attackSpec{
 		{Kind: "idle", Target: d.Addr, Sources: 64, Conns: 1024},
@@ -448,6 +455,7 @@ func BenchmarkSoak(b *testing.B) {
 	go func() {
 		defer close(limitsDone)
 		offenders := []string{"membomb", "spin", "flood", "storagefill"}
+		cl := from(d.Addr, "127.0.1.30")
 		for i := 0; ; i++ {
 			select {
 			case <-stopLimits:
@@ -478,6 +486,9 @@ func BenchmarkSoak(b *testing.B) {
 		b.Logf("%-13s calls %6d: p50 %6.2f ms, p90 %6.2f ms, p99 %6.2f ms; hello runs %4d: p50 %6.1f ms; errors %d; bentod peak RSS %.1f MB, peak descriptors %d",
 			p.name, len(p.l.calls), ms(percentile(p.l.calls, 50)), ms(percentile(p.l.calls, 90)), ms(percentile(p.l.calls, 99)),
 			len(p.l.runs), ms(percentile(p.l.runs, 50)), p.l.errors, float64(p.rss)/(1<<20), p.fds)
+		for _, m := range p.l.errMsgs {
+			b.Logf("  honest error: %s", m)
+		}
 	}
 	b.ReportMetric(float64(percentile(mix.calls, 50))/float64(percentile(base.calls, 50)), "p50-ratio")
 	b.ReportMetric(float64(percentile(mix.calls, 99))/float64(percentile(base.calls, 99)), "p99-ratio")

@@ -26,6 +26,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Reason says why a connection was refused.
@@ -35,6 +37,7 @@ type Reason int
 const (
 	TooMany        Reason = iota + 1 // the listener serves its total already
 	TooManyFromYou                   // the client's address holds its share already
+	TooFast                          // the client's address connects faster than its rate
 )
 
 func (r Reason) String() string {
@@ -43,6 +46,8 @@ func (r Reason) String() string {
 		return "too many connections to this server; retry later"
 	case TooManyFromYou:
 		return "too many connections from your address; close some and retry"
+	case TooFast:
+		return "too many new connections from your address; slow down"
 	}
 	return "refused"
 }
@@ -56,19 +61,24 @@ type Config struct {
 	// PerAddr bounds the connections one client address holds at once
 	// (0: unlimited). Addresses are counted by Key.
 	PerAddr int
+	// Rate and Burst bound how fast one address may open connections (a
+	// token bucket per address, as tor's DoSConnectionConnectRate): beyond
+	// it, connections are reset at once, the cheapest refusal there is, so
+	// that a flood drains from the kernel's backlog quickly and honest
+	// clients' connections behind it wait little. 0: no bound.
+	Rate  float64
+	Burst int
 	// Key maps a remote address to the unit PerAddr counts: by default an
 	// IPv4 address, or an IPv6 /64 (one host's usual share).
 	Key func(net.Addr) string
-	// Reject, if set, is called on a refused connection before it is
-	// closed, to tell the client why. It must not block for long: the
-	// connection has a write deadline of RejectTimeout.
-	Reject func(c net.Conn, why Reason)
+	// Refusal, if set, gives the bytes written to a refused connection
+	// before it is closed, to tell the client why (they must fit a socket
+	// buffer: they are written once, without waiting). An address refused
+	// less than a second ago is reset without a word.
+	Refusal func(why Reason) []byte
 	// Log receives rate-limited warnings (nil: no logging).
 	Log *slog.Logger
 }
-
-// RejectTimeout bounds the write of a refusal.
-const RejectTimeout = 200 * time.Millisecond
 
 // Stats are a listener's counters.
 type Stats struct {
@@ -77,6 +87,7 @@ type Stats struct {
 	Accepted       int64 // connections handed to the server
 	RefusedTotal   int64 // refused: the total was reached
 	RefusedPerAddr int64 // refused: the address's share was reached
+	RefusedRate    int64 // refused: the address connected too fast
 	Evicted        int64 // idle connections closed to make room
 	AcceptErrors   int64 // accept failures (out of descriptors and the like)
 }
@@ -92,10 +103,13 @@ type Listener struct {
 	short  time.Time // when descriptors last ran short
 	byAddr map[string]int
 	conns  map[*conn]struct{}
-	spare  *os.File // a reserved descriptor, given up to shed a connection on EMFILE
+	rates  map[string]*addrRate // by address: its token bucket and last refusal
+	noneAt time.Time            // when a search for room last found none
+	spare  *os.File             // a reserved descriptor, given up to shed a connection on EMFILE
 
-	accepted, refusedTotal, refusedPerAddr, evicted, acceptErrors atomic.Int64
+	accepted, refusedTotal, refusedPerAddr, refusedRate, evicted, acceptErrors atomic.Int64
 
+	closed   atomic.Bool
 	warnMu   sync.Mutex
 	lastWarn map[string]time.Time // by message
 }
@@ -105,7 +119,7 @@ func New(ln net.Listener, cfg Config) *Listener {
 	if cfg.Key == nil {
 		cfg.Key = AddrKey
 	}
-	l := &Listener{ln: ln, cfg: cfg, limit: cfg.Total, byAddr: map[string]int{}, conns: map[*conn]struct{}{}}
+	l := &Listener{ln: ln, cfg: cfg, limit: cfg.Total, byAddr: map[string]int{}, conns: map[*conn]struct{}{}, rates: map[string]*addrRate{}}
 	l.spare, _ = os.Open(os.DevNull)
 	return l
 }
@@ -134,8 +148,12 @@ func AddrKey(a net.Addr) string {
 // Addr returns the listener's address.
 func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 
+// isClosed reports whether Close was called.
+func (l *Listener) isClosed() bool { return l.closed.Load() }
+
 // Close closes the listener; connections already handed out stay open.
 func (l *Listener) Close() error {
+	l.closed.Store(true)
 	l.mu.Lock()
 	if l.spare != nil {
 		l.spare.Close()
@@ -151,7 +169,7 @@ func (l *Listener) Stats() Stats {
 	open, addrs := l.open, len(l.byAddr)
 	l.mu.Unlock()
 	return Stats{Open: open, Addresses: addrs, Accepted: l.accepted.Load(), RefusedTotal: l.refusedTotal.Load(),
-		RefusedPerAddr: l.refusedPerAddr.Load(), Evicted: l.evicted.Load(), AcceptErrors: l.acceptErrors.Load()}
+		RefusedPerAddr: l.refusedPerAddr.Load(), RefusedRate: l.refusedRate.Load(), Evicted: l.evicted.Load(), AcceptErrors: l.acceptErrors.Load()}
 }
 
 // Accept returns the next connection within the limits. Connections over
@@ -159,6 +177,9 @@ func (l *Listener) Stats() Stats {
 // listener is closed: every other error (out of descriptors, out of kernel
 // memory, an aborted connection) is logged, backed off from and retried.
 func (l *Listener) Accept() (net.Conn, error) {
+	if tl, ok := l.ln.(*net.TCPListener); ok {
+		return l.acceptRaw(tl)
+	}
 	var delay time.Duration
 	for {
 		c, err := l.ln.Accept()
@@ -195,11 +216,140 @@ func (l *Listener) Accept() (net.Conn, error) {
 			continue
 		}
 		delay = 0
-		if lc := l.admit(c); lc != nil {
+		key := l.cfg.Key(c.RemoteAddr())
+		lc, why, quiet := l.admit(key)
+		if why == 0 {
+			lc.Conn = c
 			l.accepted.Add(1)
 			return lc, nil
 		}
+		if l.cfg.Refusal != nil && !quiet {
+			_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			_, _ = c.Write(l.cfg.Refusal(why))
+		} else if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // a reset: nothing to say, no TIME_WAIT to keep
+		}
+		c.Close()
 	}
+}
+
+// acceptRaw accepts on the listener's descriptor itself: a connection
+// that is refused (a flood's, mostly) costs accept and close and perhaps
+// one write, never a registration with the runtime's poller, keepalive
+// settings or a net.Conn; only admitted ones become net.Conns.
+func (l *Listener) acceptRaw(tl *net.TCPListener) (net.Conn, error) {
+	rc, err := tl.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var delay time.Duration
+	for {
+		var nfd int
+		var sa unix.Sockaddr
+		var aerr error
+		// A listener's RawConn cannot wait for readability (Read is not
+		// offered for listeners): Control keeps the descriptor alive while
+		// this goroutine's thread polls it briefly, and Close is noticed
+		// within a poll.
+		err := rc.Control(func(fd uintptr) {
+			nfd, sa, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			if aerr == unix.EAGAIN {
+				_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 50)
+			}
+		})
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) || l.isClosed() {
+				return nil, net.ErrClosed
+			}
+			aerr = err
+		}
+		if aerr == unix.EAGAIN || aerr == unix.EINTR || aerr == unix.ECONNABORTED {
+			if l.isClosed() {
+				return nil, net.ErrClosed
+			}
+			continue
+		}
+		if aerr != nil {
+			l.acceptErrors.Add(1)
+			if aerr == unix.EMFILE || aerr == unix.ENFILE {
+				l.mu.Lock()
+				l.limit = max(1, min(l.limit, l.open)-16)
+				l.short = time.Now()
+				victim := l.victimLocked("")
+				l.mu.Unlock()
+				if victim != nil {
+					l.evicted.Add(1)
+					victim.Close()
+					l.warn("out of file descriptors; closing the connections idle longest (raise the descriptor limit)", "err", aerr)
+					continue
+				}
+				l.shedRaw(rc)
+			}
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+			} else if delay *= 2; delay > time.Second {
+				delay = time.Second
+			}
+			l.warn("accept failed; backing off", "err", aerr, "delay", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		addr := sockaddrTCP(sa)
+		lc, why, quiet := l.admit(l.cfg.Key(addr))
+		if why != 0 {
+			if l.cfg.Refusal != nil && !quiet {
+				_, _ = unix.Write(nfd, l.cfg.Refusal(why))
+			} else {
+				_ = unix.SetsockoptLinger(nfd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			}
+			unix.Close(nfd)
+			continue
+		}
+		f := os.NewFile(uintptr(nfd), "tcp")
+		c, err := net.FileConn(f) // a dup the poller owns
+		f.Close()
+		if err != nil {
+			l.mu.Lock()
+			l.open--
+			if l.byAddr[lc.key]--; l.byAddr[lc.key] <= 0 {
+				delete(l.byAddr, lc.key)
+			}
+			delete(l.conns, lc)
+			l.mu.Unlock()
+			continue
+		}
+		lc.Conn = c
+		l.accepted.Add(1)
+		return lc, nil
+	}
+}
+
+// shedRaw is shed for the raw accept path.
+func (l *Listener) shedRaw(rc syscall.RawConn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.spare == nil {
+		return
+	}
+	l.spare.Close()
+	l.spare = nil
+	_ = rc.Control(func(fd uintptr) {
+		if nfd, _, err := unix.Accept4(int(fd), unix.SOCK_CLOEXEC); err == nil {
+			unix.Close(nfd)
+		}
+	})
+	l.spare, _ = os.Open(os.DevNull)
+}
+
+func sockaddrTCP(sa unix.Sockaddr) net.Addr {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]).To16(), Port: a.Port}
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	}
+	return &net.TCPAddr{}
 }
 
 // shed gives up the spare descriptor to accept and close the connection
@@ -223,33 +373,54 @@ func (l *Listener) shed() {
 	l.spare, _ = os.Open(os.DevNull)
 }
 
-// admit counts c in, or refuses it.
-func (l *Listener) admit(c net.Conn) net.Conn {
-	key := l.cfg.Key(c.RemoteAddr())
-	now := time.Now().UnixNano()
+// admit counts a connection from key in (the conn it returns needs its
+// Conn set), or says why not and whether to say nothing.
+func (l *Listener) admit(key string) (*conn, Reason, bool) {
+	t := time.Now()
+	now := t.UnixNano()
 	l.mu.Lock()
 	why := Reason(0)
 	var victims []*conn
+	ar := l.rateLocked(key, t)
 	switch {
+	case l.cfg.Rate > 0 && !ar.take(t, l.cfg.Rate, float64(max(l.cfg.Burst, 1))):
+		why = TooFast
 	case l.cfg.PerAddr > 0 && l.byAddr[key] >= l.cfg.PerAddr:
 		why = TooManyFromYou
 	case l.cfg.Total > 0 && l.open >= l.limitLocked():
-		for l.open-len(victims) >= l.limit {
-			v := l.victimLocked(key)
-			if v == nil {
-				break
+		// A search that just found no room is not repeated for every
+		// newcomer of a flood that is over its fair share anyway.
+		addrs := len(l.byAddr)
+		if l.byAddr[key] == 0 {
+			addrs++
+		}
+		overShare := l.byAddr[key]+1 > (l.limit+addrs-1)/max(1, addrs)
+		if !overShare || t.Sub(l.noneAt) > 20*time.Millisecond {
+			for l.open-len(victims) >= l.limit {
+				v := l.victimLocked(key)
+				if v == nil {
+					break
+				}
+				victims = append(victims, v)
 			}
-			victims = append(victims, v)
+			if len(victims) == 0 {
+				l.noneAt = t
+			}
 		}
 		if len(victims) == 0 {
 			why = TooMany
 		}
 	}
+	quiet := false // say nothing to an address refused a moment ago
+	if why != 0 {
+		quiet = why == TooFast || t.Sub(ar.refused) < time.Second
+		ar.refused = t
+	}
 	var lc *conn
 	if why == 0 {
 		l.open++
 		l.byAddr[key]++
-		lc = &conn{Conn: c, l: l, key: key}
+		lc = &conn{l: l, key: key}
 		lc.idleSince.Store(now) // idle until the server says otherwise
 		l.conns[lc] = struct{}{}
 	}
@@ -260,22 +431,60 @@ func (l *Listener) admit(c net.Conn) net.Conn {
 		v.Close()
 	}
 	if why == 0 {
-		return lc
+		return lc, 0, false
 	}
-	if why == TooMany {
+	switch why {
+	case TooMany:
 		l.refusedTotal.Add(1)
 		l.warn("connection limit reached; refusing connections", "listener", l.cfg.Name, "limit", l.cfg.Total)
-	} else {
+	case TooFast:
+		l.refusedRate.Add(1)
+	default:
 		l.refusedPerAddr.Add(1)
 	}
-	if l.cfg.Reject != nil {
-		_ = c.SetWriteDeadline(time.Now().Add(RejectTimeout))
-		l.cfg.Reject(c, why)
-	} else if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0) // a reset: nothing to say, no TIME_WAIT to keep
+	return nil, why, quiet
+}
+
+// addrRate is one address's connection rate.
+type addrRate struct {
+	tokens  float64
+	last    time.Time
+	refused time.Time // last refusal of any kind
+}
+
+// take spends a token, if the bucket (rate per second, burst) has one.
+func (a *addrRate) take(now time.Time, rate, burst float64) bool {
+	a.tokens = min(burst, a.tokens+now.Sub(a.last).Seconds()*rate)
+	a.last = now
+	if a.tokens < 1 {
+		return false
 	}
-	c.Close()
-	return nil
+	a.tokens--
+	return true
+}
+
+// maxRates bounds the addresses whose rate is remembered: beyond it the
+// quietest are forgotten (they start again with a full bucket).
+const maxRates = 1 << 16
+
+// rateLocked returns key's rate record, making one with a full bucket.
+func (l *Listener) rateLocked(key string, now time.Time) *addrRate {
+	ar := l.rates[key]
+	if ar == nil {
+		if len(l.rates) >= maxRates {
+			for k, r := range l.rates {
+				if now.Sub(r.last) > time.Minute || len(l.rates) >= maxRates {
+					delete(l.rates, k)
+				}
+				if len(l.rates) < maxRates*3/4 {
+					break
+				}
+			}
+		}
+		ar = &addrRate{tokens: float64(max(l.cfg.Burst, 1)), last: now}
+		l.rates[key] = ar
+	}
+	return ar
 }
 
 // limitLocked returns the total in force: after descriptors ran short it

@@ -59,7 +59,7 @@ func refused(c net.Conn) (bool, string) {
 }
 
 func TestPerAddress(t *testing.T) {
-	l := listen(t, Config{Total: 100, PerAddr: 2, Reject: func(c net.Conn, why Reason) { io.WriteString(c, why.String()) }})
+	l := listen(t, Config{Total: 100, PerAddr: 2, Refusal: func(why Reason) []byte { return []byte(why.String()) }})
 	got := serve(t, l)
 	a1, a2 := dialFrom(t, "127.0.0.2", l.Addr()), dialFrom(t, "127.0.0.2", l.Addr())
 	<-got
@@ -255,5 +255,28 @@ func TestFairShareEviction(t *testing.T) {
 			t.Fatal("an address over its share displaced another's connection")
 		}
 		c.Close()
+	}
+}
+
+// TestRate: an address connecting faster than its rate is reset at once
+// beyond its burst; another address is not.
+func TestRate(t *testing.T) {
+	l := listen(t, Config{Total: 100, Rate: 1, Burst: 3})
+	got := serve(t, l)
+	for i := 0; i < 3; i++ {
+		dialFrom(t, "127.0.0.2", l.Addr())
+		<-got
+	}
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	if c, err := d.Dial("tcp", l.Addr().String()); err == nil {
+		if ok, msg := refused(c); !ok || msg != "" {
+			t.Fatalf("the 4th connection in a burst of 3: refused %v, said %q", ok, msg)
+		}
+		c.Close()
+	}
+	dialFrom(t, "127.0.0.3", l.Addr())
+	<-got
+	if st := l.Stats(); st.RefusedRate != 1 || st.Accepted != 4 {
+		t.Fatalf("stats %+v", st)
 	}
 }

@@ -377,6 +377,14 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			err = atLeast(&p.Daemon.MaxConnections, 1)
 		case "maxconnectionsperaddress":
 			err = atLeast(&p.Daemon.MaxConnectionsPerAddr, 1)
+		case "connectrateperaddress":
+			f, e := strconv.ParseFloat(l.value, 64)
+			if e != nil || math.IsNaN(f) || f < 0.1 || f > 1e6 {
+				err = fail("ConnectRatePerAddress %q: want new connections per second from 0.1 to 1000000", l.value)
+			}
+			p.Daemon.ConnectRate = f
+		case "connectburstperaddress":
+			err = atLeast(&p.Daemon.ConnectBurst, 1)
 		case "maxonionconnections":
 			err = atLeast(&p.Daemon.MaxOnionConnections, 1)
 		case "onionmaxstreams":

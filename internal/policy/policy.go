@@ -76,7 +76,9 @@ type Policy struct {
 // time, and memory in flight. See docs/SECURITY.md.
 type Daemon struct {
 	MaxConnections        int           // client connections served at once on ListenAddress
-	MaxConnectionsPerAddr int           // ... from one address (IPv4 address, IPv6 /64)
+	MaxConnectionsPerAddr int           // ... from one address (IPv4 address, IPv6 /56)
+	ConnectRate           float64       // new connections per second from one address (tor's DoSConnectionConnectRate)
+	ConnectBurst          int           // ... and how many at once beyond the rate
 	MaxOnionConnections   int           // connections arriving through bentod's onion service at once
 	OnionMaxStreams       int           // streams one rendezvous circuit may open (tor's MaxStreams, closing the circuit beyond)
 	HandshakeTimeout      time.Duration // a connection's hello must arrive within this
@@ -144,6 +146,8 @@ func Default() *Policy {
 		Daemon: Daemon{
 			MaxConnections:        512,
 			MaxConnectionsPerAddr: 16,
+			ConnectRate:           50,
+			ConnectBurst:          100,
 			MaxOnionConnections:   256,
 			OnionMaxStreams:       16,
 			HandshakeTimeout:      10 * time.Second,

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -42,12 +43,19 @@ func deployLimit(maxUpload int64) int {
 // client is told why in a protocol error frame.
 func (s *Server) LimitListener(ln net.Listener, onion bool) *netlimit.Listener {
 	d := s.policy().Daemon
-	cfg := netlimit.Config{Name: "client", Total: d.MaxConnections, PerAddr: d.MaxConnectionsPerAddr, Log: s.log,
-		Reject: func(c net.Conn, why netlimit.Reason) {
-			_ = wire.NewConn(c).Send(proto.TError, proto.Error{Code: proto.CodeBusy, Message: "busy, retry later: " + why.String()}, nil)
-		}}
+	// Refusals are encoded once: a flood's refusals cost a write each.
+	refusals := map[netlimit.Reason][]byte{}
+	for _, why := range []netlimit.Reason{netlimit.TooMany, netlimit.TooManyFromYou, netlimit.TooFast} {
+		hdr, _ := json.Marshal(proto.Error{Code: proto.CodeBusy, Message: "busy, retry later: " + why.String()})
+		refusals[why] = (&wire.Frame{Type: proto.TError, Header: hdr}).Encode(nil)
+	}
+	cfg := netlimit.Config{Name: "client", Total: d.MaxConnections, PerAddr: d.MaxConnectionsPerAddr,
+		Rate: d.ConnectRate, Burst: d.ConnectBurst, Log: s.log,
+		Refusal: func(why netlimit.Reason) []byte { return refusals[why] }}
 	if onion {
-		cfg.Name, cfg.Total, cfg.PerAddr = "onion", d.MaxOnionConnections, 0
+		// Everyone through Tor arrives from tor's address: no per-address
+		// bounds here (tor's MaxStreams bounds each circuit).
+		cfg.Name, cfg.Total, cfg.PerAddr, cfg.Rate = "onion", d.MaxOnionConnections, 0, 0
 	}
 	s.self.add(ln.Addr())
 	return netlimit.New(ln, cfg)
@@ -56,9 +64,9 @@ func (s *Server) LimitListener(ln net.Listener, onion bool) *netlimit.Listener {
 // LimitPolicyListener wraps the policy endpoint's listener: it serves a
 // small document, so a few connections per address are plenty.
 func (s *Server) LimitPolicyListener(ln net.Listener) *netlimit.Listener {
-	return netlimit.New(ln, netlimit.Config{Name: "policy", Total: 64, PerAddr: 4, Log: s.log,
-		Reject: func(c net.Conn, why netlimit.Reason) {
-			fmt.Fprintf(c, "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s\n", len(why.String())+1, why)
+	return netlimit.New(ln, netlimit.Config{Name: "policy", Total: 64, PerAddr: 4, Rate: 10, Burst: 20, Log: s.log,
+		Refusal: func(why netlimit.Reason) []byte {
+			return []byte(fmt.Sprintf("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s\n", len(why.String())+1, why))
 		}})
 }
 
