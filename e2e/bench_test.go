@@ -31,7 +31,7 @@ func reportMedian(b *testing.B, d []time.Duration) {
 // BenchmarkUploadToFirstByte measures deploy + invoke of hello until the
 // first output byte arrives at the client.
 func BenchmarkUploadToFirstByte(b *testing.B) {
-	d := startBentod(b, "MaxInstances 512\nMaxInstancesPerClient 512\nTotalCPU 50\n")
+	d := startBentod(b, "MaxInstances 512\nMaxInstancesPerClient 512\nTotalCPU 50\nConnectRatePerAddress 100000\n")
 	fnc, err := client.LoadFunction(fn("hello"))
 	if err != nil {
 		b.Fatal(err)
@@ -94,7 +94,7 @@ func BenchmarkRuncStartBaseline(b *testing.B) {
 // BenchmarkWarmInvoke measures invocations of an already running service
 // instance, one client after another and from 4 clients at once.
 func BenchmarkWarmInvoke(b *testing.B) {
-	d := startBentod(b, "")
+	d := startBentod(b, "ConnectRatePerAddress 100000\n")
 	dir := b.TempDir()
 	os.WriteFile(dir+"/bento.toml", []byte("name = \"ping\"\nmode = \"service\"\n[resources]\nlifetime = \"10 minutes\"\n"), 0o644)
 	os.WriteFile(dir+"/main.star", []byte("def main(x):\n    return x\n"), 0o644)
@@ -131,7 +131,7 @@ func BenchmarkWarmInvoke(b *testing.B) {
 // BenchmarkProtocolRoundTripBaseline is a request that touches no
 // container (fetching the policy) over the same connection set-up.
 func BenchmarkProtocolRoundTripBaseline(b *testing.B) {
-	d := startBentod(b, "")
+	d := startBentod(b, "ConnectRatePerAddress 100000\n")
 	cl := client.New(d.Addr)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

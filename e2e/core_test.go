@@ -292,7 +292,9 @@ func TestFunctionErrors(t *testing.T) {
 // TestManyInvocations invokes one service instance more times than it may
 // run sessions at once: finished sessions must not count.
 func TestManyInvocations(t *testing.T) {
-	d := startBentod(t, "")
+	// One client calling as fast as it can: more than the default 50
+	// connections a second one address may open.
+	d := startBentod(t, "ConnectRatePerAddress 100000\n")
 	dir := t.TempDir()
 	os.WriteFile(dir+"/bento.toml", []byte("name = \"ping\"\nmode = \"service\"\n"), 0o644)
 	os.WriteFile(dir+"/main.star", []byte("def main(x):\n    return x\n"), 0o644)

@@ -140,7 +140,7 @@ func ledgerValue(r, i int) string {
 // the instance keeps its tokens and its owner's quota; no half-made
 // instance is left.
 func TestCrashAtRandom(t *testing.T) {
-	d := startBentod(t, "MaxInstancesPerClient 1\n")
+	d := startBentod(t, "MaxInstancesPerClient 1\nConnectRatePerAddress 100000\n")
 	owner := func() *client.Client {
 		cl := client.New(d.Addr)
 		cl.Dialer = &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.5")}}

@@ -150,3 +150,50 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestOnion: onion services are named by onion rules and "*" only; an
+// address rule never matches a name; coverage of onion rules is exact.
+func TestOnion(t *testing.T) {
+	a := strings.Repeat("a", 56) + ".onion"
+	b := strings.Repeat("b", 56) + ".onion"
+	p := MustParse("reject " + a + ":*, accept *.onion:80-443, reject *4:*")
+	for _, tc := range []struct {
+		name string
+		port uint16
+		want bool
+	}{
+		{a, 80, false}, {b, 80, true}, {b, 22, false}, {"example.com", 80, false},
+	} {
+		if got := p.AllowsName(tc.name, tc.port); got != tc.want {
+			t.Errorf("%s:%d = %v, want %v", tc.name, tc.port, got, tc.want)
+		}
+	}
+	if !MustParse("accept *:443").AllowsName("example.com", 443) {
+		t.Error(`"accept *" does not cover a host name`)
+	}
+	if MustParse("accept *4:443, accept *6:443").AllowsName("example.com", 443) {
+		t.Error("address rules matched a host name")
+	}
+	for _, tc := range []struct {
+		policy, manifest string
+		ok               bool
+	}{
+		{"accept *.onion:*", "accept " + b + ":80", true},
+		{"accept *.onion:*", "accept *.onion:8888", true},
+		{"reject " + a + ":*, accept *.onion:*", "accept *.onion:80", false}, // a is inside *.onion
+		{"reject " + a + ":*, accept *.onion:*", "accept " + b + ":80", true},
+		{"accept *.onion:80", "accept *.onion:*", false},
+		{"accept *:*", "accept " + b + ":1-65535", true},
+		{"accept 127.0.0.1:*", "accept " + b + ":80", false},
+	} {
+		got := len(MustParse(tc.policy).Covers(MustParse(tc.manifest))) == 0
+		if got != tc.ok {
+			t.Errorf("%q covers %q = %v, want %v", tc.policy, tc.manifest, got, tc.ok)
+		}
+	}
+	for _, bad := range []string{"accept x.onion:80", "accept6 *.onion:80", "accept " + a + "/8:80", "accept AB.onion:1"} {
+		if _, _, err := Parse(bad); err == nil {
+			t.Errorf("Parse(%q) accepted a bad onion item", bad)
+		}
+	}
+}

@@ -49,6 +49,13 @@ func TestParseErrors(t *testing.T) {
 		`name = "a"` + "\n[resources]\nmemory = \"lots\"":          "resources.memory",
 		`name = "a"` + "\ndestinations = [\"accept6 1.2.3.4:80\"]": "destinations",
 		`name = `: "bento.toml",
+		`name = "a"` + "\n[resources]\ncpu = nan":                   "resources.cpu",
+		`name = "a"` + "\n[resources]\ncpu = inf":                   "resources.cpu",
+		`name = "a"` + "\n[resources]\ncpu = 1e-300":                "below the least",
+		`name = "a"` + "\n[resources]\ncpu = 0.015":                 "steps of 0.01",
+		`name = "a"` + "\n[resources]\ncpu = -1":                    "resources.cpu",
+		`name = "a"` + "\n[resources]\nsteps = 9223372036854775807": "resources.steps",
+		`name = "a"` + "\napis = [\"tor.fetch\"]":                   "destinations accepts nothing",
 	}
 	for in, want := range tests {
 		_, err := Parse([]byte(in))

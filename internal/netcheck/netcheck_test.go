@@ -79,3 +79,47 @@ func TestDial(t *testing.T) {
 		t.Fatalf("dial to port %d through a reject-all policy: %v", port, err)
 	}
 }
+
+func TestCheckTor(t *testing.T) {
+	a := strings.Repeat("a", 56) + ".onion"
+	node := exitpolicy.MustParse("reject " + a + ":*, accept *.onion:*, accept 192.0.2.0/24:80")
+	man := exitpolicy.MustParse("accept *.onion:*, accept 192.0.2.7:80")
+	pols := []*exitpolicy.Policy{node, man}
+	for _, tc := range []struct {
+		dest string
+		ok   bool
+	}{
+		{strings.Repeat("b", 56) + ".onion:8888", true},
+		{a + ":8888", false},
+		{"www." + a + ":8888", false}, // a subdomain names the same service
+		{strings.ToUpper(a[:56]) + ".ONION.:8888", false},
+		{"192.0.2.7:80", true},
+		{"192.0.2.8:80", false}, // the manifest does not name it
+		{"example.com:80", false},
+		{"short.onion:80", false}, // not an onion address
+	} {
+		err := CheckTor(pols, tc.dest)
+		if (err == nil) != tc.ok {
+			t.Errorf("CheckTor(%s) = %v, want ok %v", tc.dest, err, tc.ok)
+		}
+	}
+	if !SameOnionService("www."+a+":08888", a+":8888") || SameOnionService(a+":8888", a+":8889") {
+		t.Error("SameOnionService")
+	}
+}
+
+func FuzzCanonicalOnion(f *testing.F) {
+	f.Add(strings.Repeat("a", 56) + ".onion")
+	f.Add("www.x.onion.")
+	f.Fuzz(func(t *testing.T, host string) {
+		o, ok, err := CanonicalOnion(host)
+		if ok && err == nil {
+			if !exitpolicy.ValidOnion(o) {
+				t.Fatalf("CanonicalOnion(%q) = %q, not a valid onion", host, o)
+			}
+			if again, _, _ := CanonicalOnion(o); again != o {
+				t.Fatalf("not idempotent: %q then %q", o, again)
+			}
+		}
+	})
+}

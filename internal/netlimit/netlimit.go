@@ -198,10 +198,10 @@ func (l *Listener) Accept() (net.Conn, error) {
 				l.short = time.Now()
 				victim := l.victimLocked("")
 				l.mu.Unlock()
+				l.warn("out of file descriptors: serving fewer connections for a while (raise the descriptor limit)", "err", err)
 				if victim != nil {
 					l.evicted.Add(1)
 					victim.Close()
-					l.warn("out of file descriptors; closing the connections idle longest (raise the descriptor limit)", "err", err)
 					continue
 				}
 				l.shed()
@@ -277,10 +277,10 @@ func (l *Listener) acceptRaw(tl *net.TCPListener) (net.Conn, error) {
 				l.short = time.Now()
 				victim := l.victimLocked("")
 				l.mu.Unlock()
+				l.warn("out of file descriptors: serving fewer connections for a while (raise the descriptor limit)", "err", aerr)
 				if victim != nil {
 					l.evicted.Add(1)
 					victim.Close()
-					l.warn("out of file descriptors; closing the connections idle longest (raise the descriptor limit)", "err", aerr)
 					continue
 				}
 				l.shedRaw(rc)
@@ -413,7 +413,7 @@ func (l *Listener) admit(key string) (*conn, Reason, bool) {
 	}
 	quiet := false // say nothing to an address refused a moment ago
 	if why != 0 {
-		quiet = why == TooFast || t.Sub(ar.refused) < time.Second
+		quiet = t.Sub(ar.refused) < time.Second
 		ar.refused = t
 	}
 	var lc *conn

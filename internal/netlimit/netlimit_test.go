@@ -269,8 +269,8 @@ func TestRate(t *testing.T) {
 	}
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
 	if c, err := d.Dial("tcp", l.Addr().String()); err == nil {
-		if ok, msg := refused(c); !ok || msg != "" {
-			t.Fatalf("the 4th connection in a burst of 3: refused %v, said %q", ok, msg)
+		if ok, _ := refused(c); !ok {
+			t.Fatal("the 4th connection in a burst of 3 was served")
 		}
 		c.Close()
 	}

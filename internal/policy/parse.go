@@ -503,6 +503,9 @@ func ParseCores(v string) (float64, error) {
 	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 || f > 4096 {
 		return 0, fmt.Errorf("%q is not a number of cores from 0 to 4096 (e.g. 0.5)", v)
 	}
+	if f != 0 && f < MinCPU {
+		return 0, fmt.Errorf("%q is below %g cores, the least that can be given", v, MinCPU)
+	}
 	if !CPUStep(f) {
 		return 0, fmt.Errorf("%q: give cores in steps of %g (e.g. 0.25)", v, MinCPU)
 	}

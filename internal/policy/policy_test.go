@@ -156,3 +156,27 @@ func TestSampleGolden(t *testing.T) {
 		t.Errorf("public policy of the sample differs from %s:\n%s", golden, got)
 	}
 }
+
+// TestNumbersFiniteAndInRange: every number bentorc takes is finite and in
+// range, and the error says which line and what is wanted.
+func TestNumbersFiniteAndInRange(t *testing.T) {
+	for _, line := range []string{
+		"TotalCPU nan", "MaxCPU inf", "ReserveCPU -0.5", "MaxCPU 0.005", "MaxCPU 1e-300", "TotalCPU 0.015",
+		"MaxConnections 0", "MaxConnections 1e9", "MaxConnectionsPerAddress -3", "IdleTimeout 0",
+		"HandshakeTimeout 1 day", "MaxSteps 5", "ConnectRatePerAddress nan", "Nice 40", "OnionMaxStreams 70000",
+		"MaxInFlight 1 KB", "MaxCPUTime 0",
+	} {
+		_, err := Parse("bentorc", []byte(line+"\n"))
+		if err == nil {
+			t.Errorf("%q was accepted", line)
+			continue
+		}
+		if !strings.Contains(err.Error(), "bentorc:1:") && !strings.Contains(err.Error(), "MaxInFlight") {
+			t.Errorf("%q: the error names no line: %v", line, err)
+		}
+	}
+	p, err := Parse("bentorc", []byte("MaxCPU 0.75\nTotalCPU 1.5\nConnectRatePerAddress 2.5\n"))
+	if err != nil || p.Max.CPU != 0.75 || MilliCores(p.Aggregate.CPU) != 1500 || p.Daemon.ConnectRate != 2.5 {
+		t.Fatalf("valid numbers: %+v %v", p, err)
+	}
+}

@@ -53,3 +53,37 @@ func FuzzUnpackFiles(f *testing.F) {
 		}
 	})
 }
+
+func TestKeys(t *testing.T) {
+	keys := []string{"a", "", "ключ", string(make([]byte, 256))}
+	got, err := DecodeKeys(EncodeKeys(keys))
+	if err != nil || len(got) != len(keys) {
+		t.Fatalf("%q %v", got, err)
+	}
+	for i := range keys {
+		if got[i] != keys[i] {
+			t.Fatalf("key %d: %q, want %q", i, got[i], keys[i])
+		}
+	}
+	for _, bad := range [][]byte{{0}, {0, 5, 'a'}} {
+		if _, err := DecodeKeys(bad); err == nil {
+			t.Errorf("DecodeKeys(%v) accepted a truncated reply", bad)
+		}
+	}
+}
+
+// FuzzDecodeKeys: whatever a (hostile) bentod sends, the runner's decoder
+// does not panic, and what it decodes encodes back to the same bytes.
+func FuzzDecodeKeys(f *testing.F) {
+	f.Add(EncodeKeys([]string{"a", "bc"}))
+	f.Add([]byte{0, 1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		keys, err := DecodeKeys(b)
+		if err != nil {
+			return
+		}
+		if again := EncodeKeys(keys); string(again) != string(b) {
+			t.Fatalf("round trip: %x vs %x", again, b)
+		}
+	})
+}
