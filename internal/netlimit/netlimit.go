@@ -187,32 +187,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 			if errors.Is(err, net.ErrClosed) {
 				return nil, err
 			}
-			l.acceptErrors.Add(1)
-			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				// Out of descriptors: serve fewer connections for a while,
-				// so the rest of the daemon (its files, its instances) has
-				// descriptors, and let an idle connection give its up for
-				// the newcomer; with none idle, the newcomer is turned away.
-				l.mu.Lock()
-				l.limit = max(1, min(l.limit, l.open)-16)
-				l.short = time.Now()
-				victim := l.victimLocked("")
-				l.mu.Unlock()
-				l.warn("out of file descriptors: serving fewer connections for a while (raise the descriptor limit)", "err", err)
-				if victim != nil {
-					l.evicted.Add(1)
-					victim.Close()
-					continue
-				}
-				l.shed()
-			}
-			if delay == 0 {
-				delay = 5 * time.Millisecond
-			} else if delay *= 2; delay > time.Second {
-				delay = time.Second
-			}
-			l.warn("accept failed; backing off", "err", err, "delay", delay)
-			time.Sleep(delay)
+			l.acceptFailed(err, &delay, l.shed)
 			continue
 		}
 		delay = 0
@@ -270,28 +245,7 @@ func (l *Listener) acceptRaw(tl *net.TCPListener) (net.Conn, error) {
 			continue
 		}
 		if aerr != nil {
-			l.acceptErrors.Add(1)
-			if aerr == unix.EMFILE || aerr == unix.ENFILE {
-				l.mu.Lock()
-				l.limit = max(1, min(l.limit, l.open)-16)
-				l.short = time.Now()
-				victim := l.victimLocked("")
-				l.mu.Unlock()
-				l.warn("out of file descriptors: serving fewer connections for a while (raise the descriptor limit)", "err", aerr)
-				if victim != nil {
-					l.evicted.Add(1)
-					victim.Close()
-					continue
-				}
-				l.shedRaw(rc)
-			}
-			if delay == 0 {
-				delay = 5 * time.Millisecond
-			} else if delay *= 2; delay > time.Second {
-				delay = time.Second
-			}
-			l.warn("accept failed; backing off", "err", aerr, "delay", delay)
-			time.Sleep(delay)
+			l.acceptFailed(aerr, &delay, func() { l.shedRaw(rc) })
 			continue
 		}
 		delay = 0
@@ -323,6 +277,37 @@ func (l *Listener) acceptRaw(tl *net.TCPListener) (net.Conn, error) {
 		l.accepted.Add(1)
 		return lc, nil
 	}
+}
+
+// acceptFailed handles an accept error other than a closed listener: out
+// of descriptors, it serves fewer connections for a while (so the rest of
+// the daemon, its files and its instances, has descriptors) and lets an
+// idle connection give its descriptor up for the newcomer, or, with none
+// idle, sheds the newcomer; any other error, or no idle connection, is
+// backed off from (5 ms doubling to a second), never returned.
+func (l *Listener) acceptFailed(err error, delay *time.Duration, shed func()) {
+	l.acceptErrors.Add(1)
+	if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+		l.mu.Lock()
+		l.limit = max(1, min(l.limit, l.open)-16)
+		l.short = time.Now()
+		victim := l.victimLocked("")
+		l.mu.Unlock()
+		l.warn("out of file descriptors: serving fewer connections for a while (raise the descriptor limit)", "err", err)
+		if victim != nil {
+			l.evicted.Add(1)
+			victim.Close()
+			return
+		}
+		shed()
+	}
+	if *delay == 0 {
+		*delay = 5 * time.Millisecond
+	} else if *delay *= 2; *delay > time.Second {
+		*delay = time.Second
+	}
+	l.warn("accept failed; backing off", "err", err, "delay", *delay)
+	time.Sleep(*delay)
 }
 
 // shedRaw is shed for the raw accept path.
