@@ -313,6 +313,8 @@ type soakLoad struct {
 	errors   int
 	errMsgs  []string // the first few
 	deployed int
+	start    time.Time
+	errAt    map[int]int // errors by minute since start
 }
 
 func (l *soakLoad) add(dst *[]time.Duration, d time.Duration, err error) {
@@ -320,6 +322,10 @@ func (l *soakLoad) add(dst *[]time.Duration, d time.Duration, err error) {
 	defer l.mu.Unlock()
 	if err != nil {
 		l.errors++
+		if l.errAt == nil {
+			l.errAt = map[int]int{}
+		}
+		l.errAt[int(time.Since(l.start)/time.Minute)]++
 		if len(l.errMsgs) < 5 {
 			l.errMsgs = append(l.errMsgs, err.Error())
 		}
@@ -425,7 +431,7 @@ func BenchmarkSoak(b *testing.B) {
 
 	u := watchUsage(d.cmd.Process.Pid)
 	b.ResetTimer()
-	base := &soakLoad{}
+	base := &soakLoad{start: time.Now()}
 	run(base, baseline)
 	baseRSS, baseFDs := u.end()
 
@@ -470,7 +476,7 @@ func BenchmarkSoak(b *testing.B) {
 		}
 	}()
 	u = watchUsage(d.cmd.Process.Pid)
-	mix := &soakLoad{}
+	mix := &soakLoad{start: time.Now()}
 	run(mix, mixed)
 	close(stopLimits)
 	<-limitsDone
@@ -489,6 +495,28 @@ func BenchmarkSoak(b *testing.B) {
 		for _, m := range p.l.errMsgs {
 			b.Logf("  honest error: %s", m)
 		}
+		if len(p.l.errAt) > 0 {
+			b.Logf("  honest errors by minute: %v", p.l.errAt)
+		}
+	}
+	// What bentod warned about, by message (each is rate-limited in the log).
+	warns := map[string]int{}
+	for _, line := range strings.Split(d.log.String(), "\n") {
+		if strings.Contains(line, "level=WARN") || strings.Contains(line, "[warn]") {
+			msg := line
+			if i := strings.Index(line, "msg="); i >= 0 {
+				msg = line[i:]
+				if j := strings.Index(msg, " "); j > 0 && !strings.HasPrefix(msg, `msg="`) {
+					msg = msg[:j]
+				} else if j := strings.Index(msg[5:], `"`); j > 0 {
+					msg = msg[:j+6]
+				}
+			}
+			warns[msg]++
+		}
+	}
+	for m, n := range warns {
+		b.Logf("  bentod warned %d× %s", n, m)
 	}
 	b.ReportMetric(float64(percentile(mix.calls, 50))/float64(percentile(base.calls, 50)), "p50-ratio")
 	b.ReportMetric(float64(percentile(mix.calls, 99))/float64(percentile(base.calls, 99)), "p99-ratio")
