@@ -146,6 +146,12 @@ func run() int {
 		srv.SetTor(link)
 		go link.Run(linkCtx)
 	}
+	if p.FlashFlow.Listen != "" {
+		if err := startFlashFlow(linkCtx, p, link, log); err != nil {
+			log.Error("flashflow", "err", err)
+			return 1
+		}
+	}
 
 	closed := make(chan struct{})
 	sigs := make(chan os.Signal, 1)

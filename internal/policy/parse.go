@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -410,6 +411,39 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 				err = fail("Nice %q: want a number from -20 to 19 (higher yields the CPU to tor)", l.value)
 			}
 			p.Daemon.Nice = n
+		case "ffmeasurementsallowed":
+			switch l.value {
+			case "0":
+				p.FlashFlow.Allowed = false
+			case "1":
+				p.FlashFlow.Allowed = true
+			default:
+				err = fail("FFMeasurementsAllowed %q: want 0 or 1", l.value)
+			}
+		case "fflistenaddress":
+			if _, _, e := net.SplitHostPort(l.value); e != nil {
+				err = fail("FFListenAddress %q: want host:port", l.value)
+			}
+			p.FlashFlow.Listen = l.value
+		case "ffechoaddress":
+			ap, e := netip.ParseAddrPort(l.value)
+			if e != nil || !ap.Addr().IsLoopback() || ap.Port() == 0 {
+				err = fail("FFEchoAddress %q: want a loopback address and port (measurers reach it through the relay's exit to localhost)", l.value)
+			}
+			p.FlashFlow.Echo = l.value
+		case "ffallowedcoordinators":
+			for _, f := range strings.Split(l.value, ",") {
+				t := strings.ToUpper(strings.NewReplacer(":", "", " ", "").Replace(strings.TrimSpace(f)))
+				if len(t) != 64 || strings.Trim(t, "0123456789ABCDEF") != "" {
+					err = fail("FFAllowedCoordinators: %q is not a certificate fingerprint (64 hex digits, SHA-256 of the coordinator's certificate)", f)
+					break
+				}
+				p.FlashFlow.Coordinators = append(p.FlashFlow.Coordinators, t)
+			}
+		case "ffmeasurementperiod":
+			err = duration(&p.FlashFlow.Period, time.Hour, 31*24*time.Hour)
+		case "ffmaxmeasurementduration":
+			err = duration(&p.FlashFlow.MaxDuration, 10*time.Second, 120*time.Second)
 		case "maxcompositiondepth":
 			err = count(&p.Composition.MaxDepth)
 		case "maxcomposedinstances":

@@ -61,6 +61,9 @@ type Policy struct {
 	// Composition bounds the instances and calls functions start.
 	Composition Composition
 
+	// FlashFlow is the relay's side of FlashFlow capacity measurement.
+	FlashFlow FlashFlow
+
 	// Middlebox node policy.
 	APIs         map[string]bool
 	Images       []string
@@ -88,6 +91,17 @@ type Daemon struct {
 	MaxInFlight           int64         // bytes of uploads, host-call results and relayed output held at once
 	MaxMemory             int64         // bentod's own memory ceiling (Go's soft limit; the unit's MemoryMax is the hard one)
 	Nice                  int           // bentod's scheduling priority: above 0 yields the CPU to tor
+}
+
+// FlashFlow configures measurement mode: bentod as the target side of
+// FlashFlow (docs/flashflow.md). Off unless Allowed and Listen are set.
+type FlashFlow struct {
+	Allowed      bool          // FFMeasurementsAllowed: measurements on
+	Listen       string        // FFListenAddress: where coordinators connect (TLS)
+	Echo         string        // FFEchoAddress: the echo endpoint on the relay's loopback
+	Coordinators []string      // FFAllowedCoordinators: pinned certificate fingerprints
+	Period       time.Duration // FFMeasurementPeriod: at most two measurements per coordinator in this window
+	MaxDuration  time.Duration // FFMaxMeasurementDuration: PARAMS to end, handshake included
 }
 
 // Composition bounds what functions start on Bento servers (remote.*),
@@ -159,6 +173,7 @@ func Default() *Policy {
 			Nice:                  5,
 		},
 		Composition: Composition{MaxDepth: 3, MaxInstances: 8, MaxCalls: 16},
+		FlashFlow:   FlashFlow{Echo: "127.0.0.1:9252", Period: 24 * time.Hour, MaxDuration: 45 * time.Second},
 	}
 	for _, a := range DefaultAPIs {
 		p.APIs[a] = true

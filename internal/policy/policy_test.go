@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -157,6 +158,23 @@ func TestSampleGolden(t *testing.T) {
 	}
 }
 
+func TestFlashFlowKeywords(t *testing.T) {
+	fp := strings.Repeat("ab", 32)
+	p, err := Parse("bentorc", []byte("FFListenAddress 0.0.0.0:9251\nFFEchoAddress 127.0.0.1:9300\nFFMeasurementsAllowed 1\n"+
+		"FFAllowedCoordinators "+fp+", "+strings.Repeat("CD", 32)+"\nFFMeasurementPeriod 2 hours\nFFMaxMeasurementDuration 60 seconds\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := FlashFlow{Allowed: true, Listen: "0.0.0.0:9251", Echo: "127.0.0.1:9300",
+		Coordinators: []string{strings.ToUpper(fp), strings.Repeat("CD", 32)}, Period: 2 * time.Hour, MaxDuration: time.Minute}
+	if !reflect.DeepEqual(p.FlashFlow, want) {
+		t.Fatalf("got %+v\nwant %+v", p.FlashFlow, want)
+	}
+	if d := Default().FlashFlow; d.Allowed || d.Listen != "" || d.Period != 24*time.Hour || d.MaxDuration != 45*time.Second {
+		t.Fatalf("defaults: %+v", d)
+	}
+}
+
 // TestNumbersFiniteAndInRange: every number bentorc takes is finite and in
 // range, and the error says which line and what is wanted.
 func TestNumbersFiniteAndInRange(t *testing.T) {
@@ -165,6 +183,9 @@ func TestNumbersFiniteAndInRange(t *testing.T) {
 		"MaxConnections 0", "MaxConnections 1e9", "MaxConnectionsPerAddress -3", "IdleTimeout 0",
 		"HandshakeTimeout 1 day", "MaxSteps 5", "ConnectRatePerAddress nan", "Nice 40", "OnionMaxStreams 70000",
 		"MaxInFlight 1 KB", "MaxCPUTime 0",
+		"FFMeasurementsAllowed 2", "FFMeasurementPeriod 10 minutes", "FFMaxMeasurementDuration 5 seconds",
+		"FFMaxMeasurementDuration 10 minutes", "FFEchoAddress 10.0.0.1:9252", "FFEchoAddress 127.0.0.1:0",
+		"FFAllowedCoordinators abc", "FFListenAddress nowhere",
 	} {
 		_, err := Parse("bentorc", []byte(line+"\n"))
 		if err == nil {

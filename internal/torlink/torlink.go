@@ -315,3 +315,44 @@ func (l *Link) publish(ctx context.Context, c *torctl.Conn) error {
 	}()
 	return nil
 }
+
+// Traffic returns the bytes tor has read and written since it started
+// (GETINFO traffic/read and traffic/written).
+func (l *Link) Traffic(ctx context.Context) (read, written uint64, err error) {
+	c, err := l.keeper.Conn(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	info, err := c.GetInfo(ctx, "traffic/read", "traffic/written")
+	if err != nil {
+		return 0, 0, err
+	}
+	read, err = strconv.ParseUint(info["traffic/read"], 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("tor's traffic/read %q: %w", info["traffic/read"], err)
+	}
+	written, err = strconv.ParseUint(info["traffic/written"], 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("tor's traffic/written %q: %w", info["traffic/written"], err)
+	}
+	return read, written, nil
+}
+
+// CountsLocal reports whether tor counts (and rate-limits) connections to
+// private addresses such as loopback (CountPrivateBandwidth 1).
+func (l *Link) CountsLocal(ctx context.Context) (bool, error) {
+	c, err := l.keeper.Conn(ctx)
+	if err != nil {
+		return false, err
+	}
+	r, err := c.Do(ctx, torctl.MustCommand("GETCONF", "CountPrivateBandwidth"))
+	if err != nil {
+		return false, err
+	}
+	for _, ln := range r.Lines {
+		if v, ok := strings.CutPrefix(ln.Text, "CountPrivateBandwidth="); ok {
+			return v == "1", nil
+		}
+	}
+	return false, nil
+}

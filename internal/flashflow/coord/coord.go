@@ -1,0 +1,477 @@
+// Package coord is FlashFlow's coordinator (prop 316 §3.2.1): measurers
+// connect to it (TLS, each measurer's certificate pinned); it connects to
+// a target's bentod (TLS, the target's certificate pinned, its own
+// certificate pinned by the target), asks for a measurement (PARAMS),
+// tells the measurers where and how fast to send (MEASURE, GO), gathers
+// the per-second reports of both sides and aggregates them (package
+// aggregate) into a capacity estimate.
+package coord
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/torbento/bento/internal/flashflow/aggregate"
+	"github.com/torbento/bento/internal/flashflow/link"
+	"github.com/torbento/bento/internal/flashflow/msg"
+)
+
+// Config configures a coordinator.
+type Config struct {
+	Identity  *link.Identity
+	Measurers []string // pinned measurer certificate fingerprints
+	// Duration of a measurement (default 30 s), background share r in
+	// percent (default 25), multiplier m (default 2.25), connections in
+	// all (default 160, split among measurers), echo check bucket
+	// (default 125: one chunk in 125 verified).
+	Duration   time.Duration
+	BGPercent  int
+	Multiplier float64
+	Conns      int
+	Bucket     int
+	Log        *slog.Logger
+}
+
+// Target is a relay to measure.
+type Target struct {
+	Fingerprint string // 40 hex digits: the relay's identity
+	Addr        string // its bentod's FlashFlow address (host:port)
+	Pin         string // its bentod's certificate fingerprint
+	// Prior is the current estimate of its capacity in bytes/s (its
+	// advertised bandwidth if it was never measured); the measurers send
+	// Multiplier times this.
+	Prior uint64
+}
+
+// Coordinator runs measurements.
+type Coordinator struct {
+	cfg    Config
+	pinned map[string]bool
+
+	mu        sync.Mutex
+	measurers map[string]*measurerConn // by fingerprint
+	busy      bool
+}
+
+type measurerConn struct {
+	c    *link.Conn
+	fp   string
+	addr netip.AddrPort
+	in   chan msg.Msg // messages read from it
+	done chan struct{}
+}
+
+// New returns a coordinator.
+func New(cfg Config) (*Coordinator, error) {
+	if cfg.Duration == 0 {
+		cfg.Duration = 30 * time.Second
+	}
+	if cfg.BGPercent == 0 {
+		cfg.BGPercent = 25
+	}
+	if cfg.Multiplier == 0 {
+		cfg.Multiplier = 2.25
+	}
+	if cfg.Conns == 0 {
+		cfg.Conns = 160
+	}
+	if cfg.Bucket == 0 {
+		cfg.Bucket = 125
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	d := int(cfg.Duration / time.Second)
+	switch {
+	case cfg.Duration%time.Second != 0 || d < msg.MinDuration || d > msg.MaxDuration:
+		return nil, fmt.Errorf("flashflow: duration %v: want whole seconds from %d to %d", cfg.Duration, msg.MinDuration, msg.MaxDuration)
+	case cfg.BGPercent < 0 || cfg.BGPercent > msg.MaxBGPercent:
+		return nil, fmt.Errorf("flashflow: background percent %d outside [0, %d]", cfg.BGPercent, msg.MaxBGPercent)
+	case math.IsNaN(cfg.Multiplier) || cfg.Multiplier < 1 || cfg.Multiplier > 100:
+		return nil, fmt.Errorf("flashflow: multiplier %v outside [1, 100]", cfg.Multiplier)
+	case cfg.Conns < 1 || cfg.Conns > msg.MaxMeasurers*msg.MaxConns:
+		return nil, fmt.Errorf("flashflow: %d connections outside [1, %d]", cfg.Conns, msg.MaxMeasurers*msg.MaxConns)
+	case cfg.Bucket < msg.MinBucket || cfg.Bucket > msg.MaxBucket:
+		return nil, fmt.Errorf("flashflow: bucket %d outside [%d, %d]", cfg.Bucket, msg.MinBucket, msg.MaxBucket)
+	}
+	c := &Coordinator{cfg: cfg, pinned: map[string]bool{}, measurers: map[string]*measurerConn{}}
+	for _, fp := range cfg.Measurers {
+		n, err := link.ParseFingerprint(fp)
+		if err != nil {
+			return nil, err
+		}
+		c.pinned[n] = true
+	}
+	if len(c.pinned) == 0 {
+		return nil, errors.New("flashflow: no measurer certificate pinned")
+	}
+	return c, nil
+}
+
+// ServeMeasurers accepts measurers on ln until ctx ends. Only pinned
+// measurers are kept, one connection each (a new one replaces the old).
+func (c *Coordinator) ServeMeasurers(ctx context.Context, ln net.Listener) error {
+	go func() { <-ctx.Done(); ln.Close() }()
+	sem := make(chan struct{}, 4*len(c.pinned)+4)
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			nc.Close()
+			continue
+		}
+		go func() {
+			defer func() { <-sem }()
+			lc, err := link.Server(nc, c.cfg.Identity)
+			if err != nil {
+				return
+			}
+			fp := lc.Peer()
+			if !c.pinned[fp] {
+				lc.Send(&msg.Err{Code: msg.ErrUntrusted})
+				lc.Close()
+				return
+			}
+			ap, _ := netip.ParseAddrPort(nc.RemoteAddr().String())
+			mc := &measurerConn{c: lc, fp: fp, addr: ap, in: make(chan msg.Msg, 2*msg.MaxDuration), done: make(chan struct{})}
+			c.mu.Lock()
+			if old := c.measurers[fp]; old != nil {
+				old.c.Close()
+			}
+			c.measurers[fp] = mc
+			c.mu.Unlock()
+			c.cfg.Log.Info("flashflow: measurer connected", "measurer", fp[:16])
+			defer func() {
+				lc.Close()
+				close(mc.done)
+				c.mu.Lock()
+				if c.measurers[fp] == mc {
+					delete(c.measurers, fp)
+				}
+				c.mu.Unlock()
+			}()
+			for {
+				m, err := lc.Recv(24 * time.Hour)
+				if err != nil {
+					return
+				}
+				select {
+				case mc.in <- m:
+				default:
+					// A measurer sending more than a measurement's worth
+					// of messages at once is broken.
+					return
+				}
+			}
+		}()
+	}
+}
+
+// Measurers returns the number of measurers connected.
+func (c *Coordinator) Measurers() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.measurers)
+}
+
+// WaitMeasurers waits until n measurers are connected.
+func (c *Coordinator) WaitMeasurers(ctx context.Context, n int) error {
+	for c.Measurers() < n {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("flashflow: %d of %d measurers connected: %w", c.Measurers(), n, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// Measurement is the outcome of one measurement.
+type Measurement struct {
+	Target    Target
+	ID        uint32
+	Start     time.Time
+	Result    aggregate.Result
+	Measurers []aggregate.Measurer
+}
+
+// Failed is returned when a party ended the measurement with ERR.
+type Failed struct {
+	Party string
+	Err   *msg.Err
+}
+
+func (f *Failed) Error() string {
+	return fmt.Sprintf("flashflow: measurement %d failed at the %s: %v", f.Err.MeasID, f.Party, f.Err.Code)
+}
+
+// Measure measures one relay with every connected measurer.
+func (c *Coordinator) Measure(ctx context.Context, t Target) (*Measurement, error) {
+	fpb, err := hex.DecodeString(t.Fingerprint)
+	if err != nil || len(fpb) != 20 {
+		return nil, fmt.Errorf("flashflow: relay fingerprint %q: want 40 hex digits", t.Fingerprint)
+	}
+	pin, err := link.ParseFingerprint(t.Pin)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.busy {
+		c.mu.Unlock()
+		return nil, errors.New("flashflow: a measurement is already in progress")
+	}
+	c.busy = true
+	var ms []*measurerConn
+	for _, m := range c.measurers {
+		ms = append(ms, m)
+	}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.busy = false
+		c.mu.Unlock()
+	}()
+	if len(ms) == 0 {
+		return nil, errors.New("flashflow: no measurer connected")
+	}
+	if len(ms) > msg.MaxMeasurers {
+		ms = ms[:msg.MaxMeasurers]
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].fp < ms[j].fp })
+	// Drop what a previous measurement left in the queues.
+	for _, m := range ms {
+		for len(m.in) > 0 {
+			<-m.in
+		}
+	}
+	var idb [4]byte
+	var id uint32
+	for id == 0 {
+		rand.Read(idb[:])
+		id = binary.BigEndian.Uint32(idb[:])
+	}
+	var key [msg.KeySize]byte
+	rand.Read(key[:])
+	d := int(c.cfg.Duration / time.Second)
+	conns := max(1, c.cfg.Conns/len(ms))
+	conns = min(conns, msg.MaxConns)
+	params := &msg.Params{Header: msg.Header{MeasID: id}, Duration: uint16(d), BGPercent: uint8(c.cfg.BGPercent), EchoKey: key}
+	for _, m := range ms {
+		var specs []msg.LinkSpec
+		if m.addr.IsValid() {
+			specs = append(specs, msg.AddrPortSpec(m.addr))
+		} else {
+			specs = append(specs, msg.LinkSpec{Type: 200, Data: []byte(m.fp[:8])})
+		}
+		params.Measurers = append(params.Measurers, msg.MeasurerInfo{Conns: uint16(conns), Specs: specs})
+	}
+	log := c.cfg.Log.With("meas_id", id, "relay", t.Fingerprint[:8])
+	tc, err := link.Dial(ctx, t.Addr, c.cfg.Identity, pin)
+	if err != nil {
+		return nil, err
+	}
+	defer tc.Close()
+	if err := tc.Send(params); err != nil {
+		return nil, err
+	}
+	r, err := tc.Recv(0)
+	if err != nil {
+		return nil, fmt.Errorf("flashflow: waiting for PARAMS_OK: %w", err)
+	}
+	var ok *msg.ParamsOK
+	switch r := r.(type) {
+	case *msg.ParamsOK:
+		ok = r
+	case *msg.Err:
+		return nil, &Failed{Party: "target", Err: r}
+	default:
+		return nil, fmt.Errorf("flashflow: target answered %v to PARAMS", r.Command())
+	}
+	abort := func(code msg.ErrCode) {
+		e := &msg.Err{Header: msg.Header{MeasID: id}, Code: code}
+		tc.Send(e)
+		for _, m := range ms {
+			m.c.Send(e)
+		}
+	}
+	rate := uint64(float64(t.Prior) * c.cfg.Multiplier / float64(len(ms)))
+	rate = min(rate, msg.MaxRate)
+	for i, m := range ms {
+		err := m.c.Send(&msg.Measure{Header: msg.Header{MeasID: id}, Measurer: uint8(i), Duration: uint16(d), Conns: uint16(conns),
+			Rate: rate, Bucket: uint16(c.cfg.Bucket), Target: []msg.LinkSpec{msg.RSAIDSpec([20]byte(fpb))},
+			EchoPort: ok.EchoPort(), EchoKey: key})
+		if err != nil {
+			abort(msg.ErrAborted)
+			return nil, fmt.Errorf("flashflow: measurer %s: %w", m.fp[:16], err)
+		}
+	}
+	// READY from each.
+	res := &Measurement{Target: t, ID: id, Measurers: make([]aggregate.Measurer, len(ms))}
+	for i, m := range ms {
+		res.Measurers[i].ConnsWanted = conns
+		select {
+		case r := <-m.in:
+			switch r := r.(type) {
+			case *msg.Ready:
+				res.Measurers[i].ConnsOpened = int(r.Conns)
+				log.Info("flashflow: measurer ready", "measurer", i, "conns", r.Conns)
+			case *msg.Err:
+				abort(msg.ErrAborted)
+				return nil, &Failed{Party: "measurer", Err: r}
+			default:
+				abort(msg.ErrProtocol)
+				return nil, fmt.Errorf("flashflow: measurer %d answered %v to MEASURE", i, r.Command())
+			}
+		case <-m.done:
+			abort(msg.ErrAborted)
+			return nil, fmt.Errorf("flashflow: measurer %d disconnected", i)
+		case <-time.After(45 * time.Second):
+			abort(msg.ErrTimeout)
+			return nil, fmt.Errorf("flashflow: measurer %d did not open its connections in time", i)
+		case <-ctx.Done():
+			abort(msg.ErrAborted)
+			return nil, ctx.Err()
+		}
+		if 2*res.Measurers[i].ConnsOpened < conns {
+			abort(msg.ErrTooFewConns)
+			return nil, fmt.Errorf("flashflow: measurer %d opened %d of %d connections (fewer than half)", i, res.Measurers[i].ConnsOpened, conns)
+		}
+	}
+	for _, m := range ms {
+		m.c.Send(&msg.Go{Header: msg.Header{MeasID: id}})
+	}
+	res.Start = time.Now()
+	// Gather: BG from the target, REPORT from measurers, until every
+	// party has reported every second or the deadline.
+	type item struct {
+		from int // -1: target
+		m    msg.Msg
+		err  error
+	}
+	items := make(chan item, 64)
+	gctx, cancel := context.WithTimeout(ctx, time.Duration(d+15)*time.Second)
+	defer cancel()
+	go func() {
+		for gctx.Err() == nil {
+			r, err := tc.Recv(time.Duration(d+15) * time.Second)
+			select {
+			case items <- item{from: -1, m: r, err: err}:
+			case <-gctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for i, m := range ms {
+		go func() {
+			for {
+				select {
+				case r := <-m.in:
+					select {
+					case items <- item{from: i, m: r}:
+					case <-gctx.Done():
+						return
+					}
+				case <-m.done:
+					select {
+					case items <- item{from: i, err: errors.New("disconnected")}:
+					case <-gctx.Done():
+					}
+					return
+				case <-gctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	var reports []aggregate.MeasurerReport
+	var bgs []aggregate.BGReport
+	count := make([]int, len(ms))
+	bgCount := 0
+	targetGone := false
+	done := func() bool {
+		if bgCount < d && !targetGone {
+			return false
+		}
+		for _, n := range count {
+			if n < d {
+				return false
+			}
+		}
+		return true
+	}
+	for !done() {
+		select {
+		case it := <-items:
+			if it.err != nil {
+				if it.from < 0 {
+					// The target hangs up after its last BG; seconds it
+					// did not report count as no background traffic.
+					targetGone = true
+					continue
+				}
+				abort(msg.ErrAborted)
+				return nil, fmt.Errorf("flashflow: measurer %d: %w", it.from, it.err)
+			}
+			if e, ok := it.m.(*msg.Err); ok {
+				party := "target"
+				if it.from >= 0 {
+					party = fmt.Sprintf("measurer %d", it.from)
+				}
+				abort(msg.ErrAborted)
+				return nil, &Failed{Party: party, Err: e}
+			}
+			switch r := it.m.(type) {
+			case *msg.BG:
+				if it.from >= 0 || r.MeasID != id {
+					continue
+				}
+				bgs = append(bgs, aggregate.BGReport{Second: int(r.Second), Sent: uint64(r.Sent), Recv: uint64(r.Recv)})
+				bgCount++
+			case *msg.Report:
+				if it.from < 0 || r.MeasID != id {
+					continue
+				}
+				reports = append(reports, aggregate.MeasurerReport{Measurer: it.from, Second: int(r.Second), Bytes: r.Bytes})
+				count[it.from]++
+			}
+		case <-gctx.Done():
+			log.Warn("flashflow: reports missing at the deadline", "bg", bgCount, "reports", fmt.Sprint(count))
+			goto aggregateNow
+		}
+	}
+aggregateNow:
+	tc.Close()
+	agg, err := aggregate.Aggregate(aggregate.Params{Duration: d, BGPercent: c.cfg.BGPercent, Measurers: len(ms)}, res.Measurers, reports, bgs)
+	if err != nil {
+		return nil, err
+	}
+	res.Result = agg
+	log.Info("flashflow: measured", "estimate_bytes_per_s", agg.Estimate, "complete_seconds", agg.Complete, "clamped", agg.Clamped)
+	return res, nil
+}
+
+// ShortFP abbreviates a certificate fingerprint for logs.
+func ShortFP(fp string) string { return strings.ToUpper(fp[:min(len(fp), 16)]) }

@@ -1,0 +1,266 @@
+package coord_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/torbento/bento/internal/flashflow/aggregate"
+	"github.com/torbento/bento/internal/flashflow/coord"
+	"github.com/torbento/bento/internal/flashflow/link"
+	"github.com/torbento/bento/internal/flashflow/measurer"
+	"github.com/torbento/bento/internal/flashflow/msg"
+	"github.com/torbento/bento/internal/flashflow/target"
+)
+
+// The roles over loopback, without tor: measurers connect straight to the
+// target's echo port (the end-to-end test in e2e/ goes through tor).
+
+func ident(t *testing.T, dir, name string) *link.Identity {
+	t.Helper()
+	id, err := link.LoadOrCreate(filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// direct opens echo connections without tor, optionally through a
+// function that may alter the echo.
+type direct struct {
+	echo  string
+	alter func(net.Conn) net.Conn
+}
+
+func (d direct) Streams(ctx context.Context, via []string, target string, port uint16, n int) ([]net.Conn, []string, error) {
+	var out []net.Conn
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", d.echo)
+		if err != nil {
+			return out, nil, err
+		}
+		if d.alter != nil {
+			c = d.alter(c)
+		}
+		out = append(out, c)
+	}
+	return out, nil, nil
+}
+
+func (direct) CloseCircuits([]string) {}
+
+type world struct {
+	coord    *coord.Coordinator
+	target   coord.Target
+	tgt      *target.Target
+	coordID  *link.Identity
+	targetID *link.Identity
+}
+
+type options struct {
+	pinCoordinator bool
+	traffic        target.Counters
+	alter          func(net.Conn) net.Conn
+	measurers      int
+	bucket         int
+}
+
+func setup(t *testing.T, o options) *world {
+	t.Helper()
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	w := &world{coordID: ident(t, dir, "coordinator"), targetID: ident(t, dir, "target")}
+	listen := func() net.Listener {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ln
+	}
+	echoLn, ctlLn, measLn := listen(), listen(), listen()
+	if o.traffic == nil {
+		o.traffic = func(context.Context) (uint64, uint64, error) { return 0, 0, nil }
+	}
+	var pins []string
+	if o.pinCoordinator {
+		pins = append(pins, w.coordID.Fingerprint)
+	}
+	tgt, err := target.New(target.Config{Allowed: true, Coordinators: pins, MaxDuration: 15 * time.Second,
+		EchoPort: uint16(echoLn.Addr().(*net.TCPAddr).Port), Traffic: o.traffic}, w.targetID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.tgt = tgt
+	go tgt.ServeEcho(ctx, echoLn)
+	go tgt.ServeControl(ctx, ctlLn)
+	if o.measurers == 0 {
+		o.measurers = 2
+	}
+	var mpins []string
+	var mids []*link.Identity
+	for i := 0; i < o.measurers; i++ {
+		id := ident(t, dir, fmt.Sprintf("measurer%d", i))
+		mids = append(mids, id)
+		mpins = append(mpins, id.Fingerprint)
+	}
+	if o.bucket == 0 {
+		o.bucket = 10
+	}
+	c, err := coord.New(coord.Config{Identity: w.coordID, Measurers: mpins, Duration: 3 * time.Second, Conns: 8, Bucket: o.bucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.coord = c
+	go c.ServeMeasurers(ctx, measLn)
+	for _, id := range mids {
+		go measurer.Run(ctx, measurer.Config{Coordinator: measLn.Addr().String(), CoordinatorPin: []string{w.coordID.Fingerprint},
+			Identity: id, Paths: direct{echo: echoLn.Addr().String(), alter: o.alter}, Via: []string{"x"}})
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if err := c.WaitMeasurers(wctx, o.measurers); err != nil {
+		t.Fatal(err)
+	}
+	w.target = coord.Target{Fingerprint: strings.Repeat("AB", 20), Addr: ctlLn.Addr().String(), Pin: w.targetID.Fingerprint, Prior: 1 << 20}
+	return w
+}
+
+func TestMeasureHonest(t *testing.T) {
+	w := setup(t, options{pinCoordinator: true})
+	m, err := w.coord.Measure(context.Background(), w.target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Paced at 2.25 × 1 MiB/s over loopback: every byte comes back.
+	sent := 2.25 * float64(1<<20) * 514 / 498
+	if e := float64(m.Result.Estimate); e < 0.8*sent || e > 1.2*sent {
+		t.Fatalf("estimate %.0f bytes/s, want about %.0f (paced rate as cells)", e, sent)
+	}
+	if m.Result.Complete < 3 || m.Result.Clamped != 0 {
+		t.Fatalf("complete %d clamped %d", m.Result.Complete, m.Result.Clamped)
+	}
+	for _, s := range m.Result.Seconds {
+		if s.B != 0 {
+			t.Fatalf("second %d: background %d from a tor that carried none", s.Second, s.B)
+		}
+	}
+}
+
+// A coordinator whose certificate the target does not pin is refused
+// with ErrUntrusted.
+func TestUntrustedCoordinator(t *testing.T) {
+	w := setup(t, options{pinCoordinator: false})
+	_, err := w.coord.Measure(context.Background(), w.target)
+	var f *coord.Failed
+	if !errors.As(err, &f) || f.Err.Code != msg.ErrUntrusted {
+		t.Fatalf("got %v, want the target's ERR untrusted", err)
+	}
+}
+
+// A target that lies about its background traffic gains at most
+// 1/(1-r): here it claims a gigabyte a second and the estimate is the
+// measured traffic times 4/3 (r = 25%).
+func TestLyingTargetGainsAtMostOneOverOneMinusR(t *testing.T) {
+	var n atomic.Uint64
+	lie := func(context.Context) (uint64, uint64, error) {
+		v := n.Add(1 << 30)
+		return v, v, nil
+	}
+	w := setup(t, options{pinCoordinator: true, traffic: lie})
+	m, err := w.coord.Measure(context.Background(), w.target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ms []uint64
+	for _, s := range m.Result.Seconds {
+		if !s.Complete {
+			continue
+		}
+		if !s.Clamped || s.BPrime > s.M/3+1 {
+			t.Fatalf("second %d: claimed %d, counted %d of measured %d: not clamped to r/(1-r)", s.Second, s.B, s.BPrime, s.M)
+		}
+		ms = append(ms, s.M)
+	}
+	// Against what it really echoed, the gain is bounded exactly.
+	if mm := aggregate.LowerMedian(ms); m.Result.Estimate > mm*4/3+1 {
+		t.Fatalf("estimate %d exceeds 4/3 of the median measured traffic %d", m.Result.Estimate, mm)
+	}
+	honest := setup(t, options{pinCoordinator: true})
+	h, err := honest.coord.Measure(context.Background(), honest.target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gain := float64(m.Result.Estimate) / float64(h.Result.Estimate)
+	t.Logf("lying target: %d bytes/s, honest: %d bytes/s, gain %.3f", m.Result.Estimate, h.Result.Estimate, gain)
+	if gain > 4.0/3*1.1 {
+		t.Fatalf("lying target gained %.2f×, more than 1/(1-r) = 1.33×", gain)
+	}
+}
+
+// alterAfter flips one byte of the echo after n bytes have come back.
+type alterAfter struct {
+	net.Conn
+	mu   sync.Mutex
+	n    int
+	done bool
+}
+
+func (a *alterAfter) Read(p []byte) (int, error) {
+	k, err := a.Conn.Read(p)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.done && a.n >= 0 {
+		if a.n < k {
+			p[a.n] ^= 0xFF
+			a.done = true
+		} else {
+			a.n -= k
+		}
+	}
+	return k, err
+}
+
+// A measurer that sees altered echo data fails the measurement. Every
+// chunk is checked (bucket 1) so that one altered byte is certain to be
+// found; with the default bucket the chance is the proposal's.
+func TestAlteredEchoFailsMeasurement(t *testing.T) {
+	var first atomic.Bool
+	w := setup(t, options{pinCoordinator: true, measurers: 1, bucket: 1, alter: func(c net.Conn) net.Conn {
+		if first.CompareAndSwap(false, true) {
+			// Past the ECHO_OK frame, into the echoed data.
+			return &alterAfter{Conn: c, n: 100_000}
+		}
+		return c
+	}})
+	_, err := w.coord.Measure(context.Background(), w.target)
+	var f *coord.Failed
+	if !errors.As(err, &f) || f.Err.Code != msg.ErrEchoMismatch {
+		t.Fatalf("got %v, want ERR echo mismatch from the measurer", err)
+	}
+}
+
+// The target accepts at most two measurements per coordinator and period.
+func TestTargetRateLimit(t *testing.T) {
+	w := setup(t, options{pinCoordinator: true})
+	for i := 0; i < 2; i++ {
+		if _, err := w.coord.Measure(context.Background(), w.target); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := w.coord.Measure(context.Background(), w.target)
+	var f *coord.Failed
+	if !errors.As(err, &f) || f.Err.Code != msg.ErrRateLimited {
+		t.Fatalf("third measurement: %v, want ERR rate limited", err)
+	}
+	if v, ok := f.Err.Ext(msg.ExtRetryAfter); !ok || len(v) != 4 {
+		t.Fatal("no retry-after")
+	}
+}

@@ -1,0 +1,242 @@
+package coord
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/torbento/bento/internal/flashflow/link"
+	"github.com/torbento/bento/internal/flashflow/v3bw"
+)
+
+// ParseTargets reads a targets file: one relay per line,
+//
+//	<relay fingerprint> <bentod FlashFlow address> <bentod certificate fingerprint> [<prior bytes/s>]
+//
+// with '#' comments and blank lines ignored. The file is bounded (1 MB,
+// 100,000 relays) and every field is checked.
+func ParseTargets(r io.Reader) ([]Target, error) {
+	sc := bufio.NewScanner(io.LimitReader(r, 1<<20))
+	var out []Target
+	seen := map[string]bool{}
+	for n := 1; sc.Scan(); n++ {
+		line, _, _ := strings.Cut(sc.Text(), "#")
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if len(f) < 3 || len(f) > 4 {
+			return nil, fmt.Errorf("targets line %d: want <relay fingerprint> <address> <certificate fingerprint> [<prior bytes/s>], got %d fields", n, len(f))
+		}
+		fp := strings.ToUpper(strings.TrimPrefix(f[0], "$"))
+		if len(fp) != 40 || strings.Trim(fp, "0123456789ABCDEF") != "" {
+			return nil, fmt.Errorf("targets line %d: relay fingerprint %q: want 40 hex digits", n, f[0])
+		}
+		if seen[fp] {
+			return nil, fmt.Errorf("targets line %d: relay %s listed twice", n, fp)
+		}
+		seen[fp] = true
+		pin, err := link.ParseFingerprint(f[2])
+		if err != nil {
+			return nil, fmt.Errorf("targets line %d: %w", n, err)
+		}
+		t := Target{Fingerprint: fp, Addr: f[1], Pin: pin}
+		if len(f) == 4 {
+			v, err := strconv.ParseUint(f[3], 10, 64)
+			if err != nil || v == 0 || v > 1<<40 {
+				return nil, fmt.Errorf("targets line %d: prior %q: want bytes per second from 1 to 2^40", n, f[3])
+			}
+			t.Prior = v
+		}
+		out = append(out, t)
+		if len(out) > 100_000 {
+			return nil, errors.New("targets: more than 100,000 relays")
+		}
+	}
+	return out, sc.Err()
+}
+
+// Result is a relay's latest measurement, as kept between runs.
+type Result struct {
+	Fingerprint string    `json:"fingerprint"`
+	Estimate    uint64    `json:"estimate"`   // bytes/s
+	Advertised  uint64    `json:"advertised"` // descriptor bandwidth-avg, bytes/s (0 unknown)
+	MeasuredAt  time.Time `json:"measured_at"`
+	Complete    int       `json:"complete_seconds"`
+	Clamped     int       `json:"clamped_seconds"`
+}
+
+// Store keeps each relay's latest result in a JSON file, rewritten
+// atomically after each measurement.
+type Store struct {
+	path string
+	mu   sync.Mutex
+	m    map[string]Result
+}
+
+// OpenStore reads (or starts) the store at path.
+func OpenStore(path string) (*Store, error) {
+	s := &Store{path: path, m: map[string]Result{}}
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return s, nil
+	case err != nil:
+		return nil, err
+	case len(b) > 64<<20:
+		return nil, fmt.Errorf("flashflow: results file %s is larger than 64 MB", path)
+	}
+	var list []Result
+	if err := json.Unmarshal(b, &list); err != nil {
+		return nil, fmt.Errorf("flashflow: results file %s: %w (move it aside to start afresh)", path, err)
+	}
+	for _, r := range list {
+		s.m[r.Fingerprint] = r
+	}
+	return s, nil
+}
+
+// Put records r, replacing the relay's previous result.
+func (s *Store) Put(r Result) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.m[r.Fingerprint] = r
+	list := make([]Result, 0, len(s.m))
+	for _, v := range s.m {
+		list = append(list, v)
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].Fingerprint < list[j].Fingerprint })
+	b, err := json.MarshalIndent(list, "", " ")
+	if err != nil {
+		return err
+	}
+	tmp := s.path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, s.path)
+}
+
+// Recent returns the results no older than maxAge.
+func (s *Store) Recent(now time.Time, maxAge time.Duration) []Result {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Result
+	for _, r := range s.m {
+		if now.Sub(r.MeasuredAt) <= maxAge {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Fingerprint < out[j].Fingerprint })
+	return out
+}
+
+// Get returns a relay's latest result.
+func (s *Store) Get(fp string) (Result, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.m[fp]
+	return r, ok
+}
+
+// Service measures a list of relays and keeps the bandwidth file.
+type Service struct {
+	Coord *Coordinator
+	Store *Store
+	Dir   *v3bw.Dir
+	// Advertised returns a relay's descriptor bandwidth-avg in bytes/s
+	// (0 if unknown); it caps the file's figure and is the prior of a
+	// relay never measured.
+	Advertised func(ctx context.Context, fp string) (uint64, error)
+	// MaxAge: results older than this leave the file (default a week).
+	MaxAge  time.Duration
+	Started time.Time
+	Version string
+}
+
+// MeasureAll measures every target once, largest prior first, storing
+// each result; it returns the failures.
+func (s *Service) MeasureAll(ctx context.Context, targets []Target) []error {
+	type job struct {
+		t   Target
+		adv uint64
+	}
+	var jobs []job
+	for _, t := range targets {
+		var adv uint64
+		if s.Advertised != nil {
+			adv, _ = s.Advertised(ctx, t.Fingerprint)
+		}
+		if prev, ok := s.Store.Get(t.Fingerprint); ok && prev.Estimate > 0 {
+			t.Prior = prev.Estimate
+		} else if t.Prior == 0 {
+			t.Prior = adv
+		}
+		if t.Prior == 0 {
+			t.Prior = DefaultPrior
+		}
+		jobs = append(jobs, job{t, adv})
+	}
+	sort.SliceStable(jobs, func(i, j int) bool { return jobs[i].t.Prior > jobs[j].t.Prior })
+	var errs []error
+	for _, j := range jobs {
+		m, err := s.Coord.Measure(ctx, j.t)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("relay %s: %w", j.t.Fingerprint, err))
+			continue
+		}
+		r := Result{Fingerprint: j.t.Fingerprint, Estimate: m.Result.Estimate, Advertised: j.adv, MeasuredAt: m.Start,
+			Complete: m.Result.Complete, Clamped: m.Result.Clamped}
+		if err := s.Store.Put(r); err != nil {
+			errs = append(errs, fmt.Errorf("storing the result of %s: %w", j.t.Fingerprint, err))
+		}
+	}
+	return errs
+}
+
+// DefaultPrior is the prior of a relay without any figure: 10 MB/s.
+const DefaultPrior = 10_000_000
+
+// WriteFile writes a bandwidth file of the recent results and points the
+// v3bw symlink at it.
+func (s *Service) WriteFile(now time.Time) (string, error) {
+	maxAge := s.MaxAge
+	if maxAge == 0 {
+		maxAge = 7 * 24 * time.Hour
+	}
+	var relays []v3bw.Relay
+	for _, r := range s.Store.Recent(now, maxAge) {
+		relays = append(relays, v3bw.Relay{NodeID: r.Fingerprint, Bandwidth: r.Estimate, Advertised: r.Advertised,
+			MeasuredAt: r.MeasuredAt, Extra: map[string]string{
+				"ff_estimate":         strconv.FormatUint(r.Estimate, 10),
+				"ff_complete_seconds": strconv.Itoa(r.Complete),
+				"ff_clamped_seconds":  strconv.Itoa(r.Clamped),
+			}})
+	}
+	return s.Dir.Write(v3bw.Header{Software: "bento-flashflow", SoftwareVersion: s.Version, GeneratorStarted: s.Started, FileCreated: now}, relays)
+}
+
+// DefaultResultsPath is where a Service keeps results, beside its files.
+func DefaultResultsPath(dir string) string { return filepath.Join(dir, "results.json") }

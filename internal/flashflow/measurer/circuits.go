@@ -1,0 +1,226 @@
+package measurer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/torbento/bento/internal/socks"
+	"github.com/torbento/bento/internal/torctl"
+)
+
+// Tor is the measurer's own tor client: a control connection (with
+// __LeaveStreamsUnattached set, so that the measurer puts each stream on
+// the circuit it chose) and its SocksPort.
+type Tor struct {
+	ctl   *torctl.Conn
+	socks string
+
+	mu      sync.Mutex
+	circ    map[string]chan string // circuit id → its status events
+	streams chan string            // ids of new streams to our echo port
+	port    string                 // "127.0.0.1:<echo port>" while opening streams
+}
+
+// NewTor takes over an authenticated control connection to the
+// measurer's tor and its SocksPort address. The tor must be the
+// measurer's own: it stops attaching streams by itself.
+func NewTor(ctx context.Context, ctl *torctl.Conn, socksAddr string) (*Tor, error) {
+	t := &Tor{ctl: ctl, socks: socksAddr, circ: map[string]chan string{}, streams: make(chan string, 4096)}
+	ctl.OnEvent(t.event)
+	for _, c := range []torctl.Command{
+		torctl.MustCommand("SETCONF", "__LeaveStreamsUnattached=1"),
+		torctl.MustCommand("SETEVENTS", "CIRC", "STREAM"),
+	} {
+		if _, err := ctl.Do(ctx, c); err != nil {
+			return nil, fmt.Errorf("flashflow: measurer's tor: %w", err)
+		}
+	}
+	return t, nil
+}
+
+// Close hands stream attachment back to tor.
+func (t *Tor) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5e9)
+	defer cancel()
+	t.ctl.Do(ctx, torctl.MustCommand("SETEVENTS"))
+	_, err := t.ctl.Do(ctx, torctl.MustCommand("SETCONF", "__LeaveStreamsUnattached=0"))
+	return err
+}
+
+func (t *Tor) event(r *torctl.Reply) {
+	if len(r.Lines) == 0 {
+		return
+	}
+	f := strings.Fields(r.Lines[0].Text)
+	if len(f) < 3 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch f[0] {
+	case "CIRC":
+		if ch := t.circ[f[1]]; ch != nil {
+			select {
+			case ch <- f[2]:
+			default:
+			}
+		}
+	case "STREAM":
+		// STREAM <id> NEW 0 <target> ...
+		if f[2] == "NEW" && len(f) >= 5 && t.port != "" && f[4] == t.port {
+			select {
+			case t.streams <- f[1]:
+			default:
+			}
+		}
+	}
+}
+
+// buildCircuit builds a circuit through path and waits until it is built.
+func (t *Tor) buildCircuit(ctx context.Context, path []string) (string, error) {
+	r, err := t.ctl.Do(ctx, torctl.MustCommand("EXTENDCIRCUIT", "0", strings.Join(path, ",")))
+	if err != nil {
+		return "", err
+	}
+	f := strings.Fields(r.Lines[0].Text)
+	if len(f) != 2 || f[0] != "EXTENDED" {
+		return "", fmt.Errorf("flashflow: unexpected EXTENDCIRCUIT reply %q", r.Lines[0].Text)
+	}
+	id := f[1]
+	ch := make(chan string, 16)
+	t.mu.Lock()
+	t.circ[id] = ch
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		delete(t.circ, id)
+		t.mu.Unlock()
+	}()
+	for {
+		select {
+		case s := <-ch:
+			switch s {
+			case "BUILT":
+				return id, nil
+			case "FAILED", "CLOSED":
+				return "", fmt.Errorf("flashflow: circuit %s through %s %s", id, strings.Join(path, ","), strings.ToLower(s))
+			}
+		case <-ctx.Done():
+			t.closeCircuit(id)
+			return "", ctx.Err()
+		}
+	}
+}
+
+func (t *Tor) closeCircuit(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5e9)
+	defer cancel()
+	t.ctl.Do(ctx, torctl.MustCommand("CLOSECIRCUIT", id))
+}
+
+// Streams opens n streams to 127.0.0.1:port, each on a two-hop circuit
+// of its own whose first hop is one of via (in turn) and whose last is
+// the target, which exits to its own loopback. It returns the streams it
+// could open (perhaps fewer than n) and their circuits, to be closed
+// with CloseCircuits.
+func (t *Tor) Streams(ctx context.Context, via []string, target string, port uint16, n int) ([]net.Conn, []string, error) {
+	if len(via) == 0 {
+		return nil, nil, errors.New("flashflow: no first-hop relay configured (measurer -via)")
+	}
+	t.mu.Lock()
+	if t.port != "" {
+		t.mu.Unlock()
+		return nil, nil, errors.New("flashflow: streams already being opened")
+	}
+	t.port = "127.0.0.1:" + strconv.Itoa(int(port))
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		t.port = ""
+		t.mu.Unlock()
+	}()
+	// Circuits, in parallel.
+	circs := make(chan string, n)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var built []string
+	var firstErr error
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			id, err := t.buildCircuit(ctx, []string{"$" + strings.TrimPrefix(via[i%len(via)], "$"), "$" + strings.TrimPrefix(target, "$")})
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if firstErr == nil {
+					firstErr = err
+				}
+				return
+			}
+			built = append(built, id)
+			circs <- id
+		}(i)
+	}
+	wg.Wait()
+	close(circs)
+	if len(built) == 0 {
+		return nil, nil, fmt.Errorf("flashflow: no circuit to the target: %w", firstErr)
+	}
+	// Each new stream to the echo port goes on the next built circuit.
+	attachCtx, stopAttach := context.WithCancel(ctx)
+	defer stopAttach()
+	go func() {
+		for {
+			select {
+			case sid := <-t.streams:
+				cid, ok := <-circs
+				if !ok {
+					t.ctl.Do(attachCtx, torctl.MustCommand("CLOSESTREAM", sid, "1"))
+					continue
+				}
+				if _, err := t.ctl.Do(attachCtx, torctl.MustCommand("ATTACHSTREAM", sid, cid)); err != nil {
+					t.ctl.Do(attachCtx, torctl.MustCommand("CLOSESTREAM", sid, "1"))
+				}
+			case <-attachCtx.Done():
+				return
+			}
+		}
+	}()
+	d := &socks.Dialer{Proxy: t.socks}
+	conns := make([]net.Conn, 0, len(built))
+	for range built {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := d.DialContext(ctx, "tcp", t.port)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if firstErr == nil {
+					firstErr = err
+				}
+				return
+			}
+			conns = append(conns, c)
+		}()
+	}
+	wg.Wait()
+	if len(conns) == 0 {
+		t.CloseCircuits(built)
+		return nil, nil, fmt.Errorf("flashflow: no stream to the target's echo port: %w", firstErr)
+	}
+	return conns, built, nil
+}
+
+// CloseCircuits closes circuits Streams built.
+func (t *Tor) CloseCircuits(ids []string) {
+	for _, id := range ids {
+		t.closeCircuit(id)
+	}
+}
