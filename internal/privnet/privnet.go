@@ -59,6 +59,9 @@ type Options struct {
 	Timeout time.Duration
 	// Logf, if set, reports progress.
 	Logf func(format string, args ...any)
+	// Torrc, if set, returns extra torrc lines for a node (after ours;
+	// tor lets a later line of a single-valued option win).
+	Torrc func(nd *Node) []string
 }
 
 func (o *Options) defaults() {
@@ -474,11 +477,28 @@ func (n *Net) writeTorrcs(hash string) error {
 			w("TestingDirAuthVoteHSDir *")
 			w("TestingMinExitFlagThreshold 0")
 		}
+		if n.opts.Torrc != nil {
+			for _, l := range n.opts.Torrc(nd) {
+				kw, _, _ := strings.Cut(strings.TrimSpace(l), " ")
+				if unsafeKeyword[strings.ToLower(kw)] || strings.ContainsAny(l, "\n\r") {
+					return fmt.Errorf("privnet: extra torrc line %q for %s: this option would let tor leave the private network", l, nd.Name)
+				}
+				w("%s", l)
+			}
+		}
 		if err := os.WriteFile(filepath.Join(nd.Dir, "torrc"), []byte(b.String()), 0o600); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// unsafeKeyword lists the options extra torrc lines may not set: those
+// that name directory authorities or turn the testing network off.
+var unsafeKeyword = map[string]bool{
+	"testingtornetwork": true, "dirauthority": true, "alternatedirauthority": true,
+	"alternatebridgeauthority": true, "fallbackdir": true, "usedefaultfallbackdirs": true,
+	"bridge": true, "usebridges": true, "%include": true,
 }
 
 // resetState removes what a previous run left in a node's directory but

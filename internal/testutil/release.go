@@ -25,7 +25,7 @@ func ReleaseBinaries(t testing.TB) string {
 		if releaseErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-trimpath", "-o", releaseDir+"/", "./cmd/bentod", "./cmd/bento-runner")
+		cmd := exec.Command("go", "build", "-trimpath", "-o", releaseDir+"/", "./cmd/bentod", "./cmd/bento-runner", "./cmd/flashflow")
 		cmd.Dir = RepoRoot()
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		releaseOut, releaseErr = cmd.CombinedOutput()

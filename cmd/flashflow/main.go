@@ -1,0 +1,308 @@
+// Command flashflow runs FlashFlow's roles on stock tor: the coordinator
+// (measures relays, writes the bandwidth file tor's directory authorities
+// read) and the measurer (sends echo traffic through tor to the relay
+// measured and checks it); the relay's side runs in bentod
+// (FFListenAddress). See docs/flashflow.md.
+//
+//	flashflow keygen -cert FILE -key FILE
+//	flashflow coordinator -listen ADDR -cert FILE -key FILE -measurers FP,... -targets FILE -dir DIR [-once]
+//	flashflow measurer -coordinator ADDR -coordinator-pin FP -cert FILE -key FILE -tor-control ADDR -socks ADDR -via FP,...
+//	flashflow check FILE
+//	flashflow simulate [-relays 7000] [-measurers 3] [-measurer-gbit 1] [-slot 60s]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/torbento/bento/internal/flashflow/coord"
+	"github.com/torbento/bento/internal/flashflow/link"
+	"github.com/torbento/bento/internal/flashflow/measurer"
+	"github.com/torbento/bento/internal/flashflow/schedule"
+	"github.com/torbento/bento/internal/flashflow/v3bw"
+	"github.com/torbento/bento/internal/torctl"
+)
+
+const version = "0.1.0"
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func usage() int {
+	fmt.Fprintln(os.Stderr, `usage: flashflow COMMAND [flags]
+
+commands:
+  keygen       create a TLS identity and print its fingerprint (the pin others configure)
+  coordinator  measure relays and write the bandwidth file for tor's directory authorities
+  measurer     send echo traffic for a coordinator
+  check        read a bandwidth file as tor would and report what is wrong
+  simulate     schedule a whole synthetic network and report how long one pass takes
+
+Run "flashflow COMMAND -h" for a command's flags.`)
+	return 2
+}
+
+func run(args []string) int {
+	if len(args) == 0 {
+		return usage()
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var err error
+	switch args[0] {
+	case "keygen":
+		err = keygen(args[1:])
+	case "coordinator":
+		err = coordinator(ctx, args[1:], log)
+	case "measurer":
+		err = runMeasurer(ctx, args[1:], log)
+	case "check":
+		err = check(args[1:])
+	case "simulate":
+		err = simulate(args[1:])
+	case "-h", "-help", "--help", "help":
+		usage()
+		return 0
+	default:
+		fmt.Fprintf(os.Stderr, "flashflow: unknown command %q\n", args[0])
+		return usage()
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "flashflow:", err)
+		return 1
+	}
+	return 0
+}
+
+func keygen(args []string) error {
+	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
+	cert := fs.String("cert", "flashflow.crt", "certificate file to create (or read)")
+	key := fs.String("key", "flashflow.key", "key file to create (or read), mode 0600")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	id, err := link.LoadOrCreate(*cert, *key, "flashflow")
+	if err != nil {
+		return err
+	}
+	fmt.Println(id.Fingerprint)
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func dialTor(ctx context.Context, addr, cookie, password string) (*torctl.Conn, error) {
+	network, a := torctl.ParseAddr(addr)
+	c, err := torctl.Dial(ctx, network, a)
+	if err != nil {
+		return nil, fmt.Errorf("tor control port %s: %w", addr, err)
+	}
+	if err := c.Authenticate(ctx, torctl.Auth{Password: password, CookieFile: cookie}); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("tor control port %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+func coordinator(ctx context.Context, args []string, log *slog.Logger) error {
+	fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:9260", "address measurers connect to")
+	cert := fs.String("cert", "coordinator.crt", "certificate (created with the key if both are missing)")
+	key := fs.String("key", "coordinator.key", "key")
+	measurers := fs.String("measurers", "", "pinned measurer certificate fingerprints, comma-separated")
+	targets := fs.String("targets", "", "targets file: <relay fp> <bentod FlashFlow address> <bentod certificate fp> [<prior bytes/s>] per line")
+	dir := fs.String("dir", "v3bw", "directory of bandwidth files; point V3BandwidthsFile at DIR/v3bw")
+	once := fs.Bool("once", false, "measure every target once, write the file and exit (non-zero if any failed)")
+	every := fs.Duration("interval", 24*time.Hour, "without -once: measure every target this often")
+	wait := fs.Int("wait-measurers", 1, "measurers to wait for before measuring")
+	duration := fs.Duration("duration", 30*time.Second, "length of a measurement")
+	conns := fs.Int("conns", 160, "connections (circuits) to the target, split among measurers")
+	mult := fs.Float64("multiplier", 2.25, "measurers send this times the relay's prior estimate")
+	bg := fs.Int("bg-percent", 25, "background traffic share trusted, percent (max inflation 1/(1-r))")
+	bucket := fs.Int("bucket", 125, "verify one echoed cell in this many")
+	torControl := fs.String("tor-control", "", "control port of the coordinator's tor client, to read relays' advertised bandwidth")
+	torCookie := fs.String("tor-cookie", "", "its cookie file (default: as tor announces)")
+	torPassword := fs.String("tor-password", "", "its password (HASHEDPASSWORD)")
+	compress := fs.Duration("compress-after", 24*time.Hour, "gzip bandwidth files older than this")
+	del := fs.Duration("delete-after", 7*24*time.Hour, "delete bandwidth files older than this")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	id, err := link.LoadOrCreate(*cert, *key, "flashflow coordinator")
+	if err != nil {
+		return err
+	}
+	log.Info("flashflow coordinator", "certificate", id.Fingerprint)
+	f, err := os.Open(*targets)
+	if err != nil {
+		return fmt.Errorf("-targets: %w", err)
+	}
+	ts, err := coord.ParseTargets(f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	c, err := coord.New(coord.Config{Identity: id, Measurers: splitList(*measurers), Duration: *duration, BGPercent: *bg,
+		Multiplier: *mult, Conns: *conns, Bucket: *bucket, Log: log})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(*dir, 0o755); err != nil {
+		return err
+	}
+	store, err := coord.OpenStore(coord.DefaultResultsPath(*dir))
+	if err != nil {
+		return err
+	}
+	svc := &coord.Service{Coord: c, Store: store, Dir: &v3bw.Dir{Path: *dir, CompressAfter: *compress, DeleteAfter: *del},
+		Started: time.Now(), Version: version}
+	if *torControl != "" {
+		tc, err := dialTor(ctx, *torControl, *torCookie, *torPassword)
+		if err != nil {
+			return err
+		}
+		defer tc.Close()
+		svc.Advertised = func(ctx context.Context, fp string) (uint64, error) { return advertised(ctx, tc, fp) }
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	go c.ServeMeasurers(ctx, ln)
+	log.Info("waiting for measurers", "listen", ln.Addr().String(), "want", *wait)
+	if err := c.WaitMeasurers(ctx, *wait); err != nil {
+		return err
+	}
+	for {
+		errs := svc.MeasureAll(ctx, ts)
+		for _, e := range errs {
+			log.Warn("measurement failed", "err", e)
+		}
+		path, err := svc.WriteFile(time.Now())
+		if err != nil && !errors.Is(err, v3bw.ErrPrune) {
+			log.Warn("no bandwidth file written", "err", err)
+		} else {
+			log.Info("bandwidth file written", "path", path, "link", svc.Dir.LinkPath())
+		}
+		if *once {
+			if len(errs) > 0 {
+				return fmt.Errorf("%d of %d measurements failed", len(errs), len(ts))
+			}
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(*every):
+		}
+	}
+}
+
+// advertised reads a relay's bandwidth-avg from its descriptor.
+func advertised(ctx context.Context, c *torctl.Conn, fp string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	info, err := c.GetInfo(ctx, "desc/id/"+fp)
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(info["desc/id/"+fp], "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 && f[0] == "bandwidth" {
+			return strconv.ParseUint(f[1], 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no bandwidth line in the descriptor of %s", fp)
+}
+
+func runMeasurer(ctx context.Context, args []string, log *slog.Logger) error {
+	fs := flag.NewFlagSet("measurer", flag.ContinueOnError)
+	coordAddr := fs.String("coordinator", "127.0.0.1:9260", "coordinator address")
+	pin := fs.String("coordinator-pin", "", "the coordinator's certificate fingerprint (several, comma-separated, while it rotates)")
+	cert := fs.String("cert", "measurer.crt", "certificate (created with the key if both are missing)")
+	key := fs.String("key", "measurer.key", "key")
+	torControl := fs.String("tor-control", "127.0.0.1:9051", "control port of the measurer's own tor client")
+	torCookie := fs.String("tor-cookie", "", "its cookie file (default: as tor announces)")
+	torPassword := fs.String("tor-password", "", "its password (HASHEDPASSWORD)")
+	socksAddr := fs.String("socks", "127.0.0.1:9050", "that tor's SocksPort")
+	via := fs.String("via", "", "first-hop relay fingerprints (the deployment's own relays), comma-separated")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	id, err := link.LoadOrCreate(*cert, *key, "flashflow measurer")
+	if err != nil {
+		return err
+	}
+	log.Info("flashflow measurer", "certificate", id.Fingerprint)
+	tc, err := dialTor(ctx, *torControl, *torCookie, *torPassword)
+	if err != nil {
+		return err
+	}
+	defer tc.Close()
+	tor, err := measurer.NewTor(ctx, tc, *socksAddr)
+	if err != nil {
+		return err
+	}
+	defer tor.Close()
+	return measurer.Run(ctx, measurer.Config{Coordinator: *coordAddr, CoordinatorPin: splitList(*pin), Identity: id,
+		Paths: tor, Via: splitList(*via), Log: log})
+}
+
+func check(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: flashflow check FILE")
+	}
+	f, problems, err := v3bw.ReadFileLenient(args[0])
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: version %s, timestamp %s, %d relay lines\n", args[0], f.Version, f.Timestamp.UTC().Format(time.RFC3339), len(f.Relays))
+	if f.Stale(time.Now()) {
+		fmt.Println("stale: tor ignores a file whose timestamp is more than 3 days old")
+	}
+	for _, p := range problems {
+		fmt.Println(p)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%d lines tor would ignore", len(problems))
+	}
+	return nil
+}
+
+func simulate(args []string) error {
+	fs := flag.NewFlagSet("simulate", flag.ContinueOnError)
+	n := fs.Int("relays", 7000, "relays in the synthetic network")
+	meas := fs.Int("measurers", 3, "measurers")
+	gbit := fs.Float64("measurer-gbit", 1, "capacity of each measurer, Gbit/s")
+	slot := fs.Duration("slot", 60*time.Second, "slot length")
+	d := fs.Duration("duration", 30*time.Second, "measurement length")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	relays := schedule.SyntheticNetwork(*n, [32]byte{1})
+	p := schedule.DefaultParams(uint64(float64(*meas) * *gbit * 125_000_000))
+	p.Slot = *slot
+	fmt.Println(schedule.Simulate(p, relays, *d))
+	return nil
+}

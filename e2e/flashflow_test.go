@@ -1,0 +1,433 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/torbento/bento/internal/flashflow/coord"
+	"github.com/torbento/bento/internal/flashflow/link"
+	"github.com/torbento/bento/internal/flashflow/v3bw"
+	"github.com/torbento/bento/internal/privnet"
+	"github.com/torbento/bento/internal/testutil"
+)
+
+// ffNet is a private Tor network for FlashFlow: three authorities that
+// read the coordinator's bandwidth file, one exit per target relay, each
+// limited with tor's own RelayBandwidthRate/Burst (and counting loopback
+// traffic, since everything here is on loopback), one unlimited middle
+// relay as the measurer's first hop, and the client the measurer uses.
+type ffNet struct {
+	*privnet.Net
+	v3bwDir string
+	rates   []uint64 // bytes/s, per exit
+}
+
+func startFFNet(t testing.TB, rates []uint64) *ffNet {
+	t.Helper()
+	_, e1 := exec.LookPath("tor")
+	_, e2 := exec.LookPath("tor-gencert")
+	testutil.Require(t, e1 == nil && e2 == nil, "Debian's tor package (tor, tor-gencert)")
+	dir := testutil.TempDir(t)
+	f := &ffNet{v3bwDir: filepath.Join(dir, "v3bw"), rates: rates}
+	if err := os.MkdirAll(f.v3bwDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	exits := 0
+	n, err := privnet.Start(context.Background(), filepath.Join(dir, "net"), privnet.Options{
+		Exits: len(rates), Middles: 1, BasePort: 6000, SocksPort: 9160, ControlPort: 9161,
+		Torrc: func(nd *privnet.Node) []string {
+			switch nd.Role {
+			case privnet.Authority:
+				return []string{"V3BandwidthsFile " + filepath.Join(f.v3bwDir, "v3bw")}
+			case privnet.Exit:
+				r := rates[exits]
+				exits++
+				return []string{
+					fmt.Sprintf("RelayBandwidthRate %d bytes", r),
+					fmt.Sprintf("RelayBandwidthBurst %d bytes", r),
+					"CountPrivateBandwidth 1",
+				}
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatalf("private Tor network: %v", err)
+	}
+	t.Cleanup(n.Stop)
+	f.Net = n
+	return f
+}
+
+func (f *ffNet) middle() *privnet.Node {
+	for _, nd := range f.Nodes {
+		if nd.Role == privnet.Middle {
+			return nd
+		}
+	}
+	return nil
+}
+
+// ffRun is one FlashFlow deployment over an ffNet: a bentod in
+// measurement mode beside each exit, a measurer and a coordinator.
+type ffRun struct {
+	net      *ffNet
+	bin      string
+	dir      string
+	coordFPs []string // coordinator identities coord<i>.crt, all pinned by the targets
+	measFP   string
+	coordTo  string // the coordinator's listening address
+	targets  string // targets file
+	daemons  []*daemon
+	measurer *exec.Cmd
+	measLog  *syncBuffer
+	ports    []int // bentods' FlashFlow and echo ports
+}
+
+func flashflowCmd(t testing.TB, bin string, args ...string) (string, error) {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(bin, "flashflow"), args...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// startFFRun starts the deployment, with coordinators identities that
+// the targets pin (a target allows two measurements per coordinator and
+// period: repeated runs take turns).
+func startFFRun(t testing.TB, f *ffNet, coordinators int) *ffRun {
+	t.Helper()
+	r := &ffRun{net: f, bin: testutil.ReleaseBinaries(t), dir: testutil.TempDir(t)}
+	var err error
+	for i := 0; i < coordinators; i++ {
+		fp, err := flashflowCmd(t, r.bin, "keygen", "-cert", filepath.Join(r.dir, fmt.Sprintf("coord%d.crt", i)), "-key", filepath.Join(r.dir, fmt.Sprintf("coord%d.key", i)))
+		if err != nil {
+			t.Fatalf("keygen: %v: %s", err, fp)
+		}
+		r.coordFPs = append(r.coordFPs, fp)
+	}
+	if r.measFP, err = flashflowCmd(t, r.bin, "keygen", "-cert", filepath.Join(r.dir, "meas.crt"), "-key", filepath.Join(r.dir, "meas.key")); err != nil {
+		t.Fatalf("keygen: %v: %s", err, r.measFP)
+	}
+	var lines []string
+	for _, e := range f.Exits() {
+		ffAddr, echoPort := fmt.Sprintf("127.0.0.1:%d", freePort(t)), freePort(t)
+		r.ports = append(r.ports, portNum(ffAddr), echoPort)
+		d := startBentodFrom(t, r.bin, fmt.Sprintf(`TorControlPort %s
+TorCookieFile %s
+FFListenAddress %s
+FFEchoAddress 127.0.0.1:%d
+FFMeasurementsAllowed 1
+FFAllowedCoordinators %s
+`, e.ControlAddr(), e.CookieFile(), ffAddr, echoPort, strings.Join(r.coordFPs, ",")))
+		r.daemons = append(r.daemons, d)
+		var id *link.Identity
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			if id, err = link.Load(filepath.Join(d.DataDir, "flashflow", "target.crt"), filepath.Join(d.DataDir, "flashflow", "target.key")); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("bentod made no FlashFlow identity: %v\n%s", err, d.log)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		lines = append(lines, fmt.Sprintf("%s %s %s", e.Fingerprint, ffAddr, id.Fingerprint))
+	}
+	r.targets = filepath.Join(r.dir, "targets")
+	if err := os.WriteFile(r.targets, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.coordTo = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cl := f.Client()
+	r.measLog = &syncBuffer{}
+	r.measurer = exec.Command(filepath.Join(r.bin, "flashflow"), "measurer", "-coordinator", r.coordTo, "-coordinator-pin", strings.Join(r.coordFPs, ","),
+		"-cert", filepath.Join(r.dir, "meas.crt"), "-key", filepath.Join(r.dir, "meas.key"),
+		"-tor-control", cl.ControlAddr(), "-tor-cookie", cl.CookieFile(), "-socks", cl.SocksAddr(), "-via", f.middle().Fingerprint)
+	r.measurer.Stdout, r.measurer.Stderr = r.measLog, r.measLog
+	if err := r.measurer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		r.measurer.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { r.measurer.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			r.measurer.Process.Kill()
+			<-done
+			t.Errorf("the measurer did not end on SIGTERM")
+		}
+	})
+	return r
+}
+
+// coordinate runs coordinator i once over every target.
+func (r *ffRun) coordinate(t testing.TB, i int, duration time.Duration, conns int) (string, error) {
+	cl := r.net.Client()
+	cmd := exec.Command(filepath.Join(r.bin, "flashflow"), "coordinator", "-once", "-listen", r.coordTo,
+		"-cert", filepath.Join(r.dir, fmt.Sprintf("coord%d.crt", i)), "-key", filepath.Join(r.dir, fmt.Sprintf("coord%d.key", i)),
+		"-measurers", r.measFP, "-targets", r.targets, "-dir", r.net.v3bwDir,
+		"-tor-control", cl.ControlAddr(), "-tor-cookie", cl.CookieFile(),
+		"-duration", duration.String(), "-conns", strconv.Itoa(conns))
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (r *ffRun) results(t testing.TB) map[string]coord.Result {
+	t.Helper()
+	b, err := os.ReadFile(coord.DefaultResultsPath(r.net.v3bwDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list []coord.Result
+	if err := json.Unmarshal(b, &list); err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]coord.Result{}
+	for _, x := range list {
+		m[x.Fingerprint] = x
+	}
+	return m
+}
+
+// TestFlashFlowPrivateNetwork measures four relays limited by tor to 1,
+// 2, 4 and 6 MB/s, writes the bandwidth file, and checks that the three
+// authorities read it: the consensus the client gets carries the
+// measured figures.
+func TestFlashFlowPrivateNetwork(t *testing.T) {
+	rates := []uint64{1_000_000, 2_000_000, 4_000_000, 6_000_000}
+	var r *ffRun
+	t.Cleanup(func() {
+		if r != nil {
+			r.checkTeardown(t)
+		}
+	})
+	f := startFFNet(t, rates)
+	r = startFFRun(t, f, 1)
+	out, err := r.coordinate(t, 0, 15*time.Second, 32)
+	if err != nil {
+		t.Fatalf("coordinator: %v\n%s\nmeasurer:\n%s", err, out, r.measLog)
+	}
+	res := r.results(t)
+	file, err := v3bw.ReadFile(filepath.Join(f.v3bwDir, "v3bw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inFile := map[string]uint64{}
+	for _, l := range file.Relays {
+		inFile[l.NodeID] = l.BW
+	}
+	for i, e := range f.Exits() {
+		got, ok := res[e.Fingerprint]
+		if !ok {
+			t.Fatalf("no result for %s", e.Name)
+		}
+		ratio := float64(got.Estimate) / float64(rates[i])
+		t.Logf("%s: limit %d B/s, estimate %d B/s (%.3f), advertised %d, %d complete seconds, %d clamped",
+			e.Name, rates[i], got.Estimate, ratio, got.Advertised, got.Complete, got.Clamped)
+		if ratio < 0.8 || ratio > 1.2 {
+			t.Errorf("%s: estimate %.2f× the configured rate; want within 20%% (the benchmark measures accuracy)", e.Name, ratio)
+		}
+		if got.Advertised != rates[i] {
+			t.Errorf("%s: advertised %d, want the configured %d", e.Name, got.Advertised, rates[i])
+		}
+		want := max(1, (min(got.Estimate, rates[i])+500)/1000)
+		if inFile[e.Fingerprint] != want {
+			t.Errorf("%s: bandwidth file says bw=%d, want %d KB/s (capped at the advertised rate)", e.Name, inFile[e.Fingerprint], want)
+		}
+	}
+	// The authorities read the file at their next vote; the consensus
+	// takes the median of their Measured figures.
+	ctl, err := f.Control(ctx(t), f.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		missing := []string{}
+		for _, e := range f.Exits() {
+			info, err := ctl.GetInfo(ctx(t), "ns/id/"+e.Fingerprint)
+			w := ""
+			if err == nil {
+				w = consensusW(info["ns/id/"+e.Fingerprint])
+			}
+			if want := fmt.Sprintf("Bandwidth=%d", inFile[e.Fingerprint]); !strings.HasPrefix(w, want) || strings.Contains(w, "Unmeasured") {
+				missing = append(missing, fmt.Sprintf("%s has %q, want %q", e.Name, w, want))
+			}
+		}
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the consensus does not carry the measured figures: %s", strings.Join(missing, "; "))
+		}
+		time.Sleep(2 * time.Second)
+	}
+}
+
+// consensusW returns the w line's arguments in a router status entry.
+func consensusW(entry string) string {
+	sc := bufio.NewScanner(strings.NewReader(entry))
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "w "); ok {
+			return rest
+		}
+	}
+	return ""
+}
+
+// leftovers lists the TCP sockets in this network namespace, other than
+// TIME_WAIT ones (which no process holds), with a local or remote port
+// in ports.
+func leftovers(ports map[int]bool) []string {
+	var out []string
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fl := strings.Fields(line)
+			if len(fl) < 4 || fl[3] == "06" {
+				continue
+			}
+			port := func(a string) int {
+				_, p, _ := strings.Cut(a, ":")
+				v, _ := strconv.ParseUint(p, 16, 16)
+				return int(v)
+			}
+			if ports[port(fl[1])] || ports[port(fl[2])] {
+				out = append(out, fmt.Sprintf("%s %s state %s", fl[1], fl[2], fl[3]))
+			}
+		}
+	}
+	return out
+}
+
+func portNum(addr string) int {
+	_, p, _ := strings.Cut(addr, ":")
+	v, _ := strconv.Atoi(p)
+	return v
+}
+
+// checkTeardown, run after every other cleanup of the test (register it
+// first): no process of the deployment and no connection to any of its
+// ports may remain.
+func (r *ffRun) checkTeardown(t *testing.T) {
+	{
+		ports := map[int]bool{portNum(r.coordTo): true}
+		for _, p := range r.ports {
+			ports[p] = true
+		}
+		var pids []int
+		for _, nd := range r.net.Nodes {
+			for _, p := range []int{nd.ORPort, nd.DirPort, nd.ControlPort, nd.SocksPort} {
+				if p != 0 {
+					ports[p] = true
+				}
+			}
+		}
+		for _, d := range r.daemons {
+			ports[portNum(d.Addr)], ports[portNum(d.Policy)] = true, true
+			pids = append(pids, d.cmd.Process.Pid)
+		}
+		pids = append(pids, r.measurer.Process.Pid)
+		for _, pid := range pids {
+			if syscall.Kill(pid, 0) == nil {
+				if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); !strings.Contains(string(b), ") Z") {
+					t.Errorf("process %d still running after teardown", pid)
+				}
+			}
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			l := leftovers(ports)
+			if len(l) == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("sockets left after teardown: %s", strings.Join(l, "; "))
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// BenchmarkFlashFlowAccuracy measures relays that tor limits to 1, 2, 5
+// and 10 MB/s (RelayBandwidthRate = RelayBandwidthBurst), BENTO_FF_RUNS
+// times (default 5), with prop 316's parameters (30 s, 160 circuits,
+// m = 2.25, r = 25%), and reports each estimate against the configured
+// rate. The goal: within 10% in at least 95% of measurements.
+func BenchmarkFlashFlowAccuracy(b *testing.B) {
+	runs := 5
+	if v := os.Getenv("BENTO_FF_RUNS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("BENTO_FF_RUNS=%q", v)
+		}
+		runs = n
+	}
+	rates := []uint64{1_000_000, 2_000_000, 5_000_000, 10_000_000}
+	f := startFFNet(b, rates)
+	r := startFFRun(b, f, runs)
+	b.ResetTimer()
+	within, total := 0, 0
+	worst := 0.0
+	ratios := make([][]float64, len(rates))
+	for i := 0; i < runs; i++ {
+		out, err := r.coordinate(b, i, 30*time.Second, 160)
+		if err != nil {
+			b.Logf("run %d: coordinator: %v\n%s", i, err, out)
+		}
+		res := r.results(b)
+		for j, e := range f.Exits() {
+			got, ok := res[e.Fingerprint]
+			if !ok || got.MeasuredAt.Before(time.Now().Add(-10*time.Minute)) {
+				b.Logf("run %d: %s: no result", i, e.Name)
+				total++
+				continue
+			}
+			ratio := float64(got.Estimate) / float64(rates[j])
+			ratios[j] = append(ratios[j], ratio)
+			total++
+			if ratio >= 0.9 && ratio <= 1.1 {
+				within++
+			}
+			worst = max(worst, abs(ratio-1))
+		}
+	}
+	b.StopTimer()
+	for j, rate := range rates {
+		b.Logf("limit %5.1f MB/s: estimate/limit %s", float64(rate)/1e6, fmtRatios(ratios[j]))
+	}
+	b.Logf("within 10%%: %d of %d measurements (%.0f%%); worst error %.1f%%", within, total, 100*float64(within)/float64(total), 100*worst)
+	b.ReportMetric(float64(within)/float64(total), "within-10%")
+	b.ReportMetric(worst, "worst-error")
+}
+
+func abs(x float64) float64 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
+
+func fmtRatios(v []float64) string {
+	var s []string
+	for _, x := range v {
+		s = append(s, fmt.Sprintf("%.3f", x))
+	}
+	return strings.Join(s, " ")
+}
