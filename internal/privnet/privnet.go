@@ -59,6 +59,10 @@ type Options struct {
 	Timeout time.Duration
 	// Logf, if set, reports progress.
 	Logf func(format string, args ...any)
+	// NoExitSocks gives exits no SocksPort, so that they never act as
+	// clients (a relay's own circuits exempt its connections from
+	// RelayBandwidthRate for a while, which tests of rate limits avoid).
+	NoExitSocks bool
 	// Torrc, if set, returns extra torrc lines for a node (after ours;
 	// tor lets a later line of a single-valued option win).
 	Torrc func(nd *Node) []string
@@ -245,7 +249,7 @@ func (n *Net) layout() {
 			if r == Authority {
 				nd.DirPort = o.BasePort + 100 + idx
 			}
-			if r == Exit {
+			if r == Exit && !o.NoExitSocks {
 				nd.SocksPort = o.BasePort + 300 + idx
 			}
 			idx++
@@ -628,6 +632,9 @@ func (n *Net) start(ctx context.Context) error {
 	// each exit's own SOCKS port. The target is the client's SocksPort,
 	// which answers HTTP with "501 Tor is not an HTTP Proxy".
 	for _, nd := range append([]*Node{cl}, n.Exits()...) {
+		if nd.SocksPort == 0 {
+			continue
+		}
 		if err := n.poll(ctx, "a stream through "+nd.Name+"'s SOCKS port", func() (bool, error) {
 			return probe(ctx, nd.SocksAddr(), cl.SocksAddr()) == nil, nil
 		}); err != nil {

@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -469,7 +470,13 @@ aggregateNow:
 		return nil, err
 	}
 	res.Result = agg
-	log.Info("flashflow: measured", "estimate_bytes_per_s", agg.Estimate, "complete_seconds", agg.Complete, "clamped", agg.Clamped)
+	var mvals, bvals []string
+	for _, s := range agg.Seconds {
+		mvals = append(mvals, strconv.FormatUint(s.M, 10))
+		bvals = append(bvals, strconv.FormatUint(s.B, 10))
+	}
+	log.Info("flashflow: measured", "estimate_bytes_per_s", agg.Estimate, "complete_seconds", agg.Complete, "clamped", agg.Clamped,
+		"measured", strings.Join(mvals, ","), "background", strings.Join(bvals, ","))
 	return res, nil
 }
 

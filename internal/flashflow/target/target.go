@@ -322,6 +322,8 @@ func (t *Target) report(m *measurement, c *link.Conn) error {
 		}
 		in1, out1 := m.in.Load(), m.out.Load()
 		sent, recv := Background(r1-r0, w1-w0, in0, in1, out0, out1, t.cfg.LocalCounted)
+		t.cfg.Log.Debug("flashflow: second", "meas_id", m.id, "second", sec, "tor_read", r1-r0, "tor_written", w1-w0,
+			"echo_in", in1-in0, "echo_out", out1-out0, "bg_sent", sent, "bg_recv", recv)
 		if err := c.Send(&msg.BG{Header: msg.Header{MeasID: m.id}, Second: uint16(sec), Sent: sent, Recv: recv}); err != nil {
 			return err
 		}
