@@ -5,7 +5,7 @@
 // (FFListenAddress). See docs/flashflow.md.
 //
 //	flashflow keygen -cert FILE -key FILE
-//	flashflow coordinator -listen ADDR -cert FILE -key FILE -measurers FP,... -targets FILE -dir DIR [-once]
+//	flashflow coordinator -listen ADDR -cert FILE -key FILE -measurers FP,... -targets FILE -dir DIR [-once | -period 24h -slot 60s [-shared-secret FILE]]
 //	flashflow measurer -coordinator ADDR -coordinator-pin FP -cert FILE -key FILE -tor-control ADDR -socks ADDR -via FP,...
 //	flashflow check FILE
 //	flashflow simulate [-relays 7000] [-measurers 3] [-measurer-gbit 1] [-slot 60s]
@@ -13,6 +13,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -134,7 +136,10 @@ func coordinator(ctx context.Context, args []string, log *slog.Logger) error {
 	targets := fs.String("targets", "", "targets file: <relay fp> <bentod FlashFlow address> <bentod certificate fp> [<prior bytes/s>] per line")
 	dir := fs.String("dir", "v3bw", "directory of bandwidth files; point V3BandwidthsFile at DIR/v3bw")
 	once := fs.Bool("once", false, "measure every target once, write the file and exit (non-zero if any failed)")
-	every := fs.Duration("interval", 24*time.Hour, "without -once: measure every target this often")
+	period := fs.Duration("period", 24*time.Hour, "without -once: every relay is measured once per period, on prop 316's schedule")
+	slot := fs.Duration("slot", 60*time.Second, "length of a schedule slot (a measurement and its setup)")
+	capacity := fs.Uint64("measurer-capacity", 125_000_000, "bytes/s each measurer can send (1 Gbit/s = 125000000)")
+	secretFile := fs.String("shared-secret", "", "file holding a secret shared by cooperating coordinators: the schedule is then derived from it and tor's shared random value (needs -tor-control), so each computes the same schedule alone")
 	wait := fs.Int("wait-measurers", 1, "measurers to wait for before measuring")
 	duration := fs.Duration("duration", 30*time.Second, "length of a measurement")
 	conns := fs.Int("conns", 160, "connections (circuits) to the target, split among measurers")
@@ -177,12 +182,14 @@ func coordinator(ctx context.Context, args []string, log *slog.Logger) error {
 	}
 	svc := &coord.Service{Coord: c, Store: store, Dir: &v3bw.Dir{Path: *dir, CompressAfter: *compress, DeleteAfter: *del},
 		Started: time.Now(), Version: version}
+	var torConn *torctl.Conn
 	if *torControl != "" {
 		tc, err := dialTor(ctx, *torControl, *torCookie, *torPassword)
 		if err != nil {
 			return err
 		}
 		defer tc.Close()
+		torConn = tc
 		svc.Advertised = func(ctx context.Context, fp string) (uint64, error) { return advertised(ctx, tc, fp) }
 	}
 	ln, err := net.Listen("tcp", *listen)
@@ -194,7 +201,7 @@ func coordinator(ctx context.Context, args []string, log *slog.Logger) error {
 	if err := c.WaitMeasurers(ctx, *wait); err != nil {
 		return err
 	}
-	for {
+	if *once {
 		errs := svc.MeasureAll(ctx, ts)
 		for _, e := range errs {
 			log.Warn("measurement failed", "err", e)
@@ -205,18 +212,65 @@ func coordinator(ctx context.Context, args []string, log *slog.Logger) error {
 		} else {
 			log.Info("bandwidth file written", "path", path, "link", svc.Dir.LinkPath())
 		}
-		if *once {
-			if len(errs) > 0 {
-				return fmt.Errorf("%d of %d measurements failed", len(errs), len(ts))
-			}
+		if len(errs) > 0 {
+			return fmt.Errorf("%d of %d measurements failed", len(errs), len(ts))
+		}
+		return err
+	}
+	p := schedule.DefaultParams(*capacity * uint64(len(splitList(*measurers))))
+	p.Period, p.Slot, p.Multiplier = *period, *slot, *mult
+	seed := func(uint64) [32]byte {
+		var s [32]byte
+		rand.Read(s[:]) // one coordinator: a secret schedule nobody else can compute
+		return s
+	}
+	if *secretFile != "" {
+		shared, err := os.ReadFile(*secretFile)
+		if err != nil {
 			return err
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(*every):
+		if len(shared) < 16 {
+			return fmt.Errorf("-shared-secret %s: at least 16 bytes, please", *secretFile)
+		}
+		if svc.Advertised == nil {
+			return errors.New("-shared-secret needs -tor-control: the schedule mixes in tor's shared random value")
+		}
+		seed = func(pn uint64) [32]byte {
+			srv, err := sharedRandom(ctx, torConn)
+			if err != nil {
+				log.Warn("no shared random value from tor; using the disaster value", "err", err)
+				srv = schedule.DisasterSRV(*period, pn)
+			}
+			return schedule.DailySecret(shared, srv, pn)
 		}
 	}
+	targetsNow := func() ([]coord.Target, error) {
+		f, err := os.Open(*targets)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		return coord.ParseTargets(f)
+	}
+	return svc.Run(ctx, targetsNow, p, seed)
+}
+
+// sharedRandom reads the current shared random value from tor.
+func sharedRandom(ctx context.Context, c *torctl.Conn) ([32]byte, error) {
+	var v [32]byte
+	if c == nil {
+		return v, errors.New("no tor control connection")
+	}
+	info, err := c.GetInfo(ctx, "sr/current")
+	if err != nil {
+		return v, err
+	}
+	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(info["sr/current"]))
+	if err != nil || len(b) != 32 {
+		return v, fmt.Errorf("tor's sr/current %q is not a 32-byte base64 value", info["sr/current"])
+	}
+	copy(v[:], b)
+	return v, nil
 }
 
 // advertised reads a relay's bandwidth-avg from its descriptor.

@@ -17,7 +17,9 @@ import (
 	"github.com/torbento/bento/internal/flashflow/link"
 	"github.com/torbento/bento/internal/flashflow/measurer"
 	"github.com/torbento/bento/internal/flashflow/msg"
+	"github.com/torbento/bento/internal/flashflow/schedule"
 	"github.com/torbento/bento/internal/flashflow/target"
+	"github.com/torbento/bento/internal/flashflow/v3bw"
 )
 
 // The roles over loopback, without tor: measurers connect straight to the
@@ -70,6 +72,7 @@ type options struct {
 	alter          func(net.Conn) net.Conn
 	measurers      int
 	bucket         int
+	notAllowed     bool
 }
 
 func setup(t *testing.T, o options) *world {
@@ -93,7 +96,7 @@ func setup(t *testing.T, o options) *world {
 	if o.pinCoordinator {
 		pins = append(pins, w.coordID.Fingerprint)
 	}
-	tgt, err := target.New(target.Config{Allowed: true, Coordinators: pins, MaxDuration: 15 * time.Second,
+	tgt, err := target.New(target.Config{Allowed: !o.notAllowed, Coordinators: pins, MaxDuration: 15 * time.Second,
 		EchoPort: uint16(echoLn.Addr().(*net.TCPAddr).Port), Traffic: o.traffic}, w.targetID)
 	if err != nil {
 		t.Fatal(err)
@@ -162,6 +165,16 @@ func TestUntrustedCoordinator(t *testing.T) {
 	var f *coord.Failed
 	if !errors.As(err, &f) || f.Err.Code != msg.ErrUntrusted {
 		t.Fatalf("got %v, want the target's ERR untrusted", err)
+	}
+}
+
+// A relay that does not allow measurements says so.
+func TestMeasurementsNotAllowed(t *testing.T) {
+	w := setup(t, options{pinCoordinator: true, notAllowed: true})
+	_, err := w.coord.Measure(context.Background(), w.target)
+	var f *coord.Failed
+	if !errors.As(err, &f) || f.Err.Code != msg.ErrNotAllowed {
+		t.Fatalf("got %v, want the target's ERR not allowed", err)
 	}
 }
 
@@ -262,5 +275,38 @@ func TestTargetRateLimit(t *testing.T) {
 	}
 	if v, ok := f.Err.Ext(msg.ExtRetryAfter); !ok || len(v) != 4 {
 		t.Fatal("no retry-after")
+	}
+}
+
+// Run measures a relay it never measured at once, plans each period and
+// keeps the bandwidth file, until its context ends.
+func TestServiceRun(t *testing.T) {
+	w := setup(t, options{pinCoordinator: true})
+	dir := t.TempDir()
+	store, err := coord.OpenStore(coord.DefaultResultsPath(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := &coord.Service{Coord: w.coord, Store: store, Dir: &v3bw.Dir{Path: dir}, Started: time.Now()}
+	p := schedule.DefaultParams(100 << 20)
+	p.Period, p.Slot = 4*time.Second, 2*time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Second)
+	defer cancel()
+	planned := 0
+	err = svc.Run(ctx, func() ([]coord.Target, error) { return []coord.Target{w.target}, nil }, p,
+		func(uint64) [32]byte { planned++; return [32]byte{byte(planned)} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if planned < 2 {
+		t.Errorf("%d periods planned in 12 s of 4-second periods", planned)
+	}
+	r, ok := store.Get(w.target.Fingerprint)
+	if !ok || r.Estimate == 0 {
+		t.Fatalf("no result stored: %+v", r)
+	}
+	f, err := v3bw.ReadFile(filepath.Join(dir, "v3bw"))
+	if err != nil || len(f.Relays) != 1 || f.Relays[0].NodeID != w.target.Fingerprint {
+		t.Fatalf("bandwidth file: %+v %v", f, err)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -16,6 +18,7 @@ import (
 	"time"
 
 	"github.com/torbento/bento/internal/flashflow/link"
+	"github.com/torbento/bento/internal/flashflow/schedule"
 	"github.com/torbento/bento/internal/flashflow/v3bw"
 )
 
@@ -240,3 +243,103 @@ func (s *Service) WriteFile(now time.Time) (string, error) {
 
 // DefaultResultsPath is where a Service keeps results, beside its files.
 func DefaultResultsPath(dir string) string { return filepath.Join(dir, "results.json") }
+
+// Run measures targets on prop 316's short-term schedule until ctx ends.
+// At the start of each period it plans the period (package schedule:
+// largest relay first, a random slot with enough measurer capacity,
+// relays sharing an address together), seeding the plan with
+// seed(period); then, as each slot begins, it measures the slot's relays
+// (one after another: a measurement uses every measurer) and rewrites
+// the bandwidth file. Relays without any result are measured at once
+// when Run starts, as prop 316 measures new relays as soon as it learns
+// of them. targets is called at each period, so the list may change.
+func (s *Service) Run(ctx context.Context, targets func() ([]Target, error), p schedule.Params, seed func(period uint64) [32]byte) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	log := s.Coord.cfg.Log
+	ts, err := targets()
+	if err != nil {
+		return err
+	}
+	var fresh []Target
+	for _, t := range ts {
+		if _, ok := s.Store.Get(t.Fingerprint); !ok {
+			fresh = append(fresh, t)
+		}
+	}
+	if len(fresh) > 0 {
+		log.Info("flashflow: measuring relays never measured", "relays", len(fresh))
+		s.measureSlot(ctx, fresh)
+	}
+	for ctx.Err() == nil {
+		now := time.Now()
+		period := schedule.PeriodOf(now, p.Period)
+		start := schedule.PeriodStart(period, p.Period)
+		if ts, err = targets(); err != nil {
+			log.Warn("flashflow: reading the targets; keeping the previous list", "err", err)
+		}
+		byFP := map[string]Target{}
+		var relays []schedule.Relay
+		for _, t := range ts {
+			byFP[t.Fingerprint] = t
+			r := schedule.Relay{Fingerprint: t.Fingerprint, Capacity: t.Prior}
+			if prev, ok := s.Store.Get(t.Fingerprint); ok && prev.Estimate > 0 {
+				r.Capacity = prev.Estimate
+			}
+			if ap, err := netip.ParseAddrPort(t.Addr); err == nil {
+				r.Addr = ap.Addr()
+			}
+			relays = append(relays, r)
+		}
+		sd := seed(period)
+		plan, err := schedule.Plan(p, relays, rand.NewChaCha8(sd))
+		if err != nil {
+			return err
+		}
+		log.Info("flashflow: period planned", "period", period, "relays", plan.Len(), "unscheduled", len(plan.Unscheduled))
+		for i, slot := range plan.Slots {
+			at := plan.SlotStart(start, i)
+			if len(slot) == 0 || at.Add(p.Slot).Before(now) {
+				continue // empty, or over before we planned
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Until(at)):
+			}
+			var batch []Target
+			for _, a := range slot {
+				if t, ok := byFP[a.Fingerprint]; ok {
+					batch = append(batch, t)
+				}
+			}
+			s.measureSlot(ctx, batch)
+		}
+		// Wait for the next period.
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Until(schedule.PeriodStart(period+1, p.Period))):
+		}
+	}
+	return nil
+}
+
+// measureSlot measures targets and rewrites the bandwidth file.
+func (s *Service) measureSlot(ctx context.Context, ts []Target) {
+	log := s.Coord.cfg.Log
+	for _, err := range s.MeasureAll(ctx, ts) {
+		log.Warn("flashflow: measurement failed", "err", err)
+	}
+	path, err := s.WriteFile(time.Now())
+	switch {
+	case err != nil && !errors.Is(err, v3bw.ErrPrune):
+		log.Warn("flashflow: no bandwidth file written", "err", err)
+	default:
+		if err != nil {
+			log.Warn("flashflow: pruning old bandwidth files", "err", err)
+		}
+		log.Info("flashflow: bandwidth file written", "path", path)
+	}
+}
