@@ -146,11 +146,16 @@ func run() int {
 		srv.SetTor(link)
 		go link.Run(linkCtx)
 	}
+	var ff interface {
+		SetAccess(allowed bool, coordinators []string) error
+	}
 	if p.FlashFlow.Listen != "" {
-		if err := startFlashFlow(linkCtx, p, link, log); err != nil {
+		t, err := startFlashFlow(linkCtx, p, link, log)
+		if err != nil {
 			log.Error("flashflow", "err", err)
 			return 1
 		}
+		ff = t
 	}
 
 	closed := make(chan struct{})
@@ -166,6 +171,13 @@ func run() int {
 				}
 				srv.SetPolicy(np)
 				safelog.SetSafe(np.SafeLogging)
+				if ff != nil {
+					// Who may measure, and whether anyone may; the
+					// listeners' addresses need a restart.
+					if err := ff.SetAccess(np.FlashFlow.Allowed, np.FlashFlow.Coordinators); err != nil {
+						log.Warn("flashflow: keeping the old coordinators", "err", err)
+					}
+				}
 				safelog.Notice(log, "policy reloaded")
 				continue
 			}

@@ -5,7 +5,7 @@
 // (FFListenAddress). See docs/flashflow.md.
 //
 //	flashflow keygen -cert FILE -key FILE
-//	flashflow coordinator -listen ADDR -cert FILE -key FILE -measurers FP,... -targets FILE -dir DIR [-once | -period 24h -slot 60s [-shared-secret FILE]]
+//	flashflow coordinator -listen ADDR -cert FILE -key FILE -measurers FP,... -targets FILE -dir DIR [-once | -period 24h -slot 60s]
 //	flashflow measurer -coordinator ADDR -coordinator-pin FP -cert FILE -key FILE -tor-control ADDR -socks ADDR -via FP,...
 //	flashflow check FILE
 //	flashflow simulate [-relays 7000] [-measurers 3] [-measurer-gbit 1] [-slot 60s]
@@ -14,7 +14,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -139,12 +138,11 @@ func coordinator(ctx context.Context, args []string, log *slog.Logger) error {
 	period := fs.Duration("period", 24*time.Hour, "without -once: every relay is measured once per period, on prop 316's schedule")
 	slot := fs.Duration("slot", 60*time.Second, "length of a schedule slot (a measurement and its setup)")
 	capacity := fs.Uint64("measurer-capacity", 125_000_000, "bytes/s each measurer can send (1 Gbit/s = 125000000)")
-	secretFile := fs.String("shared-secret", "", "file holding a secret shared by cooperating coordinators: the schedule is then derived from it and tor's shared random value (needs -tor-control), so each computes the same schedule alone")
 	wait := fs.Int("wait-measurers", 1, "measurers to wait for before measuring")
 	duration := fs.Duration("duration", 30*time.Second, "length of a measurement")
 	conns := fs.Int("conns", 160, "connections (circuits) to the target, split among measurers")
 	mult := fs.Float64("multiplier", 2.25, "measurers send this times the relay's prior estimate")
-	bg := fs.Int("bg-percent", 25, "background traffic share trusted, percent (max inflation 1/(1-r))")
+	bg := fs.Int("bg-percent", coord.DefaultBGPercent, "background traffic share trusted, percent (max inflation 1/(1-r))")
 	bucket := fs.Int("bucket", 125, "verify one echoed cell in this many")
 	torControl := fs.String("tor-control", "", "control port of the coordinator's tor client, to read relays' advertised bandwidth")
 	torCookie := fs.String("tor-cookie", "", "its cookie file (default: as tor announces)")
@@ -182,14 +180,12 @@ func coordinator(ctx context.Context, args []string, log *slog.Logger) error {
 	}
 	svc := &coord.Service{Coord: c, Store: store, Dir: &v3bw.Dir{Path: *dir, CompressAfter: *compress, DeleteAfter: *del},
 		Started: time.Now(), Version: version}
-	var torConn *torctl.Conn
 	if *torControl != "" {
 		tc, err := dialTor(ctx, *torControl, *torCookie, *torPassword)
 		if err != nil {
 			return err
 		}
 		defer tc.Close()
-		torConn = tc
 		svc.Advertised = func(ctx context.Context, fp string) (uint64, error) { return advertised(ctx, tc, fp) }
 	}
 	ln, err := net.Listen("tcp", *listen)
@@ -217,32 +213,18 @@ func coordinator(ctx context.Context, args []string, log *slog.Logger) error {
 		}
 		return err
 	}
+	if *capacity < 125_000 || *capacity > 1<<37 {
+		return fmt.Errorf("-measurer-capacity %d: want bytes/s from 125000 (1 Mbit/s) to %d", *capacity, uint64(1)<<37)
+	}
+	if *slot < *duration+5*time.Second {
+		return fmt.Errorf("-slot %v: a slot must hold the measurement (-duration %v) and its setup: at least %v", *slot, *duration, *duration+5*time.Second)
+	}
 	p := schedule.DefaultParams(*capacity * uint64(len(splitList(*measurers))))
 	p.Period, p.Slot, p.Multiplier = *period, *slot, *mult
 	seed := func(uint64) [32]byte {
 		var s [32]byte
 		rand.Read(s[:]) // one coordinator: a secret schedule nobody else can compute
 		return s
-	}
-	if *secretFile != "" {
-		shared, err := os.ReadFile(*secretFile)
-		if err != nil {
-			return err
-		}
-		if len(shared) < 16 {
-			return fmt.Errorf("-shared-secret %s: at least 16 bytes, please", *secretFile)
-		}
-		if svc.Advertised == nil {
-			return errors.New("-shared-secret needs -tor-control: the schedule mixes in tor's shared random value")
-		}
-		seed = func(pn uint64) [32]byte {
-			srv, err := sharedRandom(ctx, torConn)
-			if err != nil {
-				log.Warn("no shared random value from tor; using the disaster value", "err", err)
-				srv = schedule.DisasterSRV(*period, pn)
-			}
-			return schedule.DailySecret(shared, srv, pn)
-		}
 	}
 	targetsNow := func() ([]coord.Target, error) {
 		f, err := os.Open(*targets)
@@ -253,24 +235,6 @@ func coordinator(ctx context.Context, args []string, log *slog.Logger) error {
 		return coord.ParseTargets(f)
 	}
 	return svc.Run(ctx, targetsNow, p, seed)
-}
-
-// sharedRandom reads the current shared random value from tor.
-func sharedRandom(ctx context.Context, c *torctl.Conn) ([32]byte, error) {
-	var v [32]byte
-	if c == nil {
-		return v, errors.New("no tor control connection")
-	}
-	info, err := c.GetInfo(ctx, "sr/current")
-	if err != nil {
-		return v, err
-	}
-	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(info["sr/current"]))
-	if err != nil || len(b) != 32 {
-		return v, fmt.Errorf("tor's sr/current %q is not a 32-byte base64 value", info["sr/current"])
-	}
-	copy(v[:], b)
-	return v, nil
 }
 
 // advertised reads a relay's bandwidth-avg from its descriptor.

@@ -427,8 +427,8 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			p.FlashFlow.Listen = l.value
 		case "ffechoaddress":
 			ap, e := netip.ParseAddrPort(l.value)
-			if e != nil || !ap.Addr().IsLoopback() || ap.Port() == 0 {
-				err = fail("FFEchoAddress %q: want a loopback address and port (measurers reach it through the relay's exit to localhost)", l.value)
+			if e != nil || ap.Addr() != netip.AddrFrom4([4]byte{127, 0, 0, 1}) || ap.Port() == 0 {
+				err = fail("FFEchoAddress %q: want 127.0.0.1:PORT (measurers' streams exit the relay to 127.0.0.1 at that port)", l.value)
 			}
 			p.FlashFlow.Echo = l.value
 		case "ffallowedcoordinators":

@@ -94,7 +94,8 @@ type Daemon struct {
 }
 
 // FlashFlow configures measurement mode: bentod as the target side of
-// FlashFlow (docs/flashflow.md). Off unless Allowed and Listen are set.
+// FlashFlow (docs/flashflow.md). Its listeners run when Listen is set;
+// measurements are accepted only when Allowed is also set.
 type FlashFlow struct {
 	Allowed      bool          // FFMeasurementsAllowed: measurements on
 	Listen       string        // FFListenAddress: where coordinators connect (TLS)

@@ -184,7 +184,7 @@ func TestNumbersFiniteAndInRange(t *testing.T) {
 		"HandshakeTimeout 1 day", "MaxSteps 5", "ConnectRatePerAddress nan", "Nice 40", "OnionMaxStreams 70000",
 		"MaxInFlight 1 KB", "MaxCPUTime 0",
 		"FFMeasurementsAllowed 2", "FFMeasurementPeriod 10 minutes", "FFMaxMeasurementDuration 5 seconds",
-		"FFMaxMeasurementDuration 10 minutes", "FFEchoAddress 10.0.0.1:9252", "FFEchoAddress 127.0.0.1:0",
+		"FFMaxMeasurementDuration 10 minutes", "FFEchoAddress 10.0.0.1:9252", "FFEchoAddress 127.0.0.1:0", "FFEchoAddress [::1]:9252", "FFEchoAddress 127.0.0.2:9252",
 		"FFAllowedCoordinators abc", "FFListenAddress nowhere",
 	} {
 		_, err := Parse("bentorc", []byte(line+"\n"))

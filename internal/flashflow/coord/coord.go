@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -27,6 +26,7 @@ import (
 	"github.com/torbento/bento/internal/flashflow/aggregate"
 	"github.com/torbento/bento/internal/flashflow/link"
 	"github.com/torbento/bento/internal/flashflow/msg"
+	"github.com/torbento/bento/internal/netlimit"
 )
 
 // Config configures a coordinator.
@@ -34,7 +34,8 @@ type Config struct {
 	Identity  *link.Identity
 	Measurers []string // pinned measurer certificate fingerprints
 	// Duration of a measurement (default 30 s), background share r in
-	// percent (default 25), multiplier m (default 2.25), connections in
+	// percent (no default: 0 is valid; prop 316 suggests
+	// DefaultBGPercent), multiplier m (default 2.25), connections in
 	// all (default 160, split among measurers), echo check bucket
 	// (default 125: one chunk in 125 verified).
 	Duration   time.Duration
@@ -44,6 +45,12 @@ type Config struct {
 	Bucket     int
 	Log        *slog.Logger
 }
+
+// DefaultBGPercent is prop 316's suggested r: at most 1.33× inflation.
+const DefaultBGPercent = 25
+
+// SetupTimeout bounds the time from MEASURE to every measurer's READY.
+const SetupTimeout = 45 * time.Second
 
 // Target is a relay to measure.
 type Target struct {
@@ -69,7 +76,6 @@ type Coordinator struct {
 type measurerConn struct {
 	c    *link.Conn
 	fp   string
-	addr netip.AddrPort
 	in   chan msg.Msg // messages read from it
 	done chan struct{}
 }
@@ -78,9 +84,6 @@ type measurerConn struct {
 func New(cfg Config) (*Coordinator, error) {
 	if cfg.Duration == 0 {
 		cfg.Duration = 30 * time.Second
-	}
-	if cfg.BGPercent == 0 {
-		cfg.BGPercent = 25
 	}
 	if cfg.Multiplier == 0 {
 		cfg.Multiplier = 2.25
@@ -122,12 +125,14 @@ func New(cfg Config) (*Coordinator, error) {
 }
 
 // ServeMeasurers accepts measurers on ln until ctx ends. Only pinned
-// measurers are kept, one connection each (a new one replaces the old).
+// measurers are kept, one connection each (a new one replaces the old);
+// the listener is bounded (package netlimit) and connections that have
+// not shown a pinned certificate are the first closed for newcomers.
 func (c *Coordinator) ServeMeasurers(ctx context.Context, ln net.Listener) error {
-	go func() { <-ctx.Done(); ln.Close() }()
-	sem := make(chan struct{}, 4*len(c.pinned)+4)
+	lim := netlimit.New(ln, netlimit.Config{Name: "flashflow measurers", Total: 4*len(c.pinned) + 4, PerAddr: 8, Rate: 2, Burst: 8, Log: c.cfg.Log})
+	go func() { <-ctx.Done(); lim.Close() }()
 	for {
-		nc, err := ln.Accept()
+		nc, err := lim.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -135,15 +140,8 @@ func (c *Coordinator) ServeMeasurers(ctx context.Context, ln net.Listener) error
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
-		select {
-		case sem <- struct{}{}:
-		default:
-			nc.Close()
-			continue
-		}
 		go func() {
-			defer func() { <-sem }()
-			lc, err := link.Server(nc, c.cfg.Identity)
+			lc, err := link.ServerTimeout(nc, c.cfg.Identity, 5*time.Second)
 			if err != nil {
 				return
 			}
@@ -153,8 +151,8 @@ func (c *Coordinator) ServeMeasurers(ctx context.Context, ln net.Listener) error
 				lc.Close()
 				return
 			}
-			ap, _ := netip.ParseAddrPort(nc.RemoteAddr().String())
-			mc := &measurerConn{c: lc, fp: fp, addr: ap, in: make(chan msg.Msg, 2*msg.MaxDuration), done: make(chan struct{})}
+			netlimit.Prove(nc)
+			mc := &measurerConn{c: lc, fp: fp, in: make(chan msg.Msg, 2*msg.MaxDuration), done: make(chan struct{})}
 			c.mu.Lock()
 			if old := c.measurers[fp]; old != nil {
 				old.c.Close()
@@ -277,14 +275,14 @@ func (c *Coordinator) Measure(ctx context.Context, t Target) (*Measurement, erro
 	conns := max(1, c.cfg.Conns/len(ms))
 	conns = min(conns, msg.MaxConns)
 	params := &msg.Params{Header: msg.Header{MeasID: id}, Duration: uint16(d), BGPercent: uint8(c.cfg.BGPercent), EchoKey: key}
-	for _, m := range ms {
-		var specs []msg.LinkSpec
-		if m.addr.IsValid() {
-			specs = append(specs, msg.AddrPortSpec(m.addr))
-		} else {
-			specs = append(specs, msg.LinkSpec{Type: 200, Data: []byte(m.fp[:8])})
-		}
-		params.Measurers = append(params.Measurers, msg.MeasurerInfo{Conns: uint16(conns), Specs: specs})
+	for range ms {
+		// The target has no use for the measurers' addresses (stock tor
+		// has no DoS whitelist to put them in) and every relay measured
+		// would learn where the bandwidth authority's machines are: an
+		// opaque tag of a type tor-spec does not define stands for each.
+		tag := make([]byte, 8)
+		rand.Read(tag)
+		params.Measurers = append(params.Measurers, msg.MeasurerInfo{Conns: uint16(conns), Specs: []msg.LinkSpec{{Type: msg.SpecOpaque, Data: tag}}})
 	}
 	log := c.cfg.Log.With("meas_id", id, "relay", t.Fingerprint[:8])
 	tc, err := link.Dial(ctx, t.Addr, c.cfg.Identity, pin)
@@ -326,32 +324,41 @@ func (c *Coordinator) Measure(ctx context.Context, t Target) (*Measurement, erro
 			return nil, fmt.Errorf("flashflow: measurer %s: %w", m.fp[:16], err)
 		}
 	}
-	// READY from each.
+	// READY from each, within one deadline for all; messages of earlier
+	// measurements are dropped.
 	res := &Measurement{Target: t, ID: id, Measurers: make([]aggregate.Measurer, len(ms))}
+	readyBy := time.After(SetupTimeout)
 	for i, m := range ms {
 		res.Measurers[i].ConnsWanted = conns
-		select {
-		case r := <-m.in:
-			switch r := r.(type) {
-			case *msg.Ready:
-				res.Measurers[i].ConnsOpened = int(r.Conns)
-				log.Info("flashflow: measurer ready", "measurer", i, "conns", r.Conns)
-			case *msg.Err:
+	wait:
+		for {
+			select {
+			case r := <-m.in:
+				if r.ID() != id {
+					continue
+				}
+				switch r := r.(type) {
+				case *msg.Ready:
+					res.Measurers[i].ConnsOpened = int(r.Conns)
+					log.Info("flashflow: measurer ready", "measurer", i, "conns", r.Conns)
+					break wait
+				case *msg.Err:
+					abort(msg.ErrAborted)
+					return nil, &Failed{Party: "measurer", Err: r}
+				default:
+					abort(msg.ErrProtocol)
+					return nil, fmt.Errorf("flashflow: measurer %d answered %v to MEASURE", i, r.Command())
+				}
+			case <-m.done:
 				abort(msg.ErrAborted)
-				return nil, &Failed{Party: "measurer", Err: r}
-			default:
-				abort(msg.ErrProtocol)
-				return nil, fmt.Errorf("flashflow: measurer %d answered %v to MEASURE", i, r.Command())
+				return nil, fmt.Errorf("flashflow: measurer %d disconnected", i)
+			case <-readyBy:
+				abort(msg.ErrTimeout)
+				return nil, fmt.Errorf("flashflow: measurer %d did not open its connections within %v", i, SetupTimeout)
+			case <-ctx.Done():
+				abort(msg.ErrAborted)
+				return nil, ctx.Err()
 			}
-		case <-m.done:
-			abort(msg.ErrAborted)
-			return nil, fmt.Errorf("flashflow: measurer %d disconnected", i)
-		case <-time.After(45 * time.Second):
-			abort(msg.ErrTimeout)
-			return nil, fmt.Errorf("flashflow: measurer %d did not open its connections in time", i)
-		case <-ctx.Done():
-			abort(msg.ErrAborted)
-			return nil, ctx.Err()
 		}
 		if 2*res.Measurers[i].ConnsOpened < conns {
 			abort(msg.ErrTooFewConns)
@@ -373,7 +380,10 @@ func (c *Coordinator) Measure(ctx context.Context, t Target) (*Measurement, erro
 	gctx, cancel := context.WithTimeout(ctx, time.Duration(d+15)*time.Second)
 	defer cancel()
 	go func() {
-		for gctx.Err() == nil {
+		// A target gets d BG reports and a few more frames: one that
+		// floods is not read further (its missing seconds count as no
+		// background).
+		for n := 0; n < d+8 && gctx.Err() == nil; n++ {
 			r, err := tc.Recv(time.Duration(d+15) * time.Second)
 			select {
 			case items <- item{from: -1, m: r, err: err}:
@@ -407,8 +417,14 @@ func (c *Coordinator) Measure(ctx context.Context, t Target) (*Measurement, erro
 			}
 		}()
 	}
+	// One slot per second and party: duplicates cannot grow anything.
 	var reports []aggregate.MeasurerReport
-	var bgs []aggregate.BGReport
+	got := make([][]bool, len(ms))
+	for i := range got {
+		got[i] = make([]bool, d+1)
+	}
+	bgAt := make([]*msg.BG, d+1)
+	bgDup := make([]bool, d+1)
 	count := make([]int, len(ms))
 	bgCount := 0
 	targetGone := false
@@ -436,6 +452,9 @@ func (c *Coordinator) Measure(ctx context.Context, t Target) (*Measurement, erro
 				abort(msg.ErrAborted)
 				return nil, fmt.Errorf("flashflow: measurer %d: %w", it.from, it.err)
 			}
+			if it.m.ID() != id {
+				continue // a message of an earlier measurement
+			}
 			if e, ok := it.m.(*msg.Err); ok {
 				party := "target"
 				if it.from >= 0 {
@@ -446,15 +465,23 @@ func (c *Coordinator) Measure(ctx context.Context, t Target) (*Measurement, erro
 			}
 			switch r := it.m.(type) {
 			case *msg.BG:
-				if it.from >= 0 || r.MeasID != id {
+				// A second reported twice loses its claim (no background
+				// counted), so that a target cannot fail a measurement
+				// that goes badly for it by sending a duplicate.
+				if it.from >= 0 || int(r.Second) > d {
 					continue
 				}
-				bgs = append(bgs, aggregate.BGReport{Second: int(r.Second), Sent: uint64(r.Sent), Recv: uint64(r.Recv)})
+				if bgAt[r.Second] != nil {
+					bgDup[r.Second] = true
+					continue
+				}
+				bgAt[r.Second] = r
 				bgCount++
 			case *msg.Report:
-				if it.from < 0 || r.MeasID != id {
+				if it.from < 0 || int(r.Second) > d || got[it.from][r.Second] {
 					continue
 				}
+				got[it.from][r.Second] = true
 				reports = append(reports, aggregate.MeasurerReport{Measurer: it.from, Second: int(r.Second), Bytes: r.Bytes})
 				count[it.from]++
 			}
@@ -465,9 +492,18 @@ func (c *Coordinator) Measure(ctx context.Context, t Target) (*Measurement, erro
 	}
 aggregateNow:
 	tc.Close()
+	var bgs []aggregate.BGReport
+	for sec, r := range bgAt {
+		if r != nil && !bgDup[sec] {
+			bgs = append(bgs, aggregate.BGReport{Second: sec, Sent: uint64(r.Sent), Recv: uint64(r.Recv)})
+		}
+	}
 	agg, err := aggregate.Aggregate(aggregate.Params{Duration: d, BGPercent: c.cfg.BGPercent, Measurers: len(ms)}, res.Measurers, reports, bgs)
 	if err != nil {
 		return nil, err
+	}
+	if agg.Estimate == 0 {
+		return nil, errors.New("flashflow: no echo traffic came back verified: the measurement failed")
 	}
 	res.Result = agg
 	var mvals, bvals []string

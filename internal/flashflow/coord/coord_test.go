@@ -117,7 +117,7 @@ func setup(t *testing.T, o options) *world {
 	if o.bucket == 0 {
 		o.bucket = 10
 	}
-	c, err := coord.New(coord.Config{Identity: w.coordID, Measurers: mpins, Duration: 3 * time.Second, Conns: 8, Bucket: o.bucket})
+	c, err := coord.New(coord.Config{Identity: w.coordID, Measurers: mpins, Duration: 3 * time.Second, BGPercent: coord.DefaultBGPercent, Conns: 8, Bucket: o.bucket})
 	if err != nil {
 		t.Fatal(err)
 	}

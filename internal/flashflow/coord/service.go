@@ -190,7 +190,12 @@ func (s *Service) MeasureAll(ctx context.Context, targets []Target) []error {
 	for _, t := range targets {
 		var adv uint64
 		if s.Advertised != nil {
-			adv, _ = s.Advertised(ctx, t.Fingerprint)
+			var err error
+			if adv, err = s.Advertised(ctx, t.Fingerprint); err != nil {
+				s.Coord.cfg.Log.Warn("flashflow: no advertised bandwidth for a relay: its figure is not capped (the coordinator's tor needs full descriptors: UseMicrodescriptors 0 or FetchUselessDescriptors 1)", "relay", t.Fingerprint, "err", err)
+			}
+		} else {
+			s.Coord.cfg.Log.Warn("flashflow: figures are not capped at the relays' advertised bandwidth (no -tor-control)", "relay", t.Fingerprint)
 		}
 		if prev, ok := s.Store.Get(t.Fingerprint); ok && prev.Estimate > 0 {
 			t.Prior = prev.Estimate

@@ -120,7 +120,20 @@ func writeFile(path string, b []byte, mode os.FileMode) error {
 		return err
 	}
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, mode); err != nil {
+	os.Remove(tmp) // a leftover could keep a wider mode
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
 		return err
 	}
 	return os.Rename(tmp, path)
@@ -187,8 +200,13 @@ func Dial(ctx context.Context, addr string, id *Identity, pins ...string) (*Conn
 
 // Server completes the handshake of an accepted connection.
 func Server(nc net.Conn, id *Identity) (*Conn, error) {
+	return ServerTimeout(nc, id, DefaultTimeout)
+}
+
+// ServerTimeout is Server with a handshake deadline of its own.
+func ServerTimeout(nc net.Conn, id *Identity, d time.Duration) (*Conn, error) {
 	tc := tls.Server(nc, id.ServerConfig())
-	tc.SetDeadline(time.Now().Add(DefaultTimeout))
+	tc.SetDeadline(time.Now().Add(d))
 	if err := tc.Handshake(); err != nil {
 		tc.Close()
 		return nil, err

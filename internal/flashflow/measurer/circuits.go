@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/torbento/bento/internal/socks"
 	"github.com/torbento/bento/internal/torctl"
@@ -22,6 +23,7 @@ type Tor struct {
 
 	mu      sync.Mutex
 	circ    map[string]chan string // circuit id → its status events
+	early   map[string]string      // the last status of circuits not yet registered
 	streams chan string            // ids of new streams to our echo port
 	port    string                 // "127.0.0.1:<echo port>" while opening streams
 }
@@ -30,7 +32,7 @@ type Tor struct {
 // measurer's tor and its SocksPort address. The tor must be the
 // measurer's own: it stops attaching streams by itself.
 func NewTor(ctx context.Context, ctl *torctl.Conn, socksAddr string) (*Tor, error) {
-	t := &Tor{ctl: ctl, socks: socksAddr, circ: map[string]chan string{}, streams: make(chan string, 4096)}
+	t := &Tor{ctl: ctl, socks: socksAddr, circ: map[string]chan string{}, early: map[string]string{}, streams: make(chan string, 4096)}
 	ctl.OnEvent(t.event)
 	for _, c := range []torctl.Command{
 		torctl.MustCommand("SETCONF", "__LeaveStreamsUnattached=1"),
@@ -69,6 +71,13 @@ func (t *Tor) event(r *torctl.Reply) {
 			case ch <- f[2]:
 			default:
 			}
+		} else {
+			// tor may report a circuit before EXTENDCIRCUIT's reply has
+			// been handed to the goroutine that asked for it.
+			if len(t.early) >= 4096 {
+				clear(t.early)
+			}
+			t.early[f[1]] = f[2]
 		}
 	case "STREAM":
 		// STREAM <id> NEW 0 <target> ...
@@ -95,6 +104,10 @@ func (t *Tor) buildCircuit(ctx context.Context, path []string) (string, error) {
 	ch := make(chan string, 16)
 	t.mu.Lock()
 	t.circ[id] = ch
+	if st, ok := t.early[id]; ok {
+		delete(t.early, id)
+		ch <- st
+	}
 	t.mu.Unlock()
 	defer func() {
 		t.mu.Lock()
@@ -139,22 +152,36 @@ func (t *Tor) Streams(ctx context.Context, via []string, target string, port uin
 	}
 	t.port = "127.0.0.1:" + strconv.Itoa(int(port))
 	t.mu.Unlock()
+	// Streams an earlier run left behind are not ours to attach.
+drain:
+	for {
+		select {
+		case <-t.streams:
+		default:
+			break drain
+		}
+	}
 	defer func() {
 		t.mu.Lock()
 		t.port = ""
 		t.mu.Unlock()
 	}()
 	// Circuits, in parallel.
-	circs := make(chan string, n)
+	circs := make(chan string, n+1)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var built []string
 	var firstErr error
+	// Circuits that take longer than BuildTimeout are given up: the
+	// measurement goes on with the others (prop 316 fails it only below
+	// half).
+	bctx, cancelBuild := context.WithTimeout(ctx, BuildTimeout)
+	defer cancelBuild()
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			id, err := t.buildCircuit(ctx, []string{"$" + strings.TrimPrefix(via[i%len(via)], "$"), "$" + strings.TrimPrefix(target, "$")})
+			id, err := t.buildCircuit(bctx, []string{"$" + strings.TrimPrefix(via[i%len(via)], "$"), "$" + strings.TrimPrefix(target, "$")})
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -168,24 +195,27 @@ func (t *Tor) Streams(ctx context.Context, via []string, target string, port uin
 		}(i)
 	}
 	wg.Wait()
-	close(circs)
 	if len(built) == 0 {
 		return nil, nil, fmt.Errorf("flashflow: no circuit to the target: %w", firstErr)
 	}
-	// Each new stream to the echo port goes on the next built circuit.
+	// Each new stream to the echo port goes on the next built circuit
+	// (circs has room for every circuit, so putting one back never blocks).
 	attachCtx, stopAttach := context.WithCancel(ctx)
 	defer stopAttach()
 	go func() {
 		for {
 			select {
 			case sid := <-t.streams:
-				cid, ok := <-circs
-				if !ok {
+				var cid string
+				select {
+				case cid = <-circs:
+				default:
 					t.ctl.Do(attachCtx, torctl.MustCommand("CLOSESTREAM", sid, "1"))
 					continue
 				}
 				if _, err := t.ctl.Do(attachCtx, torctl.MustCommand("ATTACHSTREAM", sid, cid)); err != nil {
 					t.ctl.Do(attachCtx, torctl.MustCommand("CLOSESTREAM", sid, "1"))
+					circs <- cid // still unused: the next stream may have it
 				}
 			case <-attachCtx.Done():
 				return
@@ -198,7 +228,9 @@ func (t *Tor) Streams(ctx context.Context, via []string, target string, port uin
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := d.DialContext(ctx, "tcp", t.port)
+			dctx, cancel := context.WithTimeout(ctx, DialTimeout)
+			defer cancel()
+			c, err := d.DialContext(dctx, "tcp", t.port)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -217,6 +249,12 @@ func (t *Tor) Streams(ctx context.Context, via []string, target string, port uin
 	}
 	return conns, built, nil
 }
+
+// Deadlines of Streams: building a circuit, and opening a stream on one.
+const (
+	BuildTimeout = 20 * time.Second
+	DialTimeout  = 15 * time.Second
+)
 
 // CloseCircuits closes circuits Streams built.
 func (t *Tor) CloseCircuits(ids []string) {

@@ -118,7 +118,8 @@ func Measure(ctx context.Context, cfg Config, c *link.Conn, m *msg.Measure) erro
 		return err
 	}
 	fp, _ := msg.RSAID(m.Target)
-	setup, cancel := context.WithTimeout(ctx, 30*time.Second)
+	// Everything before READY fits the coordinator's SetupTimeout (45 s).
+	setup, cancel := context.WithTimeout(ctx, 40*time.Second)
 	defer cancel()
 	streams, circs, err := cfg.Paths.Streams(setup, cfg.Via, fmt.Sprintf("%X", fp), m.EchoPort, int(m.Conns))
 	if err != nil {
@@ -132,7 +133,7 @@ func Measure(ctx context.Context, cfg Config, c *link.Conn, m *msg.Measure) erro
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := echoOpen(s, m, uint16(i)); err != nil {
+			if err := echoOpen(setup, s, m, uint16(i)); err != nil {
 				cfg.Log.Debug("flashflow: echo connection refused", "err", err)
 				s.Close()
 				return
@@ -155,18 +156,34 @@ func Measure(ctx context.Context, cfg Config, c *link.Conn, m *msg.Measure) erro
 	if 2*len(open) < int(m.Conns) {
 		return fmt.Errorf("opened %d of %d connections", len(open), m.Conns)
 	}
-	g, err := c.Recv(30 * time.Second)
-	if err != nil {
-		return err
+	// GO, or the coordinator's ERR for this measurement; anything of an
+	// earlier measurement is stale.
+	goBy := time.Now().Add(60 * time.Second)
+	for {
+		g, err := c.Recv(time.Until(goBy))
+		if err != nil {
+			return err
+		}
+		if g.ID() != m.MeasID {
+			continue
+		}
+		switch g := g.(type) {
+		case *msg.Go:
+			return run(ctx, c, m, open)
+		case *msg.Err:
+			return g
+		default:
+			return fmt.Errorf("expected GO, got %v", g.Command())
+		}
 	}
-	if _, ok := g.(*msg.Go); !ok || g.ID() != m.MeasID {
-		return fmt.Errorf("expected GO, got %v", g.Command())
-	}
-	return run(ctx, c, m, open)
 }
 
-func echoOpen(s net.Conn, m *msg.Measure, i uint16) error {
-	s.SetDeadline(time.Now().Add(20 * time.Second))
+func echoOpen(ctx context.Context, s net.Conn, m *msg.Measure, i uint16) error {
+	dl := time.Now().Add(8 * time.Second)
+	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+		dl = d
+	}
+	s.SetDeadline(dl)
 	defer s.SetDeadline(time.Time{})
 	if err := msg.Write(s, &msg.EchoOpen{Header: msg.Header{MeasID: m.MeasID}, Measurer: m.Measurer, Conn: i,
 		MAC: msg.EchoMAC(m.EchoKey, m.MeasID, m.Measurer, i)}); err != nil {
@@ -211,7 +228,7 @@ func run(ctx context.Context, c *link.Conn, m *msg.Measure, conns []net.Conn) er
 		}()
 		go func() {
 			defer wg.Done()
-			errc <- receive(s, ck.Receiver(), &verified)
+			errc <- receive(ctx, s, ck.Receiver(), &verified)
 		}()
 	}
 	defer func() {
@@ -228,17 +245,18 @@ func run(ctx context.Context, c *link.Conn, m *msg.Measure, conns []net.Conn) er
 		select {
 		case <-tick.C:
 		case err := <-errc:
+			// Altered echo, or more echoed than sent: the relay cheated.
 			var mm *echo.MismatchError
 			if errors.As(err, &mm) {
 				c.Send(&msg.Err{Header: msg.Header{MeasID: m.MeasID, Exts: []msg.Ext{msg.U64Ext(msg.ExtChunk, mm.Chunk)}}, Code: msg.ErrEchoMismatch})
 				return err
 			}
-			if err != nil && ctx.Err() == nil {
-				// One connection failing does not end the measurement:
-				// the others carry on and the seconds tell.
-				sec--
-				continue
+			if errors.Is(err, echo.ErrExcess) {
+				c.Send(&msg.Err{Header: msg.Header{MeasID: m.MeasID}, Code: msg.ErrEchoMismatch})
+				return err
 			}
+			// One connection ending does not end the measurement: the
+			// others carry on and the seconds tell.
 			sec--
 			continue
 		case <-ctx.Done():
@@ -258,7 +276,16 @@ func run(ctx context.Context, c *link.Conn, m *msg.Measure, conns []net.Conn) er
 }
 
 func send(ctx context.Context, s net.Conn, snd *echo.Sender, rate float64) error {
-	buf := make([]byte, chunk)
+	// About ten writes a second when paced, so that a slow connection
+	// is never silent for long; whole cells, at most chunk.
+	size := chunk
+	if rate > 0 {
+		size = min(chunk, max(echo.CellData, int(rate/10)/echo.CellData*echo.CellData))
+	}
+	buf := make([]byte, size)
+	if d, ok := ctx.Deadline(); ok {
+		s.SetWriteDeadline(d)
+	}
 	start := time.Now()
 	var sent float64
 	for ctx.Err() == nil {
@@ -273,7 +300,6 @@ func send(ctx context.Context, s net.Conn, snd *echo.Sender, rate float64) error
 			}
 		}
 		snd.Next(buf)
-		s.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		if _, err := s.Write(buf); err != nil {
 			return err
 		}
@@ -282,10 +308,13 @@ func send(ctx context.Context, s net.Conn, snd *echo.Sender, rate float64) error
 	return nil
 }
 
-func receive(s net.Conn, rcv *echo.Receiver, verified *atomic.Uint64) error {
+func receive(ctx context.Context, s net.Conn, rcv *echo.Receiver, verified *atomic.Uint64) error {
 	buf := make([]byte, 64<<10)
+	// The measurement's own end (ctx) closes s; no idle deadline within.
+	if d, ok := ctx.Deadline(); ok {
+		s.SetReadDeadline(d)
+	}
 	for {
-		s.SetReadDeadline(time.Now().Add(10 * time.Second))
 		n, err := s.Read(buf)
 		if n > 0 {
 			v, verr := rcv.Verify(buf[:n])

@@ -117,6 +117,9 @@ const (
 	SpecIPv6    uint8 = 1 // address [16] port [2]
 	SpecRSAID   uint8 = 2 // legacy identity, SHA-1 of the RSA key [20]
 	SpecEd25519 uint8 = 3 // Ed25519 identity [32]
+	// SpecOpaque is ours, outside tor-spec's numbers: a tag that names a
+	// measurer without saying where it is (any length).
+	SpecOpaque uint8 = 0xC8
 )
 
 var specLen = map[uint8]int{SpecIPv4: 6, SpecIPv6: 18, SpecRSAID: 20, SpecEd25519: 32}

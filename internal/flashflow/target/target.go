@@ -21,9 +21,9 @@ package target
 
 import (
 	"context"
+	"crypto/hmac"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -33,6 +33,7 @@ import (
 	"github.com/torbento/bento/internal/flashflow/echo"
 	"github.com/torbento/bento/internal/flashflow/link"
 	"github.com/torbento/bento/internal/flashflow/msg"
+	"github.com/torbento/bento/internal/netlimit"
 )
 
 // Counters reads the relay's cumulative traffic counters: bytes tor has
@@ -56,9 +57,10 @@ type Config struct {
 	EchoPort uint16
 	// Traffic reads tor's counters; LocalCounted says whether tor counts
 	// connections to loopback (CountPrivateBandwidth 1), in which case
-	// the echo connections' own bytes are in the counters too.
+	// the echo connections' own bytes are in the counters too. It is asked
+	// at each measurement (the operator may change tor's configuration).
 	Traffic      Counters
-	LocalCounted bool
+	LocalCounted func(ctx context.Context) (bool, error)
 	// MaxEchoConns bounds echo connections at once, authenticated or not
 	// (default: 2 × the largest number PARAMS may announce).
 	MaxEchoConns int
@@ -123,6 +125,7 @@ type measurement struct {
 	id       uint32
 	key      [msg.KeySize]byte
 	conns    []uint16 // per measurer
+	total    int      // their sum
 	duration int
 	used     map[[2]int]bool
 	ctx      context.Context
@@ -143,13 +146,17 @@ func (m *measurement) closeEcho() {
 	m.echo = nil
 }
 
-// ServeControl accepts coordinators on ln until ctx ends. Connections
-// beyond a handful at once are closed at once: a measurement needs one.
+// ServeControl accepts coordinators on ln until ctx ends. The listener
+// is bounded as bentod's client listener is (package netlimit): a few
+// connections at once, two per address, a connection rate per address,
+// and connections that have not completed the TLS handshake of a pinned
+// coordinator closed first for newcomers, so that idle sockets cannot
+// keep a coordinator out.
 func (t *Target) ServeControl(ctx context.Context, ln net.Listener) error {
-	sem := make(chan struct{}, 4)
-	go func() { <-ctx.Done(); ln.Close() }()
+	lim := netlimit.New(ln, netlimit.Config{Name: "flashflow", Total: 16, PerAddr: 2, Rate: 1, Burst: 4, Log: t.cfg.Log})
+	go func() { <-ctx.Done(); lim.Close() }()
 	for {
-		nc, err := ln.Accept()
+		nc, err := lim.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -162,35 +169,28 @@ func (t *Target) ServeControl(ctx context.Context, ln net.Listener) error {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
-		select {
-		case sem <- struct{}{}:
-		default:
-			nc.Close()
-			continue
-		}
-		go func() {
-			defer func() { <-sem }()
-			t.handleControl(ctx, nc)
-		}()
+		go t.handleControl(ctx, nc)
 	}
 }
 
 func (t *Target) refuse(c *link.Conn, id uint32, code msg.ErrCode, exts ...msg.Ext) {
-	t.cfg.Log.Info("flashflow: measurement refused", "meas_id", id, "reason", code.String())
+	t.cfg.Log.Debug("flashflow: measurement refused", "meas_id", id, "reason", code.String())
 	c.Send(&msg.Err{Header: msg.Header{MeasID: id, Exts: exts}, Code: code})
 }
 
 func (t *Target) handleControl(ctx context.Context, nc net.Conn) {
-	c, err := link.Server(nc, t.id)
+	c, err := link.ServerTimeout(nc, t.id, handshakeTimeout)
 	if err != nil {
 		return
 	}
 	defer c.Close()
-	if !t.pinned[c.Peer()] {
+	allowed, pinned := t.settings(c.Peer())
+	if !pinned {
 		t.refuse(c, 0, msg.ErrUntrusted)
 		return
 	}
-	if !t.cfg.Allowed {
+	netlimit.Prove(nc)
+	if !allowed {
 		t.refuse(c, 0, msg.ErrNotAllowed)
 		return
 	}
@@ -257,6 +257,34 @@ func (t *Target) handleControl(ctx context.Context, nc net.Conn) {
 	t.cfg.Log.Info("flashflow: measurement done", "meas_id", p.MeasID)
 }
 
+// handshakeTimeout bounds a coordinator's TLS handshake.
+const handshakeTimeout = 5 * time.Second
+
+// settings reads the operator's current choices for a coordinator.
+func (t *Target) settings(coord string) (allowed, pinned bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.cfg.Allowed, t.pinned[coord]
+}
+
+// SetAccess changes whether measurements are allowed and which
+// coordinators are pinned (bentod calls it when bentorc is reloaded). A
+// measurement in progress runs to its end.
+func (t *Target) SetAccess(allowed bool, coordinators []string) error {
+	pinned := map[string]bool{}
+	for _, fp := range coordinators {
+		n, err := link.ParseFingerprint(fp)
+		if err != nil {
+			return err
+		}
+		pinned[n] = true
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.cfg.Allowed, t.pinned = allowed, pinned
+	return nil
+}
+
 // begin registers a measurement, or says why not.
 func (t *Target) begin(ctx context.Context, coord string, p *msg.Params) (*measurement, msg.ErrCode, time.Duration) {
 	t.mu.Lock()
@@ -281,6 +309,7 @@ func (t *Target) begin(ctx context.Context, coord string, p *msg.Params) (*measu
 		ctx: mctx, cancel: cancel, started: make(chan struct{}), echo: map[net.Conn]bool{}}
 	for _, mi := range p.Measurers {
 		m.conns = append(m.conns, mi.Conns)
+		m.total += int(mi.Conns)
 	}
 	t.active = m
 	// At the deadline every echo connection closes, whatever happens.
@@ -300,6 +329,14 @@ func (t *Target) end(m *measurement) {
 
 // report sends one BG a second, duration times.
 func (t *Target) report(m *measurement, c *link.Conn) error {
+	local := false
+	if t.cfg.LocalCounted != nil {
+		var err error
+		if local, err = t.cfg.LocalCounted(m.ctx); err != nil {
+			t.refuse(c, m.id, msg.ErrTorUnavailable)
+			return err
+		}
+	}
 	r0, w0, err := t.cfg.Traffic(m.ctx)
 	if err != nil {
 		t.refuse(c, m.id, msg.ErrTorUnavailable)
@@ -321,7 +358,7 @@ func (t *Target) report(m *measurement, c *link.Conn) error {
 			return err
 		}
 		in1, out1 := m.in.Load(), m.out.Load()
-		sent, recv := Background(r1-r0, w1-w0, in0, in1, out0, out1, t.cfg.LocalCounted)
+		sent, recv := Background(r1-r0, w1-w0, in0, in1, out0, out1, local)
 		t.cfg.Log.Debug("flashflow: second", "meas_id", m.id, "second", sec, "tor_read", r1-r0, "tor_written", w1-w0,
 			"echo_in", in1-in0, "echo_out", out1-out0, "bg_sent", sent, "bg_recv", recv)
 		if err := c.Send(&msg.BG{Header: msg.Header{MeasID: m.id}, Second: uint16(sec), Sent: sent, Recv: recv}); err != nil {
@@ -380,8 +417,11 @@ func (t *Target) ServeEcho(ctx context.Context, ln net.Listener) error {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
+		// Anyone on Tor can reach the echo port through the relay: only
+		// while a measurement runs, and only as many connections as it
+		// announced (and a few more), are they kept.
 		t.mu.Lock()
-		if t.echoes >= t.cfg.MaxEchoConns {
+		if t.active == nil || t.echoes >= min(t.active.total+echoSlack, t.cfg.MaxEchoConns) {
 			t.mu.Unlock()
 			nc.Close()
 			continue
@@ -400,8 +440,15 @@ func (t *Target) ServeEcho(ctx context.Context, ln net.Listener) error {
 	}
 }
 
+// echoSlack: echo connections beyond those announced that may wait for
+// their ECHO_OPEN (a measurer's retries, strangers).
+const echoSlack = 16
+
+// echoOpenTimeout bounds the wait for an echo connection's ECHO_OPEN.
+const echoOpenTimeout = 3 * time.Second
+
 func (t *Target) echo(nc net.Conn) {
-	nc.SetDeadline(time.Now().Add(link.DefaultTimeout))
+	nc.SetDeadline(time.Now().Add(echoOpenTimeout))
 	var buf [msg.MaxFrame]byte
 	p, err := msg.ReadFrame(nc, buf[:])
 	if err != nil {
@@ -426,7 +473,7 @@ func (t *Target) echo(nc net.Conn) {
 		fail(msg.ErrUnknownMeas)
 		return
 	}
-	if open.MAC != msg.EchoMAC(meas.key, open.MeasID, open.Measurer, open.Conn) {
+	if want := msg.EchoMAC(meas.key, open.MeasID, open.Measurer, open.Conn); !hmac.Equal(open.MAC[:], want[:]) {
 		fail(msg.ErrEchoAuth)
 		return
 	}
@@ -445,15 +492,16 @@ func (t *Target) echo(nc net.Conn) {
 		return
 	}
 	nc.SetDeadline(time.Time{})
-	// Echo until the measurement ends (closeEcho closes nc).
+	// Echo until the measurement ends: closeEcho closes nc at its end or
+	// deadline, so no idle deadline is needed (an echo connection waits
+	// for GO while the others open). A measurer that stops reading holds
+	// its connection until then, no longer.
 	buf2 := make([]byte, 32<<10)
 	for {
-		nc.SetReadDeadline(time.Now().Add(link.DefaultTimeout))
 		n, err := nc.Read(buf2)
 		if n > 0 {
 			meas.start.Do(func() { close(meas.started) })
 			meas.in.Add(uint64(n))
-			nc.SetWriteDeadline(time.Now().Add(link.DefaultTimeout))
 			w, werr := nc.Write(buf2[:n])
 			meas.out.Add(uint64(w))
 			if werr != nil {
@@ -461,9 +509,6 @@ func (t *Target) echo(nc net.Conn) {
 			}
 		}
 		if err != nil {
-			if err != io.EOF {
-				return
-			}
 			return
 		}
 	}

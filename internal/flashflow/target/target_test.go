@@ -2,6 +2,7 @@ package target
 
 import (
 	"context"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -62,5 +63,39 @@ func TestNewValidates(t *testing.T) {
 		if _, err := New(c.cfg, id); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: %v, want an error about %s", c.cfg, err, c.want)
 		}
+	}
+}
+
+// Anyone on Tor can reach the echo port through the relay: outside a
+// measurement, connections are closed at once.
+func TestEchoClosedOutsideMeasurement(t *testing.T) {
+	dir := t.TempDir()
+	id, err := link.LoadOrCreate(filepath.Join(dir, "c"), filepath.Join(dir, "k"), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, err := New(Config{EchoPort: 1, Traffic: func(context.Context) (uint64, uint64, error) { return 0, 0, nil }}, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go tg.ServeEcho(ctx, ln)
+	for i := 0; i < 50; i++ {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); err == nil || n != 0 {
+			t.Fatalf("connection %d kept open outside a measurement", i)
+		} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("connection %d not closed at once", i)
+		}
+		c.Close()
 	}
 }
