@@ -502,7 +502,7 @@ func BenchmarkSoak(b *testing.B) {
 	// What bentod warned about, by message (each is rate-limited in the log).
 	warns := map[string]int{}
 	for _, line := range strings.Split(d.log.String(), "\n") {
-		if strings.Contains(line, "level=WARN") || strings.Contains(line, "[warn]") {
+		if strings.Contains(line, "level=warn") || strings.Contains(line, "level=err") {
 			msg := line
 			if i := strings.Index(line, "msg="); i >= 0 {
 				msg = line[i:]
@@ -517,6 +517,16 @@ func BenchmarkSoak(b *testing.B) {
 	}
 	for m, n := range warns {
 		b.Logf("  bentod warned %d× %s", n, m)
+	}
+	// The connection census of the last refusals for want of room.
+	var census []string
+	for _, line := range strings.Split(d.log.String(), "\n") {
+		if strings.Contains(line, "refusing connections") {
+			census = append(census, line)
+		}
+	}
+	for _, line := range census[max(0, len(census)-12):] {
+		b.Logf("  %s", line)
 	}
 	b.ReportMetric(float64(percentile(mix.calls, 50))/float64(percentile(base.calls, 50)), "p50-ratio")
 	b.ReportMetric(float64(percentile(mix.calls, 99))/float64(percentile(base.calls, 99)), "p99-ratio")

@@ -266,10 +266,17 @@ func TestFlashFlowPrivateNetwork(t *testing.T) {
 			t.Fatalf("no result for %s", e.Name)
 		}
 		ratio := float64(got.Estimate) / float64(rates[i])
-		t.Logf("%s: limit %d B/s, estimate %d B/s (%.3f), advertised %d, %d complete seconds, %d clamped",
-			e.Name, rates[i], got.Estimate, ratio, got.Advertised, got.Complete, got.Clamped)
-		if ratio < 0.8 || ratio > 1.2 {
-			t.Errorf("%s: estimate %.2f× the configured rate; want within 20%% (the benchmark measures accuracy)", e.Name, ratio)
+		read := orRead(r.daemons[i].log.String(), 15)
+		t.Logf("%s: limit %d B/s, estimate %d B/s (%.3f), tor read %d B/s on OR connections, advertised %d, %d complete seconds, %d clamped",
+			e.Name, rates[i], got.Estimate, ratio, read, got.Advertised, got.Complete, got.Clamped)
+		// tor carries about 0.9 of its RelayBandwidthRate (its own
+		// counters say so; docs/benchmarks.md); the estimate must match
+		// what it carried, and stay near the limit.
+		if ratio < 0.75 || ratio > 1.1 {
+			t.Errorf("%s: estimate %.2f× the configured rate; want 0.75-1.1 (the benchmark measures accuracy)", e.Name, ratio)
+		}
+		if c := float64(got.Estimate) / float64(read); read == 0 || c < 0.85 || c > 1.15 {
+			t.Errorf("%s: estimate %.2f× what tor read on OR connections (%d B/s); want within 15%%", e.Name, c, read)
 		}
 		if got.Advertised != rates[i] {
 			t.Errorf("%s: advertised %d, want the configured %d", e.Name, got.Advertised, rates[i])

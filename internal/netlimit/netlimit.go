@@ -421,7 +421,9 @@ func (l *Listener) admit(key string) (*conn, Reason, bool) {
 	switch why {
 	case TooMany:
 		l.refusedTotal.Add(1)
-		l.warn("connection limit reached; refusing connections", "listener", l.cfg.Name, "limit", l.cfg.Total)
+		if l.warnDue("connection limit reached; refusing connections") {
+			l.warn("connection limit reached; refusing connections", append([]any{"listener", l.cfg.Name, "limit", l.cfg.Total}, l.census()...)...)
+		}
 	case TooFast:
 		l.refusedRate.Add(1)
 	default:
@@ -573,6 +575,44 @@ func (l *Listener) release(c *conn) {
 		delete(l.byAddr, key)
 	}
 	l.mu.Unlock()
+}
+
+// warnDue says whether warn would log msg now.
+func (l *Listener) warnDue(msg string) bool {
+	l.warnMu.Lock()
+	defer l.warnMu.Unlock()
+	return time.Since(l.lastWarn[msg]) >= 10*time.Second
+}
+
+// census describes the connections held, for a warning: what the
+// eviction rules had to choose from.
+func (l *Listener) census() []any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now().UnixNano()
+	var busy, idle, unproven, evicting, idleProven1s int
+	for c := range l.conns {
+		t := c.idleSince.Load()
+		switch {
+		case c.evicting:
+			evicting++
+		case !c.proven.Load():
+			unproven++
+		case t == 0:
+			busy++
+		default:
+			idle++
+			if now-t >= int64(ProvenGrace) {
+				idleProven1s++
+			}
+		}
+	}
+	most := 0
+	for _, n := range l.byAddr {
+		most = max(most, n)
+	}
+	return []any{"current_limit", l.limit, "open", l.open, "addresses", len(l.byAddr), "most_from_one_address", most,
+		"busy", busy, "idle", idle, "idle_over_1s", idleProven1s, "unproven", unproven, "evicting", evicting}
 }
 
 // warn logs each message at most once every ten seconds.
