@@ -311,7 +311,7 @@ type soakLoad struct {
 	calls    []time.Duration // Dropbox gets
 	runs     []time.Duration // deploy + invoke + shutdown of hello
 	errors   int
-	errMsgs  []string // the first few
+	errMsgs  map[string]int // errors by message (the first 20 kinds)
 	deployed int
 	start    time.Time
 	errAt    map[int]int // errors by minute since start
@@ -326,8 +326,11 @@ func (l *soakLoad) add(dst *[]time.Duration, d time.Duration, err error) {
 			l.errAt = map[int]int{}
 		}
 		l.errAt[int(time.Since(l.start)/time.Minute)]++
-		if len(l.errMsgs) < 5 {
-			l.errMsgs = append(l.errMsgs, err.Error())
+		if l.errMsgs == nil {
+			l.errMsgs = map[string]int{}
+		}
+		if _, ok := l.errMsgs[err.Error()]; ok || len(l.errMsgs) < 20 {
+			l.errMsgs[err.Error()]++
 		}
 		return
 	}
@@ -358,10 +361,13 @@ func BenchmarkSoak(b *testing.B) {
 		mixed = d
 	}
 	baseline := mixed / 5
-	d := startBentodFrom(b, testutil.ReleaseBinaries(b), "TotalCPU 50\nMaxInstances 256\nAllowAPI send,recv,log,time,sleep,random,storage,exit\n")
+	// The honest Dropboxes must outlive the soak (their manifest says 10
+	// minutes): a longer lifetime, which the policy allows.
+	d := startBentodFrom(b, testutil.ReleaseBinaries(b), "TotalCPU 50\nMaxInstances 256\nMaxLifetime 3 hours\nAllowAPI send,recv,log,time,sleep,random,storage,exit\n")
 	ctx := context.Background()
 	cl := client.New(d.Addr)
 	box, _ := client.LoadFunction(fn("dropbox"))
+	box.Manifest = []byte(strings.Replace(string(box.Manifest), `lifetime = "10 minutes"`, `lifetime = "3 hours"`, 1))
 	hello, _ := client.LoadFunction(fn("hello"))
 	var boxes []string
 	for i := 0; i < 4; i++ {
@@ -492,8 +498,8 @@ func BenchmarkSoak(b *testing.B) {
 		b.Logf("%-13s calls %6d: p50 %6.2f ms, p90 %6.2f ms, p99 %6.2f ms; hello runs %4d: p50 %6.1f ms; errors %d; bentod peak RSS %.1f MB, peak descriptors %d",
 			p.name, len(p.l.calls), ms(percentile(p.l.calls, 50)), ms(percentile(p.l.calls, 90)), ms(percentile(p.l.calls, 99)),
 			len(p.l.runs), ms(percentile(p.l.runs, 50)), p.l.errors, float64(p.rss)/(1<<20), p.fds)
-		for _, m := range p.l.errMsgs {
-			b.Logf("  honest error: %s", m)
+		for m, n := range p.l.errMsgs {
+			b.Logf("  honest error %d×: %s", n, m)
 		}
 		if len(p.l.errAt) > 0 {
 			b.Logf("  honest errors by minute: %v", p.l.errAt)
@@ -517,6 +523,9 @@ func BenchmarkSoak(b *testing.B) {
 	}
 	for m, n := range warns {
 		b.Logf("  bentod warned %d× %s", n, m)
+	}
+	if f := os.Getenv("BENTO_SOAK_LOG"); f != "" {
+		os.WriteFile(f, []byte(d.log.String()), 0o644)
 	}
 	// The connection census of the last refusals for want of room.
 	var census []string
