@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/torbento/bento/internal/atomicfile"
 	"github.com/torbento/bento/internal/kvstore"
 	"github.com/torbento/bento/internal/manifest"
 	"github.com/torbento/bento/internal/safelog"
@@ -52,27 +53,7 @@ func (in *Instance) saveRecord(files map[string][]byte) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(in.dir, recordFile), b)
-}
-
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(filepath.Join(in.dir, recordFile), b, 0o600)
 }
 
 // loadFiles reads the function's files back from its record, for a new

@@ -130,16 +130,7 @@ func New(cfg Config) (*Coordinator, error) {
 // not shown a pinned certificate are the first closed for newcomers.
 func (c *Coordinator) ServeMeasurers(ctx context.Context, ln net.Listener) error {
 	lim := netlimit.New(ln, netlimit.Config{Name: "flashflow measurers", Total: 4*len(c.pinned) + 4, PerAddr: 8, Rate: 2, Burst: 8, Log: c.cfg.Log})
-	go func() { <-ctx.Done(); lim.Close() }()
-	for {
-		nc, err := lim.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			time.Sleep(100 * time.Millisecond)
-			continue
-		}
+	return link.AcceptLoop(ctx, lim, c.cfg.Log, "a measurer", func(nc net.Conn) {
 		go func() {
 			lc, err := link.ServerTimeout(nc, c.cfg.Identity, 5*time.Second)
 			if err != nil {
@@ -183,7 +174,7 @@ func (c *Coordinator) ServeMeasurers(ctx context.Context, ln net.Listener) error
 				}
 			}
 		}()
-	}
+	})
 }
 
 // Measurers returns the number of measurers connected.

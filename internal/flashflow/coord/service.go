@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/torbento/bento/internal/atomicfile"
 	"github.com/torbento/bento/internal/flashflow/link"
 	"github.com/torbento/bento/internal/flashflow/schedule"
 	"github.com/torbento/bento/internal/flashflow/v3bw"
@@ -123,23 +124,7 @@ func (s *Store) Put(r Result) error {
 	if err != nil {
 		return err
 	}
-	tmp := s.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, s.path)
+	return atomicfile.Write(s.path, b, 0o644)
 }
 
 // Recent returns the results no older than maxAge.

@@ -23,6 +23,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -31,6 +32,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/torbento/bento/internal/atomicfile"
 	"github.com/torbento/bento/internal/flashflow/msg"
 )
 
@@ -119,24 +121,7 @@ func writeFile(path string, b []byte, mode os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	os.Remove(tmp) // a leftover could keep a wider mode
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(path, b, mode)
 }
 
 // ServerConfig is the TLS configuration of a listener: TLS 1.3, and a
@@ -255,3 +240,26 @@ func (c *Conn) Recv(d time.Duration) (msg.Msg, error) {
 
 // Close closes the connection.
 func (c *Conn) Close() error { return c.c.Close() }
+
+// AcceptLoop accepts connections on ln until ctx ends (it then closes
+// ln) and passes each to handle, which must not block (it starts a
+// goroutine for anything slow). Accept errors are logged (what names the
+// listener) and followed by a short pause, never the end of the loop.
+func AcceptLoop(ctx context.Context, ln net.Listener, log *slog.Logger, what string, handle func(net.Conn)) error {
+	go func() { <-ctx.Done(); ln.Close() }()
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				log.Warn("flashflow: accepting "+what, "err", err)
+				time.Sleep(100 * time.Millisecond)
+			}
+			continue
+		}
+		handle(nc)
+	}
+}

@@ -154,23 +154,7 @@ func (m *measurement) closeEcho() {
 // keep a coordinator out.
 func (t *Target) ServeControl(ctx context.Context, ln net.Listener) error {
 	lim := netlimit.New(ln, netlimit.Config{Name: "flashflow", Total: 16, PerAddr: 2, Rate: 1, Burst: 4, Log: t.cfg.Log})
-	go func() { <-ctx.Done(); lim.Close() }()
-	for {
-		nc, err := lim.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			t.cfg.Log.Warn("flashflow: accepting a coordinator", "err", err)
-			time.Sleep(100 * time.Millisecond)
-			continue
-		}
-		go t.handleControl(ctx, nc)
-	}
+	return link.AcceptLoop(ctx, lim, t.cfg.Log, "a coordinator", func(nc net.Conn) { go t.handleControl(ctx, nc) })
 }
 
 func (t *Target) refuse(c *link.Conn, id uint32, code msg.ErrCode, exts ...msg.Ext) {
@@ -402,21 +386,7 @@ func Background(dr, dw, in0, in1, out0, out1 uint64, localCounted bool) (sent, r
 
 // ServeEcho accepts echo connections on ln until ctx ends.
 func (t *Target) ServeEcho(ctx context.Context, ln net.Listener) error {
-	go func() { <-ctx.Done(); ln.Close() }()
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			t.cfg.Log.Warn("flashflow: accepting an echo connection", "err", err)
-			time.Sleep(100 * time.Millisecond)
-			continue
-		}
+	return link.AcceptLoop(ctx, ln, t.cfg.Log, "an echo connection", func(nc net.Conn) {
 		// Anyone on Tor can reach the echo port through the relay: only
 		// while a measurement runs, and only as many connections as it
 		// announced (and a few more), are they kept.
@@ -424,7 +394,7 @@ func (t *Target) ServeEcho(ctx context.Context, ln net.Listener) error {
 		if t.active == nil || t.echoes >= min(t.active.total+echoSlack, t.cfg.MaxEchoConns) {
 			t.mu.Unlock()
 			nc.Close()
-			continue
+			return
 		}
 		t.echoes++
 		t.mu.Unlock()
@@ -437,7 +407,7 @@ func (t *Target) ServeEcho(ctx context.Context, ln net.Listener) error {
 			}()
 			t.echo(nc)
 		}()
-	}
+	})
 }
 
 // echoSlack: echo connections beyond those announced that may wait for
