@@ -172,6 +172,18 @@ drain:
 	var mu sync.Mutex
 	var built []string
 	var firstErr error
+	// note keeps the first error and says whether there was one.
+	note := func(err error) bool {
+		if err == nil {
+			return false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		return true
+	}
 	// Circuits that take longer than BuildTimeout are given up: the
 	// measurement goes on with the others (prop 316 fails it only below
 	// half).
@@ -182,14 +194,11 @@ drain:
 		go func(i int) {
 			defer wg.Done()
 			id, err := t.buildCircuit(bctx, []string{"$" + strings.TrimPrefix(via[i%len(via)], "$"), "$" + strings.TrimPrefix(target, "$")})
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				if firstErr == nil {
-					firstErr = err
-				}
+			if note(err) {
 				return
 			}
+			mu.Lock()
+			defer mu.Unlock()
 			built = append(built, id)
 			circs <- id
 		}(i)
@@ -231,14 +240,11 @@ drain:
 			dctx, cancel := context.WithTimeout(ctx, DialTimeout)
 			defer cancel()
 			c, err := d.DialContext(dctx, "tcp", t.port)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				if firstErr == nil {
-					firstErr = err
-				}
+			if note(err) {
 				return
 			}
+			mu.Lock()
+			defer mu.Unlock()
 			conns = append(conns, c)
 		}()
 	}
