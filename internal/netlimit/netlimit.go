@@ -551,12 +551,16 @@ func (l *Listener) victimLocked(key string) *conn {
 			oldest = x
 		}
 	}
-	for _, v := range []cand{unproven, fattest, oldest} {
+	for i, v := range []cand{unproven, fattest, oldest} {
 		if v.c == nil {
 			continue
 		}
-		// Still in the state it was chosen in? (A busy one stays busy.)
-		if v.t != 0 && !v.c.idleSince.CompareAndSwap(v.t, 0) {
+		// The idle rules take a connection only if it is still idle (the
+		// server may have started a request on it since it was read). The
+		// fair-share rule takes busy connections too: its choice of an
+		// idle one is a preference, and a connection that has just become
+		// busy must not leave a newcomer under its share without room.
+		if i != 1 && v.t != 0 && !v.c.idleSince.CompareAndSwap(v.t, 0) {
 			continue
 		}
 		v.c.idleSince.Store(0)
