@@ -113,6 +113,21 @@ func splitList(s string) []string {
 	return out
 }
 
+// torFlags are the flags naming a tor's control port, one set per command.
+type torFlags struct{ control, cookie, password *string }
+
+func addTorFlags(fs *flag.FlagSet, control, what string) torFlags {
+	return torFlags{
+		control:  fs.String("tor-control", control, what),
+		cookie:   fs.String("tor-cookie", "", "its cookie file (default: as tor announces)"),
+		password: fs.String("tor-password", "", "its password (HASHEDPASSWORD)"),
+	}
+}
+
+func (f torFlags) dial(ctx context.Context) (*torctl.Conn, error) {
+	return dialTor(ctx, *f.control, *f.cookie, *f.password)
+}
+
 func dialTor(ctx context.Context, addr, cookie, password string) (*torctl.Conn, error) {
 	network, a := torctl.ParseAddr(addr)
 	c, err := torctl.Dial(ctx, network, a)
@@ -144,9 +159,7 @@ func coordinator(ctx context.Context, args []string, log *slog.Logger) error {
 	mult := fs.Float64("multiplier", 2.25, "measurers send this times the relay's prior estimate")
 	bg := fs.Int("bg-percent", coord.DefaultBGPercent, "background traffic share trusted, percent (max inflation 1/(1-r))")
 	bucket := fs.Int("bucket", 125, "verify one echoed cell in this many")
-	torControl := fs.String("tor-control", "", "control port of the coordinator's tor client, to read relays' advertised bandwidth")
-	torCookie := fs.String("tor-cookie", "", "its cookie file (default: as tor announces)")
-	torPassword := fs.String("tor-password", "", "its password (HASHEDPASSWORD)")
+	tor := addTorFlags(fs, "", "control port of the coordinator's tor client, to read relays' advertised bandwidth")
 	compress := fs.Duration("compress-after", 24*time.Hour, "gzip bandwidth files older than this")
 	del := fs.Duration("delete-after", 7*24*time.Hour, "delete bandwidth files older than this")
 	if err := fs.Parse(args); err != nil {
@@ -180,8 +193,8 @@ func coordinator(ctx context.Context, args []string, log *slog.Logger) error {
 	}
 	svc := &coord.Service{Coord: c, Store: store, Dir: &v3bw.Dir{Path: *dir, CompressAfter: *compress, DeleteAfter: *del},
 		Started: time.Now(), Version: version}
-	if *torControl != "" {
-		tc, err := dialTor(ctx, *torControl, *torCookie, *torPassword)
+	if *tor.control != "" {
+		tc, err := tor.dial(ctx)
 		if err != nil {
 			return err
 		}
@@ -260,9 +273,7 @@ func runMeasurer(ctx context.Context, args []string, log *slog.Logger) error {
 	pin := fs.String("coordinator-pin", "", "the coordinator's certificate fingerprint (several, comma-separated, while it rotates)")
 	cert := fs.String("cert", "measurer.crt", "certificate (created with the key if both are missing)")
 	key := fs.String("key", "measurer.key", "key")
-	torControl := fs.String("tor-control", "127.0.0.1:9051", "control port of the measurer's own tor client")
-	torCookie := fs.String("tor-cookie", "", "its cookie file (default: as tor announces)")
-	torPassword := fs.String("tor-password", "", "its password (HASHEDPASSWORD)")
+	torf := addTorFlags(fs, "127.0.0.1:9051", "control port of the measurer's own tor client")
 	socksAddr := fs.String("socks", "127.0.0.1:9050", "that tor's SocksPort")
 	via := fs.String("via", "", "first-hop relay fingerprints (the deployment's own relays), comma-separated")
 	if err := fs.Parse(args); err != nil {
@@ -273,7 +284,7 @@ func runMeasurer(ctx context.Context, args []string, log *slog.Logger) error {
 		return err
 	}
 	log.Info("flashflow measurer", "certificate", id.Fingerprint)
-	tc, err := dialTor(ctx, *torControl, *torCookie, *torPassword)
+	tc, err := torf.dial(ctx)
 	if err != nil {
 		return err
 	}
