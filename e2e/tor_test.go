@@ -2,6 +2,10 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha3"
+	"encoding/base32"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -386,17 +391,49 @@ func TestTorLoadBalancer(t *testing.T) {
 		addr, _ := startService(t, d, fn("replica"), fmt.Sprintf("r%d", i))
 		replicas = append(replicas, addr)
 	}
+	// A fourth replica that is never up: an onion address no one serves.
+	// The front must leave it out after one failed dial rather than make
+	// every client wait on it.
+	replicas = append(replicas, deadOnion(t)+":80")
 	front, _ := startService(t, b, fn("loadbalancer"), replicas)
-	// The front's descriptor must be up before the crowd arrives.
+	// The function's log goes with the instance when it ends: keep the
+	// latest copy, to show what the front did if the test fails.
+	var lbLog atomic.Value
+	lbLog.Store([]byte(nil))
+	stopWatch := make(chan struct{})
+	defer close(stopWatch)
+	go func() {
+		for {
+			logs, _ := filepath.Glob(filepath.Join(b.DataDir, "instances", "*", "function.log"))
+			for _, l := range logs {
+				if data, err := os.ReadFile(l); err == nil && bytes.Contains(data, []byte("connection")) {
+					lbLog.Store(data)
+				}
+			}
+			select {
+			case <-stopWatch:
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+	}()
+	// The front's descriptor must be up, and the front's rendezvous with
+	// every replica done, before the crowd arrives: a first connection to
+	// an onion service costs a descriptor fetch and a rendezvous, seconds
+	// on a loaded machine, and the front hands connections over one at a
+	// time.
 	var err error
-	for i := 0; i < 30; i++ {
-		if _, err = torHTTPGet(n, "http://"+front+"/", fmt.Sprint("lb-warm-", i), 30*time.Second); err == nil {
-			break
+	warm := map[string]bool{}
+	for i := 0; i < 60 && len(warm) < len(replicas)-1; i++ {
+		var body string
+		if body, err = torHTTPGet(n, "http://"+front+"/", fmt.Sprint("lb-warm-", i), 30*time.Second); err == nil {
+			warm[strings.TrimSpace(body)] = true
+			continue
 		}
 		time.Sleep(time.Second)
 	}
-	if err != nil {
-		t.Fatalf("load balancer unreachable: %v\n%s", err, b.log)
+	if len(warm) < len(replicas)-1 {
+		t.Fatalf("load balancer reached only %v of its %d live replicas: %v\n%s\n%s", warm, len(replicas)-1, err, lbLog.Load(), b.log)
 	}
 	const clients = 24
 	var mu sync.Mutex
@@ -432,11 +469,9 @@ func TestTorLoadBalancer(t *testing.T) {
 		t.Errorf("client: %v", err)
 	}
 	t.Logf("replica counts: %v", counts)
-	logs, _ := filepath.Glob(filepath.Join(b.DataDir, "instances", "*", "function.log"))
-	for _, l := range logs {
-		if data, err := os.ReadFile(l); err == nil && bytes.Contains(data, []byte("connection")) {
-			t.Logf("load balancer's log:\n%s", data)
-		}
+	t.Logf("load balancer's log:\n%s", lbLog.Load())
+	if !bytes.Contains(lbLog.Load().([]byte), []byte("replica 3 unreachable; left out")) {
+		t.Errorf("the front never noted its dead replica as down")
 	}
 	total := 0
 	for _, r := range []string{"r0", "r1", "r2"} {
@@ -597,4 +632,20 @@ func TestTorDirectRespectsExitPolicy(t *testing.T) {
 			t.Errorf("beside %s: want a refusal naming the relay's exit policy, got %s", tc.relay, r)
 		}
 	}
+}
+
+// deadOnion returns a well-formed v3 onion address (rend-spec-v3 §6) that
+// no one serves: a fresh key's.
+func deadOnion(t *testing.T) string {
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha3.New256()
+	h.Write([]byte(".onion checksum"))
+	h.Write(pub)
+	h.Write([]byte{3})
+	raw := append(append([]byte{}, pub...), h.Sum(nil)[:2]...)
+	raw = append(raw, 3)
+	return strings.ToLower(base32.StdEncoding.EncodeToString(raw)) + ".onion"
 }

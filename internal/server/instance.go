@@ -845,7 +845,16 @@ func (in *Instance) finish(rt *runtime, d proto.Done, body []byte) {
 	s.finish()
 	switch {
 	case oneshot:
-		in.end("function returned")
+		// The operator's log says how it ended, never the function's own
+		// error text (the user's data; the caller reads it in the session).
+		switch exit.Status {
+		case proto.StatusError:
+			in.end("function raised an error")
+		case proto.StatusKilled:
+			in.end("function killed: " + exit.Reason)
+		default:
+			in.end("function returned")
+		}
 	case exiting:
 		in.end("function called exit()")
 	}
