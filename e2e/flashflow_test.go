@@ -506,3 +506,87 @@ func fmtRatios(v []float64) string {
 	}
 	return strings.Join(s, " ")
 }
+
+// TestFlashFlowJointSchedule: three coordinators, each running `flashflow
+// schedule` alone on the same public inputs and shared secret, print the
+// same joint-schedule digest, each has every relay once, and no relay is
+// measured by two of them in the same slot. Bad inputs are refused with
+// an error that says what to do.
+func TestFlashFlowJointSchedule(t *testing.T) {
+	bin := testutil.ReleaseBinaries(t)
+	dir := t.TempDir()
+	write := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	coords := write("coordinators", "# the deployment\nmoria1 250000000\nlonga 125000000\nbastet 125000000\n", 0o644)
+	secret := write("secret", strings.Repeat("3c", 32)+"\n", 0o600)
+	var targets strings.Builder
+	const relays = 60
+	for i := 0; i < relays; i++ {
+		// Every fifth relay shares its host with the one before.
+		host := i - min(i%5, 1)
+		fmt.Fprintf(&targets, "%040X 10.0.%d.%d:9251 %s %d\n", i+1, host/250, host%250+1, strings.Repeat("ab", 32), 1_000_000*(i%40+1))
+	}
+	tf := write("targets", targets.String(), 0o644)
+	common := []string{"schedule", "-coordinators", coords, "-shared-secret", secret, "-targets", tf,
+		"-srv", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "-at", "2026-12-02T12:00:00Z"}
+	digests := map[string]bool{}
+	type key struct {
+		fp   string
+		slot string
+	}
+	taken := map[key]string{}
+	for _, self := range []string{"longa", "bastet", "moria1"} {
+		out, err := flashflowCmd(t, bin, append(common, "-self", self)...)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", self, err, out)
+		}
+		lines := strings.Split(out, "\n")
+		head := strings.Fields(lines[0])
+		if len(head) < 2 || !strings.HasPrefix(lines[0], "period ") || !strings.Contains(lines[0], "3 coordinators") {
+			t.Fatalf("%s: first line %q", self, lines[0])
+		}
+		digests[head[len(head)-1]] = true
+		seen := map[string]bool{}
+		for _, l := range lines[2:] {
+			f := strings.Fields(l)
+			if len(f) < 4 || f[1] != "slot" {
+				t.Fatalf("%s: line %q", self, l)
+			}
+			k := key{f[3], f[2]}
+			if other, ok := taken[k]; ok {
+				t.Errorf("relay %s measured by %s and %s in slot %s", k.fp, other, self, k.slot)
+			}
+			taken[k] = self
+			if seen[k.fp] {
+				t.Errorf("%s measures %s twice", self, k.fp)
+			}
+			seen[k.fp] = true
+		}
+		if len(seen) != relays {
+			t.Errorf("%s measures %d of %d relays:\n%s", self, len(seen), relays, out)
+		}
+	}
+	if len(digests) != 1 {
+		t.Errorf("the coordinators computed different schedules: digests %v", digests)
+	}
+	loose := write("loose", strings.Repeat("3c", 32), 0o644)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{append(slices.Clone(common), "-self", "tor26"), "not in the deployment"},
+		{append(slices.Clone(common), "-self", "longa", "-shared-secret", loose), "chmod 600"},
+		{append(slices.Clone(common[:len(common)-4]), "-self", "longa"), "shared random value"},
+		{append(slices.Clone(common), "-self", "longa", "-srv", "short"), "-srv"},
+	} {
+		out, err := flashflowCmd(t, bin, tc.args...)
+		if err == nil || !strings.Contains(out, tc.want) {
+			t.Errorf("flashflow %s: %v %q, want a failure saying %q", strings.Join(tc.args, " "), err, out, tc.want)
+		}
+	}
+}

@@ -7,6 +7,8 @@
 //	flashflow keygen -cert FILE -key FILE
 //	flashflow coordinator -listen ADDR -cert FILE -key FILE -measurers FP,... -targets FILE -dir DIR [-once | -period 24h -slot 60s]
 //	flashflow measurer -coordinator ADDR -coordinator-pin FP -cert FILE -key FILE -tor-control ADDR -socks ADDR -via FP,...
+//	flashflow coordinator ... -coordinators FILE -self ID -shared-secret FILE   (one of several, joint schedule)
+//	flashflow schedule -coordinators FILE -self ID -shared-secret FILE -targets FILE [-srv BASE64 | -tor-control ADDR]
 //	flashflow check FILE
 //	flashflow simulate [-relays 7000] [-measurers 3] [-measurer-gbit 1] [-slot 60s]
 package main
@@ -45,6 +47,7 @@ commands:
   keygen       create a TLS identity and print its fingerprint (the pin others configure)
   coordinator  measure relays and write the bandwidth file for tor's directory authorities
   measurer     send echo traffic for a coordinator
+  schedule     print this coordinator's part of a joint (multi-coordinator) schedule
   check        read a bandwidth file as tor would and report what is wrong
   simulate     schedule a whole synthetic network and report how long one pass takes
 
@@ -67,6 +70,8 @@ func run(args []string) int {
 		err = coordinator(ctx, args[1:], log)
 	case "measurer":
 		err = runMeasurer(ctx, args[1:], log)
+	case "schedule":
+		err = scheduleCmd(ctx, args[1:])
 	case "check":
 		err = check(args[1:])
 	case "simulate":
@@ -162,8 +167,16 @@ func coordinator(ctx context.Context, args []string, log *slog.Logger) error {
 	tor := addTorFlags(fs, "", "control port of the coordinator's tor client, to read relays' advertised bandwidth")
 	compress := fs.Duration("compress-after", 24*time.Hour, "gzip bandwidth files older than this")
 	del := fs.Duration("delete-after", 7*24*time.Hour, "delete bandwidth files older than this")
+	jf := addJointFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	joint, err := jf.load()
+	if err != nil {
+		return err
+	}
+	if joint != nil && *once {
+		return errors.New("-once measures every target now, outside any schedule: not with a joint schedule (-coordinators)")
 	}
 	id, err := link.LoadOrCreate(*cert, *key, "flashflow coordinator")
 	if err != nil {
@@ -200,6 +213,13 @@ func coordinator(ctx context.Context, args []string, log *slog.Logger) error {
 		}
 		defer tc.Close()
 		svc.Advertised = func(ctx context.Context, fp string) (uint64, error) { return advertised(ctx, tc, fp) }
+		svc.SRV = func(ctx context.Context) ([32]byte, error) { return torSRV(ctx, tc) }
+	}
+	if joint != nil {
+		if svc.SRV == nil {
+			return errors.New("a joint schedule (-coordinators) reads the period's shared random value from tor: give -tor-control")
+		}
+		svc.Joint = joint
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -233,6 +253,9 @@ func coordinator(ctx context.Context, args []string, log *slog.Logger) error {
 		return fmt.Errorf("-slot %v: a slot must hold the measurement (-duration %v) and its setup: at least %v", *slot, *duration, *duration+5*time.Second)
 	}
 	p := schedule.DefaultParams(*capacity * uint64(len(splitList(*measurers))))
+	if joint != nil {
+		p.Capacity = capacityOf(joint) // the deployment file's figure, as every coordinator sees it
+	}
 	p.Period, p.Slot, p.Multiplier = *period, *slot, *mult
 	seed := func(uint64) [32]byte {
 		var s [32]byte

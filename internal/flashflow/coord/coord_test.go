@@ -310,3 +310,49 @@ func TestServiceRun(t *testing.T) {
 		t.Fatalf("bandwidth file: %+v %v", f, err)
 	}
 }
+
+// TestServiceRunJoint: one of two coordinators sharing a joint schedule
+// measures the relay only in its own slots, never at start-up, and reads
+// the shared random value each period.
+func TestServiceRunJoint(t *testing.T) {
+	w := setup(t, options{pinCoordinator: true})
+	dir := t.TempDir()
+	store, err := coord.OpenStore(coord.DefaultResultsPath(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	joint := &coord.Joint{Self: "a", Secret: []byte(strings.Repeat("s", 32)),
+		Coordinators: []schedule.Coordinator{{ID: "a", Capacity: 100 << 20}, {ID: "b", Capacity: 100 << 20}}}
+	srvs := 0
+	svc := &coord.Service{Coord: w.coord, Store: store, Dir: &v3bw.Dir{Path: dir}, Started: time.Now(), Joint: joint,
+		SRV: func(context.Context) ([32]byte, error) { srvs++; return [32]byte{9}, nil }}
+	p := schedule.DefaultParams(100 << 20)
+	p.Period, p.Slot = 8*time.Second, 4*time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 18*time.Second)
+	defer cancel()
+	err = svc.Run(ctx, func() ([]coord.Target, error) { return []coord.Target{w.target}, nil }, p,
+		func(uint64) [32]byte { t.Error("a joint schedule used the single-coordinator seed"); return [32]byte{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srvs < 2 {
+		t.Errorf("the shared random value was read %d times in 18 s of 8-second periods", srvs)
+	}
+	r, ok := store.Get(w.target.Fingerprint)
+	if !ok {
+		t.Fatal("the relay was never measured")
+	}
+	period := schedule.PeriodOf(r.MeasuredAt, p.Period)
+	_, mine, err := joint.Plan(p, coord.JointRelays([]coord.Target{w.target}), [32]byte{9}, period)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, ok := mine.Lookup(w.target.Fingerprint)
+	if !ok {
+		t.Fatalf("the relay is not in a's schedule: %+v", mine)
+	}
+	start := mine.SlotStart(schedule.PeriodStart(period, p.Period), a.Slot)
+	if r.MeasuredAt.Before(start) || !r.MeasuredAt.Before(start.Add(p.Slot)) {
+		t.Errorf("measured at %s, outside a's slot %d [%s, +%v)", r.MeasuredAt.Format("15:04:05.000"), a.Slot, start.Format("15:04:05.000"), p.Slot)
+	}
+}

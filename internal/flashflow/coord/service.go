@@ -3,6 +3,7 @@ package coord
 import (
 	"bufio"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -162,6 +163,12 @@ type Service struct {
 	MaxAge  time.Duration
 	Started time.Time
 	Version string
+	// Joint, if set, makes Run take this coordinator's part of a joint
+	// schedule shared with other coordinators; SRV then returns the
+	// shared random value of tor's current consensus (zero if it has
+	// none), read at the start of each period.
+	Joint *Joint
+	SRV   func(ctx context.Context) ([32]byte, error)
 }
 
 // MeasureAll measures every target once, largest prior first, storing
@@ -258,7 +265,9 @@ func (s *Service) Run(ctx context.Context, targets func() ([]Target, error), p s
 			fresh = append(fresh, t)
 		}
 	}
-	if len(fresh) > 0 {
+	// In a joint schedule nothing is measured outside one's own slots:
+	// another coordinator may be measuring the relay right now.
+	if len(fresh) > 0 && s.Joint == nil {
 		log.Info("flashflow: measuring relays never measured", "relays", len(fresh))
 		s.measureSlot(ctx, fresh)
 	}
@@ -270,24 +279,13 @@ func (s *Service) Run(ctx context.Context, targets func() ([]Target, error), p s
 			log.Warn("flashflow: reading the targets; keeping the previous list", "err", err)
 		}
 		byFP := map[string]Target{}
-		var relays []schedule.Relay
 		for _, t := range ts {
 			byFP[t.Fingerprint] = t
-			r := schedule.Relay{Fingerprint: t.Fingerprint, Capacity: t.Prior}
-			if prev, ok := s.Store.Get(t.Fingerprint); ok && prev.Estimate > 0 {
-				r.Capacity = prev.Estimate
-			}
-			if ap, err := netip.ParseAddrPort(t.Addr); err == nil {
-				r.Addr = ap.Addr()
-			}
-			relays = append(relays, r)
 		}
-		sd := seed(period)
-		plan, err := schedule.Plan(p, relays, rand.NewChaCha8(sd))
+		plan, err := s.plan(ctx, p, ts, period, seed)
 		if err != nil {
 			return err
 		}
-		log.Info("flashflow: period planned", "period", period, "relays", plan.Len(), "unscheduled", len(plan.Unscheduled))
 		for i, slot := range plan.Slots {
 			at := plan.SlotStart(start, i)
 			if len(slot) == 0 || at.Add(p.Slot).Before(now) {
@@ -314,6 +312,47 @@ func (s *Service) Run(ctx context.Context, targets func() ([]Target, error), p s
 		}
 	}
 	return nil
+}
+
+// plan computes the period's schedule: this coordinator's alone (relays
+// weighed by their latest results), or its part of the joint one.
+func (s *Service) plan(ctx context.Context, p schedule.Params, ts []Target, period uint64, seed func(uint64) [32]byte) (*schedule.Schedule, error) {
+	log := s.Coord.cfg.Log
+	if s.Joint != nil {
+		var srv [32]byte
+		if s.SRV != nil {
+			v, err := s.SRV(ctx)
+			if err != nil {
+				log.Warn("flashflow: no shared random value from tor; planning with none (every coordinator must do the same: check the schedule digests)", "err", err)
+			}
+			srv = v
+		}
+		js, mine, err := s.Joint.Plan(p, JointRelays(ts), srv, period)
+		if err != nil {
+			return nil, err
+		}
+		d := js.Digest()
+		log.Info("flashflow: period planned (joint schedule)", "period", period, "coordinators", len(js.Coordinators()),
+			"self", s.Joint.Self, "relays", mine.Len(), "unscheduled", len(mine.Unscheduled), "digest", hex.EncodeToString(d[:8]))
+		return mine, nil
+	}
+	var relays []schedule.Relay
+	for _, t := range ts {
+		r := schedule.Relay{Fingerprint: t.Fingerprint, Capacity: t.Prior}
+		if prev, ok := s.Store.Get(t.Fingerprint); ok && prev.Estimate > 0 {
+			r.Capacity = prev.Estimate
+		}
+		if ap, err := netip.ParseAddrPort(t.Addr); err == nil {
+			r.Addr = ap.Addr()
+		}
+		relays = append(relays, r)
+	}
+	plan, err := schedule.Plan(p, relays, rand.NewChaCha8(seed(period)))
+	if err != nil {
+		return nil, err
+	}
+	log.Info("flashflow: period planned", "period", period, "relays", plan.Len(), "unscheduled", len(plan.Unscheduled))
+	return plan, nil
 }
 
 // measureSlot measures targets and rewrites the bandwidth file.
