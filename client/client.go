@@ -77,6 +77,10 @@ type FuncError = proto.FuncError
 // Exit is how an invocation ended.
 type Exit = proto.Exit
 
+// Notice is bentod telling the session's client something (the box ends
+// soon, say); see Session.OnNotice.
+type Notice = proto.Notice
+
 // Exit statuses.
 const (
 	StatusOK     = proto.StatusOK
@@ -300,6 +304,10 @@ type Session struct {
 	nc     net.Conn
 	exit   *Exit
 	max    int64 // Collect's bound (Client.MaxOutput)
+	// OnNotice, if set, is called by Recv with each notice from bentod
+	// (the box's end is near, ...); Notices keeps the last few.
+	OnNotice func(Notice)
+	Notices  []Notice
 }
 
 // Invoke calls the instance's function with args (encoded as a JSON array)
@@ -351,9 +359,28 @@ func (s *Session) Recv() ([]byte, *Exit, error) {
 	if s.exit != nil {
 		return nil, s.exit, nil
 	}
+	for {
+		data, exit, notice, err := s.recv()
+		if notice == nil {
+			return data, exit, err
+		}
+		if len(s.Notices) == maxNotices {
+			s.Notices = s.Notices[1:]
+		}
+		s.Notices = append(s.Notices, *notice)
+		if s.OnNotice != nil {
+			s.OnNotice(*notice)
+		}
+	}
+}
+
+// maxNotices bounds Session.Notices.
+const maxNotices = 16
+
+func (s *Session) recv() ([]byte, *Exit, *Notice, error) {
 	f, err := s.conn.Read()
 	if err != nil {
-		return nil, nil, &ConnError{err}
+		return nil, nil, nil, &ConnError{err}
 	}
 	// The body is handed to the caller: with a Budget, the caller charges
 	// it again if it keeps it (bentod does).
@@ -362,20 +389,27 @@ func (s *Session) Recv() ([]byte, *Exit, error) {
 	case proto.TOutput:
 		var o proto.Output
 		if err := f.Unmarshal(&o); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		s.Offset = o.Offset
-		return f.Body, nil, nil
+		return f.Body, nil, nil, nil
+	case proto.TNotice:
+		var n Notice
+		if err := f.Unmarshal(&n); err != nil {
+			return nil, nil, nil, err
+		}
+		s.Offset = n.Offset
+		return nil, nil, &n, nil
 	case proto.TExit:
 		var e Exit
 		if err := f.Unmarshal(&e); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		s.Offset = e.Offset
 		s.exit = &e
-		return nil, &e, nil
+		return nil, &e, nil, nil
 	}
-	return nil, nil, decode(f, proto.TOutput, nil)
+	return nil, nil, nil, decode(f, proto.TOutput, nil)
 }
 
 // Exit returns how the session ended, once Recv has returned it.

@@ -363,6 +363,7 @@ func (c *cli) attach(args []string) int {
 // session's id goes to stderr first, so that even a client killed outright
 // can be reattached.
 func (c *cli) stream(cl *client.Client, token string, s *client.Session, interactive bool) int {
+	s.OnNotice = func(n client.Notice) { fmt.Fprintf(c.stderr, "bento: notice from the box: %s\n", n.Message) }
 	defer s.Close()
 	fmt.Fprintf(c.stderr, "bento: session %s started; reattach with: bento attach %s INVOCATION-TOKEN %s\n", s.ID, cl.Addr, s.ID)
 	if interactive {

@@ -44,7 +44,10 @@ type Manifest struct {
 	APIs         []string           `json:"apis"`
 	Destinations []string           `json:"destinations"`
 	Resources    policy.Limits      `json:"resources"`
-	Dest         *exitpolicy.Policy `json:"-"`
+	// MinLifetime, when set, lets a box that ends sooner than
+	// Resources.Lifetime shorten the instance's life down to this.
+	MinLifetime time.Duration      `json:"min_lifetime_ns,omitempty"`
+	Dest        *exitpolicy.Policy `json:"-"`
 }
 
 // file is the TOML shape of bento.toml.
@@ -64,6 +67,7 @@ type file struct {
 		Storage   string  `toml:"storage"`
 		Output    string  `toml:"output"`
 		Lifetime  string  `toml:"lifetime"`
+		MinLife   string  `toml:"min_lifetime"`
 		Steps     uint64  `toml:"steps"`
 	} `toml:"resources"`
 }
@@ -122,7 +126,7 @@ func Parse(data []byte) (*Manifest, error) {
 			}
 			keys = append(keys, fmt.Sprintf("%.64q", k.String()))
 		}
-		return nil, &Error{fmt.Sprintf("unknown keys %s (known: name, image, entry, function, mode, apis, destinations, [resources] memory, cpu, cpu_time, processes, storage, output, lifetime, steps)", strings.Join(keys, ", "))}
+		return nil, &Error{fmt.Sprintf("unknown keys %s (known: name, image, entry, function, mode, apis, destinations, [resources] memory, cpu, cpu_time, processes, storage, output, lifetime, min_lifetime, steps)", strings.Join(keys, ", "))}
 	}
 	m := &Manifest{
 		Name: f.Name, Image: f.Image, Entry: f.Entry, Function: f.Function, Mode: f.Mode,
@@ -146,7 +150,7 @@ func Parse(data []byte) (*Manifest, error) {
 	for _, s := range []struct {
 		key, val string
 		dst      *time.Duration
-	}{{"cpu_time", f.Resources.CPUTime, &r.CPUTime}, {"lifetime", f.Resources.Lifetime, &r.Lifetime}} {
+	}{{"cpu_time", f.Resources.CPUTime, &r.CPUTime}, {"lifetime", f.Resources.Lifetime, &r.Lifetime}, {"min_lifetime", f.Resources.MinLife, &m.MinLifetime}} {
 		if s.val == "" {
 			continue
 		}
@@ -236,6 +240,12 @@ func (m *Manifest) validate() error {
 	if r.Lifetime != 0 && r.Lifetime < time.Second {
 		return bad("resources.lifetime %s is below 1s", r.Lifetime)
 	}
+	if m.MinLifetime != 0 && m.MinLifetime < time.Second {
+		return bad("resources.min_lifetime %s is below 1s", m.MinLifetime)
+	}
+	if m.MinLifetime != 0 && r.Lifetime != 0 && m.MinLifetime > r.Lifetime {
+		return bad("resources.min_lifetime %s is longer than resources.lifetime %s", m.MinLifetime, r.Lifetime)
+	}
 	if r.Memory != 0 && r.Memory < MinMemory {
 		return bad("resources.memory %s is below the minimum of %s", units.FormatSize(r.Memory), units.FormatSize(MinMemory))
 	}
@@ -280,6 +290,32 @@ func (m *Manifest) Resolve(p *policy.Policy) {
 	orDefault(&r.Lifetime, d.Lifetime, c.Lifetime)
 	orDefault(&r.Steps, d.Steps, c.Steps)
 	r.Upload, r.Fetch = c.Upload, c.Fetch
+}
+
+// FitBoxEnd fits the instance's lifetime to a box that ends at end (zero:
+// never), as of now. A lifetime that would outlast the box is shortened to
+// what is left when the manifest's min_lifetime allows it (shortened is
+// then true); otherwise the violation says what the box can give.
+// Resources must be resolved first.
+func (m *Manifest) FitBoxEnd(end, now time.Time) (shortened bool, v *Violation) {
+	if end.IsZero() {
+		return false, nil
+	}
+	left := end.Sub(now)
+	if m.Resources.Lifetime <= left {
+		return false, nil
+	}
+	if m.MinLifetime > 0 && m.MinLifetime <= left {
+		// Exactly to the end: the instance goes with the box, for the
+		// box's reason.
+		m.Resources.Lifetime = left
+		return true, nil
+	}
+	allowed := fmt.Sprintf("at most %s: the box ends at %s", max(left.Truncate(time.Second), 0), end.UTC().Format(time.RFC3339))
+	if m.MinLifetime == 0 {
+		allowed += " (set resources.min_lifetime to let a box shorten it)"
+	}
+	return false, &Violation{"resources.lifetime", m.Resources.Lifetime.String(), allowed}
 }
 
 // orDefault sets an unset (zero) resource to the default, lowered to the

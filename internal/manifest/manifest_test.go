@@ -138,3 +138,51 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestMinLifetime(t *testing.T) {
+	m, err := Parse([]byte("name = \"a\"\n[resources]\nlifetime = \"1 hour\"\nmin_lifetime = \"10 minutes\"\n"))
+	if err != nil || m.MinLifetime != 10*time.Minute {
+		t.Fatalf("%+v %v", m, err)
+	}
+	for in, want := range map[string]string{
+		"lifetime = \"1 minute\"\nmin_lifetime = \"2 minutes\"": "longer than resources.lifetime",
+		"min_lifetime = \"0.5 s\"":                              "below 1s",
+		"min_lifetime = \"soon\"":                               "resources.min_lifetime",
+	} {
+		if _, err := Parse([]byte("name = \"a\"\n[resources]\n" + in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want an error containing %q", in, err, want)
+		}
+	}
+}
+
+func TestFitBoxEnd(t *testing.T) {
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name          string
+		life, minLife time.Duration
+		end           time.Time
+		wantLife      time.Duration
+		short         bool
+		violation     string
+	}{
+		{"no end", time.Hour, 0, time.Time{}, time.Hour, false, ""},
+		{"fits", time.Hour, 0, now.Add(2 * time.Hour), time.Hour, false, ""},
+		{"exactly", time.Hour, 0, now.Add(time.Hour), time.Hour, false, ""},
+		{"outlasts", time.Hour, 0, now.Add(30 * time.Minute), time.Hour, false, "at most 30m0s: the box ends at 2026-12-02T12:30:00Z (set resources.min_lifetime"},
+		{"shortened", time.Hour, 10 * time.Minute, now.Add(30*time.Minute + 500*time.Millisecond), 30*time.Minute + 500*time.Millisecond, true, ""},
+		{"too short even so", time.Hour, 40 * time.Minute, now.Add(30 * time.Minute), time.Hour, false, "at most 30m0s: the box ends at 2026-12-02T12:30:00Z"},
+		{"already ended", time.Hour, time.Second, now.Add(-time.Minute), time.Hour, false, "at most 0s"},
+	}
+	for _, tc := range tests {
+		m := &Manifest{Resources: policy.Limits{Lifetime: tc.life}, MinLifetime: tc.minLife}
+		short, v := m.FitBoxEnd(tc.end, now)
+		switch {
+		case short != tc.short || m.Resources.Lifetime != tc.wantLife:
+			t.Errorf("%s: shortened %v to %v, want %v %v", tc.name, short, m.Resources.Lifetime, tc.short, tc.wantLife)
+		case tc.violation == "" && v != nil:
+			t.Errorf("%s: violation %v", tc.name, v)
+		case tc.violation != "" && (v == nil || v.Item != "resources.lifetime" || !strings.Contains(v.Allowed, tc.violation)):
+			t.Errorf("%s: violation %v, want one allowing %q", tc.name, v, tc.violation)
+		}
+	}
+}

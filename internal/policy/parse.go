@@ -33,7 +33,8 @@ func (e *ConfigError) Error() string {
 type line struct {
 	file    string
 	num     int
-	keyword string
+	keyword string // lower case, for matching
+	name    string // as written, for messages
 	value   string
 }
 
@@ -113,7 +114,7 @@ func splitLines(name string, data []byte, depth int) ([]line, error) {
 			out = append(out, inc...)
 			continue
 		}
-		out = append(out, line{file: name, num: start, keyword: strings.ToLower(kw), value: val})
+		out = append(out, line{file: name, num: start, keyword: strings.ToLower(kw), name: kw, value: val})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -168,7 +169,7 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 		size := func(dst *int64) error {
 			n, err := units.ParseSize(l.value)
 			if err != nil {
-				return fail("%s: %v", l.keyword, err)
+				return fail("%s: %v", l.name, err)
 			}
 			*dst = n
 			return nil
@@ -176,7 +177,7 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 		cores := func(dst *float64) error {
 			f, err := ParseCores(l.value)
 			if err != nil {
-				return fail("%s: %v", l.keyword, err)
+				return fail("%s: %v", l.name, err)
 			}
 			*dst = f
 			return nil
@@ -184,7 +185,7 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 		count := func(dst *int) error {
 			n, err := strconv.Atoi(l.value)
 			if err != nil || n < 0 || n > 1<<24 {
-				return fail("%s: %q is not a whole number from 0 to %d", l.keyword, l.value, 1<<24)
+				return fail("%s: %q is not a whole number from 0 to %d", l.name, l.value, 1<<24)
 			}
 			*dst = n
 			return nil
@@ -192,7 +193,7 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 		atLeast := func(dst *int, least int) error {
 			n, err := strconv.Atoi(l.value)
 			if err != nil || n < least || n > 1<<24 {
-				return fail("%s: %q is not a whole number from %d to %d", l.keyword, l.value, least, 1<<24)
+				return fail("%s: %q is not a whole number from %d to %d", l.name, l.value, least, 1<<24)
 			}
 			*dst = n
 			return nil
@@ -200,10 +201,10 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 		duration := func(dst *time.Duration, least, most time.Duration) error {
 			d, err := units.ParseDuration(l.value)
 			if err != nil {
-				return fail("%s: %v", l.keyword, err)
+				return fail("%s: %v", l.name, err)
 			}
 			if d < least || d > most {
-				return fail("%s: %s is outside %s-%s", l.keyword, d, least, most)
+				return fail("%s: %s is outside %s-%s", l.name, d, least, most)
 			}
 			*dst = d
 			return nil
@@ -217,7 +218,7 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 				continue
 			}
 			if _, _, e := net.SplitHostPort(v); e != nil {
-				err = fail("%s: %q is not HOST:PORT (e.g. 127.0.0.1:8888)", l.keyword, v)
+				err = fail("%s: %q is not HOST:PORT (e.g. 127.0.0.1:8888)", l.name, v)
 			} else if l.keyword == "listenaddress" {
 				p.ListenAddress = v
 			} else {
@@ -444,6 +445,16 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			err = duration(&p.FlashFlow.Period, time.Hour, 31*24*time.Hour)
 		case "ffmaxmeasurementduration":
 			err = duration(&p.FlashFlow.MaxDuration, 10*time.Second, 120*time.Second)
+		case "boxendsat":
+			t, perr := ParseTime(l.value)
+			if perr != nil {
+				err = fail("%s: %v", l.name, perr)
+			}
+			p.Box.EndsAt = t
+		case "boxlifetime":
+			err = duration(&p.Box.Lifetime, time.Minute, 10*365*24*time.Hour)
+		case "boxdrainperiod":
+			err = duration(&p.Box.Drain, 0, 7*24*time.Hour)
 		case "maxcompositiondepth":
 			err = count(&p.Composition.MaxDepth)
 		case "maxcomposedinstances":
@@ -451,7 +462,7 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 		case "maxcompositioncalls":
 			err = count(&p.Composition.MaxCalls)
 		default:
-			err = fail("unknown keyword %q (see docs/operators.md for the list)", l.keyword)
+			err = fail("unknown keyword %q (see docs/operators.md for the list)", l.name)
 		}
 		if err != nil {
 			return nil, err
@@ -465,8 +476,31 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 	return p, nil
 }
 
+// ParseTime parses an absolute time: RFC 3339 ("2026-12-02T18:00:00Z")
+// or tor's "2026-12-02 18:00:00" (UTC), from the year 2000 to 2200.
+func ParseTime(v string) (time.Time, error) {
+	v = strings.TrimSpace(v)
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		t, err = time.Parse(time.DateTime, v)
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is not a time such as 2026-12-02T18:00:00Z or \"2026-12-02 18:00:00\" (UTC)", v)
+	}
+	if t.Year() < 2000 || t.Year() > 2200 {
+		return time.Time{}, fmt.Errorf("%q is outside the years 2000-2200", v)
+	}
+	return t.UTC(), nil
+}
+
 // Validate checks the policy as a whole.
 func (p *Policy) Validate() error {
+	if !p.Box.EndsAt.IsZero() && p.Box.Lifetime > 0 {
+		return fmt.Errorf("BoxEndsAt and BoxLifetime both give the box's end: keep one")
+	}
+	if p.Box.Lifetime > 0 && p.Box.Drain >= p.Box.Lifetime {
+		return fmt.Errorf("BoxDrainPeriod %s is not shorter than BoxLifetime %s: the box would never accept a function", p.Box.Drain, p.Box.Lifetime)
+	}
 	if len(p.Images) == 0 {
 		return fmt.Errorf("no Image offered: functions could not run (add \"Image starlark\")")
 	}

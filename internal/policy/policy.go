@@ -64,6 +64,10 @@ type Policy struct {
 	// FlashFlow is the relay's side of FlashFlow capacity measurement.
 	FlashFlow FlashFlow
 
+	// Box is the box's own life: a box (a dust mote, say) may announce
+	// when it ends.
+	Box Box
+
 	// Middlebox node policy.
 	APIs         map[string]bool
 	Images       []string
@@ -104,6 +108,19 @@ type FlashFlow struct {
 	Period       time.Duration // FFMeasurementPeriod: at most two measurements per coordinator in this window
 	MaxDuration  time.Duration // FFMaxMeasurementDuration: PARAMS to end, handshake included
 }
+
+// Box is when the box ends. Clients see it in the public policy and stop
+// choosing the box in its drain period; deploys that would outlast it are
+// refused (or shortened, when the manifest gives a min_lifetime); at the
+// end every instance is shut down and its stored data wiped.
+type Box struct {
+	EndsAt   time.Time     // BoxEndsAt: the end, absolute (zero: none)
+	Lifetime time.Duration // BoxLifetime: the end, counted from bentod's first start (kept in DataDirectory)
+	Drain    time.Duration // BoxDrainPeriod: no new deploys this long before the end
+}
+
+// DefaultDrain is the drain period when bentorc gives none.
+const DefaultDrain = 10 * time.Minute
 
 // Composition bounds what functions start on Bento servers (remote.*),
 // counted per root: the instance a client deployed and everything its
@@ -175,6 +192,7 @@ func Default() *Policy {
 		},
 		Composition: Composition{MaxDepth: 3, MaxInstances: 8, MaxCalls: 16},
 		FlashFlow:   FlashFlow{Echo: "127.0.0.1:9252", Period: 24 * time.Hour, MaxDuration: 45 * time.Second},
+		Box:         Box{Drain: DefaultDrain},
 	}
 	for _, a := range DefaultAPIs {
 		p.APIs[a] = true
@@ -228,6 +246,17 @@ type Public struct {
 		CPU       float64 `json:"cpu_cores"`
 		Instances int     `json:"instances"`
 	} `json:"free"`
+	// Box is set when the box has an end, or stands beside a relay.
+	Box *PublicBox `json:"box,omitempty"`
+}
+
+// PublicBox is what clients learn of the box itself: when it ends, and
+// the signed statement binding its onion address to its relay (package
+// boxdir).
+type PublicBox struct {
+	EndsAt    *time.Time `json:"ends_at,omitempty"`  // no new deploys from DrainAt; everything ends here
+	DrainAt   *time.Time `json:"drain_at,omitempty"` // deploys are refused from here on
+	Statement string     `json:"statement,omitempty"`
 }
 
 // PublicView returns the public form of the policy.

@@ -81,7 +81,7 @@ MaxInstances 10
 func TestParseErrors(t *testing.T) {
 	tests := map[string]string{
 		"Bogus 1":                     "unknown keyword",
-		"\n\nMaxMemory lots":          "empty:3: maxmemory",
+		"\n\nMaxMemory lots":          "empty:3: MaxMemory",
 		"AllowAPI exec":               "unknown host call",
 		"DestinationPolicy allow *:*": "DestinationPolicy",
 		"Runtime docker":              "want runc",
@@ -199,5 +199,39 @@ func TestNumbersFiniteAndInRange(t *testing.T) {
 	p, err := Parse("bentorc", []byte("MaxCPU 0.75\nTotalCPU 1.5\nConnectRatePerAddress 2.5\n"))
 	if err != nil || p.Max.CPU != 0.75 || MilliCores(p.Aggregate.CPU) != 1500 || p.Daemon.ConnectRate != 2.5 {
 		t.Fatalf("valid numbers: %+v %v", p, err)
+	}
+}
+
+func TestBoxKeywords(t *testing.T) {
+	p, err := Parse("bentorc", []byte("BoxEndsAt 2026-12-02 18:30:00\nBoxDrainPeriod 5 minutes\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Box{EndsAt: time.Date(2026, 12, 2, 18, 30, 0, 0, time.UTC), Drain: 5 * time.Minute}); p.Box != want {
+		t.Fatalf("got %+v, want %+v", p.Box, want)
+	}
+	p, err = Parse("bentorc", []byte("BoxEndsAt 2026-12-02T20:30:00+02:00\n"))
+	if err != nil || !p.Box.EndsAt.Equal(time.Date(2026, 12, 2, 18, 30, 0, 0, time.UTC)) || p.Box.Drain != DefaultDrain {
+		t.Fatalf("RFC 3339 with an offset: %+v %v", p.Box, err)
+	}
+	if p, err = Parse("bentorc", []byte("BoxLifetime 6 hours\n")); err != nil || p.Box.Lifetime != 6*time.Hour {
+		t.Fatalf("BoxLifetime: %+v %v", p.Box, err)
+	}
+	if d := Default().Box; !d.EndsAt.IsZero() || d.Lifetime != 0 || d.Drain != DefaultDrain {
+		t.Fatalf("defaults: %+v", d)
+	}
+	for _, tc := range []struct{ in, want string }{
+		{"BoxEndsAt tomorrow", "bentorc:1: BoxEndsAt: \"tomorrow\" is not a time"},
+		{"BoxEndsAt 1970-01-01T00:00:00Z", "outside the years"},
+		{"BoxEndsAt 2026-13-02T00:00:00Z", "is not a time"},
+		{"BoxLifetime 10 seconds", "BoxLifetime"},
+		{"BoxLifetime 20 years", "BoxLifetime"},
+		{"BoxDrainPeriod 2 weeks", "BoxDrainPeriod"},
+		{"BoxEndsAt 2026-12-02T00:00:00Z\nBoxLifetime 1 hour", "keep one"},
+		{"BoxLifetime 1 hour\nBoxDrainPeriod 2 hours", "never accept a function"},
+	} {
+		if _, err := Parse("bentorc", []byte(tc.in+"\n")); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want an error containing %q", tc.in, err, tc.want)
+		}
 	}
 }

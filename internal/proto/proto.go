@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Version is the client protocol version.
@@ -38,6 +39,7 @@ const (
 	TShutdown    uint8 = 14 // c→s Shutdown
 	TOK          uint8 = 15 // s→c (empty)
 	TError       uint8 = 16 // s→c Error
+	TNotice      uint8 = 17 // s→c Notice, within a session's output
 )
 
 // Hello opens a client connection.
@@ -103,6 +105,21 @@ type Session struct {
 type Output struct {
 	Offset int64 `json:"offset"`
 }
+
+// Notice is bentod telling an attached client something that concerns the
+// session, in its output stream (so a client that reattaches hears it
+// too). Offset is as for Output.
+type Notice struct {
+	Kind    string    `json:"kind"`
+	Message string    `json:"message"`
+	EndsAt  time.Time `json:"ends_at,omitzero"`
+	Offset  int64     `json:"offset"`
+}
+
+// Notice kinds.
+const (
+	NoticeBoxEnding = "box_ending" // the box ends at EndsAt: the session ends then at the latest
+)
 
 // Exit ends a session.
 type Exit struct {

@@ -25,14 +25,15 @@ func (r *Runner) predeclared() starlark.StringDict {
 	return starlark.StringDict{
 		"json": starlarkjson.Module,
 		"bento": module("bento", starlark.StringDict{
-			"send":   b("send", r.send),
-			"recv":   b("recv", r.recv),
-			"log":    b("log", r.log),
-			"time":   b("time", r.time),
-			"sleep":  b("sleep", r.sleep),
-			"random": b("random", r.random),
-			"exit":   b("exit", r.exit),
-			"source": b("source", r.source),
+			"send":    b("send", r.send),
+			"recv":    b("recv", r.recv),
+			"log":     b("log", r.log),
+			"time":    b("time", r.time),
+			"ends_at": b("ends_at", r.endsAt),
+			"sleep":   b("sleep", r.sleep),
+			"random":  b("random", r.random),
+			"exit":    b("exit", r.exit),
+			"source":  b("source", r.source),
 		}),
 		"storage": module("storage", starlark.StringDict{
 			"put":    b("put", r.storagePut),
@@ -121,6 +122,27 @@ func (r *Runner) log(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tup
 	}
 	_, _, err := r.call(th, "log", map[string]string{"msg": msg}, nil)
 	return starlark.None, err
+}
+
+// endsAt returns when the instance ends at the latest, in seconds since
+// the epoch (as bento.time()): its lifetime's end, or its box's when the
+// box ends first. A function keeping work for an offline user can hand
+// it over before then.
+func (r *Runner) endsAt(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	if err := starlark.UnpackArgs("ends_at", args, kw); err != nil {
+		return nil, err
+	}
+	res, _, err := r.call(th, "ends_at", nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		At float64 `json:"at"`
+	}
+	if err := json.Unmarshal(res, &out); err != nil {
+		return nil, err
+	}
+	return starlark.Float(out.At), nil
 }
 
 func (r *Runner) time(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {

@@ -35,6 +35,19 @@ func (s *Server) deploy(d proto.Deploy, body []byte, o origin, log *slog.Logger)
 		log.Info("manifest refused", "function", m.Name, "violations", len(vs))
 		return nil, e
 	}
+	now := time.Now()
+	b := s.box()
+	if pe := b.refusal(now); pe != nil {
+		log.Info("deploy refused: the box is ending", "function", m.Name)
+		return nil, pe
+	}
+	if short, v := m.FitBoxEnd(b.end, now); v != nil {
+		log.Info("manifest refused: it would outlast the box", "function", m.Name)
+		return nil, &proto.Error{Code: proto.CodeRefused, Message: fmt.Sprintf("manifest of %q would outlast this box, which ends at %s", m.Name, b.end.Format(time.RFC3339)),
+			Violations: []proto.Violation{proto.Violation(*v)}}
+	} else if short {
+		log.Info("lifetime shortened to the box's end", "function", m.Name, "lifetime", m.Resources.Lifetime)
+	}
 	files, err := proto.UnpackFiles(d.Files, body, manifest.ValidFileName)
 	if err != nil {
 		return nil, &proto.Error{Code: proto.CodeBadRequest, Message: err.Error()}

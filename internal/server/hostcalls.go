@@ -78,6 +78,8 @@ func apiFor(name string) string {
 		return policy.APIBento
 	case name == "tor.event":
 		return policy.APITorControl
+	case name == "ends_at":
+		return policy.APITime
 	case strings.HasPrefix(name, "tor.") && name != "tor.fetch" && name != "tor.control":
 		return policy.APITorStream
 	}
@@ -138,6 +140,9 @@ func (in *Instance) dispatch(rt *runtime, call proto.Call, f *wire.Frame) {
 		finish(nil, nil, in.appendLog(a.Msg))
 	case "time":
 		finish(map[string]float64{"now": float64(time.Now().UnixNano()) / 1e9}, nil, nil)
+	case "ends_at":
+		end, box := in.endsAt()
+		finish(map[string]any{"at": float64(end.UnixNano()) / 1e9, "box": box}, nil, nil)
 	case "random":
 		var a struct {
 			N int `json:"n"`

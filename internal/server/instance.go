@@ -333,6 +333,11 @@ func (in *Instance) run() {
 	go func() {
 		select {
 		case <-lifetime.C:
+			if b := in.srv.box(); b.ends() && !time.Now().Before(b.end) {
+				// A lifetime cut to the box's end: the box's reason.
+				in.srv.endBoxInstance(in, b)
+				return
+			}
 			in.end("lifetime limit reached (" + in.m.Resources.Lifetime.String() + ")")
 		case <-in.ended:
 		}

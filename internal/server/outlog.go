@@ -16,8 +16,8 @@ import (
 //
 //	u8 kind | u32 length (big-endian) | data
 //
-// where kind is recData (bytes the function sent) or recExit (the session's
-// end, JSON). Offsets given to clients are record boundaries.
+// where kind is recData (bytes the function sent), recNotice (bentod
+// telling the client something, JSON) or recExit (the session's end, JSON). Offsets given to clients are record boundaries.
 //
 // A log holds no file descriptor between appends (a function with many
 // sessions cannot make bentod hold many), and keeps a sparse index, the
@@ -25,8 +25,9 @@ import (
 // a client's offset reads at most markStep bytes of headers whatever the
 // log's size.
 const (
-	recData = 1
-	recExit = 2
+	recData   = 1
+	recExit   = 2
+	recNotice = 3 // a notice from bentod to the client (JSON proto.Notice)
 
 	recHeader = 5
 

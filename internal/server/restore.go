@@ -183,6 +183,13 @@ func (s *Server) restoreInstance(rec recordHead, dir string) error {
 	if time.Since(rec.Created) >= m.Resources.Lifetime {
 		return &restoreError{why: "its lifetime ended while bentod was down"}
 	}
+	if b := s.boxT; b.ends() {
+		if !time.Now().Before(b.end) {
+			return &restoreError{why: fmt.Sprintf("the box ended at %s while bentod was down; its stored data was wiped", b.end.Format(time.RFC3339))}
+		}
+		// A lifetime shortened to the box's end at deploy stays so.
+		m.Resources.Lifetime = min(m.Resources.Lifetime, b.end.Sub(rec.Created))
+	}
 	invHash, ok1 := parseHash(rec.InvHash)
 	shutHash, ok2 := parseHash(rec.ShutHash)
 	if !ok1 || !ok2 {

@@ -70,6 +70,9 @@ type Server struct {
 	perClient map[string]int       // instances held, by client address
 	roots     map[string]*root     // composition groups, by root instance id
 
+	boxT    boxTimes      // the box's end (BoxEndsAt, BoxLifetime), under mu
+	boxWake chan struct{} // the end changed
+
 	stale  []string      // containers of an earlier bentod, found at start
 	reaped chan struct{} // closed once they are gone
 	wg     sync.WaitGroup
@@ -127,6 +130,10 @@ func New(opts Options) (*Server, error) {
 		restore:   p.RestoreInstances,
 		reaped:    make(chan struct{}),
 		closed:    make(chan struct{}),
+		boxWake:   make(chan struct{}, 1),
+	}
+	if s.boxT, err = resolveBoxEnd(p, time.Now()); err != nil {
+		return nil, err
 	}
 	s.budgets = keyedBudgets{parent: s.inflight, per: clientShare(p), m: map[string]*keyedBudget{}}
 	if s.log == nil {
@@ -144,6 +151,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.recoverInstances()
 	go s.janitor()
+	go s.boxClock()
 	return s, nil
 }
 
@@ -169,6 +177,22 @@ func (s *Server) SetPolicy(p *policy.Policy) {
 			"per_client_now", units.FormatSize(s.budgets.per), "needed", units.FormatSize(need))
 	}
 	s.pol.Store(p)
+	b, err := resolveBoxEnd(p, time.Now())
+	if err != nil {
+		s.log.Warn("the box's end is unchanged", "err", err)
+		return
+	}
+	if old := s.box(); !b.end.Equal(old.end) || !b.drain.Equal(old.drain) {
+		safelog.Notice(s.log, "the box's end changed", "ends_at", fmtEnd(b.end), "was", fmtEnd(old.end))
+	}
+	s.setBox(b)
+}
+
+func fmtEnd(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return t.UTC().Format(time.RFC3339)
 }
 
 // SetTor connects the server to the tor beside it: functions' tor.control
@@ -239,7 +263,12 @@ func (s *Server) publicPolicy() *policy.Public {
 	pub.Free.Memory = max(0, p.Aggregate.Memory-s.usedMem)
 	pub.Free.CPU = float64(max(0, policy.MilliCores(p.Aggregate.CPU)-s.usedMilli)) / 1000
 	pub.Free.Instances = max(0, p.Aggregate.Instances-s.running)
+	b := s.boxT
 	s.mu.Unlock()
+	if b.ends() {
+		end, drain := b.end.UTC(), b.drain.UTC()
+		pub.Box = &policy.PublicBox{EndsAt: &end, DrainAt: &drain}
+	}
 	return pub
 }
 

@@ -152,6 +152,9 @@ func (s *Server) openSession(f *wire.Frame) (*Instance, *session, int64, *proto.
 		return nil, nil, 0, internalError(err.Error())
 	}
 	sess.start()
+	if b := s.box(); b.ends() && !time.Now().Before(b.drain) {
+		in.noticeSession(sess, b.notice())
+	}
 	in.mu.Lock()
 	sess.readers++
 	in.readers++
@@ -253,6 +256,14 @@ func (s *Server) streamOutput(bud wire.Budget, send func(uint8, any, []byte) err
 				err = send(proto.TOutput, proto.Output{Offset: next}, data)
 				bud.Release(charged)
 				if err != nil {
+					return false
+				}
+			case recNotice:
+				var n proto.Notice
+				_ = json.Unmarshal(data, &n)
+				bud.Release(charged)
+				n.Offset = next
+				if send(proto.TNotice, n, nil) != nil {
 					return false
 				}
 			case recExit:

@@ -1,0 +1,223 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/torbento/bento/internal/atomicfile"
+	"github.com/torbento/bento/internal/policy"
+	"github.com/torbento/bento/internal/proto"
+	"github.com/torbento/bento/internal/safelog"
+)
+
+// A box may end (BoxEndsAt, BoxLifetime): a dust mote announces when it
+// goes. From its drain point it refuses deploys and tells every attached
+// client and every new session when the end comes; at the end it shuts
+// every instance down, wipes their stored data, and answers their tokens
+// with the reason for as long as it runs.
+
+// boxEndFile keeps the end that BoxLifetime gave at bentod's first start,
+// so that a restart does not push it back.
+const boxEndFile = "box-ends-at"
+
+// boxTimes are the box's end and drain point; zero when it has no end.
+type boxTimes struct {
+	end, drain time.Time
+}
+
+func (b boxTimes) ends() bool { return !b.end.IsZero() }
+
+// resolveBoxEnd works out the box's end from the policy: BoxEndsAt as
+// given, BoxLifetime from the first start (kept in the data directory).
+func resolveBoxEnd(p *policy.Policy, now time.Time) (boxTimes, error) {
+	var end time.Time
+	switch {
+	case !p.Box.EndsAt.IsZero():
+		end = p.Box.EndsAt
+	case p.Box.Lifetime > 0:
+		path := filepath.Join(p.DataDirectory, boxEndFile)
+		b, err := os.ReadFile(path)
+		switch {
+		case err == nil:
+			if end, err = time.Parse(time.RFC3339, strings.TrimSpace(string(b))); err != nil {
+				return boxTimes{}, fmt.Errorf("%s is damaged (%v): it holds the end BoxLifetime gave at the first start; delete it to count BoxLifetime from now", path, err)
+			}
+		case errors.Is(err, os.ErrNotExist):
+			end = now.Add(p.Box.Lifetime).UTC().Truncate(time.Second)
+			if err := atomicfile.Write(path, []byte(end.Format(time.RFC3339)+"\n"), 0o600); err != nil {
+				return boxTimes{}, fmt.Errorf("keeping the box's end: %w", err)
+			}
+		default:
+			return boxTimes{}, fmt.Errorf("reading the box's end: %w", err)
+		}
+	default:
+		return boxTimes{}, nil
+	}
+	return boxTimes{end: end, drain: end.Add(-p.Box.Drain)}, nil
+}
+
+// box returns the box's end and drain point.
+func (s *Server) box() boxTimes {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.boxT
+}
+
+// setBox takes a new end (start, SIGHUP) and wakes the box's clock.
+func (s *Server) setBox(b boxTimes) {
+	s.mu.Lock()
+	s.boxT = b
+	s.mu.Unlock()
+	select {
+	case s.boxWake <- struct{}{}:
+	default:
+	}
+}
+
+// boxRefusal is the answer to a deploy the box's end forbids, or nil.
+func (b boxTimes) refusal(now time.Time) *proto.Error {
+	switch {
+	case !b.ends() || now.Before(b.drain):
+		return nil
+	case !now.Before(b.end):
+		return &proto.Error{Code: proto.CodeGone, Message: fmt.Sprintf("this box ended at %s: choose another box (bento boxes)", b.end.Format(time.RFC3339))}
+	}
+	return &proto.Error{Code: proto.CodeRefused, Message: fmt.Sprintf("this box ends at %s and takes no new functions after %s (its drain period): choose another box (bento boxes)",
+		b.end.Format(time.RFC3339), b.drain.Format(time.RFC3339))}
+}
+
+// boxNotice is what attached clients are told in the drain period.
+func (b boxTimes) notice() proto.Notice {
+	return proto.Notice{Kind: proto.NoticeBoxEnding, EndsAt: b.end,
+		Message: fmt.Sprintf("this box ends at %s: every instance on it is shut down then and its stored data wiped; fetch what you need before", b.end.Format(time.RFC3339))}
+}
+
+// boxClock tells sessions at the drain point and ends every instance at
+// the end, following changes of the end (SIGHUP).
+func (s *Server) boxClock() {
+	defer s.recoverPanic("the box clock")
+	told := time.Time{} // the end whose drain was announced
+	for {
+		b := s.box()
+		var wait <-chan time.Time
+		if b.ends() {
+			now := time.Now()
+			switch {
+			case !now.Before(b.end):
+				s.endBox(b)
+				return
+			case !now.Before(b.drain) && !told.Equal(b.end):
+				told = b.end
+				safelog.Notice(s.log, "the box is draining: no new functions; attached clients are told when it ends", "ends_at", b.end.Format(time.RFC3339))
+				s.noticeAll(b.notice())
+				continue
+			case now.Before(b.drain):
+				wait = time.After(time.Until(b.drain))
+			default:
+				wait = time.After(time.Until(b.end))
+			}
+		}
+		select {
+		case <-s.closed:
+			return
+		case <-s.boxWake:
+		case <-wait:
+		}
+	}
+}
+
+// noticeAll tells every live session.
+func (s *Server) noticeAll(n proto.Notice) {
+	for _, in := range s.liveInstances() {
+		in.noticeSessions(n)
+	}
+}
+
+// endBox shuts every instance down for good: their data is wiped, and
+// their tokens answer with the reason from then on.
+func (s *Server) endBox(b boxTimes) {
+	all := s.liveInstances()
+	safelog.Notice(s.log, "the box has ended: shutting every instance down", "instances", len(all))
+	for _, in := range all {
+		s.endBoxInstance(in, b)
+	}
+	for _, in := range all {
+		<-in.ended
+	}
+}
+
+// endBoxInstance ends one instance because the box ended: its data goes,
+// and its tokens answer with the reason once it is forgotten.
+func (s *Server) endBoxInstance(in *Instance, b boxTimes) {
+	why := fmt.Sprintf("the box ended at %s (its operator's BoxEndsAt/BoxLifetime); its instances were shut down and their stored data wiped", b.end.Format(time.RFC3339))
+	s.mu.Lock()
+	s.lost[in.invHash] = why
+	s.lost[in.shutHash] = why
+	s.mu.Unlock()
+	in.mu.Lock()
+	in.keepData = false
+	in.mu.Unlock()
+	in.end(why)
+}
+
+// liveInstances lists the instances not yet forgotten.
+func (s *Server) liveInstances() []*Instance {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	all := make([]*Instance, 0, len(s.instances))
+	for _, in := range s.instances {
+		all = append(all, in)
+	}
+	return all
+}
+
+// noticeSessions writes n into the output of every session still running,
+// charged to the instance's output like any record (a notice that does
+// not fit is not written: the session's exit will say why it ended).
+func (in *Instance) noticeSessions(n proto.Notice) {
+	in.mu.Lock()
+	var live []*session
+	for _, ss := range in.sessions {
+		if !ss.done {
+			live = append(live, ss)
+		}
+	}
+	in.mu.Unlock()
+	for _, ss := range live {
+		in.noticeSession(ss, n)
+	}
+}
+
+func (in *Instance) noticeSession(ss *session, n proto.Notice) {
+	b, _ := json.Marshal(n)
+	cost := int64(len(b)) + recordCharge
+	in.mu.Lock()
+	if in.outputHeld+cost > in.m.Resources.Output {
+		in.mu.Unlock()
+		return
+	}
+	in.outputHeld += cost
+	ss.held += cost
+	in.mu.Unlock()
+	if _, err := ss.out.append(recNotice, b); err != nil {
+		in.mu.Lock()
+		in.outputHeld -= cost
+		ss.held -= cost
+		in.mu.Unlock()
+	}
+}
+
+// endsAt is when the instance ends at the latest: its lifetime's end, or
+// the box's if that comes first (box is then true).
+func (in *Instance) endsAt() (time.Time, bool) {
+	end := in.created.Add(in.m.Resources.Lifetime)
+	if b := in.srv.box(); b.ends() && b.end.Before(end) {
+		return b.end, true
+	}
+	return end, false
+}
