@@ -36,14 +36,14 @@ const (
 
 // Manifest is a parsed and validated bento.toml.
 type Manifest struct {
-	Name         string             `json:"name"`
-	Image        string             `json:"image"`
-	Entry        string             `json:"entry"`    // file in the bundle
-	Function     string             `json:"function"` // callable in Entry
-	Mode         string             `json:"mode"`
-	APIs         []string           `json:"apis"`
-	Destinations []string           `json:"destinations"`
-	Resources    policy.Limits      `json:"resources"`
+	Name         string        `json:"name"`
+	Image        string        `json:"image"`
+	Entry        string        `json:"entry"`    // file in the bundle
+	Function     string        `json:"function"` // callable in Entry
+	Mode         string        `json:"mode"`
+	APIs         []string      `json:"apis"`
+	Destinations []string      `json:"destinations"`
+	Resources    policy.Limits `json:"resources"`
 	// MinLifetime, when set, lets a box that ends sooner than
 	// Resources.Lifetime shorten the instance's life down to this.
 	MinLifetime time.Duration      `json:"min_lifetime_ns,omitempty"`
