@@ -13,3 +13,5 @@ require (
 	go.starlark.net v0.0.0-20260908191801-89a6a09411d5
 	golang.org/x/sys v0.45.0
 )
+
+require filippo.io/edwards25519 v1.2.0 // indirect

@@ -31,7 +31,8 @@ func tornet(t testing.TB) *privnet.Net {
 		if torNetErr != nil {
 			return
 		}
-		torNet, torNetErr = privnet.Start(context.Background(), torNetDir, privnet.Options{})
+		// Three exits: the directory test needs three boxes.
+		torNet, torNetErr = privnet.Start(context.Background(), torNetDir, privnet.Options{Exits: 3})
 	})
 	if torNetErr != nil {
 		t.Fatalf("private Tor network: %v", torNetErr)

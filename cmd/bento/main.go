@@ -61,6 +61,12 @@ const usage = `usage:
   bento attach   SERVER TOKEN SESSION [--offset N]  reattach to an invocation after a disconnect
   bento shutdown SERVER SHUTDOWN-TOKEN       end an instance
   bento run      [-i] SERVER DIR [ARG...]    deploy, invoke and shut down in one step
+  bento run      [-i] --choose DIR [ARG...]  the same on a box chosen at random from the directory
+  bento boxes    [--check DIR] [--json]      list the boxes the Tor network's relays announce
+
+Finding boxes (boxes, run --choose) needs --tor-socks and the control port of the same tor:
+  --tor-control ADDR (default $BENTO_TOR_CONTROL or 127.0.0.1:9051), --tor-cookie FILE;
+  that tor must fetch relay descriptors (UseMicrodescriptors 0).
 
 Global option, before the command:
   --tor-socks ADDR   reach the server through tor's SocksPort ADDR (also $BENTO_TOR_SOCKS);
@@ -129,6 +135,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return c.shutdown(rest)
 	case "run":
 		return c.runCmd(rest)
+	case "boxes":
+		return c.boxes(rest)
 	}
 	fmt.Fprintf(stderr, "bento: unknown command %q\n\n%s", cmd, usage)
 	return exitUsage
@@ -415,16 +423,35 @@ func (c *cli) runCmd(args []string) int {
 	interactive := fs.Bool("i", false, "send standard input to the function")
 	var dests destFlag
 	fs.Var(&dests, "destinations", "replace the manifest's destinations")
+	choose := fs.Bool("choose", false, "choose the box from the directory instead of naming one")
+	tf := addTorControlFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
 	pos := fs.Args()
+	if *choose {
+		pos = append([]string{""}, pos...)
+	}
 	if len(pos) < 2 {
-		return c.usageErr("run takes [-i] [--destinations ITEMS] SERVER DIR [ARG...]")
+		return c.usageErr("run takes [-i] [--destinations ITEMS] SERVER DIR [ARG...], or --choose DIR [ARG...]")
 	}
 	fn, code := c.loadFunction(pos[1], dests)
 	if fn == nil {
 		return code
+	}
+	if *choose {
+		dir, done, code := c.directory(tf)
+		if dir == nil {
+			return code
+		}
+		box, err := dir.Choose(c.ctx, fn)
+		done()
+		if err != nil {
+			fmt.Fprintf(c.stderr, "bento: %v\n", err)
+			return exitRefused
+		}
+		fmt.Fprintf(c.stderr, "bento: chose box %s beside relay %s (%s)\n", box.Addr(), box.Relay.Nickname, box.Relay.Fingerprint)
+		pos[0] = box.Addr()
 	}
 	cl := c.newClient(serverAddr(pos[0]))
 	d, err := cl.Deploy(c.ctx, fn)
@@ -463,6 +490,9 @@ func printPolicy(w io.Writer, p *client.Policy) {
 	fmt.Fprintf(w, "per function memory %s, cpu %g cores, cpu time %s, processes %d, storage %s, output %s, lifetime %s, steps %d, upload %s\n",
 		size(m.Memory), m.CPU, m.CPUTime, m.Processes, size(m.Storage), size(m.Output), m.Lifetime, m.Steps, size(m.Upload))
 	fmt.Fprintf(w, "free now     memory %s, cpu %.2f cores, %d instances\n", size(p.Free.Memory), p.Free.CPU, p.Free.Instances)
+	if p.Box != nil && p.Box.EndsAt != nil {
+		fmt.Fprintf(w, "box ends     %s (no new functions from %s)\n", p.Box.EndsAt.Format(time.RFC3339), p.Box.DrainAt.Format(time.RFC3339))
+	}
 }
 
 func size(n int64) string {

@@ -142,8 +142,12 @@ func run() int {
 	}
 	linkCtx, stopLink := context.WithCancel(context.Background())
 	defer stopLink()
+	var box *boxAnnouncer
 	if link != nil {
 		srv.SetTor(link)
+		if p.Box.Announce {
+			box = announceBox(srv, link, log)
+		}
 		go link.Run(linkCtx)
 	}
 	var ff interface {
@@ -188,6 +192,9 @@ func run() int {
 				cancel()
 			}
 			srv.Close()
+			if box != nil {
+				box.withdraw(link)
+			}
 			stopLink()
 			close(closed)
 			return

@@ -134,16 +134,7 @@ func (f torFlags) dial(ctx context.Context) (*torctl.Conn, error) {
 }
 
 func dialTor(ctx context.Context, addr, cookie, password string) (*torctl.Conn, error) {
-	network, a := torctl.ParseAddr(addr)
-	c, err := torctl.Dial(ctx, network, a)
-	if err != nil {
-		return nil, fmt.Errorf("tor control port %s: %w", addr, err)
-	}
-	if err := c.Authenticate(ctx, torctl.Auth{Password: password, CookieFile: cookie}); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("tor control port %s: %w", addr, err)
-	}
-	return c, nil
+	return torctl.DialAuth(ctx, addr, torctl.Auth{Password: password, CookieFile: cookie})
 }
 
 func coordinator(ctx context.Context, args []string, log *slog.Logger) error {

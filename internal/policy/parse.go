@@ -453,6 +453,15 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			p.Box.EndsAt = t
 		case "boxlifetime":
 			err = duration(&p.Box.Lifetime, time.Minute, 10*365*24*time.Hour)
+		case "boxannounce":
+			switch l.value {
+			case "1":
+				p.Box.Announce = true
+			case "0":
+				p.Box.Announce = false
+			default:
+				err = fail("%s: want 0 or 1", l.name)
+			}
 		case "boxdrainperiod":
 			err = duration(&p.Box.Drain, 0, 7*24*time.Hour)
 		case "maxcompositiondepth":
@@ -531,6 +540,9 @@ func (p *Policy) Validate() error {
 	}
 	if p.Max.Processes < 4 {
 		return fmt.Errorf("MaxProcesses %d is below 4, the least a function runner needs", p.Max.Processes)
+	}
+	if p.Box.Announce && !p.OnionService {
+		return fmt.Errorf("BoxAnnounce 1 needs OnionService 1: the directory lists boxes by their onion address")
 	}
 	if p.OnionService && p.TorControlPort == "" {
 		return fmt.Errorf("OnionService 1 needs TorControlPort (bentod publishes the service through tor's control port)")

@@ -117,6 +117,9 @@ type Box struct {
 	EndsAt   time.Time     // BoxEndsAt: the end, absolute (zero: none)
 	Lifetime time.Duration // BoxLifetime: the end, counted from bentod's first start (kept in DataDirectory)
 	Drain    time.Duration // BoxDrainPeriod: no new deploys this long before the end
+	// Announce (BoxAnnounce): list the box in the directory, through the
+	// relay's ContactInfo and a statement signed with the onion key.
+	Announce bool
 }
 
 // DefaultDrain is the drain period when bentorc gives none.

@@ -7,9 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/torbento/bento/internal/atomicfile"
+	"github.com/torbento/bento/internal/boxdir"
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/safelog"
@@ -220,4 +222,52 @@ func (in *Instance) endsAt() (time.Time, bool) {
 		return b.end, true
 	}
 	return end, false
+}
+
+// boxIdentity binds the box to its relay in the directory: the statement
+// served with the policy, signed with the onion service's key.
+type boxIdentity struct {
+	relay  string
+	ann    boxdir.Announcement
+	signer *boxdir.OnionSigner
+
+	mu     sync.Mutex
+	cached string    // the last statement
+	key    string    // what it said: digest and times
+	at     time.Time // when it was signed
+}
+
+// statementMaxAge: a statement is signed again after this, so that its
+// published time stays recent.
+const statementMaxAge = time.Hour
+
+// SetBoxIdentity makes the public policy carry a statement binding the
+// box's onion address (ann, whose key signer holds) to the relay with
+// fingerprint relay (docs/boxes.md). nil signer removes it.
+func (s *Server) SetBoxIdentity(relay string, ann boxdir.Announcement, signer *boxdir.OnionSigner) {
+	var id *boxIdentity
+	if signer != nil {
+		id = &boxIdentity{relay: relay, ann: ann, signer: signer}
+	}
+	s.mu.Lock()
+	s.boxID = id
+	s.mu.Unlock()
+}
+
+// statement returns the signed statement for pub (whose Box is set).
+func (id *boxIdentity) statement(pub *policy.Public, b boxTimes, now time.Time) (string, error) {
+	st := boxdir.Statement{Relay: id.relay, Box: id.ann, EndsAt: b.end, DrainAt: b.drain, PolicyDigest: boxdir.PolicyDigest(pub)}
+	key := fmt.Sprintf("%x %d %d", st.PolicyDigest, b.end.Unix(), b.drain.Unix())
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if id.cached != "" && id.key == key && now.Sub(id.at) < statementMaxAge {
+		return id.cached, nil
+	}
+	st.Published = now.UTC().Truncate(time.Second)
+	text, err := st.Sign(id.signer)
+	if err != nil {
+		return "", err
+	}
+	id.cached, id.key, id.at = text, key, now
+	return text, nil
 }

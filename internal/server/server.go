@@ -71,6 +71,7 @@ type Server struct {
 	roots     map[string]*root     // composition groups, by root instance id
 
 	boxT    boxTimes      // the box's end (BoxEndsAt, BoxLifetime), under mu
+	boxID   *boxIdentity  // the box's statement for the directory, under mu
 	boxWake chan struct{} // the end changed
 
 	stale  []string      // containers of an earlier bentod, found at start
@@ -263,11 +264,21 @@ func (s *Server) publicPolicy() *policy.Public {
 	pub.Free.Memory = max(0, p.Aggregate.Memory-s.usedMem)
 	pub.Free.CPU = float64(max(0, policy.MilliCores(p.Aggregate.CPU)-s.usedMilli)) / 1000
 	pub.Free.Instances = max(0, p.Aggregate.Instances-s.running)
-	b := s.boxT
+	b, id := s.boxT, s.boxID
 	s.mu.Unlock()
+	if b.ends() || id != nil {
+		pub.Box = &policy.PublicBox{}
+	}
 	if b.ends() {
 		end, drain := b.end.UTC(), b.drain.UTC()
-		pub.Box = &policy.PublicBox{EndsAt: &end, DrainAt: &drain}
+		pub.Box.EndsAt, pub.Box.DrainAt = &end, &drain
+	}
+	if id != nil {
+		st, err := id.statement(pub, b, time.Now())
+		if err != nil {
+			s.log.Warn("signing the box's statement", "err", err)
+		}
+		pub.Box.Statement = st
 	}
 	return pub
 }

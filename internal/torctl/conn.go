@@ -53,6 +53,21 @@ func Dial(ctx context.Context, network, addr string) (*Conn, error) {
 	return NewConn(nc), nil
 }
 
+// DialAuth connects to a control port given as "HOST:PORT" or
+// "unix:PATH" and authenticates.
+func DialAuth(ctx context.Context, addr string, a Auth) (*Conn, error) {
+	network, na := ParseAddr(addr)
+	c, err := Dial(ctx, network, na)
+	if err != nil {
+		return nil, fmt.Errorf("tor control port %s: %w", addr, err)
+	}
+	if err := c.Authenticate(ctx, a); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("tor control port %s: %w", addr, err)
+	}
+	return c, nil
+}
+
 // ParseAddr splits a control-port address as bentorc writes it:
 // "unix:/run/tor/control" or "127.0.0.1:9051".
 func ParseAddr(s string) (network, addr string) {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +45,7 @@ type Link struct {
 	mu        sync.Mutex
 	serviceID string
 	onConnect []func(ctx context.Context, c *torctl.Conn) error
+	published []func(id string, c *torctl.Conn)
 	events    map[string]bool
 	handlers  []func(*torctl.Reply)
 	uploaded  map[string]chan struct{} // onion service IDs waiting for their first upload
@@ -178,6 +180,24 @@ func (l *Link) OnConnect(f func(ctx context.Context, c *torctl.Conn) error) {
 }
 
 // Run keeps the link until ctx ends.
+// OnPublished registers f to run, on the connection that published it,
+// each time bentod's onion service is up (at start and after tor
+// restarts), with the service ID.
+func (l *Link) OnPublished(f func(id string, c *torctl.Conn)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.published = append(l.published, f)
+}
+
+// Logger is the link's logger.
+func (l *Link) Logger() *slog.Logger { return l.log }
+
+// VirtPort is the onion service's port.
+func (l *Link) VirtPort() int { return l.virtPort }
+
+// KeyPath is where the onion service's key is kept.
+func (l *Link) KeyPath() string { return filepath.Join(l.dataDir, KeyFile) }
+
 func (l *Link) Run(ctx context.Context) { l.keeper.Run(ctx) }
 
 // Conn returns the current control connection, waiting until ctx ends.
@@ -312,6 +332,12 @@ func (l *Link) publish(ctx context.Context, c *torctl.Conn) error {
 		l.mu.Unlock()
 		// The onion address is what clients are meant to use: not scrubbed.
 		safelog.Notice(l.log, "onion service published", "onion", id+".onion", "port", l.virtPort)
+		l.mu.Lock()
+		fs := slices.Clone(l.published)
+		l.mu.Unlock()
+		for _, f := range fs {
+			f(id, c)
+		}
 	}()
 	return nil
 }

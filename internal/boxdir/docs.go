@@ -1,0 +1,163 @@
+package boxdir
+
+import (
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Relay is what a client's tor knows of a relay: from its server
+// descriptor (dir-spec §2.1.1) and the consensus (§3.4.1).
+type Relay struct {
+	Nickname    string
+	Fingerprint string // 40 upper-case hex digits
+	Contact     string // ContactInfo, as the descriptor carries it
+	Advertised  uint64 // bytes/s: min(bandwidth-avg, observed) of the descriptor
+	Weight      uint64 // bytes/s: the consensus weight ("w Bandwidth=", KB/s in the document)
+	Measured    bool   // the weight comes from bandwidth authorities' measurements (FlashFlow's v3bw, say), not the relay's word
+	Running     bool   // listed Running in the consensus
+}
+
+// Limits on the documents read: a tor's descriptors for a network of
+// 10,000 relays are well inside them.
+const (
+	MaxDocument = 64 << 20
+	MaxRelays   = 20000
+)
+
+// ParseDescriptors reads the relays' server descriptors, as GETINFO
+// desc/all-recent returns them, keeping what the directory needs. A
+// descriptor without a router or fingerprint line is skipped; one that is
+// malformed in those lines fails the whole read.
+func ParseDescriptors(doc string) ([]Relay, error) {
+	if len(doc) > MaxDocument {
+		return nil, fmt.Errorf("descriptors: %d bytes, at most %d", len(doc), MaxDocument)
+	}
+	var out []Relay
+	var cur *Relay
+	flush := func() {
+		if cur != nil && cur.Fingerprint != "" {
+			out = append(out, *cur)
+		}
+		cur = nil
+	}
+	for n, line := range strings.Split(doc, "\n") {
+		line = strings.TrimSuffix(line, "\r")
+		kw, rest, _ := strings.Cut(line, " ")
+		switch kw {
+		case "router":
+			flush()
+			f := strings.Fields(rest)
+			if len(f) != 5 {
+				return nil, fmt.Errorf("descriptors line %d: router line with %d fields, want 5", n+1, len(f))
+			}
+			cur = &Relay{Nickname: f[0]}
+			if len(out) >= MaxRelays {
+				return nil, fmt.Errorf("descriptors: more than %d relays", MaxRelays)
+			}
+		case "fingerprint":
+			if cur == nil {
+				continue
+			}
+			fp := strings.ReplaceAll(rest, " ", "")
+			if len(fp) != 40 || strings.Trim(fp, "0123456789ABCDEF") != "" {
+				return nil, fmt.Errorf("descriptors line %d: fingerprint %q: want 40 upper-case hex digits", n+1, truncate(rest, 60))
+			}
+			cur.Fingerprint = fp
+		case "contact":
+			if cur != nil {
+				cur.Contact = truncate(rest, MaxContact)
+			}
+		case "bandwidth":
+			if cur == nil {
+				continue
+			}
+			f := strings.Fields(rest)
+			if len(f) != 3 {
+				return nil, fmt.Errorf("descriptors line %d: bandwidth line with %d fields, want 3", n+1, len(f))
+			}
+			var v [3]uint64
+			for i := range f {
+				x, err := strconv.ParseUint(f[i], 10, 64)
+				if err != nil || x > 1<<40 {
+					return nil, fmt.Errorf("descriptors line %d: bandwidth %q: want bytes/s up to 2^40", n+1, truncate(f[i], 30))
+				}
+				v[i] = x
+			}
+			cur.Advertised = min(v[0], v[2])
+		}
+	}
+	flush()
+	return out, nil
+}
+
+// Status is a relay's consensus entry.
+type Status struct {
+	Weight   uint64 // bytes/s
+	Measured bool
+	Running  bool
+}
+
+// ParseStatuses reads network-status entries, as GETINFO ns/all returns
+// them, by relay fingerprint.
+func ParseStatuses(doc string) (map[string]Status, error) {
+	if len(doc) > MaxDocument {
+		return nil, fmt.Errorf("network status: %d bytes, at most %d", len(doc), MaxDocument)
+	}
+	out := map[string]Status{}
+	cur := ""
+	for n, line := range strings.Split(doc, "\n") {
+		line = strings.TrimSuffix(line, "\r")
+		kw, rest, _ := strings.Cut(line, " ")
+		switch kw {
+		case "r":
+			f := strings.Fields(rest)
+			if len(f) < 7 {
+				return nil, fmt.Errorf("network status line %d: r line with %d fields, want at least 7", n+1, len(f))
+			}
+			id, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(f[1], "="))
+			if err != nil || len(id) != 20 {
+				return nil, fmt.Errorf("network status line %d: identity %q: want 20 bytes in base64", n+1, truncate(f[1], 40))
+			}
+			cur = strings.ToUpper(hex.EncodeToString(id))
+			if len(out) >= MaxRelays {
+				return nil, fmt.Errorf("network status: more than %d relays", MaxRelays)
+			}
+			out[cur] = Status{}
+		case "s":
+			if cur == "" {
+				continue
+			}
+			st := out[cur]
+			for _, fl := range strings.Fields(rest) {
+				if fl == "Running" {
+					st.Running = true
+				}
+			}
+			out[cur] = st
+		case "w":
+			if cur == "" {
+				continue
+			}
+			st := out[cur]
+			st.Measured = true
+			for _, kv := range strings.Fields(rest) {
+				k, v, _ := strings.Cut(kv, "=")
+				switch k {
+				case "Bandwidth":
+					x, err := strconv.ParseUint(v, 10, 64)
+					if err != nil || x > 1<<32 {
+						return nil, fmt.Errorf("network status line %d: Bandwidth=%q: want KB/s up to 2^32", n+1, truncate(v, 30))
+					}
+					st.Weight = x * 1000
+				case "Unmeasured":
+					st.Measured = v != "1"
+				}
+			}
+			out[cur] = st
+		}
+	}
+	return out, nil
+}
