@@ -171,4 +171,3 @@ func (s Statement) Equal(o Statement) bool {
 	return s.Relay == o.Relay && s.Box == o.Box && s.Published.Equal(o.Published) && s.EndsAt.Equal(o.EndsAt) &&
 		s.DrainAt.Equal(o.DrainAt) && bytes.Equal(s.PolicyDigest[:], o.PolicyDigest[:])
 }
-
