@@ -4,8 +4,10 @@
 # relays and a client, inside a network namespace that has only loopback).
 #
 # Two Bento servers run beside the two exit relays, each published as an
-# onion service. The user, through the Tor client: reads a server's policy;
-# runs a function; runs Browser, which fetches a page through a Tor exit and
+# onion service and announced in the directory of boxes. The user, through
+# the Tor client: reads a server's policy; runs a function; lists the boxes
+# the relays announce and runs a function on one chosen at random; runs
+# Browser, which fetches a page through a Tor exit and
 # pads it; runs Browser on server A storing the page in a Dropbox it deploys
 # on server B, over Tor; server A goes away; the user fetches the page from
 # B; a function's attempt to reconfigure the relay through the control port
@@ -85,6 +87,8 @@ TorControlPort ${!control}
 TorCookieFile ${!cookie}
 TorSocksPort ${!socks}
 OnionService 1
+# List this box in the directory: the relay's ContactInfo points at it.
+BoxAnnounce 1
 AllowAPI send,recv,log,time,sleep,random,storage,exit,tor.fetch,tor.control,tor.stream,bento
 # Functions reach onion services, and (through an exit) this demo's web page.
 DestinationPolicy accept *.onion:*, accept 127.0.0.1:28889
@@ -122,6 +126,26 @@ step hello "bento --tor-socks … run $A functions/hello Alice"
 out=$(bt run "$A" functions/hello Alice) || fail "bento run exited $?"
 echo "$out"
 check "hello's first line" "hello, Alice!" "$(head -1 <<<"$out")"
+
+step boxes "bento --tor-socks … boxes --tor-control \$PRIVNET_CONTROL   # the boxes the Tor network's relays announce"
+listed() {
+	out=$($B/bento --tor-socks "$PRIVNET_SOCKS" boxes --tor-control "$PRIVNET_CONTROL" --tor-cookie "$PRIVNET_COOKIE" 2>&1) || return 1
+	case "$out" in *"$A"*"$Bsrv"* | *"$Bsrv"*"$A"*) return 0 ;; esac
+	return 1
+}
+# An announcement travels from the relay's descriptor through the
+# authorities' consensus to the client's tor: about a minute here.
+wait_for "both boxes in the directory" 180 listed
+echo "$out"
+contains "A listed, beside its relay" "$A" "$out"
+contains "B listed" "$Bsrv" "$out"
+
+step choose "bento --tor-socks … run --choose functions/hello Bob   # a box chosen at random, weighted by capacity"
+out=$(bt run --choose --tor-control "$PRIVNET_CONTROL" --tor-cookie "$PRIVNET_COOKIE" functions/hello Bob 2>"$work/choose.err") || fail "bento run --choose exited $?"
+cat "$work/choose.err"
+echo "$out"
+contains "the chosen box" "chose box " "$(cat "$work/choose.err")"
+check "hello's first line" "hello, Bob!" "$(head -1 <<<"$out")"
 
 # Server B's policy document is a real page on loopback; Browser fetches it
 # through a Tor exit.

@@ -86,7 +86,7 @@ func (c *cli) boxes(args []string) int {
 			EndsAt       time.Time `json:"ends_at,omitzero"`
 			DrainAt      time.Time `json:"drain_at,omitzero"`
 			Capacity     uint64    `json:"capacity_bytes_per_s"`
-			Measured     bool      `json:"measured"`
+			Unmeasured   bool      `json:"unmeasured,omitempty"`
 			PolicyDigest string    `json:"policy_sha256"`
 			Fits         *bool     `json:"fits,omitempty"`
 			Why          string    `json:"why,omitempty"`
@@ -103,7 +103,7 @@ func (c *cli) boxes(args []string) int {
 		}{Boxes: []jbox{}, Rejected: []jrej{}}
 		for _, b := range boxes {
 			j := jbox{Relay: b.Relay.Nickname, Fingerprint: b.Relay.Fingerprint, Addr: b.Addr(), Images: b.Policy.Images,
-				EndsAt: b.Statement.EndsAt, DrainAt: b.Statement.DrainAt, Capacity: boxdir.Capacity(b), Measured: b.Relay.Measured,
+				EndsAt: b.Statement.EndsAt, DrainAt: b.Statement.DrainAt, Capacity: boxdir.Capacity(b), Unmeasured: b.Relay.Unmeasured,
 				PolicyDigest: hex.EncodeToString(b.Statement.PolicyDigest[:])}
 			if fn != nil {
 				ok, why, _ := client.Fits(b, fn, now)
@@ -133,10 +133,8 @@ func (c *cli) boxes(args []string) int {
 			}
 		}
 		capacity := size(int64(boxdir.Capacity(b))) + "/s"
-		if b.Relay.Measured {
-			capacity += " measured"
-		} else {
-			capacity += " self-reported"
+		if b.Relay.Unmeasured {
+			capacity += " (unmeasured)"
 		}
 		line := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\tsha256:%s", b.Relay.Nickname, b.Relay.Fingerprint[:8], b.Addr(),
 			strings.Join(b.Policy.Images, ","), ends, capacity, hex.EncodeToString(b.Statement.PolicyDigest[:4]))

@@ -238,10 +238,10 @@ func TestParseDirectoryDocuments(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a := st[relayFP]; a.Weight != 1953000 || !a.Measured || !a.Running {
+	if a := st[relayFP]; a.Weight != 1953000 || a.Unmeasured || !a.Running {
 		t.Errorf("box1: %+v", a)
 	}
-	if m := st[strings.Repeat("CD", 20)]; m.Weight != 20000 || m.Measured || m.Running {
+	if m := st[strings.Repeat("CD", 20)]; m.Weight != 20000 || !m.Unmeasured || m.Running {
 		t.Errorf("middle: %+v", m)
 	}
 	for _, bad := range []string{"router a b\n", "router a 1 2 3 4\nfingerprint AB\n", "router a 1 2 3 4\nbandwidth 1 x 3\n"} {

@@ -47,8 +47,8 @@ func Fit(b Box, m *manifest.Manifest, now time.Time) (bool, string) {
 }
 
 // Capacity is the weight a box is chosen with: its relay's consensus
-// weight (measured, FlashFlow's for instance, or self-reported), else its
-// advertised bandwidth, else 1.
+// weight (measured by bandwidth authorities, FlashFlow's for instance,
+// where they measure), else its advertised bandwidth, else 1.
 func Capacity(b Box) uint64 {
 	switch {
 	case b.Relay.Weight > 0:

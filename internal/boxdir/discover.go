@@ -89,7 +89,7 @@ func Discover(ctx context.Context, src Source, fetch FetchPolicy, o Options) ([]
 		if !ok {
 			continue // not in the consensus: clients would not use it
 		}
-		r.Weight, r.Measured, r.Running = st.Weight, st.Measured, st.Running
+		r.Weight, r.Unmeasured, r.Running = st.Weight, st.Unmeasured, st.Running
 		ann, err := ParseContact(r.Contact)
 		switch {
 		case errors.Is(err, ErrNoBox):

@@ -16,7 +16,12 @@ type Relay struct {
 	Contact     string // ContactInfo, as the descriptor carries it
 	Advertised  uint64 // bytes/s: min(bandwidth-avg, observed) of the descriptor
 	Weight      uint64 // bytes/s: the consensus weight ("w Bandwidth=", KB/s in the document)
-	Measured    bool   // the weight comes from bandwidth authorities' measurements (FlashFlow's v3bw, say), not the relay's word
+	// Unmeasured: the consensus says the weight is the relay's own word
+	// ("Unmeasured=1"), although bandwidth authorities measure the
+	// network (with FlashFlow's bandwidth files, say). tor writes the flag
+	// only when at least three authorities measure: without it the
+	// weight is measured, or nobody measures.
+	Unmeasured bool
 	Running     bool   // listed Running in the consensus
 }
 
@@ -95,9 +100,9 @@ func ParseDescriptors(doc string) ([]Relay, error) {
 
 // Status is a relay's consensus entry.
 type Status struct {
-	Weight   uint64 // bytes/s
-	Measured bool
-	Running  bool
+	Weight     uint64 // bytes/s
+	Unmeasured bool
+	Running    bool
 }
 
 // ParseStatuses reads network-status entries, as GETINFO ns/all returns
@@ -142,7 +147,6 @@ func ParseStatuses(doc string) (map[string]Status, error) {
 				continue
 			}
 			st := out[cur]
-			st.Measured = true
 			for _, kv := range strings.Fields(rest) {
 				k, v, _ := strings.Cut(kv, "=")
 				switch k {
@@ -153,7 +157,7 @@ func ParseStatuses(doc string) (map[string]Status, error) {
 					}
 					st.Weight = x * 1000
 				case "Unmeasured":
-					st.Measured = v != "1"
+					st.Unmeasured = v == "1"
 				}
 			}
 			out[cur] = st
