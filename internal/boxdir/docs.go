@@ -22,7 +22,7 @@ type Relay struct {
 	// only when at least three authorities measure: without it the
 	// weight is measured, or nobody measures.
 	Unmeasured bool
-	Running     bool   // listed Running in the consensus
+	Running    bool // listed Running in the consensus
 }
 
 // Limits on the documents read: a tor's descriptors for a network of
