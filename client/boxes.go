@@ -35,11 +35,12 @@ type Directory struct {
 // Boxes lists the boxes the tor's relays announce, checked, and those
 // that failed a check with the reason.
 func (d *Directory) Boxes(ctx context.Context) ([]Box, []Rejected, error) {
-	fetch := func(ctx context.Context, addr string) (*policy.Public, error) {
+	fetch := func(ctx context.Context, addr string) (*policy.Public, []byte, error) {
 		c := New(addr)
 		c.Dialer = d.Dialer
-		c.MaxFrame = 1 << 20
-		return c.Policy(ctx)
+		c.MaxFrame = boxdir.MaxPolicyJSON
+		raw, p, err := c.PolicyJSON(ctx)
+		return p, raw, err
 	}
 	return boxdir.Discover(ctx, d.Tor, fetch, boxdir.Options{Timeout: d.Timeout})
 }

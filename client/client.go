@@ -131,7 +131,7 @@ func (c *Client) dial(ctx context.Context) (*wire.Conn, net.Conn, error) {
 	if c.MaxFrame > 0 {
 		conn.MaxFrame = c.MaxFrame
 	}
-	if err := conn.Send(proto.THello, proto.Hello{Version: proto.Version, Hops: c.Hops}, nil); err != nil {
+	if err := conn.Send(proto.THello, proto.Hello{Version: proto.Version, Hops: c.Hops, Notices: true}, nil); err != nil {
 		nc.Close()
 		return nil, nil, &ConnError{err}
 	}
@@ -201,6 +201,20 @@ func (c *Client) Policy(ctx context.Context) (*Policy, error) {
 		return nil, err
 	}
 	return &p, nil
+}
+
+// PolicyJSON fetches the server's node policy, and the JSON it was served
+// as (what a box's statement signs).
+func (c *Client) PolicyJSON(ctx context.Context) ([]byte, *Policy, error) {
+	var raw json.RawMessage
+	if _, err := c.request(ctx, proto.TPolicy, nil, nil, proto.TPolicyReply, &raw); err != nil {
+		return nil, nil, err
+	}
+	var p Policy
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return nil, nil, fmt.Errorf("the server's policy: %w", err)
+	}
+	return raw, &p, nil
 }
 
 // Function is a function to deploy: its manifest text and its files.

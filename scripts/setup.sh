@@ -36,16 +36,28 @@ need_pkg runc runc
 need_pkg ip iproute2
 need_pkg unshare util-linux
 need_pkg curl curl # the demo fetches through Tor with it
-# Debian's tor for the private Tor network of the tests and the demo. The
-# package would start tor as a system service, on the public network:
-# forbid that first (policy-rc.d exit 101 = "do not start services").
-if ! command -v tor >/dev/null || ! command -v tor-gencert >/dev/null; then
-	if [ ! -x /usr/sbin/policy-rc.d ] || ! grep -q 'exit 101' /usr/sbin/policy-rc.d; then
+# Debian's tor for the private Tor network of the tests and the demo, and
+# cloud-init for checking the dust motes' user-data (cloud-init schema).
+# Either package would start a system service on install (tor on the
+# public network): forbid that while they install (policy-rc.d exit 101 =
+# "do not start services"), and take the ban away again if it was ours.
+if ! command -v tor >/dev/null || ! command -v tor-gencert >/dev/null || ! command -v cloud-init >/dev/null; then
+	ours_policy_rc=0
+	if grep -qs 'written by bento scripts/setup.sh' /usr/sbin/policy-rc.d; then
+		ours_policy_rc=1 # left by an earlier version of this script
+	elif [ ! -e /usr/sbin/policy-rc.d ]; then
 		say "installing /usr/sbin/policy-rc.d (exit 101) so that installing tor starts no service"
-		printf '#!/bin/sh\n# written by bento scripts/setup.sh: never start services on install\nexit 101\n' >/usr/sbin/policy-rc.d
+		printf '#!/bin/sh\n# written by bento scripts/setup.sh while it installs packages: never start services\nexit 101\n' >/usr/sbin/policy-rc.d
 		chmod 755 /usr/sbin/policy-rc.d
+		ours_policy_rc=1
+	elif ! grep -q 'exit 101' /usr/sbin/policy-rc.d; then
+		die "/usr/sbin/policy-rc.d exists and may let tor start as a service on the public network: install tor by hand"
 	fi
 	need_pkg tor tor
+	need_pkg cloud-init cloud-init
+	if [ "$ours_policy_rc" = 1 ]; then
+		rm -f /usr/sbin/policy-rc.d
+	fi
 fi
 # The race detector needs cgo.
 need_pkg gcc gcc

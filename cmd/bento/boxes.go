@@ -136,13 +136,13 @@ func (c *cli) boxes(args []string) int {
 		if b.Relay.Unmeasured {
 			capacity += " (unmeasured)"
 		}
-		line := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\tsha256:%s", b.Relay.Nickname, b.Relay.Fingerprint[:8], b.Addr(),
-			strings.Join(b.Policy.Images, ","), ends, capacity, hex.EncodeToString(b.Statement.PolicyDigest[:4]))
+		line := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\tsha256:%s", clean(b.Relay.Nickname), b.Relay.Fingerprint[:8], b.Addr(),
+			clean(strings.Join(b.Policy.Images, ",")), ends, capacity, hex.EncodeToString(b.Statement.PolicyDigest[:4]))
 		if fn != nil {
 			if ok, why, _ := client.Fits(b, fn, now); ok {
 				line += "\tyes"
 			} else {
-				line += "\tno: " + why
+				line += "\tno: " + clean(why)
 			}
 		}
 		fmt.Fprintln(tw, line)
@@ -150,7 +150,7 @@ func (c *cli) boxes(args []string) int {
 	tw.Flush()
 	fmt.Fprintf(c.stdout, "%d boxes\n", len(boxes))
 	for _, r := range rejected {
-		fmt.Fprintf(c.stdout, "rejected: %s (%s) %s: %s\n", r.Relay.Nickname, r.Relay.Fingerprint, r.Addr, r.Reason)
+		fmt.Fprintf(c.stdout, "rejected: %s (%s) %s: %s\n", clean(r.Relay.Nickname), r.Relay.Fingerprint, r.Addr, clean(r.Reason))
 	}
 	return exitOK
 }

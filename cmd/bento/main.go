@@ -37,6 +37,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/torbento/bento/client"
 	"github.com/torbento/bento/internal/socks"
@@ -63,6 +64,7 @@ const usage = `usage:
   bento run      [-i] SERVER DIR [ARG...]    deploy, invoke and shut down in one step
   bento run      [-i] --choose DIR [ARG...]  the same on a box chosen at random from the directory
   bento boxes    [--check DIR] [--json]      list the boxes the Tor network's relays announce
+  bento dust     up|ls|down|render           dust motes: a relay and a box that end (bento dust -h)
 
 Finding boxes (boxes, run --choose) needs --tor-socks and the control port of the same tor:
   --tor-control ADDR (default $BENTO_TOR_CONTROL or 127.0.0.1:9051), --tor-cookie FILE;
@@ -137,6 +139,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return c.runCmd(rest)
 	case "boxes":
 		return c.boxes(rest)
+	case "dust":
+		return c.dust(rest)
 	}
 	fmt.Fprintf(stderr, "bento: unknown command %q\n\n%s", cmd, usage)
 	return exitUsage
@@ -161,9 +165,9 @@ func (c *cli) fail(err error) int {
 	var xe *client.ExitError
 	switch {
 	case errors.As(err, &se):
-		fmt.Fprintf(c.stderr, "bento: server refused: %s\n", se.Message)
+		fmt.Fprintf(c.stderr, "bento: server refused: %s\n", clean(se.Message))
 		for _, v := range se.Violations {
-			fmt.Fprintf(c.stderr, "  %s: asks %s, policy allows %s\n", v.Item, v.Asked, v.Allowed)
+			fmt.Fprintf(c.stderr, "  %s: asks %s, policy allows %s\n", clean(v.Item), clean(v.Asked), clean(v.Allowed))
 		}
 		switch se.Code {
 		case client.CodeRefused:
@@ -189,13 +193,15 @@ func (c *cli) exitCode(e *client.Exit) int {
 	case client.StatusOK:
 		return exitOK
 	case client.StatusError:
-		fmt.Fprintf(c.stderr, "bento: function error: %s\n", e.Error.Error())
+		fmt.Fprintf(c.stderr, "bento: function error: %s\n", clean(e.Error.Error()))
 		if e.Error.Backtrace != "" {
-			fmt.Fprintf(c.stderr, "%s\n", strings.TrimSpace(e.Error.Backtrace))
+			for _, l := range strings.Split(strings.TrimSpace(e.Error.Backtrace), "\n") {
+				fmt.Fprintf(c.stderr, "%s\n", clean(l))
+			}
 		}
 		return exitFuncErr
 	}
-	fmt.Fprintf(c.stderr, "bento: function stopped: %s\n", e.Reason)
+	fmt.Fprintf(c.stderr, "bento: function stopped: %s\n", clean(e.Reason))
 	return exitKilled
 }
 
@@ -371,7 +377,7 @@ func (c *cli) attach(args []string) int {
 // session's id goes to stderr first, so that even a client killed outright
 // can be reattached.
 func (c *cli) stream(cl *client.Client, token string, s *client.Session, interactive bool) int {
-	s.OnNotice = func(n client.Notice) { fmt.Fprintf(c.stderr, "bento: notice from the box: %s\n", n.Message) }
+	s.OnNotice = func(n client.Notice) { fmt.Fprintf(c.stderr, "bento: notice from the box: %s\n", clean(n.Message)) }
 	defer s.Close()
 	fmt.Fprintf(c.stderr, "bento: session %s started; reattach with: bento attach %s INVOCATION-TOKEN %s\n", s.ID, cl.Addr, s.ID)
 	if interactive {
@@ -450,7 +456,7 @@ func (c *cli) runCmd(args []string) int {
 			fmt.Fprintf(c.stderr, "bento: %v\n", err)
 			return exitRefused
 		}
-		fmt.Fprintf(c.stderr, "bento: chose box %s beside relay %s (%s)\n", box.Addr(), box.Relay.Nickname, box.Relay.Fingerprint)
+		fmt.Fprintf(c.stderr, "bento: chose box %s beside relay %s (%s)\n", box.Addr(), clean(box.Relay.Nickname), box.Relay.Fingerprint)
 		pos[0] = box.Addr()
 	}
 	cl := c.newClient(serverAddr(pos[0]))
@@ -478,12 +484,12 @@ func printPolicy(w io.Writer, p *client.Policy) {
 	if name == "" {
 		name = "(no nickname)"
 	}
-	fmt.Fprintf(w, "server       %s\n", name)
-	fmt.Fprintf(w, "images       %s\n", strings.Join(p.Images, ", "))
-	fmt.Fprintf(w, "host calls   %s\n", strings.Join(p.APIs, ", "))
+	fmt.Fprintf(w, "server       %s\n", clean(name))
+	fmt.Fprintf(w, "images       %s\n", clean(strings.Join(p.Images, ", ")))
+	fmt.Fprintf(w, "host calls   %s\n", clean(strings.Join(p.APIs, ", ")))
 	dest := "none (no network access)"
 	if len(p.Destinations) > 0 {
-		dest = strings.Join(p.Destinations, ", ")
+		dest = clean(strings.Join(p.Destinations, ", "))
 	}
 	fmt.Fprintf(w, "destinations %s\n", dest)
 	m := p.Max
@@ -491,7 +497,11 @@ func printPolicy(w io.Writer, p *client.Policy) {
 		size(m.Memory), m.CPU, m.CPUTime, m.Processes, size(m.Storage), size(m.Output), m.Lifetime, m.Steps, size(m.Upload))
 	fmt.Fprintf(w, "free now     memory %s, cpu %.2f cores, %d instances\n", size(p.Free.Memory), p.Free.CPU, p.Free.Instances)
 	if p.Box != nil && p.Box.EndsAt != nil {
-		fmt.Fprintf(w, "box ends     %s (no new functions from %s)\n", p.Box.EndsAt.Format(time.RFC3339), p.Box.DrainAt.Format(time.RFC3339))
+		drain := "?"
+		if p.Box.DrainAt != nil {
+			drain = p.Box.DrainAt.Format(time.RFC3339)
+		}
+		fmt.Fprintf(w, "box ends     %s (no new functions from %s)\n", p.Box.EndsAt.Format(time.RFC3339), drain)
 	}
 }
 
@@ -505,4 +515,15 @@ func size(n int64) string {
 		return fmt.Sprintf("%d KB", n>>10)
 	}
 	return fmt.Sprintf("%d bytes", n)
+}
+
+// clean makes text a server (or a box in the directory) chose safe to
+// print: anything not printable is escaped, so that no peer can send
+// terminal control sequences to the user's terminal.
+func clean(s string) string {
+	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) < 0 {
+		return s
+	}
+	q := strconv.QuoteToGraphic(s)
+	return q[1 : len(q)-1]
 }

@@ -20,10 +20,40 @@ import (
 // it takes the field away again.
 type boxAnnouncer struct {
 	announced atomic.Bool
+	ann       atomic.Pointer[boxdir.Announcement]
 }
 
-func announceBox(srv *server.Server, link *torlink.Link, log *slog.Logger) *boxAnnouncer {
+// reannounceEvery: tor drops a SETCONF'd ContactInfo when it reloads its
+// torrc (SIGHUP; Debian's logrotate sends one daily) while the onion
+// service lives on, so the field is checked again this often.
+const reannounceEvery = 2 * time.Minute
+
+func announceBox(ctx context.Context, srv *server.Server, link *torlink.Link, log *slog.Logger) *boxAnnouncer {
 	a := &boxAnnouncer{}
+	go func() {
+		t := time.NewTicker(reannounceEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			ann := a.ann.Load()
+			if ann == nil {
+				continue
+			}
+			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			c, err := link.Conn(cctx)
+			if err == nil {
+				_, err = boxdir.Announce(cctx, c, *ann)
+			}
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				log.Warn("box: checking the relay's ContactInfo", "err", err)
+			}
+		}
+	}()
 	link.OnPublished(func(id string, c *torctl.Conn) {
 		key, err := os.ReadFile(link.KeyPath())
 		if err != nil {
@@ -48,6 +78,7 @@ func announceBox(srv *server.Server, link *torlink.Link, log *slog.Logger) *boxA
 			return
 		}
 		srv.SetBoxIdentity(fp, ann, signer)
+		a.ann.Store(&ann)
 		a.announced.Store(true)
 		safelog.Notice(log, "box announced in the relay's ContactInfo", "field", ann.ContactField(), "relay", fp)
 	})

@@ -146,7 +146,7 @@ func run() int {
 	if link != nil {
 		srv.SetTor(link)
 		if p.Box.Announce {
-			box = announceBox(srv, link, log)
+			box = announceBox(linkCtx, srv, link, log)
 		}
 		go link.Run(linkCtx)
 	}

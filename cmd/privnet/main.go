@@ -4,7 +4,9 @@
 //
 //	privnet run DIR [-- CMD [ARG...]]
 //
-// DIR keeps the network's keys between runs. CMD sees PRIVNET_SOCKS and
+// DIR keeps the network's keys between runs. CMD sees PRIVNET_JOIN_TORRC
+// (a file of the torrc lines a relay of its own needs to join: a dust
+// mote's --network-torrc), PRIVNET_SOCKS and
 // PRIVNET_CONTROL (the client's SOCKS and control ports), PRIVNET_COOKIE,
 // and for each exit relay N PRIVNET_EXITN_SOCKS, PRIVNET_EXITN_CONTROL and
 // PRIVNET_EXITN_COOKIE. Without CMD, privnet prints them and waits for
@@ -19,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/torbento/bento/internal/privnet"
@@ -41,8 +44,17 @@ func run(args []string) int {
 		return 1
 	}
 	defer n.Stop()
+	join, err := n.JoinTorrc()
+	if err == nil {
+		err = os.WriteFile(filepath.Join(n.Dir, "join.torrc"), []byte(join), 0o644)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "privnet:", err)
+		return 1
+	}
 	env := []string{
 		"PRIVNET_DIR=" + n.Dir,
+		"PRIVNET_JOIN_TORRC=" + filepath.Join(n.Dir, "join.torrc"),
 		"PRIVNET_SOCKS=" + n.Client().SocksAddr(),
 		"PRIVNET_CONTROL=" + n.Client().ControlAddr(),
 		"PRIVNET_COOKIE=" + n.Client().CookieFile(),

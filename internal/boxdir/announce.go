@@ -52,14 +52,8 @@ func contactInfo(ctx context.Context, c *torctl.Conn) (string, error) {
 		return "", fmt.Errorf("reading the relay's ContactInfo: %w", err)
 	}
 	for _, l := range r.Lines {
+		// tor (0.4.3 and later) answers GETCONF with the value raw.
 		if v, ok := strings.CutPrefix(l.Text, "ContactInfo="); ok {
-			if strings.HasPrefix(v, `"`) { // tor quotes a value that needs it
-				u, n, err := torctl.Unquote(v)
-				if err != nil || n != len(v) {
-					return "", fmt.Errorf("reading the relay's ContactInfo: tor's answer %q does not unquote", truncate(v, 80))
-				}
-				v = u
-			}
 			return v, nil
 		}
 		if l.Text == "ContactInfo" {

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha512"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -81,6 +82,9 @@ func TestOnionKeyErrors(t *testing.T) {
 func TestContact(t *testing.T) {
 	_, priv := torKey(3)
 	onion := OnionAddress(priv.Public().(ed25519.PublicKey))
+	if a, err := ParseContact("bentobox:" + strings.ToUpper(onion) + ".ONION:80"); err != nil || a.Onion != onion {
+		t.Errorf("upper case: %+v %v", a, err)
+	}
 	a, err := ParseContact("email:op[]example.org bentobox:" + onion + ".onion:8888 ciissversion:2")
 	if err != nil || a != (Announcement{Onion: onion, Port: 8888}) {
 		t.Fatalf("%+v %v", a, err)
@@ -93,7 +97,8 @@ func TestContact(t *testing.T) {
 		{"bentobox:" + onion + ".onion:08888", "port"},
 		{"bentobox:" + onion + ".onion:70000", "port"},
 		{"bentobox:" + onion + ":8888", "ADDRESS.onion:PORT"},
-		{"bentobox:abc.onion:8888", "56 base32"},
+		{"bentobox:abc.onion:8888", "56-character"},
+		{"bentobox:" + onion + ".onion.onion:8888", "56-character"},
 		{"bentobox:" + onion + ".onion:1 bentobox:" + onion + ".onion:2", "2 boxes"},
 		{strings.Repeat("x", MaxContact+1), "at most"},
 	} {
@@ -122,7 +127,7 @@ func testPolicy() *policy.Public {
 
 func testStatement(t testing.TB, k *OnionSigner, pub *policy.Public) (Statement, string) {
 	st := Statement{Relay: relayFP, Box: Announcement{Onion: k.Onion(), Port: 8888}, Published: end.Add(-time.Hour),
-		EndsAt: end, DrainAt: end.Add(-10 * time.Minute), PolicyDigest: PolicyDigest(pub)}
+		EndsAt: end, DrainAt: end.Add(-10 * time.Minute), PolicyDigest: PublicDigest(pub)}
 	text, err := st.Sign(k)
 	if err != nil {
 		t.Fatal(err)
@@ -309,12 +314,13 @@ func TestDiscover(t *testing.T) {
 	desc := fmt.Sprintf(descs, k.Onion())
 	desc = strings.Replace(desc, "contact privnet@localhost\n", "contact bentobox:"+k.Onion()+".onion:8888\n", 1)
 	ns := strings.Replace(statuses, "s Fast Valid", "s Fast Running Valid", 1)
-	fetch := func(_ context.Context, addr string) (*policy.Public, error) {
+	fetch := func(_ context.Context, addr string) (*policy.Public, []byte, error) {
 		if addr != k.Onion()+".onion:8888" {
-			return nil, fmt.Errorf("no such box %s", addr)
+			return nil, nil, fmt.Errorf("no such box %s", addr)
 		}
 		c := served
-		return &c, nil
+		raw, _ := json.Marshal(&c)
+		return &c, raw, nil
 	}
 	boxes, rejected, err := Discover(context.Background(), fakeTor{desc, ns}, fetch, Options{Now: now})
 	if err != nil {
@@ -323,13 +329,35 @@ func TestDiscover(t *testing.T) {
 	if len(boxes) != 1 || boxes[0].Relay.Nickname != "box1" || boxes[0].Relay.Weight != 1953000 {
 		t.Fatalf("boxes %+v", boxes)
 	}
+	// A newer bentod's policy, with members this client does not know,
+	// still matches its statement: the digest is of what was served.
+	var m map[string]json.RawMessage
+	raw, _ := json.Marshal(&served)
+	_ = json.Unmarshal(raw, &m)
+	m["future_member"] = json.RawMessage(`{"x":1}`)
+	newer, _ := json.Marshal(m)
+	d1, err1 := PolicyDigest(raw)
+	d2, err2 := PolicyDigest(newer)
+	if err1 != nil || err2 != nil || d1 == d2 {
+		t.Errorf("a new member must change the digest: %v %v", err1, err2)
+	}
+	m["free"] = json.RawMessage(`{"instances":99}`)
+	delete(m, "future_member")
+	freer, _ := json.Marshal(m)
+	if d3, _ := PolicyDigest(freer); d3 != d1 {
+		t.Error("free capacity changed the digest")
+	}
 	if len(rejected) != 1 || rejected[0].Relay.Nickname != "middle" || !strings.Contains(rejected[0].Reason, "names relay "+relayFP) {
 		t.Fatalf("rejected %+v", rejected)
 	}
 	// A policy that differs from the one the statement signed.
 	changed := served
 	changed.Images = []string{"starlark", "python"}
-	fetch2 := func(context.Context, string) (*policy.Public, error) { c := changed; return &c, nil }
+	fetch2 := func(context.Context, string) (*policy.Public, []byte, error) {
+		c := changed
+		raw, _ := json.Marshal(&c)
+		return &c, raw, nil
+	}
 	if boxes, rejected, _ = Discover(context.Background(), fakeTor{fmt.Sprintf(descs, k.Onion()), statuses}, fetch2, Options{Now: now}); len(boxes) != 0 || len(rejected) != 1 || !strings.Contains(rejected[0].Reason, "does not match the policy") {
 		t.Fatalf("changed policy: %+v %+v", boxes, rejected)
 	}

@@ -48,15 +48,10 @@ func Fit(b Box, m *manifest.Manifest, now time.Time) (bool, string) {
 
 // Capacity is the weight a box is chosen with: its relay's consensus
 // weight (measured by bandwidth authorities, FlashFlow's for instance,
-// where they measure), else its advertised bandwidth, else 1.
+// where they measure), at least 1. A relay's own advertised figure is
+// never used: it would let a relay that lies win every choice.
 func Capacity(b Box) uint64 {
-	switch {
-	case b.Relay.Weight > 0:
-		return b.Relay.Weight
-	case b.Relay.Advertised > 0:
-		return b.Relay.Advertised
-	}
-	return 1
+	return max(b.Relay.Weight, 1)
 }
 
 // Choose picks a box at random among those that Fit, weighted by

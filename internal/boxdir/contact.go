@@ -52,10 +52,15 @@ func ParseContact(contact string) (Announcement, error) {
 	default:
 		return Announcement{}, fmt.Errorf("ContactInfo announces %d boxes; a relay announces at most one", len(found))
 	}
-	host, port, ok := strings.Cut(found[0], ".onion:")
-	if !ok {
-		return Announcement{}, fmt.Errorf("%s field %q: want ADDRESS.onion:PORT", ContactKey, truncate(found[0], 80))
+	i := strings.LastIndexByte(found[0], ':')
+	host, port := "", ""
+	if i >= 0 {
+		host, port = found[0][:i], found[0][i+1:]
 	}
+	if len(host) != 56+len(".onion") || !strings.EqualFold(host[56:], ".onion") || strings.Contains(host[:56], ".") {
+		return Announcement{}, fmt.Errorf("%s field %q: want ADDRESS.onion:PORT (a 56-character v3 address)", ContactKey, truncate(found[0], 80))
+	}
+	host = host[:56]
 	if _, err := OnionKey(host); err != nil {
 		return Announcement{}, fmt.Errorf("%s field: %w", ContactKey, err)
 	}

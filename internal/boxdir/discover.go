@@ -34,13 +34,14 @@ type Source interface {
 }
 
 // FetchPolicy fetches a box's public policy (with its statement) through
-// Tor; package client provides one.
-type FetchPolicy func(ctx context.Context, addr string) (*policy.Public, error)
+// Tor, and the JSON it was served as; package client provides one.
+type FetchPolicy func(ctx context.Context, addr string) (*policy.Public, []byte, error)
 
 // Options tune Discover.
 type Options struct {
 	Parallel int           // policies fetched at once (default 8)
-	Timeout  time.Duration // per box (default 60 s)
+	Timeout  time.Duration // per box (default 20 s)
+	MaxBoxes int           // boxes fetched at most, the largest relays first (default 512)
 	Now      time.Time     // default time.Now()
 }
 
@@ -58,14 +59,18 @@ func Discover(ctx context.Context, src Source, fetch FetchPolicy, o Options) ([]
 		o.Parallel = 8
 	}
 	if o.Timeout <= 0 {
-		o.Timeout = 60 * time.Second
+		o.Timeout = 20 * time.Second
+	}
+	if o.MaxBoxes <= 0 {
+		o.MaxBoxes = 512
 	}
 	if o.Now.IsZero() {
 		o.Now = time.Now()
 	}
-	info, err := src.GetInfo(ctx, "desc/all-recent", "ns/all")
+	// One document per request: each gets the reply limit to itself.
+	info, err := src.GetInfo(ctx, "desc/all-recent")
 	if err != nil {
-		return nil, nil, fmt.Errorf("reading the relays from tor: %w", err)
+		return nil, nil, fmt.Errorf("reading the relays' descriptors from tor: %w", err)
 	}
 	relays, err := ParseDescriptors(info["desc/all-recent"])
 	if err != nil {
@@ -73,6 +78,10 @@ func Discover(ctx context.Context, src Source, fetch FetchPolicy, o Options) ([]
 	}
 	if len(relays) == 0 {
 		return nil, nil, ErrNoDescriptors
+	}
+	info, err = src.GetInfo(ctx, "ns/all")
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading the consensus from tor: %w", err)
 	}
 	statuses, err := ParseStatuses(info["ns/all"])
 	if err != nil {
@@ -99,6 +108,15 @@ func Discover(ctx context.Context, src Source, fetch FetchPolicy, o Options) ([]
 			continue
 		}
 		jobs = append(jobs, job{r, ann})
+	}
+	// Every announcement costs a fetch through Tor: the largest relays'
+	// boxes are fetched, at most MaxBoxes of them.
+	sort.SliceStable(jobs, func(i, k int) bool { return jobs[i].r.Weight > jobs[k].r.Weight })
+	if len(jobs) > o.MaxBoxes {
+		for _, j := range jobs[o.MaxBoxes:] {
+			rejected = append(rejected, Rejected{Relay: j.r, Addr: j.ann.Addr(), Reason: fmt.Sprintf("not fetched: only the %d largest relays' boxes are", o.MaxBoxes)})
+		}
+		jobs = jobs[:o.MaxBoxes]
 	}
 	var (
 		mu    sync.Mutex
@@ -132,21 +150,22 @@ func Discover(ctx context.Context, src Source, fetch FetchPolicy, o Options) ([]
 
 // check fetches an announced box's policy and checks its statement.
 func check(ctx context.Context, r Relay, ann Announcement, fetch FetchPolicy, now time.Time) (Box, error) {
-	pub, err := fetch(ctx, ann.Addr())
+	pub, raw, err := fetch(ctx, ann.Addr())
 	if err != nil {
 		return Box{}, fmt.Errorf("fetching its policy: %w", err)
 	}
-	st, err := VerifyPolicy(pub, r.Fingerprint, ann, now)
+	st, err := VerifyPolicy(pub, raw, r.Fingerprint, ann, now)
 	if err != nil {
 		return Box{}, err
 	}
 	return Box{Relay: r, Statement: st, Policy: pub}, nil
 }
 
-// VerifyPolicy checks the statement a box served with its policy: signed
-// by the announced onion address, naming the relay that announced it,
-// matching the policy and its end, and not from the future.
-func VerifyPolicy(pub *policy.Public, relayFP string, ann Announcement, now time.Time) (Statement, error) {
+// VerifyPolicy checks the statement a box served with its policy (pub,
+// decoded from served): signed by the announced onion address, naming the
+// relay that announced it, matching the policy and its end, and not from
+// the future.
+func VerifyPolicy(pub *policy.Public, served []byte, relayFP string, ann Announcement, now time.Time) (Statement, error) {
 	if pub.Box == nil || pub.Box.Statement == "" {
 		return Statement{}, errors.New("it serves no statement (not a box announced for a relay, or an older bentod)")
 	}
@@ -159,8 +178,11 @@ func VerifyPolicy(pub *policy.Public, relayFP string, ann Announcement, now time
 		return st, fmt.Errorf("its statement is for %s, not the address announced", st.Box.Addr())
 	case st.Relay != relayFP:
 		return st, fmt.Errorf("its statement names relay %s, not the relay that announces it: a box may be claimed by its own relay only", st.Relay)
-	case st.PolicyDigest != PolicyDigest(pub):
+	}
+	if d, err := PolicyDigest(served); err != nil || d != st.PolicyDigest {
 		return st, errors.New("its statement does not match the policy it serves")
+	}
+	switch {
 	case st.Published.After(now.Add(time.Hour)):
 		return st, fmt.Errorf("its statement is dated %s, in the future", st.Published.Format(time.RFC3339))
 	}

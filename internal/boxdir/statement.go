@@ -149,21 +149,36 @@ func ParseStatement(text string) (Statement, error) {
 	return s, nil
 }
 
-// PolicyDigest is SHA-256 of the policy's canonical JSON without what
-// changes from moment to moment (free capacity) or is the statement's own
-// (box): what a client checks the statement against.
-func PolicyDigest(pub *policy.Public) [32]byte {
-	c := *pub
-	c.Free = policyFree{}
-	c.Box = nil
-	b, _ := json.Marshal(&c)
-	return sha256.Sum256(b)
+// MaxPolicyJSON bounds the policy document a digest is taken of.
+const MaxPolicyJSON = 256 << 10
+
+// PolicyDigest is SHA-256 of a policy as served (JSON), without what
+// changes from moment to moment ("free") or is the statement's own
+// ("box"): the other members, as served, with the keys sorted and the
+// white space removed. Members a newer bentod adds are covered as they
+// are, so clients of any version agree on the digest.
+func PolicyDigest(served []byte) ([32]byte, error) {
+	if len(served) > MaxPolicyJSON {
+		return [32]byte{}, fmt.Errorf("policy of %d bytes: at most %d", len(served), MaxPolicyJSON)
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(served, &m); err != nil {
+		return [32]byte{}, fmt.Errorf("policy: %w", err)
+	}
+	delete(m, "free")
+	delete(m, "box")
+	b, err := json.Marshal(m) // sorted keys; each member compacted
+	if err != nil {
+		return [32]byte{}, err
+	}
+	return sha256.Sum256(b), nil
 }
 
-type policyFree = struct {
-	Memory    int64   `json:"memory_bytes"`
-	CPU       float64 `json:"cpu_cores"`
-	Instances int     `json:"instances"`
+// PublicDigest is PolicyDigest of the policy as bentod serves it.
+func PublicDigest(pub *policy.Public) [32]byte {
+	b, _ := json.Marshal(pub)
+	d, _ := PolicyDigest(b)
+	return d
 }
 
 // Equal reports whether two statements say the same.

@@ -391,6 +391,21 @@ func (n *Net) DirAuthorityLines() (string, error) {
 	return b.String(), nil
 }
 
+// JoinTorrc returns the torrc lines a relay of the caller's own needs to
+// join the network (a dust mote, say): the testing network, our
+// authorities only, and the settings of a network on loopback.
+func (n *Net) JoinTorrc() (string, error) {
+	auths, err := n.DirAuthorityLines()
+	if err != nil {
+		return "", err
+	}
+	return "TestingTorNetwork 1\n" + auths +
+		"Address 127.0.0.1\nAssumeReachable 1\nAddressDisableIPv6 1\n" +
+		"LearnCircuitBuildTimeout 0\nCircuitBuildTimeout 30\nNumCPUs 1\n" +
+		"# a network of a handful of relays leaves vanguards-lite too few nodes for onion services\n" +
+		"VanguardsLiteEnabled 0\n", nil
+}
+
 func (n *Net) writeTorrcs(hash string) error {
 	auths, err := n.DirAuthorityLines()
 	if err != nil {

@@ -50,6 +50,9 @@ type Hello struct {
 	// refuse requests deeper than their MaxCompositionDepth, so honest
 	// servers cannot be made to deploy onto each other without end.
 	Hops int `json:"hops,omitempty"`
+	// Notices: the client reads Notice frames in sessions. bentod sends
+	// them to such clients only; older clients never see one.
+	Notices bool `json:"notices,omitempty"`
 }
 
 // Welcome answers Hello.

@@ -23,9 +23,10 @@ import (
 // every instance down, wipes their stored data, and answers their tokens
 // with the reason for as long as it runs.
 
-// boxEndFile keeps the end that BoxLifetime gave at bentod's first start,
-// so that a restart does not push it back.
-const boxEndFile = "box-ends-at"
+// boxStartFile keeps the time of bentod's first start with BoxLifetime,
+// from which the end is counted: a restart does not push the end back,
+// and a new BoxLifetime (SIGHUP) moves it as the operator expects.
+const boxStartFile = "box-started"
 
 // boxTimes are the box's end and drain point; zero when it has no end.
 type boxTimes struct {
@@ -35,30 +36,35 @@ type boxTimes struct {
 func (b boxTimes) ends() bool { return !b.end.IsZero() }
 
 // resolveBoxEnd works out the box's end from the policy: BoxEndsAt as
-// given, BoxLifetime from the first start (kept in the data directory).
+// given, BoxLifetime from the first start (kept in the data directory;
+// forgotten when BoxLifetime goes).
 func resolveBoxEnd(p *policy.Policy, now time.Time) (boxTimes, error) {
+	path := filepath.Join(p.DataDirectory, boxStartFile)
 	var end time.Time
 	switch {
-	case !p.Box.EndsAt.IsZero():
-		end = p.Box.EndsAt
 	case p.Box.Lifetime > 0:
-		path := filepath.Join(p.DataDirectory, boxEndFile)
+		var start time.Time
 		b, err := os.ReadFile(path)
 		switch {
 		case err == nil:
-			if end, err = time.Parse(time.RFC3339, strings.TrimSpace(string(b))); err != nil {
-				return boxTimes{}, fmt.Errorf("%s is damaged (%v): it holds the end BoxLifetime gave at the first start; delete it to count BoxLifetime from now", path, err)
+			if start, err = time.Parse(time.RFC3339, strings.TrimSpace(string(b))); err != nil {
+				return boxTimes{}, fmt.Errorf("%s is damaged (%v): it holds bentod's first start, from which BoxLifetime counts; delete it to count from now", path, err)
 			}
 		case errors.Is(err, os.ErrNotExist):
-			end = now.Add(p.Box.Lifetime).UTC().Truncate(time.Second)
-			if err := atomicfile.Write(path, []byte(end.Format(time.RFC3339)+"\n"), 0o600); err != nil {
-				return boxTimes{}, fmt.Errorf("keeping the box's end: %w", err)
+			start = now.UTC().Truncate(time.Second)
+			if err := atomicfile.Write(path, []byte(start.Format(time.RFC3339)+"\n"), 0o600); err != nil {
+				return boxTimes{}, fmt.Errorf("keeping the box's start: %w", err)
 			}
 		default:
-			return boxTimes{}, fmt.Errorf("reading the box's end: %w", err)
+			return boxTimes{}, fmt.Errorf("reading the box's start: %w", err)
 		}
+		end = start.Add(p.Box.Lifetime)
 	default:
-		return boxTimes{}, nil
+		_ = os.Remove(path)
+		if p.Box.EndsAt.IsZero() {
+			return boxTimes{}, nil
+		}
+		end = p.Box.EndsAt
 	}
 	return boxTimes{end: end, drain: end.Add(-p.Box.Drain)}, nil
 }
@@ -100,37 +106,55 @@ func (b boxTimes) notice() proto.Notice {
 }
 
 // boxClock tells sessions at the drain point and ends every instance at
-// the end, following changes of the end (SIGHUP).
+// the end, following changes of the end (SIGHUP) for as long as bentod
+// runs: a box revived by a later end works again, and an end moved
+// earlier still ends what runs. It wakes at least once a minute, so a
+// wall clock that jumps (a suspended VM) is caught up with.
 func (s *Server) boxClock() {
 	defer s.recoverPanic("the box clock")
-	told := time.Time{} // the end whose drain was announced
+	var told, ended time.Time // the ends whose drain and end were handled
+	if b := s.box(); b.ends() && !time.Now().Before(b.end) {
+		s.log.Warn("the box's end is already past: it takes no functions, and anything restored is ended and wiped; set a later BoxEndsAt (or BoxLifetime) to use it", "ends_at", b.end.Format(time.RFC3339))
+	}
 	for {
 		b := s.box()
-		var wait <-chan time.Time
+		wait := time.Minute
 		if b.ends() {
 			now := time.Now()
 			switch {
 			case !now.Before(b.end):
-				s.endBox(b)
-				return
-			case !now.Before(b.drain) && !told.Equal(b.end):
-				told = b.end
-				safelog.Notice(s.log, "the box is draining: no new functions; attached clients are told when it ends", "ends_at", b.end.Format(time.RFC3339))
-				s.noticeAll(b.notice())
-				continue
-			case now.Before(b.drain):
-				wait = time.After(time.Until(b.drain))
+				if !ended.Equal(b.end) || s.anyRunning() {
+					ended = b.end
+					s.endBox(b)
+				}
+			case !now.Before(b.drain):
+				if !told.Equal(b.end) {
+					told = b.end
+					safelog.Notice(s.log, "the box is draining: no new functions; attached clients are told when it ends", "ends_at", b.end.Format(time.RFC3339))
+					s.noticeAll(b.notice())
+				}
+				wait = min(wait, time.Until(b.end))
 			default:
-				wait = time.After(time.Until(b.end))
+				wait = min(wait, time.Until(b.drain))
 			}
 		}
 		select {
 		case <-s.closed:
 			return
 		case <-s.boxWake:
-		case <-wait:
+		case <-time.After(max(wait, 10*time.Millisecond)):
 		}
 	}
+}
+
+// anyRunning reports whether some instance has not ended.
+func (s *Server) anyRunning() bool {
+	for _, in := range s.liveInstances() {
+		if !in.isEnded() {
+			return true
+		}
+	}
+	return false
 }
 
 // noticeAll tells every live session.
@@ -143,7 +167,12 @@ func (s *Server) noticeAll(n proto.Notice) {
 // endBox shuts every instance down for good: their data is wiped, and
 // their tokens answer with the reason from then on.
 func (s *Server) endBox(b boxTimes) {
-	all := s.liveInstances()
+	var all []*Instance
+	for _, in := range s.liveInstances() {
+		if !in.isEnded() {
+			all = append(all, in)
+		}
+	}
 	safelog.Notice(s.log, "the box has ended: shutting every instance down", "instances", len(all))
 	for _, in := range all {
 		s.endBoxInstance(in, b)
@@ -151,6 +180,7 @@ func (s *Server) endBox(b boxTimes) {
 	for _, in := range all {
 		<-in.ended
 	}
+	s.wipeUnclaimed()
 }
 
 // endBoxInstance ends one instance because the box ended: its data goes,
@@ -165,6 +195,24 @@ func (s *Server) endBoxInstance(in *Instance, b boxTimes) {
 	in.keepData = false
 	in.mu.Unlock()
 	in.end(why)
+}
+
+// wipeUnclaimed removes the data of instances a restart kept on disk
+// without taking them back (no room, say): at the box's end nothing a
+// user stored stays behind.
+func (s *Server) wipeUnclaimed() {
+	s.mu.Lock()
+	live := map[string]bool{}
+	for id := range s.instances {
+		live[id] = true
+	}
+	s.mu.Unlock()
+	ents, _ := os.ReadDir(s.instDir)
+	for _, e := range ents {
+		if !live[e.Name()] {
+			_ = os.RemoveAll(filepath.Join(s.instDir, e.Name()))
+		}
+	}
 }
 
 // liveInstances lists the instances not yet forgotten.
@@ -256,7 +304,7 @@ func (s *Server) SetBoxIdentity(relay string, ann boxdir.Announcement, signer *b
 
 // statement returns the signed statement for pub (whose Box is set).
 func (id *boxIdentity) statement(pub *policy.Public, b boxTimes, now time.Time) (string, error) {
-	st := boxdir.Statement{Relay: id.relay, Box: id.ann, EndsAt: b.end, DrainAt: b.drain, PolicyDigest: boxdir.PolicyDigest(pub)}
+	st := boxdir.Statement{Relay: id.relay, Box: id.ann, EndsAt: b.end, DrainAt: b.drain, PolicyDigest: boxdir.PublicDigest(pub)}
 	key := fmt.Sprintf("%x %d %d", st.PolicyDigest, b.end.Unix(), b.drain.Unix())
 	id.mu.Lock()
 	defer id.mu.Unlock()

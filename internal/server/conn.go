@@ -273,7 +273,7 @@ func (s *Server) handle(nc net.Conn, o *origin, onion bool) {
 				return
 			}
 		case proto.TInvoke, proto.TAttach:
-			s.serveSession(conn, nc, f, log)
+			s.serveSession(conn, nc, f, log, hello.Notices)
 			return
 		}
 	}

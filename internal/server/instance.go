@@ -671,7 +671,10 @@ func (in *Instance) teardown(reason string) {
 	in.mu.Unlock()
 	select {
 	case <-in.srv.closed:
-		keep = keep || in.srv.restore && reason == "bentod is shutting down"
+		// Kept for the next start, unless the box has ended: then
+		// nothing a user stored stays.
+		b := in.srv.box()
+		keep = keep || in.srv.restore && reason == "bentod is shutting down" && (!b.ends() || time.Now().Before(b.end))
 	default:
 	}
 	if in.store != nil {

@@ -16,7 +16,7 @@ import (
 // serveSession runs an invocation or reattachment on this connection:
 // output streams from the session log from the client's offset, input from
 // the client feeds recv(). The connection closes when the session ends.
-func (s *Server) serveSession(conn *wire.Conn, nc net.Conn, f *wire.Frame, log *slog.Logger) {
+func (s *Server) serveSession(conn *wire.Conn, nc net.Conn, f *wire.Frame, log *slog.Logger, notices bool) {
 	in, sess, offset, perr := s.openSession(f)
 	f.Release()
 	wt := s.policy().Daemon.WriteTimeout
@@ -60,6 +60,16 @@ func (s *Server) serveSession(conn *wire.Conn, nc net.Conn, f *wire.Frame, log *
 		defer s.recoverPanic("reading a session's input")
 		s.readInput(conn, sess, connDone)
 	}()
+	if !notices {
+		// An older client: notices are left out of what it is sent.
+		inner := send
+		send = func(t uint8, hdr any, body []byte) error {
+			if t == proto.TNotice {
+				return nil
+			}
+			return inner(t, hdr, body)
+		}
+	}
 	ended := s.streamOutput(conn.Budget, send, sess, offset, readerDone, nc)
 	detach()
 	if ended {

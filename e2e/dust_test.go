@@ -1,0 +1,147 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/torbento/bento/internal/dust"
+	"github.com/torbento/bento/internal/testutil"
+)
+
+// TestDustMote: a mote spawned from the shipped template joins the private
+// Tor network, serves a function through its onion service, shows its end
+// in its policy, tells an attached client, refuses deploys in its drain
+// period, and after its end is gone: supervisor, tor, bentod, containers
+// and files.
+func TestDustMote(t *testing.T) {
+	n := tornet(t)
+	join, err := n.JoinTorrc()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	joinFile := filepath.Join(dir, "join.torrc")
+	if err := os.WriteFile(joinFile, []byte(join), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "motes")
+	const lifetime, drain = 100 * time.Second, 45 * time.Second
+	r := bento(t, "", "dust", "up", "--template", filepath.Join(testutil.RepoRoot(), "templates", "mote.toml"),
+		"--network-torrc", joinFile, "--lifetime", lifetime.String(), "--drain", drain.String(), "--state", state)
+	if r.Code != 0 {
+		t.Fatalf("dust up: %s", r)
+	}
+	motes := listMotes(t, state)
+	if len(motes) != 1 || motes[0].State != dust.StateUp || !motes[0].Alive || !strings.HasSuffix(strings.Split(motes[0].Onion, ":")[0], ".onion") {
+		t.Fatalf("dust ls after up: %+v", motes)
+	}
+	m := motes[0].Mote
+	t.Cleanup(func() { bento(t, "", "dust", "down", m.Name, "--state", state) })
+	if !strings.Contains(r.Stdout, m.Onion) || !strings.Contains(r.Stdout, m.EndsAt.Format(time.RFC3339)) {
+		t.Errorf("dust up did not say where the box is and when it ends: %s", r.Stdout)
+	}
+	// Only tor and bentod run, under the supervisor.
+	for _, pid := range []int{m.TorPID, m.BentodPID} {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if !strings.Contains(string(cmdline), m.Dir) {
+			t.Errorf("process %d is not the mote's: %q", pid, cmdline)
+		}
+	}
+
+	cl := n.Client()
+	r = bentoTorRetry(t, cl, "run", m.Onion, fn("hello"), "dust")
+	if r.Code != 0 || !strings.Contains(r.Stdout, "hello, dust!") {
+		t.Fatalf("hello on the mote: %s\nsupervisor log: %s", r, readFile(filepath.Join(m.Dir, "bentod.out")))
+	}
+	r = bentoTorRetry(t, cl, "policy", m.Onion)
+	if r.Code != 0 || !strings.Contains(r.Stdout, "box ends     "+m.EndsAt.Format(time.RFC3339)) {
+		t.Errorf("the mote's policy does not announce its end: %s", r)
+	}
+	r = bentoTorRetry(t, cl, "deploy", m.Onion, fn("boxlife"))
+	if r.Code != 0 {
+		t.Fatalf("deploy on the mote: %s", r)
+	}
+	var dep struct {
+		InvocationToken string `json:"invocation_token"`
+	}
+	if err := json.Unmarshal([]byte(r.Stdout), &dep); err != nil || dep.InvocationToken == "" {
+		t.Fatalf("no invocation token in %q: %v", r.Stdout, err)
+	}
+	tok := dep.InvocationToken
+	wait := exec.Command(filepath.Join(testutil.Binaries(t), "bento"), "--tor-socks", cl.SocksAddr(), "invoke", m.Onion, tok, "wait")
+	var waitOut, waitErr syncBuffer
+	wait.Stdout, wait.Stderr = &waitOut, &waitErr
+	if err := wait.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitDone := make(chan struct{})
+	go func() { _ = wait.Wait(); close(waitDone) }()
+	t.Cleanup(func() { _ = wait.Process.Kill(); <-waitDone })
+
+	time.Sleep(time.Until(m.DrainAt.Add(2 * time.Second)))
+	r = bento(t, "", "--tor-socks", cl.SocksAddr(), "deploy", m.Onion, fn("hello"))
+	if r.Code != 3 || !strings.Contains(r.Stderr, "drain period") {
+		t.Errorf("deploy in the mote's drain period: %s", r)
+	}
+	select {
+	case <-waitDone:
+	case <-time.After(time.Until(m.EndsAt.Add(30 * time.Second))):
+		t.Fatal("the attached client outlived the mote")
+	}
+	for _, want := range []string{"notice from the box: this box ends at " + m.EndsAt.Format(time.RFC3339), "the box ended at"} {
+		if !strings.Contains(waitErr.String(), want) {
+			t.Errorf("the attached client was not told %q; its stderr:\n%s", want, waitErr.String())
+		}
+	}
+	// Gone: supervisor, processes, files.
+	deadline := time.Now().Add(dust.Grace + 60*time.Second)
+	for {
+		_, err := os.Stat(m.Dir)
+		if os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the mote's directory is still there %s after its end: %v", time.Since(m.EndsAt), err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	for _, pid := range []int{m.Supervisor, m.TorPID, m.BentodPID} {
+		if syscall.Kill(pid, 0) == nil {
+			if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmdline), m.Dir) {
+				t.Errorf("process %d still runs after the mote's end: %q", pid, cmdline)
+			}
+		}
+	}
+	if motes := listMotes(t, state); len(motes) != 0 {
+		t.Errorf("dust ls after the end: %+v", motes)
+	}
+	out, _ := exec.Command("runc", "--root", filepath.Join(m.Dir, "bentod", "runtime"), "list", "-q").Output()
+	if s := strings.TrimSpace(string(out)); s != "" {
+		t.Errorf("containers left behind: %s", s)
+	}
+}
+
+func listMotes(t *testing.T, state string) []dust.Listed {
+	t.Helper()
+	r := bento(t, "", "dust", "ls", "--json", "--state", state)
+	if r.Code != 0 {
+		t.Fatalf("dust ls: %s", r)
+	}
+	var out []dust.Listed
+	if err := json.Unmarshal([]byte(r.Stdout), &out); err != nil {
+		t.Fatalf("dust ls --json: %v\n%s", err, r.Stdout)
+	}
+	return out
+}
+
+func readFile(p string) string {
+	b, _ := os.ReadFile(p)
+	return string(b)
+}
