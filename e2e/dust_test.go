@@ -26,13 +26,14 @@ func TestDustMote(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
+	dir := testutil.TempDir(t) // searchable: the box's containers reach below it
 	joinFile := filepath.Join(dir, "join.torrc")
 	if err := os.WriteFile(joinFile, []byte(join), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	state := filepath.Join(dir, "motes")
-	const lifetime, drain = 100 * time.Second, 45 * time.Second
+	t0 := time.Now()
+	const lifetime, drain = 75 * time.Second, 40 * time.Second
 	r := bento(t, "", "dust", "up", "--template", filepath.Join(testutil.RepoRoot(), "templates", "mote.toml"),
 		"--network-torrc", joinFile, "--lifetime", lifetime.String(), "--drain", drain.String(), "--state", state)
 	if r.Code != 0 {
@@ -43,6 +44,7 @@ func TestDustMote(t *testing.T) {
 		t.Fatalf("dust ls after up: %+v", motes)
 	}
 	m := motes[0].Mote
+	t.Logf("mote up after %v", time.Since(t0).Round(time.Millisecond))
 	t.Cleanup(func() { bento(t, "", "dust", "down", m.Name, "--state", state) })
 	if !strings.Contains(r.Stdout, m.Onion) || !strings.Contains(r.Stdout, m.EndsAt.Format(time.RFC3339)) {
 		t.Errorf("dust up did not say where the box is and when it ends: %s", r.Stdout)
@@ -75,6 +77,7 @@ func TestDustMote(t *testing.T) {
 		t.Fatalf("no invocation token in %q: %v", r.Stdout, err)
 	}
 	tok := dep.InvocationToken
+	t.Logf("hello, policy and deploy through Tor done after %v; drain at +%v", time.Since(t0).Round(time.Millisecond), m.DrainAt.Sub(t0).Round(time.Second))
 	wait := exec.Command(filepath.Join(testutil.Binaries(t), "bento"), "--tor-socks", cl.SocksAddr(), "invoke", m.Onion, tok, "wait")
 	var waitOut, waitErr syncBuffer
 	wait.Stdout, wait.Stderr = &waitOut, &waitErr
@@ -112,11 +115,18 @@ func TestDustMote(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+	// The supervisor exits just after removing the directory.
 	for _, pid := range []int{m.Supervisor, m.TorPID, m.BentodPID} {
-		if syscall.Kill(pid, 0) == nil {
-			if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmdline), m.Dir) {
-				t.Errorf("process %d still runs after the mote's end: %q", pid, cmdline)
+		for i := 0; ; i++ {
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			if syscall.Kill(pid, 0) != nil || !strings.Contains(string(cmdline), m.Dir) {
+				break
 			}
+			if i == 100 {
+				t.Errorf("process %d still runs 10 s after the mote's directory went: %q", pid, cmdline)
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	if motes := listMotes(t, state); len(motes) != 0 {

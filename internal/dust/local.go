@@ -118,7 +118,12 @@ func Up(ctx context.Context, o UpOptions) (*Mote, error) {
 	if o.Bentod == "" {
 		o.Bentod = filepath.Join(filepath.Dir(o.Self), "bentod")
 	}
-	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
+	// Searchable (not readable) by others: bentod's containers run as an
+	// unprivileged user that must reach the box's data directory below.
+	if err := os.MkdirAll(o.StateDir, 0o711); err != nil {
+		return nil, err
+	}
+	if err := searchable(o.StateDir); err != nil {
 		return nil, err
 	}
 	var suffix [3]byte
@@ -139,8 +144,11 @@ func Up(ctx context.Context, o UpOptions) (*Mote, error) {
 	if _, err := policy.Parse("the template's bentorc", []byte(bentorc)); err != nil {
 		return nil, err
 	}
-	for _, d := range []string{dir, filepath.Join(dir, "tor"), filepath.Join(dir, "bentod")} {
-		if err := os.Mkdir(d, 0o700); err != nil {
+	for d, mode := range map[string]os.FileMode{dir: 0o711, filepath.Join(dir, "tor"): 0o700, filepath.Join(dir, "bentod"): 0o700} {
+		if err := os.MkdirAll(d, mode); err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(d, mode); err != nil { // whatever the umask
 			return nil, err
 		}
 	}
@@ -279,7 +287,7 @@ func Supervise(dir string) error {
 		return err == nil
 	}); err != nil {
 		stopAll()
-		return fail("tor: " + err.Error() + " (see tor/notice.log)")
+		return fail("tor: " + err.Error() + "; tor said: " + tail(filepath.Join(dir, "tor.out")))
 	}
 	bentod, bentodDone, err = start(m.Bentod, "-f", filepath.Join(dir, "bentod", "bentorc"))
 	if err != nil {
@@ -299,7 +307,7 @@ func Supervise(dir string) error {
 	}()
 	if err := waitFor(2*time.Minute, sigs, anyDone, func() bool { _, err := os.Stat(host); return err == nil }); err != nil {
 		stopAll()
-		return fail("bentod's onion service: " + err.Error() + " (see bentod.out)")
+		return fail("bentod's onion service: " + err.Error() + "; bentod said: " + tail(filepath.Join(dir, "bentod.out")))
 	}
 	b, _ := os.ReadFile(host)
 	m.Onion = strings.TrimSpace(string(b)) + ":" + strconv.Itoa(m.Ports.Bento)
@@ -452,4 +460,38 @@ func validMoteName(s string) bool {
 		}
 	}
 	return true
+}
+
+// tail returns the last lines of a log, for an error message.
+func tail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(no log)"
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// searchable makes sure every directory from dir up lets others pass
+// (x), as bentod's containers need to reach its data directory.
+func searchable(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for d := abs; ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if st.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("%s is mode %v: the box's containers could not reach its data directory below it; make it searchable (chmod o+x %s) or give another --state", d, st.Mode().Perm(), d)
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
 }

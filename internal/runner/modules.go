@@ -297,8 +297,9 @@ func (r *Runner) fetch(th *starlark.Thread, call string, args starlark.Tuple, kw
 	var headers *starlark.Dict
 	var body starlark.Value = starlark.None
 	var timeout starlark.Value = starlark.None
+	raise := true
 	a.Method = "GET"
-	if err := starlark.UnpackArgs("fetch", args, kw, "url", &a.URL, "method?", &a.Method, "headers?", &headers, "body?", &body, "timeout?", &timeout); err != nil {
+	if err := starlark.UnpackArgs("fetch", args, kw, "url", &a.URL, "method?", &a.Method, "headers?", &headers, "body?", &body, "timeout?", &timeout, "raise_error?", &raise); err != nil {
 		return nil, err
 	}
 	if headers != nil {
@@ -324,6 +325,11 @@ func (r *Runner) fetch(th *starlark.Thread, call string, args starlark.Tuple, kw
 	}
 	res, rbody, err := r.call(th, call, a, bulk)
 	if err != nil {
+		if !raise {
+			// Starlark has no try/except: a function that retries
+			// (Prefetch) tests for None.
+			return starlark.None, nil
+		}
 		return nil, err
 	}
 	var out FetchResult
