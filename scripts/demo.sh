@@ -4,7 +4,9 @@
 # relays and a client, inside a network namespace that has only loopback).
 #
 # Two Bento servers run beside the two exit relays, each published as an
-# onion service and announced in the directory of boxes. The user, through
+# onion service and announced in the directory of boxes; a dust mote (a
+# relay and a box that end) is spawned from its template, runs a function,
+# and is gone at its end. The user, through
 # the Tor client: reads a server's policy; runs a function; lists the boxes
 # the relays announce and runs a function on one chosen at random; runs
 # Browser, which fetches a page through a Tor exit and
@@ -32,7 +34,11 @@ work=$(mktemp -d /tmp/bento-demo.XXXXXX)
 chmod 711 "$work" # containers, in a user namespace, reach their root file system through it
 pids=()
 current=setup
+mote_name=
 cleanup() {
+	if [ -n "$mote_name" ]; then
+		$B/bento dust down "$mote_name" --state "$work/motes" >/dev/null 2>&1 || true
+	fi
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
 	rm -rf "$work"
 }
@@ -116,6 +122,18 @@ A=$(cat "$work/A/onion_hostname"):18888
 Bsrv=$(cat "$work/B/onion_hostname"):28888
 echo "server A: $A (beside exit0)"
 echo "server B: $Bsrv (beside exit1)"
+
+step mote "bento dust up --template templates/mote.toml --network-torrc \$PRIVNET_JOIN_TORRC --lifetime 45s --drain 15s   # a dust mote: a relay and a box that end"
+out=$($B/bento dust up --template templates/mote.toml --network-torrc "$PRIVNET_JOIN_TORRC" --lifetime 45s --drain 15s --state "$work/motes") || fail "bento dust up exited $?"
+echo "$out"
+mote_name=$(sed -n 's/^mote \([^ ]*\) is up$/\1/p' <<<"$out")
+M=$(sed -n 's/^  box *//p' <<<"$out")
+contains "the mote is up, with its box's address" ".onion:" "$M"
+
+step mote-hello "bento --tor-socks … run $M functions/hello Carol   # on the mote"
+out=$(bt run "$M" functions/hello Carol) || fail "bento run on the mote exited $?"
+echo "$out"
+check "hello's first line" "hello, Carol!" "$(head -1 <<<"$out")"
 
 step policy "bento --tor-socks \$PRIVNET_SOCKS policy $A"
 out=$(bt policy "$A") || fail "bento policy exited $?"
@@ -238,6 +256,13 @@ cat "$work/greedy.err"
 echo "(exit status $rc)"
 check "exit status of a refused manifest" 3 "$rc"
 contains "the refusal lists the memory asked" "resources.memory: asks 1 GB" "$(cat "$work/greedy.err")"
+
+step mote-end "the mote's end: its box ends its functions, tor and bentod stop, nothing is left   # bento dust ls"
+mote_gone() { [ ! -e "$work/motes/$mote_name" ] && ! $B/bento dust ls --state "$work/motes" | grep -q "$mote_name"; }
+wait_for "the mote gone after its end" 150 mote_gone
+$B/bento dust ls --state "$work/motes"
+check "processes left by the mote" 0 "$(pgrep -f "$work/motes" | wc -l)"
+mote_name=
 
 echo
 echo "demo finished"
