@@ -25,7 +25,7 @@ import (
 func TestBoxLifetime(t *testing.T) {
 	// Room before the drain point for bentod to start and the deploys
 	// and calls below on a loaded 2-core machine.
-	end := time.Now().Add(45 * time.Second).UTC().Truncate(time.Second)
+	end := time.Now().Add(38 * time.Second).UTC().Truncate(time.Second)
 	drain := end.Add(-12 * time.Second)
 	d := startBentod(t, fmt.Sprintf("BoxEndsAt %s\nBoxDrainPeriod 12 seconds", end.Format(time.RFC3339)))
 	cl := client.New(d.Addr)

@@ -20,7 +20,10 @@ var (
 )
 
 // tornet returns the private Tor network shared by the package's tests,
-// starting it on first use.
+// starting it on first use. It runs until the package's tests end, so the
+// tests that use it live in files named tor*_test.go: Go runs tests in
+// file order, and these come after the load tests (siege_test.go), whose
+// timed neighbour must not share the cores with the network's tors.
 func tornet(t testing.TB) *privnet.Net {
 	t.Helper()
 	_, e1 := exec.LookPath("tor")

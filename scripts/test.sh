@@ -11,7 +11,7 @@ export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
 # A count, not a duration: duration-based -fuzztime can fail spuriously with
 # "context deadline exceeded" (a race in Go's fuzz coordinator,
 # golang/go#75804); a count has no deadline to race.
-FUZZTIME=${FUZZTIME:-20000x}
+FUZZTIME=${FUZZTIME:-10000x}
 
 step() { printf '\n== %s\n' "$*"; }
 

@@ -60,6 +60,7 @@ func (r *Runner) predeclared() starlark.StringDict {
 			"deploy":   b("deploy", r.remoteDeploy),
 			"invoke":   b("invoke", r.remoteInvoke),
 			"shutdown": b("shutdown", r.remoteShutdown),
+			"choose":   b("choose", r.remoteChoose),
 		}),
 	}
 }
@@ -387,6 +388,28 @@ func (r *Runner) remoteDeploy(th *starlark.Thread, args starlark.Tuple, kw []sta
 		"invocation_token": starlark.String(out.InvocationToken),
 		"shutdown_token":   starlark.String(out.ShutdownToken),
 	}), nil
+}
+
+// remoteChoose asks bentod for a box from the directory of boxes that can
+// take a function with this manifest now (docs/boxes.md): its policy
+// covers it, its remaining life covers the function's, it is not
+// draining, and this function may reach it. It returns "ADDRESS:PORT".
+func (r *Runner) remoteChoose(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var manifestText string
+	if err := starlark.UnpackArgs("choose", args, kw, "manifest", &manifestText); err != nil {
+		return nil, err
+	}
+	res, _, err := r.call(th, "bento.choose", map[string]string{"manifest": manifestText}, nil)
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		Server string `json:"server"`
+	}
+	if err := json.Unmarshal(res, &out); err != nil {
+		return nil, err
+	}
+	return starlark.String(out.Server), nil
 }
 
 func (r *Runner) remoteInvoke(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {

@@ -172,7 +172,7 @@ func (in *Instance) dispatch(rt *runtime, call proto.Call, f *wire.Frame) {
 	case "storage.put", "storage.get", "storage.delete", "storage.keys":
 		res, bulk, err := h.storage(call.Name)
 		finish(res, bulk, err)
-	case "recv", "sleep", "http.fetch", "tor.fetch", "tor.control", "tor.event", "bento.deploy", "bento.invoke", "bento.shutdown",
+	case "recv", "sleep", "http.fetch", "tor.fetch", "tor.control", "tor.event", "bento.deploy", "bento.invoke", "bento.shutdown", "bento.choose",
 		"tor.listen", "tor.accept", "tor.dial", "tor.read", "tor.write", "tor.close", "tor.splice":
 		go func() {
 			defer func() {
@@ -282,6 +282,8 @@ func (h *hostCall) blocking(name string) (any, []byte, error) {
 		return h.torStream(name)
 	case "bento.deploy", "bento.invoke", "bento.shutdown":
 		return h.remote(name)
+	case "bento.choose":
+		return h.choose()
 	}
 	return nil, nil, fmt.Errorf("unknown host call %q", name)
 }

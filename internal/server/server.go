@@ -72,6 +72,7 @@ type Server struct {
 
 	boxT    boxTimes      // the box's end (BoxEndsAt, BoxLifetime), under mu
 	boxID   *boxIdentity  // the box's statement for the directory, under mu
+	dir     directory     // the directory of boxes, for remote.choose
 	boxWake chan struct{} // the end changed
 
 	stale  []string      // containers of an earlier bentod, found at start

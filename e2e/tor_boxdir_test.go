@@ -45,6 +45,10 @@ func TestBoxDirectory(t *testing.T) {
 	var boxes []*torDaemon
 	for i, e := range exits[:3] {
 		extra := "BoxAnnounce 1\n"
+		if i == 1 {
+			// Ends in 5 minutes: too soon for a 10-minute Dropbox.
+			extra += fmt.Sprintf("BoxEndsAt %s\nBoxDrainPeriod 1 minute\n", time.Now().Add(5*time.Minute).UTC().Format(time.RFC3339))
+		}
 		if i == 2 {
 			// Draining from the start: listed, never chosen.
 			extra += fmt.Sprintf("BoxEndsAt %s\nBoxDrainPeriod 1 hour\n", time.Now().Add(30*time.Minute).UTC().Format(time.RFC3339))
@@ -125,6 +129,23 @@ func TestBoxDirectory(t *testing.T) {
 	}
 	if chosen[boxes[2].Onion] > 0 {
 		t.Errorf("the draining box was chosen: %v", chosen)
+	}
+
+	// A composed function picks its Dropbox's box from the directory:
+	// only box 0 lives long enough (box 1 ends too soon, box 2 drains).
+	body := page(50_000)
+	base, _ := webServer(t, body)
+	for i := 0; i < 2; i++ {
+		r := bentoTorRetry(t, cl, "run", "--destinations", "accept 127.0.0.1:"+portOf(base)+", accept *.onion:*", boxes[1].Onion, fn("browser-dropbox-tor"), base+"/page", "4096", "choose", "1", "tor")
+		if r.Code != 0 {
+			t.Fatalf("browser-dropbox-tor choosing its Dropbox: %s\n%s", r, boxes[1].log)
+		}
+		var out struct {
+			Server string `json:"server"`
+		}
+		if err := json.Unmarshal([]byte(r.Stdout), &out); err != nil || out.Server != boxes[0].Onion {
+			t.Errorf("the Dropbox went to %q (%v), want box 0 %s, the only one whose life covers it", out.Server, err, boxes[0].Onion)
+		}
 	}
 
 	// A box that stops withdraws its announcement.
