@@ -56,23 +56,7 @@ func (t *Template) cloudTorrc() string {
 
 // cloudBentorc is the box's bentorc on a machine of its own.
 func (t *Template) cloudBentorc(ends time.Time) string {
-	var b strings.Builder
-	w := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
-	w("# dust mote %q: rendered by bento from its template", t.Name)
-	w("ListenAddress 127.0.0.1:%d", DefaultPorts.Bento)
-	w("PolicyAddress 127.0.0.1:%d", DefaultPorts.Policy)
-	w("DataDirectory %s", cloudBentoDir)
-	w("TorControlPort %s", cloudTorControl)
-	w("TorCookieFile %s", cloudTorCookie)
-	w("TorSocksPort 127.0.0.1:%d", DefaultPorts.Socks)
-	w("OnionService 1")
-	w("BoxAnnounce 1")
-	w("BoxEndsAt %s", ends.UTC().Format(time.RFC3339))
-	w("BoxDrainPeriod %d seconds", int(t.Drain.Seconds()))
-	for _, l := range t.Bentorc {
-		w("%s", strings.TrimSpace(l))
-	}
-	return b.String()
+	return t.bentorc(boxPlace{data: cloudBentoDir, control: cloudTorControl, cookie: cloudTorCookie}, DefaultPorts, ends)
 }
 
 const bentodUnit = `[Unit]

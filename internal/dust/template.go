@@ -175,20 +175,34 @@ func (t *Template) RenderTorrc(dir string, p Ports, networkTorrc string) string 
 
 // RenderBentorc renders the box's bentorc.
 func (t *Template) RenderBentorc(dir string, p Ports, ends time.Time) string {
+	return t.bentorc(boxPlace{data: dir + "/bentod", control: fmt.Sprintf("127.0.0.1:%d", p.Control),
+		cookie: dir + "/tor/control_auth_cookie", extra: []string{"Log info"}}, p, ends)
+}
+
+// boxPlace is where a box's files and its tor's control port are.
+type boxPlace struct {
+	data, control, cookie string
+	extra                 []string // the mote's own lines beyond these
+}
+
+// bentorc renders the box's bentorc for a place.
+func (t *Template) bentorc(at boxPlace, p Ports, ends time.Time) string {
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
 	w("# dust mote %q: rendered by bento from its template", t.Name)
 	w("ListenAddress 127.0.0.1:%d", p.Bento)
 	w("PolicyAddress 127.0.0.1:%d", p.Policy)
-	w("DataDirectory %s/bentod", dir)
-	w("TorControlPort 127.0.0.1:%d", p.Control)
-	w("TorCookieFile %s/tor/control_auth_cookie", dir)
+	w("DataDirectory %s", at.data)
+	w("TorControlPort %s", at.control)
+	w("TorCookieFile %s", at.cookie)
 	w("TorSocksPort 127.0.0.1:%d", p.Socks)
 	w("OnionService 1")
 	w("BoxAnnounce 1")
 	w("BoxEndsAt %s", ends.UTC().Format(time.RFC3339))
 	w("BoxDrainPeriod %d seconds", int(t.Drain.Seconds()))
-	w("Log info")
+	for _, l := range at.extra {
+		w("%s", l)
+	}
 	b.WriteString("# the template's lines\n")
 	for _, l := range t.Bentorc {
 		w("%s", strings.TrimSpace(l))
