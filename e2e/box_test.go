@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -155,5 +156,68 @@ func TestBoxLifetime(t *testing.T) {
 	}
 	if !strings.Contains(d.log.String(), "the box has ended") {
 		t.Errorf("bentod's log does not say the box ended:\n%s", d.log.String())
+	}
+
+	// SIGHUP with a later end revives the box; SIGHUP with an end moved
+	// earlier ends what runs at the new end, for the box's reason.
+	setEnd := func(at time.Time) {
+		t.Helper()
+		conf, err := os.ReadFile(d.conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(string(conf), "\n")
+		for i, l := range lines {
+			if strings.HasPrefix(l, "BoxEndsAt ") {
+				lines[i] = "BoxEndsAt " + at.Format(time.RFC3339)
+			}
+		}
+		if err := os.WriteFile(d.conf, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		d.cmd.Process.Signal(syscall.SIGHUP)
+		for i := 0; ; i++ {
+			p, err := cl.Policy(ctx(t))
+			if err == nil && p.Box != nil && p.Box.EndsAt != nil && p.Box.EndsAt.Equal(at) {
+				return
+			}
+			if i == 100 {
+				t.Fatalf("the policy does not show the new end %s after SIGHUP: %+v %v", at, p, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	setEnd(time.Now().Add(60 * time.Second).UTC().Truncate(time.Second))
+	dep2, err := cl.Deploy(ctx(t), flex)
+	if err != nil {
+		t.Fatalf("deploy after SIGHUP gave the box a later end: %v", err)
+	}
+	s2, err := cl.Invoke(ctx(t), dep2.InvocationToken, "wait")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	sooner := time.Now().Add(4 * time.Second).UTC().Truncate(time.Second).Add(time.Second)
+	setEnd(sooner)
+	done := make(chan *client.Exit, 1)
+	go func() {
+		for {
+			_, exit, err := s2.Recv()
+			if err != nil || exit != nil {
+				done <- exit
+				return
+			}
+		}
+	}()
+	select {
+	case exit := <-done:
+		if exit == nil || !strings.Contains(exit.Reason, "the box ended at "+sooner.Format(time.RFC3339)) {
+			t.Errorf("the instance's end after the end moved earlier: %+v", exit)
+		}
+		if late := time.Since(sooner); late < 0 || late > 5*time.Second {
+			t.Errorf("the instance ended %v after the moved end", late)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the instance outlived an end moved earlier")
 	}
 }
