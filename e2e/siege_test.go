@@ -133,10 +133,17 @@ func (s *siege) calls(t *testing.T, n int, d time.Duration) []time.Duration {
 	return out
 }
 
+// siegeSlack is added to twice the neighbour's baseline: its calls take
+// 3-5 ms on loopback, where the scheduler of two cores shared with the race
+// detector moves a median by a few milliseconds from run to run (CI saw
+// 4.4 ms go to 9.6 ms with bentod doing nothing wrong); harm is tens or
+// hundreds of milliseconds, or calls refused.
+const siegeSlack = 5 * time.Millisecond
+
 // under runs attack (which returns once the attack is in full swing, and
 // a function that ends it), times the neighbour for hold, and checks the
-// invariants: the neighbour's median within 2x of its baseline, bentod
-// alive, its memory and descriptors under the ceilings.
+// invariants: the neighbour's median within 2x (+siegeSlack) of its
+// baseline, bentod alive, its memory and descriptors under the ceilings.
 func (s *siege) under(t *testing.T, hold time.Duration, attack func() func()) {
 	t.Helper()
 	s.check(t, func(during func() []time.Duration) []time.Duration {
@@ -175,7 +182,7 @@ func (s *siege) while(t *testing.T, attack func()) {
 
 func (s *siege) check(t *testing.T, run func(func() []time.Duration) []time.Duration, during func() []time.Duration) {
 	t.Helper()
-	before := s.calls(t, 15, 0)
+	before := s.calls(t, 40, 0)
 	u := watchUsage(s.d.cmd.Process.Pid)
 	lat := run(during)
 	rss, fds := u.end()
@@ -187,8 +194,8 @@ func (s *siege) check(t *testing.T, run func(func() []time.Duration) []time.Dura
 	fdCeiling := siegeFDBase + siegeFDInstance*instances
 	t.Logf("neighbour: median %v before, %v during (%d calls); bentod: peak RSS %.1f MB (ceiling %d MB), peak descriptors %d (ceiling %d)",
 		mb.Round(10*time.Microsecond), md.Round(10*time.Microsecond), len(lat), float64(rss)/(1<<20), siegeMemCeiling>>20, fds, fdCeiling)
-	if md > 2*mb {
-		t.Errorf("the neighbour's median went from %v to %v, more than 2x", mb, md)
+	if md > 2*mb+siegeSlack {
+		t.Errorf("the neighbour's median went from %v to %v, more than 2x (+%v)", mb, md, siegeSlack)
 	}
 	if rss > siegeMemCeiling {
 		t.Errorf("bentod's memory reached %.1f MB, over its %d MB ceiling", float64(rss)/(1<<20), siegeMemCeiling>>20)
