@@ -17,6 +17,14 @@ import (
 	"github.com/torbento/bento/internal/socks"
 )
 
+// What bentod's own discovery (remote.choose) may hold: the largest
+// relays' boxes only, each policy small. A hostile box serves at most
+// directoryMaxPolicy bytes, so the directory costs bentod at most a few MB.
+const (
+	directoryMaxBoxes  = 64
+	directoryMaxPolicy = 64 << 10
+)
+
 // directoryMaxAge: the boxes found are reused this long. Discovery reads
 // the relay's descriptors and fetches every announced box's policy through
 // Tor: bentod does it at most this often, whatever its functions ask.
@@ -50,12 +58,12 @@ func (s *Server) directoryBoxes(ctx context.Context) ([]boxdir.Box, error) {
 	fetch := func(ctx context.Context, addr string) (*policy.Public, []byte, error) {
 		cl := client.New(addr)
 		cl.Dialer = dialer
-		cl.MaxFrame = boxdir.MaxPolicyJSON
+		cl.MaxFrame = directoryMaxPolicy
 		cl.Timeout = 20 * time.Second
 		raw, pub, err := cl.PolicyJSON(ctx)
 		return pub, raw, err
 	}
-	boxes, _, err := boxdir.Discover(ctx, c, fetch, boxdir.Options{})
+	boxes, _, err := boxdir.Discover(ctx, c, fetch, boxdir.Options{MaxBoxes: directoryMaxBoxes})
 	if err != nil {
 		return nil, err
 	}
