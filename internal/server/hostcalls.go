@@ -365,22 +365,35 @@ func (h *hostCall) checked() *netcheck.Checked {
 // every destination against the destination policies first (the exit or
 // the onion service resolves the name: the name is what is checked). Each
 // instance gets its own SOCKS credentials, so tor (IsolateSOCKSAuth, on by
-// default) never puts two instances' streams on one circuit.
-func (h *hostCall) torDialer() (*checkedTor, error) {
-	p := h.in.srv.policy().TorSocksPort
-	if p == "" {
-		return nil, errors.New("this node has no Tor SOCKS port (TorSocksPort)")
+// default) never puts two instances' streams on one circuit. On a node
+// without a TorSocksPort the dialer still checks, and then refuses to dial:
+// a destination the policies reject is refused as such everywhere.
+func (h *hostCall) torDialer() *checkedTor {
+	c := &checkedTor{pols: h.policies(), own: h.in.srv.Onion()}
+	if p := h.in.srv.policy().TorSocksPort; p != "" {
+		c.d = &socks.Dialer{Proxy: p, Username: h.in.socksUser(), Password: "bento"}
 	}
-	return &checkedTor{d: &socks.Dialer{Proxy: p, Username: h.in.socksUser(), Password: "bento"}, pols: h.policies(), own: h.in.srv.Onion()}, nil
+	return c
 }
+
+// errNoTorSocks is the answer of a node that cannot reach Tor.
+var errNoTorSocks = errors.New("this node has no Tor SOCKS port (TorSocksPort)")
 
 // checkedTor is a SOCKS dialer that refuses destinations the policies
 // reject, and this bentod's own onion service (a function reaches its own
 // box with remote.*, which charges what it starts to its client).
 type checkedTor struct {
-	d    *socks.Dialer
+	d    *socks.Dialer // nil: no TorSocksPort
 	pols []*exitpolicy.Policy
 	own  string // bentod's onion service, host:port
+}
+
+// ready tells whether the node can dial through Tor at all.
+func (c *checkedTor) ready() error {
+	if c.d == nil {
+		return errNoTorSocks
+	}
+	return nil
 }
 
 func (c *checkedTor) check(addr string) error {
@@ -400,6 +413,9 @@ func (c *checkedTor) check(addr string) error {
 
 func (c *checkedTor) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	if err := c.check(addr); err != nil {
+		return nil, err
+	}
+	if err := c.ready(); err != nil {
 		return nil, err
 	}
 	return c.d.DialContext(ctx, network, addr)
@@ -432,11 +448,11 @@ func (h *hostCall) fetch(viaTor bool) (any, []byte, error) {
 	defer cancel()
 	var dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	if viaTor {
-		td, err := h.torDialer()
-		if err != nil {
+		td := h.torDialer()
+		if err := td.check(hostPort(u)); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", name, err)
 		}
-		if err := td.check(hostPort(u)); err != nil {
+		if err := td.ready(); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", name, err)
 		}
 		dial = td.DialContext
@@ -593,15 +609,14 @@ func (h *hostCall) remote(name string) (any, []byte, error) {
 	if strings.HasSuffix(strings.ToLower(host), ".onion") {
 		// A server published as an onion service is reached through Tor
 		// (this bentod's own: in process).
-		td, err := h.torDialer()
-		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %s is an onion service: %w", short, a.Server, err)
-		}
+		td := h.torDialer()
 		if err := netcheck.CheckTor(td.pols, a.Server); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", short, err)
 		}
 		if own := in.srv.Onion(); own != "" && netcheck.SameOnionService(own, a.Server) {
 			cl.Dialer = selfDialer{in}
+		} else if err := td.ready(); err != nil {
+			return nil, nil, fmt.Errorf("%s: %s is an onion service: %w", short, a.Server, err)
 		} else {
 			cl.Dialer = td
 		}

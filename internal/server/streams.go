@@ -237,17 +237,18 @@ func (h *hostCall) torStream(name string) (any, []byte, error) {
 		if a.Host == "" || a.Port < 1 || a.Port > 65535 {
 			return nil, nil, fmt.Errorf("tor.dial: want a host and a port 1-65535")
 		}
-		td, err := h.torDialer()
-		if err != nil {
-			return nil, nil, fmt.Errorf("tor.dial: %w", err)
-		}
+		td := h.torDialer()
 		ctx, cancel := wait()
 		defer cancel()
 		target := net.JoinHostPort(a.Host, strconv.Itoa(a.Port))
 		if err := td.check(target); err != nil {
 			return nil, nil, fmt.Errorf("tor.dial: %w", err)
 		}
+		if err := td.ready(); err != nil {
+			return nil, nil, fmt.Errorf("tor.dial: %w", err)
+		}
 		var c net.Conn
+		var err error
 		if a.Circuit != "" {
 			c, err = h.dialOnCircuit(ctx, td.d, target, a.Circuit)
 		} else {
