@@ -25,9 +25,10 @@ type origin struct {
 // here, for the composition bounds.
 type root struct {
 	id        string
-	instances int // instances functions of this root started, alive
-	calls     int // remote.* calls in progress
-	refs      int // instances of the group alive, the root included
+	owner     string // the client that deployed the root ("" through Tor)
+	instances int    // instances functions of this root started, alive
+	calls     int    // remote.* calls in progress
+	refs      int    // instances of the group alive, the root included
 }
 
 // budgetKey is the key of the byte budget a client (or its functions)
@@ -103,7 +104,7 @@ func (s *Server) admit(m *manifest.Manifest, o origin, id string) (*admission, *
 		a.child = true
 	} else {
 		a.root = id
-		s.roots[id] = &root{id: id, refs: 1}
+		s.roots[id] = &root{id: id, owner: o.owner, refs: 1}
 	}
 	return a, nil
 }
@@ -149,13 +150,27 @@ func (s *Server) beginCall(id string) (func(), error) {
 	if rt == nil {
 		return nil, fmt.Errorf("the instance has ended")
 	}
-	if rt.calls >= limit {
-		return nil, fmt.Errorf("%d composition calls of this client's functions are in progress (MaxCompositionCalls); wait for one to finish", rt.calls)
+	// Per root, and per client over all its roots: a client with many
+	// instances gets no more calls at once than one with one.
+	n := rt.calls
+	if rt.owner != "" {
+		n = s.ownerCalls[rt.owner]
+	}
+	if n >= limit {
+		return nil, fmt.Errorf("%d composition calls of this client's functions are in progress (MaxCompositionCalls); wait for one to finish", n)
 	}
 	rt.calls++
+	if rt.owner != "" {
+		s.ownerCalls[rt.owner]++
+	}
 	return func() {
 		s.mu.Lock()
 		rt.calls--
+		if rt.owner != "" {
+			if s.ownerCalls[rt.owner]--; s.ownerCalls[rt.owner] <= 0 {
+				delete(s.ownerCalls, rt.owner)
+			}
+		}
 		s.mu.Unlock()
 	}, nil
 }

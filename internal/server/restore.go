@@ -200,7 +200,7 @@ func (s *Server) restoreInstance(rec recordHead, dir string) error {
 		// Its root may have ended before it: the group lives on for it.
 		s.mu.Lock()
 		if s.roots[o.root] == nil {
-			s.roots[o.root] = &root{id: o.root}
+			s.roots[o.root] = &root{id: o.root, owner: o.owner}
 		}
 		s.mu.Unlock()
 	}
