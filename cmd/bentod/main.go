@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
@@ -164,9 +165,13 @@ func run() int {
 
 	closed := make(chan struct{})
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1)
 	go func() {
 		for sig := range sigs {
+			if sig == syscall.SIGUSR1 {
+				logStatus(log, srv.Status())
+				continue
+			}
 			if sig == syscall.SIGHUP {
 				np, err := policy.Load(*conf)
 				if err != nil {
@@ -211,22 +216,27 @@ func run() int {
 }
 
 // checkDescriptors warns when the descriptor limit cannot cover what the
-// policy lets clients and functions hold: every connection, and a few per
-// instance (more with Tor streams).
+// policy lets clients and functions hold.
 func checkDescriptors(p *policy.Policy, log *slog.Logger) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return
 	}
+	if need := descriptorsNeeded(p); lim.Cur < need {
+		log.Warn("the descriptor limit is below what the policy may need; raise it (LimitNOFILE= in the service unit, ulimit -n) or lower MaxConnections/MaxInstances",
+			"limit", lim.Cur, "needed", need)
+	}
+}
+
+// descriptorsNeeded is what the policy lets clients and functions make
+// bentod hold: every connection on its listeners, and a few per instance
+// (more with Tor streams).
+func descriptorsNeeded(p *policy.Policy) uint64 {
 	perInstance := uint64(8)
 	if p.APIs[policy.APITorStream] {
 		perInstance += 64 + 8
 	}
-	need := uint64(p.Daemon.MaxConnections+p.Daemon.MaxOnionConnections+64+64) + perInstance*uint64(p.Aggregate.Instances)
-	if lim.Cur < need {
-		log.Warn("the descriptor limit is below what the policy may need; raise it (LimitNOFILE= in the service unit, ulimit -n) or lower MaxConnections/MaxInstances",
-			"limit", lim.Cur, "needed", need)
-	}
+	return uint64(p.Daemon.MaxConnections+p.Daemon.MaxOnionConnections+64+64) + perInstance*uint64(p.Aggregate.Instances)
 }
 
 // renice sets the scheduling priority of every thread of bentod (Linux
@@ -246,4 +256,20 @@ func renice(n int) error {
 		}
 	}
 	return nil
+}
+
+// logStatus writes what bentod holds as one log line (SIGUSR1, as tor
+// dumps its statistics): instances, bytes in flight, each listener's
+// connections and refusals, and the process's own memory and descriptors.
+func logStatus(log *slog.Logger, st server.Status) {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	fds, _ := os.ReadDir("/proc/self/fd")
+	attrs := []any{"instances", st.Instances, "in_flight_bytes", st.InFlight, "in_flight_peak_bytes", st.InFlightPeak,
+		"in_flight_limit_bytes", st.InFlightLimit, "heap_bytes", ms.HeapInuse, "go_sys_bytes", ms.Sys, "descriptors", len(fds)}
+	for _, l := range st.Listeners {
+		attrs = append(attrs, l.Name+"_open", l.Open, l.Name+"_addresses", l.Addresses, l.Name+"_accepted", l.Accepted,
+			l.Name+"_refused", l.RefusedTotal+l.RefusedPerAddr+l.RefusedRate, l.Name+"_evicted", l.Evicted, l.Name+"_accept_errors", l.AcceptErrors)
+	}
+	safelog.Notice(log, "status", attrs...)
 }

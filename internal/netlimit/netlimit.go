@@ -145,6 +145,9 @@ func AddrKey(a net.Addr) string {
 	return ip.String()
 }
 
+// Name returns the listener's name (Config.Name).
+func (l *Listener) Name() string { return l.cfg.Name }
+
 // Addr returns the listener's address.
 func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 

@@ -58,16 +58,24 @@ func (s *Server) LimitListener(ln net.Listener, onion bool) *netlimit.Listener {
 		cfg.Name, cfg.Total, cfg.PerAddr, cfg.Rate = "onion", d.MaxOnionConnections, 0, 0
 	}
 	s.self.add(ln.Addr())
-	return netlimit.New(ln, cfg)
+	return s.track(netlimit.New(ln, cfg))
 }
 
 // LimitPolicyListener wraps the policy endpoint's listener: it serves a
 // small document, so a few connections per address are plenty.
 func (s *Server) LimitPolicyListener(ln net.Listener) *netlimit.Listener {
-	return netlimit.New(ln, netlimit.Config{Name: "policy", Total: 64, PerAddr: 4, Rate: 10, Burst: 20, Log: s.log,
+	return s.track(netlimit.New(ln, netlimit.Config{Name: "policy", Total: 64, PerAddr: 4, Rate: 10, Burst: 20, Log: s.log,
 		Refusal: func(why netlimit.Reason) []byte {
 			return []byte(fmt.Sprintf("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s\n", len(why.String())+1, why))
-		}})
+		}}))
+}
+
+// track keeps a listener for Status.
+func (s *Server) track(l *netlimit.Listener) *netlimit.Listener {
+	s.mu.Lock()
+	s.listeners = append(s.listeners, l)
+	s.mu.Unlock()
+	return l
 }
 
 // Serve accepts client connections on ln until Close. A listener not

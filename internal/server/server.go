@@ -58,17 +58,19 @@ type Server struct {
 	budgets  keyedBudgets   // the same, per client
 	self     selfAddrs      // bentod's own addresses, for composition onto itself
 
-	mu        sync.Mutex
-	instances map[string]*Instance
-	byInv     map[tokenHash]*Instance
-	byShut    map[tokenHash]*Instance
-	usedMem   int64
-	usedMilli int64 // CPU in thousandths of a core
-	running   int
-	restore   bool                 // RestoreInstances, read at start
-	lost      map[tokenHash]string // tokens of instances a restart ended, and why
-	perClient map[string]int       // instances held, by client address
-	roots     map[string]*root     // composition groups, by root instance id
+	mu         sync.Mutex
+	instances  map[string]*Instance
+	byInv      map[tokenHash]*Instance
+	byShut     map[tokenHash]*Instance
+	usedMem    int64
+	usedMilli  int64 // CPU in thousandths of a core
+	running    int
+	restore    bool                 // RestoreInstances, read at start
+	lost       map[tokenHash]string // tokens of instances a restart ended, and why
+	perClient  map[string]int       // instances held, by client address
+	listeners  []*netlimit.Listener // made by LimitListener and LimitPolicyListener
+	roots      map[string]*root     // composition groups, by root instance id
+	ownerCalls map[string]int       // remote.* calls in progress, by the client of their root
 
 	boxT    boxTimes      // the box's end (BoxEndsAt, BoxLifetime), under mu
 	boxID   *boxIdentity  // the box's statement for the directory, under mu
@@ -118,21 +120,22 @@ func New(opts Options) (*Server, error) {
 		opts.Logger.Warn("functions could not be given a low CPU weight; they still keep to their quotas", "err", sb.WeightErr)
 	}
 	s := &Server{
-		sb:        sb,
-		log:       opts.Logger,
-		instDir:   filepath.Join(p.DataDirectory, "instances"),
-		transport: opts.Transport,
-		inflight:  budget.New(p.Daemon.MaxInFlight),
-		instances: map[string]*Instance{},
-		byInv:     map[tokenHash]*Instance{},
-		byShut:    map[tokenHash]*Instance{},
-		lost:      map[tokenHash]string{},
-		perClient: map[string]int{},
-		roots:     map[string]*root{},
-		restore:   p.RestoreInstances,
-		reaped:    make(chan struct{}),
-		closed:    make(chan struct{}),
-		boxWake:   make(chan struct{}, 1),
+		sb:         sb,
+		log:        opts.Logger,
+		instDir:    filepath.Join(p.DataDirectory, "instances"),
+		transport:  opts.Transport,
+		inflight:   budget.New(p.Daemon.MaxInFlight),
+		instances:  map[string]*Instance{},
+		byInv:      map[tokenHash]*Instance{},
+		byShut:     map[tokenHash]*Instance{},
+		lost:       map[tokenHash]string{},
+		perClient:  map[string]int{},
+		roots:      map[string]*root{},
+		ownerCalls: map[string]int{},
+		restore:    p.RestoreInstances,
+		reaped:     make(chan struct{}),
+		closed:     make(chan struct{}),
+		boxWake:    make(chan struct{}, 1),
 	}
 	if s.boxT, err = resolveBoxEnd(p, time.Now()); err != nil {
 		return nil, err
@@ -408,6 +411,36 @@ func (s *Server) shutdown(tok string) *proto.Error {
 	<-in.ended
 	s.forget(in)
 	return nil
+}
+
+// Status is a snapshot of what bentod holds: its instances, the bytes it
+// holds for clients and functions, and its listeners' connections. bentod
+// logs it on SIGUSR1, as tor dumps its statistics.
+type Status struct {
+	Instances     int
+	InFlight      int64 // bytes held now for uploads, host-call results, relayed output
+	InFlightPeak  int64 // the most ever held at once
+	InFlightLimit int64 // MaxInFlight
+	Listeners     []ListenerStatus
+}
+
+// ListenerStatus is one listener's counters.
+type ListenerStatus struct {
+	Name string // client, onion or policy
+	netlimit.Stats
+}
+
+// Status returns a snapshot of what bentod holds.
+func (s *Server) Status() Status {
+	s.mu.Lock()
+	st := Status{Instances: s.running}
+	ls := append([]*netlimit.Listener(nil), s.listeners...)
+	s.mu.Unlock()
+	st.InFlight, st.InFlightPeak, st.InFlightLimit = s.inflight.Used(), s.inflight.Peak(), s.inflight.Limit()
+	for _, l := range ls {
+		st.Listeners = append(st.Listeners, ListenerStatus{Name: l.Name(), Stats: l.Stats()})
+	}
+	return st
 }
 
 // Instances returns the number of live instances.
