@@ -185,3 +185,18 @@ func TestConfinement(t *testing.T) {
 func sandboxUserNS(s *Sandbox) bool {
 	return s.userns || testutil.InCI()
 }
+
+// TestCPUQuotaExact: the quota runc gets is exactly the cores admitted
+// (hundredths of a core, policy.MilliCores), never a microsecond short:
+// 0.29 * 100000 is 28999.999999999996 in floating point.
+func TestCPUQuotaExact(t *testing.T) {
+	s := &Sandbox{}
+	for hundredths := 1; hundredths <= 400; hundredths++ {
+		cpu := float64(hundredths) / 100
+		spec := s.buildSpec("x", Limits{CPU: cpu, Memory: 1 << 20})
+		want := max(1000, int64(hundredths)*1000)
+		if got := spec.Linux.Resources.CPU.Quota; got != want {
+			t.Fatalf("cpu %.2f: quota %d µs, want %d", cpu, got, want)
+		}
+	}
+}

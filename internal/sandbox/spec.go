@@ -182,7 +182,7 @@ func (s *Sandbox) buildSpec(id string, l Limits) *ociSpec {
 			CgroupsPath: "/" + cgroupParent + "/" + id,
 			Resources: ociResources{
 				Memory:  ociMemory{Limit: l.Memory},
-				CPU:     ociCPU{Shares: cpuShares, Quota: max(1000, int64(l.CPU*cpuPeriod)), Period: cpuPeriod},
+				CPU:     ociCPU{Shares: cpuShares, Quota: max(1000, int64(math.Round(l.CPU*cpuPeriod))), Period: cpuPeriod},
 				Pids:    ociPids{Limit: int64(l.Processes)},
 				Devices: deviceRules(),
 			},
