@@ -16,128 +16,54 @@ import (
 	"github.com/torbento/bento/internal/privs"
 )
 
-// neighbour is an innocent instance whose calls are timed before and
-// during each attack.
-type neighbour struct {
-	d     *daemon
-	token string
-}
-
-func newNeighbour(t *testing.T, d *daemon) *neighbour {
-	dep := deployCLI(t, d, fn("dropbox"))
-	if r := bento(t, "kept", "invoke", "-i", d.Addr, dep.InvocationToken, "put"); r.Code != 0 {
-		t.Fatalf("neighbour put: %s", r)
-	}
-	return &neighbour{d: d, token: dep.InvocationToken}
-}
-
-// call gets the neighbour's data and returns how long it took.
-func (n *neighbour) call(t *testing.T) time.Duration {
-	start := time.Now()
-	out, err := client.New(n.d.Addr).Call(ctx(t), n.token, "get")
-	if err != nil || string(out) != "kept" {
-		t.Fatalf("neighbour: %q %v", out, err)
-	}
-	return time.Since(start)
-}
-
-// during runs attack while timing the neighbour's calls, and checks they
-// stay fast: bentod and the other instances are unaffected.
-func (n *neighbour) during(t *testing.T, attack func() result) result {
-	t.Helper()
-	var before []time.Duration
-	for i := 0; i < 5; i++ {
-		before = append(before, n.call(t))
-	}
-	done := make(chan result, 1)
-	go func() { done <- attack() }()
-	var during []time.Duration
-	var r result
-	for finished := false; !finished; {
-		during = append(during, n.call(t))
-		select {
-		case r = <-done:
-			finished = true
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	mb, md := median(before), median(during)
-	t.Logf("neighbour's calls: median %v before, %v during (%d calls)", mb.Round(time.Microsecond), md.Round(time.Microsecond), len(during))
-	if md > time.Second && md > 20*mb {
-		t.Errorf("the neighbour slowed from %v to %v during the attack", mb, md)
-	}
-	return r
-}
-
 // TestAttacks runs hostile functions and clients next to an innocent
 // instance. Each is contained with a clear reason; bentod keeps serving;
 // the neighbour's latency is measured before and during. (docs/SECURITY.md
 // lists these with the resource attacks of TestLimits and the others.)
 func TestAttacks(t *testing.T) {
 	base, port := webServer(t, []byte("page"))
-	d := startBentod(t, fmt.Sprintf("AllowAPI send,recv,log,time,sleep,random,storage,exit,http.fetch\nDestinationPolicy accept 127.0.0.1:%d\n", port))
-	nb := newNeighbour(t, d)
+	s := newSiegeRC(t, strings.Replace(siegeRC, "DestinationPolicy accept 127.0.0.1:*", fmt.Sprintf("DestinationPolicy accept 127.0.0.1:%d", port), 1))
+	d := s.d
 
 	t.Run("deep-recursion", func(t *testing.T) {
-		r := nb.during(t, func() result { return bento(t, "", "run", d.Addr, fn("recursion")) })
+		var r result
+		s.while(t, func() { r = bento(t, "", "run", d.Addr, fn("recursion")) })
 		if r.Code != 1 && r.Code != 6 {
 			t.Fatalf("want a function error or a stop, got %s", r)
 		}
 		t.Logf("stopped: %s", strings.TrimSpace(strings.SplitN(r.Stderr, "\n", 2)[0]))
 	})
 	t.Run("host-files-through-bundle", func(t *testing.T) {
-		for _, p := range []string{"../../../../etc/passwd", "/etc/passwd", "/proc/1/environ"} {
-			r := bento(t, "", "run", d.Addr, fn("traversal"), p)
-			if r.Code != 1 || !strings.Contains(r.Stderr, "no file") {
-				t.Errorf("bento.source(%q): %s", p, r)
+		s.while(t, func() {
+			for _, p := range []string{"../../../../etc/passwd", "/etc/passwd", "/proc/1/environ"} {
+				r := bento(t, "", "run", d.Addr, fn("traversal"), p)
+				if r.Code != 1 || !strings.Contains(r.Stderr, "no file") {
+					t.Errorf("bento.source(%q): %s", p, r)
+				}
 			}
-		}
+		})
 	})
 	t.Run("loopback-services", func(t *testing.T) {
 		// bentod's own port, and a relay control port: the manifest may
 		// only name what the node accepts, and every dial is checked.
-		for _, target := range []string{"http://" + d.Addr + "/", "http://127.0.0.1:9051/"} {
-			r := nb.during(t, func() result {
-				return bento(t, "", "run", "--destinations", fmt.Sprintf("accept 127.0.0.1:%d", port), d.Addr, fn("browser"), target)
-			})
-			if r.Code != 1 || !strings.Contains(r.Stderr, "rejected by the") {
-				t.Errorf("fetch %s: %s", target, r)
+		s.while(t, func() {
+			for _, target := range []string{"http://" + d.Addr + "/", "http://127.0.0.1:9051/"} {
+				r := bento(t, "", "run", "--destinations", fmt.Sprintf("accept 127.0.0.1:%d", port), d.Addr, fn("browser"), target)
+				if r.Code != 1 || !strings.Contains(r.Stderr, "rejected by the") {
+					t.Errorf("fetch %s: %s", target, r)
+				}
 			}
-		}
-		r := bento(t, "", "run", "--destinations", "accept 127.0.0.1:9051", d.Addr, fn("browser"), "http://127.0.0.1:9051/")
-		if r.Code != 3 {
-			t.Errorf("manifest asking for 127.0.0.1:9051: %s", r)
-		}
-		if r := bento(t, "", "run", "--destinations", fmt.Sprintf("accept 127.0.0.1:%d", port), d.Addr, fn("browser"), base+"/page"); r.Code != 0 {
-			t.Errorf("the accepted destination: %s", r)
-		}
+			r := bento(t, "", "run", "--destinations", "accept 127.0.0.1:9051", d.Addr, fn("browser"), "http://127.0.0.1:9051/")
+			if r.Code != 3 {
+				t.Errorf("manifest asking for 127.0.0.1:9051: %s", r)
+			}
+			if r := bento(t, "", "run", "--destinations", fmt.Sprintf("accept 127.0.0.1:%d", port), d.Addr, fn("browser"), base+"/page"); r.Code != 0 {
+				t.Errorf("the accepted destination: %s", r)
+			}
+		})
 	})
 	t.Run("tokens", func(t *testing.T) {
-		dep := deployCLI(t, d, fn("dropbox"))
-		guess := func() string {
-			b := make([]byte, 32)
-			rand.Read(b)
-			return "bento-inv-" + base64.RawURLEncoding.EncodeToString(b)
-		}
-		for _, tc := range []struct{ what, cmd, token string }{
-			{"a guessed invocation token", "invoke", guess()},
-			{"a malformed token", "invoke", "x"},
-			{"the shutdown token used to invoke", "invoke", dep.ShutdownToken},
-			{"the invocation token used to shut down", "shutdown", dep.InvocationToken},
-			{"a guessed shutdown token", "shutdown", strings.Replace(guess(), "inv", "sd", 1)},
-		} {
-			if r := bento(t, "", tokenArgs(tc.cmd, d.Addr, tc.token)...); r.Code != 5 {
-				t.Errorf("%s: %s", tc.what, r)
-			}
-		}
-		if r := bento(t, "", "shutdown", d.Addr, dep.ShutdownToken); r.Code != 0 {
-			t.Fatal(r)
-		}
-		for _, tc := range []struct{ cmd, token string }{{"invoke", dep.InvocationToken}, {"shutdown", dep.ShutdownToken}} {
-			if r := bento(t, "", tokenArgs(tc.cmd, d.Addr, tc.token)...); r.Code != 5 {
-				t.Errorf("%s with a token of an ended instance: %s", tc.cmd, r)
-			}
-		}
+		s.while(t, func() { tokenAttacks(t, d) })
 	})
 	t.Run("slow-clients", func(t *testing.T) {
 		// 200 connections from 20 other addresses that never finish their
@@ -157,45 +83,83 @@ func TestAttacks(t *testing.T) {
 				c.Close()
 			}
 		}()
-		r := nb.during(t, func() result { return bento(t, "", "run", d.Addr, fn("hello")) })
-		if r.Code != 0 {
-			t.Fatalf("a normal client beside 200 slow ones: %s", r)
-		}
+		s.while(t, func() {
+			for i := 0; i < 3; i++ {
+				if r := bento(t, "", "run", d.Addr, fn("hello")); r.Code != 0 {
+					t.Fatalf("a normal client beside 200 slow ones: %s", r)
+				}
+			}
+			for _, c := range conns {
+				c.Close()
+			}
+		})
 	})
 	t.Run("vanishing-client", func(t *testing.T) {
 		// The client goes away in the middle of an invocation: the
 		// invocation runs on, and its output waits for a reattach.
-		dep := deployCLI(t, d, fn("counter"))
 		cl := client.New(d.Addr)
-		s, err := cl.Invoke(ctx(t), dep.InvocationToken, 3, 0.2)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sid := s.ID
-		s.Close()
-		time.Sleep(time.Second)
-		s2, err := cl.Attach(ctx(t), dep.InvocationToken, sid, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s2.Close()
 		var out []byte
-		for {
-			data, exit, err := s2.Recv()
+		s.while(t, func() {
+			dep := deployCLI(t, d, fn("counter"))
+			sess, err := cl.Invoke(ctx(t), dep.InvocationToken, 3, 0.2)
 			if err != nil {
 				t.Fatal(err)
 			}
-			out = append(out, data...)
-			if exit != nil {
-				break
+			sid := sess.ID
+			sess.Close()
+			time.Sleep(time.Second)
+			s2, err := cl.Attach(ctx(t), dep.InvocationToken, sid, 0)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
+			defer s2.Close()
+			for {
+				data, exit, err := s2.Recv()
+				if err != nil {
+					t.Fatal(err)
+				}
+				out = append(out, data...)
+				if exit != nil {
+					break
+				}
+			}
+		})
 		if string(out) != "line 0\nline 1\nline 2\ndone\n" {
 			t.Fatalf("output after reattaching: %q", out)
 		}
 	})
 	if r := bento(t, "", "run", d.Addr, fn("hello")); r.Code != 0 {
 		t.Fatalf("bentod after the attacks: %s", r)
+	}
+}
+
+// tokenAttacks guesses, replays and misuses tokens.
+func tokenAttacks(t *testing.T, d *daemon) {
+	t.Helper()
+	dep := deployCLI(t, d, fn("dropbox"))
+	guess := func() string {
+		b := make([]byte, 32)
+		rand.Read(b)
+		return "bento-inv-" + base64.RawURLEncoding.EncodeToString(b)
+	}
+	for _, tc := range []struct{ what, cmd, token string }{
+		{"a guessed invocation token", "invoke", guess()},
+		{"a malformed token", "invoke", "x"},
+		{"the shutdown token used to invoke", "invoke", dep.ShutdownToken},
+		{"the invocation token used to shut down", "shutdown", dep.InvocationToken},
+		{"a guessed shutdown token", "shutdown", strings.Replace(guess(), "inv", "sd", 1)},
+	} {
+		if r := bento(t, "", tokenArgs(tc.cmd, d.Addr, tc.token)...); r.Code != 5 {
+			t.Errorf("%s: %s", tc.what, r)
+		}
+	}
+	if r := bento(t, "", "shutdown", d.Addr, dep.ShutdownToken); r.Code != 0 {
+		t.Fatal(r)
+	}
+	for _, tc := range []struct{ cmd, token string }{{"invoke", dep.InvocationToken}, {"shutdown", dep.ShutdownToken}} {
+		if r := bento(t, "", tokenArgs(tc.cmd, d.Addr, tc.token)...); r.Code != 5 {
+			t.Errorf("%s with a token of an ended instance: %s", tc.cmd, r)
+		}
 	}
 }
 
@@ -209,39 +173,39 @@ func tokenArgs(cmd, addr, token string) []string {
 // TestFairness: one client cannot take every slot. Two clients on
 // different addresses (127.0.0.2 and 127.0.0.3) each get their share.
 func TestFairness(t *testing.T) {
-	d := startBentod(t, "MaxInstances 5\nMaxInstancesPerClient 2\n")
+	s := newSiege(t, "MaxInstances 5\nMaxInstancesPerClient 2\n")
+	d := s.d
 	fnc, err := client.LoadFunction(fn("dropbox"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	from := func(ip string) *client.Client {
-		cl := client.New(d.Addr)
-		cl.Dialer = &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-		return cl
-	}
-	greedy, other := from("127.0.0.2"), from("127.0.0.3")
-	var held []*client.Deployed
-	for i := 0; i < 2; i++ {
-		dep, err := greedy.Deploy(ctx(t), fnc)
-		if err != nil {
-			t.Fatalf("greedy client's deploy %d: %v", i, err)
+	greedy, other := from(d.Addr, "127.0.0.2"), from(d.Addr, "127.0.0.3")
+	s.whileKeeping(t, func() {
+		var held []*client.Deployed
+		for i := 0; i < 2; i++ {
+			dep, err := greedy.Deploy(ctx(t), fnc)
+			if err != nil {
+				t.Fatalf("greedy client's deploy %d: %v", i, err)
+			}
+			held = append(held, dep)
 		}
-		held = append(held, dep)
-	}
-	_, err = greedy.Deploy(ctx(t), fnc)
-	if !client.IsCode(err, client.CodeBusy) || !strings.Contains(err.Error(), "MaxInstancesPerClient") {
-		t.Fatalf("greedy client's third deploy: %v", err)
-	}
-	if _, err := other.Deploy(ctx(t), fnc); err != nil {
-		t.Fatalf("another client while the greedy one is at its share: %v", err)
-	}
-	// A slot given back is the greedy client's to use again.
-	if err := greedy.Shutdown(ctx(t), held[0].ShutdownToken); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := greedy.Deploy(ctx(t), fnc); err != nil {
-		t.Fatalf("after a shutdown: %v", err)
-	}
+		for i := 0; i < 10; i++ {
+			_, err = greedy.Deploy(ctx(t), fnc)
+			if !client.IsCode(err, client.CodeBusy) || !strings.Contains(err.Error(), "MaxInstancesPerClient") {
+				t.Fatalf("greedy client's deploy beyond its share: %v", err)
+			}
+		}
+		if _, err := other.Deploy(ctx(t), fnc); err != nil {
+			t.Fatalf("another client while the greedy one is at its share: %v", err)
+		}
+		// A slot given back is the greedy client's to use again.
+		if err := greedy.Shutdown(ctx(t), held[0].ShutdownToken); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := greedy.Deploy(ctx(t), fnc); err != nil {
+			t.Fatalf("after a shutdown: %v", err)
+		}
+	})
 }
 
 // TestBentodPrivileges: bentod keeps only the capabilities runc needs, on

@@ -49,6 +49,32 @@ type attackReport struct {
 	Refused   int64 `json:"refused"`     // answered with an error frame or an HTTP 503
 	Requests  int64 `json:"requests"`    // requests answered on held connections
 	MaxLifeMs int64 `json:"max_life_ms"` // longest a connection stayed open
+	Sent      int64 `json:"sent"`        // bytes written to the server (its socket took them)
+
+	output string // what the attacker printed, for a failure's message
+}
+
+// String shows the counters, and the attacker's own words when it
+// reported nothing.
+func (r attackReport) String() string {
+	s := fmt.Sprintf("%d attempts, %d connected, %d closed, %d refused, %d requests answered, longest life %d ms, %d bytes sent",
+		r.Attempts, r.Connected, r.Closed, r.Refused, r.Requests, r.MaxLifeMs, r.Sent)
+	if r.Attempts == 0 {
+		s += "; the attacker said: " + trunc(r.output)
+	}
+	return s
+}
+
+// countConn counts the bytes written on a connection.
+type countConn struct {
+	net.Conn
+	n *int64
+}
+
+func (c countConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	atomic.AddInt64(c.n, int64(n))
+	return n, err
 }
 
 type attackProc struct {
@@ -101,8 +127,8 @@ func (a *attackProc) stop() attackReport {
 			<-a.done
 		}
 	}
-	var r attackReport
-	sc := bufio.NewScanner(strings.NewReader(a.out.String()))
+	r := attackReport{output: a.out.String()}
+	sc := bufio.NewScanner(strings.NewReader(r.output))
 	for sc.Scan() {
 		if line := sc.Bytes(); len(line) > 0 && line[0] == '{' {
 			_ = json.Unmarshal(line, &r)
@@ -127,7 +153,8 @@ func runAttacker(specJSON string) int {
 		b, _ := json.Marshal(attackReport{
 			Attempts: atomic.LoadInt64(&rep.Attempts), Connected: atomic.LoadInt64(&rep.Connected),
 			Closed: atomic.LoadInt64(&rep.Closed), Refused: atomic.LoadInt64(&rep.Refused),
-			Requests: atomic.LoadInt64(&rep.Requests), MaxLifeMs: atomic.LoadInt64(&rep.MaxLifeMs)})
+			Requests: atomic.LoadInt64(&rep.Requests), MaxLifeMs: atomic.LoadInt64(&rep.MaxLifeMs),
+			Sent: atomic.LoadInt64(&rep.Sent)})
 		fmt.Println(string(b))
 	}
 	go func() {
@@ -202,7 +229,7 @@ func runAttacker(specJSON string) int {
 				}
 				atomic.AddInt64(&rep.Connected, 1)
 				start := time.Now()
-				refused := attackOne(spec, c, stop, &rep)
+				refused := attackOne(spec, countConn{c, &rep.Sent}, stop, &rep)
 				life := time.Since(start).Milliseconds()
 				for {
 					old := atomic.LoadInt64(&rep.MaxLifeMs)
@@ -302,7 +329,7 @@ func attackOne(spec attackSpec, c net.Conn, stop <-chan struct{}, rep *attackRep
 		go readAll()
 		go writeSlowly(c, spec.Size-8, stop)
 	case "garbage": // random bytes, then close
-		b := make([]byte, 1+int(randUint(4096)))
+		b := make([]byte, 5+int(randUint(4096)))
 		rand.Read(b)
 		if randUint(2) == 0 {
 			binary.BigEndian.PutUint32(b, uint32(randUint(64)))

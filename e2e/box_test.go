@@ -23,7 +23,11 @@ import (
 // (a notice, at the drain point) when it ends; refuses deploys in its
 // drain period; and at the end shuts every instance down with the reason,
 // wipes its stored data, and answers its tokens clearly afterwards.
+//
+// It runs in parallel with TestFlashFlowPrivateNetwork (which waits for
+// tor most of the time), after the other tests.
 func TestBoxLifetime(t *testing.T) {
+	t.Parallel()
 	// Room before the drain point for bentod to start and the deploys
 	// and calls below on a loaded 2-core machine.
 	end := time.Now().Add(38 * time.Second).UTC().Truncate(time.Second)

@@ -256,25 +256,31 @@ func TestDestinationDenied(t *testing.T) {
 	base, port := webServer(t, body)
 	_, other := webServer(t, body)
 	// The manifest allows only `other`; the node allows all of loopback.
-	d := startBentod(t, netPolicy)
-	r := bento(t, "", "run", "--destinations", fmt.Sprintf("accept 127.0.0.1:%d", other), d.Addr, fn("browser"), base+"/page")
-	if r.Code != 1 || !strings.Contains(r.Stderr, "rejected by the manifest's destinations") {
-		t.Fatalf("destination outside the manifest: %s", r)
-	}
+	// (Each bentod has the siege's neighbour, timed throughout.)
+	s := newSiege(t, "")
+	s.while(t, func() {
+		r := bento(t, "", "run", "--destinations", fmt.Sprintf("accept 127.0.0.1:%d", other), s.d.Addr, fn("browser"), base+"/page")
+		if r.Code != 1 || !strings.Contains(r.Stderr, "rejected by the manifest's destinations") {
+			t.Errorf("destination outside the manifest: %s", r)
+		}
+	})
 	// The node rejects the port even though the manifest asks for it: the
 	// upload is refused up front.
-	d2 := startBentod(t, fmt.Sprintf("AllowAPI http.fetch\nDestinationPolicy reject 127.0.0.1:%d, accept 127.0.0.1:*\n", port))
-	r = bento(t, "", "run", "--destinations", fmt.Sprintf("accept 127.0.0.1:%d", port), d2.Addr, fn("browser"), base+"/page")
-	if r.Code != 3 {
-		t.Fatalf("manifest destination the node rejects: %s", r)
-	}
-	// A redirect from an accepted destination to one the node rejects is
-	// caught when bentod dials it.
-	redirector := httpRedirect(t, base+"/page")
-	r = bento(t, "", "run", "--destinations", "accept 127.0.0.1:"+redirector.port, d2.Addr, fn("browser"), redirector.url)
-	if r.Code != 1 || !strings.Contains(r.Stderr, "rejected by the node's DestinationPolicy") {
-		t.Fatalf("redirect to a rejected destination: %s", r)
-	}
+	s2 := newSiegeRC(t, strings.Replace(siegeRC, "DestinationPolicy accept 127.0.0.1:*", fmt.Sprintf("DestinationPolicy reject 127.0.0.1:%d, accept 127.0.0.1:*", port), 1))
+	d2 := s2.d
+	s2.while(t, func() {
+		r := bento(t, "", "run", "--destinations", fmt.Sprintf("accept 127.0.0.1:%d", port), d2.Addr, fn("browser"), base+"/page")
+		if r.Code != 3 {
+			t.Errorf("manifest destination the node rejects: %s", r)
+		}
+		// A redirect from an accepted destination to one the node rejects
+		// is caught when bentod dials it.
+		redirector := httpRedirect(t, base+"/page")
+		r = bento(t, "", "run", "--destinations", "accept 127.0.0.1:"+redirector.port, d2.Addr, fn("browser"), redirector.url)
+		if r.Code != 1 || !strings.Contains(r.Stderr, "rejected by the node's DestinationPolicy") {
+			t.Errorf("redirect to a rejected destination: %s", r)
+		}
+	})
 }
 
 func TestFunctionErrors(t *testing.T) {

@@ -10,10 +10,10 @@ import (
 
 // TestLimits runs each limit's offender beside a healthy instance and
 // checks that the offender is stopped with the right reason while bentod
-// and the neighbour keep working.
+// and the neighbour keep working (the siege's invariants).
 func TestLimits(t *testing.T) {
-	d := startBentod(t, "")
-	nb := newNeighbour(t, d)
+	s := newSiege(t, "")
+	d := s.d
 	// Each limit ends what reached it: the invocation (exit 6, "function
 	// stopped"), a failed host call (exit 1, a function error), or the
 	// deploy (exit 8) when the limit bites while loading.
@@ -31,13 +31,12 @@ func TestLimits(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.fn, func(t *testing.T) {
 			start := time.Now()
-			// The neighbour's calls are timed before and during the attack.
-			r := nb.during(t, func() result { return bento(t, "", "run", d.Addr, fn(tc.fn)) })
+			var r result
+			s.while(t, func() { r = bento(t, "", "run", d.Addr, fn(tc.fn)) })
 			if r.Code != tc.code || !strings.Contains(r.Stderr, tc.reason) {
 				t.Fatalf("want exit %d with %q, got %s", tc.code, tc.reason, r)
 			}
 			t.Logf("%s stopped after %v: %s", tc.fn, time.Since(start).Round(time.Millisecond), strings.TrimSpace(r.Stderr))
-			nb.call(t)
 		})
 	}
 	if r := bento(t, "", "run", d.Addr, fn("hello")); r.Code != 0 {
@@ -52,17 +51,25 @@ func TestLimits(t *testing.T) {
 	}
 }
 
+// TestBusy fills the box (the neighbour holds one of its two slots):
+// deploys are told to retry later, the running instances are untouched,
+// and a freed slot serves again.
 func TestBusy(t *testing.T) {
-	d := startBentod(t, "MaxInstances 1\n")
-	dep := deployCLI(t, d, fn("dropbox"))
-	r := bento(t, "", "deploy", d.Addr, fn("dropbox"))
-	if r.Code != 7 || !strings.Contains(r.Stderr, "busy, retry later") {
-		t.Fatalf("second deploy: %s", r)
-	}
-	if r := bento(t, "", "shutdown", d.Addr, dep.ShutdownToken); r.Code != 0 {
-		t.Fatal(r)
-	}
-	if r := bento(t, "", "run", d.Addr, fn("hello")); r.Code != 0 {
-		t.Fatalf("after the slot was freed: %s", r)
-	}
+	s := newSiege(t, "MaxInstances 2\nMaxInstancesPerClient 2\n")
+	d := s.d
+	s.while(t, func() {
+		dep := deployCLI(t, d, fn("dropbox"))
+		for i := 0; i < 20; i++ {
+			r := bento(t, "", "deploy", d.Addr, fn("dropbox"))
+			if r.Code != 7 || !strings.Contains(r.Stderr, "busy, retry later") {
+				t.Fatalf("deploy on a full box: %s", r)
+			}
+		}
+		if r := bento(t, "", "shutdown", d.Addr, dep.ShutdownToken); r.Code != 0 {
+			t.Fatal(r)
+		}
+		if r := bento(t, "", "run", d.Addr, fn("hello")); r.Code != 0 {
+			t.Fatalf("after the slot was freed: %s", r)
+		}
+	})
 }

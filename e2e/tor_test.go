@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha3"
-	"encoding/base32"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,6 +18,7 @@ import (
 	"time"
 
 	"github.com/torbento/bento/client"
+	"github.com/torbento/bento/internal/boxdir"
 	"github.com/torbento/bento/internal/privnet"
 	"github.com/torbento/bento/internal/socks"
 	"github.com/torbento/bento/internal/testutil"
@@ -641,11 +640,51 @@ func deadOnion(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := sha3.New256()
-	h.Write([]byte(".onion checksum"))
-	h.Write(pub)
-	h.Write([]byte{3})
-	raw := append(append([]byte{}, pub...), h.Sum(nil)[:2]...)
-	raw = append(raw, 3)
-	return strings.ToLower(base32.StdEncoding.EncodeToString(raw)) + ".onion"
+	return boxdir.OnionAddress(pub) + ".onion"
+}
+
+// TestTorDestinationsChecked: what a function reaches through Tor obeys
+// its manifest's destinations like anything else. The manifest names one
+// loopback port (reached through an exit relay: the control that Tor
+// itself works here); every other port, every onion service it does not
+// name (bentod's own included) is refused by the destination check with
+// tor.fetch, tor.dial and remote.*, before tor is asked.
+func TestTorDestinationsChecked(t *testing.T) {
+	n := tornet(t)
+	d := startTorBentod(t, n.Exits()[0])
+	base, port := webServer(t, []byte("through tor"))
+	_, other := webServer(t, []byte("not for you"))
+	dead := deadOnion(t)
+	code := `def main(op, host, port):
+    if op == "fetch":
+        return tor.fetch("http://%s:%d/page" % (host, port)).body
+    if op == "dial":
+        return "%d" % tor.dial(host, port)
+    return remote.invoke("%s:%d" % (host, port), "bento-inv-x")
+`
+	f := tempFunction(t, fmt.Sprintf("name = \"reach\"\napis = [\"tor.fetch\", \"tor.stream\", \"bento\"]\ndestinations = [\"accept 127.0.0.1:%d\"]\n", port), code)
+	ownHost, ownPort, _ := strings.Cut(d.Onion, ":")
+	var r result
+	for i := 0; i < 10; i++ {
+		if r = bento(t, "", "run", d.Addr, f, "fetch", "127.0.0.1", fmt.Sprint(port)); r.Code == 0 {
+			break
+		}
+		time.Sleep(2 * time.Second)
+	}
+	if r.Code != 0 || r.Stdout != "through tor" {
+		t.Fatalf("tor.fetch of %s/page, which the manifest names: %s", base, r)
+	}
+	for _, tc := range []struct{ op, host, port string }{
+		{"fetch", "127.0.0.1", fmt.Sprint(other)},
+		{"dial", "127.0.0.1", fmt.Sprint(other)},
+		{"fetch", dead, "80"},
+		{"dial", dead, "80"},
+		{"remote", dead, "8888"},
+		{"remote", ownHost, ownPort},
+	} {
+		r := bento(t, "", "run", d.Addr, f, tc.op, tc.host, tc.port)
+		if r.Code != 1 || !strings.Contains(r.Stderr, "rejected by the manifest's destinations") {
+			t.Errorf("%s %s:%s, which the manifest does not name: %s", tc.op, tc.host, tc.port, r)
+		}
+	}
 }
