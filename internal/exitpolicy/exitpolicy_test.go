@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/torbento/bento/internal/testutil"
 )
 
 func TestEvaluate(t *testing.T) {
@@ -196,4 +198,20 @@ func TestOnion(t *testing.T) {
 			t.Errorf("Parse(%q) accepted a bad onion item", bad)
 		}
 	}
+}
+
+// TestParseLinear: a policy's parse costs work linear in its length, and
+// what it says of a bad one stays short.
+func TestParseLinear(t *testing.T) {
+	rep := func(unit string) func(int) []byte {
+		return func(n int) []byte { return []byte(strings.Repeat(unit, n)) }
+	}
+	testutil.Linear(t, 500, 4096, map[string]func(int) []byte{
+		"addresses":       rep("accept 10.1.2.3:80, "),
+		"masks and ports": rep("reject 192.168.0.0/16:1-1024, "),
+		"ipv6":            rep("accept6 [2001:db8::1]:443, "),
+		"onions":          rep("accept abcdefghijklmnop.onion:80, "),
+		"bad items":       rep("frobnicate *:*, "),
+		"garbage":         rep("\xff,:[/"),
+	}, func(b []byte) error { _, _, err := Parse(string(b)); return err })
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/torbento/bento/internal/policy"
+	"github.com/torbento/bento/internal/testutil"
 )
 
 const browser = `
@@ -185,4 +186,24 @@ func TestFitBoxEnd(t *testing.T) {
 			t.Errorf("%s: violation %v, want one allowing %q", tc.name, v, tc.violation)
 		}
 	}
+}
+
+// TestParseLinear: a manifest's parse costs work linear in its size, and
+// what it says of a bad one stays short, whatever the shape.
+func TestParseLinear(t *testing.T) {
+	rep := func(unit string) func(int) []byte {
+		return func(n int) []byte { return []byte(strings.Repeat(unit, n)) }
+	}
+	testutil.Linear(t, 2000, 4096, map[string]func(int) []byte{
+		"unknown keys":  func(n int) []byte { return []byte("name = \"x\"\n" + strings.Repeat("zz = 1\n", n)) },
+		"nested arrays": func(n int) []byte { return []byte("apis = " + strings.Repeat("[", n) + strings.Repeat("]", n) + "\n") },
+		"long string":   func(n int) []byte { return []byte("name = \"" + strings.Repeat("a", 64*n) + "\"\n") },
+		"invalid UTF-8": rep("\xff\xfe"),
+		"many items":    func(n int) []byte { return []byte("name = \"x\"\napis = [" + strings.Repeat("\"send\", ", n) + "]\n") },
+		"open strings":  rep("x = \"\n"),
+		"many tables":   func(n int) []byte { return []byte(strings.Repeat("[resources]\n", n)) },
+		"destination list": func(n int) []byte {
+			return []byte("name = \"x\"\ndestinations = [" + strings.Repeat("\"accept 1.2.3.4:80\", ", n) + "]\n")
+		},
+	}, func(b []byte) error { _, err := Parse(b); return err })
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/torbento/bento/internal/testutil"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -234,4 +236,19 @@ func TestBoxKeywords(t *testing.T) {
 			t.Errorf("%q: %v, want an error containing %q", tc.in, err, tc.want)
 		}
 	}
+}
+
+// TestParseLinear: a bentorc's parse costs work linear in its size, and
+// what it says of a bad one stays short.
+func TestParseLinear(t *testing.T) {
+	testutil.Linear(t, 2000, 4096, map[string]func(int) []byte{
+		"unknown keywords": func(n int) []byte { return []byte(strings.Repeat("NoSuchOption 1\n", n)) },
+		"repeated lines":   func(n int) []byte { return []byte(strings.Repeat("MaxInstances 4\n", n)) },
+		"long value":       func(n int) []byte { return []byte("Nickname " + strings.Repeat("a", 64*n) + "\n") },
+		"policy items": func(n int) []byte {
+			return []byte("DestinationPolicy " + strings.Repeat("accept 1.2.3.4:80, ", n) + "reject *:*\n")
+		},
+		"bad numbers": func(n int) []byte { return []byte(strings.Repeat("TotalCPU 1e999999\n", n)) },
+		"garbage":     func(n int) []byte { return []byte(strings.Repeat("\x00\xff\"#", n)) },
+	}, func(b []byte) error { _, err := Parse("bentorc", b); return err })
 }
