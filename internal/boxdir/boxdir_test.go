@@ -226,7 +226,7 @@ contact privnet@localhost
 const statuses = `r box1 q6urq6urq6urq6urq6urq6urq6s AAAAAAAAAAAAAAAAAAAAAAAAAAA 2026-12-02 12:00:00 127.0.0.1 5003 0
 s Exit Fast Running Valid
 w Bandwidth=1953
-r middle zc3Nzc3Nzc3Nzc3Nzc3Nzc3Nzc0 AAAAAAAAAAAAAAAAAAAAAAAAAAA 2026-12-02 12:00:00 127.0.0.1 5004 0
+r middle zc3Nzc3Nzc3Nzc3Nzc3Nzc3Nzc0 2026-12-02 12:00:00 127.0.0.1 5004 7004
 s Fast Valid
 w Bandwidth=20 Unmeasured=1
 `
@@ -243,10 +243,11 @@ func TestParseDirectoryDocuments(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a := st[relayFP]; a.Weight != 1953000 || a.Unmeasured || !a.Running {
+	if a := st[relayFP]; a.Weight != 1953000 || a.Unmeasured || !a.Running || a.Addr.String() != "127.0.0.1" || a.ORPort != 5003 || a.DirPort != 0 {
 		t.Errorf("box1: %+v", a)
 	}
-	if m := st[strings.Repeat("CD", 20)]; m.Weight != 20000 || !m.Unmeasured || m.Running {
+	// (A microdescriptor consensus's r line: no descriptor digest.)
+	if m := st[strings.Repeat("CD", 20)]; m.Weight != 20000 || !m.Unmeasured || m.Running || m.ORPort != 5004 || m.DirPort != 7004 {
 		t.Errorf("middle: %+v", m)
 	}
 	for _, bad := range []string{"router a b\n", "router a 1 2 3 4\nfingerprint AB\n", "router a 1 2 3 4\nbandwidth 1 x 3\n"} {
@@ -254,7 +255,9 @@ func TestParseDirectoryDocuments(t *testing.T) {
 			t.Errorf("ParseDescriptors(%q): %v", bad, err)
 		}
 	}
-	for _, bad := range []string{"r a\n", "r a !!! x 2026-12-02 12:00:00 127.0.0.1 1 0\n", "r a q6urq6urq6urq6urq6urq6urq6s x y z w v\nw Bandwidth=-1\n"} {
+	for _, bad := range []string{"r a\n", "r a !!! x 2026-12-02 12:00:00 127.0.0.1 1 0\n", "r a q6urq6urq6urq6urq6urq6urq6s x y z w v\nw Bandwidth=-1\n",
+		"r a q6urq6urq6urq6urq6urq6urq6s 2026-12-02 12:00:00 127.0.0.1 0 0\n", "r a q6urq6urq6urq6urq6urq6urq6s 2026-12-02 12:00:00 ::1 5 0\n",
+		"r a q6urq6urq6urq6urq6urq6urq6s 2026-12-02 12:00:00 127.0.0.1 5 65536\n"} {
 		if _, err := ParseStatuses(bad); err == nil || !strings.Contains(err.Error(), "line") {
 			t.Errorf("ParseStatuses(%q): %v", bad, err)
 		}
@@ -284,7 +287,7 @@ func FuzzParseStatuses(f *testing.F) {
 			return
 		}
 		for fp, x := range st {
-			if len(fp) != 40 || x.Weight > 1<<32*1000 {
+			if len(fp) != 40 || x.Weight > 1<<32*1000 || !x.Addr.Is4() || x.ORPort == 0 {
 				t.Fatalf("accepted %s %+v", fp, x)
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 )
@@ -103,6 +104,9 @@ type Status struct {
 	Weight     uint64 // bytes/s
 	Unmeasured bool
 	Running    bool
+	Addr       netip.Addr // where the relay listens (its r line)
+	ORPort     uint16
+	DirPort    uint16 // 0: none
 }
 
 // ParseStatuses reads network-status entries, as GETINFO ns/all returns
@@ -130,7 +134,20 @@ func ParseStatuses(doc string) (map[string]Status, error) {
 			if len(out) >= MaxRelays {
 				return nil, fmt.Errorf("network status: more than %d relays", MaxRelays)
 			}
-			out[cur] = Status{}
+			// The address and ports end the line, in both flavours
+			// (the full one has a descriptor digest, microdescriptors'
+			// not).
+			k := len(f)
+			addr, err := netip.ParseAddr(f[k-3])
+			if err != nil || !addr.Is4() {
+				return nil, fmt.Errorf("network status line %d: address %q: want an IPv4 address", n+1, truncate(f[k-3], 40))
+			}
+			or, err1 := strconv.ParseUint(f[k-2], 10, 16)
+			dir, err2 := strconv.ParseUint(f[k-1], 10, 16)
+			if err1 != nil || err2 != nil || or == 0 {
+				return nil, fmt.Errorf("network status line %d: ports %q %q: want an ORPort 1-65535 and a DirPort 0-65535", n+1, truncate(f[k-2], 10), truncate(f[k-1], 10))
+			}
+			out[cur] = Status{Addr: addr, ORPort: uint16(or), DirPort: uint16(dir)}
 		case "s":
 			if cur == "" {
 				continue
