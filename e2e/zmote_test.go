@@ -22,10 +22,11 @@ import (
 // consensus, an HSDir and a hop that fails, for every test after it.
 
 // TestDustMote: a mote spawned from the shipped template joins the private
-// Tor network, serves a function through its onion service, shows its end
+// Tor network from a network namespace of its own, serves a function
+// through its onion service, shows its end
 // in its policy, tells an attached client, refuses deploys in its drain
 // period, and after its end is gone: supervisor, tor, bentod, containers
-// and files.
+// and files, namespace included.
 func TestDustMote(t *testing.T) {
 	n := tornet(t)
 	join, err := n.JoinTorrc()
@@ -61,6 +62,21 @@ func TestDustMote(t *testing.T) {
 		if !strings.Contains(string(cmdline), m.Dir) {
 			t.Errorf("process %d is not the mote's: %q", pid, cmdline)
 		}
+	}
+
+	// In a network namespace of its own that holds only lo, as the
+	// network's own: the supervisor carries its Tor traffic across.
+	self, _ := os.Readlink("/proc/self/ns/net")
+	if m.Netns == "" || m.Netns == self {
+		t.Errorf("the mote's network namespace is %q, the test's %q: want one of its own", m.Netns, self)
+	}
+	for _, pid := range []int{m.TorPID, m.BentodPID} {
+		if ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid)); ns != m.Netns {
+			t.Errorf("process %d of the mote is in namespace %q, not the mote's %q", pid, ns, m.Netns)
+		}
+	}
+	if ifs := interfaces(t, m.TorPID); strings.Join(ifs, " ") != "lo" {
+		t.Errorf("the mote's namespace has interfaces %v; want only lo", ifs)
 	}
 
 	cl := n.Client()
@@ -135,6 +151,14 @@ func TestDustMote(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	// The namespace went with them: no process is left in it.
+	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
+	for _, p := range procs {
+		if ns, _ := os.Readlink(p); ns == m.Netns {
+			cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(p)), "cmdline"))
+			t.Errorf("a process is still in the mote's namespace %s after its end: %s %q", m.Netns, p, cmdline)
+		}
+	}
 	if motes := listMotes(t, state); len(motes) != 0 {
 		t.Errorf("dust ls after the end: %+v", motes)
 	}
@@ -153,6 +177,22 @@ func listMotes(t *testing.T, state string) []dust.Listed {
 	var out []dust.Listed
 	if err := json.Unmarshal([]byte(r.Stdout), &out); err != nil {
 		t.Fatalf("dust ls --json: %v\n%s", err, r.Stdout)
+	}
+	return out
+}
+
+// interfaces lists the network interfaces in process pid's namespace.
+func interfaces(t *testing.T, pid int) []string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/dev", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for i, l := range strings.Split(string(b), "\n") {
+		if name, _, ok := strings.Cut(l, ":"); ok && i >= 2 {
+			out = append(out, strings.TrimSpace(name))
+		}
 	}
 	return out
 }

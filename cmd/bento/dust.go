@@ -95,6 +95,9 @@ func (c *cli) dust(args []string) int {
 		}
 		fmt.Fprintf(c.stdout, "mote %s is up\n  box     %s\n  relay   %s\n  ends    %s (no new functions from %s)\n", m.Name, m.Onion, m.Relay,
 			m.EndsAt.Format(time.RFC3339), m.DrainAt.Format(time.RFC3339))
+		if m.Netns != "" {
+			fmt.Fprintf(c.stdout, "  network namespace %s of its own (only lo; its Tor traffic bridged to the network's)\n", m.Netns)
+		}
 		return exitOK
 	case "ls":
 		asJSON := fs.Bool("json", false, "print JSON")

@@ -40,6 +40,10 @@ type Mote struct {
 	Error      string    `json:"error,omitempty"`
 	Tor        string    `json:"tor"`    // binaries the supervisor runs
 	Bentod     string    `json:"bentod"` //
+	// OwnNetns is set for a mote joining a given network: it runs in a
+	// network namespace of its own (netns.go), named by Netns once up.
+	OwnNetns bool   `json:"own_netns,omitempty"`
+	Netns    string `json:"netns,omitempty"`
 }
 
 // Mote states.
@@ -139,7 +143,12 @@ func Up(ctx context.Context, o UpOptions) (*Mote, error) {
 	}
 	now := time.Now().UTC().Truncate(time.Second)
 	m := &Mote{Name: name, Dir: dir, Started: now, EndsAt: now.Add(t.Lifetime), DrainAt: now.Add(t.Lifetime - t.Drain),
-		Ports: ports, State: StateStarting, Tor: tor, Bentod: o.Bentod}
+		Ports: ports, State: StateStarting, Tor: tor, Bentod: o.Bentod, OwnNetns: !o.Public}
+	if m.OwnNetns {
+		if _, err := AuthorityPorts(o.NetworkTorrc); err != nil {
+			return nil, fmt.Errorf("--network-torrc: %w", err)
+		}
+	}
 	bentorc := t.RenderBentorc(dir, ports, m.EndsAt)
 	if _, err := policy.Parse("the template's bentorc", []byte(bentorc)); err != nil {
 		return nil, err
@@ -244,6 +253,39 @@ func Supervise(dir string) error {
 		_ = m.save()
 		return errors.New(why)
 	}
+	// A mote joining a given network gets a network namespace of its own
+	// (this thread moves into it, so tor and bentod start there) and a
+	// bridge carrying its Tor traffic to the network's.
+	var br *bridge
+	if m.OwnNetns {
+		torrc, err := os.ReadFile(filepath.Join(dir, "tor", "torrc"))
+		if err != nil {
+			return fail("the mote's torrc: " + err.Error())
+		}
+		auth, err := AuthorityPorts(string(torrc))
+		if err != nil {
+			return fail("the mote's torrc: " + err.Error())
+		}
+		outer, inner, err := enterNewNamespace()
+		if err != nil {
+			return fail(err.Error())
+		}
+		defer outer.Close()
+		defer inner.Close()
+		m.Netns = namespaceID(inner)
+		p := m.Ports
+		br = newBridge(outer, inner, []int{p.OR, p.Control, p.Socks, p.Bento, p.Policy}, func(format string, a ...any) { fmt.Printf(format+"\n", a...) })
+		defer br.close()
+		if err := br.forwardIn(p.OR); err != nil {
+			return fail("forwarding the mote's ORPort: " + err.Error())
+		}
+		for _, port := range auth {
+			if err := br.forwardOut(port); err != nil {
+				return fail(fmt.Sprintf("forwarding the authorities' port %d: %v", port, err))
+			}
+		}
+		_ = m.save()
+	}
 	start := func(name string, args ...string) (*exec.Cmd, chan struct{}, error) {
 		out, err := os.Create(filepath.Join(dir, filepath.Base(name)+".out"))
 		if err != nil {
@@ -288,6 +330,11 @@ func Supervise(dir string) error {
 	}); err != nil {
 		stopAll()
 		return fail("tor: " + err.Error() + "; tor said: " + tail(filepath.Join(dir, "tor.out")))
+	}
+	if br != nil {
+		fctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go br.follow(fctx, ctl, filepath.Join(dir, "tor", "control_auth_cookie"))
 	}
 	bentod, bentodDone, err = start(m.Bentod, "-f", filepath.Join(dir, "bentod", "bentorc"))
 	if err != nil {
