@@ -3,20 +3,25 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/torbento/bento/internal/dust"
 	"github.com/torbento/bento/internal/testutil"
 )
 
-// This file's name makes its test the package's last (Go runs tests in file
-// order): a mote's relay joins the shared private network and then dies,
+// This file's name makes its test the last to use the shared private
+// network (Go runs tests in file order; zz_security_test.go, after it,
+// does not use it): a mote's relay joins the shared private network and then dies,
 // and in a test network whose authorities do not test reachability
 // (privnet's AuthDirTestReachability 0) the dead relay stays in the
 // consensus, an HSDir and a hop that fails, for every test after it.
@@ -77,6 +82,11 @@ func TestDustMote(t *testing.T) {
 	}
 	if ifs := interfaces(t, m.TorPID); strings.Join(ifs, " ") != "lo" {
 		t.Errorf("the mote's namespace has interfaces %v; want only lo", ifs)
+	}
+	// Only the Tor ports cross: the client's SOCKS port, on the
+	// network's loopback, is out of the mote's reach.
+	if err := dialFromNamespace(t, m.TorPID, n.Client().SocksAddr()); err == nil {
+		t.Errorf("from inside the mote, the network's client SOCKS port %s answers: the bridge carries more than Tor's ports", n.Client().SocksAddr())
 	}
 
 	cl := n.Client()
@@ -151,12 +161,13 @@ func TestDustMote(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	// The namespace went with them: no process is left in it.
-	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
-	for _, p := range procs {
+	// The namespace went with them: no thread is in it, no descriptor
+	// holds it.
+	threads, _ := filepath.Glob("/proc/[0-9]*/task/[0-9]*/ns/net")
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, p := range append(threads, fds...) {
 		if ns, _ := os.Readlink(p); ns == m.Netns {
-			cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(p)), "cmdline"))
-			t.Errorf("a process is still in the mote's namespace %s after its end: %s %q", m.Netns, p, cmdline)
+			t.Errorf("the mote's namespace %s is still held after its end: %s", m.Netns, p)
 		}
 	}
 	if motes := listMotes(t, state); len(motes) != 0 {
@@ -179,6 +190,37 @@ func listMotes(t *testing.T, state string) []dust.Listed {
 		t.Fatalf("dust ls --json: %v\n%s", err, r.Stdout)
 	}
 	return out
+}
+
+// dialFromNamespace dials addr from inside process pid's network
+// namespace (on a thread that never leaves it: it ends with its
+// goroutine).
+func dialFromNamespace(t *testing.T, pid int, addr string) error {
+	t.Helper()
+	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	errc := make(chan error, 1)
+	setup := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			setup <- err
+			return
+		}
+		setup <- nil
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		errc <- err
+	}()
+	if err := <-setup; err != nil {
+		t.Fatalf("entering the mote's namespace: %v", err)
+	}
+	return <-errc
 }
 
 // interfaces lists the network interfaces in process pid's namespace.

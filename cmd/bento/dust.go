@@ -6,11 +6,22 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"text/tabwriter"
 	"time"
 
 	"github.com/torbento/bento/internal/dust"
 )
+
+// The mote supervisor moves its goroutine's thread into the mote's network
+// namespace for good: that goroutine must own the main thread, which the
+// runtime never ends (a locked thread that is not the main one ends with
+// its goroutine; the main one would be parked, in the mote's namespace).
+func init() {
+	if len(os.Args) > 2 && os.Args[1] == "dust" && os.Args[2] == "supervise" {
+		runtime.LockOSThread()
+	}
+}
 
 const dustUsage = `usage:
   bento dust up     --template FILE (--network-torrc FILE | --public-network) [--lifetime DUR] [--drain DUR] [--state DIR]

@@ -145,8 +145,15 @@ func Up(ctx context.Context, o UpOptions) (*Mote, error) {
 	m := &Mote{Name: name, Dir: dir, Started: now, EndsAt: now.Add(t.Lifetime), DrainAt: now.Add(t.Lifetime - t.Drain),
 		Ports: ports, State: StateStarting, Tor: tor, Bentod: o.Bentod, OwnNetns: !o.Public}
 	if m.OwnNetns {
+		// Checked here too, where the user sees the answer at once.
 		if _, err := AuthorityPorts(o.NetworkTorrc); err != nil {
 			return nil, fmt.Errorf("--network-torrc: %w", err)
+		}
+		if os.Geteuid() != 0 {
+			return nil, errors.New("a local mote joining a given network runs in a network namespace of its own, which needs root")
+		}
+		if err := onlyLoopback(); err != nil {
+			return nil, err
 		}
 	}
 	bentorc := t.RenderBentorc(dir, ports, m.EndsAt)
@@ -265,6 +272,9 @@ func Supervise(dir string) error {
 		auth, err := AuthorityPorts(string(torrc))
 		if err != nil {
 			return fail("the mote's torrc: " + err.Error())
+		}
+		if err := onlyLoopback(); err != nil {
+			return fail(err.Error())
 		}
 		outer, inner, err := enterNewNamespace()
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"strconv"
@@ -38,35 +39,86 @@ import (
 // control and SOCKS ports exist only inside the mote, so clients reach
 // the box through Tor, as on a real mote.
 
-// bridgeMaxConns bounds the connections a bridge carries at once: a
-// relay keeps one to each other relay it talks to.
-const bridgeMaxConns = 1024
+// Bounds on what a bridge holds, whoever is at the other end: relays of
+// the joined network, or anything else on its loopback.
+const (
+	// bridgeMaxPairs bounds the connections carried at once in each
+	// direction (a relay keeps one to each relay it talks to).
+	bridgeMaxPairs = 512
+	// bridgeMaxPorts bounds the ports forwarded out of the mote.
+	bridgeMaxPorts = 256
+	// bridgeHalfClosed is how long a connection whose one direction has
+	// ended may keep the other open.
+	bridgeHalfClosed = 30 * time.Second
+	// bridgeDialers is how many threads dial into the mote.
+	bridgeDialers = 4
+)
 
 // bridge forwards TCP ports between two network namespaces.
 type bridge struct {
 	outer, inner *os.File     // the joined namespace, the mote's
 	own          map[int]bool // the mote's own ports: never forwarded out
 	logf         func(format string, a ...any)
+	halfClosed   time.Duration
+	dials        chan dialReq // served by threads in the mote's namespace
+	wg           sync.WaitGroup
 
 	mu     sync.Mutex
 	out    map[int]bool // ports forwarded out
 	lns    []net.Listener
+	pairs  [2]int // connections carried: [0] into the mote, [1] out of it
 	conns  map[net.Conn]bool
 	closed bool
+	done   chan struct{}
+}
+
+type dialReq struct {
+	port  int
+	reply chan net.Conn // nil when the dial failed
 }
 
 func newBridge(outer, inner *os.File, own []int, logf func(string, ...any)) *bridge {
-	b := &bridge{outer: outer, inner: inner, own: map[int]bool{}, logf: logf, out: map[int]bool{}, conns: map[net.Conn]bool{}}
+	b := &bridge{outer: outer, inner: inner, own: map[int]bool{}, logf: logf, halfClosed: bridgeHalfClosed,
+		dials: make(chan dialReq), out: map[int]bool{}, conns: map[net.Conn]bool{}, done: make(chan struct{})}
+	if b.logf == nil {
+		b.logf = func(string, ...any) {}
+	}
 	for _, p := range own {
 		b.own[p] = true
+	}
+	// A few threads of the mote's namespace dial for every connection
+	// carried in: no thread is made per connection.
+	for i := 0; i < bridgeDialers; i++ {
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
+			if err := unix.Setns(int(inner.Fd()), unix.CLONE_NEWNET); err != nil {
+				b.logf("a dialer in the mote's namespace: %v", err)
+				return
+			}
+			for {
+				select {
+				case <-b.done:
+					return
+				case r := <-b.dials:
+					c, err := net.DialTimeout("tcp", loopback(r.port), 10*time.Second)
+					if err != nil {
+						c = nil
+					}
+					r.reply <- c
+				}
+			}
+		}()
 	}
 	return b
 }
 
 // enterNewNamespace moves the calling thread, which must be locked to its
-// goroutine for good, into a new network namespace with lo up, and
-// returns handles on the namespace it left and on the new one. Processes
-// this goroutine starts afterwards are in the new namespace.
+// goroutine, into a new network namespace with lo up, and returns handles
+// on the namespace it left and on the new one. Processes this goroutine
+// starts afterwards are in the new namespace. (The supervisor checks
+// first that the namespace it leaves holds only lo: onlyLoopback.)
 func enterNewNamespace() (outer, inner *os.File, err error) {
 	outer, err = os.Open("/proc/thread-self/ns/net")
 	if err != nil {
@@ -89,6 +141,24 @@ func enterNewNamespace() (outer, inner *os.File, err error) {
 		return nil, nil, fmt.Errorf("the mote's network namespace: %w", err)
 	}
 	return outer, inner, nil
+}
+
+// onlyLoopback fails unless the calling thread's network namespace has no
+// interface but lo: the namespace a mote joins must be a private test
+// network's, since the bridge carries ports of its loopback into the
+// mote, which must never be the host's own services.
+func onlyLoopback() error {
+	b, err := os.ReadFile("/proc/thread-self/net/dev")
+	if err != nil {
+		return err
+	}
+	for i, line := range strings.Split(string(b), "\n") {
+		name, _, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && i >= 2 && name != "lo" {
+			return fmt.Errorf("this network namespace has interface %q besides lo: a local mote joins only a network in a namespace of loopback alone (run it under privnet run, or join the public network with --public-network)", name)
+		}
+	}
+	return nil
 }
 
 // loopbackUp brings lo up in the calling thread's network namespace.
@@ -120,7 +190,8 @@ func namespaceID(f *os.File) string {
 
 // inNamespace runs f on a thread of its own in namespace ns. The thread
 // is never unlocked, so it ends with its goroutine: no other goroutine
-// ever runs in ns by accident.
+// ever runs in ns by accident. (It is for rare work: listening, reading
+// the mote's consensus.)
 func inNamespace(ns *os.File, f func()) error {
 	errc := make(chan error, 1)
 	go func() {
@@ -138,10 +209,12 @@ func inNamespace(ns *os.File, f func()) error {
 func loopback(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
 
 // forward listens on the loopback port in namespace from and carries each
-// connection to the same port in namespace to.
-func (b *bridge) forward(from, to *os.File, port int) error {
+// connection to the same port in the other namespace.
+func (b *bridge) forward(from *os.File, port int) error {
+	into := from == b.outer // a connection arriving outside goes into the mote
 	var ln net.Listener
 	var err error
+	// (On a thread of that namespace: the caller's may be in either.)
 	if e := inNamespace(from, func() { ln, err = net.Listen("tcp", loopback(port)) }); e != nil {
 		return e
 	}
@@ -155,128 +228,190 @@ func (b *bridge) forward(from, to *os.File, port int) error {
 		return errors.New("the bridge is closed")
 	}
 	b.lns = append(b.lns, ln)
+	b.wg.Add(1)
 	b.mu.Unlock()
 	go func() {
+		defer b.wg.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				var ne net.Error
-				if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+				if !b.isClosed() && (errors.As(err, &ne) && ne.Timeout() || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)) {
 					time.Sleep(100 * time.Millisecond)
 					continue
 				}
 				return // closed
 			}
-			if !b.track(c) {
+			if !b.admit(c, into) {
 				c.Close()
 				continue
 			}
-			go b.carry(c, to, port)
+			b.wg.Add(1)
+			go func() {
+				defer b.wg.Done()
+				b.carry(c, into, port)
+			}()
 		}
 	}()
 	return nil
 }
 
-// track counts a connection in, within bridgeMaxConns.
-func (b *bridge) track(c net.Conn) bool {
+func (b *bridge) isClosed() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.closed || len(b.conns) >= bridgeMaxConns {
+	return b.closed
+}
+
+func dir(into bool) int {
+	if into {
+		return 0
+	}
+	return 1
+}
+
+// admit counts a connection in, within bridgeMaxPairs for its direction.
+func (b *bridge) admit(c net.Conn, into bool) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed || b.pairs[dir(into)] >= bridgeMaxPairs {
 		return false
 	}
+	b.pairs[dir(into)]++
 	b.conns[c] = true
 	return true
 }
 
-func (b *bridge) untrack(cs ...net.Conn) {
-	b.mu.Lock()
-	for _, c := range cs {
-		delete(b.conns, c)
+// dial reaches port on the other side of the bridge: in the mote for a
+// connection going in (by the mote's dialer threads), outside for one
+// going out (carry runs on an ordinary thread, which is outside: the
+// runtime makes new threads from its template thread, started before the
+// supervisor entered the mote's namespace).
+func (b *bridge) dial(into bool, port int) net.Conn {
+	if !into {
+		c, err := net.DialTimeout("tcp", loopback(port), 10*time.Second)
+		if err != nil {
+			return nil
+		}
+		return c
 	}
-	b.mu.Unlock()
+	r := dialReq{port: port, reply: make(chan net.Conn, 1)}
+	select {
+	case b.dials <- r:
+	case <-b.done:
+		return nil
+	}
+	return <-r.reply
 }
 
-// carry dials port in namespace to and copies both ways until either
-// side closes.
-func (b *bridge) carry(c net.Conn, to *os.File, port int) {
-	var d net.Conn
-	var err error
-	if e := inNamespace(to, func() { d, err = net.DialTimeout("tcp", loopback(port), 10*time.Second) }); e != nil {
-		err = e
+// carry dials the other side and copies both ways. When one direction
+// ends, the other may go on for halfClosed at most; an error ends both.
+func (b *bridge) carry(c net.Conn, into bool, port int) {
+	d := b.dial(into, port)
+	b.mu.Lock()
+	if d != nil && !b.closed {
+		b.conns[d] = true
+	} else if d != nil {
+		d.Close()
+		d = nil
 	}
-	if err != nil || !b.track(d) {
+	b.mu.Unlock()
+	defer func() {
 		c.Close()
 		if d != nil {
 			d.Close()
 		}
-		b.untrack(c)
+		b.mu.Lock()
+		delete(b.conns, c)
+		delete(b.conns, d)
+		b.pairs[dir(into)]--
+		b.mu.Unlock()
+	}()
+	if d == nil {
 		return
 	}
-	done := make(chan struct{}, 2)
+	ended := make(chan error, 2)
 	pipe := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		if tc, ok := dst.(*net.TCPConn); ok {
+		_, err := io.Copy(dst, src)
+		if tc, ok := dst.(*net.TCPConn); ok && err == nil {
 			_ = tc.CloseWrite()
 		}
-		done <- struct{}{}
+		ended <- err
 	}
 	go pipe(d, c)
 	go pipe(c, d)
-	<-done
-	<-done
-	c.Close()
-	d.Close()
-	b.untrack(c, d)
+	if err := <-ended; err != nil {
+		return // the deferred closes end the other direction
+	}
+	deadline := time.Now().Add(b.halfClosed)
+	c.SetDeadline(deadline)
+	d.SetDeadline(deadline)
+	<-ended
 }
 
 // forwardIn makes the mote's port reachable from the joined namespace.
-func (b *bridge) forwardIn(port int) error { return b.forward(b.outer, b.inner, port) }
+func (b *bridge) forwardIn(port int) error { return b.forward(b.outer, port) }
 
 // forwardOut makes a port of the joined namespace reachable from the
-// mote's, once; never one of the mote's own.
+// mote's, once; never one of the mote's own, and at most bridgeMaxPorts.
 func (b *bridge) forwardOut(port int) error {
 	b.mu.Lock()
-	if b.own[port] || b.out[port] || port <= 0 || port > 65535 {
+	if b.out[port] || port <= 0 || port > 65535 {
 		b.mu.Unlock()
 		return nil
 	}
+	if b.own[port] {
+		b.mu.Unlock()
+		return fmt.Errorf("port %d is one of the mote's own: not forwarded", port)
+	}
+	if len(b.out) >= bridgeMaxPorts {
+		b.mu.Unlock()
+		return fmt.Errorf("already %d ports forwarded out of the mote: not forwarding %d", bridgeMaxPorts, port)
+	}
 	b.out[port] = true
 	b.mu.Unlock()
-	if err := b.forward(b.inner, b.outer, port); err != nil {
-		b.mu.Lock()
-		delete(b.out, port)
-		b.mu.Unlock()
-		return err
+	if err := b.forward(b.inner, port); err != nil {
+		return err // stays marked: not tried again every few seconds
 	}
 	return nil
 }
 
-// follow forwards out the ports of the relays in the consensus of the
-// mote's tor (control port ctl, in the mote's namespace) as they appear:
-// every 2 s for the first two minutes, then every 15 s, until ctx ends.
+// follow forwards out the ports of the relays on 127.0.0.1 in the
+// consensus of the mote's tor (control port ctl, in the mote's namespace)
+// as they appear: every 2 s for the first two minutes, then every 15 s,
+// until ctx ends.
 func (b *bridge) follow(ctx context.Context, ctl, cookie string) {
 	start := time.Now()
+	var lastErr string
 	for {
 		var statuses map[string]boxdir.Status
+		var err error
 		_ = inNamespace(b.inner, func() {
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			c, err := torctl.DialAuth(cctx, ctl, torctl.Auth{CookieFile: cookie})
-			if err != nil {
+			c, derr := torctl.DialAuth(cctx, ctl, torctl.Auth{CookieFile: cookie})
+			if derr != nil {
+				err = derr
 				return
 			}
 			defer c.Close()
-			if info, err := c.GetInfo(cctx, "ns/all"); err == nil {
-				statuses, _ = boxdir.ParseStatuses(info["ns/all"])
+			info, gerr := c.GetInfo(cctx, "ns/all")
+			if gerr != nil {
+				err = gerr
+				return
 			}
+			statuses, err = boxdir.ParseStatuses(info["ns/all"])
 		})
+		if err != nil && err.Error() != lastErr && ctx.Err() == nil {
+			b.logf("reading the mote's consensus: %v", err)
+			lastErr = err.Error()
+		}
 		for _, st := range statuses {
-			if !st.Addr.IsLoopback() {
-				continue
+			if st.Addr != netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
+				continue // the bridge carries 127.0.0.1 only, as the network's relays use
 			}
 			for _, p := range []uint16{st.ORPort, st.DirPort} {
-				if err := b.forwardOut(int(p)); err != nil && b.logf != nil {
-					b.logf("forwarding port %d out of the mote: %v", p, err)
+				if err := b.forwardOut(int(p)); err != nil && p != 0 {
+					b.logf("forwarding out of the mote: %v", err)
 				}
 			}
 		}
@@ -292,10 +427,17 @@ func (b *bridge) follow(ctx context.Context, ctl, cookie string) {
 	}
 }
 
-// close stops every forwarder and connection.
+// close stops every forwarder and connection, and waits for the bridge's
+// goroutines (at most 10 s) so that the namespace handles can be closed
+// after it.
 func (b *bridge) close() {
 	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return
+	}
 	b.closed = true
+	close(b.done)
 	lns, conns := b.lns, b.conns
 	b.lns, b.conns = nil, map[net.Conn]bool{}
 	b.mu.Unlock()
@@ -304,6 +446,13 @@ func (b *bridge) close() {
 	}
 	for c := range conns {
 		c.Close()
+	}
+	waited := make(chan struct{})
+	go func() { b.wg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(10 * time.Second):
+		b.logf("the bridge's goroutines did not end within 10 s")
 	}
 }
 

@@ -29,6 +29,11 @@ func echo(ln net.Listener) {
 	}
 }
 
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}
+
 func portOf(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
 
 // ping sends a line on a new connection to port and wants it back.
@@ -121,16 +126,20 @@ func TestBridge(t *testing.T) {
 	go echo(ownLn)
 
 	b := newBridge(m.outer, m.inner, []int{portOf(ownLn)}, t.Logf)
+	b.halfClosed = 300 * time.Millisecond // (before any connection reads it)
 	if err := b.forwardIn(inside); err != nil {
 		t.Fatal(err)
 	}
 	if err := ping(inside); err != nil {
 		t.Fatalf("the mote's port through the bridge: %v", err)
 	}
-	for _, p := range []int{portOf(outside), portOf(outside), portOf(ownLn)} {
+	for _, p := range []int{portOf(outside), portOf(outside)} {
 		if err := b.forwardOut(p); err != nil {
 			t.Fatalf("forwarding %d out: %v", p, err)
 		}
+	}
+	if err := b.forwardOut(portOf(ownLn)); err == nil {
+		t.Fatal("one of the mote's own ports was forwarded out without a word")
 	}
 	inNS := func(port int) (err error) {
 		if e := inNamespace(m.inner, func() { err = ping(port) }); e != nil {
@@ -144,7 +153,57 @@ func TestBridge(t *testing.T) {
 	if err := inNS(portOf(ownLn)); err == nil {
 		t.Fatal("one of the mote's own ports was forwarded out")
 	}
+	// A connection whose one direction ended gives way after the bridge's
+	// half-closed time, whatever the other side does.
+	// (A server in the mote that holds every connection and never closes.)
+	var holdLn net.Listener
+	if e := inNamespace(m.inner, func() { holdLn, err = net.Listen("tcp", "127.0.0.1:0") }); e != nil || err != nil {
+		t.Fatal(e, err)
+	}
+	defer holdLn.Close()
+	go func() {
+		var keep []net.Conn
+		for {
+			c, err := holdLn.Accept()
+			if err != nil {
+				for _, c := range keep {
+					c.Close()
+				}
+				return
+			}
+			keep = append(keep, c)
+		}
+	}()
+	if err := b.forwardIn(portOf(holdLn)); err != nil {
+		t.Fatal(err)
+	}
+	half, err := net.Dial("tcp", loopback(portOf(holdLn)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer half.Close()
+	half.(*net.TCPConn).CloseWrite()
+	half.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := half.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("a half-closed connection through the bridge was not ended: %v", err)
+	}
+	// Closing the bridge ends the connections it carries.
+	held, err := net.Dial("tcp", loopback(inside))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if _, err := held.Write([]byte("ping\n")); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(held).ReadString('\n'); err != nil || line != "ping\n" {
+		t.Fatalf("through the bridge: %q %v", line, err)
+	}
 	b.close()
+	held.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := held.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("a connection the bridge carried outlived the bridge: %v", err)
+	}
 	if err := ping(inside); err == nil {
 		t.Fatal("the bridge still carries connections once closed")
 	}
