@@ -112,6 +112,39 @@ func TestRestoreInstances(t *testing.T) {
 	}
 }
 
+// TestRestoreKeepsDataUnderANarrowerPolicy: an instance the policy no
+// longer allows after a restart is not started, its clients are told why,
+// and its stored data stays: when the operator allows it again, the next
+// start brings it back with its data.
+func TestRestoreKeepsDataUnderANarrowerPolicy(t *testing.T) {
+	d := startBentod(t, "RestoreInstances 1\n")
+	dep := deployCLI(t, d, fn("dropbox"))
+	if r := bento(t, "kept while not allowed", "invoke", "-i", d.Addr, dep.InvocationToken, "put", "5"); r.Code != 0 {
+		t.Fatal(r)
+	}
+	orig, err := os.ReadFile(d.conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.stop(t)
+	// The Dropbox asks for 48 MB; the node now allows 32.
+	if err := os.WriteFile(d.conf, append(append([]byte{}, orig...), "MaxMemory 32 MB\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.restart(t)
+	if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "get"); r.Code != 5 || !strings.Contains(r.Stderr, "no longer allows") {
+		t.Fatalf("get under the narrower policy: %s", r)
+	}
+	d.stop(t)
+	if err := os.WriteFile(d.conf, orig, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.restart(t)
+	if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "get"); r.Code != 0 || r.Stdout != "kept while not allowed" {
+		t.Fatalf("get once the policy allows it again: %s\n%s", r, d.log)
+	}
+}
+
 const ledgerManifest = `name = "ledger"
 mode = "service"
 apis = ["storage"]

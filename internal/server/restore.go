@@ -173,15 +173,19 @@ func (s *Server) restoreInstance(rec recordHead, dir string) error {
 	p := s.policy()
 	m, err := manifest.Parse([]byte(rec.Manifest))
 	if err != nil {
-		return &restoreError{why: "its manifest no longer parses", err: err}
+		// A bentod that reads manifests differently (an upgrade, or a
+		// downgrade) must not cost the user their data: it stays for a
+		// start that can read it, as long as any instance may live here.
+		return &restoreError{why: "its manifest no longer parses", err: err, keep: time.Since(rec.Created) < p.Max.Lifetime}
 	}
 	m.Resolve(p)
-	if vs := manifest.Check(m, p); len(vs) > 0 {
-		// The operator's choice: the policy changed.
-		return &restoreError{why: fmt.Sprintf("the node's policy no longer allows it (%s)", vs[0].Item)}
-	}
 	if time.Since(rec.Created) >= m.Resources.Lifetime {
 		return &restoreError{why: "its lifetime ended while bentod was down"}
+	}
+	if vs := manifest.Check(m, p); len(vs) > 0 {
+		// The policy changed: the instance may not run under it, but its
+		// data stays (within its lifetime) for the operator to reconsider.
+		return &restoreError{why: fmt.Sprintf("the node's policy no longer allows it (%s)", vs[0].Item), keep: true}
 	}
 	if b := s.boxT; b.ends() {
 		if !time.Now().Before(b.end) {
