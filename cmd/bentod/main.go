@@ -112,7 +112,13 @@ func run() int {
 			return 1
 		}
 		hs = srv.PolicyServer()
-		go hs.Serve(srv.LimitPolicyListener(pln))
+		go func() {
+			// It ends only when bentod does (netlimit's Accept never
+			// fails otherwise); say so if it ever does.
+			if err := hs.Serve(srv.LimitPolicyListener(pln)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("the policy endpoint stopped", "err", err)
+			}
+		}()
 		safelog.Notice(log, "serving the node policy", "addr", pln.Addr().String())
 	}
 	// Connections through bentod's onion service arrive on a listener of
@@ -266,7 +272,7 @@ func logStatus(log *slog.Logger, st server.Status) {
 	runtime.ReadMemStats(&ms)
 	fds, _ := os.ReadDir("/proc/self/fd")
 	attrs := []any{"instances", st.Instances, "in_flight_bytes", st.InFlight, "in_flight_peak_bytes", st.InFlightPeak,
-		"in_flight_limit_bytes", st.InFlightLimit, "heap_bytes", ms.HeapInuse, "go_sys_bytes", ms.Sys, "descriptors", len(fds)}
+		"in_flight_limit_bytes", st.InFlightLimit, "heap_bytes", ms.HeapInuse, "go_sys_bytes", ms.Sys, "descriptors", len(fds), "goroutines", runtime.NumGoroutine()}
 	for _, l := range st.Listeners {
 		attrs = append(attrs, l.Name+"_open", l.Open, l.Name+"_addresses", l.Addresses, l.Name+"_accepted", l.Accepted,
 			l.Name+"_refused", l.RefusedTotal+l.RefusedPerAddr+l.RefusedRate, l.Name+"_evicted", l.Evicted, l.Name+"_accept_errors", l.AcceptErrors)
