@@ -67,23 +67,24 @@ func TestAttacks(t *testing.T) {
 	})
 	t.Run("slow-clients", func(t *testing.T) {
 		// 200 connections from 20 other addresses that never finish their
-		// hello.
+		// hello, opened with the neighbour timed; a normal client is
+		// served beside them.
 		var conns []net.Conn
-		for i := 0; i < 200; i++ {
-			dl := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i%20))}}
-			c, err := dl.Dial("tcp", d.Addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c.Write([]byte{0, 0})
-			conns = append(conns, c)
-		}
 		defer func() {
 			for _, c := range conns {
 				c.Close()
 			}
 		}()
 		s.while(t, func() {
+			for i := 0; i < 200; i++ {
+				dl := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i%20))}}
+				c, err := dl.Dial("tcp", d.Addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Write([]byte{0, 0})
+				conns = append(conns, c)
+			}
 			for i := 0; i < 3; i++ {
 				if r := bento(t, "", "run", d.Addr, fn("hello")); r.Code != 0 {
 					t.Fatalf("a normal client beside 200 slow ones: %s", r)

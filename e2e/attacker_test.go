@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -48,7 +49,8 @@ type attackReport struct {
 	Closed    int64 `json:"closed"`      // closed by the server
 	Refused   int64 `json:"refused"`     // answered with an error frame or an HTTP 503
 	Requests  int64 `json:"requests"`    // requests answered on held connections
-	MaxLifeMs int64 `json:"max_life_ms"` // longest a connection stayed open
+	MaxLifeMs int64 `json:"max_life_ms"` // longest a connection stayed open (those still open at the report included)
+	MaxHeld   int64 `json:"max_held"`    // most connections past their hello at once
 	Sent      int64 `json:"sent"`        // bytes written to the server (its socket took them)
 
 	output string // what the attacker printed, for a failure's message
@@ -149,11 +151,21 @@ func runAttacker(specJSON string) int {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	go func() { <-sig; close(stop) }()
+	// The connections open now, by when they opened: a connection the
+	// server never closes counts at its age when the report is made.
+	var openMu sync.Mutex
+	open := map[*time.Time]bool{}
 	report := func() {
+		life := atomic.LoadInt64(&rep.MaxLifeMs)
+		openMu.Lock()
+		for start := range open {
+			life = max(life, time.Since(*start).Milliseconds())
+		}
+		openMu.Unlock()
 		b, _ := json.Marshal(attackReport{
 			Attempts: atomic.LoadInt64(&rep.Attempts), Connected: atomic.LoadInt64(&rep.Connected),
 			Closed: atomic.LoadInt64(&rep.Closed), Refused: atomic.LoadInt64(&rep.Refused),
-			Requests: atomic.LoadInt64(&rep.Requests), MaxLifeMs: atomic.LoadInt64(&rep.MaxLifeMs),
+			Requests: atomic.LoadInt64(&rep.Requests), MaxLifeMs: life, MaxHeld: atomic.LoadInt64(&rep.MaxHeld),
 			Sent: atomic.LoadInt64(&rep.Sent)})
 		fmt.Println(string(b))
 	}
@@ -229,7 +241,13 @@ func runAttacker(specJSON string) int {
 				}
 				atomic.AddInt64(&rep.Connected, 1)
 				start := time.Now()
+				openMu.Lock()
+				open[&start] = true
+				openMu.Unlock()
 				refused := attackOne(spec, countConn{c, &rep.Sent}, stop, &rep)
+				openMu.Lock()
+				delete(open, &start)
+				openMu.Unlock()
 				life := time.Since(start).Milliseconds()
 				for {
 					old := atomic.LoadInt64(&rep.MaxLifeMs)
@@ -256,6 +274,9 @@ func runAttacker(specJSON string) int {
 	return 0
 }
 
+// atomicHeld counts the attacker's connections past their hello.
+var atomicHeld atomic.Int64
+
 // attackOne plays the attack on one connection until the server closes it
 // or the attack stops; it reports whether the server refused it with a
 // message.
@@ -270,13 +291,32 @@ func attackOne(spec attackSpec, c net.Conn, stop <-chan struct{}, rep *attackRep
 		io.Copy(io.Discard, br)
 		closed <- refused
 	}
+	heldNow := false
 	hello := func() bool {
 		conn.Send(proto.THello, proto.Hello{Version: proto.Version}, nil)
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		f, err := conn.Read()
 		c.SetReadDeadline(time.Time{})
-		return err == nil && f.Type == proto.TWelcome
+		if err != nil || f.Type != proto.TWelcome {
+			return false
+		}
+		// Held: past its hello. The most at once is the server's share
+		// for this attacker, as it saw it.
+		n := atomicHeld.Add(1)
+		heldNow = true
+		for {
+			old := atomic.LoadInt64(&rep.MaxHeld)
+			if n <= old || atomic.CompareAndSwapInt64(&rep.MaxHeld, old, n) {
+				break
+			}
+		}
+		return true
 	}
+	defer func() {
+		if heldNow {
+			atomicHeld.Add(-1)
+		}
+	}()
 	switch spec.Kind {
 	case "idle": // connect and say nothing
 		go readAll()
@@ -338,6 +378,26 @@ func attackOne(spec attackSpec, c net.Conn, stop <-chan struct{}, rep *attackRep
 		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 		io.Copy(io.Discard, c)
 		return false
+	case "http-keepalive": // one whole HTTP request on a kept-alive connection, then silence
+		io.WriteString(c, "GET /policy HTTP/1.1\r\nHost: bento\r\nConnection: keep-alive\r\n\r\n")
+		br := bufio.NewReader(c)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		c.SetReadDeadline(time.Time{})
+		if err != nil {
+			return false
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			atomic.AddInt64(&rep.Requests, 1)
+		} else {
+			return true // turned away with a 503
+		}
+		go func() {
+			io.Copy(io.Discard, br)
+			closed <- false
+		}()
 	case "slowloris": // an HTTP request whose headers never end
 		io.WriteString(c, "GET /policy HTTP/1.1\r\nHost: bento\r\n")
 		go readAll()

@@ -15,6 +15,39 @@ FUZZTIME=${FUZZTIME:-10000x}
 
 step() { printf '\n== %s\n' "$*"; }
 
+# The README's demo is part of the product: it must keep working, and it
+# must fail loudly when a step fails (one step broken on purpose). Both
+# runs go in the background beside the static checks and the fuzzing,
+# which assert nothing about time (the demo's private Tor network is a
+# namespace of its own, and it waits for its steps with generous
+# deadlines); the tests start only once they are done, since some of them
+# time things (a neighbour against a baseline, a constant rate).
+demo() {
+	if bash scripts/demo.sh >/tmp/bento-demo.log 2>&1 && tail -1 /tmp/bento-demo.log | grep -q '^demo finished$'; then
+		echo "demo finished"
+	else
+		cat /tmp/bento-demo.log
+		echo "the demo failed"
+		return 1
+	fi
+	if DEMO_BREAK=hello bash scripts/demo.sh >/tmp/bento-demo-broken.log 2>&1; then
+		cat /tmp/bento-demo-broken.log
+		echo "the demo passed with a broken step"
+		return 1
+	fi
+	if ! grep -q "^demo: step hello failed" /tmp/bento-demo-broken.log || grep -q '^demo finished' /tmp/bento-demo-broken.log; then
+		cat /tmp/bento-demo-broken.log
+		echo "the broken demo did not stop at the broken step"
+		return 1
+	fi
+	echo "with a step broken on purpose (DEMO_BREAK=hello), the demo failed as it must: $(grep '^demo: step' /tmp/bento-demo-broken.log)"
+}
+demo >/tmp/bento-demo-summary.log 2>&1 &
+demo_pid=$!
+# Whatever fails first, the demo ends before this script does: nothing it
+# started outlives the test command.
+trap 'wait "$demo_pid" 2>/dev/null || true' EXIT
+
 step gofmt
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
@@ -43,35 +76,6 @@ for pkg in $(go list ./...); do
 	done
 done
 
-# The README's demo is part of the product: it must keep working, and it
-# must fail loudly when a step fails (one step broken on purpose). Both
-# runs go in the background beside the unit tests (the demo's private Tor
-# network is a namespace of its own, and waits for its steps with
-# generous deadlines); the end-to-end package starts only once they are
-# done, since its load tests time a neighbour against a baseline.
-demo() {
-	if bash scripts/demo.sh >/tmp/bento-demo.log 2>&1 && tail -1 /tmp/bento-demo.log | grep -q '^demo finished$'; then
-		echo "demo finished"
-	else
-		cat /tmp/bento-demo.log
-		echo "the demo failed"
-		return 1
-	fi
-	if DEMO_BREAK=hello bash scripts/demo.sh >/tmp/bento-demo-broken.log 2>&1; then
-		cat /tmp/bento-demo-broken.log
-		echo "the demo passed with a broken step"
-		return 1
-	fi
-	if ! grep -q "^demo: step hello failed" /tmp/bento-demo-broken.log || grep -q '^demo finished' /tmp/bento-demo-broken.log; then
-		cat /tmp/bento-demo-broken.log
-		echo "the broken demo did not stop at the broken step"
-		return 1
-	fi
-	echo "with a step broken on purpose (DEMO_BREAK=hello), the demo failed as it must: $(grep '^demo: step' /tmp/bento-demo-broken.log)"
-}
-demo >/tmp/bento-demo-summary.log 2>&1 &
-demo_pid=$!
-
 step "tests (race detector, real runc)"
 # -v for the count of tests run; the summary lines go to the terminal, the
 # whole log to /tmp/bento-test.log (printed when something fails).
@@ -79,10 +83,10 @@ step "tests (race detector, real runc)"
 # tests time a neighbour against a baseline and must not share the two
 # cores with other packages' tests.
 set +e
-go test -race -count=1 -v -timeout 25m $(go list ./... | grep -v '/e2e$') >/tmp/bento-test.log 2>&1
-status=$?
 wait "$demo_pid"
 demo_status=$?
+go test -race -count=1 -v -timeout 25m $(go list ./... | grep -v '/e2e$') >/tmp/bento-test.log 2>&1
+status=$?
 go test -race -count=1 -v -timeout 25m ./e2e/ >>/tmp/bento-test.log 2>&1
 e2e_status=$?
 [ "$status" = 0 ] && status=$e2e_status
@@ -94,7 +98,7 @@ ran=$(grep -c '^=== RUN' /tmp/bento-test.log || true)
 skipped=$(grep -c -- '--- SKIP' /tmp/bento-test.log || true)
 echo "packages: ${passed} passed, ${failed} failed; tests and subtests run: ${ran}, skipped: ${skipped}"
 
-step "demo (scripts/demo.sh, over a private Tor network; run beside the unit tests)"
+step "demo (scripts/demo.sh, over a private Tor network; run beside the static checks and fuzzing)"
 cat /tmp/bento-demo-summary.log
 
 if [ "$status" != 0 ]; then
