@@ -2,10 +2,14 @@ package wire
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
 	"testing"
+	"time"
+
+	"github.com/torbento/bento/internal/budget"
 )
 
 func TestRoundTrip(t *testing.T) {
@@ -68,4 +72,44 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("Conn.Read failed where Decode succeeded: %v", err)
 		}
 	})
+}
+
+// TestBufferGrowsAsBytesArrive: a frame announced large costs only what
+// has arrived of it (in steps of at most twice that, from 64 KB), charged
+// to the budget as it grows; a peer that announces 16 MB and sends 4 KB
+// holds 64 KB.
+func TestBufferGrowsAsBytesArrive(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	bud := budget.New(64 << 20)
+	c := NewConn(b)
+	c.Budget = bud
+	c.MaxFrame = 32 << 20
+	done := make(chan error, 1)
+	go func() { _, err := c.Read(); done <- err }()
+	var hdr [5]byte
+	binary.BigEndian.PutUint32(hdr[:], 16<<20)
+	hdr[4] = 9
+	a.Write(hdr[:])
+	a.Write([]byte{0, 0, 0, 0}) // an empty JSON header
+	sent := 4
+	held := func() int64 {
+		// The reader charges before it reads: give it a moment.
+		time.Sleep(50 * time.Millisecond)
+		return bud.Used()
+	}
+	for _, n := range []int{4 << 10, 60 << 10, 200 << 10, 1 << 20} {
+		a.Write(make([]byte, n))
+		sent += n
+		if h := held(); h > int64(max(2*sent, 64<<10)) {
+			t.Fatalf("%d bytes of a 16 MB frame arrived; %d held", sent, h)
+		}
+	}
+	a.Close()
+	if err := <-done; err == nil {
+		t.Fatal("a truncated frame was read")
+	}
+	if bud.Used() != 0 {
+		t.Fatalf("%d bytes still charged after the connection failed", bud.Used())
+	}
 }
