@@ -216,10 +216,13 @@ func (s *Server) handle(nc net.Conn, o *origin, onion bool) {
 	// the policy now and then.
 	end := time.Now().Add(d.ConnectionLifetime)
 	for time.Now().Before(end) {
-		_ = nc.SetReadDeadline(minTime(time.Now().Add(d.IdleTimeout), end))
+		dl := minTime(time.Now().Add(d.IdleTimeout), end)
+		_ = nc.SetReadDeadline(dl)
+		conn.Deadline = dl         // a request waiting for the byte budget waits no longer
 		netlimit.SetIdle(nc, true) // may be closed to make room until a request is in
 		f, err := conn.Read()
 		netlimit.SetIdle(nc, false)
+		conn.Deadline = time.Time{}
 		cur = f
 		if err != nil {
 			var te *wire.TypeError

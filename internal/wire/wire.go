@@ -119,6 +119,10 @@ type Conn struct {
 	Budget Budget
 	// BudgetWait bounds the wait for the budget (default 30 s).
 	BudgetWait time.Duration
+	// Deadline, if set, is the read deadline the caller gave the
+	// connection: waits for the budget end by it too, so a frame that
+	// must arrive by then cannot outlive it waiting.
+	Deadline time.Time
 	// ChargeSmall, if set, says which small frames (up to FreeFrame) are
 	// charged too: those that are queued rather than handled at once.
 	ChargeSmall func(typ uint8) bool
@@ -188,6 +192,12 @@ func (c *Conn) Read() (*Frame, error) {
 		wait := c.BudgetWait
 		if wait <= 0 {
 			wait = 30 * time.Second
+		}
+		if !c.Deadline.IsZero() {
+			wait = min(wait, time.Until(c.Deadline))
+		}
+		if wait <= 0 {
+			return ErrBusy
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()

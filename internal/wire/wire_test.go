@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -111,5 +112,36 @@ func TestBufferGrowsAsBytesArrive(t *testing.T) {
 	}
 	if bud.Used() != 0 {
 		t.Fatalf("%d bytes still charged after the connection failed", bud.Used())
+	}
+}
+
+// TestBudgetWaitEndsAtDeadline: a frame waiting for a spent budget gives up
+// at the connection's deadline, not at BudgetWait: a request that must
+// arrive within a time cannot outlive it waiting.
+func TestBudgetWaitEndsAtDeadline(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	bud := budget.New(64 << 10)
+	bud.Acquire(context.Background(), 64<<10) // spent by others
+	c := NewConn(b)
+	c.Budget, c.BudgetWait, c.MaxFrame = bud, time.Minute, 1<<20
+	c.Deadline = time.Now().Add(300 * time.Millisecond)
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { _, err := c.Read(); done <- err }()
+	var hdr [5]byte
+	binary.BigEndian.PutUint32(hdr[:], 512<<10)
+	hdr[4] = 9
+	a.Write(hdr[:])
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrBusy) {
+			t.Fatalf("want ErrBusy, got %v", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("gave up after %v", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the wait for the budget outlived the connection's deadline")
 	}
 }
