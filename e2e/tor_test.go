@@ -688,3 +688,20 @@ func TestTorDestinationsChecked(t *testing.T) {
 		}
 	}
 }
+
+// TestTorSelfDeployCharged: a function that deploys onto its own box
+// through the box's own onion service (where every client looks alike)
+// is still charged to the client that deployed it: it stops at that
+// client's MaxInstancesPerClient.
+func TestTorSelfDeployCharged(t *testing.T) {
+	n := tornet(t)
+	d := startTorBentodFrom(t, testutil.Binaries(t), n.Exits()[1], "MaxInstancesPerClient 3\n")
+	spawner := tempFunction(t, "name = \"spawner\"\nmode = \"service\"\napis = [\"bento\", \"send\"]\ndestinations = [\"accept *.onion:*\"]\n[resources]\nlifetime = \"2 minutes\"\n",
+		"def main(server, n):\n    for i in range(n):\n        remote.deploy(server, bento.source(\"child.toml\"), {\"main.star\": bento.source(\"child.star\")})\n        bento.send(\"%d \" % (i + 1))\n    return \"all\"\n",
+		"child.toml", childManifest, "child.star", "def main():\n    return 1\n")
+	dep := deployCLI(t, d.daemon, spawner)
+	r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, d.Onion, "10")
+	if r.Code == 0 || r.Stdout != "1 2 " || !strings.Contains(r.Stderr, "MaxInstancesPerClient") {
+		t.Fatalf("deploying onto its own box through its onion service: want 2 instances and then the client's share refused, got %s", r)
+	}
+}
