@@ -462,18 +462,9 @@ func TestSiege(t *testing.T) {
 	t.Run("slow-uploads", func(t *testing.T) {
 		// 1,024 connections from 64 addresses say hello and upload 1 MB
 		// each, all but the last byte: the bytes in flight stay within
-		// MaxInFlight (48 MB), the rest wait, and the idle timeout ends
+		// MaxInFlight (96 MB), the rest wait, and the idle timeout ends
 		// them.
-		var r attackReport
-		var held float64
-		s.under(t, 8*time.Second, func() func() {
-			a := startAttack(t, attackSpec{Kind: "slow-upload", Target: d.Addr, Sources: 64, Conns: 1024, Size: 1 << 20})
-			time.Sleep(3 * time.Second)
-			return func() {
-				held = bentodInFlight(t, d)
-				r = a.stop()
-			}
-		})
+		r, held := s.attackInFlight(t, 8*time.Second, 3*time.Second, attackSpec{Kind: "slow-upload", Target: d.Addr, Sources: 64, Conns: 1024, Size: 1 << 20})
 		t.Logf("attacker: %v; bentod holds %.1f MB of uploads in flight", r, held/(1<<20))
 		if r.Connected < 512 || r.Sent < 64<<20 {
 			t.Errorf("the attack did not take place (%v): the test proves nothing", r)
@@ -520,17 +511,8 @@ func TestSiege(t *testing.T) {
 		quiet := tempFunction(t, "name = \"quiet\"\nmode = \"service\"\napis = [\"sleep\"]\n[resources]\nlifetime = \"5 minutes\"\n",
 			"def main():\n    bento.sleep(11)\n")
 		dep := deployCLI(t, d, quiet)
-		var r attackReport
-		var held float64
 		rssBefore := rssKB(d.cmd.Process.Pid) << 10
-		s.under(t, 6*time.Second, func() func() {
-			a := startAttack(t, attackSpec{Kind: "input-flood", Target: d.Addr, Sources: 16, Conns: 16, Token: dep.InvocationToken, Args: "[]"})
-			time.Sleep(2 * time.Second)
-			return func() {
-				held = bentodInFlight(t, d)
-				r = a.stop()
-			}
-		})
+		r, held := s.attackInFlight(t, 6*time.Second, 2*time.Second, attackSpec{Kind: "input-flood", Target: d.Addr, Sources: 16, Conns: 16, Token: dep.InvocationToken, Args: "[]"})
 		t.Logf("attacker: %v; bentod holds %.1f MB in flight", r, held/(1<<20))
 		if r.Connected < 16 || r.Sent < 8<<20 {
 			t.Errorf("the attack did not take place (%v): the test proves nothing", r)
@@ -638,7 +620,7 @@ func TestSiege(t *testing.T) {
 	})
 	t.Run("bytes-in-flight-stay-bounded", func(t *testing.T) {
 		// The slow uploads once more, with bentod's memory as the measure:
-		// 1,024 uploads of 1 MB would be 1 GB; the budget holds 48 MB.
+		// 1,024 uploads of 1 MB would be 1 GB; the budget holds 96 MB.
 		var r attackReport
 		var rssBefore, grown int64
 		var st map[string]int64
@@ -1355,6 +1337,22 @@ func bentodStatus(t *testing.T, d *daemon) map[string]int64 {
 	}
 	t.Fatalf("bentod wrote no status line after SIGUSR1:\n%s", d.log)
 	return nil
+}
+
+// attackInFlight runs an attack under the siege's checks (the neighbour
+// timed for hold, once warm has passed) and returns what the attacker saw
+// and the bytes bentod held in flight just before it stopped.
+func (s *siege) attackInFlight(t *testing.T, hold, warm time.Duration, spec attackSpec) (r attackReport, held float64) {
+	t.Helper()
+	s.under(t, hold, func() func() {
+		a := startAttack(t, spec)
+		time.Sleep(warm)
+		return func() {
+			held = bentodInFlight(t, s.d)
+			r = a.stop()
+		}
+	})
+	return r, held
 }
 
 // bentodInFlight is the bytes bentod holds for clients and functions now.
