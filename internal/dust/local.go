@@ -289,10 +289,17 @@ func Supervise(dir string) error {
 		if err := br.forwardIn(p.OR); err != nil {
 			return fail("forwarding the mote's ORPort: " + err.Error())
 		}
-		for _, port := range auth {
+		var dirPorts []int
+		for i, port := range auth {
 			if err := br.forwardOut(port); err != nil {
 				return fail(fmt.Sprintf("forwarding the authorities' port %d: %v", port, err))
 			}
+			if i%2 == 1 { // each DirAuthority line: its orport=, then ADDRESS:DIRPORT
+				dirPorts = append(dirPorts, port)
+			}
+		}
+		if err := br.prime(dirPorts); err != nil {
+			fmt.Printf("the network's consensus before tor starts: %v (its relays are forwarded as the mote's tor learns them)\n", err)
 		}
 		_ = m.save()
 	}

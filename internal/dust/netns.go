@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"runtime"
@@ -427,6 +428,54 @@ func (b *bridge) follow(ctx context.Context, ctl, cookie string) {
 	}
 }
 
+// prime forwards out, before the mote's tor starts, the ports of every
+// relay in the network's current consensus, fetched from an authority's
+// DirPort (dirPorts, tried in turn): a relay whose port is not forwarded
+// yet when the mote's tor first dials it would be taken for down, and a
+// guard so taken is not tried again for a while.
+func (b *bridge) prime(dirPorts []int) error {
+	var lastErr error
+	for _, p := range dirPorts {
+		var statuses map[string]boxdir.Status
+		var err error
+		_ = inNamespace(b.outer, func() {
+			cl := http.Client{Timeout: 10 * time.Second}
+			resp, gerr := cl.Get("http://" + loopback(p) + "/tor/status-vote/current/consensus-microdesc")
+			if gerr != nil {
+				err = gerr
+				return
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("the authority at port %d answered %s", p, resp.Status)
+				return
+			}
+			body, rerr := io.ReadAll(io.LimitReader(resp.Body, boxdir.MaxDocument))
+			if rerr != nil {
+				err = rerr
+				return
+			}
+			statuses, err = boxdir.ParseStatuses(string(body))
+		})
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		for _, st := range statuses {
+			if st.Addr != netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
+				continue
+			}
+			for _, port := range []uint16{st.ORPort, st.DirPort} {
+				if err := b.forwardOut(int(port)); err != nil && port != 0 {
+					b.logf("forwarding out of the mote: %v", err)
+				}
+			}
+		}
+		return nil
+	}
+	return lastErr
+}
+
 // close stops every forwarder and connection, and waits for the bridge's
 // goroutines (at most 10 s) so that the namespace handles can be closed
 // after it.
@@ -456,7 +505,7 @@ func (b *bridge) close() {
 	}
 }
 
-// AuthorityPorts returns the ORPorts and DirPorts the DirAuthority lines
+// AuthorityPorts returns, for each DirAuthority line, the ORPort and then the DirPort
 // of a torrc name on loopback: what a mote's tor dials first.
 func AuthorityPorts(torrc string) ([]int, error) {
 	var ports []int

@@ -2,7 +2,10 @@ package dust
 
 import (
 	"bufio"
+	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"runtime"
 	"strings"
@@ -152,6 +155,31 @@ func TestBridge(t *testing.T) {
 	}
 	if err := inNS(portOf(ownLn)); err == nil {
 		t.Fatal("one of the mote's own ports was forwarded out")
+	}
+	// prime forwards out the relays of the network's consensus, fetched
+	// from an authority's DirPort, before the mote's tor starts.
+	relay, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	go echo(relay)
+	auth := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/tor/status-vote/current/consensus-microdesc" {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprintf(w, "network-status-version 3 microdesc\nr relay q6urq6urq6urq6urq6urq6urq6s 2026-12-02 12:00:00 127.0.0.1 %d 0\ns Running\n", portOf(relay))
+	}))
+	defer auth.Close()
+	if err := inNS(portOf(relay)); err == nil {
+		t.Fatal("a relay's port answers inside the mote before it is forwarded")
+	}
+	if err := b.prime([]int{auth.Listener.Addr().(*net.TCPAddr).Port}); err != nil {
+		t.Fatalf("prime: %v", err)
+	}
+	if err := inNS(portOf(relay)); err != nil {
+		t.Fatalf("the consensus's relay, from inside the mote after prime: %v", err)
 	}
 	// A connection whose one direction ended gives way after the bridge's
 	// half-closed time, whatever the other side does.
