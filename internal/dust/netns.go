@@ -149,17 +149,32 @@ func enterNewNamespace() (outer, inner *os.File, err error) {
 // network's, since the bridge carries ports of its loopback into the
 // mote, which must never be the host's own services.
 func onlyLoopback() error {
-	b, err := os.ReadFile("/proc/thread-self/net/dev")
+	ifs, err := Interfaces("/proc/thread-self/net/dev")
 	if err != nil {
 		return err
 	}
-	for i, line := range strings.Split(string(b), "\n") {
-		name, _, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if ok && i >= 2 && name != "lo" {
+	for _, name := range ifs {
+		if name != "lo" {
 			return fmt.Errorf("this network namespace has interface %q besides lo: a local mote joins only a network in a namespace of loopback alone (run it under privnet run, or join the public network with --public-network)", name)
 		}
 	}
 	return nil
+}
+
+// Interfaces lists the network interfaces a /proc/.../net/dev file names
+// (those of the namespace of the process or thread it belongs to).
+func Interfaces(devFile string) ([]string, error) {
+	b, err := os.ReadFile(devFile)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for i, line := range strings.Split(string(b), "\n") {
+		if name, _, ok := strings.Cut(line, ":"); ok && i >= 2 {
+			out = append(out, strings.TrimSpace(name))
+		}
+	}
+	return out, nil
 }
 
 // loopbackUp brings lo up in the calling thread's network namespace.
@@ -406,16 +421,7 @@ func (b *bridge) follow(ctx context.Context, ctl, cookie string) {
 			b.logf("reading the mote's consensus: %v", err)
 			lastErr = err.Error()
 		}
-		for _, st := range statuses {
-			if st.Addr != netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
-				continue // the bridge carries 127.0.0.1 only, as the network's relays use
-			}
-			for _, p := range []uint16{st.ORPort, st.DirPort} {
-				if err := b.forwardOut(int(p)); err != nil && p != 0 {
-					b.logf("forwarding out of the mote: %v", err)
-				}
-			}
-		}
+		b.forwardRelays(statuses)
 		every := 15 * time.Second
 		if time.Since(start) < 2*time.Minute {
 			every = 2 * time.Second
@@ -461,19 +467,26 @@ func (b *bridge) prime(dirPorts []int) error {
 			lastErr = err
 			continue
 		}
-		for _, st := range statuses {
-			if st.Addr != netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
-				continue
-			}
-			for _, port := range []uint16{st.ORPort, st.DirPort} {
-				if err := b.forwardOut(int(port)); err != nil && port != 0 {
-					b.logf("forwarding out of the mote: %v", err)
-				}
-			}
-		}
+		b.forwardRelays(statuses)
 		return nil
 	}
 	return lastErr
+}
+
+// forwardRelays forwards out the ORPorts and DirPorts of the relays on
+// 127.0.0.1 (the bridge carries that address only, as the network's
+// relays use).
+func (b *bridge) forwardRelays(statuses map[string]boxdir.Status) {
+	for _, st := range statuses {
+		if st.Addr != netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
+			continue
+		}
+		for _, port := range []uint16{st.ORPort, st.DirPort} {
+			if err := b.forwardOut(int(port)); err != nil && port != 0 {
+				b.logf("forwarding out of the mote: %v", err)
+			}
+		}
+	}
 }
 
 // close stops every forwarder and connection, and waits for the bridge's

@@ -95,15 +95,10 @@ func TestBridge(t *testing.T) {
 	defer m.ln.Close()
 	inside := portOf(m.ln)
 
-	var devs string
-	if err := inNamespace(m.inner, func() { b, _ := os.ReadFile("/proc/thread-self/net/dev"); devs = string(b) }); err != nil {
-		t.Fatal(err)
-	}
 	var ifs []string
-	for i, l := range strings.Split(devs, "\n") {
-		if name, _, ok := strings.Cut(l, ":"); ok && i >= 2 {
-			ifs = append(ifs, strings.TrimSpace(name))
-		}
+	var ifErr error
+	if err := inNamespace(m.inner, func() { ifs, ifErr = Interfaces("/proc/thread-self/net/dev") }); err != nil || ifErr != nil {
+		t.Fatal(err, ifErr)
 	}
 	if strings.Join(ifs, " ") != "lo" {
 		t.Fatalf("the mote's namespace has %v; want only lo", ifs)
