@@ -71,6 +71,7 @@ func (c *cli) dust(args []string) int {
 		tmpl := fs.String("template", "", "the mote's template (templates/mote.toml)")
 		network := fs.String("network-torrc", "", "torrc lines of the Tor network to join (its DirAuthority lines, for a test network)")
 		public := fs.Bool("public-network", false, "join the public Tor network")
+		ownNetns := fs.Bool("netns", false, "run the mote in a network namespace of its own, its Tor ports bridged to the network's (root; experimental)")
 		lifetime := fs.Duration("lifetime", 0, "override the template's lifetime (e.g. 90m)")
 		drain := fs.Duration("drain", 0, "override the template's drain period (e.g. 5m)")
 		torBin := fs.String("tor", "tor", "the tor binary")
@@ -99,7 +100,7 @@ func (c *cli) dust(args []string) int {
 			return exitServer
 		}
 		m, err := dust.Up(c.ctx, dust.UpOptions{StateDir: *state, Template: t, Lifetime: *lifetime, NetworkTorrc: string(netTorrc),
-			Public: *public, Tor: *torBin, Bentod: *bentod, Self: self})
+			Public: *public, OwnNetns: *ownNetns, Tor: *torBin, Bentod: *bentod, Self: self})
 		if err != nil {
 			fmt.Fprintf(c.stderr, "bento: %v\n", err)
 			return exitServer
