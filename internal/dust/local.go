@@ -91,10 +91,10 @@ type UpOptions struct {
 	// OwnNetns runs a mote joining a given network in a network namespace
 	// of its own (netns.go). Opt-in for now: end-to-end runs showed the
 	// mote sometimes unreachable through Tor for tens of seconds.
-	OwnNetns bool
-	Tor, Bentod  string        // binaries (default: tor from PATH, bentod beside Self)
-	Self         string        // the bento binary, run as the supervisor
-	Wait         time.Duration // how long Up waits for the mote to be up (default 3 minutes)
+	OwnNetns    bool
+	Tor, Bentod string        // binaries (default: tor from PATH, bentod beside Self)
+	Self        string        // the bento binary, run as the supervisor
+	Wait        time.Duration // how long Up waits for the mote to be up (default 3 minutes)
 }
 
 // Up spawns a local mote: it renders the configuration, checks it, starts
