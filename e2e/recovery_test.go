@@ -79,6 +79,38 @@ func TestCrashRecovery(t *testing.T) {
 	}
 }
 
+// TestStopRightAfterCrash: bentod killed with instances running, started
+// again and told to stop at once, before it is done reaping the killed
+// one's containers: the stop still leaves no container, bundle or cgroup
+// behind (the harness checks), and the stored data waits for the next
+// start. (A CI run once caught shutdown leaving them to the next start.)
+func TestStopRightAfterCrash(t *testing.T) {
+	d := startBentod(t, "RestoreInstances 1\n")
+	var deps []client.Deployed
+	for i := 0; i < 6; i++ {
+		dep := deployCLI(t, d, fn("dropbox"))
+		if r := bento(t, fmt.Sprintf("value %d", i), "invoke", "-i", d.Addr, dep.InvocationToken, "put"); r.Code != 0 {
+			t.Fatal(r)
+		}
+		deps = append(deps, dep)
+	}
+	d.kill()
+	if out, _ := exec.Command("runc", "--root", filepath.Join(d.DataDir, "runtime"), "list", "-q").Output(); len(strings.Fields(string(out))) != len(deps) {
+		t.Fatalf("after the kill runc lists %q, want the %d orphaned containers: the test proves nothing", out, len(deps))
+	}
+	d.restart(t)
+	d.stop(t)
+	if t.Failed() {
+		return
+	}
+	d.restart(t)
+	for i, dep := range deps {
+		if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "get"); r.Code != 0 || r.Stdout != fmt.Sprintf("value %d", i) {
+			t.Errorf("instance %d after two restarts: %s", i, r)
+		}
+	}
+}
+
 // TestRestoreInstances: with RestoreInstances 1 a Dropbox keeps its tokens
 // and its data across a restart of bentod, whether bentod was stopped or
 // killed.

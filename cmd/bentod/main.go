@@ -64,6 +64,11 @@ func run() int {
 	}
 	safelog.SetSafe(p.SafeLogging)
 	log := safelog.New(os.Stderr, p.LogLevel)
+	// Signals are caught from here on and handled once bentod serves: one
+	// that arrives while it starts (a restart's stop, a status request)
+	// waits, rather than ending bentod by default before it can tidy up.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1)
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -98,18 +103,23 @@ func run() int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	// A start that fails from here on still ends what the server holds
+	// (restored instances, an earlier bentod's containers).
+	fail := func(msg string, err error) int {
+		log.Error(msg, "err", err)
+		srv.Close()
+		return 1
+	}
 	rawLn, err := net.Listen("tcp", p.ListenAddress)
 	if err != nil {
-		log.Error("cannot listen", "err", err)
-		return 1
+		return fail("cannot listen", err)
 	}
 	ln := srv.LimitListener(rawLn, false)
 	var hs *http.Server
 	if p.PolicyAddress != "" {
 		pln, err := net.Listen("tcp", p.PolicyAddress)
 		if err != nil {
-			log.Error("cannot listen for the policy", "err", err)
-			return 1
+			return fail("cannot listen for the policy", err)
 		}
 		hs = srv.PolicyServer()
 		go func() {
@@ -127,8 +137,7 @@ func run() int {
 	if p.OnionService {
 		oln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			log.Error("cannot listen for the onion service", "err", err)
-			return 1
+			return fail("cannot listen for the onion service", err)
 		}
 		onionTarget = oln.Addr().String()
 		go srv.ServeOnion(srv.LimitListener(oln, true))
@@ -144,8 +153,7 @@ func run() int {
 	// firewall. Changing TorControlPort needs a restart.
 	link, err := torlink.New(p, ln.Addr().String(), onionTarget, log)
 	if err != nil {
-		log.Error("tor link", "err", err)
-		return 1
+		return fail("tor link", err)
 	}
 	linkCtx, stopLink := context.WithCancel(context.Background())
 	defer stopLink()
@@ -163,15 +171,12 @@ func run() int {
 	if p.FlashFlow.Listen != "" {
 		t, err := startFlashFlow(linkCtx, p, link, log)
 		if err != nil {
-			log.Error("flashflow", "err", err)
-			return 1
+			return fail("flashflow", err)
 		}
 		ff = t
 	}
 
 	closed := make(chan struct{})
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1)
 	go func() {
 		for sig := range sigs {
 			if sig == syscall.SIGUSR1 {

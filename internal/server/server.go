@@ -77,10 +77,11 @@ type Server struct {
 	dir     directory     // the directory of boxes, for remote.choose
 	boxWake chan struct{} // the end changed
 
-	stale  []string      // containers of an earlier bentod, found at start
-	reaped chan struct{} // closed once they are gone
-	wg     sync.WaitGroup
-	closed chan struct{}
+	stale    []string      // containers of an earlier bentod, found at start
+	reaped   chan struct{} // closed once they are gone
+	reapOnce sync.Once     // Recover's work, done once by it or by Close
+	wg       sync.WaitGroup
+	closed   chan struct{}
 }
 
 // Options configure New.
@@ -162,7 +163,9 @@ func New(opts Options) (*Server, error) {
 
 // Recover reaps the containers of an earlier bentod, which lets the
 // restored instances start. Run it once the listeners serve.
-func (s *Server) Recover() {
+func (s *Server) Recover() { s.reapOnce.Do(s.reapStale) }
+
+func (s *Server) reapStale() {
 	defer close(s.reaped)
 	defer s.recoverPanic("reaping old containers")
 	if n := s.sb.ReapIDs(s.stale); n > 0 {
@@ -307,6 +310,10 @@ func (s *Server) Close() {
 	for _, in := range all {
 		<-in.ended
 	}
+	// The earlier bentod's containers go too, even if shutdown came
+	// before Recover was done with them (or had started): a stop leaves
+	// no container behind.
+	s.reapOnce.Do(s.reapStale)
 }
 
 // janitor forgets ended instances once their output retention is over, and
