@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -54,13 +55,38 @@ func (s *syncBuffer) String() string {
 
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portMu.Lock()
+	defer portMu.Unlock()
+	if nextPort == 0 {
+		nextPort = portLow + rand.IntN(portHigh-portLow)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	for range portHigh - portLow {
+		p := nextPort
+		if nextPort++; nextPort >= portHigh {
+			nextPort = portLow
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return p
+	}
+	t.Fatalf("no free loopback port in %d-%d", portLow, portHigh)
+	return 0
 }
+
+// freePort hands out ports below the kernel's ephemeral range (32768 and
+// up by default), one after the other, so that no outgoing connection
+// (of tor, of a test running in parallel) is given the port between the
+// check and the daemon's bind. A CI run lost TestFlashFlowPrivateNetwork
+// to that once, when ports came from 127.0.0.1:0.
+const portLow, portHigh = 20000, 32000
+
+var (
+	portMu   sync.Mutex
+	nextPort int
+)
 
 // startBentod starts bentod (built with the race detector when the tests
 // run with it) with the given extra bentorc lines.
@@ -102,6 +128,9 @@ func (d *daemon) start(t testing.TB, bin string) {
 	}
 	d.cmd = exec.Command(filepath.Join(bin, "bentod"), args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	// Wait returns once bentod has exited, even if something it started
+	// still holds its output.
+	d.cmd.WaitDelay = 5 * time.Second
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -111,8 +140,14 @@ func (d *daemon) start(t testing.TB, bin string) {
 			c.Close()
 			break
 		}
+		if !procAlive(d.cmd.Process.Pid) {
+			err := d.cmd.Wait()
+			t.Fatalf("bentod exited before it listened (%v); log:\n%s", err, d.log)
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("bentod did not start listening; log:\n%s", d.log)
+			d.cmd.Process.Kill()
+			d.cmd.Wait()
+			t.Fatalf("bentod did not start listening in 10 s; log:\n%s", d.log)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
