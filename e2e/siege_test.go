@@ -148,7 +148,11 @@ func newSiege(t *testing.T, extra string) *siege { return newSiegeRC(t, siegeRC+
 
 // newSiegeRC is newSiege with a configuration of the caller's.
 func newSiegeRC(t *testing.T, rc string) *siege {
-	d := startBentodFrom(t, testutil.ReleaseBinaries(t), rc)
+	return siegeOn(t, startBentodFrom(t, testutil.ReleaseBinaries(t), rc))
+}
+
+// siegeOn deploys the neighbour on a bentod started by the caller.
+func siegeOn(t *testing.T, d *daemon) *siege {
 	dep := deployCLI(t, d, fn("dropbox"))
 	if r := bento(t, "kept", "invoke", "-i", d.Addr, dep.InvocationToken, "put"); r.Code != 0 {
 		t.Fatalf("neighbour put: %s", r)
@@ -747,6 +751,86 @@ func TestSiegeFunctions(t *testing.T) {
 			}
 		}
 	})
+	t.Run("host-call-results-fill-the-budget", func(t *testing.T) {
+		// Eight clients, from addresses of their own, each run a function
+		// that fetches a 12 MB body three times: at once they would hold
+		// up to 190 MB of results, each within its instance's share and
+		// its client's. Together they meet MaxInFlight (96 MB): bentod
+		// holds no more, the rest waits for room (back-pressure on the
+		// functions), every call ends with its bodies or a clear "retry
+		// later", and the neighbour is served throughout.
+		const clients, body, fetches = 8, 12 << 20, 3
+		base, _ := webServer(t, page(body))
+		f, err := client.LoadFunction(tempFunction(t, "name = \"fetch3\"\napis = [\"http.fetch\"]\ndestinations = [\"accept 127.0.0.1:*\"]\n[resources]\nmemory = \"64 MB\"\ncpu = 0.1\n",
+			fmt.Sprintf("def main(url):\n    n = 0\n    for i in range(%d):\n        n += len(http.fetch(url).body)\n    return \"%%d\" %% n\n", fetches)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var (
+			mu       sync.Mutex
+			served   int
+			retry    int
+			failures []string
+			seen     int64 // the most bytes in flight seen in bentod's status
+		)
+		s.while(t, func() {
+			var wg sync.WaitGroup
+			for i := range clients {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					c := &client.Client{Addr: d.Addr, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 3, byte(10+i))}}}
+					ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+					defer cancel()
+					dep, err := c.Deploy(ctx, f)
+					if err != nil {
+						mu.Lock()
+						failures = append(failures, "deploy: "+err.Error())
+						mu.Unlock()
+						return
+					}
+					defer c.Shutdown(context.Background(), dep.ShutdownToken)
+					out, err := c.Call(ctx, dep.InvocationToken, base+"/page")
+					mu.Lock()
+					defer mu.Unlock()
+					switch {
+					case err == nil && string(out) == fmt.Sprint(fetches*body):
+						served++
+					case err != nil && strings.Contains(err.Error(), "too much data in flight on this node; retry later"):
+						retry++
+					default:
+						failures = append(failures, fmt.Sprintf("%q %v", out, err))
+					}
+				}()
+			}
+			done := make(chan struct{})
+			go func() { wg.Wait(); close(done) }()
+			for waiting := true; waiting; {
+				select {
+				case <-done:
+					waiting = false
+				case <-time.After(200 * time.Millisecond):
+				}
+				st := bentodStatus(t, d)
+				seen = max(seen, st["in_flight_bytes"])
+			}
+		})
+		st := bentodStatus(t, d)
+		t.Logf("%d clients: %d calls served, %d told to retry later; bentod held at most %.1f MB in flight (seen), %.1f MB at its peak, of MaxInFlight %.0f MB",
+			clients, served, retry, float64(seen)/(1<<20), float64(st["in_flight_peak_bytes"])/(1<<20), float64(st["in_flight_limit_bytes"])/(1<<20))
+		if len(failures) > 0 {
+			t.Errorf("calls that neither got their bodies nor a clear retry later: %s", strings.Join(failures, "; "))
+		}
+		if served < clients/2 {
+			t.Errorf("only %d of %d calls were served: back-pressure should make most wait, not fail", served, clients)
+		}
+		if seen < 48<<20 {
+			t.Errorf("bentod never held more than %.1f MB in flight: the functions did not press the budget, the case proves nothing", float64(seen)/(1<<20))
+		}
+		if st["in_flight_peak_bytes"] > 96<<20 {
+			t.Errorf("bentod held %d bytes in flight at its peak; MaxInFlight is %d", st["in_flight_peak_bytes"], 96<<20)
+		}
+	})
 	t.Run("onion-destinations-checked", func(t *testing.T) {
 		// remote.* to an onion address the manifest does not name is
 		// refused before any connection, as any other destination.
@@ -1221,6 +1305,11 @@ func TestCompositionCharged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A bentod whose clients have room to spare (32 instances each), for
+	// composed-instances-capped. What that case and the first leave, the
+	// last counts again after a restart.
+	roomy := newSiege(t, "TotalCPU 50\nMaxInstancesPerClient 32\nMaxComposedInstances 8\n")
+	var roomyDep *client.Deployed
 	t.Run("self-deploys-charged-to-client", func(t *testing.T) {
 		// A client at 127.0.0.5 (6 instances at most) deploys a function
 		// that deploys onto its own box: the function's instances count as
@@ -1246,14 +1335,14 @@ func TestCompositionCharged(t *testing.T) {
 	})
 	t.Run("composed-instances-capped", func(t *testing.T) {
 		// Whatever room is left in a client's share (here 32 instances, on
-		// a bentod of its own), a root's functions may hold only
+		// the roomy bentod), a root's functions may hold only
 		// MaxComposedInstances (8): the function stops at 8.
-		roomy := newSiege(t, "TotalCPU 50\nMaxInstancesPerClient 32\nMaxComposedInstances 8\n")
 		cl := from(roomy.d.Addr, "127.0.0.7")
 		dep, err := cl.Deploy(ctx(t), fnc)
 		if err != nil {
 			t.Fatal(err)
 		}
+		roomyDep = dep
 		var out string
 		var exit *client.Exit
 		roomy.whileKeeping(t, func() { out, exit = collectAll(t, cl, dep.InvocationToken, roomy.d.Addr, 20) })
@@ -1303,6 +1392,29 @@ func TestCompositionCharged(t *testing.T) {
 		if ok != 4 || capped != 4 {
 			t.Fatalf("8 calls at once: %d served, %d capped; want 4 and 4", ok, capped)
 		}
+	})
+	t.Run("composition-groups-restored", func(t *testing.T) {
+		// Both bentods killed (as a crash would) and started again: the
+		// instances come back with their owner and their root, so the
+		// client at 127.0.0.5 is still at its MaxInstancesPerClient and the
+		// root on the roomy bentod still holds its MaxComposedInstances;
+		// the neighbour comes back with its data.
+		if roomyDep == nil {
+			t.Fatal("the cases this one continues did not run")
+		}
+		for _, x := range []*siege{s, roomy} {
+			x.d.kill()
+			x.d.restart(t)
+		}
+		s.whileKeeping(t, func() {
+			if _, err := from(d.Addr, "127.0.0.5").Deploy(ctx(t), fnc); !client.IsCode(err, client.CodeBusy) || !strings.Contains(err.Error(), "MaxInstancesPerClient") {
+				t.Errorf("after a restart, the deploy of a client whose functions filled its share: %v, want refused at MaxInstancesPerClient", err)
+			}
+			out, exit := collectAll(t, from(roomy.d.Addr, "127.0.0.7"), roomyDep.InvocationToken, roomy.d.Addr, 1)
+			if out != "" || exit.Error == nil || !strings.Contains(exit.Error.Msg, "MaxComposedInstances") {
+				t.Errorf("after a restart, a root whose group is full deploying once more: %q, %+v; want refused at MaxComposedInstances", out, exit)
+			}
+		})
 	})
 }
 
