@@ -730,8 +730,12 @@ func TestSiegeFunctions(t *testing.T) {
 			}
 		}
 		// Cut at 16 MB and charged to the instance: bentod does not keep
-		// what it cut.
-		if grown := rssKB(d.cmd.Process.Pid)<<10 - rssBefore; grown > 48<<20 {
+		// what it cut. Each call may hold the instance's share (twice
+		// MaxFetchSize, the buffer doubling as output arrives) and the
+		// collector as much again before it runs; three cuts kept would
+		// be 48 MB live and about twice that resident. (A run saw 48.7 MB of
+		// growth with nothing kept, the heap's headroom.)
+		if grown := rssKB(d.cmd.Process.Pid)<<10 - rssBefore; grown > 64<<20 {
 			t.Errorf("bentod grew by %.1f MB relaying endless output", float64(grown)/(1<<20))
 		}
 	})
