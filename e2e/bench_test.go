@@ -174,7 +174,7 @@ func BenchmarkIdleInstances(b *testing.B) {
 		b.ReportMetric(float64(daemon)/n/1024, "bentod-MB/instance")
 		b.ReportMetric(float64(base)/1024, "bentod-idle-MB")
 		d.cmd.Process.Signal(syscall.SIGTERM)
-		d.cmd.Wait()
+		<-d.exited
 	}
 }
 

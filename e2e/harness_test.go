@@ -32,6 +32,8 @@ type daemon struct {
 	bin     string // directory of the binaries it runs
 	cmd     *exec.Cmd
 	log     *syncBuffer
+	exited  chan struct{} // closed once cmd has exited and been waited for
+	waitErr error         // cmd's exit, once exited is closed
 }
 
 // syncBuffer is a bytes.Buffer safe for the process-output copier and the
@@ -134,19 +136,25 @@ func (d *daemon) start(t testing.TB, bin string) {
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// One goroutine waits for the process; everyone else watches exited.
+	// (Its /proc state cannot tell: bentod re-executes itself at start,
+	// and its first thread shows as a zombie for a moment meanwhile.)
+	cmd, exited := d.cmd, make(chan struct{})
+	d.exited = exited
+	go func() { d.waitErr = cmd.Wait(); close(exited) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if c, err := net.Dial("tcp", d.Addr); err == nil {
 			c.Close()
 			break
 		}
-		if !procAlive(d.cmd.Process.Pid) {
-			err := d.cmd.Wait()
-			t.Fatalf("bentod exited before it listened (%v); log:\n%s", err, d.log)
+		select {
+		case <-exited:
+			t.Fatalf("bentod exited before it listened (%v); log:\n%s", d.waitErr, d.log)
+		default:
 		}
 		if time.Now().After(deadline) {
-			d.cmd.Process.Kill()
-			d.cmd.Wait()
+			d.kill()
 			t.Fatalf("bentod did not start listening in 10 s; log:\n%s", d.log)
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -161,17 +169,16 @@ func (d *daemon) restart(t testing.TB) {
 
 // stop ends bentod and checks it left nothing behind.
 func (d *daemon) stop(t testing.TB) {
-	if d.cmd.ProcessState != nil {
+	select {
+	case <-d.exited:
 		return
+	default:
 	}
 	d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
 	select {
-	case <-done:
+	case <-d.exited:
 	case <-time.After(20 * time.Second):
-		d.cmd.Process.Kill()
-		<-done
+		d.kill()
 		t.Errorf("bentod did not exit on SIGTERM; log:\n%s", d.log)
 	}
 	if strings.Contains(d.log.String(), "WARNING: DATA RACE") {
@@ -206,7 +213,7 @@ var instanceRE = regexp.MustCompile(`instance=i-[0-9a-f]+`)
 // kill ends bentod at once, as a crash would.
 func (d *daemon) kill() {
 	d.cmd.Process.Kill()
-	d.cmd.Wait()
+	<-d.exited
 }
 
 // result is a finished bento CLI run.
@@ -215,16 +222,27 @@ type result struct {
 	Code           int
 }
 
+// cliTimeout bounds one run of the CLI.
+const cliTimeout = 5 * time.Minute
+
 // bento runs the CLI.
 func bento(t testing.TB, stdin string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(testutil.Binaries(t), "bento"), args...)
+	// No run of the CLI in these tests takes minutes: one that hangs is
+	// a failure, not a stalled suite.
+	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(testutil.Binaries(t), "bento"), args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	cmd.Stdin = strings.NewReader(stdin)
+	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
 	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
+	if ctx.Err() != nil {
+		t.Errorf("bento %s: still running after %v, killed", strings.Join(args, " "), cliTimeout)
+		code = -1
+	} else if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
 	} else if err != nil {
 		t.Fatal(err)

@@ -160,7 +160,10 @@ func TestBoxDirectory(t *testing.T) {
 func bentoTorRetry(t *testing.T, cl *privnet.Node, args ...string) result {
 	t.Helper()
 	var r result
-	for i := 0; i < 10; i++ {
+	// At most 10 tries and 2 minutes in all: a try can take long when tor
+	// does, and the test must still end.
+	deadline := time.Now().Add(2 * time.Minute)
+	for i := 0; i < 10 && time.Now().Before(deadline); i++ {
 		if r = bento(t, "", append([]string{"--tor-socks", cl.SocksAddr()}, args...)...); r.Code != 4 {
 			return r
 		}
