@@ -3,13 +3,17 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/torbento/bento/internal/dust"
 	"github.com/torbento/bento/internal/testutil"
@@ -23,11 +27,11 @@ import (
 // consensus, an HSDir and a hop that fails, for every test after it.
 
 // TestDustMote: a mote spawned from the shipped template joins the private
-// Tor network, serves a function through its onion service, shows its end
+// Tor network from a network namespace of its own, serves a function
+// through its onion service, shows its end
 // in its policy, tells an attached client, refuses deploys in its drain
 // period, and after its end is gone: supervisor, tor, bentod, containers
-// and files. (A mote in a network namespace of its own, `dust up --netns`,
-// is tested by internal/dust's TestBridge; see docs/boxes.md.)
+// and files, namespace included.
 func TestDustMote(t *testing.T) {
 	n := tornet(t)
 	join, err := n.JoinTorrc()
@@ -65,9 +69,41 @@ func TestDustMote(t *testing.T) {
 		}
 	}
 
+	// In a network namespace of its own that holds only lo, as the
+	// network's own: the supervisor carries its Tor traffic across.
+	self, _ := os.Readlink("/proc/self/ns/net")
+	if m.Netns == "" || m.Netns == self {
+		t.Errorf("the mote's network namespace is %q, the test's %q: want one of its own", m.Netns, self)
+	}
+	for _, pid := range []int{m.TorPID, m.BentodPID} {
+		if ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid)); ns != m.Netns {
+			t.Errorf("process %d of the mote is in namespace %q, not the mote's %q", pid, ns, m.Netns)
+		}
+	}
+	if ifs := interfaces(t, m.TorPID); strings.Join(ifs, " ") != "lo" {
+		t.Errorf("the mote's namespace has interfaces %v; want only lo", ifs)
+	}
+	// Only the Tor ports cross: the client's SOCKS port, on the
+	// network's loopback, is out of the mote's reach.
+	if err := dialFromNamespace(t, m.TorPID, n.Client().SocksAddr()); err == nil {
+		t.Errorf("from inside the mote, the network's client SOCKS port %s answers: the bridge carries more than Tor's ports", n.Client().SocksAddr())
+	}
+
 	cl := n.Client()
 	r = bentoTorRetry(t, cl, "run", m.Onion, fn("hello"), "dust")
 	if r.Code != 0 || !strings.Contains(r.Stdout, "hello, dust!") {
+		// What the client side looked like (a CI run once saw the
+		// client's SocksPort refuse every try): does it answer here, does
+		// its tor run, and what did it log last.
+		c, derr := net.DialTimeout("tcp", cl.SocksAddr(), time.Second)
+		if c != nil {
+			c.Close()
+		}
+		notice := readFile(filepath.Join(cl.Dir, "notice.log"))
+		if len(notice) > 3000 {
+			notice = notice[len(notice)-3000:]
+		}
+		t.Logf("the client's SocksPort from the test: %v; its tor (pid %d) alive: %v; its log ends:\n%s", derr, cl.PID(), syscall.Kill(cl.PID(), 0) == nil, notice)
 		t.Fatalf("hello on the mote: %s\nsupervisor log: %s", r, readFile(filepath.Join(m.Dir, "bentod.out")))
 	}
 	r = bentoTorRetry(t, cl, "policy", m.Onion)
@@ -137,6 +173,15 @@ func TestDustMote(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	// The namespace went with them: no thread is in it, no descriptor
+	// holds it.
+	threads, _ := filepath.Glob("/proc/[0-9]*/task/[0-9]*/ns/net")
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, p := range append(threads, fds...) {
+		if ns, _ := os.Readlink(p); ns == m.Netns {
+			t.Errorf("the mote's namespace %s is still held after its end: %s", m.Netns, p)
+		}
+	}
 	if motes := listMotes(t, state); len(motes) != 0 {
 		t.Errorf("dust ls after the end: %+v", motes)
 	}
@@ -155,6 +200,53 @@ func listMotes(t *testing.T, state string) []dust.Listed {
 	var out []dust.Listed
 	if err := json.Unmarshal([]byte(r.Stdout), &out); err != nil {
 		t.Fatalf("dust ls --json: %v\n%s", err, r.Stdout)
+	}
+	return out
+}
+
+// dialFromNamespace dials addr from inside process pid's network
+// namespace (on a thread that never leaves it: it ends with its
+// goroutine).
+func dialFromNamespace(t *testing.T, pid int, addr string) error {
+	t.Helper()
+	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	errc := make(chan error, 1)
+	setup := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			setup <- err
+			return
+		}
+		setup <- nil
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		errc <- err
+	}()
+	if err := <-setup; err != nil {
+		t.Fatalf("entering the mote's namespace: %v", err)
+	}
+	return <-errc
+}
+
+// interfaces lists the network interfaces in process pid's namespace.
+func interfaces(t *testing.T, pid int) []string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/dev", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for i, l := range strings.Split(string(b), "\n") {
+		if name, _, ok := strings.Cut(l, ":"); ok && i >= 2 {
+			out = append(out, strings.TrimSpace(name))
+		}
 	}
 	return out
 }

@@ -129,6 +129,7 @@ echo "$out"
 mote_name=$(sed -n 's/^mote \([^ ]*\) is up$/\1/p' <<<"$out")
 M=$(sed -n 's/^  box *//p' <<<"$out")
 contains "the mote is up, with its box's address" ".onion:" "$M"
+contains "the mote runs in a network namespace of its own" "network namespace net:[" "$out"
 
 step mote-hello "bento --tor-socks … run $M functions/hello Carol   # on the mote"
 out=$(bt run "$M" functions/hello Carol) || fail "bento run on the mote exited $?"

@@ -71,7 +71,7 @@ func (c *cli) dust(args []string) int {
 		tmpl := fs.String("template", "", "the mote's template (templates/mote.toml)")
 		network := fs.String("network-torrc", "", "torrc lines of the Tor network to join (its DirAuthority lines, for a test network)")
 		public := fs.Bool("public-network", false, "join the public Tor network")
-		ownNetns := fs.Bool("netns", false, "run the mote in a network namespace of its own, its Tor ports bridged to the network's (root; experimental)")
+		ownNetns := fs.Bool("netns", true, "with --network-torrc, run the mote in a network namespace of its own, its Tor ports bridged to the network's (needs root; --netns=false shares the host's)")
 		lifetime := fs.Duration("lifetime", 0, "override the template's lifetime (e.g. 90m)")
 		drain := fs.Duration("drain", 0, "override the template's drain period (e.g. 5m)")
 		torBin := fs.String("tor", "tor", "the tor binary")

@@ -89,8 +89,8 @@ type UpOptions struct {
 	NetworkTorrc string        // torrc lines of the network to join (DirAuthority ...)
 	Public       bool          // join the public Tor network (no NetworkTorrc)
 	// OwnNetns runs a mote joining a given network in a network namespace
-	// of its own (netns.go). Opt-in for now: end-to-end runs showed the
-	// mote sometimes unreachable through Tor for tens of seconds.
+	// of its own (netns.go); bento dust up sets it unless told not to
+	// (--netns=false: without root, or to debug).
 	OwnNetns    bool
 	Tor, Bentod string        // binaries (default: tor from PATH, bentod beside Self)
 	Self        string        // the bento binary, run as the supervisor
@@ -154,7 +154,7 @@ func Up(ctx context.Context, o UpOptions) (*Mote, error) {
 			return nil, fmt.Errorf("--network-torrc: %w", err)
 		}
 		if os.Geteuid() != 0 {
-			return nil, errors.New("a local mote joining a given network runs in a network namespace of its own, which needs root")
+			return nil, errors.New("a local mote joining a given network runs in a network namespace of its own, which needs root: run as root, or with --netns=false to share this host's namespace")
 		}
 		if err := onlyLoopback(); err != nil {
 			return nil, err
