@@ -77,6 +77,7 @@ type Server struct {
 	dir     directory     // the directory of boxes, for remote.choose
 	boxWake chan struct{} // the end changed
 
+	lock     *os.File      // holds DataDirectory for this bentod (lockDataDir)
 	stale    []string      // containers of an earlier bentod, found at start
 	reaped   chan struct{} // closed once they are gone
 	reapOnce sync.Once     // Recover's work, done once by it or by Close
@@ -101,6 +102,16 @@ func New(opts Options) (*Server, error) {
 	if err := os.MkdirAll(p.DataDirectory, 0o700); err != nil {
 		return nil, fmt.Errorf("DataDirectory: %w", err)
 	}
+	lock, err := lockDataDir(p.DataDirectory)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			lock.Close()
+		}
+	}()
 	runnerPath := p.RunnerPath
 	if runnerPath == "" {
 		exe, err := os.Executable()
@@ -137,6 +148,7 @@ func New(opts Options) (*Server, error) {
 		reaped:     make(chan struct{}),
 		closed:     make(chan struct{}),
 		boxWake:    make(chan struct{}, 1),
+		lock:       lock,
 	}
 	if s.boxT, err = resolveBoxEnd(p, time.Now()); err != nil {
 		return nil, err
@@ -158,6 +170,7 @@ func New(opts Options) (*Server, error) {
 	s.recoverInstances()
 	go s.janitor()
 	go s.boxClock()
+	ok = true
 	return s, nil
 }
 
@@ -314,6 +327,7 @@ func (s *Server) Close() {
 	// before Recover was done with them (or had started): a stop leaves
 	// no container behind.
 	s.reapOnce.Do(s.reapStale)
+	s.lock.Close()
 }
 
 // janitor forgets ended instances once their output retention is over, and
