@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -173,8 +172,7 @@ func BenchmarkIdleInstances(b *testing.B) {
 		b.ReportMetric(float64(rss)/n/1024, "runner-RSS-MB/instance")
 		b.ReportMetric(float64(daemon)/n/1024, "bentod-MB/instance")
 		b.ReportMetric(float64(base)/1024, "bentod-idle-MB")
-		d.cmd.Process.Signal(syscall.SIGTERM)
-		<-d.exited
+		d.stop(b)
 	}
 }
 

@@ -34,6 +34,7 @@ type daemon struct {
 	log     *syncBuffer
 	exited  chan struct{} // closed once cmd has exited and been waited for
 	waitErr error         // cmd's exit, once exited is closed
+	ended   bool          // the test ended it (stop, kill) or already reported its exit
 }
 
 // syncBuffer is a bytes.Buffer safe for the process-output copier and the
@@ -140,7 +141,7 @@ func (d *daemon) start(t testing.TB, bin string) {
 	// (Its /proc state cannot tell: bentod re-executes itself at start,
 	// and its first thread shows as a zombie for a moment meanwhile.)
 	cmd, exited := d.cmd, make(chan struct{})
-	d.exited = exited
+	d.exited, d.ended = exited, false
 	go func() { d.waitErr = cmd.Wait(); close(exited) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -150,6 +151,7 @@ func (d *daemon) start(t testing.TB, bin string) {
 		}
 		select {
 		case <-exited:
+			d.ended = true
 			t.Fatalf("bentod exited before it listened (%v); log:\n%s", d.waitErr, d.log)
 		default:
 		}
@@ -169,17 +171,22 @@ func (d *daemon) restart(t testing.TB) {
 
 // stop ends bentod and checks it left nothing behind.
 func (d *daemon) stop(t testing.TB) {
-	select {
-	case <-d.exited:
+	if d.ended {
 		return
-	default:
 	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.ended = true
 	select {
 	case <-d.exited:
-	case <-time.After(20 * time.Second):
-		d.kill()
-		t.Errorf("bentod did not exit on SIGTERM; log:\n%s", d.log)
+		// Nobody asked it to: a crash, or an exit bentod chose.
+		t.Errorf("bentod exited before the test stopped it (%v)", d.waitErr)
+	default:
+		d.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.exited:
+		case <-time.After(20 * time.Second):
+			d.kill()
+			t.Errorf("bentod did not exit on SIGTERM; log:\n%s", d.log)
+		}
 	}
 	if strings.Contains(d.log.String(), "WARNING: DATA RACE") {
 		t.Errorf("bentod reported a data race")
@@ -212,6 +219,7 @@ var instanceRE = regexp.MustCompile(`instance=i-[0-9a-f]+`)
 
 // kill ends bentod at once, as a crash would.
 func (d *daemon) kill() {
+	d.ended = true
 	d.cmd.Process.Kill()
 	<-d.exited
 }
