@@ -1294,7 +1294,7 @@ func collectAll(t *testing.T, cl *client.Client, token string, args ...any) (str
 	return string(out), exit
 }
 
-const childManifest = "name = \"child\"\nmode = \"service\"\n[resources]\nlifetime = \"2 minutes\"\n"
+const childManifest = "name = \"child\"\nmode = \"service\"\n[resources]\nlifetime = \"10 minutes\"\n"
 
 // TestCompositionCharged: instances and calls a function starts are
 // charged to the client that deployed it, within their own caps, and
@@ -1302,7 +1302,7 @@ const childManifest = "name = \"child\"\nmode = \"service\"\n[resources]\nlifeti
 func TestCompositionCharged(t *testing.T) {
 	s := newSiege(t, "TotalCPU 50\nMaxInstancesPerClient 6\nMaxComposedInstances 8\nMaxCompositionDepth 3\nMaxCompositionCalls 4\n")
 	d := s.d
-	spawner := tempFunction(t, "name = \"spawner\"\nmode = \"service\"\napis = [\"bento\", \"send\"]\ndestinations = [\"accept 127.0.0.1:*\"]\n[resources]\nlifetime = \"2 minutes\"\n",
+	spawner := tempFunction(t, "name = \"spawner\"\nmode = \"service\"\napis = [\"bento\", \"send\"]\ndestinations = [\"accept 127.0.0.1:*\"]\n[resources]\nlifetime = \"10 minutes\"\n",
 		"def main(server, n):\n    for i in range(n):\n        remote.deploy(server, bento.source(\"child.toml\"), {\"main.star\": bento.source(\"child.star\")})\n        bento.send(\"%d \" % (i + 1))\n    return \"all\"\n",
 		"child.toml", childManifest, "child.star", "def main():\n    return 1\n")
 	fnc, err := client.LoadFunction(spawner)
@@ -1402,9 +1402,10 @@ func TestCompositionCharged(t *testing.T) {
 		// instances come back with their owner and their root, so the
 		// client at 127.0.0.5 is still at its MaxInstancesPerClient and the
 		// root on the roomy bentod still holds its MaxComposedInstances;
-		// the neighbour comes back with its data.
+		// the first bentod's neighbour comes back with its data. (Their
+		// lifetimes, 10 minutes, outlast the cases before this one.)
 		if roomyDep == nil {
-			t.Fatal("the cases this one continues did not run")
+			t.Skip("the cases this one continues did not run (-run)")
 		}
 		for _, x := range []*siege{s, roomy} {
 			x.d.kill()
