@@ -24,8 +24,9 @@ func init() {
 }
 
 const dustUsage = `usage:
-  bento dust up     --template FILE (--network-torrc FILE | --public-network) [--lifetime DUR] [--drain DUR] [--state DIR]
+  bento dust up     --template FILE (--network-torrc FILE | --public-network) [--lifetime DUR] [--drain DUR] [--state DIR] [--netns=false]
                     spawn a mote here: a tor relay and a box beside it, until its end
+                    (joining a given network, in a network namespace of its own unless --netns=false)
   bento dust ls     [--state DIR] [--json]   the motes spawned here
   bento dust down   NAME [--state DIR]       end a mote now
   bento dust render --template FILE (--torrc | --bentorc | --cloud-init | --kubernetes)

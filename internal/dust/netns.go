@@ -155,7 +155,7 @@ func onlyLoopback() error {
 	}
 	for _, name := range ifs {
 		if name != "lo" {
-			return fmt.Errorf("this network namespace has interface %q besides lo: a local mote joins only a network in a namespace of loopback alone (run it under privnet run, or join the public network with --public-network)", name)
+			return fmt.Errorf("this network namespace has interface %q besides lo: a local mote joins only a network in a namespace of loopback alone (run it under privnet run, share this namespace with --netns=false, or join the public network with --public-network)", name)
 		}
 	}
 	return nil
