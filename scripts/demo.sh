@@ -123,8 +123,12 @@ Bsrv=$(cat "$work/B/onion_hostname"):28888
 echo "server A: $A (beside exit0)"
 echo "server B: $Bsrv (beside exit1)"
 
-step mote "bento dust up --template templates/mote.toml --network-torrc \$PRIVNET_JOIN_TORRC --lifetime 45s --drain 15s   # a dust mote: a relay and a box that end"
-out=$($B/bento dust up --template templates/mote.toml --network-torrc "$PRIVNET_JOIN_TORRC" --lifetime 45s --drain 15s --state "$work/motes") || fail "bento dust up exited $?"
+# The mote lives until the steps that use Tor are over: once it is gone its
+# relay stays in the private network's consensus (its authorities do not
+# test reachability), a hop and an HSDir that fail, and a CI run saw the
+# load balancer's clients fail when the mote ended in the middle of them.
+step mote "bento dust up --template templates/mote.toml --network-torrc \$PRIVNET_JOIN_TORRC --lifetime 100s --drain 20s   # a dust mote: a relay and a box that end"
+out=$($B/bento dust up --template templates/mote.toml --network-torrc "$PRIVNET_JOIN_TORRC" --lifetime 100s --drain 20s --state "$work/motes") || fail "bento dust up exited $?"
 echo "$out"
 mote_name=$(sed -n 's/^mote \([^ ]*\) is up$/\1/p' <<<"$out")
 M=$(sed -n 's/^  box *//p' <<<"$out")
