@@ -197,7 +197,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 		key := l.cfg.Key(c.RemoteAddr())
 		lc, why, quiet := l.admit(key)
 		if why == 0 {
-			lc.Conn = c
+			l.mu.Lock()
+			lc.Conn, lc.ready = c, true
+			l.mu.Unlock()
 			l.accepted.Add(1)
 			return lc, nil
 		}
@@ -267,16 +269,12 @@ func (l *Listener) acceptRaw(tl *net.TCPListener) (net.Conn, error) {
 		c, err := net.FileConn(f) // a dup the poller owns
 		f.Close()
 		if err != nil {
-			l.mu.Lock()
-			l.open--
-			if l.byAddr[lc.key]--; l.byAddr[lc.key] <= 0 {
-				delete(l.byAddr, lc.key)
-			}
-			delete(l.conns, lc)
-			l.mu.Unlock()
+			l.release(lc)
 			continue
 		}
-		lc.Conn = c
+		l.mu.Lock()
+		lc.Conn, lc.ready = c, true
+		l.mu.Unlock()
 		l.accepted.Add(1)
 		return lc, nil
 	}
@@ -384,7 +382,7 @@ func (l *Listener) admit(key string) (*conn, Reason, bool) {
 		}
 		overShare := l.byAddr[key]+1 > (l.limit+addrs-1)/max(1, addrs)
 		if !overShare || t.Sub(l.noneAt) > 20*time.Millisecond {
-			for l.open-len(victims) >= l.limit {
+			for l.open >= l.limit {
 				v := l.victimLocked(key)
 				if v == nil {
 					break
@@ -526,7 +524,7 @@ func (l *Listener) victimLocked(key string) *conn {
 	}
 	var unproven, fattest, oldest cand
 	for c := range l.conns {
-		if c.evicting {
+		if c.evicting || !c.ready { // not yet handed out: nothing to close
 			continue
 		}
 		t := c.idleSince.Load()
@@ -568,18 +566,28 @@ func (l *Listener) victimLocked(key string) *conn {
 		}
 		v.c.idleSince.Store(0)
 		v.c.evicting = true
+		// Its room is the newcomer's from now: the caller closes it as
+		// soon as it lets go of the lock, and the counts must never show
+		// the two at once (the total is a ceiling, not an average).
+		l.uncountLocked(v.c)
 		return v.c
 	}
 	return nil
 }
 
+// uncountLocked takes c out of the open and per-address counts.
+func (l *Listener) uncountLocked(c *conn) {
+	l.open--
+	if l.byAddr[c.key]--; l.byAddr[c.key] <= 0 {
+		delete(l.byAddr, c.key)
+	}
+}
+
 func (l *Listener) release(c *conn) {
-	key := c.key
 	l.mu.Lock()
 	delete(l.conns, c)
-	l.open--
-	if l.byAddr[key]--; l.byAddr[key] <= 0 {
-		delete(l.byAddr, key)
+	if !c.evicting { // an evicted one was uncounted when chosen
+		l.uncountLocked(c)
 	}
 	l.mu.Unlock()
 }
@@ -649,6 +657,7 @@ type conn struct {
 	idleSince atomic.Int64 // unix nanoseconds; 0 while busy
 	proven    atomic.Bool  // it said a valid hello: closed for newcomers last
 	evicting  bool         // chosen to make room (guarded by the listener's mu)
+	ready     bool         // Conn is set (guarded by the listener's mu)
 }
 
 func (c *conn) Close() error {

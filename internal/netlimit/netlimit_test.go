@@ -293,3 +293,54 @@ func TestRate(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// TestTotalIsACeiling: while newcomers evict idle connections, the count
+// of open connections never shows more than the total, not even between
+// a victim's choice and its close (the victim's room is the newcomer's
+// from the moment it is chosen).
+func TestTotalIsACeiling(t *testing.T) {
+	const total = 8
+	l := listen(t, Config{Total: total})
+	got := serve(t, l)
+	go func() {
+		for range got { // parked: idle, never a hello
+		}
+	}()
+	stop := make(chan struct{})
+	peak := make(chan int)
+	go func() {
+		m := 0
+		for {
+			select {
+			case <-stop:
+				peak <- m
+				return
+			default:
+			}
+			m = max(m, l.Stats().Open)
+		}
+	}()
+	var wg sync.WaitGroup
+	for i := 0; i < 200; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i%200))}, Timeout: 5 * time.Second}
+			if c, err := d.Dial("tcp", l.Addr().String()); err == nil {
+				time.Sleep(2 * UnprovenGrace)
+				c.Close()
+			}
+		}()
+		if i%20 == 19 {
+			time.Sleep(UnprovenGrace) // idle long enough to be evicted
+		}
+	}
+	wg.Wait()
+	close(stop)
+	if m := <-peak; m > total {
+		t.Fatalf("%d connections counted open at once, over the total of %d", m, total)
+	}
+	if st := l.Stats(); st.Evicted == 0 {
+		t.Fatalf("nobody was evicted: the test proves nothing (%+v)", st)
+	}
+}
