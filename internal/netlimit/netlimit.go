@@ -107,6 +107,14 @@ type Listener struct {
 	noneAt time.Time            // when a search for room last found none
 	spare  *os.File             // a reserved descriptor, given up to shed a connection on EMFILE
 
+	// pollable is a duplicate of a TCP listener's descriptor that the
+	// runtime's poller waits on (nil if the listener is not TCP or could
+	// not be duplicated): the raw accept path waits for connections as
+	// every other goroutine waits for its socket, never in a blocking
+	// system call that holds one of the runtime's few processors.
+	pollable *os.File
+	raw      syscall.RawConn
+
 	accepted, refusedTotal, refusedPerAddr, refusedRate, evicted, acceptErrors atomic.Int64
 
 	closed   atomic.Bool
@@ -121,7 +129,35 @@ func New(ln net.Listener, cfg Config) *Listener {
 	}
 	l := &Listener{ln: ln, cfg: cfg, limit: cfg.Total, byAddr: map[string]int{}, conns: map[*conn]struct{}{}, rates: map[string]*addrRate{}}
 	l.spare, _ = os.Open(os.DevNull)
+	if tl, ok := ln.(*net.TCPListener); ok {
+		l.pollable, l.raw = pollableDup(tl)
+	}
 	return l
+}
+
+// pollableDup duplicates a TCP listener's descriptor as a file the
+// runtime's poller waits on (the listener's RawConn cannot wait for
+// readability: Read is not offered for listeners). The duplicate shares
+// the listener's non-blocking open file, so os.NewFile registers it with
+// the poller. It returns nils if anything fails.
+func pollableDup(tl *net.TCPListener) (*os.File, syscall.RawConn) {
+	rc, err := tl.SyscallConn()
+	if err != nil {
+		return nil, nil
+	}
+	dup := -1
+	if err := rc.Control(func(fd uintptr) {
+		dup, _ = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil || dup < 0 {
+		return nil, nil
+	}
+	f := os.NewFile(uintptr(dup), "listener")
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, nil
+	}
+	return f, raw
 }
 
 // AddrKey is the default per-address key: the IP address for IPv4 (and
@@ -163,6 +199,9 @@ func (l *Listener) Close() error {
 		l.spare = nil
 	}
 	l.mu.Unlock()
+	if l.pollable != nil {
+		l.pollable.Close() // wakes an Accept waiting on it
+	}
 	return l.ln.Close()
 }
 
@@ -180,8 +219,8 @@ func (l *Listener) Stats() Stats {
 // listener is closed: every other error (out of descriptors, out of kernel
 // memory, an aborted connection) is logged, backed off from and retried.
 func (l *Listener) Accept() (net.Conn, error) {
-	if tl, ok := l.ln.(*net.TCPListener); ok {
-		return l.acceptRaw(tl)
+	if l.raw != nil {
+		return l.acceptRaw()
 	}
 	var delay time.Duration
 	for {
@@ -217,25 +256,18 @@ func (l *Listener) Accept() (net.Conn, error) {
 // that is refused (a flood's, mostly) costs accept and close and perhaps
 // one write, never a registration with the runtime's poller, keepalive
 // settings or a net.Conn; only admitted ones become net.Conns.
-func (l *Listener) acceptRaw(tl *net.TCPListener) (net.Conn, error) {
-	rc, err := tl.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
+func (l *Listener) acceptRaw() (net.Conn, error) {
+	rc := l.raw
 	var delay time.Duration
 	for {
 		var nfd int
 		var sa unix.Sockaddr
 		var aerr error
-		// A listener's RawConn cannot wait for readability (Read is not
-		// offered for listeners): Control keeps the descriptor alive while
-		// this goroutine's thread polls it briefly, and Close is noticed
-		// within a poll.
-		err := rc.Control(func(fd uintptr) {
+		// Read waits, in the runtime's poller, until a connection is
+		// pending, then accepts it (EAGAIN: another took it, wait again).
+		err := rc.Read(func(fd uintptr) bool {
 			nfd, sa, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-			if aerr == unix.EAGAIN {
-				_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 50)
-			}
+			return aerr != unix.EAGAIN
 		})
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) || l.isClosed() {
