@@ -43,6 +43,7 @@ type Config struct {
 // Sandbox starts and tracks containers.
 type Sandbox struct {
 	runtime string
+	nice    string // the nice program, to start the runtime at a lower priority ("" if absent)
 	state   string // --root for the runtime
 	bundles string
 	rootfs  string
@@ -67,8 +68,10 @@ func New(cfg Config) (*Sandbox, error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return nil, fmt.Errorf("becoming a child subreaper: %w", err)
 	}
+	niceBin, _ := exec.LookPath("nice")
 	s := &Sandbox{
 		runtime: rt,
+		nice:    niceBin,
 		state:   filepath.Join(cfg.StateDir, "runtime"),
 		bundles: filepath.Join(cfg.StateDir, "bundles"),
 		rootfs:  filepath.Join(cfg.StateDir, "rootfs"),
@@ -147,6 +150,10 @@ type Container struct {
 	drained <-chan struct{} // the output pipe reached its end
 }
 
+// StartNice is how many steps below bentod's own priority containers are
+// started (and run) at.
+const StartNice = 10
+
 // OutputKept bounds what is kept of a container's standard output and
 // error (and the runtime's own messages): the last bytes only. A container
 // that writes endlessly costs a pipe and a small buffer, never disk.
@@ -182,8 +189,17 @@ func (s *Sandbox) Start(ctx context.Context, id string, l Limits, hostAPI *os.Fi
 		defer pr.Close()
 		_, _ = io.Copy(out, pr)
 	}()
-	cmd := exec.CommandContext(ctx, s.runtime, "--root", s.state, "run", "--detach",
-		"--bundle", bundle, "--pid-file", pidFile, "--preserve-fds", "1", id)
+	args := []string{s.runtime, "--root", s.state, "run", "--detach",
+		"--bundle", bundle, "--pid-file", pidFile, "--preserve-fds", "1", id}
+	// Starting a container is background work (the runtime's own process
+	// runs in bentod's cgroup until the container has its own): it yields
+	// the CPU to the calls bentod is serving, StartNice steps below
+	// bentod. The container's processes keep that priority; their CPU
+	// share comes from their cgroup's weight and quota either way.
+	if s.nice != "" {
+		args = append([]string{s.nice, "-n", strconv.Itoa(StartNice)}, args...)
+	}
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	cmd.ExtraFiles = []*os.File{hostAPI}
 	// The pipe's write end is an *os.File, handed to the runtime as it is:
 	// no copying goroutine of ours keeps Wait from returning while the
