@@ -13,8 +13,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -233,6 +235,11 @@ type result struct {
 // cliTimeout bounds one run of the CLI.
 const cliTimeout = 5 * time.Minute
 
+// cliNice, when set, is the priority the CLI runs at: 19 while a siege
+// case runs, whose runs of the CLI are the attacker's, like its attack
+// processes (attackSpec).
+var cliNice atomic.Int32
+
 // bento runs the CLI.
 func bento(t testing.TB, stdin string, args ...string) result {
 	t.Helper()
@@ -240,7 +247,11 @@ func bento(t testing.TB, stdin string, args ...string) result {
 	// a failure, not a stalled suite.
 	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(testutil.Binaries(t), "bento"), args...)
+	argv := append([]string{filepath.Join(testutil.Binaries(t), "bento")}, args...)
+	if n := cliNice.Load(); n != 0 {
+		argv = append([]string{"nice", "-n", strconv.Itoa(int(n))}, argv...)
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	cmd.Stdin = strings.NewReader(stdin)
