@@ -32,7 +32,7 @@ func TestLimits(t *testing.T) {
 		t.Run(tc.fn, func(t *testing.T) {
 			start := time.Now()
 			var r result
-			s.while(t, func() { r = bento(t, "", "run", d.Addr, fn(tc.fn)) })
+			s.again(t, func() { r = bento(t, "", "run", d.Addr, fn(tc.fn)) })
 			if r.Code != tc.code || !strings.Contains(r.Stderr, tc.reason) {
 				t.Fatalf("want exit %d with %q, got %s", tc.code, tc.reason, r)
 			}
