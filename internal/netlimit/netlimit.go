@@ -18,6 +18,7 @@ package netlimit
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -108,12 +109,16 @@ type Listener struct {
 	spare  *os.File             // a reserved descriptor, given up to shed a connection on EMFILE
 
 	// pollable is a duplicate of a TCP listener's descriptor that the
-	// runtime's poller waits on (nil if the listener is not TCP or could
-	// not be duplicated): the raw accept path waits for connections as
-	// every other goroutine waits for its socket, never in a blocking
-	// system call that holds one of the runtime's few processors.
+	// runtime's poller waits on (nil if the listener is not TCP or the
+	// duplicate could not be made pollable): the raw accept path waits
+	// for connections as every other goroutine waits for its socket,
+	// never in a blocking system call that holds one of the runtime's few
+	// processors. It accepts on the listener's own descriptor (lrc), so a
+	// listener its owner closes directly stops accepting at once.
 	pollable *os.File
-	raw      syscall.RawConn
+	raw      syscall.RawConn // pollable's
+	lrc      syscall.RawConn // the listener's
+	dupOnce  sync.Once
 
 	accepted, refusedTotal, refusedPerAddr, refusedRate, evicted, acceptErrors atomic.Int64
 
@@ -130,7 +135,10 @@ func New(ln net.Listener, cfg Config) *Listener {
 	l := &Listener{ln: ln, cfg: cfg, limit: cfg.Total, byAddr: map[string]int{}, conns: map[*conn]struct{}{}, rates: map[string]*addrRate{}}
 	l.spare, _ = os.Open(os.DevNull)
 	if tl, ok := ln.(*net.TCPListener); ok {
-		l.pollable, l.raw = pollableDup(tl)
+		var err error
+		if l.pollable, l.raw, l.lrc, err = pollableDup(tl); err != nil {
+			l.warn("accepting through the generic path (refused connections cost a net.Conn)", "err", err)
+		}
 	}
 	return l
 }
@@ -139,25 +147,44 @@ func New(ln net.Listener, cfg Config) *Listener {
 // runtime's poller waits on (the listener's RawConn cannot wait for
 // readability: Read is not offered for listeners). The duplicate shares
 // the listener's non-blocking open file, so os.NewFile registers it with
-// the poller. It returns nils if anything fails.
-func pollableDup(tl *net.TCPListener) (*os.File, syscall.RawConn) {
+// the poller; a file that could not be registered (it does not take
+// deadlines) is given up.
+func pollableDup(tl *net.TCPListener) (*os.File, syscall.RawConn, syscall.RawConn, error) {
 	rc, err := tl.SyscallConn()
 	if err != nil {
-		return nil, nil
+		return nil, nil, nil, err
 	}
 	dup := -1
+	var derr error
 	if err := rc.Control(func(fd uintptr) {
-		dup, _ = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
-	}); err != nil || dup < 0 {
-		return nil, nil
+		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, nil, nil, err
+	}
+	if derr != nil {
+		return nil, nil, nil, fmt.Errorf("duplicating the listener: %w", derr)
 	}
 	f := os.NewFile(uintptr(dup), "listener")
+	if err := f.SetReadDeadline(time.Time{}); err != nil {
+		f.Close()
+		return nil, nil, nil, fmt.Errorf("the runtime's poller does not take the listener: %w", err)
+	}
 	raw, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
-		return nil, nil
+		return nil, nil, nil, err
 	}
-	return f, raw
+	return f, raw, rc, nil
+}
+
+// probeEvery is how often an Accept that waits checks that the listener
+// is still open (its owner may have closed it directly, not through
+// Close): the duplicate would otherwise keep the port bound.
+const probeEvery = time.Second
+
+// closeDup gives up the duplicate descriptor.
+func (l *Listener) closeDup() {
+	l.dupOnce.Do(func() { l.pollable.Close() })
 }
 
 // AddrKey is the default per-address key: the IP address for IPv4 (and
@@ -200,7 +227,7 @@ func (l *Listener) Close() error {
 	}
 	l.mu.Unlock()
 	if l.pollable != nil {
-		l.pollable.Close() // wakes an Accept waiting on it
+		l.closeDup() // wakes an Accept waiting on it
 	}
 	return l.ln.Close()
 }
@@ -257,32 +284,47 @@ func (l *Listener) Accept() (net.Conn, error) {
 // one write, never a registration with the runtime's poller, keepalive
 // settings or a net.Conn; only admitted ones become net.Conns.
 func (l *Listener) acceptRaw() (net.Conn, error) {
-	rc := l.raw
 	var delay time.Duration
 	for {
-		var nfd int
+		nfd := -1
 		var sa unix.Sockaddr
 		var aerr error
+		closed := false
 		// Read waits, in the runtime's poller, until a connection is
-		// pending, then accepts it (EAGAIN: another took it, wait again).
-		err := rc.Read(func(fd uintptr) bool {
-			nfd, sa, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		// pending (or a while has passed), then accepts it on the
+		// listener's own descriptor (EAGAIN: another took it, wait again).
+		_ = l.pollable.SetReadDeadline(time.Now().Add(probeEvery))
+		err := l.raw.Read(func(uintptr) bool {
+			if cerr := l.lrc.Control(func(fd uintptr) {
+				nfd, sa, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			}); cerr != nil {
+				closed = true // by its owner, directly
+				return true
+			}
 			return aerr != unix.EAGAIN
 		})
+		if closed || l.isClosed() {
+			if nfd >= 0 {
+				unix.Close(nfd)
+			}
+			l.closeDup()
+			return nil, net.ErrClosed
+		}
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) || l.isClosed() {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue // the next Read probes the listener first
+			}
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
+				l.closeDup()
 				return nil, net.ErrClosed
 			}
 			aerr = err
 		}
-		if aerr == unix.EAGAIN || aerr == unix.EINTR || aerr == unix.ECONNABORTED {
-			if l.isClosed() {
-				return nil, net.ErrClosed
-			}
+		if aerr == unix.EINTR || aerr == unix.ECONNABORTED {
 			continue
 		}
 		if aerr != nil {
-			l.acceptFailed(aerr, &delay, func() { l.shedRaw(rc) })
+			l.acceptFailed(aerr, &delay, func() { l.shedRaw(l.lrc) })
 			continue
 		}
 		delay = 0
