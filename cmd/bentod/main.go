@@ -93,8 +93,8 @@ func run() int {
 		log.Error("dropping privileges", "err", err)
 		return 1
 	}
-	// bentod (and the runtimes and containers it starts, which inherit it)
-	// yields the CPU to tor.
+	// bentod yields the CPU to tor; the runtime and containers it starts
+	// run lower still (sandbox.StartNice).
 	if err := renice(p.Daemon.Nice); err != nil {
 		log.Warn("setting bentod's priority (Nice)", "nice", p.Daemon.Nice, "err", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,7 +44,6 @@ type Config struct {
 // Sandbox starts and tracks containers.
 type Sandbox struct {
 	runtime string
-	nice    string // the nice program, to start the runtime at a lower priority ("" if absent)
 	state   string // --root for the runtime
 	bundles string
 	rootfs  string
@@ -68,10 +68,8 @@ func New(cfg Config) (*Sandbox, error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return nil, fmt.Errorf("becoming a child subreaper: %w", err)
 	}
-	niceBin, _ := exec.LookPath("nice")
 	s := &Sandbox{
 		runtime: rt,
-		nice:    niceBin,
 		state:   filepath.Join(cfg.StateDir, "runtime"),
 		bundles: filepath.Join(cfg.StateDir, "bundles"),
 		rootfs:  filepath.Join(cfg.StateDir, "rootfs"),
@@ -150,9 +148,34 @@ type Container struct {
 	drained <-chan struct{} // the output pipe reached its end
 }
 
-// StartNice is how many steps below bentod's own priority containers are
-// started (and run) at.
+// StartNice is how many steps below bentod's own priority the runtime
+// starts containers, and the containers' processes run (up to nice 19).
+// Starting a container is background work (the runtime's own process runs
+// in bentod's cgroup until the container has its own): it yields the CPU
+// to the calls bentod is serving. With the cpu controller, the
+// containers' CPU share comes from their cgroup's weight and quota; where
+// it is not delegated to bentod, this priority is what keeps functions
+// behind bentod and tor.
 const StartNice = 10
+
+// runLowered runs cmd from an OS thread of its own, its priority lowered
+// by steps (a child inherits the priority of the thread that created it,
+// and Linux keeps one per thread). The thread is never handed back to the
+// Go runtime: it ends with the goroutine, and its priority with it.
+func runLowered(cmd *exec.Cmd, steps int) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked, on purpose
+		tid := unix.Gettid()
+		// getpriority(2) returns 20 - nice; setpriority takes the nice
+		// value and keeps it within -20..19.
+		if raw, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err == nil {
+			_ = unix.Setpriority(unix.PRIO_PROCESS, tid, 20-raw+steps)
+		}
+		errc <- cmd.Run()
+	}()
+	return <-errc
+}
 
 // OutputKept bounds what is kept of a container's standard output and
 // error (and the runtime's own messages): the last bytes only. A container
@@ -189,24 +212,15 @@ func (s *Sandbox) Start(ctx context.Context, id string, l Limits, hostAPI *os.Fi
 		defer pr.Close()
 		_, _ = io.Copy(out, pr)
 	}()
-	args := []string{s.runtime, "--root", s.state, "run", "--detach",
-		"--bundle", bundle, "--pid-file", pidFile, "--preserve-fds", "1", id}
-	// Starting a container is background work (the runtime's own process
-	// runs in bentod's cgroup until the container has its own): it yields
-	// the CPU to the calls bentod is serving, StartNice steps below
-	// bentod. The container's processes keep that priority; their CPU
-	// share comes from their cgroup's weight and quota either way.
-	if s.nice != "" {
-		args = append([]string{s.nice, "-n", strconv.Itoa(StartNice)}, args...)
-	}
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd := exec.CommandContext(ctx, s.runtime, "--root", s.state, "run", "--detach",
+		"--bundle", bundle, "--pid-file", pidFile, "--preserve-fds", "1", id)
 	cmd.ExtraFiles = []*os.File{hostAPI}
 	// The pipe's write end is an *os.File, handed to the runtime as it is:
 	// no copying goroutine of ours keeps Wait from returning while the
 	// detached container holds it.
 	cmd.Stdout = pw
 	cmd.Stderr = pw
-	err = cmd.Run()
+	err = runLowered(cmd, StartNice)
 	pw.Close() // only the container holds it now
 	if err != nil {
 		s.remove(id, bundle)
