@@ -61,7 +61,7 @@ func runMiddlebox(args []string) error {
 	pskFile := fs.String("psk", "", "pre-shared key file")
 	model := fs.String("model", lightbox.Bounce, "bounce (return packets to the gateway) or direct (send them on)")
 	out := fs.String("out", "", "direct model: capture file to write processed packets to")
-	link := fs.Int("linktype", int(layers.LinkTypeEthernet), "link type of the packets (1 Ethernet, 101 raw IP)")
+	link := fs.Int("linktype", int(layers.LinkTypeEthernet), "link type of the packets: "+middlebox.SupportedLinks)
 	run := fs.String("run", "forward", "middlebox to run: forward, monitor, firewall or ids")
 	rulesFile := fs.String("rules", "", "ids: Snort-style rules file")
 	report := fs.String("report", "", "file for the middlebox's report (default: standard output)")

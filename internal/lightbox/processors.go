@@ -52,7 +52,10 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = 2 * time.Minute
 	}
-	dec := middlebox.NewDecoder(cfg.LinkType)
+	dec, err := middlebox.NewDecoder(cfg.LinkType)
+	if err != nil {
+		return nil, nil, err
+	}
 	switch cfg.Name {
 	case "", "forward":
 		return Forward{}, func() error { return nil }, nil
@@ -65,6 +68,7 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 		p := &monitorProc{mo: mo, m: m, exp: expiry{m: m, onExpire: mo.Expired}}
 		return p, func() error {
 			m.Expire(p.last.Add(cfg.IdleTimeout+time.Nanosecond), mo.Expired) // the capture is over
+			fmt.Fprintln(cfg.Report, dec.Stats)
 			for _, a := range mo.Assets() {
 				fmt.Fprintf(cfg.Report, "asset %s\n", a)
 			}
@@ -81,6 +85,7 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 		fw := middlebox.NewFirewall(m, dec, cfg.Inside, cfg.Allowed)
 		p := &firewallProc{fw: fw, exp: expiry{m: m}}
 		return p, func() error {
+			fmt.Fprintln(cfg.Report, dec.Stats)
 			for _, l := range fw.Log {
 				fmt.Fprintln(cfg.Report, l)
 			}
@@ -98,6 +103,7 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 		}
 		p := &idsProc{x: x, exp: expiry{m: m}}
 		return p, func() error {
+			fmt.Fprintln(cfg.Report, dec.Stats)
 			for _, a := range x.Alerts {
 				fmt.Fprintln(cfg.Report, a)
 			}

@@ -69,7 +69,7 @@ func newBenchRig(b *testing.B, mb, table string, flows int) *benchRig {
 	default:
 		r.st = NewStrawman(size)
 	}
-	dec := NewDecoder(layers.LinkTypeEthernet)
+	dec := mustDecoder(b, layers.LinkTypeEthernet)
 	switch mb {
 	case "monitor":
 		r.handle = NewMonitor(r.st, dec).Handle

@@ -59,8 +59,8 @@ func (f *Firewall) allowedIn(m *Meta) bool {
 // Verdict reports whether the packet passes, and why not.
 func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 	m := &f.meta
-	if !f.dec.Decode(data, m) {
-		return false, "not IP", nil
+	if r := f.dec.DecodeResult(data, m); r != Decoded {
+		return false, r.String(), nil
 	}
 	if m.Proto != 6 && m.Proto != 17 {
 		return false, fmt.Sprintf("protocol %d not allowed", m.Proto), nil

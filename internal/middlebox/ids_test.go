@@ -34,7 +34,7 @@ func TestIDS(t *testing.T) {
 	want := expected(t, "ids.expected")
 	for name, table := range tables(t, IDSStateSize) {
 		t.Run(name, func(t *testing.T) {
-			x, err := NewIDS(table, NewDecoder(layers.LinkTypeEthernet), rules)
+			x, err := NewIDS(table, mustDecoder(t, layers.LinkTypeEthernet), rules)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -92,7 +92,7 @@ func FuzzParseRules(f *testing.F) {
 			}
 		}
 		if len(rules) < 50 {
-			if _, err := NewIDS(NewMapTable(IDSStateSize), NewDecoder(layers.LinkTypeEthernet), rules); err != nil {
+			if _, err := NewIDS(NewMapTable(IDSStateSize), mustDecoder(t, layers.LinkTypeEthernet), rules); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -134,7 +134,7 @@ func TestMonitor(t *testing.T) {
 	want := expected(t, "monitor.expected")
 	for name, table := range tables(t, MonitorStateSize) {
 		t.Run(name, func(t *testing.T) {
-			mo := NewMonitor(table, NewDecoder(layers.LinkTypeEthernet))
+			mo := NewMonitor(table, mustDecoder(t, layers.LinkTypeEthernet))
 			now := time.Unix(100, 0)
 			for i, f := range monitorCapture() {
 				if err := mo.Handle(f, now.Add(time.Duration(i)*time.Millisecond)); err != nil {
@@ -188,7 +188,7 @@ func TestFirewall(t *testing.T) {
 	want := expected(t, "firewall.expected")
 	for name, table := range tables(t, FirewallStateSize) {
 		t.Run(name, func(t *testing.T) {
-			fw := NewFirewall(table, NewDecoder(layers.LinkTypeEthernet),
+			fw := NewFirewall(table, mustDecoder(t, layers.LinkTypeEthernet),
 				[]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, []netip.AddrPort{netip.MustParseAddrPort("10.0.0.2:22")})
 			for i, f := range firewallCapture() {
 				if _, err := fw.Handle(f, time.Unix(100, int64(i))); err != nil {
@@ -201,18 +201,4 @@ func TestFirewall(t *testing.T) {
 			}
 		})
 	}
-}
-
-func FuzzDecode(f *testing.F) {
-	for _, fr := range monitorCapture() {
-		f.Add(fr)
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		d := NewDecoder(layers.LinkTypeEthernet)
-		var m Meta
-		if d.Decode(data, &m) {
-			k, _ := m.Key()
-			_ = k.Reverse()
-		}
-	})
 }

@@ -6,6 +6,7 @@
 package middlebox
 
 import (
+	"fmt"
 	"net/netip"
 
 	"github.com/gopacket/gopacket"
@@ -48,54 +49,166 @@ func (m *Meta) Key() (flowstate.Key, bool) {
 	return a, false
 }
 
-// Decoder decodes Ethernet, IPv4, IPv6, TCP and UDP headers, reusing its
-// layers for every packet.
+// Result is what Decode made of a packet.
+type Result uint8
+
+// What a packet decodes to. Only Decoded packets are a flow's: the others
+// are counted (DecodeStats), never turned into flows with made-up ports.
+const (
+	Decoded   Result = iota // an IP packet, with its TCP or UDP header when it names one
+	NotIP                   // no IP header in it: ARP, STP, LLDP, PPP control, ...
+	Fragment                // a piece of a fragmented IP datagram (LightBox does not reassemble yet)
+	Malformed               // a header cut short or out of range, at any layer
+)
+
+func (r Result) String() string {
+	switch r {
+	case Decoded:
+		return "decoded"
+	case NotIP:
+		return "not IP"
+	case Fragment:
+		return "IP fragment (not reassembled)"
+	}
+	return "malformed or truncated header"
+}
+
+// DecodeStats counts the packets a Decoder saw, by Result.
+type DecodeStats struct {
+	Decoded, NotIP, Fragments, Malformed uint64
+}
+
+func (s DecodeStats) String() string {
+	return fmt.Sprintf("decode: %d IP packets, %d not IP, %d IP fragments (not reassembled), %d malformed", s.Decoded, s.NotIP, s.Fragments, s.Malformed)
+}
+
+// Decoder walks a packet's headers down to its transport header, reusing
+// its layers for every packet: on Ethernet, 802.1Q and QinQ tags, MPLS
+// label stacks, PPPoE sessions and LLC/SNAP; IPv4 and IPv6 with IPv6's
+// extension headers; GRE and IP-in-IP (IPv4 or IPv6 in either) are
+// decapsulated, so the middleboxes see the inner flow; then TCP or UDP.
 type Decoder struct {
 	eth     layers.Ethernet
+	dot1q   layers.Dot1Q
+	llc     layers.LLC
+	snap    layers.SNAP
+	sll     layers.LinuxSLL
+	sll2    layers.LinuxSLL2
+	nflog   nflogLayer
+	mpls    mplsLayer
+	pppoe   pppoeLayer
+	gre     layers.GRE
 	ip4     layers.IPv4
 	ip6     layers.IPv6
+	ext     [5]ip6ExtLayer
 	tcp     layers.TCP
 	udp     layers.UDP
 	payload gopacket.Payload
 	parser  *gopacket.DecodingLayerParser
+	parser6 *gopacket.DecodingLayerParser // raw IP whose version is 6
 	decoded []gopacket.LayerType
+
+	Stats DecodeStats
 }
 
-// NewDecoder returns a decoder for captures of the given link type
-// (Ethernet or raw IP).
-func NewDecoder(link layers.LinkType) *Decoder {
+// SupportedLinks names the capture link types a Decoder reads.
+const SupportedLinks = "Ethernet (1), raw IP (12, 14, 101, 228, 229), Linux cooked (113, 276) and NFLOG (239)"
+
+// NewDecoder returns a decoder for captures of the given link type, or an
+// error naming the supported ones.
+func NewDecoder(link layers.LinkType) (*Decoder, error) {
 	d := &Decoder{}
-	first := layers.LayerTypeEthernet
+	var first gopacket.LayerType
+	raw := false
 	switch link {
-	case layers.LinkTypeRaw, layers.LinkTypeIPv4:
-		first = layers.LayerTypeIPv4
+	case layers.LinkTypeEthernet:
+		first = layers.LayerTypeEthernet
+	case layers.LinkTypeRaw, 12, 14, layers.LinkTypeIPv4:
+		first, raw = layers.LayerTypeIPv4, true
 	case layers.LinkTypeIPv6:
 		first = layers.LayerTypeIPv6
+	case layers.LinkTypeLinuxSLL:
+		first = layers.LayerTypeLinuxSLL
+	case layers.LinkTypeLinuxSLL2:
+		first = layers.LayerTypeLinuxSLL2
+	case 239:
+		first = LayerTypeNFLOG
+	default:
+		return nil, fmt.Errorf("link type %d (%s) is not supported: LightBox reads %s", int(link), link, SupportedLinks)
 	}
-	d.parser = gopacket.NewDecodingLayerParser(first, &d.eth, &d.ip4, &d.ip6, &d.tcp, &d.udp, &d.payload)
+	for i, k := range []layers.IPProtocol{layers.IPProtocolIPv6HopByHop, layers.IPProtocolIPv6Routing,
+		layers.IPProtocolIPv6Fragment, layers.IPProtocolIPv6Destination, layers.IPProtocolAH} {
+		d.ext[i].kind = k
+	}
+	all := []gopacket.DecodingLayer{&d.eth, &d.dot1q, &d.llc, &d.snap, &d.sll, &d.sll2, &d.nflog, &d.mpls, &d.pppoe, &d.gre,
+		&d.ip4, &d.ip6, &d.ext[0], &d.ext[1], &d.ext[2], &d.ext[3], &d.ext[4], &d.tcp, &d.udp, &d.payload}
+	d.parser = gopacket.NewDecodingLayerParser(first, all...)
 	d.parser.IgnoreUnsupported = true
-	return d
+	if raw {
+		d.parser6 = gopacket.NewDecodingLayerParser(layers.LayerTypeIPv6, all...)
+		d.parser6.IgnoreUnsupported = true
+	}
+	return d, nil
 }
 
-// Decode fills m from data. It reports false for packets that are not IP.
-func (d *Decoder) Decode(data []byte, m *Meta) bool {
+// Decode fills m from data. It reports false for packets that are not a
+// flow's (see Result); DecodeResult says which.
+func (d *Decoder) Decode(data []byte, m *Meta) bool { return d.DecodeResult(data, m) == Decoded }
+
+// DecodeResult fills m from data and says what the packet is, counting it
+// in Stats.
+func (d *Decoder) DecodeResult(data []byte, m *Meta) Result {
+	r := d.decode(data, m)
+	switch r {
+	case Decoded:
+		d.Stats.Decoded++
+	case NotIP:
+		d.Stats.NotIP++
+	case Fragment:
+		d.Stats.Fragments++
+	default:
+		d.Stats.Malformed++
+	}
+	return r
+}
+
+func (d *Decoder) decode(data []byte, m *Meta) Result {
 	*m = Meta{Len: len(data)}
-	_ = d.parser.DecodeLayers(data, &d.decoded)
-	isIP := false
+	p := d.parser
+	if d.parser6 != nil && len(data) > 0 && data[0]>>4 == 6 {
+		p = d.parser6
+	}
+	err := p.DecodeLayers(data, &d.decoded)
+	isIP, frag, transport := false, false, false
 	for _, t := range d.decoded {
 		switch t {
 		case layers.LayerTypeIPv4:
-			isIP = true
+			// Each IP header (an outer one of a tunnel, then the inner)
+			// starts over: the innermost is the flow's.
+			isIP, transport = true, false
 			m.Src, _ = netip.AddrFromSlice(d.ip4.SrcIP.To4())
 			m.Dst, _ = netip.AddrFromSlice(d.ip4.DstIP.To4())
 			m.Proto, m.TTL = uint8(d.ip4.Protocol), d.ip4.TTL
+			frag = d.ip4.Flags&layers.IPv4MoreFragments != 0 || d.ip4.FragOffset != 0
 		case layers.LayerTypeIPv6:
-			isIP = true
+			isIP, transport, frag = true, false, false
 			m.Src, _ = netip.AddrFromSlice(d.ip6.SrcIP)
 			m.Dst, _ = netip.AddrFromSlice(d.ip6.DstIP)
 			m.Proto, m.TTL = uint8(d.ip6.NextHeader), d.ip6.HopLimit
+			if d.ip6.HopByHop != nil {
+				m.Proto = uint8(d.ip6.HopByHop.NextHeader)
+			}
+		case layers.LayerTypeIPv6HopByHop, layers.LayerTypeIPv6Routing, layers.LayerTypeIPv6Fragment,
+			layers.LayerTypeIPv6Destination, layers.LayerTypeIPSecAH:
+			for i := range d.ext {
+				if e := &d.ext[i]; e.kind.LayerType() == t {
+					m.Proto = uint8(e.proto)
+					frag = frag || e.fragment
+				}
+			}
 		case layers.LayerTypeTCP:
 			t := &d.tcp
+			transport = true
 			m.SrcPort, m.DstPort, m.Seq, m.Ack, m.Window = uint16(t.SrcPort), uint16(t.DstPort), t.Seq, t.Ack, t.Window
 			m.Proto = 6
 			if t.FIN {
@@ -115,9 +228,22 @@ func (d *Decoder) Decode(data []byte, m *Meta) bool {
 			}
 			m.Payload = t.Payload
 		case layers.LayerTypeUDP:
+			transport = true
 			m.SrcPort, m.DstPort, m.Proto = uint16(d.udp.SrcPort), uint16(d.udp.DstPort), 17
 			m.Payload = d.udp.Payload
 		}
 	}
-	return isIP && m.Src.IsValid() && m.Dst.IsValid()
+	switch {
+	case !isIP && err != nil:
+		return Malformed
+	case !isIP:
+		return NotIP
+	case frag:
+		return Fragment
+	case err != nil, !m.Src.IsValid(), !m.Dst.IsValid():
+		return Malformed
+	case (m.Proto == 6 || m.Proto == 17) && !transport:
+		return Malformed // the IP header names a transport whose header is not there
+	}
+	return Decoded
 }
