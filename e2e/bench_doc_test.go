@@ -11,11 +11,11 @@ import (
 	"github.com/torbento/bento/internal/testutil"
 )
 
-// testBenchmarkCommands keeps docs/benchmarks.md's commands runnable as
+// TestBenchmarkCommands keeps docs/benchmarks.md's commands runnable as
 // written: each names a package that builds and a -bench pattern that
 // matches at least one benchmark there (go test -list). The cheapest of
 // them, runc alone, is run once as root, as the document says.
-func testBenchmarkCommands(t *testing.T) {
+func TestBenchmarkCommands(t *testing.T) {
 	root := testutil.RepoRoot()
 	doc, err := os.ReadFile(filepath.Join(root, "docs", "benchmarks.md"))
 	if err != nil {

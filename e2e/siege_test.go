@@ -209,7 +209,7 @@ func (s *siege) under(t *testing.T, hold time.Duration, attack func() func()) {
 // right after it.
 func (s *siege) while(t *testing.T, attack func()) {
 	t.Helper()
-	s.whileN(t, 1, attack)
+	s.whileN(t, 0, attack)
 }
 
 // again is while for an attack that can be played again (a function run
@@ -222,7 +222,8 @@ func (s *siege) again(t *testing.T, attack func()) {
 }
 
 // whileN is while, playing the attack again until at least calls of the
-// neighbour's started while it ran.
+// neighbour's started while it ran (0: once). An attack played again
+// checks each of its plays itself.
 func (s *siege) whileN(t *testing.T, calls int64, attack func()) {
 	t.Helper()
 	var started atomic.Int64
@@ -965,26 +966,27 @@ func TestSiegeFunctions(t *testing.T) {
 		// so 256 KB holds about 16,000 of them.
 		f := tempFunction(t, "name = \"empty\"\napis = [\"send\"]\n[resources]\noutput = \"256 KB\"\ncpu = 0.5\n",
 			"def main(n):\n    for i in range(n):\n        bento.send(\"\")\n")
-		var r result
-		s.again(t, func() { r = run(f, "300000") })
-		if r.Code != 6 || !strings.Contains(r.Stderr, "output limit exceeded") {
-			t.Fatalf("300,000 empty sends in 256 KB: %s", r)
-		}
+		s.again(t, func() {
+			if r := run(f, "300000"); r.Code != 6 || !strings.Contains(r.Stderr, "output limit exceeded") {
+				t.Fatalf("300,000 empty sends in 256 KB: %s", r)
+			}
+		})
 	})
 	t.Run("long-keys-no-paths", func(t *testing.T) {
 		// The longest key works; a longer one is refused; no error names a
 		// host path.
 		f := tempFunction(t, "name = \"long\"\napis = [\"storage\"]\n",
 			"def main(n):\n    k = \"k\" * n\n    storage.put(k, \"v\")\n    return storage.get(k)\n")
-		var r, r2 result
-		s.again(t, func() { r, r2 = run(f, "256"), run(f, "257") })
-		if r.Code != 0 || r.Stdout != "v" {
-			t.Fatalf("a 256-byte key: %s", r)
-		}
-		if r2.Code != 1 || !strings.Contains(r2.Stderr, "key must be 1-256 bytes") {
-			t.Fatalf("a 257-byte key: %s", r2)
-		}
-		noPaths(t, d, r.Stderr, r2.Stderr)
+		s.again(t, func() {
+			r, r2 := run(f, "256"), run(f, "257")
+			if r.Code != 0 || r.Stdout != "v" {
+				t.Fatalf("a 256-byte key: %s", r)
+			}
+			if r2.Code != 1 || !strings.Contains(r2.Stderr, "key must be 1-256 bytes") {
+				t.Fatalf("a 257-byte key: %s", r2)
+			}
+			noPaths(t, d, r.Stderr, r2.Stderr)
+		})
 	})
 	t.Run("oversized-arguments", func(t *testing.T) {
 		// Arguments over 64 KB are refused before they are parsed. The
@@ -1006,11 +1008,11 @@ func TestSiegeFunctions(t *testing.T) {
 	t.Run("huge-error-message", func(t *testing.T) {
 		// A function that fails with 10 MB of message: cut to 4 KB.
 		f := tempFunction(t, "name = \"huge\"\n[resources]\nmemory = \"64 MB\"\n", "def main():\n    fail(\"e\" * 10000000)\n")
-		var r result
-		s.again(t, func() { r = run(f) })
-		if r.Code != 1 || len(r.Stderr) > 16<<10 || !strings.Contains(r.Stderr, "eeee") {
-			t.Fatalf("a 10 MB error: exit %d, %d bytes of stderr", r.Code, len(r.Stderr))
-		}
+		s.again(t, func() {
+			if r := run(f); r.Code != 1 || len(r.Stderr) > 16<<10 || !strings.Contains(r.Stderr, "eeee") {
+				t.Fatalf("a 10 MB error: exit %d, %d bytes of stderr", r.Code, len(r.Stderr))
+			}
+		})
 	})
 	t.Run("log-flood", func(t *testing.T) {
 		// print() 20,000 lines: at most 64 KB of log is kept on disk.
