@@ -4,9 +4,7 @@
 # relays and a client, inside a network namespace that has only loopback).
 #
 # Two Bento servers run beside the two exit relays, each published as an
-# onion service and announced in the directory of boxes; a dust mote (a
-# relay and a box that end) is spawned from its template, runs a function,
-# and is gone at its end. The user, through
+# onion service and announced in the directory of boxes. The user, through
 # the Tor client: reads a server's policy; runs a function; lists the boxes
 # the relays announce and runs a function on one chosen at random; runs
 # Browser, which fetches a page through a Tor exit and
@@ -15,7 +13,8 @@
 # B; a function's attempt to reconfigure the relay through the control port
 # is refused; a LoadBalancer onion service spreads clients over three
 # Replica functions; a greedy manifest is refused with the list of what it
-# asked.
+# asked. Last, a dust mote (a relay and a box that end) is spawned from its
+# template, runs a function, and is gone at its end.
 #
 # Every step checks its own result: the demo stops at the first that
 # fails, says which and why, and exits 1. DEMO_BREAK=STEP breaks one step's
@@ -122,23 +121,6 @@ A=$(cat "$work/A/onion_hostname"):18888
 Bsrv=$(cat "$work/B/onion_hostname"):28888
 echo "server A: $A (beside exit0)"
 echo "server B: $Bsrv (beside exit1)"
-
-# The mote lives until the steps that use Tor are over: once it is gone its
-# relay stays in the private network's consensus (its authorities do not
-# test reachability), a hop and an HSDir that fail, and a CI run saw the
-# load balancer's clients fail when the mote ended in the middle of them.
-step mote "bento dust up --template templates/mote.toml --network-torrc \$PRIVNET_JOIN_TORRC --lifetime 100s --drain 20s   # a dust mote: a relay and a box that end"
-out=$($B/bento dust up --template templates/mote.toml --network-torrc "$PRIVNET_JOIN_TORRC" --lifetime 100s --drain 20s --state "$work/motes") || fail "bento dust up exited $?"
-echo "$out"
-mote_name=$(sed -n 's/^mote \([^ ]*\) is up$/\1/p' <<<"$out")
-M=$(sed -n 's/^  box *//p' <<<"$out")
-contains "the mote is up, with its box's address" ".onion:" "$M"
-contains "the mote runs in a network namespace of its own" "network namespace net:[" "$out"
-
-step mote-hello "bento --tor-socks … run $M functions/hello Carol   # on the mote"
-out=$(bt run "$M" functions/hello Carol) || fail "bento run on the mote exited $?"
-echo "$out"
-check "hello's first line" "hello, Carol!" "$(head -1 <<<"$out")"
 
 step policy "bento --tor-socks \$PRIVNET_SOCKS policy $A"
 out=$(bt policy "$A") || fail "bento policy exited $?"
@@ -261,6 +243,24 @@ cat "$work/greedy.err"
 echo "(exit status $rc)"
 check "exit status of a refused manifest" 3 "$rc"
 contains "the refusal lists the memory asked" "resources.memory: asks 1 GB" "$(cat "$work/greedy.err")"
+
+# The mote comes last, after every other step that uses Tor: once it is
+# gone its relay stays in the private network's consensus (its authorities
+# do not test reachability), a hop and an HSDir that fail, and CI runs saw
+# the load balancer's clients fail when a mote spawned earlier ended in
+# the middle of them.
+step mote "bento dust up --template templates/mote.toml --network-torrc \$PRIVNET_JOIN_TORRC --lifetime 60s --drain 15s   # a dust mote: a relay and a box that end"
+out=$($B/bento dust up --template templates/mote.toml --network-torrc "$PRIVNET_JOIN_TORRC" --lifetime 60s --drain 15s --state "$work/motes") || fail "bento dust up exited $?"
+echo "$out"
+mote_name=$(sed -n 's/^mote \([^ ]*\) is up$/\1/p' <<<"$out")
+M=$(sed -n 's/^  box *//p' <<<"$out")
+contains "the mote is up, with its box's address" ".onion:" "$M"
+contains "the mote runs in a network namespace of its own" "network namespace net:[" "$out"
+
+step mote-hello "bento --tor-socks … run $M functions/hello Carol   # on the mote"
+out=$(bt run "$M" functions/hello Carol) || fail "bento run on the mote exited $?"
+echo "$out"
+check "hello's first line" "hello, Carol!" "$(head -1 <<<"$out")"
 
 step mote-end "the mote's end: its box ends its functions, tor and bentod stop, nothing is left   # bento dust ls"
 mote_gone() { [ ! -e "$work/motes/$mote_name" ] && ! $B/bento dust ls --state "$work/motes" | grep -q "$mote_name"; }
