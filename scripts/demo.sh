@@ -164,6 +164,10 @@ check "padding to a multiple of 4096" 0 $((size % 4096))
 check "the page inside" 1 $((len > 0 && len + 16 <= size))
 contains "the page is B's policy" '"nickname": "B"' "$(tail -c +17 "$work/page" | head -c "$len")"
 
+# The Dropbox is deployed from A's function, through A's relay: B's onion
+# service must be reachable from there first (its descriptor spreads).
+reaches_b() { $B/bento --tor-socks "$PRIVNET_EXIT0_SOCKS" policy "$Bsrv" >/dev/null 2>&1; }
+wait_for "B's onion service reachable through A's relay" 180 reaches_b
 step dropbox "bento --tor-socks … run $A functions/browser-dropbox-tor $page 4096 $Bsrv 1 tor"
 bt run --destinations "accept 127.0.0.1:28889, accept *.onion:*" "$A" functions/browser-dropbox-tor $page 4096 "$Bsrv" 1 tor >"$work/box.json" || fail "bento run exited $?"
 cat "$work/box.json"
@@ -208,6 +212,16 @@ r1=$(announce r1 "$Bsrv" functions/replica r1)
 r2=$(announce r2 "$Bsrv" functions/replica r2)
 echo "replicas: $r0 $r1 $r2"
 for r in "$r0" "$r1" "$r2"; do contains "a replica's address" ".onion:80" "$r"; done
+# A new onion service is reachable once its descriptor has spread: until
+# then the load balancer's first dial to it fails and leaves it out for 30
+# s. Each replica answers through B's relay (the tor the load balancer
+# dials through) before the load balancer starts.
+answers() { # answers REPLICA NAME: the replica serves its name through Tor
+	[ "$(curl -s -m 30 --socks5-hostname "$PRIVNET_EXIT1_SOCKS" --proxy-user "probe-$2:x" "http://$1/")" = "$2" ]
+}
+wait_for "replica r0 reachable through Tor" 180 answers "$r0" r0
+wait_for "replica r1 reachable through Tor" 180 answers "$r1" r1
+wait_for "replica r2 reachable through Tor" 180 answers "$r2" r2
 lb=$(announce lb "$Bsrv" functions/loadbalancer "[\"$r0\",\"$r1\",\"$r2\"]")
 echo "load balancer: $lb"
 contains "the load balancer's address" ".onion:80" "$lb"
