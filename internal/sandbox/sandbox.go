@@ -8,6 +8,7 @@
 package sandbox
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -149,7 +150,8 @@ type Container struct {
 }
 
 // StartNice is how many steps below bentod's own priority the runtime
-// starts containers, and the containers' processes run (up to nice 19).
+// starts and removes containers, and the containers' processes run (up to
+// nice 19).
 // Starting a container is background work (the runtime's own process runs
 // in bentod's cgroup until the container has its own): it yields the CPU
 // to the calls bentod is serving. With the cpu controller, the
@@ -316,7 +318,12 @@ func (c *Container) Remove() error {
 }
 
 func (s *Sandbox) remove(id, bundle string) error {
-	out, err := exec.Command(s.runtime, "--root", s.state, "delete", "--force", id).CombinedOutput()
+	// Removing a container is background work too.
+	var buf bytes.Buffer
+	cmd := exec.Command(s.runtime, "--root", s.state, "delete", "--force", id)
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	err := runLowered(cmd, StartNice)
+	out := buf.Bytes()
 	if err != nil && !strings.Contains(string(out), "does not exist") {
 		err = fmt.Errorf("%s delete %s: %v: %s", filepath.Base(s.runtime), id, err, strings.TrimSpace(string(out)))
 	} else {
