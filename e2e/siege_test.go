@@ -995,7 +995,7 @@ func TestSiegeFunctions(t *testing.T) {
 		// test's own process, beside the neighbour's timer and under the
 		// race detector, slowed the timer itself.
 		big := strings.Repeat("a", 100<<10)
-		s.again(t, func() {
+		s.while(t, func() {
 			for i := 0; i < 3; i++ {
 				r := bento(t, "", "invoke", d.Addr, s.token, big)
 				if r.Code != 8 || !strings.Contains(r.Stderr, "invoke arguments at most") {
