@@ -447,6 +447,13 @@ func (n *Net) writeTorrcs(hash string) error {
 			// Exits accept only 127.0.0.1, which a microdescriptor policy
 			// summary cannot express: use full descriptors.
 			w("UseMicrodescriptors 0")
+			// As for the exits below: vanguards-lite keeps a client's
+			// guards apart from its layer-2 vanguards, and among a handful
+			// of relays that can leave no guard for an onion-service
+			// circuit ("All current guards excluded by path restriction
+			// type 2", then "Failed to find node for hop #1" for minutes,
+			// seen once in TestDustMote).
+			w("VanguardsLiteEnabled 0")
 		} else {
 			if nd.SocksPort != 0 {
 				w("SocksPort 127.0.0.1:%d", nd.SocksPort)
