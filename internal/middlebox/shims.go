@@ -16,21 +16,36 @@ import (
 
 var errShort = errors.New("header cut short")
 
+// shim is what the decoding layers below share: the bytes after their
+// header, and the layer those bytes are.
+type shim struct {
+	payload []byte
+	next    gopacket.LayerType
+}
+
+func (l *shim) NextLayerType() gopacket.LayerType { return l.next }
+func (l *shim) LayerPayload() []byte              { return l.payload }
+
+// short reports (and tells the parser) that data is shorter than n.
+func short(data []byte, n int, df gopacket.DecodeFeedback) bool {
+	if len(data) < n {
+		df.SetTruncated()
+		return true
+	}
+	return false
+}
+
 // maxLabels bounds an MPLS label stack (real stacks hold a few).
 const maxLabels = 16
 
 // mplsLayer is an MPLS label stack; what follows the bottom label is IPv4
 // or IPv6 by its version nibble (MPLS carries no type), anything else is
 // not decoded.
-type mplsLayer struct {
-	payload []byte
-	next    gopacket.LayerType
-}
+type mplsLayer struct{ shim }
 
 func (l *mplsLayer) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) error {
 	for i := 0; i < maxLabels; i++ {
-		if len(data) < 4*(i+1) {
-			df.SetTruncated()
+		if short(data, 4*(i+1), df) {
 			return errShort
 		}
 		if data[4*i+2]&1 == 0 { // not the bottom of the stack
@@ -50,20 +65,14 @@ func (l *mplsLayer) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) err
 	}
 	return errors.New("MPLS label stack deeper than 16 labels")
 }
-func (l *mplsLayer) CanDecode() gopacket.LayerClass    { return layers.LayerTypeMPLS }
-func (l *mplsLayer) NextLayerType() gopacket.LayerType { return l.next }
-func (l *mplsLayer) LayerPayload() []byte              { return l.payload }
+func (l *mplsLayer) CanDecode() gopacket.LayerClass { return layers.LayerTypeMPLS }
 
 // pppoeLayer is a PPPoE session header (RFC 2516) and the PPP protocol
 // field after it.
-type pppoeLayer struct {
-	payload []byte
-	next    gopacket.LayerType
-}
+type pppoeLayer struct{ shim }
 
 func (l *pppoeLayer) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) error {
-	if len(data) < 8 {
-		df.SetTruncated()
+	if short(data, 8, df) {
 		return errShort
 	}
 	n := int(binary.BigEndian.Uint16(data[4:6])) // PPP frame length
@@ -82,9 +91,7 @@ func (l *pppoeLayer) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) er
 	}
 	return nil
 }
-func (l *pppoeLayer) CanDecode() gopacket.LayerClass    { return layers.LayerTypePPPoE }
-func (l *pppoeLayer) NextLayerType() gopacket.LayerType { return l.next }
-func (l *pppoeLayer) LayerPayload() []byte              { return l.payload }
+func (l *pppoeLayer) CanDecode() gopacket.LayerClass { return layers.LayerTypePPPoE }
 
 // ip6ExtLayer is one kind of IPv6 extension header after the first
 // (gopacket's IPv6 layer takes a leading hop-by-hop header in itself):
@@ -100,8 +107,7 @@ type ip6ExtLayer struct {
 }
 
 func (l *ip6ExtLayer) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) error {
-	if len(data) < 8 {
-		df.SetTruncated()
+	if short(data, 8, df) {
 		return errShort
 	}
 	l.proto = layers.IPProtocol(data[0])
@@ -117,8 +123,7 @@ func (l *ip6ExtLayer) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) e
 	default:
 		n = (int(data[1]) + 1) * 8
 	}
-	if len(data) < n {
-		df.SetTruncated()
+	if short(data, n, df) {
 		return errShort
 	}
 	l.payload = data[n:]
@@ -142,14 +147,10 @@ var LayerTypeNFLOG = gopacket.RegisterLayerType(18_201, gopacket.LayerTypeMetada
 // nflogLayer finds the packet in an NFLOG record (NFULA_PAYLOAD, type 9).
 // The attributes' length and type are in the capturing host's byte order:
 // little-endian here, as on every host bentod runs on.
-type nflogLayer struct {
-	payload []byte
-	next    gopacket.LayerType
-}
+type nflogLayer struct{ shim }
 
 func (l *nflogLayer) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) error {
-	if len(data) < 4 {
-		df.SetTruncated()
+	if short(data, 4, df) {
 		return errShort
 	}
 	switch data[0] { // address family
@@ -175,6 +176,4 @@ func (l *nflogLayer) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) er
 	}
 	return errors.New("NFLOG record without a packet (no NFULA_PAYLOAD)")
 }
-func (l *nflogLayer) CanDecode() gopacket.LayerClass    { return LayerTypeNFLOG }
-func (l *nflogLayer) NextLayerType() gopacket.LayerType { return l.next }
-func (l *nflogLayer) LayerPayload() []byte              { return l.payload }
+func (l *nflogLayer) CanDecode() gopacket.LayerClass { return LayerTypeNFLOG }
