@@ -77,6 +77,14 @@ type Config struct {
 	// buffer: they are written once, without waiting). An address refused
 	// less than a second ago is reset without a word.
 	Refusal func(why Reason) []byte
+	// RecvBuffer, if set, fixes the receive buffer of a TCP listener's
+	// connections (SO_RCVBUF, set on the listener so that every accepted
+	// connection inherits it before its first byte): the kernel's memory
+	// for a connection whose bytes wait to be read, and so the data a
+	// stalled upload or an unread request can park in the kernel, stays
+	// bounded instead of growing with TCP's autotuning (up to tcp_rmem's
+	// maximum, megabytes a connection). 0: the kernel's autotuning.
+	RecvBuffer int
 	// Log receives rate-limited warnings (nil: no logging).
 	Log *slog.Logger
 }
@@ -139,8 +147,33 @@ func New(ln net.Listener, cfg Config) *Listener {
 		if l.pollable, l.raw, l.lrc, err = pollableDup(tl); err != nil {
 			l.warn("accepting through the generic path (refused connections cost a net.Conn)", "err", err)
 		}
+		if cfg.RecvBuffer > 0 {
+			if err := setRecvBuffer(tl, cfg.RecvBuffer); err != nil {
+				l.warn("connections keep the kernel's receive buffers (autotuned)", "err", err)
+			}
+		}
 	}
 	return l
+}
+
+// setRecvBuffer sets SO_RCVBUF on a listening socket: Linux copies it,
+// and the lock that stops autotuning, to every connection accepted from
+// it, and sizes the window the connection's handshake offers by it.
+func setRecvBuffer(tl *net.TCPListener, n int) error {
+	rc, err := tl.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, n)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("setting the receive buffer to %d bytes: %w", n, serr)
+	}
+	return nil
 }
 
 // pollableDup duplicates a TCP listener's descriptor as a file the

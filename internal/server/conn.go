@@ -35,6 +35,18 @@ func deployLimit(maxUpload int64) int {
 	return int(maxUpload) + manifest.MaxSize + 16<<10
 }
 
+// The kernel's receive buffer of each client connection (twice this,
+// with its bookkeeping): what a client can park in bentod's kernel while
+// its upload waits for the byte budget, at most MaxConnections times.
+// Autotuned, a stalled upload parks megabytes (1,024 of them parked about
+// 445 MB). 128 KB still fills a loopback link (tor's, or a local client's)
+// many times over; a distant direct client's uploads are slower (128 KB a
+// round trip). The policy endpoint reads a request of a few hundred bytes.
+const (
+	clientRecvBuffer = 128 << 10
+	policyRecvBuffer = 16 << 10
+)
+
 // LimitListener wraps ln with the policy's connection limits: for the
 // listener clients reach directly (onion false), a total and a share per
 // address; for the one bentod's onion service forwards to (onion true),
@@ -50,7 +62,7 @@ func (s *Server) LimitListener(ln net.Listener, onion bool) *netlimit.Listener {
 		refusals[why] = (&wire.Frame{Type: proto.TError, Header: hdr}).Encode(nil)
 	}
 	cfg := netlimit.Config{Name: "client", Total: d.MaxConnections, PerAddr: d.MaxConnectionsPerAddr,
-		Rate: d.ConnectRate, Burst: d.ConnectBurst, Log: s.log,
+		Rate: d.ConnectRate, Burst: d.ConnectBurst, RecvBuffer: clientRecvBuffer, Log: s.log,
 		Refusal: func(why netlimit.Reason) []byte { return refusals[why] }}
 	if onion {
 		// Everyone through Tor arrives from tor's address: no per-address
@@ -64,7 +76,7 @@ func (s *Server) LimitListener(ln net.Listener, onion bool) *netlimit.Listener {
 // LimitPolicyListener wraps the policy endpoint's listener: it serves a
 // small document, so a few connections per address are plenty.
 func (s *Server) LimitPolicyListener(ln net.Listener) *netlimit.Listener {
-	return s.track(netlimit.New(ln, netlimit.Config{Name: "policy", Total: 64, PerAddr: 4, Rate: 10, Burst: 20, Log: s.log,
+	return s.track(netlimit.New(ln, netlimit.Config{Name: "policy", Total: 64, PerAddr: 4, Rate: 10, Burst: 20, RecvBuffer: policyRecvBuffer, Log: s.log,
 		Refusal: func(why netlimit.Reason) []byte {
 			return []byte(fmt.Sprintf("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s\n", len(why.String())+1, why))
 		}}))
