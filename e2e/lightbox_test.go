@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/torbento/bento/internal/capture"
+	"github.com/torbento/bento/internal/lightbox/capture"
+	"github.com/torbento/bento/internal/lightbox/tracegen"
 	"github.com/torbento/bento/internal/testutil"
-	"github.com/torbento/bento/internal/tracegen"
 )
 
 // runLightbox runs a middlebox and a gateway binary against each other.
@@ -71,7 +71,7 @@ func sameCapture(t *testing.T, want, got string) {
 }
 
 // testLightboxBounce sends every capture (the generated ones of
-// internal/tracegen, then any in $BENTO_TRACES) through the real binaries
+// internal/lightbox/tracegen, then any in $BENTO_TRACES) through the real binaries
 // and checks the packets bounced back are bit-exact and in order.
 func testLightboxBounce(t *testing.T) {
 	type trace struct{ name, path string }

@@ -22,10 +22,10 @@ import (
 
 	"github.com/gopacket/gopacket/layers"
 
-	"github.com/torbento/bento/internal/capture"
-	"github.com/torbento/bento/internal/etap"
 	"github.com/torbento/bento/internal/lightbox"
-	"github.com/torbento/bento/internal/middlebox"
+	"github.com/torbento/bento/internal/lightbox/capture"
+	"github.com/torbento/bento/internal/lightbox/etap"
+	"github.com/torbento/bento/internal/lightbox/middlebox"
 )
 
 func main() {

@@ -17,9 +17,9 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 
-	"github.com/torbento/bento/internal/capture"
-	"github.com/torbento/bento/internal/etap"
-	"github.com/torbento/bento/internal/ring"
+	"github.com/torbento/bento/internal/lightbox/capture"
+	"github.com/torbento/bento/internal/lightbox/etap"
+	"github.com/torbento/bento/internal/lightbox/ring"
 )
 
 // Processor is a middlebox's packet logic. It runs on the middlebox's

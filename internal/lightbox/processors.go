@@ -8,9 +8,9 @@ import (
 
 	"github.com/gopacket/gopacket/layers"
 
-	"github.com/torbento/bento/internal/etap"
-	"github.com/torbento/bento/internal/flowstate"
-	"github.com/torbento/bento/internal/middlebox"
+	"github.com/torbento/bento/internal/lightbox/etap"
+	"github.com/torbento/bento/internal/lightbox/flowstate"
+	"github.com/torbento/bento/internal/lightbox/middlebox"
 )
 
 // ProcessorConfig chooses and sets up a middlebox.

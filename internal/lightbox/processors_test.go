@@ -9,8 +9,8 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
-	"github.com/torbento/bento/internal/etap"
-	"github.com/torbento/bento/internal/flowstate"
+	"github.com/torbento/bento/internal/lightbox/etap"
+	"github.com/torbento/bento/internal/lightbox/flowstate"
 )
 
 func syn(src string, sport uint16) []byte {

@@ -11,7 +11,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/torbento/bento/internal/tracegen"
+	"github.com/torbento/bento/internal/lightbox/tracegen"
 )
 
 // InCI reports whether the tests run under CI (CI=true), where a missing
@@ -95,7 +95,7 @@ func Runner(t testing.TB) string {
 	return dir + "/bento-runner"
 }
 
-// generated holds a capture of internal/tracegen, made once per test
+// generated holds a capture of internal/lightbox/tracegen, made once per test
 // process.
 type generated struct {
 	once sync.Once
@@ -106,7 +106,7 @@ type generated struct {
 
 var captures sync.Map // name → *generated
 
-// Captures writes the synthetic packet captures of internal/tracegen — all
+// Captures writes the synthetic packet captures of internal/lightbox/tracegen — all
 // of them, or the named ones — into a temporary directory of the test and
 // returns them with what each holds. Each is generated once per test
 // process. They are the captures the tests read, replay and send through
@@ -136,7 +136,7 @@ func Captures(t testing.TB, names ...string) []tracegen.Trace {
 	return out
 }
 
-// Capture writes one capture of internal/tracegen (see Captures).
+// Capture writes one capture of internal/lightbox/tracegen (see Captures).
 func Capture(t testing.TB, name string) tracegen.Trace {
 	t.Helper()
 	return Captures(t, name)[0]

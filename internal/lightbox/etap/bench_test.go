@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/torbento/bento/internal/etap"
+	"github.com/torbento/bento/internal/lightbox/etap"
 )
 
 // BenchmarkThroughput pushes packets of each size from a gateway to a

@@ -7,7 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/torbento/bento/internal/etap"
+	"github.com/torbento/bento/internal/lightbox/etap"
 )
 
 // TUN reads IP packets from a TUN device (no packet information header):

@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/torbento/bento/internal/capture"
-	"github.com/torbento/bento/internal/etap"
+	"github.com/torbento/bento/internal/lightbox/capture"
+	"github.com/torbento/bento/internal/lightbox/etap"
+	"github.com/torbento/bento/internal/lightbox/tracegen"
 	"github.com/torbento/bento/internal/testutil"
-	"github.com/torbento/bento/internal/tracegen"
 )
 
 var psk = []byte("0123456789abcdef0123456789abcdef")
@@ -80,7 +80,7 @@ func pipe(t testing.TB, cfg etap.Config, gw, mb etap.Options, mitm func(in io.Re
 // traceFile is a capture to send.
 type traceFile struct{ name, path string }
 
-// traceFiles returns the generated captures (internal/tracegen), then any
+// traceFiles returns the generated captures (internal/lightbox/tracegen), then any
 // extra ones in $BENTO_TRACES, named "extra/" and their file name.
 func traceFiles(t testing.TB) []traceFile {
 	var files []traceFile

@@ -6,7 +6,7 @@ import (
 	"encoding/binary"
 	"time"
 
-	"github.com/torbento/bento/internal/flowstate"
+	"github.com/torbento/bento/internal/lightbox/flowstate"
 )
 
 // StateTable holds fixed-size per-flow states. *flowstate.Manager is one.

@@ -12,7 +12,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
-	"github.com/torbento/bento/internal/flowstate"
+	"github.com/torbento/bento/internal/lightbox/flowstate"
 )
 
 // Meta is what a middlebox needs of a packet, decoded without allocation.

@@ -13,8 +13,8 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
-	"github.com/torbento/bento/internal/capture"
-	"github.com/torbento/bento/internal/tracegen"
+	"github.com/torbento/bento/internal/lightbox/capture"
+	"github.com/torbento/bento/internal/lightbox/tracegen"
 )
 
 var (
@@ -74,7 +74,7 @@ func TestDeterministic(t *testing.T) {
 	}
 }
 
-// TestCaptures reads every capture with internal/capture and checks what
+// TestCaptures reads every capture with internal/lightbox/capture and checks what
 // Write says it holds against what an independent decoding with gopacket
 // finds: packets, link type, truncation, snapped packets, IP packets and
 // bytes, flows, the most flows open at once, duration; and that every

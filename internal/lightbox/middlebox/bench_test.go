@@ -9,8 +9,8 @@ import (
 
 	"github.com/gopacket/gopacket/layers"
 
-	"github.com/torbento/bento/internal/flowstate"
-	"github.com/torbento/bento/internal/synth"
+	"github.com/torbento/bento/internal/lightbox/flowstate"
+	"github.com/torbento/bento/internal/lightbox/synth"
 )
 
 // BenchmarkPerPacket measures each middlebox's time per packet on the

@@ -16,7 +16,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 
-	"github.com/torbento/bento/internal/etap"
+	"github.com/torbento/bento/internal/lightbox/etap"
 )
 
 // Capture is a capture file's packets and link type.

@@ -12,7 +12,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
-	"github.com/torbento/bento/internal/flowstate"
+	"github.com/torbento/bento/internal/lightbox/flowstate"
 )
 
 // frame builds one Ethernet/IPv4/TCP-or-UDP frame (TCP sequence number

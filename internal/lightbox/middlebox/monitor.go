@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/torbento/bento/internal/flowstate"
+	"github.com/torbento/bento/internal/lightbox/flowstate"
 )
 
 // MonitorStateSize is the monitor's per-flow state, about PRADS's.

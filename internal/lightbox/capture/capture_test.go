@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/torbento/bento/internal/etap"
+	"github.com/torbento/bento/internal/lightbox/etap"
+	"github.com/torbento/bento/internal/lightbox/tracegen"
 	"github.com/torbento/bento/internal/testutil"
-	"github.com/torbento/bento/internal/tracegen"
 )
 
 // TestReadTraces reads every generated capture — pcap with microsecond
