@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"path/filepath"
 	"time"
 
 	"github.com/torbento/bento/internal/flashflow/link"
 	"github.com/torbento/bento/internal/flashflow/target"
+	"github.com/torbento/bento/internal/netlimit"
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/safelog"
 	"github.com/torbento/bento/internal/torlink"
@@ -41,11 +41,11 @@ func startFlashFlow(ctx context.Context, p *policy.Policy, tl *torlink.Link, log
 	if err != nil {
 		return nil, err
 	}
-	cln, err := net.Listen("tcp", ff.Listen)
+	cln, err := netlimit.Listen(ff.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("FFListenAddress: %w", err)
 	}
-	eln, err := net.Listen("tcp", ff.Echo)
+	eln, err := netlimit.Listen(ff.Echo)
 	if err != nil {
 		cln.Close()
 		return nil, fmt.Errorf("FFEchoAddress: %w", err)

@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/torbento/bento/internal/netlimit"
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/privs"
 	"github.com/torbento/bento/internal/safelog"
@@ -110,14 +111,14 @@ func run() int {
 		srv.Close()
 		return 1
 	}
-	rawLn, err := net.Listen("tcp", p.ListenAddress)
+	rawLn, err := netlimit.Listen(p.ListenAddress)
 	if err != nil {
 		return fail("cannot listen", err)
 	}
 	ln := srv.LimitListener(rawLn, false)
 	var hs *http.Server
 	if p.PolicyAddress != "" {
-		pln, err := net.Listen("tcp", p.PolicyAddress)
+		pln, err := netlimit.Listen(p.PolicyAddress)
 		if err != nil {
 			return fail("cannot listen for the policy", err)
 		}
@@ -135,7 +136,7 @@ func run() int {
 	// their own, with limits of their own.
 	onionTarget := ""
 	if p.OnionService {
-		oln, err := net.Listen("tcp", "127.0.0.1:0")
+		oln, err := netlimit.Listen("127.0.0.1:0")
 		if err != nil {
 			return fail("cannot listen for the onion service", err)
 		}
@@ -280,7 +281,8 @@ func logStatus(log *slog.Logger, st server.Status) {
 		"in_flight_limit_bytes", st.InFlightLimit, "heap_bytes", ms.HeapInuse, "go_sys_bytes", ms.Sys, "descriptors", len(fds), "goroutines", runtime.NumGoroutine()}
 	for _, l := range st.Listeners {
 		attrs = append(attrs, l.Name+"_open", l.Open, l.Name+"_addresses", l.Addresses, l.Name+"_accepted", l.Accepted,
-			l.Name+"_refused", l.RefusedTotal+l.RefusedPerAddr+l.RefusedRate, l.Name+"_evicted", l.Evicted, l.Name+"_accept_errors", l.AcceptErrors)
+			l.Name+"_refused", l.RefusedTotal+l.RefusedPerAddr+l.RefusedRate, l.Name+"_evicted", l.Evicted, l.Name+"_accept_errors", l.AcceptErrors,
+			l.Name+"_drop_periods", l.DropPeriods, l.Name+"_dropped", l.Dropped)
 	}
 	safelog.Notice(log, "status", attrs...)
 }

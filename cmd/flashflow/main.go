@@ -20,7 +20,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"strconv"
@@ -33,6 +32,7 @@ import (
 	"github.com/torbento/bento/internal/flashflow/measurer"
 	"github.com/torbento/bento/internal/flashflow/schedule"
 	"github.com/torbento/bento/internal/flashflow/v3bw"
+	"github.com/torbento/bento/internal/netlimit"
 	"github.com/torbento/bento/internal/torctl"
 )
 
@@ -212,7 +212,7 @@ func coordinator(ctx context.Context, args []string, log *slog.Logger) error {
 		}
 		svc.Joint = joint
 	}
-	ln, err := net.Listen("tcp", *listen)
+	ln, err := netlimit.Listen(*listen)
 	if err != nil {
 		return err
 	}

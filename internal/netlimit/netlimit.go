@@ -17,6 +17,7 @@
 package netlimit
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -77,6 +78,10 @@ type Config struct {
 	// buffer: they are written once, without waiting). An address refused
 	// less than a second ago is reset without a word.
 	Refusal func(why Reason) []byte
+	// KernelDrop: an address over its Rate also has its new connections
+	// dropped by the kernel, before the handshake, for DropFor (see
+	// kdrop.go). Only on a TCP listener accepted on the raw path.
+	KernelDrop bool
 	// RecvBuffer, if set, fixes the receive buffer of a TCP listener's
 	// connections (SO_RCVBUF, set on the listener so that every accepted
 	// connection inherits it before its first byte): the kernel's memory
@@ -99,6 +104,8 @@ type Stats struct {
 	RefusedRate    int64 // refused: the address connected too fast
 	Evicted        int64 // idle connections closed to make room
 	AcceptErrors   int64 // accept failures (out of descriptors and the like)
+	DropPeriods    int64 // times an address over its rate began to be dropped in the kernel
+	Dropped        int   // addresses the kernel drops now
 }
 
 // Listener wraps a net.Listener with the limits of a Config.
@@ -127,12 +134,23 @@ type Listener struct {
 	raw      syscall.RawConn // pollable's
 	lrc      syscall.RawConn // the listener's
 	dupOnce  sync.Once
+	drop     *dropper // with KernelDrop on the raw path
 
 	accepted, refusedTotal, refusedPerAddr, refusedRate, evicted, acceptErrors atomic.Int64
 
 	closed   atomic.Bool
 	warnMu   sync.Mutex
 	lastWarn map[string]time.Time // by message
+}
+
+// Listen opens a plain TCP listener for New. Go's listeners are
+// Multipath TCP by default where the kernel has it, and an MPTCP socket
+// takes no socket filter (KernelDrop); a client of a Bento server gains
+// nothing from several paths (it comes through tor, or once).
+func Listen(addr string) (net.Listener, error) {
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	return lc.Listen(context.Background(), "tcp", addr)
 }
 
 // New wraps ln.
@@ -146,6 +164,9 @@ func New(ln net.Listener, cfg Config) *Listener {
 		var err error
 		if l.pollable, l.raw, l.lrc, err = pollableDup(tl); err != nil {
 			l.warn("accepting through the generic path (refused connections cost a net.Conn)", "err", err)
+		}
+		if cfg.KernelDrop && l.lrc != nil {
+			l.drop = newDropper(l.lrc, l.warn)
 		}
 		if cfg.RecvBuffer > 0 {
 			if err := setRecvBuffer(tl, cfg.RecvBuffer); err != nil {
@@ -217,7 +238,12 @@ const probeEvery = time.Second
 
 // closeDup gives up the duplicate descriptor.
 func (l *Listener) closeDup() {
-	l.dupOnce.Do(func() { l.pollable.Close() })
+	l.dupOnce.Do(func() {
+		l.pollable.Close()
+		if l.drop != nil {
+			l.drop.close()
+		}
+	})
 }
 
 // AddrKey is the default per-address key: the IP address for IPv4 (and
@@ -270,8 +296,12 @@ func (l *Listener) Stats() Stats {
 	l.mu.Lock()
 	open, addrs := l.open, len(l.byAddr)
 	l.mu.Unlock()
-	return Stats{Open: open, Addresses: addrs, Accepted: l.accepted.Load(), RefusedTotal: l.refusedTotal.Load(),
+	st := Stats{Open: open, Addresses: addrs, Accepted: l.accepted.Load(), RefusedTotal: l.refusedTotal.Load(),
 		RefusedPerAddr: l.refusedPerAddr.Load(), RefusedRate: l.refusedRate.Load(), Evicted: l.evicted.Load(), AcceptErrors: l.acceptErrors.Load()}
+	if l.drop != nil {
+		st.DropPeriods, st.Dropped = l.drop.periods.Load(), int(l.drop.attached.Load())
+	}
+	return st
 }
 
 // Accept returns the next connection within the limits. Connections over
@@ -363,6 +393,11 @@ func (l *Listener) acceptRaw() (net.Conn, error) {
 		delay = 0
 		addr := sockaddrTCP(sa)
 		lc, why, quiet := l.admit(l.cfg.Key(addr))
+		if why == TooFast && l.drop != nil {
+			if ip, ok := netip.AddrFromSlice(addr.(*net.TCPAddr).IP); ok {
+				l.drop.add(ip, time.Now())
+			}
+		}
 		if why != 0 {
 			if l.cfg.Refusal != nil && !quiet {
 				_, _ = unix.Write(nfd, l.cfg.Refusal(why))
@@ -371,6 +406,9 @@ func (l *Listener) acceptRaw() (net.Conn, error) {
 			}
 			unix.Close(nfd)
 			continue
+		}
+		if l.drop != nil {
+			l.drop.release(nfd)
 		}
 		f := os.NewFile(uintptr(nfd), "tcp")
 		c, err := net.FileConn(f) // a dup the poller owns

@@ -30,7 +30,7 @@ func serve(t *testing.T, l *Listener) chan net.Conn {
 }
 
 func listen(t *testing.T, cfg Config) *Listener {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,7 @@ func TestAcceptErrorsAreNotFatal(t *testing.T) {
 	// off from and retried, never fatal.
 	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
 		t.Run(errno.Error(), func(t *testing.T) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			ln, err := Listen("127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
 			}

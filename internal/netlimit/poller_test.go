@@ -74,7 +74,7 @@ func TestAcceptWaitsInThePoller(t *testing.T) {
 // accepting within probeEvery, and its port is free again: the duplicate
 // descriptor the wrapper waits on does not keep it bound.
 func TestListenerClosedDirectly(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestListenerClosedDirectly(t *testing.T) {
 	case <-time.After(probeEvery + 5*time.Second):
 		t.Fatal("Accept still waits after its listener was closed")
 	}
-	again, err := net.Listen("tcp", ln.Addr().String())
+	again, err := Listen(ln.Addr().String())
 	if err != nil {
 		t.Fatalf("the closed listener's port is still bound: %v", err)
 	}

@@ -62,7 +62,7 @@ func (s *Server) LimitListener(ln net.Listener, onion bool) *netlimit.Listener {
 		refusals[why] = (&wire.Frame{Type: proto.TError, Header: hdr}).Encode(nil)
 	}
 	cfg := netlimit.Config{Name: "client", Total: d.MaxConnections, PerAddr: d.MaxConnectionsPerAddr,
-		Rate: d.ConnectRate, Burst: d.ConnectBurst, RecvBuffer: clientRecvBuffer, Log: s.log,
+		Rate: d.ConnectRate, Burst: d.ConnectBurst, KernelDrop: true, RecvBuffer: clientRecvBuffer, Log: s.log,
 		Refusal: func(why netlimit.Reason) []byte { return refusals[why] }}
 	if onion {
 		// Everyone through Tor arrives from tor's address: no per-address
@@ -76,7 +76,7 @@ func (s *Server) LimitListener(ln net.Listener, onion bool) *netlimit.Listener {
 // LimitPolicyListener wraps the policy endpoint's listener: it serves a
 // small document, so a few connections per address are plenty.
 func (s *Server) LimitPolicyListener(ln net.Listener) *netlimit.Listener {
-	return s.track(netlimit.New(ln, netlimit.Config{Name: "policy", Total: 64, PerAddr: 4, Rate: 10, Burst: 20, RecvBuffer: policyRecvBuffer, Log: s.log,
+	return s.track(netlimit.New(ln, netlimit.Config{Name: "policy", Total: 64, PerAddr: 4, Rate: 10, Burst: 20, KernelDrop: true, RecvBuffer: policyRecvBuffer, Log: s.log,
 		Refusal: func(why netlimit.Reason) []byte {
 			return []byte(fmt.Sprintf("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s\n", len(why.String())+1, why))
 		}}))
