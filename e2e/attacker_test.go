@@ -52,6 +52,8 @@ type attackReport struct {
 	MaxLifeMs int64 `json:"max_life_ms"` // longest a connection stayed open (those still open at the report included)
 	MaxHeld   int64 `json:"max_held"`    // most connections past their hello at once
 	Sent      int64 `json:"sent"`        // bytes written to the server (its socket took them)
+	Waited    int64 `json:"waited"`      // dials whose handshake took a retransmission (a second or more: dropped by bentod's kernel filter), made or timed out
+	Reset     int64 `json:"reset"`       // dials that failed at once (reset for the rate, before the dial returned)
 
 	output string // what the attacker printed, for a failure's message
 }
@@ -59,8 +61,8 @@ type attackReport struct {
 // String shows the counters, and the attacker's own words when it
 // reported nothing.
 func (r attackReport) String() string {
-	s := fmt.Sprintf("%d attempts, %d connected, %d closed, %d refused, %d requests answered, longest life %d ms, %d bytes sent",
-		r.Attempts, r.Connected, r.Closed, r.Refused, r.Requests, r.MaxLifeMs, r.Sent)
+	s := fmt.Sprintf("%d attempts, %d connected, %d closed, %d refused, %d dials waited for a retransmission, %d reset, %d requests answered, longest life %d ms, %d bytes sent",
+		r.Attempts, r.Connected, r.Closed, r.Refused, r.Waited, r.Reset, r.Requests, r.MaxLifeMs, r.Sent)
 	if r.Attempts == 0 {
 		s += "; the attacker said: " + trunc(r.output)
 	}
@@ -166,7 +168,7 @@ func runAttacker(specJSON string) int {
 			Attempts: atomic.LoadInt64(&rep.Attempts), Connected: atomic.LoadInt64(&rep.Connected),
 			Closed: atomic.LoadInt64(&rep.Closed), Refused: atomic.LoadInt64(&rep.Refused),
 			Requests: atomic.LoadInt64(&rep.Requests), MaxLifeMs: life, MaxHeld: atomic.LoadInt64(&rep.MaxHeld),
-			Sent: atomic.LoadInt64(&rep.Sent)})
+			Sent: atomic.LoadInt64(&rep.Sent), Waited: atomic.LoadInt64(&rep.Waited), Reset: atomic.LoadInt64(&rep.Reset)})
 		fmt.Println(string(b))
 	}
 	go func() {
@@ -234,8 +236,15 @@ func runAttacker(specJSON string) int {
 				default:
 				}
 				atomic.AddInt64(&rep.Attempts, 1)
+				dialed := time.Now()
 				c, err := d.Dial("tcp", spec.Target)
+				if time.Since(dialed) > 900*time.Millisecond {
+					atomic.AddInt64(&rep.Waited, 1)
+				}
 				if err != nil {
+					if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+						atomic.AddInt64(&rep.Reset, 1)
+					}
 					time.Sleep(50 * time.Millisecond)
 					continue
 				}
