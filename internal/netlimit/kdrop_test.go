@@ -28,6 +28,17 @@ func dialWithin(t *testing.T, ip, addr string, d time.Duration) (net.Conn, bool)
 	return c, true
 }
 
+// waitDropped waits, at most within, until the number of addresses l
+// drops satisfies ok, or fails with msg (a format for l's Stats).
+func waitDropped(t *testing.T, l *Listener, within time.Duration, ok func(int) bool, msg string) {
+	t.Helper()
+	for deadline := time.Now().Add(within); !ok(l.Stats().Dropped); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf(msg, l.Stats())
+		}
+	}
+}
+
 // echo serves l: every connection admitted echoes what it reads.
 func echo(t *testing.T, l *Listener) {
 	t.Cleanup(func() { l.Close() })
@@ -59,13 +70,7 @@ func TestKernelDrop(t *testing.T) {
 	}
 	// Over the rate: refused (a reset), and dropped from now.
 	dialWithin(t, "127.0.0.2", addr, time.Second)
-	deadline := time.Now().Add(time.Second)
-	for l.Stats().Dropped == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no address dropped after a refusal for the rate: %+v", l.Stats())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitDropped(t, l, time.Second, func(n int) bool { return n > 0 }, "no address dropped after a refusal for the rate: %+v")
 	if _, ok := dialWithin(t, "127.0.0.2", addr, 300*time.Millisecond); ok {
 		t.Error("a dial from the dropped address completed its handshake")
 	}
@@ -85,22 +90,10 @@ func TestKernelDrop(t *testing.T) {
 	// filter at once, not when the first drop ends.
 	dialWithin(t, "127.0.0.4", addr, time.Second)
 	dialWithin(t, "127.0.0.4", addr, time.Second)
-	deadline = time.Now().Add(200 * time.Millisecond)
-	for l.Stats().Dropped < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("a second address over its rate was not dropped within 200 ms: %+v", l.Stats())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitDropped(t, l, 200*time.Millisecond, func(n int) bool { return n >= 2 }, "a second address over its rate was not dropped within 200 ms: %+v")
 	// After DropFor (and a token later), it connects again.
 	time.Sleep(DropFor + 200*time.Millisecond)
-	deadline = time.Now().Add(time.Second)
-	for l.Stats().Dropped != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the drop outlived DropFor: %+v", l.Stats())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitDropped(t, l, time.Second, func(n int) bool { return n == 0 }, "the drop outlived DropFor: %+v")
 	if c, ok := dialWithin(t, "127.0.0.2", addr, 300*time.Millisecond); !ok || c == nil {
 		t.Error("the address could not connect after its drop ended")
 	}
@@ -118,13 +111,7 @@ func TestKernelDropIPv6(t *testing.T) {
 	addr := l.Addr().String()
 	dialWithin(t, "::1", addr, time.Second)
 	dialWithin(t, "::1", addr, time.Second)
-	deadline := time.Now().Add(time.Second)
-	for l.Stats().Dropped == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no address dropped after a refusal for the rate: %+v", l.Stats())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitDropped(t, l, time.Second, func(n int) bool { return n > 0 }, "no address dropped after a refusal for the rate: %+v")
 	if _, ok := dialWithin(t, "::1", addr, 300*time.Millisecond); ok {
 		t.Error("a dial from the dropped IPv6 address completed its handshake")
 	}
