@@ -93,15 +93,17 @@ func TestAttacks(t *testing.T) {
 			for _, c := range conns {
 				c.Close()
 			}
+			conns = conns[:0]
 		})
 	})
 	t.Run("vanishing-client", func(t *testing.T) {
 		// The client goes away in the middle of an invocation: the
 		// invocation runs on, and its output waits for a reattach.
 		cl := client.New(d.Addr)
-		var out []byte
 		s.while(t, func() {
+			var out []byte
 			dep := deployCLI(t, d, fn("counter"))
+			defer bento(t, "", "shutdown", d.Addr, dep.ShutdownToken)
 			sess, err := cl.Invoke(ctx(t), dep.InvocationToken, 3, 0.2)
 			if err != nil {
 				t.Fatal(err)
@@ -124,10 +126,10 @@ func TestAttacks(t *testing.T) {
 					break
 				}
 			}
+			if string(out) != "line 0\nline 1\nline 2\ndone\n" {
+				t.Fatalf("output after reattaching: %q", out)
+			}
 		})
-		if string(out) != "line 0\nline 1\nline 2\ndone\n" {
-			t.Fatalf("output after reattaching: %q", out)
-		}
 	})
 	if r := bento(t, "", "run", d.Addr, fn("hello")); r.Code != 0 {
 		t.Fatalf("bentod after the attacks: %s", r)
@@ -181,7 +183,7 @@ func TestFairness(t *testing.T) {
 		t.Fatal(err)
 	}
 	greedy, other := from(d.Addr, "127.0.0.2"), from(d.Addr, "127.0.0.3")
-	s.whileKeeping(t, func() {
+	s.while(t, func() {
 		var held []*client.Deployed
 		for i := 0; i < 2; i++ {
 			dep, err := greedy.Deploy(ctx(t), fnc)
@@ -196,15 +198,26 @@ func TestFairness(t *testing.T) {
 				t.Fatalf("greedy client's deploy beyond its share: %v", err)
 			}
 		}
-		if _, err := other.Deploy(ctx(t), fnc); err != nil {
+		theirs, err := other.Deploy(ctx(t), fnc)
+		if err != nil {
 			t.Fatalf("another client while the greedy one is at its share: %v", err)
 		}
 		// A slot given back is the greedy client's to use again.
 		if err := greedy.Shutdown(ctx(t), held[0].ShutdownToken); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := greedy.Deploy(ctx(t), fnc); err != nil {
+		again, err := greedy.Deploy(ctx(t), fnc)
+		if err != nil {
 			t.Fatalf("after a shutdown: %v", err)
+		}
+		// Every slot given back, for the next play.
+		for _, sd := range []struct {
+			cl  *client.Client
+			tok string
+		}{{greedy, held[1].ShutdownToken}, {greedy, again.ShutdownToken}, {other, theirs.ShutdownToken}} {
+			if err := sd.cl.Shutdown(ctx(t), sd.tok); err != nil {
+				t.Fatal(err)
+			}
 		}
 	})
 }

@@ -38,6 +38,8 @@ type attackSpec struct {
 	Total   int    `json:"total"`   // connection attempts in all (0: keep Conns open)
 	Size    int    `json:"size"`    // frame size for frame attacks
 	Token   string `json:"token"`   // invocation token for session attacks
+	Session string `json:"session"` // session to attach to
+	Offset  int64  `json:"offset"`  // ... and where
 	Args    string `json:"args"`    // invocation arguments (JSON array)
 	Every   int    `json:"every_ms"`
 }
@@ -48,7 +50,7 @@ type attackReport struct {
 	Connected int64 `json:"connected"`   // connections established
 	Closed    int64 `json:"closed"`      // closed by the server
 	Refused   int64 `json:"refused"`     // answered with an error frame or an HTTP 503
-	Requests  int64 `json:"requests"`    // requests answered on held connections
+	Requests  int64 `json:"requests"`    // requests answered on held connections (attach-end: attaches answered with the exit alone)
 	MaxLifeMs int64 `json:"max_life_ms"` // longest a connection stayed open (those still open at the report included)
 	MaxHeld   int64 `json:"max_held"`    // most connections past their hello at once
 	Sent      int64 `json:"sent"`        // bytes written to the server (its socket took them)
@@ -139,6 +141,16 @@ func (a *attackProc) stop() attackReport {
 		}
 	}
 	return r
+}
+
+// wait waits (at most within) for an attacker with a Total to make all its
+// attempts, and returns what it saw.
+func (a *attackProc) wait(within time.Duration) attackReport {
+	select {
+	case <-a.done:
+	case <-time.After(within):
+	}
+	return a.stop()
 }
 
 // runAttacker is the attacker process's main.
@@ -459,6 +471,32 @@ func attackOne(spec attackSpec, c net.Conn, stop <-chan struct{}, rep *attackRep
 				default:
 				}
 				if conn.Send(proto.TInput, nil, chunk) != nil {
+					return
+				}
+			}
+		}()
+	case "attach-end": // attach at a finished session's end: the exit alone should come back
+		if !hello() {
+			return true
+		}
+		conn.Send(proto.TAttach, proto.Attach{Token: spec.Token, Session: spec.Session, Offset: spec.Offset}, nil)
+		go func() {
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			for {
+				f, err := conn.Read()
+				switch {
+				case err != nil:
+					closed <- false
+					return
+				case f.Type == proto.TError:
+					closed <- true
+					return
+				case f.Type == proto.TExit:
+					atomic.AddInt64(&rep.Requests, 1)
+					closed <- false
+					return
+				case f.Type != proto.TSession:
+					closed <- false // output after the end: not counted as answered
 					return
 				}
 			}

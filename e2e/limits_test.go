@@ -38,7 +38,7 @@ func TestLimits(t *testing.T) {
 			// to run). Back to back, the runs' container starts and
 			// removals cost the neighbour 1.1-1.9x (docs/SECURITY.md, known
 			// limits).
-			s.again(t, func() {
+			s.while(t, func() {
 				r = bento(t, "", "run", d.Addr, fn(tc.fn))
 				if r.Code != tc.code || !strings.Contains(r.Stderr, tc.reason) {
 					t.Fatalf("want exit %d with %q, got %s", tc.code, tc.reason, r)
