@@ -41,7 +41,9 @@ func (f *ffNet) settle() {
 	time.Sleep(time.Until(f.started.Add(60 * time.Second)))
 }
 
-func startFFNet(t testing.TB, rates []uint64) *ffNet {
+// startFFNet starts the network; targetTorrc are extra torrc lines for
+// every target relay (the benchmark's BENTO_FF_TARGET_TORRC).
+func startFFNet(t testing.TB, rates []uint64, targetTorrc ...string) *ffNet {
 	t.Helper()
 	_, e1 := exec.LookPath("tor")
 	_, e2 := exec.LookPath("tor-gencert")
@@ -66,11 +68,11 @@ func startFFNet(t testing.TB, rates []uint64) *ffNet {
 			case privnet.Exit:
 				r := rates[exits]
 				exits++
-				return []string{
+				return append([]string{
 					fmt.Sprintf("RelayBandwidthRate %d bytes", r),
 					fmt.Sprintf("RelayBandwidthBurst %d bytes", r),
 					"CountPrivateBandwidth 1",
-				}
+				}, targetTorrc...)
 			case privnet.Middle:
 				return []string{"DirCache 0"}
 			}
@@ -416,6 +418,9 @@ func (r *ffRun) checkTeardown(t *testing.T) {
 // times (default 5), with prop 316's parameters (30 s, 160 circuits,
 // m = 2.25, r = 25%), and reports each estimate against the configured
 // rate. The goal: within 10% in at least 95% of measurements.
+// BENTO_FF_RATES (bytes/s, separated by commas) measures other limits;
+// BENTO_FF_TARGET_TORRC adds torrc lines (separated by ";") to every
+// target relay, for experiments with tor's own settings.
 func BenchmarkFlashFlowAccuracy(b *testing.B) {
 	runs := 5
 	if v := os.Getenv("BENTO_FF_RUNS"); v != "" {
@@ -426,7 +431,21 @@ func BenchmarkFlashFlowAccuracy(b *testing.B) {
 		runs = n
 	}
 	rates := []uint64{1_000_000, 2_000_000, 5_000_000, 10_000_000}
-	f := startFFNet(b, rates)
+	if v := os.Getenv("BENTO_FF_RATES"); v != "" {
+		rates = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 64)
+			if err != nil || n < 10_000 || n > 1_000_000_000 {
+				b.Fatalf("BENTO_FF_RATES=%q: want limits in bytes/s, 10000 to 1000000000, separated by commas", v)
+			}
+			rates = append(rates, n)
+		}
+	}
+	var extra []string
+	if v := os.Getenv("BENTO_FF_TARGET_TORRC"); v != "" {
+		extra = strings.Split(v, ";")
+	}
+	f := startFFNet(b, rates, extra...)
 	r := startFFRun(b, f, runs)
 	f.settle()
 	b.ResetTimer()
