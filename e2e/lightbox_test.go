@@ -3,12 +3,17 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/torbento/bento/internal/lightbox/capture"
 	"github.com/torbento/bento/internal/lightbox/tracegen"
@@ -303,4 +308,78 @@ func TestLightboxTUN(t *testing.T) {
 		t.Fatalf("tun1 received %s packets, want the 3 returned ones", got)
 	}
 	t.Logf("%s%s", gwOut.String(), mbOut.String())
+}
+
+// fragmentedDNS writes a capture of one UDP datagram to port 53 whose
+// payload, "AAAAxTuNnElxAAAA", is cut into IPv4 fragments at 8 and 16
+// bytes of the IP payload (the word "tunnel", any case, lies across the
+// second cut), sent out of order, with a later fragment overlapping the
+// second with other bytes: an IDS that does not reassemble, or keeps the
+// rewrite, misses the word.
+func fragmentedDNS(t *testing.T) string {
+	t.Helper()
+	ip := &layers.IPv4{Version: 4, TTL: 64, Id: 9, Protocol: layers.IPProtocolUDP, SrcIP: net.IPv4(10, 0, 0, 1), DstIP: net.IPv4(10, 0, 0, 9)}
+	udp := &layers.UDP{SrcPort: 5353, DstPort: 53}
+	udp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, udp, gopacket.Payload("AAAAxTuNnElxAAAA")); err != nil {
+		t.Fatal(err)
+	}
+	dgram := buf.Bytes() // the IP payload: UDP header and data, 24 bytes
+	frag := func(off int, data []byte) []byte {
+		h := *ip
+		h.FragOffset = uint16(off / 8)
+		if off+len(data) < len(dgram) {
+			h.Flags = layers.IPv4MoreFragments
+		}
+		b := gopacket.NewSerializeBuffer()
+		eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
+		if err := gopacket.SerializeLayers(b, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, &h, gopacket.Payload(data)); err != nil {
+			t.Fatal(err)
+		}
+		return b.Bytes()
+	}
+	frames := [][]byte{frag(8, dgram[8:16]), frag(8, []byte("AAAAxTuX")), frag(0, dgram[:8]), frag(16, dgram[16:])}
+	path := filepath.Join(t.TempDir(), "fragments.pcap")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	w := pcapgo.NewWriter(f)
+	w.WriteFileHeader(65535, layers.LinkTypeEthernet)
+	for i, fr := range frames {
+		if err := w.WritePacket(gopacket.CaptureInfo{Timestamp: time.Unix(1_700_000_000, int64(i)*1000), CaptureLength: len(fr), Length: len(fr)}, fr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return path
+}
+
+// TestLightboxFragments runs the IDS in the real middlebox binary on IPv4
+// fragments: the signature cut across them is found once, the rewriting
+// overlap is reported, and every fragment still crosses etap unchanged.
+func TestLightboxFragments(t *testing.T) {
+	trace := fragmentedDNS(t)
+	dir := t.TempDir()
+	rules := filepath.Join(dir, "rules")
+	os.WriteFile(rules, []byte(`alert udp any any -> any 53 (msg:"dns tunnel"; content:"tunnel"; nocase; sid:5;)`+"\n"), 0o644)
+	report, out := filepath.Join(dir, "ids.txt"), filepath.Join(dir, "returned.pcap")
+	runLightbox(t, trace, []string{"-run", "ids", "-rules", rules, "-report", report}, []string{"-out", out})
+	sameCapture(t, trace, out)
+	b, _ := os.ReadFile(report)
+	for _, want := range []string{`alert sid 5 "dns tunnel" 10.0.0.1:5353 -> 10.0.0.9:53`, "1 datagrams reassembled", "1 overlaps (1 with different bytes)", "alerts 1 gaps 0"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("the IDS report lacks %q:\n%s", want, b)
+		}
+	}
+	// Told that the host behind it keeps the last copy, the IDS sees what
+	// that host would (the rewrite: no word), and still reports the overlap.
+	runLightbox(t, trace, []string{"-run", "ids", "-rules", rules, "-report", report, "-frag-policy", "last"}, nil)
+	b, _ = os.ReadFile(report)
+	for _, want := range []string{"1 datagrams reassembled", "1 overlaps (1 with different bytes)", "alerts 0 gaps 0"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("with -frag-policy last, the IDS report lacks %q:\n%s", want, b)
+		}
+	}
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/torbento/bento/internal/lightbox"
 	"github.com/torbento/bento/internal/lightbox/capture"
+	"github.com/torbento/bento/internal/lightbox/defrag"
 	"github.com/torbento/bento/internal/lightbox/etap"
 	"github.com/torbento/bento/internal/lightbox/middlebox"
 )
@@ -69,12 +70,16 @@ func runMiddlebox(args []string) error {
 	allowed := fs.String("allow", "", "firewall: inside services reachable from outside, ADDR:PORT,...")
 	cache := fs.Int("cache", 0, "flow states kept in trusted memory (0: as many as fit in -cache-mb)")
 	cacheMB := fs.Int("cache-mb", lightbox.DefaultCacheBytes>>20, "MiB of trusted memory for cached flow states, when -cache is 0")
+	fragPolicy := fs.String("frag-policy", "first", "overlapping IPv4 fragments: first (the bytes that came first stand, as Linux) or last; IPv6 overlaps always discard the datagram (RFC 5722)")
 	fs.Parse(args)
 	psk, err := lightbox.ReadPSK(*pskFile)
 	if err != nil {
 		return err
 	}
 	pc := lightbox.ProcessorConfig{Name: *run, LinkType: layers.LinkType(*link), CacheEntries: *cache, CacheBytes: *cacheMB << 20, Report: os.Stdout}
+	if pc.FragPolicy, err = defrag.ParsePolicy(*fragPolicy); err != nil {
+		return fmt.Errorf("-frag-policy: %v", err)
+	}
 	for _, s := range splitList(*inside) {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {

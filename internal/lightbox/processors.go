@@ -8,6 +8,7 @@ import (
 
 	"github.com/gopacket/gopacket/layers"
 
+	"github.com/torbento/bento/internal/lightbox/defrag"
 	"github.com/torbento/bento/internal/lightbox/etap"
 	"github.com/torbento/bento/internal/lightbox/flowstate"
 	"github.com/torbento/bento/internal/lightbox/middlebox"
@@ -23,7 +24,8 @@ type ProcessorConfig struct {
 	IdleTimeout  time.Duration // flows idle this long expire (default 2 minutes)
 	Inside       []netip.Prefix
 	Allowed      []netip.AddrPort
-	Report       io.Writer // where the monitor writes assets and flows, and the firewall its drops
+	FragPolicy   defrag.Policy // how overlapping IPv4 fragments are resolved
+	Report       io.Writer     // where the monitor writes assets and flows, and the firewall its drops
 }
 
 // DefaultCacheBytes is the trusted memory given to cached flow states when
@@ -56,6 +58,7 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	dec.Defrag = defrag.New(defrag.Config{Policy: cfg.FragPolicy})
 	switch cfg.Name {
 	case "", "forward":
 		return Forward{}, func() error { return nil }, nil

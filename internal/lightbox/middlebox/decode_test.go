@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -184,7 +185,7 @@ func TestDecodeEncapsulations(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			d := mustDecoder(t, c.link)
 			var m Meta
-			got := d.DecodeResult(c.pkt, &m)
+			got := d.DecodeResult(c.pkt, time.Time{}, &m)
 			if got != c.want {
 				t.Fatalf("decoded as %v, want %v (meta %+v)", got, c.want, m)
 			}
@@ -232,7 +233,7 @@ func FuzzDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, link uint8, data []byte) {
 		d := mustDecoder(t, links[int(link)%len(links)])
 		var m Meta
-		switch d.DecodeResult(data, &m) {
+		switch d.DecodeResult(data, time.Time{}, &m) {
 		case Decoded:
 			if !m.Src.IsValid() || !m.Dst.IsValid() {
 				t.Fatalf("decoded without addresses: %+v", m)

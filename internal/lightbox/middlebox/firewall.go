@@ -59,8 +59,14 @@ func (f *Firewall) allowedIn(m *Meta) bool {
 // Verdict reports whether the packet passes, and why not.
 func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 	m := &f.meta
-	if r := f.dec.DecodeResult(data, m); r != Decoded {
+	if r := f.dec.DecodeResult(data, now, m); r != Decoded {
 		return false, r.String(), nil
+	}
+	if m.Reassembled {
+		// Its other fragments were held, not forwarded: the firewall
+		// does not forward fragments (a stateful firewall that did would
+		// hold them until the verdict and send them on then).
+		return false, "fragmented datagram (the firewall forwards no fragments)", nil
 	}
 	if m.Proto != 6 && m.Proto != 17 {
 		return false, fmt.Sprintf("protocol %d not allowed", m.Proto), nil

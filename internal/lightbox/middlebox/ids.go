@@ -81,7 +81,7 @@ func NewIDS(table StateTable, dec *Decoder, rules []Rule) (*IDS, error) {
 // Handle processes one packet at trusted time now.
 func (x *IDS) Handle(data []byte, now time.Time) error {
 	m := &x.meta
-	if !x.dec.Decode(data, m) {
+	if !x.dec.Decode(data, now, m) {
 		return nil
 	}
 	src, dst := netip.AddrPortFrom(m.Src, m.SrcPort), netip.AddrPortFrom(m.Dst, m.DstPort)

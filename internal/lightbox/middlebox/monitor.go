@@ -74,7 +74,7 @@ func NewMonitor(table StateTable, dec *Decoder) *Monitor {
 // Handle processes one packet at trusted time now.
 func (mo *Monitor) Handle(data []byte, now time.Time) error {
 	m := &mo.meta
-	if !mo.dec.Decode(data, m) {
+	if !mo.dec.Decode(data, now, m) {
 		return nil
 	}
 	k, reverse := m.Key()

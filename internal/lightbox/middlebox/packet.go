@@ -8,10 +8,12 @@ package middlebox
 import (
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
+	"github.com/torbento/bento/internal/lightbox/defrag"
 	"github.com/torbento/bento/internal/lightbox/flowstate"
 )
 
@@ -25,7 +27,8 @@ type Meta struct {
 	Seq, Ack         uint32
 	Window           uint16
 	Payload          []byte
-	Len              int // bytes on the wire
+	Len              int  // bytes on the wire (of a reassembled datagram: its bytes, with this packet's headers)
+	Reassembled      bool // a datagram made whole from fragments, on its last fragment
 }
 
 // TCP flag bits.
@@ -57,7 +60,7 @@ type Result uint8
 const (
 	Decoded   Result = iota // an IP packet, with its TCP or UDP header when it names one
 	NotIP                   // no IP header in it: ARP, STP, LLDP, PPP control, ...
-	Fragment                // a piece of a fragmented IP datagram (LightBox does not reassemble yet)
+	Fragment                // a piece of a fragmented IP datagram, held for reassembly (or discarded: see the reassembler's Stats)
 	Malformed               // a header cut short or out of range, at any layer
 )
 
@@ -68,18 +71,21 @@ func (r Result) String() string {
 	case NotIP:
 		return "not IP"
 	case Fragment:
-		return "IP fragment (not reassembled)"
+		return "IP fragment (held for reassembly)"
 	}
 	return "malformed or truncated header"
 }
 
-// DecodeStats counts the packets a Decoder saw, by Result.
+// DecodeStats counts the packets a Decoder saw, by Result, and what its
+// reassembler made of the fragments.
 type DecodeStats struct {
 	Decoded, NotIP, Fragments, Malformed uint64
+	Defrag                               defrag.Stats
 }
 
 func (s DecodeStats) String() string {
-	return fmt.Sprintf("decode: %d IP packets, %d not IP, %d IP fragments (not reassembled), %d malformed", s.Decoded, s.NotIP, s.Fragments, s.Malformed)
+	return fmt.Sprintf("decode: %d IP packets (%d reassembled), %d not IP, %d IP fragments held, %d malformed; %v",
+		s.Decoded, s.Defrag.Reassembled, s.NotIP, s.Fragments, s.Malformed, s.Defrag)
 }
 
 // Decoder walks a packet's headers down to its transport header, reusing
@@ -87,6 +93,12 @@ func (s DecodeStats) String() string {
 // label stacks, PPPoE sessions and LLC/SNAP; IPv4 and IPv6 with IPv6's
 // extension headers; GRE and IP-in-IP (IPv4 or IPv6 in either) are
 // decapsulated, so the middleboxes see the inner flow; then TCP or UDP.
+// IPv4 and IPv6 fragments are reassembled (package defrag, its default
+// bounds and the First overlap policy unless Defrag is replaced before
+// the first packet): each fragment but the one completing its datagram is
+// a Fragment, and that one decodes as the whole datagram, its transport
+// header and payload included. A reassembled datagram carrying a tunnel
+// (GRE, IP-in-IP) is decoded at its outer IP header only.
 type Decoder struct {
 	eth     layers.Ethernet
 	dot1q   layers.Dot1Q
@@ -107,8 +119,10 @@ type Decoder struct {
 	parser  *gopacket.DecodingLayerParser
 	parser6 *gopacket.DecodingLayerParser // raw IP whose version is 6
 	decoded []gopacket.LayerType
+	frag    defrag.Fragment
 
-	Stats DecodeStats
+	Defrag *defrag.Reassembler
+	Stats  DecodeStats
 }
 
 // SupportedLinks names the capture link types a Decoder reads.
@@ -117,7 +131,7 @@ const SupportedLinks = "Ethernet (1), raw IP (12, 14, 101, 228, 229), Linux cook
 // NewDecoder returns a decoder for captures of the given link type, or an
 // error naming the supported ones.
 func NewDecoder(link layers.LinkType) (*Decoder, error) {
-	d := &Decoder{}
+	d := &Decoder{Defrag: defrag.New(defrag.Config{})}
 	var first gopacket.LayerType
 	raw := false
 	switch link {
@@ -151,14 +165,22 @@ func NewDecoder(link layers.LinkType) (*Decoder, error) {
 	return d, nil
 }
 
-// Decode fills m from data. It reports false for packets that are not a
-// flow's (see Result); DecodeResult says which.
-func (d *Decoder) Decode(data []byte, m *Meta) bool { return d.DecodeResult(data, m) == Decoded }
+// Decode fills m from data, seen at now (the capture's time, which
+// times out fragments). It reports false for packets that are not a
+// flow's (see Result); DecodeResult says which. m's Payload may point into
+// the Decoder's own buffer: it is valid until the next call.
+func (d *Decoder) Decode(data []byte, now time.Time, m *Meta) bool {
+	return d.DecodeResult(data, now, m) == Decoded
+}
 
-// DecodeResult fills m from data and says what the packet is, counting it
-// in Stats.
-func (d *Decoder) DecodeResult(data []byte, m *Meta) Result {
+// DecodeResult fills m from data, seen at now, and says what the packet
+// is, counting it in Stats.
+func (d *Decoder) DecodeResult(data []byte, now time.Time, m *Meta) Result {
 	r := d.decode(data, m)
+	if r == Fragment {
+		r = d.reassemble(data, now, m)
+		d.Stats.Defrag = d.Defrag.Stats
+	}
 	switch r {
 	case Decoded:
 		d.Stats.Decoded++
@@ -190,6 +212,12 @@ func (d *Decoder) decode(data []byte, m *Meta) Result {
 			m.Dst, _ = netip.AddrFromSlice(d.ip4.DstIP.To4())
 			m.Proto, m.TTL = uint8(d.ip4.Protocol), d.ip4.TTL
 			frag = d.ip4.Flags&layers.IPv4MoreFragments != 0 || d.ip4.FragOffset != 0
+			if frag {
+				d.frag = defrag.Fragment{
+					Key:    defrag.Key{Src: m.Src, Dst: m.Dst, ID: uint32(d.ip4.Id), Proto: m.Proto},
+					Offset: int(d.ip4.FragOffset) * 8, More: d.ip4.Flags&layers.IPv4MoreFragments != 0, Data: d.ip4.Payload,
+				}
+			}
 		case layers.LayerTypeIPv6:
 			isIP, transport, frag = true, false, false
 			m.Src, _ = netip.AddrFromSlice(d.ip6.SrcIP)
@@ -203,34 +231,21 @@ func (d *Decoder) decode(data []byte, m *Meta) Result {
 			for i := range d.ext {
 				if e := &d.ext[i]; e.kind.LayerType() == t {
 					m.Proto = uint8(e.proto)
-					frag = frag || e.fragment
+					if e.fragment && !frag {
+						frag = true
+						d.frag = defrag.Fragment{
+							Key:  defrag.Key{Src: m.Src, Dst: m.Dst, ID: e.fragID},
+							IPv6: true, Offset: e.fragOff, More: e.fragMore, Data: e.payload,
+						}
+					}
 				}
 			}
 		case layers.LayerTypeTCP:
-			t := &d.tcp
 			transport = true
-			m.SrcPort, m.DstPort, m.Seq, m.Ack, m.Window = uint16(t.SrcPort), uint16(t.DstPort), t.Seq, t.Ack, t.Window
-			m.Proto = 6
-			if t.FIN {
-				m.Flags |= FIN
-			}
-			if t.SYN {
-				m.Flags |= SYN
-			}
-			if t.RST {
-				m.Flags |= RST
-			}
-			if t.PSH {
-				m.Flags |= PSH
-			}
-			if t.ACK {
-				m.Flags |= ACK
-			}
-			m.Payload = t.Payload
+			d.fillTCP(m)
 		case layers.LayerTypeUDP:
 			transport = true
-			m.SrcPort, m.DstPort, m.Proto = uint16(d.udp.SrcPort), uint16(d.udp.DstPort), 17
-			m.Payload = d.udp.Payload
+			d.fillUDP(m)
 		}
 	}
 	switch {
@@ -244,6 +259,69 @@ func (d *Decoder) decode(data []byte, m *Meta) Result {
 		return Malformed
 	case (m.Proto == 6 || m.Proto == 17) && !transport:
 		return Malformed // the IP header names a transport whose header is not there
+	}
+	return Decoded
+}
+
+// fillTCP copies the TCP layer into m.
+func (d *Decoder) fillTCP(m *Meta) {
+	t := &d.tcp
+	m.SrcPort, m.DstPort, m.Seq, m.Ack, m.Window = uint16(t.SrcPort), uint16(t.DstPort), t.Seq, t.Ack, t.Window
+	m.Proto = 6
+	if t.FIN {
+		m.Flags |= FIN
+	}
+	if t.SYN {
+		m.Flags |= SYN
+	}
+	if t.RST {
+		m.Flags |= RST
+	}
+	if t.PSH {
+		m.Flags |= PSH
+	}
+	if t.ACK {
+		m.Flags |= ACK
+	}
+	m.Payload = t.Payload
+}
+
+// fillUDP copies the UDP layer into m.
+func (d *Decoder) fillUDP(m *Meta) {
+	m.SrcPort, m.DstPort, m.Proto = uint16(d.udp.SrcPort), uint16(d.udp.DstPort), 17
+	m.Payload = d.udp.Payload
+}
+
+// reassemble gives the fragment decode found to the reassembler; on the
+// fragment that completes its datagram, m becomes the whole datagram.
+func (d *Decoder) reassemble(data []byte, now time.Time, m *Meta) Result {
+	f := &d.frag
+	if !m.Src.IsValid() || !m.Dst.IsValid() {
+		return Malformed
+	}
+	out, dg, _ := d.Defrag.Add(f, now)
+	if out != defrag.Complete {
+		return Fragment
+	}
+	proto := m.Proto
+	if f.IPv6 {
+		proto = uint8(d.ext[2].proto) // the fragment header's next header
+	}
+	*m = Meta{Src: m.Src, Dst: m.Dst, TTL: m.TTL, Proto: proto, Reassembled: true,
+		Len: len(data) - len(f.Data) + len(dg)}
+	switch proto {
+	case 6:
+		if d.tcp.DecodeFromBytes(dg, gopacket.NilDecodeFeedback) != nil {
+			return Malformed
+		}
+		d.fillTCP(m)
+	case 17:
+		if d.udp.DecodeFromBytes(dg, gopacket.NilDecodeFeedback) != nil {
+			return Malformed
+		}
+		d.fillUDP(m)
+	default:
+		m.Payload = dg
 	}
 	return Decoded
 }

@@ -103,6 +103,9 @@ type ip6ExtLayer struct {
 	kind     layers.IPProtocol // which header this layer decodes
 	proto    layers.IPProtocol // the header after it
 	fragment bool              // a fragment header of a real fragment
+	fragID   uint32            // ... its identification
+	fragOff  int               // ... its offset in bytes
+	fragMore bool              // ... and whether more fragments follow
 	payload  []byte
 }
 
@@ -118,6 +121,7 @@ func (l *ip6ExtLayer) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) e
 		n = 8
 		off, more := binary.BigEndian.Uint16(data[2:4])>>3, data[3]&1 == 1
 		l.fragment = off != 0 || more
+		l.fragID, l.fragOff, l.fragMore = binary.BigEndian.Uint32(data[4:8]), int(off)*8, more
 	case layers.IPProtocolAH:
 		n = (int(data[1]) + 2) * 4
 	default:
