@@ -1,6 +1,7 @@
 package middlebox
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"time"
@@ -15,13 +16,23 @@ const (
 	fwSynSent     // the client's SYN passed
 	fwSynReceived // the server answered SYN-ACK
 	fwEstablished
-	fwClosing // one side sent FIN
+	fwClosing  // one side sent FIN
+	fwTimeWait // both sent FIN and the last ACK passed: the connection lingers
 )
 
 // Firewall is a stateful firewall: hosts inside may open connections out;
 // from outside, only new connections to the listed services are let in;
 // everything else that belongs to no connection is dropped. TCP follows
-// the handshake and teardown; UDP flows are kept until they expire.
+// the handshake and teardown as real stacks see them: retransmitted SYNs
+// and SYN-ACKs pass, and a closed connection lingers (TIME_WAIT, until the
+// state table expires it, 2 minutes by default as Linux's conntrack) so
+// that a retransmitted FIN or last ACK, or data sent before the FIN again,
+// still passes, and a new SYN on the same ports opens a new connection;
+// data past a side's FIN is dropped. UDP flows are kept until they expire.
+//
+// State (FirewallStateSize bytes): [0] the connection's state, [1] which
+// endpoint of the key opened it, [2] which sides sent FIN (1 the opener,
+// 2 the other), [4:8] and [8:12] the sequence number of each side's FIN.
 type Firewall struct {
 	Table   StateTable
 	Inside  []netip.Prefix
@@ -101,37 +112,56 @@ func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 		return true, "", nil
 	}
 	fromClient := (st[1] == 1) != reverse
+	side, finAt := byte(2), 8 // the bit and the FIN sequence of the sender's side
+	if fromClient {
+		side, finAt = 1, 4
+	}
 	switch {
 	case m.Flags&RST != 0:
 		f.Table.Remove(k)
 		return true, "", nil
+	case st[0] == fwTimeWait && m.Flags&(SYN|ACK) == SYN:
+		// The ports used again: a new connection, opened by this side.
+		clear(st)
+		st[0], st[1] = fwSynSent, 1
+		if reverse {
+			st[1] = 2
+		}
 	case st[0] == fwSynSent && !fromClient && m.Flags&(SYN|ACK) == SYN|ACK:
 		st[0] = fwSynReceived
-	case st[0] == fwSynSent && fromClient && m.Flags&SYN != 0:
+	case (st[0] == fwSynSent || st[0] == fwSynReceived) && fromClient && m.Flags&(SYN|ACK) == SYN:
 		// a retransmitted SYN
+	case st[0] == fwSynReceived && !fromClient && m.Flags&(SYN|ACK) == SYN|ACK:
+		// a retransmitted SYN-ACK
 	case st[0] == fwSynReceived && fromClient && m.Flags&ACK != 0 && m.Flags&SYN == 0:
 		st[0] = fwEstablished
 		if m.Flags&FIN != 0 {
 			st[0] = fwClosing
 			st[2] |= 1
+			binary.BigEndian.PutUint32(st[4:], m.Seq+uint32(len(m.Payload)))
 		}
 	case st[0] >= fwEstablished && m.Flags&SYN == 0:
-		if m.Flags&FIN != 0 {
-			st[0] = fwClosing
-			if fromClient {
-				st[2] |= 1
-			} else {
-				st[2] |= 2
+		if st[2]&side != 0 && len(m.Payload) > 0 && seqAfter(m.Seq+uint32(len(m.Payload)), binary.BigEndian.Uint32(st[finAt:])) {
+			return false, "data after its sender's FIN", nil
+		}
+		if m.Flags&FIN != 0 && st[2]&side == 0 {
+			st[2] |= side
+			binary.BigEndian.PutUint32(st[finAt:], m.Seq+uint32(len(m.Payload)))
+			if st[0] < fwClosing {
+				st[0] = fwClosing
 			}
 		}
 		if st[0] == fwClosing && st[2] == 3 && m.Flags&ACK != 0 && m.Flags&FIN == 0 {
-			f.Table.Remove(k) // the last ACK of the teardown
+			st[0] = fwTimeWait // the last ACK of the teardown
 		}
 	default:
 		return false, "out of state", nil
 	}
 	return true, "", nil
 }
+
+// seqAfter reports whether sequence number a lies after b (RFC 1982).
+func seqAfter(a, b uint32) bool { return int32(a-b) > 0 }
 
 // Handle decides one packet, counting and logging drops.
 func (f *Firewall) Handle(data []byte, now time.Time) (bool, error) {

@@ -118,8 +118,11 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 	if m.Flags&FIN != 0 {
 		d[dFlags] |= fFin
 	}
-	o := st[8+(1-side)*dirSize:]
-	if m.Flags&RST != 0 || (d[dFlags]&fFin != 0 && o[dFlags]&fFin != 0) {
+	// A connection ends on RST. After both FINs it lingers (as TIME_WAIT,
+	// until the state table expires it) so that data retransmitted late
+	// is recognised as delivered, not scanned again; a new SYN on its
+	// ports starts its streams afresh.
+	if m.Flags&RST != 0 {
 		x.Table.Remove(k)
 	}
 	return nil

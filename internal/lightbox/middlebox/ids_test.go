@@ -98,3 +98,46 @@ func FuzzParseRules(f *testing.F) {
 		}
 	})
 }
+
+// TestIDSScansOnceAfterClose: data retransmitted after both FINs (and the
+// last ACK) is recognised as delivered, not scanned again; a new
+// connection on the same ports is scanned afresh.
+func TestIDSScansOnceAfterClose(t *testing.T) {
+	c, s := "10.0.0.1", "10.0.0.2"
+	capture := [][]byte{
+		seg(c, 40000, s, 80, SYN, 1000, ""),
+		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
+		seg(c, 40000, s, 80, FIN|ACK, 1012, ""),
+		seg(s, 80, c, 40000, FIN|ACK, 5001, ""),
+		seg(c, 40000, s, 80, ACK, 1013, ""),
+		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"), // late, again
+		seg(c, 40000, s, 80, SYN, 9000, ""),                 // the ports again
+		seg(s, 80, c, 40000, SYN|ACK, 7000, ""),
+		seg(c, 40000, s, 80, ACK|PSH, 9001, "GET /attack"),
+		seg(c, 40000, s, 80, RST, 9012, ""),
+	}
+	for name, table := range tables(t, IDSStateSize) {
+		t.Run(name, func(t *testing.T) {
+			x, err := NewIDS(table, mustDecoder(t, layers.LinkTypeEthernet), loadRules(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, fr := range capture {
+				if err := x.Handle(fr, time.Unix(100, int64(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var got []string
+			for _, a := range x.Alerts {
+				got = append(got, a.String())
+			}
+			if len(got) != 2 || !strings.Contains(got[0], "sid 1001") || !strings.Contains(got[1], "sid 1001") {
+				t.Fatalf("alerts %q; want sid 1001 twice (once per connection)", got)
+			}
+			if table.Len() != 0 {
+				t.Errorf("%d flows left after RST", table.Len())
+			}
+		})
+	}
+}

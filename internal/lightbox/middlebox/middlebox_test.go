@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -72,6 +73,8 @@ func monitorCapture() [][]byte {
 		frame(c, 40000, s, 22, "tcp", ACK|PSH, 64, "SSH-2.0-client\r\n"),
 		frame(c, 40000, s, 22, "tcp", FIN|ACK, 64, ""),
 		frame(s, 22, c, 40000, "tcp", FIN|ACK, 64, ""),
+		frame(c, 40000, s, 22, "tcp", ACK, 64, ""),     // the last ACK: the same flow
+		frame(s, 22, c, 40000, "tcp", FIN|ACK, 64, ""), // the FIN again: the same flow
 		frame("10.0.0.3", 50000, s, 80, "tcp", SYN, 128, ""),
 		frame(s, 80, "10.0.0.3", 50000, "tcp", SYN|ACK, 64, ""),
 		frame("10.0.0.3", 50000, s, 80, "tcp", ACK|PSH, 128, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
@@ -102,6 +105,23 @@ func firewallCapture() [][]byte {
 		frame("8.8.4.4", 53, in, 5353, "udp", 0, 64, "spoof"),
 		frame("198.51.100.7", 6003, "10.0.0.2", 22, "tcp", ACK, 64, ""),
 		frame(in, 40002, out, 443, "tcp", ACK, 64, ""),
+		// Retransmissions around a handshake and a teardown, then the
+		// ports used again: all pass.
+		seg(in, 40003, out, 443, SYN, 100, ""),
+		seg(out, 443, in, 40003, SYN|ACK, 900, ""),
+		seg(in, 40003, out, 443, SYN, 100, ""),
+		seg(out, 443, in, 40003, SYN|ACK, 900, ""),
+		seg(in, 40003, out, 443, ACK, 101, ""),
+		seg(in, 40003, out, 443, ACK|PSH, 101, "hello"),
+		seg(in, 40003, out, 443, FIN|ACK, 106, ""),
+		seg(out, 443, in, 40003, FIN|ACK, 901, ""),
+		seg(in, 40003, out, 443, ACK, 107, ""),
+		seg(in, 40003, out, 443, ACK|PSH, 101, "hello"), // data sent before the FIN, again
+		seg(in, 40003, out, 443, ACK, 107, ""),          // the last ACK, again
+		seg(out, 443, in, 40003, FIN|ACK, 901, ""),      // the server's FIN, again
+		seg(out, 443, in, 40003, ACK|PSH, 902, "late"),  // past the server's FIN: dropped
+		seg(in, 40003, out, 443, SYN, 5000, ""),
+		seg(out, 443, in, 40003, SYN|ACK, 7000, ""),
 	}
 }
 
@@ -157,9 +177,12 @@ func TestMonitor(t *testing.T) {
 				got = append(got, a.String())
 			}
 			got = append(got, "flows:")
+			var flows []string // recorded as they end or expire: sorted
 			for _, r := range mo.Records {
-				got = append(got, r.String())
+				flows = append(flows, r.String())
 			}
+			sort.Strings(flows)
+			got = append(got, flows...)
 			if g := strings.Join(got, "\n"); g != want {
 				t.Errorf("got:\n%s\nwant:\n%s", g, want)
 			}

@@ -31,6 +31,7 @@ const (
 	mBannerLen = 53 // u8
 	mBanner    = 54 // [64]byte: first bytes the server sent
 	bannerMax  = 64
+	mClosed    = mBanner + bannerMax // u8: 1 once both sides sent FIN
 )
 
 // Asset is something the monitor learned about a host.
@@ -83,6 +84,12 @@ func (mo *Monitor) Handle(data []byte, now time.Time) error {
 		return err
 	}
 	ns := uint64(now.UnixNano())
+	if !created && st[mClosed] == 1 && m.Proto == 6 && m.Flags&(SYN|ACK) == SYN {
+		// A closed connection's ports used again: the old one is over.
+		mo.finish(k, st)
+		clear(st)
+		created = true
+	}
 	if created {
 		st[mProto] = m.Proto
 		binary.BigEndian.PutUint64(st[mFirst:], ns)
@@ -124,10 +131,17 @@ func (mo *Monitor) Handle(data []byte, now time.Time) error {
 			}
 		}
 	}
-	// A TCP flow ends when both sides sent FIN, or on RST.
-	if m.Proto == 6 && (st[mFlagsA]&st[mFlagsB]&FIN != 0 || m.Flags&RST != 0) {
+	// A TCP flow ends on RST, at once; once both sides sent FIN it
+	// lingers (as TIME_WAIT), so the last ACK and late retransmissions
+	// count in it rather than start a flow of their own, and it is
+	// recorded when the state table expires it (or a new SYN reuses its
+	// ports).
+	switch {
+	case m.Proto == 6 && m.Flags&RST != 0:
 		mo.finish(k, st)
 		mo.Table.Remove(k)
+	case m.Proto == 6 && st[mFlagsA]&st[mFlagsB]&FIN != 0:
+		st[mClosed] = 1
 	}
 	return nil
 }

@@ -88,9 +88,10 @@ type Trace struct {
 	PeakFlows int
 	// Unsolicited counts the packets that are not TCP or UDP over IP, or
 	// belong to no connection opened from inside (a TCP SYN or a first
-	// UDP datagram from 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16), or
-	// come after their connection closed: what a stateful firewall with
-	// those networks inside and no service open to the outside drops.
+	// UDP datagram from 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16):
+	// what a stateful firewall with those networks inside and no service
+	// open to the outside drops. (A retransmission after a connection
+	// closed is not: the connection lingers, as in a real stack.)
 	Unsolicited int
 	// HTTPMessages counts the HTTP requests and responses; each holds
 	// "HTTP/1." once (in its request or status line) and no body holds it.
