@@ -112,7 +112,7 @@ func TestIDSScansOnceAfterClose(t *testing.T) {
 		seg(s, 80, c, 40000, FIN|ACK, 5001, ""),
 		seg(c, 40000, s, 80, ACK, 1013, ""),
 		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"), // late, again
-		seg(c, 40000, s, 80, SYN, 9000, ""),                 // the ports again
+		seg(c, 40000, s, 80, SYN, 9000, ""),                // the ports again
 		seg(s, 80, c, 40000, SYN|ACK, 7000, ""),
 		seg(c, 40000, s, 80, ACK|PSH, 9001, "GET /attack"),
 		seg(c, 40000, s, 80, RST, 9012, ""),
