@@ -33,8 +33,12 @@ const (
 	fGap   = 2
 	fFin   = 4
 
-	// IDSStateSize is the IDS's per-flow state (LightBox's is ~5.5 KB).
+	// IDSStateSize is the IDS's per-flow state (LightBox's is ~5.5 KB):
+	// the connection's 8 bytes, then each direction's.
 	IDSStateSize = 8 + 2*dirSize
+
+	iOpener = 0 // u8: 1 the key's first endpoint sent the SYN, 2 the second, 0 not seen
+	iShake  = 1 // u8: bit 0 the SYN seen, bit 1 the SYN-ACK
 )
 
 // Alert is a rule that matched a flow's reassembled data.
@@ -63,6 +67,7 @@ type IDS struct {
 	ac     *matcher
 	meta   Meta
 	win    []byte
+	fl     uint8 // what the current packet's data is, for flow: (flowTo*, flowEstablished)
 }
 
 // NewIDS compiles the rules.
@@ -85,6 +90,7 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 		return nil
 	}
 	src, dst := netip.AddrPortFrom(m.Src, m.SrcPort), netip.AddrPortFrom(m.Dst, m.DstPort)
+	x.fl = 0
 	switch m.Proto {
 	case 17:
 		var scratch [dirSize]byte
@@ -105,6 +111,22 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 	}
 	d := st[8+side*dirSize : 8+(side+1)*dirSize]
 	seq := m.Seq
+	switch {
+	case m.Flags&(SYN|ACK) == SYN:
+		// A connection opens (or opens again): this side is its client.
+		st[iOpener], st[iShake] = byte(side+1), 1
+	case m.Flags&(SYN|ACK) == SYN|ACK && st[iOpener] == byte(2-side):
+		st[iShake] |= 2
+	}
+	if st[iOpener] != 0 {
+		x.fl = flowToClient
+		if st[iOpener] == byte(side+1) {
+			x.fl = flowToServer
+		}
+		if st[iShake] == 3 {
+			x.fl |= flowEstablished
+		}
+	}
 	if m.Flags&SYN != 0 {
 		x.reset(d, seq+1)
 		seq++
@@ -212,7 +234,7 @@ func (x *IDS) deliver(d []byte, p []byte, proto uint8, src, dst netip.AddrPort) 
 		s = x.ac.next[s][lower(c)]
 		for _, ri := range x.ac.out[s] {
 			r := &x.Rules[ri]
-			if !r.matchesFlow(proto, src, dst) {
+			if !r.matchesFlow(proto, src, dst, x.fl) {
 				continue
 			}
 			if !r.NoCase && !x.exact(d[dTail:dTail+tl], p[:i+1], r.Content) {

@@ -60,15 +60,21 @@ func TestIDS(t *testing.T) {
 
 func TestParseRulesErrors(t *testing.T) {
 	tests := map[string]string{
-		`alert tcp any any -> any 80 (msg:"x"; sid:1;)`:                  "needs content",
-		`alert icmp any any -> any any (content:"x"; sid:1;)`:            "protocol",
-		`alert tcp any any => any 80 (content:"x"; sid:1;)`:              "direction",
-		`alert tcp any any -> any 80 (content:"x"; content:"y"; sid:1;)`: "more than one content",
-		`alert tcp any any -> any 80 (content:"|zz|"; sid:1;)`:           "bad hex",
-		`alert tcp any any -> any 80 (content:"x"; pcre:"/x/"; sid:1;)`:  "not supported",
-		`alert tcp 10.0.0.300 any -> any 80 (content:"x"; sid:1;)`:       "address",
-		`drop tcp any any -> any 80 (content:"x"; sid:1;)`:               "header",
-		`alert tcp any any -> any 80 content:"x"; sid:1;`:                "parentheses",
+		`alert tcp any any -> any 80 (msg:"x"; sid:1;)`:                                 "needs content",
+		`alert icmp any any -> any any (content:"x"; sid:1;)`:                           "protocol",
+		`alert tcp any any => any 80 (content:"x"; sid:1;)`:                             "direction",
+		`alert tcp any any -> any 80 (content:"x"; content:"y"; sid:1;)`:                "more than one content",
+		`alert tcp any any -> any 80 (content:"|zz|"; sid:1;)`:                          "bad hex",
+		`alert tcp any any -> any 80 (content:"x"; pcre:"/x/"; sid:1;)`:                 "not supported",
+		`alert tcp 10.0.0.300 any -> any 80 (content:"x"; sid:1;)`:                      "address",
+		`drop tcp any any -> any 80 (content:"x"; sid:1;)`:                              "header",
+		`alert tcp any any -> any 80 content:"x"; sid:1;`:                               "parentheses",
+		`alert udp any any -> any 53 (content:"x"; flow:to_server; sid:1;)`:             "tcp rules only",
+		`alert tcp any any -> any 80 (content:"x"; flow:to_server,to_client; sid:1;)`:   "both directions",
+		`alert tcp any any -> any 80 (content:"x"; flow:no_stream; sid:1;)`:             "not supported",
+		`alert tcp any any -> any 80 (content:"x"; flow:not_established; sid:1;)`:       "not supported",
+		`alert tcp any any -> any 80 (content:"x"; flow:established,stateless; sid:1;)`: "both stateless and established",
+		`alert tcp any any -> any 80 (content:"x"; flow:to_serverr; sid:1;)`:            "flow keyword",
 	}
 	for in, want := range tests {
 		_, err := ParseRules(strings.NewReader(in))
@@ -137,6 +143,51 @@ func TestIDSScansOnceAfterClose(t *testing.T) {
 			}
 			if table.Len() != 0 {
 				t.Errorf("%d flows left after RST", table.Len())
+			}
+		})
+	}
+}
+
+// TestIDSFlowOption: flow: is enforced, not ignored: a to_server rule
+// fires on the client's data only, a to_client rule on the server's,
+// established only after the handshake, and a connection picked up in
+// the middle (no SYN seen) matches no rule with a direction.
+func TestIDSFlowOption(t *testing.T) {
+	rules, err := ParseRules(strings.NewReader(`alert tcp any any <> any any (msg:"to server"; content:"ping"; flow:to_server,established; sid:1;)
+alert tcp any any <> any any (msg:"to client"; content:"pong"; flow:from_server; sid:2;)
+alert tcp any any <> any any (msg:"any way"; content:"both"; flow:only_stream; sid:3;)
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, s := "10.0.0.1", "10.0.0.2"
+	capture := [][]byte{
+		seg(c, 40000, s, 80, SYN, 1000, ""),
+		seg(c, 40000, s, 80, ACK|PSH, 1001, "pong ping"), // before the SYN-ACK: not established; not the server's
+		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+		seg(c, 40000, s, 80, ACK|PSH, 1010, "ping pong both"), // sid 1 and 3
+		seg(s, 80, c, 40000, ACK|PSH, 5001, "ping pong both"), // sid 2 and 3
+		// Picked up in the middle: no direction known.
+		seg("10.0.0.5", 41000, s, 80, ACK|PSH, 3000, "ping pong both"), // sid 3 only
+	}
+	for name, table := range tables(t, IDSStateSize) {
+		t.Run(name, func(t *testing.T) {
+			x, err := NewIDS(table, mustDecoder(t, layers.LinkTypeEthernet), rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, fr := range capture {
+				if err := x.Handle(fr, time.Unix(100, int64(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var got []string
+			for _, a := range x.Alerts {
+				got = append(got, fmt.Sprintf("%d %s", a.SID, a.Src))
+			}
+			want := "1 10.0.0.1:40000,3 10.0.0.1:40000,2 10.0.0.2:80,3 10.0.0.2:80,3 10.0.0.5:41000"
+			if strings.Join(got, ",") != want {
+				t.Fatalf("alerts %s, want %s", strings.Join(got, ","), want)
 			}
 		})
 	}

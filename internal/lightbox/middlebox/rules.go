@@ -18,6 +18,13 @@ import (
 // a port; "->" matches traffic from SRC to DST, "<>" either way. content
 // may hold |hex bytes|; nocase makes it case-insensitive. A rule has one
 // content, at most 64 bytes, matched anywhere in the reassembled stream.
+// flow (tcp rules only) is enforced: to_server or from_client (data from
+// the side that sent the connection's SYN), to_client or from_server,
+// established (the SYN and the SYN-ACK were seen), and only_stream and
+// stateless, which every match already is; a connection picked up in the
+// middle has no known client and matches no rule with a direction.
+// Options the IDS cannot enforce are refused, never ignored; rev,
+// classtype, priority and reference are metadata.
 type Rule struct {
 	SID          int
 	Msg          string
@@ -27,7 +34,16 @@ type Rule struct {
 	Both         bool
 	Content      []byte
 	NoCase       bool
+	FlowTo       uint8 // 0 either way, flowToServer or flowToClient
+	Established  bool  // only once the handshake was seen
 }
+
+// What a packet's data is, for flow: bits of the IDS's current packet.
+const (
+	flowToServer    = 1
+	flowToClient    = 2
+	flowEstablished = 4
+)
 
 // MaxContent bounds a rule's content.
 const MaxContent = 64
@@ -110,8 +126,15 @@ func parseRule(line string) (Rule, error) {
 			if r.SID, err = strconv.Atoi(val); err != nil || r.SID <= 0 {
 				return Rule{}, fmt.Errorf("sid %q: want a positive number", val)
 			}
-		case "rev", "classtype", "priority", "reference", "flow":
-			// accepted and ignored
+		case "flow":
+			if r.Proto != 6 {
+				return Rule{}, fmt.Errorf("flow:%s on a udp rule: the IDS keeps no state for UDP, so flow is supported on tcp rules only", val)
+			}
+			if err := r.parseFlow(val); err != nil {
+				return Rule{}, err
+			}
+		case "rev", "classtype", "priority", "reference":
+			// metadata
 		default:
 			return Rule{}, fmt.Errorf("option %q is not supported", name)
 		}
@@ -123,6 +146,38 @@ func parseRule(line string) (Rule, error) {
 		return Rule{}, fmt.Errorf("content of %d bytes exceeds %d", len(r.Content), MaxContent)
 	}
 	return r, nil
+}
+
+// parseFlow reads flow's comma-separated keywords.
+func (r *Rule) parseFlow(val string) error {
+	stateless := false
+	for _, kw := range strings.Split(val, ",") {
+		switch kw = strings.TrimSpace(kw); kw {
+		case "to_server", "from_client", "to_client", "from_server":
+			to := uint8(flowToServer)
+			if kw == "to_client" || kw == "from_server" {
+				to = flowToClient
+			}
+			if r.FlowTo != 0 && r.FlowTo != to {
+				return fmt.Errorf("flow:%s names both directions", val)
+			}
+			r.FlowTo = to
+		case "established":
+			r.Established = true
+		case "stateless":
+			stateless = true
+		case "only_stream":
+			// every match is on the reassembled stream
+		case "no_stream", "not_established":
+			return fmt.Errorf("flow:%s is not supported: the IDS matches reassembled streams of connections it saw open", kw)
+		default:
+			return fmt.Errorf("flow keyword %q: want to_server, from_client, to_client, from_server, established, stateless or only_stream", kw)
+		}
+	}
+	if stateless && r.Established {
+		return fmt.Errorf("flow:%s is both stateless and established", val)
+	}
+	return nil
 }
 
 // splitOptions splits on ';' outside quotes.
@@ -210,8 +265,8 @@ func parsePortSpec(s string) (int, error) {
 
 // matchesFlow reports whether the rule applies to data flowing from src
 // to dst.
-func (r *Rule) matchesFlow(proto uint8, src, dst netip.AddrPort) bool {
-	if r.Proto != proto {
+func (r *Rule) matchesFlow(proto uint8, src, dst netip.AddrPort, fl uint8) bool {
+	if r.Proto != proto || (r.FlowTo != 0 && fl&r.FlowTo == 0) || (r.Established && fl&flowEstablished == 0) {
 		return false
 	}
 	one := func(a, b netip.AddrPort) bool {
