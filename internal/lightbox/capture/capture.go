@@ -63,13 +63,25 @@ func Read(r io.Reader) (*Capture, error) {
 	c := &Capture{}
 	var next func() ([]byte, time.Time, int, error)
 	if string(magic) == "\x0a\x0d\x0d\x0a" {
-		ng, err := pcapgo.NewNgReader(br, pcapgo.DefaultNgReaderOptions)
+		// Every packet's own link type: a capture whose interfaces differ
+		// is refused, where libpcap's way would skip the other
+		// interfaces' packets without a word.
+		ng, err := pcapgo.NewNgReader(br, pcapgo.NgReaderOptions{WantMixedLinkType: true})
 		if err != nil {
 			return nil, fmt.Errorf("pcapng: %w", err)
 		}
 		c.LinkType = ng.LinkType()
 		next = func() ([]byte, time.Time, int, error) {
 			d, ci, err := ng.ReadPacketData()
+			if n, ierr := ng.Interface(0); ierr == nil {
+				c.LinkType = n.LinkType // the first interface's: its description precedes any packet
+			}
+			if err == nil && len(ci.AncillaryData) > 0 {
+				if lt, ok := ci.AncillaryData[0].(layers.LinkType); ok && lt != c.LinkType {
+					return nil, time.Time{}, 0, fmt.Errorf("pcapng: its interface %d is link type %d (%s), its first interface's %d (%s): LightBox carries one link type per capture; split it by interface (for example tshark -r FILE -Y 'frame.interface_id == %d' -w OUT)",
+						ci.InterfaceIndex, int(lt), lt, int(c.LinkType), c.LinkType, ci.InterfaceIndex)
+				}
+			}
 			return d, ci.Timestamp, ci.Length, err
 		}
 	} else {

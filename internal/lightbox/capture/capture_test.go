@@ -6,8 +6,13 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/torbento/bento/internal/lightbox/etap"
 	"github.com/torbento/bento/internal/lightbox/tracegen"
@@ -120,6 +125,44 @@ func TestBadInput(t *testing.T) {
 	for _, in := range []string{"", "xy", "not a capture at all"} {
 		if _, err := Read(bytes.NewReader([]byte(in))); err == nil {
 			t.Errorf("Read(%q) accepted garbage", in)
+		}
+	}
+}
+
+// TestMixedLinkTypes: a pcapng whose interfaces have different link types
+// is refused, naming the interface and what to do, not read with the
+// second interface's packets silently dropped; one whose interfaces agree
+// is read whole.
+func TestMixedLinkTypes(t *testing.T) {
+	for _, second := range []layers.LinkType{layers.LinkTypeRaw, layers.LinkTypeEthernet} {
+		var buf bytes.Buffer
+		w, err := pcapgo.NewNgWriter(&buf, layers.LinkTypeEthernet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		intf := pcapgo.DefaultNgInterface
+		intf.LinkType = second
+		id, err := w.AddInterface(intf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 4 {
+			data := make([]byte, 60)
+			ci := gopacket.CaptureInfo{Timestamp: time.Unix(1, int64(i)), CaptureLength: 60, Length: 60, InterfaceIndex: i % 2 * id}
+			if err := w.WritePacket(ci, data); err != nil {
+				t.Fatal(err)
+			}
+		}
+		w.Flush()
+		c, err := Read(&buf)
+		if second == layers.LinkTypeEthernet {
+			if err != nil || len(c.Packets) != 4 {
+				t.Fatalf("one link type on two interfaces: %v", err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), "interface 1 is link type 101") || !strings.Contains(err.Error(), "split it by interface") {
+			t.Fatalf("mixed link types: %v", err)
 		}
 	}
 }
