@@ -383,3 +383,40 @@ func TestLightboxFragments(t *testing.T) {
 		}
 	}
 }
+
+// TestLightboxLinkTypeTold: the gateway tells the middlebox its capture's
+// link type, so a raw-IP capture (a TUN's) is decoded without -linktype:
+// every flow is reported, none is lost as "not IP"; and a -linktype that
+// contradicts the gateway is refused with what to do.
+func TestLightboxLinkTypeTold(t *testing.T) {
+	raw := testutil.Capture(t, tracegen.RawIP)
+	report := filepath.Join(t.TempDir(), "monitor.txt")
+	runLightbox(t, raw.Path, []string{"-run", "monitor", "-report", report}, nil)
+	b, _ := os.ReadFile(report)
+	if flows := strings.Count(string(b), "\nflow "); raw.Flows == 0 || flows != raw.Flows || !strings.Contains(string(b), " 0 not IP, ") {
+		t.Fatalf("monitor on %s without -linktype: %d flows, want %d:\n%s", raw.Name, flows, raw.Flows, b)
+	}
+
+	bin := filepath.Join(testutil.Binaries(t), "lightbox")
+	dir := t.TempDir()
+	psk := filepath.Join(dir, "psk")
+	os.WriteFile(psk, []byte("a pre-shared key for this test only"), 0o600)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	mb := exec.Command(bin, "middlebox", "-listen", addr, "-psk", psk, "-run", "monitor", "-linktype", "1", "-report", filepath.Join(dir, "r.txt"))
+	var mbOut bytes.Buffer
+	mb.Stderr = &mbOut
+	if err := mb.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer mb.Process.Kill()
+	for i := 0; i < 100; i++ {
+		gw := exec.Command(bin, "gateway", "-connect", addr, "-psk", psk, "-in", raw.Path)
+		if out, err := gw.CombinedOutput(); err == nil || !strings.Contains(string(out), "connection refused") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := mb.Wait(); err == nil || !strings.Contains(mbOut.String(), "-linktype 1, but the gateway's packets are link type 101") {
+		t.Fatalf("a middlebox told -linktype 1 for a raw-IP capture: %v\n%s", err, mbOut.String())
+	}
+}

@@ -62,7 +62,7 @@ func runMiddlebox(args []string) error {
 	pskFile := fs.String("psk", "", "pre-shared key file")
 	model := fs.String("model", lightbox.Bounce, "bounce (return packets to the gateway) or direct (send them on)")
 	out := fs.String("out", "", "direct model: capture file to write processed packets to")
-	link := fs.Int("linktype", int(layers.LinkTypeEthernet), "link type of the packets: "+middlebox.SupportedLinks)
+	link := fs.Int("linktype", 0, "link type of the packets (0: the one the gateway tells, Ethernet if it does not): "+middlebox.SupportedLinks)
 	run := fs.String("run", "forward", "middlebox to run: forward, monitor, firewall or ids")
 	rulesFile := fs.String("rules", "", "ids: Snort-style rules file")
 	report := fs.String("report", "", "file for the middlebox's report (default: standard output)")
@@ -113,11 +113,30 @@ func runMiddlebox(args []string) error {
 			return fmt.Errorf("%s: %v", *rulesFile, err)
 		}
 	}
-	proc, finish, err := lightbox.NewProcessor(pc)
-	if err != nil {
-		return err
+	// The processor is made once the gateway has said its link type.
+	finish := func() error { return nil }
+	setup := func(told layers.LinkType) (lightbox.Processor, error) {
+		switch {
+		case *link != 0 && told != 0 && layers.LinkType(*link) != told:
+			return nil, fmt.Errorf("-linktype %d, but the gateway's packets are link type %d (%s): leave -linktype out to take the gateway's", *link, int(told), told)
+		case *link != 0:
+			pc.LinkType = layers.LinkType(*link)
+		case told != 0:
+			pc.LinkType = told
+		default:
+			pc.LinkType = layers.LinkTypeEthernet
+		}
+		proc, fin, err := lightbox.NewProcessor(pc)
+		if err != nil {
+			return nil, err
+		}
+		finish = fin
+		return proc, nil
 	}
-	cfg := lightbox.MiddleboxConfig{Etap: etap.Config{PSK: psk}, Model: *model, LinkType: layers.LinkType(*link), Processor: proc}
+	if _, err := middlebox.NewDecoder(layers.LinkType(*link)); *link != 0 && err != nil {
+		return fmt.Errorf("-linktype: %v", err)
+	}
+	cfg := lightbox.MiddleboxConfig{Etap: etap.Config{PSK: psk}, Model: *model, LinkType: layers.LinkType(*link), Setup: setup}
 	if *model == lightbox.Direct {
 		f, err := os.Create(*out)
 		if err != nil {

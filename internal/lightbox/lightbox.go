@@ -48,8 +48,11 @@ type MiddleboxConfig struct {
 	Options   etap.Options
 	Model     string
 	Out       io.Writer       // Direct: the next hop, written as pcap
-	LinkType  layers.LinkType // Direct: link type of Out
+	LinkType  layers.LinkType // Direct: link type of Out (0: the gateway's)
 	Processor Processor
+	// Setup, if set, makes the Processor once the gateway has said its
+	// packets' link type (0 if it did not): the decoder must know it.
+	Setup func(link layers.LinkType) (Processor, error)
 }
 
 // Stats summarize a run.
@@ -67,8 +70,16 @@ func RunMiddlebox(cfg MiddleboxConfig) (Stats, error) {
 		return Stats{}, err
 	}
 	defer c.Close()
+	if cfg.Setup != nil {
+		if cfg.Processor, err = cfg.Setup(layers.LinkType(c.LinkType())); err != nil {
+			return Stats{}, err
+		}
+	}
 	if cfg.Processor == nil {
 		cfg.Processor = Forward{}
+	}
+	if cfg.LinkType == 0 {
+		cfg.LinkType = layers.LinkType(c.LinkType())
 	}
 	var emit func(etap.Packet) error
 	switch cfg.Model {
@@ -149,6 +160,11 @@ type GatewayConfig struct {
 // bounces packets back, collects them.
 func RunGateway(ctx context.Context, cfg GatewayConfig) (sent, returned Stats, err error) {
 	start := time.Now()
+	// The middlebox is told the packets' link type: a TUN gives raw IP.
+	cfg.Etap.LinkType = uint16(layers.LinkTypeRaw)
+	if cfg.Capture != nil {
+		cfg.Etap.LinkType = uint16(cfg.Capture.LinkType)
+	}
 	c, err := etap.Dial(cfg.Conn, etap.Gateway, cfg.Etap, cfg.Options)
 	if err != nil {
 		return sent, returned, err

@@ -89,6 +89,10 @@ func Dial(rw io.ReadWriteCloser, role Role, cfg Config, opts Options) (*Conn, er
 	return c, nil
 }
 
+// LinkType returns the link type of the gateway's packets, as the gateway
+// said in its hello (0: it did not say).
+func (c *Conn) LinkType() uint16 { return c.cfg.LinkType }
+
 // RecordSize returns the agreed plaintext record size.
 func (c *Conn) RecordSize() int { return c.cfg.RecordSize }
 

@@ -2,6 +2,7 @@ package etap
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 	"time"
 )
@@ -23,7 +24,8 @@ func FuzzParseEntry(f *testing.F) {
 func FuzzDecodeHello(f *testing.F) {
 	h := &hello{role: Gateway, size: 16384, rekey: 99}
 	f.Add(h.encode())
-	f.Add([]byte("ETAP1\x00short"))
+	f.Add([]byte("ETAP2\x00short"))
+	f.Add([]byte("ETAP1\x00" + strings.Repeat("x", 79)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := decodeHello(b)
 		if err != nil {

@@ -44,7 +44,7 @@ func pipe(t testing.TB, cfg etap.Config, gw, mb etap.Options, mitm func(in io.Re
 			}
 			go io.Copy(in, out) // middlebox → gateway untouched
 			// The handshake (hello + finished) passes untouched.
-			hs := make([]byte, 83+32)
+			hs := make([]byte, 85+32) // the two hellos and finished MACs: what a handshake sends each way
 			io.ReadFull(in, hs)
 			out.Write(hs)
 			mitm(in, out)
@@ -402,5 +402,14 @@ func TestFlushBoundsLatency(t *testing.T) {
 	}
 	if d := time.Since(start); d > 500*time.Millisecond {
 		t.Fatalf("a lone packet took %v to arrive", d)
+	}
+}
+
+// TestLinkTypeTold: the gateway tells the middlebox its packets' link type
+// in its hello.
+func TestLinkTypeTold(t *testing.T) {
+	gw, mb := pipe(t, etap.Config{PSK: psk, LinkType: 101}, etap.Options{}, etap.Options{}, nil)
+	if gw.LinkType() != 101 || mb.LinkType() != 101 {
+		t.Fatalf("link type: the gateway's end says %d, the middlebox's %d; want 101", gw.LinkType(), mb.LinkType())
 	}
 }

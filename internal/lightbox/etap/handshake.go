@@ -37,6 +37,10 @@ type Config struct {
 	PSK          []byte // pre-shared key, at least 16 bytes
 	RecordSize   int    // plaintext bytes per record (default 16384)
 	RekeyRecords uint64 // records per key epoch (default 1<<24)
+	// LinkType is the link type (LINKTYPE_*) of the gateway's packets,
+	// which the gateway tells the middlebox so that it decodes them
+	// right; 0 says nothing. The middlebox's is ignored.
+	LinkType uint16
 }
 
 // Bounds of RecordSize.
@@ -64,15 +68,17 @@ func (c *Config) withDefaults() (Config, error) {
 	return cc, nil
 }
 
+// The hello's version is the magic's digit: version 2 added the link type.
 const (
-	helloMagic = "ETAP1\x00"
-	helloSize  = 6 + 1 + 4 + 8 + 32 + 32
+	helloMagic = "ETAP2\x00"
+	helloSize  = 6 + 1 + 4 + 8 + 2 + 32 + 32
 )
 
 type hello struct {
 	role   Role
 	size   uint32
 	rekey  uint64
+	link   uint16
 	pub    [32]byte
 	random [32]byte
 }
@@ -83,17 +89,21 @@ func (h *hello) encode() []byte {
 	b = append(b, byte(h.role))
 	b = binary.BigEndian.AppendUint32(b, h.size)
 	b = binary.BigEndian.AppendUint64(b, h.rekey)
+	b = binary.BigEndian.AppendUint16(b, h.link)
 	b = append(b, h.pub[:]...)
 	return append(b, h.random[:]...)
 }
 
 func decodeHello(b []byte) (*hello, error) {
-	if len(b) != helloSize || string(b[:6]) != helloMagic {
+	if len(b) != helloSize || string(b[:4]) != helloMagic[:4] {
 		return nil, errors.New("etap: peer did not send an etap hello")
 	}
-	h := &hello{role: Role(b[6]), size: binary.BigEndian.Uint32(b[7:]), rekey: binary.BigEndian.Uint64(b[11:])}
-	copy(h.pub[:], b[19:51])
-	copy(h.random[:], b[51:83])
+	if string(b[:6]) != helloMagic {
+		return nil, fmt.Errorf("etap: peer speaks etap version %q, this end %q: run the same release of lightbox on both ends", b[4:5], helloMagic[4:5])
+	}
+	h := &hello{role: Role(b[6]), size: binary.BigEndian.Uint32(b[7:]), rekey: binary.BigEndian.Uint64(b[11:]), link: binary.BigEndian.Uint16(b[19:])}
+	copy(h.pub[:], b[21:53])
+	copy(h.random[:], b[53:85])
 	return h, nil
 }
 
@@ -151,6 +161,9 @@ func handshake(rw io.ReadWriter, role Role, cfg Config) (send, recv *keys, agree
 		return nil, nil, cfg, err
 	}
 	mine := &hello{role: role, size: uint32(cfg.RecordSize), rekey: cfg.RekeyRecords}
+	if role == Gateway {
+		mine.link = cfg.LinkType
+	}
 	copy(mine.pub[:], priv.PublicKey().Bytes())
 	if _, err := rand.Read(mine.random[:]); err != nil {
 		return nil, nil, cfg, err
@@ -171,7 +184,7 @@ func handshake(rw io.ReadWriter, role Role, cfg Config) (send, recv *keys, agree
 		g, m = peer, mine
 	}
 	agreed = cfg
-	agreed.RecordSize, agreed.RekeyRecords = int(g.size), g.rekey
+	agreed.RecordSize, agreed.RekeyRecords, agreed.LinkType = int(g.size), g.rekey, g.link
 	if agreed.RecordSize < MinRecordSize || agreed.RecordSize > MaxRecordSize || agreed.RekeyRecords == 0 {
 		return nil, nil, cfg, fmt.Errorf("etap: gateway proposed record size %d, rekey %d: out of bounds", g.size, g.rekey)
 	}
