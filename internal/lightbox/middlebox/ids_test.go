@@ -125,15 +125,7 @@ func TestIDSScansOnceAfterClose(t *testing.T) {
 	}
 	for name, table := range tables(t, IDSStateSize) {
 		t.Run(name, func(t *testing.T) {
-			x, err := NewIDS(table, mustDecoder(t, layers.LinkTypeEthernet), loadRules(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			for i, fr := range capture {
-				if err := x.Handle(fr, time.Unix(100, int64(i))); err != nil {
-					t.Fatal(err)
-				}
-			}
+			x := runIDS(t, table, loadRules(t), capture)
 			var got []string
 			for _, a := range x.Alerts {
 				got = append(got, a.String())
@@ -172,15 +164,7 @@ alert tcp any any <> any any (msg:"any way"; content:"both"; flow:only_stream; s
 	}
 	for name, table := range tables(t, IDSStateSize) {
 		t.Run(name, func(t *testing.T) {
-			x, err := NewIDS(table, mustDecoder(t, layers.LinkTypeEthernet), rules)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for i, fr := range capture {
-				if err := x.Handle(fr, time.Unix(100, int64(i))); err != nil {
-					t.Fatal(err)
-				}
-			}
+			x := runIDS(t, table, rules, capture)
 			var got []string
 			for _, a := range x.Alerts {
 				got = append(got, fmt.Sprintf("%d %s", a.SID, a.Src))
@@ -191,4 +175,20 @@ alert tcp any any <> any any (msg:"any way"; content:"both"; flow:only_stream; s
 			}
 		})
 	}
+}
+
+// runIDS runs an IDS with rules over capture (Ethernet frames, a
+// nanosecond apart).
+func runIDS(t *testing.T, table StateTable, rules []Rule, capture [][]byte) *IDS {
+	t.Helper()
+	x, err := NewIDS(table, mustDecoder(t, layers.LinkTypeEthernet), rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, fr := range capture {
+		if err := x.Handle(fr, time.Unix(100, int64(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return x
 }
