@@ -70,7 +70,7 @@ func runMiddlebox(args []string) error {
 	allowed := fs.String("allow", "", "firewall: inside services reachable from outside, ADDR:PORT,...")
 	cache := fs.Int("cache", 0, "flow states kept in trusted memory (0: as many as fit in -cache-mb)")
 	cacheMB := fs.Int("cache-mb", lightbox.DefaultCacheBytes>>20, "MiB of trusted memory for cached flow states, when -cache is 0")
-	fragPolicy := fs.String("frag-policy", "first", "overlapping IPv4 fragments: first (the bytes that came first stand, as Linux) or last; IPv6 overlaps always discard the datagram (RFC 5722)")
+	fragPolicy := fs.String("frag-policy", "linux", "overlapping IPv4 fragments: linux (a duplicate inside bytes held is dropped, any other overlap discards the datagram, as Linux since 4.19), first (the bytes that came first stand) or last (the bytes that came last); IPv6 always takes linux's (RFC 5722, RFC 8200)")
 	fs.Parse(args)
 	psk, err := lightbox.ReadPSK(*pskFile)
 	if err != nil {

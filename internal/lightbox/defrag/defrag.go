@@ -4,22 +4,34 @@
 //
 // Overlapping fragments are how an attacker shows an IDS one payload and
 // the host behind it another (Ptacek and Newsham, 1998). The policy is
-// explicit and the overlap is always reported:
+// explicit, and every overlap is counted and reported to the caller, with
+// whether its bytes differed (a conflict):
 //
-//   - IPv6: a datagram with any overlapping fragments is discarded whole,
-//     as RFC 5722 requires of every IPv6 host; later fragments of it are
-//     discarded too, until it times out.
-//   - IPv4: First (the default) keeps the bytes that arrived first, as
-//     Linux, the BSDs and Snort frag3's "first" policy do for most
-//     overlaps; Last keeps the bytes that arrived last (frag3's "last").
-//     Overlaps whose bytes differ are counted apart, as conflicts.
+//   - Linux (the default, and always for IPv6): a fragment that lies
+//     wholly inside bytes already held is a duplicate, dropped (the bytes
+//     that came first stand); any other overlap discards the whole
+//     datagram. This is Linux's reassembly since 4.19 for IPv4 and IPv6
+//     alike, and RFC 5722 as amended by RFC 8200 §4.5 for IPv6. (Linux
+//     also discards a duplicate that straddles two of its fragment runs;
+//     here it is dropped as a duplicate, so the middlebox may see a
+//     datagram the host discarded, never the reverse.)
+//   - First: the bytes that arrived first stand, as Snort frag3's
+//     "first" policy, for hosts that reassemble that way.
+//   - Last: the bytes that arrived last stand (frag3's "last").
+//
+// A discarded datagram is forgotten, as Linux forgets it: its later
+// fragments start a new datagram, which completes only if all its
+// fragments come again. A non-final IPv4 fragment whose length is not a
+// multiple of 8 is cut to one, as Linux cuts it; such an IPv6 fragment is
+// refused (RFC 8200 §4.5), its datagram kept.
 //
 // Bounds: at most MaxDatagrams in progress, MaxBytes held in all (what a
-// fragment holds is charged as its bytes plus a fixed overhead), at most
-// MaxFragments pieces per datagram, no datagram beyond 65,535 bytes, and
-// each datagram at most Timeout after its first fragment (packet time, as
-// the capture's clock). Over a bound, the oldest datagram in progress
-// gives way.
+// piece holds is charged as its bytes plus a fixed overhead), at most
+// MaxFragments pieces per datagram (adjacent fragments merge into one
+// piece, so only holes count), no datagram beyond 65,535 bytes, and each
+// datagram at most Timeout after its first fragment (packet time, as the
+// capture's clock). Over a bound, the oldest datagram in progress gives
+// way.
 package defrag
 
 import (
@@ -34,35 +46,41 @@ type Policy uint8
 
 // The IPv4 overlap policies.
 const (
-	First Policy = iota // the bytes that arrived first stand
+	Linux Policy = iota // a duplicate inside held bytes is dropped; any other overlap discards the datagram
+	First               // the bytes that arrived first stand
 	Last                // the bytes that arrived last stand
 )
 
 func (p Policy) String() string {
-	if p == Last {
+	switch p {
+	case First:
+		return "first"
+	case Last:
 		return "last"
 	}
-	return "first"
+	return "linux"
 }
 
-// ParsePolicy reads "first" or "last".
+// ParsePolicy reads "linux", "first" or "last".
 func ParsePolicy(s string) (Policy, error) {
 	switch s {
-	case "first", "":
+	case "linux", "":
+		return Linux, nil
+	case "first":
 		return First, nil
 	case "last":
 		return Last, nil
 	}
-	return First, fmt.Errorf("fragment overlap policy %q: want first or last", s)
+	return Linux, fmt.Errorf("fragment overlap policy %q: want linux, first or last", s)
 }
 
 // Config bounds a Reassembler. Zero fields take the defaults.
 type Config struct {
 	MaxDatagrams int           // in progress at once (default 4,096)
 	MaxBytes     int           // held in all, overhead included (default 8 MiB)
-	MaxFragments int           // pieces of one datagram (default 128)
+	MaxFragments int           // pieces of one datagram, after merging adjacent ones (default 128)
 	Timeout      time.Duration // from a datagram's first fragment (default 30 s, as Linux's ipfrag_time)
-	Policy       Policy        // for IPv4 overlaps
+	Policy       Policy        // for IPv4 overlaps (IPv6 always takes Linux's)
 }
 
 // Defaults.
@@ -93,6 +111,7 @@ type Fragment struct {
 	IPv6   bool
 	Offset int    // in bytes
 	More   bool   // more fragments follow
+	Next   uint8  // IPv6: the fragment header's next header (the datagram's is the first fragment's)
 	Data   []byte // the piece (after the IP header, or after the fragment header)
 }
 
@@ -103,24 +122,52 @@ type Outcome uint8
 const (
 	Held      Outcome = iota // kept, the datagram is not whole yet
 	Complete                 // the datagram is whole: Add returned it
-	Discarded                // refused or part of a discarded datagram: see Stats
+	Discarded                // refused, a duplicate, or its datagram discarded: see Stats
 )
+
+func (o Outcome) String() string {
+	switch o {
+	case Held:
+		return "held"
+	case Complete:
+		return "complete"
+	}
+	return "discarded"
+}
+
+// Result is what Add made of one fragment.
+type Result struct {
+	Outcome Outcome
+	// Data is the whole datagram (the transport header on, or for IPv6
+	// the headers after the fragment header on), when Outcome is
+	// Complete; valid until the next call to Add.
+	Data []byte
+	// Next is the datagram's IPv6 next header, from its first fragment
+	// (offset 0), when Outcome is Complete.
+	Next uint8
+	// Overlap: this fragment overlapped bytes already held; Conflict:
+	// with different bytes, which a host and a middlebox may resolve
+	// differently (an evasion attempt, or a broken path).
+	Overlap, Conflict bool
+}
 
 // Stats counts what a Reassembler saw.
 type Stats struct {
 	Fragments   uint64 // fragments given to Add
 	Reassembled uint64 // datagrams made whole
-	Overlaps    uint64 // fragments that overlapped bytes already held
+	Overlaps    uint64 // fragments that overlapped bytes already held (duplicates included)
 	Conflicts   uint64 // ... with different bytes (an evasion attempt, or a broken path)
-	Invalid     uint64 // fragments refused: past 65,535 bytes, past a datagram's end, a non-final one not a multiple of 8 bytes, two different ends
+	Duplicates  uint64 // fragments dropped as lying inside bytes already held
+	Invalid     uint64 // fragments refused: past 65,535 bytes, past a datagram's end, empty, two different ends, a non-final IPv6 one not a multiple of 8 bytes (which alone keeps its datagram)
+	Trimmed     uint64 // non-final IPv4 fragments cut to a multiple of 8 bytes
+	Discarded   uint64 // datagrams discarded whole: an overlap (Linux policy, IPv6), an invalid fragment, more than MaxFragments pieces
 	TimedOut    uint64 // datagrams dropped incomplete at their timeout
 	Evicted     uint64 // datagrams dropped incomplete to stay within the bounds
-	Discarded   uint64 // fragments dropped with their datagram (an IPv6 overlap, one piece too many, or a datagram already discarded)
 }
 
 func (s Stats) String() string {
-	return fmt.Sprintf("fragments: %d seen, %d datagrams reassembled, %d overlaps (%d with different bytes), %d invalid, %d datagrams timed out, %d evicted, %d fragments discarded",
-		s.Fragments, s.Reassembled, s.Overlaps, s.Conflicts, s.Invalid, s.TimedOut, s.Evicted, s.Discarded)
+	return fmt.Sprintf("fragments: %d seen, %d datagrams reassembled, %d overlaps (%d with different bytes, %d duplicates dropped), %d invalid, %d trimmed; datagrams: %d discarded, %d timed out, %d evicted",
+		s.Fragments, s.Reassembled, s.Overlaps, s.Conflicts, s.Duplicates, s.Invalid, s.Trimmed, s.Discarded, s.TimedOut, s.Evicted)
 }
 
 type piece struct {
@@ -129,13 +176,14 @@ type piece struct {
 }
 
 type datagram struct {
-	key     Key
-	first   time.Time
-	pieces  []piece // sorted by offset, not overlapping
-	total   int     // the datagram's length once its last fragment came (-1 before)
-	charged int
-	dead    bool // discarded: its later fragments are dropped until it times out
-	elem    *list.Element
+	key      Key
+	first    time.Time
+	pieces   []piece // sorted by offset, neither overlapping nor adjacent
+	total    int     // the datagram's length once its last fragment came (-1 before)
+	next     uint8   // IPv6: the first fragment's next header
+	haveNext bool    // ... known
+	charged  int
+	elem     *list.Element
 }
 
 // Reassembler reassembles datagrams. It is not safe for concurrent use.
@@ -144,7 +192,6 @@ type Reassembler struct {
 	m     map[Key]*datagram
 	order *list.List // datagrams by their first fragment, oldest first
 	held  int        // bytes charged in all
-	out   []byte     // the last datagram made whole
 
 	Stats Stats
 }
@@ -170,90 +217,110 @@ func New(cfg Config) *Reassembler {
 // charged for them.
 func (r *Reassembler) InProgress() (datagrams, bytes int) { return len(r.m), r.held }
 
-// Add takes fragment f, seen at now. When f completes its datagram, Add
-// returns Complete and the datagram's bytes (the transport header on),
-// valid until the next call to Add. overlap reports that f overlapped
-// bytes already held.
-func (r *Reassembler) Add(f *Fragment, now time.Time) (out Outcome, data []byte, overlap bool) {
+// Add takes fragment f, seen at now.
+func (r *Reassembler) Add(f *Fragment, now time.Time) Result {
 	r.Stats.Fragments++
 	r.expire(now)
-	end := f.Offset + len(f.Data)
-	if f.Offset < 0 || end > MaxDatagram || (f.More && len(f.Data)%8 != 0) || (f.More && len(f.Data) == 0) {
-		r.Stats.Invalid++
-		if d := r.m[f.Key]; d != nil {
-			r.kill(d)
+	data := f.Data
+	if f.More && len(data)%8 != 0 {
+		if f.IPv6 { // RFC 8200 §4.5: this fragment is discarded, its datagram kept
+			r.Stats.Invalid++
+			return Result{Outcome: Discarded}
 		}
-		return Discarded, nil, false
+		data = data[:len(data)&^7] // as Linux: cut to a multiple of 8
+		r.Stats.Trimmed++
 	}
 	d := r.m[f.Key]
+	end := f.Offset + len(data)
+	invalid := f.Offset < 0 || end > MaxDatagram || len(data) == 0
+	if !invalid && d != nil {
+		if !f.More {
+			// Two different ends, or bytes held past this end.
+			invalid = (d.total >= 0 && d.total != end) || (len(d.pieces) > 0 && d.pieces[len(d.pieces)-1].end > end)
+		} else {
+			invalid = d.total >= 0 && end > d.total
+		}
+	}
+	if invalid {
+		r.Stats.Invalid++
+		if d != nil {
+			r.discard(d)
+		}
+		return Result{Outcome: Discarded}
+	}
 	if d == nil {
 		d = &datagram{key: f.Key, first: now, total: -1}
 		d.elem = r.order.PushBack(d)
 		r.m[f.Key] = d
 	}
-	if d.dead {
-		r.Stats.Discarded++
-		return Discarded, nil, false
-	}
 	if !f.More {
-		if (d.total >= 0 && d.total != end) || (len(d.pieces) > 0 && d.pieces[len(d.pieces)-1].end > end) {
-			r.Stats.Invalid++
-			r.kill(d)
-			return Discarded, nil, false
-		}
 		d.total = end
-	} else if d.total >= 0 && end > d.total {
-		r.Stats.Invalid++
-		r.kill(d)
-		return Discarded, nil, false
 	}
-	overlap, conflict := r.insert(d, f.Offset, f.Data)
-	if overlap {
+	pol := r.cfg.Policy
+	if f.IPv6 {
+		pol = Linux
+	}
+	res := Result{Outcome: Held}
+	var keep bool
+	keep, res.Overlap, res.Conflict = r.insert(d, f.Offset, data, pol)
+	if res.Overlap {
 		r.Stats.Overlaps++
-		if conflict {
+		if res.Conflict {
 			r.Stats.Conflicts++
 		}
-		if f.IPv6 { // RFC 5722
-			r.kill(d)
-			r.Stats.Discarded++
-			return Discarded, nil, true
-		}
+	}
+	switch {
+	case !keep && pol == Linux && res.Overlap && r.contains(d, f.Offset, end):
+		r.Stats.Duplicates++
+		res.Outcome = Discarded
+		return res
+	case !keep:
+		r.discard(d)
+		res.Outcome = Discarded
+		return res
+	}
+	if f.Offset == 0 && (!d.haveNext || pol == Last) {
+		d.next, d.haveNext = f.Next, true // the first fragment's next header, by the policy
 	}
 	if len(d.pieces) > r.cfg.MaxFragments {
-		r.kill(d)
-		r.Stats.Discarded++
-		return Discarded, nil, overlap
+		r.discard(d)
+		res.Outcome = Discarded
+		return res
 	}
-	if r.whole(d) {
-		r.out = r.out[:0]
-		for _, p := range d.pieces {
-			r.out = append(r.out, p.data...)
-		}
+	if d.total >= 0 && len(d.pieces) == 1 && d.pieces[0].off == 0 && d.pieces[0].end == d.total {
 		r.remove(d)
 		r.Stats.Reassembled++
-		return Complete, r.out, overlap
+		res.Outcome, res.Data, res.Next = Complete, d.pieces[0].data, d.next
+		return res
 	}
-	r.bound(d)
-	if r.m[f.Key] != d { // it gave way itself
-		r.Stats.Discarded++
-		return Discarded, nil, overlap
+	r.bound()
+	if r.m[f.Key] != d { // it gave way itself (counted as evicted)
+		res.Outcome = Discarded
 	}
-	return Held, nil, overlap
+	return res
 }
 
-// insert puts [off, off+len(b)) into d by the policy, and reports whether
-// it overlapped bytes held and whether those differed.
-func (r *Reassembler) insert(d *datagram, off int, b []byte) (overlap, conflict bool) {
-	end := off + len(b)
-	if len(b) == 0 {
-		return false, false
+// contains reports whether one piece of d holds all of [off, end).
+func (r *Reassembler) contains(d *datagram, off, end int) bool {
+	for _, p := range d.pieces {
+		if p.off <= off && end <= p.end {
+			return true
+		}
 	}
-	var keep []piece
-	var add []piece
+	return false
+}
+
+// insert puts [off, off+len(b)) into d by the policy. It reports whether
+// the bytes were kept (false: under the Linux policy, a duplicate dropped
+// or an overlap that discards the datagram, d unchanged), whether they
+// overlapped bytes held, and whether those differed.
+func (r *Reassembler) insert(d *datagram, off int, b []byte, pol Policy) (keep, overlap, conflict bool) {
+	end := off + len(b)
+	var keepP, add []piece
 	cur := off // the next byte of b not yet placed (First)
 	for _, p := range d.pieces {
 		if p.end <= off || p.off >= end {
-			keep = append(keep, p)
+			keepP = append(keepP, p)
 			continue
 		}
 		overlap = true
@@ -261,55 +328,98 @@ func (r *Reassembler) insert(d *datagram, off int, b []byte) (overlap, conflict 
 		if string(p.data[lo-p.off:hi-p.off]) != string(b[lo-off:hi-off]) {
 			conflict = true
 		}
-		if r.cfg.Policy == First {
-			keep = append(keep, p)
+		switch pol {
+		case Linux:
+			continue // decided below: nothing changes
+		case First:
+			keepP = append(keepP, p)
 			if lo > cur {
-				add = append(add, r.piece(cur, b[cur-off:lo-off]))
+				add = append(add, piece{off: cur, end: lo, data: b[cur-off : lo-off]})
 			}
 			cur = max(cur, hi)
 			continue
 		}
 		// Last: the old piece keeps only what lies outside the new one.
+		r.release(d, p)
 		if p.off < off {
-			keep = append(keep, r.trim(d, p, p.off, off))
+			keepP = append(keepP, r.charge(d, trim(p, p.off, off)))
 		}
 		if p.end > end {
-			keep = append(keep, r.trim(d, p, end, p.end))
+			keepP = append(keepP, r.charge(d, trim(p, end, p.end)))
 		}
-		r.release(d, p)
 	}
-	if r.cfg.Policy == First {
+	switch {
+	case pol == Linux && overlap:
+		return false, overlap, conflict
+	case pol == First:
 		if cur < end {
-			add = append(add, r.piece(cur, b[cur-off:]))
+			add = append(add, piece{off: cur, end: end, data: b[cur-off:]})
 		}
-	} else {
-		add = append(add, r.piece(off, b))
+	default:
+		add = append(add, piece{off: off, end: end, data: b})
 	}
-	for _, p := range add {
-		d.charged += len(p.data) + pieceOverhead
-		r.held += len(p.data) + pieceOverhead
+	for i := range add {
+		add[i].data = clone(add[i].data) // b belongs to the caller
+		r.charge(d, add[i])
 	}
-	d.pieces = merge(keep, add)
-	return overlap, conflict
+	d.pieces = r.coalesce(d, merge(keepP, add))
+	return true, overlap, conflict
 }
 
-// piece copies b as a piece at off.
-func (r *Reassembler) piece(off int, b []byte) piece {
-	return piece{off: off, end: off + len(b), data: append([]byte(nil), b...)}
-}
+// A piece is charged its capacity plus pieceOverhead. Its spare capacity
+// is its own (appending to it never overwrites another piece), and the
+// memory it keeps alive is at most twice its charge.
 
-// trim keeps [lo, hi) of p as a new piece, charged to d.
-func (r *Reassembler) trim(d *datagram, p piece, lo, hi int) piece {
-	n := r.piece(lo, p.data[lo-p.off:hi-p.off])
-	d.charged += len(n.data) + pieceOverhead
-	r.held += len(n.data) + pieceOverhead
-	return n
+// charge charges piece p to d, and returns it.
+func (r *Reassembler) charge(d *datagram, p piece) piece {
+	d.charged += cap(p.data) + pieceOverhead
+	r.held += cap(p.data) + pieceOverhead
+	return p
 }
 
 // release uncharges piece p of d.
 func (r *Reassembler) release(d *datagram, p piece) {
-	d.charged -= len(p.data) + pieceOverhead
-	r.held -= len(p.data) + pieceOverhead
+	d.charged -= cap(p.data) + pieceOverhead
+	r.held -= cap(p.data) + pieceOverhead
+}
+
+// clone copies b into memory of exactly its length.
+func clone(b []byte) []byte {
+	c := make([]byte, len(b))
+	copy(c, b)
+	return c
+}
+
+// trim returns [lo, hi) of p. It shares p's memory when it keeps at least
+// half of it (capped, so that appending to it reallocates), and copies
+// otherwise: what it keeps alive stays within twice its charge, and the
+// copying a run of splits costs stays within the bytes the splits keep.
+func trim(p piece, lo, hi int) piece {
+	b := p.data[lo-p.off : hi-p.off : hi-p.off]
+	if 2*len(b) < cap(p.data) {
+		b = clone(b)
+	}
+	return piece{off: lo, end: hi, data: b}
+}
+
+// coalesce merges adjacent pieces of ps (sorted, not overlapping) into
+// one, so that a datagram's pieces are its runs and only its holes count
+// against MaxFragments.
+func (r *Reassembler) coalesce(d *datagram, ps []piece) []piece {
+	out := ps[:0]
+	for _, p := range ps {
+		if n := len(out); n > 0 && out[n-1].end == p.off {
+			r.release(d, out[n-1])
+			r.release(d, p)
+			q := &out[n-1]
+			q.data = append(q.data, p.data...) // amortised: a run grows by doubling
+			q.end = p.end
+			r.charge(d, *q)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // merge returns a and b, both sorted and not overlapping each other, as
@@ -329,28 +439,10 @@ func merge(a, b []piece) []piece {
 	return out
 }
 
-// whole reports whether d's pieces cover it from 0 to its end.
-func (r *Reassembler) whole(d *datagram) bool {
-	if d.total < 0 {
-		return false
-	}
-	at := 0
-	for _, p := range d.pieces {
-		if p.off != at {
-			return false
-		}
-		at = p.end
-	}
-	return at == d.total
-}
-
-// kill discards d's bytes and keeps it, dead, until it times out, so its
-// later fragments are dropped rather than started afresh.
-func (r *Reassembler) kill(d *datagram) {
-	r.held -= d.charged
-	d.charged = 0
-	d.pieces = nil
-	d.dead = true
+// discard forgets d, counting it discarded.
+func (r *Reassembler) discard(d *datagram) {
+	r.Stats.Discarded++
+	r.remove(d)
 }
 
 // remove forgets d.
@@ -367,25 +459,20 @@ func (r *Reassembler) expire(now time.Time) {
 		if now.Sub(d.first) < r.cfg.Timeout {
 			return
 		}
-		if !d.dead {
-			r.Stats.TimedOut++
-		}
+		r.Stats.TimedOut++
 		r.remove(d)
 	}
 }
 
-// bound drops the oldest datagrams while over a bound (d, just grown,
+// bound drops the oldest datagrams while over a bound (the one just grown
 // included: a datagram alone over the budget gives way itself).
-func (r *Reassembler) bound(d *datagram) {
+func (r *Reassembler) bound() {
 	for len(r.m) > r.cfg.MaxDatagrams || r.held > r.cfg.MaxBytes {
 		e := r.order.Front()
 		if e == nil {
 			return
 		}
-		o := e.Value.(*datagram)
-		if !o.dead {
-			r.Stats.Evicted++
-		}
-		r.remove(o)
+		r.Stats.Evicted++
+		r.remove(e.Value.(*datagram))
 	}
 }

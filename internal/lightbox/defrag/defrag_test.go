@@ -28,28 +28,52 @@ func TestReassemble(t *testing.T) {
 		want      string // the datagram, "" when none completes
 		overlaps  uint64
 		conflicts uint64
+		dups      uint64
 		invalid   uint64
+		discarded uint64 // datagrams
 	}{
 		{name: "in order", frags: []Fragment{frag(0, true, a), frag(8, true, b), frag(16, false, c)}, want: a + b + c},
 		{name: "reversed", frags: []Fragment{frag(16, false, c), frag(8, true, b), frag(0, true, a)}, want: a + b + c},
 		{name: "last first then a hole", frags: []Fragment{frag(16, false, c), frag(0, true, a)}},
 		{name: "one fragment, unfragmented in effect", frags: []Fragment{frag(0, false, a)}, want: a},
-		{name: "duplicate", frags: []Fragment{frag(0, true, a), frag(0, true, a), frag(8, false, c)}, want: a + c, overlaps: 1},
-		{name: "overlap, first wins", policy: First,
+		{name: "linux: an exact duplicate is dropped, the datagram kept",
+			frags: []Fragment{frag(0, true, a), frag(0, true, a), frag(8, false, c)}, want: a + c, overlaps: 1, dups: 1},
+		{name: "linux: a duplicate inside a run of two fragments is dropped",
+			frags: []Fragment{frag(0, true, a), frag(8, true, b), frag(4, true, "AAAABBBB"), frag(16, false, c)}, want: a + b + c, overlaps: 1, dups: 1},
+		{name: "linux: a duplicate with different bytes: the first stand, a conflict",
+			frags: []Fragment{frag(0, true, a+b), frag(8, true, "XXXXXXXX"), frag(16, false, c)}, want: a + b + c, overlaps: 1, conflicts: 1, dups: 1},
+		{name: "linux: a partial overlap discards the datagram",
+			frags: []Fragment{frag(0, true, a), frag(16, false, c), frag(0, true, "xxxxxxxxyyyyyyyy")}, overlaps: 1, conflicts: 1, discarded: 1},
+		{name: "linux: a partial overlap with the same bytes discards it too",
+			frags: []Fragment{frag(0, true, a), frag(16, false, c), frag(0, true, a+b)}, overlaps: 1, discarded: 1},
+		{name: "linux: a discarded datagram is forgotten, and completes when sent again",
+			frags: []Fragment{frag(0, true, a), frag(0, true, "xxxxxxxxyyyyyyyy"), frag(0, true, a), frag(8, false, c)}, want: a + c, overlaps: 1, conflicts: 1, discarded: 1},
+		{name: "first: overlap, first wins", policy: First,
 			frags: []Fragment{frag(0, true, a+b), frag(8, true, "XXXXXXXX"), frag(16, false, c)}, want: a + b + c, overlaps: 1, conflicts: 1},
-		{name: "overlap, last wins", policy: Last,
+		{name: "last: overlap, last wins", policy: Last,
 			frags: []Fragment{frag(0, true, a+b), frag(8, true, "XXXXXXXX"), frag(16, false, c)}, want: a + "XXXXXXXX" + c, overlaps: 1, conflicts: 1},
-		{name: "partial overlap, first wins, the new bytes fill the gap", policy: First,
+		{name: "first: partial overlap, the new bytes fill the gap", policy: First,
 			frags: []Fragment{frag(0, true, a), frag(16, false, c), frag(0, true, "xxxxxxxxyyyyyyyy")}, want: a + "yyyyyyyy" + c, overlaps: 1, conflicts: 1},
-		{name: "a piece inside a larger one, last wins, the old one split", policy: Last,
+		{name: "last: a piece inside a larger one, the old one split", policy: Last,
 			frags: []Fragment{frag(0, true, a+b+a), frag(8, true, "XXXXXXXX"), frag(24, false, c)}, want: a + "XXXXXXXX" + a + c, overlaps: 1, conflicts: 1},
-		{name: "ipv6 overlap discards the datagram", ipv6: true,
-			frags: []Fragment{frag(0, true, a+b), frag(8, true, b), frag(16, false, c)}, overlaps: 1},
+		{name: "last: many splits", policy: Last,
+			frags: []Fragment{frag(0, true, a+a+a+a), frag(8, true, b), frag(24, true, b), frag(0, true, "xxxxxxxx"), frag(32, false, c)},
+			want:  "xxxxxxxx" + b + a + b + c, overlaps: 3, conflicts: 3},
+		{name: "ipv6: an exact duplicate is dropped (RFC 8200 4.5)", ipv6: true, policy: Last,
+			frags: []Fragment{frag(0, true, a), frag(0, true, a), frag(8, false, c)}, want: a + c, overlaps: 1, dups: 1},
+		{name: "ipv6: an overlap discards the datagram (RFC 5722), whatever the IPv4 policy", ipv6: true, policy: First,
+			frags: []Fragment{frag(0, true, a+b), frag(8, true, b+b), frag(24, false, c)}, overlaps: 1, discarded: 1},
 		{name: "ipv6 without overlap", ipv6: true, frags: []Fragment{frag(8, false, c), frag(0, true, a)}, want: a + c},
 		{name: "past 65535", frags: []Fragment{frag(65528, false, a)}, invalid: 1},
-		{name: "non-final not a multiple of 8", frags: []Fragment{frag(0, true, c), frag(8, false, c)}, invalid: 1},
-		{name: "two different ends", frags: []Fragment{frag(8, false, a), frag(16, false, a), frag(0, true, a)}, invalid: 1},
-		{name: "a piece past the end", frags: []Fragment{frag(8, false, c), frag(16, true, a), frag(0, true, a)}, invalid: 1},
+		{name: "ipv4: a non-final fragment not a multiple of 8 is cut to one, as Linux",
+			frags: []Fragment{frag(0, true, a+"xyz"), frag(8, false, c)}, want: a + c},
+		{name: "ipv4: a non-final fragment under 8 bytes is cut to nothing, its datagram discarded",
+			frags: []Fragment{frag(8, false, c), frag(0, true, "xyz"), frag(0, true, a)}, invalid: 1, discarded: 1},
+		{name: "ipv6: a non-final fragment not a multiple of 8 is refused, its datagram kept", ipv6: true,
+			frags: []Fragment{frag(8, false, c), frag(0, true, a+"xyz"), frag(0, true, a)}, want: a + c, invalid: 1},
+		{name: "two different ends", frags: []Fragment{frag(8, false, a), frag(16, false, a), frag(0, true, a)}, invalid: 1, discarded: 1},
+		{name: "a piece past the end", frags: []Fragment{frag(8, false, c), frag(16, true, a), frag(0, true, a)}, invalid: 1, discarded: 1},
+		{name: "an empty final fragment", frags: []Fragment{frag(0, true, a), frag(8, false, "")}, invalid: 1, discarded: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := New(Config{Policy: tc.policy})
@@ -57,16 +81,17 @@ func TestReassemble(t *testing.T) {
 			for i := range tc.frags {
 				f := tc.frags[i]
 				f.IPv6 = tc.ipv6
-				if out, data, _ := r.Add(&f, t0); out == Complete {
-					got = append([]byte(nil), data...)
+				if res := r.Add(&f, t0); res.Outcome == Complete {
+					got = append([]byte(nil), res.Data...)
 				}
 			}
 			if string(got) != tc.want {
 				t.Errorf("datagram %q, want %q", got, tc.want)
 			}
 			st := r.Stats
-			if st.Overlaps != tc.overlaps || st.Conflicts != tc.conflicts || st.Invalid != tc.invalid {
-				t.Errorf("%v; want %d overlaps, %d conflicts, %d invalid", st, tc.overlaps, tc.conflicts, tc.invalid)
+			if st.Overlaps != tc.overlaps || st.Conflicts != tc.conflicts || st.Duplicates != tc.dups || st.Invalid != tc.invalid || st.Discarded != tc.discarded {
+				t.Errorf("%v; want %d overlaps, %d conflicts, %d duplicates, %d invalid, %d discarded",
+					st, tc.overlaps, tc.conflicts, tc.dups, tc.invalid, tc.discarded)
 			}
 			if tc.want != "" {
 				if n, held := r.InProgress(); n != 0 || held != 0 {
@@ -77,24 +102,51 @@ func TestReassemble(t *testing.T) {
 	}
 }
 
-// TestDiscardedStaysDiscarded: the fragments of a datagram discarded for
-// an IPv6 overlap are dropped, not started afresh, until it times out.
-func TestDiscardedStaysDiscarded(t *testing.T) {
-	r := New(Config{Timeout: 10 * time.Second})
-	for _, f := range []Fragment{frag(0, true, "AAAAAAAA"), frag(0, true, "AAAAAAAA")} {
-		f.IPv6 = true
-		r.Add(&f, t0)
+// TestResult: each fragment's result says whether it overlapped and with
+// different bytes, and the whole datagram carries the first fragment's
+// next header, not the completing one's.
+func TestResult(t *testing.T) {
+	r := New(Config{})
+	f0 := Fragment{Key: key, IPv6: true, Offset: 0, More: true, Next: 60, Data: []byte("AAAAAAAA")}
+	dup := f0
+	dup.Data = []byte("XXXXXXXX")
+	last := Fragment{Key: key, IPv6: true, Offset: 8, Next: 6, Data: []byte("B")}
+	if res := r.Add(&f0, t0); res.Outcome != Held || res.Overlap || res.Conflict {
+		t.Fatalf("first fragment: %+v", res)
 	}
-	f := frag(0, true, "AAAAAAAA")
-	f.IPv6 = true
-	if out, _, _ := r.Add(&f, t0.Add(time.Second)); out != Discarded {
-		t.Fatalf("a fragment of a discarded datagram: %v", out)
+	if res := r.Add(&dup, t0); res.Outcome != Discarded || !res.Overlap || !res.Conflict {
+		t.Fatalf("a duplicate with other bytes: %+v", res)
 	}
-	last := frag(8, false, "B")
-	last.IPv6 = true
-	r.Add(&f, t0.Add(11*time.Second)) // after the timeout: a new datagram
-	if out, data, _ := r.Add(&last, t0.Add(11*time.Second)); out != Complete || string(data) != "AAAAAAAAB" {
-		t.Fatalf("after the timeout: %v %q", out, data)
+	res := r.Add(&last, t0)
+	if res.Outcome != Complete || string(res.Data) != "AAAAAAAAB" || res.Next != 60 || res.Overlap {
+		t.Fatalf("last fragment: %+v", res)
+	}
+}
+
+// TestRunsMerge: fragments that arrive adjacent merge into one piece, so
+// a datagram of many small fragments completes under a small
+// MaxFragments, while as many holes exceed it.
+func TestRunsMerge(t *testing.T) {
+	r := New(Config{MaxFragments: 4})
+	var want []byte
+	var res Result
+	for i := range 200 {
+		p := bytes.Repeat([]byte{byte('a' + i%26)}, 8)
+		want = append(want, p...)
+		f := Fragment{Key: key, Offset: 8 * i, More: i < 199, Data: p}
+		if res = r.Add(&f, t0); i < 199 && res.Outcome != Held {
+			t.Fatalf("fragment %d: %v (%v)", i, res.Outcome, r.Stats)
+		}
+	}
+	if res.Outcome != Complete || !bytes.Equal(res.Data, want) {
+		t.Fatalf("200 adjacent fragments: %v, %d bytes", res.Outcome, len(res.Data))
+	}
+	for i := range 5 { // every other 8 bytes: holes between
+		f := Fragment{Key: key, Offset: 16 * i, More: true, Data: []byte("xxxxxxxx")}
+		res = r.Add(&f, t0)
+	}
+	if res.Outcome != Discarded || r.Stats.Discarded != 1 {
+		t.Fatalf("five holes with MaxFragments 4: %v (%v)", res.Outcome, r.Stats)
 	}
 }
 
@@ -103,8 +155,8 @@ func TestTimeout(t *testing.T) {
 	f := frag(0, true, "AAAAAAAA")
 	r.Add(&f, t0)
 	last := frag(8, false, "B")
-	if out, _, _ := r.Add(&last, t0.Add(31*time.Second)); out != Held {
-		t.Fatalf("the end of a datagram whose start timed out: %v", out)
+	if res := r.Add(&last, t0.Add(31*time.Second)); res.Outcome != Held {
+		t.Fatalf("the end of a datagram whose start timed out: %v", res.Outcome)
 	}
 	if r.Stats.TimedOut != 1 {
 		t.Fatalf("%v", r.Stats)
@@ -126,8 +178,8 @@ func TestBounds(t *testing.T) {
 			f := Fragment{Key: key, Offset: 8 * (i % 8000), More: true, Data: chunk}
 			f.Key.ID = uint32(i)
 			if cfg.MaxFragments > 0 {
-				f.Key.ID = 1 // one datagram, piece after piece
-				f.Offset = 2048 * (i % 32)
+				f.Key.ID = 1               // one datagram, piece after piece
+				f.Offset = 2048 * (i % 32) // holes between: never merging
 			}
 			r.Add(&f, t0)
 			n, held := r.InProgress()
@@ -141,8 +193,8 @@ func TestBounds(t *testing.T) {
 		f, g := frag(0, true, "AAAAAAAA"), frag(8, false, "B")
 		f.Key.ID, g.Key.ID = 99999, 99999
 		r.Add(&f, t0)
-		if out, data, _ := r.Add(&g, t0); out != Complete || string(data) != "AAAAAAAAB" {
-			t.Errorf("%+v: a datagram after the flood: %v %q", cfg, out, data)
+		if res := r.Add(&g, t0); res.Outcome != Complete || string(res.Data) != "AAAAAAAAB" {
+			t.Errorf("%+v: a datagram after the flood: %v %q", cfg, res.Outcome, res.Data)
 		}
 	}
 }
@@ -155,7 +207,7 @@ func FuzzReassemble(f *testing.F) {
 	f.Add(bytes.Repeat([]byte{1, 0, 1, 16}, 40))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		const maxBytes = 4096
-		r := New(Config{MaxBytes: maxBytes, MaxDatagrams: 4, MaxFragments: 8, Policy: Policy(len(in) % 2)})
+		r := New(Config{MaxBytes: maxBytes, MaxDatagrams: 4, MaxFragments: 8, Policy: Policy(len(in) % 3)})
 		now := t0
 		for len(in) >= 4 {
 			// id, offset/8 (2 bytes, more in the top bit), length
@@ -166,9 +218,16 @@ func FuzzReassemble(f *testing.F) {
 			fr.Key.ID = uint32(id)
 			in = in[n:]
 			now = now.Add(time.Duration(off>>13&3) * 20 * time.Second)
-			out, data, _ := r.Add(&fr, now)
-			if out == Complete && (len(data) != fr.Offset+n || len(data) > MaxDatagram) {
-				t.Fatalf("completed a datagram of %d bytes on a last fragment ending at %d", len(data), fr.Offset+n)
+			total := -1
+			if d := r.m[fr.Key]; d != nil {
+				total = d.total
+			}
+			if !fr.More {
+				total = fr.Offset + n
+			}
+			res := r.Add(&fr, now)
+			if res.Outcome == Complete && (len(res.Data) != total || len(res.Data) > MaxDatagram) {
+				t.Fatalf("completed a datagram of %d bytes, its last fragment says %d", len(res.Data), total)
 			}
 			dg, held := r.InProgress()
 			if held < 0 || held > maxBytes || dg > 4 {
@@ -178,9 +237,9 @@ func FuzzReassemble(f *testing.F) {
 			for _, d := range r.m {
 				c := 0
 				for i, p := range d.pieces {
-					c += len(p.data) + pieceOverhead
-					if p.end-p.off != len(p.data) || (i > 0 && d.pieces[i-1].end > p.off) {
-						t.Fatalf("pieces out of order or overlapping: %+v", d.pieces)
+					c += cap(p.data) + pieceOverhead
+					if p.end-p.off != len(p.data) || (i > 0 && d.pieces[i-1].end >= p.off) {
+						t.Fatalf("pieces out of order, overlapping or adjacent: %+v", d.pieces)
 					}
 				}
 				if c != d.charged {

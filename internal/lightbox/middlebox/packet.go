@@ -29,6 +29,11 @@ type Meta struct {
 	Payload          []byte
 	Len              int  // bytes on the wire (of a reassembled datagram: its bytes, with this packet's headers)
 	Reassembled      bool // a datagram made whole from fragments, on its last fragment
+	// FragConflict: this fragment overlapped bytes of its datagram
+	// already held with different bytes, which a host and a middlebox
+	// may resolve differently (an evasion attempt, or a broken path). It
+	// is set whatever the fragment's Result; the IDS alerts on it.
+	FragConflict bool
 }
 
 // TCP flag bits.
@@ -84,7 +89,7 @@ type DecodeStats struct {
 }
 
 func (s DecodeStats) String() string {
-	return fmt.Sprintf("decode: %d IP packets (%d reassembled), %d not IP, %d IP fragments held, %d malformed; %v",
+	return fmt.Sprintf("decode: %d IP packets (%d reassembled), %d not IP, %d IP fragments not completing a datagram, %d malformed; %v",
 		s.Decoded, s.Defrag.Reassembled, s.NotIP, s.Fragments, s.Malformed, s.Defrag)
 }
 
@@ -94,11 +99,14 @@ func (s DecodeStats) String() string {
 // extension headers; GRE and IP-in-IP (IPv4 or IPv6 in either) are
 // decapsulated, so the middleboxes see the inner flow; then TCP or UDP.
 // IPv4 and IPv6 fragments are reassembled (package defrag, its default
-// bounds and the First overlap policy unless Defrag is replaced before
-// the first packet): each fragment but the one completing its datagram is
-// a Fragment, and that one decodes as the whole datagram, its transport
-// header and payload included. A reassembled datagram carrying a tunnel
-// (GRE, IP-in-IP) is decoded at its outer IP header only.
+// bounds and Linux's overlap policy unless Defrag is replaced before the
+// first packet): each fragment but the one completing its datagram is a
+// Fragment, and that one decodes as the whole datagram, its transport
+// header and payload included: for IPv6, the first fragment's next
+// header and the extension headers after the fragment header (routing,
+// destination options, AH) are walked to the transport header. A
+// reassembled datagram carrying a tunnel (GRE, IP-in-IP) is decoded at
+// its outer IP header only.
 type Decoder struct {
 	eth     layers.Ethernet
 	dot1q   layers.Dot1Q
@@ -235,7 +243,7 @@ func (d *Decoder) decode(data []byte, m *Meta) Result {
 						frag = true
 						d.frag = defrag.Fragment{
 							Key:  defrag.Key{Src: m.Src, Dst: m.Dst, ID: e.fragID},
-							IPv6: true, Offset: e.fragOff, More: e.fragMore, Data: e.payload,
+							IPv6: true, Offset: e.fragOff, More: e.fragMore, Next: uint8(e.proto), Data: e.payload,
 						}
 					}
 				}
@@ -299,16 +307,22 @@ func (d *Decoder) reassemble(data []byte, now time.Time, m *Meta) Result {
 	if !m.Src.IsValid() || !m.Dst.IsValid() {
 		return Malformed
 	}
-	out, dg, _ := d.Defrag.Add(f, now)
-	if out != defrag.Complete {
+	res := d.Defrag.Add(f, now)
+	m.FragConflict = res.Conflict
+	if res.Outcome != defrag.Complete {
 		return Fragment
 	}
-	proto := m.Proto
+	proto, dg := m.Proto, res.Data
 	if f.IPv6 {
-		proto = uint8(d.ext[2].proto) // the fragment header's next header
+		// The datagram's headers after the fragment header, from its
+		// first fragment's next header on.
+		var ok bool
+		if proto, dg, ok = d.walkIPv6(res.Next, dg); !ok {
+			return Malformed
+		}
 	}
-	*m = Meta{Src: m.Src, Dst: m.Dst, TTL: m.TTL, Proto: proto, Reassembled: true,
-		Len: len(data) - len(f.Data) + len(dg)}
+	*m = Meta{Src: m.Src, Dst: m.Dst, TTL: m.TTL, Proto: proto, Reassembled: true, FragConflict: res.Conflict,
+		Len: len(data) - len(f.Data) + len(res.Data)}
 	switch proto {
 	case 6:
 		if d.tcp.DecodeFromBytes(dg, gopacket.NilDecodeFeedback) != nil {
@@ -324,4 +338,32 @@ func (d *Decoder) reassemble(data []byte, now time.Time, m *Meta) Result {
 		m.Payload = dg
 	}
 	return Decoded
+}
+
+// walkIPv6 walks the extension headers at the start of a reassembled IPv6
+// datagram's fragmentable part (routing, destination options, AH) from
+// next, and returns the protocol after them and its bytes. A hop-by-hop
+// or a second fragment header there is out of place (RFC 8200 §4.1), and
+// so is a chain that does not end within the datagram: not ok.
+func (d *Decoder) walkIPv6(next uint8, b []byte) (uint8, []byte, bool) {
+	for range 8 {
+		var e *ip6ExtLayer
+		switch layers.IPProtocol(next) {
+		case layers.IPProtocolIPv6Routing:
+			e = &d.ext[1]
+		case layers.IPProtocolIPv6Destination:
+			e = &d.ext[3]
+		case layers.IPProtocolAH:
+			e = &d.ext[4]
+		case layers.IPProtocolIPv6HopByHop, layers.IPProtocolIPv6Fragment:
+			return 0, nil, false
+		default:
+			return next, b, true
+		}
+		if e.DecodeFromBytes(b, gopacket.NilDecodeFeedback) != nil {
+			return 0, nil, false
+		}
+		next, b = uint8(e.proto), e.payload
+	}
+	return 0, nil, false
 }
