@@ -358,7 +358,8 @@ func fragmentedDNS(t *testing.T) string {
 
 // TestLightboxFragments runs the IDS in the real middlebox binary on IPv4
 // fragments: the signature cut across them is found once, the rewriting
-// overlap is reported, and every fragment still crosses etap unchanged.
+// overlap raises an alert of its own (fail closed), and every fragment
+// still crosses etap unchanged.
 func TestLightboxFragments(t *testing.T) {
 	trace := fragmentedDNS(t)
 	dir := t.TempDir()
@@ -368,16 +369,19 @@ func TestLightboxFragments(t *testing.T) {
 	runLightbox(t, trace, []string{"-run", "ids", "-rules", rules, "-report", report}, []string{"-out", out})
 	sameCapture(t, trace, out)
 	b, _ := os.ReadFile(report)
-	for _, want := range []string{`alert sid 5 "dns tunnel" 10.0.0.1:5353 -> 10.0.0.9:53`, "1 datagrams reassembled", "1 overlaps (1 with different bytes)", "alerts 1 gaps 0"} {
+	overlapAlert := `alert sid 0 "IP fragments overlap with different bytes (an evasion attempt, or a broken path)" 10.0.0.1:0 -> 10.0.0.9:0`
+	for _, want := range []string{`alert sid 5 "dns tunnel" 10.0.0.1:5353 -> 10.0.0.9:53`, overlapAlert,
+		"1 datagrams reassembled", "1 overlaps (1 with different bytes, 1 duplicates dropped)", "alerts 2 gaps 0 ignored 0"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("the IDS report lacks %q:\n%s", want, b)
 		}
 	}
 	// Told that the host behind it keeps the last copy, the IDS sees what
-	// that host would (the rewrite: no word), and still reports the overlap.
+	// that host would (the rewrite: no word), and still alerts on the
+	// overlap.
 	runLightbox(t, trace, []string{"-run", "ids", "-rules", rules, "-report", report, "-frag-policy", "last"}, nil)
 	b, _ = os.ReadFile(report)
-	for _, want := range []string{"1 datagrams reassembled", "1 overlaps (1 with different bytes)", "alerts 0 gaps 0"} {
+	for _, want := range []string{overlapAlert, "1 datagrams reassembled", "1 overlaps (1 with different bytes, 0 duplicates dropped)", "alerts 1 gaps 0 ignored 0"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("with -frag-policy last, the IDS report lacks %q:\n%s", want, b)
 		}

@@ -110,7 +110,7 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 			for _, a := range x.Alerts {
 				fmt.Fprintln(cfg.Report, a)
 			}
-			fmt.Fprintf(cfg.Report, "alerts %d gaps %d\n", len(x.Alerts), x.Gaps)
+			fmt.Fprintf(cfg.Report, "alerts %d gaps %d ignored %d\n", len(x.Alerts), x.Gaps, x.Ignored)
 			return p.err
 		}, nil
 	}

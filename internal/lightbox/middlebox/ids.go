@@ -41,7 +41,12 @@ const (
 	iShake  = 1 // u8: bit 0 the SYN seen, bit 1 the SYN-ACK
 )
 
-// Alert is a rule that matched a flow's reassembled data.
+// DecoderSID is the SID of the alerts the IDS raises itself, on what it
+// decodes rather than on a rule (rules' SIDs are positive).
+const DecoderSID = 0
+
+// Alert is a rule that matched a flow's reassembled data, or (SID
+// DecoderSID) an evasion attempt the decoder saw.
 type Alert struct {
 	SID      int
 	Msg      string
@@ -63,11 +68,15 @@ type IDS struct {
 	Rules  []Rule
 	Alerts []Alert
 	Gaps   int
-	dec    *Decoder
-	ac     *matcher
-	meta   Meta
-	win    []byte
-	fl     uint8 // what the current packet's data is, for flow: (flowTo*, flowEstablished)
+	// Ignored counts TCP packets a host would discard and so does the
+	// IDS: a SYN or SYN-ACK in the middle of a connection, a RST at any
+	// sequence number but the expected one.
+	Ignored int
+	dec     *Decoder
+	ac      *matcher
+	meta    Meta
+	win     []byte
+	fl      uint8 // what the current packet's data is, for flow: (flowTo*, flowEstablished)
 }
 
 // NewIDS compiles the rules.
@@ -86,7 +95,14 @@ func NewIDS(table StateTable, dec *Decoder, rules []Rule) (*IDS, error) {
 // Handle processes one packet at trusted time now.
 func (x *IDS) Handle(data []byte, now time.Time) error {
 	m := &x.meta
-	if !x.dec.Decode(data, now, m) {
+	r := x.dec.DecodeResult(data, now, m)
+	if m.FragConflict {
+		// Fail closed: overlapping fragments with different bytes are
+		// reported whichever way the host resolves them.
+		x.Alerts = append(x.Alerts, Alert{SID: DecoderSID, Msg: "IP fragments overlap with different bytes (an evasion attempt, or a broken path)",
+			Src: netip.AddrPortFrom(m.Src, m.SrcPort), Dst: netip.AddrPortFrom(m.Dst, m.DstPort)})
+	}
+	if r != Decoded {
 		return nil
 	}
 	src, dst := netip.AddrPortFrom(m.Src, m.SrcPort), netip.AddrPortFrom(m.Dst, m.DstPort)
@@ -111,12 +127,23 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 	}
 	d := st[8+side*dirSize : 8+(side+1)*dirSize]
 	seq := m.Seq
-	switch {
-	case m.Flags&(SYN|ACK) == SYN:
-		// A connection opens (or opens again): this side is its client.
-		st[iOpener], st[iShake] = byte(side+1), 1
-	case m.Flags&(SYN|ACK) == SYN|ACK && st[iOpener] == byte(2-side):
-		st[iShake] |= 2
+	if m.Flags&RST != 0 {
+		// A reset ends the connection only at the sequence number the
+		// receiver expects (RFC 5961 §3; a host answers any other with a
+		// challenge ACK), so a forged one cannot wipe the stream's state.
+		if d[dFlags]&fKnown == 0 || seq == binary.BigEndian.Uint32(d[dNext:]) {
+			x.Table.Remove(k)
+		} else {
+			x.Ignored++
+		}
+		return nil
+	}
+	if m.Flags&SYN != 0 && !x.handshake(st, d, side, seq, m.Flags&ACK != 0) {
+		x.Ignored++ // a host discards it (RFC 5961 §4): so does the IDS
+		return nil
+	}
+	if m.Flags&SYN != 0 {
+		seq++
 	}
 	if st[iOpener] != 0 {
 		x.fl = flowToClient
@@ -127,10 +154,6 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 			x.fl |= flowEstablished
 		}
 	}
-	if m.Flags&SYN != 0 {
-		x.reset(d, seq+1)
-		seq++
-	}
 	if len(m.Payload) > 0 {
 		if d[dFlags]&fKnown == 0 {
 			x.reset(d, seq)
@@ -138,16 +161,57 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 		x.segment(d, seq, m.Payload, src, dst)
 	}
 	if m.Flags&FIN != 0 {
-		d[dFlags] |= fFin
+		// A FIN counts where the stream could end: at or a window past
+		// what was delivered, not anywhere a forger puts it.
+		fin := seq + uint32(len(m.Payload))
+		if rel := int32(fin - binary.BigEndian.Uint32(d[dNext:])); d[dFlags]&fKnown == 0 || (rel >= 0 && rel <= reasmWindow) {
+			d[dFlags] |= fFin
+		}
 	}
-	// A connection ends on RST. After both FINs it lingers (as TIME_WAIT,
-	// until the state table expires it) so that data retransmitted late
-	// is recognised as delivered, not scanned again; a new SYN on its
-	// ports starts its streams afresh.
-	if m.Flags&RST != 0 {
-		x.Table.Remove(k)
-	}
+	// After both FINs a connection lingers (as TIME_WAIT, until the
+	// state table expires it) so that data retransmitted late is
+	// recognised as delivered, not scanned again; a new SYN on its ports
+	// starts it afresh.
 	return nil
+}
+
+// handshake takes a SYN (ack: a SYN-ACK) from side at seq into the
+// connection's state st, d being side's stream, and reports whether the
+// packet is to be processed at all. A SYN opens a connection when none is
+// known (no SYN seen, or both sides closed with FIN): the connection's
+// state starts afresh. A SYN-ACK answers the opener's SYN once. Their
+// retransmissions pass; any other SYN or SYN-ACK comes mid-connection,
+// and a host discards it: resetting the stream for it would let an
+// attacker realign the IDS's sequence numbers away from the host's.
+func (x *IDS) handshake(st, d []byte, side int, seq uint32, ack bool) bool {
+	known := d[dFlags]&fKnown != 0
+	retrans := known && binary.BigEndian.Uint32(d[dNext:]) == seq+1
+	if !ack {
+		other := st[8+(1-side)*dirSize:][:dirSize]
+		closed := d[dFlags]&fFin != 0 && other[dFlags]&fFin != 0
+		switch {
+		case st[iOpener] == 0 || closed:
+			clear(st[:IDSStateSize])
+			st[iOpener], st[iShake] = byte(side+1), 1
+			x.reset(d, seq+1)
+			return true
+		case st[iOpener] == byte(side+1) && st[iShake] == 1 && retrans:
+			return true
+		}
+		return false
+	}
+	switch {
+	case st[iOpener] == byte(2-side) && st[iShake] == 1:
+		st[iShake] |= 2
+		x.reset(d, seq+1)
+		return true
+	case st[iOpener] == byte(2-side) && retrans:
+		return true
+	case st[iOpener] == 0 && !known: // its SYN was not seen
+		x.reset(d, seq+1)
+		return true
+	}
+	return false
 }
 
 func (x *IDS) reset(d []byte, next uint32) {

@@ -192,3 +192,82 @@ func runIDS(t *testing.T, table StateTable, rules []Rule, capture [][]byte) *IDS
 	}
 	return x
 }
+
+// TestIDSEvasions: TCP packets that a host discards must not change what
+// the IDS reassembles. Each capture hides "attack" from an IDS that
+// believed the packet: a SYN or SYN-ACK in the middle of the connection
+// (which would realign the stream's sequence numbers), a RST at a
+// sequence number the host does not accept (which would wipe the bytes
+// matched so far), and a forged FIN far ahead followed by a SYN (which
+// would make the connection look closed and reopened). A host answers
+// each with a challenge ACK and keeps the connection; the IDS ignores
+// them, and says so.
+func TestIDSEvasions(t *testing.T) {
+	rules, err := ParseRules(strings.NewReader(`alert tcp any any -> any 80 (msg:"attack"; content:"attack"; flow:to_server,established; sid:1;)` + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, s := "10.0.0.1", "10.0.0.2"
+	open := [][]byte{
+		seg(c, 40000, s, 80, SYN, 1000, ""),
+		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+		seg(c, 40000, s, 80, ACK, 1001, ""),
+		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /att"),
+	}
+	rest := seg(c, 40000, s, 80, ACK|PSH, 1009, "ack HTTP/1.0")
+	for _, tc := range []struct {
+		name    string
+		forged  [][]byte
+		ignored int
+	}{
+		{"nothing forged", nil, 0},
+		{"a SYN mid-connection", [][]byte{seg(c, 40000, s, 80, SYN, 90000, "")}, 1},
+		{"a SYN mid-connection, at the next sequence number less one", [][]byte{seg(c, 40000, s, 80, SYN, 1008, "")}, 1},
+		{"a SYN-ACK from the server mid-connection", [][]byte{seg(s, 80, c, 40000, SYN|ACK, 70000, "")}, 1},
+		{"a SYN-ACK from the client", [][]byte{seg(c, 40000, s, 80, SYN|ACK, 90000, "")}, 1},
+		{"a RST in the window but not at its start", [][]byte{seg(c, 40000, s, 80, RST, 1010, "")}, 1},
+		{"a RST from the server far from its sequence", [][]byte{seg(s, 80, c, 40000, RST, 123456, "")}, 1},
+		{"a FIN far ahead from each side, then a SYN", [][]byte{
+			seg(c, 40000, s, 80, FIN|ACK, 60000, ""), seg(s, 80, c, 40000, FIN|ACK, 60000, ""),
+			seg(c, 40000, s, 80, SYN, 90000, "")}, 1},
+	} {
+		for name, table := range tables(t, IDSStateSize) {
+			t.Run(tc.name+"/"+name, func(t *testing.T) {
+				capture := append(append(append([][]byte(nil), open...), tc.forged...), rest)
+				x := runIDS(t, table, rules, capture)
+				if len(x.Alerts) != 1 || x.Alerts[0].SID != 1 {
+					t.Errorf("alerts %v, want sid 1 once", x.Alerts)
+				}
+				if x.Ignored != tc.ignored {
+					t.Errorf("%d packets ignored, want %d", x.Ignored, tc.ignored)
+				}
+			})
+		}
+	}
+}
+
+// TestIDSHandshakeRetransmissions: a retransmitted SYN and SYN-ACK are
+// taken as such, not as packets out of place; a RST at the expected
+// sequence number ends the connection; a SYN after it opens the next.
+func TestIDSHandshakeRetransmissions(t *testing.T) {
+	c, s := "10.0.0.1", "10.0.0.2"
+	capture := [][]byte{
+		seg(c, 40000, s, 80, SYN, 1000, ""),
+		seg(c, 40000, s, 80, SYN, 1000, ""),
+		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
+		seg(c, 40000, s, 80, RST, 1012, ""),
+		seg(c, 40000, s, 80, SYN, 3000, ""),
+		seg(s, 80, c, 40000, SYN|ACK, 8000, ""),
+		seg(c, 40000, s, 80, ACK|PSH, 3001, "GET /attack"),
+	}
+	for name, table := range tables(t, IDSStateSize) {
+		t.Run(name, func(t *testing.T) {
+			x := runIDS(t, table, loadRules(t), capture)
+			if len(x.Alerts) != 2 || x.Ignored != 0 {
+				t.Fatalf("alerts %v, %d ignored; want sid 1001 twice, none ignored", x.Alerts, x.Ignored)
+			}
+		})
+	}
+}

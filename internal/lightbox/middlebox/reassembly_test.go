@@ -123,7 +123,7 @@ func udpSplit(t *testing.T, last []byte) [][]byte {
 
 // TestIDSAcrossFragments: a signature cut across IP fragments is found,
 // and a later overlapping fragment with other bytes neither hides it (the
-// first bytes stand) nor goes unreported.
+// first bytes stand) nor goes without an alert of its own.
 func TestIDSAcrossFragments(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
@@ -153,8 +153,17 @@ func TestIDSAcrossFragments(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if len(x.Alerts) != 1 || !strings.Contains(x.Alerts[0].String(), "sid 1005") {
-				t.Fatalf("alerts %v; want sid 1005 once (%v)", x.Alerts, d.Stats)
+			var rule, decoder uint64
+			for _, a := range x.Alerts {
+				switch a.SID {
+				case 1005:
+					rule++
+				case DecoderSID:
+					decoder++
+				}
+			}
+			if rule != 1 || decoder != tc.conflicts || len(x.Alerts) != int(1+tc.conflicts) {
+				t.Fatalf("alerts %v; want sid 1005 once and a decoder alert per conflict (%v)", x.Alerts, d.Stats)
 			}
 			if got := d.Stats.Defrag.Conflicts; got != tc.conflicts {
 				t.Fatalf("%d conflicting overlaps reported, want %d: %v", got, tc.conflicts, d.Stats)
@@ -177,5 +186,51 @@ func TestFirewallDropsFragments(t *testing.T) {
 		if i == len(frags)-1 && !strings.Contains(why, "fragmented datagram") {
 			t.Fatalf("the completing fragment dropped for %q", why)
 		}
+	}
+}
+
+// TestDecodeReassembledIPv6Headers: a reassembled IPv6 datagram takes its
+// protocol from its first fragment's fragment header, wherever the
+// completing fragment came from and whatever it says, and the extension
+// headers after the fragment header (here a destination options header)
+// are walked to the transport header.
+func TestDecodeReassembledIPv6Headers(t *testing.T) {
+	payload := "GET /attack HTTP/1.1\r\n\r\n"
+	plain := ipTCP(t, true, payload)
+	withOpts := withExt(plain, ext8(60))
+	for _, tc := range []struct {
+		name  string
+		pkt   []byte
+		lie   bool // the completing (last) fragment's header names UDP
+		order []int
+	}{
+		{"destination options after the fragment header", withOpts, false, []int{0, 1}},
+		{"destination options, the first fragment last", withOpts, false, []int{1, 0}},
+		{"the last fragment names another protocol", plain, true, []int{0, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			frags := fragment6(tc.pkt, 5, piece{off: 0, end: 16}, piece{off: 16, end: len(tc.pkt) - 40})
+			if tc.lie {
+				frags[1][40] = 17
+			}
+			d := mustDecoder(t, layers.LinkTypeRaw)
+			var m Meta
+			var r Result
+			for _, i := range tc.order {
+				r = d.DecodeResult(frags[i], time.Unix(100, 0), &m)
+			}
+			if r != Decoded || !m.Reassembled || m.Proto != 6 || m.DstPort != 80 || string(m.Payload) != payload {
+				t.Fatalf("%v: %+v (%v)", r, m, d.Stats)
+			}
+		})
+	}
+	// A hop-by-hop header is out of place after a fragment header: the
+	// datagram is malformed, not a flow.
+	bad := fragment6(withExt(plain, ext8(0)), 6, piece{off: 0, end: 16}, piece{off: 16, end: len(plain) - 40 + 8})
+	d := mustDecoder(t, layers.LinkTypeRaw)
+	var m Meta
+	d.DecodeResult(bad[0], time.Unix(100, 0), &m)
+	if r := d.DecodeResult(bad[1], time.Unix(100, 0), &m); r != Malformed {
+		t.Fatalf("hop-by-hop after the fragment header: %v %+v", r, m)
 	}
 }
