@@ -24,10 +24,12 @@ const (
 // from outside, only new connections to the listed services are let in;
 // everything else that belongs to no connection is dropped. TCP follows
 // the handshake and teardown as real stacks see them: retransmitted SYNs
-// and SYN-ACKs pass, and a closed connection lingers (TIME_WAIT, until the
+// and SYN-ACKs pass (a SYN-ACK also once established, its ACK having been
+// lost beyond the firewall), and a closed connection lingers (TIME_WAIT, until the
 // state table expires it, 2 minutes by default as Linux's conntrack) so
 // that a retransmitted FIN or last ACK, or data sent before the FIN again,
-// still passes, and a new SYN on the same ports opens a new connection;
+// still passes, and a new SYN on the same ports opens a new connection
+// (from a side that may open one);
 // data past a side's FIN is dropped. UDP flows are kept until they expire.
 //
 // State (FirewallStateSize bytes): [0] the connection's state, [1] which
@@ -121,7 +123,11 @@ func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 		f.Table.Remove(k)
 		return true, "", nil
 	case st[0] == fwTimeWait && m.Flags&(SYN|ACK) == SYN:
-		// The ports used again: a new connection, opened by this side.
+		// The ports used again: a new connection, opened by this side,
+		// which must be one that may open a connection at all.
+		if !f.inside(m.Src) && !f.allowedIn(m) {
+			return false, "unsolicited from outside (the ports of a closed connection)", nil
+		}
 		clear(st)
 		st[0], st[1] = fwSynSent, 1
 		if reverse {
@@ -131,8 +137,9 @@ func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 		st[0] = fwSynReceived
 	case (st[0] == fwSynSent || st[0] == fwSynReceived) && fromClient && m.Flags&(SYN|ACK) == SYN:
 		// a retransmitted SYN
-	case st[0] == fwSynReceived && !fromClient && m.Flags&(SYN|ACK) == SYN|ACK:
-		// a retransmitted SYN-ACK
+	case (st[0] == fwSynReceived || st[0] == fwEstablished) && !fromClient && m.Flags&(SYN|ACK) == SYN|ACK:
+		// a retransmitted SYN-ACK (after the handshake: the client's
+		// last ACK was lost on its way to the server)
 	case st[0] == fwSynReceived && fromClient && m.Flags&ACK != 0 && m.Flags&SYN == 0:
 		st[0] = fwEstablished
 		if m.Flags&FIN != 0 {

@@ -225,3 +225,42 @@ func TestFirewall(t *testing.T) {
 		})
 	}
 }
+
+// TestFirewallReopen: the ports of a closed connection open again only
+// for a side allowed to open a connection: an outside host answering on
+// them with a SYN of its own is dropped, an inside one passes. A SYN-ACK
+// retransmitted after the handshake passes.
+func TestFirewallReopen(t *testing.T) {
+	in, out := "10.0.0.1", "192.0.2.9"
+	teardown := [][]byte{
+		seg(in, 40000, out, 80, SYN, 1000, ""),
+		seg(out, 80, in, 40000, SYN|ACK, 5000, ""),
+		seg(in, 40000, out, 80, ACK, 1001, ""),
+		seg(out, 80, in, 40000, SYN|ACK, 5000, ""), // retransmitted: the ACK was lost
+		seg(in, 40000, out, 80, FIN|ACK, 1001, ""),
+		seg(out, 80, in, 40000, FIN|ACK, 5001, ""),
+		seg(in, 40000, out, 80, ACK, 1002, ""),
+	}
+	for _, tc := range []struct {
+		name string
+		syn  []byte
+		pass bool
+	}{
+		{"from outside", seg(out, 80, in, 40000, SYN, 7000, ""), false},
+		{"from inside", seg(in, 40000, out, 80, SYN, 9000, ""), true},
+	} {
+		for name, table := range tables(t, FirewallStateSize) {
+			t.Run(tc.name+"/"+name, func(t *testing.T) {
+				fw := NewFirewall(table, mustDecoder(t, layers.LinkTypeEthernet), []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, nil)
+				for i, f := range append(append([][]byte(nil), teardown...), tc.syn) {
+					if _, err := fw.Handle(f, time.Unix(100, int64(i))); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if want := len(teardown); fw.Passed != want+map[bool]int{true: 1}[tc.pass] {
+					t.Fatalf("passed %d of %d packets: %q", fw.Passed, len(teardown)+1, fw.Log)
+				}
+			})
+		}
+	}
+}
