@@ -70,17 +70,25 @@ func Read(r io.Reader) (*Capture, error) {
 		if err != nil {
 			return nil, fmt.Errorf("pcapng: %w", err)
 		}
+		// The capture's link type is its first packet's (or, with no
+		// packet, its first interface's), fixed once: a later section of
+		// the file numbers its interfaces afresh, and its interface 0 may
+		// be another link type.
 		c.LinkType = ng.LinkType()
+		fixed := false
 		next = func() ([]byte, time.Time, int, error) {
 			d, ci, err := ng.ReadPacketData()
-			if n, ierr := ng.Interface(0); ierr == nil {
-				c.LinkType = n.LinkType // the first interface's: its description precedes any packet
+			if err != nil || len(ci.AncillaryData) == 0 {
+				return d, ci.Timestamp, ci.Length, err
 			}
-			if err == nil && len(ci.AncillaryData) > 0 {
-				if lt, ok := ci.AncillaryData[0].(layers.LinkType); ok && lt != c.LinkType {
-					return nil, time.Time{}, 0, fmt.Errorf("pcapng: its interface %d is link type %d (%s), its first interface's %d (%s): LightBox carries one link type per capture; split it by interface (for example tshark -r FILE -Y 'frame.interface_id == %d' -w OUT)",
-						ci.InterfaceIndex, int(lt), lt, int(c.LinkType), c.LinkType, ci.InterfaceIndex)
-				}
+			lt, ok := ci.AncillaryData[0].(layers.LinkType)
+			switch {
+			case !ok:
+			case !fixed:
+				c.LinkType, fixed = lt, true
+			case lt != c.LinkType:
+				return nil, time.Time{}, 0, fmt.Errorf("pcapng: this packet's interface (%d in its section) is link type %d (%s), the first packet's %d (%s): LightBox carries one link type per capture; split it by interface (for example tshark -r FILE -Y 'frame.interface_id == %d' -w OUT)",
+					ci.InterfaceIndex, int(lt), lt, int(c.LinkType), c.LinkType, ci.InterfaceIndex)
 			}
 			return d, ci.Timestamp, ci.Length, err
 		}

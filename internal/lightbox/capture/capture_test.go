@@ -161,8 +161,31 @@ func TestMixedLinkTypes(t *testing.T) {
 			}
 			continue
 		}
-		if err == nil || !strings.Contains(err.Error(), "interface 1 is link type 101") || !strings.Contains(err.Error(), "split it by interface") {
+		if err == nil || !strings.Contains(err.Error(), "interface (1 in its section) is link type 101") || !strings.Contains(err.Error(), "split it by interface") {
 			t.Fatalf("mixed link types: %v", err)
 		}
+	}
+}
+
+// TestMixedLinkTypesAcrossSections: a pcapng whose second section's
+// interface 0 is another link type than the first's is refused too (a
+// new section numbers its interfaces afresh).
+func TestMixedLinkTypesAcrossSections(t *testing.T) {
+	var buf bytes.Buffer
+	for _, lt := range []layers.LinkType{layers.LinkTypeEthernet, layers.LinkTypeRaw} {
+		w, err := pcapgo.NewNgWriter(&buf, lt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 {
+			ci := gopacket.CaptureInfo{Timestamp: time.Unix(1, int64(i)), CaptureLength: 60, Length: 60}
+			if err := w.WritePacket(ci, make([]byte, 60)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		w.Flush()
+	}
+	if _, err := Read(&buf); err == nil || !strings.Contains(err.Error(), "link type 101") {
+		t.Fatalf("two sections of different link types: %v", err)
 	}
 }
