@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -372,6 +373,18 @@ func TestHandshakeFailures(t *testing.T) {
 	<-errc
 	if _, err := etap.Dial(nil, etap.Gateway, etap.Config{PSK: []byte("short")}, etap.Options{}); err == nil {
 		t.Error("a 5-byte pre-shared key was accepted")
+	}
+	// A peer of version 1 sends its shorter hello, reads as much of ours,
+	// and hangs up: the error names the versions, not an unexpected EOF.
+	a, b = net.Pipe()
+	go func() {
+		old := append([]byte("ETAP1\x00\x02"), make([]byte, 76)...) // version 1's 83 bytes
+		b.Write(old)
+		io.ReadFull(b, make([]byte, len(old)))
+		b.Close()
+	}()
+	if _, err := etap.Dial(a, etap.Gateway, etap.Config{PSK: psk}, etap.Options{}); err == nil || !strings.Contains(err.Error(), `version "1", this end "2"`) {
+		t.Errorf("a version 1 peer: %v", err)
 	}
 }
 

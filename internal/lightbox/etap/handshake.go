@@ -99,12 +99,17 @@ func decodeHello(b []byte) (*hello, error) {
 		return nil, errors.New("etap: peer did not send an etap hello")
 	}
 	if string(b[:6]) != helloMagic {
-		return nil, fmt.Errorf("etap: peer speaks etap version %q, this end %q: run the same release of lightbox on both ends", b[4:5], helloMagic[4:5])
+		return nil, versionError(b)
 	}
 	h := &hello{role: Role(b[6]), size: binary.BigEndian.Uint32(b[7:]), rekey: binary.BigEndian.Uint64(b[11:]), link: binary.BigEndian.Uint16(b[19:])}
 	copy(h.pub[:], b[21:53])
 	copy(h.random[:], b[53:85])
 	return h, nil
+}
+
+// versionError says that hello b is another version's.
+func versionError(b []byte) error {
+	return fmt.Errorf("etap: peer speaks etap version %q, this end %q: run the same release of lightbox on both ends", b[4:5], helloMagic[4:5])
 }
 
 // keys are one direction's key schedule.
@@ -170,6 +175,11 @@ func handshake(rw io.ReadWriter, role Role, cfg Config) (send, recv *keys, agree
 	}
 	buf := make([]byte, helloSize)
 	if err := exchange(rw, mine.encode(), buf); err != nil {
+		if string(buf[:4]) == helloMagic[:4] && buf[4] != helloMagic[4] {
+			// A peer of another version sent a hello of another size,
+			// then gave up on ours: say so, not "unexpected EOF".
+			return nil, nil, cfg, versionError(buf)
+		}
 		return nil, nil, cfg, fmt.Errorf("etap: hello: %w", err)
 	}
 	peer, err := decodeHello(buf)
