@@ -71,12 +71,17 @@ func runMiddlebox(args []string) error {
 	cache := fs.Int("cache", 0, "flow states kept in trusted memory (0: as many as fit in -cache-mb)")
 	cacheMB := fs.Int("cache-mb", lightbox.DefaultCacheBytes>>20, "MiB of trusted memory for cached flow states, when -cache is 0")
 	fragPolicy := fs.String("frag-policy", "linux", "overlapping IPv4 fragments: linux (a duplicate inside bytes held is dropped, any other overlap discards the datagram, as Linux since 4.19), first (the bytes that came first stand) or last (the bytes that came last); IPv6 always takes linux's (RFC 5722, RFC 8200)")
+	reorderMB := fs.Int("reorder-mb", middlebox.DefaultReorderMemCap>>20, "ids: MiB for TCP data held out of order beyond each flow's window (1-65536)")
 	fs.Parse(args)
+	if *reorderMB < 1 || *reorderMB > 65536 {
+		return fmt.Errorf("-reorder-mb %d: want 1 to 65536 MiB", *reorderMB)
+	}
 	psk, err := lightbox.ReadPSK(*pskFile)
 	if err != nil {
 		return err
 	}
-	pc := lightbox.ProcessorConfig{Name: *run, LinkType: layers.LinkType(*link), CacheEntries: *cache, CacheBytes: *cacheMB << 20, Report: os.Stdout}
+	pc := lightbox.ProcessorConfig{Name: *run, LinkType: layers.LinkType(*link), CacheEntries: *cache, CacheBytes: *cacheMB << 20, Report: os.Stdout,
+		Reorder: middlebox.ReorderConfig{MemCap: *reorderMB << 20}}
 	if pc.FragPolicy, err = defrag.ParsePolicy(*fragPolicy); err != nil {
 		return fmt.Errorf("-frag-policy: %v", err)
 	}

@@ -24,8 +24,9 @@ type ProcessorConfig struct {
 	IdleTimeout  time.Duration // flows idle this long expire (default 2 minutes)
 	Inside       []netip.Prefix
 	Allowed      []netip.AddrPort
-	FragPolicy   defrag.Policy // how overlapping IPv4 fragments are resolved
-	Report       io.Writer     // where the monitor writes assets and flows, and the firewall its drops
+	FragPolicy   defrag.Policy           // how overlapping IPv4 fragments are resolved
+	Reorder      middlebox.ReorderConfig // ids: TCP data held out of order beyond each flow's window
+	Report       io.Writer               // where the monitor writes assets and flows, and the firewall its drops
 }
 
 // DefaultCacheBytes is the trusted memory given to cached flow states when
@@ -104,13 +105,14 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 		if err != nil {
 			return nil, nil, err
 		}
+		x.Reorder = cfg.Reorder
 		p := &idsProc{x: x, exp: expiry{m: m}}
 		return p, func() error {
 			fmt.Fprintln(cfg.Report, dec.Stats)
 			for _, a := range x.Alerts {
 				fmt.Fprintln(cfg.Report, a)
 			}
-			fmt.Fprintf(cfg.Report, "alerts %d gaps %d ignored %d\n", len(x.Alerts), x.Gaps, x.Ignored)
+			fmt.Fprintf(cfg.Report, "alerts %d gaps %d ignored %d conflicts %d\n", len(x.Alerts), x.Gaps, x.Ignored, x.Conflicts)
 			return p.err
 		}, nil
 	}

@@ -5,18 +5,25 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/torbento/bento/internal/lightbox/flowstate"
 )
 
 // Per-direction reassembly and matching state, inside the flow state:
 //
 //	u32 next     next in-order sequence number
-//	u8  flags    1: next is known; 2: a gap was skipped; 4: FIN seen
+//	u8  flags    1: next is known; 2: a gap was skipped; 4: FIN seen; 8: data in the pool
 //	u8  tailLen  bytes in tail
 //	u16 hi       bytes of buf up to the last buffered byte
 //	u32 acState  the matcher's state after the last delivered byte
+//	u32 gapLo    the last hole skipped, [gapLo, gapHi): its bytes, if they
+//	u32 gapHi    ... come after all, are scanned on their own
 //	[64]  tail   the last bytes delivered (to confirm case-sensitive matches)
 //	[320] bitmap which bytes of buf hold data
 //	[2560] buf   out-of-order data, buf[0] is sequence number next
+//
+// Data further out of order than buf holds waits in the IDS's reorder
+// pool (ReorderConfig), outside the flow state.
 const (
 	reasmWindow = 2560
 	dNext       = 0
@@ -24,7 +31,9 @@ const (
 	dTailLen    = 5
 	dHi         = 6
 	dAC         = 8
-	dTail       = 12
+	dGapLo      = 12
+	dGapHi      = 16
+	dTail       = 20
 	dBitmap     = dTail + MaxContent
 	dBuf        = dBitmap + reasmWindow/8
 	dirSize     = dBuf + reasmWindow
@@ -32,6 +41,7 @@ const (
 	fKnown = 1
 	fGap   = 2
 	fFin   = 4
+	fHeld  = 8 // the reorder pool may hold data of this direction
 
 	// IDSStateSize is the IDS's per-flow state (LightBox's is ~5.5 KB):
 	// the connection's 8 bytes, then each direction's.
@@ -57,12 +67,19 @@ func (a Alert) String() string {
 	return fmt.Sprintf("alert sid %d %q %s -> %s", a.SID, a.Msg, a.Src, a.Dst)
 }
 
-// IDS reassembles each TCP direction within a bounded window — handling
-// out-of-order segments, retransmissions, overlaps (the first copy of a
-// byte received wins) and gaps (when the window cannot hold what is
-// missing, the hole is skipped, counted and matching restarts) — and
-// matches the rules' contents over the reassembled stream with one
-// Aho-Corasick automaton. UDP payloads are matched per datagram.
+// IDS reassembles each TCP direction and matches the rules' contents over
+// the reassembled stream with one Aho-Corasick automaton, scanning every
+// byte once, in stream order. Out-of-order data waits in a window inside
+// the flow state (reasmWindow bytes), and beyond it in a reorder pool
+// bounded per direction and in all (Reorder), so that a lost segment
+// retransmitted after many more is scanned in its place. Overlapping
+// segments: the first copy of a byte received stands, and an overlap
+// with different bytes (which hosts resolve differently: Linux keeps the
+// later segment when it starts where the earlier did and covers it) raises
+// an alert of its own. Only when the bounds cannot hold what waits is a
+// hole skipped: counted in Gaps, matching restarts after it, and its
+// bytes, if they come after all, are scanned on their own. UDP payloads
+// are matched per datagram.
 type IDS struct {
 	Table  StateTable
 	Rules  []Rule
@@ -70,13 +87,22 @@ type IDS struct {
 	Gaps   int
 	// Ignored counts TCP packets a host would discard and so does the
 	// IDS: a SYN or SYN-ACK in the middle of a connection, a RST at any
-	// sequence number but the expected one.
+	// sequence number but the expected one, data beyond MaxAhead.
 	Ignored int
-	dec     *Decoder
-	ac      *matcher
-	meta    Meta
-	win     []byte
-	fl      uint8 // what the current packet's data is, for flow: (flowTo*, flowEstablished)
+	// Conflicts counts segments that overlapped data held with
+	// different bytes (each also raises an alert).
+	Conflicts int
+	// Reorder bounds the reorder pool; set it before the first packet.
+	Reorder ReorderConfig
+
+	dec  *Decoder
+	ac   *matcher
+	meta Meta
+	win  []byte
+	fl   uint8 // what the current packet's data is, for flow: (flowTo*, flowEstablished)
+	pool *reorderPool
+	cur  dirKey    // the current packet's direction
+	now  time.Time // the current packet's time
 }
 
 // NewIDS compiles the rules.
@@ -125,6 +151,10 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 	if reverse {
 		side = 1
 	}
+	if x.pool == nil {
+		x.pool = newReorderPool(x.Reorder)
+	}
+	x.cur, x.now = dirKey{k: k, side: uint8(side)}, now
 	d := st[8+side*dirSize : 8+(side+1)*dirSize]
 	seq := m.Seq
 	if m.Flags&RST != 0 {
@@ -133,6 +163,7 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 		// challenge ACK), so a forged one cannot wipe the stream's state.
 		if d[dFlags]&fKnown == 0 || seq == binary.BigEndian.Uint32(d[dNext:]) {
 			x.Table.Remove(k)
+			x.dropHeld(k)
 		} else {
 			x.Ignored++
 		}
@@ -192,6 +223,7 @@ func (x *IDS) handshake(st, d []byte, side int, seq uint32, ack bool) bool {
 		switch {
 		case st[iOpener] == 0 || closed:
 			clear(st[:IDSStateSize])
+			x.dropHeld(x.cur.k)
 			st[iOpener], st[iShake] = byte(side+1), 1
 			x.reset(d, seq+1)
 			return true
@@ -204,11 +236,13 @@ func (x *IDS) handshake(st, d []byte, side int, seq uint32, ack bool) bool {
 	case st[iOpener] == byte(2-side) && st[iShake] == 1:
 		st[iShake] |= 2
 		x.reset(d, seq+1)
+		x.pool.drop(x.cur)
 		return true
 	case st[iOpener] == byte(2-side) && retrans:
 		return true
 	case st[iOpener] == 0 && !known: // its SYN was not seen
 		x.reset(d, seq+1)
+		x.pool.drop(x.cur)
 		return true
 	}
 	return false
@@ -223,59 +257,185 @@ func (x *IDS) reset(d []byte, next uint32) {
 func bit(d []byte, i int) bool { return d[dBitmap+i/8]&(1<<(i%8)) != 0 }
 func setBit(d []byte, i int)   { d[dBitmap+i/8] |= 1 << (i % 8) }
 
+// dropHeld forgets what the reorder pool holds for both directions of k.
+func (x *IDS) dropHeld(k flowstate.Key) {
+	x.pool.drop(dirKey{k: k, side: 0})
+	x.pool.drop(dirKey{k: k, side: 1})
+}
+
 // segment takes one TCP payload at sequence number seq.
 func (x *IDS) segment(d []byte, seq uint32, p []byte, src, dst netip.AddrPort) {
-	for len(p) > reasmWindow { // larger than the window (TSO): in pieces
-		x.segment(d, seq, p[:reasmWindow], src, dst)
-		seq, p = seq+reasmWindow, p[reasmWindow:]
-	}
-	base := binary.BigEndian.Uint32(d[dNext:])
-	hi := int(binary.BigEndian.Uint16(d[dHi:]))
-	rel := int64(int32(seq - base))
-	if rel < 0 { // starts before base: the delivered part is a retransmission
+	next := binary.BigEndian.Uint32(d[dNext:])
+	if rel := int64(int32(seq - next)); rel < 0 { // starts before next: what was delivered is a retransmission
+		x.inHole(d, seq, p, src, dst)
 		if -rel >= int64(len(p)) {
 			return
 		}
-		p, seq, rel = p[-rel:], base, 0
-	}
-	if rel == 0 && hi == 0 { // in order, nothing buffered: the common case
-		x.deliver(d, p, 6, src, dst)
-		binary.BigEndian.PutUint32(d[dNext:], base+uint32(len(p)))
+		p, seq = p[-rel:], next
+	} else if rel > MaxAhead {
+		x.Ignored++
 		return
 	}
-	if rel+int64(len(p)) > reasmWindow {
-		// The window cannot hold it: skip the hole and restart matching
-		// after it.
-		x.Gaps++
-		flags := d[dFlags] | fGap
-		x.reset(d, seq)
-		d[dFlags] = flags
-		x.deliver(d, p, 6, src, dst)
-		binary.BigEndian.PutUint32(d[dNext:], seq+uint32(len(p)))
-		return
+	for len(p) > 0 {
+		next = binary.BigEndian.Uint32(d[dNext:])
+		rel := int(int32(seq - next))
+		if rel < 0 { // delivered meanwhile (a skip moved next past it)
+			if -rel >= len(p) {
+				return
+			}
+			p, seq, rel = p[-rel:], next, 0
+		}
+		if rel == 0 && binary.BigEndian.Uint16(d[dHi:]) == 0 && (d[dFlags]&fHeld == 0 || !x.pool.has(x.cur)) {
+			// In order, nothing waiting: the common case.
+			x.deliver(d, p, 6, src, dst)
+			binary.BigEndian.PutUint32(d[dNext:], next+uint32(len(p)))
+			return
+		}
+		if rel < reasmWindow {
+			n := min(len(p), reasmWindow-rel)
+			x.place(d, rel, p[:n], src, dst)
+			x.drain(d, src, dst)
+			seq, p = seq+uint32(n), p[n:]
+			continue
+		}
+		ok, conflict := x.pool.add(x.cur, next, seq, p, x.now)
+		if conflict {
+			x.conflict(src, dst)
+		}
+		if ok {
+			d[dFlags] |= fHeld
+			return
+		}
+		// Neither the window nor the pool can hold it: skip the hole
+		// before the first byte waiting, and go on from there.
+		x.skip(d, seq, src, dst)
 	}
-	// Store what is new: the first copy of each byte wins.
+}
+
+// place stores p at rel bytes past next (p within the window), the first
+// copy of each byte standing, and delivers what became in order.
+func (x *IDS) place(d []byte, rel int, p []byte, src, dst netip.AddrPort) {
+	conflict := false
 	for i := range p {
-		if j := int(rel) + i; !bit(d, j) {
+		if j := rel + i; !bit(d, j) {
 			d[dBuf+j] = p[i]
 			setBit(d, j)
+		} else if d[dBuf+j] != p[i] {
+			conflict = true
 		}
 	}
-	hi = max(hi, int(rel)+len(p))
-	// Deliver the in-order prefix and shift the window past it.
+	if conflict {
+		x.conflict(src, dst)
+	}
+	hi := max(int(binary.BigEndian.Uint16(d[dHi:])), rel+len(p))
+	binary.BigEndian.PutUint16(d[dHi:], uint16(hi))
+	x.flush(d, src, dst)
+}
+
+// flush delivers the window's in-order prefix and shifts the window past
+// it.
+func (x *IDS) flush(d []byte, src, dst netip.AddrPort) {
+	hi := int(binary.BigEndian.Uint16(d[dHi:]))
 	n := 0
 	for n < hi && bit(d, n) {
 		n++
 	}
-	if n > 0 {
-		x.win = append(x.win[:0], d[dBuf:dBuf+n]...)
-		x.deliver(d, x.win, 6, src, dst)
-		copy(d[dBuf:], d[dBuf+n:dBuf+hi])
-		shiftBitmap(d[dBitmap:dBitmap+reasmWindow/8], n, hi)
-		hi -= n
-		binary.BigEndian.PutUint32(d[dNext:], base+uint32(n))
+	if n == 0 {
+		return
 	}
-	binary.BigEndian.PutUint16(d[dHi:], uint16(hi))
+	x.win = append(x.win[:0], d[dBuf:dBuf+n]...)
+	x.deliver(d, x.win, 6, src, dst)
+	x.shift(d, n)
+}
+
+// shift moves the window n bytes forward: next and the buffer with it.
+func (x *IDS) shift(d []byte, n int) {
+	hi := int(binary.BigEndian.Uint16(d[dHi:]))
+	copy(d[dBuf:], d[dBuf+n:dBuf+hi])
+	shiftBitmap(d[dBitmap:dBitmap+reasmWindow/8], n, hi)
+	binary.BigEndian.PutUint16(d[dHi:], uint16(hi-n))
+	binary.BigEndian.PutUint32(d[dNext:], binary.BigEndian.Uint32(d[dNext:])+uint32(n))
+}
+
+// drain moves what the pool holds for this direction into the window as
+// the window reaches it, delivering what becomes in order.
+func (x *IDS) drain(d []byte, src, dst netip.AddrPort) {
+	for {
+		if d[dFlags]&fHeld == 0 {
+			return
+		}
+		seq, data, ok := x.pool.front(x.cur)
+		if !ok {
+			d[dFlags] &^= fHeld
+			return
+		}
+		rel := int(int32(seq - binary.BigEndian.Uint32(d[dNext:])))
+		switch {
+		case rel < 0: // delivered already (a skip passed it)
+			x.pool.consume(x.cur, min(-rel, len(data)))
+		case rel < reasmWindow:
+			n := min(len(data), reasmWindow-rel)
+			x.place(d, rel, data[:n], src, dst)
+			x.pool.consume(x.cur, n)
+		default:
+			return
+		}
+	}
+}
+
+// skip gives up the hole before the first byte waiting (in the window,
+// in the pool, or else at seq): counted, remembered so that its bytes are
+// scanned on their own should they come, and matching restarts after it.
+func (x *IDS) skip(d []byte, seq uint32, src, dst netip.AddrPort) {
+	next := binary.BigEndian.Uint32(d[dNext:])
+	to := seq
+	if s, _, ok := x.pool.front(x.cur); ok && int32(s-next) < int32(to-next) {
+		to = s
+	}
+	hi := int(binary.BigEndian.Uint16(d[dHi:]))
+	for i := 0; i < hi; i++ {
+		if bit(d, i) {
+			to = next + uint32(i)
+			break
+		}
+	}
+	x.Gaps++
+	d[dFlags] |= fGap
+	binary.BigEndian.PutUint32(d[dGapLo:], next)
+	binary.BigEndian.PutUint32(d[dGapHi:], to)
+	binary.BigEndian.PutUint32(d[dAC:], 0)
+	d[dTailLen] = 0
+	if n := int(int32(to - next)); n < hi {
+		x.shift(d, n)
+	} else {
+		clear(d[dBitmap : dBitmap+reasmWindow/8])
+		binary.BigEndian.PutUint16(d[dHi:], 0)
+		binary.BigEndian.PutUint32(d[dNext:], to)
+	}
+	x.flush(d, src, dst)
+	x.drain(d, src, dst)
+}
+
+// inHole scans, on its own, the part of p (at seq) that lies in the last
+// hole skipped: bytes that came after matching moved past them.
+func (x *IDS) inHole(d []byte, seq uint32, p []byte, src, dst netip.AddrPort) {
+	lo, hi := binary.BigEndian.Uint32(d[dGapLo:]), binary.BigEndian.Uint32(d[dGapHi:])
+	if lo == hi {
+		return
+	}
+	a := max(0, int64(int32(lo-seq)))
+	b := min(int64(len(p)), int64(int32(hi-seq)))
+	if a >= b {
+		return
+	}
+	var scratch [dirSize]byte
+	x.deliver(scratch[:], p[a:b], 6, src, dst)
+}
+
+// conflict raises the alert for overlapping segments with different bytes.
+func (x *IDS) conflict(src, dst netip.AddrPort) {
+	x.Conflicts++
+	x.Alerts = append(x.Alerts, Alert{SID: DecoderSID, Msg: "TCP segments overlap with different bytes (an evasion attempt, or a broken path)", Src: src, Dst: dst})
 }
 
 // shiftBitmap moves the first hi bits of the bitmap down by n.

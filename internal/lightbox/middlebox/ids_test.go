@@ -21,8 +21,9 @@ func idsCapture() [][]byte {
 		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /EvIL"),        // retransmission, different bytes
 		seg(s, 80, c, 40000, ACK|PSH, 5001, "HTTP/1.1 200 OK\r\nsplit-pat"),
 		seg(s, 80, c, 40000, ACK|PSH, 5027, "tern evil \xde\xad\xbe\xef\r\n"),
-		seg(c, 40000, s, 80, ACK|PSH, 1027, "abs"), // 1027-1029
-		seg(c, 40000, s, 80, ACK|PSH, 4030, "ent"), // 3000 bytes later: a gap
+		seg(c, 40000, s, 80, ACK|PSH, 1027, "abs"),                           // 1027-1029
+		seg(c, 40000, s, 80, ACK|PSH, 4030, "ent"),                           // 3000 bytes later: beyond the window, held in the pool
+		seg(c, 40000, s, 80, ACK|PSH, 1030, strings.Repeat("y", 2997)+"abs"), // the hole, filled late
 		frame(c, 5353, "10.0.0.9", 53, "udp", 0, 64, "xTuNnElx"),
 		frame("10.0.0.9", 53, c, 5353, "udp", 0, 64, "tunnel"),
 		seg(c, 40000, s, 80, RST, 4033, ""),
@@ -270,4 +271,167 @@ func TestIDSHandshakeRetransmissions(t *testing.T) {
 			}
 		})
 	}
+}
+
+// stream cuts data, sent from c:40000 to s:80 after a handshake, into
+// segments of size bytes (the client's first byte is sequence 1001), and
+// returns the handshake and the segments.
+func stream(data string, size int) (open, segs [][]byte) {
+	c, s := "10.0.0.1", "10.0.0.2"
+	open = [][]byte{seg(c, 40000, s, 80, SYN, 1000, ""), seg(s, 80, c, 40000, SYN|ACK, 5000, ""), seg(c, 40000, s, 80, ACK, 1001, "")}
+	for i := 0; i < len(data); i += size {
+		segs = append(segs, seg(c, 40000, s, 80, ACK|PSH, 1001+uint32(i), data[i:min(len(data), i+size)]))
+	}
+	return open, segs
+}
+
+// TestIDSLateRetransmission: a segment lost and retransmitted after many
+// more (far beyond the in-state window) is scanned in its place: every
+// pattern, the one cut across it included, fires exactly once, with no
+// gap; so do the same segments in reverse order.
+func TestIDSLateRetransmission(t *testing.T) {
+	var b strings.Builder
+	for i := range 60 {
+		fmt.Fprintf(&b, "%04d evil %s", i, strings.Repeat(".", 1190))
+	}
+	data := b.String()
+	open, segs := stream(data, 1000)
+	lostFirst := append(append([][]byte(nil), segs[1:]...), segs[0])
+	reversed := make([][]byte, len(segs))
+	for i, s := range segs {
+		reversed[len(segs)-1-i] = s
+	}
+	for name, order := range map[string][][]byte{"in order": segs, "the first lost until the end": lostFirst, "reversed": reversed} {
+		for tname, table := range tables(t, IDSStateSize) {
+			t.Run(name+"/"+tname, func(t *testing.T) {
+				x := runIDS(t, table, loadRules(t), append(append([][]byte(nil), open...), order...))
+				n := 0
+				for _, a := range x.Alerts {
+					if a.SID != 1002 {
+						t.Errorf("unexpected alert %v", a)
+					}
+					n++
+				}
+				if n != 60 || x.Gaps != 0 || x.Conflicts != 0 {
+					t.Errorf("%d alerts, %d gaps, %d conflicts; want 60, 0, 0", n, x.Gaps, x.Conflicts)
+				}
+				if x.pool.held != 0 || len(x.pool.m) != 0 {
+					t.Errorf("the pool still holds %d bytes for %d directions", x.pool.held, len(x.pool.m))
+				}
+			})
+		}
+	}
+}
+
+// TestIDSReorderBounds: past its bounds the pool holds nothing more; the
+// hole is skipped (a gap), the data after it is scanned, and the hole's
+// own bytes, when they come after all, are scanned on their own.
+func TestIDSReorderBounds(t *testing.T) {
+	data := "GET /attack " + strings.Repeat("x", 20000) + " evil"
+	open, segs := stream(data, 1000)
+	table := tables(t, IDSStateSize)["map"]
+	x, err := NewIDS(table, mustDecoder(t, layers.LinkTypeEthernet), loadRules(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	x.Reorder = ReorderConfig{PerDirection: 8000}
+	for i, f := range append(append(append([][]byte(nil), open...), segs[1:]...), segs[0]) {
+		if err := x.Handle(f, time.Unix(100, int64(i))); err != nil {
+			t.Fatal(err)
+		}
+		if x.pool != nil && x.pool.held > 8000+8*heldOverhead {
+			t.Fatalf("the pool holds %d bytes, past its bound", x.pool.held)
+		}
+	}
+	var sids []int
+	for _, a := range x.Alerts {
+		sids = append(sids, a.SID)
+	}
+	if x.Gaps != 1 || fmt.Sprint(sids) != "[1002 1001]" {
+		t.Fatalf("gaps %d, alerts %v; want 1 gap, sid 1002 (after it) then sid 1001 (in the hole, scanned on its own)", x.Gaps, sids)
+	}
+}
+
+// TestIDSOverlappingSegments: a segment overlapping data held (in the
+// window or in the pool) with different bytes raises an alert; the first
+// copy stands.
+func TestIDSOverlappingSegments(t *testing.T) {
+	c, s := "10.0.0.1", "10.0.0.2"
+	open, _ := stream("", 1)
+	for _, tc := range []struct {
+		name string
+		at   uint32 // where the two copies lie, past the first byte
+	}{{"in the window", 100}, {"in the pool", 5000}} {
+		t.Run(tc.name, func(t *testing.T) {
+			capture := append(append([][]byte(nil), open...),
+				seg(c, 40000, s, 80, ACK|PSH, 1001+tc.at, "attack"),
+				seg(c, 40000, s, 80, ACK|PSH, 1001+tc.at, "attXXX"),
+				seg(c, 40000, s, 80, ACK|PSH, 1001+tc.at, "attack"), // the same again: no conflict
+				seg(c, 40000, s, 80, ACK|PSH, 1001, strings.Repeat("-", int(tc.at))))
+			x := runIDS(t, tables(t, IDSStateSize)["map"], loadRules(t), capture)
+			var sids []int
+			for _, a := range x.Alerts {
+				sids = append(sids, a.SID)
+			}
+			if fmt.Sprint(sids) != "[0 1001]" || x.Conflicts != 1 {
+				t.Fatalf("alerts %v, %d conflicts; want the overlap's, then sid 1001 (the first copy)", sids, x.Conflicts)
+			}
+		})
+	}
+}
+
+// FuzzIDSReassembly cuts a stream holding "attack" at fuzzed places into
+// segments, sends them in a fuzzed order with fuzzed duplicates, and
+// checks that the rule fires exactly as often as the stream holds the
+// pattern, with no gap and nothing left in the pool: every byte is
+// scanned once, in order, whatever the order of arrival.
+func FuzzIDSReassembly(f *testing.F) {
+	f.Add([]byte{3, 200, 17, 5, 99, 1, 250, 7}, uint16(3000))
+	f.Add([]byte{0, 0, 0, 0}, uint16(60000))
+	rules := loadRules(f)
+	f.Fuzz(func(t *testing.T, cuts []byte, length uint16) {
+		n := 64 + int(length)%100000
+		body := []byte(strings.Repeat("abcdefghij", n/10+1)[:n])
+		for i := 0; i+6 <= n && len(cuts) > 0; i += 7 + int(cuts[i%len(cuts)])*37 {
+			copy(body[i:], "attack")
+		}
+		data := string(body)
+		want := strings.Count(data, "attack")
+		// Segments: lengths from the cuts, 1 to 2,048 bytes.
+		var segs [][2]int
+		for at, i := 0, 0; at < n; i++ {
+			l := 1 + 1460
+			if len(cuts) > 0 {
+				l = 1 + (int(cuts[i%len(cuts)])*8+i)%2048
+			}
+			segs = append(segs, [2]int{at, min(n, at+l)})
+			at += l
+		}
+		// An order: a fuzzed shuffle, with a duplicate now and then.
+		for i := range segs {
+			if len(cuts) == 0 {
+				break
+			}
+			j := (i + int(cuts[i%len(cuts)])) % len(segs)
+			segs[i], segs[j] = segs[j], segs[i]
+		}
+		open, _ := stream("", 1)
+		capture := append([][]byte(nil), open...)
+		for i, sg := range segs {
+			capture = append(capture, seg("10.0.0.1", 40000, "10.0.0.2", 80, ACK|PSH, 1001+uint32(sg[0]), data[sg[0]:sg[1]]))
+			if len(cuts) > 0 && cuts[i%len(cuts)]%7 == 0 {
+				capture = append(capture, capture[len(capture)-1])
+			}
+		}
+		x := runIDS(t, NewMapTable(IDSStateSize), rules, capture)
+		got := 0
+		for _, a := range x.Alerts {
+			if a.SID == 1001 {
+				got++
+			}
+		}
+		if got != want || x.Gaps != 0 || x.Conflicts != 0 || x.pool.held != 0 {
+			t.Fatalf("%d alerts for %d occurrences, %d gaps, %d conflicts, %d bytes left in the pool", got, want, x.Gaps, x.Conflicts, x.pool.held)
+		}
+	})
 }
