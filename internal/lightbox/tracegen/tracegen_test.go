@@ -240,3 +240,23 @@ func decode(t *testing.T, c *capture.Capture) facts {
 	}
 	return f
 }
+
+// TestEvasionsDeterministic: the evasion capture is the same bytes every
+// time, and each case has a client address of its own.
+func TestEvasionsDeterministic(t *testing.T) {
+	a, cases, err := tracegen.Evasions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _, _ := tracegen.Evasions()
+	if !bytes.Equal(a, b) {
+		t.Fatal("two evasion captures differ")
+	}
+	seen := map[string]bool{}
+	for _, c := range cases {
+		if seen[c.Client.String()] || len(c.Want) == 0 {
+			t.Fatalf("case %v: a client address already used, or no alert expected", c)
+		}
+		seen[c.Client.String()] = true
+	}
+}
