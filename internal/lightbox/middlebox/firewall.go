@@ -23,7 +23,8 @@ const (
 // Firewall is a stateful firewall: hosts inside may open connections out;
 // from outside, only new connections to the listed services are let in;
 // everything else that belongs to no connection is dropped. TCP follows
-// the handshake and teardown as real stacks see them: retransmitted SYNs
+// the handshake and teardown as real stacks see them, simultaneous open
+// (both SYNs crossing) included: retransmitted SYNs
 // and SYN-ACKs pass (a SYN-ACK also once established, its ACK having been
 // lost beyond the firewall), and a closed connection lingers (TIME_WAIT, until the
 // state table expires it, 2 minutes by default as Linux's conntrack) so
@@ -34,7 +35,8 @@ const (
 //
 // State (FirewallStateSize bytes): [0] the connection's state, [1] which
 // endpoint of the key opened it, [2] which sides sent FIN (1 the opener,
-// 2 the other), [4:8] and [8:12] the sequence number of each side's FIN.
+// 2 the other), [3] 1 for a simultaneous open, [4:8] and [8:12] the
+// sequence number of each side's FIN.
 type Firewall struct {
 	Table   StateTable
 	Inside  []netip.Prefix
@@ -133,6 +135,12 @@ func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 		if reverse {
 			st[1] = 2
 		}
+	case st[0] == fwSynSent && !fromClient && m.Flags&(SYN|ACK) == SYN:
+		// Simultaneous open (RFC 793 §3.4): the other side's SYN crossed
+		// the opener's; each then answers with a SYN-ACK.
+		st[0], st[3] = fwSynReceived, 1
+	case st[3] == 1 && st[0] == fwSynReceived && m.Flags&SYN != 0:
+		// a SYN-ACK (or a SYN again) of either side of a simultaneous open
 	case st[0] == fwSynSent && !fromClient && m.Flags&(SYN|ACK) == SYN|ACK:
 		st[0] = fwSynReceived
 	case (st[0] == fwSynSent || st[0] == fwSynReceived) && fromClient && m.Flags&(SYN|ACK) == SYN:
@@ -140,7 +148,7 @@ func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 	case (st[0] == fwSynReceived || st[0] == fwEstablished) && !fromClient && m.Flags&(SYN|ACK) == SYN|ACK:
 		// a retransmitted SYN-ACK (after the handshake: the client's
 		// last ACK was lost on its way to the server)
-	case st[0] == fwSynReceived && fromClient && m.Flags&ACK != 0 && m.Flags&SYN == 0:
+	case st[0] == fwSynReceived && (fromClient || st[3] == 1) && m.Flags&ACK != 0 && m.Flags&SYN == 0:
 		st[0] = fwEstablished
 		if m.Flags&FIN != 0 {
 			st[0] = fwClosing

@@ -173,9 +173,6 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 		x.Ignored++ // a host discards it (RFC 5961 §4): so does the IDS
 		return nil
 	}
-	if m.Flags&SYN != 0 {
-		seq++
-	}
 	if st[iOpener] != 0 {
 		x.fl = flowToClient
 		if st[iOpener] == byte(side+1) {
@@ -184,6 +181,17 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 		if st[iShake] == 3 {
 			x.fl |= flowEstablished
 		}
+	}
+	if m.Flags&SYN != 0 {
+		// Data on a SYN (TCP Fast Open) reaches the application only if
+		// the host takes the SYN's cookie, which the IDS cannot know:
+		// scanned on its own, it never moves the stream, so data sent
+		// again after the handshake is scanned in its place too.
+		if len(m.Payload) > 0 {
+			var scratch [dirSize]byte
+			x.deliver(scratch[:], m.Payload, 6, src, dst)
+		}
+		return nil
 	}
 	if len(m.Payload) > 0 {
 		if d[dFlags]&fKnown == 0 {
@@ -210,7 +218,8 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 // connection's state st, d being side's stream, and reports whether the
 // packet is to be processed at all. A SYN opens a connection when none is
 // known (no SYN seen, or both sides closed with FIN): the connection's
-// state starts afresh. A SYN-ACK answers the opener's SYN once. Their
+// state starts afresh. A SYN-ACK answers the opener's SYN once, and so
+// does the other side's SYN in a simultaneous open. Their
 // retransmissions pass; any other SYN or SYN-ACK comes mid-connection,
 // and a host discards it: resetting the stream for it would let an
 // attacker realign the IDS's sequence numbers away from the host's.
@@ -227,7 +236,14 @@ func (x *IDS) handshake(st, d []byte, side int, seq uint32, ack bool) bool {
 			st[iOpener], st[iShake] = byte(side+1), 1
 			x.reset(d, seq+1)
 			return true
-		case st[iOpener] == byte(side+1) && st[iShake] == 1 && retrans:
+		case retrans:
+			return true // either side's SYN again (of a simultaneous open too): nothing changes
+		case st[iOpener] == byte(2-side) && st[iShake] == 1 && !known:
+			// Simultaneous open (RFC 793 §3.4): the other side's SYN
+			// crossed the opener's.
+			st[iShake] |= 2
+			x.reset(d, seq+1)
+			x.pool.drop(x.cur)
 			return true
 		}
 		return false
@@ -238,7 +254,7 @@ func (x *IDS) handshake(st, d []byte, side int, seq uint32, ack bool) bool {
 		x.reset(d, seq+1)
 		x.pool.drop(x.cur)
 		return true
-	case st[iOpener] == byte(2-side) && retrans:
+	case retrans: // the SYN-ACK again, or either side's of a simultaneous open
 		return true
 	case st[iOpener] == 0 && !known: // its SYN was not seen
 		x.reset(d, seq+1)

@@ -223,11 +223,14 @@ func TestIDSEvasions(t *testing.T) {
 	}{
 		{"nothing forged", nil, 0},
 		{"a SYN mid-connection", [][]byte{seg(c, 40000, s, 80, SYN, 90000, "")}, 1},
-		{"a SYN mid-connection, at the next sequence number less one", [][]byte{seg(c, 40000, s, 80, SYN, 1008, "")}, 1},
+		// At the next sequence number less one, a SYN looks like its
+		// retransmission: it changes nothing, its data is scanned alone.
+		{"a SYN mid-connection, at the next sequence number less one, with data", [][]byte{seg(c, 40000, s, 80, SYN, 1008, "XXXX")}, 0},
 		{"a SYN-ACK from the server mid-connection", [][]byte{seg(s, 80, c, 40000, SYN|ACK, 70000, "")}, 1},
 		{"a SYN-ACK from the client", [][]byte{seg(c, 40000, s, 80, SYN|ACK, 90000, "")}, 1},
 		{"a RST in the window but not at its start", [][]byte{seg(c, 40000, s, 80, RST, 1010, "")}, 1},
 		{"a RST from the server far from its sequence", [][]byte{seg(s, 80, c, 40000, RST, 123456, "")}, 1},
+		{"the first SYN again, with other data", [][]byte{seg(c, 40000, s, 80, SYN, 1000, "GET /xxx")}, 1},
 		{"a FIN far ahead from each side, then a SYN", [][]byte{
 			seg(c, 40000, s, 80, FIN|ACK, 60000, ""), seg(s, 80, c, 40000, FIN|ACK, 60000, ""),
 			seg(c, 40000, s, 80, SYN, 90000, "")}, 1},
@@ -434,4 +437,48 @@ func FuzzIDSReassembly(f *testing.F) {
 			t.Fatalf("%d alerts for %d occurrences, %d gaps, %d conflicts, %d bytes left in the pool", got, want, x.Gaps, x.Conflicts, x.pool.held)
 		}
 	})
+}
+
+// TestIDSSynData: data on a SYN (TCP Fast Open) is scanned on its own and
+// does not move the stream: a host that refuses the SYN's data gets it
+// again after the handshake, and that copy, other bytes or not, is
+// scanned in its place.
+func TestIDSSynData(t *testing.T) {
+	c, s := "10.0.0.1", "10.0.0.2"
+	capture := [][]byte{
+		seg(c, 40000, s, 80, SYN, 1000, "xxxxxxxxxxx"),
+		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
+		seg(c, 40000, s, 80, SYN, 2000, "GET /attack"), // mid-connection: ignored
+	}
+	for name, table := range tables(t, IDSStateSize) {
+		t.Run(name, func(t *testing.T) {
+			x := runIDS(t, table, loadRules(t), capture)
+			if len(x.Alerts) != 1 || x.Alerts[0].SID != 1001 || x.Ignored != 1 {
+				t.Fatalf("alerts %v, %d ignored; want sid 1001 once, one SYN ignored", x.Alerts, x.Ignored)
+			}
+		})
+	}
+}
+
+// TestIDSSimultaneousOpen: both SYNs crossing, then both SYN-ACKs, open
+// the connection with nothing ignored; each side's data is scanned.
+func TestIDSSimultaneousOpen(t *testing.T) {
+	c, s := "10.0.0.1", "10.0.0.2"
+	capture := [][]byte{
+		seg(c, 40000, s, 80, SYN, 1000, ""),
+		seg(s, 80, c, 40000, SYN, 5000, ""),
+		seg(c, 40000, s, 80, SYN|ACK, 1000, ""),
+		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
+		seg(s, 80, c, 40000, ACK|PSH, 5001, "evil"),
+	}
+	for name, table := range tables(t, IDSStateSize) {
+		t.Run(name, func(t *testing.T) {
+			x := runIDS(t, table, loadRules(t), capture)
+			if len(x.Alerts) != 2 || x.Alerts[0].SID != 1001 || x.Alerts[1].SID != 1002 || x.Ignored != 0 {
+				t.Fatalf("alerts %v, %d ignored; want sid 1001 then 1002, none ignored", x.Alerts, x.Ignored)
+			}
+		})
+	}
 }

@@ -264,3 +264,50 @@ func TestFirewallReopen(t *testing.T) {
 		}
 	}
 }
+
+// TestFirewallLegitimate: connections opened and closed in every way real
+// stacks do pass whole, not one packet dropped: retransmitted SYN and
+// SYN-ACK, simultaneous open, a close begun by either side, a
+// simultaneous close, a half-close with data still flowing the other way,
+// a reset.
+func TestFirewallLegitimate(t *testing.T) {
+	in, out := "10.0.0.1", "192.0.2.9"
+	c := func(flags uint8, seq uint32, p string) []byte { return seg(in, 40000, out, 443, flags, seq, p) }
+	s := func(flags uint8, seq uint32, p string) []byte { return seg(out, 443, in, 40000, flags, seq, p) }
+	open := [][]byte{c(SYN, 100, ""), s(SYN|ACK, 900, ""), c(ACK, 101, "")}
+	data := [][]byte{c(ACK|PSH, 101, "hello"), s(ACK|PSH, 901, "world")}
+	for _, tc := range []struct {
+		name string
+		pkts [][]byte
+	}{
+		{"retransmitted SYN and SYN-ACK", [][]byte{c(SYN, 100, ""), c(SYN, 100, ""), s(SYN|ACK, 900, ""), s(SYN|ACK, 900, ""), c(ACK, 101, ""), c(ACK|PSH, 101, "hi")}},
+		{"simultaneous open", [][]byte{c(SYN, 100, ""), s(SYN, 900, ""), c(SYN|ACK, 100, ""), s(SYN|ACK, 900, ""), c(ACK, 101, ""), s(ACK, 901, ""), c(ACK|PSH, 101, "hi"), s(ACK|PSH, 901, "yo")}},
+		{"closed by the client", cat2(open, data, [][]byte{c(FIN|ACK, 106, ""), s(ACK, 906, ""), s(FIN|ACK, 906, ""), c(ACK, 107, "")})},
+		{"closed by the server", cat2(open, data, [][]byte{s(FIN|ACK, 906, ""), c(ACK, 106, ""), c(FIN|ACK, 106, ""), s(ACK, 907, "")})},
+		{"simultaneous close", cat2(open, data, [][]byte{c(FIN|ACK, 106, ""), s(FIN|ACK, 906, ""), c(ACK, 107, ""), s(ACK, 907, "")})},
+		{"half-closed, the server still sending", cat2(open, data, [][]byte{c(FIN|ACK, 106, ""), s(ACK|PSH, 906, "more"), c(ACK, 107, ""), s(FIN|ACK, 910, ""), c(ACK, 107, "")})},
+		{"reset", cat2(open, data, [][]byte{c(RST|ACK, 106, "")})},
+	} {
+		for name, table := range tables(t, FirewallStateSize) {
+			t.Run(tc.name+"/"+name, func(t *testing.T) {
+				fw := NewFirewall(table, mustDecoder(t, layers.LinkTypeEthernet), []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, nil)
+				for i, f := range tc.pkts {
+					if _, err := fw.Handle(f, time.Unix(100, int64(i))); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if fw.Dropped != 0 {
+					t.Fatalf("dropped %d of %d packets: %q", fw.Dropped, len(tc.pkts), fw.Log)
+				}
+			})
+		}
+	}
+}
+
+func cat2(parts ...[][]byte) [][]byte {
+	var out [][]byte
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
