@@ -36,6 +36,7 @@ need_pkg runc runc
 need_pkg ip iproute2
 need_pkg unshare util-linux
 need_pkg curl curl # the demo fetches through Tor with it
+need_pkg tshark tshark # the reference the LightBox tests check the middleboxes against
 # Debian's tor for the private Tor network of the tests and the demo, and
 # cloud-init for checking the dust motes' user-data (cloud-init schema).
 # Either package would start a system service on install (tor on the

@@ -20,6 +20,9 @@ const (
 	fwTimeWait // both sent FIN and the last ACK passed: the connection lingers
 )
 
+// fwEnd is where the sides' ends start in a firewall state.
+const fwEnd = 12
+
 // Firewall is a stateful firewall: hosts inside may open connections out;
 // from outside, only new connections to the listed services are let in;
 // everything else that belongs to no connection is dropped. TCP follows
@@ -30,13 +33,16 @@ const (
 // state table expires it, 2 minutes by default as Linux's conntrack) so
 // that a retransmitted FIN or last ACK, or data sent before the FIN again,
 // still passes, and a new SYN on the same ports opens a new connection
-// (from a side that may open one);
+// (from a side that may open one); a RST ends a connection only at the
+// sequence number the host expects (RFC 5961), so a forged one can
+// neither close a connection the hosts keep nor open the way for one;
 // data past a side's FIN is dropped. UDP flows are kept until they expire.
 //
 // State (FirewallStateSize bytes): [0] the connection's state, [1] which
 // endpoint of the key opened it, [2] which sides sent FIN (1 the opener,
 // 2 the other), [3] 1 for a simultaneous open, [4:8] and [8:12] the
-// sequence number of each side's FIN.
+// sequence number of each side's FIN, [12:17] and [17:22] each side's end
+// (the opener's first), which a RST must hit to end the connection.
 type Firewall struct {
 	Table   StateTable
 	Inside  []netip.Prefix
@@ -109,6 +115,8 @@ func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 		}
 		if m.Proto == 17 {
 			st[0] = fwEstablished
+		} else {
+			advanceEnd(st[fwEnd:fwEnd+endSize], m)
 		}
 		return true, "", nil
 	}
@@ -116,13 +124,16 @@ func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 		return true, "", nil
 	}
 	fromClient := (st[1] == 1) != reverse
-	side, finAt := byte(2), 8 // the bit and the FIN sequence of the sender's side
+	side, finAt, endAt := byte(2), 8, fwEnd+endSize // the bit, the FIN sequence and the end of the sender's side
 	if fromClient {
-		side, finAt = 1, 4
+		side, finAt, endAt = 1, 4, fwEnd
 	}
+	end := st[endAt : endAt+endSize]
 	switch {
 	case m.Flags&RST != 0:
-		f.Table.Remove(k)
+		if resetAccepted(end, m) {
+			f.Table.Remove(k)
+		} // else it passes, for the host to answer, and the connection stays
 		return true, "", nil
 	case st[0] == fwTimeWait && m.Flags&(SYN|ACK) == SYN:
 		// The ports used again: a new connection, opened by this side,
@@ -135,6 +146,7 @@ func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 		if reverse {
 			st[1] = 2
 		}
+		end = st[fwEnd : fwEnd+endSize] // the sender opens it: its end is the opener's
 	case st[0] == fwSynSent && !fromClient && m.Flags&(SYN|ACK) == SYN:
 		// Simultaneous open (RFC 793 §3.4): the other side's SYN crossed
 		// the opener's; each then answers with a SYN-ACK.
@@ -172,11 +184,41 @@ func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 	default:
 		return false, "out of state", nil
 	}
+	advanceEnd(end, m)
 	return true, "", nil
 }
 
 // seqAfter reports whether sequence number a lies after b (RFC 1982).
 func seqAfter(a, b uint32) bool { return int32(a-b) > 0 }
+
+// A side's end is where what it sent ends: its next sequence number, a
+// SYN and a FIN counting one each. It is kept in 5 bytes: u8 1 once
+// known, u32 the end.
+const endSize = 5
+
+// advanceEnd moves side's end e past TCP packet m.
+func advanceEnd(e []byte, m *Meta) {
+	end := m.Seq + uint32(len(m.Payload))
+	if m.Flags&SYN != 0 {
+		end++
+	}
+	if m.Flags&FIN != 0 {
+		end++
+	}
+	if e[0] == 0 || seqAfter(end, binary.BigEndian.Uint32(e[1:])) {
+		e[0] = 1
+		binary.BigEndian.PutUint32(e[1:], end)
+	}
+}
+
+// resetAccepted reports whether RST m, from the side whose end is e, ends
+// the connection: only at that end, the sequence number its peer expects
+// (RFC 5961 §3; a host answers any other with a challenge ACK and goes
+// on), or from a side that sent nothing yet (a RST answering a SYN). A
+// forged RST cannot end a connection the hosts keep.
+func resetAccepted(e []byte, m *Meta) bool {
+	return e[0] == 0 || m.Seq == binary.BigEndian.Uint32(e[1:])
+}
 
 // Handle decides one packet, counting and logging drops.
 func (f *Firewall) Handle(data []byte, now time.Time) (bool, error) {

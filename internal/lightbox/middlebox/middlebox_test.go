@@ -311,3 +311,45 @@ func cat2(parts ...[][]byte) [][]byte {
 	}
 	return out
 }
+
+// TestForgedReset: a RST off the sequence number the host expects (a
+// host answers it with a challenge ACK, RFC 5961) neither ends the
+// firewall's connection, so the data after it still passes, nor splits
+// the monitor's flow in two; a RST at that sequence number ends both.
+func TestForgedReset(t *testing.T) {
+	in, out := "10.0.0.1", "192.0.2.9"
+	c := func(flags uint8, seq uint32, p string) []byte { return seg(in, 40000, out, 443, flags, seq, p) }
+	s := func(flags uint8, seq uint32, p string) []byte { return seg(out, 443, in, 40000, flags, seq, p) }
+	pkts := [][]byte{c(SYN, 100, ""), s(SYN|ACK, 900, ""), c(ACK, 101, ""), c(ACK|PSH, 101, "hello"),
+		s(RST, 5000, ""),        // forged: the server's next is 901
+		c(RST|ACK, 200, ""),     // forged: the client's next is 106
+		c(ACK|PSH, 106, "more"), // still the connection's
+		c(RST|ACK, 110, ""),     // the real one
+		c(ACK|PSH, 110, "late")} // after it: no connection
+	for name, table := range tables(t, FirewallStateSize) {
+		t.Run("firewall/"+name, func(t *testing.T) {
+			fw := NewFirewall(table, mustDecoder(t, layers.LinkTypeEthernet), []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, nil)
+			for i, f := range pkts {
+				if _, err := fw.Handle(f, time.Unix(100, int64(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if fw.Dropped != 1 || !strings.Contains(fw.Log[0], "no connection") {
+				t.Fatalf("passed %d, dropped %d %q; want only the packet after the real RST dropped", fw.Passed, fw.Dropped, fw.Log)
+			}
+		})
+	}
+	for name, table := range tables(t, MonitorStateSize) {
+		t.Run("monitor/"+name, func(t *testing.T) {
+			mo := NewMonitor(table, mustDecoder(t, layers.LinkTypeEthernet))
+			for i, f := range pkts[:8] {
+				if err := mo.Handle(f, time.Unix(100, int64(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if len(mo.Records) != 1 || mo.Records[0].PktsToServer != 6 || table.Len() != 0 {
+				t.Fatalf("records %v, %d flows open; want one flow of 6 packets to the server, ended", mo.Records, table.Len())
+			}
+		})
+	}
+}

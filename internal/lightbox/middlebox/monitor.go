@@ -32,6 +32,8 @@ const (
 	mBanner    = 54 // [64]byte: first bytes the server sent
 	bannerMax  = 64
 	mClosed    = mBanner + bannerMax // u8: 1 once both sides sent FIN
+	mEndA      = mClosed + 1         // [endSize]: where what the first endpoint sent ends (see advanceEnd)
+	mEndB      = mEndA + endSize     // ... the second
 )
 
 // Asset is something the monitor learned about a host.
@@ -131,17 +133,25 @@ func (mo *Monitor) Handle(data []byte, now time.Time) error {
 			}
 		}
 	}
-	// A TCP flow ends on RST, at once; once both sides sent FIN it
+	// A TCP flow ends on a RST the host takes (at the sequence number it
+	// expects: resetAccepted), at once; once both sides sent FIN it
 	// lingers (as TIME_WAIT), so the last ACK and late retransmissions
 	// count in it rather than start a flow of their own, and it is
 	// recorded when the state table expires it (or a new SYN reuses its
 	// ports).
+	end := st[mEndA+endSize*side:][:endSize]
 	switch {
 	case m.Proto == 6 && m.Flags&RST != 0:
-		mo.finish(k, st)
-		mo.Table.Remove(k)
-	case m.Proto == 6 && st[mFlagsA]&st[mFlagsB]&FIN != 0:
-		st[mClosed] = 1
+		if resetAccepted(end, m) {
+			mo.finish(k, st)
+			mo.Table.Remove(k)
+		}
+		return nil
+	case m.Proto == 6:
+		advanceEnd(end, m)
+		if st[mFlagsA]&st[mFlagsB]&FIN != 0 {
+			st[mClosed] = 1
+		}
 	}
 	return nil
 }
