@@ -250,32 +250,6 @@ func TestIDSEvasions(t *testing.T) {
 	}
 }
 
-// TestIDSHandshakeRetransmissions: a retransmitted SYN and SYN-ACK are
-// taken as such, not as packets out of place; a RST at the expected
-// sequence number ends the connection; a SYN after it opens the next.
-func TestIDSHandshakeRetransmissions(t *testing.T) {
-	c, s := "10.0.0.1", "10.0.0.2"
-	capture := [][]byte{
-		seg(c, 40000, s, 80, SYN, 1000, ""),
-		seg(c, 40000, s, 80, SYN, 1000, ""),
-		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
-		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
-		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
-		seg(c, 40000, s, 80, RST, 1012, ""),
-		seg(c, 40000, s, 80, SYN, 3000, ""),
-		seg(s, 80, c, 40000, SYN|ACK, 8000, ""),
-		seg(c, 40000, s, 80, ACK|PSH, 3001, "GET /attack"),
-	}
-	for name, table := range tables(t, IDSStateSize) {
-		t.Run(name, func(t *testing.T) {
-			x := runIDS(t, table, loadRules(t), capture)
-			if len(x.Alerts) != 2 || x.Ignored != 0 {
-				t.Fatalf("alerts %v, %d ignored; want sid 1001 twice, none ignored", x.Alerts, x.Ignored)
-			}
-		})
-	}
-}
-
 // stream cuts data, sent from c:40000 to s:80 after a handshake, into
 // segments of size bytes (the client's first byte is sequence 1001), and
 // returns the handshake and the segments.
@@ -439,46 +413,58 @@ func FuzzIDSReassembly(f *testing.F) {
 	})
 }
 
-// TestIDSSynData: data on a SYN (TCP Fast Open) is scanned on its own and
-// does not move the stream: a host that refuses the SYN's data gets it
-// again after the handshake, and that copy, other bytes or not, is
-// scanned in its place.
-func TestIDSSynData(t *testing.T) {
+// TestIDSHandshakes: the ways a connection opens, and what the IDS makes
+// of them: retransmitted SYN and SYN-ACK taken as such, not as packets out
+// of place; a RST at the expected sequence number ends a connection and a
+// SYN after it opens the next; a simultaneous open (both SYNs crossing,
+// then both SYN-ACKs); data on a SYN (TCP Fast Open) scanned on its own,
+// never moving the stream, so that the copy sent after the handshake is
+// scanned in its place (other bytes or not).
+func TestIDSHandshakes(t *testing.T) {
 	c, s := "10.0.0.1", "10.0.0.2"
-	capture := [][]byte{
-		seg(c, 40000, s, 80, SYN, 1000, "xxxxxxxxxxx"),
-		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
-		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
-		seg(c, 40000, s, 80, SYN, 2000, "GET /attack"), // mid-connection: ignored
-	}
-	for name, table := range tables(t, IDSStateSize) {
-		t.Run(name, func(t *testing.T) {
-			x := runIDS(t, table, loadRules(t), capture)
-			if len(x.Alerts) != 1 || x.Alerts[0].SID != 1001 || x.Ignored != 1 {
-				t.Fatalf("alerts %v, %d ignored; want sid 1001 once, one SYN ignored", x.Alerts, x.Ignored)
-			}
-		})
-	}
-}
-
-// TestIDSSimultaneousOpen: both SYNs crossing, then both SYN-ACKs, open
-// the connection with nothing ignored; each side's data is scanned.
-func TestIDSSimultaneousOpen(t *testing.T) {
-	c, s := "10.0.0.1", "10.0.0.2"
-	capture := [][]byte{
-		seg(c, 40000, s, 80, SYN, 1000, ""),
-		seg(s, 80, c, 40000, SYN, 5000, ""),
-		seg(c, 40000, s, 80, SYN|ACK, 1000, ""),
-		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
-		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
-		seg(s, 80, c, 40000, ACK|PSH, 5001, "evil"),
-	}
-	for name, table := range tables(t, IDSStateSize) {
-		t.Run(name, func(t *testing.T) {
-			x := runIDS(t, table, loadRules(t), capture)
-			if len(x.Alerts) != 2 || x.Alerts[0].SID != 1001 || x.Alerts[1].SID != 1002 || x.Ignored != 0 {
-				t.Fatalf("alerts %v, %d ignored; want sid 1001 then 1002, none ignored", x.Alerts, x.Ignored)
-			}
-		})
+	for _, tc := range []struct {
+		name    string
+		capture [][]byte
+		sids    string
+		ignored int
+	}{
+		{"retransmissions, a reset, the ports again", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, ""),
+			seg(c, 40000, s, 80, SYN, 1000, ""),
+			seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+			seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+			seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
+			seg(c, 40000, s, 80, RST, 1012, ""),
+			seg(c, 40000, s, 80, SYN, 3000, ""),
+			seg(s, 80, c, 40000, SYN|ACK, 8000, ""),
+			seg(c, 40000, s, 80, ACK|PSH, 3001, "GET /attack"),
+		}, "[1001 1001]", 0},
+		{"simultaneous open", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, ""),
+			seg(s, 80, c, 40000, SYN, 5000, ""),
+			seg(c, 40000, s, 80, SYN|ACK, 1000, ""),
+			seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+			seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
+			seg(s, 80, c, 40000, ACK|PSH, 5001, "evil"),
+		}, "[1001 1002]", 0},
+		{"data on the SYN", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, "xxxxxxxxxxx"),
+			seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+			seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
+			seg(c, 40000, s, 80, SYN, 2000, "GET /attack"), // mid-connection: ignored
+		}, "[1001]", 1},
+	} {
+		for name, table := range tables(t, IDSStateSize) {
+			t.Run(tc.name+"/"+name, func(t *testing.T) {
+				x := runIDS(t, table, loadRules(t), tc.capture)
+				var sids []int
+				for _, a := range x.Alerts {
+					sids = append(sids, a.SID)
+				}
+				if fmt.Sprint(sids) != tc.sids || x.Ignored != tc.ignored {
+					t.Fatalf("alerts %v, %d ignored; want %s, %d ignored", x.Alerts, x.Ignored, tc.sids, tc.ignored)
+				}
+			})
+		}
 	}
 }
