@@ -212,47 +212,55 @@ func TestLightboxIDS(t *testing.T) {
 	t.Logf("ids on %s: %d alerts, %d gaps", trace.Name, alerts, gaps)
 }
 
-// TestLightboxEvasions runs the evasion suite (docs/SECURITY.md, "LightBox's
-// IDS against evasion") through the real binaries: the capture crosses
-// etap to the IDS in the middlebox, and each case's alerts in its report
-// are the documented ones, in order; every packet comes back unchanged.
+// TestLightboxEvasions runs the corpus of tracegen.Corpus (the evasion
+// suite of docs/SECURITY.md, "LightBox's IDS against evasion";
+// encapsulations and tunnels; the Linux cooked and NFLOG link types)
+// through the real binaries: each capture crosses etap to the IDS in the
+// middlebox, which learns its link type from the gateway, each case's
+// alerts in its report are the documented ones, in order, and every
+// packet comes back unchanged.
 func TestLightboxEvasions(t *testing.T) {
-	capture, cases, err := tracegen.Evasions()
+	corpus, err := tracegen.Corpus()
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	trace, rules := filepath.Join(dir, "evasions.pcap"), filepath.Join(dir, "rules")
-	report, out := filepath.Join(dir, "ids.txt"), filepath.Join(dir, "returned.pcap")
-	os.WriteFile(trace, capture, 0o644)
+	rules := filepath.Join(dir, "rules")
 	os.WriteFile(rules, []byte(tracegen.EvasionRules), 0o644)
-	runLightbox(t, trace, []string{"-run", "ids", "-rules", rules, "-report", report}, []string{"-out", out})
-	sameCapture(t, trace, out)
-	b, _ := os.ReadFile(report)
-	got := map[netip.Addr][]int{}
-	for _, l := range strings.Split(string(b), "\n") {
-		var sid int
-		if _, err := fmt.Sscanf(l, "alert sid %d", &sid); err != nil {
-			continue
-		}
-		i := strings.LastIndex(l, "\" ")
-		src, _, _ := strings.Cut(l[i+2:], " -> ")
-		ap, err := netip.ParseAddrPort(src)
-		if err != nil {
-			t.Fatalf("report line %q: %v", l, err)
-		}
-		got[ap.Addr()] = append(got[ap.Addr()], sid)
+	for _, cc := range corpus {
+		t.Run(cc.Name, func(t *testing.T) {
+			trace := filepath.Join(dir, cc.Name)
+			report, out := trace+".ids", trace+".returned"
+			os.WriteFile(trace, cc.Data, 0o644)
+			runLightbox(t, trace, []string{"-run", "ids", "-rules", rules, "-report", report}, []string{"-out", out})
+			sameCapture(t, trace, out)
+			b, _ := os.ReadFile(report)
+			got := map[netip.Addr][]int{}
+			for _, l := range strings.Split(string(b), "\n") {
+				var sid int
+				if _, err := fmt.Sscanf(l, "alert sid %d", &sid); err != nil {
+					continue
+				}
+				i := strings.LastIndex(l, "\" ")
+				src, _, _ := strings.Cut(l[i+2:], " -> ")
+				ap, err := netip.ParseAddrPort(src)
+				if err != nil {
+					t.Fatalf("report line %q: %v", l, err)
+				}
+				got[ap.Addr()] = append(got[ap.Addr()], sid)
+			}
+			for _, c := range cc.Cases {
+				if fmt.Sprint(got[c.Client]) != fmt.Sprint(c.Want) {
+					t.Errorf("%s: alerts %v, want %v (%s)", c.Name, got[c.Client], c.Want, c.Why)
+				}
+				delete(got, c.Client)
+			}
+			if len(got) > 0 || t.Failed() {
+				t.Fatalf("alerts from no case: %v; the report:\n%s", got, b)
+			}
+			t.Logf("%d cases, each alerted as documented", len(cc.Cases))
+		})
 	}
-	for _, c := range cases {
-		if fmt.Sprint(got[c.Client]) != fmt.Sprint(c.Want) {
-			t.Errorf("%s: alerts %v, want %v (%s)", c.Name, got[c.Client], c.Want, c.Why)
-		}
-		delete(got, c.Client)
-	}
-	if len(got) > 0 || t.Failed() {
-		t.Fatalf("alerts from no case: %v; the report:\n%s", got, b)
-	}
-	t.Logf("%d evasion cases, each alerted as documented", len(cases))
 }
 
 // TestLightboxTUN feeds the gateway live packets from a TUN device, all

@@ -46,7 +46,9 @@ var tsharkDifferences = map[string]string{
 
 // TestLightboxAgainstTshark checks the middleboxes, through the real
 // binaries, against tshark (Wireshark's dissectors) on the corpus of
-// captures the project generates (tracegen's, and the evasion capture):
+// captures the project generates (tracegen's named captures, and
+// tracegen.Corpus: evasions, encapsulations and tunnels, Linux cooked and
+// NFLOG link types):
 // per capture, the monitor's TCP and UDP flows are tshark's TCP and UDP
 // conversations, and each IDS rule fires on each flow as often as its
 // pattern occurs in tshark's reassembled streams of that flow (follow
@@ -56,18 +58,19 @@ var tsharkDifferences = map[string]string{
 func TestLightboxAgainstTshark(t *testing.T) {
 	tshark, err := exec.LookPath("tshark")
 	testutil.Require(t, err == nil, "tshark (Wireshark's command line), the reference")
-	caps := testutil.Captures(t)
-	ev, _, err := tracegen.Evasions()
+	corpus, err := tracegen.Corpus()
 	if err != nil {
 		t.Fatal(err)
 	}
-	evPath := filepath.Join(t.TempDir(), "evasions.pcap")
-	os.WriteFile(evPath, ev, 0o644)
-	paths := []string{evPath}
-	for _, c := range caps {
+	dir := t.TempDir()
+	var paths []string
+	for _, cc := range corpus {
+		paths = append(paths, filepath.Join(dir, cc.Name))
+		os.WriteFile(paths[len(paths)-1], cc.Data, 0o644)
+	}
+	for _, c := range testutil.Captures(t) {
 		paths = append(paths, c.Path)
 	}
-	dir := t.TempDir()
 	rules := filepath.Join(dir, "rules")
 	var rb strings.Builder
 	for _, r := range tsharkRules {

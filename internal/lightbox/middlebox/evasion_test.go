@@ -8,19 +8,20 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 
 	"github.com/torbento/bento/internal/lightbox/tracegen"
 )
 
-// TestIDSEvasionSuite runs the IDS over tracegen's evasion capture (the
-// same request sent in every way an attacker might hide it: fragments,
-// extension headers, tiny, reordered, late and overlapping segments,
-// VLAN tags, forged SYN and RST) and checks each case's alerts, in
-// order, against what docs/SECURITY.md documents.
+// TestIDSEvasionSuite runs the IDS over tracegen's corpus: the evasion
+// capture (the same request sent in every way an attacker might hide it:
+// fragments, extension headers, tiny, reordered, late and overlapping
+// segments, VLAN tags, forged SYN and RST), encapsulations and tunnels,
+// and the Linux cooked and NFLOG link types; and checks each case's
+// alerts, in order, against what the corpus (and for the evasions
+// docs/SECURITY.md) says.
 func TestIDSEvasionSuite(t *testing.T) {
-	capture, cases, err := tracegen.Evasions()
+	corpus, err := tracegen.Corpus()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,39 +29,44 @@ func TestIDSEvasionSuite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, table := range tables(t, IDSStateSize) {
-		t.Run(name, func(t *testing.T) {
-			x, err := NewIDS(table, mustDecoder(t, layers.LinkTypeEthernet), rules)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r, err := pcapgo.NewReader(bytes.NewReader(capture))
-			if err != nil {
-				t.Fatal(err)
-			}
-			for {
-				data, ci, err := r.ReadPacketData()
+	for _, cc := range corpus {
+		for name, table := range tables(t, IDSStateSize) {
+			t.Run(cc.Name+"/"+name, func(t *testing.T) {
+				x, err := NewIDS(table, mustDecoder(t, cc.LinkType), rules)
 				if err != nil {
-					break
-				}
-				if err := x.Handle(data, ci.Timestamp); err != nil {
 					t.Fatal(err)
 				}
-			}
-			got := map[netip.Addr][]int{}
-			for _, a := range x.Alerts {
-				got[a.Src.Addr()] = append(got[a.Src.Addr()], a.SID)
-			}
-			for _, c := range cases {
-				if fmt.Sprint(got[c.Client]) != fmt.Sprint(c.Want) {
-					t.Errorf("%s: alerts %v, want %v (%s)", c.Name, got[c.Client], c.Want, c.Why)
+				r, err := pcapgo.NewReader(bytes.NewReader(cc.Data))
+				if err != nil {
+					t.Fatal(err)
 				}
-				delete(got, c.Client)
-			}
-			for a, sids := range got {
-				t.Errorf("alerts %v from %s, which is no case's", sids, a)
-			}
-		})
+				for {
+					data, ci, err := r.ReadPacketData()
+					if err != nil {
+						break
+					}
+					if err := x.Handle(data, ci.Timestamp); err != nil {
+						t.Fatal(err)
+					}
+				}
+				got := map[netip.Addr][]int{}
+				for _, a := range x.Alerts {
+					got[a.Src.Addr()] = append(got[a.Src.Addr()], a.SID)
+				}
+				for _, c := range cc.Cases {
+					if fmt.Sprint(got[c.Client]) != fmt.Sprint(c.Want) {
+						t.Errorf("%s: alerts %v, want %v (%s)", c.Name, got[c.Client], c.Want, c.Why)
+					}
+					delete(got, c.Client)
+				}
+				for a, sids := range got {
+					t.Errorf("alerts %v from %s, which is no case's", sids, a)
+				}
+				if s := x.dec.Stats; s.Malformed+s.NotIP != 0 {
+					t.Errorf("packets not decoded: %v", s)
+				}
+			})
+		}
 	}
 }
 

@@ -32,13 +32,29 @@ type EvasionCase struct {
 	Why    string // why Want is right, as docs/SECURITY.md says
 }
 
-// evasion builds the capture: Ethernet frames, one TCP connection per
+// evasion builds a capture of one link type, one TCP connection per
 // case.
 type evasion struct {
+	link   layers.LinkType
 	t      time.Time
 	frames [][]byte
 	times  []time.Time
 	cases  []EvasionCase
+}
+
+// pcap writes the capture.
+func (e *evasion) pcap() ([]byte, error) {
+	var buf bytes.Buffer
+	w := pcapgo.NewWriterNanos(&buf)
+	if err := w.WriteFileHeader(1<<18, e.link); err != nil {
+		return nil, err
+	}
+	for i, f := range e.frames {
+		if err := w.WritePacket(gopacket.CaptureInfo{Timestamp: e.times[i], CaptureLength: len(f), Length: len(f)}, f); err != nil {
+			return nil, err
+		}
+	}
+	return buf.Bytes(), nil
 }
 
 var (
@@ -50,7 +66,7 @@ var (
 
 // Evasions returns the evasion capture (pcap, Ethernet) and its cases.
 func Evasions() ([]byte, []EvasionCase, error) {
-	e := &evasion{t: epoch}
+	e := &evasion{link: layers.LinkTypeEthernet, t: epoch}
 	p := []byte(EvasionPayload)
 	at := strings.Index(EvasionPayload, "evil-payload")
 	good := bytes.Replace(p, []byte("evil"), []byte("good"), 1)
@@ -176,28 +192,23 @@ func Evasions() ([]byte, []EvasionCase, error) {
 		c.vlans = []uint16{200, 100}
 		c.data(0, p)
 	})
-	var buf bytes.Buffer
-	w := pcapgo.NewWriterNanos(&buf)
-	if err := w.WriteFileHeader(1<<18, layers.LinkTypeEthernet); err != nil {
-		return nil, nil, err
-	}
-	for i, f := range e.frames {
-		if err := w.WritePacket(gopacket.CaptureInfo{Timestamp: e.times[i], CaptureLength: len(f), Length: len(f)}, f); err != nil {
-			return nil, nil, err
-		}
-	}
-	return buf.Bytes(), e.cases, nil
+	b, err := e.pcap()
+	return b, e.cases, err
 }
 
 // evConn is one case's connection: client side 0, server side 1.
 type evConn struct {
-	e     *evasion
-	v6    bool
-	addr  [2]netip.Addr
-	port  [2]uint16
-	seq   [2]uint32 // each side's first data byte
-	vlans []uint16
-	id    uint16
+	e    *evasion
+	v6   bool
+	addr [2]netip.Addr
+	port [2]uint16
+	seq  [2]uint32 // each side's first data byte
+	id   uint16
+	// How its packets are framed (Ethernet: VLAN tags, or one of the
+	// encapsulations), and the tunnel around them.
+	vlans  []uint16
+	encap  func(ip []byte) (ethertype uint16, payload []byte) // on Ethernet, instead of the IP ethertype
+	tunnel func(ip []byte) []byte
 }
 
 func (e *evasion) conn(name string, v6 bool, want []int, why string, body func(*evConn)) {
@@ -245,25 +256,77 @@ func (c *evConn) packet(side int, t layers.TCP, b []byte) []byte {
 	return append([]byte(nil), buf.Bytes()...)
 }
 
-// emit frames an IP packet (in the case's VLAN tags) and adds it.
+// emit frames an IP packet in the capture's link type (on Ethernet, in
+// the case's VLAN tags or encapsulation), in its tunnel if any, and adds
+// it.
 func (c *evConn) emit(ip []byte) {
-	f := append(append([]byte(nil), macB...), macA...)
-	tpid := []uint16{0x8100}
-	if len(c.vlans) == 2 {
-		tpid = []uint16{0x88a8, 0x8100}
+	if c.tunnel != nil {
+		ip = c.tunnel(ip)
 	}
-	for i, v := range c.vlans {
-		f = binary.BigEndian.AppendUint16(f, tpid[i])
-		f = binary.BigEndian.AppendUint16(f, v)
-	}
+	v6 := ip[0]>>4 == 6
 	typ := uint16(0x0800)
-	if ip[0]>>4 == 6 {
+	if v6 {
 		typ = 0x86dd
 	}
-	f = binary.BigEndian.AppendUint16(f, typ)
+	var f []byte
+	switch c.e.link {
+	case layers.LinkTypeLinuxSLL:
+		// Packet type (0 to us, 4 sent by us), ARPHRD_ETHER, the address.
+		f = binary.BigEndian.AppendUint16(nil, uint16(4*c.side(ip)))
+		f = append(f, 0, 1, 0, 6)
+		f = append(append(f, macA...), 0, 0)
+		f = binary.BigEndian.AppendUint16(f, typ)
+	case layers.LinkTypeLinuxSLL2:
+		f = binary.BigEndian.AppendUint16(nil, typ)
+		f = append(f, 0, 0, 0, 0, 0, 2, 0, 1, byte(4*c.side(ip)), 6) // reserved, interface 2, ARPHRD_ETHER, packet type, address length
+		f = append(append(f, macA...), 0, 0)
+	case 239: // NFLOG: a header, the packet header attribute, the payload attribute
+		fam := byte(2)
+		if v6 {
+			fam = 10
+		}
+		f = []byte{fam, 0, 0, 5}
+		f = append(f, 8, 0, 1, 0) // NFULA_PACKET_HDR, 8 bytes
+		f = binary.BigEndian.AppendUint16(f, typ)
+		f = append(f, 3, 0) // hook NF_INET_FORWARD
+		f = binary.LittleEndian.AppendUint16(f, uint16(4+len(ip)))
+		f = append(f, 9, 0) // NFULA_PAYLOAD
+		f = append(f, ip...)
+		for len(f)%4 != 0 {
+			f = append(f, 0)
+		}
+		ip = nil
+	default: // Ethernet
+		f = append(append([]byte(nil), macB...), macA...)
+		tpid := []uint16{0x8100}
+		if len(c.vlans) == 2 {
+			tpid = []uint16{0x88a8, 0x8100}
+		}
+		for i, v := range c.vlans {
+			f = binary.BigEndian.AppendUint16(f, tpid[i])
+			f = binary.BigEndian.AppendUint16(f, v)
+		}
+		if c.encap != nil {
+			typ, ip = c.encap(ip)
+		}
+		f = binary.BigEndian.AppendUint16(f, typ)
+	}
 	c.e.frames = append(c.e.frames, append(f, ip...))
 	c.e.t = c.e.t.Add(time.Millisecond)
 	c.e.times = append(c.e.times, c.e.t)
+}
+
+// side is 1 for a packet the client sent, 0 for one it received (its
+// source address is the server's or a tunnel's).
+func (c *evConn) side(ip []byte) int {
+	src := ip[12:16]
+	if ip[0]>>4 == 6 {
+		src = ip[8:24]
+	}
+	if a, ok := netip.AddrFromSlice(src); ok && a == c.addr[0] {
+		return 1
+	}
+	return 0
 }
 
 // An evFrag is a fragment's bytes at Off in its datagram's payload.

@@ -241,22 +241,25 @@ func decode(t *testing.T, c *capture.Capture) facts {
 	return f
 }
 
-// TestEvasionsDeterministic: the evasion capture is the same bytes every
-// time, and each case has a client address of its own.
-func TestEvasionsDeterministic(t *testing.T) {
-	a, cases, err := tracegen.Evasions()
+// TestCorpusDeterministic: the corpus is the same bytes every time, and
+// each case of a capture has a client address of its own and an alert to
+// expect.
+func TestCorpusDeterministic(t *testing.T) {
+	a, err := tracegen.Corpus()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _, _ := tracegen.Evasions()
-	if !bytes.Equal(a, b) {
-		t.Fatal("two evasion captures differ")
-	}
-	seen := map[string]bool{}
-	for _, c := range cases {
-		if seen[c.Client.String()] || len(c.Want) == 0 {
-			t.Fatalf("case %v: a client address already used, or no alert expected", c)
+	b, _ := tracegen.Corpus()
+	for i, cc := range a {
+		if !bytes.Equal(cc.Data, b[i].Data) {
+			t.Fatalf("%s: two generations differ", cc.Name)
 		}
-		seen[c.Client.String()] = true
+		seen := map[string]bool{}
+		for _, c := range cc.Cases {
+			if seen[c.Client.String()] || len(c.Want) == 0 {
+				t.Fatalf("%s: case %v: a client address already used, or no alert expected", cc.Name, c)
+			}
+			seen[c.Client.String()] = true
+		}
 	}
 }
