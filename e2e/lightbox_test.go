@@ -423,7 +423,7 @@ func TestLightboxFragments(t *testing.T) {
 	b, _ := os.ReadFile(report)
 	overlapAlert := `alert sid 0 "IP fragments overlap with different bytes (an evasion attempt, or a broken path)" 10.0.0.1:0 -> 10.0.0.9:0`
 	for _, want := range []string{`alert sid 5 "dns tunnel" 10.0.0.1:5353 -> 10.0.0.9:53`, overlapAlert,
-		"1 datagrams reassembled", "1 overlaps (1 with different bytes, 1 duplicates dropped)", "alerts 2 gaps 0 ignored 0 conflicts 0"} {
+		"1 datagrams reassembled", "1 overlaps (1 with different bytes, 1 duplicates dropped)", "alerts 2 gaps 0 ignored 0 conflicts 0 dropped 0"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("the IDS report lacks %q:\n%s", want, b)
 		}
@@ -433,7 +433,7 @@ func TestLightboxFragments(t *testing.T) {
 	// overlap.
 	runLightbox(t, trace, []string{"-run", "ids", "-rules", rules, "-report", report, "-frag-policy", "last"}, nil)
 	b, _ = os.ReadFile(report)
-	for _, want := range []string{overlapAlert, "1 datagrams reassembled", "1 overlaps (1 with different bytes, 0 duplicates dropped)", "alerts 1 gaps 0 ignored 0 conflicts 0"} {
+	for _, want := range []string{overlapAlert, "1 datagrams reassembled", "1 overlaps (1 with different bytes, 0 duplicates dropped)", "alerts 1 gaps 0 ignored 0 conflicts 0 dropped 0"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("with -frag-policy last, the IDS report lacks %q:\n%s", want, b)
 		}

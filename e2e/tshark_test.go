@@ -30,19 +30,18 @@ var tsharkRules = []struct {
 	{4, "evil-payload", false},
 }
 
-// tsharkDifferences are the flows, by their client's address, where the
-// middleboxes differ from tshark by design, in the evasion capture:
+// tsharkDifferences are the corpus's cases, by name, where the
+// middleboxes differ from tshark by design, and why.
 var tsharkDifferences = map[string]string{
-	// tshark starts a new TCP stream (a new conversation) at a SYN with
-	// a new sequence number in the middle of a connection; a host
-	// discards that SYN, and so do the middleboxes: one flow, the
-	// request whole.
-	"10.1.0.8": "a SYN in the middle",
-	// Overlapping fragments: Linux (IPv4) and RFC 5722 (IPv6) discard the
-	// datagram, and so does the IDS; tshark reassembles it anyway.
-	"10.1.0.13": "IPv4 fragments, a partial overlap",
-	"fd00::f":   "IPv6 fragments, overlapping",
+	"a SYN in the middle": "tshark starts a new TCP stream (a new conversation) at a SYN with a new sequence number " +
+		"in the middle of a connection; a host discards that SYN, and so do the middleboxes: one flow, the request whole",
+	"IPv4 fragments, a partial overlap with other bytes": "Linux discards the datagram, and so does the IDS; tshark reassembles it anyway",
+	"IPv6 fragments, overlapping with other bytes":       "RFC 5722 (and Linux) discard the datagram, and so does the IDS; tshark reassembles it anyway",
 }
+
+// differing holds the client addresses of the cases tsharkDifferences
+// names (filled from the corpus).
+var differing = map[netip.Addr]bool{}
 
 // TestLightboxAgainstTshark checks the middleboxes, through the real
 // binaries, against tshark (Wireshark's dissectors) on the corpus of
@@ -61,6 +60,18 @@ func TestLightboxAgainstTshark(t *testing.T) {
 	corpus, err := tracegen.Corpus()
 	if err != nil {
 		t.Fatal(err)
+	}
+	found := 0
+	for _, cc := range corpus {
+		for _, c := range cc.Cases {
+			if tsharkDifferences[c.Name] != "" {
+				differing[c.Client] = true
+				found++
+			}
+		}
+	}
+	if found != len(tsharkDifferences) {
+		t.Fatalf("%d of the %d documented differences name a case of the corpus", found, len(tsharkDifferences))
 	}
 	dir := t.TempDir()
 	var paths []string
@@ -154,7 +165,7 @@ func documented(endpoint string) bool {
 		return false
 	}
 	a, err := netip.ParseAddr(strings.Trim(endpoint[:i], "[]"))
-	return err == nil && tsharkDifferences[a.String()] != ""
+	return err == nil && differing[a]
 }
 
 // flowKey names a flow by its two endpoints in order ("" for a flow

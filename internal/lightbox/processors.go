@@ -106,13 +106,13 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 			return nil, nil, err
 		}
 		x.Reorder = cfg.Reorder
-		p := &idsProc{x: x, exp: expiry{m: m}}
+		p := &idsProc{x: x, exp: expiry{m: m, onExpire: x.Expired}}
 		return p, func() error {
 			fmt.Fprintln(cfg.Report, dec.Stats)
 			for _, a := range x.Alerts {
 				fmt.Fprintln(cfg.Report, a)
 			}
-			fmt.Fprintf(cfg.Report, "alerts %d gaps %d ignored %d conflicts %d\n", len(x.Alerts), x.Gaps, x.Ignored, x.Conflicts)
+			fmt.Fprintf(cfg.Report, "alerts %d gaps %d ignored %d conflicts %d dropped %d\n", len(x.Alerts), x.Gaps, x.Ignored, x.Conflicts, x.AlertsDropped)
 			return p.err
 		}, nil
 	}

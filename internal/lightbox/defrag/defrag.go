@@ -7,14 +7,12 @@
 // explicit, and every overlap is counted and reported to the caller, with
 // whether its bytes differed (a conflict):
 //
-//   - Linux (the default, and always for IPv6): a fragment that lies
-//     wholly inside bytes already held is a duplicate, dropped (the bytes
-//     that came first stand); any other overlap discards the whole
-//     datagram. This is Linux's reassembly since 4.19 for IPv4 and IPv6
-//     alike, and RFC 5722 as amended by RFC 8200 §4.5 for IPv6. (Linux
-//     also discards a duplicate that straddles two of its fragment runs;
-//     here it is dropped as a duplicate, so the middlebox may see a
-//     datagram the host discarded, never the reverse.)
+//   - Linux (the default, and always for IPv6): as Linux's
+//     inet_frag_queue_insert since 4.19, for IPv4 and IPv6 alike (RFC
+//     5722 as amended by RFC 8200 §4.5 for IPv6): fragments form runs, a
+//     fragment joining the last run only where it ends; one that lies
+//     wholly inside a run is a duplicate, dropped (the bytes that came
+//     first stand); any other overlap discards the whole datagram.
 //   - First: the bytes that arrived first stand, as Snort frag3's
 //     "first" policy, for hosts that reassemble that way.
 //   - Last: the bytes that arrived last stand (frag3's "last").
@@ -26,18 +24,20 @@
 // refused (RFC 8200 §4.5), its datagram kept.
 //
 // Bounds: at most MaxDatagrams in progress, MaxBytes held in all (what a
-// piece holds is charged as its bytes plus a fixed overhead), at most
-// MaxFragments pieces per datagram (adjacent fragments merge into one
-// piece, so only holes count), no datagram beyond 65,535 bytes, and each
-// datagram at most Timeout after its first fragment (packet time, as the
-// capture's clock). Over a bound, the oldest datagram in progress gives
-// way.
+// piece holds is charged as its capacity plus a fixed overhead), at most
+// MaxFragments pieces (runs) per datagram (by default as many as any
+// datagram can have), no datagram beyond 65,535 bytes, and each datagram
+// at most Timeout after its first fragment (packet time, as the capture's
+// clock). Over a bound, the oldest datagram in progress gives way, and
+// Result.Bound says so.
 package defrag
 
 import (
 	"container/list"
 	"fmt"
 	"net/netip"
+	"slices"
+	"sort"
 	"time"
 )
 
@@ -78,7 +78,7 @@ func ParsePolicy(s string) (Policy, error) {
 type Config struct {
 	MaxDatagrams int           // in progress at once (default 4,096)
 	MaxBytes     int           // held in all, overhead included (default 8 MiB)
-	MaxFragments int           // pieces of one datagram, after merging adjacent ones (default 128)
+	MaxFragments int           // pieces (runs) of one datagram (default 8192)
 	Timeout      time.Duration // from a datagram's first fragment (default 30 s, as Linux's ipfrag_time)
 	Policy       Policy        // for IPv4 overlaps (IPv6 always takes Linux's)
 }
@@ -87,7 +87,7 @@ type Config struct {
 const (
 	DefaultMaxDatagrams = 4096
 	DefaultMaxBytes     = 8 << 20
-	DefaultMaxFragments = 128
+	DefaultMaxFragments = 8192 // as many as a datagram of 8-byte fragments has: none is refused for its number
 	DefaultTimeout      = 30 * time.Second
 	// MaxDatagram is the largest datagram reassembled (IPv4's total
 	// length; an IPv6 jumbogram is never fragmented).
@@ -149,6 +149,10 @@ type Result struct {
 	// with different bytes, which a host and a middlebox may resolve
 	// differently (an evasion attempt, or a broken path).
 	Overlap, Conflict bool
+	// Bound: a datagram in progress (this one, or the oldest) was
+	// dropped to stay within the bounds, which a host with more memory
+	// might have reassembled.
+	Bound bool
 }
 
 // Stats counts what a Reassembler saw.
@@ -161,6 +165,7 @@ type Stats struct {
 	Invalid     uint64 // fragments refused: past 65,535 bytes, past a datagram's end, empty, two different ends, a non-final IPv6 one not a multiple of 8 bytes (which alone keeps its datagram)
 	Trimmed     uint64 // non-final IPv4 fragments cut to a multiple of 8 bytes
 	Discarded   uint64 // datagrams discarded whole: an overlap (Linux policy, IPv6), an invalid fragment, more than MaxFragments pieces
+	Bounded     uint64 // ... of those, for more than MaxFragments pieces
 	TimedOut    uint64 // datagrams dropped incomplete at their timeout
 	Evicted     uint64 // datagrams dropped incomplete to stay within the bounds
 }
@@ -192,6 +197,7 @@ type Reassembler struct {
 	m     map[Key]*datagram
 	order *list.List // datagrams by their first fragment, oldest first
 	held  int        // bytes charged in all
+	out   []byte     // the last datagram made whole from several runs
 
 	Stats Stats
 }
@@ -232,6 +238,10 @@ func (r *Reassembler) Add(f *Fragment, now time.Time) Result {
 	}
 	d := r.m[f.Key]
 	end := f.Offset + len(data)
+	if f.IPv6 && end > MaxDatagram { // as Linux: this fragment is discarded, its datagram kept
+		r.Stats.Invalid++
+		return Result{Outcome: Discarded}
+	}
 	invalid := f.Offset < 0 || end > MaxDatagram || len(data) == 0
 	if !invalid && d != nil {
 		if !f.More {
@@ -284,20 +294,48 @@ func (r *Reassembler) Add(f *Fragment, now time.Time) Result {
 	}
 	if len(d.pieces) > r.cfg.MaxFragments {
 		r.discard(d)
-		res.Outcome = Discarded
+		r.Stats.Bounded++
+		res.Outcome, res.Bound = Discarded, true
 		return res
 	}
-	if d.total >= 0 && len(d.pieces) == 1 && d.pieces[0].off == 0 && d.pieces[0].end == d.total {
+	if data, ok := r.whole(d); ok {
 		r.remove(d)
 		r.Stats.Reassembled++
-		res.Outcome, res.Data, res.Next = Complete, d.pieces[0].data, d.next
+		res.Outcome, res.Data, res.Next = Complete, data, d.next
 		return res
 	}
-	r.bound()
+	if r.bound() {
+		res.Bound = true
+	}
 	if r.m[f.Key] != d { // it gave way itself (counted as evicted)
 		res.Outcome = Discarded
 	}
 	return res
+}
+
+// whole returns d's bytes if its pieces cover it from 0 to its end.
+func (r *Reassembler) whole(d *datagram) ([]byte, bool) {
+	if d.total < 0 || len(d.pieces) == 0 || d.pieces[0].off != 0 {
+		return nil, false
+	}
+	n := 0
+	for i, p := range d.pieces {
+		if i > 0 && p.off != d.pieces[i-1].end {
+			return nil, false
+		}
+		n += len(p.data)
+	}
+	if n != d.total {
+		return nil, false
+	}
+	if len(d.pieces) == 1 {
+		return d.pieces[0].data, true
+	}
+	r.out = r.out[:0]
+	for _, p := range d.pieces {
+		r.out = append(r.out, p.data...)
+	}
+	return r.out, true
 }
 
 // contains reports whether one piece of d holds all of [off, end).
@@ -316,6 +354,9 @@ func (r *Reassembler) contains(d *datagram, off, end int) bool {
 // overlapped bytes held, and whether those differed.
 func (r *Reassembler) insert(d *datagram, off int, b []byte, pol Policy) (keep, overlap, conflict bool) {
 	end := off + len(b)
+	if pol == Linux {
+		return r.insertLinux(d, off, b)
+	}
 	var keepP, add []piece
 	cur := off // the next byte of b not yet placed (First)
 	for _, p := range d.pieces {
@@ -364,6 +405,39 @@ func (r *Reassembler) insert(d *datagram, off int, b []byte, pol Policy) (keep, 
 	}
 	d.pieces = r.coalesce(d, merge(keepP, add))
 	return true, overlap, conflict
+}
+
+// insertLinux is insert as Linux does it (inet_frag_queue_insert): the
+// pieces are Linux's runs. A fragment that starts where the last run ends
+// joins it; any other that overlaps nothing is a run of its own, even
+// next to another; one inside a run is a duplicate, and any other overlap
+// discards the datagram (both: not kept, d unchanged).
+func (r *Reassembler) insertLinux(d *datagram, off int, b []byte) (keep, overlap, conflict bool) {
+	end := off + len(b)
+	for _, p := range d.pieces {
+		if p.end <= off || p.off >= end {
+			continue
+		}
+		overlap = true
+		lo, hi := max(p.off, off), min(p.end, end)
+		if string(p.data[lo-p.off:hi-p.off]) != string(b[lo-off:hi-off]) {
+			conflict = true
+		}
+	}
+	if overlap {
+		return false, overlap, conflict
+	}
+	if n := len(d.pieces); n > 0 && d.pieces[n-1].end == off {
+		last := &d.pieces[n-1]
+		r.release(d, *last)
+		last.data = append(last.data, b...) // amortised: a run grows by doubling
+		last.end = end
+		r.charge(d, *last)
+		return true, false, false
+	}
+	i := sort.Search(len(d.pieces), func(i int) bool { return d.pieces[i].off > off })
+	d.pieces = slices.Insert(d.pieces, i, r.charge(d, piece{off: off, end: end, data: clone(b)}))
+	return true, false, false
 }
 
 // A piece is charged its capacity plus pieceOverhead. Its spare capacity
@@ -465,14 +539,18 @@ func (r *Reassembler) expire(now time.Time) {
 }
 
 // bound drops the oldest datagrams while over a bound (the one just grown
-// included: a datagram alone over the budget gives way itself).
-func (r *Reassembler) bound() {
+// included: a datagram alone over the budget gives way itself), and
+// reports whether it dropped any.
+func (r *Reassembler) bound() bool {
+	evicted := false
 	for len(r.m) > r.cfg.MaxDatagrams || r.held > r.cfg.MaxBytes {
 		e := r.order.Front()
 		if e == nil {
-			return
+			break
 		}
 		r.Stats.Evicted++
 		r.remove(e.Value.(*datagram))
+		evicted = true
 	}
+	return evicted
 }

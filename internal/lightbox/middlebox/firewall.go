@@ -129,9 +129,13 @@ func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 		side, finAt, endAt = 1, 4, fwEnd
 	}
 	end := st[endAt : endAt+endSize]
+	otherAt := fwEnd + endSize
+	if endAt != fwEnd {
+		otherAt = fwEnd
+	}
 	switch {
 	case m.Flags&RST != 0:
-		if resetAccepted(end, m) {
+		if resetAccepted(end, st[otherAt:otherAt+endSize], m) {
 			f.Table.Remove(k)
 		} // else it passes, for the host to answer, and the connection stays
 		return true, "", nil
@@ -211,13 +215,18 @@ func advanceEnd(e []byte, m *Meta) {
 	}
 }
 
-// resetAccepted reports whether RST m, from the side whose end is e, ends
-// the connection: only at that end, the sequence number its peer expects
-// (RFC 5961 §3; a host answers any other with a challenge ACK and goes
-// on), or from a side that sent nothing yet (a RST answering a SYN). A
-// forged RST cannot end a connection the hosts keep.
-func resetAccepted(e []byte, m *Meta) bool {
-	return e[0] == 0 || m.Seq == binary.BigEndian.Uint32(e[1:])
+// resetAccepted reports whether RST m, from the side whose end is e (the
+// other side's: other), ends the connection: only at that end, the
+// sequence number its peer expects (RFC 5961 §3; a host answers any other
+// with a challenge ACK and goes on), or, from a side that sent nothing
+// yet, when it acknowledges what the other sent (a RST answering a SYN,
+// RFC 793's SYN-SENT rule). A forged RST cannot end a connection the
+// hosts keep.
+func resetAccepted(e, other []byte, m *Meta) bool {
+	if e[0] != 0 {
+		return m.Seq == binary.BigEndian.Uint32(e[1:])
+	}
+	return other[0] == 0 || (m.Flags&ACK != 0 && m.Ack == binary.BigEndian.Uint32(other[1:]))
 }
 
 // Handle decides one packet, counting and logging drops.

@@ -12,12 +12,14 @@ import (
 // Per-direction reassembly and matching state, inside the flow state:
 //
 //	u32 next     next in-order sequence number
-//	u8  flags    1: next is known; 2: a gap was skipped; 4: FIN seen; 8: data in the pool
+//	u8  flags    1: next is known; 2: a gap was skipped; 4: FIN seen (in order);
+//	             8: data in the pool; 16: a FIN waits at finAt; 32: data came
 //	u8  tailLen  bytes in tail
 //	u16 hi       bytes of buf up to the last buffered byte
 //	u32 acState  the matcher's state after the last delivered byte
 //	u32 gapLo    the last hole skipped, [gapLo, gapHi): its bytes, if they
 //	u32 gapHi    ... come after all, are scanned on their own
+//	u32 finAt    where a FIN that came out of order ends the stream
 //	[64]  tail   the last bytes delivered (to confirm case-sensitive matches)
 //	[320] bitmap which bytes of buf hold data
 //	[2560] buf   out-of-order data, buf[0] is sequence number next
@@ -33,7 +35,8 @@ const (
 	dAC         = 8
 	dGapLo      = 12
 	dGapHi      = 16
-	dTail       = 20
+	dFinAt      = 20
+	dTail       = 24
 	dBitmap     = dTail + MaxContent
 	dBuf        = dBitmap + reasmWindow/8
 	dirSize     = dBuf + reasmWindow
@@ -42,6 +45,8 @@ const (
 	fGap   = 2
 	fFin   = 4
 	fHeld  = 8 // the reorder pool may hold data of this direction
+	fFinAt = 16
+	fData  = 32
 
 	// IDSStateSize is the IDS's per-flow state (LightBox's is ~5.5 KB):
 	// the connection's 8 bytes, then each direction's.
@@ -49,11 +54,15 @@ const (
 
 	iOpener = 0 // u8: 1 the key's first endpoint sent the SYN, 2 the second, 0 not seen
 	iShake  = 1 // u8: bit 0 the SYN seen, bit 1 the SYN-ACK
+	iReset  = 2 // u8: 1 a RST ended the connection, 2 data came after it (alerted)
 )
 
 // DecoderSID is the SID of the alerts the IDS raises itself, on what it
 // decodes rather than on a rule (rules' SIDs are positive).
 const DecoderSID = 0
+
+// MaxAlerts is how many alerts an IDS keeps; past them it counts.
+const MaxAlerts = 1 << 20
 
 // Alert is a rule that matched a flow's reassembled data, or (SID
 // DecoderSID) an evasion attempt the decoder saw.
@@ -89,9 +98,11 @@ type IDS struct {
 	// IDS: a SYN or SYN-ACK in the middle of a connection, a RST at any
 	// sequence number but the expected one, data beyond MaxAhead.
 	Ignored int
-	// Conflicts counts segments that overlapped data held with
-	// different bytes (each also raises an alert).
+	// Conflicts counts segments that overlapped data held (or the last
+	// bytes delivered) with different bytes (each also raises an alert).
 	Conflicts int
+	// AlertsDropped counts alerts past MaxAlerts, not kept.
+	AlertsDropped int
 	// Reorder bounds the reorder pool; set it before the first packet.
 	Reorder ReorderConfig
 
@@ -125,7 +136,11 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 	if m.FragConflict {
 		// Fail closed: overlapping fragments with different bytes are
 		// reported whichever way the host resolves them.
-		x.Alerts = append(x.Alerts, Alert{SID: DecoderSID, Msg: "IP fragments overlap with different bytes (an evasion attempt, or a broken path)",
+		x.alert(Alert{SID: DecoderSID, Msg: "IP fragments overlap with different bytes (an evasion attempt, or a broken path)",
+			Src: netip.AddrPortFrom(m.Src, m.SrcPort), Dst: netip.AddrPortFrom(m.Dst, m.DstPort)})
+	}
+	if m.FragBound {
+		x.alert(Alert{SID: DecoderSID, Msg: "IP fragments dropped at the reassembler's bounds (a datagram in progress gave way)",
 			Src: netip.AddrPortFrom(m.Src, m.SrcPort), Dst: netip.AddrPortFrom(m.Dst, m.DstPort)})
 	}
 	if r != Decoded {
@@ -156,20 +171,35 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 	}
 	x.cur, x.now = dirKey{k: k, side: uint8(side)}, now
 	d := st[8+side*dirSize : 8+(side+1)*dirSize]
+	o := st[8+(1-side)*dirSize : 8+(2-side)*dirSize] // the other direction
 	seq := m.Seq
+	if d[dFlags]&fHeld != 0 || o[dFlags]&fHeld != 0 {
+		x.pool.touch(dirKey{k: k, side: 0}, now)
+		x.pool.touch(dirKey{k: k, side: 1}, now)
+	}
 	if m.Flags&RST != 0 {
 		// A reset ends the connection only at the sequence number the
 		// receiver expects (RFC 5961 §3; a host answers any other with a
-		// challenge ACK), so a forged one cannot wipe the stream's state.
-		if d[dFlags]&fKnown == 0 || seq == binary.BigEndian.Uint32(d[dNext:]) {
-			x.Table.Remove(k)
+		// challenge ACK), or, from a side that sent nothing yet, when it
+		// acknowledges what the other sent (RFC 793, SYN-SENT): a forged
+		// one cannot wipe the stream's state. Even then the state
+		// lingers, closed, until the table expires it: data after the RST
+		// (which a host that took it refuses) goes on in the stream and
+		// raises an alert, for a RST the host did not take (a bad
+		// checksum, a TTL too short to reach it) is how an IDS is blinded.
+		if x.resetTaken(d, o, m) {
+			st[iReset] = 1
 			x.dropHeld(k)
 		} else {
 			x.Ignored++
 		}
 		return nil
 	}
-	if m.Flags&SYN != 0 && !x.handshake(st, d, side, seq, m.Flags&ACK != 0) {
+	if m.Flags&(SYN|ACK) == 0 {
+		x.Ignored++ // data without ACK: a host in a connection drops it (RFC 793)
+		return nil
+	}
+	if m.Flags&SYN != 0 && !x.handshake(st, d, o, side, m) {
 		x.Ignored++ // a host discards it (RFC 5961 §4): so does the IDS
 		return nil
 	}
@@ -183,15 +213,21 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 		}
 	}
 	if m.Flags&SYN != 0 {
-		// Data on a SYN (TCP Fast Open) reaches the application only if
-		// the host takes the SYN's cookie, which the IDS cannot know:
-		// scanned on its own, it never moves the stream, so data sent
-		// again after the handshake is scanned in its place too.
+		// Data on a SYN (TCP Fast Open) is scanned on its own: the
+		// SYN-ACK's acknowledgement says whether the host took it (see
+		// handshake), and the stream starts after it or at it.
 		if len(m.Payload) > 0 {
 			var scratch [dirSize]byte
 			x.deliver(scratch[:], m.Payload, 6, src, dst)
 		}
 		return nil
+	}
+	if len(m.Payload) > 0 && st[iReset] == 1 {
+		st[iReset] = 2
+		x.alert(Alert{SID: DecoderSID, Msg: "TCP data after a RST (a RST the host may not have taken)", Src: src, Dst: dst})
+	}
+	if len(m.Payload) > 0 && m.Flags&URG != 0 {
+		x.alert(Alert{SID: DecoderSID, Msg: "TCP urgent data (hosts read it out of band or in the stream)", Src: src, Dst: dst})
 	}
 	if len(m.Payload) > 0 {
 		if d[dFlags]&fKnown == 0 {
@@ -199,19 +235,60 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 		}
 		x.segment(d, seq, m.Payload, src, dst)
 	}
-	if m.Flags&FIN != 0 {
-		// A FIN counts where the stream could end: at or a window past
-		// what was delivered, not anywhere a forger puts it.
+	if m.Flags&FIN != 0 && d[dFlags]&fKnown != 0 {
+		// A FIN ends the stream where it lies, once the bytes before it
+		// came (a host holds a FIN that comes early, as it holds data); a
+		// FIN beyond the window is no stream's.
 		fin := seq + uint32(len(m.Payload))
-		if rel := int32(fin - binary.BigEndian.Uint32(d[dNext:])); d[dFlags]&fKnown == 0 || (rel >= 0 && rel <= reasmWindow) {
-			d[dFlags] |= fFin
+		if rel := int32(fin - binary.BigEndian.Uint32(d[dNext:])); rel >= 0 && rel <= MaxAhead {
+			binary.BigEndian.PutUint32(d[dFinAt:], fin)
+			d[dFlags] |= fFinAt
 		}
 	}
-	// After both FINs a connection lingers (as TIME_WAIT, until the
-	// state table expires it) so that data retransmitted late is
-	// recognised as delivered, not scanned again; a new SYN on its ports
-	// starts it afresh.
+	if d[dFlags]&fFinAt != 0 && binary.BigEndian.Uint32(d[dFinAt:]) == binary.BigEndian.Uint32(d[dNext:]) {
+		d[dFlags] |= fFin
+	}
+	// After both FINs (or a RST) a connection lingers, closed, until the
+	// state table expires it: data retransmitted late is recognised as
+	// delivered, not scanned again, and a new SYN on its ports starts it
+	// afresh.
 	return nil
+}
+
+// resetTaken reports whether RST m, from the side whose stream is d (the
+// other's o), ends the connection for the host.
+func (x *IDS) resetTaken(d, o []byte, m *Meta) bool {
+	if d[dFlags]&fKnown != 0 {
+		return m.Seq == binary.BigEndian.Uint32(d[dNext:])
+	}
+	if o[dFlags]&fKnown != 0 {
+		return m.Flags&ACK != 0 && m.Ack == binary.BigEndian.Uint32(o[dNext:])
+	}
+	return true
+}
+
+// realign moves stream d (direction dk), which has delivered nothing, to
+// start at next: where the peer's acknowledgement says it does.
+func (x *IDS) realign(d []byte, dk dirKey, next uint32) {
+	x.reset(d, next)
+	x.pool.drop(dk)
+}
+
+// alert records a, up to MaxAlerts; past them it only counts.
+func (x *IDS) alert(a Alert) {
+	if len(x.Alerts) >= MaxAlerts {
+		x.AlertsDropped++
+		return
+	}
+	x.Alerts = append(x.Alerts, a)
+}
+
+// Expired forgets what the reorder pool holds for flow k, which the state
+// table expired.
+func (x *IDS) Expired(k flowstate.Key, _ []byte) {
+	if x.pool != nil {
+		x.dropHeld(k)
+	}
 }
 
 // handshake takes a SYN (ack: a SYN-ACK) from side at seq into the
@@ -223,12 +300,12 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 // retransmissions pass; any other SYN or SYN-ACK comes mid-connection,
 // and a host discards it: resetting the stream for it would let an
 // attacker realign the IDS's sequence numbers away from the host's.
-func (x *IDS) handshake(st, d []byte, side int, seq uint32, ack bool) bool {
+func (x *IDS) handshake(st, d, o []byte, side int, m *Meta) bool {
+	seq := m.Seq
 	known := d[dFlags]&fKnown != 0
 	retrans := known && binary.BigEndian.Uint32(d[dNext:]) == seq+1
-	if !ack {
-		other := st[8+(1-side)*dirSize:][:dirSize]
-		closed := d[dFlags]&fFin != 0 && other[dFlags]&fFin != 0
+	if m.Flags&ACK == 0 {
+		closed := (d[dFlags]&fFin != 0 && o[dFlags]&fFin != 0) || st[iReset] != 0
 		switch {
 		case st[iOpener] == 0 || closed:
 			clear(st[:IDSStateSize])
@@ -253,6 +330,12 @@ func (x *IDS) handshake(st, d []byte, side int, seq uint32, ack bool) bool {
 		st[iShake] |= 2
 		x.reset(d, seq+1)
 		x.pool.drop(x.cur)
+		// Its acknowledgement says where the opener's stream starts: after
+		// the data on its SYN if the host took it (TCP Fast Open), after
+		// the SYN the host answered if the IDS saw another first.
+		if o[dFlags]&fData == 0 && binary.BigEndian.Uint32(o[dNext:]) != m.Ack {
+			x.realign(o, dirKey{k: x.cur.k, side: 1 - x.cur.side}, m.Ack)
+		}
 		return true
 	case retrans: // the SYN-ACK again, or either side's of a simultaneous open
 		return true
@@ -281,9 +364,11 @@ func (x *IDS) dropHeld(k flowstate.Key) {
 
 // segment takes one TCP payload at sequence number seq.
 func (x *IDS) segment(d []byte, seq uint32, p []byte, src, dst netip.AddrPort) {
+	d[dFlags] |= fData
 	next := binary.BigEndian.Uint32(d[dNext:])
 	if rel := int64(int32(seq - next)); rel < 0 { // starts before next: what was delivered is a retransmission
 		x.inHole(d, seq, p, src, dst)
+		x.retransmitted(d, seq, p, src, dst)
 		if -rel >= int64(len(p)) {
 			return
 		}
@@ -403,9 +488,10 @@ func (x *IDS) drain(d []byte, src, dst netip.AddrPort) {
 // in the pool, or else at seq): counted, remembered so that its bytes are
 // scanned on their own should they come, and matching restarts after it.
 func (x *IDS) skip(d []byte, seq uint32, src, dst netip.AddrPort) {
+	x.drain(d, src, dst) // what lies behind next goes first: the pool's front is ahead
 	next := binary.BigEndian.Uint32(d[dNext:])
 	to := seq
-	if s, _, ok := x.pool.front(x.cur); ok && int32(s-next) < int32(to-next) {
+	if s, _, ok := x.pool.front(x.cur); ok && int32(s-next) > 0 && int32(s-next) < int32(to-next) {
 		to = s
 	}
 	hi := int(binary.BigEndian.Uint16(d[dHi:]))
@@ -416,6 +502,7 @@ func (x *IDS) skip(d []byte, seq uint32, src, dst netip.AddrPort) {
 		}
 	}
 	x.Gaps++
+	x.alert(Alert{SID: DecoderSID, Msg: "TCP reassembly gap: bytes held out of order past the reorder pool's bounds, a hole skipped unscanned", Src: src, Dst: dst})
 	d[dFlags] |= fGap
 	binary.BigEndian.PutUint32(d[dGapLo:], next)
 	binary.BigEndian.PutUint32(d[dGapHi:], to)
@@ -430,6 +517,25 @@ func (x *IDS) skip(d []byte, seq uint32, src, dst netip.AddrPort) {
 	}
 	x.flush(d, src, dst)
 	x.drain(d, src, dst)
+}
+
+// retransmitted compares the part of p (at seq) that was delivered
+// already with the last bytes delivered (the tail): other bytes there are
+// an overlap a host may have resolved either way.
+func (x *IDS) retransmitted(d []byte, seq uint32, p []byte, src, dst netip.AddrPort) {
+	next := binary.BigEndian.Uint32(d[dNext:])
+	tl := int64(d[dTailLen])
+	tail := d[dTail : dTail+tl]
+	// Stream offsets relative to next: the tail is [-tl, 0), p is
+	// [rel, rel+len(p)).
+	rel := int64(int32(seq - next))
+	lo, hi := max(rel, -tl), min(rel+int64(len(p)), 0)
+	if lo >= hi {
+		return
+	}
+	if string(p[lo-rel:hi-rel]) != string(tail[lo+tl:hi+tl]) {
+		x.conflict(src, dst)
+	}
 }
 
 // inHole scans, on its own, the part of p (at seq) that lies in the last
@@ -451,7 +557,7 @@ func (x *IDS) inHole(d []byte, seq uint32, p []byte, src, dst netip.AddrPort) {
 // conflict raises the alert for overlapping segments with different bytes.
 func (x *IDS) conflict(src, dst netip.AddrPort) {
 	x.Conflicts++
-	x.Alerts = append(x.Alerts, Alert{SID: DecoderSID, Msg: "TCP segments overlap with different bytes (an evasion attempt, or a broken path)", Src: src, Dst: dst})
+	x.alert(Alert{SID: DecoderSID, Msg: "TCP segments overlap with different bytes (an evasion attempt, or a broken path)", Src: src, Dst: dst})
 }
 
 // shiftBitmap moves the first hi bits of the bitmap down by n.
@@ -480,7 +586,7 @@ func (x *IDS) deliver(d []byte, p []byte, proto uint8, src, dst netip.AddrPort) 
 			if !r.NoCase && !x.exact(d[dTail:dTail+tl], p[:i+1], r.Content) {
 				continue
 			}
-			x.Alerts = append(x.Alerts, Alert{SID: r.SID, Msg: r.Msg, Src: src, Dst: dst})
+			x.alert(Alert{SID: r.SID, Msg: r.Msg, Src: src, Dst: dst})
 		}
 	}
 	binary.BigEndian.PutUint32(d[dAC:], uint32(s))

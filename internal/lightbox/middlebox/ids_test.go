@@ -14,7 +14,7 @@ func idsCapture() [][]byte {
 	c, s := "10.0.0.1", "10.0.0.2"
 	return [][]byte{
 		seg(c, 40000, s, 80, SYN, 1000, ""),
-		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+		synAck(s, 80, c, 40000, 5000, 1001),
 		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /x?q="),        // 1001-1009, in order
 		seg(c, 40000, s, 80, ACK|PSH, 1013, "ack HTTP/1.1\r\n"), // 1013-1026, early
 		seg(c, 40000, s, 80, ACK|PSH, 1010, "attXXXX"),          // 1010-1016, overlaps "ack "
@@ -52,8 +52,8 @@ func TestIDS(t *testing.T) {
 			if g := strings.Join(got, "\n"); g != want {
 				t.Errorf("got:\n%s\nwant:\n%s", g, want)
 			}
-			if table.Len() != 0 {
-				t.Errorf("%d flows left after RST", table.Len())
+			if table.Len() != 1 {
+				t.Errorf("%d flows left after RST; want the connection, lingering closed", table.Len())
 			}
 		})
 	}
@@ -113,14 +113,14 @@ func TestIDSScansOnceAfterClose(t *testing.T) {
 	c, s := "10.0.0.1", "10.0.0.2"
 	capture := [][]byte{
 		seg(c, 40000, s, 80, SYN, 1000, ""),
-		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+		synAck(s, 80, c, 40000, 5000, 1001),
 		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
 		seg(c, 40000, s, 80, FIN|ACK, 1012, ""),
 		seg(s, 80, c, 40000, FIN|ACK, 5001, ""),
 		seg(c, 40000, s, 80, ACK, 1013, ""),
 		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"), // late, again
 		seg(c, 40000, s, 80, SYN, 9000, ""),                // the ports again
-		seg(s, 80, c, 40000, SYN|ACK, 7000, ""),
+		synAck(s, 80, c, 40000, 7000, 9001),
 		seg(c, 40000, s, 80, ACK|PSH, 9001, "GET /attack"),
 		seg(c, 40000, s, 80, RST, 9012, ""),
 	}
@@ -134,8 +134,8 @@ func TestIDSScansOnceAfterClose(t *testing.T) {
 			if len(got) != 2 || !strings.Contains(got[0], "sid 1001") || !strings.Contains(got[1], "sid 1001") {
 				t.Fatalf("alerts %q; want sid 1001 twice (once per connection)", got)
 			}
-			if table.Len() != 0 {
-				t.Errorf("%d flows left after RST", table.Len())
+			if table.Len() != 1 {
+				t.Errorf("%d flows left after RST; want the connection, lingering closed", table.Len())
 			}
 		})
 	}
@@ -157,7 +157,7 @@ alert tcp any any <> any any (msg:"any way"; content:"both"; flow:only_stream; s
 	capture := [][]byte{
 		seg(c, 40000, s, 80, SYN, 1000, ""),
 		seg(c, 40000, s, 80, ACK|PSH, 1001, "pong ping"), // before the SYN-ACK: not established; not the server's
-		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+		synAck(s, 80, c, 40000, 5000, 1001),
 		seg(c, 40000, s, 80, ACK|PSH, 1010, "ping pong both"), // sid 1 and 3
 		seg(s, 80, c, 40000, ACK|PSH, 5001, "ping pong both"), // sid 2 and 3
 		// Picked up in the middle: no direction known.
@@ -199,10 +199,13 @@ func runIDS(t *testing.T, table StateTable, rules []Rule, capture [][]byte) *IDS
 // believed the packet: a SYN or SYN-ACK in the middle of the connection
 // (which would realign the stream's sequence numbers), a RST at a
 // sequence number the host does not accept (which would wipe the bytes
-// matched so far), and a forged FIN far ahead followed by a SYN (which
-// would make the connection look closed and reopened). A host answers
-// each with a challenge ACK and keeps the connection; the IDS ignores
-// them, and says so.
+// matched so far), data without ACK, a FIN in a hole and a forged FIN
+// followed by a SYN (which would make the connection look closed and
+// reopened). A host drops each, or answers it with a challenge ACK and
+// keeps the connection; the IDS ignores them, and says so. A RST at the
+// expected sequence number that the host may not have taken (a bad
+// checksum, a short TTL) does not blind it either: the connection lingers,
+// and data after it is scanned in its stream, with an alert of its own.
 func TestIDSEvasions(t *testing.T) {
 	rules, err := ParseRules(strings.NewReader(`alert tcp any any -> any 80 (msg:"attack"; content:"attack"; flow:to_server,established; sid:1;)` + "\n"))
 	if err != nil {
@@ -211,7 +214,7 @@ func TestIDSEvasions(t *testing.T) {
 	c, s := "10.0.0.1", "10.0.0.2"
 	open := [][]byte{
 		seg(c, 40000, s, 80, SYN, 1000, ""),
-		seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+		synAck(s, 80, c, 40000, 5000, 1001),
 		seg(c, 40000, s, 80, ACK, 1001, ""),
 		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /att"),
 	}
@@ -219,34 +222,86 @@ func TestIDSEvasions(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		forged  [][]byte
+		sids    string
 		ignored int
 	}{
-		{"nothing forged", nil, 0},
-		{"a SYN mid-connection", [][]byte{seg(c, 40000, s, 80, SYN, 90000, "")}, 1},
+		{"nothing forged", nil, "[1]", 0},
+		{"a SYN mid-connection", [][]byte{seg(c, 40000, s, 80, SYN, 90000, "")}, "[1]", 1},
 		// At the next sequence number less one, a SYN looks like its
 		// retransmission: it changes nothing, its data is scanned alone.
-		{"a SYN mid-connection, at the next sequence number less one, with data", [][]byte{seg(c, 40000, s, 80, SYN, 1008, "XXXX")}, 0},
-		{"a SYN-ACK from the server mid-connection", [][]byte{seg(s, 80, c, 40000, SYN|ACK, 70000, "")}, 1},
-		{"a SYN-ACK from the client", [][]byte{seg(c, 40000, s, 80, SYN|ACK, 90000, "")}, 1},
-		{"a RST in the window but not at its start", [][]byte{seg(c, 40000, s, 80, RST, 1010, "")}, 1},
-		{"a RST from the server far from its sequence", [][]byte{seg(s, 80, c, 40000, RST, 123456, "")}, 1},
-		{"the first SYN again, with other data", [][]byte{seg(c, 40000, s, 80, SYN, 1000, "GET /xxx")}, 1},
+		{"a SYN mid-connection, at the next sequence number less one, with data", [][]byte{seg(c, 40000, s, 80, SYN, 1008, "XXXX")}, "[1]", 0},
+		{"the first SYN again, with other data", [][]byte{seg(c, 40000, s, 80, SYN, 1000, "GET /xxx")}, "[1]", 1},
+		{"a SYN-ACK from the server mid-connection", [][]byte{seg(s, 80, c, 40000, SYN|ACK, 70000, "")}, "[1]", 1},
+		{"a SYN-ACK from the client", [][]byte{seg(c, 40000, s, 80, SYN|ACK, 90000, "")}, "[1]", 1},
+		{"a RST in the window but not at its start", [][]byte{seg(c, 40000, s, 80, RST, 1010, "")}, "[1]", 1},
+		{"a RST from the server far from its sequence", [][]byte{seg(s, 80, c, 40000, RST, 123456, "")}, "[1]", 1},
+		{"a RST at the expected sequence number, not taken", [][]byte{seg(c, 40000, s, 80, RST, 1009, "")}, "[0 1]", 0},
+		{"data without ACK, other bytes", [][]byte{seg(c, 40000, s, 80, PSH, 1009, "XXXXXXXXXXXX")}, "[1]", 1},
 		{"a FIN far ahead from each side, then a SYN", [][]byte{
 			seg(c, 40000, s, 80, FIN|ACK, 60000, ""), seg(s, 80, c, 40000, FIN|ACK, 60000, ""),
-			seg(c, 40000, s, 80, SYN, 90000, "")}, 1},
+			seg(c, 40000, s, 80, SYN, 90000, "")}, "[1]", 1},
+		{"a FIN in a hole, the server's FIN, then a SYN", [][]byte{
+			seg(c, 40000, s, 80, FIN|ACK, 1101, ""), seg(s, 80, c, 40000, FIN|ACK, 5001, ""),
+			seg(c, 40000, s, 80, SYN, 90000, "")}, "[1]", 1},
 	} {
 		for name, table := range tables(t, IDSStateSize) {
 			t.Run(tc.name+"/"+name, func(t *testing.T) {
 				capture := append(append(append([][]byte(nil), open...), tc.forged...), rest)
 				x := runIDS(t, table, rules, capture)
-				if len(x.Alerts) != 1 || x.Alerts[0].SID != 1 {
-					t.Errorf("alerts %v, want sid 1 once", x.Alerts)
+				var sids []int
+				for _, a := range x.Alerts {
+					sids = append(sids, a.SID)
 				}
-				if x.Ignored != tc.ignored {
-					t.Errorf("%d packets ignored, want %d", x.Ignored, tc.ignored)
+				if fmt.Sprint(sids) != tc.sids || x.Ignored != tc.ignored {
+					t.Errorf("alerts %v, %d ignored; want %s, %d ignored", x.Alerts, x.Ignored, tc.sids, tc.ignored)
 				}
 			})
 		}
+	}
+}
+
+// TestIDSUrgentData: urgent data, which Linux takes out of the stream
+// (one byte) and other hosts leave in it, raises an alert of its own.
+func TestIDSUrgentData(t *testing.T) {
+	c, s := "10.0.0.1", "10.0.0.2"
+	x := runIDS(t, NewMapTable(IDSStateSize), loadRules(t), [][]byte{
+		seg(c, 40000, s, 80, SYN, 1000, ""),
+		synAck(s, 80, c, 40000, 5000, 1001),
+		seg(c, 40000, s, 80, ACK|PSH|URG, 1001, "GET /attXack"),
+	})
+	if len(x.Alerts) != 1 || x.Alerts[0].SID != DecoderSID || !strings.Contains(x.Alerts[0].Msg, "urgent") {
+		t.Fatalf("alerts %v; want the urgent data's", x.Alerts)
+	}
+}
+
+// TestIDSHeldWhileAlive: data held beyond a hole stays while its flow
+// sends packets (keep-alive ACKs), however long, and is scanned when the
+// hole fills; held data of a flow gone quiet is dropped at the pool's
+// idle time.
+func TestIDSHeldWhileAlive(t *testing.T) {
+	c, s := "10.0.0.1", "10.0.0.2"
+	rules := loadRules(t)
+	x, err := NewIDS(NewMapTable(IDSStateSize), mustDecoder(t, layers.LinkTypeEthernet), rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x.Reorder = ReorderConfig{Idle: 10 * time.Second}
+	at := func(sec int, f []byte) {
+		t.Helper()
+		if err := x.Handle(f, time.Unix(100+int64(sec), 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	at(0, seg(c, 40000, s, 80, SYN, 1000, ""))
+	at(0, synAck(s, 80, c, 40000, 5000, 1001))
+	at(0, seg(c, 40000, s, 80, ACK|PSH, 1001+3000, "ack "+strings.Repeat("x", 100))) // beyond the window: held
+	for sec := 5; sec <= 30; sec += 5 {
+		at(sec, seg(s, 80, c, 40000, ACK, 5001, ""))                                      // the flow is alive
+		at(sec, seg("10.0.0.7", 41000, s, 80, ACK|PSH, uint32(1+5000*sec), "other flow")) // another flow's data held: the pool expires what is idle
+	}
+	at(31, seg(c, 40000, s, 80, ACK|PSH, 1001, strings.Repeat("y", 2997)+"att")) // the hole
+	if len(x.Alerts) != 1 || x.Alerts[0].SID != 1001 || x.Gaps != 0 {
+		t.Fatalf("alerts %v, %d gaps; want sid 1001 across the hole", x.Alerts, x.Gaps)
 	}
 }
 
@@ -255,7 +310,7 @@ func TestIDSEvasions(t *testing.T) {
 // returns the handshake and the segments.
 func stream(data string, size int) (open, segs [][]byte) {
 	c, s := "10.0.0.1", "10.0.0.2"
-	open = [][]byte{seg(c, 40000, s, 80, SYN, 1000, ""), seg(s, 80, c, 40000, SYN|ACK, 5000, ""), seg(c, 40000, s, 80, ACK, 1001, "")}
+	open = [][]byte{seg(c, 40000, s, 80, SYN, 1000, ""), synAck(s, 80, c, 40000, 5000, 1001), seg(c, 40000, s, 80, ACK, 1001, "")}
 	for i := 0; i < len(data); i += size {
 		segs = append(segs, seg(c, 40000, s, 80, ACK|PSH, 1001+uint32(i), data[i:min(len(data), i+size)]))
 	}
@@ -324,8 +379,8 @@ func TestIDSReorderBounds(t *testing.T) {
 	for _, a := range x.Alerts {
 		sids = append(sids, a.SID)
 	}
-	if x.Gaps != 1 || fmt.Sprint(sids) != "[1002 1001]" {
-		t.Fatalf("gaps %d, alerts %v; want 1 gap, sid 1002 (after it) then sid 1001 (in the hole, scanned on its own)", x.Gaps, sids)
+	if x.Gaps != 1 || fmt.Sprint(sids) != "[0 1002 1001]" {
+		t.Fatalf("gaps %d, alerts %v; want 1 gap (and its alert), sid 1002 (after it) then sid 1001 (in the hole, scanned on its own)", x.Gaps, sids)
 	}
 }
 
@@ -431,25 +486,36 @@ func TestIDSHandshakes(t *testing.T) {
 		{"retransmissions, a reset, the ports again", [][]byte{
 			seg(c, 40000, s, 80, SYN, 1000, ""),
 			seg(c, 40000, s, 80, SYN, 1000, ""),
-			seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
-			seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+			synAck(s, 80, c, 40000, 5000, 1001),
+			synAck(s, 80, c, 40000, 5000, 1001),
 			seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
 			seg(c, 40000, s, 80, RST, 1012, ""),
 			seg(c, 40000, s, 80, SYN, 3000, ""),
-			seg(s, 80, c, 40000, SYN|ACK, 8000, ""),
+			synAck(s, 80, c, 40000, 8000, 3001),
 			seg(c, 40000, s, 80, ACK|PSH, 3001, "GET /attack"),
 		}, "[1001 1001]", 0},
 		{"simultaneous open", [][]byte{
 			seg(c, 40000, s, 80, SYN, 1000, ""),
 			seg(s, 80, c, 40000, SYN, 5000, ""),
 			seg(c, 40000, s, 80, SYN|ACK, 1000, ""),
-			seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+			synAck(s, 80, c, 40000, 5000, 1001),
 			seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
 			seg(s, 80, c, 40000, ACK|PSH, 5001, "evil"),
 		}, "[1001 1002]", 0},
+		{"data on the SYN, taken (TCP Fast Open): the stream starts after it", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, "AAAA"),
+			synAck(s, 80, c, 40000, 5000, 1005),
+			seg(c, 40000, s, 80, ACK|PSH, 1005, "GET /attack"),
+		}, "[1001]", 0},
+		{"a decoy SYN, then the SYN the host answers", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, ""),
+			seg(c, 40000, s, 80, SYN, 50000000, ""), // ignored, but the SYN-ACK says it is the one
+			synAck(s, 80, c, 40000, 5000, 50000001),
+			seg(c, 40000, s, 80, ACK|PSH, 50000001, "GET /attack"),
+		}, "[1001]", 1},
 		{"data on the SYN", [][]byte{
 			seg(c, 40000, s, 80, SYN, 1000, "xxxxxxxxxxx"),
-			seg(s, 80, c, 40000, SYN|ACK, 5000, ""),
+			synAck(s, 80, c, 40000, 5000, 1001),
 			seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
 			seg(c, 40000, s, 80, SYN, 2000, "GET /attack"), // mid-connection: ignored
 		}, "[1001]", 1},

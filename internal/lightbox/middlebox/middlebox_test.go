@@ -27,7 +27,17 @@ func seg(src string, sport uint16, dst string, dport uint16, flags uint8, seq ui
 	return build(src, sport, dst, dport, "tcp", flags, 64, seq, payload)
 }
 
+// synAck builds a SYN-ACK acknowledging ack (the client's sequence number
+// after its SYN).
+func synAck(src string, sport uint16, dst string, dport uint16, seq, ack uint32) []byte {
+	return buildAck(src, sport, dst, dport, "tcp", SYN|ACK, 64, seq, ack, "")
+}
+
 func build(src string, sport uint16, dst string, dport uint16, proto string, flags, ttl uint8, seq uint32, payload string) []byte {
+	return buildAck(src, sport, dst, dport, proto, flags, ttl, seq, 0, payload)
+}
+
+func buildAck(src string, sport uint16, dst string, dport uint16, proto string, flags, ttl uint8, seq, ack uint32, payload string) []byte {
 	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
 	ip := &layers.IPv4{Version: 4, TTL: ttl, SrcIP: net.ParseIP(src).To4(), DstIP: net.ParseIP(dst).To4()}
 	var l4 gopacket.SerializableLayer
@@ -38,8 +48,8 @@ func build(src string, sport uint16, dst string, dport uint16, proto string, fla
 		l4 = u
 	} else {
 		ip.Protocol = layers.IPProtocolTCP
-		t := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: seq, Window: 29200,
-			FIN: flags&FIN != 0, SYN: flags&SYN != 0, RST: flags&RST != 0, PSH: flags&PSH != 0, ACK: flags&ACK != 0}
+		t := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: seq, Ack: ack, Window: 29200,
+			FIN: flags&FIN != 0, SYN: flags&SYN != 0, RST: flags&RST != 0, PSH: flags&PSH != 0, ACK: flags&ACK != 0, URG: flags&URG != 0}
 		t.SetNetworkLayerForChecksum(ip)
 		l4 = t
 	}
@@ -269,7 +279,8 @@ func TestFirewallReopen(t *testing.T) {
 // stacks do pass whole, not one packet dropped: retransmitted SYN and
 // SYN-ACK, simultaneous open, a close begun by either side, a
 // simultaneous close, a half-close with data still flowing the other way,
-// a reset.
+// a reset; and a blind RST (acknowledging nothing) before the SYN-ACK
+// does not end the connection being opened.
 func TestFirewallLegitimate(t *testing.T) {
 	in, out := "10.0.0.1", "192.0.2.9"
 	c := func(flags uint8, seq uint32, p string) []byte { return seg(in, 40000, out, 443, flags, seq, p) }
@@ -287,6 +298,7 @@ func TestFirewallLegitimate(t *testing.T) {
 		{"simultaneous close", cat2(open, data, [][]byte{c(FIN|ACK, 106, ""), s(FIN|ACK, 906, ""), c(ACK, 107, ""), s(ACK, 907, "")})},
 		{"half-closed, the server still sending", cat2(open, data, [][]byte{c(FIN|ACK, 106, ""), s(ACK|PSH, 906, "more"), c(ACK, 107, ""), s(FIN|ACK, 910, ""), c(ACK, 107, "")})},
 		{"reset", cat2(open, data, [][]byte{c(RST|ACK, 106, "")})},
+		{"a blind RST before the SYN-ACK", [][]byte{c(SYN, 100, ""), s(RST, 777, ""), s(SYN|ACK, 900, ""), c(ACK, 101, ""), c(ACK|PSH, 101, "hi")}},
 	} {
 		for name, table := range tables(t, FirewallStateSize) {
 			t.Run(tc.name+"/"+name, func(t *testing.T) {
@@ -315,7 +327,8 @@ func cat2(parts ...[][]byte) [][]byte {
 // TestForgedReset: a RST off the sequence number the host expects (a
 // host answers it with a challenge ACK, RFC 5961) neither ends the
 // firewall's connection, so the data after it still passes, nor splits
-// the monitor's flow in two; a RST at that sequence number ends both.
+// the monitor's flow in two; a RST at that sequence number ends both (the
+// monitor's flow lingering, closed, until the ports are used again).
 func TestForgedReset(t *testing.T) {
 	in, out := "10.0.0.1", "192.0.2.9"
 	c := func(flags uint8, seq uint32, p string) []byte { return seg(in, 40000, out, 443, flags, seq, p) }
@@ -342,13 +355,15 @@ func TestForgedReset(t *testing.T) {
 	for name, table := range tables(t, MonitorStateSize) {
 		t.Run("monitor/"+name, func(t *testing.T) {
 			mo := NewMonitor(table, mustDecoder(t, layers.LinkTypeEthernet))
-			for i, f := range pkts[:8] {
+			// After the real RST the flow lingers, closed: the late data
+			// counts in it, and the next SYN on its ports ends it.
+			for i, f := range append(pkts[:len(pkts):len(pkts)], c(SYN, 5000, "")) {
 				if err := mo.Handle(f, time.Unix(100, int64(i))); err != nil {
 					t.Fatal(err)
 				}
 			}
-			if len(mo.Records) != 1 || mo.Records[0].PktsToServer != 6 || table.Len() != 0 {
-				t.Fatalf("records %v, %d flows open; want one flow of 6 packets to the server, ended", mo.Records, table.Len())
+			if len(mo.Records) != 1 || mo.Records[0].PktsToServer != 7 || mo.Records[0].PktsBack != 2 {
+				t.Fatalf("records %v; want one flow of 7 packets to the server and 2 back", mo.Records)
 			}
 		})
 	}

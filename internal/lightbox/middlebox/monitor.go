@@ -134,17 +134,16 @@ func (mo *Monitor) Handle(data []byte, now time.Time) error {
 		}
 	}
 	// A TCP flow ends on a RST the host takes (at the sequence number it
-	// expects: resetAccepted), at once; once both sides sent FIN it
-	// lingers (as TIME_WAIT), so the last ACK and late retransmissions
-	// count in it rather than start a flow of their own, and it is
-	// recorded when the state table expires it (or a new SYN reuses its
-	// ports).
-	end := st[mEndA+endSize*side:][:endSize]
+	// expects: resetAccepted) or once both sides sent FIN; it lingers
+	// then (as TIME_WAIT), so the last ACK, late retransmissions and what
+	// a peer sends before it learns of the RST count in it rather than
+	// start a flow of their own, and it is recorded when the state table
+	// expires it (or a new SYN reuses its ports).
+	end, other := st[mEndA+endSize*side:][:endSize], st[mEndA+endSize*(1-side):][:endSize]
 	switch {
 	case m.Proto == 6 && m.Flags&RST != 0:
-		if resetAccepted(end, m) {
-			mo.finish(k, st)
-			mo.Table.Remove(k)
+		if resetAccepted(end, other, m) {
+			st[mClosed] = 1
 		}
 		return nil
 	case m.Proto == 6:

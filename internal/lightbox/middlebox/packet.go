@@ -23,7 +23,7 @@ type Meta struct {
 	SrcPort, DstPort uint16
 	Proto            uint8 // 6 TCP, 17 UDP, other IP protocols
 	TTL              uint8
-	Flags            uint8 // TCP flags (FIN=1 SYN=2 RST=4 PSH=8 ACK=16)
+	Flags            uint8 // TCP flags (FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32)
 	Seq, Ack         uint32
 	Window           uint16
 	Payload          []byte
@@ -34,6 +34,10 @@ type Meta struct {
 	// may resolve differently (an evasion attempt, or a broken path). It
 	// is set whatever the fragment's Result; the IDS alerts on it.
 	FragConflict bool
+	// FragBound: a datagram in progress was dropped to stay within the
+	// reassembler's bounds (which a host with more memory might have
+	// reassembled); the IDS alerts on it.
+	FragBound bool
 }
 
 // TCP flag bits.
@@ -43,6 +47,7 @@ const (
 	RST = 1 << 2
 	PSH = 1 << 3
 	ACK = 1 << 4
+	URG = 1 << 5
 )
 
 // Key returns the flow key in a canonical direction (the lower endpoint
@@ -85,6 +90,7 @@ func (r Result) String() string {
 // reassembler made of the fragments.
 type DecodeStats struct {
 	Decoded, NotIP, Fragments, Malformed uint64
+	ShortFirst                           uint64 // IPv6 first fragments without their whole TCP or UDP header, dropped (counted as malformed too)
 	Defrag                               defrag.Stats
 }
 
@@ -291,6 +297,9 @@ func (d *Decoder) fillTCP(m *Meta) {
 	if t.ACK {
 		m.Flags |= ACK
 	}
+	if t.URG {
+		m.Flags |= URG
+	}
 	m.Payload = t.Payload
 }
 
@@ -307,8 +316,14 @@ func (d *Decoder) reassemble(data []byte, now time.Time, m *Meta) Result {
 	if !m.Src.IsValid() || !m.Dst.IsValid() {
 		return Malformed
 	}
+	if f.IPv6 && f.Offset == 0 && !d.transportWhole(f.Next, f.Data) {
+		// RFC 8200 §4.5, and Linux since 5.16: a first fragment without
+		// the whole upper-layer header is dropped (its datagram kept).
+		d.Stats.ShortFirst++
+		return Malformed
+	}
 	res := d.Defrag.Add(f, now)
-	m.FragConflict = res.Conflict
+	m.FragConflict, m.FragBound = res.Conflict, res.Bound
 	if res.Outcome != defrag.Complete {
 		return Fragment
 	}
@@ -321,7 +336,7 @@ func (d *Decoder) reassemble(data []byte, now time.Time, m *Meta) Result {
 			return Malformed
 		}
 	}
-	*m = Meta{Src: m.Src, Dst: m.Dst, TTL: m.TTL, Proto: proto, Reassembled: true, FragConflict: res.Conflict,
+	*m = Meta{Src: m.Src, Dst: m.Dst, TTL: m.TTL, Proto: proto, Reassembled: true, FragConflict: res.Conflict, FragBound: res.Bound,
 		Len: len(data) - len(f.Data) + len(res.Data)}
 	switch proto {
 	case 6:
@@ -340,13 +355,32 @@ func (d *Decoder) reassemble(data []byte, now time.Time, m *Meta) Result {
 	return Decoded
 }
 
+// transportWhole reports whether an IPv6 first fragment's bytes (from the
+// fragment header's next header on) hold its extension headers and the
+// whole TCP or UDP header after them.
+func (d *Decoder) transportWhole(next uint8, b []byte) bool {
+	proto, rest, ok := d.walkIPv6(next, b)
+	if !ok {
+		return false
+	}
+	switch proto {
+	case 6:
+		return len(rest) >= 20 && len(rest) >= int(rest[12]>>4)*4
+	case 17:
+		return len(rest) >= 8
+	}
+	return true
+}
+
 // walkIPv6 walks the extension headers at the start of a reassembled IPv6
 // datagram's fragmentable part (routing, destination options, AH) from
 // next, and returns the protocol after them and its bytes. A hop-by-hop
 // or a second fragment header there is out of place (RFC 8200 §4.1), and
-// so is a chain that does not end within the datagram: not ok.
+// so is a chain that does not end within the datagram: not ok. There is
+// no limit on the chain's length but the datagram's: each header takes 8
+// bytes or more.
 func (d *Decoder) walkIPv6(next uint8, b []byte) (uint8, []byte, bool) {
-	for range 8 {
+	for {
 		var e *ip6ExtLayer
 		switch layers.IPProtocol(next) {
 		case layers.IPProtocolIPv6Routing:
@@ -365,5 +399,4 @@ func (d *Decoder) walkIPv6(next uint8, b []byte) (uint8, []byte, bool) {
 		}
 		next, b = uint8(e.proto), e.payload
 	}
-	return 0, nil, false
 }

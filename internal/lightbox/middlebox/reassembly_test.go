@@ -81,7 +81,7 @@ func TestDecodeReassembles(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
 		pkt := ipTCP(t, v6, payload)
 		var frags [][]byte
-		cuts := []piece{{off: 16, end: 40}, {off: 0, end: 16}, {off: 40, end: 20 + len(payload)}}
+		cuts := []piece{{off: 24, end: 40}, {off: 0, end: 24}, {off: 40, end: 20 + len(payload)}} // the first holds the whole TCP header
 		if v6 {
 			frags = fragment6(pkt, 77, cuts...)
 		} else {
@@ -209,7 +209,7 @@ func TestDecodeReassembledIPv6Headers(t *testing.T) {
 		{"the last fragment names another protocol", plain, true, []int{0, 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			frags := fragment6(tc.pkt, 5, piece{off: 0, end: 16}, piece{off: 16, end: len(tc.pkt) - 40})
+			frags := fragment6(tc.pkt, 5, piece{off: 0, end: 32}, piece{off: 32, end: len(tc.pkt) - 40})
 			if tc.lie {
 				frags[1][40] = 17
 			}
@@ -224,13 +224,17 @@ func TestDecodeReassembledIPv6Headers(t *testing.T) {
 			}
 		})
 	}
-	// A hop-by-hop header is out of place after a fragment header: the
-	// datagram is malformed, not a flow.
-	bad := fragment6(withExt(plain, ext8(0)), 6, piece{off: 0, end: 16}, piece{off: 16, end: len(plain) - 40 + 8})
+	// A hop-by-hop header is out of place after a fragment header, and a
+	// first fragment without the whole TCP header is refused (RFC 8200
+	// §4.5, Linux since 5.16): malformed, not a flow.
 	d := mustDecoder(t, layers.LinkTypeRaw)
 	var m Meta
-	d.DecodeResult(bad[0], time.Unix(100, 0), &m)
-	if r := d.DecodeResult(bad[1], time.Unix(100, 0), &m); r != Malformed {
-		t.Fatalf("hop-by-hop after the fragment header: %v %+v", r, m)
+	for name, frags := range map[string][][]byte{
+		"hop-by-hop after the fragment header":    fragment6(withExt(plain, ext8(0)), 6, piece{off: 0, end: 32}, piece{off: 32, end: len(plain) - 40 + 8}),
+		"a first fragment with half a TCP header": fragment6(plain, 7, piece{off: 0, end: 8}, piece{off: 8, end: len(plain) - 40}),
+	} {
+		if r := d.DecodeResult(frags[0], time.Unix(100, 0), &m); r != Malformed {
+			t.Fatalf("%s: %v %+v", name, r, m)
+		}
 	}
 }

@@ -12,7 +12,7 @@ import (
 // expected), for a hole of many segments: a lost segment retransmitted
 // late. Zero fields take the defaults.
 type ReorderConfig struct {
-	PerDirection int           // bytes held for one direction (default 256 KiB)
+	PerDirection int           // bytes held for one direction, each piece charged 64 more (default 256 KiB; at most 512 pieces)
 	MemCap       int           // bytes held in all, each piece charged its bytes and 64 more (default 64 MiB)
 	Idle         time.Duration // a direction's held data untouched this long is dropped (default 2 minutes, the flow table's idle timeout)
 }
@@ -28,6 +28,9 @@ const (
 	MaxAhead = 8 << 20
 
 	heldOverhead = 64
+	// maxPieces bounds one direction's pieces, so that placing one costs
+	// a bounded scan.
+	maxPieces = 512
 )
 
 func (c ReorderConfig) withDefaults() ReorderConfig {
@@ -124,11 +127,11 @@ func (r *reorderPool) add(k dirKey, next, seq uint32, p []byte, now time.Time) (
 		}
 		return true, conflict
 	}
-	have := 0
+	have, pieces := 0, 0
 	if h != nil {
-		have = h.bytes
+		have, pieces = h.bytes+len(h.segs)*heldOverhead, len(h.segs)
 	}
-	if have+n > r.cfg.PerDirection || r.held+charge > r.cfg.MemCap {
+	if have+charge > r.cfg.PerDirection || pieces+len(fresh) > maxPieces || r.held+charge > r.cfg.MemCap {
 		return false, conflict
 	}
 	if h == nil {
@@ -152,6 +155,15 @@ func (r *reorderPool) add(k dirKey, next, seq uint32, p []byte, now time.Time) (
 	h.last = now
 	r.lru.MoveToBack(h.elem)
 	return true, conflict
+}
+
+// touch marks direction k as alive at now (its flow sent a packet), so
+// that what it holds is not dropped as idle.
+func (r *reorderPool) touch(k dirKey, now time.Time) {
+	if h := r.m[k]; h != nil {
+		h.last = now
+		r.lru.MoveToBack(h.elem)
+	}
 }
 
 // front returns direction k's first held piece.

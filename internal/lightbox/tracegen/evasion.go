@@ -118,6 +118,15 @@ func Evasions() ([]byte, []EvasionCase, error) {
 		c.raw(0, layers.TCP{RST: true, ACK: true, Seq: c.seq[0] + uint32(at+4) + 100}, nil)
 		c.data(at+4, p[at+4:])
 	})
+	e.conn("a RST at the expected sequence number, then the rest", false, []int{0, 1},
+		"a RST a host may not have taken (a bad checksum, a TTL too short to reach it): the connection lingers, the rest is scanned in its stream, and the data after a RST alerts", func(c *evConn) {
+			c.data(0, p[:at+4])
+			c.raw(0, layers.TCP{RST: true, ACK: true, Seq: c.seq[0] + uint32(at+4), Ack: c.seq[1]}, nil)
+			c.data(at+4, p[at+4:])
+		})
+	e.conn("urgent data", false, []int{0, 1}, "the request marked urgent: Linux reads one byte out of band, other hosts in the stream; the IDS scans it in the stream and alerts on the urgency", func(c *evConn) {
+		c.emit(c.packet(0, layers.TCP{ACK: true, PSH: true, URG: true, Urgent: 5, Seq: c.seq[0], Ack: c.seq[1]}, p))
+	})
 	// evil is where the payload's "evil" lies in the segment's IP
 	// payload (after the 20-byte TCP header).
 	evil := 20 + at
@@ -146,15 +155,25 @@ func Evasions() ([]byte, []EvasionCase, error) {
 				return []evFrag{f}
 			})
 		})
-	e.conn("IPv6 fragments", true, []int{1}, "one segment in 8-byte IPv6 fragments", func(c *evConn) {
-		c.fragments(c.segment(0, p), 8, false, nil)
+	e.conn("IPv6 fragments", true, []int{1}, "one segment in IPv6 fragments of 8 bytes after the first (which must hold the whole TCP header, RFC 8200)", func(c *evConn) {
+		c.fragments(c.segment(0, p), 8, false, func(f evFrag, all []byte) []evFrag {
+			switch f.Off {
+			case 0:
+				return []evFrag{{0, all[:24]}}
+			case 8, 16:
+				return nil
+			}
+			return []evFrag{f}
+		})
 	})
 	e.conn("IPv6 fragments, overlapping with other bytes", true, []int{0},
 		"IPv6 fragments that overlap discard the datagram (RFC 5722): nothing is delivered, and the overlap alerts", func(c *evConn) {
 			c.fragments(c.segment(0, p), 16, false, func(f evFrag, all []byte) []evFrag {
-				if f.Off == 16 {
-					x := append([]byte("XXXXXXXX"), all[32:40]...)
-					return []evFrag{f, {24, x}}
+				switch f.Off {
+				case 0: // the whole TCP header in the first; then 16 bytes from 24, 8 of them other bytes over its end
+					return []evFrag{{0, all[:32]}, {24, append([]byte("XXXXXXXX"), all[32:40]...)}}
+				case 16:
+					return nil
 				}
 				return []evFrag{f}
 			})
