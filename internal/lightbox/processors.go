@@ -26,6 +26,7 @@ type ProcessorConfig struct {
 	Allowed      []netip.AddrPort
 	FragPolicy   defrag.Policy           // how overlapping IPv4 fragments are resolved
 	Reorder      middlebox.ReorderConfig // ids: TCP data held out of order beyond each flow's window
+	Checksums    middlebox.ChecksumMode  // ids: whether packets with wrong checksums are dropped (a host drops them)
 	Report       io.Writer               // where the monitor writes assets and flows, and the firewall its drops
 }
 
@@ -106,6 +107,7 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 			return nil, nil, err
 		}
 		x.Reorder = cfg.Reorder
+		dec.Checksums = cfg.Checksums
 		p := &idsProc{x: x, exp: expiry{m: m, onExpire: x.Expired}}
 		return p, func() error {
 			fmt.Fprintln(cfg.Report, dec.Stats)

@@ -249,3 +249,72 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestChecksums: a decoder that verifies checksums refuses a packet whose
+// TCP, UDP or IPv4 header checksum is wrong, IPv4 and IPv6, whole or
+// reassembled; takes an IPv4 UDP datagram without a checksum; and in auto
+// mode stops verifying when the capture's first packets show offload.
+func TestChecksums(t *testing.T) {
+	good := seg("10.0.0.1", 40000, "10.0.0.2", 80, ACK|PSH, 1001, "GET /attack")
+	badTCP := append([]byte(nil), good...)
+	badTCP[14+20+16] ^= 0xff
+	badIP := append([]byte(nil), good...)
+	badIP[14+10] ^= 0xff
+	udp := frame("10.0.0.1", 5353, "10.0.0.9", 53, "udp", 0, 64, "tunnel")
+	noSum := append([]byte(nil), udp...)
+	noSum[14+20+6], noSum[14+20+7] = 0, 0
+	badUDP := append([]byte(nil), udp...)
+	badUDP[14+20+6] ^= 0xff
+	v6 := cat(eth(0x86dd), ipTCP(t, true, "GET /attack"))
+	badV6 := append([]byte(nil), v6...)
+	badV6[len(badV6)-1] ^= 0xff
+	frags := fragment4(good, 3, piece{off: 0, end: 24}, piece{off: 24, end: 31})
+	badFrags := fragment4(badTCP, 4, piece{off: 0, end: 24}, piece{off: 24, end: 31})
+	for _, tc := range []struct {
+		name string
+		pkts [][]byte
+		want Result
+	}{
+		{"TCP", [][]byte{good}, Decoded},
+		{"TCP, a wrong checksum", [][]byte{badTCP}, BadChecksum},
+		{"TCP, a wrong IPv4 header checksum", [][]byte{badIP}, BadChecksum},
+		{"UDP", [][]byte{udp}, Decoded},
+		{"UDP without a checksum", [][]byte{noSum}, Decoded},
+		{"UDP, a wrong checksum", [][]byte{badUDP}, BadChecksum},
+		{"IPv6 TCP", [][]byte{v6}, Decoded},
+		{"IPv6 TCP, a wrong checksum", [][]byte{badV6}, BadChecksum},
+		{"reassembled", frags, Decoded},
+		{"reassembled, a wrong checksum", badFrags, BadChecksum},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := mustDecoder(t, layers.LinkTypeEthernet)
+			d.Checksums = ChecksumsOn
+			var m Meta
+			var r Result
+			for _, p := range tc.pkts {
+				r = d.DecodeResult(p, time.Unix(100, 0), &m)
+			}
+			if r != tc.want {
+				t.Fatalf("%v, want %v (%v)", r, tc.want, d.Stats)
+			}
+		})
+	}
+	// Auto: a capture whose first packets mostly carry wrong checksums
+	// (offload) is not verified; one whose first packets are right is.
+	for _, offload := range []bool{true, false} {
+		d := mustDecoder(t, layers.LinkTypeEthernet)
+		d.Checksums = ChecksumsAuto
+		var m Meta
+		first := good
+		if offload {
+			first = badTCP
+		}
+		for range ckLearn {
+			d.DecodeResult(first, time.Unix(100, 0), &m)
+		}
+		r := d.DecodeResult(badTCP, time.Unix(100, 0), &m)
+		if d.Stats.Offload != offload || (r == Decoded) != offload {
+			t.Fatalf("offload %v: %v after %d packets (%v)", offload, r, ckLearn, d.Stats)
+		}
+	}
+}

@@ -129,7 +129,9 @@ func NewIDS(table StateTable, dec *Decoder, rules []Rule) (*IDS, error) {
 	return &IDS{Table: table, Rules: rules, dec: dec, ac: ac}, nil
 }
 
-// Handle processes one packet at trusted time now.
+// Handle processes one packet at trusted time now. Packets the decoder
+// refuses (not IP, malformed, a wrong checksum when it verifies them) are
+// counted in its Stats and go no further.
 func (x *IDS) Handle(data []byte, now time.Time) error {
 	m := &x.meta
 	r := x.dec.DecodeResult(data, now, m)

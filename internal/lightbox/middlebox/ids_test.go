@@ -534,3 +534,36 @@ func TestIDSHandshakes(t *testing.T) {
 		}
 	}
 }
+
+// TestIDSBadChecksums: with checksums verified, packets a host drops for
+// a wrong checksum change nothing: a decoy segment first, a RST at the
+// expected sequence number, each with a wrong TCP checksum.
+func TestIDSBadChecksums(t *testing.T) {
+	c, s := "10.0.0.1", "10.0.0.2"
+	corrupt := func(f []byte) []byte {
+		f = append([]byte(nil), f...)
+		f[14+20+16] ^= 0xff
+		return f
+	}
+	capture := [][]byte{
+		seg(c, 40000, s, 80, SYN, 1000, ""),
+		synAck(s, 80, c, 40000, 5000, 1001),
+		corrupt(seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /xxxxxx")),
+		seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /att"),
+		corrupt(seg(c, 40000, s, 80, RST|ACK, 1009, "")),
+		seg(c, 40000, s, 80, ACK|PSH, 1009, "ack"),
+	}
+	x, err := NewIDS(NewMapTable(IDSStateSize), mustDecoder(t, layers.LinkTypeEthernet), loadRules(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	x.dec.Checksums = ChecksumsOn
+	for i, f := range capture {
+		if err := x.Handle(f, time.Unix(100, int64(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(x.Alerts) != 1 || x.Alerts[0].SID != 1001 || x.dec.Stats.BadChecksum != 2 {
+		t.Fatalf("alerts %v (%v); want sid 1001 alone, 2 packets dropped for their checksums", x.Alerts, x.dec.Stats)
+	}
+}

@@ -72,6 +72,7 @@ const (
 	NotIP                   // no IP header in it: ARP, STP, LLDP, PPP control, ...
 	Fragment                // a piece of a fragmented IP datagram, held for reassembly (or discarded: see the reassembler's Stats)
 	Malformed               // a header cut short or out of range, at any layer
+	BadChecksum             // an IPv4 header, TCP or UDP checksum that is wrong, when the Decoder verifies them: a host drops the packet
 )
 
 func (r Result) String() string {
@@ -82,6 +83,8 @@ func (r Result) String() string {
 		return "not IP"
 	case Fragment:
 		return "IP fragment (held for reassembly)"
+	case BadChecksum:
+		return "bad checksum (a host drops it)"
 	}
 	return "malformed or truncated header"
 }
@@ -91,12 +94,21 @@ func (r Result) String() string {
 type DecodeStats struct {
 	Decoded, NotIP, Fragments, Malformed uint64
 	ShortFirst                           uint64 // IPv6 first fragments without their whole TCP or UDP header, dropped (counted as malformed too)
+	BadChecksum                          uint64 // packets with a wrong checksum, dropped (when verifying)
+	Offload                              bool   // ChecksumsAuto turned verification off: the capture's first packets showed checksum offload
 	Defrag                               defrag.Stats
 }
 
 func (s DecodeStats) String() string {
-	return fmt.Sprintf("decode: %d IP packets (%d reassembled), %d not IP, %d IP fragments not completing a datagram, %d malformed; %v",
-		s.Decoded, s.Defrag.Reassembled, s.NotIP, s.Fragments, s.Malformed, s.Defrag)
+	ck := ""
+	if s.BadChecksum > 0 {
+		ck = fmt.Sprintf(", %d with a bad checksum", s.BadChecksum)
+	}
+	if s.Offload {
+		ck += " (checksums not verified: the capture's first packets show checksum offload)"
+	}
+	return fmt.Sprintf("decode: %d IP packets (%d reassembled), %d not IP, %d IP fragments not completing a datagram, %d malformed%s; %v",
+		s.Decoded, s.Defrag.Reassembled, s.NotIP, s.Fragments, s.Malformed, ck, s.Defrag)
 }
 
 // Decoder walks a packet's headers down to its transport header, reusing
@@ -137,6 +149,115 @@ type Decoder struct {
 
 	Defrag *defrag.Reassembler
 	Stats  DecodeStats
+	// Checksums says whether to verify checksums (set before the first
+	// packet); off unless set.
+	Checksums ChecksumMode
+	ckChecked int
+	ckBad     int
+	ip4Bad    bool // the innermost IPv4 header's checksum is wrong
+}
+
+// ChecksumMode says whether a Decoder verifies the IPv4 header, TCP and
+// UDP checksums. A host drops a packet whose checksum is wrong, so a
+// middlebox that would see what the host sees drops it too (else a
+// packet with a bad checksum is the classic way to show an IDS bytes the
+// host never reads). But a capture taken on a host with checksum offload
+// holds the packets it sent with checksums its card was to fill in.
+type ChecksumMode uint8
+
+// Checksum modes.
+const (
+	ChecksumsOff  ChecksumMode = iota
+	ChecksumsOn                // a packet with a wrong checksum is BadChecksum
+	ChecksumsAuto              // as On, but if more than 10% of the first 100 checksums are wrong (offload), Off from then on; the first 100 are not dropped
+)
+
+// ParseChecksumMode reads "auto", "on" or "off".
+func ParseChecksumMode(s string) (ChecksumMode, error) {
+	switch s {
+	case "auto", "":
+		return ChecksumsAuto, nil
+	case "on":
+		return ChecksumsOn, nil
+	case "off":
+		return ChecksumsOff, nil
+	}
+	return ChecksumsAuto, fmt.Errorf("checksum mode %q: want auto, on or off", s)
+}
+
+// ckLearn is how many checksums ChecksumsAuto sees before it decides.
+const ckLearn = 100
+
+// checksumOK reports whether a packet whose transport checksum is ok (or
+// not), and whose innermost IPv4 header checksum is d.ip4Bad, passes.
+func (d *Decoder) checksumOK(ok bool) bool {
+	ok = ok && !d.ip4Bad
+	switch d.Checksums {
+	case ChecksumsOn:
+		return ok
+	case ChecksumsAuto:
+		if d.Stats.Offload {
+			return true
+		}
+		d.ckChecked++
+		if !ok {
+			d.ckBad++
+		}
+		if d.ckChecked < ckLearn {
+			return true
+		}
+		if d.ckChecked == ckLearn && 10*d.ckBad > d.ckChecked {
+			d.Stats.Offload = true
+			return true
+		}
+		return ok
+	}
+	return true
+}
+
+// strict reports whether a wrong checksum drops the packet now.
+func (d *Decoder) strict() bool {
+	return d.Checksums == ChecksumsOn || (d.Checksums == ChecksumsAuto && !d.Stats.Offload && d.ckChecked >= ckLearn)
+}
+
+// transportSum checks a TCP or UDP checksum: proto's segment (header and
+// payload, in two parts) between src and dst.
+func transportSum(src, dst netip.Addr, proto uint8, hdr, payload []byte) bool {
+	n := len(hdr) + len(payload)
+	var sum uint32
+	if src.Is4() {
+		a, b := src.As4(), dst.As4()
+		sum = ones(ones(0, a[:]), b[:]) + uint32(proto) + uint32(n)
+	} else {
+		a, b := src.As16(), dst.As16()
+		sum = ones(ones(0, a[:]), b[:]) + uint32(n>>16) + uint32(n&0xffff) + uint32(proto)
+	}
+	if len(hdr)%2 != 0 { // TCP and UDP headers are even: never here
+		return false
+	}
+	if proto == 17 && src.Is4() && len(hdr) >= 8 && hdr[6] == 0 && hdr[7] == 0 {
+		return true // no checksum (IPv4 UDP)
+	}
+	sum = ones(ones(sum, hdr), payload)
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return sum == 0xffff
+}
+
+// ones adds b's 16-bit big-endian words (an odd last byte padded) to sum.
+func ones(sum uint32, b []byte) uint32 {
+	for len(b) >= 2 {
+		sum += uint32(b[0])<<8 | uint32(b[1])
+		b = b[2:]
+		if sum > 0xffff_0000 {
+			sum = sum&0xffff + sum>>16
+		}
+	}
+	if len(b) == 1 {
+		sum += uint32(b[0]) << 8
+	}
+	return sum
 }
 
 // SupportedLinks names the capture link types a Decoder reads.
@@ -202,6 +323,8 @@ func (d *Decoder) DecodeResult(data []byte, now time.Time, m *Meta) Result {
 		d.Stats.NotIP++
 	case Fragment:
 		d.Stats.Fragments++
+	case BadChecksum:
+		d.Stats.BadChecksum++
 	default:
 		d.Stats.Malformed++
 	}
@@ -210,6 +333,7 @@ func (d *Decoder) DecodeResult(data []byte, now time.Time, m *Meta) Result {
 
 func (d *Decoder) decode(data []byte, m *Meta) Result {
 	*m = Meta{Len: len(data)}
+	d.ip4Bad = false
 	p := d.parser
 	if d.parser6 != nil && len(data) > 0 && data[0]>>4 == 6 {
 		p = d.parser6
@@ -222,6 +346,13 @@ func (d *Decoder) decode(data []byte, m *Meta) Result {
 			// Each IP header (an outer one of a tunnel, then the inner)
 			// starts over: the innermost is the flow's.
 			isIP, transport = true, false
+			if d.Checksums != ChecksumsOff {
+				sum := ones(0, d.ip4.Contents)
+				for sum > 0xffff {
+					sum = sum&0xffff + sum>>16
+				}
+				d.ip4Bad = sum != 0xffff
+			}
 			m.Src, _ = netip.AddrFromSlice(d.ip4.SrcIP.To4())
 			m.Dst, _ = netip.AddrFromSlice(d.ip4.DstIP.To4())
 			m.Proto, m.TTL = uint8(d.ip4.Protocol), d.ip4.TTL
@@ -234,6 +365,7 @@ func (d *Decoder) decode(data []byte, m *Meta) Result {
 			}
 		case layers.LayerTypeIPv6:
 			isIP, transport, frag = true, false, false
+			d.ip4Bad = false
 			m.Src, _ = netip.AddrFromSlice(d.ip6.SrcIP)
 			m.Dst, _ = netip.AddrFromSlice(d.ip6.DstIP)
 			m.Proto, m.TTL = uint8(d.ip6.NextHeader), d.ip6.HopLimit
@@ -267,12 +399,23 @@ func (d *Decoder) decode(data []byte, m *Meta) Result {
 		return Malformed
 	case !isIP:
 		return NotIP
+	case frag && d.ip4Bad && d.strict():
+		return BadChecksum
 	case frag:
 		return Fragment
 	case err != nil, !m.Src.IsValid(), !m.Dst.IsValid():
 		return Malformed
 	case (m.Proto == 6 || m.Proto == 17) && !transport:
 		return Malformed // the IP header names a transport whose header is not there
+	}
+	if d.Checksums != ChecksumsOff && (m.Proto == 6 || m.Proto == 17) {
+		hdr, payload := d.tcp.Contents, d.tcp.Payload
+		if m.Proto == 17 {
+			hdr, payload = d.udp.Contents, d.udp.Payload
+		}
+		if !d.checksumOK(transportSum(m.Src, m.Dst, m.Proto, hdr, payload)) {
+			return BadChecksum
+		}
 	}
 	return Decoded
 }
@@ -351,6 +494,12 @@ func (d *Decoder) reassemble(data []byte, now time.Time, m *Meta) Result {
 		d.fillUDP(m)
 	default:
 		m.Payload = dg
+	}
+	if d.Checksums != ChecksumsOff && (proto == 6 || proto == 17) {
+		d.ip4Bad = false // the fragment's header was checked as it came
+		if !d.checksumOK(transportSum(m.Src, m.Dst, proto, dg[:len(dg)-len(m.Payload)], m.Payload)) {
+			return BadChecksum
+		}
 	}
 	return Decoded
 }
