@@ -465,6 +465,31 @@ func FuzzIDSReassembly(f *testing.F) {
 		if got != want || x.Gaps != 0 || x.Conflicts != 0 || x.pool.held != 0 {
 			t.Fatalf("%d alerts for %d occurrences, %d gaps, %d conflicts, %d bytes left in the pool", got, want, x.Gaps, x.Conflicts, x.pool.held)
 		}
+		// The same with a pool too small for the disorder: holes are
+		// skipped, each with an alert, nothing is held past the bound,
+		// and nothing breaks.
+		small, err := NewIDS(NewMapTable(IDSStateSize), mustDecoder(t, layers.LinkTypeEthernet), rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		small.Reorder = ReorderConfig{PerDirection: 4096}
+		for i, fr := range capture {
+			if err := small.Handle(fr, time.Unix(100, int64(i))); err != nil {
+				t.Fatal(err)
+			}
+			if small.pool.held > 4096 {
+				t.Fatalf("the pool holds %d bytes, past its bound", small.pool.held)
+			}
+		}
+		gapAlerts := 0
+		for _, a := range small.Alerts {
+			if a.SID == DecoderSID && strings.Contains(a.Msg, "gap") {
+				gapAlerts++
+			}
+		}
+		if gapAlerts != small.Gaps {
+			t.Fatalf("%d gaps, %d alerts for them", small.Gaps, gapAlerts)
+		}
 	})
 }
 
