@@ -68,11 +68,11 @@ type Result uint8
 // What a packet decodes to. Only Decoded packets are a flow's: the others
 // are counted (DecodeStats), never turned into flows with made-up ports.
 const (
-	Decoded   Result = iota // an IP packet, with its TCP or UDP header when it names one
-	NotIP                   // no IP header in it: ARP, STP, LLDP, PPP control, ...
-	Fragment                // a piece of a fragmented IP datagram, held for reassembly (or discarded: see the reassembler's Stats)
-	Malformed               // a header cut short or out of range, at any layer
-	BadChecksum             // an IPv4 header, TCP or UDP checksum that is wrong, when the Decoder verifies them: a host drops the packet
+	Decoded     Result = iota // an IP packet, with its TCP or UDP header when it names one
+	NotIP                     // no IP header in it: ARP, STP, LLDP, PPP control, ...
+	Fragment                  // a piece of a fragmented IP datagram, held for reassembly (or discarded: see the reassembler's Stats)
+	Malformed                 // a header cut short or out of range, at any layer
+	BadChecksum               // an IPv4 header, TCP or UDP checksum that is wrong, when the Decoder verifies them: a host drops the packet
 )
 
 func (r Result) String() string {
