@@ -365,14 +365,9 @@ func (r *Reassembler) insert(d *datagram, off int, b []byte, pol Policy) (keep, 
 			continue
 		}
 		overlap = true
-		lo, hi := max(p.off, off), min(p.end, end)
-		if string(p.data[lo-p.off:hi-p.off]) != string(b[lo-off:hi-off]) {
-			conflict = true
-		}
-		switch pol {
-		case Linux:
-			continue // decided below: nothing changes
-		case First:
+		lo, hi, differ := compare(p, off, b)
+		conflict = conflict || differ
+		if pol == First {
 			keepP = append(keepP, p)
 			if lo > cur {
 				add = append(add, piece{off: cur, end: lo, data: b[cur-off : lo-off]})
@@ -390,8 +385,6 @@ func (r *Reassembler) insert(d *datagram, off int, b []byte, pol Policy) (keep, 
 		}
 	}
 	switch {
-	case pol == Linux && overlap:
-		return false, overlap, conflict
 	case pol == First:
 		if cur < end {
 			add = append(add, piece{off: cur, end: end, data: b[cur-off:]})
@@ -419,10 +412,8 @@ func (r *Reassembler) insertLinux(d *datagram, off int, b []byte) (keep, overlap
 			continue
 		}
 		overlap = true
-		lo, hi := max(p.off, off), min(p.end, end)
-		if string(p.data[lo-p.off:hi-p.off]) != string(b[lo-off:hi-off]) {
-			conflict = true
-		}
+		_, _, differ := compare(p, off, b)
+		conflict = conflict || differ
 	}
 	if overlap {
 		return false, overlap, conflict
@@ -438,6 +429,13 @@ func (r *Reassembler) insertLinux(d *datagram, off int, b []byte) (keep, overlap
 	i := sort.Search(len(d.pieces), func(i int) bool { return d.pieces[i].off > off })
 	d.pieces = slices.Insert(d.pieces, i, r.charge(d, piece{off: off, end: end, data: clone(b)}))
 	return true, false, false
+}
+
+// compare returns where piece p and bytes b at off overlap, [lo, hi),
+// and whether their bytes there differ.
+func compare(p piece, off int, b []byte) (lo, hi int, differ bool) {
+	lo, hi = max(p.off, off), min(p.end, off+len(b))
+	return lo, hi, string(p.data[lo-p.off:hi-p.off]) != string(b[lo-off:hi-off])
 }
 
 // A piece is charged its capacity plus pieceOverhead. Its spare capacity

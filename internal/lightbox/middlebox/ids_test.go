@@ -248,11 +248,7 @@ func TestIDSEvasions(t *testing.T) {
 			t.Run(tc.name+"/"+name, func(t *testing.T) {
 				capture := append(append(append([][]byte(nil), open...), tc.forged...), rest)
 				x := runIDS(t, table, rules, capture)
-				var sids []int
-				for _, a := range x.Alerts {
-					sids = append(sids, a.SID)
-				}
-				if fmt.Sprint(sids) != tc.sids || x.Ignored != tc.ignored {
+				if sids(x) != tc.sids || x.Ignored != tc.ignored {
 					t.Errorf("alerts %v, %d ignored; want %s, %d ignored", x.Alerts, x.Ignored, tc.sids, tc.ignored)
 				}
 			})
@@ -548,11 +544,7 @@ func TestIDSHandshakes(t *testing.T) {
 		for name, table := range tables(t, IDSStateSize) {
 			t.Run(tc.name+"/"+name, func(t *testing.T) {
 				x := runIDS(t, table, loadRules(t), tc.capture)
-				var sids []int
-				for _, a := range x.Alerts {
-					sids = append(sids, a.SID)
-				}
-				if fmt.Sprint(sids) != tc.sids || x.Ignored != tc.ignored {
+				if sids(x) != tc.sids || x.Ignored != tc.ignored {
 					t.Fatalf("alerts %v, %d ignored; want %s, %d ignored", x.Alerts, x.Ignored, tc.sids, tc.ignored)
 				}
 			})
@@ -591,4 +583,13 @@ func TestIDSBadChecksums(t *testing.T) {
 	if len(x.Alerts) != 1 || x.Alerts[0].SID != 1001 || x.dec.Stats.BadChecksum != 2 {
 		t.Fatalf("alerts %v (%v); want sid 1001 alone, 2 packets dropped for their checksums", x.Alerts, x.dec.Stats)
 	}
+}
+
+// sids lists the SIDs of x's alerts, in order, as "[1 2]".
+func sids(x *IDS) string {
+	var out []int
+	for _, a := range x.Alerts {
+		out = append(out, a.SID)
+	}
+	return fmt.Sprint(out)
 }

@@ -48,19 +48,11 @@ func Corpus() ([]CorpusCapture, error) {
 		c.data(0, p)
 	})
 	e.conn("PPPoE session", false, one, "PPPoE, then PPP's IPv4", func(c *evConn) {
-		c.encap = func(ip []byte) (uint16, []byte) {
-			h := []byte{0x11, 0x00, 0x12, 0x34}
-			h = binary.BigEndian.AppendUint16(h, uint16(2+len(ip)))
-			return 0x8864, append(append(h, 0x00, 0x21), ip...)
-		}
+		c.encap = pppoe(0x1234, 0x0021)
 		c.data(0, p)
 	})
 	e.conn("PPPoE session, IPv6", true, one, "PPPoE, then PPP's IPv6", func(c *evConn) {
-		c.encap = func(ip []byte) (uint16, []byte) {
-			h := []byte{0x11, 0x00, 0x12, 0x35}
-			h = binary.BigEndian.AppendUint16(h, uint16(2+len(ip)))
-			return 0x8864, append(append(h, 0x00, 0x57), ip...)
-		}
+		c.encap = pppoe(0x1235, 0x0057)
 		c.data(0, p)
 	})
 	e.conn("LLC/SNAP", false, one, "an 802.3 length, LLC and SNAP with the IPv4 ethertype", func(c *evConn) {
@@ -117,4 +109,14 @@ func outer(proto layers.IPProtocol, payload []byte) []byte {
 		panic(err) // fixed layers: a failure is a bug here
 	}
 	return append([]byte(nil), buf.Bytes()...)
+}
+
+// pppoe frames IP packets in a PPPoE session (ethertype 0x8864) as PPP
+// protocol proto.
+func pppoe(session, proto uint16) func(ip []byte) (uint16, []byte) {
+	return func(ip []byte) (uint16, []byte) {
+		h := binary.BigEndian.AppendUint16([]byte{0x11, 0x00}, session)
+		h = binary.BigEndian.AppendUint16(h, uint16(2+len(ip)))
+		return 0x8864, append(binary.BigEndian.AppendUint16(h, proto), ip...)
+	}
 }
