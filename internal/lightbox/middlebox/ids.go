@@ -20,6 +20,7 @@ import (
 //	u32 gapLo    the last hole skipped, [gapLo, gapHi): its bytes, if they
 //	u32 gapHi    ... come after all, are scanned on their own
 //	u32 finAt    where a FIN that came out of order ends the stream
+//	u8  ttl      the TTL of the direction's first packet
 //	[64]  tail   the last bytes delivered (to confirm case-sensitive matches)
 //	[320] bitmap which bytes of buf hold data
 //	[2560] buf   out-of-order data, buf[0] is sequence number next
@@ -36,7 +37,8 @@ const (
 	dGapLo      = 12
 	dGapHi      = 16
 	dFinAt      = 20
-	dTail       = 24
+	dTTL        = 24 // u8: the TTL (hop limit) of the direction's first packet
+	dTail       = 25
 	dBitmap     = dTail + MaxContent
 	dBuf        = dBitmap + reasmWindow/8
 	dirSize     = dBuf + reasmWindow
@@ -47,6 +49,8 @@ const (
 	fHeld  = 8 // the reorder pool may hold data of this direction
 	fFinAt = 16
 	fData  = 32
+	fTTL   = 64  // ttl is set
+	fLowTT = 128 // a lower TTL was alerted
 
 	// IDSStateSize is the IDS's per-flow state (LightBox's is ~5.5 KB):
 	// the connection's 8 bytes, then each direction's.
@@ -227,6 +231,16 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 	if len(m.Payload) > 0 && st[iReset] == 1 {
 		st[iReset] = 2
 		x.alert(Alert{SID: DecoderSID, Msg: "TCP data after a RST (a RST the host may not have taken)", Src: src, Dst: dst})
+	}
+	if d[dFlags]&fTTL == 0 {
+		d[dTTL] = m.TTL
+		d[dFlags] |= fTTL
+	} else if len(m.Payload) > 0 && m.TTL < d[dTTL] && d[dFlags]&fLowTT == 0 {
+		// A segment that may expire before it reaches the host, though
+		// the IDS sees it: the classic way to show an IDS bytes the host
+		// never reads (Ptacek and Newsham), or a route that changed.
+		d[dFlags] |= fLowTT
+		x.alert(Alert{SID: DecoderSID, Msg: "TCP data with a TTL lower than its connection's (it may expire before the host)", Src: src, Dst: dst})
 	}
 	if len(m.Payload) > 0 && m.Flags&URG != 0 {
 		x.alert(Alert{SID: DecoderSID, Msg: "TCP urgent data (hosts read it out of band or in the stream)", Src: src, Dst: dst})

@@ -593,3 +593,23 @@ func sids(x *IDS) string {
 	}
 	return fmt.Sprint(out)
 }
+
+// TestIDSLowTTL: a data segment whose TTL is lower than its connection's
+// (one that may expire between the IDS and the host, Ptacek and Newsham's
+// decoy) raises an alert, once per direction.
+func TestIDSLowTTL(t *testing.T) {
+	c, s := "10.0.0.1", "10.0.0.2"
+	x := runIDS(t, NewMapTable(IDSStateSize), loadRules(t), [][]byte{
+		seg(c, 40000, s, 80, SYN, 1000, ""),
+		synAck(s, 80, c, 40000, 5000, 1001),
+		seg(c, 40000, s, 80, ACK, 1001, ""),
+		buildAck(c, 40000, s, 80, "tcp", ACK|PSH, 2, 1001, 5001, strings.Repeat("x", 200)), // the decoy
+		seg(c, 40000, s, 80, ACK|PSH, 1001, strings.Repeat("y", 100)+"GET /attack"+strings.Repeat("y", 89)),
+		buildAck(c, 40000, s, 80, "tcp", ACK|PSH, 2, 1201, 5001, "more"),
+	})
+	// The real segment's bytes were delivered already (the decoy's): its
+	// last 64 differ from them, a second alert.
+	if sids(x) != "[0 0]" || !strings.Contains(x.Alerts[0].Msg, "TTL") || !strings.Contains(x.Alerts[1].Msg, "overlap") {
+		t.Fatalf("alerts %v; want the low TTL's, once, then the overlap's", x.Alerts)
+	}
+}
