@@ -71,7 +71,7 @@ func runMiddlebox(args []string) error {
 	cache := fs.Int("cache", 0, "flow states kept in trusted memory (0: as many as fit in -cache-mb)")
 	cacheMB := fs.Int("cache-mb", lightbox.DefaultCacheBytes>>20, "MiB of trusted memory for cached flow states, when -cache is 0")
 	fragPolicy := fs.String("frag-policy", "linux", "overlapping IPv4 fragments: linux (a duplicate inside bytes held is dropped, any other overlap discards the datagram, as Linux since 4.19), first (the bytes that came first stand) or last (the bytes that came last); IPv6 always takes linux's (RFC 5722, RFC 8200)")
-	checksums := fs.String("checksums", "auto", "ids: drop packets with wrong IPv4, TCP or UDP checksums as a host does: on, off, or auto (on, unless more than 10% of the first 100 are wrong: a capture with checksum offload)")
+	checksums := fs.String("checksums", "on", "ids: drop packets with wrong IPv4, TCP or UDP checksums as a host does: on, off (a capture taken on a host with checksum offload), or auto (on, unless more than 10% of the first 100 are wrong; an attacker can turn it off with 11 bad packets)")
 	reorderMB := fs.Int("reorder-mb", middlebox.DefaultReorderMemCap>>20, "ids: MiB for TCP data held out of order beyond each flow's window (1-65536)")
 	fs.Parse(args)
 	if *reorderMB < 1 || *reorderMB > 65536 {

@@ -183,7 +183,8 @@ type piece struct {
 type datagram struct {
 	key      Key
 	first    time.Time
-	pieces   []piece // sorted by offset, neither overlapping nor adjacent
+	pieces   []piece // sorted by offset, not overlapping (Linux: its runs; else merged when adjacent)
+	meat     int     // bytes the pieces hold
 	total    int     // the datagram's length once its last fragment came (-1 before)
 	next     uint8   // IPv6: the first fragment's next header
 	haveNext bool    // ... known
@@ -313,19 +314,11 @@ func (r *Reassembler) Add(f *Fragment, now time.Time) Result {
 	return res
 }
 
-// whole returns d's bytes if its pieces cover it from 0 to its end.
+// whole returns d's bytes if its pieces cover it from 0 to its end: as
+// they lie apart and within it, when they hold as many bytes as it has
+// (Linux's "meat").
 func (r *Reassembler) whole(d *datagram) ([]byte, bool) {
-	if d.total < 0 || len(d.pieces) == 0 || d.pieces[0].off != 0 {
-		return nil, false
-	}
-	n := 0
-	for i, p := range d.pieces {
-		if i > 0 && p.off != d.pieces[i-1].end {
-			return nil, false
-		}
-		n += len(p.data)
-	}
-	if n != d.total {
+	if d.total < 0 || d.meat != d.total {
 		return nil, false
 	}
 	if len(d.pieces) == 1 {
@@ -397,6 +390,10 @@ func (r *Reassembler) insert(d *datagram, off int, b []byte, pol Policy) (keep, 
 		r.charge(d, add[i])
 	}
 	d.pieces = r.coalesce(d, merge(keepP, add))
+	d.meat = 0
+	for _, p := range d.pieces {
+		d.meat += len(p.data)
+	}
 	return true, overlap, conflict
 }
 
@@ -407,17 +404,18 @@ func (r *Reassembler) insert(d *datagram, off int, b []byte, pol Policy) (keep, 
 // discards the datagram (both: not kept, d unchanged).
 func (r *Reassembler) insertLinux(d *datagram, off int, b []byte) (keep, overlap, conflict bool) {
 	end := off + len(b)
-	for _, p := range d.pieces {
-		if p.end <= off || p.off >= end {
-			continue
-		}
+	// The pieces are sorted and apart: those it overlaps follow the
+	// first that ends after off (a binary search, so a datagram of
+	// thousands of runs costs no scan per fragment).
+	for i := sort.Search(len(d.pieces), func(i int) bool { return d.pieces[i].end > off }); i < len(d.pieces) && d.pieces[i].off < end; i++ {
 		overlap = true
-		_, _, differ := compare(p, off, b)
+		_, _, differ := compare(d.pieces[i], off, b)
 		conflict = conflict || differ
 	}
 	if overlap {
 		return false, overlap, conflict
 	}
+	d.meat += len(b)
 	if n := len(d.pieces); n > 0 && d.pieces[n-1].end == off {
 		last := &d.pieces[n-1]
 		r.release(d, *last)

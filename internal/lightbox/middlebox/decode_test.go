@@ -268,6 +268,9 @@ func TestChecksums(t *testing.T) {
 	v6 := cat(eth(0x86dd), ipTCP(t, true, "GET /attack"))
 	badV6 := append([]byte(nil), v6...)
 	badV6[len(badV6)-1] ^= 0xff
+	udp6 := cat(eth(0x86dd), ipUDP(t, true))
+	udp6NoSum := append([]byte(nil), udp6...)
+	udp6NoSum[14+40+6], udp6NoSum[14+40+7] = 0, 0
 	frags := fragment4(good, 3, piece{off: 0, end: 24}, piece{off: 24, end: 31})
 	badFrags := fragment4(badTCP, 4, piece{off: 0, end: 24}, piece{off: 24, end: 31})
 	for _, tc := range []struct {
@@ -282,6 +285,8 @@ func TestChecksums(t *testing.T) {
 		{"UDP without a checksum", [][]byte{noSum}, Decoded},
 		{"UDP, a wrong checksum", [][]byte{badUDP}, BadChecksum},
 		{"IPv6 TCP", [][]byte{v6}, Decoded},
+		{"IPv6 UDP", [][]byte{udp6}, Decoded},
+		{"IPv6 UDP without a checksum (never allowed)", [][]byte{udp6NoSum}, BadChecksum},
 		{"IPv6 TCP, a wrong checksum", [][]byte{badV6}, BadChecksum},
 		{"reassembled", frags, Decoded},
 		{"reassembled, a wrong checksum", badFrags, BadChecksum},

@@ -21,6 +21,8 @@ import (
 //	u32 gapHi    ... come after all, are scanned on their own
 //	u32 finAt    where a FIN that came out of order ends the stream
 //	u8  ttl      the TTL of the direction's first packet
+//	u8  flags2   what was alerted once for the direction: 1 urgent data, 2 an
+//	             overlap, 4 a gap, 8 data before the handshake completed
 //	[64]  tail   the last bytes delivered (to confirm case-sensitive matches)
 //	[320] bitmap which bytes of buf hold data
 //	[2560] buf   out-of-order data, buf[0] is sequence number next
@@ -38,7 +40,8 @@ const (
 	dGapHi      = 16
 	dFinAt      = 20
 	dTTL        = 24 // u8: the TTL (hop limit) of the direction's first packet
-	dTail       = 25
+	dFlags2     = 25
+	dTail       = 26
 	dBitmap     = dTail + MaxContent
 	dBuf        = dBitmap + reasmWindow/8
 	dirSize     = dBuf + reasmWindow
@@ -52,21 +55,33 @@ const (
 	fTTL   = 64  // ttl is set
 	fLowTT = 128 // a lower TTL was alerted
 
+	aUrgent  = 1
+	aOverlap = 2
+	aGap     = 4
+	aEarly   = 8
+
 	// IDSStateSize is the IDS's per-flow state (LightBox's is ~5.5 KB):
 	// the connection's 8 bytes, then each direction's.
 	IDSStateSize = 8 + 2*dirSize
 
 	iOpener = 0 // u8: 1 the key's first endpoint sent the SYN, 2 the second, 0 not seen
 	iShake  = 1 // u8: bit 0 the SYN seen, bit 1 the SYN-ACK
-	iReset  = 2 // u8: 1 a RST ended the connection, 2 data came after it (alerted)
+	iReset  = 2 // u8: a RST ended the connection, sent by side 1 or 2 (the key's endpoints); bit 4: its sender's data after it was alerted
+	iAlt    = 3 // u8: 1 iAltNext holds the sequence after a second SYN of the opener's
+	iAltNx  = 4 // u32: ... that sequence, which the SYN-ACK may acknowledge instead
 )
 
 // DecoderSID is the SID of the alerts the IDS raises itself, on what it
 // decodes rather than on a rule (rules' SIDs are positive).
 const DecoderSID = 0
 
-// MaxAlerts is how many alerts an IDS keeps; past them it counts.
-const MaxAlerts = 1 << 20
+// MaxAlerts is how many alerts an IDS keeps, MaxDecoderAlerts how many of
+// them may be its own (SID 0), so that a flood of those cannot crowd out
+// the rules'; past them it counts.
+const (
+	MaxAlerts        = 1 << 20
+	MaxDecoderAlerts = 1 << 16
+)
 
 // Alert is a rule that matched a flow's reassembled data, or (SID
 // DecoderSID) an evasion attempt the decoder saw.
@@ -110,14 +125,16 @@ type IDS struct {
 	// Reorder bounds the reorder pool; set it before the first packet.
 	Reorder ReorderConfig
 
-	dec  *Decoder
-	ac   *matcher
-	meta Meta
-	win  []byte
-	fl   uint8 // what the current packet's data is, for flow: (flowTo*, flowEstablished)
-	pool *reorderPool
-	cur  dirKey    // the current packet's direction
-	now  time.Time // the current packet's time
+	dec           *Decoder
+	ac            *matcher
+	meta          Meta
+	win           []byte
+	fl            uint8 // what the current packet's data is, for flow: (flowTo*, flowEstablished)
+	pool          *reorderPool
+	d             []byte // the current packet's direction's state
+	decoderAlerts int
+	cur           dirKey    // the current packet's direction
+	now           time.Time // the current packet's time
 }
 
 // NewIDS compiles the rules.
@@ -178,6 +195,7 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 	x.cur, x.now = dirKey{k: k, side: uint8(side)}, now
 	d := st[8+side*dirSize : 8+(side+1)*dirSize]
 	o := st[8+(1-side)*dirSize : 8+(2-side)*dirSize] // the other direction
+	x.d = d
 	seq := m.Seq
 	if d[dFlags]&fHeld != 0 || o[dFlags]&fHeld != 0 {
 		x.pool.touch(dirKey{k: k, side: 0}, now)
@@ -194,7 +212,7 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 		// raises an alert, for a RST the host did not take (a bad
 		// checksum, a TTL too short to reach it) is how an IDS is blinded.
 		if x.resetTaken(d, o, m) {
-			st[iReset] = 1
+			st[iReset] = byte(side + 1)
 			x.dropHeld(k)
 		} else {
 			x.Ignored++
@@ -228,9 +246,17 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 		}
 		return nil
 	}
-	if len(m.Payload) > 0 && st[iReset] == 1 {
-		st[iReset] = 2
-		x.alert(Alert{SID: DecoderSID, Msg: "TCP data after a RST (a RST the host may not have taken)", Src: src, Dst: dst})
+	if len(m.Payload) > 0 && st[iReset]&3 == byte(side+1) && st[iReset]&4 == 0 {
+		// Data from the side that sent the RST (its peer's data in flight
+		// is ordinary).
+		st[iReset] |= 4
+		x.alert(Alert{SID: DecoderSID, Msg: "TCP data after its sender's RST (a RST the host may not have taken)", Src: src, Dst: dst})
+	}
+	if len(m.Payload) > 0 && st[iOpener] != 0 && st[iShake] != 3 {
+		// Data before the handshake completed: a host in SYN-SENT or
+		// SYN-RECEIVED does not read it, and a SYN the host never got
+		// (a short TTL) is how a connection is made to look reopened.
+		x.once(d, aEarly, Alert{SID: DecoderSID, Msg: "TCP data before the handshake completed", Src: src, Dst: dst})
 	}
 	if d[dFlags]&fTTL == 0 {
 		d[dTTL] = m.TTL
@@ -242,8 +268,8 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 		d[dFlags] |= fLowTT
 		x.alert(Alert{SID: DecoderSID, Msg: "TCP data with a TTL lower than its connection's (it may expire before the host)", Src: src, Dst: dst})
 	}
-	if len(m.Payload) > 0 && m.Flags&URG != 0 {
-		x.alert(Alert{SID: DecoderSID, Msg: "TCP urgent data (hosts read it out of band or in the stream)", Src: src, Dst: dst})
+	if m.Flags&URG != 0 {
+		x.once(d, aUrgent, Alert{SID: DecoderSID, Msg: "TCP urgent data (hosts read it out of band or in the stream)", Src: src, Dst: dst})
 	}
 	if len(m.Payload) > 0 {
 		if d[dFlags]&fKnown == 0 {
@@ -274,6 +300,10 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 // resetTaken reports whether RST m, from the side whose stream is d (the
 // other's o), ends the connection for the host.
 func (x *IDS) resetTaken(d, o []byte, m *Meta) bool {
+	if d[dFlags]&fFin != 0 { // after its FIN: at the FIN, or after it (Linux's tcp_reset_check)
+		fin := binary.BigEndian.Uint32(d[dFinAt:])
+		return m.Seq == fin || m.Seq == fin+1
+	}
 	if d[dFlags]&fKnown != 0 {
 		return m.Seq == binary.BigEndian.Uint32(d[dNext:])
 	}
@@ -290,13 +320,25 @@ func (x *IDS) realign(d []byte, dk dirKey, next uint32) {
 	x.pool.drop(dk)
 }
 
-// alert records a, up to MaxAlerts; past them it only counts.
+// alert records a, up to MaxAlerts (MaxDecoderAlerts of its own); past
+// them it only counts.
 func (x *IDS) alert(a Alert) {
-	if len(x.Alerts) >= MaxAlerts {
+	if len(x.Alerts) >= MaxAlerts || (a.SID == DecoderSID && x.decoderAlerts >= MaxDecoderAlerts) {
 		x.AlertsDropped++
 		return
 	}
+	if a.SID == DecoderSID {
+		x.decoderAlerts++
+	}
 	x.Alerts = append(x.Alerts, a)
+}
+
+// once raises a, of a kind alerted once per direction (d's).
+func (x *IDS) once(d []byte, kind byte, a Alert) {
+	if d[dFlags2]&kind == 0 {
+		d[dFlags2] |= kind
+		x.alert(a)
+	}
 }
 
 // Expired forgets what the reorder pool holds for flow k, which the state
@@ -338,18 +380,38 @@ func (x *IDS) handshake(st, d, o []byte, side int, m *Meta) bool {
 			x.reset(d, seq+1)
 			x.pool.drop(x.cur)
 			return true
+		case st[iOpener] == byte(side+1) && st[iShake] == 1:
+			// The opener's SYN again, at another sequence number: ignored,
+			// but remembered, for the host may have answered this one
+			// (the first a decoy it never got).
+			st[iAlt] = 1
+			binary.BigEndian.PutUint32(st[iAltNx:], seq+1)
 		}
 		return false
 	}
 	switch {
 	case st[iOpener] == byte(2-side) && st[iShake] == 1:
+		// Its acknowledgement says which SYN the host answered and where
+		// the opener's stream starts: after the SYN, or after the data on
+		// it if the host took that (TCP Fast Open, at most 64 KiB). A
+		// SYN-ACK that acknowledges neither SYN is not the host's answer
+		// (a decoy from a hostile server): ignored.
+		from := binary.BigEndian.Uint32(o[dNext:])
+		realign := false
+		switch data := o[dFlags]&fData != 0; {
+		case !data && m.Ack-from < 1<<16:
+			realign = m.Ack != from
+		case !data && st[iAlt] == 1 && m.Ack-binary.BigEndian.Uint32(st[iAltNx:]) < 1<<16:
+			realign = true
+		case data && (m.Ack-from < 1<<16 || from-m.Ack < 1<<16):
+			// the opener sent data before it (alerted): the stream stays
+		default:
+			return false
+		}
 		st[iShake] |= 2
 		x.reset(d, seq+1)
 		x.pool.drop(x.cur)
-		// Its acknowledgement says where the opener's stream starts: after
-		// the data on its SYN if the host took it (TCP Fast Open), after
-		// the SYN the host answered if the IDS saw another first.
-		if o[dFlags]&fData == 0 && binary.BigEndian.Uint32(o[dNext:]) != m.Ack {
+		if realign {
 			x.realign(o, dirKey{k: x.cur.k, side: 1 - x.cur.side}, m.Ack)
 		}
 		return true
@@ -380,7 +442,6 @@ func (x *IDS) dropHeld(k flowstate.Key) {
 
 // segment takes one TCP payload at sequence number seq.
 func (x *IDS) segment(d []byte, seq uint32, p []byte, src, dst netip.AddrPort) {
-	d[dFlags] |= fData
 	next := binary.BigEndian.Uint32(d[dNext:])
 	if rel := int64(int32(seq - next)); rel < 0 { // starts before next: what was delivered is a retransmission
 		x.inHole(d, seq, p, src, dst)
@@ -393,6 +454,7 @@ func (x *IDS) segment(d []byte, seq uint32, p []byte, src, dst netip.AddrPort) {
 		x.Ignored++
 		return
 	}
+	d[dFlags] |= fData // bytes at or after next: the stream has begun
 	for len(p) > 0 {
 		next = binary.BigEndian.Uint32(d[dNext:])
 		rel := int(int32(seq - next))
@@ -518,7 +580,7 @@ func (x *IDS) skip(d []byte, seq uint32, src, dst netip.AddrPort) {
 		}
 	}
 	x.Gaps++
-	x.alert(Alert{SID: DecoderSID, Msg: "TCP reassembly gap: bytes held out of order past the reorder pool's bounds, a hole skipped unscanned", Src: src, Dst: dst})
+	x.once(d, aGap, Alert{SID: DecoderSID, Msg: "TCP reassembly gap: bytes held out of order past the reorder pool's bounds, a hole skipped unscanned", Src: src, Dst: dst})
 	d[dFlags] |= fGap
 	binary.BigEndian.PutUint32(d[dGapLo:], next)
 	binary.BigEndian.PutUint32(d[dGapHi:], to)
@@ -573,7 +635,7 @@ func (x *IDS) inHole(d []byte, seq uint32, p []byte, src, dst netip.AddrPort) {
 // conflict raises the alert for overlapping segments with different bytes.
 func (x *IDS) conflict(src, dst netip.AddrPort) {
 	x.Conflicts++
-	x.alert(Alert{SID: DecoderSID, Msg: "TCP segments overlap with different bytes (an evasion attempt, or a broken path)", Src: src, Dst: dst})
+	x.once(x.d, aOverlap, Alert{SID: DecoderSID, Msg: "TCP segments overlap with different bytes (an evasion attempt, or a broken path)", Src: src, Dst: dst})
 }
 
 // shiftBitmap moves the first hi bits of the bitmap down by n.

@@ -156,7 +156,7 @@ alert tcp any any <> any any (msg:"any way"; content:"both"; flow:only_stream; s
 	c, s := "10.0.0.1", "10.0.0.2"
 	capture := [][]byte{
 		seg(c, 40000, s, 80, SYN, 1000, ""),
-		seg(c, 40000, s, 80, ACK|PSH, 1001, "pong ping"), // before the SYN-ACK: not established; not the server's
+		seg(c, 40000, s, 80, ACK|PSH, 1001, "pong ping"), // before the SYN-ACK: not established (alerted); not the server's
 		synAck(s, 80, c, 40000, 5000, 1001),
 		seg(c, 40000, s, 80, ACK|PSH, 1010, "ping pong both"), // sid 1 and 3
 		seg(s, 80, c, 40000, ACK|PSH, 5001, "ping pong both"), // sid 2 and 3
@@ -170,7 +170,7 @@ alert tcp any any <> any any (msg:"any way"; content:"both"; flow:only_stream; s
 			for _, a := range x.Alerts {
 				got = append(got, fmt.Sprintf("%d %s", a.SID, a.Src))
 			}
-			want := "1 10.0.0.1:40000,3 10.0.0.1:40000,2 10.0.0.2:80,3 10.0.0.2:80,3 10.0.0.5:41000"
+			want := "0 10.0.0.1:40000,1 10.0.0.1:40000,3 10.0.0.1:40000,2 10.0.0.2:80,3 10.0.0.2:80,3 10.0.0.5:41000"
 			if strings.Join(got, ",") != want {
 				t.Fatalf("alerts %s, want %s", strings.Join(got, ","), want)
 			}
@@ -534,6 +534,44 @@ func TestIDSHandshakes(t *testing.T) {
 			synAck(s, 80, c, 40000, 5000, 50000001),
 			seg(c, 40000, s, 80, ACK|PSH, 50000001, "GET /attack"),
 		}, "[1001]", 1},
+		{"a FIN, then a RST after it (as Linux sends), then the ports again", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000000, ""),
+			synAck(s, 80, c, 40000, 5000, 1000001),
+			seg(c, 40000, s, 80, ACK|PSH, 1000001, "hello"),
+			seg(c, 40000, s, 80, FIN|ACK, 1000006, ""),
+			seg(c, 40000, s, 80, RST, 1000007, ""),
+			seg(c, 40000, s, 80, SYN, 1000, ""),
+			synAck(s, 80, c, 40000, 9000, 1001),
+			seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
+		}, "[1001]", 0},
+		{"a decoy SYN, junk behind it, then the SYN the host answers", [][]byte{
+			seg(c, 40000, s, 80, SYN, 5000000, ""),
+			seg(c, 40000, s, 80, SYN, 5000000-1<<20, ""),    // ignored, remembered
+			seg(c, 40000, s, 80, ACK|PSH, 5000000-100, "z"), // behind the decoy's stream: no data of it
+			synAck(s, 80, c, 40000, 5000, 5000000-1<<20+1),
+			seg(c, 40000, s, 80, ACK|PSH, 5000000-1<<20+1, "GET /attack"),
+		}, "[0 1001]", 1}, // the junk came before the handshake completed
+		{"a RST and a SYN the host never gets, then data in the old stream", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, ""),
+			synAck(s, 80, c, 40000, 5000, 1001),
+			seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /att"),
+			seg(c, 40000, s, 80, RST, 1009, ""),
+			seg(c, 40000, s, 80, SYN, 1009+1<<28, ""),
+			seg(c, 40000, s, 80, ACK|PSH, 1009, "ack"),
+		}, "[0]", 0}, // data before the (new) handshake completed
+		{"the server's data in flight after the client's RST", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, ""),
+			synAck(s, 80, c, 40000, 5000, 1001),
+			seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /"),
+			seg(c, 40000, s, 80, RST|ACK, 1006, ""),
+			seg(s, 80, c, 40000, ACK|PSH, 5001, "evil"),
+		}, "[1002]", 0}, // no alert for the peer's data in flight
+		{"an urgent pointer on a pure ACK", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, ""),
+			synAck(s, 80, c, 40000, 5000, 1001),
+			seg(c, 40000, s, 80, ACK|URG, 1001, ""),
+			seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attXack"),
+		}, "[0]", 0},
 		{"data on the SYN", [][]byte{
 			seg(c, 40000, s, 80, SYN, 1000, "xxxxxxxxxxx"),
 			synAck(s, 80, c, 40000, 5000, 1001),

@@ -235,8 +235,8 @@ func transportSum(src, dst netip.Addr, proto uint8, hdr, payload []byte) bool {
 	if len(hdr)%2 != 0 { // TCP and UDP headers are even: never here
 		return false
 	}
-	if proto == 17 && src.Is4() && len(hdr) >= 8 && hdr[6] == 0 && hdr[7] == 0 {
-		return true // no checksum (IPv4 UDP)
+	if proto == 17 && len(hdr) >= 8 && hdr[6] == 0 && hdr[7] == 0 {
+		return src.Is4() // no checksum: allowed over IPv4, never over IPv6 (RFC 8200 §8.1)
 	}
 	sum = ones(ones(sum, hdr), payload)
 	for sum > 0xffff {
@@ -506,19 +506,21 @@ func (d *Decoder) reassemble(data []byte, now time.Time, m *Meta) Result {
 
 // transportWhole reports whether an IPv6 first fragment's bytes (from the
 // fragment header's next header on) hold its extension headers and the
-// whole TCP or UDP header after them.
+// upper-layer header after them, as Linux judges it
+// (ipv6frag_thdr_truncated): 20 bytes of TCP, 8 of UDP or ICMPv6, 1 of
+// anything else; a chain it cannot walk is not judged truncated.
 func (d *Decoder) transportWhole(next uint8, b []byte) bool {
 	proto, rest, ok := d.walkIPv6(next, b)
 	if !ok {
-		return false
+		return true
 	}
 	switch proto {
 	case 6:
-		return len(rest) >= 20 && len(rest) >= int(rest[12]>>4)*4
-	case 17:
+		return len(rest) >= 20
+	case 17, 58:
 		return len(rest) >= 8
 	}
-	return true
+	return len(rest) >= 1
 }
 
 // walkIPv6 walks the extension headers at the start of a reassembled IPv6

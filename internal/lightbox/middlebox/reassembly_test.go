@@ -224,17 +224,19 @@ func TestDecodeReassembledIPv6Headers(t *testing.T) {
 			}
 		})
 	}
-	// A hop-by-hop header is out of place after a fragment header, and a
-	// first fragment without the whole TCP header is refused (RFC 8200
-	// §4.5, Linux since 5.16): malformed, not a flow.
+	// A hop-by-hop header is out of place after a fragment header (the
+	// datagram is malformed when whole), and a first fragment without 20
+	// bytes of TCP header is refused (RFC 8200 §4.5, Linux since 5.16):
+	// malformed, not a flow.
 	d := mustDecoder(t, layers.LinkTypeRaw)
 	var m Meta
-	for name, frags := range map[string][][]byte{
-		"hop-by-hop after the fragment header":    fragment6(withExt(plain, ext8(0)), 6, piece{off: 0, end: 32}, piece{off: 32, end: len(plain) - 40 + 8}),
-		"a first fragment with half a TCP header": fragment6(plain, 7, piece{off: 0, end: 8}, piece{off: 8, end: len(plain) - 40}),
-	} {
-		if r := d.DecodeResult(frags[0], time.Unix(100, 0), &m); r != Malformed {
-			t.Fatalf("%s: %v %+v", name, r, m)
-		}
+	hbh := fragment6(withExt(plain, ext8(0)), 6, piece{off: 0, end: 32}, piece{off: 32, end: len(plain) - 40 + 8})
+	d.DecodeResult(hbh[0], time.Unix(100, 0), &m)
+	if r := d.DecodeResult(hbh[1], time.Unix(100, 0), &m); r != Malformed {
+		t.Fatalf("hop-by-hop after the fragment header: %v %+v", r, m)
+	}
+	half := fragment6(plain, 7, piece{off: 0, end: 8}, piece{off: 8, end: len(plain) - 40})
+	if r := d.DecodeResult(half[0], time.Unix(100, 0), &m); r != Malformed || d.Stats.ShortFirst != 1 {
+		t.Fatalf("a first fragment with 8 bytes of TCP header: %v %+v", r, m)
 	}
 }
