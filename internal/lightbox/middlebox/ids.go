@@ -131,7 +131,8 @@ type IDS struct {
 	win           []byte
 	fl            uint8 // what the current packet's data is, for flow: (flowTo*, flowEstablished)
 	pool          *reorderPool
-	d             []byte // the current packet's direction's state
+	sent          *unacked // bytes delivered and not yet acknowledged, to check retransmissions
+	d             []byte   // the current packet's direction's state
 	decoderAlerts int
 	cur           dirKey    // the current packet's direction
 	now           time.Time // the current packet's time
@@ -191,6 +192,7 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 	}
 	if x.pool == nil {
 		x.pool = newReorderPool(x.Reorder)
+		x.sent = newUnacked(x.pool.cfg.Idle)
 	}
 	x.cur, x.now = dirKey{k: k, side: uint8(side)}, now
 	d := st[8+side*dirSize : 8+(side+1)*dirSize]
@@ -200,6 +202,9 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 	if d[dFlags]&fHeld != 0 || o[dFlags]&fHeld != 0 {
 		x.pool.touch(dirKey{k: k, side: 0}, now)
 		x.pool.touch(dirKey{k: k, side: 1}, now)
+	}
+	if m.Flags&ACK != 0 {
+		x.sent.ack(dirKey{k: k, side: uint8(1 - side)}, m.Ack)
 	}
 	if m.Flags&RST != 0 {
 		// A reset ends the connection only at the sequence number the
@@ -318,6 +323,7 @@ func (x *IDS) resetTaken(d, o []byte, m *Meta) bool {
 func (x *IDS) realign(d []byte, dk dirKey, next uint32) {
 	x.reset(d, next)
 	x.pool.drop(dk)
+	x.sent.drop(dk)
 }
 
 // alert records a, up to MaxAlerts (MaxDecoderAlerts of its own); past
@@ -434,10 +440,13 @@ func (x *IDS) reset(d []byte, next uint32) {
 func bit(d []byte, i int) bool { return d[dBitmap+i/8]&(1<<(i%8)) != 0 }
 func setBit(d []byte, i int)   { d[dBitmap+i/8] |= 1 << (i % 8) }
 
-// dropHeld forgets what the reorder pool holds for both directions of k.
+// dropHeld forgets what the reorder pool holds, and the bytes kept
+// unacknowledged, for both directions of k.
 func (x *IDS) dropHeld(k flowstate.Key) {
-	x.pool.drop(dirKey{k: k, side: 0})
-	x.pool.drop(dirKey{k: k, side: 1})
+	for side := range uint8(2) {
+		x.pool.drop(dirKey{k: k, side: side})
+		x.sent.drop(dirKey{k: k, side: side})
+	}
 }
 
 // segment takes one TCP payload at sequence number seq.
@@ -466,6 +475,7 @@ func (x *IDS) segment(d []byte, seq uint32, p []byte, src, dst netip.AddrPort) {
 		}
 		if rel == 0 && binary.BigEndian.Uint16(d[dHi:]) == 0 && (d[dFlags]&fHeld == 0 || !x.pool.has(x.cur)) {
 			// In order, nothing waiting: the common case.
+			x.sent.add(x.cur, next, p, x.now)
 			x.deliver(d, p, 6, src, dst)
 			binary.BigEndian.PutUint32(d[dNext:], next+uint32(len(p)))
 			return
@@ -523,6 +533,7 @@ func (x *IDS) flush(d []byte, src, dst netip.AddrPort) {
 		return
 	}
 	x.win = append(x.win[:0], d[dBuf:dBuf+n]...)
+	x.sent.add(x.cur, binary.BigEndian.Uint32(d[dNext:]), x.win, x.now)
 	x.deliver(d, x.win, 6, src, dst)
 	x.shift(d, n)
 }
@@ -598,9 +609,23 @@ func (x *IDS) skip(d []byte, seq uint32, src, dst netip.AddrPort) {
 }
 
 // retransmitted compares the part of p (at seq) that was delivered
-// already with the last bytes delivered (the tail): other bytes there are
-// an overlap a host may have resolved either way.
+// already with the bytes delivered that the peer has not acknowledged
+// (unacked), and with the last bytes delivered (the tail): other bytes
+// there are an overlap a host may have resolved either way, or a decoy
+// the IDS read and the host never did.
 func (x *IDS) retransmitted(d []byte, seq uint32, p []byte, src, dst netip.AddrPort) {
+	if x.sent.differs(x.cur, seq, p) {
+		x.conflict(src, dst)
+		return
+	}
+	// What the peer acknowledged is the host's: a copy of it, whatever it
+	// holds, the host ignores.
+	if n := x.sent.acked(x.cur, seq); n > 0 {
+		if n >= len(p) {
+			return
+		}
+		seq, p = seq+uint32(n), p[n:]
+	}
 	next := binary.BigEndian.Uint32(d[dNext:])
 	tl := int64(d[dTailLen])
 	tail := d[dTail : dTail+tl]

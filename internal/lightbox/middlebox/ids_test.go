@@ -651,3 +651,43 @@ func TestIDSLowTTL(t *testing.T) {
 		t.Fatalf("alerts %v; want the low TTL's, once, then the overlap's", x.Alerts)
 	}
 }
+
+// TestIDSLongDecoy: a decoy far longer than the stream's tail, which the
+// IDS read and the host never did (it is never acknowledged), is unmasked
+// when the real segment comes at its sequence number with other bytes; a
+// retransmission with the same bytes is not, and bytes the peer
+// acknowledged are the host's: a later copy of them, whatever it holds,
+// is one the host ignores.
+func TestIDSLongDecoy(t *testing.T) {
+	c, s := "10.0.0.1", "10.0.0.2"
+	end := strings.Repeat("y", 64) // the decoy and the real segment end alike: the tail cannot tell them apart
+	real := "GET /attack " + strings.Repeat("r", 924) + end
+	for _, tc := range []struct {
+		name  string
+		pkts  [][]byte
+		sids  string
+		confl int
+	}{
+		{"a decoy, then the real segment", [][]byte{
+			seg(c, 40000, s, 80, ACK|PSH, 1001, strings.Repeat("x", 936)+end),
+			seg(c, 40000, s, 80, ACK|PSH, 1001, real),
+		}, "[0]", 1},
+		{"a spurious retransmission", [][]byte{
+			seg(c, 40000, s, 80, ACK|PSH, 1001, real),
+			seg(c, 40000, s, 80, ACK|PSH, 1001, real),
+		}, "[1001]", 0},
+		{"other bytes after the peer acknowledged them", [][]byte{
+			seg(c, 40000, s, 80, ACK|PSH, 1001, real),
+			buildAck(s, 80, c, 40000, "tcp", ACK, 64, 5001, 2001, ""),
+			seg(c, 40000, s, 80, ACK|PSH, 1001, strings.Repeat("x", 1000)),
+		}, "[1001]", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			open := [][]byte{seg(c, 40000, s, 80, SYN, 1000, ""), synAck(s, 80, c, 40000, 5000, 1001)}
+			x := runIDS(t, NewMapTable(IDSStateSize), loadRules(t), append(open, tc.pkts...))
+			if sids(x) != tc.sids || x.Conflicts != tc.confl {
+				t.Fatalf("alerts %v, %d conflicts; want %s, %d", x.Alerts, x.Conflicts, tc.sids, tc.confl)
+			}
+		})
+	}
+}
