@@ -26,13 +26,14 @@ type Tor struct {
 	early   map[string]string      // the last status of circuits not yet registered
 	streams chan string            // ids of new streams to our echo port
 	port    string                 // "127.0.0.1:<echo port>" while opening streams
+	opening chan struct{}          // held while a measurement opens its streams
 }
 
 // NewTor takes over an authenticated control connection to the
 // measurer's tor and its SocksPort address. The tor must be the
 // measurer's own: it stops attaching streams by itself.
 func NewTor(ctx context.Context, ctl *torctl.Conn, socksAddr string) (*Tor, error) {
-	t := &Tor{ctl: ctl, socks: socksAddr, circ: map[string]chan string{}, early: map[string]string{}, streams: make(chan string, 4096)}
+	t := &Tor{ctl: ctl, socks: socksAddr, circ: map[string]chan string{}, early: map[string]string{}, streams: make(chan string, 4096), opening: make(chan struct{}, 1)}
 	ctl.OnEvent(t.event)
 	for _, c := range []torctl.Command{
 		torctl.MustCommand("SETCONF", "__LeaveStreamsUnattached=1"),
@@ -145,11 +146,16 @@ func (t *Tor) Streams(ctx context.Context, via []string, target string, port uin
 	if len(via) == 0 {
 		return nil, nil, errors.New("flashflow: no first-hop relay configured (measurer -via)")
 	}
-	t.mu.Lock()
-	if t.port != "" {
-		t.mu.Unlock()
-		return nil, nil, errors.New("flashflow: streams already being opened")
+	// One measurement's streams at a time: new streams are told apart
+	// only by their destination, which two targets may share. The
+	// measurements themselves run side by side.
+	select {
+	case t.opening <- struct{}{}:
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
 	}
+	defer func() { <-t.opening }()
+	t.mu.Lock()
 	t.port = "127.0.0.1:" + strconv.Itoa(int(port))
 	t.mu.Unlock()
 	// Streams an earlier run left behind are not ours to attach.

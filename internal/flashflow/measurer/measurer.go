@@ -16,7 +16,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,7 +88,21 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
+// MaxConcurrent is the number of measurements a measurer carries out at
+// once. A coordinator measures a slot's relays together (prop 316
+// §3.2.1.2: they share the slot's measurer capacity), and relays that
+// share a host must be measured at the same time, or each would be
+// credited with the whole host. It matches the schedule's
+// schedule.DefaultMaxPerSlot.
+const MaxConcurrent = 256
+
 func serve(ctx context.Context, cfg Config, c *link.Conn) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // before the Wait: measurements end with the connection
+	var mu sync.Mutex
+	active := map[uint32]chan msg.Msg{} // a measurement's GO and ERR
 	for {
 		// The coordinator may stay quiet for hours between measurements.
 		m, err := c.Recv(24 * time.Hour)
@@ -95,11 +111,40 @@ func serve(ctx context.Context, cfg Config, c *link.Conn) error {
 		}
 		switch m := m.(type) {
 		case *msg.Measure:
-			if err := Measure(ctx, cfg, c, m); err != nil {
-				cfg.Log.Warn("flashflow: measurement failed", "meas_id", m.MeasID, "err", err)
+			mu.Lock()
+			_, dup := active[m.MeasID]
+			if dup || len(active) >= MaxConcurrent {
+				mu.Unlock()
+				c.Send(&msg.Err{Header: msg.Header{MeasID: m.MeasID}, Code: msg.ErrBusy})
+				continue
 			}
-		case *msg.Err:
-			// An abort of a measurement that already ended: nothing to do.
+			in := make(chan msg.Msg, 4)
+			active[m.MeasID] = in
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() {
+					mu.Lock()
+					delete(active, m.MeasID)
+					mu.Unlock()
+				}()
+				if err := Measure(ctx, cfg, c, m, in); err != nil {
+					cfg.Log.Warn("flashflow: measurement failed", "meas_id", m.MeasID, "err", err)
+				}
+			}()
+		case *msg.Go, *msg.Err:
+			// For a measurement in progress; an ERR for one that already
+			// ended is an abort that came too late: nothing to do.
+			mu.Lock()
+			in := active[m.ID()]
+			mu.Unlock()
+			if in != nil {
+				select {
+				case in <- m:
+				default: // the measurement has what it needs
+				}
+			}
 		default:
 			c.Send(&msg.Err{Header: msg.Header{MeasID: m.ID()}, Code: msg.ErrProtocol})
 			return fmt.Errorf("unexpected %v", m.Command())
@@ -111,8 +156,9 @@ func serve(ctx context.Context, cfg Config, c *link.Conn) error {
 const chunk = 32 * echo.CellData
 
 // Measure carries out one measurement: it opens the connections, says
-// READY, waits for GO and reports each second.
-func Measure(ctx context.Context, cfg Config, c *link.Conn, m *msg.Measure) error {
+// READY, waits for GO and reports each second. in carries the
+// coordinator's GO and ERR for this measurement.
+func Measure(ctx context.Context, cfg Config, c *link.Conn, m *msg.Measure, in <-chan msg.Msg) error {
 	fail := func(code msg.ErrCode, err error, exts ...msg.Ext) error {
 		c.Send(&msg.Err{Header: msg.Header{MeasID: m.MeasID, Exts: exts}, Code: code})
 		return err
@@ -156,25 +202,21 @@ func Measure(ctx context.Context, cfg Config, c *link.Conn, m *msg.Measure) erro
 	if 2*len(open) < int(m.Conns) {
 		return fmt.Errorf("opened %d of %d connections", len(open), m.Conns)
 	}
-	// GO, or the coordinator's ERR for this measurement; anything of an
-	// earlier measurement is stale.
-	goBy := time.Now().Add(60 * time.Second)
-	for {
-		g, err := c.Recv(time.Until(goBy))
-		if err != nil {
-			return err
-		}
-		if g.ID() != m.MeasID {
-			continue
-		}
+	// GO, or the coordinator's ERR for this measurement.
+	select {
+	case g := <-in:
 		switch g := g.(type) {
 		case *msg.Go:
-			return run(ctx, c, m, open)
+			return run(ctx, cfg.Log, c, m, open, in)
 		case *msg.Err:
 			return g
 		default:
 			return fmt.Errorf("expected GO, got %v", g.Command())
 		}
+	case <-time.After(60 * time.Second):
+		return errors.New("no GO from the coordinator within 60 s of READY")
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -204,12 +246,14 @@ func echoOpen(ctx context.Context, s net.Conn, m *msg.Measure, i uint16) error {
 
 // run sends and verifies echo traffic on every connection and reports
 // each second's verified bytes.
-func run(ctx context.Context, c *link.Conn, m *msg.Measure, conns []net.Conn) error {
+func run(ctx context.Context, log *slog.Logger, c *link.Conn, m *msg.Measure, conns []net.Conn, in <-chan msg.Msg) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(m.Duration)*time.Second+10*time.Second)
 	defer cancel()
 	var key [echo.KeySize]byte
 	rand.Read(key[:]) // the data's key: known to nobody else
 	var verified atomic.Uint64
+	perConnVerified := make([]atomic.Uint64, len(conns))
+	var ended atomic.Int32
 	errc := make(chan error, 2*len(conns))
 	var perConn float64 // bytes/s per connection; 0 = unpaced
 	if m.Rate > 0 {
@@ -228,7 +272,11 @@ func run(ctx context.Context, c *link.Conn, m *msg.Measure, conns []net.Conn) er
 		}()
 		go func() {
 			defer wg.Done()
-			errc <- receive(ctx, s, ck.Receiver(), &verified)
+			err := receive(ctx, s, ck.Receiver(), &verified, &perConnVerified[i])
+			if ctx.Err() == nil {
+				ended.Add(1)
+			}
+			errc <- err
 		}()
 	}
 	defer func() {
@@ -237,6 +285,15 @@ func run(ctx context.Context, c *link.Conn, m *msg.Measure, conns []net.Conn) er
 			s.Close()
 		}
 		wg.Wait()
+		// How evenly the relay served the connections: a starved or
+		// lost connection shows here, not in the per-second totals.
+		v := make([]uint64, len(conns))
+		for i := range perConnVerified {
+			v[i] = perConnVerified[i].Load()
+		}
+		slices.Sort(v)
+		log.Info("flashflow: echo per connection", "meas_id", m.MeasID, "conns", len(conns), "ended_early", ended.Load(),
+			"min_bytes", v[0], "median_bytes", v[len(v)/2], "max_bytes", v[len(v)-1])
 	}()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -259,6 +316,14 @@ func run(ctx context.Context, c *link.Conn, m *msg.Measure, conns []net.Conn) er
 			// others carry on and the seconds tell.
 			sec--
 			continue
+		case g := <-in:
+			// The coordinator ended the measurement (another party
+			// failed it): stop sending at once.
+			if e, ok := g.(*msg.Err); ok {
+				return e
+			}
+			sec--
+			continue
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -276,17 +341,22 @@ func run(ctx context.Context, c *link.Conn, m *msg.Measure, conns []net.Conn) er
 }
 
 func send(ctx context.Context, s net.Conn, snd *echo.Sender, rate float64) error {
-	// About ten writes a second when paced, so that a slow connection
-	// is never silent for long; whole cells, at most chunk.
-	size := chunk
-	if rate > 0 {
-		size = min(chunk, max(echo.CellData, int(rate/10)/echo.CellData*echo.CellData))
-	}
-	buf := make([]byte, size)
+	// Whole chunks of 32 cells' data, even when paced slowly. tor puts
+	// what it reads from a stream into cells as it comes: each write
+	// tends to cost one partly filled cell (measured: writes of 2 cells
+	// travelled in 3, at 2/3 of the relay's capacity), and the echo
+	// endpoint sends back what it got in the same pieces. Large writes
+	// keep the cells full both ways, so that the relay's capacity is
+	// spent on data the measurer can verify. A random start spreads the
+	// connections' writes over the pacing interval.
+	buf := make([]byte, chunk)
 	if d, ok := ctx.Deadline(); ok {
 		s.SetWriteDeadline(d)
 	}
 	start := time.Now()
+	if rate > 0 {
+		start = start.Add(time.Duration(mrand.Float64() * float64(chunk) / rate * float64(time.Second)))
+	}
 	var sent float64
 	for ctx.Err() == nil {
 		if rate > 0 {
@@ -308,7 +378,7 @@ func send(ctx context.Context, s net.Conn, snd *echo.Sender, rate float64) error
 	return nil
 }
 
-func receive(ctx context.Context, s net.Conn, rcv *echo.Receiver, verified *atomic.Uint64) error {
+func receive(ctx context.Context, s net.Conn, rcv *echo.Receiver, verified, connVerified *atomic.Uint64) error {
 	buf := make([]byte, 64<<10)
 	// The measurement's own end (ctx) closes s; no idle deadline within.
 	if d, ok := ctx.Deadline(); ok {
@@ -322,6 +392,7 @@ func receive(ctx context.Context, s net.Conn, rcv *echo.Receiver, verified *atom
 				return verr
 			}
 			verified.Add(uint64(v))
+			connVerified.Add(uint64(v))
 		}
 		if err == io.EOF {
 			return nil
