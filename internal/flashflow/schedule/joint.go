@@ -217,14 +217,14 @@ func (j *JointSchedule) AddNew(r Relay, now time.Time) ([]Placement, error) {
 		s := -1
 		if ss := e.groupSlots[key]; ss != nil {
 			for _, gs := range ss[c] {
-				if gs > cur && e.fits(key, c, gs, reserve) {
+				if gs > cur && e.fits(key, c, gs, reserve, 1) {
 					s = gs
 					break
 				}
 			}
 		}
 		for t := cur + 1; s < 0 && t < e.n; t++ {
-			if e.fits(key, c, t, reserve) {
+			if e.fits(key, c, t, reserve, 1) {
 				s = t
 			}
 		}

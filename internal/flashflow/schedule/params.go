@@ -23,6 +23,11 @@ const (
 	// DefaultMaxTries is the number of uniformly random slot picks made for
 	// a relay before falling back to a scan of all slots.
 	DefaultMaxTries = 64
+	// DefaultMaxPerSlot is the number of relays measured in one slot at
+	// most: a slot's relays are measured at the same time, and a measurer
+	// carries at most this many measurements at once
+	// (measurer.MaxConcurrent).
+	DefaultMaxPerSlot = 256
 	// DefaultUnknownCapacity (100 Mbit/s) is assumed for relays without an
 	// estimate when no planned relay has one and Params.UnknownCapacity is
 	// zero. It errs on the high side: measuring with too much capacity
@@ -82,6 +87,10 @@ type Params struct {
 	UnknownCapacity uint64
 	// Colocation selects the co-location grouping (default ColocateAddr).
 	Colocation Colocation
+	// MaxPerSlot bounds the relays in one slot; 0 means
+	// DefaultMaxPerSlot. A co-location group larger than that cannot be
+	// scheduled.
+	MaxPerSlot int
 }
 
 // DefaultParams returns prop 316's parameters (24 h period, 60 s slots,
@@ -145,11 +154,16 @@ func (p Params) normalize(needCapacity bool) (Params, int, error) {
 		return p, 0, paramErr("measurer capacity is zero")
 	case p.MaxTries < 0:
 		return p, 0, paramErr("max tries %d is negative", p.MaxTries)
+	case p.MaxPerSlot < 0:
+		return p, 0, paramErr("max relays per slot %d is negative", p.MaxPerSlot)
 	case p.Colocation != ColocateAddr && p.Colocation != ColocatePrefix:
 		return p, 0, paramErr("unknown colocation %v", p.Colocation)
 	}
 	if p.MaxTries == 0 {
 		p.MaxTries = DefaultMaxTries
+	}
+	if p.MaxPerSlot == 0 {
+		p.MaxPerSlot = DefaultMaxPerSlot
 	}
 	if p.UnknownCapacity == 0 {
 		p.UnknownCapacity = DefaultUnknownCapacity

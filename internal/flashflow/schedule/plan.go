@@ -228,9 +228,9 @@ func (e *engine) conflict(key string, c, s int) bool {
 	return false
 }
 
-func (e *engine) fits(key string, c, s int, reserve uint64) bool {
+func (e *engine) fits(key string, c, s int, reserve uint64, size int) bool {
 	g := e.grids[c]
-	return g.used[s] <= g.coord.Capacity-reserve && !e.conflict(key, c, s)
+	return g.used[s] <= g.coord.Capacity-reserve && len(g.slots[s])+size <= e.p.MaxPerSlot && !e.conflict(key, c, s)
 }
 
 func (e *engine) commit(key string, c, s int, reserve uint64, as []Assignment) {
@@ -260,7 +260,7 @@ func (e *engine) placeAll(src rand.Source, groups []*group) {
 		}
 		for c, g := range e.grids {
 			reserve, shares, capped := allot(gr, g.coord.Capacity)
-			s := pick(src, e.n, e.p.MaxTries, func(s int) bool { return e.fits(gr.key, c, s, reserve) })
+			s := pick(src, e.n, e.p.MaxTries, func(s int) bool { return e.fits(gr.key, c, s, reserve, len(gr.members)) })
 			if s < 0 {
 				for _, m := range gr.members {
 					g.unscheduled = append(g.unscheduled, m.fp)

@@ -512,3 +512,39 @@ func TestChaCha8Stable(t *testing.T) {
 		t.Fatalf("ChaCha8 stream changed: slots %v (want %v), first %#x (want %#x)", got, want, first, uint64(0xac8a366dce7e87d9))
 	}
 }
+
+// TestMaxPerSlot: a slot never holds more relays than the measurers can
+// measure at once, however small they are.
+func TestMaxPerSlot(t *testing.T) {
+	p := DefaultParams(1 << 40) // capacity is no limit
+	p.Period, p.Slot = 4*time.Minute, time.Minute
+	p.MaxPerSlot = 5
+	var relays []Relay
+	for i := range 18 {
+		relays = append(relays, Relay{Fingerprint: fmt.Sprintf("%040X", i+1), Capacity: 1000})
+	}
+	s, err := Plan(p, relays, rand.NewPCG(1, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, sl := range s.Slots {
+		if len(sl) > 5 {
+			t.Errorf("slot %d holds %d relays, want at most 5", i, len(sl))
+		}
+	}
+	if s.Len() != 18 || len(s.Unscheduled) != 0 {
+		t.Errorf("%d scheduled, %d unscheduled; want all 18 in 4 slots of 5", s.Len(), len(s.Unscheduled))
+	}
+	relays = append(relays, Relay{Fingerprint: fmt.Sprintf("%040X", 99), Capacity: 1000}, Relay{Fingerprint: fmt.Sprintf("%040X", 100), Capacity: 1000}, Relay{Fingerprint: fmt.Sprintf("%040X", 101), Capacity: 1000})
+	s, err = Plan(p, relays, rand.NewPCG(1, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Unscheduled) != 1 {
+		t.Errorf("21 relays in 4 slots of 5: %d unscheduled, want 1", len(s.Unscheduled))
+	}
+	p.MaxPerSlot = -1
+	if _, err := Plan(p, relays, rand.NewPCG(1, 2)); err == nil {
+		t.Error("a negative MaxPerSlot was accepted")
+	}
+}
