@@ -49,6 +49,10 @@ type Config struct {
 // DefaultBGPercent is prop 316's suggested r: at most 1.33× inflation.
 const DefaultBGPercent = 25
 
+// MinGroupConns is the fewest connections per measurer a relay gets when
+// it is measured in a group (Config.Conns is split among the group).
+const MinGroupConns = 8
+
 // SetupTimeout bounds the time from MEASURE to every measurer's READY.
 const SetupTimeout = 45 * time.Second
 
@@ -70,14 +74,51 @@ type Coordinator struct {
 
 	mu        sync.Mutex
 	measurers map[string]*measurerConn // by fingerprint
-	busy      bool
+	measuring map[string]bool          // targets being measured, by fingerprint
 }
 
 type measurerConn struct {
 	c    *link.Conn
 	fp   string
-	in   chan msg.Msg // messages read from it
 	done chan struct{}
+
+	mu   sync.Mutex
+	subs map[uint32]chan msg.Msg // messages read from it, by measurement
+}
+
+// subscribe returns the channel that gets the measurer's messages for
+// measurement id, until unsubscribe.
+func (m *measurerConn) subscribe(id uint32) chan msg.Msg {
+	ch := make(chan msg.Msg, 2*msg.MaxDuration)
+	m.mu.Lock()
+	m.subs[id] = ch
+	m.mu.Unlock()
+	return ch
+}
+
+func (m *measurerConn) unsubscribe(id uint32) {
+	m.mu.Lock()
+	delete(m.subs, id)
+	m.mu.Unlock()
+}
+
+// deliver hands a message to its measurement; messages of no measurement
+// in progress are dropped. It reports false when the measurement's queue
+// is full: a measurer sending more than a measurement's worth of messages
+// at once is broken.
+func (m *measurerConn) deliver(r msg.Msg) bool {
+	m.mu.Lock()
+	ch := m.subs[r.ID()]
+	m.mu.Unlock()
+	if ch == nil {
+		return true
+	}
+	select {
+	case ch <- r:
+		return true
+	default:
+		return false
+	}
 }
 
 // New returns a coordinator.
@@ -110,7 +151,7 @@ func New(cfg Config) (*Coordinator, error) {
 	case cfg.Bucket < msg.MinBucket || cfg.Bucket > msg.MaxBucket:
 		return nil, fmt.Errorf("flashflow: bucket %d outside [%d, %d]", cfg.Bucket, msg.MinBucket, msg.MaxBucket)
 	}
-	c := &Coordinator{cfg: cfg, pinned: map[string]bool{}, measurers: map[string]*measurerConn{}}
+	c := &Coordinator{cfg: cfg, pinned: map[string]bool{}, measurers: map[string]*measurerConn{}, measuring: map[string]bool{}}
 	for _, fp := range cfg.Measurers {
 		n, err := link.ParseFingerprint(fp)
 		if err != nil {
@@ -143,7 +184,7 @@ func (c *Coordinator) ServeMeasurers(ctx context.Context, ln net.Listener) error
 				return
 			}
 			netlimit.Prove(nc)
-			mc := &measurerConn{c: lc, fp: fp, in: make(chan msg.Msg, 2*msg.MaxDuration), done: make(chan struct{})}
+			mc := &measurerConn{c: lc, fp: fp, done: make(chan struct{}), subs: map[uint32]chan msg.Msg{}}
 			c.mu.Lock()
 			if old := c.measurers[fp]; old != nil {
 				old.c.Close()
@@ -165,11 +206,7 @@ func (c *Coordinator) ServeMeasurers(ctx context.Context, ln net.Listener) error
 				if err != nil {
 					return
 				}
-				select {
-				case mc.in <- m:
-				default:
-					// A measurer sending more than a measurement's worth
-					// of messages at once is broken.
+				if !mc.deliver(m) {
 					return
 				}
 			}
@@ -217,6 +254,87 @@ func (f *Failed) Error() string {
 
 // Measure measures one relay with every connected measurer.
 func (c *Coordinator) Measure(ctx context.Context, t Target) (*Measurement, error) {
+	ms, errs := c.MeasureGroup(ctx, []Target{t})
+	return ms[0], errs[0]
+}
+
+// MeasureGroup measures relays at the same time, each with every
+// connected measurer: a slot's relays, which share the slot's measurer
+// capacity, and relays sharing a host, which must share it while they
+// are measured (prop 316 §5.2: measured one after the other, each would
+// be credited with the whole host). Each relay gets its own measurement
+// (its own id, target connection, rate from its prior and its share of
+// the connections); the GO goes out to all of them once every one is
+// ready or has failed, so that they run over the same seconds.
+// Results and errors are in the order of ts.
+func (c *Coordinator) MeasureGroup(ctx context.Context, ts []Target) ([]*Measurement, []error) {
+	res := make([]*Measurement, len(ts))
+	errs := make([]error, len(ts))
+	c.mu.Lock()
+	var ms []*measurerConn
+	for _, m := range c.measurers {
+		ms = append(ms, m)
+	}
+	var mine []string
+	for i, t := range ts {
+		if c.measuring[t.Fingerprint] {
+			errs[i] = fmt.Errorf("flashflow: relay %s is already being measured", t.Fingerprint)
+			continue
+		}
+		c.measuring[t.Fingerprint] = true
+		mine = append(mine, t.Fingerprint)
+	}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		for _, fp := range mine {
+			delete(c.measuring, fp)
+		}
+		c.mu.Unlock()
+	}()
+	if len(ms) == 0 {
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = errors.New("flashflow: no measurer connected")
+			}
+		}
+		return res, errs
+	}
+	if len(ms) > msg.MaxMeasurers {
+		ms = ms[:msg.MaxMeasurers]
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].fp < ms[j].fp })
+	// The connections are split among the group, so that opening them
+	// takes about as long as for one relay, but each relay keeps at least
+	// MinGroupConns circuits per measurer: enough to keep it busy, few
+	// enough that a slot's 256 relays need a few thousand circuits.
+	per := max(1, c.cfg.Conns/len(ms))
+	conns := max(min(per, MinGroupConns), per/max(1, len(mine)))
+	conns = min(conns, msg.MaxConns)
+	start := make(chan struct{})
+	var ready, done sync.WaitGroup
+	for i, t := range ts {
+		if errs[i] != nil {
+			continue
+		}
+		ready.Add(1)
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			res[i], errs[i] = c.measure(ctx, t, ms, conns, sync.OnceFunc(ready.Done), start)
+		}()
+	}
+	ready.Wait()
+	close(start)
+	done.Wait()
+	return res, errs
+}
+
+// measure carries out one relay's measurement in a group: it calls ready
+// once its measurers are ready (or it failed) and sends GO when start is
+// closed.
+func (c *Coordinator) measure(ctx context.Context, t Target, ms []*measurerConn, conns int, ready func(), start <-chan struct{}) (*Measurement, error) {
+	defer ready()
 	fpb, err := hex.DecodeString(t.Fingerprint)
 	if err != nil || len(fpb) != 20 {
 		return nil, fmt.Errorf("flashflow: relay fingerprint %q: want 40 hex digits", t.Fingerprint)
@@ -224,35 +342,6 @@ func (c *Coordinator) Measure(ctx context.Context, t Target) (*Measurement, erro
 	pin, err := link.ParseFingerprint(t.Pin)
 	if err != nil {
 		return nil, err
-	}
-	c.mu.Lock()
-	if c.busy {
-		c.mu.Unlock()
-		return nil, errors.New("flashflow: a measurement is already in progress")
-	}
-	c.busy = true
-	var ms []*measurerConn
-	for _, m := range c.measurers {
-		ms = append(ms, m)
-	}
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		c.busy = false
-		c.mu.Unlock()
-	}()
-	if len(ms) == 0 {
-		return nil, errors.New("flashflow: no measurer connected")
-	}
-	if len(ms) > msg.MaxMeasurers {
-		ms = ms[:msg.MaxMeasurers]
-	}
-	sort.Slice(ms, func(i, j int) bool { return ms[i].fp < ms[j].fp })
-	// Drop what a previous measurement left in the queues.
-	for _, m := range ms {
-		for len(m.in) > 0 {
-			<-m.in
-		}
 	}
 	var idb [4]byte
 	var id uint32
@@ -263,8 +352,11 @@ func (c *Coordinator) Measure(ctx context.Context, t Target) (*Measurement, erro
 	var key [msg.KeySize]byte
 	rand.Read(key[:])
 	d := int(c.cfg.Duration / time.Second)
-	conns := max(1, c.cfg.Conns/len(ms))
-	conns = min(conns, msg.MaxConns)
+	in := make([]chan msg.Msg, len(ms))
+	for i, m := range ms {
+		in[i] = m.subscribe(id)
+		defer m.unsubscribe(id)
+	}
 	params := &msg.Params{Header: msg.Header{MeasID: id}, Duration: uint16(d), BGPercent: uint8(c.cfg.BGPercent), EchoKey: key}
 	for range ms {
 		// The target has no use for the measurers' addresses (stock tor
@@ -324,10 +416,7 @@ func (c *Coordinator) Measure(ctx context.Context, t Target) (*Measurement, erro
 	wait:
 		for {
 			select {
-			case r := <-m.in:
-				if r.ID() != id {
-					continue
-				}
+			case r := <-in[i]:
 				switch r := r.(type) {
 				case *msg.Ready:
 					res.Measurers[i].ConnsOpened = int(r.Conns)
@@ -355,6 +444,13 @@ func (c *Coordinator) Measure(ctx context.Context, t Target) (*Measurement, erro
 			abort(msg.ErrTooFewConns)
 			return nil, fmt.Errorf("flashflow: measurer %d opened %d of %d connections (fewer than half)", i, res.Measurers[i].ConnsOpened, conns)
 		}
+	}
+	ready()
+	select {
+	case <-start:
+	case <-ctx.Done():
+		abort(msg.ErrAborted)
+		return nil, ctx.Err()
 	}
 	for _, m := range ms {
 		m.c.Send(&msg.Go{Header: msg.Header{MeasID: id}})
@@ -390,7 +486,7 @@ func (c *Coordinator) Measure(ctx context.Context, t Target) (*Measurement, erro
 		go func() {
 			for {
 				select {
-				case r := <-m.in:
+				case r := <-in[i]:
 					select {
 					case items <- item{from: i, m: r}:
 					case <-gctx.Done():

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,17 +35,16 @@ func ident(t *testing.T, dir, name string) *link.Identity {
 	return id
 }
 
-// direct opens echo connections without tor, optionally through a
-// function that may alter the echo.
+// direct opens echo connections without tor (to the echo port on
+// 127.0.0.1), optionally through a function that may alter the echo.
 type direct struct {
-	echo  string
 	alter func(net.Conn) net.Conn
 }
 
 func (d direct) Streams(ctx context.Context, via []string, target string, port uint16, n int) ([]net.Conn, []string, error) {
 	var out []net.Conn
 	for i := 0; i < n; i++ {
-		c, err := net.Dial("tcp", d.echo)
+		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
 		if err != nil {
 			return out, nil, err
 		}
@@ -73,6 +73,7 @@ type options struct {
 	measurers      int
 	bucket         int
 	notAllowed     bool
+	conns          int // in all (default 8)
 }
 
 func setup(t *testing.T, o options) *world {
@@ -88,22 +89,8 @@ func setup(t *testing.T, o options) *world {
 		}
 		return ln
 	}
-	echoLn, ctlLn, measLn := listen(), listen(), listen()
-	if o.traffic == nil {
-		o.traffic = func(context.Context) (uint64, uint64, error) { return 0, 0, nil }
-	}
-	var pins []string
-	if o.pinCoordinator {
-		pins = append(pins, w.coordID.Fingerprint)
-	}
-	tgt, err := target.New(target.Config{Allowed: !o.notAllowed, Coordinators: pins, MaxDuration: 15 * time.Second,
-		EchoPort: uint16(echoLn.Addr().(*net.TCPAddr).Port), Traffic: o.traffic}, w.targetID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.tgt = tgt
-	go tgt.ServeEcho(ctx, echoLn)
-	go tgt.ServeControl(ctx, ctlLn)
+	measLn := listen()
+	w.target, w.tgt = startTarget(t, ctx, o, w.coordID, w.targetID, strings.Repeat("AB", 20))
 	if o.measurers == 0 {
 		o.measurers = 2
 	}
@@ -117,7 +104,10 @@ func setup(t *testing.T, o options) *world {
 	if o.bucket == 0 {
 		o.bucket = 10
 	}
-	c, err := coord.New(coord.Config{Identity: w.coordID, Measurers: mpins, Duration: 3 * time.Second, BGPercent: coord.DefaultBGPercent, Conns: 8, Bucket: o.bucket})
+	if o.conns == 0 {
+		o.conns = 8
+	}
+	c, err := coord.New(coord.Config{Identity: w.coordID, Measurers: mpins, Duration: 3 * time.Second, BGPercent: coord.DefaultBGPercent, Conns: o.conns, Bucket: o.bucket})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,15 +115,130 @@ func setup(t *testing.T, o options) *world {
 	go c.ServeMeasurers(ctx, measLn)
 	for _, id := range mids {
 		go measurer.Run(ctx, measurer.Config{Coordinator: measLn.Addr().String(), CoordinatorPin: []string{w.coordID.Fingerprint},
-			Identity: id, Paths: direct{echo: echoLn.Addr().String(), alter: o.alter}, Via: []string{"x"}})
+			Identity: id, Paths: direct{alter: o.alter}, Via: []string{"x"}})
 	}
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
 	if err := c.WaitMeasurers(wctx, o.measurers); err != nil {
 		t.Fatal(err)
 	}
-	w.target = coord.Target{Fingerprint: strings.Repeat("AB", 20), Addr: ctlLn.Addr().String(), Pin: w.targetID.Fingerprint, Prior: 1 << 20}
 	return w
+}
+
+// startTarget starts a target's bentod side on loopback: its control
+// listener and its echo endpoint.
+func startTarget(t *testing.T, ctx context.Context, o options, coordID, id *link.Identity, fp string) (coord.Target, *target.Target) {
+	t.Helper()
+	listen := func() net.Listener {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ln
+	}
+	echoLn, ctlLn := listen(), listen()
+	if o.traffic == nil {
+		o.traffic = func(context.Context) (uint64, uint64, error) { return 0, 0, nil }
+	}
+	var pins []string
+	if o.pinCoordinator {
+		pins = append(pins, coordID.Fingerprint)
+	}
+	tgt, err := target.New(target.Config{Allowed: !o.notAllowed, Coordinators: pins, MaxDuration: 15 * time.Second,
+		EchoPort: uint16(echoLn.Addr().(*net.TCPAddr).Port), Traffic: o.traffic}, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go tgt.ServeEcho(ctx, echoLn)
+	go tgt.ServeControl(ctx, ctlLn)
+	return coord.Target{Fingerprint: fp, Addr: ctlLn.Addr().String(), Pin: id.Fingerprint, Prior: 1 << 20}, tgt
+}
+
+// TestMeasureAllColocated: relays whose bentods share a host are
+// measured at the same time, the others one after another.
+func TestMeasureAllColocated(t *testing.T) {
+	w := setup(t, options{pinCoordinator: true})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	second, _ := startTarget(t, ctx, options{pinCoordinator: true}, w.coordID, ident(t, dir, "target2"), strings.Repeat("CD", 20))
+	store, err := coord.OpenStore(coord.DefaultResultsPath(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := &coord.Service{Coord: w.coord, Store: store, Dir: &v3bw.Dir{Path: dir}, Started: time.Now()}
+	if errs := svc.MeasureAll(context.Background(), []coord.Target{w.target, second}); len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	a, _ := store.Get(w.target.Fingerprint)
+	b, _ := store.Get(second.Fingerprint)
+	if d := a.MeasuredAt.Sub(b.MeasuredAt).Abs(); d > 500*time.Millisecond {
+		t.Errorf("two relays on 127.0.0.1 measured %v apart, want together", d)
+	}
+	// On different hosts (as far as their bentods' addresses say): one
+	// after the other.
+	second.Addr = strings.Replace(second.Addr, "127.0.0.1", "localhost", 1)
+	if errs := svc.MeasureAll(context.Background(), []coord.Target{w.target, second}); len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	a, _ = store.Get(w.target.Fingerprint)
+	b, _ = store.Get(second.Fingerprint)
+	if d := a.MeasuredAt.Sub(b.MeasuredAt).Abs(); d < 3*time.Second {
+		t.Errorf("relays on two hosts measured %v apart, want one after the other", d)
+	}
+}
+
+// TestMeasureGroup: relays measured together (a slot's, or relays
+// sharing a host) run over the same seconds, each with its own
+// measurement, rate and share of the connections.
+func TestMeasureGroup(t *testing.T) {
+	w := setup(t, options{pinCoordinator: true, conns: 64})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	second, _ := startTarget(t, ctx, options{pinCoordinator: true}, w.coordID, ident(t, dir, "target2"), strings.Repeat("CD", 20))
+	second.Prior = 1 << 19
+	ms, errs := w.coord.MeasureGroup(context.Background(), []coord.Target{w.target, second, w.target})
+	for i, err := range errs[:2] {
+		if err != nil {
+			t.Fatalf("relay %d: %v", i, err)
+		}
+	}
+	if errs[2] == nil || !strings.Contains(errs[2].Error(), "already being measured") {
+		t.Fatalf("the same relay twice in a group: %v, want refused", errs[2])
+	}
+	if d := ms[0].Start.Sub(ms[1].Start).Abs(); d > 500*time.Millisecond {
+		t.Errorf("measurements started %v apart, want together", d)
+	}
+	if ms[0].ID == ms[1].ID {
+		t.Errorf("both measurements have id %d", ms[0].ID)
+	}
+	// Each paced at 2.25 × its own prior over loopback.
+	for i, m := range ms[:2] {
+		want := 2.25 * float64([]uint64{w.target.Prior, second.Prior}[i]) * 514 / 498
+		if e := float64(m.Result.Estimate); e < 0.8*want || e > 1.2*want {
+			t.Errorf("relay %d: estimate %.0f bytes/s, want about %.0f", i, e, want)
+		}
+		for _, mm := range m.Measurers {
+			if mm.ConnsWanted != 16 {
+				t.Errorf("relay %d: %d connections per measurer, want 16 (64 split over 2 measurers and 2 relays)", i, mm.ConnsWanted)
+			}
+		}
+	}
+	// And the coordinator is free again; a group never splits below
+	// MinGroupConns per measurer.
+	ms, errs = w.coord.MeasureGroup(context.Background(), []coord.Target{second, w.target, {Fingerprint: strings.Repeat("EF", 20), Addr: "127.0.0.1:1", Pin: w.targetID.Fingerprint}})
+	for i, err := range errs[:2] {
+		if err != nil {
+			t.Fatalf("relay %d: %v", i, err)
+		}
+		if got := ms[i].Measurers[0].ConnsWanted; got != 10 {
+			t.Errorf("relay %d in a group of 3: %d connections per measurer, want 32/3 = 10", i, got)
+		}
+	}
+	if errs[2] == nil {
+		t.Error("a relay whose bentod does not answer was measured")
+	}
 }
 
 func TestMeasureHonest(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -172,12 +173,44 @@ type Service struct {
 }
 
 // MeasureAll measures every target once, largest prior first, storing
-// each result; it returns the failures.
+// each result; relays whose bentods share a host are measured together
+// (prop 316 §5.2: one after the other, each would be credited with the
+// whole host). It returns the failures.
 func (s *Service) MeasureAll(ctx context.Context, targets []Target) []error {
-	type job struct {
-		t   Target
-		adv uint64
+	jobs := s.prepare(ctx, targets)
+	sort.SliceStable(jobs, func(i, j int) bool { return jobs[i].t.Prior > jobs[j].t.Prior })
+	var groups [][]job
+	at := map[string]int{} // host → its group
+	for _, j := range jobs {
+		h := host(j.t.Addr)
+		if g, ok := at[h]; ok && h != "" {
+			groups[g] = append(groups[g], j)
+			continue
+		}
+		at[h] = len(groups)
+		groups = append(groups, []job{j})
 	}
+	var errs []error
+	for _, g := range groups {
+		errs = append(errs, s.measureGroup(ctx, g)...)
+	}
+	return errs
+}
+
+// MeasureTogether measures the targets at the same time (a slot's
+// relays), storing each result; it returns the failures.
+func (s *Service) MeasureTogether(ctx context.Context, targets []Target) []error {
+	return s.measureGroup(ctx, s.prepare(ctx, targets))
+}
+
+type job struct {
+	t   Target
+	adv uint64 // advertised bandwidth, 0 if unknown
+}
+
+// prepare looks up each target's advertised bandwidth and prior: its
+// latest result, else its advertised bandwidth, else DefaultPrior.
+func (s *Service) prepare(ctx context.Context, targets []Target) []job {
 	var jobs []job
 	for _, t := range targets {
 		var adv uint64
@@ -199,14 +232,22 @@ func (s *Service) MeasureAll(ctx context.Context, targets []Target) []error {
 		}
 		jobs = append(jobs, job{t, adv})
 	}
-	sort.SliceStable(jobs, func(i, j int) bool { return jobs[i].t.Prior > jobs[j].t.Prior })
+	return jobs
+}
+
+func (s *Service) measureGroup(ctx context.Context, jobs []job) []error {
+	ts := make([]Target, len(jobs))
+	for i, j := range jobs {
+		ts[i] = j.t
+	}
+	ms, merrs := s.Coord.MeasureGroup(ctx, ts)
 	var errs []error
-	for _, j := range jobs {
-		m, err := s.Coord.Measure(ctx, j.t)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("relay %s: %w", j.t.Fingerprint, err))
+	for i, j := range jobs {
+		if merrs[i] != nil {
+			errs = append(errs, fmt.Errorf("relay %s: %w", j.t.Fingerprint, merrs[i]))
 			continue
 		}
+		m := ms[i]
 		r := Result{Fingerprint: j.t.Fingerprint, Estimate: m.Result.Estimate, Advertised: j.adv, MeasuredAt: m.Start,
 			Complete: m.Result.Complete, Clamped: m.Result.Clamped}
 		if err := s.Store.Put(r); err != nil {
@@ -214,6 +255,18 @@ func (s *Service) MeasureAll(ctx context.Context, targets []Target) []error {
 		}
 	}
 	return errs
+}
+
+// host is the host part of a bentod address, "" if it has none.
+func host(addr string) string {
+	h, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	if a, err := netip.ParseAddr(h); err == nil {
+		return a.Unmap().String()
+	}
+	return strings.ToLower(h)
 }
 
 // DefaultPrior is the prior of a relay without any figure: 10 MB/s.
@@ -246,7 +299,7 @@ func DefaultResultsPath(dir string) string { return filepath.Join(dir, "results.
 // largest relay first, a random slot with enough measurer capacity,
 // relays sharing an address together), seeding the plan with
 // seed(period); then, as each slot begins, it measures the slot's relays
-// (one after another: a measurement uses every measurer) and rewrites
+// together (they share the slot's measurer capacity) and rewrites
 // the bandwidth file. Relays without any result are measured at once
 // when Run starts, as prop 316 measures new relays as soon as it learns
 // of them. targets is called at each period, so the list may change.
@@ -358,7 +411,7 @@ func (s *Service) plan(ctx context.Context, p schedule.Params, ts []Target, peri
 // measureSlot measures targets and rewrites the bandwidth file.
 func (s *Service) measureSlot(ctx context.Context, ts []Target) {
 	log := s.Coord.cfg.Log
-	for _, err := range s.MeasureAll(ctx, ts) {
+	for _, err := range s.MeasureTogether(ctx, ts) {
 		log.Warn("flashflow: measurement failed", "err", err)
 	}
 	path, err := s.WriteFile(time.Now())
