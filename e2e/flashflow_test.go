@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/torbento/bento/internal/flashflow/v3bw"
 	"github.com/torbento/bento/internal/privnet"
 	"github.com/torbento/bento/internal/testutil"
+	"github.com/torbento/bento/internal/torctl"
 )
 
 // ffNet is a private Tor network for FlashFlow: three authorities that
@@ -44,6 +46,12 @@ func (f *ffNet) settle() {
 // startFFNet starts the network; targetTorrc are extra torrc lines for
 // every target relay (the benchmark's BENTO_FF_TARGET_TORRC).
 func startFFNet(t testing.TB, rates []uint64, targetTorrc ...string) *ffNet {
+	return startFFNetVia(t, rates, 1, targetTorrc...)
+}
+
+// startFFNetVia is startFFNet with the given number of first-hop relays
+// for the measurer.
+func startFFNetVia(t testing.TB, rates []uint64, middles int, targetTorrc ...string) *ffNet {
 	t.Helper()
 	_, e1 := exec.LookPath("tor")
 	_, e2 := exec.LookPath("tor-gencert")
@@ -55,7 +63,7 @@ func startFFNet(t testing.TB, rates []uint64, targetTorrc ...string) *ffNet {
 	}
 	exits := 0
 	n, err := privnet.Start(context.Background(), filepath.Join(dir, "net"), privnet.Options{
-		Exits: len(rates), Middles: 1, BasePort: 6000, SocksPort: 9160, ControlPort: 9161,
+		Exits: len(rates), Middles: middles, BasePort: 6000, SocksPort: 9160, ControlPort: 9161,
 		// tor exempts a relay's connection from RelayBandwidthRate for
 		// 30 s after the relay used it for circuits of its own: the
 		// targets act as no client, and the measurer's first hop serves
@@ -87,13 +95,15 @@ func startFFNet(t testing.TB, rates []uint64, targetTorrc ...string) *ffNet {
 	return f
 }
 
-func (f *ffNet) middle() *privnet.Node {
+// via lists the measurer's first hops: the network's middle relays.
+func (f *ffNet) via() string {
+	var fps []string
 	for _, nd := range f.Nodes {
 		if nd.Role == privnet.Middle {
-			return nd
+			fps = append(fps, nd.Fingerprint)
 		}
 	}
-	return nil
+	return strings.Join(fps, ",")
 }
 
 // ffRun is one FlashFlow deployment over an ffNet: a bentod in
@@ -121,7 +131,11 @@ func flashflowCmd(t testing.TB, bin string, args ...string) (string, error) {
 // startFFRun starts the deployment, with coordinators identities that
 // the targets pin (a target allows two measurements per coordinator and
 // period: repeated runs take turns).
-func startFFRun(t testing.TB, f *ffNet, coordinators int) *ffRun {
+//
+// hosts[j] says which host exit j's bentod is on: bentods on the same
+// host share a loopback address (127.0.0.(2+host)), which tells the
+// coordinator the relays are co-located; without hosts each has its own.
+func startFFRun(t testing.TB, f *ffNet, coordinators int, hosts ...int) *ffRun {
 	t.Helper()
 	r := &ffRun{net: f, bin: testutil.ReleaseBinaries(t), dir: testutil.TempDir(t)}
 	var err error
@@ -136,8 +150,12 @@ func startFFRun(t testing.TB, f *ffNet, coordinators int) *ffRun {
 		t.Fatalf("keygen: %v: %s", err, r.measFP)
 	}
 	var lines []string
-	for _, e := range f.Exits() {
-		ffAddr, echoPort := fmt.Sprintf("127.0.0.1:%d", freePort(t)), freePort(t)
+	for j, e := range f.Exits() {
+		h := j
+		if hosts != nil {
+			h = hosts[j]
+		}
+		ffAddr, echoPort := fmt.Sprintf("127.0.0.%d:%d", 2+h, freePort(t)), freePort(t)
 		r.ports = append(r.ports, portNum(ffAddr), echoPort)
 		d := startBentodFrom(t, r.bin, fmt.Sprintf(`TorControlPort %s
 TorCookieFile %s
@@ -170,7 +188,7 @@ Log debug
 	r.measLog = &syncBuffer{}
 	r.measurer = exec.Command(filepath.Join(r.bin, "flashflow"), "measurer", "-coordinator", r.coordTo, "-coordinator-pin", strings.Join(r.coordFPs, ","),
 		"-cert", filepath.Join(r.dir, "meas.crt"), "-key", filepath.Join(r.dir, "meas.key"),
-		"-tor-control", cl.ControlAddr(), "-tor-cookie", cl.CookieFile(), "-socks", cl.SocksAddr(), "-via", f.middle().Fingerprint)
+		"-tor-control", cl.ControlAddr(), "-tor-cookie", cl.CookieFile(), "-socks", cl.SocksAddr(), "-via", f.via())
 	r.measurer.Stdout, r.measurer.Stderr = r.measLog, r.measLog
 	if err := r.measurer.Start(); err != nil {
 		t.Fatal(err)
@@ -231,6 +249,9 @@ func (r *ffRun) results(t testing.TB) map[string]coord.Result {
 func TestFlashFlowPrivateNetwork(t *testing.T) {
 	t.Parallel()
 	rates := []uint64{1_000_000, 3_000_000, 6_000_000}
+	// The first two relays' bentods share a host: they are measured at
+	// the same time, the third after them.
+	hosts := []int{0, 0, 1}
 	var r *ffRun
 	t.Cleanup(func() {
 		if r != nil {
@@ -238,7 +259,7 @@ func TestFlashFlowPrivateNetwork(t *testing.T) {
 		}
 	})
 	f := startFFNet(t, rates)
-	r = startFFRun(t, f, 1)
+	r = startFFRun(t, f, 1, hosts...)
 	f.settle()
 	out, err := r.coordinate(t, 0, 15*time.Second, 32)
 	if err != nil {
@@ -260,6 +281,13 @@ func TestFlashFlowPrivateNetwork(t *testing.T) {
 		}
 	}
 	res := r.results(t)
+	e := f.Exits()
+	if d := res[e[0].Fingerprint].MeasuredAt.Sub(res[e[1].Fingerprint].MeasuredAt).Abs(); d > time.Second {
+		t.Errorf("two relays on one host measured %v apart, want together", d)
+	}
+	if d := res[e[2].Fingerprint].MeasuredAt.Sub(res[e[0].Fingerprint].MeasuredAt).Abs(); d < 15*time.Second {
+		t.Errorf("relays on two hosts measured %v apart, want one after the other", d)
+	}
 	file, err := v3bw.ReadFile(filepath.Join(f.v3bwDir, "v3bw"))
 	if err != nil {
 		t.Fatal(err)
@@ -445,9 +473,47 @@ func BenchmarkFlashFlowAccuracy(b *testing.B) {
 	if v := os.Getenv("BENTO_FF_TARGET_TORRC"); v != "" {
 		extra = strings.Split(v, ";")
 	}
-	f := startFFNet(b, rates, extra...)
+	middles := 1
+	if v := os.Getenv("BENTO_FF_MIDDLES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 8 {
+			b.Fatalf("BENTO_FF_MIDDLES=%q: want 1 to 8 first-hop relays", v)
+		}
+		middles = n
+	}
+	f := startFFNetVia(b, rates, middles, extra...)
 	r := startFFRun(b, f, runs)
 	f.settle()
+	if os.Getenv("BENTO_FF_TRACE") != "" {
+		for j, e := range append(f.Exits(), f.Client()) {
+			ctl, err := torctl.DialAuth(context.Background(), e.ControlAddr(), torctl.Auth{CookieFile: e.CookieFile()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ctl.Close()
+			var mu sync.Mutex
+			var sb strings.Builder
+			ctl.OnEvent(func(r *torctl.Reply) {
+				mu.Lock()
+				defer mu.Unlock()
+				for _, l := range r.Lines {
+					if strings.HasPrefix(l.Text, "CONN_BW") && strings.Contains(l.Text, "READ=0 WRITTEN=0") {
+						continue
+					}
+					fmt.Fprintf(&sb, "%s %s\n", time.Now().Format("15:04:05.000"), l.Text)
+				}
+			})
+			if _, err := ctl.Do(context.Background(), torctl.MustCommand("SETEVENTS", "CONN_BW", "CIRC_BW", "CIRC", "ORCONN")); err != nil {
+				b.Fatal(err)
+			}
+			defer func() {
+				st, _ := ctl.GetInfo(context.Background(), "orconn-status")
+				mu.Lock()
+				trace(b, fmt.Sprintf("target %d events:\n%s\norconn-status: %v", j, sb.String(), st))
+				mu.Unlock()
+			}()
+		}
+	}
 	b.ResetTimer()
 	within, total := 0, 0
 	worst := 0.0
@@ -458,6 +524,7 @@ func BenchmarkFlashFlowAccuracy(b *testing.B) {
 		if err != nil {
 			b.Logf("run %d: coordinator: %v\n%s", i, err, out)
 		}
+		trace(b, fmt.Sprintf("run %d: coordinator:\n%s", i, out))
 		res := r.results(b)
 		for j, e := range f.Exits() {
 			got, ok := res[e.Fingerprint]
@@ -479,6 +546,17 @@ func BenchmarkFlashFlowAccuracy(b *testing.B) {
 		}
 	}
 	b.StopTimer()
+	trace(b, "measurer:\n"+r.measLog.String())
+	// What each target saw of its tor each second.
+	for j, d := range r.daemons {
+		var sb strings.Builder
+		for _, l := range strings.Split(d.log.String(), "\n") {
+			if strings.Contains(l, "flashflow: second") {
+				sb.WriteString(l + "\n")
+			}
+		}
+		trace(b, fmt.Sprintf("target %d:\n%s", j, sb.String()))
+	}
 	for j, rate := range rates {
 		b.Logf("limit %5.1f MB/s: estimate/limit %s; estimate/what tor read on OR connections %s",
 			float64(rate)/1e6, fmtRatios(ratios[j]), fmtRatios(carried[j]))
@@ -486,6 +564,23 @@ func BenchmarkFlashFlowAccuracy(b *testing.B) {
 	b.Logf("within 10%%: %d of %d measurements (%.0f%%); worst error %.1f%%", within, total, 100*float64(within)/float64(total), 100*worst)
 	b.ReportMetric(float64(within)/float64(total), "within-10%")
 	b.ReportMetric(worst, "worst-error")
+}
+
+// trace appends s to the file BENTO_FF_TRACE names, if any (a
+// benchmark's own log is cut short).
+func trace(b *testing.B, s string) {
+	p := os.Getenv("BENTO_FF_TRACE")
+	if p == "" {
+		return
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(s + "\n"); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // orRead is the median, over the last n seconds a target logged, of what
