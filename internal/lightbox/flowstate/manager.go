@@ -67,7 +67,24 @@ type Config struct {
 	ExpectedFlows int           // initial index capacity (it grows as needed)
 	Store         Store         // untrusted store; default a MemStore
 	IdleTimeout   time.Duration // flows idle this long expire (0: never)
+	// EstablishedTimeout is how long a flow of ClassEstablished may stay
+	// idle (0: IdleTimeout). Real stacks keep an idle connection open for
+	// hours (Linux: days); a middlebox that forgot it sooner would drop
+	// or misread its next packet.
+	EstablishedTimeout time.Duration
 }
+
+// Class says which idle timeout applies to a flow; the middlebox sets it
+// as the flow's state changes (SetClass).
+type Class uint8
+
+const (
+	// ClassDefault: IdleTimeout. New flows, handshakes, teardowns, UDP.
+	ClassDefault Class = iota
+	// ClassEstablished: EstablishedTimeout. A TCP connection whose
+	// handshake completed and which neither side has closed.
+	ClassEstablished
+)
 
 // Errors from Lookup.
 var (
@@ -84,7 +101,8 @@ var (
 type entry struct {
 	key     Key  // 37 bytes
 	inUse   bool //
-	_       [2]byte
+	class   Class
+	_       [1]byte
 	cached  int32  // cache slot, or -1 when the state is in the store
 	version uint64 // seals so far; the store's blob must be seal number version
 	last    int64  // last access (ns, trusted clock); while cached, the cache's copy is current
@@ -317,15 +335,31 @@ func (m *Manager) Remove(k Key) bool {
 	return true
 }
 
-// Expire removes every flow idle for IdleTimeout at trusted time now,
-// cached or stored, calling onExpire (if not nil) with each one's state
-// first; stored states are verified and opened for it. It returns how many
-// flows expired.
+// SetClass sets flow k's class, which chooses its idle timeout. It
+// reports whether the flow is tracked.
+func (m *Manager) SetClass(k Key, c Class) bool {
+	h := m.idx.sum(&k)
+	s := m.idx.find(&k, h)
+	if s == nil {
+		return false
+	}
+	m.entries[s.ent].class = c
+	return true
+}
+
+// Expire removes every flow idle for its class's timeout at trusted time
+// now, cached or stored, calling onExpire (if not nil) with each one's
+// state first; stored states are verified and opened for it. It returns
+// how many flows expired.
 func (m *Manager) Expire(now time.Time, onExpire func(Key, []byte)) int {
 	if m.cfg.IdleTimeout <= 0 {
 		return 0
 	}
 	limit := now.Add(-m.cfg.IdleTimeout).UnixNano()
+	estLimit := limit
+	if m.cfg.EstablishedTimeout > 0 {
+		estLimit = now.Add(-m.cfg.EstablishedTimeout).UnixNano()
+	}
 	n := 0
 	var tmp []byte
 	for ei := range m.entries {
@@ -337,7 +371,11 @@ func (m *Manager) Expire(now time.Time, onExpire func(Key, []byte)) int {
 		if e.cached >= 0 {
 			last = m.slots[e.cached].last
 		}
-		if last > limit {
+		lim := limit
+		if e.class == ClassEstablished {
+			lim = estLimit
+		}
+		if last > lim {
 			continue
 		}
 		if onExpire != nil {
@@ -366,7 +404,7 @@ func (m *Manager) newEntry(k Key) int32 {
 		// Keep counting the slot's versions: the pair (slot, version) is
 		// never sealed twice, even across flows.
 		e := &m.entries[ei]
-		e.key, e.inUse, e.cached = k, true, -1
+		e.key, e.inUse, e.cached, e.class = k, true, -1, ClassDefault
 		return ei
 	}
 	m.entries = append(grow(m.mem, m.entries), entry{key: k, inUse: true, cached: -1})

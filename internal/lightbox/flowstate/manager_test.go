@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 	"unsafe"
@@ -278,4 +279,49 @@ func TestLargeTables(t *testing.T) {
 		t.Fatalf("Len %d, %+v", m.Len(), m.Stats)
 	}
 	checkInvariants(t, m)
+}
+
+// TestClassTimeouts: an established flow stays for EstablishedTimeout,
+// the others for IdleTimeout, cached or stored; a reused entry starts in
+// the default class.
+func TestClassTimeouts(t *testing.T) {
+	for _, cache := range []int{1, 8} { // 1: most states live in the store
+		m, err := New(Config{StateSize: 16, CacheEntries: cache, IdleTimeout: time.Minute, EstablishedTimeout: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Unix(1_000_000, 0)
+		key := func(i byte) Key { var k Key; k[0], k[36] = i, 6; return k }
+		for i := byte(1); i <= 4; i++ {
+			if _, _, err := m.Lookup(key(i), t0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !m.SetClass(key(2), ClassEstablished) || !m.SetClass(key(3), ClassEstablished) {
+			t.Fatal("SetClass missed a tracked flow")
+		}
+		if m.SetClass(key(9), ClassEstablished) {
+			t.Fatal("SetClass found an untracked flow")
+		}
+		m.SetClass(key(3), ClassDefault) // closed again
+		var gone []byte
+		m.Expire(t0.Add(2*time.Minute), func(k Key, _ []byte) { gone = append(gone, k[0]) })
+		slices.Sort(gone)
+		if !slices.Equal(gone, []byte{1, 3, 4}) {
+			t.Errorf("cache %d: after 2 idle minutes %v expired, want 1 3 4", cache, gone)
+		}
+		if n := m.Expire(t0.Add(59*time.Minute), nil); n != 0 || m.Len() != 1 {
+			t.Errorf("cache %d: the established flow expired before its hour (%d expired, %d left)", cache, n, m.Len())
+		}
+		if n := m.Expire(t0.Add(61*time.Minute), nil); n != 1 || m.Len() != 0 {
+			t.Errorf("cache %d: the established flow outlived its hour (%d expired, %d left)", cache, n, m.Len())
+		}
+		// The entry is reused: the new flow is in the default class.
+		if _, _, err := m.Lookup(key(2), t0.Add(62*time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if n := m.Expire(t0.Add(64*time.Minute), nil); n != 1 {
+			t.Errorf("cache %d: a new flow on a reused entry kept the old class", cache)
+		}
+	}
 }
