@@ -476,3 +476,22 @@ func TestLightboxLinkTypeTold(t *testing.T) {
 		t.Fatalf("a middlebox told -linktype 1 for a raw-IP capture: %v\n%s", err, mbOut.String())
 	}
 }
+
+// TestLightboxIdleFlags: the idle timeouts are checked before the
+// middlebox listens, with what to do.
+func TestLightboxIdleFlags(t *testing.T) {
+	bin := filepath.Join(testutil.Binaries(t), "lightbox")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-idle", "0s"}, "-idle 0s: want 1s to 24h"},
+		{[]string{"-idle", "10m", "-idle-established", "5m"}, "-idle-established 5m0s: want from -idle (10m0s) to 720h"},
+		{[]string{"-idle-established", "9000h"}, "-idle-established 9000h0m0s"},
+	} {
+		out, err := exec.Command(bin, append([]string{"middlebox", "-listen", "127.0.0.1:1", "-psk", "/nonexistent"}, c.args...)...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("lightbox middlebox %v: %v, %q; want an error saying %q", c.args, err, out, c.want)
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/gopacket/gopacket/layers"
 
@@ -72,17 +73,25 @@ func runMiddlebox(args []string) error {
 	cacheMB := fs.Int("cache-mb", lightbox.DefaultCacheBytes>>20, "MiB of trusted memory for cached flow states, when -cache is 0")
 	fragPolicy := fs.String("frag-policy", "linux", "overlapping IPv4 fragments: linux (a duplicate inside bytes held is dropped, any other overlap discards the datagram, as Linux since 4.19), first (the bytes that came first stand) or last (the bytes that came last); IPv6 always takes linux's (RFC 5722, RFC 8200)")
 	checksums := fs.String("checksums", "on", "ids: drop packets with wrong IPv4, TCP or UDP checksums as a host does: on, off (a capture taken on a host with checksum offload), or auto (on, unless more than 10% of the first 100 are wrong; an attacker can turn it off with 11 bad packets)")
+	idle := fs.Duration("idle", lightbox.DefaultIdleTimeout, "flows idle this long are forgotten (new, closing and closed TCP connections, UDP, other protocols)")
+	idleEst := fs.Duration("idle-established", lightbox.DefaultEstablishedTimeout, "established TCP connections idle this long are forgotten (hosts keep them for hours)")
 	reorderMB := fs.Int("reorder-mb", middlebox.DefaultReorderMemCap>>20, "ids: MiB for TCP data held out of order beyond each flow's window (1-65536)")
 	fs.Parse(args)
 	if *reorderMB < 1 || *reorderMB > 65536 {
 		return fmt.Errorf("-reorder-mb %d: want 1 to 65536 MiB", *reorderMB)
+	}
+	if *idle < time.Second || *idle > 24*time.Hour {
+		return fmt.Errorf("-idle %v: want 1s to 24h", *idle)
+	}
+	if *idleEst < *idle || *idleEst > 30*24*time.Hour {
+		return fmt.Errorf("-idle-established %v: want from -idle (%v) to 720h", *idleEst, *idle)
 	}
 	psk, err := lightbox.ReadPSK(*pskFile)
 	if err != nil {
 		return err
 	}
 	pc := lightbox.ProcessorConfig{Name: *run, LinkType: layers.LinkType(*link), CacheEntries: *cache, CacheBytes: *cacheMB << 20, Report: os.Stdout,
-		Reorder: middlebox.ReorderConfig{MemCap: *reorderMB << 20}}
+		Reorder: middlebox.ReorderConfig{MemCap: *reorderMB << 20}, IdleTimeout: *idle, EstablishedTimeout: *idleEst}
 	if pc.FragPolicy, err = defrag.ParsePolicy(*fragPolicy); err != nil {
 		return fmt.Errorf("-frag-policy: %v", err)
 	}

@@ -21,14 +21,26 @@ type ProcessorConfig struct {
 	LinkType     layers.LinkType
 	CacheEntries int           // trusted cache of flow states (0: as many as fit in CacheBytes)
 	CacheBytes   int           // trusted memory for cached states when CacheEntries is 0 (default 32 MiB)
-	IdleTimeout  time.Duration // flows idle this long expire (default 2 minutes)
-	Inside       []netip.Prefix
-	Allowed      []netip.AddrPort
-	FragPolicy   defrag.Policy           // how overlapping IPv4 fragments are resolved
-	Reorder      middlebox.ReorderConfig // ids: TCP data held out of order beyond each flow's window
-	Checksums    middlebox.ChecksumMode  // ids: whether packets with wrong checksums are dropped (a host drops them)
-	Report       io.Writer               // where the monitor writes assets and flows, and the firewall its drops
+	IdleTimeout  time.Duration // flows idle this long expire (default DefaultIdleTimeout)
+	// EstablishedTimeout: established TCP connections idle this long
+	// expire (default DefaultEstablishedTimeout).
+	EstablishedTimeout time.Duration
+	Inside             []netip.Prefix
+	Allowed            []netip.AddrPort
+	FragPolicy         defrag.Policy           // how overlapping IPv4 fragments are resolved
+	Reorder            middlebox.ReorderConfig // ids: TCP data held out of order beyond each flow's window
+	Checksums          middlebox.ChecksumMode  // ids: whether packets with wrong checksums are dropped (a host drops them)
+	Report             io.Writer               // where the monitor writes assets and flows, and the firewall its drops
 }
+
+// Idle timeouts. A host keeps an idle established connection for hours
+// (Linux's conntrack: 5 days; Suricata forgets one after an hour);
+// everything else a middlebox forgets after two minutes, as TIME_WAIT
+// lasts (conntrack's SYN_SENT and TIME_WAIT: 2 minutes).
+const (
+	DefaultIdleTimeout        = 2 * time.Minute
+	DefaultEstablishedTimeout = time.Hour
+)
 
 // DefaultCacheBytes is the trusted memory given to cached flow states when
 // neither a number of states nor a size is set: 65,536 of the monitor's
@@ -54,7 +66,13 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 		cfg.CacheBytes = DefaultCacheBytes
 	}
 	if cfg.IdleTimeout == 0 {
-		cfg.IdleTimeout = 2 * time.Minute
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.EstablishedTimeout == 0 {
+		cfg.EstablishedTimeout = max(cfg.IdleTimeout, DefaultEstablishedTimeout)
+	}
+	if cfg.IdleTimeout < 0 || cfg.EstablishedTimeout < cfg.IdleTimeout {
+		return nil, nil, fmt.Errorf("idle timeouts: %v for flows, %v for established connections: want positive, and established at least as long", cfg.IdleTimeout, cfg.EstablishedTimeout)
 	}
 	dec, err := middlebox.NewDecoder(cfg.LinkType)
 	if err != nil {
@@ -65,14 +83,14 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 	case "", "forward":
 		return Forward{}, func() error { return nil }, nil
 	case "monitor":
-		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.MonitorStateSize, CacheEntries: cfg.cacheEntries(middlebox.MonitorStateSize), IdleTimeout: cfg.IdleTimeout})
+		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.MonitorStateSize, CacheEntries: cfg.cacheEntries(middlebox.MonitorStateSize), IdleTimeout: cfg.IdleTimeout, EstablishedTimeout: cfg.EstablishedTimeout})
 		if err != nil {
 			return nil, nil, err
 		}
 		mo := middlebox.NewMonitor(m, dec)
 		p := &monitorProc{mo: mo, m: m, exp: expiry{m: m, onExpire: mo.Expired}}
 		return p, func() error {
-			m.Expire(p.last.Add(cfg.IdleTimeout+time.Nanosecond), mo.Expired) // the capture is over
+			m.Expire(p.last.Add(cfg.EstablishedTimeout+time.Nanosecond), mo.Expired) // the capture is over
 			fmt.Fprintln(cfg.Report, dec.Stats)
 			for _, a := range mo.Assets() {
 				fmt.Fprintf(cfg.Report, "asset %s\n", a)
@@ -83,7 +101,7 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 			return p.err
 		}, nil
 	case "firewall":
-		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.FirewallStateSize, CacheEntries: cfg.cacheEntries(middlebox.FirewallStateSize), IdleTimeout: cfg.IdleTimeout})
+		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.FirewallStateSize, CacheEntries: cfg.cacheEntries(middlebox.FirewallStateSize), IdleTimeout: cfg.IdleTimeout, EstablishedTimeout: cfg.EstablishedTimeout})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -98,7 +116,7 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 			return p.err
 		}, nil
 	case "ids":
-		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.IDSStateSize, CacheEntries: cfg.cacheEntries(middlebox.IDSStateSize), IdleTimeout: cfg.IdleTimeout})
+		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.IDSStateSize, CacheEntries: cfg.cacheEntries(middlebox.IDSStateSize), IdleTimeout: cfg.IdleTimeout, EstablishedTimeout: cfg.EstablishedTimeout})
 		if err != nil {
 			return nil, nil, err
 		}

@@ -77,3 +77,82 @@ func TestCacheSize(t *testing.T) {
 		t.Error("a negative cache size was accepted")
 	}
 }
+
+// seg builds a TCP segment from src:sport to dst:dport.
+func seg(src, dst string, sport, dport uint16, seq, ack uint32, flags string, payload []byte) []byte {
+	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.ParseIP(src).To4(), DstIP: net.ParseIP(dst).To4()}
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: seq, Ack: ack, Window: 1000}
+	for _, f := range flags {
+		switch f {
+		case 'S':
+			tcp.SYN = true
+		case 'A':
+			tcp.ACK = true
+		case 'F':
+			tcp.FIN = true
+		case 'P':
+			tcp.PSH = true
+		}
+	}
+	tcp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, tcp, gopacket.Payload(payload))
+	return buf.Bytes()
+}
+
+// TestEstablishedFlowsStay: an established connection idle for longer
+// than IdleTimeout is kept (hosts keep it for hours) until
+// EstablishedTimeout; a half-open one and a closed one go after
+// IdleTimeout. The firewall still passes the idle connection's next
+// packet.
+func TestEstablishedFlowsStay(t *testing.T) {
+	const cli, srv = "10.0.0.1", "192.0.2.1"
+	for _, name := range []string{"monitor", "firewall", "ids"} {
+		t.Run(name, func(t *testing.T) {
+			p, _, err := NewProcessor(ProcessorConfig{Name: name, LinkType: layers.LinkTypeEthernet, IdleTimeout: time.Minute, EstablishedTimeout: time.Hour,
+				Inside: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m *flowstate.Manager
+			switch q := p.(type) {
+			case *monitorProc:
+				m = q.exp.m
+			case *firewallProc:
+				m = q.exp.m
+			case *idsProc:
+				m = q.exp.m
+			}
+			t0 := time.Unix(1000, 0)
+			send := func(at time.Duration, b []byte) bool { return len(p.Process(etap.Packet{Data: b}, t0.Add(at))) > 0 }
+			// An established connection, a half-open one, one closed.
+			send(0, seg(cli, srv, 1000, 80, 100, 0, "S", nil))
+			send(0, seg(srv, cli, 80, 1000, 500, 101, "SA", nil))
+			send(0, seg(cli, srv, 1000, 80, 101, 501, "A", nil))
+			send(0, seg(cli, srv, 1001, 80, 100, 0, "S", nil))
+			send(0, seg(cli, srv, 1002, 80, 100, 0, "S", nil))
+			send(0, seg(srv, cli, 80, 1002, 500, 101, "SA", nil))
+			send(0, seg(cli, srv, 1002, 80, 101, 501, "A", nil))
+			send(0, seg(cli, srv, 1002, 80, 101, 501, "FA", nil))
+			send(0, seg(srv, cli, 80, 1002, 501, 102, "FA", nil))
+			send(0, seg(cli, srv, 1002, 80, 102, 502, "A", nil))
+			if m.Len() != 3 {
+				t.Fatalf("%d flows tracked, want 3", m.Len())
+			}
+			// Ten minutes later (another host's SYN runs the expiry).
+			send(10*time.Minute, seg("10.0.0.9", srv, 9000, 80, 1, 0, "S", nil))
+			if m.Len() != 2 {
+				t.Fatalf("after 10 idle minutes %d flows tracked, want 2 (the established one and the new SYN)", m.Len())
+			}
+			if !send(10*time.Minute, seg(cli, srv, 1000, 80, 101, 501, "PA", []byte("still here"))) {
+				t.Fatal("the established connection's next packet was dropped after 10 idle minutes")
+			}
+			// Past the established timeout it goes too.
+			send(71*time.Minute, seg("10.0.0.9", srv, 9001, 80, 1, 0, "S", nil))
+			if m.Len() != 1 {
+				t.Fatalf("after 61 idle minutes %d flows tracked, want only the newest SYN", m.Len())
+			}
+		})
+	}
+}

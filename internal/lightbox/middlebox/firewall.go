@@ -123,6 +123,14 @@ func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 	if m.Proto == 17 {
 		return true, "", nil
 	}
+	before := st[0]
+	defer func() {
+		// A live connection is kept for hours; its teardown, like its
+		// handshake, for the short idle timeout.
+		if live := st[0] == fwEstablished; live != (before == fwEstablished) {
+			setClass(f.Table, k, live)
+		}
+	}()
 	fromClient := (st[1] == 1) != reverse
 	side, finAt, endAt := byte(2), 8, fwEnd+endSize // the bit, the FIN sequence and the end of the sender's side
 	if fromClient {

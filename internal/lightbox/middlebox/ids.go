@@ -186,6 +186,12 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 	if err != nil {
 		return err
 	}
+	before := idsLive(st)
+	defer func() {
+		if live := idsLive(st); live != before {
+			setClass(x.Table, k, live)
+		}
+	}()
 	side := 0
 	if reverse {
 		side = 1
@@ -712,4 +718,18 @@ func (x *IDS) exact(tail, upto, c []byte) bool {
 		return false
 	}
 	return string(tail[len(tail)-k:]) == string(c[:k]) && string(upto) == string(c[k:])
+}
+
+// idsLive reports whether a TCP state is a live connection: its handshake
+// completed, and no side has reset or finished it.
+func idsLive(st []byte) bool {
+	if st[iShake] != 3 || st[iReset] != 0 {
+		return false
+	}
+	for side := range 2 {
+		if st[8+side*dirSize+dFlags]&fFin != 0 {
+			return false
+		}
+	}
+	return true
 }

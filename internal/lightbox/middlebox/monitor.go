@@ -85,6 +85,12 @@ func (mo *Monitor) Handle(data []byte, now time.Time) error {
 	if err != nil {
 		return err
 	}
+	before := !created && monLive(st)
+	defer func() {
+		if live := monLive(st); live != before {
+			setClass(mo.Table, k, live)
+		}
+	}()
 	ns := uint64(now.UnixNano())
 	if !created && st[mClosed] == 1 && m.Proto == 6 && m.Flags&(SYN|ACK) == SYN {
 		// A closed connection's ports used again: the old one is over.
@@ -153,6 +159,12 @@ func (mo *Monitor) Handle(data []byte, now time.Time) error {
 		}
 	}
 	return nil
+}
+
+// monLive reports whether a monitor state is a live TCP connection: both
+// sides acknowledged, a SYN was seen, and it has not closed.
+func monLive(st []byte) bool {
+	return st[mProto] == 6 && st[mClosed] == 0 && st[mFlagsA]&ACK != 0 && st[mFlagsB]&ACK != 0 && (st[mFlagsA]|st[mFlagsB])&SYN != 0
 }
 
 // Expired records a flow the state table expired.

@@ -20,6 +20,27 @@ type StateTable interface {
 
 var _ StateTable = (*flowstate.Manager)(nil)
 
+// classifier is a StateTable that keeps flows of different classes for
+// different idle times (*flowstate.Manager).
+type classifier interface {
+	SetClass(k flowstate.Key, c flowstate.Class) bool
+}
+
+var _ classifier = (*flowstate.Manager)(nil)
+
+// setClass tells t, if it keeps classes apart, that flow k moved between
+// a live TCP connection (established: kept for hours, as hosts keep it)
+// and anything else (kept for the short idle timeout).
+func setClass(t StateTable, k flowstate.Key, established bool) {
+	if c, ok := t.(classifier); ok {
+		cl := flowstate.ClassDefault
+		if established {
+			cl = flowstate.ClassEstablished
+		}
+		c.SetClass(k, cl)
+	}
+}
+
 // MapTable is the baseline: every state in an ordinary map, unsealed, in
 // unbounded trusted memory.
 type MapTable struct {
