@@ -28,6 +28,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"runtime"
 	"time"
@@ -72,7 +73,21 @@ type Config struct {
 	// hours (Linux: days); a middlebox that forgot it sooner would drop
 	// or misread its next packet.
 	EstablishedTimeout time.Duration
+	// MaxFlows bounds the flows tracked (0: no bound). A new flow in a
+	// full table takes the place of the flow idle longest among the next
+	// DropSample entries that is not an established connection, as Linux
+	// conntrack's early drop does; if all of those are established, the
+	// new flow is refused (ErrFull). A flood of new flows thus displaces
+	// other new flows, not live connections.
+	MaxFlows int
+	// OnEvict, if not nil, sees each flow displaced for a new one, with
+	// its state, before it goes (as Expire's onExpire does).
+	OnEvict func(Key, []byte)
 }
+
+// DropSample is how many entries a full table looks at for a flow to
+// give way to a new one.
+const DropSample = 64
 
 // Class says which idle timeout applies to a flow; the middlebox sets it
 // as the flow's state changes (SetClass).
@@ -92,6 +107,9 @@ var (
 	// of this flow (stale, replayed, swapped or altered). The flow is
 	// dropped; its state is lost.
 	ErrFreshness = errors.New("flowstate: stored state failed verification (stale, replayed, swapped or altered); flow dropped")
+	// ErrFull: the table holds MaxFlows flows and none it looked at could
+	// give way; the new flow is not tracked.
+	ErrFull = errors.New("flowstate: flow table full (MaxFlows) of established connections; the new flow is not tracked")
 )
 
 // An entry is one tracked flow in the trusted index: 64 bytes, one cache
@@ -139,6 +157,7 @@ type Manager struct {
 	ref       []bool
 	hand      int32
 	freeSlots []int32
+	dropHand  int // where the next early drop starts looking
 	// ctab maps cached flows to their slots, linear probing: each word is
 	// hash>>32 << 32 | slot+1, 0 when empty; a word's home is (hash>>32) &
 	// cmask, so moving words never needs the slots' descriptions.
@@ -160,6 +179,9 @@ type Manager struct {
 // Stats count what the manager did.
 type Stats struct {
 	Hits, SwapIns, Creates, Evictions, Expired, Verifications uint64
+	// Displaced: flows that gave way to new ones in a full table;
+	// Refused: new flows not tracked because none could.
+	Displaced, Refused uint64
 }
 
 // New returns a Manager.
@@ -286,6 +308,13 @@ func (m *Manager) Lookup(k Key, now time.Time) (state []byte, created bool, err 
 	}
 	s := m.idx.find(&k, h)
 	if s == nil {
+		if m.cfg.MaxFlows > 0 && m.idx.n >= m.cfg.MaxFlows {
+			if !m.earlyDrop() {
+				m.Stats.Refused++
+				return nil, false, ErrFull
+			}
+			victim = m.nextVictim() // the flow that went may have freed a slot
+		}
 		ei := m.newEntry(k)
 		slot, err := m.takeSlot(victim)
 		if err != nil {
@@ -332,6 +361,43 @@ func (m *Manager) Remove(k Key) bool {
 		_ = m.cfg.Store.Delete(uint64(ei))
 	}
 	m.dropEntry(ei)
+	return true
+}
+
+// earlyDrop removes, of the next DropSample entries, the flow idle
+// longest that is not an established connection, and reports whether
+// there was one.
+func (m *Manager) earlyDrop() bool {
+	n := len(m.entries)
+	best, bestLast := int32(-1), int64(math.MaxInt64)
+	for i := 0; i < DropSample && i < n; i++ {
+		ei := int32((m.dropHand + i) % n)
+		e := &m.entries[ei]
+		if !e.inUse || e.class == ClassEstablished {
+			continue
+		}
+		last := e.last
+		if e.cached >= 0 {
+			last = m.slots[e.cached].last
+		}
+		if last < bestLast {
+			best, bestLast = ei, last
+		}
+	}
+	m.dropHand = (m.dropHand + DropSample) % max(n, 1)
+	if best < 0 {
+		return false
+	}
+	e := &m.entries[best]
+	if m.cfg.OnEvict != nil {
+		if e.cached >= 0 {
+			m.cfg.OnEvict(e.key, m.state(e.cached))
+		} else if st, err := m.open(best, make([]byte, 0, m.cfg.StateSize)); err == nil {
+			m.cfg.OnEvict(e.key, st)
+		}
+	}
+	m.Remove(e.key)
+	m.Stats.Displaced++
 	return true
 }
 

@@ -325,3 +325,66 @@ func TestClassTimeouts(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxFlows: a full table makes room for a new flow by displacing one
+// that is not an established connection (its state seen by OnEvict), and
+// refuses the new flow when all it looked at are established.
+func TestMaxFlows(t *testing.T) {
+	for _, cache := range []int{2, 16} { // 2: most states live in the store
+		var evicted []byte
+		m, err := New(Config{StateSize: 16, CacheEntries: cache, MaxFlows: 8, IdleTimeout: time.Minute,
+			OnEvict: func(k Key, st []byte) {
+				if st[0] != k[0] {
+					t.Errorf("evicted flow %d with the state of flow %d", k[0], st[0])
+				}
+				evicted = append(evicted, k[0])
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Unix(1_000_000, 0)
+		key := func(i int) Key { var k Key; k[0], k[1], k[36] = byte(i), byte(i>>8), 6; return k }
+		for i := 1; i <= 8; i++ {
+			st, _, err := m.Lookup(key(i), t0.Add(time.Duration(i)*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			st[0] = byte(i)
+			if i <= 4 {
+				m.SetClass(key(i), ClassEstablished)
+			}
+		}
+		for i := 9; i <= 40; i++ {
+			st, _, err := m.Lookup(key(i), t0.Add(time.Duration(i)*time.Millisecond))
+			if err != nil {
+				t.Fatalf("cache %d: new flow %d: %v", cache, i, err)
+			}
+			st[0] = byte(i)
+			if m.Len() != 8 {
+				t.Fatalf("cache %d: %d flows in a table of 8", cache, m.Len())
+			}
+		}
+		for i := 1; i <= 4; i++ {
+			if st, created, err := m.Lookup(key(i), t0.Add(time.Second)); err != nil || created || st[0] != byte(i) {
+				t.Fatalf("cache %d: established flow %d: created %v, state %d, %v", cache, i, created, st[0], err)
+			}
+		}
+		if len(evicted) != 32 || evicted[0] != 5 || m.Stats.Displaced != 32 {
+			t.Errorf("cache %d: evicted %v (%d displaced), want 32 flows, the oldest new one (5) first", cache, evicted, m.Stats.Displaced)
+		}
+		// Established everywhere: a new flow is refused, the others stay.
+		for i := 37; i <= 40; i++ {
+			m.SetClass(key(i), ClassEstablished)
+		}
+		if _, _, err := m.Lookup(key(99), t0.Add(2*time.Second)); !errors.Is(err, ErrFull) {
+			t.Fatalf("cache %d: a new flow in a table full of established connections: %v, want ErrFull", cache, err)
+		}
+		if m.Len() != 8 || m.Stats.Refused != 1 {
+			t.Errorf("cache %d: %d flows, %d refused after a refusal", cache, m.Len(), m.Stats.Refused)
+		}
+		m.Remove(key(40))
+		if _, created, err := m.Lookup(key(99), t0.Add(3*time.Second)); err != nil || !created {
+			t.Errorf("cache %d: with room again, a new flow: created %v, %v", cache, created, err)
+		}
+	}
+}
