@@ -75,10 +75,14 @@ func runMiddlebox(args []string) error {
 	checksums := fs.String("checksums", "on", "ids: drop packets with wrong IPv4, TCP or UDP checksums as a host does: on, off (a capture taken on a host with checksum offload), or auto (on, unless more than 10% of the first 100 are wrong; an attacker can turn it off with 11 bad packets)")
 	idle := fs.Duration("idle", lightbox.DefaultIdleTimeout, "flows idle this long are forgotten (new, closing and closed TCP connections, UDP, other protocols)")
 	idleEst := fs.Duration("idle-established", lightbox.DefaultEstablishedTimeout, "established TCP connections idle this long are forgotten (hosts keep them for hours)")
+	flowMB := fs.Int("flow-mb", lightbox.DefaultFlowBytes>>20, "MiB for tracked flows (1-1048576); when full, new flows displace flows that are not established connections, else are not tracked")
 	reorderMB := fs.Int("reorder-mb", middlebox.DefaultReorderMemCap>>20, "ids: MiB for TCP data held out of order beyond each flow's window (1-65536)")
 	fs.Parse(args)
 	if *reorderMB < 1 || *reorderMB > 65536 {
 		return fmt.Errorf("-reorder-mb %d: want 1 to 65536 MiB", *reorderMB)
+	}
+	if *flowMB < 1 || *flowMB > 1<<20 {
+		return fmt.Errorf("-flow-mb %d: want 1 to 1048576 MiB", *flowMB)
 	}
 	if *idle < time.Second || *idle > 24*time.Hour {
 		return fmt.Errorf("-idle %v: want 1s to 24h", *idle)
@@ -91,7 +95,7 @@ func runMiddlebox(args []string) error {
 		return err
 	}
 	pc := lightbox.ProcessorConfig{Name: *run, LinkType: layers.LinkType(*link), CacheEntries: *cache, CacheBytes: *cacheMB << 20, Report: os.Stdout,
-		Reorder: middlebox.ReorderConfig{MemCap: *reorderMB << 20}, IdleTimeout: *idle, EstablishedTimeout: *idleEst}
+		Reorder: middlebox.ReorderConfig{MemCap: *reorderMB << 20}, IdleTimeout: *idle, EstablishedTimeout: *idleEst, FlowBytes: *flowMB << 20}
 	if pc.FragPolicy, err = defrag.ParsePolicy(*fragPolicy); err != nil {
 		return fmt.Errorf("-frag-policy: %v", err)
 	}

@@ -25,12 +25,16 @@ type ProcessorConfig struct {
 	// EstablishedTimeout: established TCP connections idle this long
 	// expire (default DefaultEstablishedTimeout).
 	EstablishedTimeout time.Duration
-	Inside             []netip.Prefix
-	Allowed            []netip.AddrPort
-	FragPolicy         defrag.Policy           // how overlapping IPv4 fragments are resolved
-	Reorder            middlebox.ReorderConfig // ids: TCP data held out of order beyond each flow's window
-	Checksums          middlebox.ChecksumMode  // ids: whether packets with wrong checksums are dropped (a host drops them)
-	Report             io.Writer               // where the monitor writes assets and flows, and the firewall its drops
+	// FlowBytes bounds the memory of tracked flows (index, entries and
+	// sealed states; default DefaultFlowBytes): a full table displaces
+	// flows that are not established connections, else refuses new ones.
+	FlowBytes  int
+	Inside     []netip.Prefix
+	Allowed    []netip.AddrPort
+	FragPolicy defrag.Policy           // how overlapping IPv4 fragments are resolved
+	Reorder    middlebox.ReorderConfig // ids: TCP data held out of order beyond each flow's window
+	Checksums  middlebox.ChecksumMode  // ids: whether packets with wrong checksums are dropped (a host drops them)
+	Report     io.Writer               // where the monitor writes assets and flows, and the firewall its drops
 }
 
 // Idle timeouts. A host keeps an idle established connection for hours
@@ -41,6 +45,17 @@ const (
 	DefaultIdleTimeout        = 2 * time.Minute
 	DefaultEstablishedTimeout = time.Hour
 )
+
+// DefaultFlowBytes is the memory tracked flows may take by default: 1
+// GiB, about 175,000 of the IDS's flows or 7 million of the firewall's.
+const DefaultFlowBytes = 1 << 30
+
+// maxFlows is how many flows of stateSize bytes fit in FlowBytes: each
+// costs its trusted index entry (64 bytes), its index slot (16) and its
+// sealed state in the store.
+func (cfg *ProcessorConfig) maxFlows(stateSize int) int {
+	return max(1024, cfg.FlowBytes/(64+16+12+stateSize+16))
+}
 
 // DefaultCacheBytes is the trusted memory given to cached flow states when
 // neither a number of states nor a size is set: 65,536 of the monitor's
@@ -65,6 +80,12 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 	if cfg.CacheBytes == 0 {
 		cfg.CacheBytes = DefaultCacheBytes
 	}
+	if cfg.FlowBytes < 0 {
+		return nil, nil, fmt.Errorf("the flow memory cannot be negative (%d bytes)", cfg.FlowBytes)
+	}
+	if cfg.FlowBytes == 0 {
+		cfg.FlowBytes = DefaultFlowBytes
+	}
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
@@ -83,11 +104,13 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 	case "", "forward":
 		return Forward{}, func() error { return nil }, nil
 	case "monitor":
-		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.MonitorStateSize, CacheEntries: cfg.cacheEntries(middlebox.MonitorStateSize), IdleTimeout: cfg.IdleTimeout, EstablishedTimeout: cfg.EstablishedTimeout})
+		var mo *middlebox.Monitor
+		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.MonitorStateSize, CacheEntries: cfg.cacheEntries(middlebox.MonitorStateSize), IdleTimeout: cfg.IdleTimeout, EstablishedTimeout: cfg.EstablishedTimeout,
+			MaxFlows: cfg.maxFlows(middlebox.MonitorStateSize), OnEvict: func(k flowstate.Key, st []byte) { mo.Expired(k, st) }})
 		if err != nil {
 			return nil, nil, err
 		}
-		mo := middlebox.NewMonitor(m, dec)
+		mo = middlebox.NewMonitor(m, dec)
 		p := &monitorProc{mo: mo, m: m, exp: expiry{m: m, onExpire: mo.Expired}}
 		return p, func() error {
 			m.Expire(p.last.Add(cfg.EstablishedTimeout+time.Nanosecond), mo.Expired) // the capture is over
@@ -98,10 +121,12 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 			for _, r := range mo.Records {
 				fmt.Fprintf(cfg.Report, "flow %s\n", r)
 			}
+			reportTable(cfg.Report, m, mo.Untracked)
 			return p.err
 		}, nil
 	case "firewall":
-		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.FirewallStateSize, CacheEntries: cfg.cacheEntries(middlebox.FirewallStateSize), IdleTimeout: cfg.IdleTimeout, EstablishedTimeout: cfg.EstablishedTimeout})
+		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.FirewallStateSize, CacheEntries: cfg.cacheEntries(middlebox.FirewallStateSize), IdleTimeout: cfg.IdleTimeout, EstablishedTimeout: cfg.EstablishedTimeout,
+			MaxFlows: cfg.maxFlows(middlebox.FirewallStateSize)})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -112,15 +137,21 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 			for _, l := range fw.Log {
 				fmt.Fprintln(cfg.Report, l)
 			}
+			if fw.LogDropped > 0 {
+				fmt.Fprintf(cfg.Report, "and %d more drops, not listed (the log keeps %d)\n", fw.LogDropped, middlebox.MaxLog)
+			}
+			reportTable(cfg.Report, m, 0)
 			fmt.Fprintf(cfg.Report, "passed %d dropped %d\n", fw.Passed, fw.Dropped)
 			return p.err
 		}, nil
 	case "ids":
-		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.IDSStateSize, CacheEntries: cfg.cacheEntries(middlebox.IDSStateSize), IdleTimeout: cfg.IdleTimeout, EstablishedTimeout: cfg.EstablishedTimeout})
+		var x *middlebox.IDS
+		m, err := flowstate.New(flowstate.Config{StateSize: middlebox.IDSStateSize, CacheEntries: cfg.cacheEntries(middlebox.IDSStateSize), IdleTimeout: cfg.IdleTimeout, EstablishedTimeout: cfg.EstablishedTimeout,
+			MaxFlows: cfg.maxFlows(middlebox.IDSStateSize), OnEvict: func(k flowstate.Key, st []byte) { x.Expired(k, st) }})
 		if err != nil {
 			return nil, nil, err
 		}
-		x, err := middlebox.NewIDS(m, dec, cfg.Rules)
+		x, err = middlebox.NewIDS(m, dec, cfg.Rules)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -133,10 +164,20 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 				fmt.Fprintln(cfg.Report, a)
 			}
 			fmt.Fprintf(cfg.Report, "alerts %d gaps %d ignored %d conflicts %d dropped %d\n", len(x.Alerts), x.Gaps, x.Ignored, x.Conflicts, x.AlertsDropped)
+			reportTable(cfg.Report, m, x.Untracked)
 			return p.err
 		}, nil
 	}
 	return nil, nil, fmt.Errorf("unknown middlebox %q (want forward, monitor, firewall or ids)", cfg.Name)
+}
+
+// reportTable says, if the flow table filled up, what it cost: flows
+// displaced for new ones, new flows refused, and packets not tracked.
+func reportTable(w io.Writer, m *flowstate.Manager, untracked int) {
+	if m.Stats.Displaced > 0 || m.Stats.Refused > 0 {
+		fmt.Fprintf(w, "flow table full: %d flows displaced by new ones, %d new flows refused, %d packets untracked (raise -flow-mb)\n",
+			m.Stats.Displaced, m.Stats.Refused, untracked)
+	}
 }
 
 // expiry ends idle flows once a second of trusted time.

@@ -1,8 +1,10 @@
 package lightbox
 
 import (
+	"bytes"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -152,6 +154,55 @@ func TestEstablishedFlowsStay(t *testing.T) {
 			send(71*time.Minute, seg("10.0.0.9", srv, 9001, 80, 1, 0, "S", nil))
 			if m.Len() != 1 {
 				t.Fatalf("after 61 idle minutes %d flows tracked, want only the newest SYN", m.Len())
+			}
+		})
+	}
+}
+
+// TestFlowTableBounded: a flood of new flows fills the table to its
+// bound and no further; established connections keep their place and
+// their packets pass; the report says what the flood cost.
+func TestFlowTableBounded(t *testing.T) {
+	const cli, srv = "10.0.0.1", "192.0.2.1"
+	for _, name := range []string{"monitor", "firewall", "ids"} {
+		t.Run(name, func(t *testing.T) {
+			var report bytes.Buffer
+			p, finish, err := NewProcessor(ProcessorConfig{Name: name, LinkType: layers.LinkTypeEthernet, FlowBytes: 1, // the floor: 1,024 flows
+				Inside: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, Report: &report})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m *flowstate.Manager
+			switch q := p.(type) {
+			case *monitorProc:
+				m = q.exp.m
+			case *firewallProc:
+				m = q.exp.m
+			case *idsProc:
+				m = q.exp.m
+			}
+			t0 := time.Unix(1000, 0)
+			send := func(at time.Duration, b []byte) bool { return len(p.Process(etap.Packet{Data: b}, t0.Add(at))) > 0 }
+			send(0, seg(cli, srv, 1000, 80, 100, 0, "S", nil))
+			send(0, seg(srv, cli, 80, 1000, 500, 101, "SA", nil))
+			send(0, seg(cli, srv, 1000, 80, 101, 501, "A", nil))
+			for i := range 5000 {
+				send(time.Millisecond*time.Duration(i), seg("10.1.0.1", srv, uint16(10000+i), 80, 1, 0, "S", nil))
+				if m.Len() > 1024 {
+					t.Fatalf("%d flows tracked, bound 1,024", m.Len())
+				}
+			}
+			if !send(6*time.Second, seg(cli, srv, 1000, 80, 101, 501, "PA", []byte("still here"))) {
+				t.Fatal("the established connection's packet was dropped after the flood")
+			}
+			if m.Stats.Displaced < 5000-1024 {
+				t.Errorf("%d flows displaced, want at least %d", m.Stats.Displaced, 5000-1024)
+			}
+			if err := finish(); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(report.String(), "flow table full:") {
+				t.Errorf("the report does not say the table filled:\n%.2000s", report.String())
 			}
 		})
 	}

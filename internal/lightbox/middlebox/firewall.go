@@ -2,9 +2,12 @@ package middlebox
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/torbento/bento/internal/lightbox/flowstate"
 )
 
 // FirewallStateSize is the firewall's per-flow state.
@@ -51,8 +54,14 @@ type Firewall struct {
 	meta    Meta
 	Passed  int
 	Dropped int
-	Log     []string // one line per dropped packet
+	Log     []string // one line per dropped packet, the first MaxLog
+	// LogDropped counts drops past MaxLog, not logged line by line.
+	LogDropped int
 }
+
+// MaxLog bounds the firewall's log of drops: a flood of dropped packets
+// is counted, not kept.
+const MaxLog = 1 << 16
 
 // NewFirewall returns a firewall keeping connection state in table.
 func NewFirewall(table StateTable, dec *Decoder, inside []netip.Prefix, allowed []netip.AddrPort) *Firewall {
@@ -94,6 +103,9 @@ func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 	}
 	k, reverse := m.Key()
 	st, created, err := f.Table.Lookup(k, now)
+	if errors.Is(err, flowstate.ErrFull) {
+		return false, "flow table full (established connections only): new connections are dropped until some end", nil
+	}
 	if err != nil {
 		return false, "", err
 	}
@@ -248,6 +260,10 @@ func (f *Firewall) Handle(data []byte, now time.Time) (bool, error) {
 	} else {
 		f.Dropped++
 		m := &f.meta
+		if len(f.Log) >= MaxLog {
+			f.LogDropped++
+			return false, nil
+		}
 		f.Log = append(f.Log, fmt.Sprintf("drop %s %s:%d -> %s:%d: %s", protoName(m.Proto), m.Src, m.SrcPort, m.Dst, m.DstPort, why))
 	}
 	return ok, nil

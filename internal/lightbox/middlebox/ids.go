@@ -2,6 +2,7 @@ package middlebox
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -122,6 +123,9 @@ type IDS struct {
 	Conflicts int
 	// AlertsDropped counts alerts past MaxAlerts, not kept.
 	AlertsDropped int
+	// Untracked counts TCP packets of new connections the state table
+	// had no room for (full of established connections): not scanned.
+	Untracked int
 	// Reorder bounds the reorder pool; set it before the first packet.
 	Reorder ReorderConfig
 
@@ -183,6 +187,10 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 	}
 	k, reverse := m.Key()
 	st, _, err := x.Table.Lookup(k, now)
+	if errors.Is(err, flowstate.ErrFull) {
+		x.Untracked++
+		return nil
+	}
 	if err != nil {
 		return err
 	}

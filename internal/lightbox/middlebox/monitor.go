@@ -3,6 +3,7 @@ package middlebox
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -66,7 +67,10 @@ type Monitor struct {
 	dec     *Decoder
 	assets  map[Asset]struct{} // a set: Asset is comparable, no key to format
 	Records []FlowRecord
-	meta    Meta
+	// Untracked counts packets of new flows the state table had no room
+	// for (it was full of established connections).
+	Untracked int
+	meta      Meta
 }
 
 // NewMonitor returns a monitor keeping per-flow state in table.
@@ -82,6 +86,10 @@ func (mo *Monitor) Handle(data []byte, now time.Time) error {
 	}
 	k, reverse := m.Key()
 	st, created, err := mo.Table.Lookup(k, now)
+	if errors.Is(err, flowstate.ErrFull) {
+		mo.Untracked++
+		return nil
+	}
 	if err != nil {
 		return err
 	}
