@@ -94,11 +94,15 @@ func (mo *Monitor) Handle(data []byte, now time.Time) error {
 		return err
 	}
 	before := !created && monLive(st)
-	defer func() {
-		if live := monLive(st); live != before {
-			setClass(mo.Table, k, live)
-		}
-	}()
+	mo.track(m, k, st, created, reverse, now)
+	if live := monLive(st); live != before {
+		setClass(mo.Table, k, live)
+	}
+	return nil
+}
+
+// track updates flow k's state st with packet m.
+func (mo *Monitor) track(m *Meta, k flowstate.Key, st []byte, created, reverse bool, now time.Time) {
 	ns := uint64(now.UnixNano())
 	if !created && st[mClosed] == 1 && m.Proto == 6 && m.Flags&(SYN|ACK) == SYN {
 		// A closed connection's ports used again: the old one is over.
@@ -159,14 +163,13 @@ func (mo *Monitor) Handle(data []byte, now time.Time) error {
 		if resetAccepted(end, other, m) {
 			st[mClosed] = 1
 		}
-		return nil
+		return
 	case m.Proto == 6:
 		advanceEnd(end, m)
 		if st[mFlagsA]&st[mFlagsB]&FIN != 0 {
 			st[mClosed] = 1
 		}
 	}
-	return nil
 }
 
 // monLive reports whether a monitor state is a live TCP connection: both
