@@ -35,15 +35,7 @@ func TestIdleFlowsExpire(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var m *flowstate.Manager
-			switch q := p.(type) {
-			case *monitorProc:
-				m = q.exp.m
-			case *firewallProc:
-				m = q.exp.m
-			case *idsProc:
-				m = q.exp.m
-			}
+			m := table(p)
 			t0 := time.Unix(1000, 0)
 			for i := range 3 {
 				p.Process(etap.Packet{Data: syn("10.0.0.1", uint16(1000+i))}, t0)
@@ -80,6 +72,19 @@ func TestCacheSize(t *testing.T) {
 	}
 }
 
+// table returns a stateful processor's flow table.
+func table(p Processor) *flowstate.Manager {
+	switch q := p.(type) {
+	case *monitorProc:
+		return q.exp.m
+	case *firewallProc:
+		return q.exp.m
+	case *idsProc:
+		return q.exp.m
+	}
+	return nil
+}
+
 // seg builds a TCP segment from src:sport to dst:dport.
 func seg(src, dst string, sport, dport uint16, seq, ack uint32, flags string, payload []byte) []byte {
 	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
@@ -103,6 +108,20 @@ func seg(src, dst string, sport, dport uint16, seq, ack uint32, flags string, pa
 	return buf.Bytes()
 }
 
+// sender returns a function that gives p a packet at a time after t0 and
+// reports whether p passed it on.
+func sender(p Processor) func(time.Duration, []byte) bool {
+	t0 := time.Unix(1000, 0)
+	return func(at time.Duration, b []byte) bool { return len(p.Process(etap.Packet{Data: b}, t0.Add(at))) > 0 }
+}
+
+// handshake opens a TCP connection from cli:port to srv:80 at t0.
+func handshake(send func(time.Duration, []byte) bool, cli, srv string, port uint16) {
+	send(0, seg(cli, srv, port, 80, 100, 0, "S", nil))
+	send(0, seg(srv, cli, 80, port, 500, 101, "SA", nil))
+	send(0, seg(cli, srv, port, 80, 101, 501, "A", nil))
+}
+
 // TestEstablishedFlowsStay: an established connection idle for longer
 // than IdleTimeout is kept (hosts keep it for hours) until
 // EstablishedTimeout; a half-open one and a closed one go after
@@ -117,21 +136,10 @@ func TestEstablishedFlowsStay(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var m *flowstate.Manager
-			switch q := p.(type) {
-			case *monitorProc:
-				m = q.exp.m
-			case *firewallProc:
-				m = q.exp.m
-			case *idsProc:
-				m = q.exp.m
-			}
-			t0 := time.Unix(1000, 0)
-			send := func(at time.Duration, b []byte) bool { return len(p.Process(etap.Packet{Data: b}, t0.Add(at))) > 0 }
+			m := table(p)
+			send := sender(p)
 			// An established connection, a half-open one, one closed.
-			send(0, seg(cli, srv, 1000, 80, 100, 0, "S", nil))
-			send(0, seg(srv, cli, 80, 1000, 500, 101, "SA", nil))
-			send(0, seg(cli, srv, 1000, 80, 101, 501, "A", nil))
+			handshake(send, cli, srv, 1000)
 			send(0, seg(cli, srv, 1001, 80, 100, 0, "S", nil))
 			send(0, seg(cli, srv, 1002, 80, 100, 0, "S", nil))
 			send(0, seg(srv, cli, 80, 1002, 500, 101, "SA", nil))
@@ -172,20 +180,9 @@ func TestFlowTableBounded(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var m *flowstate.Manager
-			switch q := p.(type) {
-			case *monitorProc:
-				m = q.exp.m
-			case *firewallProc:
-				m = q.exp.m
-			case *idsProc:
-				m = q.exp.m
-			}
-			t0 := time.Unix(1000, 0)
-			send := func(at time.Duration, b []byte) bool { return len(p.Process(etap.Packet{Data: b}, t0.Add(at))) > 0 }
-			send(0, seg(cli, srv, 1000, 80, 100, 0, "S", nil))
-			send(0, seg(srv, cli, 80, 1000, 500, 101, "SA", nil))
-			send(0, seg(cli, srv, 1000, 80, 101, 501, "A", nil))
+			m := table(p)
+			send := sender(p)
+			handshake(send, cli, srv, 1000)
 			for i := range 5000 {
 				send(time.Millisecond*time.Duration(i), seg("10.1.0.1", srv, uint16(10000+i), 80, 1, 0, "S", nil))
 				if m.Len() > 1024 {
