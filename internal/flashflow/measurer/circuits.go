@@ -21,19 +21,20 @@ type Tor struct {
 	ctl   *torctl.Conn
 	socks string
 
-	mu      sync.Mutex
-	circ    map[string]chan string // circuit id → its status events
-	early   map[string]string      // the last status of circuits not yet registered
-	streams chan string            // ids of new streams to our echo port
-	port    string                 // "127.0.0.1:<echo port>" while opening streams
-	opening chan struct{}          // held while a measurement opens its streams
+	mu    sync.Mutex
+	circ  map[string]chan string // circuit id → its status events
+	early map[string]string      // the last status of circuits not yet registered
+	// owners: the SOCKS connections being opened, by their local
+	// address (tor's SOURCE_ADDR), each to the channel of the Streams
+	// call that opened it.
+	owners map[string]chan string
 }
 
 // NewTor takes over an authenticated control connection to the
 // measurer's tor and its SocksPort address. The tor must be the
 // measurer's own: it stops attaching streams by itself.
 func NewTor(ctx context.Context, ctl *torctl.Conn, socksAddr string) (*Tor, error) {
-	t := &Tor{ctl: ctl, socks: socksAddr, circ: map[string]chan string{}, early: map[string]string{}, streams: make(chan string, 4096), opening: make(chan struct{}, 1)}
+	t := &Tor{ctl: ctl, socks: socksAddr, circ: map[string]chan string{}, early: map[string]string{}, owners: map[string]chan string{}}
 	ctl.OnEvent(t.event)
 	for _, c := range []torctl.Command{
 		torctl.MustCommand("SETCONF", "__LeaveStreamsUnattached=1"),
@@ -81,11 +82,18 @@ func (t *Tor) event(r *torctl.Reply) {
 			t.early[f[1]] = f[2]
 		}
 	case "STREAM":
-		// STREAM <id> NEW 0 <target> ...
-		if f[2] == "NEW" && len(f) >= 5 && t.port != "" && f[4] == t.port {
-			select {
-			case t.streams <- f[1]:
-			default:
+		// STREAM <id> NEW 0 <target> ... SOURCE_ADDR=<our local address> ...
+		if f[2] != "NEW" || len(f) < 5 {
+			return
+		}
+		for _, kv := range f[5:] {
+			if src, ok := strings.CutPrefix(kv, "SOURCE_ADDR="); ok {
+				if ch := t.owners[src]; ch != nil {
+					select {
+					case ch <- f[1]:
+					default:
+					}
+				}
 			}
 		}
 	}
@@ -146,32 +154,7 @@ func (t *Tor) Streams(ctx context.Context, via []string, target string, port uin
 	if len(via) == 0 {
 		return nil, nil, errors.New("flashflow: no first-hop relay configured (measurer -via)")
 	}
-	// One measurement's streams at a time: new streams are told apart
-	// only by their destination, which two targets may share. The
-	// measurements themselves run side by side.
-	select {
-	case t.opening <- struct{}{}:
-	case <-ctx.Done():
-		return nil, nil, ctx.Err()
-	}
-	defer func() { <-t.opening }()
-	t.mu.Lock()
-	t.port = "127.0.0.1:" + strconv.Itoa(int(port))
-	t.mu.Unlock()
-	// Streams an earlier run left behind are not ours to attach.
-drain:
-	for {
-		select {
-		case <-t.streams:
-		default:
-			break drain
-		}
-	}
-	defer func() {
-		t.mu.Lock()
-		t.port = ""
-		t.mu.Unlock()
-	}()
+	dest := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
 	// Circuits, in parallel.
 	circs := make(chan string, n+1)
 	var wg sync.WaitGroup
@@ -213,14 +196,25 @@ drain:
 	if len(built) == 0 {
 		return nil, nil, fmt.Errorf("flashflow: no circuit to the target: %w", firstErr)
 	}
-	// Each new stream to the echo port goes on the next built circuit
-	// (circs has room for every circuit, so putting one back never blocks).
+	// Each new stream of ours goes on the next built circuit (circs has
+	// room for every circuit, so putting one back never blocks). Streams
+	// are ours by the local address of the SOCKS connection that opened
+	// them, so that several measurements open theirs at once.
 	attachCtx, stopAttach := context.WithCancel(ctx)
 	defer stopAttach()
+	mine := make(chan string, len(built))
+	var owned []string
+	defer func() {
+		t.mu.Lock()
+		for _, a := range owned {
+			delete(t.owners, a)
+		}
+		t.mu.Unlock()
+	}()
 	go func() {
 		for {
 			select {
-			case sid := <-t.streams:
+			case sid := <-mine:
 				var cid string
 				select {
 				case cid = <-circs:
@@ -237,7 +231,23 @@ drain:
 			}
 		}
 	}()
-	d := &socks.Dialer{Proxy: t.socks}
+	d := &socks.Dialer{Proxy: t.socks, Forward: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if network != "tcp" {
+			return nil, errors.New("flashflow: the measurer needs its tor's SocksPort on TCP (its streams are told apart by their source address)")
+		}
+		var nd net.Dialer
+		c, err := nd.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		// Known before the SOCKS request, so before tor's STREAM NEW.
+		a := c.LocalAddr().String()
+		t.mu.Lock()
+		t.owners[a] = mine
+		owned = append(owned, a)
+		t.mu.Unlock()
+		return c, nil
+	}}
 	conns := make([]net.Conn, 0, len(built))
 	for range built {
 		wg.Add(1)
@@ -245,7 +255,7 @@ drain:
 			defer wg.Done()
 			dctx, cancel := context.WithTimeout(ctx, DialTimeout)
 			defer cancel()
-			c, err := d.DialContext(dctx, "tcp", t.port)
+			c, err := d.DialContext(dctx, "tcp", dest)
 			if note(err) {
 				return
 			}

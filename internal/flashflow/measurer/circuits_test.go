@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -30,6 +31,7 @@ type fakeTor struct {
 	nextStrm int
 	paths    map[string]string        // circuit → path
 	attached map[string]string        // stream → circuit
+	bySource map[string]string        // SOCKS client address → stream
 	waiting  map[string]chan struct{} // stream → closed when attached
 	closed   []string
 }
@@ -55,7 +57,7 @@ func newFakeTor(t *testing.T, target string, failing map[int]bool) (*Tor, *fakeT
 		t.Fatal(err)
 	}
 	f := &fakeTor{t: t, ctl: b, socks: ln, target: target, failing: failing,
-		paths: map[string]string{}, attached: map[string]string{}, waiting: map[string]chan struct{}{}}
+		paths: map[string]string{}, attached: map[string]string{}, bySource: map[string]string{}, waiting: map[string]chan struct{}{}}
 	go f.control()
 	go f.serveSocks()
 	c := torctl.NewConn(a)
@@ -142,8 +144,9 @@ func (f *fakeTor) stream(c net.Conn) {
 	sid := fmt.Sprint(f.nextStrm)
 	ch := make(chan struct{})
 	f.waiting[sid] = ch
+	f.bySource[c.RemoteAddr().String()] = sid
 	f.mu.Unlock()
-	f.write(fmt.Sprintf("650 STREAM %s NEW 0 127.0.0.1:%d SOURCE_ADDR=127.0.0.1:1 PURPOSE=USER\r\n", sid, port))
+	f.write(fmt.Sprintf("650 STREAM %s NEW 0 127.0.0.1:%d SOURCE_ADDR=%s PURPOSE=USER\r\n", sid, port, c.RemoteAddr()))
 	select {
 	case <-ch:
 	case <-time.After(5 * time.Second):
@@ -233,6 +236,44 @@ func TestStreams(t *testing.T) {
 	defer f.mu.Unlock()
 	if len(f.closed) != 5 {
 		t.Fatalf("closed %d circuits, want 5", len(f.closed))
+	}
+}
+
+// TestStreamsConcurrent: two measurements open their streams at once,
+// to the same echo port; each stream goes on a circuit its own
+// measurement built.
+func TestStreamsConcurrent(t *testing.T) {
+	tor, f := newFakeTor(t, echoServer(t), nil)
+	via := []string{strings.Repeat("A", 40)}
+	type res struct {
+		conns []net.Conn
+		circs []string
+		err   error
+	}
+	out := make([]res, 2)
+	var wg sync.WaitGroup
+	for i := range out {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, ci, err := tor.Streams(context.Background(), via, strings.Repeat("C", 40), 9252, 4)
+			out[i] = res{c, ci, err}
+		}()
+	}
+	wg.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, r := range out {
+		if r.err != nil || len(r.conns) != 4 || len(r.circs) != 4 {
+			t.Fatalf("measurement %d: %d streams on %d circuits, %v; want 4 and 4", i, len(r.conns), len(r.circs), r.err)
+		}
+		for _, c := range r.conns {
+			defer c.Close()
+			sid := f.bySource[c.LocalAddr().String()]
+			if cid := f.attached[sid]; !slices.Contains(r.circs, cid) {
+				t.Errorf("measurement %d: stream %s on circuit %q, not one of its own %v", i, sid, cid, r.circs)
+			}
+		}
 	}
 }
 

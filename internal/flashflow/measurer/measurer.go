@@ -101,8 +101,12 @@ func serve(ctx context.Context, cfg Config, c *link.Conn) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // before the Wait: measurements end with the connection
+	type measurement struct {
+		in     chan msg.Msg // its GO and ERR
+		cancel context.CancelFunc
+	}
 	var mu sync.Mutex
-	active := map[uint32]chan msg.Msg{} // a measurement's GO and ERR
+	active := map[uint32]measurement{}
 	for {
 		// The coordinator may stay quiet for hours between measurements.
 		m, err := c.Recv(24 * time.Hour)
@@ -118,18 +122,20 @@ func serve(ctx context.Context, cfg Config, c *link.Conn) error {
 				c.Send(&msg.Err{Header: msg.Header{MeasID: m.MeasID}, Code: msg.ErrBusy})
 				continue
 			}
+			mctx, mcancel := context.WithCancel(ctx)
 			in := make(chan msg.Msg, 4)
-			active[m.MeasID] = in
+			active[m.MeasID] = measurement{in, mcancel}
 			mu.Unlock()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				defer func() {
+					mcancel()
 					mu.Lock()
 					delete(active, m.MeasID)
 					mu.Unlock()
 				}()
-				if err := Measure(ctx, cfg, c, m, in); err != nil {
+				if err := Measure(mctx, cfg, c, m, in); err != nil {
 					cfg.Log.Warn("flashflow: measurement failed", "meas_id", m.MeasID, "err", err)
 				}
 			}()
@@ -137,12 +143,17 @@ func serve(ctx context.Context, cfg Config, c *link.Conn) error {
 			// For a measurement in progress; an ERR for one that already
 			// ended is an abort that came too late: nothing to do.
 			mu.Lock()
-			in := active[m.ID()]
+			a, ok := active[m.ID()]
 			mu.Unlock()
-			if in != nil {
+			if ok {
 				select {
-				case in <- m:
+				case a.in <- m:
 				default: // the measurement has what it needs
+				}
+				if _, abort := m.(*msg.Err); abort {
+					// Stop at once, also while its circuits and streams
+					// are still being opened.
+					a.cancel()
 				}
 			}
 		default:
@@ -214,7 +225,7 @@ func Measure(ctx context.Context, cfg Config, c *link.Conn, m *msg.Measure, in <
 			return fmt.Errorf("expected GO, got %v", g.Command())
 		}
 	case <-time.After(60 * time.Second):
-		return errors.New("no GO from the coordinator within 60 s of READY")
+		return fail(msg.ErrTimeout, errors.New("no GO from the coordinator within 60 s of READY"))
 	case <-ctx.Done():
 		return ctx.Err()
 	}
