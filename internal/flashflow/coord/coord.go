@@ -43,8 +43,16 @@ type Config struct {
 	Multiplier float64
 	Conns      int
 	Bucket     int
-	Log        *slog.Logger
+	// GroupWait bounds how long relays measured together wait for each
+	// other, from the first one's PARAMS_OK (DefaultGroupWait).
+	GroupWait time.Duration
+	Log       *slog.Logger
 }
+
+// DefaultGroupWait: a target's clock runs from its PARAMS, 45 s by
+// default for a 30 s measurement, and its PARAMS_OK and the measurers'
+// setup come out of the 15 s left.
+const DefaultGroupWait = 10 * time.Second
 
 // DefaultBGPercent is prop 316's suggested r: at most 1.33× inflation.
 const DefaultBGPercent = 25
@@ -75,6 +83,7 @@ type Coordinator struct {
 	mu        sync.Mutex
 	measurers map[string]*measurerConn // by fingerprint
 	measuring map[string]bool          // targets being measured, by fingerprint
+	ids       map[uint32]bool          // ids of the measurements in progress
 }
 
 type measurerConn struct {
@@ -135,6 +144,9 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.Bucket == 0 {
 		cfg.Bucket = 125
 	}
+	if cfg.GroupWait == 0 {
+		cfg.GroupWait = DefaultGroupWait
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -148,10 +160,12 @@ func New(cfg Config) (*Coordinator, error) {
 		return nil, fmt.Errorf("flashflow: multiplier %v outside [1, 100]", cfg.Multiplier)
 	case cfg.Conns < 1 || cfg.Conns > msg.MaxMeasurers*msg.MaxConns:
 		return nil, fmt.Errorf("flashflow: %d connections outside [1, %d]", cfg.Conns, msg.MaxMeasurers*msg.MaxConns)
+	case cfg.GroupWait < 0:
+		return nil, fmt.Errorf("flashflow: group wait %v is negative", cfg.GroupWait)
 	case cfg.Bucket < msg.MinBucket || cfg.Bucket > msg.MaxBucket:
 		return nil, fmt.Errorf("flashflow: bucket %d outside [%d, %d]", cfg.Bucket, msg.MinBucket, msg.MaxBucket)
 	}
-	c := &Coordinator{cfg: cfg, pinned: map[string]bool{}, measurers: map[string]*measurerConn{}, measuring: map[string]bool{}}
+	c := &Coordinator{cfg: cfg, pinned: map[string]bool{}, measurers: map[string]*measurerConn{}, measuring: map[string]bool{}, ids: map[uint32]bool{}}
 	for _, fp := range cfg.Measurers {
 		n, err := link.ParseFingerprint(fp)
 		if err != nil {
@@ -312,6 +326,8 @@ func (c *Coordinator) MeasureGroup(ctx context.Context, ts []Target) ([]*Measure
 	conns := max(min(per, MinGroupConns), per/max(1, len(mine)))
 	conns = min(conns, msg.MaxConns)
 	start := make(chan struct{})
+	firstOK := make(chan struct{})
+	paramsOK := sync.OnceFunc(func() { close(firstOK) })
 	var ready, done sync.WaitGroup
 	for i, t := range ts {
 		if errs[i] != nil {
@@ -321,10 +337,25 @@ func (c *Coordinator) MeasureGroup(ctx context.Context, ts []Target) ([]*Measure
 		done.Add(1)
 		go func() {
 			defer done.Done()
-			res[i], errs[i] = c.measure(ctx, t, ms, conns, sync.OnceFunc(ready.Done), start)
+			res[i], errs[i] = c.measure(ctx, t, ms, conns, paramsOK, sync.OnceFunc(ready.Done), start)
 		}()
 	}
-	ready.Wait()
+	// GO when every relay is ready, or GroupWait after the first target
+	// accepted: each target's clock runs from its PARAMS (FFMaxDuration,
+	// 45 s by default, for a 30 s measurement), so one slow relay must not
+	// hold the others past it. Those not ready by then are aborted.
+	allReady := make(chan struct{})
+	go func() { ready.Wait(); close(allReady) }()
+	select {
+	case <-allReady:
+	case <-firstOK:
+		wait := time.NewTimer(c.cfg.GroupWait)
+		select {
+		case <-allReady:
+		case <-wait.C:
+		}
+		wait.Stop()
+	}
 	close(start)
 	done.Wait()
 	return res, errs
@@ -333,7 +364,7 @@ func (c *Coordinator) MeasureGroup(ctx context.Context, ts []Target) ([]*Measure
 // measure carries out one relay's measurement in a group: it calls ready
 // once its measurers are ready (or it failed) and sends GO when start is
 // closed.
-func (c *Coordinator) measure(ctx context.Context, t Target, ms []*measurerConn, conns int, ready func(), start <-chan struct{}) (*Measurement, error) {
+func (c *Coordinator) measure(ctx context.Context, t Target, ms []*measurerConn, conns int, paramsOK, ready func(), start <-chan struct{}) (*Measurement, error) {
 	defer ready()
 	fpb, err := hex.DecodeString(t.Fingerprint)
 	if err != nil || len(fpb) != 20 {
@@ -345,10 +376,20 @@ func (c *Coordinator) measure(ctx context.Context, t Target, ms []*measurerConn,
 	}
 	var idb [4]byte
 	var id uint32
-	for id == 0 {
+	// Unique among the measurements in progress: messages are routed by
+	// id.
+	c.mu.Lock()
+	for id == 0 || c.ids[id] {
 		rand.Read(idb[:])
 		id = binary.BigEndian.Uint32(idb[:])
 	}
+	c.ids[id] = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.ids, id)
+		c.mu.Unlock()
+	}()
 	var key [msg.KeySize]byte
 	rand.Read(key[:])
 	d := int(c.cfg.Duration / time.Second)
@@ -384,6 +425,7 @@ func (c *Coordinator) measure(ctx context.Context, t Target, ms []*measurerConn,
 	switch r := r.(type) {
 	case *msg.ParamsOK:
 		ok = r
+		paramsOK()
 	case *msg.Err:
 		return nil, &Failed{Party: "target", Err: r}
 	default:
@@ -432,6 +474,12 @@ func (c *Coordinator) measure(ctx context.Context, t Target, ms []*measurerConn,
 			case <-m.done:
 				abort(msg.ErrAborted)
 				return nil, fmt.Errorf("flashflow: measurer %d disconnected", i)
+			case <-start:
+				// The group started without this relay: its target's
+				// clock runs from its PARAMS, and the others' would run
+				// out waiting for it.
+				abort(msg.ErrTimeout)
+				return nil, fmt.Errorf("flashflow: measurer %d not ready within %v of the group's first PARAMS_OK", i, c.cfg.GroupWait)
 			case <-readyBy:
 				abort(msg.ErrTimeout)
 				return nil, fmt.Errorf("flashflow: measurer %d did not open its connections within %v", i, SetupTimeout)

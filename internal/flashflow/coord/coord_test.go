@@ -39,9 +39,17 @@ func ident(t *testing.T, dir, name string) *link.Identity {
 // 127.0.0.1), optionally through a function that may alter the echo.
 type direct struct {
 	alter func(net.Conn) net.Conn
+	slow  func(port uint16) time.Duration // how long opening streams to port takes
 }
 
 func (d direct) Streams(ctx context.Context, via []string, target string, port uint16, n int) ([]net.Conn, []string, error) {
+	if d.slow != nil {
+		select {
+		case <-time.After(d.slow(port)):
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+	}
 	var out []net.Conn
 	for i := 0; i < n; i++ {
 		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
@@ -74,6 +82,8 @@ type options struct {
 	bucket         int
 	notAllowed     bool
 	conns          int // in all (default 8)
+	groupWait      time.Duration
+	slow           func(port uint16) time.Duration
 }
 
 func setup(t *testing.T, o options) *world {
@@ -107,7 +117,7 @@ func setup(t *testing.T, o options) *world {
 	if o.conns == 0 {
 		o.conns = 8
 	}
-	c, err := coord.New(coord.Config{Identity: w.coordID, Measurers: mpins, Duration: 3 * time.Second, BGPercent: coord.DefaultBGPercent, Conns: o.conns, Bucket: o.bucket})
+	c, err := coord.New(coord.Config{Identity: w.coordID, Measurers: mpins, Duration: 3 * time.Second, BGPercent: coord.DefaultBGPercent, Conns: o.conns, Bucket: o.bucket, GroupWait: o.groupWait})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +125,7 @@ func setup(t *testing.T, o options) *world {
 	go c.ServeMeasurers(ctx, measLn)
 	for _, id := range mids {
 		go measurer.Run(ctx, measurer.Config{Coordinator: measLn.Addr().String(), CoordinatorPin: []string{w.coordID.Fingerprint},
-			Identity: id, Paths: direct{alter: o.alter}, Via: []string{"x"}})
+			Identity: id, Paths: direct{alter: o.alter, slow: o.slow}, Via: []string{"x"}})
 	}
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
@@ -152,6 +162,35 @@ func startTarget(t *testing.T, ctx context.Context, o options, coordID, id *link
 	go tgt.ServeEcho(ctx, echoLn)
 	go tgt.ServeControl(ctx, ctlLn)
 	return coord.Target{Fingerprint: fp, Addr: ctlLn.Addr().String(), Pin: id.Fingerprint, Prior: 1 << 20}, tgt
+}
+
+// TestMeasureGroupSlowRelay: a relay whose measurement is not ready
+// GroupWait after the first target accepted is left out (its target's
+// clock would run out), and the others are measured without waiting for
+// it.
+func TestMeasureGroupSlowRelay(t *testing.T) {
+	var slowPort atomic.Uint32
+	w := setup(t, options{pinCoordinator: true, groupWait: time.Second, slow: func(port uint16) time.Duration {
+		if uint32(port) == slowPort.Load() {
+			return 6 * time.Second
+		}
+		return 0
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	second, tgt2 := startTarget(t, ctx, options{pinCoordinator: true}, w.coordID, ident(t, t.TempDir(), "target2"), strings.Repeat("CD", 20))
+	slowPort.Store(uint32(tgt2.EchoPort()))
+	began := time.Now()
+	ms, errs := w.coord.MeasureGroup(context.Background(), []coord.Target{w.target, second})
+	if errs[0] != nil {
+		t.Fatalf("the prompt relay: %v", errs[0])
+	}
+	if errs[1] == nil || !strings.Contains(errs[1].Error(), "not ready within") {
+		t.Fatalf("the slow relay: %v, want left out", errs[1])
+	}
+	if d := ms[0].Start.Sub(began); d > 4*time.Second {
+		t.Errorf("the prompt relay started %v after the group began, want within the 1 s group wait (and setup)", d)
+	}
 }
 
 // TestMeasureAllColocated: relays whose bentods share a host are

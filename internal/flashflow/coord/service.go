@@ -321,8 +321,10 @@ func (s *Service) Run(ctx context.Context, targets func() ([]Target, error), p s
 	// In a joint schedule nothing is measured outside one's own slots:
 	// another coordinator may be measuring the relay right now.
 	if len(fresh) > 0 && s.Joint == nil {
+		// One after another (relays sharing a host together): they are
+		// in no slot, and the measurers' capacity is not shared out.
 		log.Info("flashflow: measuring relays never measured", "relays", len(fresh))
-		s.measureSlot(ctx, fresh)
+		s.measureAndWrite(ctx, func() []error { return s.MeasureAll(ctx, fresh) })
 	}
 	for ctx.Err() == nil {
 		now := time.Now()
@@ -355,7 +357,7 @@ func (s *Service) Run(ctx context.Context, targets func() ([]Target, error), p s
 					batch = append(batch, t)
 				}
 			}
-			s.measureSlot(ctx, batch)
+			s.measureAndWrite(ctx, func() []error { return s.MeasureTogether(ctx, batch) })
 		}
 		// Wait for the next period.
 		select {
@@ -408,10 +410,10 @@ func (s *Service) plan(ctx context.Context, p schedule.Params, ts []Target, peri
 	return plan, nil
 }
 
-// measureSlot measures targets and rewrites the bandwidth file.
-func (s *Service) measureSlot(ctx context.Context, ts []Target) {
+// measureAndWrite runs measure and rewrites the bandwidth file.
+func (s *Service) measureAndWrite(ctx context.Context, measure func() []error) {
 	log := s.Coord.cfg.Log
-	for _, err := range s.MeasureTogether(ctx, ts) {
+	for _, err := range measure() {
 		log.Warn("flashflow: measurement failed", "err", err)
 	}
 	path, err := s.WriteFile(time.Now())

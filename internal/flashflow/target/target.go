@@ -146,6 +146,9 @@ func (m *measurement) closeEcho() {
 	m.echo = nil
 }
 
+// EchoPort is the echo endpoint's port, as PARAMS_OK tells it.
+func (t *Target) EchoPort() uint16 { return t.cfg.EchoPort }
+
 // ServeControl accepts coordinators on ln until ctx ends. The listener
 // is bounded as bentod's client listener is (package netlimit): a few
 // connections at once, two per address, a connection rate per address,
