@@ -172,10 +172,11 @@ func NewProcessor(cfg ProcessorConfig) (Processor, func() error, error) {
 }
 
 // reportTable says, if the flow table filled up, what it cost: flows
-// displaced for new ones, new flows refused, and packets not tracked.
+// displaced for new ones, and packets of new flows that found no room
+// (every packet of a refused flow asks again).
 func reportTable(w io.Writer, m *flowstate.Manager, untracked int) {
 	if m.Stats.Displaced > 0 || m.Stats.Refused > 0 {
-		fmt.Fprintf(w, "flow table full: %d flows displaced by new ones, %d new flows refused, %d packets untracked (raise -flow-mb)\n",
+		fmt.Fprintf(w, "flow table full: %d flows displaced by new ones; %d packets of new flows found no room, %d of them not tracked (raise -flow-mb)\n",
 			m.Stats.Displaced, m.Stats.Refused, untracked)
 	}
 }

@@ -184,7 +184,10 @@ func TestFlowTableBounded(t *testing.T) {
 			send := sender(p)
 			handshake(send, cli, srv, 1000)
 			for i := range 5000 {
+				// SYNs the server answers (a SYN flood against a listening
+				// server): half-open, not established.
 				send(time.Millisecond*time.Duration(i), seg("10.1.0.1", srv, uint16(10000+i), 80, 1, 0, "S", nil))
+				send(time.Millisecond*time.Duration(i), seg(srv, "10.1.0.1", 80, uint16(10000+i), 7, 2, "SA", nil))
 				if m.Len() > 1024 {
 					t.Fatalf("%d flows tracked, bound 1,024", m.Len())
 				}
@@ -194,6 +197,16 @@ func TestFlowTableBounded(t *testing.T) {
 			}
 			if m.Stats.Displaced < 5000-1024 {
 				t.Errorf("%d flows displaced, want at least %d", m.Stats.Displaced, 5000-1024)
+			}
+			if name == "firewall" {
+				// Packets that may not open a connection make no room.
+				displaced := m.Stats.Displaced
+				for i := range 2000 {
+					send(7*time.Second, seg("198.51.100.7", cli, uint16(20000+i), 22, 1, 1, "A", nil))
+				}
+				if m.Stats.Displaced != displaced {
+					t.Errorf("unsolicited packets from outside displaced %d flows", m.Stats.Displaced-displaced)
+				}
 			}
 			if err := finish(); err != nil {
 				t.Fatal(err)

@@ -81,7 +81,8 @@ type Config struct {
 	// other new flows, not live connections.
 	MaxFlows int
 	// OnEvict, if not nil, sees each flow displaced for a new one, with
-	// its state, before it goes (as Expire's onExpire does).
+	// its state, before it goes (as Expire's onExpire does). It must not
+	// call the Manager.
 	OnEvict func(Key, []byte)
 }
 
@@ -180,7 +181,8 @@ type Manager struct {
 type Stats struct {
 	Hits, SwapIns, Creates, Evictions, Expired, Verifications uint64
 	// Displaced: flows that gave way to new ones in a full table;
-	// Refused: new flows not tracked because none could.
+	// Refused: lookups of new flows that found no room (each packet of
+	// a flow refused asks again).
 	Displaced, Refused uint64
 }
 
@@ -400,6 +402,12 @@ func (m *Manager) earlyDrop() bool {
 	m.Stats.Displaced++
 	return true
 }
+
+// Full reports whether the table holds MaxFlows flows.
+func (m *Manager) Full() bool { return m.cfg.MaxFlows > 0 && m.idx.n >= m.cfg.MaxFlows }
+
+// Has reports whether flow k is tracked, without touching it.
+func (m *Manager) Has(k Key) bool { return m.idx.find(&k, m.idx.sum(&k)) != nil }
 
 // SetClass sets flow k's class, which chooses its idle timeout. It
 // reports whether the flow is tracked.

@@ -102,6 +102,17 @@ func (f *Firewall) Verdict(data []byte, now time.Time) (bool, string, error) {
 		return false, fmt.Sprintf("protocol %d not allowed", m.Proto), nil
 	}
 	k, reverse := m.Key()
+	if b, ok := f.Table.(bounded); ok && b.Full() {
+		// A full table makes room for a new flow by displacing another:
+		// only for a packet that may open one.
+		opener := f.inside(m.Src) || f.allowedIn(m)
+		if (!opener || (m.Proto == 6 && m.Flags&(SYN|ACK|RST) != SYN)) && !b.Has(k) {
+			if !opener {
+				return false, "unsolicited from outside", nil
+			}
+			return false, "no connection", nil
+		}
+	}
 	st, created, err := f.Table.Lookup(k, now)
 	if errors.Is(err, flowstate.ErrFull) {
 		return false, "flow table full (established connections only): new connections are dropped until some end", nil

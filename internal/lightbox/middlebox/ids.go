@@ -60,6 +60,9 @@ const (
 	aOverlap = 2
 	aGap     = 4
 	aEarly   = 8
+	// In dFlags2 with the alert kinds: the opener's direction
+	// acknowledged the SYN-ACK (the handshake's third packet).
+	fAcked = 16
 
 	// IDSStateSize is the IDS's per-flow state (LightBox's is ~5.5 KB):
 	// the connection's 8 bytes, then each direction's.
@@ -253,6 +256,14 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 		}
 		if st[iShake] == 3 {
 			x.fl |= flowEstablished
+			// The handshake's last ACK, acknowledging what the other
+			// side sent (an off-path spoofer cannot know it): only then
+			// is the connection kept as established (idsLive).
+			if st[iOpener] == byte(side+1) && d[dFlags2]&fAcked == 0 && m.Flags&(SYN|ACK) == ACK && o[dFlags]&fKnown != 0 {
+				if behind := binary.BigEndian.Uint32(o[dNext:]) - m.Ack; behind < 1<<20 {
+					d[dFlags2] |= fAcked
+				}
+			}
 		}
 	}
 	if m.Flags&SYN != 0 {
@@ -729,9 +740,13 @@ func (x *IDS) exact(tail, upto, c []byte) bool {
 }
 
 // idsLive reports whether a TCP state is a live connection: its handshake
-// completed, and no side has reset or finished it.
+// completed (the opener acknowledged the SYN-ACK: a SYN flood answered by
+// SYN-ACKs is not), and no side has reset or finished it.
 func idsLive(st []byte) bool {
-	if st[iShake] != 3 || st[iReset] != 0 {
+	if st[iShake] != 3 || st[iReset] != 0 || st[iOpener] == 0 {
+		return false
+	}
+	if st[8+int(st[iOpener]-1)*dirSize+dFlags2]&fAcked == 0 {
 		return false
 	}
 	for side := range 2 {

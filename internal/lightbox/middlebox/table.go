@@ -28,6 +28,16 @@ type classifier interface {
 
 var _ classifier = (*flowstate.Manager)(nil)
 
+// bounded is a StateTable with a bound on its flows (*flowstate.Manager):
+// when it is full, a packet that may not open a flow is checked against
+// it without a lookup that would make room for it.
+type bounded interface {
+	Full() bool
+	Has(k flowstate.Key) bool
+}
+
+var _ bounded = (*flowstate.Manager)(nil)
+
 // setClass tells t, if it keeps classes apart, that flow k moved between
 // a live TCP connection (established: kept for hours, as hosts keep it)
 // and anything else (kept for the short idle timeout).
