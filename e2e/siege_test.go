@@ -134,6 +134,11 @@ type siege struct {
 	// runs: they outlive it, so its leftovers are judged by descriptors
 	// per running instance, not by free resources.
 	keeping bool
+	// dropsAllowed is set while a case runs whose documented outcome is
+	// that fewer are served for a while (bentod out of descriptors closes
+	// connections to recover): a neighbour's call whose connection is
+	// closed is counted, and at most one in ten may be.
+	dropsAllowed bool
 }
 
 // whileKeeping is while for an attack that starts instances that outlive
@@ -178,10 +183,17 @@ func (s *siege) calls(t *testing.T, n int, d time.Duration) []time.Duration {
 	t.Helper()
 	var out []time.Duration
 	deadline := time.Now().Add(d)
+	drops := 0
 	for len(out) < n || time.Now().Before(deadline) {
 		lat, err := s.call(t)
+		if err != nil && s.dropsAllowed && drops < 1+len(out)/10 {
+			drops++
+			t.Logf("the neighbour's call %d failed (%d so far; this case allows one in ten): %v", len(out)+drops, drops, err)
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
 		if err != nil {
-			t.Fatalf("the neighbour's call failed: %v", err)
+			t.Fatalf("the neighbour's call failed (%d failed before it): %v", drops, err)
 		}
 		out = append(out, lat)
 		time.Sleep(20 * time.Millisecond)
@@ -690,6 +702,8 @@ func TestSiege(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil)
+		s.dropsAllowed = true
+		defer func() { s.dropsAllowed = false }()
 		s.under(t, 6*time.Second, func() func() {
 			a := startAttack(t, attackSpec{Kind: "idle", Target: d.Addr, Sources: 64, Conns: 512, Total: 5000})
 			time.Sleep(2 * time.Second)
