@@ -85,7 +85,11 @@ func TestDustMote(t *testing.T) {
 	}
 	// Only the Tor ports cross: the client's SOCKS port, on the
 	// network's loopback, is out of the mote's reach.
-	if err := dialFromNamespace(t, m.TorPID, n.Client().SocksAddr()); err == nil {
+	err = dialFromNamespace(t, m.TorPID, n.Client().SocksAddr())
+	if err != nil && strings.HasPrefix(err.Error(), "returning from") {
+		t.Fatal(err)
+	}
+	if err == nil {
 		t.Errorf("from inside the mote, the network's client SOCKS port %s answers: the bridge carries more than Tor's ports", n.Client().SocksAddr())
 	}
 
@@ -205,8 +209,12 @@ func listMotes(t *testing.T, state string) []dust.Listed {
 }
 
 // dialFromNamespace dials addr from inside process pid's network
-// namespace (on a thread that never leaves it: it ends with its
-// goroutine).
+// namespace, on a thread that enters it and then returns to the test's.
+//
+// The thread must not end with the goroutine (what a goroutine locked to
+// its thread does when it returns): privnet starts tor with Pdeathsig, so
+// a thread that ends sends SIGTERM to every tor it happened to start. A
+// CI run lost the network's client tor that way, mid-test.
 func dialFromNamespace(t *testing.T, pid int, addr string) error {
 	t.Helper()
 	ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
@@ -218,7 +226,15 @@ func dialFromNamespace(t *testing.T, pid int, addr string) error {
 	setup := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		home, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			setup <- err
+			return
+		}
+		defer home.Close()
 		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			setup <- err
 			return
 		}
@@ -227,6 +243,14 @@ func dialFromNamespace(t *testing.T, pid int, addr string) error {
 		if err == nil {
 			c.Close()
 		}
+		// Back home; only then may the thread serve other goroutines.
+		// If that fails the thread stays locked and ends with this
+		// goroutine, which the test then reports.
+		if herr := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); herr != nil {
+			errc <- fmt.Errorf("returning from the mote's namespace: %w", herr)
+			return
+		}
+		runtime.UnlockOSThread()
 		errc <- err
 	}()
 	if err := <-setup; err != nil {
