@@ -53,7 +53,9 @@ DestinationPolicy accept *.onion:*, accept 127.0.0.1:*
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var err error
-		if host, err = os.ReadFile(filepath.Join(d.DataDir, "onion_hostname")); err == nil {
+		// bentod replaces the file atomically; a whole address is what
+		// counts (an empty file once made a box "none of ours").
+		if host, err = os.ReadFile(filepath.Join(d.DataDir, "onion_hostname")); err == nil && strings.HasSuffix(strings.TrimSpace(string(host)), ".onion") {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/torbento/bento/internal/atomicfile"
 	"github.com/torbento/bento/internal/exitpolicy"
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/safelog"
@@ -324,7 +325,8 @@ func (l *Link) publish(ctx context.Context, c *torctl.Conn) error {
 		case <-time.After(2 * time.Minute):
 			l.log.Warn("onion service descriptor not uploaded after 2 minutes; announcing the address anyway", "onion", id+".onion")
 		}
-		if err := os.WriteFile(filepath.Join(l.dataDir, HostnameFile), []byte(id+".onion\n"), 0o644); err != nil {
+		// Atomically: whoever polls for the file never reads it half written.
+		if err := atomicfile.Write(filepath.Join(l.dataDir, HostnameFile), []byte(id+".onion\n"), 0o644); err != nil {
 			l.log.Warn("writing the onion hostname", "err", err)
 		}
 		l.mu.Lock()
