@@ -217,7 +217,7 @@ const siegeCalls = 20
 // baseline, bentod alive, its memory and descriptors under the ceilings.
 func (s *siege) under(t *testing.T, hold time.Duration, attack func() func()) {
 	t.Helper()
-	s.check(t, func(during func() []time.Duration) []time.Duration {
+	s.check(t, false, func(during func() []time.Duration) []time.Duration {
 		stop := attack()
 		defer stop()
 		return during()
@@ -233,11 +233,13 @@ func (s *siege) under(t *testing.T, hold time.Duration, attack func() func()) {
 // overlapped, not of the 5 a single play overlaps or of calls made after
 // it. An attack must therefore leave things as a new play expects them
 // (each play checks itself), or keep what it needs across plays in its
-// closure.
+// closure. For the same reason a case whose first play puts the
+// neighbour over 2x is played again, from a fresh baseline, and fails
+// only if that play is over 2x too.
 func (s *siege) while(t *testing.T, attack func()) {
 	t.Helper()
-	var started atomic.Int64
-	s.check(t, func(_ func() []time.Duration) []time.Duration {
+	s.check(t, true, func(_ func() []time.Duration) []time.Duration {
+		var started atomic.Int64
 		finished := make(chan struct{})
 		got := make(chan []time.Duration, 1)
 		go func() {
@@ -281,7 +283,14 @@ const retryPeriod = 30 * time.Millisecond
 // pace sleeps until period has passed since start.
 func pace(start time.Time, period time.Duration) { time.Sleep(time.Until(start.Add(period))) }
 
-func (s *siege) check(t *testing.T, run func(func() []time.Duration) []time.Duration, during func() []time.Duration) {
+// siegePlays is how many times a replayable case's attack is played, at
+// most, before its neighbour's median over 2x fails it: twice, the second
+// only when the first was over.
+const siegePlays = 2
+
+// check times the neighbour before and during run, and checks the
+// invariants; replay says the attack may be played again (see siegePlays).
+func (s *siege) check(t *testing.T, replay bool, run func(func() []time.Duration) []time.Duration, during func() []time.Duration) {
 	t.Helper()
 	pid := s.d.cmd.Process.Pid
 	fdsBefore, kidsBefore, freeBefore := countFDs(pid), countChildren(pid), s.free(t)
@@ -289,28 +298,40 @@ func (s *siege) check(t *testing.T, run func(func() []time.Duration) []time.Dura
 	if s.keeping {
 		freeBefore = policy.Public{}.Free
 	}
-	before := s.calls(t, 40, 0)
-	u := watchUsage(pid)
-	cliNice.Store(19) // the case's runs of the CLI are the attacker's
-	lat := func() []time.Duration { defer cliNice.Store(0); return run(during) }()
-	rss, fds := u.end()
-	if len(lat) == 0 {
-		if t.Failed() {
-			return // the attack failed before the neighbour's first call
+	for play := 1; ; play++ {
+		before := s.calls(t, 40, 0)
+		u := watchUsage(pid)
+		cliNice.Store(19) // the case's runs of the CLI are the attacker's
+		lat := func() []time.Duration { defer cliNice.Store(0); return run(during) }()
+		rss, fds := u.end()
+		if len(lat) == 0 {
+			if t.Failed() {
+				return // the attack failed before the neighbour's first call
+			}
+			t.Fatal("no call of the neighbour was timed")
 		}
-		t.Fatal("no call of the neighbour was timed")
-	}
-	mb, md := median(before), median(lat)
-	t.Logf("neighbour: median %v before, %v during (%d calls, slowest %v); bentod: peak RSS %.1f MB (ceiling %d MB), peak descriptors %d beyond %d per running instance (ceiling %d)",
-		mb.Round(10*time.Microsecond), md.Round(10*time.Microsecond), len(lat), lat[len(lat)-1].Round(10*time.Microsecond), float64(rss)/(1<<20), siegeMemCeiling>>20, fds, siegeFDInstance, siegeFDBase)
-	if md > 2*mb {
-		t.Errorf("the neighbour's median went from %v to %v, more than 2x", mb, md)
-	}
-	if rss > siegeMemCeiling {
-		t.Errorf("bentod's memory reached %.1f MB, over its %d MB ceiling", float64(rss)/(1<<20), siegeMemCeiling>>20)
-	}
-	if fds > siegeFDBase {
-		t.Errorf("bentod held %d descriptors beyond its instances' allowance, over its ceiling of %d", fds, siegeFDBase)
+		mb, md := median(before), median(lat)
+		t.Logf("neighbour: median %v before, %v during (%d calls, slowest %v); bentod: peak RSS %.1f MB (ceiling %d MB), peak descriptors %d beyond %d per running instance (ceiling %d)",
+			mb.Round(10*time.Microsecond), md.Round(10*time.Microsecond), len(lat), lat[len(lat)-1].Round(10*time.Microsecond), float64(rss)/(1<<20), siegeMemCeiling>>20, fds, siegeFDInstance, siegeFDBase)
+		if rss > siegeMemCeiling {
+			t.Errorf("bentod's memory reached %.1f MB, over its %d MB ceiling", float64(rss)/(1<<20), siegeMemCeiling>>20)
+		}
+		if fds > siegeFDBase {
+			t.Errorf("bentod held %d descriptors beyond its instances' allowance, over its ceiling of %d", fds, siegeFDBase)
+		}
+		if md <= 2*mb {
+			break
+		}
+		if !replay || play == siegePlays || t.Failed() {
+			t.Errorf("the neighbour's median went from %v to %v, more than 2x", mb, md)
+			break
+		}
+		// A slowdown that bentod lets an attack cause is there on every
+		// play; a spike of the machine's (two cores shared with a private
+		// Tor network's votes and fetches) is not.
+		t.Logf("play %d: the neighbour's median went from %v to %v, more than 2x; the attack is played again from a fresh baseline, and the case fails if that play is over 2x too", play, mb, md)
+		s.settle(t, fdsBefore, kidsBefore, freeBefore)
+		s.settleStatus(t, stBefore, kidsBefore)
 	}
 	if !procAlive(pid) {
 		t.Fatalf("bentod is gone\n%s", s.d.log)
