@@ -63,6 +63,9 @@ const (
 	// In dFlags2 with the alert kinds: the opener's direction
 	// acknowledged the SYN-ACK (the handshake's third packet).
 	fAcked = 16
+	// In dFlags2: the stream begins with the data its SYN carried (TCP
+	// Fast Open), which the SYN-ACK may yet refuse.
+	fSynData = 32
 
 	// IDSStateSize is the IDS's per-flow state (LightBox's is ~5.5 KB):
 	// the connection's 8 bytes, then each direction's.
@@ -245,7 +248,7 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 		x.Ignored++ // data without ACK: a host in a connection drops it (RFC 793)
 		return nil
 	}
-	if m.Flags&SYN != 0 && !x.handshake(st, d, o, side, m) {
+	if m.Flags&SYN != 0 && !x.handshake(st, d, o, side, m, src, dst) {
 		x.Ignored++ // a host discards it (RFC 5961 §4): so does the IDS
 		return nil
 	}
@@ -267,12 +270,16 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 		}
 	}
 	if m.Flags&SYN != 0 {
-		// Data on a SYN (TCP Fast Open) is scanned on its own: the
+		// Data on a SYN (TCP Fast Open) begins the stream, so that a
+		// pattern split between it and the next segment is found; the
 		// SYN-ACK's acknowledgement says whether the host took it (see
-		// handshake), and the stream starts after it or at it.
-		if len(m.Payload) > 0 {
-			var scratch [dirSize]byte
-			x.deliver(scratch[:], m.Payload, 6, src, dst)
+		// handshake), and if it did not, the stream starts again where
+		// the host's does. A retransmitted SYN's data was scanned.
+		if start := seq + 1; len(m.Payload) > 0 && d[dFlags]&fData == 0 && d[dFlags2]&fSynData == 0 && binary.BigEndian.Uint32(d[dNext:]) == start {
+			x.sent.add(x.cur, start, m.Payload, x.now)
+			x.deliver(d, m.Payload, 6, src, dst)
+			binary.BigEndian.PutUint32(d[dNext:], start+uint32(len(m.Payload)))
+			d[dFlags2] |= fSynData
 		}
 		return nil
 	}
@@ -389,10 +396,12 @@ func (x *IDS) Expired(k flowstate.Key, _ []byte) {
 // retransmissions pass; any other SYN or SYN-ACK comes mid-connection,
 // and a host discards it: resetting the stream for it would let an
 // attacker realign the IDS's sequence numbers away from the host's.
-func (x *IDS) handshake(st, d, o []byte, side int, m *Meta) bool {
+func (x *IDS) handshake(st, d, o []byte, side int, m *Meta, src, dst netip.AddrPort) bool {
 	seq := m.Seq
 	known := d[dFlags]&fKnown != 0
-	retrans := known && binary.BigEndian.Uint32(d[dNext:]) == seq+1
+	next := binary.BigEndian.Uint32(d[dNext:])
+	// The same SYN again (with the same data, if it began the stream).
+	retrans := known && (next == seq+1 || (d[dFlags2]&fSynData != 0 && next == seq+1+uint32(len(m.Payload))))
 	if m.Flags&ACK == 0 {
 		closed := (d[dFlags]&fFin != 0 && o[dFlags]&fFin != 0) || st[iReset] != 0
 		switch {
@@ -429,11 +438,23 @@ func (x *IDS) handshake(st, d, o []byte, side int, m *Meta) bool {
 		// (a decoy from a hostile server): ignored.
 		from := binary.BigEndian.Uint32(o[dNext:])
 		realign := false
+		synData := o[dFlags2]&fSynData != 0
 		switch data := o[dFlags]&fData != 0; {
-		case !data && m.Ack-from < 1<<16:
+		case synData && from-m.Ack < 1<<16:
+			// The stream began with the SYN's data: the host took all of
+			// it (the stream goes on, its matches with it), or only up to
+			// the acknowledgement (the stream starts again there).
+			realign = m.Ack != from
+			o[dFlags2] &^= fSynData
+		case !data && !synData && m.Ack-from < 1<<16:
 			realign = m.Ack != from
 		case !data && st[iAlt] == 1 && m.Ack-binary.BigEndian.Uint32(st[iAltNx:]) < 1<<16:
 			realign = true
+			if m.Ack != binary.BigEndian.Uint32(st[iAltNx:]) {
+				// The host took data on the SYN the IDS ignored for
+				// another: bytes it never scanned.
+				x.alert(Alert{SID: DecoderSID, Msg: "TCP Fast Open data taken on a second SYN (not scanned)", Src: dst, Dst: src})
+			}
 		case data && (m.Ack-from < 1<<16 || from-m.Ack < 1<<16):
 			// the opener sent data before it (alerted): the stream stays
 		default:

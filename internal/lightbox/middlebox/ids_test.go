@@ -493,9 +493,10 @@ func FuzzIDSReassembly(f *testing.F) {
 // of them: retransmitted SYN and SYN-ACK taken as such, not as packets out
 // of place; a RST at the expected sequence number ends a connection and a
 // SYN after it opens the next; a simultaneous open (both SYNs crossing,
-// then both SYN-ACKs); data on a SYN (TCP Fast Open) scanned on its own,
-// never moving the stream, so that the copy sent after the handshake is
-// scanned in its place (other bytes or not).
+// then both SYN-ACKs); data on a SYN (TCP Fast Open) beginning the
+// stream when the SYN-ACK acknowledges it, and dropped from it when not,
+// so that the copy sent after the handshake is scanned in its place
+// (other bytes or not).
 func TestIDSHandshakes(t *testing.T) {
 	c, s := "10.0.0.1", "10.0.0.2"
 	for _, tc := range []struct {
@@ -528,6 +529,33 @@ func TestIDSHandshakes(t *testing.T) {
 			synAck(s, 80, c, 40000, 5000, 1005),
 			seg(c, 40000, s, 80, ACK|PSH, 1005, "GET /attack"),
 		}, "[1001]", 0},
+		{"a pattern split between the SYN's data and the next segment (TCP Fast Open, taken)", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, "GET /at"),
+			synAck(s, 80, c, 40000, 5000, 1008),
+			seg(c, 40000, s, 80, ACK|PSH, 1008, "tack"),
+		}, "[1001]", 0},
+		{"the SYN's data refused: the stream starts after the SYN, matcher afresh", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, "GET /at"),
+			synAck(s, 80, c, 40000, 5000, 1001),
+			seg(c, 40000, s, 80, ACK|PSH, 1001, "tack"), // the host reads "tack" alone
+		}, "[]", 0},
+		{"the SYN's data refused, then sent again after the handshake", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, "GET /at"),
+			synAck(s, 80, c, 40000, 5000, 1001),
+			seg(c, 40000, s, 80, ACK|PSH, 1001, "GET /attack"),
+		}, "[1001]", 0},
+		{"a TCP Fast Open SYN retransmitted", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, "GET /at"),
+			seg(c, 40000, s, 80, SYN, 1000, "GET /at"),
+			synAck(s, 80, c, 40000, 5000, 1008),
+			seg(c, 40000, s, 80, ACK|PSH, 1008, "tack"),
+		}, "[1001]", 0},
+		{"data taken on a second SYN the IDS ignored", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, ""),
+			seg(c, 40000, s, 80, SYN, 50000000, "GET /attack"), // ignored, remembered
+			synAck(s, 80, c, 40000, 5000, 50000012),
+			seg(c, 40000, s, 80, ACK|PSH, 50000012, "more"),
+		}, "[0]", 1},
 		{"a decoy SYN, then the SYN the host answers", [][]byte{
 			seg(c, 40000, s, 80, SYN, 1000, ""),
 			seg(c, 40000, s, 80, SYN, 50000000, ""), // ignored, but the SYN-ACK says it is the one

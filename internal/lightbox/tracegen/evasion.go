@@ -211,6 +211,10 @@ func Evasions() ([]byte, []EvasionCase, error) {
 		c.vlans = []uint16{200, 100}
 		c.data(0, p)
 	})
+	e.connOpen("TCP Fast Open, split between the SYN and the next segment", false, p[:at+2], []int{1},
+		"the SYN carries the payload's first part, which the SYN-ACK acknowledges: the stream begins with it, and the rest completes the match", func(c *evConn) {
+			c.data(at+2, p[at+2:])
+		})
 	b, err := e.pcap()
 	return b, e.cases, err
 }
@@ -231,6 +235,13 @@ type evConn struct {
 }
 
 func (e *evasion) conn(name string, v6 bool, want []int, why string, body func(*evConn)) {
+	e.connOpen(name, v6, nil, want, why, body)
+}
+
+// connOpen is conn with synData on the client's SYN (TCP Fast Open),
+// which the server's SYN-ACK acknowledges: the body's data goes on from
+// offset len(synData).
+func (e *evasion) connOpen(name string, v6 bool, synData []byte, want []int, why string, body func(*evConn)) {
 	n := len(e.cases) + 1
 	c := &evConn{e: e, v6: v6, port: [2]uint16{40000 + uint16(n), 80}, seq: [2]uint32{1001, 5001}, id: uint16(n)}
 	if v6 {
@@ -239,9 +250,15 @@ func (e *evasion) conn(name string, v6 bool, want []int, why string, body func(*
 		c.addr = [2]netip.Addr{netip.AddrFrom4([4]byte{10, 1, 0, byte(n)}), evServer4}
 	}
 	e.cases = append(e.cases, EvasionCase{Name: name, Client: c.addr[0], Want: want, Why: why})
-	c.raw(0, layers.TCP{SYN: true, Seq: c.seq[0] - 1}, nil)
-	c.raw(1, layers.TCP{SYN: true, ACK: true, Seq: c.seq[1] - 1, Ack: c.seq[0]}, nil)
-	c.raw(0, layers.TCP{ACK: true, Seq: c.seq[0], Ack: c.seq[1]}, nil)
+	syn := layers.TCP{SYN: true, Seq: c.seq[0] - 1}
+	if synData != nil {
+		// The Fast Open option with a cookie the server gave before.
+		syn.Options = []layers.TCPOption{{OptionType: layers.TCPOptionKind(34), OptionLength: 10, OptionData: []byte{0x5a, 0x17, 0xc0, 0x0c, 0x1e, 0x42, 0x99, 0x01}}}
+	}
+	c.raw(0, syn, synData)
+	after := c.seq[0] + uint32(len(synData))
+	c.raw(1, layers.TCP{SYN: true, ACK: true, Seq: c.seq[1] - 1, Ack: after}, nil)
+	c.raw(0, layers.TCP{ACK: true, Seq: after, Ack: c.seq[1]}, nil)
 	body(c)
 }
 
