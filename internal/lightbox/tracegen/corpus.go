@@ -30,7 +30,8 @@ var (
 // tunnels on Ethernet (MPLS, PPPoE, LLC/SNAP, GRE, IP in IP, IPv6 in
 // IPv4); and one in each of the link types Linux cooked (SLL, SLL2) and
 // NFLOG. In all, a rule that sees the inner TCP stream alerts once per
-// case; Cases says where it must not.
+// case; Cases says where it must not. The same bytes are kept in
+// testdata/corpus, for readers and tshark (TestCorpusGolden checks them).
 func Corpus() ([]CorpusCapture, error) {
 	ev, evCases, err := Evasions()
 	if err != nil {

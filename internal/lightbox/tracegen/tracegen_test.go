@@ -2,6 +2,7 @@ package tracegen_test
 
 import (
 	"bytes"
+	"flag"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -239,6 +240,41 @@ func decode(t *testing.T, c *capture.Capture) facts {
 		f.duration = c.Packets[n-1].Time.Sub(c.Packets[0].Time)
 	}
 	return f
+}
+
+var update = flag.Bool("update", false, "rewrite testdata/corpus from the generator")
+
+// TestCorpusGolden: the corpus the generator writes is, byte for byte, the
+// one kept in testdata/corpus (where a reader of the repository, or
+// tshark, can open it); after a deliberate change to the generator, run
+// with -update and review the diff of the captures.
+func TestCorpusGolden(t *testing.T) {
+	cs, err := tracegen.Corpus()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join("testdata", "corpus")
+	if *update {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, cc := range cs {
+		path := filepath.Join(dir, cc.Name)
+		if *update {
+			if err := os.WriteFile(path, cc.Data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		kept, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("%v (write it: go test ./internal/lightbox/tracegen/ -run TestCorpusGolden -update)", err)
+		}
+		if !bytes.Equal(kept, cc.Data) {
+			t.Errorf("%s: the generator's %d bytes differ from the %d in %s (a deliberate change: rerun with -update and review)", cc.Name, len(cc.Data), len(kept), path)
+		}
+	}
 }
 
 // TestCorpusDeterministic: the corpus is the same bytes every time, and
