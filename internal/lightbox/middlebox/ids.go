@@ -68,14 +68,17 @@ const (
 	fSynData = 32
 
 	// IDSStateSize is the IDS's per-flow state (LightBox's is ~5.5 KB):
-	// the connection's 8 bytes, then each direction's.
-	IDSStateSize = 8 + 2*dirSize
+	// the connection's connSize bytes, then each direction's.
+	IDSStateSize = connSize + 2*dirSize
+	connSize     = 16
 
 	iOpener = 0 // u8: 1 the key's first endpoint sent the SYN, 2 the second, 0 not seen
 	iShake  = 1 // u8: bit 0 the SYN seen, bit 1 the SYN-ACK
 	iReset  = 2 // u8: a RST ended the connection, sent by side 1 or 2 (the key's endpoints); bit 4: its sender's data after it was alerted
 	iAlt    = 3 // u8: 1 iAltNext holds the sequence after a second SYN of the opener's
 	iAltNx  = 4 // u32: ... that sequence, which the SYN-ACK may acknowledge instead
+	iSAAlt  = 8 // u8: 1 iSAAltNx holds the sequence after a second SYN-ACK
+	iSAAlt2 = 9 // u32: ... that sequence, which the opener's ACK may acknowledge instead
 )
 
 // DecoderSID is the SID of the alerts the IDS raises itself, on what it
@@ -215,8 +218,8 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 		x.sent = newUnacked(x.pool.cfg.Idle)
 	}
 	x.cur, x.now = dirKey{k: k, side: uint8(side)}, now
-	d := st[8+side*dirSize : 8+(side+1)*dirSize]
-	o := st[8+(1-side)*dirSize : 8+(2-side)*dirSize] // the other direction
+	d := st[connSize+side*dirSize : connSize+(side+1)*dirSize]
+	o := st[connSize+(1-side)*dirSize : connSize+(2-side)*dirSize] // the other direction
 	x.d = d
 	seq := m.Seq
 	if d[dFlags]&fHeld != 0 || o[dFlags]&fHeld != 0 {
@@ -263,6 +266,13 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 			// side sent (an off-path spoofer cannot know it): only then
 			// is the connection kept as established (idsLive).
 			if st[iOpener] == byte(side+1) && d[dFlags2]&fAcked == 0 && m.Flags&(SYN|ACK) == ACK && o[dFlags]&fKnown != 0 {
+				if st[iSAAlt] == 1 && m.Ack == binary.BigEndian.Uint32(st[iSAAlt2:]) && o[dFlags]&(fData|fHeld) == 0 {
+					// The opener took the other SYN-ACK (the first a
+					// decoy it never got): the other side's stream
+					// starts where the opener says.
+					x.realign(o, dirKey{k: x.cur.k, side: 1 - x.cur.side}, m.Ack)
+				}
+				st[iSAAlt] = 0
 				if behind := binary.BigEndian.Uint32(o[dNext:]) - m.Ack; behind < 1<<20 {
 					d[dFlags2] |= fAcked
 				}
@@ -473,6 +483,15 @@ func (x *IDS) handshake(st, d, o []byte, side int, m *Meta, src, dst netip.AddrP
 		x.reset(d, seq+1)
 		x.pool.drop(x.cur)
 		return true
+	case st[iOpener] == byte(2-side) && st[iShake] == 3 && d[dFlags]&(fData|fHeld) == 0 && o[dFlags2]&fAcked == 0 &&
+		m.Ack == binary.BigEndian.Uint32(o[dNext:]):
+		// Another SYN-ACK answering the same SYN, at another sequence
+		// number, before the opener acknowledged one: ignored, but
+		// remembered, for the opener may have taken this one (the first
+		// a decoy from a hostile server, with a TTL too short to reach
+		// it); its ACK says which.
+		st[iSAAlt] = 1
+		binary.BigEndian.PutUint32(st[iSAAlt2:], seq+1)
 	}
 	return false
 }
@@ -767,11 +786,11 @@ func idsLive(st []byte) bool {
 	if st[iShake] != 3 || st[iReset] != 0 || st[iOpener] == 0 {
 		return false
 	}
-	if st[8+int(st[iOpener]-1)*dirSize+dFlags2]&fAcked == 0 {
+	if st[connSize+int(st[iOpener]-1)*dirSize+dFlags2]&fAcked == 0 {
 		return false
 	}
 	for side := range 2 {
-		if st[8+side*dirSize+dFlags]&fFin != 0 {
+		if st[connSize+side*dirSize+dFlags]&fFin != 0 {
 			return false
 		}
 	}

@@ -556,6 +556,27 @@ func TestIDSHandshakes(t *testing.T) {
 			synAck(s, 80, c, 40000, 5000, 50000012),
 			seg(c, 40000, s, 80, ACK|PSH, 50000012, "more"),
 		}, "[0]", 1},
+		{"a decoy SYN-ACK, then the one the client takes", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, ""),
+			synAck(s, 80, c, 40000, 7000, 1001), // a TTL too short to reach the client
+			synAck(s, 80, c, 40000, 5000, 1001), // ignored, remembered
+			buildAck(c, 40000, s, 80, "tcp", ACK, 64, 1001, 5001, ""),
+			buildAck(s, 80, c, 40000, "tcp", ACK|PSH, 64, 5001, 1001, "evil"),
+		}, "[1002]", 1},
+		{"a second SYN-ACK the client does not take", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, ""),
+			synAck(s, 80, c, 40000, 5000, 1001),
+			synAck(s, 80, c, 40000, 7000, 1001), // ignored, remembered
+			buildAck(c, 40000, s, 80, "tcp", ACK, 64, 1001, 5001, ""),
+			buildAck(s, 80, c, 40000, "tcp", ACK|PSH, 64, 5001, 1001, "evil"),
+			buildAck(s, 80, c, 40000, "tcp", ACK|PSH, 64, 7001, 1001, "evil"), // not the stream's
+		}, "[1002]", 1},
+		{"a client's ACK of a SYN-ACK never sent moves nothing", [][]byte{
+			seg(c, 40000, s, 80, SYN, 1000, ""),
+			synAck(s, 80, c, 40000, 5000, 1001),
+			buildAck(c, 40000, s, 80, "tcp", ACK, 64, 1001, 9001, ""),
+			buildAck(s, 80, c, 40000, "tcp", ACK|PSH, 64, 5001, 1001, "evil"),
+		}, "[1002]", 0},
 		{"a decoy SYN, then the SYN the host answers", [][]byte{
 			seg(c, 40000, s, 80, SYN, 1000, ""),
 			seg(c, 40000, s, 80, SYN, 50000000, ""), // ignored, but the SYN-ACK says it is the one
