@@ -2,6 +2,7 @@ package middlebox
 
 import (
 	"container/list"
+	"net/netip"
 	"time"
 
 	"github.com/torbento/bento/internal/lightbox/flowstate"
@@ -13,6 +14,7 @@ import (
 // late. Zero fields take the defaults.
 type ReorderConfig struct {
 	PerDirection int           // bytes held for one direction, each piece charged 64 more (default 256 KiB; at most 512 pieces)
+	PerSource    int           // bytes held for the directions one sender sends (an IPv4 address, an IPv6 /64), charged alike (default MemCap/16)
 	MemCap       int           // bytes held in all, each piece charged its bytes and 64 more (default 64 MiB)
 	Idle         time.Duration // a direction's held data untouched this long is dropped (default 2 minutes, the flow table's idle timeout)
 }
@@ -40,6 +42,9 @@ func (c ReorderConfig) withDefaults() ReorderConfig {
 	if c.MemCap <= 0 {
 		c.MemCap = DefaultReorderMemCap
 	}
+	if c.PerSource <= 0 {
+		c.PerSource = c.MemCap / 16
+	}
 	if c.Idle <= 0 {
 		c.Idle = DefaultReorderIdle
 	}
@@ -52,6 +57,17 @@ type dirKey struct {
 	side uint8
 }
 
+// source is who sends the direction's data, as the pool shares its room:
+// an IPv4 address, or an IPv6 /64 (what one host is usually given).
+func (d dirKey) source() [16]byte {
+	var a [16]byte
+	copy(a[:], d.k[16*int(d.side):16*int(d.side)+16])
+	if !netip.AddrFrom16(a).Is4In6() {
+		clear(a[8:])
+	}
+	return a
+}
+
 type heldSeg struct {
 	seq  uint32
 	data []byte
@@ -62,6 +78,7 @@ type heldSeg struct {
 // moves forward, so the order holds), neither overlapping.
 type heldDir struct {
 	key   dirKey
+	src   [16]byte // key.source()
 	segs  []heldSeg
 	bytes int
 	last  time.Time
@@ -71,21 +88,34 @@ type heldDir struct {
 // reorderPool holds every direction's data beyond its window, within
 // ReorderConfig's bounds.
 type reorderPool struct {
-	cfg  ReorderConfig
-	m    map[dirKey]*heldDir
-	lru  *list.List // least recently touched first
-	held int        // bytes charged in all
+	cfg   ReorderConfig
+	m     map[dirKey]*heldDir
+	lru   *list.List // least recently touched first
+	held  int        // bytes charged in all
+	bySrc map[[16]byte]int
 }
 
 func newReorderPool(cfg ReorderConfig) *reorderPool {
-	return &reorderPool{cfg: cfg.withDefaults(), m: map[dirKey]*heldDir{}, lru: list.New()}
+	return &reorderPool{cfg: cfg.withDefaults(), m: map[dirKey]*heldDir{}, lru: list.New(), bySrc: map[[16]byte]int{}}
+}
+
+// charge adds n (negative: returns it) to what h's sender holds.
+func (r *reorderPool) charge(h *heldDir, n int) {
+	r.held += n
+	if v := r.bySrc[h.src] + n; v > 0 {
+		r.bySrc[h.src] = v
+	} else {
+		delete(r.bySrc, h.src)
+	}
 }
 
 // add holds p, at sequence number seq, for direction k whose next byte
 // expected is next (seq lies after next). The bytes of p that some piece
 // already holds are not stored again: the first copy stands, and conflict
 // reports that they differed. add refuses (ok false, nothing held) when
-// the new bytes would pass the direction's or the pool's bound.
+// the new bytes would pass the direction's, its sender's or the pool's
+// bound: one sender filling the pool cannot force holes on everyone
+// else's streams.
 func (r *reorderPool) add(k dirKey, next, seq uint32, p []byte, now time.Time) (ok, conflict bool) {
 	r.expire(now)
 	h := r.m[k]
@@ -131,11 +161,12 @@ func (r *reorderPool) add(k dirKey, next, seq uint32, p []byte, now time.Time) (
 	if h != nil {
 		have, pieces = h.bytes+len(h.segs)*heldOverhead, len(h.segs)
 	}
-	if have+charge > r.cfg.PerDirection || pieces+len(fresh) > maxPieces || r.held+charge > r.cfg.MemCap {
+	src := k.source()
+	if have+charge > r.cfg.PerDirection || pieces+len(fresh) > maxPieces || r.held+charge > r.cfg.MemCap || r.bySrc[src]+charge > r.cfg.PerSource {
 		return false, conflict
 	}
 	if h == nil {
-		h = &heldDir{key: k}
+		h = &heldDir{key: k, src: src}
 		h.elem = r.lru.PushBack(h)
 		r.m[k] = h
 	}
@@ -151,7 +182,7 @@ func (r *reorderPool) add(k dirKey, next, seq uint32, p []byte, now time.Time) (
 		h.segs[i] = f
 	}
 	h.bytes += n
-	r.held += charge
+	r.charge(h, charge)
 	h.last = now
 	r.lru.MoveToBack(h.elem)
 	return true, conflict
@@ -185,9 +216,9 @@ func (r *reorderPool) consume(k dirKey, n int) {
 	s.seq += uint32(n)
 	s.data = s.data[n:]
 	h.bytes -= n
-	r.held -= n
+	r.charge(h, -n)
 	if len(s.data) == 0 {
-		r.held -= heldOverhead
+		r.charge(h, -heldOverhead)
 		h.segs = h.segs[1:]
 		if len(h.segs) == 0 {
 			r.remove(h)
@@ -199,7 +230,7 @@ func (r *reorderPool) consume(k dirKey, n int) {
 func (r *reorderPool) drop(k dirKey) {
 	if h := r.m[k]; h != nil {
 		for _, s := range h.segs {
-			r.held -= len(s.data) + heldOverhead
+			r.charge(h, -(len(s.data) + heldOverhead))
 		}
 		r.remove(h)
 	}
