@@ -13,25 +13,37 @@ import (
 // acknowledged, and the real segment, sent again at the same sequence
 // number, differs from it. Bytes the peer acknowledged are the host's:
 // a retransmission of them is one the host ignores. Bounded per direction
-// (the newest bytes stay) and in all (the least recently used direction
-// gives way: its retransmissions are then compared with the stream's tail
-// only).
+// (the newest bytes stay), per sender (an IPv4 address or IPv6 /64 holds
+// at most 1/16 of the whole: past it, its own least recently used
+// direction gives way) and in all (the least recently used direction
+// gives way). A direction that gave way has its retransmissions compared
+// with the stream's tail only.
 type unacked struct {
 	perDir int
+	perSrc int
 	memCap int
 	idle   time.Duration
 	m      map[dirKey]*sentBuf
 	lru    *list.List // least recently used first
 	held   int        // bytes charged in all (capacities)
+	bySrc  map[[16]byte]*srcUse
+}
+
+// srcUse is what one sender's directions hold.
+type srcUse struct {
+	held int
+	lru  *list.List // its directions, least recently used first
 }
 
 type sentBuf struct {
 	key     dirKey
-	start   uint32 // the sequence number of data[0]
-	data    []byte // a window on its array, which trimming the front keeps
-	charged int    // the array's size: what it keeps alive
+	src     [16]byte // key.source()
+	start   uint32   // the sequence number of data[0]
+	data    []byte   // a window on its array, which trimming the front keeps
+	charged int      // the array's size: what it keeps alive
 	last    time.Time
 	elem    *list.Element
+	srcElem *list.Element
 }
 
 // Bounds of the unacknowledged bytes kept.
@@ -41,8 +53,15 @@ const (
 )
 
 func newUnacked(idle time.Duration) *unacked {
-	return &unacked{perDir: DefaultUnackedPerDirection, memCap: DefaultUnackedMemCap, idle: idle,
-		m: map[dirKey]*sentBuf{}, lru: list.New()}
+	return &unacked{perDir: DefaultUnackedPerDirection, perSrc: DefaultUnackedMemCap / 16, memCap: DefaultUnackedMemCap, idle: idle,
+		m: map[dirKey]*sentBuf{}, lru: list.New(), bySrc: map[[16]byte]*srcUse{}}
+}
+
+// charge adds n bytes to what b keeps alive.
+func (u *unacked) charge(b *sentBuf, n int) {
+	b.charged += n
+	u.held += n
+	u.bySrc[b.src].held += n
 }
 
 // add records p, delivered in order from sequence number at, for
@@ -51,8 +70,14 @@ func (u *unacked) add(k dirKey, at uint32, p []byte, now time.Time) {
 	u.expire(now)
 	b := u.m[k]
 	if b == nil {
-		b = &sentBuf{key: k, start: at}
+		b = &sentBuf{key: k, src: k.source(), start: at}
 		b.elem = u.lru.PushBack(b)
+		su := u.bySrc[b.src]
+		if su == nil {
+			su = &srcUse{lru: list.New()}
+			u.bySrc[b.src] = su
+		}
+		b.srcElem = su.lru.PushBack(b)
 		u.m[k] = b
 	}
 	if at != b.start+uint32(len(b.data)) { // not where it left off (a hole skipped): start again
@@ -60,8 +85,7 @@ func (u *unacked) add(k dirKey, at uint32, p []byte, now time.Time) {
 	}
 	if len(p) > cap(b.data)-len(b.data) { // a new array, the live bytes moved to its start
 		b.data = append(b.data, p...)
-		u.held += cap(b.data) - b.charged
-		b.charged = cap(b.data)
+		u.charge(b, cap(b.data)-b.charged)
 	} else {
 		b.data = append(b.data, p...)
 	}
@@ -70,12 +94,20 @@ func (u *unacked) add(k dirKey, at uint32, p []byte, now time.Time) {
 		b.data = b.data[over:]
 		if b.charged > 2*u.perDir {
 			b.data = append(make([]byte, 0, u.perDir), b.data...)
-			u.held += cap(b.data) - b.charged
-			b.charged = cap(b.data)
+			u.charge(b, cap(b.data)-b.charged)
 		}
 	}
 	b.last = now
 	u.lru.MoveToBack(b.elem)
+	su := u.bySrc[b.src]
+	su.lru.MoveToBack(b.srcElem)
+	for su.held > u.perSrc {
+		e := su.lru.Front()
+		if e.Value.(*sentBuf) == b {
+			break
+		}
+		u.drop(e.Value.(*sentBuf).key)
+	}
 	for u.held > u.memCap {
 		e := u.lru.Front()
 		if e.Value.(*sentBuf) == b {
@@ -127,8 +159,13 @@ func (u *unacked) differs(k dirKey, seq uint32, p []byte) bool {
 // drop forgets direction k's bytes.
 func (u *unacked) drop(k dirKey) {
 	if b := u.m[k]; b != nil {
-		u.held -= b.charged
+		u.charge(b, -b.charged)
 		u.lru.Remove(b.elem)
+		su := u.bySrc[b.src]
+		su.lru.Remove(b.srcElem)
+		if su.lru.Len() == 0 {
+			delete(u.bySrc, b.src)
+		}
 		delete(u.m, k)
 	}
 }
