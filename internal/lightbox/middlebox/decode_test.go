@@ -290,6 +290,9 @@ func TestChecksums(t *testing.T) {
 		{"IPv6 TCP, a wrong checksum", [][]byte{badV6}, BadChecksum},
 		{"reassembled", frags, Decoded},
 		{"reassembled, a wrong checksum", badFrags, BadChecksum},
+		{"SRv6, summed over the final destination", [][]byte{srv6(1, true)}, Decoded},
+		{"SRv6, summed over the header's destination", [][]byte{srv6(1, false)}, BadChecksum},
+		{"SRv6, no segment left, summed over the header's destination", [][]byte{srv6(0, false)}, Decoded},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := mustDecoder(t, layers.LinkTypeEthernet)
@@ -322,4 +325,43 @@ func TestChecksums(t *testing.T) {
 			t.Fatalf("offload %v: %v after %d packets (%v)", offload, r, ckLearn, d.Stats)
 		}
 	}
+}
+
+// srv6 is an Ethernet frame of IPv6 TCP behind a segment routing header
+// (type 4) with segments left, its TCP checksum summed over the final
+// destination (Segment List[0], as RFC 8200 §8.1 says when segments are
+// left) or over the IPv6 header's destination.
+func srv6(left byte, overFinal bool) []byte {
+	src := netip.MustParseAddr("2001:db8::1")
+	hop := netip.MustParseAddr("2001:db8:ff::1")   // the segment the packet goes to now
+	final := netip.MustParseAddr("2001:db8:80::2") // Segment List[0]
+	srh := make([]byte, 40)
+	srh[0], srh[1], srh[2], srh[3], srh[4] = 6, 4, 4, left, 1 // TCP next, 32 bytes more, type 4, segments left, last entry 1
+	copy(srh[8:], final.AsSlice())
+	copy(srh[24:], hop.AsSlice())
+	tcp := make([]byte, 20)
+	binary.BigEndian.PutUint16(tcp[0:], 40000)
+	binary.BigEndian.PutUint16(tcp[2:], 80)
+	binary.BigEndian.PutUint32(tcp[4:], 1001)
+	tcp[12], tcp[13] = 5<<4, 0x18 // ACK|PSH
+	binary.BigEndian.PutUint16(tcp[14:], 65535)
+	payload := []byte("GET /attack")
+	dst := hop
+	if overFinal {
+		dst = final
+	}
+	n := len(tcp) + len(payload)
+	a, b := src.As16(), dst.As16()
+	sum := ones(ones(ones(ones(0, a[:]), b[:]), tcp), payload) + uint32(n) + 6
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(tcp[16:], ^uint16(sum))
+	ip := make([]byte, 40)
+	ip[0] = 6 << 4
+	binary.BigEndian.PutUint16(ip[4:], uint16(len(srh)+n))
+	ip[6], ip[7] = 43, 64
+	copy(ip[8:], src.AsSlice())
+	copy(ip[24:], hop.AsSlice())
+	return cat(eth(0x86dd), ip, srh, tcp, payload)
 }

@@ -154,7 +154,8 @@ type Decoder struct {
 	Checksums ChecksumMode
 	ckChecked int
 	ckBad     int
-	ip4Bad    bool // the innermost IPv4 header's checksum is wrong
+	ip4Bad    bool       // the innermost IPv4 header's checksum is wrong
+	finalDst  netip.Addr // the innermost IPv6 routing header's final destination, if segments are left
 }
 
 // ChecksumMode says whether a Decoder verifies the IPv4 header, TCP and
@@ -346,6 +347,7 @@ func (d *Decoder) decode(data []byte, m *Meta) Result {
 			// Each IP header (an outer one of a tunnel, then the inner)
 			// starts over: the innermost is the flow's.
 			isIP, transport = true, false
+			d.finalDst = netip.Addr{}
 			if d.Checksums != ChecksumsOff {
 				sum := ones(0, d.ip4.Contents)
 				for sum > 0xffff {
@@ -365,7 +367,7 @@ func (d *Decoder) decode(data []byte, m *Meta) Result {
 			}
 		case layers.LayerTypeIPv6:
 			isIP, transport, frag = true, false, false
-			d.ip4Bad = false
+			d.ip4Bad, d.finalDst = false, netip.Addr{}
 			m.Src, _ = netip.AddrFromSlice(d.ip6.SrcIP)
 			m.Dst, _ = netip.AddrFromSlice(d.ip6.DstIP)
 			m.Proto, m.TTL = uint8(d.ip6.NextHeader), d.ip6.HopLimit
@@ -377,6 +379,9 @@ func (d *Decoder) decode(data []byte, m *Meta) Result {
 			for i := range d.ext {
 				if e := &d.ext[i]; e.kind.LayerType() == t {
 					m.Proto = uint8(e.proto)
+					if e.final.IsValid() {
+						d.finalDst = e.final
+					}
 					if e.fragment && !frag {
 						frag = true
 						d.frag = defrag.Fragment{
@@ -413,11 +418,21 @@ func (d *Decoder) decode(data []byte, m *Meta) Result {
 		if m.Proto == 17 {
 			hdr, payload = d.udp.Contents, d.udp.Payload
 		}
-		if !d.checksumOK(transportSum(m.Src, m.Dst, m.Proto, hdr, payload)) {
+		if !d.checksumOK(transportSum(m.Src, d.pseudoDst(m.Dst), m.Proto, hdr, payload)) {
 			return BadChecksum
 		}
 	}
 	return Decoded
+}
+
+// pseudoDst is the destination in the transport checksum's
+// pseudo-header: the routing header's final destination if the packet
+// has one with segments left, else dst.
+func (d *Decoder) pseudoDst(dst netip.Addr) netip.Addr {
+	if d.finalDst.IsValid() {
+		return d.finalDst
+	}
+	return dst
 }
 
 // fillTCP copies the TCP layer into m.
@@ -497,7 +512,7 @@ func (d *Decoder) reassemble(data []byte, now time.Time, m *Meta) Result {
 	}
 	if d.Checksums != ChecksumsOff && (proto == 6 || proto == 17) {
 		d.ip4Bad = false // the fragment's header was checked as it came
-		if !d.checksumOK(transportSum(m.Src, m.Dst, proto, dg[:len(dg)-len(m.Payload)], m.Payload)) {
+		if !d.checksumOK(transportSum(m.Src, d.pseudoDst(m.Dst), proto, dg[:len(dg)-len(m.Payload)], m.Payload)) {
 			return BadChecksum
 		}
 	}
@@ -547,6 +562,9 @@ func (d *Decoder) walkIPv6(next uint8, b []byte) (uint8, []byte, bool) {
 		}
 		if e.DecodeFromBytes(b, gopacket.NilDecodeFeedback) != nil {
 			return 0, nil, false
+		}
+		if e.final.IsValid() {
+			d.finalDst = e.final
 		}
 		next, b = uint8(e.proto), e.payload
 	}

@@ -3,6 +3,7 @@ package middlebox
 import (
 	"encoding/binary"
 	"errors"
+	"net/netip"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -106,7 +107,12 @@ type ip6ExtLayer struct {
 	fragID   uint32            // ... its identification
 	fragOff  int               // ... its offset in bytes
 	fragMore bool              // ... and whether more fragments follow
-	payload  []byte
+	// final is a routing header's final destination, when segments are
+	// left (RFC 8200 §8.1: the transport checksum's pseudo-header holds
+	// it, not the IPv6 header's destination): type 0's last address,
+	// type 2's home address, type 4's (SRv6) Segment List[0].
+	final   netip.Addr
+	payload []byte
 }
 
 func (l *ip6ExtLayer) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) error {
@@ -129,6 +135,16 @@ func (l *ip6ExtLayer) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) e
 	}
 	if short(data, n, df) {
 		return errShort
+	}
+	l.final = netip.Addr{}
+	if l.kind == layers.IPProtocolIPv6Routing && data[3] > 0 && n >= 24 {
+		at := 8 // types 2 and 4
+		if data[2] == 0 {
+			at = n - 16
+		}
+		if data[2] <= 4 && data[2] != 1 && data[2] != 3 {
+			l.final = netip.AddrFrom16([16]byte(data[at : at+16]))
+		}
 	}
 	l.payload = data[n:]
 	return nil
