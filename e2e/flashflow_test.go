@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,12 +47,22 @@ func (f *ffNet) settle() {
 // startFFNet starts the network; targetTorrc are extra torrc lines for
 // every target relay (the benchmark's BENTO_FF_TARGET_TORRC).
 func startFFNet(t testing.TB, rates []uint64, targetTorrc ...string) *ffNet {
-	return startFFNetVia(t, rates, 1, targetTorrc...)
+	return startFFNetVia(t, rates, 1, limitTor, targetTorrc...)
 }
 
+// What limits a target relay to its rate.
+const (
+	// limitTor: tor's own RelayBandwidthRate and RelayBandwidthBurst.
+	limitTor = "tor"
+	// limitKernel: the kernel's htb on the relay's ORPort, each direction
+	// (shapeORPorts); tor limits nothing and advertises the rate
+	// (MaxAdvertisedBandwidth).
+	limitKernel = "kernel"
+)
+
 // startFFNetVia is startFFNet with the given number of first-hop relays
-// for the measurer.
-func startFFNetVia(t testing.TB, rates []uint64, middles int, targetTorrc ...string) *ffNet {
+// for the measurer and the given limiter.
+func startFFNetVia(t testing.TB, rates []uint64, middles int, limiter string, targetTorrc ...string) *ffNet {
 	t.Helper()
 	_, e1 := exec.LookPath("tor")
 	_, e2 := exec.LookPath("tor-gencert")
@@ -76,6 +87,12 @@ func startFFNetVia(t testing.TB, rates []uint64, middles int, targetTorrc ...str
 			case privnet.Exit:
 				r := rates[exits]
 				exits++
+				if limiter == limitKernel {
+					return append([]string{
+						fmt.Sprintf("MaxAdvertisedBandwidth %d bytes", r),
+						"CountPrivateBandwidth 1",
+					}, targetTorrc...)
+				}
 				return append([]string{
 					fmt.Sprintf("RelayBandwidthRate %d bytes", r),
 					fmt.Sprintf("RelayBandwidthBurst %d bytes", r),
@@ -92,7 +109,137 @@ func startFFNetVia(t testing.TB, rates []uint64, middles int, targetTorrc ...str
 	}
 	t.Cleanup(n.Stop)
 	f.Net = n
+	if limiter == limitKernel {
+		shapeORPorts(t, n, rates)
+	}
 	return f
+}
+
+// shapeORPorts limits, with the kernel's htb qdisc on lo, each exit's OR
+// traffic to its rate, each direction on its own: a limiter that carries
+// its configured rate (tor's own carries less, docs/benchmarks.md). The
+// connections others open to its ORPort are matched by that port; those
+// it opens itself (tor uses an OR connection between two relays whichever
+// of them opened it, and tor binds no outbound address towards loopback)
+// by their two ports, as a watcher finds them among the exit's sockets
+// to another relay's ORPort (ss) every 200 ms until cleanup; its exit
+// connections (to the echo endpoint) are not shaped. It acts on this process's network
+// namespace only (the e2e tests run in one of their own,
+// privnet.Isolate), and is removed at cleanup. Unmatched traffic bypasses
+// htb.
+func shapeORPorts(t testing.TB, n *privnet.Net, rates []uint64) {
+	t.Helper()
+	exits := n.Exits()
+	orPorts := map[int]bool{}
+	for _, nd := range n.Nodes {
+		if nd.ORPort != 0 {
+			orPorts[nd.ORPort] = true
+		}
+	}
+	tc := func(args ...string) error {
+		if out, err := exec.Command("tc", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("tc %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	must := func(args ...string) {
+		t.Helper()
+		if err := tc(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []string{"tc", "ss"} {
+		_, err := exec.LookPath(c)
+		testutil.Require(t, err == nil, c+" (iproute2), for the kernel limiter")
+	}
+	must("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb")
+	class := func(i, dir int) string { return fmt.Sprintf("1:%x", 0x10+2*i+dir) } // dir 0 into the relay, 1 out of it
+	filter := func(class string, sport, dport int) error {
+		args := []string{"filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32"}
+		if sport != 0 {
+			args = append(args, "match", "ip", "sport", strconv.Itoa(sport), "0xffff")
+		}
+		if dport != 0 {
+			args = append(args, "match", "ip", "dport", strconv.Itoa(dport), "0xffff")
+		}
+		return tc(append(args, "flowid", class)...)
+	}
+	byPID := map[int]int{}
+	for i, e := range exits {
+		rate := strconv.FormatUint(rates[i]*8, 10) + "bit"
+		// A bucket of 20 ms at the rate, and at least two of lo's
+		// largest segments (64 KB with segmentation offload).
+		burst := strconv.FormatUint(max(rates[i]/50, 2<<16), 10)
+		for dir := range 2 {
+			must("class", "add", "dev", "lo", "parent", "1:", "classid", class(i, dir), "htb",
+				"rate", rate, "ceil", rate, "burst", burst, "cburst", burst, "quantum", "65536")
+			// What waits is kept to about 100 ms at the rate, as a
+			// router's buffer: htb's default queue of 1,000 of lo's
+			// 64 KB segments held a minute of traffic at 1 MB/s, and
+			// the first measurement of a relay so limited saw its echo
+			// come back late (0.37-0.40 of what tor carried). (bfifo:
+			// this kernel has no fq_codel.)
+			must("qdisc", "add", "dev", "lo", "parent", class(i, dir), "bfifo", "limit", strconv.FormatUint(max(rates[i]/10, 3<<16), 10))
+		}
+		if err := filter(class(i, 0), 0, e.ORPort); err != nil {
+			t.Fatal(err)
+		}
+		if err := filter(class(i, 1), e.ORPort, 0); err != nil {
+			t.Fatal(err)
+		}
+		byPID[e.PID()] = i
+	}
+	// The connections the exits open: "local:port peer:port" with the
+	// owner's pid, as ss prints them.
+	sockRE := regexp.MustCompile(`127\.0\.0\.1:(\d+)\s+127\.0\.0\.1:(\d+)\s+users:\(\("tor",pid=(\d+),`)
+	seen := map[[2]int]bool{}
+	scan := func() error {
+		out, err := exec.Command("ss", "-tnpH", "state", "established").Output()
+		if err != nil {
+			return fmt.Errorf("ss: %v", err)
+		}
+		for _, m := range sockRE.FindAllStringSubmatch(string(out), -1) {
+			local, _ := strconv.Atoi(m[1])
+			peer, _ := strconv.Atoi(m[2])
+			pid, _ := strconv.Atoi(m[3])
+			i, ok := byPID[pid]
+			if !ok || local == exits[i].ORPort || !orPorts[peer] || seen[[2]int{local, peer}] {
+				continue
+			}
+			seen[[2]int{local, peer}] = true
+			if err := filter(class(i, 1), local, peer); err != nil {
+				return err
+			}
+			if err := filter(class(i, 0), peer, local); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := scan(); err != nil {
+		t.Fatal(err)
+	}
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			if err := scan(); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		close(stop)
+		<-done
+		exec.Command("tc", "qdisc", "del", "dev", "lo", "root").Run()
+		t.Logf("kernel limiter: %d connections the targets opened themselves were shaped", len(seen))
+	})
 }
 
 // via lists the measurer's first hops: the network's middle relays.
@@ -448,7 +595,9 @@ func (r *ffRun) checkTeardown(t *testing.T) {
 // rate. The goal: within 10% in at least 95% of measurements.
 // BENTO_FF_RATES (bytes/s, separated by commas) measures other limits;
 // BENTO_FF_TARGET_TORRC adds torrc lines (separated by ";") to every
-// target relay, for experiments with tor's own settings.
+// target relay, for experiments with tor's own settings;
+// BENTO_FF_LIMITER=kernel limits the targets with the kernel's htb
+// instead of tor's RelayBandwidthRate (shapeORPorts).
 func BenchmarkFlashFlowAccuracy(b *testing.B) {
 	runs := 5
 	if v := os.Getenv("BENTO_FF_RUNS"); v != "" {
@@ -481,7 +630,15 @@ func BenchmarkFlashFlowAccuracy(b *testing.B) {
 		}
 		middles = n
 	}
-	f := startFFNetVia(b, rates, middles, extra...)
+	limiter := limitTor
+	switch v := os.Getenv("BENTO_FF_LIMITER"); v {
+	case "", limitTor:
+	case limitKernel:
+		limiter = limitKernel
+	default:
+		b.Fatalf("BENTO_FF_LIMITER=%q: want %q (RelayBandwidthRate, the default) or %q (htb on each target's ORPort)", v, limitTor, limitKernel)
+	}
+	f := startFFNetVia(b, rates, middles, limiter, extra...)
 	r := startFFRun(b, f, runs)
 	f.settle()
 	if os.Getenv("BENTO_FF_TRACE") != "" {
