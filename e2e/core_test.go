@@ -321,3 +321,24 @@ func testManyInvocations(t *testing.T) {
 		t.Fatalf("bentod holds %d descriptors after 600 finished sessions", len(fds))
 	}
 }
+
+// TestVersionsAndHelp: the real binaries say their version, and answer
+// --help with exit 0; bento's and bentod's versions agree.
+func TestVersionsAndHelp(t *testing.T) {
+	r := bento(t, "", "--version")
+	if r.Code != 0 || !strings.HasPrefix(r.Stdout, "bento ") {
+		t.Fatalf("bento --version: %s", r)
+	}
+	out, err := exec.Command(filepath.Join(testutil.Binaries(t), "bentod"), "--version").Output()
+	if err != nil || strings.TrimPrefix(string(out), "bentod ") != strings.TrimPrefix(r.Stdout, "bento ") {
+		t.Fatalf("bentod --version: %q, %v (bento says %q)", out, err, r.Stdout)
+	}
+	if err := exec.Command(filepath.Join(testutil.Binaries(t), "bentod"), "--help").Run(); err != nil {
+		t.Errorf("bentod --help: %v", err)
+	}
+	for _, cmd := range []string{"policy", "deploy", "invoke", "attach", "shutdown", "run", "boxes", "dust"} {
+		if r := bento(t, "", cmd, "--help"); r.Code != 0 {
+			t.Errorf("bento %s --help: %s", cmd, r)
+		}
+	}
+}

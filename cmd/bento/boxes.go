@@ -54,7 +54,7 @@ func (c *cli) boxes(args []string) int {
 	asJSON := fs.Bool("json", false, "print JSON")
 	tf := addTorControlFlags(fs)
 	if err := fs.Parse(args); err != nil {
-		return exitUsage
+		return parseCode(err)
 	}
 	if fs.NArg() > 0 {
 		return c.usageErr("boxes takes no arguments, only flags")

@@ -48,11 +48,12 @@ func dustState() string {
 }
 
 func (c *cli) dust(args []string) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
 		fmt.Fprint(c.stderr, dustUsage)
-		if len(args) == 0 {
-			return exitUsage
-		}
+		return exitUsage
+	}
+	if args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
+		fmt.Fprint(c.stdout, dustUsage)
 		return exitOK
 	}
 	fs := flag.NewFlagSet("dust "+args[0], flag.ContinueOnError)
@@ -78,7 +79,7 @@ func (c *cli) dust(args []string) int {
 		torBin := fs.String("tor", "tor", "the tor binary")
 		bentod := fs.String("bentod", "", "the bentod binary (default: beside bento)")
 		if err := fs.Parse(args[1:]); err != nil {
-			return exitUsage
+			return parseCode(err)
 		}
 		t, code := c.loadTemplate(*tmpl)
 		if t == nil {
@@ -115,7 +116,7 @@ func (c *cli) dust(args []string) int {
 	case "ls":
 		asJSON := fs.Bool("json", false, "print JSON")
 		if err := fs.Parse(args[1:]); err != nil {
-			return exitUsage
+			return parseCode(err)
 		}
 		motes, err := dust.List(*state)
 		if err != nil {
@@ -143,7 +144,7 @@ func (c *cli) dust(args []string) int {
 		return exitOK
 	case "down":
 		if err := fs.Parse(args[1:]); err != nil {
-			return exitUsage
+			return parseCode(err)
 		}
 		if fs.NArg() != 1 {
 			fmt.Fprint(c.stderr, dustUsage)
@@ -165,7 +166,7 @@ func (c *cli) dust(args []string) int {
 		torrc := fs.Bool("torrc", false, "the relay's torrc lines")
 		bentorc := fs.Bool("bentorc", false, "the box's bentorc lines")
 		if err := fs.Parse(args[1:]); err != nil {
-			return exitUsage
+			return parseCode(err)
 		}
 		t, code := c.loadTemplate(*tmpl)
 		if t == nil {

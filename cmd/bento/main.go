@@ -40,6 +40,8 @@ import (
 	"unicode"
 
 	"github.com/torbento/bento/client"
+	"github.com/torbento/bento/internal/proto"
+	"github.com/torbento/bento/internal/server"
 	"github.com/torbento/bento/internal/socks"
 )
 
@@ -75,6 +77,7 @@ Global option, before the command:
                      SERVER may then be an onion address (xyz.onion:8888) or a relay's address
 
 SERVER is HOST:PORT (default port 8888). ARGs are JSON when they parse as JSON, strings otherwise.
+bento --version prints the release; COMMAND --help what a command takes.
 `
 
 func main() { os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) }
@@ -98,11 +101,16 @@ func (c *cli) newClient(addr string) *client.Client {
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		if len(args) == 0 {
-			return exitUsage
-		}
+		return exitUsage
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage) // asked for: on stdout, exit 0
+		return exitOK
+	case "-version", "--version", "version":
+		fmt.Fprintf(stdout, "bento %s (protocol %d)\n", strings.TrimPrefix(server.Version, "bentod/"), proto.Version)
 		return exitOK
 	}
 	torSocks := os.Getenv("BENTO_TOR_SOCKS")
@@ -205,6 +213,15 @@ func (c *cli) exitCode(e *client.Exit) int {
 	return exitKilled
 }
 
+// parseCode is the exit code for a flag parsing error: asking for help
+// (-h, --help) is not a mistake.
+func parseCode(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	return exitUsage
+}
+
 // flags parses flags that may appear anywhere among positional arguments
 // (until "--").
 func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
@@ -233,7 +250,10 @@ func (c *cli) policy(args []string) int {
 	check := fs.String("check", "", "function directory to check against the policy")
 	asJSON := fs.Bool("json", false, "print the policy as JSON")
 	pos, err := parseInterspersed(fs, args)
-	if err != nil || len(pos) != 1 {
+	if err != nil {
+		return parseCode(err)
+	}
+	if len(pos) != 1 {
 		return c.usageErr("policy takes SERVER [--check DIR]")
 	}
 	cl := c.newClient(serverAddr(pos[0]))
@@ -306,7 +326,10 @@ func (c *cli) deploy(args []string) int {
 	var dests destFlag
 	fs.Var(&dests, "destinations", "replace the manifest's destinations (e.g. \"accept 127.0.0.1:8080\")")
 	args, err := parseInterspersed(fs, args)
-	if err != nil || len(args) != 2 {
+	if err != nil {
+		return parseCode(err)
+	}
+	if len(args) != 2 {
 		return c.usageErr("deploy takes SERVER DIR [--destinations ITEMS]")
 	}
 	fn, code := c.loadFunction(args[1], dests)
@@ -342,7 +365,7 @@ func (c *cli) invoke(args []string) int {
 	fs.SetOutput(c.stderr)
 	interactive := fs.Bool("i", false, "send standard input to the function")
 	if err := fs.Parse(args); err != nil {
-		return exitUsage
+		return parseCode(err)
 	}
 	pos := fs.Args()
 	if len(pos) < 2 {
@@ -362,7 +385,10 @@ func (c *cli) attach(args []string) int {
 	offset := fs.Int64("offset", 0, "resume output at this offset (printed when a session is interrupted)")
 	interactive := fs.Bool("i", false, "send standard input to the function")
 	pos, err := parseInterspersed(fs, args)
-	if err != nil || len(pos) != 3 {
+	if err != nil {
+		return parseCode(err)
+	}
+	if len(pos) != 3 {
 		return c.usageErr("attach takes SERVER TOKEN SESSION [--offset N]")
 	}
 	cl := c.newClient(serverAddr(pos[0]))
@@ -414,6 +440,13 @@ func (c *cli) stream(cl *client.Client, token string, s *client.Session, interac
 }
 
 func (c *cli) shutdown(args []string) int {
+	fs := flag.NewFlagSet("shutdown", flag.ContinueOnError)
+	fs.SetOutput(c.stderr)
+	fs.Usage = func() { fmt.Fprintln(c.stderr, "usage: bento shutdown SERVER SHUTDOWN-TOKEN") }
+	args, err := parseInterspersed(fs, args)
+	if err != nil {
+		return parseCode(err)
+	}
 	if len(args) != 2 {
 		return c.usageErr("shutdown takes SERVER SHUTDOWN-TOKEN")
 	}
@@ -432,7 +465,7 @@ func (c *cli) runCmd(args []string) int {
 	choose := fs.Bool("choose", false, "choose the box from the directory instead of naming one")
 	tf := addTorControlFlags(fs)
 	if err := fs.Parse(args); err != nil {
-		return exitUsage
+		return parseCode(err)
 	}
 	pos := fs.Args()
 	if *choose {

@@ -22,12 +22,14 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/torbento/bento/internal/netlimit"
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/privs"
+	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/safelog"
 	"github.com/torbento/bento/internal/server"
 	"github.com/torbento/bento/internal/torlink"
@@ -41,14 +43,19 @@ func run() int {
 	conf := flag.String("f", "/etc/bento/bentorc", "configuration file (torrc-style)")
 	verify := flag.Bool("verify-config", false, "check the configuration, print the effective policy, and exit")
 	cpuProfile := flag.String("cpu-profile", "", "write a CPU profile to this file until bentod exits (for finding what makes it busy)")
+	version := flag.Bool("version", false, "print bentod's version and exit")
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: bentod [-f bentorc] [--verify-config] [--cpu-profile FILE]\n\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: bentod [-f bentorc] [--verify-config] [--cpu-profile FILE] [--version]\n\n")
 		flag.PrintDefaults()
 	}
-	flag.Parse()
+	flag.Parse() // -h and --help: the usage, exit 0
 	if flag.NArg() > 0 {
 		flag.Usage()
 		return 2
+	}
+	if *version {
+		fmt.Printf("bentod %s (protocol %d)\n", strings.TrimPrefix(server.Version, "bentod/"), proto.Version)
+		return 0
 	}
 	p, err := policy.Load(*conf)
 	if err != nil {
