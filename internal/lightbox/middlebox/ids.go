@@ -72,13 +72,13 @@ const (
 	IDSStateSize = connSize + 2*dirSize
 	connSize     = 16
 
-	iOpener = 0 // u8: 1 the key's first endpoint sent the SYN, 2 the second, 0 not seen
-	iShake  = 1 // u8: bit 0 the SYN seen, bit 1 the SYN-ACK
-	iReset  = 2 // u8: a RST ended the connection, sent by side 1 or 2 (the key's endpoints); bit 4: its sender's data after it was alerted
-	iAlt    = 3 // u8: 1 iAltNext holds the sequence after a second SYN of the opener's
-	iAltNx  = 4 // u32: ... that sequence, which the SYN-ACK may acknowledge instead
-	iSAAlt  = 8 // u8: 1 iSAAltNx holds the sequence after a second SYN-ACK
-	iSAAlt2 = 9 // u32: ... that sequence, which the opener's ACK may acknowledge instead
+	iOpener  = 0 // u8: 1 the key's first endpoint sent the SYN, 2 the second, 0 not seen
+	iShake   = 1 // u8: bit 0 the SYN seen, bit 1 the SYN-ACK
+	iReset   = 2 // u8: a RST ended the connection, sent by side 1 or 2 (the key's endpoints); bit 4: its sender's data after it was alerted
+	iAlt     = 3 // u8: 1 iAltNext holds the sequence after a second SYN of the opener's
+	iAltNx   = 4 // u32: ... that sequence, which the SYN-ACK may acknowledge instead
+	iSAAlt   = 8 // u8: 1 iSAAltNx holds the sequence after a second SYN-ACK
+	iSAAltNx = 9 // u32: ... that sequence, which the opener's ACK may acknowledge instead
 )
 
 // DecoderSID is the SID of the alerts the IDS raises itself, on what it
@@ -266,7 +266,7 @@ func (x *IDS) Handle(data []byte, now time.Time) error {
 			// side sent (an off-path spoofer cannot know it): only then
 			// is the connection kept as established (idsLive).
 			if st[iOpener] == byte(side+1) && d[dFlags2]&fAcked == 0 && m.Flags&(SYN|ACK) == ACK && o[dFlags]&fKnown != 0 {
-				if st[iSAAlt] == 1 && m.Ack == binary.BigEndian.Uint32(st[iSAAlt2:]) && o[dFlags]&(fData|fHeld) == 0 {
+				if st[iSAAlt] == 1 && m.Ack == binary.BigEndian.Uint32(st[iSAAltNx:]) && o[dFlags]&(fData|fHeld) == 0 {
 					// The opener took the other SYN-ACK (the first a
 					// decoy it never got): the other side's stream
 					// starts where the opener says.
@@ -491,7 +491,7 @@ func (x *IDS) handshake(st, d, o []byte, side int, m *Meta, src, dst netip.AddrP
 		// a decoy from a hostile server, with a TTL too short to reach
 		// it); its ACK says which.
 		st[iSAAlt] = 1
-		binary.BigEndian.PutUint32(st[iSAAlt2:], seq+1)
+		binary.BigEndian.PutUint32(st[iSAAltNx:], seq+1)
 	}
 	return false
 }

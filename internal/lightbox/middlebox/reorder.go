@@ -30,6 +30,9 @@ const (
 	MaxAhead = 8 << 20
 
 	heldOverhead = 64
+	// senderShare: one sender (dirKey.source) may hold 1/senderShare of
+	// the reorder pool, and of the unacknowledged bytes kept.
+	senderShare = 16
 	// maxPieces bounds one direction's pieces, so that placing one costs
 	// a bounded scan.
 	maxPieces = 512
@@ -43,7 +46,7 @@ func (c ReorderConfig) withDefaults() ReorderConfig {
 		c.MemCap = DefaultReorderMemCap
 	}
 	if c.PerSource <= 0 {
-		c.PerSource = c.MemCap / 16
+		c.PerSource = c.MemCap / senderShare
 	}
 	if c.Idle <= 0 {
 		c.Idle = DefaultReorderIdle

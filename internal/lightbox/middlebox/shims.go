@@ -138,12 +138,11 @@ func (l *ip6ExtLayer) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) e
 	}
 	l.final = netip.Addr{}
 	if l.kind == layers.IPProtocolIPv6Routing && data[3] > 0 && n >= 24 {
-		at := 8 // types 2 and 4
-		if data[2] == 0 {
-			at = n - 16
-		}
-		if data[2] <= 4 && data[2] != 1 && data[2] != 3 {
-			l.final = netip.AddrFrom16([16]byte(data[at : at+16]))
+		switch data[2] { // the routing type
+		case 0:
+			l.final = netip.AddrFrom16([16]byte(data[n-16 : n]))
+		case 2, 4:
+			l.final = netip.AddrFrom16([16]byte(data[8:24]))
 		}
 	}
 	l.payload = data[n:]

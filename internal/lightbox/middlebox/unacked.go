@@ -53,7 +53,7 @@ const (
 )
 
 func newUnacked(idle time.Duration) *unacked {
-	return &unacked{perDir: DefaultUnackedPerDirection, perSrc: DefaultUnackedMemCap / 16, memCap: DefaultUnackedMemCap, idle: idle,
+	return &unacked{perDir: DefaultUnackedPerDirection, perSrc: DefaultUnackedMemCap / senderShare, memCap: DefaultUnackedMemCap, idle: idle,
 		m: map[dirKey]*sentBuf{}, lru: list.New(), bySrc: map[[16]byte]*srcUse{}}
 }
 
