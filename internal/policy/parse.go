@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/torbento/bento/internal/exitpolicy"
+	"github.com/torbento/bento/internal/safelog"
 	"github.com/torbento/bento/internal/units"
 )
 
@@ -160,7 +161,7 @@ func include(from, path string, depth int) ([]line, error) {
 
 func fromLines(lines []line, mem int64) (*Policy, error) {
 	p := Default()
-	apisSet, imagesSet := false, false
+	apisSet, imagesSet, logsSet := false, false, false
 	dest := &exitpolicy.Policy{}
 	for _, l := range lines {
 		fail := func(format string, a ...any) error {
@@ -284,13 +285,47 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			}
 			p.OnionServicePort = n
 		case "log":
-			lvl := strings.ToLower(strings.Fields(l.value + " x")[0])
-			switch lvl {
-			case "err", "warn", "notice", "info", "debug":
-				p.LogLevel = lvl
-			default:
-				err = fail("Log %q: want one of err, warn, notice, info, debug", l.value)
+			sink, e := safelog.ParseSink(l.value)
+			if e != nil {
+				err = fail("Log %s: %v", l.value, e)
+				break
 			}
+			if !logsSet {
+				p.Logs, logsSet = nil, true
+			}
+			p.Logs = append(p.Logs, sink)
+		case "heartbeatperiod":
+			err = duration(&p.HeartbeatPeriod, 0, 7*24*time.Hour)
+		case "controlsocket":
+			switch {
+			case l.value == "0" || strings.EqualFold(l.value, "none"):
+				p.ControlSocket = ""
+			case !filepath.IsAbs(l.value):
+				err = fail("ControlSocket must be an absolute path (e.g. /run/bento/control) or 0, got %q", l.value)
+			case len(l.value) > 100:
+				err = fail("ControlSocket: %q is longer than a Unix socket's path may be (100 bytes here)", l.value)
+			default:
+				p.ControlSocket = l.value
+			}
+		case "controlsocketgroup":
+			if strings.ContainsAny(l.value, " \t:/") {
+				err = fail("ControlSocketGroup %q is not a group name", l.value)
+			}
+			p.ControlSocketGroup = l.value
+		case "metricsport":
+			if l.value == "0" || strings.EqualFold(l.value, "none") {
+				p.MetricsPort = ""
+			} else if _, _, e := net.SplitHostPort(l.value); e != nil {
+				err = fail("MetricsPort: %q is not HOST:PORT (e.g. 127.0.0.1:9035) or 0", l.value)
+			} else {
+				p.MetricsPort = l.value
+			}
+		case "metricsportpolicy":
+			items, e := ParseMetricsPolicy(l.value)
+			if e != nil {
+				err = fail("MetricsPortPolicy: %v", e)
+			}
+			p.MetricsPolicy = append(p.MetricsPolicy, items...)
 		case "safelogging":
 			switch l.value {
 			case "1":
@@ -478,6 +513,12 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 		}
 	}
 	p.Destinations = dest
+	p.LogLevel = "err"
+	for _, s := range p.Logs {
+		if safelog.ParseLevel(s.Min) < safelog.ParseLevel(p.LogLevel) {
+			p.LogLevel = s.Min
+		}
+	}
 	p.finish(mem)
 	if err := p.Validate(); err != nil {
 		return nil, err

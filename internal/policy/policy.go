@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/torbento/bento/internal/exitpolicy"
+	"github.com/torbento/bento/internal/safelog"
 )
 
 // Limits are resource amounts: per-function ceilings in a policy, or what a
@@ -35,11 +36,23 @@ type Policy struct {
 	ListenAddress string // where clients connect; default 127.0.0.1:8888
 	PolicyAddress string // HTTP address serving the policy JSON; "" disables
 	DataDirectory string
-	Runtime       string // OCI runtime name: runc, crun or runsc
-	RuntimePath   string // path of the runtime binary; "" = search PATH
-	RunnerPath    string // path of bento-runner; "" = beside bentod
-	LogLevel      string // err, warn, notice, info, debug
-	SafeLogging   bool   // scrub addresses from logs (default on)
+	Runtime       string         // OCI runtime name: runc, crun or runsc
+	RuntimePath   string         // path of the runtime binary; "" = search PATH
+	RunnerPath    string         // path of bento-runner; "" = beside bentod
+	LogLevel      string         // the lowest severity any Log line takes: err, warn, notice, info, debug
+	Logs          []safelog.Sink // Log lines: where messages go (default: notice and above to stderr)
+	SafeLogging   bool           // scrub addresses from logs (default on)
+	// HeartbeatPeriod: a heartbeat line is logged this often (0: never).
+	HeartbeatPeriod time.Duration
+
+	// ControlSocket is the operator's control socket (bentoctl); ""
+	// disables it. ControlSocketGroup may use it besides root.
+	ControlSocket      string
+	ControlSocketGroup string
+	// MetricsPort serves Prometheus metrics over HTTP ("" disables it),
+	// to the addresses MetricsPolicy accepts (tor's MetricsPortPolicy).
+	MetricsPort   string
+	MetricsPolicy []string
 	Nickname      string // shown to clients
 
 	// The co-resident tor (none when TorControlPort is empty).
@@ -151,14 +164,18 @@ type Aggregate struct {
 // Default returns the safe default policy: no network, small quotas.
 func Default() *Policy {
 	p := &Policy{
-		ListenAddress: "127.0.0.1:8888",
-		PolicyAddress: "127.0.0.1:8889",
-		DataDirectory: "/var/lib/bento",
-		Runtime:       "runc",
-		LogLevel:      "notice",
-		SafeLogging:   true,
-		APIs:          map[string]bool{},
-		Images:        []string{"starlark"},
+		ListenAddress:      "127.0.0.1:8888",
+		PolicyAddress:      "127.0.0.1:8889",
+		DataDirectory:      "/var/lib/bento",
+		Runtime:            "runc",
+		LogLevel:           "notice",
+		Logs:               []safelog.Sink{{Min: "notice", Max: "err", Dest: "stderr"}},
+		SafeLogging:        true,
+		HeartbeatPeriod:    6 * time.Hour,
+		ControlSocket:      "/run/bento/control",
+		ControlSocketGroup: "bento",
+		APIs:               map[string]bool{},
+		Images:             []string{"starlark"},
 		Max: Limits{
 			Memory:    64 << 20,
 			CPU:       0.5,

@@ -125,6 +125,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("AllowAPI send\nMaxMemory 64 MB\nDestinationPolicy accept *:80\n"))
 	f.Add([]byte("Log info\nSafeLogging 0\nMaxLifetime 1 hour \\\n\nImage starlark\n"))
 	f.Add([]byte("ReserveCPU 0.5\nTotalMemory 2 GB\nMaxInstances 3\n# c\n"))
+	f.Add([]byte("Log info-warn file /var/log/x\nMetricsPortPolicy accept 10.0.0.0/8\nBoxEndsAt 2030-01-01 00:00:00\nHeartbeatPeriod 1.5s\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse("fuzz", data)
 		if err != nil {
@@ -136,6 +137,7 @@ func FuzzParse(f *testing.F) {
 		if _, err := json.Marshal(p.PublicView()); err != nil {
 			t.Fatal(err)
 		}
+		roundTrip(t, "fuzz", p, true)
 	})
 }
 

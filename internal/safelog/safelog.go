@@ -49,25 +49,28 @@ func ParseLevel(s string) slog.Level {
 // New returns a text logger at the given tor level name.
 func New(w io.Writer, level string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
-		Level: ParseLevel(level),
-		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
-			if a.Key == slog.LevelKey {
-				switch l := a.Value.Any().(slog.Level); {
-				case l >= slog.LevelError:
-					a.Value = slog.StringValue("err")
-				case l >= slog.LevelWarn:
-					a.Value = slog.StringValue("warn")
-				case l >= LevelNotice:
-					a.Value = slog.StringValue("notice")
-				case l >= slog.LevelInfo:
-					a.Value = slog.StringValue("info")
-				default:
-					a.Value = slog.StringValue("debug")
-				}
-			}
-			return a
-		},
+		Level:       ParseLevel(level),
+		ReplaceAttr: torLevels,
 	}))
+}
+
+// torLevels names a record's level with tor's severities.
+func torLevels(_ []string, a slog.Attr) slog.Attr {
+	if a.Key == slog.LevelKey {
+		switch l := a.Value.Any().(slog.Level); {
+		case l >= slog.LevelError:
+			a.Value = slog.StringValue("err")
+		case l >= slog.LevelWarn:
+			a.Value = slog.StringValue("warn")
+		case l >= LevelNotice:
+			a.Value = slog.StringValue("notice")
+		case l >= slog.LevelInfo:
+			a.Value = slog.StringValue("info")
+		default:
+			a.Value = slog.StringValue("debug")
+		}
+	}
+	return a
 }
 
 // Notice logs at notice level.

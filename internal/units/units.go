@@ -82,3 +82,20 @@ func FormatSize(n int64) string {
 	}
 	return fmt.Sprintf("%d bytes", n)
 }
+
+// FormatDuration renders d in the largest whole unit ParseDuration reads
+// ("10 minutes", "6 hours", "1500 milliseconds"), so it parses back to d.
+func FormatDuration(d time.Duration) string {
+	for _, u := range []struct {
+		d    time.Duration
+		name string
+	}{{24 * time.Hour, "days"}, {time.Hour, "hours"}, {time.Minute, "minutes"}, {time.Second, "seconds"}, {time.Millisecond, "milliseconds"}} {
+		if d >= u.d && d%u.d == 0 {
+			return fmt.Sprintf("%d %s", d/u.d, u.name)
+		}
+	}
+	if d == 0 {
+		return "0 seconds"
+	}
+	return d.String()
+}

@@ -48,6 +48,18 @@ func TestFormatSize(t *testing.T) {
 	}
 }
 
+func TestFormatDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{0: "0 seconds", 10 * time.Minute: "10 minutes", 6 * time.Hour: "6 hours",
+		48 * time.Hour: "2 days", 90 * time.Second: "90 seconds", 1500 * time.Millisecond: "1500 milliseconds", 1500 * time.Microsecond: "1.5ms"} {
+		if got := FormatDuration(d); got != want {
+			t.Errorf("FormatDuration(%v) = %q, want %q", d, got, want)
+		}
+		if back, err := ParseDuration(FormatDuration(d)); err != nil || back != d {
+			t.Errorf("ParseDuration(FormatDuration(%v)) = %v, %v", d, back, err)
+		}
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	for _, s := range []string{"64 MB", "1.5GiB", "10 minutes", "1h30m", "30", "", "1e9 GB"} {
 		f.Add(s)
@@ -58,6 +70,15 @@ func FuzzParse(f *testing.F) {
 		}
 		if d, err := ParseDuration(s); err == nil && d < 0 {
 			t.Fatalf("ParseDuration(%q) = %v", s, d)
+		} else if err == nil {
+			if back, err := ParseDuration(FormatDuration(d)); err != nil || back != d {
+				t.Fatalf("ParseDuration(FormatDuration(%v)) = %v, %v", d, back, err)
+			}
+		}
+		if n, err := ParseSize(s); err == nil {
+			if back, err := ParseSize(FormatSize(n)); err != nil || back != n {
+				t.Fatalf("ParseSize(FormatSize(%d)) = %d, %v", n, back, err)
+			}
 		}
 	})
 }
