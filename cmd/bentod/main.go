@@ -10,12 +10,10 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
@@ -26,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/torbento/bento/internal/control"
 	"github.com/torbento/bento/internal/netlimit"
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/privs"
@@ -39,13 +38,19 @@ func main() {
 	os.Exit(run())
 }
 
+// defaultConf is the configuration bentod reads when -f is not given; if
+// it is missing, bentod runs with the built-in defaults, as tor does.
+const defaultConf = "/etc/bento/bentorc"
+
 func run() int {
-	conf := flag.String("f", "/etc/bento/bentorc", "configuration file (torrc-style)")
+	conf := flag.String("f", defaultConf, "configuration file (torrc-style)")
 	verify := flag.Bool("verify-config", false, "check the configuration, print the effective policy, and exit")
+	listOptions := flag.Bool("list-options", false, "list every configuration option with what it does, and exit")
+	dumpConfig := flag.String("dump-config", "", "print the effective configuration and exit: \"short\" (what differs from the built-in defaults) or \"full\"")
 	cpuProfile := flag.String("cpu-profile", "", "write a CPU profile to this file until bentod exits (for finding what makes it busy)")
 	version := flag.Bool("version", false, "print bentod's version and exit")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: bentod [-f bentorc] [--verify-config] [--cpu-profile FILE] [--version]\n\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: bentod [-f bentorc] [--verify-config] [--list-options] [--dump-config short|full] [--cpu-profile FILE] [--version]\n\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse() // -h and --help: the usage, exit 0
@@ -57,7 +62,18 @@ func run() int {
 		fmt.Printf("bentod %s (protocol %d)\n", strings.TrimPrefix(server.Version, "bentod/"), proto.Version)
 		return 0
 	}
-	p, err := policy.Load(*conf)
+	if *listOptions {
+		fmt.Print(policy.ListOptions())
+		return 0
+	}
+	if *dumpConfig != "" && *dumpConfig != "short" && *dumpConfig != "full" {
+		fmt.Fprintf(os.Stderr, "bentod: --dump-config takes \"short\" or \"full\", not %q\n", *dumpConfig)
+		return 2
+	}
+	explicit := false
+	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "f" })
+	cfg := confSource{path: *conf, explicit: explicit}
+	p, builtin, err := cfg.load()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bentod: %v\n", err)
 		return 1
@@ -65,13 +81,25 @@ func run() int {
 	for _, w := range p.Warnings {
 		fmt.Fprintf(os.Stderr, "bentod: warning: %s\n", w)
 	}
+	if *dumpConfig != "" {
+		fmt.Print(policy.Dump(p, *dumpConfig == "full"))
+		return 0
+	}
 	if *verify {
 		b, _ := json.MarshalIndent(p.PublicView(), "", "  ")
 		fmt.Printf("%s\nConfiguration was valid\n", b)
 		return 0
 	}
 	safelog.SetSafe(p.SafeLogging)
-	log := safelog.New(os.Stderr, p.LogLevel)
+	router := safelog.NewRouter()
+	if err := router.Apply(p.Logs); err != nil {
+		fmt.Fprintf(os.Stderr, "bentod: %v\n", err)
+		return 1
+	}
+	log := router.Logger()
+	if builtin {
+		safelog.Notice(log, "no configuration file; running with the built-in defaults (bentod --dump-config full shows them)", "missing", cfg.path)
+	}
 	// Signals are caught from here on and handled once bentod serves: one
 	// that arrives while it starts (a restart's stop, a status request)
 	// waits, rather than ending bentod by default before it can tidy up.
@@ -96,6 +124,18 @@ func run() int {
 		debug.SetMemoryLimit(p.Daemon.MaxMemory)
 	}
 	checkDescriptors(p, log)
+	// The control socket is made before privileges are dropped: its
+	// directory may be one only root can write (/run).
+	var ctlLn net.Listener
+	ctlGID := -1
+	if p.ControlSocket != "" {
+		if ctlLn, ctlGID, err = control.Listen(p.ControlSocket, p.ControlSocketGroup); err != nil {
+			log.Error("cannot open the control socket", "err", err)
+			return 1
+		}
+		defer os.Remove(p.ControlSocket)
+		defer ctlLn.Close()
+	}
 	// Keep only what runc and bentod need; nothing below can regain the rest.
 	if err := privs.Drop(privs.Needed); err != nil {
 		log.Error("dropping privileges", "err", err)
@@ -111,33 +151,17 @@ func run() int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	d := &daemon{cfg: cfg, log: log, router: router, srv: srv, pol: p, started: time.Now(), stopReq: make(chan string, 1)}
 	// A start that fails from here on still ends what the server holds
 	// (restored instances, an earlier bentod's containers).
 	fail := func(msg string, err error) int {
 		log.Error(msg, "err", err)
+		d.closeListeners()
 		srv.Close()
 		return 1
 	}
-	rawLn, err := netlimit.Listen(p.ListenAddress)
-	if err != nil {
+	if err := d.openListeners(p); err != nil {
 		return fail("cannot listen", err)
-	}
-	ln := srv.LimitListener(rawLn, false)
-	var hs *http.Server
-	if p.PolicyAddress != "" {
-		pln, err := netlimit.Listen(p.PolicyAddress)
-		if err != nil {
-			return fail("cannot listen for the policy", err)
-		}
-		hs = srv.PolicyServer()
-		go func() {
-			// It ends only when bentod does (netlimit's Accept never
-			// fails otherwise); say so if it ever does.
-			if err := hs.Serve(srv.LimitPolicyListener(pln)); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("the policy endpoint stopped", "err", err)
-			}
-		}()
-		safelog.Notice(log, "serving the node policy", "addr", pln.Addr().String())
 	}
 	// Connections through bentod's onion service arrive on a listener of
 	// their own, with limits of their own.
@@ -150,88 +174,56 @@ func run() int {
 		onionTarget = oln.Addr().String()
 		go srv.ServeOnion(srv.LimitListener(oln, true))
 	}
-	// The operator's own listening address is not a client's: not scrubbed.
-	safelog.Notice(log, "bentod listening", "addr", ln.Addr().String(), "version", server.Version,
-		"max_connections", p.Daemon.MaxConnections, "per_address", p.Daemon.MaxConnectionsPerAddr)
 	// Clients are served from here on; the instances of an earlier bentod
 	// come back meanwhile.
 	go srv.Recover()
 
 	// The tor beside us: onion service and the functions' control-port
 	// firewall. Changing TorControlPort needs a restart.
-	link, err := torlink.New(p, ln.Addr().String(), onionTarget, log)
+	link, err := torlink.New(p, d.clientAddr(), onionTarget, log)
 	if err != nil {
 		return fail("tor link", err)
 	}
 	linkCtx, stopLink := context.WithCancel(context.Background())
 	defer stopLink()
-	var box *boxAnnouncer
 	if link != nil {
 		srv.SetTor(link)
 		if p.Box.Announce {
-			box = announceBox(linkCtx, srv, link, log)
+			d.box = announceBox(linkCtx, srv, link, log)
 		}
 		go link.Run(linkCtx)
 	}
-	var ff interface {
-		SetAccess(allowed bool, coordinators []string) error
-	}
+	d.link, d.stopLink = link, stopLink
 	if p.FlashFlow.Listen != "" {
 		t, err := startFlashFlow(linkCtx, p, link, log)
 		if err != nil {
 			return fail("flashflow", err)
 		}
-		ff = t
+		d.ff = t
 	}
-
-	closed := make(chan struct{})
-	go func() {
-		for sig := range sigs {
-			if sig == syscall.SIGUSR1 {
+	if ctlLn != nil {
+		go control.Serve(ctlLn, ctlGID, d.control)
+		safelog.Notice(log, "control socket open", "path", p.ControlSocket, "group", groupName(ctlGID, p.ControlSocketGroup))
+	}
+	go d.heartbeat()
+	d.notifyReady()
+	for {
+		select {
+		case sig := <-sigs:
+			switch sig {
+			case syscall.SIGUSR1:
 				logStatus(log, srv.Status())
-				continue
+			case syscall.SIGHUP:
+				_ = d.reload()
+			default:
+				d.shutdown("signal " + sig.String())
+				return 0
 			}
-			if sig == syscall.SIGHUP {
-				np, err := policy.Load(*conf)
-				if err != nil {
-					log.Warn("reload failed; keeping the old policy", "err", err)
-					continue
-				}
-				srv.SetPolicy(np)
-				safelog.SetSafe(np.SafeLogging)
-				if ff != nil {
-					// Who may measure, and whether anyone may; the
-					// listeners' addresses need a restart.
-					if err := ff.SetAccess(np.FlashFlow.Allowed, np.FlashFlow.Coordinators); err != nil {
-						log.Warn("flashflow: keeping the old coordinators", "err", err)
-					}
-				}
-				safelog.Notice(log, "policy reloaded")
-				continue
-			}
-			safelog.Notice(log, "shutting down", "signal", sig.String())
-			if hs != nil {
-				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-				hs.Shutdown(ctx)
-				cancel()
-			}
-			srv.Close()
-			if box != nil {
-				box.withdraw(link)
-			}
-			stopLink()
-			close(closed)
-			return
+		case why := <-d.stopReq: // bentoctl stop
+			d.shutdown(why)
+			return 0
 		}
-	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
-		// Only a closed listener ends Serve; anything else is a bug.
-		log.Error("serve", "err", err)
-		srv.Close()
-		return 1
 	}
-	<-closed // every instance has been torn down
-	return 0
 }
 
 // checkDescriptors warns when the descriptor limit cannot cover what the

@@ -106,6 +106,8 @@ type Stats struct {
 	AcceptErrors   int64 // accept failures (out of descriptors and the like)
 	DropPeriods    int64 // times an address over its rate began to be dropped in the kernel
 	Dropped        int   // addresses the kernel drops now
+	BytesIn        int64 // bytes read from its connections
+	BytesOut       int64 // bytes written to them
 }
 
 // Listener wraps a net.Listener with the limits of a Config.
@@ -136,7 +138,7 @@ type Listener struct {
 	dupOnce  sync.Once
 	drop     *dropper // with KernelDrop on the raw path
 
-	accepted, refusedTotal, refusedPerAddr, refusedRate, evicted, acceptErrors atomic.Int64
+	accepted, refusedTotal, refusedPerAddr, refusedRate, evicted, acceptErrors, bytesIn, bytesOut atomic.Int64
 
 	closed   atomic.Bool
 	warnMu   sync.Mutex
@@ -297,7 +299,8 @@ func (l *Listener) Stats() Stats {
 	open, addrs := l.open, len(l.byAddr)
 	l.mu.Unlock()
 	st := Stats{Open: open, Addresses: addrs, Accepted: l.accepted.Load(), RefusedTotal: l.refusedTotal.Load(),
-		RefusedPerAddr: l.refusedPerAddr.Load(), RefusedRate: l.refusedRate.Load(), Evicted: l.evicted.Load(), AcceptErrors: l.acceptErrors.Load()}
+		RefusedPerAddr: l.refusedPerAddr.Load(), RefusedRate: l.refusedRate.Load(), Evicted: l.evicted.Load(), AcceptErrors: l.acceptErrors.Load(),
+		BytesIn: l.bytesIn.Load(), BytesOut: l.bytesOut.Load()}
 	if l.drop != nil {
 		st.DropPeriods, st.Dropped = l.drop.periods.Load(), int(l.drop.attached.Load())
 	}
@@ -803,6 +806,18 @@ type conn struct {
 	proven    atomic.Bool  // it said a valid hello: closed for newcomers last
 	evicting  bool         // chosen to make room (guarded by the listener's mu)
 	ready     bool         // Conn is set (guarded by the listener's mu)
+}
+
+func (c *conn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.l.bytesIn.Add(int64(n))
+	return n, err
+}
+
+func (c *conn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.l.bytesOut.Add(int64(n))
+	return n, err
 }
 
 func (c *conn) Close() error {

@@ -78,7 +78,7 @@ var Options = []*Option{
 			return one(p.PolicyAddress)
 		}},
 	{Name: "DataDirectory", Type: "PATH", Help: "bentod's state: instances, their code and storage, the box's keys", get: str(func(p *Policy) string { return p.DataDirectory })},
-	{Name: "ControlSocket", Type: "PATH|0", Help: "the operator's control socket, for bentoctl (0: none)",
+	{Name: "ControlSocket", Type: "PATH|0", Help: "the operator's control socket, for bentoctl (0: none, the default; the package sets /run/bento/control)",
 		get: func(p *Policy) []string {
 			if p.ControlSocket == "" {
 				return one("0")

@@ -172,7 +172,6 @@ func Default() *Policy {
 		Logs:               []safelog.Sink{{Min: "notice", Max: "err", Dest: "stderr"}},
 		SafeLogging:        true,
 		HeartbeatPeriod:    6 * time.Hour,
-		ControlSocket:      "/run/bento/control",
 		ControlSocketGroup: "bento",
 		APIs:               map[string]bool{},
 		Images:             []string{"starlark"},

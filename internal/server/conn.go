@@ -76,7 +76,13 @@ func (s *Server) LimitListener(ln net.Listener, onion bool) *netlimit.Listener {
 // LimitPolicyListener wraps the policy endpoint's listener: it serves a
 // small document, so a few connections per address are plenty.
 func (s *Server) LimitPolicyListener(ln net.Listener) *netlimit.Listener {
-	return s.track(netlimit.New(ln, netlimit.Config{Name: "policy", Total: 64, PerAddr: 4, Rate: 10, Burst: 20, KernelDrop: true, RecvBuffer: policyRecvBuffer, Log: s.log,
+	return s.LimitHTTPListener(ln, "policy")
+}
+
+// LimitHTTPListener wraps the listener of a small HTTP endpoint (the
+// policy, the metrics) with the limits such an endpoint needs.
+func (s *Server) LimitHTTPListener(ln net.Listener, name string) *netlimit.Listener {
+	return s.track(netlimit.New(ln, netlimit.Config{Name: name, Total: 64, PerAddr: 4, Rate: 10, Burst: 20, KernelDrop: true, RecvBuffer: policyRecvBuffer, Log: s.log,
 		Refusal: func(why netlimit.Reason) []byte {
 			return []byte(fmt.Sprintf("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s\n", len(why.String())+1, why))
 		}}))
@@ -267,7 +273,9 @@ func (s *Server) handle(nc net.Conn, o *origin, onion bool) {
 				fail(proto.CodeBadRequest, "%v", err)
 				return
 			}
+			start := time.Now()
 			res, perr := s.deploy(dep, f.Body, who, log)
+			s.met.deployed(start, perr)
 			f.Release()
 			if perr != nil {
 				if send(proto.TError, perr) != nil {

@@ -35,6 +35,10 @@ func (s *Server) deploy(d proto.Deploy, body []byte, o origin, log *slog.Logger)
 		log.Info("manifest refused", "function", m.Name, "violations", len(vs))
 		return nil, e
 	}
+	if s.Draining() {
+		log.Info("deploy refused: the operator drains the box", "function", m.Name)
+		return nil, errDraining
+	}
 	now := time.Now()
 	b := s.box()
 	if pe := b.refusal(now); pe != nil {

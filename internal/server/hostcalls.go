@@ -109,6 +109,7 @@ func (in *Instance) dispatch(rt *runtime, call proto.Call, f *wire.Frame) {
 		}
 	}
 	api := apiFor(call.Name)
+	in.srv.met.hostCalls.With(hostCallLabel(api)).Inc()
 	if !policy.KnownAPI(api) {
 		finish(nil, nil, fmt.Errorf("unknown host call %q", truncate(call.Name, 40)))
 		return

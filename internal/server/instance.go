@@ -639,6 +639,7 @@ func (in *Instance) runtimeGone(rt *runtime) {
 // the data stay for the next bentod. Session output stays readable until
 // the retention period ends.
 func (in *Instance) teardown(reason string) {
+	in.srv.met.ended.With(endCause(reason)).Inc()
 	in.mu.Lock()
 	in.endReason = reason
 	in.endedAt = time.Now()

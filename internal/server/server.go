@@ -83,6 +83,9 @@ type Server struct {
 	reapOnce sync.Once     // Recover's work, done once by it or by Close
 	wg       sync.WaitGroup
 	closed   chan struct{}
+
+	draining atomic.Bool    // the operator refuses new deploys (bentoctl drain)
+	met      *serverMetrics // counters for MetricsPort
 }
 
 // Options configure New.
@@ -149,6 +152,7 @@ func New(opts Options) (*Server, error) {
 		closed:     make(chan struct{}),
 		boxWake:    make(chan struct{}, 1),
 		lock:       lock,
+		met:        newServerMetrics(),
 	}
 	if s.boxT, err = resolveBoxEnd(p, time.Now()); err != nil {
 		return nil, err
