@@ -340,6 +340,9 @@ func (m *Manifest) validate() []*Error {
 	return errs
 }
 
+// ValidName reports whether name may be a function's name.
+func ValidName(name string) bool { return nameRE.MatchString(name) }
+
 // ValidFileName reports whether name may name a file of a function bundle:
 // a plain file name, no directories.
 func ValidFileName(name string) bool {
