@@ -1,14 +1,22 @@
-// Command bento is the Bento client: look at a server's policy, deploy a
-// function, invoke it (or reattach to an invocation), and shut it down.
+// Command bento is the Bento client: create and check a function, look
+// at a server's policy, deploy a function, invoke it (or reattach to an
+// invocation), and shut it down.
 //
 // Usage:
 //
-//	bento policy   SERVER [--check DIR]
-//	bento deploy   SERVER DIR
-//	bento invoke   [-i] SERVER INVOCATION-TOKEN [ARG...]
+//	bento new      NAME [--template hello|echo|dropbox]
+//	bento check    DIR [--json]
+//	bento policy   SERVER [--check DIR] [--json]
+//	bento deploy   SERVER DIR [--json]
+//	bento invoke   [-i] SERVER INVOCATION-TOKEN [ARG...] [--json]
 //	bento attach   SERVER INVOCATION-TOKEN SESSION [--offset N]
 //	bento shutdown SERVER SHUTDOWN-TOKEN
-//	bento run      [-i] SERVER DIR [ARG...]
+//	bento run      [-i] SERVER DIR [ARG...] [--json]
+//
+// Flags may come anywhere among a command's arguments, until "--": what
+// follows it is never a flag. Commands that talk to a server take
+// --timeout DURATION. With --json, results are JSON on stdout and an
+// error is one JSON object {"error": MESSAGE, "code": EXIT} on stderr.
 //
 // With --tor-socks ADDR before the command (or $BENTO_TOR_SOCKS), every
 // connection goes through tor's SocksPort: SERVER may be an onion address.
@@ -21,7 +29,8 @@
 // manifest was refused by the server's policy; 4 the server could not be
 // reached; 5 unknown token, session or ended instance; 6 the function was
 // stopped (a limit, a shutdown); 7 the server is busy; 8 other server
-// errors.
+// errors; 9 the function has problems (check); 130 interrupted.
+// docs/errors.md lists the messages.
 package main
 
 import (
