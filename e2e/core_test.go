@@ -180,9 +180,13 @@ func testSharedTokenAndShutdown(t *testing.T) {
 	if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "get"); r.Code != 0 || r.Stdout != "secret data" {
 		t.Fatalf("get: %s", r)
 	}
-	// The invocation token cannot end the instance.
-	if r := bento(t, "", "shutdown", d.Addr, dep.InvocationToken); r.Code != 5 {
+	// The invocation token cannot end the instance: the CLI says so
+	// without asking, and the server refuses it anyway.
+	if r := bento(t, "", "shutdown", d.Addr, dep.InvocationToken); r.Code != 2 || !strings.Contains(r.Stderr, "this is the invocation token") {
 		t.Fatalf("shutdown with the invocation token: %s", r)
+	}
+	if err := client.New(d.Addr).Shutdown(ctx(t), dep.InvocationToken); !client.IsCode(err, client.CodeNotFound) {
+		t.Fatalf("the server on a shutdown with the invocation token: %v", err)
 	}
 	if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "get"); r.Code != 0 {
 		t.Fatalf("instance must survive a shutdown with the wrong token: %s", r)

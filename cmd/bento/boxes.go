@@ -53,7 +53,7 @@ func (c *cli) boxes(args []string) int {
 	check := fs.String("check", "", "function directory: say which boxes could take it now")
 	asJSON := fs.Bool("json", false, "print JSON")
 	tf := addTorControlFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := c.parseAnywhere(fs, args); err != nil {
 		return parseCode(err)
 	}
 	if fs.NArg() > 0 {

@@ -78,7 +78,7 @@ func (c *cli) dust(args []string) int {
 		drain := fs.Duration("drain", 0, "override the template's drain period (e.g. 5m)")
 		torBin := fs.String("tor", "tor", "the tor binary")
 		bentod := fs.String("bentod", "", "the bentod binary (default: beside bento)")
-		if err := fs.Parse(args[1:]); err != nil {
+		if err := c.parseAnywhere(fs, args[1:]); err != nil {
 			return parseCode(err)
 		}
 		t, code := c.loadTemplate(*tmpl)
@@ -115,7 +115,7 @@ func (c *cli) dust(args []string) int {
 		return exitOK
 	case "ls":
 		asJSON := fs.Bool("json", false, "print JSON")
-		if err := fs.Parse(args[1:]); err != nil {
+		if err := c.parseAnywhere(fs, args[1:]); err != nil {
 			return parseCode(err)
 		}
 		motes, err := dust.List(*state)
@@ -143,7 +143,7 @@ func (c *cli) dust(args []string) int {
 		tw.Flush()
 		return exitOK
 	case "down":
-		if err := fs.Parse(args[1:]); err != nil {
+		if err := c.parseAnywhere(fs, args[1:]); err != nil {
 			return parseCode(err)
 		}
 		if fs.NArg() != 1 {
@@ -165,7 +165,7 @@ func (c *cli) dust(args []string) int {
 		image := fs.String("image", "debian:trixie-slim", "the container image (kubernetes)")
 		torrc := fs.Bool("torrc", false, "the relay's torrc lines")
 		bentorc := fs.Bool("bentorc", false, "the box's bentorc lines")
-		if err := fs.Parse(args[1:]); err != nil {
+		if err := c.parseAnywhere(fs, args[1:]); err != nil {
 			return parseCode(err)
 		}
 		t, code := c.loadTemplate(*tmpl)

@@ -1,14 +1,22 @@
-// Command bento is the Bento client: look at a server's policy, deploy a
-// function, invoke it (or reattach to an invocation), and shut it down.
+// Command bento is the Bento client: create and check a function, look
+// at a server's policy, deploy a function, invoke it (or reattach to an
+// invocation), and shut it down.
 //
 // Usage:
 //
-//	bento policy   SERVER [--check DIR]
-//	bento deploy   SERVER DIR
-//	bento invoke   [-i] SERVER INVOCATION-TOKEN [ARG...]
+//	bento new      NAME [--template hello|echo|dropbox]
+//	bento check    DIR [--json]
+//	bento policy   SERVER [--check DIR] [--json]
+//	bento deploy   SERVER DIR [--json]
+//	bento invoke   [-i] SERVER INVOCATION-TOKEN [ARG...] [--json]
 //	bento attach   SERVER INVOCATION-TOKEN SESSION [--offset N]
 //	bento shutdown SERVER SHUTDOWN-TOKEN
-//	bento run      [-i] SERVER DIR [ARG...]
+//	bento run      [-i] SERVER DIR [ARG...] [--json]
+//
+// Flags may come anywhere among a command's arguments, until "--": what
+// follows it is never a flag. Commands that talk to a server take
+// --timeout DURATION. With --json, results are JSON on stdout and an
+// error is one JSON object {"error": MESSAGE, "code": EXIT} on stderr.
 //
 // With --tor-socks ADDR before the command (or $BENTO_TOR_SOCKS), every
 // connection goes through tor's SocksPort: SERVER may be an onion address.
@@ -21,7 +29,8 @@
 // manifest was refused by the server's policy; 4 the server could not be
 // reached; 5 unknown token, session or ended instance; 6 the function was
 // stopped (a limit, a shutdown); 7 the server is busy; 8 other server
-// errors.
+// errors; 9 the function has problems (check); 130 interrupted.
+// docs/errors.md lists the messages.
 package main
 
 import (
@@ -38,6 +47,7 @@ import (
 	"syscall"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/torbento/bento/client"
 	"github.com/torbento/bento/internal/proto"
@@ -46,20 +56,24 @@ import (
 )
 
 const (
-	exitOK       = 0
-	exitFuncErr  = 1
-	exitUsage    = 2
-	exitRefused  = 3
-	exitConnect  = 4
-	exitNotFound = 5
-	exitKilled   = 6
-	exitBusy     = 7
-	exitServer   = 8
+	exitOK          = 0
+	exitFuncErr     = 1
+	exitUsage       = 2
+	exitRefused     = 3
+	exitConnect     = 4
+	exitNotFound    = 5
+	exitKilled      = 6
+	exitBusy        = 7
+	exitServer      = 8
+	exitProblems    = 9
+	exitInterrupted = 130
 )
 
 const usage = `usage:
+  bento new      NAME [--template hello|echo|dropbox]  create a function directory NAME from a template
+  bento check    DIR [--json]                 check a function offline: its manifest and its code
   bento policy   SERVER [--check DIR] [--json]  show a server's node policy (and check a function against it)
-  bento deploy   SERVER DIR [--destinations ITEMS]  upload a function and start an instance; prints its tokens
+  bento deploy   SERVER DIR [--destinations ITEMS] [--json]  upload a function and start an instance; prints its tokens
   bento invoke   [-i] SERVER TOKEN [ARG...]  call the function (-i: send stdin to it)
   bento attach   SERVER TOKEN SESSION [--offset N]  reattach to an invocation after a disconnect
   bento shutdown SERVER SHUTDOWN-TOKEN       end an instance
@@ -67,6 +81,12 @@ const usage = `usage:
   bento run      [-i] --choose DIR [ARG...]  the same on a box chosen at random from the directory
   bento boxes    [--check DIR] [--json]      list the boxes the Tor network's relays announce
   bento dust     up|ls|down|render           dust motes: a relay and a box that end (bento dust -h)
+
+Flags may come anywhere among a command's arguments; everything after -- is an argument, never a
+flag: function arguments that start with '-' go there (bento invoke SERVER TOKEN -- -1).
+Commands that talk to a server take --timeout DURATION (default 60s) for each request;
+invoke, run, deploy, policy and check take --json: the result as JSON on stdout, and an error as
+one line {"error": MESSAGE, "code": EXIT-CODE} on stderr (where errors always go).
 
 Finding boxes (boxes, run --choose) needs --tor-socks and the control port of the same tor:
   --tor-control ADDR (default $BENTO_TOR_CONTROL or 127.0.0.1:9051), --tor-cookie FILE;
@@ -77,16 +97,31 @@ Global option, before the command:
                      SERVER may then be an onion address (xyz.onion:8888) or a relay's address
 
 SERVER is HOST:PORT (default port 8888). ARGs are JSON when they parse as JSON, strings otherwise.
+Exit codes: 0 success, 1 the function raised an error, 2 usage, 3 refused by the policy,
+4 server unreachable, 5 unknown token or session, 6 function stopped, 7 server busy,
+8 other server errors, 9 the function has problems (check), 130 interrupted (docs/errors.md).
 bento --version prints the release; COMMAND --help what a command takes.
 `
 
-func main() { os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) }
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := runCtx(ctx, stop, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
 
 type cli struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	ctx            context.Context
-	torSocks       string // reach servers through this tor SocksPort
+	// stopSignals gives Ctrl-C back its default: a second one ends bento
+	// at once, while it cleans up after the first.
+	stopSignals func()
+	torSocks    string        // reach servers through this tor SocksPort
+	json        bool          // --json
+	timeout     time.Duration // --timeout
+	terminal    bool          // stdout is a terminal
+	synopsis    string        // what the command takes, for its usage
 }
 
 // newClient returns a client for addr, through Tor when --tor-socks is set.
@@ -100,7 +135,13 @@ func (c *cli) newClient(addr string) *client.Client {
 	return cl
 }
 
+// run runs bento with args, without signal handling (tests).
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	return runCtx(context.Background(), func() {}, args, stdin, stdout, stderr)
+}
+
+// runCtx runs bento with args; ctx ends when the user interrupts.
+func runCtx(ctx context.Context, stopSignals func(), args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
@@ -128,11 +169,13 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx, torSocks: torSocks}
+	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx, stopSignals: stopSignals, torSocks: torSocks, timeout: 60 * time.Second, terminal: isTerminal(stdout)}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
+	case "new":
+		return c.newCmd(rest)
+	case "check":
+		return c.check(rest)
 	case "policy":
 		return c.policy(rest)
 	case "deploy":
@@ -150,11 +193,25 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case "dust":
 		return c.dust(rest)
 	}
-	fmt.Fprintf(stderr, "bento: unknown command %q\n\n%s", cmd, usage)
+	fmt.Fprintf(stderr, "bento: unknown command %q (bento --help lists the commands)\n\n%s", cmd, usage)
 	return exitUsage
 }
 
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// usageErr reports a command given the wrong arguments.
 func (c *cli) usageErr(format string, a ...any) int {
+	if c.json {
+		return c.errorf(exitUsage, nil, format, a...)
+	}
 	fmt.Fprintf(c.stderr, "bento: "+format+"\n\n%s", append(a, usage)...)
 	return exitUsage
 }
@@ -166,34 +223,55 @@ func serverAddr(s string) string {
 	return s
 }
 
-// fail prints err and returns the matching exit code.
-func (c *cli) fail(err error) int {
+// fail prints err and returns the matching exit code. after says, when
+// the user interrupted, what became of what the command was doing.
+func (c *cli) fail(err error, after string) int {
+	if c.ctx.Err() != nil {
+		return c.interrupted(after)
+	}
 	var se *client.Error
 	var ce *client.ConnError
 	var xe *client.ExitError
 	switch {
 	case errors.As(err, &se):
+		code := exitServer
+		switch se.Code {
+		case client.CodeRefused:
+			code = exitRefused
+		case client.CodeNotFound, client.CodeGone:
+			code = exitNotFound
+		case client.CodeBusy:
+			code = exitBusy
+		}
+		if c.json {
+			c.jsonError(code, "server refused: "+se.Message, map[string]any{"server_code": se.Code, "violations": se.Violations})
+			return code
+		}
 		fmt.Fprintf(c.stderr, "bento: server refused: %s\n", clean(se.Message))
 		for _, v := range se.Violations {
 			fmt.Fprintf(c.stderr, "  %s: asks %s, policy allows %s\n", clean(v.Item), clean(v.Asked), clean(v.Allowed))
 		}
-		switch se.Code {
-		case client.CodeRefused:
-			return exitRefused
-		case client.CodeNotFound, client.CodeGone:
-			return exitNotFound
-		case client.CodeBusy:
-			return exitBusy
-		}
-		return exitServer
+		return code
 	case errors.As(err, &ce):
-		fmt.Fprintf(c.stderr, "bento: %v\n", ce)
-		return exitConnect
+		hint := ""
+		if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "i/o timeout") {
+			hint = fmt.Sprintf(" (no answer in %s; a slow server or Tor may need a longer --timeout)", c.timeout)
+		}
+		return c.errorf(exitConnect, nil, "%v%s", ce, hint)
 	case errors.As(err, &xe):
 		return c.exitCode(xe.Exit)
 	}
-	fmt.Fprintf(c.stderr, "bento: %v\n", err)
-	return exitServer
+	return c.errorf(exitServer, nil, "%v", err)
+}
+
+// interrupted reports a Ctrl-C: what the command was doing when it came
+// (after), and exits 130.
+func (c *cli) interrupted(after string) int {
+	msg := "interrupted"
+	if after != "" {
+		msg += "; " + after
+	}
+	return c.errorf(exitInterrupted, nil, "%s", msg)
 }
 
 func (c *cli) exitCode(e *client.Exit) int {
@@ -201,6 +279,10 @@ func (c *cli) exitCode(e *client.Exit) int {
 	case client.StatusOK:
 		return exitOK
 	case client.StatusError:
+		if c.json {
+			c.jsonError(exitFuncErr, "function error: "+e.Error.Error(), map[string]any{"file": e.Error.File, "line": e.Error.Line, "col": e.Error.Col, "backtrace": e.Error.Backtrace})
+			return exitFuncErr
+		}
 		fmt.Fprintf(c.stderr, "bento: function error: %s\n", clean(e.Error.Error()))
 		if e.Error.Backtrace != "" {
 			for _, l := range strings.Split(strings.TrimSpace(e.Error.Backtrace), "\n") {
@@ -209,8 +291,7 @@ func (c *cli) exitCode(e *client.Exit) int {
 		}
 		return exitFuncErr
 	}
-	fmt.Fprintf(c.stderr, "bento: function stopped: %s\n", clean(e.Reason))
-	return exitKilled
+	return c.errorf(exitKilled, nil, "function stopped: %s", clean(e.Reason))
 }
 
 // parseCode is the exit code for a flag parsing error: asking for help
@@ -222,47 +303,34 @@ func parseCode(err error) int {
 	return exitUsage
 }
 
-// flags parses flags that may appear anywhere among positional arguments
-// (until "--").
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for len(args) > 0 {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			break
-		}
-		if args[0] == "--" {
-			pos = append(pos, args[1:]...)
-			break
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
-	return pos, nil
-}
-
 func (c *cli) policy(args []string) int {
-	fs := flag.NewFlagSet("policy", flag.ContinueOnError)
-	fs.SetOutput(c.stderr)
-	check := fs.String("check", "", "function directory to check against the policy")
-	asJSON := fs.Bool("json", false, "print the policy as JSON")
-	pos, err := parseInterspersed(fs, args)
+	fs := c.newFlags("policy", "SERVER [--check DIR] [--json] [--timeout DURATION]")
+	check := fs.String("check", "", "function directory to check against the policy (offline first, as bento check does)")
+	c.addJSON(fs)
+	c.addTimeout(fs)
+	pos, code, err := c.parseFlags(fs, args)
 	if err != nil {
-		return parseCode(err)
+		return code
 	}
 	if len(pos) != 1 {
 		return c.usageErr("policy takes SERVER [--check DIR]")
 	}
-	cl := c.newClient(serverAddr(pos[0]))
-	p, err := cl.Policy(c.ctx)
-	if err != nil {
-		return c.fail(err)
+	var fn *client.Function
+	if *check != "" {
+		// The function must be sound before its policy matters: the
+		// server would refuse code that does not compile too.
+		f, probs := checkDir(*check)
+		if len(probs) > 0 {
+			return c.reportProblems(*check, probs)
+		}
+		fn = f
 	}
-	if *check == "" {
-		if *asJSON {
+	p, err := c.client(pos[0]).Policy(c.ctx)
+	if err != nil {
+		return c.fail(err, "")
+	}
+	if fn == nil {
+		if c.json {
 			b, _ := json.MarshalIndent(p, "", "  ")
 			fmt.Fprintf(c.stdout, "%s\n", b)
 		} else {
@@ -270,14 +338,18 @@ func (c *cli) policy(args []string) int {
 		}
 		return exitOK
 	}
-	fn, err := client.LoadFunction(*check)
-	if err != nil {
-		return c.fail(err)
-	}
 	vs, err := fn.Check(p)
 	if err != nil {
-		fmt.Fprintf(c.stderr, "bento: %v\n", err)
-		return exitUsage
+		return c.errorf(exitProblems, nil, "%v", err)
+	}
+	if c.json {
+		b, _ := json.MarshalIndent(map[string]any{"dir": *check, "allowed": len(vs) == 0, "violations": nonNil(vs)}, "", "  ")
+		fmt.Fprintf(c.stdout, "%s\n", b)
+		if len(vs) > 0 {
+			c.jsonError(exitRefused, "the server would refuse this function", nil)
+			return exitRefused
+		}
+		return exitOK
 	}
 	if len(vs) == 0 {
 		fmt.Fprintf(c.stdout, "%s: the server's policy allows everything the manifest asks for\n", *check)
@@ -288,6 +360,13 @@ func (c *cli) policy(args []string) int {
 		fmt.Fprintf(c.stdout, "  %s: asks %s, policy allows %s\n", v.Item, v.Asked, v.Allowed)
 	}
 	return exitRefused
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
 }
 
 // destFlag collects --destinations values: tor exit-policy items that
@@ -308,26 +387,27 @@ func (d *destFlag) Set(v string) error {
 func (c *cli) loadFunction(dir string, dests destFlag) (*client.Function, int) {
 	fn, err := client.LoadFunction(dir)
 	if err != nil {
-		fmt.Fprintf(c.stderr, "bento: %v\n", err)
-		return nil, exitUsage
+		return nil, c.errorf(exitUsage, nil, "%v", notFunctionDir(dir, err))
 	}
 	if len(dests) > 0 {
 		if err := fn.SetDestinations(dests); err != nil {
-			fmt.Fprintf(c.stderr, "bento: %v\n", err)
-			return nil, exitUsage
+			return nil, c.errorf(exitUsage, nil, "%v", err)
 		}
 	}
 	return fn, exitOK
 }
 
+const deployInterrupted = "the server may have started an instance whose tokens never reached you; it ends when its lifetime does"
+
 func (c *cli) deploy(args []string) int {
-	fs := flag.NewFlagSet("deploy", flag.ContinueOnError)
-	fs.SetOutput(c.stderr)
+	fs := c.newFlags("deploy", "SERVER DIR [--destinations ITEMS] [--json] [--timeout DURATION]")
 	var dests destFlag
 	fs.Var(&dests, "destinations", "replace the manifest's destinations (e.g. \"accept 127.0.0.1:8080\")")
-	args, err := parseInterspersed(fs, args)
+	c.addJSON(fs)
+	c.addTimeout(fs)
+	args, code, err := c.parseFlags(fs, args)
 	if err != nil {
-		return parseCode(err)
+		return code
 	}
 	if len(args) != 2 {
 		return c.usageErr("deploy takes SERVER DIR [--destinations ITEMS]")
@@ -336,10 +416,11 @@ func (c *cli) deploy(args []string) int {
 	if fn == nil {
 		return code
 	}
-	d, err := c.newClient(serverAddr(args[0])).Deploy(c.ctx, fn)
+	d, err := c.client(args[0]).Deploy(c.ctx, fn)
 	if err != nil {
-		return c.fail(err)
+		return c.fail(err, deployInterrupted)
 	}
+	// The tokens are JSON with or without --json: scripts read them.
 	out := map[string]any{"instance": d.Instance, "invocation_token": d.InvocationToken, "shutdown_token": d.ShutdownToken}
 	b, _ := json.MarshalIndent(out, "", "  ")
 	fmt.Fprintf(c.stdout, "%s\n", b)
@@ -360,52 +441,69 @@ func parseArgs(words []string) []any {
 	return out
 }
 
+// keepsRunning is what becomes of an invocation that invoke or attach
+// leaves: the function goes on, and the session can be reattached.
+func keepsRunning(cl *client.Client, s *client.Session) string {
+	return fmt.Sprintf("the function keeps running on the server.\nbento: reattach with: bento attach %s INVOCATION-TOKEN %s --offset %d", cl.Addr, s.ID, s.Offset)
+}
+
 func (c *cli) invoke(args []string) int {
-	fs := flag.NewFlagSet("invoke", flag.ContinueOnError)
-	fs.SetOutput(c.stderr)
+	fs := c.newFlags("invoke", "[-i] SERVER INVOCATION-TOKEN [ARG...] [--json] [--timeout DURATION]")
 	interactive := fs.Bool("i", false, "send standard input to the function")
-	if err := fs.Parse(args); err != nil {
-		return parseCode(err)
+	c.addJSON(fs)
+	c.addTimeout(fs)
+	pos, code, err := c.parseFlags(fs, args)
+	if err != nil {
+		return code
 	}
-	pos := fs.Args()
 	if len(pos) < 2 {
-		return c.usageErr("invoke takes [-i] SERVER TOKEN [ARG...]")
+		return c.usageErr("invoke takes [-i] SERVER INVOCATION-TOKEN [ARG...]")
 	}
-	cl := c.newClient(serverAddr(pos[0]))
+	if code := c.wrongToken("invoke", pos[1], false); code >= 0 {
+		return code
+	}
+	cl := c.client(pos[0])
 	s, err := cl.Invoke(c.ctx, pos[1], parseArgs(pos[2:])...)
 	if err != nil {
-		return c.fail(err)
+		return c.fail(err, "the invocation may have started on the server; its session id never reached you")
 	}
-	return c.stream(cl, pos[1], s, *interactive)
+	return c.stream(cl, s, *interactive, func(s *client.Session) string { return keepsRunning(cl, s) }, func(s *client.Session) string { return keepsRunning(cl, s) })
 }
 
 func (c *cli) attach(args []string) int {
-	fs := flag.NewFlagSet("attach", flag.ContinueOnError)
-	fs.SetOutput(c.stderr)
+	fs := c.newFlags("attach", "SERVER INVOCATION-TOKEN SESSION [--offset N] [-i] [--json] [--timeout DURATION]")
 	offset := fs.Int64("offset", 0, "resume output at this offset (printed when a session is interrupted)")
 	interactive := fs.Bool("i", false, "send standard input to the function")
-	pos, err := parseInterspersed(fs, args)
+	c.addJSON(fs)
+	c.addTimeout(fs)
+	pos, code, err := c.parseFlags(fs, args)
 	if err != nil {
-		return parseCode(err)
+		return code
 	}
 	if len(pos) != 3 {
-		return c.usageErr("attach takes SERVER TOKEN SESSION [--offset N]")
+		return c.usageErr("attach takes SERVER INVOCATION-TOKEN SESSION [--offset N]")
 	}
-	cl := c.newClient(serverAddr(pos[0]))
+	if code := c.wrongToken("attach", pos[1], false); code >= 0 {
+		return code
+	}
+	cl := c.client(pos[0])
 	s, err := cl.Attach(c.ctx, pos[1], pos[2], *offset)
 	if err != nil {
-		return c.fail(err)
+		return c.fail(err, "the function, if it runs, keeps running on the server")
 	}
-	return c.stream(cl, pos[1], s, *interactive)
+	return c.stream(cl, s, *interactive, func(s *client.Session) string { return keepsRunning(cl, s) }, func(s *client.Session) string { return keepsRunning(cl, s) })
 }
 
 // stream copies session output to stdout (and stdin to the session). The
 // session's id goes to stderr first, so that even a client killed outright
-// can be reattached.
-func (c *cli) stream(cl *client.Client, token string, s *client.Session, interactive bool) int {
+// can be reattached. onInterrupt and onDisconnect say what becomes of the
+// function when the user interrupts or the connection fails.
+func (c *cli) stream(cl *client.Client, s *client.Session, interactive bool, onInterrupt, onDisconnect func(*client.Session) string) int {
 	s.OnNotice = func(n client.Notice) { fmt.Fprintf(c.stderr, "bento: notice from the box: %s\n", clean(n.Message)) }
 	defer s.Close()
-	fmt.Fprintf(c.stderr, "bento: session %s started; reattach with: bento attach %s INVOCATION-TOKEN %s\n", s.ID, cl.Addr, s.ID)
+	if !c.json {
+		fmt.Fprintf(c.stderr, "bento: session %s started; reattach with: bento attach %s INVOCATION-TOKEN %s\n", s.ID, cl.Addr, s.ID)
+	}
 	if interactive {
 		go func() {
 			buf := make([]byte, 32<<10)
@@ -423,16 +521,41 @@ func (c *cli) stream(cl *client.Client, token string, s *client.Session, interac
 			}
 		}()
 	}
+	var out []byte // with --json: all of it, printed at the end
+	last := byte('\n')
 	for {
 		data, exit, err := s.Recv()
 		if err != nil {
-			fmt.Fprintf(c.stderr, "bento: disconnected from session %s; the function keeps running.\n"+
-				"bento: reattach with: bento attach %s %s %s --offset %d\n", s.ID, cl.Addr, "INVOCATION-TOKEN", s.ID, s.Offset)
-			return exitConnect
+			if c.ctx.Err() != nil {
+				return c.interrupted(onInterrupt(s))
+			}
+			return c.errorf(exitConnect, map[string]any{"session": s.ID, "offset": s.Offset}, "disconnected from session %s (%v); %s", s.ID, err, onDisconnect(s))
 		}
 		if exit != nil {
+			if c.json {
+				res := map[string]any{"session": s.ID, "status": exit.Status}
+				if utf8.Valid(out) {
+					res["output"] = string(out)
+				} else {
+					res["output_base64"] = out
+				}
+				b, _ := json.Marshal(res)
+				fmt.Fprintf(c.stdout, "%s\n", b)
+			} else if c.terminal && last != '\n' {
+				// A returned value ends its line on a terminal; into a
+				// pipe or a file, output is exactly the function's.
+				fmt.Fprintln(c.stdout)
+			}
 			return c.exitCode(exit)
 		}
+		if len(data) == 0 {
+			continue
+		}
+		if c.json {
+			out = append(out, data...)
+			continue
+		}
+		last = data[len(data)-1]
 		if _, err := c.stdout.Write(data); err != nil {
 			return exitServer
 		}
@@ -440,34 +563,37 @@ func (c *cli) stream(cl *client.Client, token string, s *client.Session, interac
 }
 
 func (c *cli) shutdown(args []string) int {
-	fs := flag.NewFlagSet("shutdown", flag.ContinueOnError)
-	fs.SetOutput(c.stderr)
-	fs.Usage = func() { fmt.Fprintln(c.stderr, "usage: bento shutdown SERVER SHUTDOWN-TOKEN") }
-	args, err := parseInterspersed(fs, args)
+	fs := c.newFlags("shutdown", "SERVER SHUTDOWN-TOKEN [--timeout DURATION]")
+	c.addTimeout(fs)
+	args, code, err := c.parseFlags(fs, args)
 	if err != nil {
-		return parseCode(err)
+		return code
 	}
 	if len(args) != 2 {
 		return c.usageErr("shutdown takes SERVER SHUTDOWN-TOKEN")
 	}
-	if err := c.newClient(serverAddr(args[0])).Shutdown(c.ctx, args[1]); err != nil {
-		return c.fail(err)
+	if code := c.wrongToken("shutdown", args[1], true); code >= 0 {
+		return code
+	}
+	if err := c.client(args[0]).Shutdown(c.ctx, args[1]); err != nil {
+		return c.fail(err, "the instance may or may not have been shut down; run the same command again to be sure (exit 5 once it is gone)")
 	}
 	return exitOK
 }
 
 func (c *cli) runCmd(args []string) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(c.stderr)
+	fs := c.newFlags("run", "[-i] [--destinations ITEMS] SERVER DIR [ARG...] [--json] [--timeout DURATION], or --choose DIR [ARG...]")
 	interactive := fs.Bool("i", false, "send standard input to the function")
 	var dests destFlag
 	fs.Var(&dests, "destinations", "replace the manifest's destinations")
 	choose := fs.Bool("choose", false, "choose the box from the directory instead of naming one")
 	tf := addTorControlFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return parseCode(err)
+	c.addJSON(fs)
+	c.addTimeout(fs)
+	pos, code, err := c.parseFlags(fs, args)
+	if err != nil {
+		return code
 	}
-	pos := fs.Args()
 	if *choose {
 		pos = append([]string{""}, pos...)
 	}
@@ -486,29 +612,55 @@ func (c *cli) runCmd(args []string) int {
 		box, err := dir.Choose(c.ctx, fn)
 		done()
 		if err != nil {
-			fmt.Fprintf(c.stderr, "bento: %v\n", err)
-			return exitRefused
+			if c.ctx.Err() != nil {
+				return c.interrupted("")
+			}
+			return c.errorf(exitRefused, nil, "%v", err)
 		}
 		fmt.Fprintf(c.stderr, "bento: chose box %s beside relay %s (%s)\n", box.Addr(), clean(box.Relay.Nickname), box.Relay.Fingerprint)
 		pos[0] = box.Addr()
 	}
-	cl := c.newClient(serverAddr(pos[0]))
+	cl := c.client(pos[0])
 	d, err := cl.Deploy(c.ctx, fn)
 	if err != nil {
-		return c.fail(err)
+		return c.fail(err, deployInterrupted)
 	}
-	defer func() {
+	// bento run leaves no instance behind: whatever ends the session,
+	// the instance is shut down, and what is said about it is what
+	// happened.
+	shutdown := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := cl.Shutdown(ctx, d.ShutdownToken); err != nil && !client.IsCode(err, client.CodeNotFound) {
-			fmt.Fprintf(c.stderr, "bento: shutting down instance %s: %v\n", d.Instance, err)
+			return err
 		}
-	}()
+		return nil
+	}
+	ended := func(*client.Session) string {
+		c.stopSignals() // a second Ctrl-C ends bento at once
+		if err := shutdown(); err != nil {
+			return fmt.Sprintf("shutting down instance %s failed (%v); it ends when its lifetime does", d.Instance, err)
+		}
+		return fmt.Sprintf("instance %s was shut down (bento run leaves no instance behind)", d.Instance)
+	}
 	s, err := cl.Invoke(c.ctx, d.InvocationToken, parseArgs(pos[2:])...)
 	if err != nil {
-		return c.fail(err)
+		if c.ctx.Err() != nil {
+			return c.interrupted(ended(nil))
+		}
+		code := c.fail(err, "")
+		if err := shutdown(); err != nil {
+			fmt.Fprintf(c.stderr, "bento: shutting down instance %s: %v\n", d.Instance, err)
+		}
+		return code
 	}
-	return c.stream(cl, d.InvocationToken, s, *interactive)
+	code = c.stream(cl, s, *interactive, ended, ended)
+	if code != exitInterrupted && code != exitConnect {
+		if err := shutdown(); err != nil {
+			fmt.Fprintf(c.stderr, "bento: shutting down instance %s: %v\n", d.Instance, err)
+		}
+	}
+	return code
 }
 
 // printPolicy shows a policy the way an operator wrote it.

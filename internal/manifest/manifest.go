@@ -8,6 +8,7 @@ package manifest
 import (
 	"bytes"
 	"cmp"
+	"errors"
 	"fmt"
 	"math"
 	"regexp"
@@ -95,9 +96,33 @@ var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$`)
 var identRE = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]{0,63}$`)
 
 // Error is a malformed manifest.
-type Error struct{ Msg string }
+type Error struct {
+	Msg string
+	// Key is the manifest item at fault ("apis", "resources.memory"),
+	// when there is one.
+	Key string
+	// Line and Col locate the problem in bento.toml (1-based), when known:
+	// TOML syntax errors always, other problems once ParseAll has located
+	// Key. Col is 0 when only the line is known.
+	Line, Col int
+	// value, when set, is the item of a list (an api, a destination) at
+	// fault, which Locate looks for after Key.
+	value string
+}
 
 func (e *Error) Error() string { return FileName + ": " + e.Msg }
+
+// Position is the problem's place in bento.toml, as "line" or
+// "line:col", or "" when it is not known.
+func (e *Error) Position() string {
+	switch {
+	case e.Line == 0:
+		return ""
+	case e.Col == 0:
+		return fmt.Sprint(e.Line)
+	}
+	return fmt.Sprintf("%d:%d", e.Line, e.Col)
+}
 
 // Bounds on a manifest, so that parsing it and checking it against a
 // policy stay cheap whatever a client sends.
@@ -107,16 +132,54 @@ const (
 )
 
 // Parse parses and validates bento.toml. Resources left out stay zero;
-// Resolve fills them in against a policy.
+// Resolve fills them in against a policy. The error, if any, is the first
+// problem found (an *Error).
 func Parse(data []byte) (*Manifest, error) {
+	m, errs := parse(data)
+	if len(errs) > 0 {
+		return nil, errs[0]
+	}
+	return m, nil
+}
+
+// maxProblems bounds the problems ParseAll reports.
+const maxProblems = 50
+
+// ParseAll is Parse for authors: it reports every problem it finds, not
+// just the first (a TOML syntax error still ends the parse), each located
+// in data where it can be. The manifest is returned only when there are
+// no problems.
+func ParseAll(data []byte) (*Manifest, []*Error) {
+	m, errs := parse(data)
+	if len(errs) > maxProblems {
+		errs = append(errs[:maxProblems], &Error{Msg: fmt.Sprintf("and %d more problems", len(errs)-maxProblems)})
+	}
+	for _, e := range errs {
+		if e.Line == 0 && e.Key != "" {
+			e.Line = Locate(data, e.Key, e.value)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return m, nil
+}
+
+func parse(data []byte) (*Manifest, []*Error) {
 	if len(data) > MaxSize {
-		return nil, &Error{fmt.Sprintf("%d bytes, more than the %d a manifest may have", len(data), MaxSize)}
+		return nil, []*Error{{Msg: fmt.Sprintf("%d bytes, more than the %d a manifest may have", len(data), MaxSize)}}
 	}
 	var f file
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&f)
 	if err != nil {
-		return nil, &Error{err.Error()}
+		e := &Error{Msg: err.Error()}
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			e.Line, e.Col, e.Key = pe.Position.Line, pe.Position.Col, pe.LastKey
+		}
+		return nil, []*Error{e}
 	}
+	var errs []*Error
 	if und := md.Undecoded(); len(und) > 0 {
 		var keys []string
 		for _, k := range und {
@@ -126,7 +189,7 @@ func Parse(data []byte) (*Manifest, error) {
 			}
 			keys = append(keys, fmt.Sprintf("%.64q", k.String()))
 		}
-		return nil, &Error{fmt.Sprintf("unknown keys %s (known: name, image, entry, function, mode, apis, destinations, [resources] memory, cpu, cpu_time, processes, storage, output, lifetime, min_lifetime, steps)", strings.Join(keys, ", "))}
+		errs = append(errs, &Error{Msg: fmt.Sprintf("unknown keys %s (known: name, image, entry, function, mode, apis, destinations, [resources] memory, cpu, cpu_time, processes, storage, output, lifetime, min_lifetime, steps)", strings.Join(keys, ", ")), Key: und[0].String()})
 	}
 	m := &Manifest{
 		Name: f.Name, Image: f.Image, Entry: f.Entry, Function: f.Function, Mode: f.Mode,
@@ -143,7 +206,8 @@ func Parse(data []byte) (*Manifest, error) {
 		}
 		n, err := units.ParseSize(s.val)
 		if err != nil {
-			return nil, &Error{"resources." + s.key + ": " + err.Error()}
+			errs = append(errs, &Error{Msg: "resources." + s.key + ": " + err.Error(), Key: "resources." + s.key})
+			continue
 		}
 		*s.dst = n
 	}
@@ -156,20 +220,29 @@ func Parse(data []byte) (*Manifest, error) {
 		}
 		d, err := units.ParseDuration(s.val)
 		if err != nil {
-			return nil, &Error{"resources." + s.key + ": " + err.Error()}
+			errs = append(errs, &Error{Msg: "resources." + s.key + ": " + err.Error(), Key: "resources." + s.key})
+			continue
 		}
 		*s.dst = d
 	}
-	if err := m.validate(); err != nil {
-		return nil, err
+	errs = append(errs, m.validate()...)
+	if len(errs) > 0 {
+		return nil, errs
 	}
 	return m, nil
 }
 
-func (m *Manifest) validate() error {
-	bad := func(format string, a ...any) error { return &Error{fmt.Sprintf(format, a...)} }
+// validate checks every item and returns every problem.
+func (m *Manifest) validate() []*Error {
+	var errs []*Error
+	bad := func(key, format string, a ...any) {
+		errs = append(errs, &Error{Msg: fmt.Sprintf(format, a...), Key: key})
+	}
+	badItem := func(key, value, format string, a ...any) {
+		errs = append(errs, &Error{Msg: fmt.Sprintf(format, a...), Key: key, value: value})
+	}
 	if !nameRE.MatchString(m.Name) {
-		return bad("name %q: want 1-64 letters, digits, '.', '_' or '-'", m.Name)
+		bad("name", "name %q: want 1-64 letters, digits, '.', '_' or '-'", m.Name)
 	}
 	if m.Image == "" {
 		m.Image = "starlark"
@@ -178,87 +251,97 @@ func (m *Manifest) validate() error {
 		m.Entry = "main.star"
 	}
 	if !ValidFileName(m.Entry) {
-		return bad("entry %q: want a file name in the function directory such as main.star", m.Entry)
+		bad("entry", "entry %q: want a file name in the function directory such as main.star", m.Entry)
 	}
 	if m.Function == "" {
 		m.Function = "main"
 	}
 	if !identRE.MatchString(m.Function) {
-		return bad("function %q is not an identifier", m.Function)
+		bad("function", "function %q is not an identifier", m.Function)
 	}
 	switch m.Mode {
 	case "":
 		m.Mode = ModeOneShot
 	case ModeOneShot, ModeService:
 	default:
-		return bad("mode %q: want %q or %q", m.Mode, ModeOneShot, ModeService)
+		bad("mode", "mode %q: want %q or %q", m.Mode, ModeOneShot, ModeService)
 	}
 	seen := map[string]bool{}
 	for _, a := range m.APIs {
-		if !policy.KnownAPI(a) {
-			return bad("apis: unknown host call %q", a)
-		}
-		if seen[a] {
-			return bad("apis: %q listed twice", a)
+		switch {
+		case !policy.KnownAPI(a):
+			badItem("apis", a, "apis: unknown host call %q", a)
+		case seen[a]:
+			badItem("apis", a, "apis: %q listed twice", a)
 		}
 		seen[a] = true
 	}
 	sort.Strings(m.APIs)
+	dest, destBad := &exitpolicy.Policy{}, len(errs)
 	if len(m.Destinations) > MaxDestinations {
-		return bad("destinations: %d items, at most %d", len(m.Destinations), MaxDestinations)
-	}
-	dest := &exitpolicy.Policy{}
-	for _, d := range m.Destinations {
-		q, warns, err := exitpolicy.Parse(d)
-		if err != nil {
-			return bad("destinations: %v", err)
+		bad("destinations", "destinations: %d items, at most %d", len(m.Destinations), MaxDestinations)
+	} else {
+		for _, d := range m.Destinations {
+			q, warns, err := exitpolicy.Parse(d)
+			if err != nil {
+				badItem("destinations", d, "destinations: %v", err)
+				continue
+			}
+			if len(warns) > 0 {
+				badItem("destinations", d, "destinations: %s", warns[0])
+				continue
+			}
+			dest.Append(q)
 		}
-		if len(warns) > 0 {
-			return bad("destinations: %s", warns[0])
-		}
-		dest.Append(q)
 	}
 	m.Dest = dest
+	destOK := len(errs) == destBad
 	r := m.Resources
 	switch {
 	case math.IsNaN(r.CPU) || math.IsInf(r.CPU, 0) || r.CPU < 0 || r.CPU > 1024:
-		return bad("resources.cpu %v: want a number of cores from %g to 1024", r.CPU, policy.MinCPU)
+		bad("resources.cpu", "resources.cpu %v: want a number of cores from %g to 1024", r.CPU, policy.MinCPU)
 	case r.CPU != 0 && r.CPU < policy.MinCPU:
-		return bad("resources.cpu %v is below the least a function can be given, %g cores", r.CPU, policy.MinCPU)
+		bad("resources.cpu", "resources.cpu %v is below the least a function can be given, %g cores", r.CPU, policy.MinCPU)
 	case !policy.CPUStep(r.CPU):
-		return bad("resources.cpu %v: give cores in steps of %g (e.g. 0.25)", r.CPU, policy.MinCPU)
+		bad("resources.cpu", "resources.cpu %v: give cores in steps of %g (e.g. 0.25)", r.CPU, policy.MinCPU)
+	}
+	switch {
 	case r.Processes < 0 || r.Processes > 1<<20:
-		return bad("resources.processes %d: want 1 to %d", r.Processes, 1<<20)
+		bad("resources.processes", "resources.processes %d: want 1 to %d", r.Processes, 1<<20)
+	case r.Processes != 0 && r.Processes < MinProcesses:
+		bad("resources.processes", "resources.processes %d is below the minimum of %d", r.Processes, MinProcesses)
+	}
+	switch {
 	case r.Memory < 0:
-		return bad("resources.memory: negative")
-	case r.Steps > 1<<50:
-		return bad("resources.steps %d: at most %d", r.Steps, uint64(1)<<50)
+		bad("resources.memory", "resources.memory: negative")
+	case r.Memory != 0 && r.Memory < MinMemory:
+		bad("resources.memory", "resources.memory %s is below the minimum of %s", units.FormatSize(r.Memory), units.FormatSize(MinMemory))
+	}
+	if r.Steps > 1<<50 {
+		bad("resources.steps", "resources.steps %d: at most %d", r.Steps, uint64(1)<<50)
 	}
 	if r.CPUTime != 0 && r.CPUTime < 10*time.Millisecond {
-		return bad("resources.cpu_time %s is below 10ms", r.CPUTime)
+		bad("resources.cpu_time", "resources.cpu_time %s is below 10ms", r.CPUTime)
 	}
 	if r.Lifetime != 0 && r.Lifetime < time.Second {
-		return bad("resources.lifetime %s is below 1s", r.Lifetime)
+		bad("resources.lifetime", "resources.lifetime %s is below 1s", r.Lifetime)
 	}
-	if m.MinLifetime != 0 && m.MinLifetime < time.Second {
-		return bad("resources.min_lifetime %s is below 1s", m.MinLifetime)
-	}
-	if m.MinLifetime != 0 && r.Lifetime != 0 && m.MinLifetime > r.Lifetime {
-		return bad("resources.min_lifetime %s is longer than resources.lifetime %s", m.MinLifetime, r.Lifetime)
-	}
-	if r.Memory != 0 && r.Memory < MinMemory {
-		return bad("resources.memory %s is below the minimum of %s", units.FormatSize(r.Memory), units.FormatSize(MinMemory))
-	}
-	if r.Processes != 0 && r.Processes < MinProcesses {
-		return bad("resources.processes %d is below the minimum of %d", r.Processes, MinProcesses)
+	switch {
+	case m.MinLifetime != 0 && m.MinLifetime < time.Second:
+		bad("resources.min_lifetime", "resources.min_lifetime %s is below 1s", m.MinLifetime)
+	case m.MinLifetime != 0 && r.Lifetime != 0 && m.MinLifetime > r.Lifetime:
+		bad("resources.min_lifetime", "resources.min_lifetime %s is longer than resources.lifetime %s", m.MinLifetime, r.Lifetime)
 	}
 	// Every destination is checked, directly or through Tor: a fetch or a
 	// composition call without destinations could never succeed.
-	if (seen[policy.APIHTTPFetch] || seen[policy.APIBento] || seen[policy.APITorFetch]) && !dest.AcceptsAny() {
-		return bad("apis lists a network call but destinations accepts nothing; add e.g. destinations = [\"accept 192.0.2.1:443\"] (or \"accept *.onion:*\" for onion services)")
+	if (seen[policy.APIHTTPFetch] || seen[policy.APIBento] || seen[policy.APITorFetch]) && !dest.AcceptsAny() && destOK {
+		bad("apis", "apis lists a network call but destinations accepts nothing; add e.g. destinations = [\"accept 192.0.2.1:443\"] (or \"accept *.onion:*\" for onion services)")
 	}
-	return nil
+	return errs
 }
+
+// ValidName reports whether name may be a function's name.
+func ValidName(name string) bool { return nameRE.MatchString(name) }
 
 // ValidFileName reports whether name may name a file of a function bundle:
 // a plain file name, no directories.

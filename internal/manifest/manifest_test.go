@@ -1,6 +1,8 @@
 package manifest
 
 import (
+	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -206,4 +208,73 @@ func TestParseLinear(t *testing.T) {
 			return []byte("name = \"x\"\ndestinations = [" + strings.Repeat("\"accept 1.2.3.4:80\", ", n) + "]\n")
 		},
 	}, func(b []byte) error { _, err := Parse(b); return err })
+}
+
+// TestParseAll: every problem of a manifest is reported, each at its line.
+func TestParseAll(t *testing.T) {
+	tests := []struct {
+		name, in string
+		want     []string // "line: message prefix"
+	}{
+		{"clean", "name = \"a\"\n", nil},
+		{"several", `name = "x y"
+apis = [
+  "send",
+  "exec",
+]
+mode = "forever"
+[resources]
+memory = "1 MB"
+lifetime = "soon"
+`, []string{
+			`9:resources.lifetime: duration "soon"`,
+			`1:name "x y"`,
+			`6:mode "forever"`,
+			`4:apis: unknown host call "exec"`,
+			`8:resources.memory 1 MB is below the minimum`,
+		}},
+		{"syntax", "name = \"a\"\napis = [\"send\"\n", []string{`2:toml: line 2`}},
+		{"unknown key", "name = \"a\"\n\n[resources]\nmemroy = \"1 MB\"\n", []string{`4:unknown keys "resources.memroy"`}},
+		{"dotted key", "name = \"a\"\nresources.memory = \"2 MB\"\n", []string{`2:resources.memory 2 MB`}},
+		{"destination", "name = \"a\"\ndestinations = [\"accept 1.2.3.4:80\", \"accept6 1.2.3.4:80\"]\n", []string{`2:destinations:`}},
+		{"network without destinations", "name = \"a\"\napis = [\"http.fetch\"]\n", []string{`2:apis lists a network call`}},
+	}
+	for _, tc := range tests {
+		m, errs := ParseAll([]byte(tc.in))
+		if (m == nil) != (len(tc.want) > 0) {
+			t.Errorf("%s: manifest %v with %d problems", tc.name, m, len(errs))
+		}
+		var got []string
+		for _, e := range errs {
+			got = append(got, fmt.Sprintf("%d:%s", e.Line, e.Msg))
+		}
+		if len(got) != len(tc.want) {
+			t.Errorf("%s: problems\n%s\nwant\n%s", tc.name, strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			continue
+		}
+		for _, w := range tc.want {
+			ok := false
+			for _, g := range got {
+				ok = ok || strings.HasPrefix(g, w)
+			}
+			if !ok {
+				t.Errorf("%s: no problem %q in\n%s", tc.name, w, strings.Join(got, "\n"))
+			}
+		}
+		// Parse reports the first of them.
+		if _, err := Parse([]byte(tc.in)); (err == nil) != (len(errs) == 0) || err != nil && err.Error() != errs[0].Error() {
+			t.Errorf("%s: Parse: %v, ParseAll's first %v", tc.name, err, errs[0])
+		}
+	}
+}
+
+func FuzzLocate(f *testing.F) {
+	f.Add([]byte("name = \"a\"\n[resources]\nmemory = \"1 MB\"\n"), "resources.memory", "")
+	f.Add([]byte("apis = [\n\"send\",\n\"exec\"]\n"), "apis", "exec")
+	f.Fuzz(func(t *testing.T, data []byte, key, value string) {
+		n := Locate(data, key, value)
+		if lines := bytes.Count(data, []byte("\n")) + 1; n < 0 || n > lines {
+			t.Fatalf("line %d of %d", n, lines)
+		}
+	})
 }

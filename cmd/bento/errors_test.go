@@ -1,0 +1,153 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// errorRow is a row of docs/errors.md.
+type errorRow struct {
+	id, message, test string
+	exit              int
+}
+
+// errorRows reads docs/errors.md's table.
+func errorRows(t *testing.T) []errorRow {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "errors.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []errorRow
+	for _, line := range strings.Split(string(doc), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) != 7 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
+			continue
+		}
+		code, err := strconv.Atoi(strings.TrimSpace(cells[4]))
+		if err != nil {
+			t.Fatalf("docs/errors.md: exit %q: %v", cells[4], err)
+		}
+		rows = append(rows, errorRow{
+			id:      strings.Trim(strings.TrimSpace(cells[1]), "`"),
+			message: strings.Trim(strings.TrimSpace(cells[3]), "`"),
+			exit:    code,
+			test:    strings.TrimSpace(cells[5]),
+		})
+	}
+	if len(rows) < 10 {
+		t.Fatalf("found %d rows in docs/errors.md; the table's format changed?", len(rows))
+	}
+	return rows
+}
+
+// matches reports whether a line of out matches a documented message,
+// in which … stands for anything.
+func matches(out, message string) bool {
+	for _, line := range strings.Split(out, "\n") {
+		parts := strings.Split(message, "…")
+		if !strings.HasPrefix(line, parts[0]) {
+			continue
+		}
+		rest, ok := line[len(parts[0]):], true
+		for _, p := range parts[1:] {
+			i := strings.Index(rest, p)
+			if i < 0 {
+				ok = false
+				break
+			}
+			rest = rest[i+len(p):]
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+// TestErrorsTable runs every row of docs/errors.md marked unit with the
+// real command line, and checks its message and exit status; a row
+// without a case here, or a case without a row, fails.
+func TestErrorsTable(t *testing.T) {
+	fn := func(t *testing.T, manifest, code string) string {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "bento.toml"), []byte(manifest), 0o644)
+		os.WriteFile(filepath.Join(dir, "main.star"), []byte(code), 0o644)
+		return dir
+	}
+	closedPort := func(t *testing.T) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		return addr
+	}
+	const server = "127.0.0.1:9" // never contacted by these rows
+	cases := map[string]func(t *testing.T) []string{
+		"unknown-command":  func(t *testing.T) []string { return []string{"deplyo"} },
+		"missing-argument": func(t *testing.T) []string { return []string{"deploy", server} },
+		"unknown-flag":     func(t *testing.T) []string { return []string{"invoke", server, "bento-inv-x", "-1"} },
+		"bad-flag-value":   func(t *testing.T) []string { return []string{"policy", server, "--timeout", "5"} },
+		"not-a-function":   func(t *testing.T) []string { return []string{"deploy", server, t.TempDir()} },
+		"bad-manifest": func(t *testing.T) []string {
+			return []string{"check", fn(t, "name = \"a\"\napis = [\"send\", \"exec\"]\n", "def main():\n    pass\n")}
+		},
+		"code-does-not-compile": func(t *testing.T) []string {
+			return []string{"check", fn(t, "name = \"a\"\n", "def main():\n    return 1 +\n")}
+		},
+		"undefined-name": func(t *testing.T) []string {
+			return []string{"check", fn(t, "name = \"a\"\n", "def main():\n    return nope\n")}
+		},
+		"policy-check-code": func(t *testing.T) []string {
+			return []string{"policy", server, "--check", fn(t, "name = \"a\"\n", "def main(:\n")}
+		},
+		"shutdown-token-to-invoke":     func(t *testing.T) []string { return []string{"invoke", server, "bento-sd-x"} },
+		"invocation-token-to-shutdown": func(t *testing.T) []string { return []string{"shutdown", server, "bento-inv-x"} },
+		"server-unreachable":           func(t *testing.T) []string { return []string{"policy", closedPort(t)} },
+		"new-not-empty": func(t *testing.T) []string {
+			return []string{"new", fn(t, "name = \"a\"\n", "")}
+		},
+		"new-unknown-template": func(t *testing.T) []string {
+			return []string{"new", filepath.Join(t.TempDir(), "x"), "--template", "nope"}
+		},
+	}
+	seen := map[string]bool{}
+	for _, row := range errorRows(t) {
+		if row.test != "unit" {
+			continue
+		}
+		seen[row.id] = true
+		mk, ok := cases[row.id]
+		if !ok {
+			t.Errorf("docs/errors.md row %s has no case in TestErrorsTable", row.id)
+			continue
+		}
+		t.Run(row.id, func(t *testing.T) {
+			args := mk(t)
+			var out, errb bytes.Buffer
+			code := run(args, strings.NewReader(""), &out, &errb)
+			if code != row.exit || !matches(errb.String(), row.message) {
+				t.Errorf("bento %s: exit %d, stderr:\n%s\nwant exit %d and a line %q", strings.Join(args, " "), code, errb.String(), row.exit, row.message)
+			}
+			// With --json where it is taken, the same message as JSON.
+			if args[0] == "check" || args[0] == "policy" {
+				errb.Reset()
+				if code := run(append(args, "--json"), strings.NewReader(""), &out, &errb); code != row.exit || !strings.HasPrefix(errb.String(), `{"code":`+strconv.Itoa(row.exit)+`,"error":`) {
+					t.Errorf("bento %s --json: exit %d, stderr %q", strings.Join(args, " "), code, errb.String())
+				}
+			}
+		})
+	}
+	for id := range cases {
+		if !seen[id] {
+			t.Errorf("TestErrorsTable case %s is not a unit row of docs/errors.md", id)
+		}
+	}
+}

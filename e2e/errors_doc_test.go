@@ -1,0 +1,175 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/torbento/bento/client"
+	"github.com/torbento/bento/internal/testutil"
+)
+
+// TestErrorsTableServer runs every row of docs/errors.md marked e2e
+// against a real bentod, and checks its message and exit status; a row
+// without a case here, or a case without a row, fails. (The rows marked
+// unit are cmd/bento's TestErrorsTable.)
+func TestErrorsTableServer(t *testing.T) {
+	d := startBentod(t, "")
+	cl := client.New(d.Addr)
+	fnDir := func(t *testing.T, manifest, code string) string {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "bento.toml"), []byte(manifest), 0o644)
+		os.WriteFile(filepath.Join(dir, "main.star"), []byte(code), 0o644)
+		return dir
+	}
+	instances := func(t *testing.T) int {
+		p, err := cl.Policy(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.Free.Instances
+	}
+	cases := map[string]func(t *testing.T) result{
+		"refused-manifest": func(t *testing.T) result {
+			return bento(t, "", "deploy", d.Addr, fnDir(t, "name = \"greedy\"\n[resources]\nmemory = \"100 GB\"\n", "def main():\n    return 1\n"))
+		},
+		"deploy-does-not-compile": func(t *testing.T) result { return bento(t, "", "deploy", d.Addr, fn("syntaxerr")) },
+		"unknown-token": func(t *testing.T) result {
+			return bento(t, "", "invoke", d.Addr, "bento-inv-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+		},
+		"function-error":   func(t *testing.T) result { return bento(t, "", "run", d.Addr, fn("runtimeerr")) },
+		"function-stopped": func(t *testing.T) result { return bento(t, "", "run", d.Addr, fn("sleeper")) },
+		"interrupted-run": func(t *testing.T) result {
+			before := instances(t)
+			r := interrupt(t, "run", d.Addr, fn("counter"), "100", "0.1")
+			// What it said is true: no instance is left behind.
+			if after := instances(t); after != before {
+				t.Errorf("free instances %d after an interrupted run, %d before", after, before)
+			}
+			return r
+		},
+		"interrupted-invoke": func(t *testing.T) result {
+			dep := deployCLI(t, d, fn("counter"))
+			r := interrupt(t, "invoke", d.Addr, dep.InvocationToken, "20", "0.1")
+			// What it said is true: the function went on, to its end.
+			m := regexp.MustCompile(`bento attach \S+ INVOCATION-TOKEN (s-[0-9a-f]+) --offset (\d+)`).FindStringSubmatch(r.Stderr)
+			if m == nil {
+				t.Fatalf("no reattach command in %q", r.Stderr)
+			}
+			if a := bento(t, "", "attach", d.Addr, dep.InvocationToken, m[1], "--offset", m[2]); a.Code != 0 || !strings.HasSuffix(a.Stdout, "line 19\ndone\n") {
+				t.Errorf("reattaching as told: %s", a)
+			}
+			return r
+		},
+	}
+	seen := map[string]bool{}
+	rows := 0
+	for _, row := range docErrorRows(t) {
+		rows++
+		if row.test != "e2e" {
+			continue
+		}
+		seen[row.id] = true
+		mk, ok := cases[row.id]
+		if !ok {
+			t.Errorf("docs/errors.md row %s has no case in TestErrorsTableServer", row.id)
+			continue
+		}
+		t.Run(row.id, func(t *testing.T) {
+			r := mk(t)
+			if r.Code != row.exit || !docMessageIn(r.Stderr, row.message) {
+				t.Errorf("%s\nwant exit %d and a line %q", r, row.exit, row.message)
+			}
+		})
+	}
+	for id := range cases {
+		if !seen[id] {
+			t.Errorf("TestErrorsTableServer case %s is not an e2e row of docs/errors.md", id)
+		}
+	}
+}
+
+// interrupt starts the CLI, sends it SIGINT once its session has
+// started, and returns how it ended.
+func interrupt(t *testing.T, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(testutil.Binaries(t), "bento"), args...)
+	var out, errb syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(errb.String(), " started; ") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("bento %s did not end after SIGINT: %s", strings.Join(args, " "), errb.String())
+	}
+	return result{out.String(), errb.String(), cmd.ProcessState.ExitCode()}
+}
+
+type docErrorRow struct {
+	id, message, test string
+	exit              int
+}
+
+// docErrorRows reads docs/errors.md's table (as cmd/bento's test does).
+func docErrorRows(t *testing.T) []docErrorRow {
+	doc, err := os.ReadFile(filepath.Join(testutil.RepoRoot(), "docs", "errors.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []docErrorRow
+	for _, line := range strings.Split(string(doc), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) != 7 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
+			continue
+		}
+		code, err := strconv.Atoi(strings.TrimSpace(cells[4]))
+		if err != nil {
+			t.Fatalf("docs/errors.md: exit %q: %v", cells[4], err)
+		}
+		rows = append(rows, docErrorRow{strings.Trim(strings.TrimSpace(cells[1]), "`"), strings.Trim(strings.TrimSpace(cells[3]), "`"), strings.TrimSpace(cells[5]), code})
+	}
+	if len(rows) < 10 {
+		t.Fatalf("found %d rows in docs/errors.md; the table's format changed?", len(rows))
+	}
+	return rows
+}
+
+// docMessageIn reports whether a line of out matches a documented
+// message, in which … stands for anything.
+func docMessageIn(out, message string) bool {
+	parts := strings.Split(message, "…")
+	for _, line := range strings.Split(out, "\n") {
+		rest, ok := strings.CutPrefix(line, parts[0])
+		for _, p := range parts[1:] {
+			if !ok {
+				break
+			}
+			var i int
+			if i = strings.Index(rest, p); i < 0 {
+				ok = false
+				break
+			}
+			rest = rest[i+len(p):]
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
