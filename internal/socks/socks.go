@@ -27,26 +27,6 @@ type Dialer struct {
 	Forward func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
-// Error is a SOCKS failure reported by the proxy.
-type Error struct {
-	Code   byte
-	Target string
-}
-
-var replyText = map[byte]string{
-	1: "general failure", 2: "connection not allowed by ruleset", 3: "network unreachable",
-	4: "host unreachable", 5: "connection refused", 6: "TTL expired",
-	7: "command not supported", 8: "address type not supported",
-}
-
-func (e *Error) Error() string {
-	t, ok := replyText[e.Code]
-	if !ok {
-		t = "unknown error " + strconv.Itoa(int(e.Code))
-	}
-	return fmt.Sprintf("socks: proxy could not reach %s: %s", e.Target, t)
-}
-
 // DialContext connects to addr ("host:port") through the proxy. network
 // must be "tcp" (or tcp4/tcp6).
 func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {

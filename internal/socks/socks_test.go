@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 )
 
@@ -107,8 +109,17 @@ func FuzzReadReply(f *testing.F) {
 	f.Add([]byte{5, 0, 0, 1, 10, 0, 0, 1, 1, 187})
 	f.Add([]byte{5, 0, 0, 3, 3, 'a', 'b', 'c', 0, 80})
 	f.Add([]byte{5, 1, 0, 1})
+	f.Add([]byte{5, 0xF0, 0, 1, 0, 0, 0, 0, 0, 0})
+	f.Add([]byte{5, 0xF7, 0, 1, 0, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		addr, err := ReadReply(bytes.NewReader(b))
+		var se *Error
+		if errors.As(err, &se) {
+			se.Target = "x.onion:1"
+			if len(b) < 2 || se.Code != b[1] || se.Code == 0 || !strings.Contains(se.Error(), fmt.Sprintf("0x%02X", b[1])) {
+				t.Fatalf("reply %x decoded as %v", b, se)
+			}
+		}
 		if err == nil {
 			if _, _, err := net.SplitHostPort(addr); err != nil {
 				t.Fatalf("accepted reply gives bad address %q", addr)
