@@ -44,6 +44,13 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	if len(host) == 0 || len(host) > 255 {
 		return nil, fmt.Errorf("socks: bad host in %q", addr)
 	}
+	if IsOnion(host) {
+		// A mistyped address fails here, at once, not after tor has
+		// looked for its descriptor.
+		if _, err := ParseOnion(host); err != nil {
+			return nil, err
+		}
+	}
 	if len(d.Username) > 255 || len(d.Password) > 255 {
 		return nil, errors.New("socks: username or password longer than 255 bytes")
 	}

@@ -57,13 +57,14 @@ func fakeProxy(t *testing.T, code byte, wantAuth bool) (string, chan []byte) {
 func TestDialHostname(t *testing.T) {
 	addr, got := fakeProxy(t, 0, true)
 	d := &Dialer{Proxy: addr, Username: "inst-1", Password: "x"}
-	c, err := d.DialContext(context.Background(), "tcp", "abc.onion:80")
+	onion := testOnion(1)
+	c, err := d.DialContext(context.Background(), "tcp", onion+":80")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	req := <-got
-	want := append([]byte{5, 1, 0, 3, 9}, append([]byte("abc.onion"), 0, 80)...)
+	want := append([]byte{5, 1, 0, 3, byte(len(onion))}, append([]byte(onion), 0, 80)...)
 	if !bytes.Equal(req, want) {
 		t.Fatalf("request %v, want %v", req, want)
 	}
