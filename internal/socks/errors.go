@@ -112,6 +112,9 @@ func explain(code byte, onion bool) explanation {
 	return explanation{"a reply code tor does not send", "check that the address is tor's SocksPort"}
 }
 
+// Reason says what happened, without the target or advice.
+func (e *Error) Reason() string { return explain(e.Code, e.onion()).what }
+
 func (e *Error) onion() bool { return IsOnion(hostOf(e.Target)) }
 
 func (e *Error) Error() string {
