@@ -42,7 +42,6 @@ import (
 	"github.com/torbento/bento/client"
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/server"
-	"github.com/torbento/bento/internal/socks"
 )
 
 const (
@@ -75,6 +74,8 @@ Finding boxes (boxes, run --choose) needs --tor-socks and the control port of th
 Global option, before the command:
   --tor-socks ADDR   reach the server through tor's SocksPort ADDR (also $BENTO_TOR_SOCKS);
                      SERVER may then be an onion address (xyz.onion:8888) or a relay's address
+  --tor-retry DUR    while a new onion service's descriptor spreads, keep trying for DUR
+                     (default 60s; also $BENTO_TOR_RETRY; 0: fail at once)
 
 SERVER is HOST:PORT (default port 8888). ARGs are JSON when they parse as JSON, strings otherwise.
 bento --version prints the release; COMMAND --help what a command takes.
@@ -87,17 +88,7 @@ type cli struct {
 	stdout, stderr io.Writer
 	ctx            context.Context
 	torSocks       string // reach servers through this tor SocksPort
-}
-
-// newClient returns a client for addr, through Tor when --tor-socks is set.
-func (c *cli) newClient(addr string) *client.Client {
-	cl := client.New(addr)
-	if c.torSocks != "" {
-		// Fresh SOCKS credentials per run: tor gives this run circuits of
-		// its own (IsolateSOCKSAuth).
-		cl.Dialer = &socks.Dialer{Proxy: c.torSocks, Username: "bento-cli-" + strconv.Itoa(os.Getpid()), Password: "bento"}
-	}
-	return cl
+	transport      *transport
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
@@ -113,16 +104,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "bento %s (protocol %d)\n", strings.TrimPrefix(server.Version, "bentod/"), proto.Version)
 		return exitOK
 	}
-	torSocks := os.Getenv("BENTO_TOR_SOCKS")
-	for len(args) > 0 && strings.HasPrefix(args[0], "--tor-socks") {
-		if v, ok := strings.CutPrefix(args[0], "--tor-socks="); ok {
-			torSocks, args = v, args[1:]
-		} else if args[0] == "--tor-socks" && len(args) > 1 {
-			torSocks, args = args[1], args[2:]
-		} else {
-			fmt.Fprintf(stderr, "bento: --tor-socks needs an address (e.g. 127.0.0.1:9050)\n\n%s", usage)
-			return exitUsage
-		}
+	tr, args, err := parseTransport(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "bento: %v\n\n%s", err, usage)
+		return exitUsage
 	}
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
@@ -130,7 +115,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx, torSocks: torSocks}
+	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx, torSocks: tr.torSocks, transport: tr}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "policy":
