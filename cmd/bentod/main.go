@@ -111,6 +111,10 @@ func run() int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	if err := setupTLS(srv, p.DataDirectory, log); err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
 	// A start that fails from here on still ends what the server holds
 	// (restored instances, an earlier bentod's containers).
 	fail := func(msg string, err error) int {
