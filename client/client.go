@@ -22,6 +22,7 @@ import (
 	"github.com/torbento/bento/internal/manifest"
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/proto"
+	"github.com/torbento/bento/internal/socks"
 	"github.com/torbento/bento/internal/wire"
 )
 
@@ -114,6 +115,13 @@ func (e *ConnError) Unwrap() error { return e.Err }
 
 func (c *Client) dial(ctx context.Context) (*wire.Conn, net.Conn, error) {
 	d := c.Dialer
+	if _, direct := d.(*net.Dialer); d == nil || direct {
+		// An onion address resolved outside Tor would only leak the name
+		// to the DNS.
+		if host, _, err := net.SplitHostPort(c.Addr); err == nil && socks.IsOnion(host) {
+			return nil, nil, &ConnError{fmt.Errorf("%s is an onion address, reachable only through Tor: give tor's SocksPort (bento --tor-socks 127.0.0.1:9050)", c.Addr)}
+		}
+	}
 	if d == nil {
 		d = &net.Dialer{}
 	}

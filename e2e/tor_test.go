@@ -73,7 +73,11 @@ func bentoTor(t *testing.T, n *privnet.Net, args ...string) result {
 	t.Helper()
 	full := append([]string{"--tor-socks", n.Client().SocksAddr()}, args...)
 	var r result
-	for i := 0; i < 20; i++ {
+	// The CLI itself retries while a descriptor spreads (--tor-retry);
+	// this loop covers the rest (circuits not built yet), within 2
+	// minutes.
+	deadline := time.Now().Add(2 * time.Minute)
+	for i := 0; i < 20 && time.Now().Before(deadline); i++ {
 		if r = bento(t, "", full...); r.Code != 4 {
 			return r
 		}
@@ -100,6 +104,24 @@ func TestTorBrowserOverOnion(t *testing.T) {
 	r = bentoTor(t, n, "run", a.Addr, fn("hello"))
 	if r.Code != 0 || !strings.Contains(r.Stdout, "hello") {
 		t.Fatalf("hello via an exit: %s", r)
+	}
+	// An onion service that does not exist: the client's tor (its
+	// SocksPort has ExtendedErrors) says its descriptor cannot be found,
+	// and bento says so, after its retries.
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	missing := socks.OnionAddress(pub) + ":8888"
+	start := time.Now()
+	r = bento(t, "", "--tor-socks", n.Client().SocksAddr(), "--tor-retry", "3s", "policy", missing)
+	if r.Code != 4 || !strings.Contains(r.Stderr, "[SOCKS reply 0xF0]") || !strings.Contains(r.Stderr, "tries again for up to 3s") {
+		t.Fatalf("policy of a service that does not exist, after %s: %s", time.Since(start), r)
+	}
+	// A mistyped one (a checksum character changed) fails at once,
+	// without tor.
+	typo := []byte(a.Onion)
+	typo[52] = map[bool]byte{true: 'b', false: 'a'}[typo[52] == 'a']
+	r = bento(t, "", "--tor-socks", "127.0.0.1:1", "policy", string(typo))
+	if r.Code != 4 || !strings.Contains(r.Stderr, "mistyped") {
+		t.Fatalf("policy of a mistyped onion address: %s", r)
 	}
 }
 

@@ -120,7 +120,12 @@ func (c *cli) addTimeout(fs *flag.FlagSet) {
 // through Tor when --tor-socks is set.
 func (c *cli) client(server string) *client.Client {
 	cl := c.newClient(serverAddr(server))
-	cl.Timeout = c.timeout
+	// Through Tor the descriptor retries (--tor-retry) come out of the
+	// request's time, so a request gets at least that long.
+	cl.Timeout = max(c.timeout, cl.Timeout)
+	if c.transport == nil || c.transport.torSocks == "" {
+		cl.Timeout = c.timeout
+	}
 	return cl
 }
 

@@ -52,7 +52,6 @@ import (
 	"github.com/torbento/bento/client"
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/server"
-	"github.com/torbento/bento/internal/socks"
 )
 
 const (
@@ -95,6 +94,8 @@ Finding boxes (boxes, run --choose) needs --tor-socks and the control port of th
 Global option, before the command:
   --tor-socks ADDR   reach the server through tor's SocksPort ADDR (also $BENTO_TOR_SOCKS);
                      SERVER may then be an onion address (xyz.onion:8888) or a relay's address
+  --tor-retry DUR    while a new onion service's descriptor spreads, keep trying for DUR
+                     (default 60s; also $BENTO_TOR_RETRY; 0: fail at once)
 
 SERVER is HOST:PORT (default port 8888). ARGs are JSON when they parse as JSON, strings otherwise.
 Exit codes: 0 success, 1 the function raised an error, 2 usage, 3 refused by the policy,
@@ -118,21 +119,11 @@ type cli struct {
 	// at once, while it cleans up after the first.
 	stopSignals func()
 	torSocks    string        // reach servers through this tor SocksPort
+	transport   *transport    // --tor-socks, --tor-retry
 	json        bool          // --json
 	timeout     time.Duration // --timeout
 	terminal    bool          // stdout is a terminal
 	synopsis    string        // what the command takes, for its usage
-}
-
-// newClient returns a client for addr, through Tor when --tor-socks is set.
-func (c *cli) newClient(addr string) *client.Client {
-	cl := client.New(addr)
-	if c.torSocks != "" {
-		// Fresh SOCKS credentials per run: tor gives this run circuits of
-		// its own (IsolateSOCKSAuth).
-		cl.Dialer = &socks.Dialer{Proxy: c.torSocks, Username: "bento-cli-" + strconv.Itoa(os.Getpid()), Password: "bento"}
-	}
-	return cl
 }
 
 // run runs bento with args, without signal handling (tests).
@@ -154,22 +145,16 @@ func runCtx(ctx context.Context, stopSignals func(), args []string, stdin io.Rea
 		fmt.Fprintf(stdout, "bento %s (protocol %d)\n", strings.TrimPrefix(server.Version, "bentod/"), proto.Version)
 		return exitOK
 	}
-	torSocks := os.Getenv("BENTO_TOR_SOCKS")
-	for len(args) > 0 && strings.HasPrefix(args[0], "--tor-socks") {
-		if v, ok := strings.CutPrefix(args[0], "--tor-socks="); ok {
-			torSocks, args = v, args[1:]
-		} else if args[0] == "--tor-socks" && len(args) > 1 {
-			torSocks, args = args[1], args[2:]
-		} else {
-			fmt.Fprintf(stderr, "bento: --tor-socks needs an address (e.g. 127.0.0.1:9050)\n\n%s", usage)
-			return exitUsage
-		}
+	tr, args, err := parseTransport(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "bento: %v\n\n%s", err, usage)
+		return exitUsage
 	}
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
 	}
-	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx, stopSignals: stopSignals, torSocks: torSocks, timeout: 60 * time.Second, terminal: isTerminal(stdout)}
+	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx, stopSignals: stopSignals, torSocks: tr.torSocks, transport: tr, timeout: 60 * time.Second, terminal: isTerminal(stdout)}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "new":

@@ -151,6 +151,11 @@ func run() int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	if err := setupTLS(srv, p.DataDirectory, log); err != nil {
+		log.Error("cannot start", "err", err)
+		srv.Close()
+		return 1
+	}
 	d := &daemon{cfg: cfg, log: log, router: router, srv: srv, pol: p, started: time.Now(), stopReq: make(chan string, 1)}
 	// A start that fails from here on still ends what the server holds
 	// (restored instances, an earlier bentod's containers).

@@ -441,7 +441,10 @@ func (n *Net) writeTorrcs(hash string) error {
 		b.WriteString("# our authorities only: the public ones are never configured\n")
 		b.WriteString(auths)
 		if nd.Role == Client {
-			w("SocksPort 127.0.0.1:%d", nd.SocksPort)
+			// ExtendedErrors: onion-service failures come back as tor's
+			// own SOCKS codes (descriptor not found, introduction
+			// failed, ...), which bento decodes and retries.
+			w("SocksPort 127.0.0.1:%d ExtendedErrors", nd.SocksPort)
 			w("PathsNeededToBuildCircuits 0.67")
 			w("FetchDirInfoEarly 1")
 			// Exits accept only 127.0.0.1, which a microdescriptor policy
@@ -456,7 +459,7 @@ func (n *Net) writeTorrcs(hash string) error {
 			w("VanguardsLiteEnabled 0")
 		} else {
 			if nd.SocksPort != 0 {
-				w("SocksPort 127.0.0.1:%d", nd.SocksPort)
+				w("SocksPort 127.0.0.1:%d ExtendedErrors", nd.SocksPort)
 				w("UseMicrodescriptors 0")
 			} else {
 				w("SocksPort 0")

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/torbento/bento/internal/manifest"
 	"github.com/torbento/bento/internal/netlimit"
+	"github.com/torbento/bento/internal/pintls"
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/safelog"
 	"github.com/torbento/bento/internal/units"
@@ -163,7 +165,14 @@ func (s *Server) handle(nc net.Conn, o *origin, onion bool) {
 	log := s.log.With("client", safelog.Addr(nc.RemoteAddr().String()))
 	bud, done := s.budgets.get(key)
 	defer done()
-	conn := wire.NewConn(nc)
+	// With TLS set, a client connecting directly may speak TLS (pintls):
+	// frames go through rw, while deadlines and netlimit's marks stay on
+	// nc.
+	var rw net.Conn = nc
+	if cfg := s.tlsConfig.Load(); cfg != nil && o == nil && !onion {
+		rw = pintls.Sniff(nc, cfg)
+	}
+	conn := wire.NewConn(rw)
 	conn.Budget = bud
 	conn.BudgetWait = d.IdleTimeout
 	conn.Limit = func(t uint8) int {
@@ -397,3 +406,7 @@ func (s *Server) selfConn(in *Instance) net.Conn {
 	}()
 	return a
 }
+
+// SetTLS lets clients connecting directly (not through the onion
+// service) speak TLS with cfg on the same port as cleartext.
+func (s *Server) SetTLS(cfg *tls.Config) { s.tlsConfig.Store(cfg) }

@@ -13,6 +13,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -46,6 +47,7 @@ const OutputRetention = 10 * time.Minute
 // Server is a running bentod.
 type Server struct {
 	pol       atomic.Pointer[policy.Policy]
+	tlsConfig atomic.Pointer[tls.Config] // SetTLS
 	sb        *sandbox.Sandbox
 	log       *slog.Logger
 	instDir   string

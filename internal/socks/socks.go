@@ -25,27 +25,27 @@ type Dialer struct {
 	Username, Password string
 	// Forward dials the proxy (default: a net.Dialer).
 	Forward func(ctx context.Context, network, addr string) (net.Conn, error)
+	// RetryFor, if positive, is how long DialContext keeps trying
+	// again after failures a new onion service gives while its
+	// descriptor spreads (descriptor not found, introduction failed or
+	// timed out: Error.Transient), waiting 0.5 s, then twice as long each
+	// time, at most 8 s. Other failures return at once; the context
+	// bounds the retries too.
+	RetryFor time.Duration
+	// OnRetry, if set, is called before each wait with the failure, the
+	// number of tries so far and the wait.
+	OnRetry func(err *Error, tries int, wait time.Duration)
 }
 
-// Error is a SOCKS failure reported by the proxy.
-type Error struct {
-	Code   byte
-	Target string
-}
+// Backoff between tries (variables for the tests).
+var (
+	retryFirstWait = 500 * time.Millisecond
+	retryMaxWait   = 8 * time.Second
+)
 
-var replyText = map[byte]string{
-	1: "general failure", 2: "connection not allowed by ruleset", 3: "network unreachable",
-	4: "host unreachable", 5: "connection refused", 6: "TTL expired",
-	7: "command not supported", 8: "address type not supported",
-}
-
-func (e *Error) Error() string {
-	t, ok := replyText[e.Code]
-	if !ok {
-		t = "unknown error " + strconv.Itoa(int(e.Code))
-	}
-	return fmt.Sprintf("socks: proxy could not reach %s: %s", e.Target, t)
-}
+// attemptTimeout bounds one try when the context has no deadline: longer
+// than tor's own SocksTimeout (2 minutes), so tor answers first.
+const attemptTimeout = 150 * time.Second
 
 // DialContext connects to addr ("host:port") through the proxy. network
 // must be "tcp" (or tcp4/tcp6).
@@ -64,8 +64,55 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	if len(host) == 0 || len(host) > 255 {
 		return nil, fmt.Errorf("socks: bad host in %q", addr)
 	}
+	if IsOnion(host) {
+		// A mistyped address fails here, at once, not after tor has
+		// looked for its descriptor.
+		if _, err := ParseOnion(host); err != nil {
+			return nil, err
+		}
+	}
 	if len(d.Username) > 255 || len(d.Password) > 255 {
 		return nil, errors.New("socks: username or password longer than 255 bytes")
+	}
+	start := time.Now()
+	wait := retryFirstWait
+	var last *Error
+	for tries := 1; ; tries++ {
+		c, err := d.dialOnce(ctx, host, uint16(port))
+		var se *Error
+		switch {
+		case err == nil:
+			return c, nil
+		case last != nil && ctx.Err() != nil:
+			return nil, fmt.Errorf("%w; stopped after %d tries in %s: %w", last, tries-1, since(start), ctx.Err())
+		case d.RetryFor <= 0 || !errors.As(err, &se) || !se.Transient():
+			return nil, err
+		case time.Since(start)+wait > d.RetryFor:
+			return nil, fmt.Errorf("%w; gave up after %d tries in %s", se, tries, since(start))
+		}
+		last = se
+		if d.OnRetry != nil {
+			d.OnRetry(se, tries, wait)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w; stopped after %d tries in %s: %w", se, tries, since(start), ctx.Err())
+		case <-t.C:
+		}
+		wait = min(2*wait, retryMaxWait)
+	}
+}
+
+func since(t time.Time) time.Duration { return time.Since(t).Round(100 * time.Millisecond) }
+
+// dialOnce is one try: connect to the proxy, ask it for host:port.
+func (d *Dialer) dialOnce(ctx context.Context, host string, port uint16) (net.Conn, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, attemptTimeout)
+		defer cancel()
 	}
 	fwd := d.Forward
 	if fwd == nil {
@@ -84,7 +131,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		_ = c.SetDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-	err = d.handshake(c, host, uint16(port))
+	err = d.handshake(c, host, port)
 	if !stop() || err != nil {
 		c.Close()
 		if ctx.Err() != nil {

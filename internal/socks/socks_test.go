@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 )
 
@@ -55,13 +57,14 @@ func fakeProxy(t *testing.T, code byte, wantAuth bool) (string, chan []byte) {
 func TestDialHostname(t *testing.T) {
 	addr, got := fakeProxy(t, 0, true)
 	d := &Dialer{Proxy: addr, Username: "inst-1", Password: "x"}
-	c, err := d.DialContext(context.Background(), "tcp", "abc.onion:80")
+	onion := testOnion(1)
+	c, err := d.DialContext(context.Background(), "tcp", onion+":80")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	req := <-got
-	want := append([]byte{5, 1, 0, 3, 9}, append([]byte("abc.onion"), 0, 80)...)
+	want := append([]byte{5, 1, 0, 3, byte(len(onion))}, append([]byte(onion), 0, 80)...)
 	if !bytes.Equal(req, want) {
 		t.Fatalf("request %v, want %v", req, want)
 	}
@@ -107,8 +110,17 @@ func FuzzReadReply(f *testing.F) {
 	f.Add([]byte{5, 0, 0, 1, 10, 0, 0, 1, 1, 187})
 	f.Add([]byte{5, 0, 0, 3, 3, 'a', 'b', 'c', 0, 80})
 	f.Add([]byte{5, 1, 0, 1})
+	f.Add([]byte{5, 0xF0, 0, 1, 0, 0, 0, 0, 0, 0})
+	f.Add([]byte{5, 0xF7, 0, 1, 0, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		addr, err := ReadReply(bytes.NewReader(b))
+		var se *Error
+		if errors.As(err, &se) {
+			se.Target = "x.onion:1"
+			if len(b) < 2 || se.Code != b[1] || se.Code == 0 || !strings.Contains(se.Error(), fmt.Sprintf("0x%02X", b[1])) {
+				t.Fatalf("reply %x decoded as %v", b, se)
+			}
+		}
 		if err == nil {
 			if _, _, err := net.SplitHostPort(addr); err != nil {
 				t.Fatalf("accepted reply gives bad address %q", addr)
