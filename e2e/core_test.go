@@ -345,4 +345,28 @@ func TestVersionsAndHelp(t *testing.T) {
 			t.Errorf("bento %s --help: %s", cmd, r)
 		}
 	}
+	// bentod's option list and configuration dump, as tor's: the dump of
+	// a bentorc parses back to the same configuration (its own dump).
+	bentod := filepath.Join(testutil.Binaries(t), "bentod")
+	if out, err := exec.Command(bentod, "--list-options").Output(); err != nil || !strings.Contains(string(out), "MetricsPortPolicy POLICY,POLICY...") {
+		t.Errorf("bentod --list-options: %v\n%s", err, out)
+	}
+	rc := filepath.Join(testutil.TempDir(t), "bentorc")
+	os.WriteFile(rc, []byte("Nickname dumped\nLog info file /var/log/bento/x.log\nMaxMemory 32 MB\n"), 0o644)
+	short, err := exec.Command(bentod, "-f", rc, "--dump-config", "short").Output()
+	if err != nil || string(short) != "Nickname dumped\nLog info file /var/log/bento/x.log\nMaxMemory 32 MB\n" {
+		t.Errorf("bentod --dump-config short: %v\n%s", err, short)
+	}
+	full, err := exec.Command(bentod, "-f", rc, "--dump-config", "full").Output()
+	os.WriteFile(rc, full, 0o644)
+	again, err2 := exec.Command(bentod, "-f", rc, "--dump-config", "full").Output()
+	if err != nil || err2 != nil || string(full) != string(again) || !strings.Contains(string(full), "DataDirectory /var/lib/bento\n") {
+		t.Errorf("bentod --dump-config full does not parse back to itself: %v %v\n%s\n---\n%s", err, err2, full, again)
+	}
+	if r := exec.Command(bentod, "--dump-config", "long"); r.Run() == nil || r.ProcessState.ExitCode() != 2 {
+		t.Errorf("bentod --dump-config long: exit %d, want 2", r.ProcessState.ExitCode())
+	}
+	if r := bentoctl(t, "/nonexistent/control", "--help"); r.Code != 0 || !strings.Contains(r.Stdout, "usage: bentoctl") {
+		t.Errorf("bentoctl --help: %s", r)
+	}
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/torbento/bento/internal/privs"
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/safelog"
+	"github.com/torbento/bento/internal/sdnotify"
 	"github.com/torbento/bento/internal/server"
 	"github.com/torbento/bento/internal/torlink"
 )
@@ -141,6 +142,9 @@ func run() int {
 		log.Error("dropping privileges", "err", err)
 		return 1
 	}
+	// systemd's notify socket is bentod's alone: no child (runc, which
+	// would pass it into containers) inherits it.
+	sdnotify.Take()
 	// bentod yields the CPU to tor; the runtime and containers it starts
 	// run lower still (sandbox.StartNice).
 	if err := renice(p.Daemon.Nice); err != nil {

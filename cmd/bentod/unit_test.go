@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -72,5 +73,22 @@ func TestServiceUnit(t *testing.T) {
 	}
 	if svc("Restart") != "on-failure" {
 		t.Errorf("Restart=%q", svc("Restart"))
+	}
+}
+
+// TestConfigSource: without -f, a missing default file means the built-in
+// defaults, as tor runs without a torrc; a file named with -f must exist.
+func TestConfigSource(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "bentorc")
+	p, builtin, err := confSource{path: missing}.load()
+	if err != nil || !builtin || p.ListenAddress != "127.0.0.1:8888" {
+		t.Errorf("missing default file: %v, %v, %v", p, builtin, err)
+	}
+	if _, _, err := (confSource{path: missing, explicit: true}).load(); err == nil || !strings.Contains(err.Error(), "reading configuration") {
+		t.Errorf("missing -f file: %v", err)
+	}
+	os.WriteFile(missing, []byte("Nickname here\n"), 0o644)
+	if p, builtin, err := (confSource{path: missing}).load(); err != nil || builtin || p.Nickname != "here" {
+		t.Errorf("present default file: %v, %v, %v", p, builtin, err)
 	}
 }

@@ -9,15 +9,55 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
+// env holds systemd's variables once Take has moved them out of the
+// environment.
+var env struct {
+	sync.Mutex
+	taken                     bool
+	socket, usec, watchdogPID string
+}
+
+// Take moves systemd's variables (NOTIFY_SOCKET, WATCHDOG_USEC,
+// WATCHDOG_PID) out of the process's environment, as sd_notify's
+// unset_environment does, so that no child inherits them: runc would
+// otherwise pass the notify socket into every container, and a container
+// could then speak for bentod. Call it once, early; the package's
+// functions read the taken values from then on.
+func Take() {
+	env.Lock()
+	defer env.Unlock()
+	env.socket, env.usec, env.watchdogPID = os.Getenv("NOTIFY_SOCKET"), os.Getenv("WATCHDOG_USEC"), os.Getenv("WATCHDOG_PID")
+	env.taken = true
+	for _, k := range []string{"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"} {
+		os.Unsetenv(k)
+	}
+}
+
+func getenv(k string) string {
+	env.Lock()
+	defer env.Unlock()
+	if !env.taken {
+		return os.Getenv(k)
+	}
+	switch k {
+	case "NOTIFY_SOCKET":
+		return env.socket
+	case "WATCHDOG_USEC":
+		return env.usec
+	}
+	return env.watchdogPID
+}
+
 // Notify sends state (lines such as "READY=1") to systemd's socket. It
 // reports whether a socket was there to send to.
 func Notify(state string) (bool, error) {
-	path := os.Getenv("NOTIFY_SOCKET")
+	path := getenv("NOTIFY_SOCKET")
 	if path == "" {
 		return false, nil
 	}
@@ -55,11 +95,11 @@ func Stopping() (bool, error) { return Notify("STOPPING=1") }
 // WatchdogSec, as sd_watchdog_enabled(3) advises), or 0 when it does not
 // watch this process.
 func WatchdogInterval() time.Duration {
-	usec, err := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
+	usec, err := strconv.ParseInt(getenv("WATCHDOG_USEC"), 10, 64)
 	if err != nil || usec <= 0 || usec > 1<<40 {
 		return 0
 	}
-	if pid := os.Getenv("WATCHDOG_PID"); pid != "" && pid != strconv.Itoa(os.Getpid()) {
+	if pid := getenv("WATCHDOG_PID"); pid != "" && pid != strconv.Itoa(os.Getpid()) {
 		return 0
 	}
 	return time.Duration(usec) * time.Microsecond / 2

@@ -61,4 +61,24 @@ func TestNotify(t *testing.T) {
 	if _, err := Notify("READY=1"); err == nil {
 		t.Error("a relative NOTIFY_SOCKET was accepted")
 	}
+	// Take keeps the values for bentod and out of its children's way.
+	t.Setenv("NOTIFY_SOCKET", path)
+	t.Setenv("WATCHDOG_PID", "")
+	Take()
+	defer func() { env.Lock(); env.taken = false; env.Unlock() }()
+	if v, ok := os.LookupEnv("NOTIFY_SOCKET"); ok {
+		t.Errorf("NOTIFY_SOCKET still in the environment: %q", v)
+	}
+	if _, ok := os.LookupEnv("WATCHDOG_USEC"); ok {
+		t.Error("WATCHDOG_USEC still in the environment")
+	}
+	if sent, err := Ready(); !sent || err != nil {
+		t.Errorf("Ready after Take: %v, %v", sent, err)
+	}
+	if got := read(); got != "READY=1\nSTATUS=serving" {
+		t.Errorf("Ready after Take sent %q", got)
+	}
+	if WatchdogInterval() != 100*time.Millisecond {
+		t.Error("the watchdog interval was lost by Take")
+	}
 }

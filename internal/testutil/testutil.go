@@ -72,7 +72,7 @@ func Binaries(t testing.TB) string {
 		if raceEnabled {
 			args = append(args, "-race")
 		}
-		cmd = exec.Command("go", append(args, "./cmd/bentod", "./cmd/bento", "./cmd/lightbox", "./cmd/flashflow")...)
+		cmd = exec.Command("go", append(args, "./cmd/bentod", "./cmd/bento", "./cmd/bentoctl", "./cmd/lightbox", "./cmd/flashflow")...)
 		cmd.Dir = RepoRoot()
 		buildOut, buildErr = cmd.CombinedOutput()
 	})
