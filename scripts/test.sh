@@ -13,7 +13,7 @@ export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
 # golang/go#75804); a count has no deadline to race.
 FUZZTIME=${FUZZTIME:-10000x}
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 
 # The README's demo is part of the product: it must keep working, and it
 # must fail loudly when a step fails (one step broken on purpose). Both
@@ -87,8 +87,10 @@ wait "$demo_pid"
 demo_status=$?
 go test -race -count=1 -v -timeout 25m $(go list ./... | grep -v '/e2e$') >/tmp/bento-test.log 2>&1
 status=$?
+printf 'unit tests done; end-to-end tests start (%s)\n' "$(date -u +%H:%M:%S)"
 go test -race -count=1 -v -parallel 4 -timeout 25m ./e2e/ >>/tmp/bento-test.log 2>&1
 e2e_status=$?
+printf 'end-to-end tests done (%s)\n' "$(date -u +%H:%M:%S)"
 [ "$status" = 0 ] && status=$e2e_status
 set -e
 grep -E '^(ok|FAIL|---|panic:)|^\s+--- (FAIL|SKIP)' /tmp/bento-test.log | grep -v -- '--- PASS' || true
