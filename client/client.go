@@ -51,6 +51,9 @@ type Client struct {
 	Hops int
 	// MaxFrame bounds a frame from the server (0: 32 MB).
 	MaxFrame int
+	// OnSent, if set, is told the bytes written to the server as they go,
+	// in pieces of at most 64 KB (a progress bar for uploads).
+	OnSent func(n int)
 }
 
 // Budget is an allowance of bytes in flight.
@@ -132,7 +135,11 @@ func (c *Client) dial(ctx context.Context) (*wire.Conn, net.Conn, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
 	}
-	conn := wire.NewConn(nc)
+	var rw net.Conn = nc
+	if c.OnSent != nil {
+		rw = &sentCounter{Conn: nc, on: c.OnSent}
+	}
+	conn := wire.NewConn(rw)
 	if c.Budget != nil {
 		conn.Budget = c.Budget
 	}
@@ -149,6 +156,28 @@ func (c *Client) dial(ctx context.Context) (*wire.Conn, net.Conn, error) {
 		return nil, nil, err
 	}
 	return conn, nc, nil
+}
+
+// sentCounter reports what is written through it, in pieces.
+type sentCounter struct {
+	net.Conn
+	on func(int)
+}
+
+func (s *sentCounter) Write(b []byte) (int, error) {
+	total := 0
+	for len(b) > 0 {
+		n, err := s.Conn.Write(b[:min(len(b), 64<<10)])
+		total += n
+		if n > 0 {
+			s.on(n)
+		}
+		if err != nil {
+			return total, err
+		}
+		b = b[n:]
+	}
+	return total, nil
 }
 
 // expect reads one frame and decodes it as want, or returns the server's

@@ -209,6 +209,40 @@ func TestOperatorControl(t *testing.T) {
 		t.Errorf("bentoctl top did not quit with 0 on q (exit file %q); screen:\n%s", b, screen)
 	}
 
+	// An upload's progress, drawn on the terminal while the tokens go to
+	// a file.
+	big := filepath.Join(dir, "big")
+	os.MkdirAll(big, 0o755)
+	for _, f := range []string{"bento.toml", "main.star"} {
+		b, err := os.ReadFile(filepath.Join(fn("hello"), f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(big, f), b, 0o644)
+	}
+	os.WriteFile(filepath.Join(big, "pad.txt"), page(700<<10), 0o644)
+	upExit, upOut := filepath.Join(dir, "up.exit"), filepath.Join(dir, "up.json")
+	upCmd := fmt.Sprintf("%s deploy %s %s > %s; echo $? > %s; sleep 60", filepath.Join(testutil.Binaries(t), "bento"), d.Addr, big, upOut, upExit)
+	if r := bentoctl(t, sock, "drain", "off"); r.Code != 0 {
+		t.Fatalf("bentoctl drain off: %s", r)
+	}
+	if out, err := tm("new-session", "-d", "-s", "up", "-x", "200", "-y", "10", upCmd); err != nil {
+		t.Fatalf("tmux: %v %s", err, out)
+	}
+	if !waitFor(30*time.Second, func() bool { b, _ := os.ReadFile(upExit); return strings.TrimSpace(string(b)) == "0" }) {
+		t.Errorf("bento deploy in a terminal did not succeed")
+	}
+	screen, _ = tm("capture-pane", "-p", "-t", "up")
+	if !strings.Contains(screen, "bento: uploading [##############################] 100%") {
+		t.Errorf("no upload progress on the terminal; screen:\n%s", screen)
+	}
+	if b, _ := os.ReadFile(upOut); !strings.Contains(string(b), "shutdown_token") || strings.Contains(string(b), "uploading") {
+		t.Errorf("the tokens' file: %q", b)
+	}
+	if r := bentoctl(t, sock, "drain"); r.Code != 0 {
+		t.Fatalf("bentoctl drain: %s", r)
+	}
+
 	// Draining refuses deploys with a reason; undrained, they are taken.
 	r = bento(t, "", "deploy", d.Addr, fn("hello"))
 	if r.Code == 0 || !strings.Contains(r.Stderr, "operator is draining it") {
@@ -221,11 +255,11 @@ func TestOperatorControl(t *testing.T) {
 	// The metrics, read with Prometheus's parser.
 	m := scrape(t, metrics)
 	for key, least := range map[string]float64{
-		"bento_deploys_total{result=ok}":                  1,
+		"bento_deploys_total{result=ok}":                  2,
 		"bento_deploys_total{result=refused}":             1,
-		"bento_instances{kind=running}":                   1,
+		"bento_instances{kind=running}":                   2,
 		"bento_host_calls_total{api=storage}":             1,
-		"bento_deploy_duration_seconds_count":             2,
+		"bento_deploy_duration_seconds_count":             3,
 		"bento_bytes_total{direction=in,listener=client}": 100,
 		"bento_memory_bytes{kind=reserved}":               1 << 20,
 		"bento_memory_bytes{kind=used}":                   1,

@@ -80,6 +80,7 @@ const usage = `usage:
   bento run      [-i] --choose DIR [ARG...]  the same on a box chosen at random from the directory
   bento boxes    [--check DIR] [--json]      list the boxes the Tor network's relays announce
   bento dust     up|ls|down|render           dust motes: a relay and a box that end (bento dust -h)
+  bento completion bash|zsh|fish             a shell completion script
 
 Flags may come anywhere among a command's arguments; everything after -- is an argument, never a
 flag: function arguments that start with '-' go there (bento invoke SERVER TOKEN -- -1).
@@ -123,7 +124,9 @@ type cli struct {
 	json        bool          // --json
 	timeout     time.Duration // --timeout
 	terminal    bool          // stdout is a terminal
-	synopsis    string        // what the command takes, for its usage
+	// stderrTerminal: stderr is a terminal, where progress is drawn.
+	stderrTerminal bool
+	synopsis       string // what the command takes, for its usage
 }
 
 // run runs bento with args, without signal handling (tests).
@@ -154,11 +157,13 @@ func runCtx(ctx context.Context, stopSignals func(), args []string, stdin io.Rea
 		fmt.Fprint(stderr, usage)
 		return exitUsage
 	}
-	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx, stopSignals: stopSignals, torSocks: tr.torSocks, transport: tr, timeout: 60 * time.Second, terminal: isTerminal(stdout)}
+	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx, stopSignals: stopSignals, torSocks: tr.torSocks, transport: tr, timeout: 60 * time.Second, terminal: isTerminal(stdout), stderrTerminal: isTerminal(stderr)}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "new":
 		return c.newCmd(rest)
+	case "completion":
+		return c.completion(rest)
 	case "check":
 		return c.check(rest)
 	case "policy":
@@ -401,7 +406,10 @@ func (c *cli) deploy(args []string) int {
 	if fn == nil {
 		return code
 	}
-	d, err := c.client(args[0]).Deploy(c.ctx, fn)
+	cl := c.client(args[0])
+	pr := c.uploadProgress(cl, fn)
+	d, err := cl.Deploy(c.ctx, fn)
+	pr.finish()
 	if err != nil {
 		return c.fail(err, deployInterrupted)
 	}
@@ -508,8 +516,12 @@ func (c *cli) stream(cl *client.Client, s *client.Session, interactive bool, onI
 	}
 	var out []byte // with --json: all of it, printed at the end
 	last := byte('\n')
+	// Output going to a file or a pipe: its progress on the terminal.
+	dl := newProgress(c.stderr, c.stderrTerminal && !c.terminal && !c.json, "received", 0)
+	defer dl.finish()
 	for {
 		data, exit, err := s.Recv()
+		dl.add(len(data))
 		if err != nil {
 			if c.ctx.Err() != nil {
 				return c.interrupted(onInterrupt(s))
@@ -606,7 +618,9 @@ func (c *cli) runCmd(args []string) int {
 		pos[0] = box.Addr()
 	}
 	cl := c.client(pos[0])
+	pr := c.uploadProgress(cl, fn)
 	d, err := cl.Deploy(c.ctx, fn)
+	pr.finish()
 	if err != nil {
 		return c.fail(err, deployInterrupted)
 	}
