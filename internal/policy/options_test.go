@@ -172,3 +172,15 @@ func TestMetricsPolicy(t *testing.T) {
 		}
 	}
 }
+
+func TestDidYouMean(t *testing.T) {
+	for in, want := range map[string]string{"MaxMemry": "MaxMemory", "listenadress": "ListenAddress", "Logg": "Log", "Frobnicate": "", "MaxMemoryMaxMemory": ""} {
+		_, err := Parse("rc", []byte(in+" 1\n"))
+		if err == nil {
+			t.Fatalf("%s accepted", in)
+		}
+		if got := strings.Contains(err.Error(), "did you mean"); got != (want != "") || want != "" && !strings.Contains(err.Error(), "did you mean "+want+"?") {
+			t.Errorf("%s: %v (want a suggestion of %q)", in, err, want)
+		}
+	}
+}

@@ -506,7 +506,11 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 		case "maxcompositioncalls":
 			err = count(&p.Composition.MaxCalls)
 		default:
-			err = fail("unknown keyword %q (see docs/operators.md for the list)", l.name)
+			if near := nearestOption(l.name); near != "" {
+				err = fail("unknown keyword %q: did you mean %s? (bentod --list-options lists every keyword)", l.name, near)
+			} else {
+				err = fail("unknown keyword %q (bentod --list-options lists every keyword)", l.name)
+			}
 		}
 		if err != nil {
 			return nil, err

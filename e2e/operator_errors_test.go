@@ -1,0 +1,165 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/torbento/bento/internal/testutil"
+)
+
+// TestOperatorErrorsTable runs every row of docs/errors-operators.md
+// against the real bentod and bentoctl, and checks its message and exit
+// status; a row without a case here, or a case without a row, fails.
+func TestOperatorErrorsTable(t *testing.T) {
+	_, err := exec.LookPath("setpriv")
+	testutil.Require(t, err == nil, "setpriv (util-linux)")
+	bin := testutil.Binaries(t)
+	dir := testutil.TempDir(t)
+	runBentod := func(t *testing.T, args ...string) result {
+		cmd := exec.Command(filepath.Join(bin, "bentod"), args...)
+		var out, errb strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		cmd.WaitDelay = 5 * time.Second
+		done := make(chan error, 1)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Fatalf("bentod %q did not exit", args)
+		}
+		return result{out.String(), errb.String(), cmd.ProcessState.ExitCode()}
+	}
+	// A bentorc with the harness's addresses and one line of the case's.
+	rc := func(t *testing.T, line string) string {
+		p := filepath.Join(t.TempDir(), "bentorc")
+		os.WriteFile(p, []byte(fmt.Sprintf("DataDirectory %s\n%s\nListenAddress 127.0.0.1:%d\nPolicyAddress 0\n", filepath.Join(testutil.TempDir(t), "data"), line, freePort(t))), 0o644)
+		return p
+	}
+	// One bentod serves the cases that need one running.
+	sock := filepath.Join(dir, "run", "control")
+	d := startBentod(t, "ControlSocket "+sock+"\n")
+	conf, err := os.ReadFile(d.conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reload := func(t *testing.T, extra string) result {
+		os.WriteFile(d.conf, append(append([]byte{}, conf...), extra...), 0o644)
+		defer os.WriteFile(d.conf, conf, 0o644)
+		return bentoctl(t, sock, "reload")
+	}
+	cases := map[string]func(t *testing.T) result{
+		"config-unknown-keyword": func(t *testing.T) result { return runBentod(t, "-f", rc(t, "MaxMemry 64 MB"), "--verify-config") },
+		"config-bad-value":       func(t *testing.T) result { return runBentod(t, "-f", rc(t, "MaxMemory lots"), "--verify-config") },
+		"config-bad-log":         func(t *testing.T) result { return runBentod(t, "-f", rc(t, "Log notice printer"), "--verify-config") },
+		"config-inconsistent":    func(t *testing.T) result { return runBentod(t, "-f", rc(t, "BoxAnnounce 1"), "--verify-config") },
+		"config-missing":         func(t *testing.T) result { return runBentod(t, "-f", filepath.Join(dir, "nonexistent")) },
+		"dump-config-kind":       func(t *testing.T) result { return runBentod(t, "--dump-config", "long") },
+		"listen-in-use": func(t *testing.T) result {
+			p := rc(t, "")
+			b, _ := os.ReadFile(p)
+			os.WriteFile(p, append(b, []byte("ListenAddress "+d.Addr+"\n")...), 0o644)
+			return runBentod(t, "-f", p)
+		},
+		"control-socket-taken": func(t *testing.T) result { return runBentod(t, "-f", rc(t, "ControlSocket "+sock)) },
+		"reload-transition": func(t *testing.T) result {
+			return reload(t, "DataDirectory "+filepath.Join(dir, "elsewhere")+"\n")
+		},
+		"reload-bad-config": func(t *testing.T) result { return reload(t, "Frobnicate 1\n") },
+		"ctl-end-unknown":   func(t *testing.T) result { return bentoctl(t, sock, "end", "i-nosuch", "x") },
+		"ctl-end-no-reason": func(t *testing.T) result { return bentoctl(t, sock, "end", "i-0123") },
+		"ctl-no-socket":     func(t *testing.T) result { return bentoctl(t, filepath.Join(dir, "none"), "status") },
+		"ctl-stale-socket": func(t *testing.T) result {
+			p := filepath.Join(dir, "stale")
+			ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: p, Net: "unix"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln.SetUnlinkOnClose(false)
+			ln.Close()
+			return bentoctl(t, p, "status")
+		},
+		"ctl-permission": func(t *testing.T) result {
+			cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", filepath.Join(bin, "bentoctl"), "-s", sock, "status")
+			var out, errb strings.Builder
+			cmd.Stdout, cmd.Stderr = &out, &errb
+			cmd.Run()
+			return result{out.String(), errb.String(), cmd.ProcessState.ExitCode()}
+		},
+	}
+	doc, err := os.ReadFile(filepath.Join(testutil.RepoRoot(), "docs", "errors-operators.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := 0
+	for _, line := range strings.Split(string(doc), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) != 7 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
+			continue
+		}
+		id := strings.Trim(strings.TrimSpace(cells[1]), "`")
+		message := strings.Trim(strings.TrimSpace(cells[3]), "`")
+		exit, err := strconv.Atoi(strings.TrimSpace(cells[4]))
+		if err != nil {
+			t.Fatalf("row %s: exit %q", id, cells[4])
+		}
+		rows++
+		run, ok := cases[id]
+		if !ok {
+			t.Errorf("docs/errors-operators.md: row %s has no case in this test", id)
+			continue
+		}
+		delete(cases, id)
+		t.Run(id, func(t *testing.T) {
+			r := run(t)
+			if r.Code != exit || !lineMatches(r.Stderr, message) {
+				t.Errorf("want exit %d and a line %q; got %s", exit, message, r)
+			}
+		})
+	}
+	if rows < 10 {
+		t.Fatalf("%d rows in docs/errors-operators.md: its format changed?", rows)
+	}
+	for id := range cases {
+		t.Errorf("case %s has no row in docs/errors-operators.md", id)
+	}
+	// The reloads refused left bentod as it was, and serving.
+	if r := bentoctl(t, sock, "status"); r.Code != 0 {
+		t.Errorf("bentod after the refused reloads: %s", r)
+	}
+}
+
+// lineMatches reports whether a line of out matches a documented
+// message, in which … stands for anything.
+func lineMatches(out, message string) bool {
+	parts := strings.Split(message, "…")
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.HasPrefix(line, parts[0]) {
+			continue
+		}
+		rest, ok := line[len(parts[0]):], true
+		for _, p := range parts[1:] {
+			i := strings.Index(rest, p)
+			if i < 0 {
+				ok = false
+				break
+			}
+			rest = rest[i+len(p):]
+		}
+		if ok && (parts[len(parts)-1] == "" || strings.HasSuffix(line, parts[len(parts)-1])) {
+			return true
+		}
+	}
+	return false
+}
