@@ -125,7 +125,12 @@ func (m *mailSink) when(subject string) (time.Time, bool) {
 // reach a loopback mail server after delays drawn from the distribution
 // set (uniform, 3-9 s: checked over 16 messages), and none is lost while
 // the mail server is down for a while.
+//
+// Most of its minute is waiting (for the onion service's descriptor, for
+// the delays): it runs in parallel with the other such tests, after the
+// sequential ones, on a bentod of its own.
 func TestDelayMail(t *testing.T) {
+	t.Parallel()
 	n := tornet(t)
 	d := startTorBentodFrom(t, testutil.Binaries(t), n.Exits()[0], "MaxLifetime 1 day\n")
 	sink := newMailSink(t)

@@ -32,7 +32,13 @@ import (
 // in its policy, tells an attached client, refuses deploys in its drain
 // period, and after its end is gone: supervisor, tor, bentod, containers
 // and files, namespace included.
+//
+// It runs in parallel with the other tests that mostly wait for tor
+// (TestFlashFlowPrivateNetwork, TestDelayMail, TestBoxLifetime), after
+// the sequential ones: TestBoxDirectory, which counts the boxes the
+// network announces, is over by then.
 func TestDustMote(t *testing.T) {
+	t.Parallel()
 	n := tornet(t)
 	join, err := n.JoinTorrc()
 	if err != nil {
