@@ -128,8 +128,10 @@ func (m *mailSink) when(subject string) (time.Time, bool) {
 //
 // Most of its minute is waiting (for the onion service's descriptor, for
 // the delays): it runs in parallel with the other such tests, after the
-// sequential ones, on a bentod of its own.
+// sequential ones, on a bentod of its own, and before TestDustMote.
 func TestDelayMail(t *testing.T) {
+	beforeMote.Add(1)
+	defer beforeMote.Done()
 	t.Parallel()
 	n := tornet(t)
 	d := startTorBentodFrom(t, testutil.Binaries(t), n.Exits()[0], "MaxLifetime 1 day\n")

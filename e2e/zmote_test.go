@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +19,11 @@ import (
 	"github.com/torbento/bento/internal/dust"
 	"github.com/torbento/bento/internal/testutil"
 )
+
+// beforeMote holds TestDustMote back until the tests that use the shared
+// private network in the parallel phase are done. Each registers in its
+// sequential part, which runs before TestDustMote starts.
+var beforeMote sync.WaitGroup
 
 // This file's name makes its test the last to use the shared private
 // network (Go runs tests in file order; zz_security_test.go, after it,
@@ -33,12 +39,14 @@ import (
 // period, and after its end is gone: supervisor, tor, bentod, containers
 // and files, namespace included.
 //
-// It runs in parallel with the other tests that mostly wait for tor
-// (TestFlashFlowPrivateNetwork, TestDelayMail, TestBoxLifetime), after
-// the sequential ones: TestBoxDirectory, which counts the boxes the
-// network announces, is over by then.
+// It runs in the parallel phase, beside the tests that mostly wait for
+// tor on networks or daemons of their own (TestFlashFlowPrivateNetwork,
+// TestBoxLifetime), but only once the other parallel users of the shared
+// network (TestDelayMail) are done with it: its relay's death would
+// otherwise leave them a dead HSDir.
 func TestDustMote(t *testing.T) {
 	t.Parallel()
+	beforeMote.Wait()
 	n := tornet(t)
 	join, err := n.JoinTorrc()
 	if err != nil {
