@@ -2,6 +2,7 @@ package pintls
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -128,7 +129,9 @@ func TestSniff(t *testing.T) {
 		t.Fatalf("cleartext: %q", got)
 	}
 	other, _ := LoadOrCreate(t.TempDir())
-	if _, err := (&Dialer{Pin: other.Fingerprint}).DialContext(ctx, "tcp", ln.Addr().String()); err == nil || !strings.Contains(err.Error(), "not the pinned") {
+	_, err = (&Dialer{Pin: other.Fingerprint}).DialContext(ctx, "tcp", ln.Addr().String())
+	var me *MismatchError
+	if !errors.As(err, &me) || me.Got != id.Fingerprint || me.Want != other.Fingerprint || !strings.Contains(err.Error(), "not the pinned") {
 		t.Fatalf("wrong pin: %v", err)
 	}
 }
