@@ -110,6 +110,7 @@ func ClientConfig(pin string) *tls.Config {
 // MismatchError is a server whose certificate is not the pinned one:
 // the handshake stops before anything is sent.
 type MismatchError struct {
+	Addr string // the server's address, as dialled
 	Got  string // the pin of the certificate the server presented
 	Want string // the pin given
 }
@@ -155,7 +156,9 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()
 		var me *MismatchError
-		if !errors.As(err, &me) && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+		if errors.As(err, &me) {
+			me.Addr = addr
+		} else if (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
 			// A server that speaks no TLS reads the handshake as a
 			// frame too large, and hangs up.
 			return nil, fmt.Errorf("TLS with %s: %w (the server hung up during the handshake: a bentod too old to speak TLS, or not a bentod)", addr, err)
