@@ -158,7 +158,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		var me *MismatchError
 		if errors.As(err, &me) {
 			me.Addr = addr
-		} else if (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+		} else if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
 			// A server that speaks no TLS reads the handshake as a
 			// frame too large, and hangs up.
 			return nil, fmt.Errorf("TLS with %s: %w (the server hung up during the handshake: a bentod too old to speak TLS, or not a bentod)", addr, err)
