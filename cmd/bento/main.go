@@ -97,7 +97,7 @@ Finding boxes (boxes, run --choose) needs --tor-socks and the control port of th
   --tor-control ADDR (default $BENTO_TOR_CONTROL or 127.0.0.1:9051), --tor-cookie FILE;
   that tor must fetch relay descriptors (UseMicrodescriptors 0).
 
-Global option, before the command:
+Global options, before the command:
   --tor-socks ADDR   reach the server through tor's SocksPort ADDR (also $BENTO_TOR_SOCKS);
                      SERVER may then be an onion address (xyz.onion:8888) or a relay's address
   --tor-retry DUR    while a new onion service's descriptor spreads, keep trying for DUR
