@@ -20,6 +20,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/torbento/bento/internal/manifest"
+	"github.com/torbento/bento/internal/pintls"
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/socks"
@@ -54,6 +55,15 @@ type Client struct {
 	// OnSent, if set, is told the bytes written to the server as they go,
 	// in pieces of at most 64 KB (a progress bar for uploads).
 	OnSent func(n int)
+	// Pin, if set, is the server's certificate pin ("sha256:<64 hex
+	// digits>", as bentod logs it and writes it to
+	// DataDirectory/tls_fingerprint): the connection is TLS 1.3 over
+	// Dialer, and a server with any other certificate is refused
+	// (a *PinMismatch in the error) before anything is sent.
+	// Without it the connection is cleartext: fine over loopback or to an
+	// onion address (Tor authenticates and encrypts it), readable and
+	// changeable by anyone on the path otherwise.
+	Pin string
 }
 
 // Budget is an allowance of bytes in flight.
@@ -116,6 +126,11 @@ type ConnError struct{ Err error }
 func (e *ConnError) Error() string { return "connection to server: " + e.Err.Error() }
 func (e *ConnError) Unwrap() error { return e.Err }
 
+// PinMismatch is a server whose certificate is not the one pinned
+// (Client.Pin): someone in between, another server, or a server that made
+// a new key.
+type PinMismatch = pintls.MismatchError
+
 func (c *Client) dial(ctx context.Context) (*wire.Conn, net.Conn, error) {
 	d := c.Dialer
 	if _, direct := d.(*net.Dialer); d == nil || direct {
@@ -127,6 +142,13 @@ func (c *Client) dial(ctx context.Context) (*wire.Conn, net.Conn, error) {
 	}
 	if d == nil {
 		d = &net.Dialer{}
+	}
+	if c.Pin != "" {
+		if host, _, err := net.SplitHostPort(c.Addr); err == nil && socks.IsOnion(host) {
+			// bentod speaks TLS to direct clients only.
+			return nil, nil, &ConnError{fmt.Errorf("%s is an onion address: Tor authenticates and encrypts the connection end to end, and bentod speaks no TLS there; give no pin", c.Addr)}
+		}
+		d = &pintls.Dialer{Pin: c.Pin, Forward: d}
 	}
 	nc, err := d.DialContext(ctx, "tcp", c.Addr)
 	if err != nil {

@@ -76,7 +76,11 @@ func (c *cli) parseFlags(fs *flag.FlagSet, args []string) ([]string, int, error)
 	}
 	msg := err.Error()
 	if strings.Contains(msg, "not defined") {
-		msg += " (an argument that starts with '-' goes after --, e.g. bento invoke SERVER TOKEN -- -1)"
+		if g := globalOption(msg); g != "" {
+			msg += fmt.Sprintf(" (%s is a global option: it goes before the command, bento %s … %s …)", g, g, fs.Name())
+		} else {
+			msg += " (an argument that starts with '-' goes after --, e.g. bento invoke SERVER TOKEN -- -1)"
+		}
 	}
 	if c.json {
 		c.jsonError(exitUsage, msg, nil)
@@ -84,6 +88,17 @@ func (c *cli) parseFlags(fs *flag.FlagSet, args []string) ([]string, int, error)
 		fmt.Fprintf(c.stderr, "bento: %s\nusage: bento %s %s\n(bento %s --help lists its flags)\n", msg, fs.Name(), c.synopsis, fs.Name())
 	}
 	return nil, exitUsage, err
+}
+
+// globalOption returns the global option package flag's "not defined"
+// message names, if it names one.
+func globalOption(msg string) string {
+	for _, g := range []string{"tor-socks", "tor-retry", "pin", "insecure-cleartext"} {
+		if strings.HasSuffix(msg, " -"+g) {
+			return "--" + g
+		}
+	}
+	return ""
 }
 
 // parseAnywhere is parseFlags for commands that read fs.Args(): it
@@ -116,10 +131,10 @@ func (c *cli) addTimeout(fs *flag.FlagSet) {
 	fs.DurationVar(&c.timeout, "timeout", 60*time.Second, "give up on a request the server has not answered in this long (e.g. 30s, 2m); a session's output may take as long as the function runs")
 }
 
-// newClient returns a client for the server named on the command line,
-// through Tor when --tor-socks is set.
+// client returns a client for the server named on the command line
+// (newClient).
 func (c *cli) client(server string) *client.Client {
-	cl := c.newClient(serverAddr(server))
+	cl := c.newClient(server)
 	// Through Tor the descriptor retries (--tor-retry) come out of the
 	// request's time, so a request gets at least that long.
 	cl.Timeout = max(c.timeout, cl.Timeout)

@@ -21,6 +21,12 @@
 // With --tor-socks ADDR before the command (or $BENTO_TOR_SOCKS), every
 // connection goes through tor's SocksPort: SERVER may be an onion address.
 //
+// A server reached by its IP address or name speaks TLS 1.3 with the
+// certificate pinned by SERVER#sha256:HEX, or by --pin sha256:HEX before
+// the command ($BENTO_PIN); without a pin bento speaks cleartext only to
+// an onion address or over loopback, and elsewhere only with
+// --insecure-cleartext before the command.
+//
 // ARGs are passed to the function: each is parsed as JSON if it can be
 // (numbers, true, null, "quoted", [lists], {objects}) and is a string
 // otherwise.
@@ -92,13 +98,18 @@ Finding boxes (boxes, run --choose) needs --tor-socks and the control port of th
   --tor-control ADDR (default $BENTO_TOR_CONTROL or 127.0.0.1:9051), --tor-cookie FILE;
   that tor must fetch relay descriptors (UseMicrodescriptors 0).
 
-Global option, before the command:
+Global options, before the command:
   --tor-socks ADDR   reach the server through tor's SocksPort ADDR (also $BENTO_TOR_SOCKS);
                      SERVER may then be an onion address (xyz.onion:8888) or a relay's address
   --tor-retry DUR    while a new onion service's descriptor spreads, keep trying for DUR
                      (default 60s; also $BENTO_TOR_RETRY; 0: fail at once)
+  --pin sha256:HEX   the certificate pin of SERVER (also $BENTO_PIN): TLS 1.3 with that
+                     certificate, any other refused; bentod logs its pin, and writes it to
+                     DataDirectory/tls_fingerprint. SERVER#sha256:HEX pins one server.
+  --insecure-cleartext  talk to a server beyond this machine without a pin, in cleartext
+                     (without a pin bento speaks cleartext only over loopback or to .onion)
 
-SERVER is HOST:PORT (default port 8888). ARGs are JSON when they parse as JSON, strings otherwise.
+SERVER is HOST:PORT (default port 8888), or HOST:PORT#sha256:HEX. ARGs are JSON when they parse as JSON, strings otherwise.
 Exit codes: 0 success, 1 the function raised an error, 2 usage, 3 refused by the policy,
 4 server unreachable, 5 unknown token or session, 6 function stopped, 7 server busy,
 8 other server errors, 9 the function has problems (check), 130 interrupted (docs/errors.md).
@@ -218,6 +229,9 @@ func serverAddr(s string) string {
 func (c *cli) fail(err error, after string) int {
 	if c.ctx.Err() != nil {
 		return c.interrupted(after)
+	}
+	if code, ok := c.transportFail(err); ok {
+		return code
 	}
 	var se *client.Error
 	var ce *client.ConnError
@@ -437,7 +451,7 @@ func parseArgs(words []string) []any {
 // keepsRunning is what becomes of an invocation that invoke or attach
 // leaves: the function goes on, and the session can be reattached.
 func keepsRunning(cl *client.Client, s *client.Session) string {
-	return fmt.Sprintf("the function keeps running on the server.\nbento: reattach with: bento attach %s INVOCATION-TOKEN %s --offset %d", cl.Addr, s.ID, s.Offset)
+	return fmt.Sprintf("the function keeps running on the server.\nbento: reattach with: bento attach %s INVOCATION-TOKEN %s --offset %d", serverArg(cl), s.ID, s.Offset)
 }
 
 func (c *cli) invoke(args []string) int {
@@ -495,7 +509,7 @@ func (c *cli) stream(cl *client.Client, s *client.Session, interactive bool, onI
 	s.OnNotice = func(n client.Notice) { fmt.Fprintf(c.stderr, "bento: notice from the box: %s\n", clean(n.Message)) }
 	defer s.Close()
 	if !c.json {
-		fmt.Fprintf(c.stderr, "bento: session %s started; reattach with: bento attach %s INVOCATION-TOKEN %s\n", s.ID, cl.Addr, s.ID)
+		fmt.Fprintf(c.stderr, "bento: session %s started; reattach with: bento attach %s INVOCATION-TOKEN %s\n", s.ID, serverArg(cl), s.ID)
 	}
 	if interactive {
 		go func() {

@@ -15,10 +15,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/torbento/bento/internal/flashflow/link"
@@ -98,11 +100,23 @@ func ClientConfig(pin string) *tls.Config {
 				return errors.New("the server sent no certificate")
 			}
 			if got := Fingerprint(raw[0]); got != pin {
-				return fmt.Errorf("the server's certificate is %s, not the pinned %s: a different server, or someone in between; check the pin with the server's operator", got, pin)
+				return &MismatchError{Got: got, Want: pin}
 			}
 			return nil
 		},
 	}
+}
+
+// MismatchError is a server whose certificate is not the pinned one:
+// the handshake stops before anything is sent.
+type MismatchError struct {
+	Addr string // the server's address, as dialled
+	Got  string // the pin of the certificate the server presented
+	Want string // the pin given
+}
+
+func (e *MismatchError) Error() string {
+	return fmt.Sprintf("the server's certificate is %s, not the pinned %s: a different server, someone in between, or a server that made a new key; check the pin with the server's operator", e.Got, e.Want)
 }
 
 // Dialer dials TLS over Forward (default: a net.Dialer) to a server
@@ -119,7 +133,8 @@ const handshakeTimeout = 30 * time.Second
 
 // DialContext connects and completes the TLS handshake.
 func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	if _, err := ParsePin(d.Pin); err != nil {
+	pin, err := ParsePin(d.Pin)
+	if err != nil {
 		return nil, err
 	}
 	var fwd interface {
@@ -137,10 +152,17 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		ctx, cancel = context.WithTimeout(ctx, handshakeTimeout)
 		defer cancel()
 	}
-	pin, _ := ParsePin(d.Pin)
 	tc := tls.Client(nc, ClientConfig(pin))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()
+		var me *MismatchError
+		if errors.As(err, &me) {
+			me.Addr = addr
+		} else if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+			// A server that speaks no TLS reads the handshake as a
+			// frame too large, and hangs up.
+			return nil, fmt.Errorf("TLS with %s: %w (the server hung up during the handshake: a bentod too old to speak TLS, or not a bentod)", addr, err)
+		}
 		return nil, fmt.Errorf("TLS with %s: %w", addr, err)
 	}
 	return tc, nil

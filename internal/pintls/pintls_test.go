@@ -2,6 +2,7 @@ package pintls
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -128,7 +129,33 @@ func TestSniff(t *testing.T) {
 		t.Fatalf("cleartext: %q", got)
 	}
 	other, _ := LoadOrCreate(t.TempDir())
-	if _, err := (&Dialer{Pin: other.Fingerprint}).DialContext(ctx, "tcp", ln.Addr().String()); err == nil || !strings.Contains(err.Error(), "not the pinned") {
+	_, err = (&Dialer{Pin: other.Fingerprint}).DialContext(ctx, "tcp", ln.Addr().String())
+	var me *MismatchError
+	if !errors.As(err, &me) || me.Addr != ln.Addr().String() || me.Got != id.Fingerprint || me.Want != other.Fingerprint || !strings.Contains(err.Error(), "not the pinned") {
 		t.Fatalf("wrong pin: %v", err)
 	}
+}
+
+func FuzzSplitAddr(f *testing.F) {
+	f.Add("10.0.0.1:8888#sha256:" + strings.Repeat("0f", 32))
+	f.Add("[::1]:1#")
+	f.Add("a#b#c")
+	f.Fuzz(func(t *testing.T, s string) {
+		addr, pin, err := SplitAddr(s)
+		if err != nil {
+			return
+		}
+		if pin == "" {
+			if addr != s || strings.Contains(s, "#") {
+				t.Fatalf("SplitAddr(%q) = %q, no pin", s, addr)
+			}
+			return
+		}
+		if strings.Contains(addr, "#") || !strings.HasPrefix(s, addr+"#") {
+			t.Fatalf("SplitAddr(%q) = %q, %q", s, addr, pin)
+		}
+		if q, err := ParsePin(pin); err != nil || q != pin {
+			t.Fatalf("SplitAddr(%q): pin %q is not normal: %q %v", s, pin, q, err)
+		}
+	})
 }
