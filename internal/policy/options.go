@@ -23,6 +23,9 @@ type Option struct {
 	Live bool
 	// Reopen: a reload applies a change by reopening a listener.
 	Reopen bool
+	// Secret: Dump says the option is set but does not print its value
+	// (dumps end up in bug reports).
+	Secret bool
 	get    func(p *Policy) []string // the values, one per line; nil: unset
 }
 
@@ -116,7 +119,7 @@ var Options = []*Option{
 	{Name: "SafeLogging", Type: "Boolean", Help: "scrub client addresses from logs", Live: true, get: boolOpt(func(p *Policy) bool { return p.SafeLogging })},
 	{Name: "HeartbeatPeriod", Type: "Duration", Help: "log a heartbeat line this often (0: never)", Live: true, get: durOpt(func(p *Policy) time.Duration { return p.HeartbeatPeriod })},
 	{Name: "TorControlPort", Type: "HOST:PORT|unix:PATH", Help: "the relay's control port (none: no tor features)", get: str(func(p *Policy) string { return p.TorControlPort })},
-	{Name: "TorControlPassword", Type: "PASSWORD", Help: "the control port's password (default: its cookie)", get: str(func(p *Policy) string { return p.TorControlPassword })},
+	{Name: "TorControlPassword", Type: "PASSWORD", Help: "the control port's password (default: its cookie)", Secret: true, get: str(func(p *Policy) string { return p.TorControlPassword })},
 	{Name: "TorCookieFile", Type: "PATH", Help: "the control port's cookie, when not where tor says", get: str(func(p *Policy) string { return p.TorCookieFile })},
 	{Name: "TorSocksPort", Type: "HOST:PORT|unix:PATH", Help: "the relay's SocksPort, for functions' Tor traffic", get: str(func(p *Policy) string { return p.TorSocksPort })},
 	{Name: "OnionService", Type: "Boolean", Help: "publish bentod as an onion service", get: boolOpt(func(p *Policy) bool { return p.OnionService })},
@@ -218,7 +221,8 @@ func LookupOption(name string) *Option {
 // Dump renders the policy as bentorc lines: every option when full, else
 // only those that differ from the built-in defaults (bentod
 // --dump-config full|short, as tor's). Parsing the output gives back the
-// same policy.
+// same policy, secrets (TorControlPassword) excepted: they are said to be
+// set, not shown.
 func Dump(p *Policy, full bool) string {
 	def := Default()
 	def.finish(memTotal())
@@ -226,6 +230,10 @@ func Dump(p *Policy, full bool) string {
 	for _, o := range Options {
 		vals := o.get(p)
 		if !full && equalStrings(vals, o.get(def)) {
+			continue
+		}
+		if o.Secret && len(vals) > 0 {
+			fmt.Fprintf(&b, "# %s is set; not shown (a secret)\n", o.Name)
 			continue
 		}
 		for _, v := range vals {
