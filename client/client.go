@@ -114,12 +114,18 @@ func (e *ConnError) Error() string { return "connection to server: " + e.Err.Err
 func (e *ConnError) Unwrap() error { return e.Err }
 
 func (c *Client) dial(ctx context.Context) (*wire.Conn, net.Conn, error) {
+	conn, nc, _, err := c.dialWelcome(ctx)
+	return conn, nc, err
+}
+
+// dialWelcome is dial, also returning the server's welcome (its features).
+func (c *Client) dialWelcome(ctx context.Context) (*wire.Conn, net.Conn, *proto.Welcome, error) {
 	d := c.Dialer
 	if _, direct := d.(*net.Dialer); d == nil || direct {
 		// An onion address resolved outside Tor would only leak the name
 		// to the DNS.
 		if host, _, err := net.SplitHostPort(c.Addr); err == nil && socks.IsOnion(host) {
-			return nil, nil, &ConnError{fmt.Errorf("%s is an onion address, reachable only through Tor: give tor's SocksPort (bento --tor-socks 127.0.0.1:9050)", c.Addr)}
+			return nil, nil, nil, &ConnError{fmt.Errorf("%s is an onion address, reachable only through Tor: give tor's SocksPort (bento --tor-socks 127.0.0.1:9050)", c.Addr)}
 		}
 	}
 	if d == nil {
@@ -127,7 +133,7 @@ func (c *Client) dial(ctx context.Context) (*wire.Conn, net.Conn, error) {
 	}
 	nc, err := d.DialContext(ctx, "tcp", c.Addr)
 	if err != nil {
-		return nil, nil, &ConnError{err}
+		return nil, nil, nil, &ConnError{err}
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
@@ -141,14 +147,14 @@ func (c *Client) dial(ctx context.Context) (*wire.Conn, net.Conn, error) {
 	}
 	if err := conn.Send(proto.THello, proto.Hello{Version: proto.Version, Hops: c.Hops, Notices: true}, nil); err != nil {
 		nc.Close()
-		return nil, nil, &ConnError{err}
+		return nil, nil, nil, &ConnError{err}
 	}
 	var w proto.Welcome
 	if err := expect(conn, proto.TWelcome, &w); err != nil {
 		nc.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return conn, nc, nil
+	return conn, nc, &w, nil
 }
 
 // expect reads one frame and decodes it as want, or returns the server's
