@@ -132,12 +132,18 @@ func (e *ConnError) Unwrap() error { return e.Err }
 type PinMismatch = pintls.MismatchError
 
 func (c *Client) dial(ctx context.Context) (*wire.Conn, net.Conn, error) {
+	conn, nc, _, err := c.dialWelcome(ctx)
+	return conn, nc, err
+}
+
+// dialWelcome is dial, also returning the server's welcome (its features).
+func (c *Client) dialWelcome(ctx context.Context) (*wire.Conn, net.Conn, *proto.Welcome, error) {
 	d := c.Dialer
 	if _, direct := d.(*net.Dialer); d == nil || direct {
 		// An onion address resolved outside Tor would only leak the name
 		// to the DNS.
 		if host, _, err := net.SplitHostPort(c.Addr); err == nil && socks.IsOnion(host) {
-			return nil, nil, &ConnError{fmt.Errorf("%s is an onion address, reachable only through Tor: give tor's SocksPort (bento --tor-socks 127.0.0.1:9050)", c.Addr)}
+			return nil, nil, nil, &ConnError{fmt.Errorf("%s is an onion address, reachable only through Tor: give tor's SocksPort (bento --tor-socks 127.0.0.1:9050)", c.Addr)}
 		}
 	}
 	if d == nil {
@@ -146,13 +152,13 @@ func (c *Client) dial(ctx context.Context) (*wire.Conn, net.Conn, error) {
 	if c.Pin != "" {
 		if host, _, err := net.SplitHostPort(c.Addr); err == nil && socks.IsOnion(host) {
 			// bentod speaks TLS to direct clients only.
-			return nil, nil, &ConnError{fmt.Errorf("%s is an onion address: Tor authenticates and encrypts the connection end to end, and bentod speaks no TLS there; give no pin", c.Addr)}
+			return nil, nil, nil, &ConnError{fmt.Errorf("%s is an onion address: Tor authenticates and encrypts the connection end to end, and bentod speaks no TLS there; give no pin", c.Addr)}
 		}
 		d = &pintls.Dialer{Pin: c.Pin, Forward: d}
 	}
 	nc, err := d.DialContext(ctx, "tcp", c.Addr)
 	if err != nil {
-		return nil, nil, &ConnError{err}
+		return nil, nil, nil, &ConnError{err}
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
@@ -170,14 +176,14 @@ func (c *Client) dial(ctx context.Context) (*wire.Conn, net.Conn, error) {
 	}
 	if err := conn.Send(proto.THello, proto.Hello{Version: proto.Version, Hops: c.Hops, Notices: true}, nil); err != nil {
 		nc.Close()
-		return nil, nil, &ConnError{err}
+		return nil, nil, nil, &ConnError{err}
 	}
 	var w proto.Welcome
 	if err := expect(conn, proto.TWelcome, &w); err != nil {
 		nc.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return conn, nc, nil
+	return conn, nc, &w, nil
 }
 
 // sentCounter reports what is written through it, in pieces.

@@ -42,6 +42,21 @@ func TestErrorsTableServer(t *testing.T) {
 		"unknown-token": func(t *testing.T) result {
 			return bento(t, "", "invoke", d.Addr, "bento-inv-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
 		},
+		"update-refused": func(t *testing.T) result {
+			dep := deployCLI(t, d, fnDir(t, "name = \"svc\"\nmode = \"service\"\n", "def main():\n    return 1\n"))
+			defer bento(t, "", "shutdown", d.Addr, dep.ShutdownToken)
+			return bento(t, "", "update", d.Addr, dep.ShutdownToken, fnDir(t, "name = \"greedy\"\nmode = \"service\"\n[resources]\nmemory = \"100 GB\"\n", "def main():\n    return 2\n"))
+		},
+		"update-fails-to-load": func(t *testing.T) result {
+			dep := deployCLI(t, d, fnDir(t, "name = \"svc\"\nmode = \"service\"\n", "def main():\n    return 1\n"))
+			defer bento(t, "", "shutdown", d.Addr, dep.ShutdownToken)
+			r := bento(t, "", "update", d.Addr, dep.ShutdownToken, fnDir(t, "name = \"svc\"\nmode = \"service\"\n", "x = {}[\"nope\"]\ndef main():\n    return 2\n"))
+			// What it said is true: the old code answers.
+			if out := bento(t, "", "invoke", d.Addr, dep.InvocationToken); out.Code != 0 || out.Stdout != "1" {
+				t.Errorf("after a refused update: %s", out)
+			}
+			return r
+		},
 		"function-error":   func(t *testing.T) result { return bento(t, "", "run", d.Addr, fn("runtimeerr")) },
 		"function-stopped": func(t *testing.T) result { return bento(t, "", "run", d.Addr, fn("sleeper")) },
 		"interrupted-run": func(t *testing.T) result {

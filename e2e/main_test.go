@@ -17,6 +17,9 @@ func TestMain(m *testing.M) {
 		// test's namespace).
 		os.Exit(runAttacker(spec))
 	}
+	// bento's local store of instances (bento ls) would keep every
+	// test's tokens in the user's home: the tests that check it set it.
+	os.Setenv("BENTO_NO_STORE", "1")
 	privnet.Isolate()
 	code := m.Run()
 	stopTorNet()

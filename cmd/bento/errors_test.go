@@ -8,6 +8,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/torbento/bento/internal/proto"
+	"github.com/torbento/bento/internal/wire"
 )
 
 // errorRow is a row of docs/errors.md.
@@ -119,6 +123,18 @@ func TestErrorsTable(t *testing.T) {
 		"pin-mismatch": func(t *testing.T) []string {
 			return []string{"policy", startPolicyServer(t).addr + "#sha256:" + strings.Repeat("ab", 32)}
 		},
+		"invocation-token-to-update":   func(t *testing.T) []string { return []string{"update", server, "bento-inv-x", t.TempDir()} },
+		"store-unknown-instance": func(t *testing.T) []string {
+			withStateDir(t)
+			return []string{"forget", "i-nope"}
+		},
+		"store-damaged": func(t *testing.T) []string {
+			path := withStateDir(t)
+			os.MkdirAll(filepath.Dir(path), 0o700)
+			os.WriteFile(path, []byte("{nonsense"), 0o600)
+			return []string{"ls"}
+		},
+		"server-too-old": func(t *testing.T) []string { return []string{"logs", oldServer(t), "bento-inv-x"} },
 		"new-not-empty": func(t *testing.T) []string {
 			return []string{"new", fn(t, "name = \"a\"\n", "")}
 		},
@@ -158,4 +174,36 @@ func TestErrorsTable(t *testing.T) {
 			t.Errorf("TestErrorsTable case %s is not a unit row of docs/errors.md", id)
 		}
 	}
+}
+
+// oldServer is a server that speaks bentod 0.2's protocol: a welcome
+// without features (and nothing else).
+func oldServer(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				conn := wire.NewConn(c)
+				if f, err := conn.Read(); err == nil {
+					f.Release()
+					conn.Send(proto.TWelcome, proto.Welcome{Version: 1, Server: "bentod/0.2"}, nil)
+				}
+				if f, err := conn.Read(); err == nil {
+					f.Release()
+					conn.Send(proto.TError, proto.Error{Code: proto.CodeBadRequest, Message: "unexpected frame type"}, nil)
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }

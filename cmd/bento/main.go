@@ -12,6 +12,10 @@
 //	bento attach   SERVER INVOCATION-TOKEN SESSION [--offset N]
 //	bento shutdown SERVER SHUTDOWN-TOKEN
 //	bento run      [-i] SERVER DIR [ARG...] [--json]
+//	bento logs     SERVER TOKEN [--follow]
+//	bento update   SERVER SHUTDOWN-TOKEN DIR [--json]
+//	bento ls       [--json]
+//	bento forget   INSTANCE
 //
 // Flags may come anywhere among a command's arguments, until "--": what
 // follows it is never a flag. Commands that talk to a server take
@@ -84,6 +88,10 @@ const usage = `usage:
   bento shutdown SERVER SHUTDOWN-TOKEN       end an instance
   bento run      [-i] SERVER DIR [ARG...]    deploy, invoke and shut down in one step
   bento run      [-i] --choose DIR [ARG...]  the same on a box chosen at random from the directory
+  bento logs     SERVER TOKEN [--follow]    the function's own log (either token)
+  bento update   SERVER SHUTDOWN-TOKEN DIR  replace an instance's code, keeping its tokens and storage
+  bento ls       [--json]                   the instances deploy recorded in the local store
+  bento forget   INSTANCE                   remove an instance from the local store
   bento boxes    [--check DIR] [--json]      list the boxes the Tor network's relays announce
   bento dust     up|ls|down|render           dust motes: a relay and a box that end (bento dust -h)
   bento completion bash|zsh|fish             a shell completion script
@@ -93,6 +101,10 @@ flag: function arguments that start with '-' go there (bento invoke SERVER TOKEN
 Commands that talk to a server take --timeout DURATION (default 60s) for each request;
 invoke, run, deploy, policy and check take --json: the result as JSON on stdout, and an error as
 one line {"error": MESSAGE, "code": EXIT-CODE} on stderr (where errors always go).
+
+deploy and run record each instance's tokens in $XDG_STATE_HOME/bento/instances.json (default
+~/.local/state/bento/, mode 0600): the tokens are secrets; --no-store or $BENTO_NO_STORE=1 writes
+nothing. A token may be given as @INSTANCE, an id from bento ls (bento invoke SERVER @i-…).
 
 Finding boxes (boxes, run --choose) needs --tor-socks and the control port of the same tor:
   --tor-control ADDR (default $BENTO_TOR_CONTROL or 127.0.0.1:9051), --tor-cookie FILE;
@@ -193,6 +205,14 @@ func runCtx(ctx context.Context, stopSignals func(), args []string, stdin io.Rea
 		return c.boxes(rest)
 	case "dust":
 		return c.dust(rest)
+	case "logs":
+		return c.logs(rest)
+	case "update":
+		return c.update(rest)
+	case "ls":
+		return c.ls(rest)
+	case "forget":
+		return c.forget(rest)
 	}
 	fmt.Fprintf(stderr, "bento: unknown command %q (bento --help lists the commands)\n\n%s", cmd, usage)
 	return exitUsage
@@ -407,6 +427,7 @@ func (c *cli) deploy(args []string) int {
 	fs := c.newFlags("deploy", "SERVER DIR [--destinations ITEMS] [--json] [--timeout DURATION]")
 	var dests destFlag
 	fs.Var(&dests, "destinations", "replace the manifest's destinations (e.g. \"accept 127.0.0.1:8080\")")
+	skip := addNoStore(fs)
 	c.addJSON(fs)
 	c.addTimeout(fs)
 	args, code, err := c.parseFlags(fs, args)
@@ -431,6 +452,7 @@ func (c *cli) deploy(args []string) int {
 	out := map[string]any{"instance": d.Instance, "invocation_token": d.InvocationToken, "shutdown_token": d.ShutdownToken}
 	b, _ := json.MarshalIndent(out, "", "  ")
 	fmt.Fprintf(c.stdout, "%s\n", b)
+	c.remember(*skip, entryFor(serverAddr(args[0]), fn, d))
 	return exitOK
 }
 
@@ -469,8 +491,12 @@ func (c *cli) invoke(args []string) int {
 	if code := c.wrongToken("invoke", pos[1], false); code >= 0 {
 		return code
 	}
+	tok, code := c.resolveToken(pos[0], pos[1], false)
+	if code >= 0 {
+		return code
+	}
 	cl := c.client(pos[0])
-	s, err := cl.Invoke(c.ctx, pos[1], parseArgs(pos[2:])...)
+	s, err := cl.Invoke(c.ctx, tok, parseArgs(pos[2:])...)
 	if err != nil {
 		return c.fail(err, "the invocation may have started on the server; its session id never reached you")
 	}
@@ -493,8 +519,12 @@ func (c *cli) attach(args []string) int {
 	if code := c.wrongToken("attach", pos[1], false); code >= 0 {
 		return code
 	}
+	tok, code := c.resolveToken(pos[0], pos[1], false)
+	if code >= 0 {
+		return code
+	}
 	cl := c.client(pos[0])
-	s, err := cl.Attach(c.ctx, pos[1], pos[2], *offset)
+	s, err := cl.Attach(c.ctx, tok, pos[2], *offset)
 	if err != nil {
 		return c.fail(err, "the function, if it runs, keeps running on the server")
 	}
@@ -575,6 +605,7 @@ func (c *cli) stream(cl *client.Client, s *client.Session, interactive bool, onI
 
 func (c *cli) shutdown(args []string) int {
 	fs := c.newFlags("shutdown", "SERVER SHUTDOWN-TOKEN [--timeout DURATION]")
+	skip := addNoStore(fs)
 	c.addTimeout(fs)
 	args, code, err := c.parseFlags(fs, args)
 	if err != nil {
@@ -586,9 +617,14 @@ func (c *cli) shutdown(args []string) int {
 	if code := c.wrongToken("shutdown", args[1], true); code >= 0 {
 		return code
 	}
-	if err := c.client(args[0]).Shutdown(c.ctx, args[1]); err != nil {
+	tok, code := c.resolveToken(args[0], args[1], true)
+	if code >= 0 {
+		return code
+	}
+	if err := c.client(args[0]).Shutdown(c.ctx, tok); err != nil {
 		return c.fail(err, "the instance may or may not have been shut down; run the same command again to be sure (exit 5 once it is gone)")
 	}
+	c.forgetToken(*skip, serverAddr(args[0]), tok)
 	return exitOK
 }
 
@@ -598,6 +634,7 @@ func (c *cli) runCmd(args []string) int {
 	var dests destFlag
 	fs.Var(&dests, "destinations", "replace the manifest's destinations")
 	choose := fs.Bool("choose", false, "choose the box from the directory instead of naming one")
+	skip := addNoStore(fs)
 	tf := addTorControlFlags(fs)
 	c.addJSON(fs)
 	c.addTimeout(fs)
@@ -638,6 +675,9 @@ func (c *cli) runCmd(args []string) int {
 	if err != nil {
 		return c.fail(err, deployInterrupted)
 	}
+	// Recorded while it lives: if bento cannot shut it down (a lost
+	// connection, a second Ctrl-C), bento ls still knows its tokens.
+	c.remember(*skip, entryFor(serverAddr(pos[0]), fn, d))
 	// bento run leaves no instance behind: whatever ends the session,
 	// the instance is shut down, and what is said about it is what
 	// happened.
@@ -647,6 +687,7 @@ func (c *cli) runCmd(args []string) int {
 		if err := cl.Shutdown(ctx, d.ShutdownToken); err != nil && !client.IsCode(err, client.CodeNotFound) {
 			return err
 		}
+		c.forgetToken(*skip, serverAddr(pos[0]), d.ShutdownToken)
 		return nil
 	}
 	ended := func(*client.Session) string {

@@ -16,6 +16,7 @@ func TestHelpExitsZero(t *testing.T) {
 		{"shutdown", "--help"}, {"run", "--help"}, {"run", "-h"}, {"boxes", "--help"},
 		{"dust", "--help"}, {"dust", "up", "--help"}, {"dust", "ls", "--help"}, {"dust", "down", "--help"}, {"dust", "render", "--help"},
 		{"--tor-socks", "127.0.0.1:9", "deploy", "-h"},
+		{"logs", "--help"}, {"update", "--help"}, {"ls", "--help"}, {"forget", "--help"},
 	} {
 		var out, errb bytes.Buffer
 		if code := run(args, strings.NewReader(""), &out, &errb); code != exitOK {
@@ -25,7 +26,7 @@ func TestHelpExitsZero(t *testing.T) {
 			t.Errorf("bento %s: printed no usage", strings.Join(args, " "))
 		}
 	}
-	for _, args := range [][]string{{}, {"deploy"}, {"shutdown", "a"}, {"run", "--no-such-flag"}, {"nonsense"}} {
+	for _, args := range [][]string{{}, {"deploy"}, {"shutdown", "a"}, {"run", "--no-such-flag"}, {"nonsense"}, {"logs", "a"}, {"update", "a", "bento-sd-x"}, {"forget"}, {"ls", "x"}} {
 		var out, errb bytes.Buffer
 		if code := run(args, strings.NewReader(""), &out, &errb); code != exitUsage {
 			t.Errorf("bento %s: exit %d, want %d (usage)", strings.Join(args, " "), code, exitUsage)

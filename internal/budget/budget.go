@@ -34,7 +34,22 @@ type waiter struct {
 func New(limit int64) *Budget { return &Budget{limit: limit} }
 
 // Limit returns the budget's size.
-func (b *Budget) Limit() int64 { return b.limit }
+func (b *Budget) Limit() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.limit
+}
+
+// Grow raises the budget's size to limit (a smaller limit changes
+// nothing: what waits for bytes never waits for more than the budget).
+func (b *Budget) Grow(limit int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if limit > b.limit {
+		b.limit = limit
+		b.grantLocked()
+	}
+}
 
 // Used returns the bytes held now.
 func (b *Budget) Used() int64 {
@@ -74,10 +89,12 @@ func (b *Budget) Acquire(ctx context.Context, n int64) error {
 	if n == 0 {
 		return nil // nothing to wait for, behind anyone
 	}
-	if n > b.limit {
-		return fmt.Errorf("%w (%d > %d bytes)", ErrTooLarge, n, b.limit)
-	}
 	b.mu.Lock()
+	if n > b.limit {
+		limit := b.limit
+		b.mu.Unlock()
+		return fmt.Errorf("%w (%d > %d bytes)", ErrTooLarge, n, limit)
+	}
 	if len(b.waiters) == 0 && b.used+n <= b.limit {
 		b.take(n)
 		b.mu.Unlock()

@@ -99,3 +99,37 @@ func TestConcurrent(t *testing.T) {
 		t.Fatalf("used %d peak %d", b.Used(), b.Peak())
 	}
 }
+
+func TestGrow(t *testing.T) {
+	b := New(10)
+	if err := b.Acquire(context.Background(), 11); err == nil {
+		t.Fatal("11 bytes of a 10-byte budget granted")
+	}
+	if !b.TryAcquire(8) {
+		t.Fatal("8 of 10 refused")
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.Acquire(context.Background(), 6) }()
+	time.Sleep(20 * time.Millisecond)
+	b.Grow(5) // smaller: nothing changes
+	if b.Limit() != 10 {
+		t.Fatalf("limit %d after Grow(5), want 10", b.Limit())
+	}
+	select {
+	case <-done:
+		t.Fatal("granted before the budget grew")
+	default:
+	}
+	b.Grow(14)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the waiter was not granted when the budget grew")
+	}
+	if b.Used() != 14 || b.Limit() != 14 {
+		t.Fatalf("used %d of %d, want 14 of 14", b.Used(), b.Limit())
+	}
+}

@@ -163,6 +163,18 @@ func (s *Store) drop(key string) {
 	}
 }
 
+// SetMaxBytes changes the store's bound (its keys' bound with it, when
+// that was derived from it) for the changes that follow; what is stored
+// stays, even beyond a smaller bound.
+func (s *Store) SetMaxBytes(n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.opt.MaxKeys == int(max(1, s.opt.MaxBytes/Overhead)) {
+		s.opt.MaxKeys = int(max(1, n/Overhead))
+	}
+	s.opt.MaxBytes = n
+}
+
 // Charged returns what the live keys are charged against MaxBytes.
 func (s *Store) Charged() int64 {
 	s.mu.Lock()

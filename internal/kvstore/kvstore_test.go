@@ -232,3 +232,29 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+func TestSetMaxBytes(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "storage.log"), 2*Overhead+20)
+	if err := s.Put("a", make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put("b", make([]byte, 200)); err == nil {
+		t.Fatal("a value beyond the bound was stored")
+	}
+	s.SetMaxBytes(1 << 20)
+	if err := s.Put("b", make([]byte, 200)); err != nil {
+		t.Fatalf("after growing: %v", err)
+	}
+	for i := range 10 { // the key bound grew with it
+		if err := s.Put(fmt.Sprint("k", i), nil); err != nil {
+			t.Fatalf("key %d after growing: %v", i, err)
+		}
+	}
+	s.SetMaxBytes(Overhead)
+	if v, ok, err := s.Get("b"); err != nil || !ok || len(v) != 200 {
+		t.Fatalf("what was stored is lost after shrinking: %d bytes, %v %v", len(v), ok, err)
+	}
+	if err := s.Put("c", []byte("x")); err == nil {
+		t.Fatal("a put beyond the smaller bound was taken")
+	}
+}

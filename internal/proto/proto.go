@@ -40,6 +40,20 @@ const (
 	TOK          uint8 = 15 // s→c (empty)
 	TError       uint8 = 16 // s→c Error
 	TNotice      uint8 = 17 // s→c Notice, within a session's output
+	// Added in bentod 0.3, announced in Welcome.Features: a client sends
+	// them only to a server that lists the feature (an older server
+	// would refuse the frame type and close the connection).
+	TLogs    uint8 = 18 // c→s Logs (feature "logs")
+	TLogData uint8 = 19 // s→c LogData; body: bytes of the function's log
+	TLogEnd  uint8 = 20 // s→c LogEnd
+	TUpdate  uint8 = 21 // c→s Update; body: the bundle's files (feature "update")
+	TUpdated uint8 = 22 // s→c Updated
+)
+
+// Features a server may list in Welcome.Features.
+const (
+	FeatureLogs   = "logs"   // TLogs: the function's log, to either token's holder
+	FeatureUpdate = "update" // TUpdate: new code for a running instance
 )
 
 // Hello opens a client connection.
@@ -59,6 +73,19 @@ type Hello struct {
 type Welcome struct {
 	Version int    `json:"version"`
 	Server  string `json:"server"`
+	// Features are the requests added to version 1 that this server
+	// serves (FeatureLogs, ...). Older servers send none.
+	Features []string `json:"features,omitempty"`
+}
+
+// Has reports whether the server announced feature.
+func (w *Welcome) Has(feature string) bool {
+	for _, f := range w.Features {
+		if f == feature {
+			return true
+		}
+	}
+	return false
 }
 
 // Deploy uploads a function and spawns an instance of it.
@@ -161,6 +188,85 @@ func (e *FuncError) Error() string {
 // Shutdown ends an instance.
 type Shutdown struct {
 	Token string `json:"token"`
+}
+
+// Logs asks for the function's own log (what its log() host call
+// wrote), with its invocation or its shutdown token. The server sends
+// what it keeps from Offset on in LogData frames, then, unless Follow,
+// LogEnd; with Follow it goes on sending new lines until the instance
+// ends (LogEnd with Ended) or the client closes the connection.
+type Logs struct {
+	Token  string `json:"token"`
+	Follow bool   `json:"follow,omitempty"`
+	// Offset is a position in the log, counted in bytes since the
+	// instance's runner first started under this bentod (LogData.Offset
+	// of a previous read); 0 is the oldest line kept.
+	Offset int64 `json:"offset,omitempty"`
+}
+
+// LogData carries a piece of the log. Offset is the position just after
+// it; Skipped counts bytes the server no longer keeps (the log keeps its
+// newest 64 KB) between the position asked for and this piece.
+type LogData struct {
+	Offset  int64 `json:"offset"`
+	Skipped int64 `json:"skipped,omitempty"`
+}
+
+// LogEnd ends a log stream: at Offset, the end of the log when it was
+// sent. Ended is set when the instance has ended (Reason says why): no
+// more lines will come.
+type LogEnd struct {
+	Offset int64  `json:"offset"`
+	Ended  bool   `json:"ended,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// Update replaces a running instance's code and manifest, with its
+// shutdown token; the body holds the files, as for Deploy. The instance
+// keeps its id, its tokens, its stored data and its lifetime's start.
+type Update struct {
+	Token    string      `json:"token"`
+	Manifest string      `json:"manifest"`
+	Files    []FileEntry `json:"files"`
+}
+
+// Updated answers Update: the new code runs from the next invocation.
+// Ended is how many running invocations the update ended.
+type Updated struct {
+	Instance  string          `json:"instance"`
+	Resources json.RawMessage `json:"resources"`
+	EndsAt    time.Time       `json:"ends_at"`
+	Ended     int             `json:"ended_sessions"`
+}
+
+// MaxToken bounds a token in a request: bentod's are 50-odd characters.
+const MaxToken = 128
+
+// Check checks a Logs request's fields.
+func (l *Logs) Check() error {
+	switch {
+	case l.Token == "":
+		return fmt.Errorf("logs: no token")
+	case len(l.Token) > MaxToken:
+		return fmt.Errorf("logs: token longer than %d bytes", MaxToken)
+	case l.Offset < 0:
+		return fmt.Errorf("logs: negative offset %d", l.Offset)
+	}
+	return nil
+}
+
+// Check checks an Update request's fields (the files are checked by
+// UnpackFiles, the manifest by package manifest).
+func (u *Update) Check() error {
+	switch {
+	case u.Token == "":
+		return fmt.Errorf("update: no token")
+	case len(u.Token) > MaxToken:
+		return fmt.Errorf("update: token longer than %d bytes", MaxToken)
+	case len(u.Files) > MaxFiles:
+		return fmt.Errorf("bundle has %d files, at most %d allowed", len(u.Files), MaxFiles)
+	}
+	return nil
 }
 
 // Error is a refused request.

@@ -247,7 +247,7 @@ func (in *Instance) noticeSession(ss *session, n proto.Notice) {
 	b, _ := json.Marshal(n)
 	cost := int64(len(b)) + recordCharge
 	in.mu.Lock()
-	if in.outputHeld+cost > in.m.Resources.Output {
+	if in.outputHeld+cost > in.mf().Resources.Output {
 		in.mu.Unlock()
 		return
 	}
@@ -265,7 +265,7 @@ func (in *Instance) noticeSession(ss *session, n proto.Notice) {
 // endsAt is when the instance ends at the latest: its lifetime's end, or
 // the box's if that comes first (box is then true).
 func (in *Instance) endsAt() (time.Time, bool) {
-	end := in.created.Add(in.m.Resources.Lifetime)
+	end := in.created.Add(in.mf().Resources.Lifetime)
 	if b := in.srv.box(); b.ends() && b.end.Before(end) {
 		return b.end, true
 	}

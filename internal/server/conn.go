@@ -216,7 +216,7 @@ func (s *Server) handle(nc net.Conn, o *origin, onion bool) {
 		fail(proto.CodeBadRequest, "hops %d out of range 0-255", hello.Hops)
 		return
 	}
-	if err := send(proto.TWelcome, proto.Welcome{Version: proto.Version, Server: Version}); err != nil {
+	if err := send(proto.TWelcome, proto.Welcome{Version: proto.Version, Server: Version, Features: features}); err != nil {
 		return
 	}
 	netlimit.Prove(nc)
@@ -231,9 +231,9 @@ func (s *Server) handle(nc net.Conn, o *origin, onion bool) {
 	}
 	conn.Limit = func(t uint8) int {
 		switch t {
-		case proto.TPolicy, proto.TShutdown, proto.TInvoke, proto.TAttach:
+		case proto.TPolicy, proto.TShutdown, proto.TInvoke, proto.TAttach, proto.TLogs:
 			return requestLimit
-		case proto.TDeploy:
+		case proto.TDeploy, proto.TUpdate:
 			return deployLimit(s.policy().Max.Upload)
 		}
 		return 0
@@ -255,7 +255,7 @@ func (s *Server) handle(nc net.Conn, o *origin, onion bool) {
 			var te *wire.TypeError
 			var se *wire.SizeError
 			switch {
-			case errors.As(err, &se) && se.Type == proto.TDeploy:
+			case errors.As(err, &se) && (se.Type == proto.TDeploy || se.Type == proto.TUpdate):
 				fail(proto.CodeTooLarge, "upload of %s exceeds this node's MaxUploadSize of %s", units.FormatSize(int64(se.Size)), units.FormatSize(s.policy().Max.Upload))
 			case errors.As(err, &se):
 				fail(proto.CodeTooLarge, "a request of type %d may hold %d bytes (invoke arguments at most %d), this one announces %d", se.Type, se.Limit, maxArgs, se.Size)
@@ -312,8 +312,29 @@ func (s *Server) handle(nc net.Conn, o *origin, onion bool) {
 			if send(proto.TOK, nil) != nil {
 				return
 			}
+		case proto.TUpdate:
+			var up proto.Update
+			if err := f.Unmarshal(&up); err != nil {
+				f.Release()
+				fail(proto.CodeBadRequest, "%v", err)
+				return
+			}
+			res, perr := s.update(up, f.Body, log)
+			f.Release()
+			if perr != nil {
+				if send(proto.TError, perr) != nil {
+					return
+				}
+				continue
+			}
+			if send(proto.TUpdated, res) != nil {
+				return
+			}
 		case proto.TInvoke, proto.TAttach:
 			s.serveSession(conn, nc, f, log, hello.Notices)
+			return
+		case proto.TLogs:
+			s.serveLogs(conn, nc, f, log)
 			return
 		}
 	}

@@ -66,7 +66,7 @@ func (s *Server) deploy(d proto.Deploy, body []byte, o origin, log *slog.Logger)
 	}
 	inv, invHash := newToken(invPrefix)
 	shut, shutHash := newToken(shutPrefix)
-	in := newInstance(s, id, m, d.Manifest, o, adm)
+	in := newInstance(s, id, m, o, adm)
 	in.invHash, in.shutHash = invHash, shutHash
 	fail := func(pe *proto.Error) (*proto.Deployed, *proto.Error) {
 		if in.store != nil {
@@ -84,9 +84,10 @@ func (s *Server) deploy(d proto.Deploy, body []byte, o origin, log *slog.Logger)
 		log.Warn("creating the instance's storage", "err", err)
 		return fail(internalError("could not create the instance's storage"))
 	}
+	in.storeOpen = true // before anyone else sees the instance
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	rt, err := in.startRuntime(ctx, files)
+	rt, err := in.startRuntime(ctx, m, files)
 	if err != nil {
 		var le *loadError
 		if errors.As(err, &le) {
@@ -99,7 +100,7 @@ func (s *Server) deploy(d proto.Deploy, body []byte, o origin, log *slog.Logger)
 	}
 	// Saved before the client hears of the instance: a crash from here on
 	// restores it (RestoreInstances) with its tokens.
-	if err := in.saveRecord(files); err != nil {
+	if err := in.saveRecord(d.Manifest, files); err != nil {
 		_ = rt.c.Remove()
 		log.Warn("saving the instance record", "instance", in.id, "err", err)
 		return fail(internalError("could not save the instance (bentod's disk?)"))

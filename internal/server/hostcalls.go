@@ -114,7 +114,7 @@ func (in *Instance) dispatch(rt *runtime, call proto.Call, f *wire.Frame) {
 		finish(nil, nil, fmt.Errorf("unknown host call %q", truncate(call.Name, 40)))
 		return
 	}
-	if !in.m.Has(api) {
+	if !in.mf().Has(api) {
 		in.log.Info("host call denied", "instance", in.id, "call", call.Name, "why", "not in manifest")
 		finish(nil, nil, fmt.Errorf("permission denied: %s() needs %q in the manifest's apis", call.Name, api))
 		return
@@ -210,7 +210,7 @@ func (h *hostCall) storage(name string) (any, []byte, error) {
 		err := in.store.Put(a.Key, h.body)
 		switch {
 		case errors.Is(err, kvstore.ErrFull):
-			return nil, nil, fmt.Errorf("storage limit exceeded (%s, each key counting %d bytes beyond its key and value); delete keys first", units.FormatSize(in.m.Resources.Storage), kvstore.Overhead)
+			return nil, nil, fmt.Errorf("storage limit exceeded (%s, each key counting %d bytes beyond its key and value); delete keys first", units.FormatSize(in.mf().Resources.Storage), kvstore.Overhead)
 		case errors.Is(err, kvstore.ErrTooMany):
 			return nil, nil, fmt.Errorf("storage limit exceeded: too many keys")
 		case err != nil:
@@ -261,7 +261,7 @@ func (h *hostCall) blocking(name string) (any, []byte, error) {
 			Seconds float64 `json:"seconds"`
 		}
 		_ = json.Unmarshal(h.args, &a)
-		d := h.in.m.Resources.Lifetime
+		d := h.in.mf().Resources.Lifetime
 		if a.Seconds >= 0 && a.Seconds < d.Seconds() {
 			d = time.Duration(a.Seconds * float64(time.Second))
 		}
@@ -305,7 +305,7 @@ func (h *hostCall) recv() (any, []byte, error) {
 	_ = json.Unmarshal(h.args, &a)
 	var timeout <-chan time.Time
 	if a.Timeout > 0 {
-		t := time.NewTimer(seconds(a.Timeout, h.in.m.Resources.Lifetime))
+		t := time.NewTimer(seconds(a.Timeout, h.in.mf().Resources.Lifetime))
 		defer t.Stop()
 		timeout = t.C
 	}
@@ -339,7 +339,7 @@ func (h *hostCall) recv() (any, []byte, error) {
 // policies returns the node's destination policy and the manifest's: every
 // destination a function reaches, directly or through Tor, must meet both.
 func (h *hostCall) policies() []*exitpolicy.Policy {
-	return []*exitpolicy.Policy{h.in.srv.policy().Destinations, h.in.m.Dest}
+	return []*exitpolicy.Policy{h.in.srv.policy().Destinations, h.in.mf().Dest}
 }
 
 // checked returns a dialer for direct connections: the destination
@@ -505,9 +505,9 @@ func (h *hostCall) fetch(viaTor bool) (any, []byte, error) {
 		return nil, nil, fmt.Errorf("%s %s: %v", name, u.Redacted(), unwrapURLError(err))
 	}
 	defer resp.Body.Close()
-	data, err := h.readLimited(ctx, resp.Body, h.in.m.Resources.Fetch)
+	data, err := h.readLimited(ctx, resp.Body, h.in.mf().Resources.Fetch)
 	if errors.Is(err, errTooBig) {
-		return nil, nil, fmt.Errorf("%s: response body exceeds %s (MaxFetchSize)", name, units.FormatSize(h.in.m.Resources.Fetch))
+		return nil, nil, fmt.Errorf("%s: response body exceeds %s (MaxFetchSize)", name, units.FormatSize(h.in.mf().Resources.Fetch))
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: reading body: %v", name, err)
@@ -598,15 +598,15 @@ func (h *hostCall) remote(name string) (any, []byte, error) {
 		return nil, nil, fmt.Errorf("%s: %w", short, err)
 	}
 	defer done()
-	ctx, cancel := h.ctx(h.in.m.Resources.Lifetime)
+	ctx, cancel := h.ctx(h.in.mf().Resources.Lifetime)
 	defer cancel()
 	host, _, err := net.SplitHostPort(a.Server)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: server %q is not HOST:PORT", short, truncate(a.Server, 100))
 	}
 	in := h.in
-	cl := &client.Client{Addr: a.Server, Budget: in.budget, Hops: in.depth + 1, MaxOutput: in.m.Resources.Fetch,
-		MaxFrame: int(hostFrameLimit(in.m.Resources))}
+	cl := &client.Client{Addr: a.Server, Budget: in.budget, Hops: in.depth + 1, MaxOutput: in.mf().Resources.Fetch,
+		MaxFrame: int(hostFrameLimit(in.mf().Resources))}
 	if strings.HasSuffix(strings.ToLower(host), ".onion") {
 		// A server published as an onion service is reached through Tor
 		// (this bentod's own: in process).
@@ -684,7 +684,7 @@ func (h *hostCall) collect(ctx context.Context, cl *client.Client, token string,
 		return nil, &client.ConnError{Err: err}
 	}
 	var out []byte
-	limit := h.in.m.Resources.Fetch
+	limit := h.in.mf().Resources.Fetch
 	for {
 		data, exit, err := s.Recv()
 		if err != nil {

@@ -40,25 +40,29 @@ import (
 // the function itself (exit(), or returning in one-shot mode) and bentod's
 // own shutdown end an instance.
 type Instance struct {
-	id           string
-	m            *manifest.Manifest
-	srv          *Server
-	log          *slog.Logger
-	invHash      tokenHash
-	shutHash     tokenHash
-	dir          string
-	created      time.Time // deploy time; the lifetime counts from it, across restarts
-	manifestText string
-	owner        string // per-client fairness key ("" for clients through Tor)
-	root         string // composition group
-	depth        int    // composition depth
-	adm          *admission
-	store        *kvstore.Store
-	budget       chain        // host-call data in flight: the instance's, its client's, the daemon's
-	budgetDone   func()       // gives the client's budget back
-	io           *rateLimiter // host-call data moved, per second
+	id         string
+	man        atomic.Pointer[manifest.Manifest] // mf(); replaced by an update
+	srv        *Server
+	log        *slog.Logger
+	invHash    tokenHash
+	shutHash   tokenHash
+	dir        string
+	created    time.Time // deploy time; the lifetime counts from it, across restarts
+	owner      string    // per-client fairness key ("" for clients through Tor)
+	root       string    // composition group
+	depth      int       // composition depth
+	adm        *admission
+	store      *kvstore.Store
+	budget     chain        // host-call data in flight: the instance's, its client's, the daemon's
+	budgetDone func()       // gives the client's budget back
+	io         *rateLimiter // host-call data moved, per second
 
-	logMu      sync.Mutex // the function's log files
+	logMu      sync.Mutex    // the function's log files, and:
+	logEnd     int64         // bytes ever written to the log (a reader's position is counted so)
+	logCur     int64         // where function.log starts in that count
+	logOld     int64         // where function.log.1 starts
+	logWake    chan struct{} // closed (and replaced) when a line is written
+	logReaders int           // clients reading the log (under mu)
 	mu         sync.Mutex
 	rt         *runtime      // the running container; nil while (re)starting
 	rtReady    chan struct{} // closed when rt is set
@@ -79,6 +83,11 @@ type Instance struct {
 	lastStop   string         // why the last runtime stopped
 	torSession *torfw.Session // opened on the first tor.control call
 	st         *streams       // Tor streams and onion-service listeners
+	pending    *pendingUpdate // an update waiting for the runner to change (under mu)
+	updateWake chan struct{}  // an update is pending: no back-off before the next runner
+	lifeReset  chan struct{}  // an update changed the lifetime
+	updating   atomic.Bool    // an update is under way
+	storeOpen  bool           // store is open (under mu)
 }
 
 // runtime is one container running the instance's code.
@@ -165,25 +174,30 @@ const (
 	restartMax    = time.Minute
 )
 
-func newInstance(s *Server, id string, m *manifest.Manifest, text string, o origin, adm *admission) *Instance {
+func newInstance(s *Server, id string, m *manifest.Manifest, o origin, adm *admission) *Instance {
 	in := &Instance{
-		id: id, m: m, srv: s, log: s.log, created: time.Now(), manifestText: text,
+		id: id, srv: s, log: s.log, created: time.Now(),
 		owner: o.owner, root: adm.root, depth: o.depth, adm: adm,
 		dir: filepath.Join(s.instDir, id), rtReady: make(chan struct{}),
 		sessions: map[string]*session{}, byInv: map[uint64]*session{},
 		endReq: make(chan struct{}), ended: make(chan struct{}),
+		updateWake: make(chan struct{}, 1), lifeReset: make(chan struct{}, 1),
 	}
+	in.man.Store(m)
 	client, done := s.budgets.get(budgetKey(o.owner))
 	in.budget, in.budgetDone = append(chain{budget.New(instanceShare(m.Resources))}, client...), done
 	in.io = newRateLimiter(max(1<<20, m.Resources.CPU*ioPerCore))
 	return in
 }
 
+// mf is the instance's manifest: the one deployed, or the last update's.
+func (in *Instance) mf() *manifest.Manifest { return in.man.Load() }
+
 func (in *Instance) storagePath() string { return filepath.Join(in.dir, "storage.log") }
 
 // openStore opens the instance's stored data.
 func (in *Instance) openStore() error {
-	st, err := kvstore.Open(in.storagePath(), kvstore.Options{MaxBytes: in.m.Resources.Storage})
+	st, err := kvstore.Open(in.storagePath(), kvstore.Options{MaxBytes: in.mf().Resources.Storage})
 	if err != nil {
 		return err
 	}
@@ -197,8 +211,8 @@ func hostFrameLimit(r policy.Limits) int64 {
 	return policy.InstanceInFlight(r) / 2
 }
 
-// startRuntime starts a container and loads the function into it.
-func (in *Instance) startRuntime(ctx context.Context, files map[string][]byte) (*runtime, error) {
+// startRuntime starts a container and loads the function (m, files) into it.
+func (in *Instance) startRuntime(ctx context.Context, m *manifest.Manifest, files map[string][]byte) (*runtime, error) {
 	for _, d := range []string{in.dir, filepath.Join(in.dir, "sessions")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, err
@@ -216,7 +230,7 @@ func (in *Instance) startRuntime(ctx context.Context, files map[string][]byte) (
 		return nil, err
 	}
 	host, guest := os.NewFile(uintptr(fds[0]), "hostapi"), os.NewFile(uintptr(fds[1]), "hostapi-guest")
-	r := in.m.Resources
+	r := m.Resources
 	c, err := in.srv.sb.Start(ctx, in.id, sandbox.Limits{
 		Memory: r.Memory, CPU: r.CPU, CPUTime: r.CPUTime, Lifetime: r.Lifetime, Processes: r.Processes, Storage: r.Storage,
 	}, guest)
@@ -247,7 +261,7 @@ func (in *Instance) startRuntime(ctx context.Context, files map[string][]byte) (
 		return nil, err
 	}
 	ents, body := proto.PackFiles(files)
-	init := proto.Init{Version: proto.HostAPIVersion, Name: in.m.Name, Entry: in.m.Entry, Function: in.m.Function, Steps: r.Steps, Files: ents,
+	init := proto.Init{Version: proto.HostAPIVersion, Name: m.Name, Entry: m.Entry, Function: m.Function, Steps: r.Steps, Files: ents,
 		MaxBody: hostFrameLimit(r) - 64<<10}
 	if err := rt.send(proto.HInit, init, body); err != nil {
 		return fail(in.startFailure(rt, err))
@@ -290,7 +304,7 @@ func (in *Instance) startRuntime(ctx context.Context, files map[string][]byte) (
 		}()
 		return fail(ctx.Err())
 	}
-	go in.monitor(rt)
+	go in.monitor(rt, m)
 	return rt, nil
 }
 
@@ -328,18 +342,25 @@ func (in *Instance) setRuntime(rt *runtime) {
 // and a new runtime after one stopped, until the instance is to end.
 func (in *Instance) run() {
 	defer in.srv.recoverPanic("running an instance")
-	lifetime := time.NewTimer(time.Until(in.created.Add(in.m.Resources.Lifetime)))
+	lifetime := time.NewTimer(time.Until(in.created.Add(in.mf().Resources.Lifetime)))
 	defer lifetime.Stop()
 	go func() {
-		select {
-		case <-lifetime.C:
-			if b := in.srv.box(); b.ends() && !time.Now().Before(b.end) {
-				// A lifetime cut to the box's end: the box's reason.
-				in.srv.endBoxInstance(in, b)
+		for {
+			select {
+			case <-lifetime.C:
+				if b := in.srv.box(); b.ends() && !time.Now().Before(b.end) {
+					// A lifetime cut to the box's end: the box's reason.
+					in.srv.endBoxInstance(in, b)
+					return
+				}
+				in.end("lifetime limit reached (" + in.mf().Resources.Lifetime.String() + ")")
+				return
+			case <-in.lifeReset:
+				// An update changed the lifetime (counted from the deploy).
+				lifetime.Reset(time.Until(in.created.Add(in.mf().Resources.Lifetime)))
+			case <-in.ended:
 				return
 			}
-			in.end("lifetime limit reached (" + in.m.Resources.Lifetime.String() + ")")
-		case <-in.ended:
 		}
 	}()
 	in.mu.Lock()
@@ -354,9 +375,14 @@ func (in *Instance) run() {
 		case <-in.endReq:
 		}
 		if in.store == nil {
-			err := migrateStorage(in.dir, in.m.Resources.Storage)
+			err := migrateStorage(in.dir, in.mf().Resources.Storage)
 			if err == nil {
 				err = in.openStore()
+			}
+			if err == nil {
+				in.mu.Lock()
+				in.storeOpen = true
+				in.mu.Unlock()
 			}
 			if err != nil {
 				in.log.Warn("the instance's stored data could not be read; it is kept for the next start", "instance", in.id, "err", err)
@@ -377,7 +403,7 @@ func (in *Instance) run() {
 			in.teardown(why)
 			return
 		}
-		if rt != nil || failed {
+		if (rt != nil || failed) && !in.updatePending() {
 			delay := in.nextRestart()
 			in.mu.Lock()
 			why := in.lastStop
@@ -386,6 +412,7 @@ func (in *Instance) run() {
 			select {
 			case <-time.After(delay):
 			case <-in.endReq:
+			case <-in.updateWake: // new code: try it at once
 			}
 			if why, ok := in.ending(); ok {
 				in.teardown(why)
@@ -393,6 +420,15 @@ func (in *Instance) run() {
 			}
 		}
 		rt = nil
+		if u := in.takeUpdate(); u != nil {
+			// The runner of the old code is gone: start the new one. If it
+			// does not load, the old code starts again below, at once.
+			if rt = in.applyUpdate(u); rt != nil {
+				failed = false
+				in.setRuntime(rt)
+				continue
+			}
+		}
 		files, err := in.loadFiles()
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -403,7 +439,7 @@ func (in *Instance) run() {
 				case <-ctx.Done():
 				}
 			}()
-			rt, err = in.startRuntime(ctx, files)
+			rt, err = in.startRuntime(ctx, in.mf(), files)
 			cancel()
 		}
 		if err != nil {
@@ -416,6 +452,10 @@ func (in *Instance) run() {
 		}
 		failed = false
 		in.setRuntime(rt)
+		if in.updatePending() {
+			// An update came while the old code was starting.
+			in.stopRuntime(rt, updatedReason)
+		}
 	}
 }
 
@@ -447,7 +487,7 @@ func (in *Instance) ending() (string, bool) {
 		return in.endReason, true
 	case in.exiting && len(in.byInv) == 0:
 		return "function called exit()", true
-	case in.m.Mode == manifest.ModeOneShot && in.invoked && len(in.byInv) == 0:
+	case in.mf().Mode == manifest.ModeOneShot && in.invoked && len(in.byInv) == 0:
 		return "function returned", true
 	}
 	return "", false
@@ -510,11 +550,11 @@ func (in *Instance) dispatchSafely(rt *runtime, call proto.Call, f *wire.Frame) 
 
 // monitor enforces the CPU-time limit of each invocation and the process
 // limit, from the cgroups' own accounting.
-func (in *Instance) monitor(rt *runtime) {
+func (in *Instance) monitor(rt *runtime, m *manifest.Manifest) {
 	defer in.srv.recoverPanic("the instance monitor")
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
-	limit := in.m.Resources.CPUTime
+	limit := m.Resources.CPUTime
 	for {
 		select {
 		case <-rt.exited():
@@ -523,7 +563,7 @@ func (in *Instance) monitor(rt *runtime) {
 		}
 		st := rt.c.Stats()
 		if st.PidsRefused > 0 {
-			in.stopRuntime(rt, fmt.Sprintf("process limit exceeded (%d processes/threads)", in.m.Resources.Processes))
+			in.stopRuntime(rt, fmt.Sprintf("process limit exceeded (%d processes/threads)", m.Resources.Processes))
 			return
 		}
 		reason := fmt.Sprintf("cpu time limit exceeded (%s)", limit)
@@ -590,9 +630,9 @@ func (in *Instance) limitReason(rt *runtime) string {
 	st := rt.c.Stats()
 	switch {
 	case st.OOMKills > 0:
-		return fmt.Sprintf("memory limit exceeded (%s)", units.FormatSize(in.m.Resources.Memory))
+		return fmt.Sprintf("memory limit exceeded (%s)", units.FormatSize(in.mf().Resources.Memory))
 	case st.PidsRefused > 0:
-		return fmt.Sprintf("process limit exceeded (%d processes/threads)", in.m.Resources.Processes)
+		return fmt.Sprintf("process limit exceeded (%d processes/threads)", in.mf().Resources.Processes)
 	case rt.c.Signal() == syscall.SIGXCPU:
 		return "cpu time limit exceeded"
 	}
@@ -652,7 +692,12 @@ func (in *Instance) teardown(reason string) {
 	}
 	in.byInv = map[uint64]*session{}
 	ts, st := in.torSession, in.st
+	pu := in.pending
+	in.pending = nil
 	in.mu.Unlock()
+	if pu != nil {
+		pu.refuse(&proto.Error{Code: proto.CodeGone, Message: "instance has ended: " + reason})
+	}
 	for _, s := range open {
 		in.appendExit(s, proto.Exit{Status: proto.StatusKilled, Reason: reason})
 		s.finish()
@@ -687,8 +732,8 @@ func (in *Instance) teardown(reason string) {
 		_ = os.Remove(filepath.Join(in.dir, recordFile))
 		_ = os.Remove(in.storagePath())
 	}
-	_ = os.Remove(filepath.Join(in.dir, "function.log"))
-	_ = os.Remove(filepath.Join(in.dir, "function.log.1"))
+	// The function's log stays readable (bento logs) until the instance
+	// is forgotten, as its sessions' output does.
 	close(in.ended)
 	in.srv.unadmit(in.adm)
 	in.budgetDone()
@@ -743,7 +788,7 @@ func (in *Instance) newSession(args json.RawMessage) (*session, error) {
 			in.mu.Unlock()
 			return nil, &proto.Error{Code: proto.CodeGone, Message: "instance is ending: the function called exit()"}
 		}
-		if in.m.Mode == manifest.ModeOneShot && in.invoked {
+		if in.mf().Mode == manifest.ModeOneShot && in.invoked {
 			in.mu.Unlock()
 			return nil, &proto.Error{Code: proto.CodeGone, Message: "one-shot instance was already invoked; attach to its session or deploy again"}
 		}
@@ -769,8 +814,8 @@ func (in *Instance) newSession(args json.RawMessage) (*session, error) {
 		return nil, &proto.Error{Code: proto.CodeBusy, Message: fmt.Sprintf("busy, retry later: %d invocations are running on this instance", len(in.byInv))}
 	}
 	in.pruneSessionsLocked(time.Now(), sessionCharge)
-	if in.outputHeld+sessionCharge > in.m.Resources.Output {
-		return nil, &proto.Error{Code: proto.CodeBusy, Message: fmt.Sprintf("busy, retry later: the output of running invocations fills this instance's output allowance (%s)", units.FormatSize(in.m.Resources.Output))}
+	if in.outputHeld+sessionCharge > in.mf().Resources.Output {
+		return nil, &proto.Error{Code: proto.CodeBusy, Message: fmt.Sprintf("busy, retry later: the output of running invocations fills this instance's output allowance (%s)", units.FormatSize(in.mf().Resources.Output))}
 	}
 	rt := in.rt
 	s := &session{id: newID("s-", 16), rt: rt, input: make(chan *wire.Frame, 2), eof: make(chan struct{}), fin: make(chan struct{}),
@@ -812,13 +857,13 @@ func (in *Instance) pruneSessionsLocked(now time.Time, need int64) {
 	for i, s := range done {
 		expired := now.Sub(s.doneAt) >= OutputRetention
 		tooMany := len(done)-i > maxRetainedSessions
-		full := in.outputHeld+need > in.m.Resources.Output
+		full := in.outputHeld+need > in.mf().Resources.Output
 		if !expired && !tooMany && !full {
 			break
 		}
 		why := "the session's output was discarded: its 10 minutes of retention are over"
 		if !expired {
-			why = "the session's output was discarded to make room for newer output (the instance's output allowance is " + units.FormatSize(in.m.Resources.Output) + ")"
+			why = "the session's output was discarded to make room for newer output (the instance's output allowance is " + units.FormatSize(in.mf().Resources.Output) + ")"
 		}
 		s.out.discard(why)
 		in.outputHeld -= s.held
@@ -848,7 +893,7 @@ func (in *Instance) finish(rt *runtime, d proto.Done, body []byte) {
 	s.done, s.doneAt = true, time.Now()
 	delete(in.byInv, d.Inv)
 	exiting := in.exiting && len(in.byInv) == 0
-	oneshot := in.m.Mode == manifest.ModeOneShot
+	oneshot := in.mf().Mode == manifest.ModeOneShot
 	in.mu.Unlock()
 	in.appendExit(s, exit)
 	s.finish()
@@ -878,7 +923,7 @@ var errOutputLimit = errors.New("output limit exceeded")
 // session ends with the reason.
 func (in *Instance) output(s *session, data []byte) error {
 	cost := int64(len(data)) + recordCharge
-	limit := in.m.Resources.Output
+	limit := in.mf().Resources.Output
 	in.mu.Lock()
 	if in.outputHeld+cost > limit {
 		in.pruneSessionsLocked(time.Now(), cost)
@@ -931,26 +976,30 @@ func (in *Instance) appendLog(msg string) error {
 			gone = st.Size()
 		}
 		_ = os.Rename(path, path+".1")
+		in.logOld, in.logCur = in.logCur, in.logEnd
 		in.mu.Lock()
 		in.logHeld -= gone
 		in.outputHeld -= gone
 		in.mu.Unlock()
 	}
 	in.mu.Lock()
-	if in.outputHeld+cost > in.m.Resources.Output {
+	if in.outputHeld+cost > in.mf().Resources.Output {
 		in.pruneSessionsLocked(time.Now(), cost)
 	}
-	if in.outputHeld+cost > in.m.Resources.Output {
+	if in.outputHeld+cost > in.mf().Resources.Output {
 		in.mu.Unlock()
-		return fmt.Errorf("%w (%s)", errOutputLimit, units.FormatSize(in.m.Resources.Output))
+		return fmt.Errorf("%w (%s)", errOutputLimit, units.FormatSize(in.mf().Resources.Output))
 	}
 	in.logHeld += cost
 	in.outputHeld += cost
 	in.mu.Unlock()
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err == nil {
-		_, err = f.WriteString(line)
+		var n int
+		n, err = f.WriteString(line)
 		f.Close()
+		in.logEnd += int64(n) // what reached the file, even in part
+		in.wakeLogReadersLocked()
 	}
 	if err != nil { // logs are best effort: give the charge back
 		in.mu.Lock()

@@ -59,7 +59,7 @@ func (s *Server) List() []InstanceInfo {
 }
 
 func (in *Instance) info() InstanceInfo {
-	i := InstanceInfo{ID: in.id, Function: in.m.Name, Created: in.created, EndsAt: in.created.Add(in.m.Resources.Lifetime), Depth: in.depth}
+	i := InstanceInfo{ID: in.id, Function: in.mf().Name, Created: in.created, EndsAt: in.created.Add(in.mf().Resources.Lifetime), Depth: in.depth}
 	i.Client = "tor"
 	if in.owner != "" {
 		i.Client = safelog.Addr(in.owner).LogValue().String()
@@ -115,7 +115,7 @@ func (s *Server) EndInstance(id, reason string) error {
 	}
 	in.end("ended by the box's operator: " + reason)
 	<-in.ended
-	safelog.Notice(s.log, "instance ended by the operator", "instance", id, "function", in.m.Name)
+	safelog.Notice(s.log, "instance ended by the operator", "instance", id, "function", in.mf().Name)
 	return nil
 }
 

@@ -41,12 +41,12 @@ type recordHead struct {
 // saveRecord writes the instance's record: to a temporary file, synced,
 // then renamed over the old one, so a crash leaves the old record or the
 // new one.
-func (in *Instance) saveRecord(files map[string][]byte) error {
+func (in *Instance) saveRecord(text string, files map[string][]byte) error {
 	root := ""
 	if in.root != in.id {
 		root = in.root
 	}
-	r := record{recordHead: recordHead{ID: in.id, Manifest: in.manifestText,
+	r := record{recordHead: recordHead{ID: in.id, Manifest: text,
 		InvHash: hex.EncodeToString(in.invHash[:]), ShutHash: hex.EncodeToString(in.shutHash[:]), Created: in.created,
 		Owner: in.owner, Root: root, Depth: in.depth}, Files: files}
 	b, err := json.Marshal(r)
@@ -214,11 +214,12 @@ func (s *Server) restoreInstance(rec recordHead, dir string) error {
 		// a start that has room, within its lifetime.
 		return &restoreError{why: perr.Message, keep: true}
 	}
-	in := newInstance(s, rec.ID, m, rec.Manifest, o, adm)
+	in := newInstance(s, rec.ID, m, o, adm)
 	in.invHash, in.shutHash, in.created = invHash, shutHash, rec.Created
 	// Sessions of the old bentod are gone with it; stored data stays, and
 	// is opened by run (not here: a restarted bentod serves at once).
 	_ = os.RemoveAll(filepath.Join(dir, "sessions"))
+	removeFunctionLog(dir)
 	s.launch(in)
 	return nil
 }

@@ -393,6 +393,7 @@ func (s *Server) forget(in *Instance) {
 	if keep {
 		// Data bentod could not open stays for the next start.
 		_ = os.RemoveAll(filepath.Join(in.dir, "sessions"))
+		removeFunctionLog(in.dir)
 		return
 	}
 	_ = os.RemoveAll(in.dir)

@@ -180,7 +180,7 @@ func (h *hostCall) torStream(name string) (any, []byte, error) {
 		if a.Timeout > 0 && a.Timeout < 3600 {
 			return h.ctx(time.Duration(a.Timeout * float64(time.Second)))
 		}
-		return h.ctx(h.in.m.Resources.Lifetime)
+		return h.ctx(h.in.mf().Resources.Lifetime)
 	}
 	switch name {
 	case "tor.listen":
@@ -271,7 +271,7 @@ func (h *hostCall) torStream(name string) (any, []byte, error) {
 			a.N = 1 << 16
 		}
 		if a.Timeout > 0 {
-			_ = c.SetReadDeadline(time.Now().Add(seconds(a.Timeout, h.in.m.Resources.Lifetime)))
+			_ = c.SetReadDeadline(time.Now().Add(seconds(a.Timeout, h.in.mf().Resources.Lifetime)))
 		} else {
 			_ = c.SetReadDeadline(time.Time{})
 		}
@@ -294,7 +294,7 @@ func (h *hostCall) torStream(name string) (any, []byte, error) {
 		buf := make([]byte, a.N)
 		n, err := c.Read(buf)
 		if n > 0 {
-			wctx, wcancel := h.ctx(h.in.m.Resources.Lifetime)
+			wctx, wcancel := h.ctx(h.in.mf().Resources.Lifetime)
 			werr := h.in.io.wait(wctx, n)
 			wcancel()
 			if werr != nil {
