@@ -22,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PRIVNET_SOCKS:-}" ]; then
-	bash scripts/setup.sh
+	bash scripts/setup.sh --test # curl
 	keys=${BENTO_DEMO_KEYS:-/tmp/bento-demo-tor}
 	echo "starting a private Tor network (keys kept in $keys)..."
 	exec bin/privnet run "$keys" -- bash "$0"

@@ -1,15 +1,32 @@
 #!/usr/bin/env bash
 # setup.sh: install what Bento needs on a Debian machine and build it.
 #
-# Needs root (containers are started through runc as root). Installs runc,
-# iproute2, util-linux and tor from Debian when they are missing (tor without
-# ever starting its system service), checks for Go, and builds bentod, bento and
-# the static bento-runner into ./bin.
+#   bash scripts/setup.sh          what bentod needs on a relay: runc,
+#                                  iproute2, util-linux and tor (never
+#                                  started as a service on install); no
+#                                  build tools, nothing for the tests
+#   bash scripts/setup.sh --test   the same, and what the tests need
+#                                  besides: gcc (the race detector), curl,
+#                                  tshark, cloud-init, tmux, debootstrap,
+#                                  systemd-container (scripts/test.sh
+#                                  runs this)
+#
+# Needs root (containers are started through runc as root). Checks for Go
+# and builds bentod, bentoctl, bento and the static bento-runner into
+# ./bin. It changes nothing else on the system: a policy-rc.d it puts in
+# place while packages install is removed again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+tests=0
+case "${1:-}" in
+"") ;;
+--test) tests=1 ;;
+*) die "usage: bash scripts/setup.sh [--test]" ;;
+esac
 
 [ "$(id -u)" = 0 ] || die "run as root: bentod starts containers through runc (sudo bash scripts/setup.sh)"
 
@@ -35,15 +52,24 @@ need_pkg() { # need_pkg COMMAND PACKAGE
 need_pkg runc runc
 need_pkg ip iproute2
 need_pkg unshare util-linux
-need_pkg curl curl # the demo fetches through Tor with it
-need_pkg tshark tshark # the reference the LightBox tests check the middleboxes against
+if [ "$tests" = 1 ]; then
+	need_pkg curl curl     # the demo fetches through Tor with it
+	need_pkg tshark tshark # the reference the LightBox tests check the middleboxes against
+	need_pkg gcc gcc       # the race detector needs cgo
+	need_pkg tmux tmux     # bentoctl top's live view, driven as a terminal
+	need_pkg debootstrap debootstrap             # scripts/test-package.sh: a Debian root
+	need_pkg systemd-nspawn systemd-container    # ... booted with its own systemd
+fi
 # Debian's tor for the private Tor network of the tests and the demo, and
-# cloud-init for checking the dust motes' user-data (cloud-init schema).
-# Either package would start a system service on install (tor on the
-# public network): forbid that while they install (policy-rc.d exit 101 =
-# "do not start services"), and take the ban away again if it was ours.
-if ! command -v tor >/dev/null || ! command -v tor-gencert >/dev/null || ! command -v cloud-init >/dev/null; then
+# (tests only) cloud-init for checking the dust motes' user-data
+# (cloud-init schema). Either package would start a system service on
+# install (tor on the public network): forbid that while they install
+# (policy-rc.d exit 101 = "do not start services"), and take the ban away
+# again if it was ours.
+if ! command -v tor >/dev/null || ! command -v tor-gencert >/dev/null || { [ "$tests" = 1 ] && ! command -v cloud-init >/dev/null; }; then
 	ours_policy_rc=0
+	# If an install fails, the ban it put in place goes all the same.
+	trap '[ "$ours_policy_rc" = 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
 	if grep -qs 'written by bento scripts/setup.sh' /usr/sbin/policy-rc.d; then
 		ours_policy_rc=1 # left by an earlier version of this script
 	elif [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -55,15 +81,16 @@ if ! command -v tor >/dev/null || ! command -v tor-gencert >/dev/null || ! comma
 		die "/usr/sbin/policy-rc.d exists and may let tor start as a service on the public network: install tor by hand"
 	fi
 	need_pkg tor tor
-	need_pkg cloud-init cloud-init
+	if [ "$tests" = 1 ]; then
+		need_pkg cloud-init cloud-init
+	fi
 	if [ "$ours_policy_rc" = 1 ]; then
 		rm -f /usr/sbin/policy-rc.d
 	fi
+	trap - EXIT
 fi
-# The race detector needs cgo.
-need_pkg gcc gcc
 
 say "building into ./bin"
 mkdir -p bin
-CGO_ENABLED=0 go build -trimpath -o bin/ ./cmd/bentod ./cmd/bento ./cmd/bento-runner ./cmd/lightbox ./cmd/privnet
+CGO_ENABLED=0 go build -trimpath -o bin/ ./cmd/bentod ./cmd/bentoctl ./cmd/bento ./cmd/bento-runner ./cmd/lightbox ./cmd/privnet
 say "ready: $(runc --version | head -1), $(tor --version | head -1), $(go version)"

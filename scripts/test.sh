@@ -6,7 +6,7 @@
 # Under CI=true a missing prerequisite fails the tests instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
 # A count, not a duration: duration-based -fuzztime can fail spuriously with
 # "context deadline exceeded" (a race in Go's fuzz coordinator,
@@ -44,9 +44,16 @@ demo() {
 }
 demo >/tmp/bento-demo-summary.log 2>&1 &
 demo_pid=$!
-# Whatever fails first, the demo ends before this script does: nothing it
-# started outlives the test command.
-trap 'wait "$demo_pid" 2>/dev/null || true' EXIT
+# Debian's package, installed in a Debian root booted with systemd
+# (scripts/test-package.sh): about 30 s, most of it building the package;
+# the first run on a machine also fetches the root (about 55 s more). It
+# asserts nothing about time either, so it runs beside the static checks
+# too.
+bash scripts/test-package.sh >/tmp/bento-package-test.log 2>&1 &
+package_pid=$!
+# Whatever fails first, the demo and the package test end before this
+# script does: nothing they started outlives the test command.
+trap 'wait "$demo_pid" 2>/dev/null || true; wait "$package_pid" 2>/dev/null || true' EXIT
 
 step gofmt
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
@@ -85,6 +92,8 @@ step "tests (race detector, real runc)"
 set +e
 wait "$demo_pid"
 demo_status=$?
+wait "$package_pid"
+package_status=$?
 go test -race -count=1 -v -timeout 25m $(go list ./... | grep -v '/e2e$') >/tmp/bento-test.log 2>&1
 status=$?
 printf 'unit tests done; end-to-end tests start (%s)\n' "$(date -u +%H:%M:%S)"
@@ -103,6 +112,13 @@ echo "packages: ${passed} passed, ${failed} failed; tests and subtests run: ${ra
 step "demo (scripts/demo.sh, over a private Tor network; run beside the static checks and fuzzing)"
 cat /tmp/bento-demo-summary.log
 
+step "Debian package (scripts/test-package.sh; run beside the static checks and fuzzing)"
+if [ "$package_status" = 0 ]; then
+	grep -E '^test-package: (\[|passed)' /tmp/bento-package-test.log
+else
+	cat /tmp/bento-package-test.log
+fi
+
 if [ "$status" != 0 ]; then
 	cat /tmp/bento-test.log
 	exit "$status"
@@ -110,10 +126,14 @@ fi
 # Every test runs, on a fresh clone as in CI: nothing may skip.
 if [ "$skipped" != 0 ]; then
 	grep -B5 -- '--- SKIP' /tmp/bento-test.log
-	echo "tests skipped: the test command runs every test (install what is missing: bash scripts/setup.sh)"
+	echo "tests skipped: the test command runs every test (install what is missing: bash scripts/setup.sh --test)"
 	exit 1
 fi
 if [ "$demo_status" != 0 ]; then
 	echo "the demo failed (above)"
+	exit 1
+fi
+if [ "$package_status" != 0 ]; then
+	echo "the Debian package test failed (above)"
 	exit 1
 fi

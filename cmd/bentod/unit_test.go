@@ -4,11 +4,16 @@ import (
 	"bufio"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/torbento/bento/internal/policy"
+	"github.com/torbento/bento/internal/privs"
 	"github.com/torbento/bento/internal/units"
 )
 
@@ -17,7 +22,11 @@ import (
 // bentod's own soft limit with room for runc, its descriptor limit covers
 // what the default policy may need with every API on (bentod would warn
 // at start otherwise), and it runs bentod with a bentorc, reloads with
-// SIGHUP, and restarts it if it dies.
+// SIGHUP, and restarts it if it dies. bentod tells systemd when it is
+// ready and pings its watchdog (internal/sdnotify): the unit must be
+// Type=notify and listen to bentod alone. Its capability bounding set is
+// the one bentod drops to (internal/privs), and the directories systemd
+// makes for it are the package's (scripts/package.sh, dist/bentorc).
 func TestServiceUnit(t *testing.T) {
 	f, err := os.Open("../../dist/systemd/bentod.service")
 	if err != nil {
@@ -74,6 +83,52 @@ func TestServiceUnit(t *testing.T) {
 	if svc("Restart") != "on-failure" {
 		t.Errorf("Restart=%q", svc("Restart"))
 	}
+	if svc("Type") != "notify" || svc("NotifyAccess") != "main" {
+		t.Errorf("Type=%q NotifyAccess=%q: bentod says READY=1 itself (Type=notify, NotifyAccess=main)", svc("Type"), svc("NotifyAccess"))
+	}
+	if d, err := time.ParseDuration(svc("WatchdogSec") + "s"); err != nil || d < 10*time.Second {
+		t.Errorf("WatchdogSec=%q: bentod's watchdog test takes up to 2 s and runs every WatchdogSec/2; give it at least 10 s", svc("WatchdogSec"))
+	}
+	for k, want := range map[string]string{"RuntimeDirectory": "bento", "StateDirectory": "bento", "LogsDirectory": "bento", "Delegate": "yes", "KillMode": "mixed"} {
+		if svc(k) != want {
+			t.Errorf("%s=%q, want %q", k, svc(k), want)
+		}
+	}
+	if !strings.HasPrefix(svc("ExecStart"), "/usr/sbin/bentod ") {
+		t.Errorf("ExecStart=%q: the package installs bentod as /usr/sbin/bentod", svc("ExecStart"))
+	}
+	var bounding []int
+	for _, name := range strings.Fields(svc("CapabilityBoundingSet")) {
+		c, ok := capabilities[name]
+		if !ok {
+			t.Fatalf("CapabilityBoundingSet: unknown capability %q", name)
+		}
+		bounding = append(bounding, c)
+	}
+	needed := append([]int(nil), privs.Needed...)
+	slices.Sort(bounding)
+	slices.Sort(needed)
+	if !slices.Equal(bounding, needed) {
+		t.Errorf("CapabilityBoundingSet=%s is not internal/privs.Needed", svc("CapabilityBoundingSet"))
+	}
+}
+
+// capabilities names Linux's capabilities as systemd does.
+var capabilities = map[string]int{
+	"CAP_CHOWN": unix.CAP_CHOWN, "CAP_DAC_OVERRIDE": unix.CAP_DAC_OVERRIDE, "CAP_DAC_READ_SEARCH": unix.CAP_DAC_READ_SEARCH,
+	"CAP_FOWNER": unix.CAP_FOWNER, "CAP_FSETID": unix.CAP_FSETID, "CAP_KILL": unix.CAP_KILL, "CAP_SETGID": unix.CAP_SETGID,
+	"CAP_SETUID": unix.CAP_SETUID, "CAP_SETPCAP": unix.CAP_SETPCAP, "CAP_LINUX_IMMUTABLE": unix.CAP_LINUX_IMMUTABLE,
+	"CAP_NET_BIND_SERVICE": unix.CAP_NET_BIND_SERVICE, "CAP_NET_BROADCAST": unix.CAP_NET_BROADCAST, "CAP_NET_ADMIN": unix.CAP_NET_ADMIN,
+	"CAP_NET_RAW": unix.CAP_NET_RAW, "CAP_IPC_LOCK": unix.CAP_IPC_LOCK, "CAP_IPC_OWNER": unix.CAP_IPC_OWNER,
+	"CAP_SYS_MODULE": unix.CAP_SYS_MODULE, "CAP_SYS_RAWIO": unix.CAP_SYS_RAWIO, "CAP_SYS_CHROOT": unix.CAP_SYS_CHROOT,
+	"CAP_SYS_PTRACE": unix.CAP_SYS_PTRACE, "CAP_SYS_PACCT": unix.CAP_SYS_PACCT, "CAP_SYS_ADMIN": unix.CAP_SYS_ADMIN,
+	"CAP_SYS_BOOT": unix.CAP_SYS_BOOT, "CAP_SYS_NICE": unix.CAP_SYS_NICE, "CAP_SYS_RESOURCE": unix.CAP_SYS_RESOURCE,
+	"CAP_SYS_TIME": unix.CAP_SYS_TIME, "CAP_SYS_TTY_CONFIG": unix.CAP_SYS_TTY_CONFIG, "CAP_MKNOD": unix.CAP_MKNOD,
+	"CAP_LEASE": unix.CAP_LEASE, "CAP_AUDIT_WRITE": unix.CAP_AUDIT_WRITE, "CAP_AUDIT_CONTROL": unix.CAP_AUDIT_CONTROL,
+	"CAP_SETFCAP": unix.CAP_SETFCAP, "CAP_MAC_OVERRIDE": unix.CAP_MAC_OVERRIDE, "CAP_MAC_ADMIN": unix.CAP_MAC_ADMIN,
+	"CAP_SYSLOG": unix.CAP_SYSLOG, "CAP_WAKE_ALARM": unix.CAP_WAKE_ALARM, "CAP_BLOCK_SUSPEND": unix.CAP_BLOCK_SUSPEND,
+	"CAP_AUDIT_READ": unix.CAP_AUDIT_READ, "CAP_PERFMON": unix.CAP_PERFMON, "CAP_BPF": unix.CAP_BPF,
+	"CAP_CHECKPOINT_RESTORE": unix.CAP_CHECKPOINT_RESTORE,
 }
 
 // TestConfigSource: without -f, a missing default file means the built-in
