@@ -123,7 +123,7 @@ func TestErrorsTable(t *testing.T) {
 		"pin-mismatch": func(t *testing.T) []string {
 			return []string{"policy", startPolicyServer(t).addr + "#sha256:" + strings.Repeat("ab", 32)}
 		},
-		"invocation-token-to-update":   func(t *testing.T) []string { return []string{"update", server, "bento-inv-x", t.TempDir()} },
+		"invocation-token-to-update": func(t *testing.T) []string { return []string{"update", server, "bento-inv-x", t.TempDir()} },
 		"store-unknown-instance": func(t *testing.T) []string {
 			withStateDir(t)
 			return []string{"forget", "i-nope"}
