@@ -29,6 +29,9 @@ if [ -z "${PRIVNET_SOCKS:-}" ]; then
 fi
 
 B=bin
+# The demo leaves no tokens on disk (bento deploy and run keep them in
+# ~/.local/state/bento otherwise).
+export BENTO_NO_STORE=1
 work=$(mktemp -d /tmp/bento-demo.XXXXXX)
 chmod 711 "$work" # containers, in a user namespace, reach their root file system through it
 pids=()
@@ -97,6 +100,10 @@ BoxAnnounce 1
 AllowAPI send,recv,log,time,sleep,random,storage,exit,tor.fetch,tor.control,tor.stream,bento
 # Functions reach onion services, and (through an exit) this demo's web page.
 DestinationPolicy accept *.onion:*, accept 127.0.0.1:28889
+# The operator's ways in: bentoctl's socket, and Prometheus metrics.
+ControlSocket $work/$1.ctl
+MetricsPort 127.0.0.1:$(($2 + 2))
+MetricsPortPolicy accept 127.0.0.1
 RC
 	$B/bentod -f "$work/$1.rc" 2>"$work/$1.log" &
 	pids+=($!)
@@ -240,6 +247,19 @@ for i in 1 2 3 4 5 6; do
 done
 distinct=$(tr ' ' '\n' <<<"$served" | grep -o 'r[0-2]' | sort -u | wc -l)
 check "replicas that served the six clients" 3 "$distinct"
+
+step operator "bentoctl -s … ls; curl …:28890/metrics; bentoctl end <the load balancer> 'demo: the operator ends it'   # B's operator"
+ls=$($B/bentoctl -s "$work/B.ctl" ls) || fail "bentoctl ls exited $?"
+echo "$ls"
+check "replicas bentoctl lists on B" 3 "$(grep -c ' replica .* running ' <<<"$ls")"
+check "load balancers bentoctl lists on B" 1 "$(grep -c ' loadbalancer .* running ' <<<"$ls")"
+running=$(curl -s -m 10 "http://127.0.0.1:28890/metrics" | grep '^bento_instances{kind="running"}' | awk '{print $2}')
+echo "metrics: bento_instances{kind=\"running\"} $running"
+[ "${running:-0}" -ge 4 ] || fail "B's metrics count ${running:-no} running instances, want at least 4"
+lbid=$(grep ' loadbalancer ' <<<"$ls" | awk '{print $1}')
+$B/bentoctl -s "$work/B.ctl" end "$lbid" "demo: the operator ends it" || fail "bentoctl end exited $?"
+wait_for "the load balancer's client told why" 30 grep -q "ended by the box's operator: demo: the operator ends it" "$work/lb.log"
+grep -o "ended by the box's operator: .*" "$work/lb.log" | head -1
 
 cat >"$work/greedy.toml" <<'T'
 name = "greedy"
