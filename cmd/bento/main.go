@@ -101,7 +101,7 @@ const usage = `usage:
 Flags may come anywhere among a command's arguments; everything after -- is an argument, never a
 flag: function arguments that start with '-' go there (bento invoke SERVER TOKEN -- -1).
 Commands that talk to a server take --timeout DURATION (default 60s) for each request;
-invoke, run, deploy, policy and check take --json: the result as JSON on stdout, and an error as
+invoke, run, dev, deploy, policy and check take --json: the result as JSON on stdout, and an error as
 one line {"error": MESSAGE, "code": EXIT-CODE} on stderr (where errors always go).
 
 deploy and run record each instance's tokens in $XDG_STATE_HOME/bento/instances.json (default
