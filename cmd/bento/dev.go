@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -90,6 +91,16 @@ func (c *cli) dev(args []string) int {
 		defer os.RemoveAll(sdir)
 	} else if err := os.MkdirAll(sdir, 0o700); err != nil {
 		return c.errorf(exitUsage, nil, "--storage %s: %v", sdir, err)
+	}
+	// One run at a time on a store: a second one would write the same
+	// file at once.
+	lock, err := os.OpenFile(filepath.Join(sdir, "storage.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return c.errorf(exitUsage, nil, "--storage %s: %v", sdir, err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return c.errorf(exitUsage, nil, "--storage %s: another bento dev is using it (%v); one run at a time", sdir, err)
 	}
 	// The file bentod keeps an instance's storage in.
 	store, err := kvstore.Open(filepath.Join(sdir, "storage.log"), kvstore.Options{MaxBytes: m.Resources.Storage})

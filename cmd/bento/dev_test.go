@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/torbento/bento/internal/manifest"
 	"github.com/torbento/bento/internal/policy"
@@ -185,6 +187,50 @@ func TestDevStorageKept(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(store, "storage.log")); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestDevInterrupted: Ctrl-C ends the run at once, exit 130, even in a
+// host call that waits.
+func TestDevInterrupted(t *testing.T) {
+	dir := devFn(t, "name = \"a\"\napis = [\"sleep\"]\n", "def main():\n    bento.sleep(30)\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	var out, errb bytes.Buffer
+	start := time.Now()
+	code := runCtx(ctx, func() {}, []string{"dev", dir}, strings.NewReader(""), &out, &errb)
+	if code != exitInterrupted || !strings.HasPrefix(errb.String(), "bento: interrupted") || time.Since(start) > 10*time.Second {
+		t.Errorf("exit %d after %s, stderr %q", code, time.Since(start), errb.String())
+	}
+}
+
+// TestDevStorageBusy: two runs on one --storage at once: the second is
+// refused rather than let write the same file.
+func TestDevStorageBusy(t *testing.T) {
+	store := t.TempDir()
+	dir := devFn(t, "name = \"a\"\napis = [\"sleep\", \"storage\"]\n", "def main():\n    storage.put(\"k\", \"v\")\n    bento.sleep(2)\n")
+	done := make(chan int)
+	go func() {
+		_, _, code := devRun([]string{"dev", "--storage", store, dir}, "")
+		done <- code
+	}()
+	// The first run holds the lock from before it opens the store until
+	// it ends, two seconds after its put.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if b, _ := os.ReadFile(filepath.Join(store, "storage.log")); len(b) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first run stored nothing in 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, stderr, code := devRun([]string{"dev", "--storage", store, dir}, ""); code != exitUsage || !strings.Contains(stderr, "another bento dev is using it") {
+		t.Errorf("a second run on the same storage: exit %d, %s", code, stderr)
+	}
+	if code := <-done; code != 0 {
+		t.Errorf("first run: exit %d", code)
 	}
 }
 
