@@ -141,6 +141,25 @@ func TestErrorsTable(t *testing.T) {
 		"new-unknown-template": func(t *testing.T) []string {
 			return []string{"new", filepath.Join(t.TempDir(), "x"), "--template", "nope"}
 		},
+		"dev-refused": func(t *testing.T) []string {
+			return []string{"dev", fn(t, "name = \"greedy\"\n[resources]\nmemory = \"1 GB\"\n", "def main():\n    pass\n")}
+		},
+		"dev-bad-policy": func(t *testing.T) []string {
+			return []string{"dev", "--policy", filepath.Join(t.TempDir(), "nope"), fn(t, "name = \"a\"\n", "def main():\n    pass\n")}
+		},
+		"dev-bad-storage": func(t *testing.T) []string {
+			file := filepath.Join(t.TempDir(), "file")
+			os.WriteFile(file, nil, 0o644)
+			return []string{"dev", "--storage", file, fn(t, "name = \"a\"\n", "def main():\n    pass\n")}
+		},
+		"dev-fails-to-load": func(t *testing.T) []string {
+			return []string{"dev", fn(t, "name = \"a\"\n", "x = 1 // 0\ndef main():\n    pass\n")}
+		},
+		"dev-not-emulated": func(t *testing.T) []string {
+			rc := filepath.Join(t.TempDir(), "bentorc")
+			os.WriteFile(rc, []byte("AllowAPI tor.fetch\nTorSocksPort 127.0.0.1:9\nDestinationPolicy accept 127.0.0.1:80\n"), 0o644)
+			return []string{"dev", "--policy", rc, fn(t, "name = \"a\"\napis = [\"tor.fetch\"]\ndestinations = [\"accept 127.0.0.1:80\"]\n", "def main():\n    tor.fetch(\"http://127.0.0.1/\")\n")}
+		},
 	}
 	seen := map[string]bool{}
 	for _, row := range errorRows(t) {

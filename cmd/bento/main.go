@@ -6,6 +6,7 @@
 //
 //	bento new      NAME [--template hello|echo|dropbox]
 //	bento check    DIR [--json]
+//	bento dev      [-i] [--policy BENTORC] [--storage DIR] DIR [ARG...] [--json]
 //	bento policy   SERVER [--check DIR] [--json]
 //	bento deploy   SERVER DIR [--json]
 //	bento invoke   [-i] SERVER INVOCATION-TOKEN [ARG...] [--json]
@@ -81,6 +82,7 @@ const (
 const usage = `usage:
   bento new      NAME [--template hello|echo|dropbox]  create a function directory NAME from a template
   bento check    DIR [--json]                 check a function offline: its manifest and its code
+  bento dev      [-i] [--policy BENTORC] [--storage DIR] DIR [ARG...]  run a function here, no server: the host API emulated under a policy (no sandbox: it runs as you)
   bento policy   SERVER [--check DIR] [--json]  show a server's node policy (and check a function against it)
   bento deploy   SERVER DIR [--destinations ITEMS] [--json]  upload a function and start an instance; prints its tokens
   bento invoke   [-i] SERVER TOKEN [ARG...]  call the function (-i: send stdin to it)
@@ -99,7 +101,7 @@ const usage = `usage:
 Flags may come anywhere among a command's arguments; everything after -- is an argument, never a
 flag: function arguments that start with '-' go there (bento invoke SERVER TOKEN -- -1).
 Commands that talk to a server take --timeout DURATION (default 60s) for each request;
-invoke, run, deploy, policy and check take --json: the result as JSON on stdout, and an error as
+invoke, run, dev, deploy, policy and check take --json: the result as JSON on stdout, and an error as
 one line {"error": MESSAGE, "code": EXIT-CODE} on stderr (where errors always go).
 
 deploy and run record each instance's tokens in $XDG_STATE_HOME/bento/instances.json (default
@@ -189,6 +191,8 @@ func runCtx(ctx context.Context, stopSignals func(), args []string, stdin io.Rea
 		return c.completion(rest)
 	case "check":
 		return c.check(rest)
+	case "dev":
+		return c.dev(rest)
 	case "policy":
 		return c.policy(rest)
 	case "deploy":

@@ -69,23 +69,6 @@ func (h *hostCall) ctx(timeout time.Duration) (context.Context, context.CancelFu
 	return ctx, cancel
 }
 
-// apiFor maps a host-call name onto the policy's API item.
-func apiFor(name string) string {
-	switch {
-	case strings.HasPrefix(name, "storage."):
-		return policy.APIStorage
-	case strings.HasPrefix(name, "bento."):
-		return policy.APIBento
-	case name == "tor.event":
-		return policy.APITorControl
-	case name == "ends_at":
-		return policy.APITime
-	case strings.HasPrefix(name, "tor.") && name != "tor.fetch" && name != "tor.control":
-		return policy.APITorStream
-	}
-	return name
-}
-
 // dispatch checks a host call against the manifest and the policy, then
 // carries it out. Calls that may block run on their own goroutine.
 func (in *Instance) dispatch(rt *runtime, call proto.Call, f *wire.Frame) {
@@ -108,19 +91,13 @@ func (in *Instance) dispatch(rt *runtime, call proto.Call, f *wire.Frame) {
 			a()
 		}
 	}
-	api := apiFor(call.Name)
+	api := APIFor(call.Name)
 	in.srv.met.hostCalls.With(hostCallLabel(api)).Inc()
-	if !policy.KnownAPI(api) {
-		finish(nil, nil, fmt.Errorf("unknown host call %q", truncate(call.Name, 40)))
-		return
-	}
-	if !in.mf().Has(api) {
-		in.log.Info("host call denied", "instance", in.id, "call", call.Name, "why", "not in manifest")
-		finish(nil, nil, fmt.Errorf("permission denied: %s() needs %q in the manifest's apis", call.Name, api))
-		return
-	}
-	if !in.srv.policy().APIs[api] {
-		finish(nil, nil, fmt.Errorf("permission denied: this node's policy does not allow %q", api))
+	if err := CheckCall(call.Name, in.mf(), in.srv.policy()); err != nil {
+		if policy.KnownAPI(api) && !in.mf().Has(api) {
+			in.log.Info("host call denied", "instance", in.id, "call", call.Name, "why", "not in manifest")
+		}
+		finish(nil, nil, err)
 		return
 	}
 	in.mu.Lock()
@@ -210,7 +187,7 @@ func (h *hostCall) storage(name string) (any, []byte, error) {
 		err := in.store.Put(a.Key, h.body)
 		switch {
 		case errors.Is(err, kvstore.ErrFull):
-			return nil, nil, fmt.Errorf("storage limit exceeded (%s, each key counting %d bytes beyond its key and value); delete keys first", units.FormatSize(in.mf().Resources.Storage), kvstore.Overhead)
+			return nil, nil, StorageFullError(in.mf().Resources.Storage)
 		case errors.Is(err, kvstore.ErrTooMany):
 			return nil, nil, fmt.Errorf("storage limit exceeded: too many keys")
 		case err != nil:

@@ -929,7 +929,7 @@ func (in *Instance) output(s *session, data []byte) error {
 		in.pruneSessionsLocked(time.Now(), cost)
 	}
 	if in.outputHeld+cost > limit {
-		reason := fmt.Sprintf("output limit exceeded (%s held for clients at once)", units.FormatSize(limit))
+		reason := OutputLimitReason(limit)
 		if s.limitHit == "" {
 			s.limitHit = reason
 		}
