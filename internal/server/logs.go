@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/torbento/bento/internal/netlimit"
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/wire"
 )
@@ -19,7 +20,9 @@ import (
 // piece being sent, charged to the client's byte budget while it is).
 const (
 	maxLogReaders = 8
-	logChunk      = 16 << 10
+	// ownerLogReaders of them are kept for the shutdown token's holder.
+	ownerLogReaders = 2
+	logChunk        = 16 << 10
 )
 
 // features are the requests beyond version 1's first set that this
@@ -105,15 +108,23 @@ func (s *Server) serveLogs(conn *wire.Conn, nc net.Conn, f *wire.Frame, log *slo
 		return
 	}
 	in := s.lookup(req.Token, false)
+	owner := false
 	if in == nil {
-		in = s.lookup(req.Token, true)
+		in, owner = s.lookup(req.Token, true), true
 	}
 	if in == nil {
 		_ = send(proto.TError, s.tokenError(req.Token), nil)
 		return
 	}
+	// Holders of the invocation token (which may be shared widely) take
+	// at most all but ownerLogReaders of the places: its owner can always
+	// read its log.
+	limit := maxLogReaders - ownerLogReaders
+	if owner {
+		limit = maxLogReaders
+	}
 	in.mu.Lock()
-	full := in.logReaders >= maxLogReaders
+	full := in.logReaders >= limit
 	if !full {
 		in.logReaders++
 	}
@@ -185,6 +196,10 @@ func (s *Server) serveLogs(conn *wire.Conn, nc net.Conn, f *wire.Frame, log *slo
 			closeWrite(nc, gone)
 			return
 		}
+		// Waiting for a new line, the connection is idle: when the
+		// listener is full it may be closed for a newcomer (the client
+		// resumes from its offset).
+		netlimit.SetIdle(nc, true)
 		select {
 		case <-wake:
 		case <-in.ended:
@@ -193,6 +208,7 @@ func (s *Server) serveLogs(conn *wire.Conn, nc net.Conn, f *wire.Frame, log *slo
 		case <-s.closed:
 			return
 		}
+		netlimit.SetIdle(nc, false)
 	}
 }
 

@@ -182,6 +182,43 @@ func TestServeLogs(t *testing.T) {
 			t.Errorf("logs with token %.12q: %v, want code %s", c.token, err, c.code)
 		}
 	}
+	// Holders of the invocation token cannot take every reader's place:
+	// the shutdown token's holder still reads.
+	var held []*client.LogStream
+	first := func(l *client.LogStream) error {
+		_, _, _, err := l.Recv()
+		return err
+	}
+	for i := 0; ; i++ {
+		l, err := cl.Logs(ctx, inv, true, 0)
+		if err == nil {
+			err = first(l)
+		}
+		if err != nil {
+			if !client.IsCode(err, proto.CodeBusy) || i != maxLogReaders-ownerLogReaders {
+				t.Fatalf("invocation-token follower %d: %v (want busy after %d)", i, err, maxLogReaders-ownerLogReaders)
+			}
+			break
+		}
+		held = append(held, l)
+	}
+	if out, _ := read(sd); !strings.Contains(out, "hello from the function") {
+		t.Fatalf("the owner's read with the invocation token's places taken: %q", out)
+	}
+	for _, l := range held {
+		l.Close()
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		in.mu.Lock()
+		n := in.logReaders
+		in.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d log readers left after their clients went", n)
+		}
+	}
 	// Following: a new line arrives, then the end of the instance.
 	l, err := cl.Logs(ctx, inv, true, 0)
 	if err != nil {

@@ -12,7 +12,6 @@ import (
 	"github.com/torbento/bento/internal/manifest"
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/proto"
-	"github.com/torbento/bento/internal/runner"
 	"github.com/torbento/bento/internal/safelog"
 	"github.com/torbento/bento/internal/units"
 )
@@ -116,14 +115,12 @@ func (s *Server) update(u proto.Update, body []byte, log *slog.Logger) (*proto.U
 	if _, ok := files[m.Entry]; !ok {
 		return nil, badRequest(fmt.Sprintf("entry file %q is not in the upload", m.Entry))
 	}
-	// Code that does not compile is refused before the old runner stops.
-	if probs := runner.Check(m.Entry, m.Function, files); len(probs) > 0 {
-		msg := "function failed to load: " + probs[0].Error()
-		if len(probs) > 1 {
-			msg += fmt.Sprintf(" (and %d more problems: bento check lists them)", len(probs)-1)
-		}
-		return nil, badRequest(msg + "; the instance keeps its old code")
-	}
+	// The code is compiled where it runs, in the new container, never in
+	// bentod: compiling a hostile upload here would cost bentod's own
+	// memory (a 1 MB bundle can take hundreds of MB to resolve). Code that
+	// fails to load is refused there, and the old code starts again
+	// (bento update runs bento check first, so honest mistakes are found
+	// before anything is sent).
 	if !in.updating.CompareAndSwap(false, true) {
 		return nil, &proto.Error{Code: proto.CodeBusy, Message: "busy, retry later: another update of this instance is under way"}
 	}
