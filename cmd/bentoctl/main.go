@@ -62,7 +62,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	socket := fs.String("s", "", "the control socket")
 	conf := fs.String("f", "", "read ControlSocket from this bentorc")
 	asJSON := fs.Bool("json", false, "print answers as JSON")
-	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for bentod")
+	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for bentod")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stdout, usage)
@@ -153,7 +153,7 @@ func (c *ctl) call(req control.Request, out any) int {
 		return 0
 	}
 	code := 1
-	if strings.Contains(err.Error(), c.socket) || errors.Is(err, os.ErrDeadlineExceeded) {
+	if strings.Contains(err.Error(), c.socket) {
 		code = 3
 	}
 	if c.json {

@@ -47,44 +47,72 @@ const (
 	MaxConns    = 16
 )
 
-// Listen makes the socket at path: its directory is made 0750 if missing,
-// a stale socket left by an earlier bentod is replaced (a live one is
-// not), and the socket is 0660 with the given group, or 0600 when group is
-// "" or unknown (then only root and bentod's user may use it).
+// Listen makes the socket at path, 0600, or 0660 with group when one is
+// given (it must exist): then only root, bentod's user and the group's
+// members may connect. Its directory is made 0750 (given to the group) if
+// missing; an existing one must not be writable by others, who could
+// otherwise swap the socket for a link between its making and its mode
+// being set. A socket an earlier bentod left is replaced; a live one, or
+// anything that is not a socket, is not touched.
 func Listen(path, group string) (net.Listener, int, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, -1, fmt.Errorf("ControlSocket %s: %w", path, err)
+	fail := func(format string, a ...any) (net.Listener, int, error) {
+		return nil, -1, fmt.Errorf("ControlSocket %s: "+format, append([]any{path}, a...)...)
 	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return nil, -1, fmt.Errorf("ControlSocket %s: another bentod answers on it; give this one another path", path)
+	gid := -1
+	if group != "" {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			return fail("ControlSocketGroup %q: %v (create the group, or leave ControlSocketGroup out: root and bentod's user only)", group, err)
+		}
+		gid, _ = strconv.Atoi(g.Gid)
 	}
-	_ = os.Remove(path)
+	dir := filepath.Dir(path)
+	st, err := os.Lstat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return fail("%v", err)
+		}
+		if gid >= 0 {
+			// The group must reach the socket through the directory.
+			if err := os.Chown(dir, -1, gid); err != nil {
+				return fail("giving its directory to group %s: %v", group, err)
+			}
+		}
+	case err != nil:
+		return fail("%v", err)
+	case !st.IsDir():
+		return fail("%s is not a directory", dir)
+	case st.Mode().Perm()&0o002 != 0:
+		return fail("its directory %s is writable by everyone: put the socket in a directory only root can write, such as /run/bento", dir)
+	}
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode()&os.ModeSocket == 0 {
+			return fail("there is a file there that is not a socket; remove it, or give ControlSocket another path")
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return fail("another bentod answers on it; give this one another path")
+		}
+		_ = os.Remove(path) // an earlier bentod's
+	}
 	// Connecting needs write permission, which the umask takes from
 	// others: no moment when they could connect before the mode is set.
 	ln, err := net.Listen("unix", path)
 	if err != nil {
-		return nil, -1, fmt.Errorf("ControlSocket %s: %w", path, err)
-	}
-	gid := -1
-	if group != "" {
-		if g, err := user.LookupGroup(group); err == nil {
-			gid, _ = strconv.Atoi(g.Gid)
-		}
+		return fail("%v", err)
 	}
 	mode := os.FileMode(0o600)
 	if gid >= 0 {
-		if err := os.Chown(path, -1, gid); err != nil {
+		if err := os.Lchown(path, -1, gid); err != nil {
 			ln.Close()
-			return nil, -1, fmt.Errorf("ControlSocket %s: giving it to group %s: %w", path, group, err)
+			return fail("giving it to group %s: %v", group, err)
 		}
 		mode = 0o660
-		// The group must reach the socket through its directory too.
-		_ = os.Chown(filepath.Dir(path), -1, gid)
 	}
 	if err := os.Chmod(path, mode); err != nil {
 		ln.Close()
-		return nil, -1, fmt.Errorf("ControlSocket %s: %w", path, err)
+		return fail("%v", err)
 	}
 	return ln, gid, nil
 }
@@ -270,6 +298,9 @@ func Call(path string, req Request, out any, timeout time.Duration) error {
 	}
 	r := bufio.NewReader(&limited{c: c, n: MaxAnswer})
 	line, err := r.ReadBytes('\n')
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("bentod did not answer within %s (it may still be carrying the command out; bentoctl --timeout waits longer)", timeout)
+	}
 	if err != nil {
 		return fmt.Errorf("reading bentod's answer: %w", err)
 	}

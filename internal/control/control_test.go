@@ -149,3 +149,41 @@ func FuzzServeRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestListenRefuses: Listen never removes what is not a socket, never
+// trusts a directory others can write, and names a group that is not
+// there.
+func TestListenRefuses(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "bentorc")
+	os.WriteFile(file, []byte("keep me"), 0o644)
+	open := filepath.Join(dir, "open")
+	os.Mkdir(open, 0o777)
+	os.Chmod(open, 0o777)
+	for _, tc := range []struct{ path, group, want string }{
+		{file, "", "not a socket"},
+		{filepath.Join(open, "control"), "", "writable by everyone"},
+		{filepath.Join(dir, "control"), "no-such-group-bento", `ControlSocketGroup "no-such-group-bento"`},
+	} {
+		if ln, _, err := Listen(tc.path, tc.group); err == nil || !strings.Contains(err.Error(), tc.want) {
+			if ln != nil {
+				ln.Close()
+			}
+			t.Errorf("Listen(%s, %q) = %v, want an error with %q", tc.path, tc.group, err, tc.want)
+		}
+	}
+	if b, _ := os.ReadFile(file); string(b) != "keep me" {
+		t.Error("Listen removed a file that was not a socket")
+	}
+	// With a group: 0660 and that group, the directory it made too.
+	sock := filepath.Join(dir, "grp", "control")
+	ln, gid, err := Listen(sock, "root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	st, _ := os.Stat(sock)
+	if gid != 0 || st.Mode().Perm() != 0o660 {
+		t.Errorf("with group root: gid %d, mode %v", gid, st.Mode())
+	}
+}
