@@ -13,8 +13,10 @@ import (
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/torbento/bento/client"
 	"github.com/torbento/bento/internal/metrics"
 	"github.com/torbento/bento/internal/netlimit"
 	"github.com/torbento/bento/internal/policy"
@@ -43,16 +45,28 @@ func (c confSource) load() (p *policy.Policy, builtin bool, err error) {
 	return p, false, err
 }
 
+// reload reads the configuration again. A bentod that started from a
+// file needs it still: a file missing for a moment (an editor's save, a
+// package upgrade) is an error, not a return to the built-in defaults.
+func (c confSource) reload(fromFile bool) (*policy.Policy, error) {
+	if fromFile {
+		return policy.Load(c.path)
+	}
+	p, _, err := c.load()
+	return p, err
+}
+
 // daemon is a running bentod around its server: the listeners a reload
 // may move, the logs it reopens, and the operator's ways in (signals, the
 // control socket, MetricsPort).
 type daemon struct {
-	cfg     confSource
-	log     *slog.Logger
-	router  *safelog.Router
-	srv     *server.Server
-	started time.Time
-	stopReq chan string
+	cfg      confSource
+	fromFile bool // the configuration at start came from a file: a reload needs it
+	log      *slog.Logger
+	router   *safelog.Router
+	srv      *server.Server
+	started  time.Time
+	stopReq  chan string
 
 	link     *torlink.Link
 	stopLink context.CancelFunc
@@ -61,13 +75,33 @@ type daemon struct {
 		SetAccess(allowed bool, coordinators []string) error
 	}
 
-	mu       sync.Mutex // serialises reloads; guards what follows
-	pol      *policy.Policy
-	client   *slot // ListenAddress
-	policyL  *slot // PolicyAddress
-	metricsL *slot // MetricsPort
-	beat     chan struct{}
-	wdOnce   sync.Once
+	pol atomic.Pointer[policy.Policy] // the configuration in force; readers never wait for a reload
+
+	mu     sync.Mutex // serialises reloads; guards what follows
+	slots  [nSlots]*slot
+	beat   chan struct{}
+	wdOnce sync.Once
+	wdSeen atomic.Int64 // the client listener's connections at the last watchdog test
+}
+
+// The listeners a reload may move.
+const (
+	slotClient  = iota // ListenAddress
+	slotPolicy         // PolicyAddress
+	slotMetrics        // MetricsPort
+	nSlots
+)
+
+var slotOption = [nSlots]string{"ListenAddress", "PolicyAddress", "MetricsPort"}
+
+func slotAddr(p *policy.Policy, i int) string {
+	switch i {
+	case slotClient:
+		return p.ListenAddress
+	case slotPolicy:
+		return p.PolicyAddress
+	}
+	return p.MetricsPort
 }
 
 // slot is one listener a reload may replace, with the HTTP server on it
@@ -81,92 +115,106 @@ type slot struct {
 func (d *daemon) clientAddr() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.client.ln.Addr().String()
+	return d.slots[slotClient].ln.Addr().String()
 }
 
-// openListeners opens the listeners of p at start.
+// listen opens a socket for each listener whose address p gives and the
+// current slots do not serve, without serving it yet: a reload that fails
+// after this closes them again and nobody was served on them. On error,
+// what it opened is closed again.
+func (d *daemon) listen(p *policy.Policy) (raws [nSlots]net.Listener, err error) {
+	defer func() {
+		if err != nil {
+			closeRaw(raws)
+		}
+	}()
+	for i := range raws {
+		addr := slotAddr(p, i)
+		if addr == "" || d.slots[i] != nil && d.slots[i].addr == addr {
+			continue
+		}
+		raw, err := netlimit.Listen(addr)
+		if err != nil {
+			return raws, fmt.Errorf("%s %s: %w", slotOption[i], addr, err)
+		}
+		raws[i] = raw
+	}
+	return raws, nil
+}
+
+func closeRaw(raws [nSlots]net.Listener) {
+	for _, r := range raws {
+		if r != nil {
+			r.Close()
+		}
+	}
+}
+
+// commit serves the sockets listen opened and closes the listeners p no
+// longer has (their open connections go on).
+func (d *daemon) commit(p *policy.Policy, raws [nSlots]net.Listener) {
+	for i, raw := range raws {
+		old := d.slots[i]
+		switch {
+		case raw != nil:
+			d.slots[i] = d.serve(i, slotAddr(p, i), raw)
+		case slotAddr(p, i) == "":
+			d.slots[i] = nil
+		default:
+			continue // unchanged
+		}
+		if old != nil {
+			old.close()
+			d.srv.Untrack(old.ln)
+			safelog.Notice(d.log, "closed "+old.ln.Name()+" listener", "addr", old.ln.Addr().String())
+		}
+	}
+}
+
+// serve wraps a socket in its listener's limits and serves it.
+func (d *daemon) serve(i int, addr string, raw net.Listener) *slot {
+	s := &slot{addr: addr}
+	switch i {
+	case slotClient:
+		s.ln = d.srv.LimitListener(raw, false)
+	case slotPolicy:
+		s.ln, s.hs = d.srv.LimitPolicyListener(raw), d.srv.PolicyServer()
+	default:
+		s.ln, s.hs = d.srv.LimitHTTPListener(raw, "metrics"), d.metricsServer()
+	}
+	at := s.ln.Addr().String() // the operator's own address: not scrubbed
+	if s.hs == nil {
+		go func() {
+			if err := d.srv.Serve(s.ln); err != nil && !errors.Is(err, net.ErrClosed) {
+				d.log.Error("the client listener stopped", "addr", at, "err", err)
+			}
+		}()
+		safelog.Notice(d.log, "bentod listening", "addr", at, "version", server.Version)
+		return s
+	}
+	go func() {
+		if err := s.hs.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			d.log.Error("an HTTP endpoint stopped", "addr", at, "err", err)
+		}
+	}()
+	what := "serving the node policy"
+	if i == slotMetrics {
+		what = "serving the metrics (MetricsPort)"
+	}
+	safelog.Notice(d.log, what, "addr", at)
+	return s
+}
+
+// openListeners opens and serves the listeners of p at start.
 func (d *daemon) openListeners(p *policy.Policy) error {
-	c, pl, ml, err := d.open(p, nil, nil, nil)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	raws, err := d.listen(p)
 	if err != nil {
 		return err
 	}
-	d.client, d.policyL, d.metricsL = c, pl, ml
+	d.commit(p, raws)
 	return nil
-}
-
-// open opens what p asks for that the current slots do not already
-// serve; the slots that stay are returned as they are. On error, what it
-// opened is closed again.
-func (d *daemon) open(p *policy.Policy, cur, curP, curM *slot) (c, pl, ml *slot, err error) {
-	var opened []*slot
-	defer func() {
-		if err != nil {
-			for _, s := range opened {
-				s.close()
-			}
-		}
-	}()
-	c = curLookup(cur, p.ListenAddress)
-	if c == nil {
-		raw, err := netlimit.Listen(p.ListenAddress)
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("ListenAddress %s: %w", p.ListenAddress, err)
-		}
-		c = &slot{addr: p.ListenAddress, ln: d.srv.LimitListener(raw, false)}
-		opened = append(opened, c)
-	}
-	if pl = curLookup(curP, p.PolicyAddress); pl == nil && p.PolicyAddress != "" {
-		raw, err := netlimit.Listen(p.PolicyAddress)
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("PolicyAddress %s: %w", p.PolicyAddress, err)
-		}
-		pl = &slot{addr: p.PolicyAddress, ln: d.srv.LimitPolicyListener(raw), hs: d.srv.PolicyServer()}
-		opened = append(opened, pl)
-	}
-	if ml = curLookup(curM, p.MetricsPort); ml == nil && p.MetricsPort != "" {
-		raw, err := netlimit.Listen(p.MetricsPort)
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("MetricsPort %s: %w", p.MetricsPort, err)
-		}
-		ml = &slot{addr: p.MetricsPort, ln: d.srv.LimitHTTPListener(raw, "metrics"), hs: d.metricsServer()}
-		opened = append(opened, ml)
-	}
-	for _, s := range opened {
-		d.serve(s)
-	}
-	return c, pl, ml, nil
-}
-
-func curLookup(s *slot, addr string) *slot {
-	if s != nil && s.addr == addr {
-		return s
-	}
-	return nil
-}
-
-// serve starts serving a newly opened slot.
-func (d *daemon) serve(s *slot) {
-	addr := s.ln.Addr().String() // the operator's own address: not scrubbed
-	switch {
-	case s.hs == nil:
-		go func() {
-			if err := d.srv.Serve(s.ln); err != nil && !errors.Is(err, net.ErrClosed) {
-				d.log.Error("the client listener stopped", "addr", addr, "err", err)
-			}
-		}()
-		safelog.Notice(d.log, "bentod listening", "addr", addr, "version", server.Version)
-	default:
-		go func() {
-			if err := s.hs.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-				d.log.Error("an HTTP endpoint stopped", "addr", addr, "err", err)
-			}
-		}()
-		what := "serving the node policy"
-		if s.ln.Name() == "metrics" {
-			what = "serving the metrics (MetricsPort)"
-		}
-		safelog.Notice(d.log, what, "addr", addr)
-	}
 }
 
 // close stops the slot's listener; connections it already took go on.
@@ -185,7 +233,7 @@ func (s *slot) close() {
 func (d *daemon) closeListeners() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, s := range []*slot{d.client, d.policyL, d.metricsL} {
+	for _, s := range d.slots {
 		s.close()
 	}
 }
@@ -193,49 +241,49 @@ func (d *daemon) closeListeners() {
 // reload reads the configuration again (SIGHUP, bentoctl reload). It is
 // all or nothing, as tor's: a configuration that does not parse, changes
 // an option only a restart can, or names a listener or log that cannot be
-// opened leaves everything as it was, and says why.
+// opened leaves everything as it was, and says why. The log files are
+// reopened either way (logrotate's SIGHUP).
 func (d *daemon) reload() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	_, _ = sdnotify.Reloading()
 	defer d.notifyReady()
+	old := d.pol.Load()
 	fail := func(err error) error {
+		// The sinks in force, reopened: a rotated file is let go even
+		// when the new configuration is refused.
+		if rerr := d.router.Apply(old.Logs); rerr != nil {
+			d.log.Warn("reopening the logs", "err", rerr)
+		}
 		d.log.Warn("reload failed; keeping the old configuration", "err", err)
 		return err
 	}
-	np, _, err := d.cfg.load()
+	np, err := d.cfg.reload(d.fromFile)
 	if err != nil {
 		return fail(err)
 	}
 	for _, w := range np.Warnings {
 		d.log.Warn("configuration: " + w)
 	}
-	if err := policy.Transition(d.pol, np); err != nil {
+	if err := policy.Transition(old, np); err != nil {
 		return fail(err)
 	}
-	c, pl, ml, err := d.open(np, d.client, d.policyL, d.metricsL)
+	raws, err := d.listen(np)
 	if err != nil {
 		return fail(err)
 	}
+	// Addresses are scrubbed (or not) as the new configuration says from
+	// the first line the new sinks write.
+	safelog.SetSafe(np.SafeLogging)
 	if err := d.router.Apply(np.Logs); err != nil {
-		for _, s := range []struct{ n, o *slot }{{c, d.client}, {pl, d.policyL}, {ml, d.metricsL}} {
-			if s.n != s.o {
-				s.n.close()
-			}
-		}
+		closeRaw(raws)
+		safelog.SetSafe(old.SafeLogging)
 		return fail(err)
 	}
 	// Committed from here on.
-	for _, s := range []struct{ n, o *slot }{{c, d.client}, {pl, d.policyL}, {ml, d.metricsL}} {
-		if s.o != nil && s.n != s.o {
-			s.o.close()
-			d.srv.Untrack(s.o.ln)
-			safelog.Notice(d.log, "closed "+s.o.ln.Name()+" listener", "addr", s.o.ln.Addr().String())
-		}
-	}
-	d.client, d.policyL, d.metricsL = c, pl, ml
+	d.pol.Store(np)
+	d.commit(np, raws)
 	d.srv.SetPolicy(np)
-	safelog.SetSafe(np.SafeLogging)
 	if np.Daemon.MaxMemory > 0 {
 		debug.SetMemoryLimit(np.Daemon.MaxMemory)
 	}
@@ -246,25 +294,17 @@ func (d *daemon) reload() error {
 			d.log.Warn("flashflow: keeping the old coordinators", "err", err)
 		}
 	}
-	if np.ControlSocket != "" && np.ControlSocketGroup != d.pol.ControlSocketGroup {
-		d.log.Warn("ControlSocketGroup changes when bentod restarts (the socket's group is set when it is made)")
-	}
-	if np.HeartbeatPeriod != d.pol.HeartbeatPeriod && d.beat != nil {
+	if np.HeartbeatPeriod != old.HeartbeatPeriod && d.beat != nil {
 		select {
 		case d.beat <- struct{}{}:
 		default:
 		}
 	}
-	d.pol = np
 	safelog.Notice(d.log, "policy reloaded")
 	return nil
 }
 
-func (d *daemon) policy() *policy.Policy {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.pol
-}
+func (d *daemon) policy() *policy.Policy { return d.pol.Load() }
 
 // notifyReady tells systemd bentod serves (Type=notify), and starts its
 // watchdog the first time.
@@ -282,25 +322,51 @@ func (d *daemon) notifyReady() {
 	}
 }
 
-// alive is the watchdog's test: bentod's reload lock is free within a
-// second and its client listener answers.
+// alive is the watchdog's test. bentod's own locks must be free within a
+// second (no reload or server lock stuck), and its client listener must
+// serve: a policy request answered over loopback, or, when that fails
+// (a local flood has the kernel drop loopback for a moment, say), its
+// counters moving since the last test, which shows its accept loop at
+// work.
 func (d *daemon) alive() bool {
-	got := make(chan struct{})
+	type snapshot struct {
+		addr string
+		st   server.Status
+	}
+	locks := make(chan snapshot, 1)
 	go func() {
 		d.mu.Lock()
-		addr := d.client.ln.Addr().String()
+		addr := d.slots[slotClient].ln.Addr().String()
 		d.mu.Unlock()
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			close(got)
-		}
+		locks <- snapshot{addr, d.srv.Status()}
 	}()
+	var snap snapshot
 	select {
-	case <-got:
-		return true
-	case <-time.After(2 * time.Second):
+	case snap = <-locks:
+	case <-time.After(time.Second):
+		d.log.Warn("watchdog: bentod's locks were not free within a second")
 		return false
 	}
+	moved := false
+	var seen int64
+	for _, l := range snap.st.Listeners {
+		if l.Name == "client" {
+			seen += l.Accepted + l.RefusedTotal + l.RefusedPerAddr + l.RefusedRate
+		}
+	}
+	if last := d.wdSeen.Swap(seen); seen != last {
+		moved = true
+	}
+	cl := client.New(snap.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := cl.Policy(ctx)
+	var pe *client.Error
+	if err == nil || errors.As(err, &pe) || moved {
+		return true // an answer, a refusal (busy) included, or accepts since the last test
+	}
+	d.log.Warn("watchdog: the client listener did not answer", "err", err)
+	return false
 }
 
 // shutdown ends bentod: listeners first, then every instance, then the

@@ -71,6 +71,13 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "bentod: --dump-config takes \"short\" or \"full\", not %q\n", *dumpConfig)
 		return 2
 	}
+	// Keep only what runc and bentod need; nothing below can regain the
+	// rest. Drop re-executes bentod, so it comes before anything is read,
+	// opened or said (which would otherwise happen twice).
+	if err := privs.Drop(privs.Needed); err != nil {
+		fmt.Fprintf(os.Stderr, "bentod: dropping privileges: %v\n", err)
+		return 1
+	}
 	explicit := false
 	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "f" })
 	cfg := confSource{path: *conf, explicit: explicit}
@@ -125,8 +132,9 @@ func run() int {
 		debug.SetMemoryLimit(p.Daemon.MaxMemory)
 	}
 	checkDescriptors(p, log)
-	// The control socket is made before privileges are dropped: its
-	// directory may be one only root can write (/run).
+	// systemd's notify socket is bentod's alone: no child (runc, which
+	// would pass it into containers) inherits it.
+	sdnotify.Take()
 	var ctlLn net.Listener
 	ctlGID := -1
 	if p.ControlSocket != "" {
@@ -137,14 +145,6 @@ func run() int {
 		defer os.Remove(p.ControlSocket)
 		defer ctlLn.Close()
 	}
-	// Keep only what runc and bentod need; nothing below can regain the rest.
-	if err := privs.Drop(privs.Needed); err != nil {
-		log.Error("dropping privileges", "err", err)
-		return 1
-	}
-	// systemd's notify socket is bentod's alone: no child (runc, which
-	// would pass it into containers) inherits it.
-	sdnotify.Take()
 	// bentod yields the CPU to tor; the runtime and containers it starts
 	// run lower still (sandbox.StartNice).
 	if err := renice(p.Daemon.Nice); err != nil {
@@ -160,7 +160,8 @@ func run() int {
 		srv.Close()
 		return 1
 	}
-	d := &daemon{cfg: cfg, log: log, router: router, srv: srv, pol: p, started: time.Now(), stopReq: make(chan string, 1)}
+	d := &daemon{cfg: cfg, fromFile: !builtin, log: log, router: router, srv: srv, started: time.Now(), stopReq: make(chan string, 1)}
+	d.pol.Store(p)
 	// A start that fails from here on still ends what the server holds
 	// (restored instances, an earlier bentod's containers).
 	fail := func(msg string, err error) int {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/torbento/bento/internal/atomicfile"
 	"github.com/torbento/bento/internal/pintls"
+	"github.com/torbento/bento/internal/safelog"
 	"github.com/torbento/bento/internal/server"
 )
 
@@ -23,6 +24,6 @@ func setupTLS(srv *server.Server, dataDir string, log *slog.Logger) error {
 		return fmt.Errorf("writing the TLS fingerprint: %w", err)
 	}
 	srv.SetTLS(id.ServerConfig())
-	log.Info("TLS for direct clients: give them this pin", "pin", id.Fingerprint)
+	safelog.Notice(log, "TLS for direct clients: give them this pin", "pin", id.Fingerprint)
 	return nil
 }

@@ -171,7 +171,9 @@ func (r *Registry) Histogram(name, help string, h *Histogram) {
 			cum += h.counts[i].Load()
 			w.sample(f.name+"_bucket", []string{"le"}, []string{formatFloat(b)}, float64(cum))
 		}
-		n := h.n.Load()
+		// Observations arriving during the scrape may have reached the
+		// buckets before the count: +Inf is never below a bucket.
+		n := max(h.n.Load(), cum)
 		w.sample(f.name+"_bucket", []string{"le"}, []string{"+Inf"}, float64(n))
 		w.sample(f.name+"_sum", nil, nil, math.Float64frombits(h.sum.Load()))
 		w.sample(f.name+"_count", nil, nil, float64(n))

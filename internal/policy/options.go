@@ -88,7 +88,7 @@ var Options = []*Option{
 			}
 			return one(p.ControlSocket)
 		}},
-	{Name: "ControlSocketGroup", Type: "GROUP", Help: "a group whose members may use the control socket besides root (none: root only)", Live: true,
+	{Name: "ControlSocketGroup", Type: "GROUP", Help: "a group whose members may use the control socket besides root and bentod's user (none, the default: nobody else; the package sets bento); it must exist",
 		get: str(func(p *Policy) string { return p.ControlSocketGroup })},
 	{Name: "MetricsPort", Type: "HOST:PORT|0", Help: "where Prometheus metrics are served over HTTP (0: nowhere, the default)", Reopen: true,
 		get: func(p *Policy) []string {

@@ -164,17 +164,16 @@ type Aggregate struct {
 // Default returns the safe default policy: no network, small quotas.
 func Default() *Policy {
 	p := &Policy{
-		ListenAddress:      "127.0.0.1:8888",
-		PolicyAddress:      "127.0.0.1:8889",
-		DataDirectory:      "/var/lib/bento",
-		Runtime:            "runc",
-		LogLevel:           "notice",
-		Logs:               []safelog.Sink{{Min: "notice", Max: "err", Dest: "stderr"}},
-		SafeLogging:        true,
-		HeartbeatPeriod:    6 * time.Hour,
-		ControlSocketGroup: "bento",
-		APIs:               map[string]bool{},
-		Images:             []string{"starlark"},
+		ListenAddress:   "127.0.0.1:8888",
+		PolicyAddress:   "127.0.0.1:8889",
+		DataDirectory:   "/var/lib/bento",
+		Runtime:         "runc",
+		LogLevel:        "notice",
+		Logs:            []safelog.Sink{{Min: "notice", Max: "err", Dest: "stderr"}},
+		SafeLogging:     true,
+		HeartbeatPeriod: 6 * time.Hour,
+		APIs:            map[string]bool{},
+		Images:          []string{"starlark"},
 		Max: Limits{
 			Memory:    64 << 20,
 			CPU:       0.5,

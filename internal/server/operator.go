@@ -65,12 +65,15 @@ func (in *Instance) info() InstanceInfo {
 		i.Client = safelog.Addr(in.owner).LogValue().String()
 	}
 	if in.adm != nil {
+		// An update resizes the admission under the server's lock.
+		in.srv.mu.Lock()
 		i.MemoryReserved, i.CPUReserved = in.adm.memory, float64(in.adm.milli)/1000
-	}
-	if in.store != nil {
-		i.StorageUsed = in.store.Charged()
+		in.srv.mu.Unlock()
 	}
 	in.mu.Lock()
+	if in.storeOpen && in.store != nil {
+		i.StorageUsed = in.store.Charged()
+	}
 	rt := in.rt
 	i.Sessions = len(in.byInv)
 	i.OutputHeld = in.outputHeld
@@ -114,10 +117,17 @@ func (s *Server) EndInstance(id, reason string) error {
 		return fmt.Errorf("instance %s has already ended", id)
 	}
 	in.end("ended by the box's operator: " + reason)
-	<-in.ended
 	safelog.Notice(s.log, "instance ended by the operator", "instance", id, "function", in.mf().Name)
-	return nil
+	select {
+	case <-in.ended:
+		return nil
+	case <-time.After(endWait):
+		return fmt.Errorf("instance %s is ending, but its container has not gone after %s: bentoctl ls shows when it has", id, endWait)
+	}
 }
+
+// endWait bounds how long EndInstance waits for the container to go.
+const endWait = 20 * time.Second
 
 // SetDraining refuses new deploys (on) or takes them again (off); running
 // instances go on either way.
@@ -275,12 +285,30 @@ func endCause(reason string) string {
 
 // Untrack drops a listener bentod closed (a reload moved it) from Status
 // and the metrics.
+//
+// Its counters are kept: the metrics are counters, which never go down,
+// and the listener that takes its place counts on from them.
 func (s *Server) Untrack(l *netlimit.Listener) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, x := range s.listeners {
 		if x == l {
 			s.listeners = append(s.listeners[:i], s.listeners[i+1:]...)
+			st := l.Stats()
+			if s.retired == nil {
+				s.retired = map[string]netlimit.Stats{}
+			}
+			r := s.retired[l.Name()]
+			r.Accepted += st.Accepted
+			r.RefusedTotal += st.RefusedTotal
+			r.RefusedPerAddr += st.RefusedPerAddr
+			r.RefusedRate += st.RefusedRate
+			r.Evicted += st.Evicted
+			r.AcceptErrors += st.AcceptErrors
+			r.DropPeriods += st.DropPeriods
+			r.BytesIn += st.BytesIn
+			r.BytesOut += st.BytesOut
+			s.retired[l.Name()] = r
 			return
 		}
 	}

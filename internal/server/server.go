@@ -86,8 +86,9 @@ type Server struct {
 	wg       sync.WaitGroup
 	closed   chan struct{}
 
-	draining atomic.Bool    // the operator refuses new deploys (bentoctl drain)
-	met      *serverMetrics // counters for MetricsPort
+	draining atomic.Bool               // the operator refuses new deploys (bentoctl drain)
+	retired  map[string]netlimit.Stats // the counters of listeners a reload closed, by name (under mu)
+	met      *serverMetrics            // counters for MetricsPort
 }
 
 // Options configure New.
@@ -463,10 +464,27 @@ func (s *Server) Status() Status {
 	s.mu.Lock()
 	st := Status{Instances: s.running}
 	ls := append([]*netlimit.Listener(nil), s.listeners...)
+	retired := make(map[string]netlimit.Stats, len(s.retired))
+	for k, r := range s.retired {
+		retired[k] = r
+	}
 	s.mu.Unlock()
 	st.InFlight, st.InFlightPeak, st.InFlightLimit = s.inflight.Used(), s.inflight.Peak(), s.inflight.Limit()
 	for _, l := range ls {
-		st.Listeners = append(st.Listeners, ListenerStatus{Name: l.Name(), Stats: l.Stats()})
+		// The counters go on from those of the listeners a reload
+		// replaced; what is open now is the live listener's.
+		c := l.Stats()
+		r := retired[l.Name()]
+		c.Accepted += r.Accepted
+		c.RefusedTotal += r.RefusedTotal
+		c.RefusedPerAddr += r.RefusedPerAddr
+		c.RefusedRate += r.RefusedRate
+		c.Evicted += r.Evicted
+		c.AcceptErrors += r.AcceptErrors
+		c.DropPeriods += r.DropPeriods
+		c.BytesIn += r.BytesIn
+		c.BytesOut += r.BytesOut
+		st.Listeners = append(st.Listeners, ListenerStatus{Name: l.Name(), Stats: c})
 	}
 	return st
 }

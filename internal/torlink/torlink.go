@@ -77,6 +77,7 @@ func (l *Link) Subscribe(events []string, h func(*torctl.Reply)) {
 }
 
 func (l *Link) dispatch(r *torctl.Reply) {
+	failed := "" // a descriptor upload of a service someone waits for that failed
 	l.mu.Lock()
 	hs := make([]func(*torctl.Reply), len(l.handlers))
 	copy(hs, l.handlers)
@@ -99,6 +100,7 @@ func (l *Link) dispatch(r *torctl.Reply) {
 			u.ok++
 		case words[1] == "FAILED":
 			u.done++
+			failed = r.Lines[0].Text
 		}
 		// Ready once every HSDir tor is uploading to has answered and one
 		// at least took the descriptor: a client asking any of them then
@@ -110,6 +112,9 @@ func (l *Link) dispatch(r *torctl.Reply) {
 		}
 	}
 	l.mu.Unlock()
+	if failed != "" {
+		l.log.Info("an upload of the onion service's descriptor failed; tor goes on with the other HSDirs", "event", failed)
+	}
 	for _, h := range hs {
 		h(r)
 	}
