@@ -148,13 +148,26 @@ func tokenAttacks(t *testing.T, d *daemon) {
 	for _, tc := range []struct{ what, cmd, token string }{
 		{"a guessed invocation token", "invoke", guess()},
 		{"a malformed token", "invoke", "x"},
-		{"the shutdown token used to invoke", "invoke", dep.ShutdownToken},
-		{"the invocation token used to shut down", "shutdown", dep.InvocationToken},
 		{"a guessed shutdown token", "shutdown", strings.Replace(guess(), "inv", "sd", 1)},
 	} {
 		if r := bento(t, "", tokenArgs(tc.cmd, d.Addr, tc.token)...); r.Code != 5 {
 			t.Errorf("%s: %s", tc.what, r)
 		}
+	}
+	// One token where the other goes: bento says so without asking
+	// (exit 2), and bentod, asked directly, refuses it all the same.
+	cl := client.New(d.Addr)
+	if r := bento(t, "", tokenArgs("invoke", d.Addr, dep.ShutdownToken)...); r.Code != 2 {
+		t.Errorf("the shutdown token used to invoke, with bento: %s", r)
+	}
+	if _, err := cl.Call(ctx(t), dep.ShutdownToken, "get"); !client.IsCode(err, client.CodeNotFound) {
+		t.Errorf("the shutdown token used to invoke: %v", err)
+	}
+	if r := bento(t, "", tokenArgs("shutdown", d.Addr, dep.InvocationToken)...); r.Code != 2 {
+		t.Errorf("the invocation token used to shut down, with bento: %s", r)
+	}
+	if err := cl.Shutdown(ctx(t), dep.InvocationToken); !client.IsCode(err, client.CodeNotFound) {
+		t.Errorf("the invocation token used to shut down: %v", err)
 	}
 	if r := bento(t, "", "shutdown", d.Addr, dep.ShutdownToken); r.Code != 0 {
 		t.Fatal(r)

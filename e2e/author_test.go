@@ -90,7 +90,11 @@ func storeEnv(state string) []string {
 // instances (ls, forget, @ID, --no-store), and an update in place that
 // keeps the tokens and the stored data, survives a refused update and a
 // restart of bentod.
+//
+// It times nothing, on a bentod of its own: it runs in the parallel
+// phase, after the sequential tests.
 func TestAuthorLoop(t *testing.T) {
+	t.Parallel()
 	d := startBentod(t, authorPolicy)
 	state := t.TempDir()
 	must := func(r result, what string) result {

@@ -369,4 +369,20 @@ func TestVersionsAndHelp(t *testing.T) {
 	if r := bentoctl(t, "/nonexistent/control", "--help"); r.Code != 0 || !strings.Contains(r.Stdout, "usage: bentoctl") {
 		t.Errorf("bentoctl --help: %s", r)
 	}
+	// The author's offline commands with the real binary: a new function
+	// passes check; a broken one is located; completion is made.
+	fnDir := filepath.Join(testutil.TempDir(t), "greeter")
+	if r := bento(t, "", "new", fnDir, "--template", "echo"); r.Code != 0 {
+		t.Fatalf("bento new: %s", r)
+	}
+	if r := bento(t, "", "check", fnDir); r.Code != 0 {
+		t.Errorf("bento check of a new function: %s", r)
+	}
+	os.WriteFile(filepath.Join(fnDir, "main.star"), []byte("def main():\n    return nope\n"), 0o644)
+	if r := bento(t, "", "check", fnDir); r.Code != 9 || !strings.Contains(r.Stderr, "main.star:2:") || !strings.Contains(r.Stderr, "undefined: nope") {
+		t.Errorf("bento check of a broken function: %s", r)
+	}
+	if r := bento(t, "", "completion", "bash"); r.Code != 0 || !strings.Contains(r.Stdout, "complete -o default -F _bento bento") {
+		t.Errorf("bento completion bash: %s", r)
+	}
 }

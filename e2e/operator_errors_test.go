@@ -73,6 +73,18 @@ func TestOperatorErrorsTable(t *testing.T) {
 			return runBentod(t, "-f", p)
 		},
 		"control-socket-taken": func(t *testing.T) result { return runBentod(t, "-f", rc(t, "ControlSocket "+sock)) },
+		"control-socket-not-socket": func(t *testing.T) result {
+			f := filepath.Join(testutil.TempDir(t), "bentorc.bak")
+			os.WriteFile(f, []byte("keep"), 0o644)
+			r := runBentod(t, "-f", rc(t, "ControlSocket "+f))
+			if b, _ := os.ReadFile(f); string(b) != "keep" {
+				t.Errorf("bentod removed the file at ControlSocket")
+			}
+			return r
+		},
+		"control-group-unknown": func(t *testing.T) result {
+			return runBentod(t, "-f", rc(t, "ControlSocket "+filepath.Join(testutil.TempDir(t), "ctl")+"\nControlSocketGroup nosuchgroup"))
+		},
 		"reload-transition": func(t *testing.T) result {
 			return reload(t, "DataDirectory "+filepath.Join(dir, "elsewhere")+"\n")
 		},

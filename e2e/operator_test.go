@@ -291,20 +291,49 @@ func TestOperatorControl(t *testing.T) {
 	}
 
 	// A reload that changes what only a restart can: refused, nothing
-	// changes.
+	// changes, but the log file is reopened all the same (logrotate's
+	// SIGHUP must never leave bentod writing to a rotated file).
 	conf, err := os.ReadFile(d.conf)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(logFile, logFile+".1"); err != nil {
 		t.Fatal(err)
 	}
 	os.WriteFile(d.conf, append(conf, []byte("DataDirectory "+filepath.Join(dir, "elsewhere")+"\n")...), 0o644)
 	if r := bentoctl(t, sock, "reload"); r.Code != 1 || !strings.Contains(r.Stderr, "changing DataDirectory is not allowed (transition not allowed)") {
 		t.Errorf("reload with a new DataDirectory: %s", r)
 	}
-	// SIGHUP with the metrics moved and the log file rotated: the new
-	// port serves, the old does not, and the log goes to a new file.
+	if b, err := os.ReadFile(logFile); err != nil || !strings.Contains(string(b), "reload failed; keeping the old configuration") {
+		t.Errorf("the log file was not reopened by a refused reload: %v %q", err, b)
+	}
+	// A reload whose log cannot be opened, with the metrics moved: refused
+	// whole; the new port never served, the old one serves on, and no
+	// listener is counted twice.
 	metrics2 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	os.WriteFile(d.conf, append(conf, []byte("MetricsPort "+metrics2+"\nLog info file /proc/no/such/dir/x.log\n")...), 0o644)
+	if r := bentoctl(t, sock, "reload"); r.Code != 1 || !strings.Contains(r.Stderr, "/proc/no/such/dir/x.log") {
+		t.Errorf("reload with a log that cannot be opened: %s", r)
+	}
+	if c, err := net.DialTimeout("tcp", metrics2, time.Second); err == nil {
+		c.Close()
+		t.Errorf("a refused reload left the new MetricsPort %s open", metrics2)
+	}
+	if m := scrape(t, metrics); m["bento_connections{listener=metrics}"] < 1 {
+		t.Errorf("after a refused reload the old MetricsPort: %v", m)
+	}
+	var st struct {
+		Listeners []struct{ Name string }
+	}
+	if r := bentoctl(t, sock, "--json", "status"); r.Code != 0 || jsonUnmarshal(r.Stdout, &st) != nil || len(st.Listeners) != 3 {
+		t.Errorf("listeners after a refused reload (want client, policy, metrics): %s", r)
+	}
+	// SIGHUP with the metrics moved and the log file rotated: the new
+	// port serves, the old does not, the log goes to a new file, and the
+	// counters go on from the old listener's.
+	before := scrape(t, metrics)
 	os.WriteFile(d.conf, append(conf, []byte("MetricsPort "+metrics2+"\n")...), 0o644)
-	if err := os.Rename(logFile, logFile+".1"); err != nil {
+	if err := os.Rename(logFile, logFile+".2"); err != nil {
 		t.Fatal(err)
 	}
 	reloads := strings.Count(d.log.String(), "policy reloaded")
@@ -313,8 +342,12 @@ func TestOperatorControl(t *testing.T) {
 	if !waitFor(10*time.Second, func() bool { return strings.Count(d.log.String(), "policy reloaded") > reloads }) {
 		t.Fatalf("no reload after SIGHUP; log:\n%s", d.log)
 	}
-	if m := scrape(t, metrics2); m["bento_instances{kind=max}"] == 0 {
-		t.Errorf("the moved MetricsPort serves no metrics: %v", m)
+	after := scrape(t, metrics2)
+	if after["bento_instances{kind=max}"] == 0 {
+		t.Errorf("the moved MetricsPort serves no metrics: %v", after)
+	}
+	if k := "bento_bytes_total{direction=out,listener=metrics}"; after[k] < before[k] {
+		t.Errorf("%s went down across the move, from %v to %v", k, before[k], after[k])
 	}
 	if c, err := net.DialTimeout("tcp", metrics, time.Second); err == nil {
 		c.Close()

@@ -50,7 +50,10 @@ AllowAPI send,recv,log,time,sleep,random,storage,exit,tor.fetch,tor.control,tor.
 DestinationPolicy accept *.onion:*, accept 127.0.0.1:*
 `, relay.ControlAddr(), relay.CookieFile(), relay.SocksAddr()))
 	var host []byte
-	deadline := time.Now().Add(30 * time.Second)
+	// bentod announces the address once tor has uploaded its descriptor
+	// to every HSDir it tried (torlink); 30 s was enough on a settled
+	// network, and not always on a loaded machine's fresh one.
+	deadline := time.Now().Add(75 * time.Second)
 	for {
 		var err error
 		// bentod replaces the file atomically; a whole address is what
@@ -59,7 +62,11 @@ DestinationPolicy accept *.onion:*, accept 127.0.0.1:*
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("bentod published no onion service; log:\n%s", d.log)
+			relayLog, _ := os.ReadFile(filepath.Join(relay.Dir, "notice.log"))
+			if len(relayLog) > 6000 {
+				relayLog = relayLog[len(relayLog)-6000:]
+			}
+			t.Fatalf("bentod published no onion service in 75 s; log:\n%s\nthe relay's tor (%s), last lines:\n%s", d.log, relay.Name, relayLog)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -54,7 +54,11 @@ var differing = map[netip.Addr]bool{}
 // tcp), but for the flows tsharkDifferences documents. The LAN capture
 // is compared on flows only: following its 3,000 streams one by one
 // would take tshark minutes.
+//
+// It times nothing: it runs in the parallel phase, after the sequential
+// tests (some of which time a neighbour against a baseline).
 func TestLightboxAgainstTshark(t *testing.T) {
+	t.Parallel()
 	tshark, err := exec.LookPath("tshark")
 	testutil.Require(t, err == nil, "tshark (Wireshark's command line), the reference")
 	corpus, err := tracegen.Corpus()
