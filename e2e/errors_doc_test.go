@@ -5,7 +5,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -84,21 +83,21 @@ func TestErrorsTableServer(t *testing.T) {
 	}
 	seen := map[string]bool{}
 	rows := 0
-	for _, row := range docErrorRows(t) {
+	for _, row := range testutil.ErrorRows(t, "errors.md") {
 		rows++
-		if row.test != "e2e" {
+		if row.Test != "e2e" {
 			continue
 		}
-		seen[row.id] = true
-		mk, ok := cases[row.id]
+		seen[row.ID] = true
+		mk, ok := cases[row.ID]
 		if !ok {
-			t.Errorf("docs/errors.md row %s has no case in TestErrorsTableServer", row.id)
+			t.Errorf("docs/errors.md row %s has no case in TestErrorsTableServer", row.ID)
 			continue
 		}
-		t.Run(row.id, func(t *testing.T) {
+		t.Run(row.ID, func(t *testing.T) {
 			r := mk(t)
-			if r.Code != row.exit || !docMessageIn(r.Stderr, row.message) {
-				t.Errorf("%s\nwant exit %d and a line %q", r, row.exit, row.message)
+			if r.Code != row.Exit || !testutil.MessageIn(r.Stderr, row.Message) {
+				t.Errorf("%s\nwant exit %d and a line %q", r, row.Exit, row.Message)
 			}
 		})
 	}
@@ -134,57 +133,4 @@ func interrupt(t *testing.T, args ...string) result {
 		t.Fatalf("bento %s did not end after SIGINT: %s", strings.Join(args, " "), errb.String())
 	}
 	return result{out.String(), errb.String(), cmd.ProcessState.ExitCode()}
-}
-
-type docErrorRow struct {
-	id, message, test string
-	exit              int
-}
-
-// docErrorRows reads docs/errors.md's table (as cmd/bento's test does).
-func docErrorRows(t *testing.T) []docErrorRow {
-	doc, err := os.ReadFile(filepath.Join(testutil.RepoRoot(), "docs", "errors.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rows []docErrorRow
-	for _, line := range strings.Split(string(doc), "\n") {
-		cells := strings.Split(line, "|")
-		if len(cells) != 7 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
-			continue
-		}
-		code, err := strconv.Atoi(strings.TrimSpace(cells[4]))
-		if err != nil {
-			t.Fatalf("docs/errors.md: exit %q: %v", cells[4], err)
-		}
-		rows = append(rows, docErrorRow{strings.Trim(strings.TrimSpace(cells[1]), "`"), strings.Trim(strings.TrimSpace(cells[3]), "`"), strings.TrimSpace(cells[5]), code})
-	}
-	if len(rows) < 10 {
-		t.Fatalf("found %d rows in docs/errors.md; the table's format changed?", len(rows))
-	}
-	return rows
-}
-
-// docMessageIn reports whether a line of out matches a documented
-// message, in which … stands for anything.
-func docMessageIn(out, message string) bool {
-	parts := strings.Split(message, "…")
-	for _, line := range strings.Split(out, "\n") {
-		rest, ok := strings.CutPrefix(line, parts[0])
-		for _, p := range parts[1:] {
-			if !ok {
-				break
-			}
-			var i int
-			if i = strings.Index(rest, p); i < 0 {
-				ok = false
-				break
-			}
-			rest = rest[i+len(p):]
-		}
-		if ok {
-			return true
-		}
-	}
-	return false
 }

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -110,38 +109,19 @@ func TestOperatorErrorsTable(t *testing.T) {
 			return result{out.String(), errb.String(), cmd.ProcessState.ExitCode()}
 		},
 	}
-	doc, err := os.ReadFile(filepath.Join(testutil.RepoRoot(), "docs", "errors-operators.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rows := 0
-	for _, line := range strings.Split(string(doc), "\n") {
-		cells := strings.Split(line, "|")
-		if len(cells) != 7 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
-			continue
-		}
-		id := strings.Trim(strings.TrimSpace(cells[1]), "`")
-		message := strings.Trim(strings.TrimSpace(cells[3]), "`")
-		exit, err := strconv.Atoi(strings.TrimSpace(cells[4]))
-		if err != nil {
-			t.Fatalf("row %s: exit %q", id, cells[4])
-		}
-		rows++
-		run, ok := cases[id]
+	for _, row := range testutil.ErrorRows(t, "errors-operators.md") {
+		run, ok := cases[row.ID]
 		if !ok {
-			t.Errorf("docs/errors-operators.md: row %s has no case in this test", id)
+			t.Errorf("docs/errors-operators.md: row %s has no case in this test", row.ID)
 			continue
 		}
-		delete(cases, id)
-		t.Run(id, func(t *testing.T) {
+		delete(cases, row.ID)
+		t.Run(row.ID, func(t *testing.T) {
 			r := run(t)
-			if r.Code != exit || !lineMatches(r.Stderr, message) {
-				t.Errorf("want exit %d and a line %q; got %s", exit, message, r)
+			if r.Code != row.Exit || !testutil.MessageIn(r.Stderr, row.Message) {
+				t.Errorf("want exit %d and a line %q; got %s", row.Exit, row.Message, r)
 			}
 		})
-	}
-	if rows < 10 {
-		t.Fatalf("%d rows in docs/errors-operators.md: its format changed?", rows)
 	}
 	for id := range cases {
 		t.Errorf("case %s has no row in docs/errors-operators.md", id)
@@ -150,28 +130,4 @@ func TestOperatorErrorsTable(t *testing.T) {
 	if r := bentoctl(t, sock, "status"); r.Code != 0 {
 		t.Errorf("bentod after the refused reloads: %s", r)
 	}
-}
-
-// lineMatches reports whether a line of out matches a documented
-// message, in which … stands for anything.
-func lineMatches(out, message string) bool {
-	parts := strings.Split(message, "…")
-	for _, line := range strings.Split(out, "\n") {
-		if !strings.HasPrefix(line, parts[0]) {
-			continue
-		}
-		rest, ok := line[len(parts[0]):], true
-		for _, p := range parts[1:] {
-			i := strings.Index(rest, p)
-			if i < 0 {
-				ok = false
-				break
-			}
-			rest = rest[i+len(p):]
-		}
-		if ok && (parts[len(parts)-1] == "" || strings.HasSuffix(line, parts[len(parts)-1])) {
-			return true
-		}
-	}
-	return false
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"github.com/torbento/bento/internal/testutil"
 	"net"
 	"os"
 	"path/filepath"
@@ -77,8 +78,8 @@ func TestTLSPinned(t *testing.T) {
 	}
 	r = bento(t, "", "run", p.addr+"#"+other.Fingerprint, fn("hello"), "Alice")
 	row := docRow(t, "pin-mismatch")
-	if r.Code != row.exit || !docMessageIn(r.Stderr, row.message) || !strings.Contains(r.Stderr, "its certificate is "+pin+", the pin "+other.Fingerprint) {
-		t.Fatalf("run with another pin: %s\nwant exit %d and %q", r, row.exit, row.message)
+	if r.Code != row.Exit || !testutil.MessageIn(r.Stderr, row.Message) || !strings.Contains(r.Stderr, "its certificate is "+pin+", the pin "+other.Fingerprint) {
+		t.Fatalf("run with another pin: %s\nwant exit %d and %q", r, row.Exit, row.Message)
 	}
 	conns = p.take()
 	if len(conns) != 1 {
@@ -99,15 +100,15 @@ func TestTLSPinned(t *testing.T) {
 }
 
 // docRow is the row of docs/errors.md with id.
-func docRow(t *testing.T, id string) docErrorRow {
+func docRow(t *testing.T, id string) testutil.ErrorRow {
 	t.Helper()
-	for _, r := range docErrorRows(t) {
-		if r.id == id {
+	for _, r := range testutil.ErrorRows(t, "errors.md") {
+		if r.ID == id {
 			return r
 		}
 	}
 	t.Fatalf("docs/errors.md has no row %s", id)
-	return docErrorRow{}
+	return testutil.ErrorRow{}
 }
 
 // recordingProxy forwards loopback connections to a server and records

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"github.com/torbento/bento/internal/testutil"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,66 +14,6 @@ import (
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/wire"
 )
-
-// errorRow is a row of docs/errors.md.
-type errorRow struct {
-	id, message, test string
-	exit              int
-}
-
-// errorRows reads docs/errors.md's table.
-func errorRows(t *testing.T) []errorRow {
-	t.Helper()
-	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "errors.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rows []errorRow
-	for _, line := range strings.Split(string(doc), "\n") {
-		cells := strings.Split(line, "|")
-		if len(cells) != 7 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
-			continue
-		}
-		code, err := strconv.Atoi(strings.TrimSpace(cells[4]))
-		if err != nil {
-			t.Fatalf("docs/errors.md: exit %q: %v", cells[4], err)
-		}
-		rows = append(rows, errorRow{
-			id:      strings.Trim(strings.TrimSpace(cells[1]), "`"),
-			message: strings.Trim(strings.TrimSpace(cells[3]), "`"),
-			exit:    code,
-			test:    strings.TrimSpace(cells[5]),
-		})
-	}
-	if len(rows) < 10 {
-		t.Fatalf("found %d rows in docs/errors.md; the table's format changed?", len(rows))
-	}
-	return rows
-}
-
-// matches reports whether a line of out matches a documented message,
-// in which … stands for anything.
-func matches(out, message string) bool {
-	for _, line := range strings.Split(out, "\n") {
-		parts := strings.Split(message, "…")
-		if !strings.HasPrefix(line, parts[0]) {
-			continue
-		}
-		rest, ok := line[len(parts[0]):], true
-		for _, p := range parts[1:] {
-			i := strings.Index(rest, p)
-			if i < 0 {
-				ok = false
-				break
-			}
-			rest = rest[i+len(p):]
-		}
-		if ok {
-			return true
-		}
-	}
-	return false
-}
 
 // TestErrorsTable runs every row of docs/errors.md marked unit with the
 // real command line, and checks its message and exit status; a row
@@ -162,27 +103,27 @@ func TestErrorsTable(t *testing.T) {
 		},
 	}
 	seen := map[string]bool{}
-	for _, row := range errorRows(t) {
-		if row.test != "unit" {
+	for _, row := range testutil.ErrorRows(t, "errors.md") {
+		if row.Test != "unit" {
 			continue
 		}
-		seen[row.id] = true
-		mk, ok := cases[row.id]
+		seen[row.ID] = true
+		mk, ok := cases[row.ID]
 		if !ok {
-			t.Errorf("docs/errors.md row %s has no case in TestErrorsTable", row.id)
+			t.Errorf("docs/errors.md row %s has no case in TestErrorsTable", row.ID)
 			continue
 		}
-		t.Run(row.id, func(t *testing.T) {
+		t.Run(row.ID, func(t *testing.T) {
 			args := mk(t)
 			var out, errb bytes.Buffer
 			code := run(args, strings.NewReader(""), &out, &errb)
-			if code != row.exit || !matches(errb.String(), row.message) {
-				t.Errorf("bento %s: exit %d, stderr:\n%s\nwant exit %d and a line %q", strings.Join(args, " "), code, errb.String(), row.exit, row.message)
+			if code != row.Exit || !testutil.MessageIn(errb.String(), row.Message) {
+				t.Errorf("bento %s: exit %d, stderr:\n%s\nwant exit %d and a line %q", strings.Join(args, " "), code, errb.String(), row.Exit, row.Message)
 			}
 			// With --json where it is taken, the same message as JSON.
 			if args[0] == "check" || args[0] == "policy" {
 				errb.Reset()
-				if code := run(append(args, "--json"), strings.NewReader(""), &out, &errb); code != row.exit || !strings.HasPrefix(errb.String(), `{"code":`+strconv.Itoa(row.exit)+`,"error":`) {
+				if code := run(append(args, "--json"), strings.NewReader(""), &out, &errb); code != row.Exit || !strings.HasPrefix(errb.String(), `{"code":`+strconv.Itoa(row.Exit)+`,"error":`) {
 					t.Errorf("bento %s --json: exit %d, stderr %q", strings.Join(args, " "), code, errb.String())
 				}
 			}

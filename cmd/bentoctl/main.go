@@ -179,25 +179,6 @@ func (c *ctl) simple(req control.Request, msg string) int {
 	return 0
 }
 
-// statusReply mirrors bentod's answer (cmd/bentod's StatusReply).
-type statusReply struct {
-	Version       string                  `json:"version"`
-	PID           int                     `json:"pid"`
-	Uptime        time.Duration           `json:"uptime_ns"`
-	Nickname      string                  `json:"nickname"`
-	Onion         string                  `json:"onion"`
-	Draining      bool                    `json:"draining"`
-	Instances     int                     `json:"instances"`
-	MaxInstances  int                     `json:"max_instances"`
-	MemoryLimit   int64                   `json:"memory_limit_bytes"`
-	CPULimit      float64                 `json:"cpu_limit_cores"`
-	InFlight      int64                   `json:"in_flight_bytes"`
-	InFlightLimit int64                   `json:"in_flight_limit_bytes"`
-	HeapBytes     uint64                  `json:"heap_bytes"`
-	Goroutines    int                     `json:"goroutines"`
-	Listeners     []server.ListenerStatus `json:"listeners"`
-}
-
 func (c *ctl) status(args []string) int {
 	if len(args) > 0 {
 		return c.usageErr("status takes no arguments")
@@ -210,7 +191,7 @@ func (c *ctl) status(args []string) int {
 		fmt.Fprintf(c.out, "%s\n", raw)
 		return 0
 	}
-	var st statusReply
+	var st control.Status
 	if err := json.Unmarshal(raw, &st); err != nil {
 		fmt.Fprintf(c.errw, "bentoctl: bentod's status: %v\n", err)
 		return 1
@@ -219,7 +200,7 @@ func (c *ctl) status(args []string) int {
 	return 0
 }
 
-func writeStatus(w io.Writer, st statusReply) {
+func writeStatus(w io.Writer, st control.Status) {
 	name := st.Nickname
 	if name == "" {
 		name = "bentod"
@@ -357,7 +338,7 @@ func (c *ctl) top(args []string) int {
 		var b strings.Builder
 		b.WriteString("\x1b[H\x1b[2J")
 		fmt.Fprintf(&b, "bentoctl top — %s — every %s — q quits\r\n\r\n", c.socket, *every)
-		var st statusReply
+		var st control.Status
 		var list []server.InstanceInfo
 		err := control.Call(c.socket, control.Request{Cmd: "status"}, &st, c.timeout)
 		if err == nil {

@@ -10,25 +10,6 @@ import (
 	"github.com/torbento/bento/internal/server"
 )
 
-// StatusReply is bentoctl status's answer.
-type StatusReply struct {
-	Version       string                  `json:"version"`
-	PID           int                     `json:"pid"`
-	Uptime        time.Duration           `json:"uptime_ns"`
-	Nickname      string                  `json:"nickname,omitempty"`
-	Onion         string                  `json:"onion,omitempty"`
-	Draining      bool                    `json:"draining"`
-	Instances     int                     `json:"instances"`
-	MaxInstances  int                     `json:"max_instances"`
-	MemoryLimit   int64                   `json:"memory_limit_bytes"`
-	CPULimit      float64                 `json:"cpu_limit_cores"`
-	InFlight      int64                   `json:"in_flight_bytes"`
-	InFlightLimit int64                   `json:"in_flight_limit_bytes"`
-	HeapBytes     uint64                  `json:"heap_bytes"`
-	Goroutines    int                     `json:"goroutines"`
-	Listeners     []server.ListenerStatus `json:"listeners"`
-}
-
 // control carries out one request from the control socket.
 func (d *daemon) control(r control.Request) (any, error) {
 	switch r.Cmd {
@@ -37,9 +18,9 @@ func (d *daemon) control(r control.Request) (any, error) {
 		st := d.srv.Status()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		return StatusReply{Version: server.Version, PID: os.Getpid(), Uptime: time.Since(d.started), Nickname: p.Nickname, Onion: d.srv.Onion(),
+		return control.Status{Version: server.Version, PID: os.Getpid(), Uptime: time.Since(d.started), Nickname: p.Nickname, Onion: d.srv.Onion(),
 			Draining: d.srv.Draining(), Instances: st.Instances, MaxInstances: p.Aggregate.Instances, MemoryLimit: p.Aggregate.Memory, CPULimit: p.Aggregate.CPU,
-			InFlight: st.InFlight, InFlightLimit: st.InFlightLimit, HeapBytes: ms.HeapInuse, Goroutines: runtime.NumGoroutine(), Listeners: st.Listeners}, nil
+			InFlight: st.InFlight, InFlightLimit: st.InFlightLimit, HeapBytes: ms.HeapInuse, Goroutines: runtime.NumGoroutine(), Listeners: listeners(st.Listeners)}, nil
 	case "ls":
 		return d.srv.List(), nil
 	case "end":
@@ -67,4 +48,12 @@ func (d *daemon) control(r control.Request) (any, error) {
 		return "stopping", nil
 	}
 	return nil, fmt.Errorf("unknown command %q (status, ls, end, drain, reload, stop)", r.Cmd)
+}
+
+func listeners(ls []server.ListenerStatus) []control.ListenerStatus {
+	out := make([]control.ListenerStatus, len(ls))
+	for i, l := range ls {
+		out[i] = control.ListenerStatus{Name: l.Name, Stats: l.Stats}
+	}
+	return out
 }

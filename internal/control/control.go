@@ -21,6 +21,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/torbento/bento/internal/netlimit"
 )
 
 // Request is one command.
@@ -29,6 +31,31 @@ type Request struct {
 	ID     string `json:"id,omitempty"`     // end: the instance
 	Reason string `json:"reason,omitempty"` // end: told to its clients
 	On     *bool  `json:"on,omitempty"`     // drain: on or off
+}
+
+// Status is the answer to "status": what bentod is and holds.
+type Status struct {
+	Version       string           `json:"version"`
+	PID           int              `json:"pid"`
+	Uptime        time.Duration    `json:"uptime_ns"`
+	Nickname      string           `json:"nickname,omitempty"`
+	Onion         string           `json:"onion,omitempty"`
+	Draining      bool             `json:"draining"`
+	Instances     int              `json:"instances"`
+	MaxInstances  int              `json:"max_instances"`
+	MemoryLimit   int64            `json:"memory_limit_bytes"`
+	CPULimit      float64          `json:"cpu_limit_cores"`
+	InFlight      int64            `json:"in_flight_bytes"`
+	InFlightLimit int64            `json:"in_flight_limit_bytes"`
+	HeapBytes     uint64           `json:"heap_bytes"`
+	Goroutines    int              `json:"goroutines"`
+	Listeners     []ListenerStatus `json:"listeners"`
+}
+
+// ListenerStatus is one listener's connections and counters.
+type ListenerStatus struct {
+	Name string
+	netlimit.Stats
 }
 
 // Response is the answer to a Request: Result on success, else Error.

@@ -110,6 +110,20 @@ type Stats struct {
 	BytesOut       int64 // bytes written to them
 }
 
+// AddCounts adds o's counters (not its gauges, Open, Addresses and
+// Dropped) to s: the counts of a listener that went on from another's.
+func (s *Stats) AddCounts(o Stats) {
+	s.Accepted += o.Accepted
+	s.RefusedTotal += o.RefusedTotal
+	s.RefusedPerAddr += o.RefusedPerAddr
+	s.RefusedRate += o.RefusedRate
+	s.Evicted += o.Evicted
+	s.AcceptErrors += o.AcceptErrors
+	s.DropPeriods += o.DropPeriods
+	s.BytesIn += o.BytesIn
+	s.BytesOut += o.BytesOut
+}
+
 // Listener wraps a net.Listener with the limits of a Config.
 type Listener struct {
 	ln  net.Listener

@@ -299,15 +299,7 @@ func (s *Server) Untrack(l *netlimit.Listener) {
 				s.retired = map[string]netlimit.Stats{}
 			}
 			r := s.retired[l.Name()]
-			r.Accepted += st.Accepted
-			r.RefusedTotal += st.RefusedTotal
-			r.RefusedPerAddr += st.RefusedPerAddr
-			r.RefusedRate += st.RefusedRate
-			r.Evicted += st.Evicted
-			r.AcceptErrors += st.AcceptErrors
-			r.DropPeriods += st.DropPeriods
-			r.BytesIn += st.BytesIn
-			r.BytesOut += st.BytesOut
+			r.AddCounts(st)
 			s.retired[l.Name()] = r
 			return
 		}

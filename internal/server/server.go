@@ -474,16 +474,7 @@ func (s *Server) Status() Status {
 		// The counters go on from those of the listeners a reload
 		// replaced; what is open now is the live listener's.
 		c := l.Stats()
-		r := retired[l.Name()]
-		c.Accepted += r.Accepted
-		c.RefusedTotal += r.RefusedTotal
-		c.RefusedPerAddr += r.RefusedPerAddr
-		c.RefusedRate += r.RefusedRate
-		c.Evicted += r.Evicted
-		c.AcceptErrors += r.AcceptErrors
-		c.DropPeriods += r.DropPeriods
-		c.BytesIn += r.BytesIn
-		c.BytesOut += r.BytesOut
+		c.AddCounts(retired[l.Name()])
 		st.Listeners = append(st.Listeners, ListenerStatus{Name: l.Name(), Stats: c})
 	}
 	return st
