@@ -92,6 +92,7 @@ install -d -m 755 "$root/usr/share/lintian/overrides"
 install -m 644 dist/debian/lintian-overrides "$root/usr/share/lintian/overrides/bento"
 install -m 644 docs/operators.md "$root/usr/share/doc/bento/operators.md"
 install -m 644 docs/bentorc.sample "$root/usr/share/doc/bento/bentorc.sample"
+install -m 644 docs/upgrading.md "$root/usr/share/doc/bento/upgrading.md"
 
 # The packaged bentorc must be one the packaged bentod accepts, with the
 # package's places in it.

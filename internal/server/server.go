@@ -38,7 +38,7 @@ import (
 )
 
 // Version is reported to clients.
-const Version = "bentod/0.2"
+const Version = "bentod/0.3"
 
 // OutputRetention is how long a session's output stays available after its
 // invocation ended, for clients that were disconnected at the time.
