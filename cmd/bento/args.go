@@ -180,7 +180,11 @@ const (
 func (c *cli) wrongToken(cmd, token string, wantShutdown bool) int {
 	switch {
 	case wantShutdown && strings.HasPrefix(token, invPrefix):
-		return c.errorf(exitUsage, nil, "%s takes the shutdown token (%s…), and this is the invocation token (%s…), which cannot end an instance; use the shutdown token bento deploy printed", cmd, sdPrefix, invPrefix)
+		what := "cannot end an instance"
+		if cmd == "update" {
+			what = "cannot replace an instance's code"
+		}
+		return c.errorf(exitUsage, nil, "%s takes the shutdown token (%s…), and this is the invocation token (%s…), which %s; use the shutdown token bento deploy printed", cmd, sdPrefix, invPrefix, what)
 	case !wantShutdown && strings.HasPrefix(token, sdPrefix):
 		return c.errorf(exitUsage, nil, "%s takes the invocation token (%s…), and this is the shutdown token (%s…); use the invocation token bento deploy printed (keep the shutdown token to yourself)", cmd, invPrefix, sdPrefix)
 	}

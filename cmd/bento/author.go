@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"strings"
@@ -105,6 +106,12 @@ func (c *cli) logs(args []string) int {
 			flush(true)
 			if c.ctx.Err() != nil {
 				return exitOK // Ctrl-C is how a follow ends
+			}
+			var pe *client.Error
+			if errors.As(err, &pe) {
+				// bentod refused (an unknown token, busy): not a
+				// disconnection, and --offset would not help.
+				return c.fail(err, "")
 			}
 			return c.errorf(exitConnect, map[string]any{"offset": l.Offset}, "disconnected while reading the log (%v); go on with --offset %d", err, l.Offset)
 		}

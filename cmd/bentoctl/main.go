@@ -76,16 +76,19 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case *socket != "":
 		c.socket = *socket
 	case *conf != "":
-		p, err := policy.Load(*conf)
+		// Only ControlSocket is read: a mistake elsewhere in the file is
+		// bentod's to report (bentoctl reload says it), not a reason to
+		// lose the control of a bentod that runs.
+		v, ok, err := policy.LookupValue(*conf, "ControlSocket")
 		if err != nil {
 			fmt.Fprintf(stderr, "bentoctl: %v\n", err)
 			return 2
 		}
-		if p.ControlSocket == "" {
+		if !ok || v == "0" || strings.EqualFold(v, "none") {
 			fmt.Fprintf(stderr, "bentoctl: %s has no ControlSocket: add \"ControlSocket %s\" and restart bentod\n", *conf, defaultSocket)
 			return 2
 		}
-		c.socket = p.ControlSocket
+		c.socket = v
 	case os.Getenv("BENTO_CONTROL_SOCKET") != "":
 		c.socket = os.Getenv("BENTO_CONTROL_SOCKET")
 	default:
@@ -312,6 +315,9 @@ func (c *ctl) top(args []string) int {
 	}
 	if *every < 100*time.Millisecond {
 		return c.usageErr("top -i: at least 100ms")
+	}
+	if f, ok := c.out.(*os.File); !ok || !isTerminal(f) {
+		return c.usageErr("top draws on a terminal; for a script, use bentoctl --json status and bentoctl --json ls")
 	}
 	restore := rawTerminal(c.stdin)
 	defer restore()

@@ -14,6 +14,10 @@ func TestUsage(t *testing.T) {
 	dir := t.TempDir()
 	noSocket := filepath.Join(dir, "bentorc")
 	os.WriteFile(noSocket, []byte("Nickname x\n"), 0o644)
+	// A mistake elsewhere in the bentorc does not keep bentoctl from
+	// its socket (bentod reports the mistake on reload).
+	broken := filepath.Join(dir, "broken")
+	os.WriteFile(broken, []byte("MaxMemry 64 MB\nControlSocket "+filepath.Join(dir, "ctl")+"\n"), 0o644)
 	for _, tc := range []struct {
 		args       []string
 		code       int
@@ -27,7 +31,9 @@ func TestUsage(t *testing.T) {
 		{[]string{"drain", "maybe"}, 2, "", "drain takes on or off"},
 		{[]string{"stop", "now"}, 2, "", "stop takes no arguments"},
 		{[]string{"top", "-i", "1ms"}, 2, "", "at least 100ms"},
+		{[]string{"top"}, 2, "", "top draws on a terminal"},
 		{[]string{"-f", noSocket, "status"}, 2, "", "has no ControlSocket"},
+		{[]string{"-f", broken, "status"}, 3, "", "no control socket at " + filepath.Join(dir, "ctl")},
 		{[]string{"-f", filepath.Join(dir, "none"), "status"}, 2, "", "reading configuration"},
 		{[]string{"-s", filepath.Join(dir, "none"), "status"}, 3, "", "is bentod running"},
 		{[]string{"-s", filepath.Join(dir, "none"), "--json", "ls"}, 3, "", `"code":3`},

@@ -51,6 +51,24 @@ func Load(path string) (*Policy, error) {
 	return fromLines(lines, memTotal())
 }
 
+// LookupValue returns the value of the last line of keyword name in the
+// bentorc at path, reading it as bentod does (%include followed) but
+// checking nothing else: bentoctl finds the control socket in a bentorc
+// that may have an error elsewhere, which bentod is then to report.
+func LookupValue(path, name string) (string, bool, error) {
+	lines, err := readLines(path, 0)
+	if err != nil {
+		return "", false, err
+	}
+	val, ok := "", false
+	for _, l := range lines {
+		if strings.EqualFold(l.keyword, name) {
+			val, ok = l.value, true
+		}
+	}
+	return val, ok, nil
+}
+
 // Parse parses bentorc text; name is used in error messages. %include is
 // resolved relative to the working directory.
 func Parse(name string, data []byte) (*Policy, error) {
