@@ -107,19 +107,35 @@ say "booting systemd in the root (systemd-nspawn --boot --private-network)"
 systemd-nspawn -q -D "$root" -M "$machine" --boot --private-network --register=no --keep-unit --console=passive \
 	>"$work/boot.log" 2>&1 &
 nspawn_pid=$!
+# The container's init is the child of systemd-nspawn that runs systemd:
+# nspawn may first fork a helper that exits, so the child is looked for
+# (again) until it is systemd itself.
+container_init() {
+	local pid
+	for pid in $(cat /proc/"$nspawn_pid"/task/*/children 2>/dev/null || true); do
+		case "$(cat /proc/"$pid"/comm 2>/dev/null || true)" in
+		systemd | init)
+			echo "$pid"
+			return
+			;;
+		esac
+	done
+}
 init=
-for _ in $(seq 100); do
-	init=$(cat /proc/"$nspawn_pid"/task/*/children 2>/dev/null | tr -d ' ' || true)
+for _ in $(seq 300); do
+	init=$(container_init)
 	[ -n "$init" ] && break
 	kill -0 "$nspawn_pid" 2>/dev/null || { cat "$work/boot.log"; fail "systemd-nspawn exited"; }
 	sleep 0.1
 done
-[ -n "$init" ] || fail "no init process in the container"
+[ -n "$init" ] || fail "no systemd in the container after 30 s (children of systemd-nspawn: $(cat /proc/"$nspawn_pid"/task/*/children 2>/dev/null || true))"
 in_box() { nsenter -t "$init" -a -- "$@"; }
 state=
 for _ in $(seq 600); do
 	state=$(in_box systemctl is-system-running 2>/dev/null || true)
 	case "$state" in running | degraded) break ;; esac
+	kill -0 "$init" 2>/dev/null || init=$(container_init)
+	[ -n "$init" ] || { cat "$work/boot.log"; fail "the container's systemd is gone"; }
 	sleep 0.1
 done
 case "$state" in
