@@ -452,7 +452,13 @@ func (l *Listener) acceptFailed(err error, delay *time.Duration, shed func()) {
 	l.acceptErrors.Add(1)
 	if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
 		l.mu.Lock()
-		l.limit = max(1, min(l.limit, l.open)-16)
+		// Fewer connections, once per UnprovenGrace at most: a flood
+		// makes accept fail hundreds of times a second, and lowering at
+		// each failure took the limit to one within moments, where every
+		// newcomer, an honest one too, needs a victim to get in.
+		if time.Since(l.short) > UnprovenGrace {
+			l.limit = max(1, min(l.limit, l.open)-16)
+		}
 		l.short = time.Now()
 		victim := l.victimLocked("")
 		l.mu.Unlock()

@@ -344,3 +344,30 @@ func TestTotalIsACeiling(t *testing.T) {
 		t.Fatalf("nobody was evicted: the test proves nothing (%+v)", st)
 	}
 }
+
+// TestShortLowersOnce: a flood makes accept fail with EMFILE many times
+// a second; the limit is lowered once per UnprovenGrace, not at each
+// failure (which took it to one at once, where every newcomer, an honest
+// one too, needed a victim to get in).
+func TestShortLowersOnce(t *testing.T) {
+	ln, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	l := New(ln, Config{Total: 512})
+	l.mu.Lock()
+	l.open = 100
+	l.mu.Unlock()
+	var delay time.Duration
+	for range 4 { // 5+10+20+40 ms of back-off: within UnprovenGrace
+		l.acceptFailed(syscall.EMFILE, &delay, func() {})
+	}
+	l.mu.Lock()
+	got := l.limit
+	l.open = 0
+	l.mu.Unlock()
+	if got != 84 {
+		t.Fatalf("limit after four failures within %s: %d, want 84 (100 open, less 16, once)", UnprovenGrace, got)
+	}
+}
