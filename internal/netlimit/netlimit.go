@@ -427,11 +427,15 @@ func (l *Listener) acceptRaw() (net.Conn, error) {
 		if l.drop != nil {
 			l.drop.release(nfd)
 		}
-		f := os.NewFile(uintptr(nfd), "tcp")
-		c, err := net.FileConn(f) // a dup the poller owns
-		f.Close()
+		c, err := l.fileConn(nfd)
 		if err != nil {
 			l.release(lc)
+			if tooManyFiles(err) {
+				// The newcomer is lost (closed with the descriptor), but
+				// the next is not: the limit comes down and an idle
+				// connection makes room, as when accept itself fails.
+				l.acceptFailed(err, &delay, func() {})
+			}
 			continue
 		}
 		l.mu.Lock()
@@ -442,6 +446,57 @@ func (l *Listener) acceptRaw() (net.Conn, error) {
 	}
 }
 
+// fileConn makes the accepted descriptor nfd a net.Conn (a duplicate the
+// runtime's poller owns) and closes nfd. The duplicate needs a descriptor
+// of its own: when accept took the last one, it fails with EMFILE and the
+// connection would be closed as soon as it was accepted, silently, with
+// nothing lowering the limit or making room (accept never failed, so
+// acceptFailed was never called), and every newcomer, an honest one too,
+// met the same fate for as long as the flood held the rest: the spare
+// descriptor is given up for the duplicate, then taken back in the slot
+// nfd leaves.
+func (l *Listener) fileConn(nfd int) (net.Conn, error) {
+	f := os.NewFile(uintptr(nfd), "tcp")
+	c, err := net.FileConn(f)
+	if short := err; err != nil && tooManyFiles(err) {
+		l.mu.Lock()
+		if l.spare != nil {
+			l.spare.Close()
+			l.spare = nil
+			c, err = net.FileConn(f)
+		}
+		l.mu.Unlock()
+		if err == nil {
+			// Short all the same: the limit comes down and an idle
+			// connection gives way before the next newcomer finds no
+			// spare.
+			f.Close()
+			l.takeSpare()
+			l.acceptErrors.Add(1)
+			l.shortOfDescriptors(short)
+			return c, nil
+		}
+	}
+	f.Close()
+	l.takeSpare()
+	return c, err
+}
+
+// takeSpare reserves the spare descriptor again if it was given up.
+func (l *Listener) takeSpare() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.spare == nil && !l.isClosed() {
+		l.spare, _ = os.Open(os.DevNull)
+	}
+}
+
+// tooManyFiles reports whether err says the process or the system is out
+// of file descriptors.
+func tooManyFiles(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+}
+
 // acceptFailed handles an accept error other than a closed listener: out
 // of descriptors, it serves fewer connections for a while (so the rest of
 // the daemon, its files and its instances, has descriptors) and lets an
@@ -450,22 +505,8 @@ func (l *Listener) acceptRaw() (net.Conn, error) {
 // backed off from (5 ms doubling to a second), never returned.
 func (l *Listener) acceptFailed(err error, delay *time.Duration, shed func()) {
 	l.acceptErrors.Add(1)
-	if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-		l.mu.Lock()
-		// Fewer connections, once per UnprovenGrace at most: a flood
-		// makes accept fail hundreds of times a second, and lowering at
-		// each failure took the limit to one within moments, where every
-		// newcomer, an honest one too, needs a victim to get in.
-		if time.Since(l.short) > UnprovenGrace {
-			l.limit = max(1, min(l.limit, l.open)-16)
-		}
-		l.short = time.Now()
-		victim := l.victimLocked("")
-		l.mu.Unlock()
-		l.warn("out of file descriptors: serving fewer connections for a while (raise the descriptor limit)", "err", err)
-		if victim != nil {
-			l.evicted.Add(1)
-			victim.Close()
+	if tooManyFiles(err) {
+		if l.shortOfDescriptors(err) {
 			return
 		}
 		shed()
@@ -477,6 +518,31 @@ func (l *Listener) acceptFailed(err error, delay *time.Duration, shed func()) {
 	}
 	l.warn("accept failed; backing off", "err", err, "delay", *delay)
 	time.Sleep(*delay)
+}
+
+// shortOfDescriptors serves fewer connections for a while, so the rest
+// of the daemon (its files, its instances) has descriptors, and closes an
+// idle connection to make room for the next newcomer, if one may be
+// closed (it reports whether one was).
+func (l *Listener) shortOfDescriptors(err error) bool {
+	l.mu.Lock()
+	// Fewer connections, once per UnprovenGrace at most: a flood makes
+	// accept fail hundreds of times a second, and lowering at each
+	// failure took the limit to one within moments, where every newcomer,
+	// an honest one too, needs a victim to get in.
+	if time.Since(l.short) > UnprovenGrace {
+		l.limit = max(1, min(l.limit, l.open)-16)
+	}
+	l.short = time.Now()
+	victim := l.victimLocked("")
+	l.mu.Unlock()
+	l.warn("out of file descriptors: serving fewer connections for a while (raise the descriptor limit)", "err", err)
+	if victim == nil {
+		return false
+	}
+	l.evicted.Add(1)
+	victim.Close()
+	return true
 }
 
 // shedRaw is shed for the raw accept path.
