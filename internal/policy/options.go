@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"github.com/torbento/bento/internal/suggest"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -380,37 +381,9 @@ func (p *Policy) MetricsAllowed(addr netip.Addr) bool {
 // nearestOption returns the option whose name is within two edits of
 // name (ignoring case), for "did you mean"; "" when none is that near.
 func nearestOption(name string) string {
-	best, bestD := "", 3
-	for _, o := range Options {
-		if d := editDistance(strings.ToLower(name), strings.ToLower(o.Name), bestD); d < bestD {
-			best, bestD = o.Name, d
-		}
+	names := make([]string, len(Options))
+	for i, o := range Options {
+		names[i] = o.Name
 	}
-	return best
-}
-
-// editDistance is the Levenshtein distance of a and b, or bound when it
-// is at least that (names are short; inputs longer than 64 bytes are
-// never near).
-func editDistance(a, b string, bound int) int {
-	if len(a) > 64 || len(b) > 64 {
-		return bound
-	}
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			c := prev[j-1]
-			if a[i-1] != b[j-1] {
-				c = 1 + min(prev[j-1], prev[j], cur[j-1])
-			}
-			cur[j] = c
-		}
-		prev, cur = cur, prev
-	}
-	return min(prev[len(b)], bound)
+	return suggest.Nearest(name, names, 2)
 }
