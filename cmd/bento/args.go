@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -128,7 +129,44 @@ func (c *cli) addJSON(fs *flag.FlagSet) {
 
 // addTimeout adds --timeout to a command that talks to a server.
 func (c *cli) addTimeout(fs *flag.FlagSet) {
-	fs.DurationVar(&c.timeout, "timeout", 60*time.Second, "give up on a request the server has not answered in this long (e.g. 30s, 2m); a session's output may take as long as the function runs")
+	if c.timeout == 0 {
+		c.timeout = defaultTimeout
+	}
+	fs.Var((*timeoutFlag)(&c.timeout), "timeout", "give up on a request the server has not answered in this long (e.g. 30s, 2m); a session's output may take as long as the function runs")
+}
+
+// defaultTimeout is --timeout's default.
+const defaultTimeout = 60 * time.Second
+
+// timeoutFlag is --timeout: a duration with its unit, at least a
+// millisecond and at most a day; a bare number is refused with the unit
+// it lacks, not flag's "parse error".
+type timeoutFlag time.Duration
+
+func (f *timeoutFlag) String() string { return time.Duration(*f).String() }
+
+func (f *timeoutFlag) Set(v string) error {
+	d, err := parseTimeout(v)
+	if err != nil {
+		return err
+	}
+	*f = timeoutFlag(d)
+	return nil
+}
+
+// parseTimeout reads a --timeout value.
+func parseTimeout(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		if _, nerr := strconv.ParseFloat(v, 64); nerr == nil {
+			return 0, fmt.Errorf("%q has no unit: give one, e.g. %ss or %sm", v, v, v)
+		}
+		return 0, fmt.Errorf("%q is not a duration (e.g. 30s, 2m, 1h)", v)
+	}
+	if d < time.Millisecond || d > 24*time.Hour {
+		return 0, fmt.Errorf("%q: want a duration from 1ms to 24h", v)
+	}
+	return d, nil
 }
 
 // client returns a client for the server named on the command line

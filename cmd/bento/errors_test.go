@@ -36,7 +36,8 @@ func TestErrorsTable(t *testing.T) {
 	}
 	const server = "127.0.0.1:9" // never contacted by these rows
 	cases := map[string]func(t *testing.T) []string{
-		"unknown-command":  func(t *testing.T) []string { return []string{"deplyo"} },
+		"unknown-command":  func(t *testing.T) []string { return []string{"frobnicate"} },
+		"misspelt-command": func(t *testing.T) []string { return []string{"deplyo"} },
 		"missing-argument": func(t *testing.T) []string { return []string{"deploy", server} },
 		"unknown-flag":     func(t *testing.T) []string { return []string{"invoke", server, "bento-inv-x", "-1"} },
 		"bad-flag-value":   func(t *testing.T) []string { return []string{"policy", server, "--timeout", "5"} },

@@ -45,11 +45,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/torbento/bento/internal/suggest"
 	"io"
 	"os"
 	"os/signal"
@@ -100,7 +102,7 @@ const usage = `usage:
 
 Flags may come anywhere among a command's arguments; everything after -- is an argument, never a
 flag: function arguments that start with '-' go there (bento invoke SERVER TOKEN -- -1).
-Commands that talk to a server take --timeout DURATION (default 60s) for each request;
+Commands that talk to a server take --timeout DURATION (default 60s; also a global option) for each request;
 invoke, run, dev, deploy, policy and check take --json: the result as JSON on stdout, and an error as
 one line {"error": MESSAGE, "code": EXIT-CODE} on stderr (where errors always go).
 
@@ -152,6 +154,7 @@ type cli struct {
 	// stderrTerminal: stderr is a terminal, where progress is drawn.
 	stderrTerminal bool
 	synopsis       string // what the command takes, for its usage
+	cmd            string // the command being run
 }
 
 // run runs bento with args, without signal handling (tests).
@@ -175,15 +178,16 @@ func runCtx(ctx context.Context, stopSignals func(), args []string, stdin io.Rea
 	}
 	tr, args, err := parseTransport(args)
 	if err != nil {
-		fmt.Fprintf(stderr, "bento: %v\n\n%s", err, usage)
+		fmt.Fprintf(stderr, "bento: %v\n(bento --help lists the commands and the global options)\n", err)
 		return exitUsage
 	}
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
 	}
-	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx, stopSignals: stopSignals, torSocks: tr.torSocks, transport: tr, timeout: 60 * time.Second, terminal: isTerminal(stdout), stderrTerminal: isTerminal(stderr)}
+	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx, stopSignals: stopSignals, torSocks: tr.torSocks, transport: tr, timeout: cmp.Or(tr.timeout, defaultTimeout), terminal: isTerminal(stdout), stderrTerminal: isTerminal(stderr)}
 	cmd, rest := args[0], args[1:]
+	c.cmd = cmd
 	switch cmd {
 	case "new":
 		return c.newCmd(rest)
@@ -218,9 +222,16 @@ func runCtx(ctx context.Context, stopSignals func(), args []string, stdin io.Rea
 	case "forget":
 		return c.forget(rest)
 	}
-	fmt.Fprintf(stderr, "bento: unknown command %q (bento --help lists the commands)\n\n%s", cmd, usage)
+	if near := suggest.Nearest(cmd, commands, 2); near != "" && !strings.HasPrefix(cmd, "-") {
+		fmt.Fprintf(stderr, "bento: unknown command %q; did you mean %s? (bento --help lists the commands)\n", cmd, near)
+		return exitUsage
+	}
+	fmt.Fprintf(stderr, "bento: unknown command %q (bento --help lists the commands)\n", cmd)
 	return exitUsage
 }
+
+// commands are bento's commands, for "did you mean".
+var commands = []string{"new", "completion", "check", "dev", "policy", "deploy", "invoke", "attach", "shutdown", "run", "boxes", "dust", "logs", "update", "ls", "forget"}
 
 // isTerminal reports whether w is a terminal.
 func isTerminal(w io.Writer) bool {
@@ -237,7 +248,12 @@ func (c *cli) usageErr(format string, a ...any) int {
 	if c.json {
 		return c.errorf(exitUsage, nil, format, a...)
 	}
-	fmt.Fprintf(c.stderr, "bento: "+format+"\n\n%s", append(a, usage)...)
+	// One line that says what the command takes, and where to read more:
+	// the whole usage, a screen and a half, buried it.
+	fmt.Fprintf(c.stderr, "bento: "+format+"\n", a...)
+	if c.cmd != "" {
+		fmt.Fprintf(c.stderr, "(bento %s --help says more; bento --help lists the commands)\n", c.cmd)
+	}
 	return exitUsage
 }
 

@@ -29,6 +29,9 @@ type transport struct {
 	// insecure (--insecure-cleartext) allows cleartext beyond loopback.
 	insecure      bool
 	cleartextNote sync.Once // its warning is said once a run
+	// timeout (--timeout before the command) is every request's, unless
+	// the command's own --timeout says otherwise.
+	timeout time.Duration
 }
 
 // defaultTorRetry is how long bento waits by default for a new onion
@@ -56,7 +59,7 @@ func parseTransport(args []string) (*transport, []string, error) {
 	for len(args) > 0 {
 		name, val, hasVal := strings.Cut(args[0], "=")
 		switch name {
-		case "--tor-socks", "--tor-retry", "--pin":
+		case "--tor-socks", "--tor-retry", "--pin", "--timeout":
 		case "--insecure-cleartext":
 			if hasVal {
 				return nil, nil, errors.New("--insecure-cleartext takes no value")
@@ -79,6 +82,12 @@ func parseTransport(args []string) (*transport, []string, error) {
 				return nil, nil, errors.New("--tor-socks needs an address (e.g. 127.0.0.1:9050)")
 			}
 			t.torSocks = val
+		case "--timeout":
+			d, err := parseTimeout(val)
+			if err != nil {
+				return nil, nil, fmt.Errorf("--timeout: %v", err)
+			}
+			t.timeout = d
 		case "--tor-retry":
 			d, err := parseRetry(val)
 			if err != nil {

@@ -10,8 +10,11 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"github.com/torbento/bento/internal/suggest"
 	"math"
+	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -53,24 +56,63 @@ type Manifest struct {
 
 // file is the TOML shape of bento.toml.
 type file struct {
-	Name         string   `toml:"name"`
-	Image        string   `toml:"image"`
-	Entry        string   `toml:"entry"`
-	Function     string   `toml:"function"`
-	Mode         string   `toml:"mode"`
-	APIs         []string `toml:"apis"`
-	Destinations []string `toml:"destinations"`
-	Resources    struct {
-		Memory    string  `toml:"memory"`
-		CPU       float64 `toml:"cpu"`
-		CPUTime   string  `toml:"cpu_time"`
-		Processes int     `toml:"processes"`
-		Storage   string  `toml:"storage"`
-		Output    string  `toml:"output"`
-		Lifetime  string  `toml:"lifetime"`
-		MinLife   string  `toml:"min_lifetime"`
-		Steps     uint64  `toml:"steps"`
-	} `toml:"resources"`
+	Name         string        `toml:"name"`
+	Image        string        `toml:"image"`
+	Entry        string        `toml:"entry"`
+	Function     string        `toml:"function"`
+	Mode         string        `toml:"mode"`
+	APIs         []string      `toml:"apis"`
+	Destinations []string      `toml:"destinations"`
+	Resources    resourcesFile `toml:"resources"`
+}
+
+// resourcesFile is the TOML shape of bento.toml's [resources].
+type resourcesFile struct {
+	Memory    string  `toml:"memory"`
+	CPU       float64 `toml:"cpu"`
+	CPUTime   string  `toml:"cpu_time"`
+	Processes int     `toml:"processes"`
+	Storage   string  `toml:"storage"`
+	Output    string  `toml:"output"`
+	Lifetime  string  `toml:"lifetime"`
+	MinLife   string  `toml:"min_lifetime"`
+	Steps     uint64  `toml:"steps"`
+}
+
+// tomlKeys lists the TOML keys of a struct's fields, tables excepted.
+func tomlKeys(t reflect.Type) []string {
+	var keys []string
+	for f := range t.Fields() {
+		if name, _, _ := strings.Cut(f.Tag.Get("toml"), ","); name != "" && f.Type.Kind() != reflect.Struct {
+			keys = append(keys, name)
+		}
+	}
+	return keys
+}
+
+// keyHint says, for an unknown key, where it belongs if it is a key of
+// the other level (the mistake of a key under [resources] that belongs
+// before it, or the reverse), or the key it is likely a misspelling of.
+func keyHint(k toml.Key) string {
+	top, res := tomlKeys(reflect.TypeFor[file]()), tomlKeys(reflect.TypeFor[resourcesFile]())
+	last := k[len(k)-1]
+	switch {
+	case len(k) == 1 && slices.Contains(res, last):
+		return " (it belongs under [resources])"
+	case len(k) == 2 && k[0] == "resources" && slices.Contains(top, last):
+		return " (it belongs at the top, before [resources])"
+	}
+	near := ""
+	switch {
+	case len(k) == 1:
+		near = suggest.Nearest(last, top, 2)
+	case len(k) == 2 && k[0] == "resources":
+		near = suggest.Nearest(last, res, 2)
+	}
+	if near != "" {
+		return fmt.Sprintf(" (did you mean %s?)", near)
+	}
+	return ""
 }
 
 // Defaults are what an instance gets for a resource its manifest does not
@@ -187,9 +229,10 @@ func parse(data []byte) (*Manifest, []*Error) {
 				keys = append(keys, fmt.Sprintf("and %d more", len(und)-5))
 				break
 			}
-			keys = append(keys, fmt.Sprintf("%.64q", k.String()))
+			keys = append(keys, fmt.Sprintf("%.64q", k.String())+keyHint(k))
 		}
-		errs = append(errs, &Error{Msg: fmt.Sprintf("unknown keys %s (known: name, image, entry, function, mode, apis, destinations, [resources] memory, cpu, cpu_time, processes, storage, output, lifetime, min_lifetime, steps)", strings.Join(keys, ", ")), Key: und[0].String()})
+		top, res := tomlKeys(reflect.TypeFor[file]()), tomlKeys(reflect.TypeFor[resourcesFile]())
+		errs = append(errs, &Error{Msg: fmt.Sprintf("unknown keys %s (known: %s, [resources] %s)", strings.Join(keys, ", "), strings.Join(top, ", "), strings.Join(res, ", ")), Key: und[0].String()})
 	}
 	m := &Manifest{
 		Name: f.Name, Image: f.Image, Entry: f.Entry, Function: f.Function, Mode: f.Mode,
