@@ -54,7 +54,7 @@ type Status struct {
 
 // ListenerStatus is one listener's connections and counters.
 type ListenerStatus struct {
-	Name string
+	Name string `json:"name"`
 	netlimit.Stats
 }
 

@@ -187,3 +187,37 @@ func TestListenRefuses(t *testing.T) {
 		t.Errorf("with group root: gid %d, mode %v", gid, st.Mode())
 	}
 }
+
+// TestStatusJSONNames: bentoctl --json status prints one naming scheme,
+// snake_case, down to the listeners' counters (they printed Go's field
+// names, Open and RefusedTotal, beside uptime_ns).
+func TestStatusJSONNames(t *testing.T) {
+	b, err := json.Marshal(Status{Listeners: []ListenerStatus{{Name: "client"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys func(v any, at string)
+	keys = func(v any, at string) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, x := range v {
+				if k != strings.ToLower(k) || strings.ContainsAny(k, " -") {
+					t.Errorf("key %q at %s is not snake_case", k, at)
+				}
+				keys(x, at+"."+k)
+			}
+		case []any:
+			for _, x := range v {
+				keys(x, at+"[]")
+			}
+		}
+	}
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	keys(v, "status")
+	if !strings.Contains(string(b), `"refused_total":0`) || !strings.Contains(string(b), `"name":"client"`) {
+		t.Errorf("the listener's counters are missing: %s", b)
+	}
+}

@@ -96,18 +96,18 @@ type Config struct {
 
 // Stats are a listener's counters.
 type Stats struct {
-	Open           int   // connections being served
-	Addresses      int   // distinct client addresses among them
-	Accepted       int64 // connections handed to the server
-	RefusedTotal   int64 // refused: the total was reached
-	RefusedPerAddr int64 // refused: the address's share was reached
-	RefusedRate    int64 // refused: the address connected too fast
-	Evicted        int64 // idle connections closed to make room
-	AcceptErrors   int64 // accept failures (out of descriptors and the like)
-	DropPeriods    int64 // times an address over its rate began to be dropped in the kernel
-	Dropped        int   // addresses the kernel drops now
-	BytesIn        int64 // bytes read from its connections
-	BytesOut       int64 // bytes written to them
+	Open           int   `json:"open"`             // connections being served
+	Addresses      int   `json:"addresses"`        // distinct client addresses among them
+	Accepted       int64 `json:"accepted"`         // connections handed to the server
+	RefusedTotal   int64 `json:"refused_total"`    // refused: the total was reached
+	RefusedPerAddr int64 `json:"refused_per_addr"` // refused: the address's share was reached
+	RefusedRate    int64 `json:"refused_rate"`     // refused: the address connected too fast
+	Evicted        int64 `json:"evicted"`          // idle connections closed to make room
+	AcceptErrors   int64 `json:"accept_errors"`    // accept failures (out of descriptors and the like)
+	DropPeriods    int64 `json:"drop_periods"`     // times an address over its rate began to be dropped in the kernel
+	Dropped        int   `json:"dropped"`          // addresses the kernel drops now
+	BytesIn        int64 `json:"bytes_in"`         // bytes read from its connections
+	BytesOut       int64 `json:"bytes_out"`        // bytes written to them
 }
 
 // AddCounts adds o's counters (not its gauges, Open, Addresses and
