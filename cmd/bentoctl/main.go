@@ -254,7 +254,16 @@ func writeList(w io.Writer, list []server.InstanceInfo, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tFUNCTION\tCLIENT\tAGE\tENDS IN\tSTATE\tMEMORY\tCPU\tSTORAGE\tSESSIONS")
 	for _, i := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s/%s\t%s\t%s\t%d\n", i.ID, clip(i.Function, 24), i.Client, fmtAge(now.Sub(i.Created)), fmtAge(i.EndsAt.Sub(now)),
+		// An instance that ended (its end reason, kept a while for its
+		// clients) ends in nothing: its lifetime's end no longer applies.
+		endsIn := fmtAge(i.EndsAt.Sub(now))
+		switch i.State {
+		case "ended":
+			endsIn = "-"
+		case "ending":
+			endsIn = "now"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s/%s\t%s\t%s\t%d\n", i.ID, clip(i.Function, 24), i.Client, fmtAge(now.Sub(i.Created)), endsIn,
 			i.State, human(i.MemoryUsed), human(i.MemoryReserved), i.CPUUsed.Round(time.Millisecond), human(i.StorageUsed), i.Sessions)
 	}
 	tw.Flush()

@@ -61,6 +61,11 @@ func TestListRendering(t *testing.T) {
 		t.Error("a function's name put an escape sequence on the operator's terminal")
 	}
 	b.Reset()
+	writeList(&b, []server.InstanceInfo{{ID: "i-2", Function: "f", Created: now.Add(-time.Hour), EndsAt: now.Add(2 * time.Hour), State: "ended", EndReason: "shut down"}}, now)
+	if lines := strings.Split(b.String(), "\n"); len(lines) < 2 || !strings.Contains(lines[1], "1h00m  -  ") || strings.Contains(lines[1], "2h00m") {
+		t.Errorf("an ended instance's ENDS IN should read -:\n%s", b.String())
+	}
+	b.Reset()
 	writeList(&b, nil, now)
 	if b.String() != "no instances\n" {
 		t.Errorf("empty list: %q", b.String())
