@@ -123,7 +123,10 @@ man_page() { # man_page SOURCE.in DEST PLACEHOLDER-TEXT-FILE
 		/^@(OPTIONS|USAGE)@$/ { while ((getline l < file) > 0) print l; next }
 		{ print }' "$1" | gzip -9n >"$2"
 }
-"$stage/host/bentod" --list-options | options_roff >"$stage/bentorc.opts"
+# "Default here:" is the build machine's (its memory, its cores): not the
+# relay's, so the page keeps only the rule (the machine's, less a reserve).
+"$stage/host/bentod" --list-options | sed 's/ Default here: .*$//' | options_roff >"$stage/bentorc.opts"
+grep -q 'Default here' "$stage/bentorc.opts" && die "bentorc(5) would show the build machine's defaults"
 [ "$(grep -c '^\.TP' "$stage/bentorc.opts")" -ge 20 ] || die "bentod --list-options printed too few options"
 "$stage/host/bentod" -h 2>&1 | flags_roff >"$stage/bentod.opts"
 grep -q 'list\\-options\|list-options' "$stage/bentod.opts" || die "bentod -h printed no --list-options"

@@ -27,7 +27,11 @@ type Option struct {
 	// Secret: Dump says the option is set but does not print its value
 	// (dumps end up in bug reports).
 	Secret bool
-	get    func(p *Policy) []string // the values, one per line; nil: unset
+	// Machine: the default is the machine's own (its memory or cores,
+	// less a reserve): a full dump writes it commented out, so that the
+	// dump taken to another machine follows that machine.
+	Machine bool
+	get     func(p *Policy) []string // the values, one per line; nil: unset
 }
 
 // Values returns the option's effective values in bentorc syntax, one
@@ -157,8 +161,8 @@ var Options = []*Option{
 	{Name: "MaxUploadSize", Type: "Size", Help: "the largest function upload", Live: true, get: sizeOpt(func(p *Policy) int64 { return p.Max.Upload })},
 	{Name: "MaxFetchSize", Type: "Size", Help: "the largest response one fetch may return", Live: true, get: sizeOpt(func(p *Policy) int64 { return p.Max.Fetch })},
 	{Name: "MaxSteps", Type: "Number", Help: "Starlark steps per invocation", Live: true, get: func(p *Policy) []string { return one(strconv.FormatUint(p.Max.Steps, 10)) }},
-	{Name: "TotalMemory", Type: "Size", Help: "memory all functions may use together (default: the machine's, less ReserveMemory)", Live: true, get: sizeOpt(func(p *Policy) int64 { return p.Aggregate.Memory })},
-	{Name: "TotalCPU", Type: "Cores", Help: "CPU all functions may use together (default: the machine's, less ReserveCPU)", Live: true, get: coresOpt(func(p *Policy) float64 { return p.Aggregate.CPU })},
+	{Name: "TotalMemory", Type: "Size", Help: "memory all functions may use together (default: the machine's, less ReserveMemory)", Live: true, Machine: true, get: sizeOpt(func(p *Policy) int64 { return p.Aggregate.Memory })},
+	{Name: "TotalCPU", Type: "Cores", Help: "CPU all functions may use together (default: the machine's, less ReserveCPU)", Live: true, Machine: true, get: coresOpt(func(p *Policy) float64 { return p.Aggregate.CPU })},
 	{Name: "ReserveMemory", Type: "Size", Help: "memory kept for tor and the system", Live: true, get: sizeOpt(func(p *Policy) int64 { return p.Aggregate.ReserveMemory })},
 	{Name: "ReserveCPU", Type: "Cores", Help: "CPU kept for tor and the system", Live: true, get: coresOpt(func(p *Policy) float64 { return p.Aggregate.ReserveCPU })},
 	{Name: "MaxInstances", Type: "Number", Help: "instances at once", Live: true, get: intOpt(func(p *Policy) int { return p.Aggregate.Instances })},
@@ -237,6 +241,12 @@ func Dump(p *Policy, full bool) string {
 			fmt.Fprintf(&b, "# %s is set; not shown (a secret)\n", o.Name)
 			continue
 		}
+		if o.Machine && equalStrings(vals, o.get(def)) {
+			for _, v := range vals {
+				fmt.Fprintf(&b, "# %s %s (this machine's; unset, it follows the machine it runs on)\n", o.Name, v)
+			}
+			continue
+		}
 		for _, v := range vals {
 			fmt.Fprintf(&b, "%s %s\n", o.Name, v)
 		}
@@ -247,6 +257,8 @@ func Dump(p *Policy, full bool) string {
 // ListOptions renders every option with its type and what it does
 // (bentod --list-options).
 func ListOptions() string {
+	def := Default()
+	def.finish(memTotal())
 	var b strings.Builder
 	for _, o := range Options {
 		when := "restart"
@@ -256,7 +268,18 @@ func ListOptions() string {
 		case o.Reopen:
 			when = "reload (reopens its listener)"
 		}
-		fmt.Fprintf(&b, "%s %s\n    %s. Changes take effect on: %s.\n", o.Name, o.Type, o.Help, when)
+		fmt.Fprintf(&b, "%s %s\n    %s. Changes take effect on: %s.", o.Name, o.Type, o.Help, when)
+		vals := o.get(def)
+		switch {
+		case o.Secret:
+		case o.Machine:
+			fmt.Fprintf(&b, " Default here: %s.", strings.Join(vals, "; "))
+		case len(vals) == 0:
+			fmt.Fprint(&b, " Default: unset.")
+		default:
+			fmt.Fprintf(&b, " Default: %s.", strings.Join(vals, "; "))
+		}
+		b.WriteByte('\n')
 	}
 	return b.String()
 }

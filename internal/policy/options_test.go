@@ -190,3 +190,44 @@ func TestDidYouMean(t *testing.T) {
 		}
 	}
 }
+
+// TestListOptionsDefaults: --list-options gives each option's default;
+// one that is the machine's says so, as "Default here", and a full dump
+// writes it commented out, so a dump taken to another machine follows
+// that machine's memory and cores instead of this one's.
+func TestListOptionsDefaults(t *testing.T) {
+	list := ListOptions()
+	for _, want := range []string{
+		"ListenAddress HOST:PORT\n    where clients connect. Changes take effect on: reload (reopens its listener). Default: 127.0.0.1:8888.\n",
+		"Changes take effect on: reload. Default: starlark.\n",
+		"Default: unset.\n",
+		"TotalMemory Size\n    memory all functions may use together (default: the machine's, less ReserveMemory). Changes take effect on: reload. Default here: ",
+	} {
+		if !strings.Contains(list, want) {
+			t.Errorf("--list-options lacks %q", want)
+		}
+	}
+	if strings.Contains(list, "TorControlPassword PASSWORD\n    the control port's password (default: its cookie). Changes take effect on: restart. Default") {
+		t.Error("--list-options gives a secret's default")
+	}
+	def, err := Parse("empty", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := Dump(def, true)
+	for _, l := range strings.Split(full, "\n") {
+		if strings.HasPrefix(l, "TotalMemory ") || strings.HasPrefix(l, "TotalCPU ") {
+			t.Errorf("the full dump fixes this machine's value: %q", l)
+		}
+	}
+	if !strings.Contains(full, "# TotalMemory ") || !strings.Contains(full, "(this machine's; unset, it follows the machine it runs on)\n") {
+		t.Errorf("the full dump does not say what TotalMemory is here:\n%s", full)
+	}
+	set, err := Parse("set", []byte("TotalMemory 1 GB\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(Dump(set, true), "\nTotalMemory 1 GB\n") {
+		t.Errorf("a TotalMemory the operator set is not dumped as set:\n%s", Dump(set, true))
+	}
+}
