@@ -179,6 +179,7 @@ func (c *cli) client(server string) *client.Client {
 	if c.transport == nil || c.transport.torSocks == "" {
 		cl.Timeout = c.timeout
 	}
+	c.waits = cl.Timeout
 	return cl
 }
 

@@ -155,6 +155,9 @@ type cli struct {
 	stderrTerminal bool
 	synopsis       string // what the command takes, for its usage
 	cmd            string // the command being run
+	// waits is how long the last client made waits for an answer: the
+	// timeout, or through Tor at least the descriptor retries.
+	waits time.Duration
 }
 
 // run runs bento with args, without signal handling (tests).
@@ -299,7 +302,9 @@ func (c *cli) fail(err error, after string) int {
 	case errors.As(err, &ce):
 		hint := ""
 		if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "i/o timeout") {
-			hint = fmt.Sprintf(" (no answer in %s; a slow server or Tor may need a longer --timeout)", c.timeout)
+			// What the request waited: through Tor at least --tor-retry,
+			// which may be longer than --timeout.
+			hint = fmt.Sprintf(" (no answer in %s; a slow server or Tor may need a longer --timeout)", max(c.waits, c.timeout))
 		}
 		return c.errorf(exitConnect, nil, "%v%s", ce, hint)
 	case errors.As(err, &xe):

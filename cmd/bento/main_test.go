@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
+
+	"github.com/torbento/bento/client"
 	"io"
 	"slices"
 	"strings"
@@ -97,5 +100,25 @@ func TestGlobalTimeout(t *testing.T) {
 	}
 	if err := fs.Parse([]string{"--timeout", "2m"}); err != nil || c.timeout != 2*time.Minute {
 		t.Fatalf("with the command's own: %v, %v", c.timeout, err)
+	}
+}
+
+// TestTimeoutHintSaysTheWait: "no answer in …" names what the request
+// waited: through Tor at least --tor-retry and 30 s more, which may be
+// longer than --timeout (it said --timeout's 1m0s after a wait of 2m0s).
+func TestTimeoutHintSaysTheWait(t *testing.T) {
+	for _, c := range []struct {
+		socks string
+		want  string
+	}{
+		{"", "no answer in 1m0s;"},
+		{"127.0.0.1:9", "no answer in 2m0s;"},
+	} {
+		var errb bytes.Buffer
+		cl := &cli{ctx: context.Background(), stderr: &errb, timeout: time.Minute, transport: &transport{torSocks: c.socks, torRetry: 90 * time.Second}}
+		cl.client("127.0.0.1:1")
+		if code := cl.fail(&client.ConnError{Err: context.DeadlineExceeded}, ""); code != exitConnect || !strings.Contains(errb.String(), c.want) {
+			t.Errorf("through %q: exit %d, %q; want %q", c.socks, code, errb.String(), c.want)
+		}
 	}
 }
