@@ -239,6 +239,26 @@ func TestOperatorControl(t *testing.T) {
 	if b, _ := os.ReadFile(upOut); !strings.Contains(string(b), "shutdown_token") || strings.Contains(string(b), "uploading") {
 		t.Errorf("the tokens' file: %q", b)
 	}
+
+	// Deploy and invoke at a terminal: words, not JSON; a call that
+	// answers at once prints its answer, without the reattach hint (it
+	// comes only for a session still running after 2 s).
+	bentoBin := filepath.Join(testutil.Binaries(t), "bento")
+	termCmd := fmt.Sprintf("%s deploy --no-store %s %s; %s invoke %s %s get; echo term-done; sleep 60", bentoBin, d.Addr, fn("hello"), bentoBin, d.Addr, dep.InvocationToken)
+	if out, err := tm("new-session", "-d", "-s", "term", "-x", "200", "-y", "20", termCmd); err != nil {
+		t.Fatalf("tmux: %v %s", err, out)
+	}
+	if !waitFor(30*time.Second, func() bool { screen, _ = tm("capture-pane", "-p", "-t", "term"); return strings.Contains(screen, "term-done") }) {
+		t.Errorf("deploy and invoke at a terminal did not finish; screen:\n%s", screen)
+	}
+	for _, want := range []string{"deployed hello as instance i-", "\n  invocation token  bento-inv-", "\n  shutdown token    bento-sd-", "next: bento invoke " + d.Addr + " bento-inv-", "\nkept\n"} {
+		if !strings.Contains(screen, want) {
+			t.Errorf("the terminal lacks %q; screen:\n%s", want, screen)
+		}
+	}
+	if strings.Contains(screen, "reattach with") || strings.Contains(screen, `"shutdown_token"`) {
+		t.Errorf("a terminal got JSON, or a reattach hint for a call that answered at once; screen:\n%s", screen)
+	}
 	if r := bentoctl(t, sock, "drain"); r.Code != 0 {
 		t.Fatalf("bentoctl drain: %s", r)
 	}

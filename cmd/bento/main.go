@@ -473,12 +473,38 @@ func (c *cli) deploy(args []string) int {
 	if err != nil {
 		return c.fail(err, deployInterrupted)
 	}
-	// The tokens are JSON with or without --json: scripts read them.
-	out := map[string]any{"instance": d.Instance, "invocation_token": d.InvocationToken, "shutdown_token": d.ShutdownToken}
-	b, _ := json.MarshalIndent(out, "", "  ")
-	fmt.Fprintf(c.stdout, "%s\n", b)
-	c.remember(*skip, entryFor(serverAddr(args[0]), fn, d))
+	e := entryFor(serverAddr(args[0]), fn, d)
+	if c.terminal && !c.json {
+		// Someone reading: words. Into a pipe or a file (a script),
+		// the tokens are JSON with or without --json, as ever.
+		c.deployedText(args[0], e, *skip)
+	} else {
+		out := map[string]any{"instance": d.Instance, "invocation_token": d.InvocationToken, "shutdown_token": d.ShutdownToken}
+		b, _ := json.MarshalIndent(out, "", "  ")
+		fmt.Fprintf(c.stdout, "%s\n", b)
+	}
+	c.remember(*skip, e)
 	return exitOK
+}
+
+// deployedText tells someone at a terminal what deploy made: the
+// instance, its two tokens and what each is for, and what to do next.
+func (c *cli) deployedText(server string, e storeEntry, unstored bool) {
+	name := e.Function
+	if name == "" {
+		name = "the function"
+	}
+	fmt.Fprintf(c.stdout, "deployed %s as instance %s", clean(name), e.Instance)
+	if !e.EndsAt.IsZero() {
+		fmt.Fprintf(c.stdout, " (it ends in %s unless shut down before)", e.EndsAt.Sub(e.DeployedAt).Round(time.Second))
+	}
+	fmt.Fprintf(c.stdout, "\n  invocation token  %s\n    share it with whoever may call the function\n  shutdown token    %s\n    keep it to yourself: it ends the instance, updates its code and reads its log\n", e.InvocationToken, e.ShutdownToken)
+	ref := e.InvocationToken
+	if !unstored {
+		ref = "@" + e.Instance
+		fmt.Fprintf(c.stdout, "both are kept in bento's local store (bento ls); @%s stands for either\n", e.Instance)
+	}
+	fmt.Fprintf(c.stdout, "next: bento invoke %s %s [ARG...]\n", server, ref)
 }
 
 // parseArgs turns command-line words into function arguments.
@@ -556,6 +582,10 @@ func (c *cli) attach(args []string) int {
 	return c.stream(cl, s, *interactive, func(s *client.Session) string { return keepsRunning(cl, s) }, func(s *client.Session) string { return keepsRunning(cl, s) })
 }
 
+// reattachHintAfter is how long a session runs, with stderr a terminal,
+// before bento says how to reattach to it.
+const reattachHintAfter = 2 * time.Second
+
 // stream copies session output to stdout (and stdin to the session). The
 // session's id goes to stderr first, so that even a client killed outright
 // can be reattached. onInterrupt and onDisconnect say what becomes of the
@@ -564,7 +594,20 @@ func (c *cli) stream(cl *client.Client, s *client.Session, interactive bool, onI
 	s.OnNotice = func(n client.Notice) { fmt.Fprintf(c.stderr, "bento: notice from the box: %s\n", clean(n.Message)) }
 	defer s.Close()
 	if !c.json {
-		fmt.Fprintf(c.stderr, "bento: session %s started; reattach with: bento attach %s INVOCATION-TOKEN %s\n", s.ID, serverArg(cl), s.ID)
+		hint := func() {
+			fmt.Fprintf(c.stderr, "bento: session %s started; reattach with: bento attach %s INVOCATION-TOKEN %s\n", s.ID, serverArg(cl), s.ID)
+		}
+		if c.stderrTerminal {
+			// Someone watching: a call that answers at once needs no
+			// way back to it, one still running after a moment does
+			// (and an interrupt or a disconnect says it in any case).
+			t := time.AfterFunc(reattachHintAfter, hint)
+			defer t.Stop()
+		} else {
+			// A log or a script's: at once, so that even a client
+			// killed outright can be reattached.
+			hint()
+		}
 	}
 	if interactive {
 		go func() {
