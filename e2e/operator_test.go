@@ -248,7 +248,10 @@ func TestOperatorControl(t *testing.T) {
 	if out, err := tm("new-session", "-d", "-s", "term", "-x", "200", "-y", "20", termCmd); err != nil {
 		t.Fatalf("tmux: %v %s", err, out)
 	}
-	if !waitFor(30*time.Second, func() bool { screen, _ = tm("capture-pane", "-p", "-t", "term"); return strings.Contains(screen, "term-done") }) {
+	if !waitFor(30*time.Second, func() bool {
+		screen, _ = tm("capture-pane", "-p", "-t", "term")
+		return strings.Contains(screen, "term-done")
+	}) {
 		t.Errorf("deploy and invoke at a terminal did not finish; screen:\n%s", screen)
 	}
 	for _, want := range []string{"deployed hello as instance i-", "\n  invocation token  bento-inv-", "\n  shutdown token    bento-sd-", "next: bento invoke " + d.Addr + " bento-inv-", "\nkept\n"} {
