@@ -37,10 +37,6 @@ const Overhead = 12 + 16
 // nonces (2^32), beyond which a nonce could repeat.
 const MaxSeals = 1<<32 - 1
 
-// KeyHolder names where keys are held, as the policy's public view says
-// it to clients: in bentod's memory, with nothing attested.
-const KeyHolder = "bentod-memory"
-
 // Errors of sealing. Messages name no paths: they reach functions.
 var (
 	// ErrTampered is an item that does not open: changed, truncated,
