@@ -60,11 +60,13 @@ func TestProtectedFiles(t *testing.T) {
 		"function log":   "LOG-SECRET-51b0",
 		"code":           "CODE-SECRET-e6d4",
 		"manifest (api)": "MANIFEST-SECRET-2b8f",
+		"owner":          "203.0.113.77",
 	}
 	for _, protect := range []bool{false, true} {
 		t.Run(map[bool]string{false: "plain", true: "protected"}[protect], func(t *testing.T) {
 			s := testServer(t)
 			in, _, _ := testInstance(t, s)
+			in.owner = secrets["owner"]
 			var kr keyReader
 			if protect {
 				k, err := fsprotect.NewKeyFrom(&kr)

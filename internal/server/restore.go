@@ -70,7 +70,9 @@ func (in *Instance) saveRecord(text string, files map[string][]byte) error {
 		if r.Sealed, err = in.key.Seal(code, in.recordAD()); err != nil {
 			return err
 		}
-		r.Manifest, r.Files, r.Protected = "", nil, true
+		// Nor is its client's address kept in the clear: a protected
+		// instance is never restored, so nothing needs it after bentod.
+		r.Manifest, r.Files, r.Owner, r.Protected = "", nil, "", true
 	}
 	b, err := json.Marshal(r)
 	if err != nil {
