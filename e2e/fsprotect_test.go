@@ -55,7 +55,7 @@ func diskFiles(t *testing.T, dir string, b []byte) []string {
 // stores is nowhere on the operator's disk in the clear while it reads
 // back fine; a changed record is an error the function sees; after a
 // restart of bentod the data is gone and the client is told why, while an
-// unprotected Dropbox beside it comes back with its data. About 3 s
+// unprotected Dropbox beside it comes back with its data. About 3-4 s
 // (a restart of bentod is 1.5 of them), the binaries built once aside.
 func TestFSProtect(t *testing.T) {
 	d := startBentod(t, "AllowFSProtect 1\n")
@@ -66,6 +66,9 @@ func TestFSProtect(t *testing.T) {
 	}
 	if pub.FSProtect != policy.KeyHolderMemory {
 		t.Fatalf("the public policy's fs_protect is %q, want %q", pub.FSProtect, policy.KeyHolderMemory)
+	}
+	if r := bento(t, "", "policy", d.Addr); r.Code != 0 || !strings.Contains(r.Stdout, "fs protect   keys held in bentod's memory, nothing attested") {
+		t.Fatalf("bento policy does not show FS Protect: %s", r)
 	}
 	const secret, plainSecret = "FS-PROTECT-E2E-SECRET the quick brown fox", "UNPROTECTED-E2E-DATA jumps over"
 	deploy := func(dir string) *client.Deployed {
