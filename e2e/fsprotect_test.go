@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/torbento/bento/client"
 	"github.com/torbento/bento/internal/policy"
@@ -53,7 +56,7 @@ func diskFiles(t *testing.T, dir string, b []byte) []string {
 
 // TestFSProtect runs a protected Dropbox on a real bentod: what it
 // stores is nowhere on the operator's disk in the clear while it reads
-// back fine; a changed record is an error the function sees; after a
+// back fine, after its runner was killed too; a changed record is an error the function sees; after a
 // restart of bentod the data is gone and the client is told why, while an
 // unprotected Dropbox beside it comes back with its data. About 3-4 s
 // (a restart of bentod is 1.5 of them), the binaries built once aside.
@@ -111,6 +114,41 @@ func TestFSProtect(t *testing.T) {
 	protDir := filepath.Join(d.DataDir, "instances", prot.Instance)
 	if st, err := os.Stat(filepath.Join(protDir, "storage.log")); err != nil || st.Size() < int64(len(secret)) {
 		t.Fatalf("the protected storage file: %v %v (the test looks at the wrong place)", st, err)
+	}
+
+	// An update cannot take the protection away (nor give it).
+	unprot, err := client.LoadFunction(fn("dropbox"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Update(ctx(t), prot.ShutdownToken, unprot); !client.IsCode(err, client.CodeRefused) || !strings.Contains(err.Error(), "changes FS Protect, which an update cannot") {
+		t.Fatalf("an update dropping protect = true: %v", err)
+	}
+
+	// The runner dies (as by a limit): the key is bentod's, not the
+	// runner's, so the next runner reads the data back.
+	pidData, err := os.ReadFile(filepath.Join(d.DataDir, "bundles", prot.Instance, "pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(pidData)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// A call that reaches the dying runner ends with it; the next one
+	// waits for the new runner.
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		out, err := cl.Call(ctx(t), prot.InvocationToken, "get")
+		if err == nil && string(out) == secret {
+			break
+		}
+		if time.Now().After(deadline) || err != nil && !strings.Contains(err.Error(), "runner ended unexpectedly") {
+			t.Fatalf("get after the runner was killed: %q %v", out, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 
 	// A record changed on disk: the function's get fails, it never reads
