@@ -97,6 +97,36 @@ func TestFSProtect(t *testing.T) {
 			t.Fatalf("get: %q %v", out, err)
 		}
 	}
+	// Reattaching to the protected get's sealed session, from its start
+	// and from the record boundary after its data, as after a dropped
+	// connection.
+	sess, err := cl.Invoke(ctx(t), prot.InvocationToken, "get")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if data, exit, err := sess.Recv(); err != nil || exit != nil || string(data) != secret {
+		t.Fatalf("the get's first record: %q %v %v", data, exit, err)
+	}
+	mid := sess.Offset
+	sess.Close()
+	for _, c := range []struct {
+		off  int64
+		want string
+	}{{0, secret}, {mid, ""}} {
+		a, err := cl.Attach(ctx(t), prot.InvocationToken, sess.ID, c.off)
+		if err != nil {
+			t.Fatalf("attach at %d: %v", c.off, err)
+		}
+		out, exit, err := a.Collect()
+		a.Close()
+		if err != nil || exit == nil || string(out) != c.want {
+			t.Fatalf("attach at %d: %q %+v %v", c.off, out, exit, err)
+		}
+	}
+	if _, err := cl.Attach(ctx(t), prot.InvocationToken, sess.ID, mid-1); err == nil || !strings.Contains(err.Error(), "not a record boundary") {
+		t.Fatalf("attach inside a sealed record: %v", err)
+	}
+
 	// The stored value, and the get's output in the session log: in the
 	// clear for the unprotected one (the scan finds what is there), not
 	// for the protected one.
