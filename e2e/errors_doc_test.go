@@ -56,6 +56,28 @@ func TestErrorsTableServer(t *testing.T) {
 			}
 			return r
 		},
+		"protect-not-offered": func(t *testing.T) result {
+			return bento(t, "", "deploy", d.Addr, fnDir(t, "name = \"vault\"\nprotect = true\n", "def main():\n    return 1\n"))
+		},
+		"protected-instance-lost": func(t *testing.T) result {
+			// A bentod of its own, killed as a crash would (the clean
+			// stop is TestFSProtect's).
+			pd := startBentod(t, "AllowFSProtect 1\n")
+			f, err := client.LoadFunction(fnDir(t, "name = \"vault\"\nmode = \"service\"\nprotect = true\n", "def main():\n    return 1\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			dep, err := client.New(pd.Addr).Deploy(ctx(t), f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pd.kill()
+			pd.restart(t)
+			if exists(filepath.Join(pd.DataDir, "instances", dep.Instance)) {
+				t.Error("the protected instance's files stay after the restart")
+			}
+			return bento(t, "", "invoke", pd.Addr, dep.InvocationToken)
+		},
 		"function-error":   func(t *testing.T) result { return bento(t, "", "run", d.Addr, fn("runtimeerr")) },
 		"function-stopped": func(t *testing.T) result { return bento(t, "", "run", d.Addr, fn("sleeper")) },
 		"interrupted-run": func(t *testing.T) result {

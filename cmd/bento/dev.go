@@ -20,6 +20,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/torbento/bento/internal/exitpolicy"
+	"github.com/torbento/bento/internal/fsprotect"
 	"github.com/torbento/bento/internal/kvstore"
 	"github.com/torbento/bento/internal/manifest"
 	"github.com/torbento/bento/internal/netcheck"
@@ -102,8 +103,19 @@ func (c *cli) dev(args []string) int {
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		return c.errorf(exitUsage, nil, "--storage %s: another bento dev is using it (%v); one run at a time", sdir, err)
 	}
-	// The file bentod keeps an instance's storage in.
-	store, err := kvstore.Open(filepath.Join(sdir, "storage.log"), kvstore.Options{MaxBytes: m.Resources.Storage})
+	// The file bentod keeps an instance's storage in. A protected
+	// function's (FS Protect) is sealed with a key of this run only, as
+	// bentod's is of its own life: it starts empty every run, in a file of
+	// its own, so the data of unprotected runs stays.
+	opt, file := kvstore.Options{MaxBytes: m.Resources.Storage}, "storage.log"
+	if m.Protect {
+		k, err := fsprotect.NewKey()
+		if err != nil {
+			return c.errorf(exitUsage, nil, "an FS Protect key: %v", err)
+		}
+		opt.Seal, file = k, "storage.protected.log"
+	}
+	store, err := kvstore.Open(filepath.Join(sdir, file), opt)
 	if err != nil {
 		return c.errorf(exitUsage, nil, "--storage %s: %v", sdir, err)
 	}

@@ -240,3 +240,37 @@ func trunc(s string) string {
 	}
 	return s
 }
+
+// TestDevProtected: a protected function (FS Protect) under bento dev
+// needs a policy that offers it, reads back what it stored within a run,
+// starts empty at the next run (its key was the run's), and leaves the
+// unprotected store of --storage alone.
+func TestDevProtected(t *testing.T) {
+	code := "def main(op):\n    if op == \"put\":\n        storage.put(\"k\", \"DEV-PROTECTED-SECRET\")\n        return storage.get(\"k\")\n    return storage.get(\"k\")\n"
+	dir := devFn(t, "name = \"a\"\napis = [\"storage\"]\nprotect = true\n", code)
+	if _, stderr, code := devRun([]string{"dev", dir, "put"}, ""); code != exitRefused || !strings.Contains(stderr, "protect: asks true (FS Protect)") {
+		t.Fatalf("without AllowFSProtect: exit %d: %s", code, stderr)
+	}
+	rc := filepath.Join(t.TempDir(), "bentorc")
+	if err := os.WriteFile(rc, []byte("AllowFSProtect 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	store := t.TempDir()
+	plain := []byte("plain data of an unprotected run")
+	if err := os.WriteFile(filepath.Join(store, "storage.log"), plain, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if stdout, stderr, code := devRun([]string{"dev", "--policy", rc, "--storage", store, dir, "put"}, ""); code != 0 || stdout != "DEV-PROTECTED-SECRET" {
+		t.Fatalf("put and get in one run: exit %d, %q %s", code, stdout, stderr)
+	}
+	b, err := os.ReadFile(filepath.Join(store, "storage.protected.log"))
+	if err != nil || len(b) == 0 || bytes.Contains(b, []byte("DEV-PROTECTED-SECRET")) {
+		t.Errorf("the protected store: %d bytes, %v, plaintext in it: %v", len(b), err, bytes.Contains(b, []byte("DEV-PROTECTED-SECRET")))
+	}
+	if stdout, stderr, code := devRun([]string{"dev", "--policy", rc, "--storage", store, dir, "get"}, ""); code != 0 || stdout != "" {
+		t.Errorf("the next run: exit %d, %q %s (want nothing: the key was the last run's)", code, stdout, stderr)
+	}
+	if b, _ := os.ReadFile(filepath.Join(store, "storage.log")); !bytes.Equal(b, plain) {
+		t.Errorf("the unprotected store changed: %q", b)
+	}
+}

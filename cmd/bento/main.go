@@ -63,6 +63,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/torbento/bento/client"
+	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/server"
 )
@@ -803,6 +804,13 @@ func printPolicy(w io.Writer, p *client.Policy) {
 	fmt.Fprintf(w, "per function memory %s, cpu %g cores, cpu time %s, processes %d, storage %s, output %s, lifetime %s, steps %d, upload %s\n",
 		size(m.Memory), m.CPU, m.CPUTime, m.Processes, size(m.Storage), size(m.Output), m.Lifetime, m.Steps, size(m.Upload))
 	fmt.Fprintf(w, "free now     memory %s, cpu %.2f cores, %d instances\n", size(p.Free.Memory), p.Free.CPU, p.Free.Instances)
+	if p.FSProtect != "" {
+		how := "keys held in " + clean(p.FSProtect)
+		if p.FSProtect == policy.KeyHolderMemory {
+			how = "keys held in bentod's memory, nothing attested: protects stored data from whoever reads the disk later, not from the operator"
+		}
+		fmt.Fprintf(w, "fs protect   %s\n", how)
+	}
 	if p.Box != nil && p.Box.EndsAt != nil {
 		drain := "?"
 		if p.Box.DrainAt != nil {

@@ -16,10 +16,23 @@
 // key costs its length, its value's length and Overhead (the record header
 // and the index entry), so many tiny keys cannot hold more of the disk or of
 // bentod's memory than the limit says, and MaxKeys bounds the index.
+//
+// A sealed store (Options.Seal, FS Protect) writes no key and no value in
+// the clear. Each put is one record
+//
+//	u32 length of the sealed value | sealed value (nonce, ciphertext, tag)
+//
+// whose associated data binds it to the file (a random id, new at each
+// compaction), its offset and its key, so that a record moved, swapped
+// with another key's or copied from another file fails to open. Keys live
+// only in the index in memory, and deletes write nothing: a sealed store
+// is never read back from disk after it is closed (its key is gone), so
+// Open starts it empty.
 package kvstore
 
 import (
 	"bufio"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -29,6 +42,8 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+
+	"github.com/torbento/bento/internal/fsprotect"
 )
 
 // Overhead is charged for every key on top of its key and value bytes: the
@@ -63,6 +78,9 @@ type Options struct {
 	MaxBytes int64 // charged bytes: keys, values and Overhead per key
 	MaxKeys  int   // keys at once (0: MaxBytes/Overhead)
 	Sync     bool  // fdatasync after every change (power-loss durability)
+	// Seal, when set, seals every value (FS Protect): the store starts
+	// empty and nothing in its file is readable without the key.
+	Seal fsprotect.Sealer
 }
 
 // Store is one instance's key/value data.
@@ -77,14 +95,26 @@ type Store struct {
 	charged int64 // what the live keys are charged
 	index   map[string]entry
 	closed  bool
+	fileID  []byte // a sealed store's file, in its records' associated data
 }
 
 type entry struct {
-	off  int64 // of the value
+	off  int64 // of the value (of the record, when sealed)
 	vlen uint32
 }
 
 func recordLen(klen, vlen int) int64 { return int64(hdrLen + klen + vlen) }
+
+// sealedHdr is a sealed record's header: the sealed value's length.
+const sealedHdr = 4
+
+// recLen is the length in the file of a record of key and value lengths.
+func (s *Store) recLen(klen, vlen int) int64 {
+	if s.opt.Seal != nil {
+		return int64(sealedHdr + vlen + fsprotect.Overhead)
+	}
+	return recordLen(klen, vlen)
+}
 
 func charge(klen, vlen int) int64 { return int64(klen+vlen) + Overhead }
 
@@ -96,11 +126,20 @@ func Open(path string, opt Options) (*Store, error) {
 		opt.MaxKeys = int(max(1, opt.MaxBytes/Overhead))
 	}
 	_ = os.Remove(path + ".tmp")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	flag := os.O_CREATE | os.O_RDWR
+	if opt.Seal != nil {
+		// What an earlier key sealed can never be read: it goes.
+		flag |= os.O_TRUNC
+	}
+	f, err := os.OpenFile(path, flag, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	s := &Store{path: path, opt: opt, f: f, index: map[string]entry{}}
+	if opt.Seal != nil {
+		s.fileID = newFileID()
+		return s, nil
+	}
 	if err := s.load(); err != nil {
 		f.Close()
 		return nil, err
@@ -154,10 +193,52 @@ func (s *Store) load() error {
 	return nil
 }
 
+// newFileID returns a random id for a sealed file.
+func newFileID() []byte {
+	id := make([]byte, 16)
+	_, _ = rand.Read(id)
+	return id
+}
+
+// sealAD is the associated data of a sealed record: the file, the
+// record's offset in it, and its key.
+func sealAD(fileID []byte, off int64, key string) []byte {
+	return fsprotect.AD([]byte("bento kvstore v1"), fileID, fsprotect.U64(off), []byte(key))
+}
+
+// sealedRecord returns the record of key and value sealed for offset off
+// of the file fileID.
+func (s *Store) sealedRecord(fileID []byte, off int64, key string, value []byte) ([]byte, error) {
+	sealed, err := s.opt.Seal.Seal(value, sealAD(fileID, off, key))
+	if err != nil {
+		return nil, err
+	}
+	rec := make([]byte, sealedHdr, sealedHdr+len(sealed))
+	binary.BigEndian.PutUint32(rec, uint32(len(sealed)))
+	return append(rec, sealed...), nil
+}
+
+// openSealed reads and opens key's sealed record e from r: what the
+// index says must be what the file holds, and the record must open with
+// key at its place in the file, or it was tampered with.
+func (s *Store) openSealed(r io.ReaderAt, fileID []byte, key string, e entry) ([]byte, error) {
+	rec := make([]byte, s.recLen(len(key), int(e.vlen)))
+	if _, err := r.ReadAt(rec, e.off); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fsprotect.ErrTampered // cut short on disk
+		}
+		return nil, err
+	}
+	if int(binary.BigEndian.Uint32(rec)) != len(rec)-sealedHdr {
+		return nil, fsprotect.ErrTampered
+	}
+	return s.opt.Seal.Open(rec[sealedHdr:], sealAD(fileID, e.off, key))
+}
+
 // drop forgets key's live record, if any.
 func (s *Store) drop(key string) {
 	if e, ok := s.index[key]; ok {
-		s.live -= recordLen(len(key), int(e.vlen))
+		s.live -= s.recLen(len(key), int(e.vlen))
 		s.charged -= charge(len(key), int(e.vlen))
 		delete(s.index, key)
 	}
@@ -224,12 +305,17 @@ func (s *Store) Put(key string, value []byte) error {
 	if after > s.opt.MaxBytes {
 		return ErrFull
 	}
-	if err := s.append(opPut, key, value); err != nil {
+	start, err := s.append(opPut, key, value)
+	if err != nil {
 		return err
 	}
 	s.drop(key)
-	s.index[key] = entry{off: s.size - int64(len(value)), vlen: uint32(len(value))}
-	s.live += recordLen(len(key), len(value))
+	off := start + hdrLen + int64(len(key))
+	if s.opt.Seal != nil {
+		off = start
+	}
+	s.index[key] = entry{off: off, vlen: uint32(len(value))}
+	s.live += s.recLen(len(key), len(value))
 	s.charged += charge(len(key), len(value))
 	// The value is stored: a compaction that fails now is tried again at
 	// the next change (the file stays valid either way).
@@ -250,35 +336,54 @@ func (s *Store) Delete(key string) error {
 	if _, ok := s.index[key]; !ok {
 		return nil
 	}
-	if err := s.append(opDelete, key, nil); err != nil {
-		return err
+	// A sealed store is never read back: its deletes need no record.
+	if s.opt.Seal == nil {
+		if _, err := s.append(opDelete, key, nil); err != nil {
+			return err
+		}
 	}
 	s.drop(key)
 	_ = s.maybeCompact()
 	return nil
 }
 
-// append writes one record at the end of the file.
-func (s *Store) append(op byte, key string, value []byte) error {
+// append writes one record at the end of the file and returns where it
+// starts.
+func (s *Store) append(op byte, key string, value []byte) (int64, error) {
+	var rec []byte
+	if s.opt.Seal != nil {
+		var err error
+		if rec, err = s.sealedRecord(s.fileID, s.size, key, value); err != nil {
+			return 0, err
+		}
+	} else {
+		rec = plainRecord(op, key, value)
+	}
+	if _, err := s.f.WriteAt(rec, s.size); err != nil {
+		// Whatever part reached the file fails its checksum at the next
+		// open; cut it now so later records follow a whole one.
+		_ = s.f.Truncate(s.size)
+		return 0, err
+	}
+	if s.opt.Sync {
+		if err := s.f.Sync(); err != nil {
+			return 0, err
+		}
+	}
+	start := s.size
+	s.size += int64(len(rec))
+	return start, nil
+}
+
+// plainRecord returns the record of an unsealed store.
+func plainRecord(op byte, key string, value []byte) []byte {
 	rec := make([]byte, hdrLen, recordLen(len(key), len(value)))
 	rec[4] = op
 	binary.BigEndian.PutUint16(rec[5:], uint16(len(key)))
 	binary.BigEndian.PutUint32(rec[7:], uint32(len(value)))
 	rec = append(append(rec, key...), value...)
 	binary.BigEndian.PutUint32(rec[:4], crc32.Checksum(rec[4:], table))
-	if _, err := s.f.WriteAt(rec, s.size); err != nil {
-		// Whatever part reached the file fails its checksum at the next
-		// open; cut it now so later records follow a whole one.
-		_ = s.f.Truncate(s.size)
-		return err
-	}
-	if s.opt.Sync {
-		if err := s.f.Sync(); err != nil {
-			return err
-		}
-	}
-	s.size += int64(len(rec))
-	return nil
+	return rec
 }
 
 // maybeCompact rewrites the file when dead records outweigh live ones.
@@ -308,22 +413,33 @@ func (s *Store) compact() error {
 	w := bufio.NewWriterSize(nf, 64<<10)
 	index := make(map[string]entry, len(s.index))
 	var off int64
+	var fileID []byte
+	if s.opt.Seal != nil {
+		fileID = newFileID() // records of the old file cannot be copied in
+	}
 	for _, k := range keys {
 		e := s.index[k]
-		v := make([]byte, e.vlen)
-		if _, err := s.f.ReadAt(v, e.off); err != nil {
-			return fail(err)
+		var rec []byte
+		if s.opt.Seal != nil {
+			v, err := s.openSealed(s.f, s.fileID, k, e)
+			if err != nil {
+				return fail(err)
+			}
+			if rec, err = s.sealedRecord(fileID, off, k, v); err != nil {
+				return fail(err)
+			}
+			index[k] = entry{off: off, vlen: e.vlen}
+		} else {
+			v := make([]byte, e.vlen)
+			if _, err := s.f.ReadAt(v, e.off); err != nil {
+				return fail(err)
+			}
+			rec = plainRecord(opPut, k, v)
+			index[k] = entry{off: off + hdrLen + int64(len(k)), vlen: e.vlen}
 		}
-		rec := make([]byte, hdrLen, recordLen(len(k), len(v)))
-		rec[4] = opPut
-		binary.BigEndian.PutUint16(rec[5:], uint16(len(k)))
-		binary.BigEndian.PutUint32(rec[7:], uint32(len(v)))
-		rec = append(append(rec, k...), v...)
-		binary.BigEndian.PutUint32(rec[:4], crc32.Checksum(rec[4:], table))
 		if _, err := w.Write(rec); err != nil {
 			return fail(err)
 		}
-		index[k] = entry{off: off + hdrLen + int64(len(k)), vlen: e.vlen}
 		off += int64(len(rec))
 	}
 	if err := w.Flush(); err != nil {
@@ -340,7 +456,7 @@ func (s *Store) compact() error {
 		d.Close()
 	}
 	s.f.Close()
-	s.f, s.index, s.size, s.live = nf, index, off, off
+	s.f, s.index, s.size, s.live, s.fileID = nf, index, off, off, fileID
 	return nil
 }
 
@@ -357,6 +473,13 @@ func (s *Store) Get(key string) ([]byte, bool, error) {
 	e, ok := s.index[key]
 	if !ok {
 		return nil, false, nil
+	}
+	if s.opt.Seal != nil {
+		v, err := s.openSealed(s.f, s.fileID, key, e)
+		if err != nil {
+			return nil, false, err
+		}
+		return v, true, nil
 	}
 	v := make([]byte, e.vlen)
 	if _, err := s.f.ReadAt(v, e.off); err != nil {

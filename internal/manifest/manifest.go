@@ -50,8 +50,12 @@ type Manifest struct {
 	Resources    policy.Limits `json:"resources"`
 	// MinLifetime, when set, lets a box that ends sooner than
 	// Resources.Lifetime shorten the instance's life down to this.
-	MinLifetime time.Duration      `json:"min_lifetime_ns,omitempty"`
-	Dest        *exitpolicy.Policy `json:"-"`
+	MinLifetime time.Duration `json:"min_lifetime_ns,omitempty"`
+	// Protect asks for FS Protect: what the instance leaves on the
+	// operator's disk (stored data, output, code) is sealed with a key
+	// held only in bentod's memory, and is lost with it at a restart.
+	Protect bool               `json:"protect,omitempty"`
+	Dest    *exitpolicy.Policy `json:"-"`
 }
 
 // file is the TOML shape of bento.toml.
@@ -63,6 +67,7 @@ type file struct {
 	Mode         string        `toml:"mode"`
 	APIs         []string      `toml:"apis"`
 	Destinations []string      `toml:"destinations"`
+	Protect      bool          `toml:"protect"`
 	Resources    resourcesFile `toml:"resources"`
 }
 
@@ -236,7 +241,7 @@ func parse(data []byte) (*Manifest, []*Error) {
 	}
 	m := &Manifest{
 		Name: f.Name, Image: f.Image, Entry: f.Entry, Function: f.Function, Mode: f.Mode,
-		APIs: f.APIs, Destinations: f.Destinations,
+		APIs: f.APIs, Destinations: f.Destinations, Protect: f.Protect,
 	}
 	r := &m.Resources
 	r.CPU, r.Processes, r.Steps = f.Resources.CPU, f.Resources.Processes, f.Resources.Steps
@@ -470,6 +475,9 @@ func Check(m *Manifest, p *policy.Policy) []Violation {
 	var out []Violation
 	if !p.HasImage(m.Image) {
 		out = append(out, Violation{"image", m.Image, "one of " + strings.Join(p.Images, ", ")})
+	}
+	if m.Protect && !p.FSProtect {
+		out = append(out, Violation{"protect", "true (FS Protect)", "no FS Protect on this node (its operator has not set AllowFSProtect 1): deploy without protect = true, or to a node whose policy shows fs_protect"})
 	}
 	for _, a := range m.APIs {
 		if !p.APIs[a] {

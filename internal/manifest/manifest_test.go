@@ -282,3 +282,50 @@ func FuzzLocate(f *testing.F) {
 		}
 	})
 }
+
+func TestProtect(t *testing.T) {
+	tests := []struct {
+		name, manifest, bentorc string
+		protect                 bool
+		violation               string // "" for none
+	}{
+		{"not asked", "name = \"a\"\n", "", false, ""},
+		{"asked, not offered", "name = \"a\"\nprotect = true\n", "", true, "protect: asks true (FS Protect), policy allows no FS Protect on this node (its operator has not set AllowFSProtect 1)"},
+		{"asked, offered", "name = \"a\"\nprotect = true\n", "AllowFSProtect 1\n", true, ""},
+		{"not asked, offered", "name = \"a\"\nprotect = false\n", "AllowFSProtect 1\n", false, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := policy.Parse("rc", []byte(tc.bentorc))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := Parse([]byte(tc.manifest))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Protect != tc.protect {
+				t.Errorf("Protect = %v, want %v", m.Protect, tc.protect)
+			}
+			m.Resolve(p)
+			var got string
+			for _, v := range Check(m, p) {
+				got += v.String()
+			}
+			if tc.violation == "" && got != "" || !strings.HasPrefix(got, tc.violation) {
+				t.Errorf("violations %q, want %q", got, tc.violation)
+			}
+			// The client checks against the public view as bentod does.
+			q, err := policy.FromPublic(p.PublicView())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (len(Check(m, q)) == 0) != (tc.violation == "") {
+				t.Errorf("the public view decides otherwise: %v", Check(m, q))
+			}
+		})
+	}
+	if _, err := Parse([]byte("name = \"a\"\nprotect = \"yes\"\n")); err == nil {
+		t.Error("protect = \"yes\" parsed")
+	}
+}

@@ -144,6 +144,8 @@ var Options = []*Option{
 			return one("none")
 		}},
 	{Name: "Image", Type: "IMAGE,IMAGE...", Help: "the images functions may run in", Live: true, get: func(p *Policy) []string { return one(strings.Join(p.Images, ", ")) }},
+	{Name: "AllowFSProtect", Type: "Boolean", Help: "functions may ask for FS Protect (protect = true): what they leave on disk sealed with a key held only in bentod's memory, unrecoverable after a restart", Live: true,
+		get: boolOpt(func(p *Policy) bool { return p.FSProtect })},
 	{Name: "DestinationPolicy", Type: "POLICY,POLICY...", Help: "where functions may connect, in tor's exit-policy syntax (none: nowhere)", Live: true,
 		get: func(p *Policy) []string {
 			if p.Destinations == nil || len(p.Destinations.Items) == 0 {

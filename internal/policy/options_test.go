@@ -109,6 +109,7 @@ ConnectRatePerAddress 2.5
 BoxEndsAt 2030-01-02T03:04:05.5Z
 TorControlPassword two words
 Nickname box1
+AllowFSProtect 1
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -119,7 +120,7 @@ Nickname box1
 	}
 	short := Dump(busy, false)
 	for _, want := range []string{"PolicyAddress 0\n", "Log info-warn file /var/log/bento/a.log\nLog err syslog\nLog notice journald\n",
-		"MetricsPortPolicy accept 127.0.0.1, accept 10.0.0.0/8, reject *\n", "HeartbeatPeriod 90 seconds\n", "BoxEndsAt 2030-01-02T03:04:05.5Z\n"} {
+		"MetricsPortPolicy accept 127.0.0.1, accept 10.0.0.0/8, reject *\n", "HeartbeatPeriod 90 seconds\n", "BoxEndsAt 2030-01-02T03:04:05.5Z\n", "AllowFSProtect 1\n"} {
 		if !strings.Contains(short, want) {
 			t.Errorf("short dump lacks %q:\n%s", want, short)
 		}

@@ -287,6 +287,15 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			default:
 				err = fail("OnionService takes 0 or 1")
 			}
+		case "allowfsprotect":
+			switch l.value {
+			case "1":
+				p.FSProtect = true
+			case "0":
+				p.FSProtect = false
+			default:
+				err = fail("AllowFSProtect takes 0 or 1")
+			}
 		case "restoreinstances":
 			switch l.value {
 			case "1":

@@ -82,8 +82,11 @@ type Policy struct {
 	Box Box
 
 	// Middlebox node policy.
-	APIs         map[string]bool
-	Images       []string
+	APIs   map[string]bool
+	Images []string
+	// FSProtect (AllowFSProtect): a function may ask for FS Protect, its
+	// stored data and output sealed with a key held only in memory.
+	FSProtect    bool
 	Max          Limits // per-function ceilings
 	Aggregate    Aggregate
 	Destinations *exitpolicy.Policy
@@ -134,6 +137,10 @@ type Box struct {
 	// relay's ContactInfo and a statement signed with the onion key.
 	Announce bool
 }
+
+// KeyHolderMemory is the public policy's fs_protect when FS Protect's
+// keys are held in bentod's memory, with no TEE and nothing attested.
+const KeyHolderMemory = "bentod-memory"
 
 // DefaultDrain is the drain period when bentorc gives none.
 const DefaultDrain = 10 * time.Minute
@@ -253,10 +260,13 @@ func (p *Policy) HasImage(name string) bool {
 // Public is the policy as served to clients: what a function may ask for.
 // It holds no paths, addresses or other daemon settings.
 type Public struct {
-	Version      int      `json:"version"`
-	Nickname     string   `json:"nickname,omitempty"`
-	APIs         []string `json:"apis"`
-	Images       []string `json:"images"`
+	Version  int      `json:"version"`
+	Nickname string   `json:"nickname,omitempty"`
+	APIs     []string `json:"apis"`
+	Images   []string `json:"images"`
+	// FSProtect is set when functions may ask for FS Protect: it names
+	// where the key is held (KeyHolderMemory, nothing attested). A TEE would name itself here and give its attestation.
+	FSProtect    string   `json:"fs_protect,omitempty"`
 	Max          Limits   `json:"max"`
 	Destinations []string `json:"destinations"` // tor exit-policy items; deny when none match
 	Free         struct {
@@ -287,6 +297,9 @@ func (p *Policy) PublicView() *Public {
 		Max:          p.Max,
 		Destinations: append([]string{}, p.Destinations.Items...),
 	}
+	if p.FSProtect {
+		pub.FSProtect = KeyHolderMemory
+	}
 	if pub.APIs == nil {
 		pub.APIs = []string{}
 	}
@@ -296,7 +309,7 @@ func (p *Policy) PublicView() *Public {
 // FromPublic rebuilds the checkable part of a policy from its public form,
 // so a client can check a manifest before uploading it.
 func FromPublic(pub *Public) (*Policy, error) {
-	p := &Policy{APIs: map[string]bool{}, Images: pub.Images, Max: pub.Max, Nickname: pub.Nickname}
+	p := &Policy{APIs: map[string]bool{}, Images: pub.Images, Max: pub.Max, Nickname: pub.Nickname, FSProtect: pub.FSProtect != ""}
 	for _, a := range pub.APIs {
 		p.APIs[a] = true
 	}

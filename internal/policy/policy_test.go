@@ -93,6 +93,7 @@ func TestParseErrors(t *testing.T) {
 		"Image python":                "not built in",
 		"MaxCPU -1":                   "number of cores",
 		"SafeLogging yes":             "0 or 1",
+		"AllowFSProtect yes":          "AllowFSProtect takes 0 or 1",
 	}
 	for in, want := range tests {
 		_, err := Parse("empty", []byte(in))
@@ -253,4 +254,22 @@ func TestParseLinear(t *testing.T) {
 		"bad numbers": func(n int) []byte { return []byte(strings.Repeat("TotalCPU 1e999999\n", n)) },
 		"garbage":     func(n int) []byte { return []byte(strings.Repeat("\x00\xff\"#", n)) },
 	}, func(b []byte) error { _, err := Parse("bentorc", b); return err })
+}
+
+func TestFSProtectPublic(t *testing.T) {
+	for _, tc := range []struct {
+		rc   string
+		want string
+	}{{"", ""}, {"AllowFSProtect 0", ""}, {"AllowFSProtect 1", KeyHolderMemory}} {
+		p, err := Parse("rc", []byte(tc.rc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.PublicView().FSProtect; got != tc.want {
+			t.Errorf("%q: public fs_protect %q, want %q", tc.rc, got, tc.want)
+		}
+		if q, _ := FromPublic(p.PublicView()); q.FSProtect != p.FSProtect {
+			t.Errorf("%q: FromPublic gives FSProtect %v", tc.rc, q.FSProtect)
+		}
+	}
 }

@@ -245,7 +245,7 @@ func (in *Instance) noticeSessions(n proto.Notice) {
 
 func (in *Instance) noticeSession(ss *session, n proto.Notice) {
 	b, _ := json.Marshal(n)
-	cost := int64(len(b)) + recordCharge
+	cost := ss.out.charge(len(b))
 	in.mu.Lock()
 	if in.outputHeld+cost > in.mf().Resources.Output {
 		in.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/torbento/bento/internal/fsprotect"
 	"github.com/torbento/bento/internal/manifest"
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/safelog"
@@ -75,6 +76,15 @@ func (s *Server) deploy(d proto.Deploy, body []byte, o origin, log *slog.Logger)
 		_ = os.RemoveAll(in.dir)
 		s.unadmit(adm)
 		return nil, pe
+	}
+	if m.Protect {
+		// FS Protect: made here, held by the instance, written nowhere.
+		k, err := fsprotect.NewKey()
+		if err != nil {
+			log.Warn("making an FS Protect key", "err", err)
+			return fail(internalError("could not make the instance's FS Protect key"))
+		}
+		in.key = k
 	}
 	if err := os.MkdirAll(in.dir, 0o700); err != nil {
 		log.Warn("creating the instance's directory", "err", err)

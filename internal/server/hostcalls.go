@@ -18,6 +18,7 @@ import (
 
 	"github.com/torbento/bento/client"
 	"github.com/torbento/bento/internal/exitpolicy"
+	"github.com/torbento/bento/internal/fsprotect"
 	"github.com/torbento/bento/internal/kvstore"
 	"github.com/torbento/bento/internal/netcheck"
 	"github.com/torbento/bento/internal/policy"
@@ -205,6 +206,10 @@ func (h *hostCall) storage(name string) (any, []byte, error) {
 			return nil, nil, fmt.Errorf("storage: %w", err)
 		}
 		b, ok, err := in.store.Get(a.Key)
+		if errors.Is(err, fsprotect.ErrTampered) {
+			in.log.Warn("storage: a sealed record failed its integrity check", "instance", in.id)
+			return nil, nil, fmt.Errorf("storage: %w", err)
+		}
 		if err != nil {
 			return nil, nil, internal(err)
 		}

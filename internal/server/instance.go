@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/torbento/bento/internal/budget"
+	"github.com/torbento/bento/internal/fsprotect"
 	"github.com/torbento/bento/internal/kvstore"
 	"github.com/torbento/bento/internal/manifest"
 	"github.com/torbento/bento/internal/policy"
@@ -52,6 +53,7 @@ type Instance struct {
 	root       string    // composition group
 	depth      int       // composition depth
 	adm        *admission
+	key        *fsprotect.Key // FS Protect's key (nil: not protected); in memory only
 	store      *kvstore.Store
 	budget     chain        // host-call data in flight: the instance's, its client's, the daemon's
 	budgetDone func()       // gives the client's budget back
@@ -62,6 +64,7 @@ type Instance struct {
 	logCur     int64         // where function.log starts in that count
 	logOld     int64         // where function.log.1 starts
 	logWake    chan struct{} // closed (and replaced) when a line is written
+	logMem     [2][]byte     // a protected instance's log, never on disk: function.log and .1
 	logReaders int           // clients reading the log (under mu)
 	mu         sync.Mutex
 	rt         *runtime      // the running container; nil while (re)starting
@@ -195,9 +198,17 @@ func (in *Instance) mf() *manifest.Manifest { return in.man.Load() }
 
 func (in *Instance) storagePath() string { return filepath.Join(in.dir, "storage.log") }
 
+// sealer is what seals the instance's files (FS Protect), or nil.
+func (in *Instance) sealer() fsprotect.Sealer {
+	if in.key == nil {
+		return nil // not a typed nil in the interface
+	}
+	return in.key
+}
+
 // openStore opens the instance's stored data.
 func (in *Instance) openStore() error {
-	st, err := kvstore.Open(in.storagePath(), kvstore.Options{MaxBytes: in.mf().Resources.Storage})
+	st, err := kvstore.Open(in.storagePath(), kvstore.Options{MaxBytes: in.mf().Resources.Storage, Seal: in.sealer()})
 	if err != nil {
 		return err
 	}
@@ -731,6 +742,11 @@ func (in *Instance) teardown(reason string) {
 		// that would come back without its data.
 		_ = os.Remove(filepath.Join(in.dir, recordFile))
 		_ = os.Remove(in.storagePath())
+	} else if in.key != nil {
+		// FS Protect: the key goes with this bentod, so the sealed data
+		// could never be read again. The record stays, so that the next
+		// start tells the instance's clients what happened.
+		_ = os.Remove(in.storagePath())
 	}
 	// The function's log stays readable (bento logs) until the instance
 	// is forgotten, as its sessions' output does.
@@ -750,7 +766,7 @@ func (in *Instance) teardown(reason string) {
 func (in *Instance) appendExit(s *session, exit proto.Exit) {
 	exit.Error.Truncate()
 	b, _ := json.Marshal(exit)
-	cost := int64(len(b)) + recordCharge
+	cost := s.out.charge(len(b))
 	if _, err := s.out.append(recExit, b); err == nil {
 		in.mu.Lock()
 		in.outputHeld += cost
@@ -820,7 +836,7 @@ func (in *Instance) newSession(args json.RawMessage) (*session, error) {
 	rt := in.rt
 	s := &session{id: newID("s-", 16), rt: rt, input: make(chan *wire.Frame, 2), eof: make(chan struct{}), fin: make(chan struct{}),
 		cpuStart: rt.c.Stats().CPU, held: sessionCharge}
-	out, err := newOutLog(filepath.Join(in.dir, "sessions", s.id))
+	out, err := newOutLog(filepath.Join(in.dir, "sessions", s.id), s.id, in.sealer())
 	if err != nil {
 		in.log.Warn("creating a session log", "instance", in.id, "err", err)
 		return nil, &proto.Error{Code: proto.CodeInternal, Message: "could not create the session (bentod's disk?); retry later"}
@@ -922,7 +938,7 @@ var errOutputLimit = errors.New("output limit exceeded")
 // running ones fill it, the invocation's output stops there and its
 // session ends with the reason.
 func (in *Instance) output(s *session, data []byte) error {
-	cost := int64(len(data)) + recordCharge
+	cost := s.out.charge(len(data))
 	limit := in.mf().Resources.Output
 	in.mu.Lock()
 	if in.outputHeld+cost > limit {
@@ -963,6 +979,9 @@ func (in *Instance) appendLog(msg string) error {
 	line := time.Now().UTC().Format(time.RFC3339) + " " + msg + "\n"
 	cost := int64(len(line))
 	path := filepath.Join(in.dir, "function.log")
+	// A protected instance's log stays in memory (at most logKept bytes,
+	// charged as the files are), never on the operator's disk.
+	mem := in.key != nil
 	// File work under the log's own lock, never the instance's.
 	in.logMu.Lock()
 	defer in.logMu.Unlock()
@@ -972,10 +991,15 @@ func (in *Instance) appendLog(msg string) error {
 	if rotate {
 		// The older half goes.
 		var gone int64
-		if st, err := os.Stat(path + ".1"); err == nil {
-			gone = st.Size()
+		if mem {
+			gone = int64(len(in.logMem[1]))
+			in.logMem[1], in.logMem[0] = in.logMem[0], nil
+		} else {
+			if st, err := os.Stat(path + ".1"); err == nil {
+				gone = st.Size()
+			}
+			_ = os.Rename(path, path+".1")
 		}
-		_ = os.Rename(path, path+".1")
 		in.logOld, in.logCur = in.logCur, in.logEnd
 		in.mu.Lock()
 		in.logHeld -= gone
@@ -993,6 +1017,13 @@ func (in *Instance) appendLog(msg string) error {
 	in.logHeld += cost
 	in.outputHeld += cost
 	in.mu.Unlock()
+	if mem {
+		in.logMem[0] = append(in.logMem[0], line...)
+		in.logEnd += int64(len(line))
+		in.wakeLogReadersLocked()
+		in.log.Debug("function log", "instance", in.id, "len", len(msg))
+		return nil
+	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err == nil {
 		var n int

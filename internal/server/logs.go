@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -65,9 +66,17 @@ func (in *Instance) readLog(pos int64, n int) (data []byte, next, skipped int64,
 		}
 		return nil, pos, skipped, in.logWake, nil
 	}
-	name, start, end := "function.log", in.logCur, in.logEnd
+	name, start, end, mem := "function.log", in.logCur, in.logEnd, in.logMem[0]
 	if pos < in.logCur {
-		name, start, end = "function.log.1", in.logOld, in.logCur
+		name, start, end, mem = "function.log.1", in.logOld, in.logCur, in.logMem[1]
+	}
+	if in.key != nil { // in memory (FS Protect)
+		from := min(pos-start, int64(len(mem)))
+		to := min(from+int64(n), int64(len(mem)))
+		if from == to {
+			return nil, end, skipped, nil, nil
+		}
+		return bytes.Clone(mem[from:to]), pos + (to - from), skipped, nil, nil
 	}
 	f, err := os.Open(filepath.Join(in.dir, name))
 	if err != nil {

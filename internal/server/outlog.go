@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"sync"
+
+	"github.com/torbento/bento/internal/fsprotect"
 )
 
 // An output log is a session's output, buffered on disk so that a client
@@ -24,6 +26,12 @@ import (
 // first record boundary at or after every markStep bytes, so that checking
 // a client's offset reads at most markStep bytes of headers whatever the
 // log's size.
+//
+// The log of a protected instance (FS Protect) holds each record's data
+// sealed (nonce, ciphertext, tag; the length is the sealed length), bound
+// to the log, the record's offset and its kind: offsets stay record
+// boundaries in the file, and a record changed, moved or copied from
+// another log fails to open.
 const (
 	recData   = 1
 	recExit   = 2
@@ -40,6 +48,8 @@ const (
 
 type outLog struct {
 	path string
+	seal fsprotect.Sealer // nil: the data is in the clear
+	id   string           // the session's id, in sealed records' associated data
 
 	mu        sync.Mutex
 	size      int64
@@ -50,13 +60,29 @@ type outLog struct {
 	notify    chan struct{}
 }
 
-func newOutLog(path string) (*outLog, error) {
+// newOutLog creates the log of session id at path; with seal, its
+// records' data is sealed.
+func newOutLog(path, id string, seal fsprotect.Sealer) (*outLog, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	f.Close()
-	return &outLog{path: path, exitAt: -1, marks: []int64{0}, notify: make(chan struct{})}, nil
+	return &outLog{path: path, id: id, seal: seal, exitAt: -1, marks: []int64{0}, notify: make(chan struct{})}, nil
+}
+
+// charge is what a record of n bytes of data costs the output allowance:
+// its data, framing and, sealed, the seal's overhead.
+func (l *outLog) charge(n int) int64 {
+	if l.seal != nil {
+		return int64(n) + recordCharge + fsprotect.Overhead
+	}
+	return int64(n) + recordCharge
+}
+
+// sealAD is the associated data of the sealed record of kind at off.
+func (l *outLog) sealAD(off int64, kind byte) []byte {
+	return fsprotect.AD([]byte("bento session v1"), []byte(l.id), fsprotect.U64(off), []byte{kind})
 }
 
 var errLogClosed = errors.New("session already ended")
@@ -68,9 +94,17 @@ func (l *outLog) append(kind byte, data []byte) (int64, error) {
 	if l.exitAt >= 0 || l.discarded != "" {
 		return l.size, errLogClosed
 	}
+	plain := data
+	if l.seal != nil {
+		sealed, err := l.seal.Seal(data, l.sealAD(l.size, kind))
+		if err != nil {
+			return l.size, l.keepExit(kind, plain, err)
+		}
+		data = sealed
+	}
 	f, err := os.OpenFile(l.path, os.O_WRONLY, 0)
 	if err != nil {
-		return l.size, l.keepExit(kind, data, err)
+		return l.size, l.keepExit(kind, plain, err)
 	}
 	var hdr [recHeader]byte
 	hdr[0] = kind
@@ -81,7 +115,7 @@ func (l *outLog) append(kind byte, data []byte) (int64, error) {
 	}
 	f.Close()
 	if err != nil {
-		return l.size, l.keepExit(kind, data, err)
+		return l.size, l.keepExit(kind, plain, err)
 	}
 	start := l.size
 	l.size += int64(recHeader + len(data))
@@ -126,7 +160,10 @@ func (l *outLog) record(r io.ReaderAt, off int64, readBody bool) (kind byte, n i
 	if kind, n, err = readHeader(r, off); err != nil || !readBody {
 		return kind, n, nil, err
 	}
-	data, err = readData(r, off, n)
+	if data, err = readData(r, off, n); err != nil || l.seal == nil {
+		return kind, n, data, err
+	}
+	data, err = l.seal.Open(data, l.sealAD(off, kind))
 	return kind, n, data, err
 }
 

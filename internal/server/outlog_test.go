@@ -8,7 +8,7 @@ import (
 )
 
 func TestOutLog(t *testing.T) {
-	l, err := newOutLog(filepath.Join(t.TempDir(), "s"))
+	l, err := newOutLog(filepath.Join(t.TempDir(), "s"), "s", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestOutLog(t *testing.T) {
 // TestOutLogIndex checks offsets deep into a log of many tiny records:
 // the sparse index finds every boundary and refuses every other offset.
 func TestOutLogIndex(t *testing.T) {
-	l, err := newOutLog(filepath.Join(t.TempDir(), "s"))
+	l, err := newOutLog(filepath.Join(t.TempDir(), "s"), "s", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

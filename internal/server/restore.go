@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/torbento/bento/internal/atomicfile"
+	"github.com/torbento/bento/internal/fsprotect"
 	"github.com/torbento/bento/internal/kvstore"
 	"github.com/torbento/bento/internal/manifest"
 	"github.com/torbento/bento/internal/safelog"
@@ -17,12 +18,22 @@ import (
 
 // recordFile, in an instance's directory, holds what bentod needs to start
 // the instance again after its runner stopped or bentod restarted: its
-// code, manifest, token hashes and who it is charged to.
+// code, manifest, token hashes and who it is charged to. A protected
+// instance's manifest and code are sealed (FS Protect): only its key, in
+// this bentod's memory, opens them, so a restart cannot restore it.
 const recordFile = "record.json"
 
 type record struct {
 	recordHead
 	Files map[string][]byte `json:"files"`
+	// Sealed is a protected instance's sealedCode, sealed.
+	Sealed []byte `json:"sealed,omitempty"`
+}
+
+// sealedCode is what a protected instance's record seals.
+type sealedCode struct {
+	Manifest string            `json:"manifest"`
+	Files    map[string][]byte `json:"files"`
 }
 
 // recordHead is a record without the function's files: what a restart
@@ -36,6 +47,8 @@ type recordHead struct {
 	Owner    string    `json:"owner,omitempty"`
 	Root     string    `json:"root,omitempty"`
 	Depth    int       `json:"depth,omitempty"`
+	// Protected: FS Protect; the manifest and code are in Sealed.
+	Protected bool `json:"protected,omitempty"`
 }
 
 // saveRecord writes the instance's record: to a temporary file, synced,
@@ -49,6 +62,18 @@ func (in *Instance) saveRecord(text string, files map[string][]byte) error {
 	r := record{recordHead: recordHead{ID: in.id, Manifest: text,
 		InvHash: hex.EncodeToString(in.invHash[:]), ShutHash: hex.EncodeToString(in.shutHash[:]), Created: in.created,
 		Owner: in.owner, Root: root, Depth: in.depth}, Files: files}
+	if in.key != nil {
+		code, err := json.Marshal(sealedCode{Manifest: text, Files: files})
+		if err != nil {
+			return err
+		}
+		if r.Sealed, err = in.key.Seal(code, in.recordAD()); err != nil {
+			return err
+		}
+		// Nor is its client's address kept in the clear: a protected
+		// instance is never restored, so nothing needs it after bentod.
+		r.Manifest, r.Files, r.Owner, r.Protected = "", nil, "", true
+	}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -67,7 +92,26 @@ func (in *Instance) loadFiles() (map[string][]byte, error) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("the instance record is damaged: %w", err)
 	}
+	if r.Protected != (in.key != nil) {
+		return nil, errors.New("the instance record is damaged: it is not the protected (or unprotected) instance's")
+	}
+	if in.key != nil {
+		code, err := in.key.Open(r.Sealed, in.recordAD())
+		if err != nil {
+			return nil, fmt.Errorf("the instance record: %w", err)
+		}
+		var c sealedCode
+		if err := json.Unmarshal(code, &c); err != nil {
+			return nil, fmt.Errorf("the instance record is damaged: %w", err)
+		}
+		return c.Files, nil
+	}
 	return r.Files, nil
+}
+
+// recordAD is the associated data of a protected instance's sealed code.
+func (in *Instance) recordAD() []byte {
+	return fsprotect.AD([]byte("bento record v1"), []byte(in.id))
 }
 
 func parseHash(s string) (tokenHash, bool) {
@@ -136,6 +180,9 @@ func (s *Server) recoverInstances() {
 			var re *restoreError
 			if errors.As(err, &re) {
 				why, keep = "bentod restarted and could not take it back: "+re.why, re.keep
+				if re.lost {
+					why = re.why
+				}
 			}
 			s.log.Warn("instance not restored", "instance", rec.ID, "err", err, "data_kept", keep)
 		}
@@ -159,6 +206,7 @@ func (s *Server) recoverInstances() {
 type restoreError struct {
 	why  string
 	keep bool
+	lost bool  // why is the whole story: not "could not take it back"
 	err  error // for the operator's log
 }
 
@@ -169,7 +217,14 @@ func (e *restoreError) Error() string {
 	return e.why
 }
 
+// whyProtectedLost is what the clients of a protected instance hear
+// after a restart of bentod.
+const whyProtectedLost = "bentod restarted, and the instance had FS Protect (protect = true): its key was held only in the memory of the bentod that ended, so its stored data, output and code are unrecoverable and were deleted; deploy it again"
+
 func (s *Server) restoreInstance(rec recordHead, dir string) error {
+	if rec.Protected {
+		return &restoreError{why: whyProtectedLost, lost: true}
+	}
 	p := s.policy()
 	m, err := manifest.Parse([]byte(rec.Manifest))
 	if err != nil {

@@ -3,12 +3,14 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"sync"
 	"time"
 
+	"github.com/torbento/bento/internal/fsprotect"
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/wire"
 )
@@ -258,6 +260,9 @@ func (s *Server) streamOutput(bud wire.Budget, send func(uint8, any, []byte) err
 			_, _, data, err := sess.out.record(r, off, true)
 			if err != nil {
 				bud.Release(charged)
+				if errors.Is(err, fsprotect.ErrTampered) {
+					_ = send(proto.TError, internalError("the session's output failed its integrity check (FS Protect): it was changed on the server's disk"), nil)
+				}
 				return false // errors.Is(err, io.EOF): discarded meanwhile
 			}
 			next := off + recHeader + n

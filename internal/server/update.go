@@ -98,6 +98,16 @@ func (s *Server) update(u proto.Update, body []byte, log *slog.Logger) (*proto.U
 		}
 		return nil, e
 	}
+	if m.Protect != in.mf().Protect {
+		// The key is made with the instance: data stored in the clear
+		// cannot become protected, nor sealed data plain.
+		asked, was := "protect = false", "true, as deployed"
+		if m.Protect {
+			asked, was = "protect = true", "false, as deployed"
+		}
+		return nil, &proto.Error{Code: proto.CodeRefused, Message: fmt.Sprintf("manifest of %q changes FS Protect, which an update cannot; the instance keeps its old code (deploy a new instance to change it)", m.Name),
+			Violations: []proto.Violation{{Item: "protect", Asked: asked, Allowed: was}}}
+	}
 	// The lifetime counts from the deploy, as before.
 	if b := s.box(); b.ends() {
 		if _, v := m.FitBoxEnd(b.end, in.created); v != nil {

@@ -1,0 +1,250 @@
+package server
+
+import (
+	"bytes"
+	crand "crypto/rand"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/torbento/bento/internal/fsprotect"
+	"github.com/torbento/bento/internal/proto"
+)
+
+// keyReader hands out crypto/rand bytes and keeps them, so the test knows
+// the key it must never find on disk.
+type keyReader struct{ got []byte }
+
+func (r *keyReader) Read(p []byte) (int, error) {
+	n, err := crand.Read(p)
+	r.got = append(r.got, p[:n]...)
+	return n, err
+}
+
+// filesHolding lists the files under dir that hold b.
+func filesHolding(t *testing.T, dir string, b []byte) []string {
+	t.Helper()
+	var found []string
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if fi.Mode().IsRegular() {
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			if bytes.Contains(data, b) {
+				found = append(found, p)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+// TestProtectedFiles writes what an instance leaves on disk (stored data,
+// a session's output and exit, its log, its record) with and without FS
+// Protect, and looks for the plaintext and the key in the files.
+func TestProtectedFiles(t *testing.T) {
+	secrets := map[string]string{
+		"stored value":   "STORED-SECRET-4f1c",
+		"stored key":     "KEYNAME-SECRET-9a2b",
+		"output":         "OUTPUT-SECRET-77de",
+		"exit":           "EXIT-SECRET-0c3a",
+		"function log":   "LOG-SECRET-51b0",
+		"code":           "CODE-SECRET-e6d4",
+		"manifest (api)": "MANIFEST-SECRET-2b8f",
+		"owner":          "203.0.113.77",
+	}
+	for _, protect := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "protected"}[protect], func(t *testing.T) {
+			s := testServer(t)
+			in, _, _ := testInstance(t, s)
+			in.owner = secrets["owner"]
+			var kr keyReader
+			if protect {
+				k, err := fsprotect.NewKeyFrom(&kr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				in.key = k
+				m := *in.mf()
+				m.Protect = true
+				in.man.Store(&m)
+			}
+			if err := in.openStore(); err != nil {
+				t.Fatal(err)
+			}
+			defer in.store.Close()
+			if err := in.store.Put(secrets["stored key"], []byte(secrets["stored value"])); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(filepath.Join(in.dir, "sessions"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			out, err := newOutLog(filepath.Join(in.dir, "sessions", "s-1"), "s-1", in.sealer())
+			if err != nil {
+				t.Fatal(err)
+			}
+			off1, _ := out.append(recData, []byte(secrets["output"]))
+			if _, err := out.append(recExit, []byte(`{"status":"error","error":{"message":"`+secrets["exit"]+`"}}`)); err != nil {
+				t.Fatal(err)
+			}
+			if err := in.appendLog(secrets["function log"]); err != nil {
+				t.Fatal(err)
+			}
+			manifestText := "name = \"t\"\n# " + secrets["manifest (api)"] + "\n"
+			files := map[string][]byte{"main.star": []byte("def main():\n    return \"" + secrets["code"] + "\"\n")}
+			if err := in.saveRecord(manifestText, files); err != nil {
+				t.Fatal(err)
+			}
+			for what, secret := range secrets {
+				found := filesHolding(t, in.dir, []byte(secret))
+				// JSON keeps the code in base64 when plain.
+				if what == "code" && !protect {
+					continue
+				}
+				if protect && len(found) > 0 {
+					t.Errorf("the %s is in the clear in %v", what, found)
+				}
+				if !protect && len(found) == 0 {
+					t.Errorf("the %s is nowhere on disk even unprotected: the scan finds nothing", what)
+				}
+			}
+			if protect {
+				for _, part := range [][]byte{kr.got, kr.got[:16], kr.got[16:]} {
+					if found := filesHolding(t, in.dir, part); len(found) > 0 {
+						t.Errorf("the key is on disk: %v", found)
+					}
+				}
+				if len(kr.got) != 32 {
+					t.Fatalf("the key took %d bytes", len(kr.got))
+				}
+			}
+			// Everything reads back.
+			if v, ok, err := in.store.Get(secrets["stored key"]); err != nil || !ok || string(v) != secrets["stored value"] {
+				t.Errorf("stored value read back: %q %v %v", v, ok, err)
+			}
+			r, err := out.reader()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			kind, n, data, err := out.record(r, 0, true)
+			if err != nil || kind != recData || string(data) != secrets["output"] || recHeader+n != off1 {
+				t.Errorf("output read back: %d %q %v (n %d, next %d)", kind, data, err, n, off1)
+			}
+			if _, _, data, err := out.record(r, off1, true); err != nil || !strings.Contains(string(data), secrets["exit"]) {
+				t.Errorf("exit read back: %q %v", data, err)
+			}
+			if data, _, _, _, err := in.readLog(0, logChunk); err != nil || !strings.Contains(string(data), secrets["function log"]) {
+				t.Errorf("log read back: %q %v", data, err)
+			}
+			if got, err := in.loadFiles(); err != nil || !bytes.Equal(got["main.star"], files["main.star"]) {
+				t.Errorf("code read back: %q %v", got, err)
+			}
+		})
+	}
+}
+
+// TestProtectedOutLogTamper changes a protected session log on disk: the
+// record fails to open, whether a byte changed or the whole log is
+// another session's.
+func TestProtectedOutLogTamper(t *testing.T) {
+	k, err := fsprotect.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	mk := func(id string) *outLog {
+		l, err := newOutLog(filepath.Join(dir, id), id, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.append(recData, []byte("same length output")); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	a, b := mk("s-a"), mk("s-b")
+	read := func(l *outLog) error {
+		r, err := l.reader()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		_, _, _, err = l.record(r, 0, true)
+		return err
+	}
+	if err := read(a); err != nil {
+		t.Fatalf("untouched: %v", err)
+	}
+	// b's file now holds a's record, same length, same offset.
+	ab, _ := os.ReadFile(a.path)
+	if err := os.WriteFile(b.path, ab, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := read(b); !errors.Is(err, fsprotect.ErrTampered) {
+		t.Errorf("another session's record: %v, want ErrTampered", err)
+	}
+	ab[len(ab)-1] ^= 1
+	if err := os.WriteFile(a.path, ab, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := read(a); !errors.Is(err, fsprotect.ErrTampered) {
+		t.Errorf("a byte changed: %v, want ErrTampered", err)
+	}
+}
+
+// TestRestoreProtected starts a second server on what the first left: a
+// protected instance is not restored, its files go, and its tokens are
+// answered with why.
+func TestRestoreProtected(t *testing.T) {
+	s := testServer(t)
+	s.instDir = t.TempDir()
+	in, inv, sd := testInstance(t, s)
+	in.dir = filepath.Join(s.instDir, in.id)
+	if err := os.MkdirAll(in.dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	k, err := fsprotect.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.key = k
+	m := *in.mf()
+	m.Protect = true
+	in.man.Store(&m)
+	if err := in.openStore(); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.store.Put("k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	in.store.Close()
+	if err := in.saveRecord("name = \"t\"\nprotect = true\n", map[string][]byte{"main.star": []byte("def main():\n    pass\n")}); err != nil {
+		t.Fatal(err)
+	}
+	s2 := testServer(t)
+	s2.instDir, s2.restore = s.instDir, true
+	s2.recoverInstances()
+	if n := len(s2.instances); n != 0 {
+		t.Fatalf("%d instances restored", n)
+	}
+	if _, err := os.Stat(in.dir); !os.IsNotExist(err) {
+		t.Errorf("the protected instance's files remain: %v", err)
+	}
+	for _, tok := range []string{inv, sd} {
+		e := s2.tokenError(tok)
+		if e.Code != proto.CodeGone || !strings.Contains(e.Message, "the instance ended: bentod restarted, and the instance had FS Protect") ||
+			!strings.Contains(e.Message, "unrecoverable") {
+			t.Errorf("token answered with %+v", e)
+		}
+	}
+}
