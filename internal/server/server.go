@@ -134,6 +134,9 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.Logger != nil {
+		logPlacement(opts.Logger, sb.Placement(), p)
+	}
 	if sb.WeightErr != nil && opts.Logger != nil {
 		opts.Logger.Warn("functions could not be given a low CPU weight; they still keep to their quotas", "err", sb.WeightErr)
 	}
@@ -509,4 +512,19 @@ func (s *Server) tokenError(tok string) *proto.Error {
 		return &proto.Error{Code: proto.CodeGone, Message: why}
 	}
 	return errBadToken
+}
+
+// logPlacement says once, at start, where the containers' cgroups are and
+// why; and, when they share a delegated cgroup's memory.max (systemd's
+// MemoryMax=) with bentod, whether it leaves room for TotalMemory.
+func logPlacement(log *slog.Logger, pl sandbox.Placement, p *policy.Policy) {
+	if pl.Err != nil {
+		log.Warn("containers' cgroups: "+pl.Why, "placement", pl.Mode, "parent", pl.Parent, "err", pl.Err)
+	} else {
+		log.Info("containers' cgroups: "+pl.Why, "placement", pl.Mode, "parent", pl.Parent)
+	}
+	if pl.Mode == sandbox.PlaceDelegated && pl.MemoryMax > 0 && pl.MemoryMax < p.Daemon.MaxMemory+p.Aggregate.Memory {
+		log.Warn(fmt.Sprintf("the service's memory ceiling (%s, MemoryMax= of the unit, cgroup %s) bounds bentod and every function together and is below MaxDaemonMemory + TotalMemory (%s + %s): functions may be killed for memory before TotalMemory is reached; raise MemoryMax= (systemctl edit bentod) or lower TotalMemory",
+			units.FormatSize(pl.MemoryMax), pl.Own, units.FormatSize(p.Daemon.MaxMemory), units.FormatSize(p.Aggregate.Memory)))
+	}
 }
