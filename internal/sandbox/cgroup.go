@@ -40,6 +40,8 @@ type Placement struct {
 	// MemoryMax=), which bounds bentod and every container together; 0
 	// when there is none or the placement is not delegated.
 	MemoryMax int64
+	// DaemonMax is the memory.max bentod gave its own leaf (0: none).
+	DaemonMax int64
 	// Err is what went wrong setting up the delegated placement, when
 	// bentod fell back to the legacy one; nil otherwise.
 	Err error
@@ -53,6 +55,7 @@ type cgroupEnv struct {
 	self      string            // /proc/self/cgroup
 	pid       int               // the process that moves to the leaf
 	delegated func(string) bool // is this cgroup directory delegated to us
+	daemonMax int64             // memory.max for bentod's leaf (0: none)
 	// write writes a cgroup control file (os.WriteFile when nil).
 	write func(name string, data []byte) error
 }
@@ -64,8 +67,8 @@ func (env cgroupEnv) writeFile(name string, data []byte) error {
 	return os.WriteFile(name, data, 0o644)
 }
 
-func hostCgroupEnv() cgroupEnv {
-	return cgroupEnv{root: cgroupV1Root, self: "/proc/self/cgroup", pid: os.Getpid(), delegated: delegatedXattr}
+func hostCgroupEnv(daemonMax int64) cgroupEnv {
+	return cgroupEnv{root: cgroupV1Root, self: "/proc/self/cgroup", pid: os.Getpid(), delegated: delegatedXattr, daemonMax: daemonMax}
 }
 
 // delegatedXattr reports whether systemd marked the cgroup directory as
@@ -105,8 +108,10 @@ var delegatedControllers = []string{"cpu", "memory", "pids"}
 // bentod's own cgroup is delegated to it, bentod moves every process of
 // that cgroup (itself) into the leaf "<own>/daemon" (a cgroup v2 with
 // controllers enabled for its children may hold no processes), enables
-// the cpu, memory and pids controllers for its children, and puts the
-// containers below "<own>/instances". Otherwise (cgroup v1, or a cgroup
+// the cpu, memory and pids controllers for its children, gives the leaf
+// bentod's own memory ceiling (the service's memory.max now bounds the
+// functions too), and puts the containers below "<own>/instances".
+// Otherwise (cgroup v1, or a cgroup
 // nobody delegated) the containers go to "/bento", as before. A failure
 // in the delegated set-up falls back to "/bento" and says why in Err.
 func place(env cgroupEnv) Placement {
@@ -191,12 +196,25 @@ func delegate(env cgroupEnv, own string) (Placement, error) {
 			return Placement{}, fmt.Errorf("enabling %s in %s: %w", strings.Join(enable, " "), d, err)
 		}
 	}
+	// bentod's own hard ceiling, on its leaf: the service's memory.max
+	// now bounds the functions too.
+	if env.daemonMax > 0 {
+		if err := env.writeFile(filepath.Join(leaf, "memory.max"), []byte(strconv.FormatInt(env.daemonMax, 10))); err != nil {
+			return Placement{}, fmt.Errorf("setting %s/memory.max: %w", leaf, err)
+		}
+		if _, err := os.Stat(filepath.Join(leaf, "memory.swap.max")); err == nil {
+			if err := env.writeFile(filepath.Join(leaf, "memory.swap.max"), []byte("0")); err != nil {
+				return Placement{}, fmt.Errorf("setting %s/memory.swap.max: %w", leaf, err)
+			}
+		}
+	}
 	var memMax int64
 	if b, err := os.ReadFile(filepath.Join(dir, "memory.max")); err == nil && strings.TrimSpace(string(b)) != "max" {
 		memMax, _ = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 	}
 	return Placement{
 		MemoryMax: memMax,
+		DaemonMax: env.daemonMax,
 		Mode:      PlaceDelegated,
 		V2:        true,
 		Own:       own,

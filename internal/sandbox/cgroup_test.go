@@ -154,7 +154,7 @@ func TestPlaceMovesEveryProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	var writes []string
-	env := cgroupEnv{root: root, self: self, pid: 12, delegated: func(string) bool { return true },
+	env := cgroupEnv{root: root, self: self, pid: 12, daemonMax: 768 << 20, delegated: func(string) bool { return true },
 		write: func(name string, data []byte) error {
 			rel, _ := filepath.Rel(root, name)
 			writes = append(writes, rel+"="+string(data))
@@ -172,6 +172,7 @@ func TestPlaceMovesEveryProcess(t *testing.T) {
 		"system.slice/bentod.service/daemon/cgroup.procs=12",
 		"system.slice/bentod.service/cgroup.subtree_control=+cpu +memory +pids",
 		"system.slice/bentod.service/instances/cgroup.subtree_control=+cpu +memory +pids",
+		"system.slice/bentod.service/daemon/memory.max=805306368",
 	}
 	if strings.Join(writes, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("writes:\n%s\nwant:\n%s", strings.Join(writes, "\n"), strings.Join(want, "\n"))
@@ -279,5 +280,39 @@ func TestPlacementPaths(t *testing.T) {
 				t.Errorf("left after remove: %v", left)
 			}
 		})
+	}
+}
+
+// TestPlaceDaemonCeiling: bentod's leaf gets its own hard memory ceiling
+// and no swap, since the service's memory.max now bounds the functions
+// too; without a ceiling configured, the leaf's files are left alone.
+func TestPlaceDaemonCeiling(t *testing.T) {
+	for _, ceiling := range []int64{0, 768 << 20} {
+		root := fakeCgroupFS(t, map[string]string{
+			"cgroup.controllers":                  "cpu memory pids\n",
+			svc + "/cgroup.controllers":           "cpu memory pids\n",
+			svc + "/cgroup.procs":                 "",
+			svc + "/daemon/memory.max":            "max\n",
+			svc + "/daemon/memory.swap.max":       "max\n",
+			svc + "/instances/cgroup.controllers": "cpu memory pids\n",
+		})
+		self := filepath.Join(t.TempDir(), "cgroup")
+		if err := os.WriteFile(self, []byte("0::"+svc+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p := place(cgroupEnv{root: root, self: self, pid: 1, daemonMax: ceiling, delegated: func(string) bool { return true }})
+		if p.Mode != PlaceDelegated || p.DaemonMax != ceiling {
+			t.Fatalf("ceiling %d: place = %+v", ceiling, p)
+		}
+		wantMem, wantSwap := "max\n", "max\n"
+		if ceiling > 0 {
+			wantMem, wantSwap = "805306368", "0"
+		}
+		if got := readFile(t, filepath.Join(root, svc, "daemon", "memory.max")); got != wantMem {
+			t.Errorf("ceiling %d: daemon/memory.max = %q, want %q", ceiling, got, wantMem)
+		}
+		if got := readFile(t, filepath.Join(root, svc, "daemon", "memory.swap.max")); got != wantSwap {
+			t.Errorf("ceiling %d: daemon/memory.swap.max = %q, want %q", ceiling, got, wantSwap)
+		}
 	}
 }

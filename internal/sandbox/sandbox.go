@@ -40,6 +40,11 @@ type Config struct {
 	// NoUserNS turns the containers' user namespace off (for kernels or
 	// setups that cannot map IDs); on by default where the kernel allows.
 	NoUserNS bool
+	// DaemonMemoryMax is bentod's own hard memory ceiling, written to its
+	// leaf cgroup when its cgroup v2 is delegated (the containers are then
+	// below the service's cgroup, and the service's MemoryMax= bounds
+	// them too); 0 for none.
+	DaemonMemoryMax int64
 }
 
 // Sandbox starts and tracks containers.
@@ -87,7 +92,7 @@ func New(cfg Config) (*Sandbox, error) {
 	}
 	// Where the containers' cgroups go: below bentod's own cgroup when it
 	// is a delegated cgroup v2, else at /bento.
-	env := hostCgroupEnv()
+	env := hostCgroupEnv(cfg.DaemonMemoryMax)
 	s.place, s.cgroot = place(env), env.root
 	// Best effort (a machine may not let us): the quotas bound functions
 	// either way.

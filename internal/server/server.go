@@ -130,7 +130,7 @@ func New(opts Options) (*Server, error) {
 	if rt == "" {
 		rt = p.Runtime
 	}
-	sb, err := sandbox.New(sandbox.Config{Runtime: rt, StateDir: p.DataDirectory, RunnerPath: runnerPath})
+	sb, err := sandbox.New(sandbox.Config{Runtime: rt, StateDir: p.DataDirectory, RunnerPath: runnerPath, DaemonMemoryMax: DaemonHardMemory(p)})
 	if err != nil {
 		return nil, err
 	}
@@ -523,8 +523,14 @@ func logPlacement(log *slog.Logger, pl sandbox.Placement, p *policy.Policy) {
 	} else {
 		log.Info("containers' cgroups: "+pl.Why, "placement", pl.Mode, "parent", pl.Parent)
 	}
-	if pl.Mode == sandbox.PlaceDelegated && pl.MemoryMax > 0 && pl.MemoryMax < p.Daemon.MaxMemory+p.Aggregate.Memory {
-		log.Warn(fmt.Sprintf("the service's memory ceiling (%s, MemoryMax= of the unit, cgroup %s) bounds bentod and every function together and is below MaxDaemonMemory + TotalMemory (%s + %s): functions may be killed for memory before TotalMemory is reached; raise MemoryMax= (systemctl edit bentod) or lower TotalMemory",
-			units.FormatSize(pl.MemoryMax), pl.Own, units.FormatSize(p.Daemon.MaxMemory), units.FormatSize(p.Aggregate.Memory)))
+	if pl.Mode == sandbox.PlaceDelegated && pl.MemoryMax > 0 && pl.MemoryMax < pl.DaemonMax+p.Aggregate.Memory {
+		log.Warn(fmt.Sprintf("the service's memory ceiling (%s: the unit's MemoryMax=, cgroup %s) bounds bentod and every function together and is below bentod's own ceiling + TotalMemory (%s + %s): functions may be killed for memory before TotalMemory is reached; raise MemoryMax= to at least %s (systemctl edit bentod) or lower TotalMemory",
+			units.FormatSize(pl.MemoryMax), pl.Own, units.FormatSize(pl.DaemonMax), units.FormatSize(p.Aggregate.Memory), units.FormatSize(pl.DaemonMax+p.Aggregate.Memory)))
 	}
 }
+
+// DaemonHardMemory is bentod's own hard memory ceiling on a delegated
+// cgroup v2 (its leaf's memory.max): MaxDaemonMemory, Go's soft limit,
+// and room for runc while containers start, as the shipped unit's
+// MemoryMax= is on cgroup v1.
+func DaemonHardMemory(p *policy.Policy) int64 { return p.Daemon.MaxMemory + 256<<20 }
