@@ -521,7 +521,7 @@ func logPlacement(log *slog.Logger, pl sandbox.Placement, p *policy.Policy) {
 	if pl.Err != nil {
 		log.Warn("containers' cgroups: "+pl.Why, "placement", pl.Mode, "parent", pl.Parent, "err", pl.Err)
 	} else {
-		log.Info("containers' cgroups: "+pl.Why, "placement", pl.Mode, "parent", pl.Parent)
+		safelog.Notice(log, "containers' cgroups: "+pl.Why, "placement", pl.Mode, "parent", pl.Parent)
 	}
 	if pl.Mode == sandbox.PlaceDelegated && pl.MemoryMax > 0 && pl.MemoryMax < pl.DaemonMax+p.Aggregate.Memory {
 		log.Warn(fmt.Sprintf("the service's memory ceiling (%s: the unit's MemoryMax=, cgroup %s) bounds bentod and every function together and is below bentod's own ceiling + TotalMemory (%s + %s): functions may be killed for memory before TotalMemory is reached; raise MemoryMax= to at least %s (systemctl edit bentod) or lower TotalMemory",
