@@ -181,8 +181,8 @@ grep -q "the service's memory ceiling (768 MB: the unit's MemoryMax=, cgroup $sv
 cd /tmp
 HOME=/tmp bento new fn --template hello >/dev/null || fail "bento new failed"
 dep=$(HOME=/tmp bento deploy --no-store 127.0.0.1:8888 /tmp/fn 2>&1) || { echo "$dep" | sed 's/^/bento-vm: deploy: /'; fail "bento deploy failed"; }
-inv=$(grep -o 'bento-inv-[A-Za-z0-9_-]*' <<<"$dep" | head -1)
-shut=$(grep -o 'bento-shut-[A-Za-z0-9_-]*' <<<"$dep" | head -1)
+inv=$(sed -n 's/.*"invocation_token": *"\([^"]*\)".*/\1/p' <<<"$dep")
+shut=$(sed -n 's/.*"shutdown_token": *"\([^"]*\)".*/\1/p' <<<"$dep")
 [ -n "$inv" ] && [ -n "$shut" ] || { echo "$dep" | sed 's/^/bento-vm: deploy: /'; fail "no tokens from bento deploy"; }
 runner=
 for _ in $(seq 100); do
@@ -209,7 +209,7 @@ used=$(grep -o '"memory_used_bytes":[0-9]*' <<<"$ls" | head -1 | cut -d: -f2)
 say "bentoctl ls: the instance uses $used bytes"
 out=$(HOME=/tmp bento invoke 127.0.0.1:8888 "$inv" VM 2>&1) || { echo "$out" | sed 's/^/bento-vm: invoke: /'; fail "bento invoke failed"; }
 grep -q 'hello, VM!' <<<"$out" || fail "bento invoke said: $out"
-say "invoked: $(head -1 <<<"$out")"
+say "invoked: $(grep 'hello, VM!' <<<"$out")"
 
 systemctl stop bentod.service || fail "systemctl stop bentod failed"
 kill -0 "$runner" 2>/dev/null && fail "the container's process outlived bentod"
