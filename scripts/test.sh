@@ -44,24 +44,28 @@ demo() {
 }
 demo >/tmp/bento-demo-summary.log 2>&1 &
 demo_pid=$!
-# Debian's package, built once, then installed in a Debian root booted
-# with systemd-nspawn (scripts/test-package.sh: about 10 s; the first run
-# on a machine also fetches the root, about 55 s more) and, for cgroup v2
-# (this machine's are v1), in a virtual machine with Debian's kernel and
-# systemd (scripts/test-vm.sh: about 100 s under QEMU's TCG on one core;
-# the first run on a machine also makes its disk image, about 3 minutes
-# more). They assert nothing about time either, so they run beside the
-# static checks too, one after the other.
+# Debian's package, built once (about 30 s), then installed at once in a
+# Debian root booted with systemd-nspawn (scripts/test-package.sh: about
+# 10 s; the first run on a machine also fetches the root, about 55 s more)
+# and, for cgroup v2 (this machine's are v1), in a virtual machine with
+# Debian's kernel and systemd (scripts/test-vm.sh: about 100 s under
+# QEMU's TCG on one core; the first run on a machine also makes its disk
+# image, about 3 minutes more). They assert nothing about time either, so
+# they run beside the static checks too.
 packages() {
-	local deb status=0
+	local deb status=0 pkg vm
 	rm -rf /tmp/bento-test-deb
 	if ! deb=$(bash scripts/package.sh -o /tmp/bento-test-deb 2>/tmp/bento-package-build.log | tail -1) || [ ! -f "$deb" ]; then
 		cat /tmp/bento-package-build.log >/tmp/bento-package-test.log
 		echo "scripts/package.sh failed" | tee /tmp/bento-vm-test.log >>/tmp/bento-package-test.log
 		return 1
 	fi
-	BENTO_TEST_DEB=$deb bash scripts/test-package.sh >/tmp/bento-package-test.log 2>&1 || status=1
-	BENTO_TEST_DEB=$deb bash scripts/test-vm.sh >/tmp/bento-vm-test.log 2>&1 || status=1
+	BENTO_TEST_DEB=$deb bash scripts/test-package.sh >/tmp/bento-package-test.log 2>&1 &
+	pkg=$!
+	BENTO_TEST_DEB=$deb bash scripts/test-vm.sh >/tmp/bento-vm-test.log 2>&1 &
+	vm=$!
+	wait "$pkg" || status=1
+	wait "$vm" || status=1
 	rm -rf /tmp/bento-test-deb
 	return "$status"
 }
