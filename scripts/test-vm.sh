@@ -15,8 +15,9 @@
 #     /proc/PID/cgroup of its container's process, that the container is
 #     in /system.slice/bentod.service/instances/ID, with the function's
 #     memory and pids limits there, and that bentoctl ls reads its memory
-#     from that cgroup; invokes it;
-#   - stops bentod: the container and its cgroup are gone.
+#     from that cgroup; reloads bentod (systemctl reload); invokes it
+#     (one-shot: the instance ends, its container and cgroup go);
+#   - stops bentod: the service's cgroup, daemon/ and instances/ go.
 # It talks to the VM through two serial ports: the console (ttyS0, kept in
 # the log) and the test's own lines (ttyS1).
 #
@@ -207,13 +208,35 @@ ls=$(bentoctl --json ls) || fail "bentoctl ls failed"
 used=$(grep -o '"memory_used_bytes":[0-9]*' <<<"$ls" | head -1 | cut -d: -f2)
 [ -n "$used" ] && [ "$used" -gt 0 ] || fail "bentoctl ls reads no memory for the instance: $ls"
 say "bentoctl ls: the instance uses $used bytes"
+# systemd runs ExecReload= (kill -HUP) in the unit's cgroup, which holds
+# no process now and has controllers on for its children: systemd 252
+# puts a delegated unit's control processes in OWN/.control.
+systemctl reload bentod.service || fail "systemctl reload bentod failed"
+for _ in $(seq 100); do
+	journalctl -u bentod.service --no-pager -o cat | grep -q 'policy reloaded' && break
+	sleep 0.1
+done
+journalctl -u bentod.service --no-pager -o cat | grep -q 'policy reloaded' || fail "no \"policy reloaded\" after systemctl reload"
+systemctl is-active --quiet bentod.service || fail "bentod is not active after the reload"
+[ "$(cat /proc/"$main"/cgroup)" = "0::$svc/daemon" ] || fail "bentod left its leaf on reload: $(cat /proc/"$main"/cgroup)"
+kill -0 "$runner" 2>/dev/null || fail "the container ended on reload"
+say "systemctl reload bentod: policy reloaded, the container kept"
+
 out=$(HOME=/tmp bento invoke 127.0.0.1:8888 "$inv" VM 2>&1) || { echo "$out" | sed 's/^/bento-vm: invoke: /'; fail "bento invoke failed"; }
 grep -q 'hello, VM!' <<<"$out" || fail "bento invoke said: $out"
 say "invoked: $(grep 'hello, VM!' <<<"$out")"
+# A one-shot instance ends with its first invocation: its container and
+# cgroup go.
+for _ in $(seq 100); do
+	[ -e "$dir" ] || break
+	sleep 0.1
+done
+[ ! -e "$dir" ] || fail "$dir is left after the one-shot instance ended"
+kill -0 "$runner" 2>/dev/null && fail "the container's process outlived its one-shot instance"
+say "the one-shot instance ended: its container and cgroup are gone"
 
 systemctl stop bentod.service || fail "systemctl stop bentod failed"
-kill -0 "$runner" 2>/dev/null && fail "the container's process outlived bentod"
-[ ! -e "$dir" ] || fail "$dir is left after the stop"
+[ ! -e /sys/fs/cgroup$svc ] || fail "$svc is left after the stop: $(find /sys/fs/cgroup$svc -type d | tr '\n' ' ')"
 say PASSED
 EOF
 truncate -s 64M "$work/disk.img"
