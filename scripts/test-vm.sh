@@ -131,8 +131,12 @@ mkdir -p "$cache"
 		mv "$work/initrd" "$image.initrd"
 		mv "$image.tmp" "$image"
 		rm -rf --one-file-system "$root"
+		# Images made for another root or boot hook are stale.
+		for old in "$cache/$suite"-vm-*.img; do
+			[ "$old" = "$image" ] || rm -f "$old" "$old.vmlinuz" "$old.initrd"
+		done
 	fi
-) 9>"$cache/lock"
+) 9>"$cache/vm.lock"
 [ -s "$image.vmlinuz" ] && [ -s "$image.initrd" ] || fail "the cached image $image has no kernel beside it: remove it and run again"
 say "image ready ($image, $(du -h "$image" | cut -f1) used)"
 
