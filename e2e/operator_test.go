@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"syscall"
@@ -175,6 +176,7 @@ func TestOperatorControl(t *testing.T) {
 	if r := bentoctl(t, sock, "--json", "ls"); r.Code != 0 || jsonUnmarshal(r.Stdout, &list) != nil || len(list) != 1 || list[0].Storage == 0 {
 		t.Errorf("bentoctl --json ls: %s (%+v)", r, list)
 	}
+	checkCgroupPlacement(t, d, dep.Instance)
 
 	// The live view, in a real terminal.
 	tsock := filepath.Join(dir, "tmux.sock")
@@ -403,4 +405,33 @@ func TestOperatorControl(t *testing.T) {
 	if r := bentoctl(t, sock, "status"); r.Code != 3 || !strings.Contains(r.Stderr, "is bentod running") {
 		t.Errorf("bentoctl status with bentod stopped: %s", r)
 	}
+}
+
+// checkCgroupPlacement: bentod said once at start where the containers'
+// cgroups go, and the instance's container is there: /bento/ID on this
+// project's machines (cgroup v1), below the service's own cgroup on a
+// delegated cgroup v2 (scripts/test-vm.sh checks that one, under systemd
+// in a VM).
+func checkCgroupPlacement(t *testing.T, d *daemon, id string) {
+	t.Helper()
+	m := regexp.MustCompile(`containers' cgroups: [^"]*" placement=(\w+) parent=(\S+)`).FindAllStringSubmatch(d.log.String(), -1)
+	if len(m) != 1 {
+		t.Fatalf("bentod said where the containers' cgroups go %d times, want once; log:\n%s", len(m), d.log)
+	}
+	want := m[0][2] + "/" + id
+	pids, _ := filepath.Glob("/proc/[0-9]*/comm")
+	var seen []string
+	for _, comm := range pids {
+		if b, _ := os.ReadFile(comm); strings.TrimSpace(string(b)) != "bento-runner" {
+			continue
+		}
+		b, _ := os.ReadFile(filepath.Join(filepath.Dir(comm), "cgroup"))
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.SplitN(l, ":", 3); len(f) == 3 && f[2] == want {
+				return
+			}
+		}
+		seen = append(seen, strings.ReplaceAll(string(b), "\n", " "))
+	}
+	t.Errorf("no container process in cgroup %s (placement %s); bento-runner processes are in: %q", want, m[0][1], seen)
 }

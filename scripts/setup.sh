@@ -8,8 +8,8 @@
 #   bash scripts/setup.sh --test   the same, and what the tests need
 #                                  besides: gcc (the race detector), curl,
 #                                  tshark, cloud-init, tmux, debootstrap,
-#                                  systemd-container (scripts/test.sh
-#                                  runs this)
+#                                  systemd-container, qemu-system-x86,
+#                                  e2fsprogs (scripts/test.sh runs this)
 #
 # Needs root (containers are started through runc as root). Checks for Go
 # and builds bentod, bentoctl, bento and the static bento-runner into
@@ -59,6 +59,8 @@ if [ "$tests" = 1 ]; then
 	need_pkg tmux tmux     # bentoctl top's live view, driven as a terminal
 	need_pkg debootstrap debootstrap             # scripts/test-package.sh: a Debian root
 	need_pkg systemd-nspawn systemd-container    # ... booted with its own systemd
+	need_pkg qemu-system-x86_64 qemu-system-x86 # scripts/test-vm.sh: cgroup v2 in a VM
+	need_pkg mkfs.ext4 e2fsprogs                 # ... its disks
 fi
 # Debian's tor for the private Tor network of the tests and the demo, and
 # (tests only) cloud-init for checking the dust motes' user-data

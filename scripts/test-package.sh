@@ -64,10 +64,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
-say "building the package"
-deb=$(bash scripts/package.sh -o "$work/out" 2>"$work/package.log" | tail -1) || { cat "$work/package.log"; fail "scripts/package.sh failed"; }
-[ -f "$deb" ] || fail "scripts/package.sh made no package"
-say "built $(basename "$deb")"
+# BENTO_TEST_DEB: a package already built from this tree (scripts/test.sh
+# builds it once for this test and scripts/test-vm.sh).
+if [ -n "${BENTO_TEST_DEB:-}" ]; then
+	deb=$BENTO_TEST_DEB
+	[ -f "$deb" ] || fail "BENTO_TEST_DEB=$deb: no such package"
+else
+	say "building the package"
+	deb=$(bash scripts/package.sh -o "$work/out" 2>"$work/package.log" | tail -1) || { cat "$work/package.log"; fail "scripts/package.sh failed"; }
+	[ -f "$deb" ] || fail "scripts/package.sh made no package"
+fi
+say "package $(basename "$deb")"
 
 mkdir -p "$cache"
 (

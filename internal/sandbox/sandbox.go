@@ -40,6 +40,11 @@ type Config struct {
 	// NoUserNS turns the containers' user namespace off (for kernels or
 	// setups that cannot map IDs); on by default where the kernel allows.
 	NoUserNS bool
+	// DaemonMemoryMax is bentod's own hard memory ceiling, written to its
+	// leaf cgroup when its cgroup v2 is delegated (the containers are then
+	// below the service's cgroup, and the service's MemoryMax= bounds
+	// them too); 0 for none.
+	DaemonMemoryMax int64
 }
 
 // Sandbox starts and tracks containers.
@@ -50,6 +55,8 @@ type Sandbox struct {
 	rootfs  string
 	memsw   bool
 	userns  bool // containers get a user namespace
+	place   Placement
+	cgroot  string // the cgroup file system's mount point
 	// WeightErr is why the containers' parent cgroup could not be given a
 	// low CPU weight (nil when it was).
 	WeightErr error
@@ -83,9 +90,13 @@ func New(cfg Config) (*Sandbox, error) {
 	if err := s.prepareRootfs(cfg.RunnerPath); err != nil {
 		return nil, err
 	}
+	// Where the containers' cgroups go: below bentod's own cgroup when it
+	// is a delegated cgroup v2, else at /bento.
+	env := hostCgroupEnv(cfg.DaemonMemoryMax)
+	s.place, s.cgroot = place(env), env.root
 	// Best effort (a machine may not let us): the quotas bound functions
 	// either way.
-	s.WeightErr = yieldToTor()
+	s.WeightErr = s.place.yieldToTor(s.cgroot)
 	_, err = os.Stat(filepath.Join(cgroupV1Root, "memory", "memory.memsw.limit_in_bytes"))
 	s.memsw = err == nil
 	s.userns = userNamespaces()
@@ -98,6 +109,9 @@ func New(cfg Config) (*Sandbox, error) {
 	}
 	return s, nil
 }
+
+// Placement tells where the containers' cgroups are, and why.
+func (s *Sandbox) Placement() Placement { return s.place }
 
 // prepareRootfs lays out the image: the runner and empty mount points.
 func (s *Sandbox) prepareRootfs(runner string) error {
@@ -242,7 +256,7 @@ func (s *Sandbox) Start(ctx context.Context, id string, l Limits, hostAPI *os.Fi
 		s.remove(id, bundle)
 		return nil, fmt.Errorf("bad container pid %q", pidData)
 	}
-	c := &Container{ID: id, Pid: pid, s: s, bundle: bundle, cg: cgroupsFor(id), exited: make(chan struct{}), out: out, drained: drained}
+	c := &Container{ID: id, Pid: pid, s: s, bundle: bundle, cg: s.place.cgroupsFor(s.cgroot, id), exited: make(chan struct{}), out: out, drained: drained}
 	go c.reap()
 	return c, nil
 }
@@ -329,7 +343,7 @@ func (s *Sandbox) remove(id, bundle string) error {
 	} else {
 		err = nil
 	}
-	cgroupsFor(id).remove()
+	s.place.cgroupsFor(s.cgroot, id).remove()
 	if rerr := os.RemoveAll(bundle); rerr != nil && err == nil {
 		err = rerr
 	}

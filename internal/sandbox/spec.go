@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"math"
+	"path"
 	"strconv"
 	"time"
 )
@@ -179,7 +180,7 @@ func (s *Sandbox) buildSpec(id string, l Limits) *ociSpec {
 				"nosuid", "nodev", "noexec", "mode=1777", "size=" + strconv.FormatInt(max(l.Storage, 4096), 10), "nr_inodes=1024"}},
 		},
 		Linux: ociLinux{
-			CgroupsPath: "/" + cgroupParent + "/" + id,
+			CgroupsPath: path.Join(s.place.parent(), id),
 			Resources: ociResources{
 				Memory:  ociMemory{Limit: l.Memory},
 				CPU:     ociCPU{Shares: cpuShares, Quota: max(1000, int64(math.Round(l.CPU*cpuPeriod))), Period: cpuPeriod},

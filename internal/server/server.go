@@ -130,9 +130,12 @@ func New(opts Options) (*Server, error) {
 	if rt == "" {
 		rt = p.Runtime
 	}
-	sb, err := sandbox.New(sandbox.Config{Runtime: rt, StateDir: p.DataDirectory, RunnerPath: runnerPath})
+	sb, err := sandbox.New(sandbox.Config{Runtime: rt, StateDir: p.DataDirectory, RunnerPath: runnerPath, DaemonMemoryMax: DaemonHardMemory(p)})
 	if err != nil {
 		return nil, err
+	}
+	if opts.Logger != nil {
+		logPlacement(opts.Logger, sb.Placement(), p)
 	}
 	if sb.WeightErr != nil && opts.Logger != nil {
 		opts.Logger.Warn("functions could not be given a low CPU weight; they still keep to their quotas", "err", sb.WeightErr)
@@ -510,3 +513,24 @@ func (s *Server) tokenError(tok string) *proto.Error {
 	}
 	return errBadToken
 }
+
+// logPlacement says once, at start, where the containers' cgroups are and
+// why; and, when they share a delegated cgroup's memory.max (systemd's
+// MemoryMax=) with bentod, whether it leaves room for TotalMemory.
+func logPlacement(log *slog.Logger, pl sandbox.Placement, p *policy.Policy) {
+	if pl.Err != nil {
+		log.Warn("containers' cgroups: "+pl.Why, "placement", pl.Mode, "parent", pl.Parent, "err", pl.Err)
+	} else {
+		safelog.Notice(log, "containers' cgroups: "+pl.Why, "placement", pl.Mode, "parent", pl.Parent)
+	}
+	if pl.Mode == sandbox.PlaceDelegated && pl.MemoryMax > 0 && pl.MemoryMax < pl.DaemonMax+p.Aggregate.Memory {
+		log.Warn(fmt.Sprintf("the service's memory ceiling (%s: the unit's MemoryMax=, cgroup %s) bounds bentod and every function together and is below bentod's own ceiling + TotalMemory (%s + %s): functions may be killed for memory before TotalMemory is reached; raise MemoryMax= to at least %s (systemctl edit bentod) or lower TotalMemory",
+			units.FormatSize(pl.MemoryMax), pl.Own, units.FormatSize(pl.DaemonMax), units.FormatSize(p.Aggregate.Memory), units.FormatSize(pl.DaemonMax+p.Aggregate.Memory)))
+	}
+}
+
+// DaemonHardMemory is bentod's own hard memory ceiling on a delegated
+// cgroup v2 (its leaf's memory.max): MaxDaemonMemory, Go's soft limit,
+// and room for runc while containers start, as the shipped unit's
+// MemoryMax= is on cgroup v1.
+func DaemonHardMemory(p *policy.Policy) int64 { return p.Daemon.MaxMemory + 256<<20 }
