@@ -19,7 +19,7 @@ func (d *daemon) control(r control.Request) (any, error) {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		return control.Status{Version: server.Version, PID: os.Getpid(), Uptime: time.Since(d.started), Nickname: p.Nickname, Onion: d.srv.Onion(),
-			Draining: d.srv.Draining(), Instances: st.Instances, MaxInstances: p.Aggregate.Instances, MemoryLimit: p.Aggregate.Memory, CPULimit: p.Aggregate.CPU,
+			Draining: d.srv.Draining(), Instances: st.Instances, MaxInstances: p.Aggregate.Instances, MemoryLimit: d.srv.TotalMemory(), CPULimit: p.Aggregate.CPU,
 			InFlight: st.InFlight, InFlightLimit: st.InFlightLimit, HeapBytes: ms.HeapInuse, Goroutines: runtime.NumGoroutine(), Listeners: listeners(st.Listeners)}, nil
 	case "ls":
 		return d.srv.List(), nil

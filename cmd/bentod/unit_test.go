@@ -14,7 +14,6 @@ import (
 
 	"github.com/torbento/bento/internal/policy"
 	"github.com/torbento/bento/internal/privs"
-	"github.com/torbento/bento/internal/units"
 )
 
 // TestServiceUnit keeps the shipped systemd unit (dist/systemd/
@@ -60,12 +59,11 @@ func TestServiceUnit(t *testing.T) {
 	for _, a := range []string{policy.APITorStream} {
 		p.APIs[a] = true
 	}
-	memMax, err := units.ParseSize(strings.TrimSuffix(svc("MemoryMax"), "M") + " MB")
-	if err != nil {
-		t.Fatalf("MemoryMax=%q: %v", svc("MemoryMax"), err)
-	}
-	if memMax < p.Daemon.MaxMemory+128<<20 {
-		t.Errorf("MemoryMax %d is not above MaxDaemonMemory %d with 128 MB for runc", memMax, p.Daemon.MaxMemory)
+	// On cgroup v2 the unit's MemoryMax= bounds bentod and every
+	// function together: a value right for bentod alone starves the
+	// functions (bentod sets its own leaf's ceiling instead).
+	if v := svc("MemoryMax"); v != "" {
+		t.Errorf("MemoryMax=%s in the unit: on cgroup v2 it bounds the functions too", v)
 	}
 	if svc("MemorySwapMax") != "0" {
 		t.Error("bentod's memory may go to swap: MemorySwapMax=0 is missing")

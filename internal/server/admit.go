@@ -71,8 +71,8 @@ func (s *Server) admit(m *manifest.Manifest, o origin, id string) (*admission, *
 	switch {
 	case s.running >= p.Aggregate.Instances:
 		return nil, busy("%d instances are running (MaxInstances)", s.running)
-	case s.usedMem+r.Memory > p.Aggregate.Memory:
-		return nil, busy("%s of memory is free for functions, %s asked", units.FormatSize(max(0, p.Aggregate.Memory-s.usedMem)), units.FormatSize(r.Memory))
+	case s.usedMem+r.Memory > s.totalMemory(p):
+		return nil, busy("%s of memory is free for functions, %s asked", units.FormatSize(max(0, s.totalMemory(p)-s.usedMem)), units.FormatSize(r.Memory))
 	case s.usedMilli+milli > policy.MilliCores(p.Aggregate.CPU):
 		return nil, busy("%.2f cores are free for functions, %.2f asked", float64(max(0, policy.MilliCores(p.Aggregate.CPU)-s.usedMilli))/1000, r.CPU)
 	}

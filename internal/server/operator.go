@@ -215,7 +215,7 @@ func (s *Server) Metrics() *metrics.Registry {
 		reserved := s.usedMem
 		s.mu.Unlock()
 		return []metrics.Sample{{Labels: []string{"used"}, Value: float64(used)}, {Labels: []string{"reserved"}, Value: float64(reserved)},
-			{Labels: []string{"limit"}, Value: float64(s.policy().Aggregate.Memory)}}
+			{Labels: []string{"limit"}, Value: float64(s.TotalMemory())}}
 	})
 	r.Gauge("bento_cpu_cores", "CPU of functions, in cores: reserved by admission, and the limit (TotalCPU).", []string{"kind"}, func() []metrics.Sample {
 		s.mu.Lock()

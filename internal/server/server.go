@@ -46,15 +46,19 @@ const OutputRetention = 10 * time.Minute
 
 // Server is a running bentod.
 type Server struct {
-	pol       atomic.Pointer[policy.Policy]
-	tlsConfig atomic.Pointer[tls.Config] // SetTLS
-	sb        *sandbox.Sandbox
-	log       *slog.Logger
-	instDir   string
-	transport netcheck.Dialer   // for function network access
-	resolver  netcheck.Resolver // nil: the system resolver
-	tor       *torlink.Link     // nil without TorControlPort
-	firewall  *torfw.Firewall   // functions' control-port access
+	// memRoom is what the service's cgroup leaves functions beside
+	// bentod, when memBounded; see totalMemory.
+	memRoom    int64
+	memBounded bool
+	pol        atomic.Pointer[policy.Policy]
+	tlsConfig  atomic.Pointer[tls.Config] // SetTLS
+	sb         *sandbox.Sandbox
+	log        *slog.Logger
+	instDir    string
+	transport  netcheck.Dialer   // for function network access
+	resolver   netcheck.Resolver // nil: the system resolver
+	tor        *torlink.Link     // nil without TorControlPort
+	firewall   *torfw.Firewall   // functions' control-port access
 
 	inflight *budget.Budget // bytes held for clients and functions, all together
 	budgets  keyedBudgets   // the same, per client
@@ -159,6 +163,14 @@ func New(opts Options) (*Server, error) {
 		boxWake:    make(chan struct{}, 1),
 		lock:       lock,
 		met:        newServerMetrics(),
+	}
+	// On a delegated cgroup v2 the service's memory.max (the unit's
+	// MemoryMax=) bounds bentod and every container together: functions
+	// get at most what it leaves beside bentod's own ceiling, whatever
+	// TotalMemory says, so that admission never promises memory the
+	// kernel would take back by killing.
+	if pl := sb.Placement(); pl.Mode == sandbox.PlaceDelegated && pl.MemoryMax > 0 {
+		s.memRoom, s.memBounded = max(0, pl.MemoryMax-pl.DaemonMax), true
 	}
 	if s.boxT, err = resolveBoxEnd(p, time.Now()); err != nil {
 		return nil, err
@@ -291,7 +303,7 @@ func (s *Server) publicPolicy() *policy.Public {
 	p := s.policy()
 	pub := p.PublicView()
 	s.mu.Lock()
-	pub.Free.Memory = max(0, p.Aggregate.Memory-s.usedMem)
+	pub.Free.Memory = max(0, s.totalMemory(p)-s.usedMem)
 	pub.Free.CPU = float64(max(0, policy.MilliCores(p.Aggregate.CPU)-s.usedMilli)) / 1000
 	pub.Free.Instances = max(0, p.Aggregate.Instances-s.running)
 	b, id := s.boxT, s.boxID
@@ -524,9 +536,21 @@ func logPlacement(log *slog.Logger, pl sandbox.Placement, p *policy.Policy) {
 		safelog.Notice(log, "containers' cgroups: "+pl.Why, "placement", pl.Mode, "parent", pl.Parent)
 	}
 	if pl.Mode == sandbox.PlaceDelegated && pl.MemoryMax > 0 && pl.MemoryMax < pl.DaemonMax+p.Aggregate.Memory {
-		log.Warn(fmt.Sprintf("the service's memory ceiling (%s: the unit's MemoryMax=, cgroup %s) bounds bentod and every function together and is below bentod's own ceiling + TotalMemory (%s + %s): functions may be killed for memory before TotalMemory is reached; raise MemoryMax= to at least %s (systemctl edit bentod) or lower TotalMemory",
-			units.FormatSize(pl.MemoryMax), pl.Own, units.FormatSize(pl.DaemonMax), units.FormatSize(p.Aggregate.Memory), units.FormatSize(pl.DaemonMax+p.Aggregate.Memory)))
+		log.Warn(fmt.Sprintf("the service's memory ceiling (%s: the unit's MemoryMax=, cgroup %s) bounds bentod and every function together and is below bentod's own ceiling + TotalMemory (%s + %s): functions get only %s together; to give them TotalMemory, raise MemoryMax= to at least %s (systemctl edit bentod)",
+			units.FormatSize(pl.MemoryMax), pl.Own, units.FormatSize(pl.DaemonMax), units.FormatSize(p.Aggregate.Memory), units.FormatSize(max(0, pl.MemoryMax-pl.DaemonMax)), units.FormatSize(pl.DaemonMax+p.Aggregate.Memory)))
 	}
+}
+
+// TotalMemory is the memory functions may use together: TotalMemory, or
+// less where the service's cgroup leaves less beside bentod (cgroup v2,
+// delegated, with the unit's MemoryMax=).
+func (s *Server) TotalMemory() int64 { return s.totalMemory(s.policy()) }
+
+func (s *Server) totalMemory(p *policy.Policy) int64 {
+	if s.memBounded {
+		return min(p.Aggregate.Memory, s.memRoom)
+	}
+	return p.Aggregate.Memory
 }
 
 // DaemonHardMemory is bentod's own hard memory ceiling on a delegated

@@ -257,8 +257,8 @@ func (s *Server) resize(a *admission, mem, milli int64) *proto.Error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	dm, dc := mem-a.memory, milli-a.milli
-	if dm > 0 && s.usedMem+dm > p.Aggregate.Memory {
-		return &proto.Error{Code: proto.CodeBusy, Message: fmt.Sprintf("busy, retry later: %s more memory is needed, %s is free for functions; the instance keeps its old code", units.FormatSize(dm), units.FormatSize(max(0, p.Aggregate.Memory-s.usedMem)))}
+	if dm > 0 && s.usedMem+dm > s.totalMemory(p) {
+		return &proto.Error{Code: proto.CodeBusy, Message: fmt.Sprintf("busy, retry later: %s more memory is needed, %s is free for functions; the instance keeps its old code", units.FormatSize(dm), units.FormatSize(max(0, s.totalMemory(p)-s.usedMem)))}
 	}
 	if dc > 0 && s.usedMilli+dc > policy.MilliCores(p.Aggregate.CPU) {
 		return &proto.Error{Code: proto.CodeBusy, Message: fmt.Sprintf("busy, retry later: %.2f more cores are needed, %.2f are free for functions; the instance keeps its old code", float64(dc)/1000, float64(max(0, policy.MilliCores(p.Aggregate.CPU)-s.usedMilli))/1000)}
