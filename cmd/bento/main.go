@@ -17,6 +17,7 @@
 //	bento update   SERVER SHUTDOWN-TOKEN DIR [--json]
 //	bento ls       [--json]
 //	bento forget   INSTANCE
+//	bento shard    put|get|rm  (bento shard -h)
 //
 // Flags may come anywhere among a command's arguments, until "--": what
 // follows it is never a flag. Commands that talk to a server take
@@ -96,6 +97,7 @@ const usage = `usage:
   bento forget   INSTANCE                   remove an instance from the local store
   bento boxes    [--check DIR] [--json]      list the boxes the Tor network's relays announce
   bento dust     up|ls|down|render           dust motes: a relay and a box that end (bento dust -h)
+  bento shard    put|get|rm                  a file spread, encrypted, over n boxes, any k of which rebuild it (bento shard -h)
   bento completion bash|zsh|fish             a shell completion script
 
 Flags may come anywhere among a command's arguments; everything after -- is an argument, never a
@@ -209,6 +211,8 @@ func runCtx(ctx context.Context, stopSignals func(), args []string, stdin io.Rea
 		return c.boxes(rest)
 	case "dust":
 		return c.dust(rest)
+	case "shard":
+		return c.shard(rest)
 	case "logs":
 		return c.logs(rest)
 	case "update":

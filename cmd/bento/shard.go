@@ -1,0 +1,494 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/torbento/bento/client"
+	"github.com/torbento/bento/functions"
+	"github.com/torbento/bento/internal/atomicfile"
+	"github.com/torbento/bento/internal/manifest"
+	"github.com/torbento/bento/internal/shard"
+	"github.com/torbento/bento/internal/units"
+)
+
+const shardUsage = `usage:
+  bento shard put FILE (--boxes SERVER,SERVER,... | --choose) [-n N] [-k K] [-o MANIFEST] [--lifetime DUR] [--function DIR] [--json]
+                    encrypt FILE and spread it over N Dropbox instances on N different boxes, any K of
+                    which rebuild it; writes the manifest (the key and the tokens: keep it secret) to
+                    MANIFEST (default FILE.shard, mode 0600), or prints it with --json
+                    -n defaults to the number of --boxes (3 with --choose), -k to a majority (N/2+1)
+  bento shard get MANIFEST -o OUT [--json]   fetch the shares, check each, rebuild the file (- : stdout)
+  bento shard rm  MANIFEST                   shut down every share's Dropbox instance
+
+A box's share is ciphertext (or a Reed-Solomon combination of it): no box, and no K-1 of them, can
+read the file; the key is only in the manifest. --choose picks the boxes from the directory
+(as run --choose does: --tor-socks before the command, --tor-control, --tor-cookie).
+Commands take --timeout DURATION for each request (default 60s).
+`
+
+func (c *cli) shard(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(c.stderr, shardUsage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(c.stdout, shardUsage)
+		return exitOK
+	case "put":
+		return c.shardPut(args[1:])
+	case "get":
+		return c.shardGet(args[1:])
+	case "rm":
+		return c.shardRm(args[1:])
+	}
+	fmt.Fprintf(c.stderr, "bento: unknown shard command %q\n\n%s", args[0], shardUsage)
+	return exitUsage
+}
+
+// dropboxFunction is the Dropbox each share goes to: dir's, or the one
+// bento carries (functions/dropbox), with its lifetime replaced if asked.
+func dropboxFunction(dir, lifetime string) (*client.Function, error) {
+	var fn *client.Function
+	if dir != "" {
+		f, err := client.LoadFunction(dir)
+		if err != nil {
+			return nil, notFunctionDir(dir, err)
+		}
+		fn = f
+	} else {
+		fn = &client.Function{Files: map[string][]byte{}}
+		for _, name := range []string{"bento.toml", "main.star"} {
+			b, err := fs.ReadFile(functions.Dropbox, "dropbox/"+name)
+			if err != nil {
+				return nil, err
+			}
+			if name == "bento.toml" {
+				fn.Manifest = b
+			} else {
+				fn.Files[name] = b
+			}
+		}
+	}
+	if lifetime != "" {
+		if _, err := units.ParseDuration(lifetime); err != nil {
+			return nil, fmt.Errorf("--lifetime: %v", err)
+		}
+		var doc map[string]any
+		if err := toml.Unmarshal(fn.Manifest, &doc); err != nil {
+			return nil, fmt.Errorf("%s: %w", manifest.FileName, err)
+		}
+		res, _ := doc["resources"].(map[string]any)
+		if res == nil {
+			res = map[string]any{}
+		}
+		res["lifetime"] = lifetime
+		doc["resources"] = res
+		var buf bytes.Buffer
+		if err := toml.NewEncoder(&buf).Encode(doc); err != nil {
+			return nil, err
+		}
+		fn.Manifest = buf.Bytes()
+	}
+	return fn, nil
+}
+
+// placed is one share's deploy and put, or why it failed.
+type placed struct {
+	i   int
+	d   *client.Deployed
+	err error
+}
+
+func (c *cli) shardPut(args []string) int {
+	fs := c.newFlags("shard put", "FILE (--boxes SERVER,... | --choose) [-n N] [-k K] [-o MANIFEST] [--lifetime DUR] [--function DIR] [--json] [--timeout DURATION]")
+	var boxes destFlag
+	fs.Var(&boxes, "boxes", "the servers to place the shares on, one share each (comma-separated, or the flag repeated)")
+	choose := fs.Bool("choose", false, "choose the boxes from the directory instead")
+	n := fs.Int("n", 0, "shares to place, each on a box of its own (default: the number of --boxes, 3 with --choose)")
+	k := fs.Int("k", 0, "shares that rebuild the file (default: a majority, n/2+1)")
+	out := fs.String("o", "", "write the manifest here (default FILE.shard; with --json, printed instead unless -o is given)")
+	lifetime := fs.String("lifetime", "", "each Dropbox instance's lifetime, replacing the Dropbox manifest's (e.g. 1h; the boxes' policies must allow it)")
+	fnDir := fs.String("function", "", "the Dropbox function directory to deploy (default: the one bento carries, functions/dropbox)")
+	tf := addTorControlFlags(fs)
+	c.addJSON(fs)
+	c.addTimeout(fs)
+	pos, code, err := c.parseFlags(fs, args)
+	if err != nil {
+		return code
+	}
+	if len(pos) != 1 {
+		return c.usageErr("shard put takes FILE (--boxes SERVER,... | --choose)")
+	}
+	if *choose == (len(boxes) > 0) {
+		return c.usageErr("shard put takes --boxes SERVER,SERVER,... or --choose (one of them)")
+	}
+	if *n == 0 {
+		*n = len(boxes)
+		if *choose {
+			*n = 3
+		}
+	}
+	if *k == 0 {
+		*k = *n/2 + 1
+	}
+	file := pos[0]
+	manifestPath := *out
+	if manifestPath == "" && !c.json {
+		manifestPath = file + ".shard"
+	}
+	if manifestPath != "" {
+		if _, err := os.Lstat(manifestPath); err == nil {
+			return c.errorf(exitUsage, nil, "%s already exists: bento does not overwrite a shard manifest (it may be the only key to a file); give -o", manifestPath)
+		}
+	}
+	var servers []string
+	seen := map[string]int{}
+	for i, b := range boxes {
+		s := serverAddr(b)
+		if j, dup := seen[strings.ToLower(s)]; dup {
+			return c.errorf(exitUsage, nil, "--boxes names %s twice (as box %d and %d): each share must go to a box of its own", clean(s), j+1, i+1)
+		}
+		seen[strings.ToLower(s)] = i
+		servers = append(servers, s)
+	}
+	if !*choose && len(servers) != *n {
+		return c.errorf(exitUsage, nil, "%d shares (-n) need %d different boxes, and --boxes names %d", *n, *n, len(servers))
+	}
+	fn, err := dropboxFunction(*fnDir, *lifetime)
+	if err != nil {
+		return c.errorf(exitUsage, nil, "%v", err)
+	}
+	st, err := os.Stat(file)
+	if err != nil {
+		return c.errorf(exitUsage, nil, "%v", err)
+	}
+	if !st.Mode().IsRegular() || st.Size() > shard.MaxSize {
+		return c.errorf(exitUsage, nil, "%s: want a regular file of at most 1 GiB", file)
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return c.errorf(exitUsage, nil, "%v", err)
+	}
+	m, shares, err := shard.Split(data, filepath.Base(file), *n, *k, nil)
+	if err != nil {
+		return c.errorf(exitUsage, nil, "%v", err)
+	}
+	if dm, err := manifest.Parse(fn.Manifest); err == nil {
+		// The Dropbox keeps its data under a key of its own beside its
+		// metadata, and returns it as its output.
+		if room := min(dm.Resources.Storage-1024, dm.Resources.Output); dm.Resources.Storage > 0 && dm.Resources.Output > 0 && m.ShareSize > room {
+			return c.errorf(exitUsage, nil, "each share would be %s, and the Dropbox holds at most %s: give a larger -k (shares are the file's size / k), or --function a Dropbox with more storage and output", size(m.ShareSize), size(room))
+		}
+	}
+	if *choose {
+		dir, done, code := c.directory(tf)
+		if dir == nil {
+			return code
+		}
+		got, err := dir.ChooseN(c.ctx, fn, *n)
+		done()
+		if err != nil {
+			if c.ctx.Err() != nil {
+				return c.interrupted("nothing was placed")
+			}
+			return c.errorf(exitRefused, nil, "%v", err)
+		}
+		for _, b := range got {
+			servers = append(servers, b.Addr())
+			if !c.json {
+				fmt.Fprintf(c.stderr, "bento: chose box %s beside relay %s (%s)\n", b.Addr(), clean(b.Relay.Nickname), b.Relay.Fingerprint)
+			}
+		}
+	}
+	// Every share at once: deploy a Dropbox, put the share.
+	results := make(chan placed, *n)
+	for i := range *n {
+		go func() {
+			cl := c.client(servers[i])
+			d, err := cl.Deploy(c.ctx, fn)
+			if err != nil {
+				results <- placed{i, nil, err}
+				return
+			}
+			got, err := cl.CallWithInput(c.ctx, d.InvocationToken, shares[i], "put")
+			if err == nil && string(got) != fmt.Sprintf("stored %d bytes\n", len(shares[i])) {
+				err = fmt.Errorf("the Dropbox answered %q to the put, not that it stored the share's %d bytes", clean(string(got)), len(shares[i]))
+			}
+			results <- placed{i, d, err}
+		}()
+	}
+	var failed []placed
+	deployed := make([]*client.Deployed, *n)
+	for range *n {
+		p := <-results
+		deployed[p.i] = p.d
+		if p.err != nil {
+			failed = append(failed, p)
+			continue
+		}
+		m.Shares[p.i].Server, m.Shares[p.i].Instance = servers[p.i], p.d.Instance
+		m.Shares[p.i].InvocationToken, m.Shares[p.i].ShutdownToken = p.d.InvocationToken, p.d.ShutdownToken
+		if !c.json {
+			fmt.Fprintf(c.stderr, "bento: share %d (%s) stored on %s\n", p.i, size(m.ShareSize), servers[p.i])
+		}
+	}
+	// undo shuts down what was placed: a file placed in part is no file.
+	undo := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		var left []string
+		for i, d := range deployed {
+			if d == nil {
+				continue
+			}
+			if err := c.client(servers[i]).Shutdown(ctx, d.ShutdownToken); err != nil && !client.IsCode(err, client.CodeNotFound) {
+				left = append(left, fmt.Sprintf("%s (instance %s: %v; it ends when its lifetime does)", servers[i], d.Instance, err))
+			}
+		}
+		if len(left) > 0 {
+			return "shutting down the shares placed failed on " + strings.Join(left, ", ")
+		}
+		return "the shares placed were shut down"
+	}
+	if len(failed) > 0 {
+		after := undo()
+		if c.ctx.Err() != nil {
+			return c.interrupted(after)
+		}
+		sort.Slice(failed, func(a, b int) bool { return failed[a].i < failed[b].i })
+		for _, p := range failed[1:] {
+			fmt.Fprintf(c.stderr, "bento: share %d on %s: %v\n", p.i, clean(servers[p.i]), p.err)
+		}
+		fmt.Fprintf(c.stderr, "bento: %d of the %d shares could not be placed; %s. Share %d on %s:\n", len(failed), *n, after, failed[0].i, clean(servers[failed[0].i]))
+		return c.fail(failed[0].err, "")
+	}
+	b, err := m.Marshal()
+	if err != nil {
+		return c.errorf(exitServer, nil, "the manifest: %v; %s", err, undo())
+	}
+	if manifestPath != "" {
+		if err := atomicfile.Write(manifestPath, b, 0o600); err != nil {
+			return c.errorf(exitUsage, nil, "writing the manifest: %v; %s", err, undo())
+		}
+	}
+	if c.json {
+		if manifestPath == "" {
+			c.stdout.Write(b)
+			return exitOK
+		}
+		j, _ := json.Marshal(map[string]any{"manifest": manifestPath, "n": m.N, "k": m.K, "size": m.Size, "share_size": m.ShareSize, "servers": servers})
+		fmt.Fprintf(c.stdout, "%s\n", j)
+		return exitOK
+	}
+	fmt.Fprintf(c.stdout, "%s: %s in %d shares of %s on %d boxes; any %d rebuild it (bento shard get %s -o FILE). The manifest holds the key and the tokens: keep it secret.\n",
+		manifestPath, clean(m.Name), m.N, size(m.ShareSize), m.N, m.K, manifestPath)
+	return exitOK
+}
+
+// readShardManifest reads and checks a manifest file.
+func readShardManifest(path string) (*shard.Manifest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, shard.MaxManifest+1))
+	if err != nil {
+		return nil, err
+	}
+	m, err := shard.Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return m, nil
+}
+
+// fetched is one share as its box returned it, or why not.
+type fetched struct {
+	i    int
+	data []byte
+	err  error
+}
+
+func (c *cli) shardGet(args []string) int {
+	fs := c.newFlags("shard get", "MANIFEST -o OUT [--json] [--timeout DURATION]")
+	out := fs.String("o", "", "write the rebuilt file here (- for standard output)")
+	c.addJSON(fs)
+	c.addTimeout(fs)
+	pos, code, err := c.parseFlags(fs, args)
+	if err != nil {
+		return code
+	}
+	if len(pos) != 1 || *out == "" {
+		return c.usageErr("shard get takes MANIFEST -o OUT")
+	}
+	m, err := readShardManifest(pos[0])
+	if err != nil {
+		return c.errorf(exitUsage, nil, "%v", err)
+	}
+	// Every box at once; once k good shares are in, the rest are not
+	// waited for.
+	ctx, cancel := context.WithCancel(c.ctx)
+	defer cancel()
+	results := make(chan fetched, m.N)
+	for i, s := range m.Shares {
+		go func() {
+			cl := c.client(s.Server)
+			cl.MaxOutput = m.ShareSize
+			b, err := cl.Call(ctx, s.InvocationToken, "get")
+			if err == nil {
+				err = m.Check(i, b)
+			} else if errors.Is(err, client.ErrOutputTooLarge) {
+				err = fmt.Errorf("the box sent more than the share's %d bytes", m.ShareSize)
+			}
+			results <- fetched{i, b, err}
+		}()
+	}
+	shares := make([][]byte, m.N)
+	bad := map[int]error{}
+	good := 0
+	for range m.N {
+		f := <-results
+		if f.err != nil {
+			if good < m.K {
+				bad[f.i] = f.err
+			}
+			continue
+		}
+		shares[f.i] = f.data
+		if good++; good == m.K {
+			cancel()
+		}
+	}
+	if c.ctx.Err() != nil {
+		return c.interrupted("")
+	}
+	var idx []int
+	for i := range bad {
+		idx = append(idx, i)
+	}
+	sort.Ints(idx)
+	if !c.json {
+		for _, i := range idx {
+			fmt.Fprintf(c.stderr, "bento: share %d on %s: %s; treated as missing\n", i, clean(m.Shares[i].Server), clean(shareErr(bad[i])))
+		}
+	}
+	data, err := m.Join(shares)
+	if err != nil {
+		var tf *shard.TooFewError
+		if errors.As(err, &tf) {
+			// Unreachable boxes may come back; gone or lying ones will not.
+			code := exitConnect
+			for _, e := range bad {
+				var ce *client.ConnError
+				if !errors.As(e, &ce) {
+					code = exitServer
+				}
+			}
+			return c.errorf(code, nil, "only %d of the %d shares could be fetched and checked, and %s needs %d: it cannot be rebuilt now", good, m.N, clean(m.Name), m.K)
+		}
+		return c.errorf(exitServer, nil, "%v", err)
+	}
+	if *out == "-" {
+		if _, err := c.stdout.Write(data); err != nil {
+			return exitServer
+		}
+	} else if err := atomicfile.Write(*out, data, 0o600); err != nil {
+		return c.errorf(exitUsage, nil, "%v", err)
+	}
+	var used []int
+	for i, s := range shares {
+		if s != nil {
+			used = append(used, i)
+		}
+	}
+	if c.json {
+		missing := map[string]string{}
+		for i, e := range bad {
+			missing[fmt.Sprint(i)] = shareErr(e)
+		}
+		j, _ := json.Marshal(map[string]any{"output": *out, "size": len(data), "shares_used": used, "shares_missing": missing})
+		if *out == "-" {
+			// stdout holds the file.
+			fmt.Fprintf(c.stderr, "%s\n", j)
+		} else {
+			fmt.Fprintf(c.stdout, "%s\n", j)
+		}
+		return exitOK
+	}
+	fmt.Fprintf(c.stderr, "bento: rebuilt %s (%d bytes) from shares %v of %d\n", clean(m.Name), len(data), used, m.N)
+	return exitOK
+}
+
+// shareErr says why a share could not be used, shortly.
+func shareErr(err error) string {
+	var se *client.Error
+	if errors.As(err, &se) {
+		if se.Code == client.CodeNotFound || se.Code == client.CodeGone {
+			return "its Dropbox instance is gone (" + se.Message + ")"
+		}
+		return "the box refused: " + se.Message
+	}
+	var xe *client.ExitError
+	if errors.As(err, &xe) {
+		if xe.Exit.Error != nil {
+			return "the Dropbox failed: " + xe.Exit.Error.Error()
+		}
+		return "the Dropbox was stopped: " + xe.Exit.Reason
+	}
+	return err.Error()
+}
+
+func (c *cli) shardRm(args []string) int {
+	fs := c.newFlags("shard rm", "MANIFEST [--timeout DURATION]")
+	c.addTimeout(fs)
+	pos, code, err := c.parseFlags(fs, args)
+	if err != nil {
+		return code
+	}
+	if len(pos) != 1 {
+		return c.usageErr("shard rm takes MANIFEST")
+	}
+	m, err := readShardManifest(pos[0])
+	if err != nil {
+		return c.errorf(exitUsage, nil, "%v", err)
+	}
+	errs := make([]error, m.N)
+	done := make(chan struct{}, m.N)
+	for i, s := range m.Shares {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			if err := c.client(s.Server).Shutdown(c.ctx, s.ShutdownToken); err != nil && !client.IsCode(err, client.CodeNotFound) {
+				errs[i] = err
+			}
+		}()
+	}
+	for range m.N {
+		<-done
+	}
+	var left []string
+	for i, err := range errs {
+		if err != nil {
+			left = append(left, fmt.Sprintf("share %d on %s: %v", i, clean(m.Shares[i].Server), err))
+		}
+	}
+	if len(left) > 0 {
+		return c.errorf(exitConnect, nil, "%d of the %d shares may still be stored (run the same command again; each ends when its lifetime does): %s", len(left), m.N, strings.Join(left, "; "))
+	}
+	fmt.Fprintf(c.stderr, "bento: the %d shares of %s are shut down; %s can be deleted\n", m.N, clean(m.Name), pos[0])
+	return exitOK
+}
