@@ -19,12 +19,13 @@ import (
 
 // TestTorShard: bento shard spreads a 4 MB file over three boxes reached
 // only through the private Tor network (n = 3, k = 2). No box holds any
-// of the file: neither the share it serves nor anything on its disk. With
-// one box gone (its bentod stopped) the file comes back byte for byte;
-// with a second share gone (its instance ended by its shutdown token) it
-// cannot, and bento says so. It reuses the package's private Tor network;
+// of the file: neither the share it serves nor anything on its disk. A
+// second, small file loses two of its three shares (their instances ended
+// by their shutdown tokens): it cannot be rebuilt, and bento says so.
+// Then one box goes (its bentod stopped), and the 4 MB file comes back
+// byte for byte from the other two. It reuses the package's private Tor network;
 // its own cost is three bentods' onion services and about 10 MB through
-// Tor (about 40 s on two loaded cores).
+// Tor (see the logged times).
 func TestTorShard(t *testing.T) {
 	start := time.Now()
 	n := tornet(t)
@@ -96,43 +97,55 @@ func TestTorShard(t *testing.T) {
 		}
 	}
 
-	// Box 2 goes away: its bentod stops (its instance ends with it).
-	boxes[2].stop(t)
-	out := filepath.Join(dir, "back.bin")
-	r = bentoTor(t, n, "--tor-retry", "5s", "shard", "get", mpath, "-o", out, "--timeout", "60s")
-	if r.Code != 0 {
-		t.Fatalf("shard get with one box gone: %s", r)
+	// A second, small file on the same boxes: two of its shares' instances
+	// end by their shutdown tokens, and one share is too few for it.
+	small := filepath.Join(dir, "small.txt")
+	os.WriteFile(small, plain[:100_000], 0o600)
+	spath := filepath.Join(dir, "small.shard")
+	if r := bentoTor(t, n, "shard", "put", small, "-n", "3", "-k", "2", "--boxes", strings.Join(addrs, ","), "-o", spath); r.Code != 0 {
+		t.Fatalf("shard put of the small file: %s", r)
 	}
-	got, _ := os.ReadFile(out)
-	if !bytes.Equal(got, plain) {
-		t.Fatalf("rebuilt %d bytes, not the file's %d", len(got), len(plain))
+	raw, _ = os.ReadFile(spath)
+	sm, err := shard.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("get with one box gone done at %s", time.Since(start).Round(time.Second))
-
-	// Share 1's instance is ended by its shutdown token: one share left,
-	// the file needs two.
-	if r := bentoTor(t, n, "shutdown", boxes[1].Onion, m.Shares[1].ShutdownToken); r.Code != 0 {
-		t.Fatalf("shutdown of share 1: %s", r)
+	for _, i := range []int{0, 1} {
+		if r := bentoTor(t, n, "shutdown", boxes[i].Onion, sm.Shares[i].ShutdownToken); r.Code != 0 {
+			t.Fatalf("shutdown of the small file's share %d: %s", i, r)
+		}
 	}
 	// (Not bentoTor, which tries again on exit 4.)
-	torArgs := []string{"--tor-socks", n.Client().SocksAddr(), "--tor-retry", "5s"}
-	r = bento(t, "", append(torArgs, "shard", "get", mpath, "-o", filepath.Join(dir, "none.bin"), "--timeout", "60s")...)
-	if r.Code == 0 || !strings.Contains(r.Stderr, "only 1 of the 3 shares could be fetched and checked, and secret.bin needs 2: it cannot be rebuilt now") ||
+	r = bento(t, "", "--tor-socks", n.Client().SocksAddr(), "shard", "get", spath, "-o", filepath.Join(dir, "none.bin"))
+	if r.Code != 8 || !strings.Contains(r.Stderr, "only 1 of the 3 shares could be fetched and checked, and small.txt needs 2: it cannot be rebuilt now") ||
 		!strings.Contains(r.Stderr, "share 1 on "+boxes[1].Onion+": its Dropbox instance is gone") {
 		t.Fatalf("shard get with two shares gone: %s", r)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "none.bin")); err == nil {
 		t.Error("a failed get wrote its output")
 	}
-	// The last share goes too: rm ends what is left (the others count as
-	// gone already, except the stopped box, which cannot answer).
-	r = bento(t, "", append(torArgs, "shard", "rm", mpath, "--timeout", "60s")...)
-	if r.Code != 4 || !strings.Contains(r.Stderr, "1 of the 3 shares may still be stored") || !strings.Contains(r.Stderr, "share 2 on "+boxes[2].Onion) {
-		t.Errorf("shard rm with one box stopped: %s", r)
+	if r := bentoTor(t, n, "shard", "rm", spath); r.Code != 0 {
+		t.Errorf("shard rm of the small file: %s", r)
 	}
-	if _, err := client.New(boxes[0].Addr).Call(ctx(t), m.Shares[0].InvocationToken, "get"); !client.IsCode(err, client.CodeNotFound) {
-		t.Errorf("share 0 after shard rm: %v, want its instance gone", err)
+	if _, err := client.New(boxes[2].Addr).Call(ctx(t), sm.Shares[2].InvocationToken, "get"); !client.IsCode(err, client.CodeNotFound) {
+		t.Errorf("the small file's share 2 after shard rm: %v, want its instance gone", err)
 	}
+	t.Logf("the small file's loss shown at %s", time.Since(start).Round(time.Second))
+
+	// Box 2 goes away: its bentod stops (its instances end with it). The
+	// 4 MB file comes back from the other two, byte for byte.
+	boxes[2].stop(t)
+	out := filepath.Join(dir, "back.bin")
+	r = bentoTor(t, n, "shard", "get", mpath, "-o", out)
+	if r.Code != 0 || !strings.Contains(r.Stderr, "from shares [0 1] of 3") {
+		t.Fatalf("shard get with one box gone: %s", r)
+	}
+	got, _ := os.ReadFile(out)
+	if !bytes.Equal(got, plain) {
+		t.Fatalf("rebuilt %d bytes, not the file's %d", len(got), len(plain))
+	}
+	// (Its shares on boxes 0 and 1 end with their bentods, at cleanup:
+	// a shard rm would wait a minute on the stopped box's onion service.)
 	t.Logf("TestTorShard took %s", time.Since(start).Round(time.Second))
 }
 

@@ -272,7 +272,7 @@ func Parse(b []byte) (*Manifest, error) {
 		return nil, errors.New("not a shard manifest: something follows its JSON object")
 	}
 	if err := m.validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("not a shard manifest: %v", err)
 	}
 	return &m, nil
 }

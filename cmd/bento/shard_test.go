@@ -1,0 +1,122 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/torbento/bento/internal/shard"
+)
+
+// tempFile writes content to a new file and returns its path.
+func tempFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// shardManifest writes the manifest of a small file placed on servers
+// (one share each, any 2 rebuild it) and returns its path.
+func shardManifest(t *testing.T, servers ...string) string {
+	t.Helper()
+	m, _, err := shard.Split([]byte("a small secret"), "small.txt", len(servers), 2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range servers {
+		m.Shares[i].Server = s
+		m.Shares[i].InvocationToken = "bento-inv-" + strings.Repeat("A", 43)
+		m.Shares[i].ShutdownToken = "bento-sd-" + strings.Repeat("B", 43)
+	}
+	b, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tempFile(t, string(b))
+}
+
+func TestShardUsage(t *testing.T) {
+	file := tempFile(t, "x")
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no subcommand", []string{"shard"}, exitUsage, "bento shard put FILE"},
+		{"help", []string{"shard", "--help"}, exitOK, ""},
+		{"unknown", []string{"shard", "cp"}, exitUsage, `unknown shard command "cp"`},
+		{"no boxes", []string{"shard", "put", file}, exitUsage, "--boxes SERVER,SERVER,... or --choose"},
+		{"both", []string{"shard", "put", file, "--choose", "--boxes", "a,b"}, exitUsage, "--boxes SERVER,SERVER,... or --choose"},
+		{"choose without tor", []string{"shard", "put", file, "--choose"}, exitUsage, "finding boxes needs Tor"},
+		{"k above n", []string{"shard", "put", file, "--boxes", "a:1,b:1", "-k", "3"}, exitUsage, "k = 3: want from 1 to n = 2"},
+		{"one box", []string{"shard", "put", file, "--boxes", "a:1"}, exitUsage, "n = 1: want from 2 to 32"},
+		{"no file", []string{"shard", "put", file + ".nope", "--boxes", "a:1,b:1"}, exitUsage, "no such file"},
+		{"a directory", []string{"shard", "put", t.TempDir(), "--boxes", "a:1,b:1"}, exitUsage, "want a regular file"},
+		{"bad lifetime", []string{"shard", "put", file, "--boxes", "a:1,b:1", "--lifetime", "soon"}, exitUsage, "--lifetime"},
+		{"not a function", []string{"shard", "put", file, "--boxes", "a:1,b:1", "--function", t.TempDir()}, exitUsage, "is not a function directory"},
+		{"get without -o", []string{"shard", "get", file}, exitUsage, "shard get takes MANIFEST -o OUT"},
+		{"get of no file", []string{"shard", "get", file + ".nope", "-o", "x"}, exitUsage, "no such file"},
+		{"rm of a non-manifest", []string{"shard", "rm", file}, exitUsage, "not a shard manifest"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(c.args, strings.NewReader(""), &out, &errb)
+			if code != c.code || !strings.Contains(errb.String(), c.want) {
+				t.Errorf("bento %s: exit %d, stderr %q; want %d and %q", strings.Join(c.args, " "), code, errb.String(), c.code, c.want)
+			}
+		})
+	}
+	// Nothing was written beside the file by the refusals.
+	if _, err := os.Stat(file + ".shard"); err == nil {
+		t.Error("a refused put wrote a manifest")
+	}
+}
+
+// TestShardTooLarge: a share bigger than the Dropbox holds is refused
+// before any box is asked.
+func TestShardTooLarge(t *testing.T) {
+	big := filepath.Join(t.TempDir(), "big")
+	if err := os.WriteFile(big, make([]byte, 17<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	code := run([]string{"shard", "put", big, "--boxes", "127.0.0.1:9,127.0.0.2:9", "-k", "1"}, strings.NewReader(""), &out, &errb)
+	if code != exitUsage || !strings.Contains(errb.String(), "and the Dropbox holds at most") {
+		t.Errorf("exit %d, %q", code, errb.String())
+	}
+}
+
+// TestShardDropbox: the Dropbox bento carries is functions/dropbox, and
+// --lifetime replaces its lifetime only.
+func TestShardDropbox(t *testing.T) {
+	fn, err := dropboxFunction("", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"bento.toml": string(fn.Manifest), "main.star": string(fn.Files["main.star"])} {
+		b, err := os.ReadFile(filepath.Join("..", "..", "functions", "dropbox", name))
+		if err != nil || string(b) != want {
+			t.Errorf("the embedded %s differs from functions/dropbox's (%v)", name, err)
+		}
+	}
+	long, err := dropboxFunction("", "2h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := checkDir(shipped("dropbox"))
+	if f == nil || !strings.Contains(string(long.Manifest), `lifetime = "2h"`) || !strings.Contains(string(long.Manifest), `storage = "16 MB"`) {
+		t.Errorf("with --lifetime 2h:\n%s", long.Manifest)
+	}
+	j, _ := json.Marshal(long.Files)
+	if !bytes.Contains(j, []byte("main.star")) {
+		t.Error("the code went missing")
+	}
+}
