@@ -25,10 +25,15 @@ import (
 // Then one box goes (its bentod stopped), and the 4 MB file comes back
 // byte for byte from the other two. It reuses the package's private Tor network;
 // its own cost is three bentods' onion services and about 10 MB through
-// Tor (see the logged times).
+// Tor (see the logged times). Most of it is waiting for the onion
+// services: it runs in the parallel phase, after the sequential tests and
+// before TestDustMote, as TestDelayMail does.
 func TestTorShard(t *testing.T) {
-	start := time.Now()
+	beforeMote.Add(1)
+	defer beforeMote.Done()
+	t.Parallel()
 	n := tornet(t)
+	start := time.Now()
 	exits := n.Exits()
 	if len(exits) < 3 {
 		t.Fatalf("the private network has %d exits, want 3", len(exits))

@@ -224,7 +224,9 @@ func (c *cli) shardPut(args []string) int {
 				results <- placed{i, nil, err}
 				return
 			}
-			got, err := cl.CallWithInput(c.ctx, d.InvocationToken, shares[i], "put")
+			ctx, cancel := context.WithTimeout(c.ctx, shareTimeout(cl, m.ShareSize))
+			defer cancel()
+			got, err := cl.CallWithInput(ctx, d.InvocationToken, shares[i], "put")
 			if err == nil && string(got) != fmt.Sprintf("stored %d bytes\n", len(shares[i])) {
 				err = fmt.Errorf("the Dropbox answered %q to the put, not that it stored the share's %d bytes", clean(string(got)), len(shares[i]))
 			}
@@ -299,6 +301,17 @@ func (c *cli) shardPut(args []string) int {
 	return exitOK
 }
 
+// shareRate is the slowest a share may move: a box slower than that
+// (or one that stalls) is given up, so that no box holds a put or a get
+// for ever.
+const shareRate = 20 << 10 // bytes a second
+
+// shareTimeout bounds one share's put or get: the request's time, and
+// the share's bytes at shareRate.
+func shareTimeout(cl *client.Client, n int64) time.Duration {
+	return cl.Timeout + time.Duration(n/shareRate+1)*time.Second
+}
+
 // readShardManifest reads and checks a manifest file.
 func readShardManifest(path string) (*shard.Manifest, error) {
 	f, err := os.Open(path)
@@ -349,6 +362,8 @@ func (c *cli) shardGet(args []string) int {
 		go func() {
 			cl := c.client(s.Server)
 			cl.MaxOutput = m.ShareSize
+			ctx, cancel := context.WithTimeout(ctx, shareTimeout(cl, m.ShareSize))
+			defer cancel()
 			b, err := cl.Call(ctx, s.InvocationToken, "get")
 			if err == nil {
 				err = m.Check(i, b)
@@ -361,19 +376,16 @@ func (c *cli) shardGet(args []string) int {
 	shares := make([][]byte, m.N)
 	bad := map[int]error{}
 	good := 0
-	for range m.N {
+	for got := 0; got < m.N && good < m.K; got++ {
 		f := <-results
 		if f.err != nil {
-			if good < m.K {
-				bad[f.i] = f.err
-			}
+			bad[f.i] = f.err
 			continue
 		}
 		shares[f.i] = f.data
-		if good++; good == m.K {
-			cancel()
-		}
+		good++
 	}
+	cancel() // the fetches still running end; their results are not waited for
 	if c.ctx.Err() != nil {
 		return c.interrupted("")
 	}

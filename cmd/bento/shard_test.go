@@ -3,12 +3,16 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/shard"
+	"github.com/torbento/bento/internal/wire"
 )
 
 // tempFile writes content to a new file and returns its path.
@@ -118,5 +122,53 @@ func TestShardDropbox(t *testing.T) {
 	j, _ := json.Marshal(long.Files)
 	if !bytes.Contains(j, []byte("main.star")) {
 		t.Error("the code went missing")
+	}
+}
+
+// stallServer says its welcome, starts every session asked for, and then
+// sends nothing: a hostile box holding a get.
+func stallServer(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done); ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				conn := wire.NewConn(c)
+				if f, err := conn.Read(); err == nil {
+					f.Release()
+					conn.Send(proto.TWelcome, proto.Welcome{Version: proto.Version, Server: "stall"}, nil)
+				}
+				if f, err := conn.Read(); err == nil {
+					f.Release()
+					conn.Send(proto.TSession, proto.Session{Session: "s-1"}, nil)
+				}
+				<-done
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestShardGetStalled: boxes that start a session and then say nothing
+// cannot hold a get for ever.
+func TestShardGetStalled(t *testing.T) {
+	m := shardManifest(t, stallServer(t), stallServer(t), stallServer(t))
+	start := time.Now()
+	var out, errb bytes.Buffer
+	code := run([]string{"shard", "get", m, "-o", filepath.Join(t.TempDir(), "out"), "--timeout", "1s"}, strings.NewReader(""), &out, &errb)
+	if code != exitConnect || !strings.Contains(errb.String(), "only 0 of the 3 shares could be fetched") || strings.Count(errb.String(), "treated as missing") != 3 {
+		t.Errorf("exit %d, %s", code, errb.String())
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("the get took %s; each share is given 1 s and its bytes at 20 KB/s", d)
 	}
 }
