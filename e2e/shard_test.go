@@ -18,7 +18,8 @@ import (
 // by one that changes the share's first bytes) is caught by the share's
 // hash and passed over; with a second share gone the file cannot be
 // rebuilt and bento says which shares failed and why; rm ends what is
-// left. (Over Tor, with boxes lost: TestTorShard.) About 10 s.
+// left. (Over Tor, with boxes lost: TestTorShard.) 15-25 s, most of it
+// starting three bentods with the race detector.
 func TestShard(t *testing.T) {
 	start := time.Now()
 	var boxes []*daemon
