@@ -42,6 +42,7 @@ const (
 	Version     = 1
 	MaxShares   = 32      // n at most
 	MaxSize     = 1 << 30 // a file of at most 1 GiB (it is held in memory)
+	MaxStored   = 2 << 30 // n shares together at most 2 GiB (get may hold them all)
 	MaxManifest = 64 << 10
 	Cipher      = "aes-256-gcm"
 
@@ -82,7 +83,18 @@ func shareSize(size int64, k int) int64 {
 	return (size + tagSize + int64(k) - 1) / int64(k)
 }
 
-// checkParams checks n, k and size against the limits.
+// Plan checks n, k and a file's size against the limits, before any of
+// the file is read, and returns the size of each of its shares.
+func Plan(size int64, n, k int) (int64, error) {
+	if err := checkParams(n, k, size); err != nil {
+		return 0, err
+	}
+	return shareSize(size, k), nil
+}
+
+// checkParams checks n, k and size against the limits: the shares
+// together too, since a get may hold all n at once (a manifest from
+// someone else must not make bento ask for more memory than that).
 func checkParams(n, k int, size int64) error {
 	if n < 2 || n > MaxShares {
 		return fmt.Errorf("n = %d: want from 2 to %d shares", n, MaxShares)
@@ -92,6 +104,9 @@ func checkParams(n, k int, size int64) error {
 	}
 	if size < 0 || size > MaxSize {
 		return fmt.Errorf("size %d: want at most %d bytes (1 GiB)", size, int64(MaxSize))
+	}
+	if all := int64(n) * shareSize(size, k); all > MaxStored {
+		return fmt.Errorf("n = %d shares of %d bytes are %d bytes together: at most %d (2 GiB); give a larger k or a smaller n", n, shareSize(size, k), all, int64(MaxStored))
 	}
 	return nil
 }
@@ -124,15 +139,17 @@ func Split(data []byte, name string, n, k int, rnd io.Reader) (*Manifest, [][]by
 	if err != nil {
 		return nil, nil, err
 	}
-	ct := aead.Seal(nil, m.Nonce, data, aad(n, k, m.Size))
+	// The data shares are slices of the ciphertext's own buffer (padded
+	// with zeros to k whole shares): the file is not held twice more.
 	m.ShareSize = shareSize(m.Size, k)
+	ct := aead.Seal(make([]byte, 0, int64(k)*m.ShareSize), m.Nonce, data, aad(n, k, m.Size))
+	ct = ct[:cap(ct)]
 	shares := make([][]byte, n)
 	for i := range shares {
-		shares[i] = make([]byte, m.ShareSize)
 		if i < k {
-			lo := min(int64(i)*m.ShareSize, int64(len(ct)))
-			hi := min(lo+m.ShareSize, int64(len(ct)))
-			copy(shares[i], ct[lo:hi]) // the last one padded with zeros
+			shares[i] = ct[int64(i)*m.ShareSize : int64(i+1)*m.ShareSize : int64(i+1)*m.ShareSize]
+		} else {
+			shares[i] = make([]byte, m.ShareSize)
 		}
 	}
 	if n > k {
@@ -213,7 +230,7 @@ func (m *Manifest) Join(shares [][]byte) ([]byte, error) {
 			bad[i] = err
 			continue
 		}
-		use[i] = bytes.Clone(s)
+		use[i] = s // read, never written: ReconstructData fills in only the missing
 		good++
 	}
 	if good < m.K {
@@ -237,7 +254,8 @@ func (m *Manifest) Join(shares [][]byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := aead.Open(nil, m.Nonce, ct, aad(m.N, m.K, m.Size))
+	// Opened in place: a 1 GiB file is not held twice more.
+	out, err := aead.Open(ct[:0], m.Nonce, ct, aad(m.N, m.K, m.Size))
 	if err != nil {
 		return nil, errors.New("the rebuilt file does not authenticate: the manifest's key, nonce or sizes are not the ones it was made with")
 	}

@@ -235,6 +235,32 @@ func TestSplitRefuses(t *testing.T) {
 			t.Errorf("n %d k %d: %v, want %q", c.n, c.k, err, c.want)
 		}
 	}
+	// The shares together are bounded, whatever the file's size: a get
+	// may hold all n.
+	for _, c := range []struct {
+		size int64
+		n, k int
+		want string // "" fits
+	}{
+		{MaxSize, 3, 2, ""},
+		{MaxSize - tagSize, 2, 1, ""},
+		{MaxSize, 2, 1, "at most 2147483648"},
+		{MaxSize, 3, 1, "at most 2147483648 (2 GiB); give a larger k or a smaller n"},
+		{MaxSize, MaxShares, 1, "at most 2147483648"},
+		{MaxSize, MaxShares, 16, "at most 2147483648"},
+		{MaxSize - 1024, MaxShares, 16, ""},
+		{MaxSize + 1, 2, 2, "want at most 1073741824 bytes"},
+		{-1, 2, 2, "want at most"},
+	} {
+		ss, err := Plan(c.size, c.n, c.k)
+		if c.want == "" {
+			if err != nil || ss != shareSize(c.size, c.k) || int64(c.n)*ss > MaxStored {
+				t.Errorf("Plan(%d, %d, %d) = %d, %v", c.size, c.n, c.k, ss, err)
+			}
+		} else if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Plan(%d, %d, %d): %v, want %q", c.size, c.n, c.k, err, c.want)
+		}
+	}
 	if _, _, err := Split([]byte("x"), "", 3, 2, bytes.NewReader(nil)); err == nil || !strings.Contains(err.Error(), "random key") {
 		t.Errorf("no randomness: %v", err)
 	}
@@ -310,6 +336,7 @@ func TestParse(t *testing.T) {
 		{"k above n", edit(func(d map[string]any) { d["k"] = 4 }), "want from 1 to n"},
 		{"negative size", edit(func(d map[string]any) { d["size"] = -1 }), "want at most"},
 		{"huge size", edit(func(d map[string]any) { d["size"] = 1 << 40 }), "want at most"},
+		{"shares too large together", edit(func(d map[string]any) { d["size"], d["k"], d["share_size"] = 1<<30, 1, 1<<30+16 }), "give a larger k or a smaller n"},
 		{"share size", edit(func(d map[string]any) { d["share_size"] = 16 }), "share_size 16"},
 		{"cipher", edit(func(d map[string]any) { d["cipher"] = "none" }), "cipher"},
 		{"short key", edit(func(d map[string]any) { d["key"] = "AAAA" }), "key of 3 bytes"},
@@ -359,7 +386,7 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		// What parses is within its bounds and writes back as it reads.
-		if m.N < 2 || m.N > MaxShares || m.K < 1 || m.K > m.N || len(m.Shares) != m.N || m.Size > MaxSize || m.ShareSize*int64(m.K) < m.Size+tagSize {
+		if m.N < 2 || m.N > MaxShares || m.K < 1 || m.K > m.N || len(m.Shares) != m.N || m.Size > MaxSize || m.ShareSize*int64(m.K) < m.Size+tagSize || m.ShareSize*int64(m.N) > MaxStored {
 			t.Fatalf("out of bounds: %+v", m)
 		}
 		out, err := m.Marshal()
