@@ -33,6 +33,7 @@ import (
 	"sort"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/klauspost/reedsolomon"
 )
@@ -119,11 +120,13 @@ func aad(n, k int, size int64) []byte {
 // Split encrypts data under a fresh key from rnd (crypto/rand's Reader if
 // nil) and cuts the ciphertext into n shares, any k of which rebuild it.
 // The manifest's shares have their hashes; the caller fills in where
-// each one goes.
+// each one goes. name is kept as the manifest can hold it (see Name), so
+// that no name makes the manifest fail once the shares are placed.
 func Split(data []byte, name string, n, k int, rnd io.Reader) (*Manifest, [][]byte, error) {
 	if err := checkParams(n, k, int64(len(data))); err != nil {
 		return nil, nil, err
 	}
+	name = Name(name)
 	if rnd == nil {
 		rnd = rand.Reader
 	}
@@ -167,6 +170,23 @@ func Split(data []byte, name string, n, k int, rnd io.Reader) (*Manifest, [][]by
 		m.Shares[i] = Share{Index: i, SHA256: hex.EncodeToString(sum[:])}
 	}
 	return m, shares, nil
+}
+
+// Name is a file's name as a manifest keeps it: each character that is
+// not printable (or each byte that is not UTF-8) becomes '?', and it is
+// cut to at most 512 bytes.
+func Name(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if !unicode.IsPrint(r) || r == unicode.ReplacementChar {
+			return '?'
+		}
+		return r
+	}, s)
+	for len(s) > maxField {
+		_, size := utf8.DecodeLastRuneInString(s)
+		s = s[:len(s)-size]
+	}
+	return s
 }
 
 func newAEAD(key []byte) (cipher.AEAD, error) {

@@ -412,3 +412,35 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestName: whatever a file is called, its manifest can be written (a
+// name it could not hold would fail the put after every share is
+// placed).
+func TestName(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"report.pdf", "report.pdf"},
+		{"", ""},
+		{"a\nb", "a?b"},
+		{"\x1b[2Jx", "?[2Jx"},
+		{"bad\xffutf8", "bad?utf8"},
+		{"é€\u202e", "é€?"},
+		{strings.Repeat("a", 600), strings.Repeat("a", 512)},
+		{strings.Repeat("é", 300), strings.Repeat("é", 256)},
+		{"a" + strings.Repeat("é", 300), "a" + strings.Repeat("é", 255)},
+	} {
+		if got := Name(c.in); got != c.want {
+			t.Errorf("Name(%q) = %q, want %q", c.in, got, c.want)
+		}
+		m, _, err := Split([]byte("x"), c.in, 2, 1, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		place(m)
+		if m.Name != c.want {
+			t.Errorf("Split kept the name %q, want %q", m.Name, c.want)
+		}
+		if _, err := m.Marshal(); err != nil {
+			t.Errorf("name %q: %v", c.in, err)
+		}
+	}
+}
