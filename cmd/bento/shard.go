@@ -179,20 +179,29 @@ func (c *cli) shardPut(args []string) int {
 	if !st.Mode().IsRegular() || st.Size() > shard.MaxSize {
 		return c.errorf(exitUsage, nil, "%s: want a regular file of at most 1 GiB", file)
 	}
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return c.errorf(exitUsage, nil, "%v", err)
-	}
-	m, shares, err := shard.Split(data, filepath.Base(file), *n, *k, nil)
+	// The limits are checked on the file's size before it is read: a file
+	// too large for the Dropbox is refused without holding it in memory.
+	shareSize, err := shard.Plan(st.Size(), *n, *k)
 	if err != nil {
 		return c.errorf(exitUsage, nil, "%v", err)
 	}
 	if dm, err := manifest.Parse(fn.Manifest); err == nil {
 		// The Dropbox keeps its data under a key of its own beside its
 		// metadata, and returns it as its output.
-		if room := min(dm.Resources.Storage-1024, dm.Resources.Output); dm.Resources.Storage > 0 && dm.Resources.Output > 0 && m.ShareSize > room {
-			return c.errorf(exitUsage, nil, "each share would be %s, and the Dropbox holds at most %s: give a larger -k (shares are the file's size / k), or --function a Dropbox with more storage and output", size(m.ShareSize), size(room))
+		if room := min(dm.Resources.Storage-1024, dm.Resources.Output); dm.Resources.Storage > 0 && dm.Resources.Output > 0 && shareSize > room {
+			return c.errorf(exitUsage, nil, "each share would be %s, and the Dropbox holds at most %s: give a larger -k (shares are the file's size / k), or --function a Dropbox with more storage and output", size(shareSize), size(room))
 		}
+	}
+	data, err := readAtMost(file, st.Size(), shard.MaxSize)
+	if err != nil {
+		return c.errorf(exitUsage, nil, "%v", err)
+	}
+	m, shares, err := shard.Split(data, filepath.Base(file), *n, *k, nil)
+	if err != nil {
+		return c.errorf(exitUsage, nil, "%s: %v", file, err)
+	}
+	if m.ShareSize != shareSize {
+		return c.errorf(exitUsage, nil, "%s changed while it was read: try again once nothing writes to it", file)
 	}
 	if *choose {
 		dir, done, code := c.directory(tf)
@@ -310,6 +319,20 @@ const shareRate = 20 << 10 // bytes a second
 // the share's bytes at shareRate.
 func shareTimeout(cl *client.Client, n int64) time.Duration {
 	return cl.Timeout + time.Duration(n/shareRate+1)*time.Second
+}
+
+// readAtMost reads a file of size bytes into a buffer of that size, but
+// at most max+1 bytes of it (one that grows beyond max meanwhile is cut
+// there, and Split refuses it).
+func readAtMost(path string, size, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	buf := bytes.NewBuffer(make([]byte, 0, min(size, max)+bytes.MinRead))
+	_, err = buf.ReadFrom(io.LimitReader(f, max+1))
+	return buf.Bytes(), err
 }
 
 // readShardManifest reads and checks a manifest file.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -84,17 +85,39 @@ func TestShardUsage(t *testing.T) {
 	}
 }
 
-// TestShardTooLarge: a share bigger than the Dropbox holds is refused
-// before any box is asked.
+// TestShardTooLarge: a share bigger than the Dropbox holds, or shares
+// beyond shard's limits, are refused before any box is asked, and before
+// the file is read (a careless put of a large file does not hold it in
+// memory, several times over, only to refuse it).
 func TestShardTooLarge(t *testing.T) {
 	big := filepath.Join(t.TempDir(), "big")
-	if err := os.WriteFile(big, make([]byte, 17<<20), 0o600); err != nil {
+	f, err := os.Create(big)
+	if err != nil {
 		t.Fatal(err)
 	}
-	var out, errb bytes.Buffer
-	code := run([]string{"shard", "put", big, "--boxes", "127.0.0.1:9,127.0.0.2:9", "-k", "1"}, strings.NewReader(""), &out, &errb)
-	if code != exitUsage || !strings.Contains(errb.String(), "and the Dropbox holds at most") {
-		t.Errorf("exit %d, %q", code, errb.String())
+	// Sparse: 1 GiB of nothing on disk.
+	if err := f.Truncate(1 << 30); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-k", "2"}, "each share would be 512 MB, and the Dropbox holds at most 15 MB: give a larger -k"},
+		{[]string{"-n", "3", "-k", "1", "--boxes", "127.0.0.3:9"}, "at most 2147483648 (2 GiB); give a larger k or a smaller n"},
+	} {
+		var out, errb bytes.Buffer
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		code := run(append([]string{"shard", "put", big, "--boxes", "127.0.0.1:9,127.0.0.2:9"}, c.args...), strings.NewReader(""), &out, &errb)
+		runtime.ReadMemStats(&after)
+		if code != exitUsage || !strings.Contains(errb.String(), c.want) {
+			t.Errorf("%v: exit %d, %q; want %q", c.args, code, errb.String(), c.want)
+		}
+		if d := after.TotalAlloc - before.TotalAlloc; d > 16<<20 {
+			t.Errorf("%v: %d MB allocated to refuse a 1 GiB file", c.args, d>>20)
+		}
 	}
 }
 
