@@ -235,7 +235,13 @@ func (c *cli) shardPut(args []string) int {
 			}
 			ctx, cancel := context.WithTimeout(c.ctx, shareTimeout(cl, m.ShareSize))
 			defer cancel()
+			// The answer is one short line: a box that sends more is cut
+			// off, not gathered.
+			cl.MaxOutput = maxPutAnswer
 			got, err := cl.CallWithInput(ctx, d.InvocationToken, shares[i], "put")
+			if errors.Is(err, client.ErrOutputTooLarge) {
+				err = fmt.Errorf("the Dropbox answered the put with more than %s: it is not a Dropbox that stores a share", size(maxPutAnswer))
+			}
 			if err == nil && string(got) != fmt.Sprintf("stored %d bytes\n", len(shares[i])) {
 				err = fmt.Errorf("the Dropbox answered %q to the put, not that it stored the share's %d bytes", clean(string(got)), len(shares[i]))
 			}
@@ -309,6 +315,9 @@ func (c *cli) shardPut(args []string) int {
 		manifestPath, clean(m.Name), m.N, size(m.ShareSize), m.N, m.K, manifestPath)
 	return exitOK
 }
+
+// maxPutAnswer bounds a Dropbox's answer to a put ("stored N bytes").
+const maxPutAnswer = 1 << 10
 
 // shareRate is the slowest a share may move: a box slower than that
 // (or one that stalls) is given up, so that no box holds a put or a get

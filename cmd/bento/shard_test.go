@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -193,5 +195,132 @@ func TestShardGetStalled(t *testing.T) {
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("the get took %s; each share is given 1 s and its bytes at 20 KB/s", d)
+	}
+}
+
+// fakeBox is a box for shard put and rm that does as a test says: it
+// deploys (or refuses to), answers a put (honestly unless putAnswer),
+// and counts shutdowns (refusing them with shutdownErr).
+type fakeBox struct {
+	addr        string
+	deployErr   string                         // refuse the deploy with this message
+	instance    string                         // the instance it deploys (default "i-fake")
+	putAnswer   func(conn *wire.Conn, got int) // answers a put of got bytes
+	shutdownErr string
+	shutdowns   atomic.Int32
+	sent        atomic.Int64 // output bytes putAnswer got out
+}
+
+func startFakeBox(t *testing.T, setup func(*fakeBox)) *fakeBox {
+	t.Helper()
+	b := &fakeBox{instance: "i-fake"}
+	if setup != nil {
+		setup(b)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.addr = ln.Addr().String()
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go b.serve(c)
+		}
+	}()
+	return b
+}
+
+func (b *fakeBox) serve(c net.Conn) {
+	defer c.Close()
+	conn := wire.NewConn(c)
+	f, err := conn.Read()
+	if err != nil {
+		return
+	}
+	f.Release()
+	conn.Send(proto.TWelcome, proto.Welcome{Version: proto.Version, Server: "fake"}, nil)
+	if f, err = conn.Read(); err != nil {
+		return
+	}
+	typ := f.Type
+	f.Release()
+	switch typ {
+	case proto.TDeploy:
+		if b.deployErr != "" {
+			conn.Send(proto.TError, proto.Error{Code: proto.CodeRefused, Message: b.deployErr}, nil)
+			return
+		}
+		conn.Send(proto.TDeployed, proto.Deployed{Instance: b.instance, InvocationToken: "bento-inv-" + strings.Repeat("A", 43),
+			ShutdownToken: "bento-sd-" + strings.Repeat("B", 43), Resources: json.RawMessage(`{"lifetime_ns":600000000000}`)}, nil)
+	case proto.TInvoke:
+		conn.Send(proto.TSession, proto.Session{Session: "s-1"}, nil)
+		got := 0
+		for {
+			f, err := conn.Read()
+			if err != nil {
+				return
+			}
+			typ := f.Type
+			got += len(f.Body)
+			f.Release()
+			if typ == proto.TInputEOF {
+				break
+			}
+		}
+		if b.putAnswer != nil {
+			b.putAnswer(conn, got)
+			return
+		}
+		out := fmt.Sprintf("stored %d bytes\n", got)
+		conn.Send(proto.TOutput, proto.Output{Offset: int64(len(out))}, []byte(out))
+		conn.Send(proto.TExit, proto.Exit{Status: proto.StatusOK, Offset: int64(len(out))}, nil)
+	case proto.TShutdown:
+		b.shutdowns.Add(1)
+		if b.shutdownErr != "" {
+			conn.Send(proto.TError, proto.Error{Code: proto.CodeInternal, Message: b.shutdownErr}, nil)
+			return
+		}
+		conn.Send(proto.TOK, nil, nil)
+	}
+}
+
+// TestShardPutAnswerBounded: a box that answers the put with endless
+// output is cut off at once (bento does not gather it into memory), and
+// the put fails with every share placed shut down.
+func TestShardPutAnswerBounded(t *testing.T) {
+	flood := startFakeBox(t, func(b *fakeBox) {
+		b.putAnswer = func(conn *wire.Conn, got int) {
+			chunk := make([]byte, 1<<20)
+			for off := int64(0); off < 256<<20; off += int64(len(chunk)) {
+				if err := conn.Send(proto.TOutput, proto.Output{Offset: off + int64(len(chunk))}, chunk); err != nil {
+					return
+				}
+				b.sent.Add(int64(len(chunk)))
+			}
+			conn.Send(proto.TExit, proto.Exit{Status: proto.StatusOK, Offset: 256 << 20}, nil)
+		}
+	})
+	honest := []*fakeBox{startFakeBox(t, nil), startFakeBox(t, nil)}
+	file := tempFile(t, "a small secret")
+	var out, errb bytes.Buffer
+	code := run([]string{"shard", "put", file, "--boxes", flood.addr + "," + honest[0].addr + "," + honest[1].addr, "--timeout", "10s"}, strings.NewReader(""), &out, &errb)
+	if code == exitOK || !strings.Contains(errb.String(), "the Dropbox answered the put with more than 1 KB") || !strings.Contains(errb.String(), "the shares placed were shut down") {
+		t.Errorf("exit %d, %s", code, errb.String())
+	}
+	if n := flood.sent.Load(); n > 64<<20 {
+		t.Errorf("the box got %d MB of its answer out before bento hung up", n>>20)
+	}
+	for i, b := range append([]*fakeBox{flood}, honest...) {
+		if b.shutdowns.Load() != 1 {
+			t.Errorf("box %d: %d shutdowns, want 1", i, b.shutdowns.Load())
+		}
+	}
+	if _, err := os.Stat(file + ".shard"); err == nil {
+		t.Error("a failed put wrote a manifest")
 	}
 }
