@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -264,16 +265,29 @@ func (c *cli) shardPut(args []string) int {
 		}
 	}
 	// undo shuts down what was placed: a file placed in part is no file.
+	// Every box at once, each within its request's time (--timeout), and
+	// after a Ctrl-C too: one box that stalls leaves no other's share
+	// behind.
 	undo := func() string {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		var left []string
+		why := make([]string, *n)
+		var wg sync.WaitGroup
 		for i, d := range deployed {
 			if d == nil {
 				continue
 			}
-			if err := c.client(servers[i]).Shutdown(ctx, d.ShutdownToken); err != nil && !client.IsCode(err, client.CodeNotFound) {
-				left = append(left, fmt.Sprintf("%s (instance %s: %v; it ends when its lifetime does)", servers[i], d.Instance, err))
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := c.client(servers[i]).Shutdown(context.Background(), d.ShutdownToken); err != nil && !client.IsCode(err, client.CodeNotFound) {
+					why[i] = fmt.Sprintf("%s (instance %s: %s; it ends when its lifetime does)", clean(servers[i]), clean(d.Instance), clean(shareErr(err)))
+				}
+			}()
+		}
+		wg.Wait()
+		var left []string
+		for _, w := range why {
+			if w != "" {
+				left = append(left, w)
 			}
 		}
 		if len(left) > 0 {
@@ -288,7 +302,7 @@ func (c *cli) shardPut(args []string) int {
 		}
 		sort.Slice(failed, func(a, b int) bool { return failed[a].i < failed[b].i })
 		for _, p := range failed[1:] {
-			fmt.Fprintf(c.stderr, "bento: share %d on %s: %v\n", p.i, clean(servers[p.i]), p.err)
+			fmt.Fprintf(c.stderr, "bento: share %d on %s: %s\n", p.i, clean(servers[p.i]), clean(shareErr(p.err)))
 		}
 		fmt.Fprintf(c.stderr, "bento: %d of the %d shares could not be placed; %s. Share %d on %s:\n", len(failed), *n, after, failed[0].i, clean(servers[failed[0].i]))
 		return c.fail(failed[0].err, "")
@@ -527,7 +541,7 @@ func (c *cli) shardRm(args []string) int {
 	var left []string
 	for i, err := range errs {
 		if err != nil {
-			left = append(left, fmt.Sprintf("share %d on %s: %v", i, clean(m.Shares[i].Server), err))
+			left = append(left, fmt.Sprintf("share %d on %s: %s", i, clean(m.Shares[i].Server), clean(shareErr(err))))
 		}
 	}
 	if len(left) > 0 {

@@ -207,6 +207,7 @@ type fakeBox struct {
 	instance    string                         // the instance it deploys (default "i-fake")
 	putAnswer   func(conn *wire.Conn, got int) // answers a put of got bytes
 	shutdownErr string
+	stall       bool // answer no shutdown (until bento hangs up)
 	shutdowns   atomic.Int32
 	sent        atomic.Int64 // output bytes putAnswer got out
 }
@@ -281,6 +282,10 @@ func (b *fakeBox) serve(c net.Conn) {
 		conn.Send(proto.TExit, proto.Exit{Status: proto.StatusOK, Offset: int64(len(out))}, nil)
 	case proto.TShutdown:
 		b.shutdowns.Add(1)
+		if b.stall {
+			conn.Read()
+			return
+		}
 		if b.shutdownErr != "" {
 			conn.Send(proto.TError, proto.Error{Code: proto.CodeInternal, Message: b.shutdownErr}, nil)
 			return
@@ -322,5 +327,61 @@ func TestShardPutAnswerBounded(t *testing.T) {
 	}
 	if _, err := os.Stat(file + ".shard"); err == nil {
 		t.Error("a failed put wrote a manifest")
+	}
+}
+
+// TestShardBoxWordsCleaned: what hostile boxes say (a refusal, an
+// instance name, a failed shutdown) reaches the terminal with its
+// control characters quoted, in put's failure and undo and in rm.
+func TestShardBoxWordsCleaned(t *testing.T) {
+	refuses := startFakeBox(t, func(b *fakeBox) { b.deployErr = "\x1b[2Jrefused" })
+	sly := startFakeBox(t, func(b *fakeBox) {
+		b.instance = "i-\x1b]0;pwned\a"
+		b.shutdownErr = "\x1b[31mno"
+	})
+	honest := startFakeBox(t, nil)
+	file := tempFile(t, "a small secret")
+	var out, errb bytes.Buffer
+	code := run([]string{"shard", "put", file, "--boxes", sly.addr + "," + refuses.addr + "," + honest.addr, "--timeout", "10s"}, strings.NewReader(""), &out, &errb)
+	if code != exitRefused || strings.ContainsAny(errb.String(), "\x1b\a") ||
+		!strings.Contains(errb.String(), `\x1b[2Jrefused`) || !strings.Contains(errb.String(), `instance i-\x1b]0;pwned\a: the box refused: \x1b[31mno`) {
+		t.Errorf("put: exit %d, %q", code, errb.String())
+	}
+	if sly.shutdowns.Load() != 1 || honest.shutdowns.Load() != 1 {
+		t.Errorf("shutdowns: %d and %d, want 1 each", sly.shutdowns.Load(), honest.shutdowns.Load())
+	}
+	errb.Reset()
+	code = run([]string{"shard", "rm", shardManifest(t, sly.addr, honest.addr, refuses.addr)}, strings.NewReader(""), &out, &errb)
+	if code != exitConnect || strings.ContainsAny(errb.String(), "\x1b\a") || !strings.Contains(errb.String(), `the box refused: \x1b[31mno`) {
+		t.Errorf("rm: exit %d, %q", code, errb.String())
+	}
+}
+
+// TestShardUndoAtOnce: a failed put shuts down the shares it placed all
+// at once, so boxes that stall cost one request's time, not one each.
+func TestShardUndoAtOnce(t *testing.T) {
+	var boxes []string
+	var stalled []*fakeBox
+	for range 3 {
+		b := startFakeBox(t, func(b *fakeBox) { b.stall = true })
+		stalled = append(stalled, b)
+		boxes = append(boxes, b.addr)
+	}
+	boxes = append(boxes, startFakeBox(t, func(b *fakeBox) { b.deployErr = "full" }).addr)
+	var out, errb bytes.Buffer
+	start := time.Now()
+	code := run([]string{"shard", "put", tempFile(t, "x"), "--boxes", strings.Join(boxes, ","), "--timeout", "1s"}, strings.NewReader(""), &out, &errb)
+	d := time.Since(start)
+	if code != exitRefused || strings.Count(errb.String(), "it ends when its lifetime does") != 3 {
+		t.Errorf("exit %d, %s", code, errb.String())
+	}
+	for i, b := range stalled {
+		if b.shutdowns.Load() != 1 {
+			t.Errorf("box %d: %d shutdowns, want 1", i, b.shutdowns.Load())
+		}
+	}
+	// One after the other, three stalled shutdowns take 3 s.
+	if d > 2500*time.Millisecond {
+		t.Errorf("the failed put took %s: the shutdowns were not at once", d)
 	}
 }
