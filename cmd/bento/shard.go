@@ -399,6 +399,13 @@ func (c *cli) shardGet(args []string) int {
 	if err != nil {
 		return c.errorf(exitUsage, nil, "%v", err)
 	}
+	if *out != "-" {
+		if a, err := os.Stat(pos[0]); err == nil {
+			if b, err := os.Stat(*out); err == nil && os.SameFile(a, b) {
+				return c.errorf(exitUsage, nil, "-o %s is the manifest: the file would replace the only copy of its key and tokens; give another -o", *out)
+			}
+		}
+	}
 	// Every box at once; once k good shares are in, the rest are not
 	// waited for.
 	ctx, cancel := context.WithCancel(c.ctx)

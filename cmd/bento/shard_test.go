@@ -50,6 +50,8 @@ func shardManifest(t *testing.T, servers ...string) string {
 
 func TestShardUsage(t *testing.T) {
 	file := tempFile(t, "x")
+	manifest := shardManifest(t, "127.0.0.1:9", "127.0.0.2:9", "127.0.0.3:9")
+	manifestBytes, _ := os.ReadFile(manifest)
 	cases := []struct {
 		name string
 		args []string
@@ -71,6 +73,8 @@ func TestShardUsage(t *testing.T) {
 		{"get without -o", []string{"shard", "get", file}, exitUsage, "shard get takes MANIFEST -o OUT"},
 		{"get of no file", []string{"shard", "get", file + ".nope", "-o", "x"}, exitUsage, "no such file"},
 		{"rm of a non-manifest", []string{"shard", "rm", file}, exitUsage, "not a shard manifest"},
+		{"get onto the manifest", []string{"shard", "get", manifest, "-o", manifest}, exitUsage, "is the manifest: the file would replace the only copy of its key and tokens"},
+		{"get onto the manifest by another name", []string{"shard", "get", manifest, "-o", filepath.Join(filepath.Dir(manifest), ".", filepath.Base(manifest))}, exitUsage, "is the manifest"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -84,6 +88,9 @@ func TestShardUsage(t *testing.T) {
 	// Nothing was written beside the file by the refusals.
 	if _, err := os.Stat(file + ".shard"); err == nil {
 		t.Error("a refused put wrote a manifest")
+	}
+	if b, _ := os.ReadFile(manifest); !bytes.Equal(b, manifestBytes) {
+		t.Error("a refused get changed the manifest")
 	}
 }
 
