@@ -111,7 +111,29 @@ func dropboxFunction(dir, lifetime string) (*client.Function, error) {
 type placed struct {
 	i   int
 	d   *client.Deployed
+	at  time.Time // when the Dropbox was deployed
 	err error
+}
+
+// shardUntil is when the file can no longer be rebuilt, as the boxes
+// granted the Dropboxes' lifetimes: when the k-th share to last ends
+// (zero if a box did not say).
+func shardUntil(ps []placed, k int) time.Time {
+	var ends []time.Time
+	for _, p := range ps {
+		var r struct {
+			Lifetime time.Duration `json:"lifetime_ns"`
+		}
+		if p.d == nil || json.Unmarshal(p.d.Resources, &r) != nil || r.Lifetime <= 0 {
+			return time.Time{}
+		}
+		ends = append(ends, p.at.Add(r.Lifetime))
+	}
+	if k < 1 || k > len(ends) {
+		return time.Time{}
+	}
+	sort.Slice(ends, func(a, b int) bool { return ends[a].After(ends[b]) })
+	return ends[k-1]
 }
 
 func (c *cli) shardPut(args []string) int {
@@ -231,9 +253,10 @@ func (c *cli) shardPut(args []string) int {
 			cl := c.client(servers[i])
 			d, err := cl.Deploy(c.ctx, fn)
 			if err != nil {
-				results <- placed{i, nil, err}
+				results <- placed{i: i, err: err}
 				return
 			}
+			at := time.Now()
 			ctx, cancel := context.WithTimeout(c.ctx, shareTimeout(cl, m.ShareSize))
 			defer cancel()
 			// The answer is one short line: a box that sends more is cut
@@ -246,10 +269,10 @@ func (c *cli) shardPut(args []string) int {
 			if err == nil && string(got) != fmt.Sprintf("stored %d bytes\n", len(shares[i])) {
 				err = fmt.Errorf("the Dropbox answered %q to the put, not that it stored the share's %d bytes", clean(string(got)), len(shares[i]))
 			}
-			results <- placed{i, d, err}
+			results <- placed{i, d, at, err}
 		}()
 	}
-	var failed []placed
+	var failed, ok []placed
 	deployed := make([]*client.Deployed, *n)
 	for range *n {
 		p := <-results
@@ -258,6 +281,7 @@ func (c *cli) shardPut(args []string) int {
 			failed = append(failed, p)
 			continue
 		}
+		ok = append(ok, p)
 		m.Shares[p.i].Server, m.Shares[p.i].Instance = servers[p.i], p.d.Instance
 		m.Shares[p.i].InvocationToken, m.Shares[p.i].ShutdownToken = p.d.InvocationToken, p.d.ShutdownToken
 		if !c.json {
@@ -316,17 +340,28 @@ func (c *cli) shardPut(args []string) int {
 			return c.errorf(exitUsage, nil, "writing the manifest: %v; %s", err, undo())
 		}
 	}
+	until := shardUntil(ok, m.K)
 	if c.json {
 		if manifestPath == "" {
 			c.stdout.Write(b)
 			return exitOK
 		}
-		j, _ := json.Marshal(map[string]any{"manifest": manifestPath, "n": m.N, "k": m.K, "size": m.Size, "share_size": m.ShareSize, "servers": servers})
+		res := map[string]any{"manifest": manifestPath, "n": m.N, "k": m.K, "size": m.Size, "share_size": m.ShareSize, "servers": servers}
+		if !until.IsZero() {
+			res["until"] = until.UTC().Format(time.RFC3339)
+		}
+		j, _ := json.Marshal(res)
 		fmt.Fprintf(c.stdout, "%s\n", j)
 		return exitOK
 	}
 	fmt.Fprintf(c.stdout, "%s: %s in %d shares of %s on %d boxes; any %d rebuild it (bento shard get %s -o FILE). The manifest holds the key and the tokens: keep it secret.\n",
 		manifestPath, clean(m.Name), m.N, size(m.ShareSize), m.N, m.K, manifestPath)
+	if !until.IsZero() {
+		// A share lasts as long as its Dropbox: 10 minutes for the shipped
+		// one, which a user who thinks the file kept must hear.
+		fmt.Fprintf(c.stdout, "The shares last as long as their Dropboxes: the file can be rebuilt until %s (%s from now; --lifetime for longer, as the boxes allow; bento shard rm %s ends them sooner).\n",
+			until.Local().Format(time.RFC3339), time.Until(until).Round(time.Second), manifestPath)
+	}
 	return exitOK
 }
 

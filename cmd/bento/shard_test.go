@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/torbento/bento/client"
 	"github.com/torbento/bento/internal/proto"
 	"github.com/torbento/bento/internal/shard"
 	"github.com/torbento/bento/internal/wire"
@@ -390,5 +391,64 @@ func TestShardUndoAtOnce(t *testing.T) {
 	// One after the other, three stalled shutdowns take 3 s.
 	if d > 2500*time.Millisecond {
 		t.Errorf("the failed put took %s: the shutdowns were not at once", d)
+	}
+}
+
+// TestShardPutSays: a put that succeeds says until when the file can be
+// rebuilt (a share lasts only as long as its Dropbox: 10 minutes for the
+// shipped one), and keeps any file name in its manifest.
+func TestShardPutSays(t *testing.T) {
+	var boxes []string
+	for range 3 {
+		boxes = append(boxes, startFakeBox(t, nil).addr)
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "a\nb")
+	if err := os.WriteFile(file, []byte("a small secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	start := time.Now()
+	code := run([]string{"shard", "put", file, "--boxes", strings.Join(boxes, ","), "-o", filepath.Join(dir, "m.shard")}, strings.NewReader(""), &out, &errb)
+	if code != exitOK || !strings.Contains(out.String(), "the file can be rebuilt until ") || !strings.Contains(out.String(), " from now; --lifetime for longer") {
+		t.Fatalf("exit %d, %s %s", code, out.String(), errb.String())
+	}
+	m, err := readShardManifest(filepath.Join(dir, "m.shard"))
+	if err != nil || m.Name != "a?b" {
+		t.Fatalf("manifest: %v %+v", err, m)
+	}
+	if st, _ := os.Stat(filepath.Join(dir, "m.shard")); st.Mode().Perm() != 0o600 {
+		t.Errorf("manifest mode %v", st.Mode())
+	}
+	out.Reset()
+	code = run([]string{"shard", "put", file, "--boxes", strings.Join(boxes, ","), "-o", filepath.Join(dir, "m2.shard"), "--json"}, strings.NewReader(""), &out, &errb)
+	var res struct{ Until time.Time }
+	if code != exitOK || json.Unmarshal(out.Bytes(), &res) != nil || res.Until.Before(start.Add(10*time.Minute-time.Second)) || res.Until.After(time.Now().Add(10*time.Minute)) {
+		t.Errorf("--json: exit %d, %s", code, out.String())
+	}
+}
+
+func TestShardUntil(t *testing.T) {
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p := func(min int, res string) placed {
+		return placed{d: &client.Deployed{Resources: json.RawMessage(res)}, at: at.Add(time.Duration(min) * time.Minute)}
+	}
+	life := func(min int) string { return fmt.Sprintf(`{"lifetime_ns":%d}`, time.Duration(min)*time.Minute) }
+	for _, c := range []struct {
+		ps   []placed
+		k    int
+		want time.Time
+	}{
+		{[]placed{p(0, life(10)), p(0, life(60)), p(0, life(30))}, 2, at.Add(30 * time.Minute)},
+		{[]placed{p(0, life(10)), p(0, life(60)), p(0, life(30))}, 3, at.Add(10 * time.Minute)},
+		{[]placed{p(0, life(10)), p(0, life(60)), p(0, life(30))}, 1, at.Add(60 * time.Minute)},
+		{[]placed{p(5, life(10)), p(0, life(10))}, 2, at.Add(10 * time.Minute)},
+		{[]placed{p(0, life(10)), p(0, `{}`)}, 1, time.Time{}},
+		{[]placed{p(0, life(10)), p(0, `not json`)}, 1, time.Time{}},
+		{[]placed{p(0, life(10))}, 2, time.Time{}},
+	} {
+		if got := shardUntil(c.ps, c.k); !got.Equal(c.want) {
+			t.Errorf("k %d: %v, want %v", c.k, got, c.want)
+		}
 	}
 }
