@@ -336,7 +336,12 @@ func (c *cli) shardPut(args []string) int {
 		return c.errorf(exitServer, nil, "the manifest: %v; %s", err, undo())
 	}
 	if manifestPath != "" {
-		if err := atomicfile.Write(manifestPath, b, 0o600); err != nil {
+		// Never over a file: one that came to exist since the check above
+		// (another put to the same -o, say) may be the only key to a file.
+		if err := atomicfile.WriteNew(manifestPath, b, 0o600); err != nil {
+			if errors.Is(err, os.ErrExist) {
+				return c.errorf(exitUsage, nil, "%s was created while the shares were placed, and bento does not overwrite a shard manifest; %s: put again with another -o", manifestPath, undo())
+			}
 			return c.errorf(exitUsage, nil, "writing the manifest: %v; %s", err, undo())
 		}
 	}

@@ -452,3 +452,43 @@ func TestShardUntil(t *testing.T) {
 		}
 	}
 }
+
+// TestShardPutNeverOverwrites: a manifest that comes to exist while the
+// shares are placed (another put to the same -o) is left as it is, and
+// this put's shares are shut down.
+func TestShardPutNeverOverwrites(t *testing.T) {
+	dir := t.TempDir()
+	mpath := filepath.Join(dir, "m.shard")
+	honest := func(conn *wire.Conn, got int) {
+		out := fmt.Sprintf("stored %d bytes\n", got)
+		conn.Send(proto.TOutput, proto.Output{Offset: int64(len(out))}, []byte(out))
+		conn.Send(proto.TExit, proto.Exit{Status: proto.StatusOK, Offset: int64(len(out))}, nil)
+	}
+	var boxes []*fakeBox
+	var addrs []string
+	for i := range 3 {
+		b := startFakeBox(t, func(b *fakeBox) {
+			if i == 0 {
+				b.putAnswer = func(conn *wire.Conn, got int) {
+					os.WriteFile(mpath, []byte("another put's manifest"), 0o600)
+					honest(conn, got)
+				}
+			}
+		})
+		boxes = append(boxes, b)
+		addrs = append(addrs, b.addr)
+	}
+	var out, errb bytes.Buffer
+	code := run([]string{"shard", "put", tempFile(t, "a small secret"), "--boxes", strings.Join(addrs, ","), "-o", mpath}, strings.NewReader(""), &out, &errb)
+	if code != exitUsage || !strings.Contains(errb.String(), "m.shard was created while the shares were placed") || !strings.Contains(errb.String(), "the shares placed were shut down") {
+		t.Errorf("exit %d, %s", code, errb.String())
+	}
+	if b, _ := os.ReadFile(mpath); string(b) != "another put's manifest" {
+		t.Errorf("the manifest was replaced: %q", b)
+	}
+	for i, b := range boxes {
+		if b.shutdowns.Load() != 1 {
+			t.Errorf("box %d: %d shutdowns, want 1", i, b.shutdowns.Load())
+		}
+	}
+}
