@@ -444,3 +444,25 @@ func TestName(t *testing.T) {
 		}
 	}
 }
+
+// TestParamsBound: n, k and the size are bound to the ciphertext (the
+// AEAD's additional data), so a manifest that lies about them does not
+// rebuild the file even where the data shares alone would (the code is
+// systematic: shares 0..k-1 are the same for any n).
+func TestParamsBound(t *testing.T) {
+	in := data(1000)
+	m, shares, err := Split(in, "f", 3, 2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lie := *m
+	lie.N = 4
+	lie.Shares = append(append([]Share(nil), m.Shares...), Share{Index: 3, SHA256: m.Shares[2].SHA256})
+	if _, err := lie.Join([][]byte{shares[0], shares[1], nil, nil}); err == nil || !strings.Contains(err.Error(), "does not authenticate") {
+		t.Errorf("n = 4 for a file split with n = 3: %v", err)
+	}
+	// The same shares with the true manifest do.
+	if out, err := m.Join([][]byte{shares[0], shares[1], nil}); err != nil || !bytes.Equal(out, in) {
+		t.Errorf("the true manifest: %v", err)
+	}
+}
