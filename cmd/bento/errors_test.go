@@ -112,6 +112,15 @@ func TestErrorsTable(t *testing.T) {
 			os.WriteFile(f+".shard", nil, 0o600)
 			return []string{"shard", "put", f, "--boxes", "127.0.0.1:9,127.0.0.2:9"}
 		},
+		"shard-share-too-large": func(t *testing.T) []string {
+			f := tempFile(t, "")
+			os.Truncate(f, 17<<20) // sparse
+			return []string{"shard", "put", f, "-k", "1", "--boxes", "127.0.0.1:9,127.0.0.2:9"}
+		},
+		"shard-get-onto-manifest": func(t *testing.T) []string {
+			m := shardManifest(t, "127.0.0.1:9", "127.0.0.2:9", "127.0.0.3:9")
+			return []string{"shard", "get", m, "-o", m}
+		},
 		"shard-put-fails": func(t *testing.T) []string {
 			return []string{"shard", "put", tempFile(t, "x"), "--boxes", closedPort(t) + "," + closedPort(t) + "," + closedPort(t)}
 		},
