@@ -23,6 +23,7 @@ import (
 	"github.com/torbento/bento/internal/manifest"
 	"github.com/torbento/bento/internal/shard"
 	"github.com/torbento/bento/internal/units"
+	"github.com/torbento/bento/internal/wire"
 )
 
 const shardUsage = `usage:
@@ -370,6 +371,10 @@ func (c *cli) shardPut(args []string) int {
 	return exitOK
 }
 
+// maxFrameHeader is room for a frame's header beside its body, in a
+// share's get (an output, a notice, the exit).
+const maxFrameHeader = 64 << 10
+
 // maxPutAnswer bounds a Dropbox's answer to a put ("stored N bytes").
 const maxPutAnswer = 1 << 10
 
@@ -455,6 +460,11 @@ func (c *cli) shardGet(args []string) int {
 		go func() {
 			cl := c.client(s.Server)
 			cl.MaxOutput = m.ShareSize
+			// No frame is larger than the share and its header either: a
+			// box cannot make bento read 32 MB for a share of 100 bytes.
+			if f := m.ShareSize + maxFrameHeader; f < wire.DefaultMaxFrame {
+				cl.MaxFrame = int(f)
+			}
 			ctx, cancel := context.WithTimeout(ctx, shareTimeout(cl, m.ShareSize))
 			defer cancel()
 			b, err := cl.Call(ctx, s.InvocationToken, "get")

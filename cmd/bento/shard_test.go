@@ -492,3 +492,32 @@ func TestShardPutNeverOverwrites(t *testing.T) {
 		}
 	}
 }
+
+// TestShardGetFramesBounded: boxes that answer a get of a small share
+// with one huge frame are hung up on at its header, not read to its end.
+func TestShardGetFramesBounded(t *testing.T) {
+	var boxes []string
+	huge := make([]byte, 16<<20) // allocated before the count below
+	for range 3 {
+		b := startFakeBox(t, func(b *fakeBox) {
+			b.putAnswer = func(conn *wire.Conn, got int) {
+				if conn.Send(proto.TOutput, proto.Output{Offset: 16 << 20}, huge) == nil {
+					b.sent.Add(16 << 20)
+				}
+			}
+		})
+		boxes = append(boxes, b.addr)
+	}
+	m := shardManifest(t, boxes...)
+	var out, errb bytes.Buffer
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	code := run([]string{"shard", "get", m, "-o", filepath.Join(t.TempDir(), "out"), "--timeout", "5s"}, strings.NewReader(""), &out, &errb)
+	runtime.ReadMemStats(&after)
+	if code == exitOK || strings.Count(errb.String(), "treated as missing") != 3 {
+		t.Errorf("exit %d, %s", code, errb.String())
+	}
+	if d := after.TotalAlloc - before.TotalAlloc; d > 8<<20 {
+		t.Errorf("%d MB allocated to refuse three 16 MB frames for shares of %d bytes", d>>20, (len("a small secret")+16+1)/2)
+	}
+}
