@@ -154,6 +154,10 @@ type cli struct {
 	// stderrTerminal: stderr is a terminal, where progress is drawn.
 	stderrTerminal bool
 	synopsis       string // what the command takes, for its usage
+	// jsonExtra is added to the JSON error a command ends with (what
+	// the failure left behind, say), where that error does not set the
+	// same fields.
+	jsonExtra map[string]any
 }
 
 // run runs bento with args, without signal handling (tests).

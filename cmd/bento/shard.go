@@ -326,6 +326,16 @@ func (c *cli) shardPut(args []string) int {
 			return c.interrupted(after)
 		}
 		sort.Slice(failed, func(a, b int) bool { return failed[a].i < failed[b].i })
+		if c.json {
+			// One JSON object on stderr: the first failure, with every
+			// share's and what became of those placed.
+			why := map[string]string{}
+			for _, p := range failed {
+				why[fmt.Sprint(p.i)] = shareErr(p.err)
+			}
+			c.jsonExtra = map[string]any{"shares_failed": why, "placed": after}
+			return c.fail(failed[0].err, "")
+		}
 		for _, p := range failed[1:] {
 			fmt.Fprintf(c.stderr, "bento: share %d on %s: %s\n", p.i, clean(servers[p.i]), clean(shareErr(p.err)))
 		}

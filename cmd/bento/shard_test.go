@@ -521,3 +521,28 @@ func TestShardGetFramesBounded(t *testing.T) {
 		t.Errorf("%d MB allocated to refuse three 16 MB frames for shares of %d bytes", d>>20, (len("a small secret")+16+1)/2)
 	}
 }
+
+// TestShardPutFailsJSON: with --json a failed put says so in one JSON
+// object on stderr, every failed share and the undo in it.
+func TestShardPutFailsJSON(t *testing.T) {
+	honest := startFakeBox(t, nil)
+	full := startFakeBox(t, func(b *fakeBox) { b.deployErr = "full" })
+	gone := startFakeBox(t, func(b *fakeBox) { b.deployErr = "no room" })
+	var out, errb bytes.Buffer
+	code := run([]string{"shard", "put", tempFile(t, "x"), "--boxes", honest.addr + "," + full.addr + "," + gone.addr, "--json"}, strings.NewReader(""), &out, &errb)
+	var res struct {
+		Code         int
+		Error        string
+		SharesFailed map[string]string `json:"shares_failed"`
+		Placed       string
+	}
+	if err := json.Unmarshal(errb.Bytes(), &res); err != nil || code != exitRefused || res.Code != exitRefused {
+		t.Fatalf("exit %d, stderr not one JSON object (%v): %q", code, err, errb.String())
+	}
+	if res.Error != "server refused: full" || res.SharesFailed["1"] != "the box refused: full" || res.SharesFailed["2"] != "the box refused: no room" || len(res.SharesFailed) != 2 || res.Placed != "the shares placed were shut down" {
+		t.Errorf("%+v", res)
+	}
+	if honest.shutdowns.Load() != 1 || out.Len() != 0 {
+		t.Errorf("%d shutdowns of the share placed; stdout %q", honest.shutdowns.Load(), out.String())
+	}
+}
