@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -415,7 +416,14 @@ func readAtMost(path string, size, max int64) ([]byte, error) {
 
 // readShardManifest reads and checks a manifest file.
 func readShardManifest(path string) (*shard.Manifest, error) {
-	f, err := os.Open(path)
+	// A pipe or a device would hold bento (opening a pipe waits for a
+	// writer), or feed it for ever.
+	if st, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a shard manifest: want a regular file", path)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -53,6 +54,10 @@ func TestShardUsage(t *testing.T) {
 	file := tempFile(t, "x")
 	manifest := shardManifest(t, "127.0.0.1:9", "127.0.0.2:9", "127.0.0.3:9")
 	manifestBytes, _ := os.ReadFile(manifest)
+	fifo := filepath.Join(t.TempDir(), "fifo") // no writer: reading it would wait for ever
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name string
 		args []string
@@ -74,13 +79,22 @@ func TestShardUsage(t *testing.T) {
 		{"get without -o", []string{"shard", "get", file}, exitUsage, "shard get takes MANIFEST -o OUT"},
 		{"get of no file", []string{"shard", "get", file + ".nope", "-o", "x"}, exitUsage, "no such file"},
 		{"rm of a non-manifest", []string{"shard", "rm", file}, exitUsage, "not a shard manifest"},
+		{"get of a directory", []string{"shard", "get", t.TempDir(), "-o", "x"}, exitUsage, "not a shard manifest: want a regular file"},
+		{"rm of a pipe", []string{"shard", "rm", fifo}, exitUsage, "not a shard manifest: want a regular file"},
 		{"get onto the manifest", []string{"shard", "get", manifest, "-o", manifest}, exitUsage, "is the manifest: the file would replace the only copy of its key and tokens"},
 		{"get onto the manifest by another name", []string{"shard", "get", manifest, "-o", filepath.Join(filepath.Dir(manifest), ".", filepath.Base(manifest))}, exitUsage, "is the manifest"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var out, errb bytes.Buffer
-			code := run(c.args, strings.NewReader(""), &out, &errb)
+			done := make(chan int, 1)
+			go func() { done <- run(c.args, strings.NewReader(""), &out, &errb) }()
+			var code int
+			select {
+			case code = <-done:
+			case <-time.After(20 * time.Second):
+				t.Fatalf("bento %s still runs after 20 s", strings.Join(c.args, " "))
+			}
 			if code != c.code || !strings.Contains(errb.String(), c.want) {
 				t.Errorf("bento %s: exit %d, stderr %q; want %d and %q", strings.Join(c.args, " "), code, errb.String(), c.code, c.want)
 			}
