@@ -184,10 +184,11 @@ func (c *cli) shardPut(args []string) int {
 	seen := map[string]int{}
 	for i, b := range boxes {
 		s := serverAddr(b)
-		if j, dup := seen[strings.ToLower(s)]; dup {
-			return c.errorf(exitUsage, nil, "--boxes names %s twice (as box %d and %d): each share must go to a box of its own", clean(s), j+1, i+1)
+		key := shard.BoxKey(s)
+		if j, dup := seen[key]; dup {
+			return c.errorf(exitUsage, nil, "--boxes names %s twice (as box %d and %d): each share must go to a box of its own", clean(key), j+1, i+1)
 		}
-		seen[strings.ToLower(s)] = i
+		seen[key] = i
 		servers = append(servers, s)
 	}
 	if !*choose && len(servers) != *n {

@@ -70,6 +70,7 @@ func TestShardUsage(t *testing.T) {
 		{"no boxes", []string{"shard", "put", file}, exitUsage, "--boxes SERVER,SERVER,... or --choose"},
 		{"both", []string{"shard", "put", file, "--choose", "--boxes", "a,b"}, exitUsage, "--boxes SERVER,SERVER,... or --choose"},
 		{"choose without tor", []string{"shard", "put", file, "--choose"}, exitUsage, "finding boxes needs Tor"},
+		{"one box twice, once with its pin", []string{"shard", "put", file, "--boxes", "a:1,b:1,A:1#sha256:" + strings.Repeat("0", 64)}, exitUsage, "--boxes names a:1 twice (as box 1 and 3)"},
 		{"k above n", []string{"shard", "put", file, "--boxes", "a:1,b:1", "-k", "3"}, exitUsage, "k = 3: want from 1 to n = 2"},
 		{"one box", []string{"shard", "put", file, "--boxes", "a:1"}, exitUsage, "n = 1: want from 2 to 32"},
 		{"no file", []string{"shard", "put", file + ".nope", "--boxes", "a:1,b:1"}, exitUsage, "no such file"},

@@ -346,7 +346,7 @@ func (m *Manifest) validate() error {
 		if err := token(i, "server", s.Server, ""); err != nil {
 			return err
 		}
-		key := strings.ToLower(s.Server)
+		key := BoxKey(s.Server)
 		if j, dup := servers[key]; dup {
 			return fmt.Errorf("shares %d and %d are on the same box %s: each share must be on a box of its own", j, i, s.Server)
 		}
@@ -365,6 +365,15 @@ func (m *Manifest) validate() error {
 		}
 	}
 	return nil
+}
+
+// BoxKey is what tells two boxes apart in a server as bento takes it
+// (HOST:PORT, or HOST:PORT#sha256:… with a pin): its address, in lower
+// case, without the pin, so that one box named twice, once with its pin,
+// is still one box.
+func BoxKey(server string) string {
+	addr, _, _ := strings.Cut(server, "#")
+	return strings.ToLower(addr)
 }
 
 // text checks a short field of printable characters.

@@ -343,6 +343,9 @@ func TestParse(t *testing.T) {
 		{"fewer shares", edit(func(d map[string]any) { d["shares"] = d["shares"].([]any)[:2] }), "2 shares listed"},
 		{"index", edit(func(d map[string]any) { share(d, 1)["index"] = 2 }), "share 1 has index 2"},
 		{"same box twice", edit(func(d map[string]any) { share(d, 2)["server"] = "BOXA.onion:8888" }), "same box"},
+		{"same box twice, once with a pin", edit(func(d map[string]any) {
+			share(d, 2)["server"] = "boxa.onion:8888#sha256:" + strings.Repeat("0", 64)
+		}), "same box"},
 		{"no server", edit(func(d map[string]any) { share(d, 0)["server"] = "" }), "want HOST:PORT"},
 		{"server with a space", edit(func(d map[string]any) { share(d, 0)["server"] = "a b:1" }), "want HOST:PORT"},
 		{"control in name", edit(func(d map[string]any) { d["name"] = "a\x1b[2Jb" }), "not printable"},
