@@ -252,6 +252,7 @@ func (c *cli) shardPut(args []string) int {
 	// Every share at once: deploy a Dropbox, put the share.
 	results := make(chan placed, *n)
 	for i := range *n {
+		sum := m.Shares[i].SHA256
 		go func() {
 			cl := c.client(servers[i])
 			d, err := cl.Deploy(c.ctx, fn)
@@ -260,6 +261,13 @@ func (c *cli) shardPut(args []string) int {
 				return
 			}
 			at := time.Now()
+			// The answer goes into the manifest: one that could not is
+			// this share's failure, before the share is sent.
+			s := shard.Share{Index: i, Server: servers[i], Instance: d.Instance, InvocationToken: d.InvocationToken, ShutdownToken: d.ShutdownToken, SHA256: sum}
+			if err := s.Valid(i); err != nil {
+				results <- placed{i, d, at, fmt.Errorf("the box's answer to the deploy cannot go into a manifest: %v", err)}
+				return
+			}
 			ctx, cancel := context.WithTimeout(c.ctx, shareTimeout(cl, m.ShareSize))
 			defer cancel()
 			// The answer is one short line: a box that sends more is cut

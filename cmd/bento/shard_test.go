@@ -366,7 +366,9 @@ func TestShardBoxWordsCleaned(t *testing.T) {
 	file := tempFile(t, "a small secret")
 	var out, errb bytes.Buffer
 	code := run([]string{"shard", "put", file, "--boxes", sly.addr + "," + refuses.addr + "," + honest.addr, "--timeout", "10s"}, strings.NewReader(""), &out, &errb)
-	if code != exitRefused || strings.ContainsAny(errb.String(), "\x1b\a") ||
+	// The sly box's instance name is refused as its deploy's answer (its
+	// share is the first failure, exit 8) and it is shut down.
+	if code != exitServer || strings.ContainsAny(errb.String(), "\x1b\a") ||
 		!strings.Contains(errb.String(), `\x1b[2Jrefused`) || !strings.Contains(errb.String(), `instance i-\x1b]0;pwned\a: the box refused: \x1b[31mno`) {
 		t.Errorf("put: exit %d, %q", code, errb.String())
 	}
@@ -559,5 +561,30 @@ func TestShardPutFailsJSON(t *testing.T) {
 	}
 	if honest.shutdowns.Load() != 1 || out.Len() != 0 {
 		t.Errorf("%d shutdowns of the share placed; stdout %q", honest.shutdowns.Load(), out.String())
+	}
+}
+
+// TestShardPutMalformedDeploy: a box whose deploy answer could not go
+// into the manifest fails its own share, before the share is sent, and
+// the put says which box.
+func TestShardPutMalformedDeploy(t *testing.T) {
+	sent := atomic.Int32{}
+	odd := startFakeBox(t, func(b *fakeBox) {
+		b.instance = strings.Repeat("i", 600)
+		b.putAnswer = func(conn *wire.Conn, got int) { sent.Add(1) }
+	})
+	honest := []*fakeBox{startFakeBox(t, nil), startFakeBox(t, nil)}
+	var out, errb bytes.Buffer
+	code := run([]string{"shard", "put", tempFile(t, "x"), "--boxes", honest[0].addr + "," + odd.addr + "," + honest[1].addr}, strings.NewReader(""), &out, &errb)
+	if code != exitServer || !strings.Contains(errb.String(), "Share 1 on "+odd.addr) || !strings.Contains(errb.String(), "the box's answer to the deploy cannot go into a manifest: share 1: instance is 600 bytes") {
+		t.Errorf("exit %d, %s", code, errb.String())
+	}
+	if sent.Load() != 0 {
+		t.Error("the share was sent to a box whose deploy answer was refused")
+	}
+	for i, b := range []*fakeBox{honest[0], odd, honest[1]} {
+		if b.shutdowns.Load() != 1 {
+			t.Errorf("box %d: %d shutdowns, want 1", i, b.shutdowns.Load())
+		}
 	}
 }

@@ -343,7 +343,7 @@ func (m *Manifest) validate() error {
 		if s.Index != i {
 			return fmt.Errorf("share %d has index %d", i, s.Index)
 		}
-		if err := token(i, "server", s.Server, ""); err != nil {
+		if err := s.Valid(i); err != nil {
 			return err
 		}
 		key := BoxKey(s.Server)
@@ -351,18 +351,30 @@ func (m *Manifest) validate() error {
 			return fmt.Errorf("shares %d and %d are on the same box %s: each share must be on a box of its own", j, i, s.Server)
 		}
 		servers[key] = i
-		if err := text(fmt.Sprintf("share %d: instance", i), s.Instance, true); err != nil {
-			return err
-		}
-		if err := token(i, "invocation_token", s.InvocationToken, "bento-inv-"); err != nil {
-			return err
-		}
-		if err := token(i, "shutdown_token", s.ShutdownToken, "bento-sd-"); err != nil {
-			return err
-		}
-		if h, err := hex.DecodeString(s.SHA256); err != nil || len(h) != sha256.Size || s.SHA256 != strings.ToLower(s.SHA256) {
-			return fmt.Errorf("share %d: sha256 %q: want 64 lowercase hex digits", i, s.SHA256)
-		}
+	}
+	return nil
+}
+
+// Valid checks share i's fields: where it is (the server, its Dropbox's
+// instance and tokens, as a box answered its deploy) and its hash. The
+// CLI checks each box's answer with it as it comes, so that one box's
+// malformed answer fails its own share, not the whole manifest once
+// every share is placed.
+func (s Share) Valid(i int) error {
+	if err := token(i, "server", s.Server, ""); err != nil {
+		return err
+	}
+	if err := text(fmt.Sprintf("share %d: instance", i), s.Instance, true); err != nil {
+		return err
+	}
+	if err := token(i, "invocation_token", s.InvocationToken, "bento-inv-"); err != nil {
+		return err
+	}
+	if err := token(i, "shutdown_token", s.ShutdownToken, "bento-sd-"); err != nil {
+		return err
+	}
+	if h, err := hex.DecodeString(s.SHA256); err != nil || len(h) != sha256.Size || s.SHA256 != strings.ToLower(s.SHA256) {
+		return fmt.Errorf("share %d: sha256 %q: want 64 lowercase hex digits", i, s.SHA256)
 	}
 	return nil
 }
