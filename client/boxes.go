@@ -70,3 +70,18 @@ func Fits(b Box, fn *Function, now time.Time) (bool, string, error) {
 	ok, why := boxdir.Fit(b, m, now)
 	return ok, why, nil
 }
+
+// ChooseN finds the boxes and picks n different ones at random among
+// those that can take fn now, weighted by capacity (Shard puts one share
+// on each). With fewer than n that fit, the error says why.
+func (d *Directory) ChooseN(ctx context.Context, fn *Function, n int) ([]Box, error) {
+	m, err := manifest.Parse(fn.Manifest)
+	if err != nil {
+		return nil, err
+	}
+	boxes, _, err := d.Boxes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return boxdir.ChooseN(boxes, m, time.Now(), rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), n)
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -129,6 +131,19 @@ func TestBoxDirectory(t *testing.T) {
 	}
 	if chosen[boxes[2].Onion] > 0 {
 		t.Errorf("the draining box was chosen: %v", chosen)
+	}
+
+	// bento shard wants three different boxes that can hold a 10-minute
+	// Dropbox: only box 0 can (box 1 ends too soon, box 2 drains), so it
+	// places nothing and says why.
+	file := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(file, []byte("three boxes or none"), 0o600)
+	r = bentoTorRetry(t, cl, "shard", "put", file, "--choose", "-n", "3", "--tor-control", cl.ControlAddr(), "--tor-cookie", cl.CookieFile())
+	if r.Code != 3 || !strings.Contains(r.Stderr, `3 different boxes are needed, and only 1 of the 3 boxes can take "dropbox"`) || !strings.Contains(r.Stderr, "would outlast it") {
+		t.Errorf("shard put --choose with one box that fits: %s", r)
+	}
+	if _, err := os.Stat(file + ".shard"); err == nil {
+		t.Error("a refused shard put wrote a manifest")
 	}
 
 	// A composed function picks its Dropbox's box from the directory:

@@ -41,37 +41,50 @@ func startTorBentod(t testing.TB, relay *privnet.Node) *torDaemon {
 // bentorc lines.
 func startTorBentodFrom(t testing.TB, bin string, relay *privnet.Node, extra string) *torDaemon {
 	t.Helper()
+	return startTorBentods(t, bin, []*privnet.Node{relay}, extra)[0]
+}
+
+// startTorBentods starts one bentod in bin beside each relay, with extra
+// bentorc lines, and waits for their onion services together.
+func startTorBentods(t testing.TB, bin string, relays []*privnet.Node, extra string) []*torDaemon {
+	t.Helper()
 	testutil.RequireSandbox(t)
-	d := startBentodFrom(t, bin, extra+fmt.Sprintf(`TorControlPort %s
+	out := make([]*torDaemon, len(relays))
+	for i, relay := range relays {
+		d := startBentodFrom(t, bin, extra+fmt.Sprintf(`TorControlPort %s
 TorCookieFile %s
 TorSocksPort %s
 OnionService 1
 AllowAPI send,recv,log,time,sleep,random,storage,exit,tor.fetch,tor.control,tor.stream,bento
 DestinationPolicy accept *.onion:*, accept 127.0.0.1:*
 `, relay.ControlAddr(), relay.CookieFile(), relay.SocksAddr()))
-	var host []byte
+		out[i] = &torDaemon{daemon: d, relay: relay}
+	}
 	// bentod announces the address once tor has uploaded its descriptor
 	// to every HSDir it tried (torlink); 30 s was enough on a settled
 	// network, and not always on a loaded machine's fresh one.
 	deadline := time.Now().Add(75 * time.Second)
-	for {
-		var err error
-		// bentod replaces the file atomically; a whole address is what
-		// counts (an empty file once made a box "none of ours").
-		if host, err = os.ReadFile(filepath.Join(d.DataDir, "onion_hostname")); err == nil && strings.HasSuffix(strings.TrimSpace(string(host)), ".onion") {
-			break
-		}
-		if time.Now().After(deadline) {
-			relayLog, _ := os.ReadFile(filepath.Join(relay.Dir, "notice.log"))
-			if len(relayLog) > 6000 {
-				relayLog = relayLog[len(relayLog)-6000:]
+	for _, td := range out {
+		for {
+			// bentod replaces the file atomically; a whole address is what
+			// counts (an empty file once made a box "none of ours").
+			host, err := os.ReadFile(filepath.Join(td.DataDir, "onion_hostname"))
+			if err == nil && strings.HasSuffix(strings.TrimSpace(string(host)), ".onion") {
+				_, port, _ := strings.Cut(td.Addr, ":")
+				td.Onion = strings.TrimSpace(string(host)) + ":" + port
+				break
 			}
-			t.Fatalf("bentod published no onion service in 75 s; log:\n%s\nthe relay's tor (%s), last lines:\n%s", d.log, relay.Name, relayLog)
+			if time.Now().After(deadline) {
+				relayLog, _ := os.ReadFile(filepath.Join(td.relay.Dir, "notice.log"))
+				if len(relayLog) > 6000 {
+					relayLog = relayLog[len(relayLog)-6000:]
+				}
+				t.Fatalf("bentod published no onion service in 75 s; log:\n%s\nthe relay's tor (%s), last lines:\n%s", td.log, td.relay.Name, relayLog)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
-	_, port, _ := strings.Cut(d.Addr, ":")
-	return &torDaemon{daemon: d, Onion: strings.TrimSpace(string(host)) + ":" + port, relay: relay}
+	return out
 }
 
 // bentoTor runs the CLI through the network's client SocksPort, retrying

@@ -186,6 +186,9 @@ func (c *cli) client(server string) *client.Client {
 // jsonError prints an error as one JSON object on stderr.
 func (c *cli) jsonError(code int, msg string, extra map[string]any) {
 	out := map[string]any{}
+	for k, v := range c.jsonExtra {
+		out[k] = v
+	}
 	for k, v := range extra {
 		out[k] = v
 	}

@@ -42,16 +42,16 @@ Prints a completion script for the shell. For example:
 `
 
 // compSpec is what completes: the commands with their flags, the global
-// flags, and the dust subcommands.
+// flags, and the subcommands of dust and shard.
 type compSpec struct {
 	commands []string
 	flags    map[string][]string // by command, "--name"
 	global   []string
-	dust     []string
+	sub      map[string][]string // by command: dust, shard
 }
 
 func completionSpec() compSpec {
-	s := compSpec{flags: map[string][]string{}}
+	s := compSpec{flags: map[string][]string{}, sub: map[string][]string{}}
 	var top strings.Builder
 	run([]string{"--help"}, strings.NewReader(""), &top, io.Discard)
 	seen := map[string]bool{}
@@ -82,10 +82,10 @@ func completionSpec() compSpec {
 		sc := bufio.NewScanner(strings.NewReader(help.String()))
 		for sc.Scan() {
 			l := sc.Text()
-			if cmd == "dust" {
-				if rest, ok := strings.CutPrefix(strings.TrimSpace(l), "bento dust "); ok {
+			if cmd == "dust" || cmd == "shard" {
+				if rest, ok := strings.CutPrefix(strings.TrimSpace(l), "bento "+cmd+" "); ok {
 					if f := strings.Fields(rest); len(f) > 0 {
-						s.dust = append(s.dust, f[0])
+						s.sub[cmd] = append(s.sub[cmd], f[0])
 					}
 				}
 			}
@@ -126,8 +126,8 @@ func writeBash(w io.Writer, s compSpec, zsh bool) {
 		// subcommands, if any, and otherwise files (complete -o default).
 		fmt.Fprintf(w, "\t%s)\n\t\tif [[ $cur == -* ]]; then COMPREPLY=($(compgen -W %q -- \"$cur\"))", cmd, strings.Join(s.flags[cmd], " "))
 		switch cmd {
-		case "dust":
-			fmt.Fprintf(w, "; else COMPREPLY=($(compgen -W %q -- \"$cur\"))", strings.Join(s.dust, " "))
+		case "dust", "shard":
+			fmt.Fprintf(w, "; else COMPREPLY=($(compgen -W %q -- \"$cur\"))", strings.Join(s.sub[cmd], " "))
 		case "completion":
 			fmt.Fprintf(w, "; else COMPREPLY=($(compgen -W \"bash zsh fish\" -- \"$cur\"))")
 		}
@@ -153,6 +153,8 @@ func writeFish(w io.Writer, s compSpec) {
 			}
 		}
 	}
-	fmt.Fprintf(w, "complete -c bento -n '__fish_seen_subcommand_from dust' -f -a %q\n", strings.Join(s.dust, " "))
+	for _, cmd := range []string{"dust", "shard"} {
+		fmt.Fprintf(w, "complete -c bento -n '__fish_seen_subcommand_from %s' -f -a %q\n", cmd, strings.Join(s.sub[cmd], " "))
+	}
 	fmt.Fprintln(w, "complete -c bento -n '__fish_seen_subcommand_from completion' -f -a 'bash zsh fish'")
 }

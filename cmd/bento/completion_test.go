@@ -37,6 +37,8 @@ func TestCompletion(t *testing.T) {
 		{[]string{"bento", "deploy", "--js"}, "--json"},
 		{[]string{"bento", "invoke", "-"}, "--json --timeout -i"},
 		{[]string{"bento", "dust", "r"}, "render"},
+		{[]string{"bento", "shard", "g"}, "get"},
+		{[]string{"bento", "sh"}, "shutdown shard"},
 		{[]string{"bento", "completion", "f"}, "fish"},
 		{[]string{"bento", "c"}, "check completion"},
 	} {

@@ -102,6 +102,35 @@ func TestErrorsTable(t *testing.T) {
 			os.WriteFile(rc, []byte("AllowAPI tor.fetch\nTorSocksPort 127.0.0.1:9\nDestinationPolicy accept 127.0.0.1:80\n"), 0o644)
 			return []string{"dev", "--policy", rc, fn(t, "name = \"a\"\napis = [\"tor.fetch\"]\ndestinations = [\"accept 127.0.0.1:80\"]\n", "def main():\n    tor.fetch(\"http://127.0.0.1/\")\n")}
 		},
+		"shard-too-few-boxes": func(t *testing.T) []string {
+			return []string{"shard", "put", tempFile(t, "x"), "-n", "3", "--boxes", "127.0.0.1:9,127.0.0.2:9"}
+		},
+		"shard-same-box": func(t *testing.T) []string {
+			return []string{"shard", "put", tempFile(t, "x"), "--boxes", "127.0.0.1:9,127.0.0.2:9,127.0.0.1:9"}
+		},
+		"shard-manifest-exists": func(t *testing.T) []string {
+			f := tempFile(t, "x")
+			os.WriteFile(f+".shard", nil, 0o600)
+			return []string{"shard", "put", f, "--boxes", "127.0.0.1:9,127.0.0.2:9"}
+		},
+		"shard-share-too-large": func(t *testing.T) []string {
+			f := tempFile(t, "")
+			os.Truncate(f, 17<<20) // sparse
+			return []string{"shard", "put", f, "-k", "1", "--boxes", "127.0.0.1:9,127.0.0.2:9"}
+		},
+		"shard-get-onto-manifest": func(t *testing.T) []string {
+			m := shardManifest(t, "127.0.0.1:9", "127.0.0.2:9", "127.0.0.3:9")
+			return []string{"shard", "get", m, "-o", m}
+		},
+		"shard-put-fails": func(t *testing.T) []string {
+			return []string{"shard", "put", tempFile(t, "x"), "--boxes", closedPort(t) + "," + closedPort(t) + "," + closedPort(t)}
+		},
+		"shard-bad-manifest": func(t *testing.T) []string {
+			return []string{"shard", "get", tempFile(t, `{"version": 1, "n": 300}`), "-o", filepath.Join(t.TempDir(), "out")}
+		},
+		"shard-too-few": func(t *testing.T) []string {
+			return []string{"shard", "get", shardManifest(t, closedPort(t), closedPort(t), closedPort(t)), "-o", filepath.Join(t.TempDir(), "out")}
+		},
 	}
 	seen := map[string]bool{}
 	for _, row := range testutil.ErrorRows(t, "errors.md") {

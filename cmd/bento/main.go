@@ -17,6 +17,7 @@
 //	bento update   SERVER SHUTDOWN-TOKEN DIR [--json]
 //	bento ls       [--json]
 //	bento forget   INSTANCE
+//	bento shard    put|get|rm  (bento shard -h)
 //
 // Flags may come anywhere among a command's arguments, until "--": what
 // follows it is never a flag. Commands that talk to a server take
@@ -99,6 +100,7 @@ const usage = `usage:
   bento forget   INSTANCE                   remove an instance from the local store
   bento boxes    [--check DIR] [--json]      list the boxes the Tor network's relays announce
   bento dust     up|ls|down|render           dust motes: a relay and a box that end (bento dust -h)
+  bento shard    put|get|rm                  a file spread, encrypted, over n boxes, any k of which rebuild it (bento shard -h)
   bento completion bash|zsh|fish             a shell completion script
 
 Flags may come anywhere among a command's arguments; everything after -- is an argument, never a
@@ -159,6 +161,10 @@ type cli struct {
 	// waits is how long the last client made waits for an answer: the
 	// timeout, or through Tor at least the descriptor retries.
 	waits time.Duration
+	// jsonExtra is added to the JSON error a command ends with (what
+	// the failure left behind, say), where that error does not set the
+	// same fields.
+	jsonExtra map[string]any
 }
 
 // run runs bento with args, without signal handling (tests).
@@ -217,6 +223,8 @@ func runCtx(ctx context.Context, stopSignals func(), args []string, stdin io.Rea
 		return c.boxes(rest)
 	case "dust":
 		return c.dust(rest)
+	case "shard":
+		return c.shard(rest)
 	case "logs":
 		return c.logs(rest)
 	case "update":

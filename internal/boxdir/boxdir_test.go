@@ -416,3 +416,50 @@ func TestChoose(t *testing.T) {
 		t.Errorf("a manifest beyond the policy: %v %q", ok, why)
 	}
 }
+
+func TestChooseN(t *testing.T) {
+	m, err := manifest.Parse([]byte("name = \"f\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := end.Add(-time.Hour)
+	mk := func(name, fp string, weight uint64) Box {
+		pub := testPolicy()
+		pub.Free.Instances = 5
+		pub.Max.Lifetime = time.Hour
+		b := Box{Relay: Relay{Nickname: name, Fingerprint: fp, Weight: weight, Running: true}, Policy: pub}
+		b.Statement.Box.Onion, b.Statement.Box.Port = strings.Repeat(name[:1], 56), 8888
+		return b
+	}
+	boxes := []Box{mk("a", "AA", 1000), mk("b", "BB", 1000), mk("c", "CC", 8000), mk("d", "DD", 1000)}
+	down := mk("e", "EE", 1_000_000)
+	down.Relay.Running = false
+	twin := mk("a", "FF", 1_000_000) // box a's address again, beside another relay
+	boxes = append(boxes, down, twin)
+	r := rand.New(rand.NewPCG(3, 4))
+	count := map[string]int{}
+	for i := 0; i < 2000; i++ {
+		got, err := ChooseN(boxes, m, now, r, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		for _, b := range got {
+			if seen[b.Addr()] || b.Relay.Nickname == "e" || b.Relay.Fingerprint == "FF" {
+				t.Fatalf("choice %d: %v", i, got)
+			}
+			seen[b.Addr()] = true
+			count[b.Relay.Nickname]++
+		}
+	}
+	// c, the heaviest, is in nearly every choice; the others share the rest.
+	if count["c"] < 1900 || count["a"]+count["b"]+count["d"] != 6000-count["c"] {
+		t.Errorf("choices %v", count)
+	}
+	if _, err := ChooseN(boxes, m, now, r, 5); err == nil || !strings.Contains(err.Error(), "5 different boxes are needed, and only 4 of the 6") || !strings.Contains(err.Error(), "has its address or its relay") || !strings.Contains(err.Error(), "not Running") {
+		t.Errorf("five of four: %v", err)
+	}
+	if _, err := ChooseN(nil, m, now, r, 2); err == nil || !strings.Contains(err.Error(), "no box is announced") {
+		t.Errorf("no boxes: %v", err)
+	}
+}

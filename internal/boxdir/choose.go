@@ -58,32 +58,67 @@ func Capacity(b Box) uint64 {
 // Capacity, as seed 000 §3 has clients do. With none, the error lists why
 // each box was passed over.
 func Choose(boxes []Box, m *manifest.Manifest, now time.Time, r *rand.Rand) (Box, error) {
+	got, err := ChooseN(boxes, m, now, r, 1)
+	if err != nil {
+		return Box{}, err
+	}
+	return got[0], nil
+}
+
+// ChooseN picks n different boxes at random among those that Fit, each
+// weighted by Capacity among those not yet picked (Shard places one
+// share on each). Boxes are different when both their addresses and their
+// relays are. With fewer than n that fit, it picks none, and the error
+// lists why each box was passed over.
+func ChooseN(boxes []Box, m *manifest.Manifest, now time.Time, r *rand.Rand, n int) ([]Box, error) {
 	var fit []Box
-	var total uint64
 	var why []string
+	addrs, relays := map[string]bool{}, map[string]bool{}
 	for _, b := range boxes {
 		ok, reason := Fit(b, m, now)
+		addr := strings.ToLower(b.Statement.Box.Onion)
+		if ok && ((addr != "" && addrs[addr]) || (b.Relay.Fingerprint != "" && relays[b.Relay.Fingerprint])) {
+			ok, reason = false, "another box listed has its address or its relay"
+		}
 		if !ok {
 			why = append(why, fmt.Sprintf("%s (%s): %s", b.Relay.Nickname, b.Addr(), reason))
 			continue
 		}
+		if addr != "" {
+			addrs[addr] = true
+		}
+		if b.Relay.Fingerprint != "" {
+			relays[b.Relay.Fingerprint] = true
+		}
 		fit = append(fit, b)
-		total += Capacity(b)
 	}
-	if len(fit) == 0 {
+	if len(fit) < n {
 		sort.Strings(why)
-		if len(why) == 0 {
-			return Box{}, fmt.Errorf("no box is announced in the directory")
+		switch {
+		case len(boxes) == 0:
+			return nil, fmt.Errorf("no box is announced in the directory")
+		case n == 1:
+			return nil, fmt.Errorf("none of the %d boxes can take %q:\n  %s", len(boxes), m.Name, strings.Join(why, "\n  "))
 		}
-		return Box{}, fmt.Errorf("none of the %d boxes can take %q:\n  %s", len(boxes), m.Name, strings.Join(why, "\n  "))
+		return nil, fmt.Errorf("%d different boxes are needed, and only %d of the %d boxes can take %q:\n  %s", n, len(fit), len(boxes), m.Name, strings.Join(why, "\n  "))
 	}
-	x := r.Uint64N(total)
-	for _, b := range fit {
-		if c := Capacity(b); x < c {
-			return b, nil
-		} else {
-			x -= c
+	out := make([]Box, 0, n)
+	for len(out) < n {
+		var total uint64
+		for _, b := range fit {
+			total += Capacity(b)
 		}
+		x, pick := r.Uint64N(total), len(fit)-1
+		for i, b := range fit {
+			if c := Capacity(b); x < c {
+				pick = i
+				break
+			} else {
+				x -= c
+			}
+		}
+		out = append(out, fit[pick])
+		fit = append(fit[:pick], fit[pick+1:]...)
 	}
-	return fit[len(fit)-1], nil
+	return out, nil
 }
