@@ -175,12 +175,17 @@ func (c *cli) client(server string) *client.Client {
 	cl := c.newClient(server)
 	// Through Tor the descriptor retries (--tor-retry) come out of the
 	// request's time, so a request gets at least that long.
-	cl.Timeout = max(c.timeout, cl.Timeout)
-	if c.transport == nil || c.transport.torSocks == "" {
-		cl.Timeout = c.timeout
-	}
-	c.waits = cl.Timeout
+	cl.Timeout = c.requestTimeout()
 	return cl
+}
+
+// requestTimeout is how long a request waits for its answer: --timeout,
+// or through Tor at least the descriptor retries' time.
+func (c *cli) requestTimeout() time.Duration {
+	if c.transport == nil || c.transport.torSocks == "" {
+		return c.timeout
+	}
+	return max(c.timeout, c.transport.torTimeout())
 }
 
 // jsonError prints an error as one JSON object on stderr.

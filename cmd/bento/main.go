@@ -158,9 +158,6 @@ type cli struct {
 	stderrTerminal bool
 	synopsis       string // what the command takes, for its usage
 	cmd            string // the command being run
-	// waits is how long the last client made waits for an answer: the
-	// timeout, or through Tor at least the descriptor retries.
-	waits time.Duration
 	// jsonExtra is added to the JSON error a command ends with (what
 	// the failure left behind, say), where that error does not set the
 	// same fields.
@@ -243,7 +240,7 @@ func runCtx(ctx context.Context, stopSignals func(), args []string, stdin io.Rea
 }
 
 // commands are bento's commands, for "did you mean".
-var commands = []string{"new", "completion", "check", "dev", "policy", "deploy", "invoke", "attach", "shutdown", "run", "boxes", "dust", "logs", "update", "ls", "forget"}
+var commands = []string{"new", "completion", "check", "dev", "policy", "deploy", "invoke", "attach", "shutdown", "run", "boxes", "dust", "shard", "logs", "update", "ls", "forget"}
 
 // isTerminal reports whether w is a terminal.
 func isTerminal(w io.Writer) bool {
@@ -313,7 +310,7 @@ func (c *cli) fail(err error, after string) int {
 		if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "i/o timeout") {
 			// What the request waited: through Tor at least --tor-retry,
 			// which may be longer than --timeout.
-			hint = fmt.Sprintf(" (no answer in %s; a slow server or Tor may need a longer --timeout)", max(c.waits, c.timeout))
+			hint = fmt.Sprintf(" (no answer in %s; a slow server or Tor may need a longer --timeout)", c.requestTimeout())
 		}
 		return c.errorf(exitConnect, nil, "%v%s", ce, hint)
 	case errors.As(err, &xe):

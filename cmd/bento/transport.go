@@ -34,6 +34,10 @@ type transport struct {
 	timeout time.Duration
 }
 
+// torTimeout is the least time a request through Tor gets: the
+// descriptor retries come out of it.
+func (t *transport) torTimeout() time.Duration { return max(60*time.Second, t.torRetry+30*time.Second) }
+
 // defaultTorRetry is how long bento waits by default for a new onion
 // service's descriptor to reach the directories.
 const defaultTorRetry = 60 * time.Second
@@ -145,7 +149,7 @@ func (c *cli) newClient(server string) *client.Client {
 		}
 		cl.Dialer = d
 		// The retries come out of the request's time.
-		cl.Timeout = max(60*time.Second, t.torRetry+30*time.Second)
+		cl.Timeout = t.torTimeout()
 	}
 	refuse := func(code int, format string, a ...any) *client.Client {
 		cl.Dialer = refusal{&transportError{code, fmt.Sprintf(format, a...)}}
