@@ -248,3 +248,52 @@ func TestRestoreProtected(t *testing.T) {
 		}
 	}
 }
+
+// TestProtectedRecordRollback puts an older record of a protected
+// instance back on disk (its code before an update): it must not open,
+// or a disk writer could make the next runner start the old code.
+func TestProtectedRecordRollback(t *testing.T) {
+	s := testServer(t)
+	in, _, _ := testInstance(t, s)
+	k, err := fsprotect.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.key = k
+	path := filepath.Join(in.dir, recordFile)
+	v1 := map[string][]byte{"main.star": []byte("def main():\n    return 1\n")}
+	v2 := map[string][]byte{"main.star": []byte("def main():\n    return 2\n")}
+	if err := in.saveRecord("name = \"t\"\nprotect = true\n", v1); err != nil {
+		t.Fatal(err)
+	}
+	old, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.saveRecord("name = \"t\"\nprotect = true\n", v2); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := in.loadFiles(); err != nil || !bytes.Equal(got["main.star"], v2["main.star"]) {
+		t.Fatalf("the updated code: %q %v", got, err)
+	}
+	if err := os.WriteFile(path, old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := in.loadFiles(); !errors.Is(err, fsprotect.ErrTampered) {
+		t.Fatalf("the code before the update, put back: %q %v, want ErrTampered", got, err)
+	}
+	// A save that fails leaves the record it did not replace readable
+	// (an update refused then keeps the old code).
+	if err := in.saveRecord("name = \"t\"\nprotect = true\n", v2); err != nil {
+		t.Fatal(err)
+	}
+	dir := in.dir
+	in.dir = filepath.Join(dir, "missing")
+	if err := in.saveRecord("name = \"t\"\nprotect = true\n", v1); err == nil {
+		t.Fatal("saved into a missing directory")
+	}
+	in.dir = dir
+	if got, err := in.loadFiles(); err != nil || !bytes.Equal(got["main.star"], v2["main.star"]) {
+		t.Fatalf("after a failed save: %q %v", got, err)
+	}
+}

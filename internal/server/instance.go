@@ -54,6 +54,7 @@ type Instance struct {
 	depth      int       // composition depth
 	adm        *admission
 	key        *fsprotect.Key // FS Protect's key (nil: not protected); in memory only
+	recordGen  atomic.Uint64  // FS Protect: the generation of the record last saved, in its AD
 	store      *kvstore.Store
 	budget     chain        // host-call data in flight: the instance's, its client's, the daemon's
 	budgetDone func()       // gives the client's budget back

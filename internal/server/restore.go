@@ -67,12 +67,25 @@ func (in *Instance) saveRecord(text string, files map[string][]byte) error {
 		if err != nil {
 			return err
 		}
-		if r.Sealed, err = in.key.Seal(code, in.recordAD()); err != nil {
+		// A new generation for every record written, so that an older
+		// record put back on disk (the code before an update) fails to
+		// open: only the last one saved is this instance's code.
+		gen := in.recordGen.Load() + 1
+		if r.Sealed, err = in.key.Seal(code, in.recordAD(gen)); err != nil {
 			return err
 		}
 		// Nor is its client's address kept in the clear: a protected
 		// instance is never restored, so nothing needs it after bentod.
 		r.Manifest, r.Files, r.Owner, r.Protected = "", nil, "", true
+		b, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		if err := atomicfile.Write(filepath.Join(in.dir, recordFile), b, 0o600); err != nil {
+			return err // the old record, of the current generation, stays
+		}
+		in.recordGen.Store(gen)
+		return nil
 	}
 	b, err := json.Marshal(r)
 	if err != nil {
@@ -96,7 +109,7 @@ func (in *Instance) loadFiles() (map[string][]byte, error) {
 		return nil, errors.New("the instance record is damaged: it is not the protected (or unprotected) instance's")
 	}
 	if in.key != nil {
-		code, err := in.key.Open(r.Sealed, in.recordAD())
+		code, err := in.key.Open(r.Sealed, in.recordAD(in.recordGen.Load()))
 		if err != nil {
 			return nil, fmt.Errorf("the instance record: %w", err)
 		}
@@ -109,9 +122,11 @@ func (in *Instance) loadFiles() (map[string][]byte, error) {
 	return r.Files, nil
 }
 
-// recordAD is the associated data of a protected instance's sealed code.
-func (in *Instance) recordAD() []byte {
-	return fsprotect.AD([]byte("bento record v1"), []byte(in.id))
+// recordAD is the associated data of a protected instance's sealed code:
+// the instance and the record's generation (in memory only, one more at
+// every save).
+func (in *Instance) recordAD(gen uint64) []byte {
+	return fsprotect.AD([]byte("bento record v1"), []byte(in.id), fsprotect.U64(int64(gen)))
 }
 
 func parseHash(s string) (tokenHash, bool) {
