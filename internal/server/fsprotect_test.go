@@ -2,8 +2,11 @@ package server
 
 import (
 	"bytes"
+	"context"
 	crand "crypto/rand"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -295,5 +298,125 @@ func TestProtectedRecordRollback(t *testing.T) {
 	in.dir = dir
 	if got, err := in.loadFiles(); err != nil || !bytes.Equal(got["main.star"], v2["main.star"]) {
 		t.Fatalf("after a failed save: %q %v", got, err)
+	}
+}
+
+// TestOutLogCutOrLengthened cuts a session log at a record boundary and
+// lengthens a record's header on disk: a protected log says it was
+// tampered with (the client gets an error frame, not a quiet end), and no
+// log, protected or not, takes a header's length beyond its own end (a
+// header of 4 GB would otherwise be allocated).
+func TestOutLogCutOrLengthened(t *testing.T) {
+	k, err := fsprotect.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		seal    fsprotect.Sealer
+		change  func(path string, second int64) error
+		want    error // from reading the second record
+		wantHdr error // from reading its header alone
+	}{
+		{"protected, cut at a record boundary", k, func(p string, second int64) error { return os.Truncate(p, second) }, fsprotect.ErrTampered, fsprotect.ErrTampered},
+		{"protected, cut inside a record", k, func(p string, second int64) error { return os.Truncate(p, second+recHeader+3) }, fsprotect.ErrTampered, nil},
+		{"protected, length 4 GB", k, func(p string, second int64) error { return setLen(p, second, 1<<32-1) }, fsprotect.ErrTampered, fsprotect.ErrTampered},
+		{"plain, length 4 GB", nil, func(p string, second int64) error { return setLen(p, second, 1<<32-1) }, errOutLogDamaged, errOutLogDamaged},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			l, err := newOutLog(filepath.Join(t.TempDir(), "s-1"), "s-1", c.seal)
+			if err != nil {
+				t.Fatal(err)
+			}
+			second, err := l.append(recData, []byte("first"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := l.append(recExit, []byte(`{"status":"ok"}`)); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.change(l.path, second); err != nil {
+				t.Fatal(err)
+			}
+			r, err := l.reader()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			if _, _, data, err := l.record(r, 0, true); err != nil || string(data) != "first" {
+				t.Fatalf("the first record: %q %v", data, err)
+			}
+			if _, _, _, err := l.record(r, second, false); !errors.Is(err, c.wantHdr) || (c.wantHdr == nil) != (err == nil) {
+				t.Errorf("the second record's header: %v, want %v", err, c.wantHdr)
+			}
+			if _, _, data, err := l.record(r, second, true); !errors.Is(err, c.want) {
+				t.Errorf("the second record: %q %v, want %v", data, err, c.want)
+			}
+		})
+	}
+}
+
+// setLen writes n as the length in the header of the record at off.
+func setLen(path string, off int64, n uint32) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = f.WriteAt(binary.BigEndian.AppendUint32(nil, n), off+1)
+	return err
+}
+
+type freeBudget struct{}
+
+func (freeBudget) Acquire(context.Context, int64) error { return nil }
+func (freeBudget) Release(int64)                        {}
+
+// TestStreamTamperedOutput streams a protected session whose log was cut
+// at a record boundary, or whose record header was lengthened: the
+// client gets the output before it, then an error frame that says why,
+// never a quiet end.
+func TestStreamTamperedOutput(t *testing.T) {
+	k, err := fsprotect.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, change := range map[string]func(string, int64) error{
+		"cut":        func(p string, off int64) error { return os.Truncate(p, off) },
+		"lengthened": func(p string, off int64) error { return setLen(p, off, 1<<20) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			l, err := newOutLog(filepath.Join(t.TempDir(), "s-1"), "s-1", k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			second, _ := l.append(recData, []byte("first"))
+			if _, err := l.append(recExit, []byte(`{"status":"ok"}`)); err != nil {
+				t.Fatal(err)
+			}
+			if err := change(l.path, second); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			send := func(typ uint8, v any, body []byte) error {
+				switch typ {
+				case proto.TOutput:
+					got = append(got, "output "+string(body))
+				case proto.TError:
+					got = append(got, "error "+v.(*proto.Error).Message)
+				default:
+					got = append(got, fmt.Sprintf("frame %d", typ))
+				}
+				return nil
+			}
+			s := testServer(t)
+			if s.streamOutput(freeBudget{}, send, &session{out: l}, 0, make(chan struct{}), nil) {
+				t.Error("streamOutput says it sent the exit")
+			}
+			if len(got) != 2 || got[0] != "output first" || !strings.Contains(got[1], "failed its integrity check (FS Protect)") {
+				t.Errorf("frames %q", got)
+			}
+		})
 	}
 }

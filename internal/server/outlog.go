@@ -156,16 +156,37 @@ func (l *outLog) record(r io.ReaderAt, off int64, readBody bool) (kind byte, n i
 		l.mu.Unlock()
 		return recExit, int64(len(data)), data, nil
 	}
+	size := l.size
 	l.mu.Unlock()
-	if kind, n, err = readHeader(r, off); err != nil || !readBody {
+	kind, n, err = readHeader(r, off)
+	if err == nil && off+recHeader+n > size {
+		// What the file says is not what was written: the length of a
+		// record is never taken beyond the log's end (nor allocated).
+		err = errOutLogDamaged
+	}
+	if err == nil && readBody {
+		data, err = readData(r, off, n)
+	}
+	if err != nil {
+		if l.seal != nil && off < size && (errors.Is(err, errOutLogDamaged) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+			// The log was cut or its header changed on disk: every byte
+			// below size was written and is still in the file unless
+			// somebody changed it (a discarded log stays open for its
+			// readers).
+			err = fsprotect.ErrTampered
+		}
 		return kind, n, nil, err
 	}
-	if data, err = readData(r, off, n); err != nil || l.seal == nil {
-		return kind, n, data, err
+	if !readBody || l.seal == nil {
+		return kind, n, data, nil
 	}
 	data, err = l.seal.Open(data, l.sealAD(off, kind))
 	return kind, n, data, err
 }
+
+// errOutLogDamaged is a record whose header says it goes beyond the log's
+// end.
+var errOutLogDamaged = errors.New("the session's output is damaged on the server's disk")
 
 // state returns the current size, the exit record's offset (-1 while the
 // session runs), and a channel closed at the next append or discard.

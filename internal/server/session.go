@@ -218,6 +218,14 @@ func (s *Server) readInput(conn *wire.Conn, sess *session, connDone <-chan struc
 	}
 }
 
+// sendTampered tells the client that a protected session's output failed
+// its integrity check (FS Protect), when err says so.
+func sendTampered(send func(uint8, any, []byte) error, err error) {
+	if errors.Is(err, fsprotect.ErrTampered) {
+		_ = send(proto.TError, internalError("the session's output failed its integrity check (FS Protect): it was changed on the server's disk"), nil)
+	}
+}
+
 // streamOutput sends the session's records from offset until the exit
 // record, waiting for new output as it comes, and reports whether it sent
 // the exit. Each record is charged to the client while it is being sent.
@@ -242,6 +250,7 @@ func (s *Server) streamOutput(bud wire.Budget, send func(uint8, any, []byte) err
 		for off < size {
 			kind, n, _, err := sess.out.record(r, off, false)
 			if err != nil {
+				sendTampered(send, err)
 				return false
 			}
 			charged := n
@@ -260,10 +269,8 @@ func (s *Server) streamOutput(bud wire.Budget, send func(uint8, any, []byte) err
 			_, _, data, err := sess.out.record(r, off, true)
 			if err != nil {
 				bud.Release(charged)
-				if errors.Is(err, fsprotect.ErrTampered) {
-					_ = send(proto.TError, internalError("the session's output failed its integrity check (FS Protect): it was changed on the server's disk"), nil)
-				}
-				return false // errors.Is(err, io.EOF): discarded meanwhile
+				sendTampered(send, err)
+				return false
 			}
 			next := off + recHeader + n
 			switch kind {
