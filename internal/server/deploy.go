@@ -33,25 +33,25 @@ func (s *Server) deploy(d proto.Deploy, body []byte, o origin, log *slog.Logger)
 		for _, v := range vs {
 			e.Violations = append(e.Violations, proto.Violation(v))
 		}
-		log.Info("manifest refused", "function", m.Name, "violations", len(vs))
+		log.Info("manifest refused", "function", logName(m), "violations", len(vs))
 		return nil, e
 	}
 	if s.Draining() {
-		log.Info("deploy refused: the operator drains the box", "function", m.Name)
+		log.Info("deploy refused: the operator drains the box", "function", logName(m))
 		return nil, errDraining
 	}
 	now := time.Now()
 	b := s.box()
 	if pe := b.refusal(now); pe != nil {
-		log.Info("deploy refused: the box is ending", "function", m.Name)
+		log.Info("deploy refused: the box is ending", "function", logName(m))
 		return nil, pe
 	}
 	if short, v := m.FitBoxEnd(b.end, now); v != nil {
-		log.Info("manifest refused: it would outlast the box", "function", m.Name)
+		log.Info("manifest refused: it would outlast the box", "function", logName(m))
 		return nil, &proto.Error{Code: proto.CodeRefused, Message: fmt.Sprintf("manifest of %q would outlast this box, which ends at %s", m.Name, b.end.Format(time.RFC3339)),
 			Violations: []proto.Violation{proto.Violation(*v)}}
 	} else if short {
-		log.Info("lifetime shortened to the box's end", "function", m.Name, "lifetime", m.Resources.Lifetime)
+		log.Info("lifetime shortened to the box's end", "function", logName(m), "lifetime", m.Resources.Lifetime)
 	}
 	files, err := proto.UnpackFiles(d.Files, body, manifest.ValidFileName)
 	if err != nil {
@@ -105,7 +105,7 @@ func (s *Server) deploy(d proto.Deploy, body []byte, o origin, log *slog.Logger)
 		}
 		// The runtime's own words are for the operator: they name host
 		// paths, so the client hears only what limit or failure it was.
-		log.Warn("instance failed to start", "function", m.Name, "err", err)
+		log.Warn("instance failed to start", "function", logName(m), "err", err)
 		return fail(internalError("could not start the function: " + startFailureForClient(err)))
 	}
 	// Saved before the client hears of the instance: a crash from here on
@@ -117,10 +117,21 @@ func (s *Server) deploy(d proto.Deploy, body []byte, o origin, log *slog.Logger)
 	}
 	in.setRuntime(rt)
 	s.launch(in)
-	safelog.Notice(log, "instance started", "instance", in.id, "function", m.Name,
+	safelog.Notice(log, "instance started", "instance", in.id, "function", logName(m),
 		"memory", units.FormatSize(m.Resources.Memory), "cpu", m.Resources.CPU, "depth", in.depth)
 	res, _ := json.Marshal(m.Resources)
 	return &proto.Deployed{Instance: in.id, InvocationToken: inv, ShutdownToken: shut, Resources: res}, nil
+}
+
+// logName is how bentod's log, which is kept on the operator's disk,
+// names m's function: not at all when m asks for FS Protect, whose
+// manifest is written nowhere in the clear (the instance id identifies
+// it for the operator).
+func logName(m *manifest.Manifest) string {
+	if m.Protect {
+		return "(not logged: FS Protect)"
+	}
+	return m.Name
 }
 
 func internalError(msg string) *proto.Error {

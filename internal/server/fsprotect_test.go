@@ -7,12 +7,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/torbento/bento/internal/fsprotect"
+	"github.com/torbento/bento/internal/manifest"
 	"github.com/torbento/bento/internal/proto"
 )
 
@@ -418,5 +420,35 @@ func TestStreamTamperedOutput(t *testing.T) {
 				t.Errorf("frames %q", got)
 			}
 		})
+	}
+}
+
+// TestProtectedNameNotLogged deploys a manifest that asks for FS Protect
+// to a node that does not offer it: bentod's log, kept on the operator's
+// disk, says a manifest was refused without naming the function. An
+// unprotected one is named (so the test sees the log).
+func TestProtectedNameNotLogged(t *testing.T) {
+	for _, c := range []struct {
+		manifest string
+		named    bool
+	}{
+		{"name = \"SECRET-NAME-3e1f\"\nprotect = true\n", false},
+		{"name = \"SECRET-NAME-3e1f\"\n[resources]\nmemory = \"64 TB\"\n", true},
+	} {
+		s := testServer(t)
+		var buf bytes.Buffer
+		log := slog.New(slog.NewTextHandler(&buf, nil))
+		if _, pe := s.deploy(proto.Deploy{Manifest: c.manifest}, nil, origin{}, log); pe == nil || pe.Code != proto.CodeRefused {
+			t.Fatalf("%q: deployed, or %+v", c.manifest, pe)
+		}
+		if !strings.Contains(buf.String(), "manifest refused") {
+			t.Fatalf("%q: nothing logged: %q", c.manifest, buf.String())
+		}
+		if got := strings.Contains(buf.String(), "SECRET-NAME-3e1f"); got != c.named {
+			t.Errorf("%q: named in the log: %v, want %v: %q", c.manifest, got, c.named, buf.String())
+		}
+	}
+	if got := logName(&manifest.Manifest{Name: "x", Protect: true}); strings.Contains(got, "x") {
+		t.Errorf("logName of a protected manifest: %q", got)
 	}
 }

@@ -117,7 +117,7 @@ func (s *Server) EndInstance(id, reason string) error {
 		return fmt.Errorf("instance %s has already ended", id)
 	}
 	in.end("ended by the box's operator: " + reason)
-	safelog.Notice(s.log, "instance ended by the operator", "instance", id, "function", in.mf().Name)
+	safelog.Notice(s.log, "instance ended by the operator", "instance", id, "function", logName(in.mf()))
 	select {
 	case <-in.ended:
 		return nil

@@ -191,13 +191,18 @@ func (s *Server) update(u proto.Update, body []byte, log *slog.Logger) (*proto.U
 	select {
 	case pe := <-pu.done:
 		if pe != nil {
-			log.Info("update refused", "instance", in.id, "why", pe.Message)
+			why := pe.Message
+			if m.Protect {
+				// It may quote the code (a load error): not on disk.
+				why = pe.Code + " (not logged: FS Protect)"
+			}
+			log.Info("update refused", "instance", in.id, "why", why)
 			return nil, pe
 		}
 	case <-t.C:
 		return nil, internalError(fmt.Sprintf("the new code did not start within %s; it may still replace the old code (bento logs and invoke tell)", updateWait))
 	}
-	safelog.Notice(log, "instance updated", "instance", in.id, "function", m.Name, "ended_sessions", running)
+	safelog.Notice(log, "instance updated", "instance", in.id, "function", logName(m), "ended_sessions", running)
 	res, _ := json.Marshal(m.Resources)
 	return &proto.Updated{Instance: in.id, Resources: res, EndsAt: in.created.Add(m.Resources.Lifetime), Ended: running}, nil
 }
