@@ -5,6 +5,7 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/torbento/bento/internal/fsprotect"
+	"github.com/torbento/bento/internal/kvstore"
 	"github.com/torbento/bento/internal/manifest"
 	"github.com/torbento/bento/internal/proto"
 )
@@ -450,5 +452,43 @@ func TestProtectedNameNotLogged(t *testing.T) {
 	}
 	if got := logName(&manifest.Manifest{Name: "x", Protect: true}); strings.Contains(got, "x") {
 		t.Errorf("logName of a protected manifest: %q", got)
+	}
+}
+
+// exhausted is a key that has sealed all it may.
+type exhausted struct{}
+
+func (exhausted) Seal([]byte, []byte) ([]byte, error) { return nil, fsprotect.ErrExhausted }
+func (exhausted) Open([]byte, []byte) ([]byte, error) { return nil, fsprotect.ErrTampered }
+
+// TestProtectedKeyExhausted: once an instance's key has sealed all it
+// may, a put and an output fail saying so (a retry cannot help), not
+// blaming bentod's disk; the session's exit is still kept.
+func TestProtectedKeyExhausted(t *testing.T) {
+	s := testServer(t)
+	in, _, _ := testInstance(t, s)
+	st, err := kvstore.Open(filepath.Join(in.dir, "storage.log"), kvstore.Options{MaxBytes: 1 << 20, Seal: exhausted{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	in.store = st
+	h := &hostCall{in: in, args: json.RawMessage(`{"key":"k"}`), body: []byte("v")}
+	if _, _, err := h.storage("storage.put"); err == nil || !strings.Contains(err.Error(), fsprotect.ErrExhausted.Error()) {
+		t.Errorf("put: %v, want %v", err, fsprotect.ErrExhausted)
+	}
+	out, err := newOutLog(filepath.Join(in.dir, "s-1"), "s-1", exhausted{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss := &session{id: "s-1", out: out}
+	if err := in.output(ss, []byte("data")); !errors.Is(err, fsprotect.ErrExhausted) {
+		t.Errorf("output: %v, want %v", err, fsprotect.ErrExhausted)
+	}
+	if _, err := out.append(recExit, []byte(`{"status":"ok"}`)); err != nil {
+		t.Errorf("the exit: %v", err)
+	}
+	if _, exitAt, _, _ := out.state(); exitAt < 0 {
+		t.Error("the exit is not kept")
 	}
 }

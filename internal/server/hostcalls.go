@@ -191,6 +191,9 @@ func (h *hostCall) storage(name string) (any, []byte, error) {
 			return nil, nil, StorageFullError(in.mf().Resources.Storage)
 		case errors.Is(err, kvstore.ErrTooMany):
 			return nil, nil, fmt.Errorf("storage limit exceeded: too many keys")
+		case errors.Is(err, fsprotect.ErrExhausted):
+			// Not the disk, and a retry cannot help.
+			return nil, nil, fmt.Errorf("storage: %w", err)
 		case err != nil:
 			return nil, nil, internal(err)
 		}

@@ -964,6 +964,9 @@ func (in *Instance) output(s *session, data []byte) error {
 		if errors.Is(err, errLogClosed) {
 			return err
 		}
+		if errors.Is(err, fsprotect.ErrExhausted) {
+			return err // retrying cannot help: the function is told why
+		}
 		in.log.Warn("writing output", "instance", in.id, "err", err)
 		return errors.New("output could not be written (bentod's disk?)")
 	}
