@@ -166,6 +166,14 @@ func TestSealedTamper(t *testing.T) {
 		{"one record copied over another", func(t *testing.T, su setup) {
 			edit(t, su.path, func(b []byte) []byte { copy(b[recLen:], b[:recLen]); return b })
 		}, []string{"bobby"}},
+		{"the key's older value copied over its newer one", func(t *testing.T, su setup) {
+			// alice's first record stays in the file, dead, at offset 0:
+			// put back over her new one, it would roll her value back.
+			if err := su.s.Put("alice", []byte("alice's newer!!")); err != nil {
+				t.Fatal(err)
+			}
+			edit(t, su.path, func(b []byte) []byte { copy(b[2*recLen:], b[:recLen]); return b })
+		}, []string{"alice"}},
 		{"file truncated", func(t *testing.T, su setup) {
 			edit(t, su.path, func(b []byte) []byte { return b[:recLen+5] })
 		}, []string{"bobby"}},
