@@ -492,3 +492,53 @@ func TestProtectedKeyExhausted(t *testing.T) {
 		t.Error("the exit is not kept")
 	}
 }
+
+// TestProtectedOutLogReorder moves a protected session's records around
+// within their own log: swapped, one replayed over the next, or a data
+// record relabelled as a notice or the exit. Each fails to open, so a
+// client never gets its output reordered, repeated or reinterpreted.
+func TestProtectedOutLogReorder(t *testing.T) {
+	k, err := fsprotect.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name   string
+		change func(b []byte, rec int) []byte
+		bad    int // the record (0 or 1) that must fail
+	}{
+		{"swapped", func(b []byte, rec int) []byte {
+			a, c := bytes.Clone(b[:rec]), bytes.Clone(b[rec:2*rec])
+			return append(append(c, a...), b[2*rec:]...)
+		}, 0},
+		{"first replayed over second", func(b []byte, rec int) []byte { copy(b[rec:], b[:rec]); return b }, 1},
+		{"data relabelled notice", func(b []byte, rec int) []byte { b[0] = recNotice; return b }, 0},
+		{"data relabelled exit", func(b []byte, rec int) []byte { b[rec] = recExit; return b }, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			l, err := newOutLog(filepath.Join(t.TempDir(), "s-1"), "s-1", k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec, _ := l.append(recData, []byte(`{"a":"first record"}`))
+			if _, err := l.append(recData, []byte(`{"b":"2nd!! record"}`)); err != nil {
+				t.Fatal(err)
+			}
+			b, err := os.ReadFile(l.path)
+			if err != nil || int64(len(b)) != 2*rec {
+				t.Fatalf("the log: %d bytes, %v; records not of one length", len(b), err)
+			}
+			if err := os.WriteFile(l.path, c.change(b, int(rec)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			r, err := l.reader()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			if _, _, data, err := l.record(r, int64(c.bad)*rec, true); !errors.Is(err, fsprotect.ErrTampered) {
+				t.Errorf("record %d: %q %v, want ErrTampered", c.bad, data, err)
+			}
+		})
+	}
+}
