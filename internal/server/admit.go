@@ -19,6 +19,9 @@ type origin struct {
 	owner string // per-client fairness key: an IP address, "" for clients through Tor
 	root  string // id of the root instance a client deployed; "" for a client's own deploy
 	depth int    // composition depth: 0 for a client's own deploy
+	// protected: deployed by a protected function (FS Protect), whose
+	// children must be protected too.
+	protected bool
 }
 
 // root groups a client's instance with everything its functions started

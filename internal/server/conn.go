@@ -419,13 +419,18 @@ func (sa *selfAddrs) isLocalLocked(a netip.Addr) bool {
 // function of in: what it starts is charged to in's client and root.
 func (s *Server) selfConn(in *Instance) net.Conn {
 	a, b := net.Pipe()
-	o := &origin{owner: in.owner, root: in.root, depth: in.depth + 1}
+	o := childOrigin(in)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		s.handle(b, o, false)
 	}()
 	return a
+}
+
+// childOrigin is the origin of what a function of in deploys here.
+func childOrigin(in *Instance) *origin {
+	return &origin{owner: in.owner, root: in.root, depth: in.depth + 1, protected: in.key != nil}
 }
 
 // SetTLS lets clients connecting directly (not through the onion

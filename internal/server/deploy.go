@@ -36,6 +36,14 @@ func (s *Server) deploy(d proto.Deploy, body []byte, o origin, log *slog.Logger)
 		log.Info("manifest refused", "function", logName(m), "violations", len(vs))
 		return nil, e
 	}
+	if o.protected && !m.Protect {
+		// It would be charged to the protected function's client, whose
+		// address would then be in its record in the clear, with what the
+		// function gives it (its code, its data).
+		log.Info("manifest refused: a protected function deploys an unprotected one")
+		return nil, &proto.Error{Code: proto.CodeRefused, Message: fmt.Sprintf("manifest of %q does not ask for FS Protect, but the function deploying it has it: what a protected function starts here must be protected too (add protect = true)", m.Name),
+			Violations: []proto.Violation{{Item: "protect", Asked: "false", Allowed: "true, as the deploying function's"}}}
+	}
 	if s.Draining() {
 		log.Info("deploy refused: the operator drains the box", "function", logName(m))
 		return nil, errDraining

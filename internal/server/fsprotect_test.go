@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -540,5 +541,51 @@ func TestProtectedOutLogReorder(t *testing.T) {
 				t.Errorf("record %d: %q %v, want ErrTampered", c.bad, data, err)
 			}
 		})
+	}
+}
+
+// TestProtectedChildMustBeProtected: what a protected function deploys on
+// its own bentod is charged to its client, whose address an unprotected
+// instance's record keeps in the clear: such a deploy is refused, naming
+// the item. (A draining box refuses every other deploy after that check,
+// so none of them starts a runner here.)
+func TestProtectedChildMustBeProtected(t *testing.T) {
+	s := testServer(t)
+	p := *s.policy()
+	p.FSProtect = true
+	s.pol.Store(&p)
+	s.SetDraining(true)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, c := range []struct {
+		manifest string
+		o        origin
+		want     string
+	}{
+		{"name = \"child\"\n", origin{owner: "203.0.113.9", depth: 1, protected: true}, "but the function deploying it has it"},
+		{"name = \"child\"\nprotect = true\n", origin{owner: "203.0.113.9", depth: 1, protected: true}, "drain"},
+		{"name = \"child\"\n", origin{owner: "203.0.113.9", depth: 1}, "drain"},
+	} {
+		_, pe := s.deploy(proto.Deploy{Manifest: c.manifest}, nil, c.o, log)
+		if pe == nil || !strings.Contains(pe.Message, c.want) {
+			t.Errorf("%q from %+v: %+v, want %q", c.manifest, c.o, pe, c.want)
+		}
+	}
+}
+
+// TestChildOrigin: what a protected instance's function deploys here
+// comes from a protected origin; an unprotected one's does not.
+func TestChildOrigin(t *testing.T) {
+	s := testServer(t)
+	in, _, _ := testInstance(t, s)
+	if o := childOrigin(in); o.protected || o.depth != in.depth+1 || o.root != in.root || o.owner != in.owner {
+		t.Errorf("an unprotected instance's child: %+v", o)
+	}
+	k, err := fsprotect.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.key = k
+	if o := childOrigin(in); !o.protected {
+		t.Errorf("a protected instance's child: %+v", o)
 	}
 }
