@@ -233,6 +233,32 @@ func (p Placement) parent() string {
 	return p.Parent
 }
 
+// swapLimitable reports whether the containers' swap can be limited, as
+// buildSpec then does (to none: what a function holds in memory, its
+// /tmp included, never goes to a swap device on the disk): cgroup v1's
+// memory.memsw, or cgroup v2's memory.swap.max, each present only where
+// the kernel accounts swap. The runtime fails a container whose spec
+// limits swap where it cannot; on cgroup v2 without a limit, a container
+// may swap as much as the machine lets it.
+func swapLimitable(root string, v2 bool) bool {
+	if !v2 {
+		_, err := os.Stat(filepath.Join(root, "memory", "memory.memsw.limit_in_bytes"))
+		return err == nil
+	}
+	// The root cgroup has no memory.swap.max: any cgroup below it that
+	// has the memory controller shows it.
+	ents, _ := os.ReadDir(root)
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(root, e.Name(), "memory.swap.max")); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
 // cgroupPaths locates one container's cgroups, as runc creates them for
 // the cgroupsPath the spec gives it (Placement.Parent + "/" + id).
 type cgroupPaths struct {

@@ -97,8 +97,7 @@ func New(cfg Config) (*Sandbox, error) {
 	// Best effort (a machine may not let us): the quotas bound functions
 	// either way.
 	s.WeightErr = s.place.yieldToTor(s.cgroot)
-	_, err = os.Stat(filepath.Join(cgroupV1Root, "memory", "memory.memsw.limit_in_bytes"))
-	s.memsw = err == nil
+	s.memsw = swapLimitable(s.cgroot, s.place.V2)
 	s.userns = userNamespaces()
 	if s.userns && !cfg.NoUserNS {
 		if err := searchable(cfg.StateDir); err != nil {
