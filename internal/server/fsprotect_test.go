@@ -290,6 +290,16 @@ func TestProtectedRecordRollback(t *testing.T) {
 	if got, err := in.loadFiles(); !errors.Is(err, fsprotect.ErrTampered) {
 		t.Fatalf("the code before the update, put back: %q %v, want ErrTampered", got, err)
 	}
+	// An unprotected record in its place, with code in the clear: not
+	// this instance's either.
+	in.key = nil
+	if err := in.saveRecord("name = \"t\"\n", v1); err != nil {
+		t.Fatal(err)
+	}
+	in.key = k
+	if got, err := in.loadFiles(); err == nil {
+		t.Fatalf("an unprotected record put in place: %q", got)
+	}
 	// A save that fails leaves the record it did not replace readable
 	// (an update refused then keeps the old code).
 	if err := in.saveRecord("name = \"t\"\nprotect = true\n", v2); err != nil {
