@@ -206,6 +206,9 @@ func TestFSProtect(t *testing.T) {
 	if exists(filepath.Join(protDir, "storage.log")) {
 		t.Error("the protected storage stays on disk after bentod stopped")
 	}
+	if !strings.Contains(d.log.String(), "it has FS Protect, so its data goes with this bentod and it will not be restored") {
+		t.Errorf("bentod's log does not say the protected instance will not come back:\n%s", d.log)
+	}
 	d.restart(t)
 	r := bento(t, "", "invoke", d.Addr, prot.InvocationToken, "get")
 	if r.Code != 5 || !strings.Contains(r.Stderr, "the instance had FS Protect") || !strings.Contains(r.Stderr, "unrecoverable") {

@@ -754,9 +754,12 @@ func (in *Instance) teardown(reason string) {
 	close(in.ended)
 	in.srv.unadmit(in.adm)
 	in.budgetDone()
-	if keep {
+	switch {
+	case keep && in.key != nil:
+		in.log.Info("instance stopped; it has FS Protect, so its data goes with this bentod and it will not be restored (its clients are told at the next start)", "instance", in.id)
+	case keep:
 		in.log.Info("instance stopped; it will be restored", "instance", in.id)
-	} else {
+	default:
 		in.log.Info("instance ended", "instance", in.id, "reason", reason)
 	}
 }
