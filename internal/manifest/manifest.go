@@ -38,6 +38,12 @@ const (
 	ModeService = "service"
 )
 
+// The images bentod knows (the policy's Image offers some of them).
+const (
+	ImageStarlark = "starlark" // Starlark code run by bento-runner
+	ImageWasm     = "wasm"     // a WebAssembly module (WASI preview 1) run by bento-runner with wazero
+)
+
 // Manifest is a parsed and validated bento.toml.
 type Manifest struct {
 	Name         string        `json:"name"`
@@ -295,14 +301,21 @@ func (m *Manifest) validate() []*Error {
 	if m.Image == "" {
 		m.Image = "starlark"
 	}
+	wasm := m.Image == ImageWasm
 	if m.Entry == "" {
 		m.Entry = "main.star"
+		if wasm {
+			m.Entry = "main.wasm"
+		}
 	}
 	if !ValidFileName(m.Entry) {
 		bad("entry", "entry %q: want a file name in the function directory such as main.star", m.Entry)
 	}
 	if m.Function == "" {
 		m.Function = "main"
+		if wasm {
+			m.Function = "_start"
+		}
 	}
 	if !identRE.MatchString(m.Function) {
 		bad("function", "function %q is not an identifier", m.Function)

@@ -383,8 +383,8 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 				imagesSet = true
 			}
 			for _, i := range splitList(l.value) {
-				if i != "starlark" {
-					err = fail("Image %q is not built in (available: starlark)", i)
+				if !BuiltinImage(i) {
+					err = fail("Image %q is not built in (available: %s)", i, strings.Join(BuiltinImages, ", "))
 					break
 				}
 				if !p.HasImage(i) {

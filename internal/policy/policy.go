@@ -8,6 +8,7 @@ package policy
 import (
 	"math"
 	"runtime"
+	"slices"
 	"sort"
 	"time"
 
@@ -246,6 +247,13 @@ func (p *Policy) AllowedAPIs() []string {
 	sort.Strings(out)
 	return out
 }
+
+// BuiltinImages are the images bentod can run: Starlark, and WebAssembly
+// modules (WASI preview 1) run by wazero inside the same sandbox.
+var BuiltinImages = []string{"starlark", "wasm"}
+
+// BuiltinImage reports whether name is one of BuiltinImages.
+func BuiltinImage(name string) bool { return slices.Contains(BuiltinImages, name) }
 
 // HasImage reports whether the policy offers the image.
 func (p *Policy) HasImage(name string) bool {
