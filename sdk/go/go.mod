@@ -1,0 +1,3 @@
+module github.com/torbento/bento/sdk/go
+
+go 1.24
