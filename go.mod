@@ -13,6 +13,7 @@ require (
 	filippo.io/edwards25519 v1.2.0
 	github.com/klauspost/reedsolomon v1.14.2
 	github.com/prometheus/common v0.74.0
+	github.com/tetratelabs/wazero v1.12.0
 	go.starlark.net v0.0.0-20260908191801-89a6a09411d5
 	golang.org/x/sys v0.49.0
 	k8s.io/api v0.37.2

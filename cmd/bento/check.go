@@ -51,15 +51,15 @@ func checkDir(dir string) (*client.Function, []problem) {
 		return nil, []problem{{Msg: notFunctionDir(dir, err).Error()}}
 	}
 	var out []problem
-	entry, function := "main.star", "main"
+	image, entry, function, memory := "starlark", "main.star", "main", int64(0)
 	m, errs := manifest.ParseAll(fn.Manifest)
 	for _, e := range errs {
 		out = append(out, problem{File: filepath.Join(dir, manifest.FileName), Line: e.Line, Col: e.Col, Msg: e.Msg})
 	}
 	if m != nil {
-		entry, function = m.Entry, m.Function
+		image, entry, function, memory = m.Image, m.Entry, m.Function, m.Resources.Memory
 	}
-	for _, e := range runner.Check(entry, function, fn.Files) {
+	for _, e := range runner.Check(image, entry, function, memory, fn.Files) {
 		out = append(out, problem{File: filepath.Join(dir, e.File), Line: e.Line, Col: e.Col, Msg: e.Msg})
 	}
 	sort.SliceStable(out, func(i, j int) bool {

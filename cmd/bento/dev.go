@@ -172,7 +172,8 @@ func (h *devHost) run(files map[string][]byte, words []string) int {
 	h.conn.MaxFrame = int(h.frameLimit())
 	ents, body := proto.PackFiles(files)
 	init := proto.Init{Version: proto.HostAPIVersion, Name: h.m.Name, Entry: h.m.Entry, Function: h.m.Function,
-		Steps: h.m.Resources.Steps, Files: ents, MaxBody: h.frameLimit() - 64<<10}
+		Steps: h.m.Resources.Steps, Files: ents, MaxBody: h.frameLimit() - 64<<10,
+		Image: h.m.Image, Memory: h.m.Resources.Memory, APIs: h.m.APIs}
 	if err := h.conn.Send(proto.HInit, init, body); err != nil {
 		return c.errorf(exitServer, nil, "starting the runner: %v", err)
 	}

@@ -33,6 +33,16 @@ type Init struct {
 	// data or a return value beyond it fails in the runner, as an error of
 	// that call, instead of breaking the host API.
 	MaxBody int64 `json:"max_body,omitempty"`
+	// Image is the manifest's image: "" or "starlark" for Starlark code,
+	// "wasm" for a WebAssembly module (docs/wasm.md).
+	Image string `json:"image,omitempty"`
+	// Memory is the manifest's memory resource in bytes; a wasm module's
+	// linear memory is bounded by a share of it (runner.WasmPages).
+	Memory int64 `json:"memory,omitempty"`
+	// APIs are the host calls the manifest asks for; the wasm image gives
+	// a module the real clock only when "time" is among them, real sleeps
+	// only with "sleep".
+	APIs []string `json:"apis,omitempty"`
 }
 
 // Ready reports that the module loaded (Error nil) or failed to.

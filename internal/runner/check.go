@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"context"
 	"fmt"
 	"sort"
 	"strings"
@@ -21,7 +22,23 @@ import (
 // first syntax error of each file, and every resolve error. Nothing is
 // executed, so errors only a run can show (a wrong type, a failed call)
 // are not found.
-func Check(entry, function string, files map[string][]byte) []*proto.FuncError {
+//
+// For the wasm image, the entry module is compiled and checked instead, as
+// the runner does before it runs it (loadWasm), under the linear-memory
+// bound of a memory resource of memory bytes.
+func Check(image, entry, function string, memory int64, files map[string][]byte) []*proto.FuncError {
+	if image == ImageWasm {
+		code, ok := files[entry]
+		if !ok {
+			return []*proto.FuncError{{File: entry, Msg: fmt.Sprintf("the entry module %s is not in the function directory: build it (GOOS=wasip1 GOARCH=wasm go build -o %s .) or set \"entry\" in bento.toml", entry, entry)}}
+		}
+		w, fe := compileWasm(context.Background(), entry, function, code, WasmPages(memory))
+		if fe != nil {
+			return []*proto.FuncError{fe}
+		}
+		w.rt.Close(context.Background())
+		return nil
+	}
 	var names []string
 	for name := range files {
 		if strings.HasSuffix(name, ".star") || name == entry {

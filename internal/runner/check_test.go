@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/torbento/bento/internal/manifest"
 )
 
 func TestCheck(t *testing.T) {
@@ -37,7 +39,7 @@ func TestCheck(t *testing.T) {
 			files[k] = []byte(v)
 		}
 		var got []string
-		for _, e := range Check("main.star", "main", files) {
+		for _, e := range Check("starlark", "main.star", "main", 0, files) {
 			got = append(got, e.Error())
 		}
 		if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
@@ -60,7 +62,14 @@ func TestCheckShipped(t *testing.T) {
 				files[e.Name()] = b
 			}
 		}
-		for _, e := range Check("main.star", "main", files) {
+		m, err := manifest.Parse(files[manifest.FileName])
+		if err != nil {
+			t.Fatalf("%s: %v", dir, err)
+		}
+		if m.Image == ImageWasm {
+			continue // source only: TestWasmShipped builds and checks it
+		}
+		for _, e := range Check(m.Image, m.Entry, m.Function, 0, files) {
 			t.Errorf("%s: %v", dir, e)
 		}
 	}
@@ -70,7 +79,7 @@ func FuzzCheck(f *testing.F) {
 	f.Add([]byte("load(\"lib.star\", \"x\")\ndef main():\n    return x\n"), []byte("x = 1\n"))
 	f.Add([]byte("def main(:\n"), []byte("load(\"main.star\", \"main\")\n"))
 	f.Fuzz(func(t *testing.T, main, lib []byte) {
-		for _, e := range Check("main.star", "main", map[string][]byte{"main.star": main, "lib.star": lib}) {
+		for _, e := range Check("starlark", "main.star", "main", 0, map[string][]byte{"main.star": main, "lib.star": lib}) {
 			if e.File == "" || e.Msg == "" {
 				t.Fatalf("unlocated problem %+v", e)
 			}

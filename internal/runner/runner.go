@@ -5,6 +5,7 @@
 package runner
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,13 +30,15 @@ type Runner struct {
 	mu      sync.Mutex
 	nextID  uint64
 	pending map[uint64]chan *wire.Frame
-	threads map[uint64]*starlark.Thread // running invocations
-	err     error                       // set when the connection failed
+	threads map[uint64]*starlark.Thread        // running invocations
+	wasm    *wasmFunc                          // the compiled module (image wasm)
+	cancels map[uint64]context.CancelCauseFunc // running wasm invocations
+	err     error                              // set when the connection failed
 }
 
 // Serve runs the runner on conn until bentod closes it.
 func Serve(conn *wire.Conn) error {
-	r := &Runner{conn: conn, pending: map[uint64]chan *wire.Frame{}, threads: map[uint64]*starlark.Thread{}}
+	r := &Runner{conn: conn, pending: map[uint64]chan *wire.Frame{}, threads: map[uint64]*starlark.Thread{}, cancels: map[uint64]context.CancelCauseFunc{}}
 	f, err := conn.Read()
 	if err != nil {
 		return fmt.Errorf("reading init: %w", err)
@@ -53,7 +56,12 @@ func Serve(conn *wire.Conn) error {
 	if err != nil {
 		return err
 	}
-	ready := proto.Ready{Error: r.load()}
+	var ready proto.Ready
+	if r.init.Image == ImageWasm {
+		ready.Error = r.loadWasm()
+	} else {
+		ready.Error = r.load()
+	}
 	ready.Error.Truncate()
 	if err := conn.Send(proto.HReady, ready, nil); err != nil {
 		return err
@@ -76,6 +84,14 @@ func Serve(conn *wire.Conn) error {
 			if err := f.Unmarshal(&inv); err != nil {
 				return err
 			}
+			if r.wasm != nil {
+				ctx, cancel := context.WithCancelCause(context.Background())
+				r.mu.Lock()
+				r.cancels[inv.Inv] = cancel
+				r.mu.Unlock()
+				go r.invokeWasm(ctx, inv)
+				continue
+			}
 			th := r.thread(inv.Inv)
 			r.mu.Lock()
 			r.threads[inv.Inv] = th
@@ -88,9 +104,13 @@ func Serve(conn *wire.Conn) error {
 			}
 			r.mu.Lock()
 			th := r.threads[c.Inv]
+			cancel := r.cancels[c.Inv]
 			r.mu.Unlock()
 			if th != nil {
 				th.Cancel(c.Reason)
+			}
+			if cancel != nil {
+				cancel(errors.New(c.Reason))
 			}
 		case proto.HReply:
 			var rep proto.Reply
@@ -214,8 +234,17 @@ func (r *Runner) invoke(th *starlark.Thread, inv proto.HostInvoke) {
 	_ = r.conn.Send(proto.HDone, done, body)
 }
 
-// call sends a host call and waits for the reply.
+// call sends a host call of the Starlark thread's invocation and waits
+// for the reply.
 func (r *Runner) call(th *starlark.Thread, name string, args any, bulk []byte) (json.RawMessage, []byte, error) {
+	inv, _ := th.Local("inv").(uint64)
+	return r.callInv(context.Background(), inv, name, args, bulk)
+}
+
+// callInv sends a host call of invocation inv and waits for the reply, or
+// for ctx to end (a cancelled wasm invocation stops waiting; the late
+// reply is dropped).
+func (r *Runner) callInv(ctx context.Context, inv uint64, name string, args any, bulk []byte) (json.RawMessage, []byte, error) {
 	var raw json.RawMessage
 	if args != nil {
 		b, err := json.Marshal(args)
@@ -227,7 +256,6 @@ func (r *Runner) call(th *starlark.Thread, name string, args any, bulk []byte) (
 	if max := r.init.MaxBody; max > 0 && int64(len(bulk)) > max {
 		return nil, nil, fmt.Errorf("%s: %d bytes of data, more than the %d a host call may carry here", name, len(bulk), max)
 	}
-	inv, _ := th.Local("inv").(uint64)
 	ch := make(chan *wire.Frame, 1)
 	r.mu.Lock()
 	if r.err != nil {
@@ -241,7 +269,13 @@ func (r *Runner) call(th *starlark.Thread, name string, args any, bulk []byte) (
 	if err := r.conn.Send(proto.HCall, proto.Call{ID: id, Inv: inv, Name: name, Args: raw}, bulk); err != nil {
 		return nil, nil, err
 	}
-	f, ok := <-ch
+	var f *wire.Frame
+	var ok bool
+	select {
+	case f, ok = <-ch:
+	case <-ctx.Done():
+		return nil, nil, context.Cause(ctx)
+	}
 	if !ok {
 		return nil, nil, errors.New("host connection lost")
 	}

@@ -274,7 +274,7 @@ func (in *Instance) startRuntime(ctx context.Context, m *manifest.Manifest, file
 	}
 	ents, body := proto.PackFiles(files)
 	init := proto.Init{Version: proto.HostAPIVersion, Name: m.Name, Entry: m.Entry, Function: m.Function, Steps: r.Steps, Files: ents,
-		MaxBody: hostFrameLimit(r) - 64<<10}
+		MaxBody: hostFrameLimit(r) - 64<<10, Image: m.Image, Memory: r.Memory, APIs: m.APIs}
 	if err := rt.send(proto.HInit, init, body); err != nil {
 		return fail(in.startFailure(rt, err))
 	}
