@@ -129,20 +129,6 @@ func TestWasmHostile(t *testing.T) {
 	if r.Error != nil {
 		t.Fatal(r.Error)
 	}
-	// A real listener the dial attack aims at: nothing may reach it (Go's
-	// net package on wasip1 has no sockets, WASI preview 1 offers none).
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	reached := make(chan struct{}, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			c.Close()
-			reached <- struct{}{}
-		}
-	}()
 	tests := []struct {
 		attack  string
 		wantErr string   // in the invocation's error; "" for none
@@ -153,19 +139,12 @@ func TestWasmHostile(t *testing.T) {
 		{attack: "grow", wantErr: "the module exited with status 2: fatal error: out of memory"},
 		{attack: "flood", wantErr: "output limit exceeded"},
 		{attack: "read", wantOut: []string{"read /etc/passwd: 0 bytes", "read /proc/self/environ: 0 bytes", "read /bento-runner: 0 bytes", "readdir /: 0 entries"}},
-		{attack: "exec", wantOut: []string{"exec: "}},
+		{attack: "exec", wantOut: []string{"exec: fork/exec /bin/sh: Not implemented on wasip1"}},
 		{attack: "fork", wantOut: []string{"fork: fork/exec /bento-runner: Not implemented on wasip1"}},
 		{attack: "socket", wantOut: []string{"socket: Not implemented on wasip1"}},
-		{attack: "dial", wantOut: []string{"dial: "}},
+		{attack: "dial", wantOut: []string{"dial: Not implemented on wasip1"}},
 		{attack: "denied", wantOut: []string{"fetch: http.fetch: http.fetch is not in the manifest's apis"}},
 	}
-	defer func() {
-		select {
-		case <-reached:
-			t.Error("the dial attack reached a listener on the host")
-		default:
-		}
-	}()
 	for _, tc := range tests {
 		t.Run(tc.attack, func(t *testing.T) {
 			sent := 0
@@ -176,7 +155,7 @@ func TestWasmHostile(t *testing.T) {
 				})
 			}
 			start := time.Now()
-			d, _, _ := h.invoke(`["`+tc.attack+`", "`+ln.Addr().String()+`"]`, func(c proto.Call, b []byte) (proto.Reply, []byte) {
+			d, _, _ := h.invoke(`["`+tc.attack+`"]`, func(c proto.Call, b []byte) (proto.Reply, []byte) {
 				switch c.Name {
 				case "send":
 					if sent += len(b); sent > 1<<20 {

@@ -301,13 +301,13 @@ func (in *Instance) startRuntime(ctx context.Context, m *manifest.Manifest, file
 			ready.Error.Truncate()
 			return fail(&loadError{ready.Error})
 		}
-	case <-time.After(15 * time.Second):
+	case <-time.After(loadTimeout(m, files)):
 		go func() { // a late ready frame gives its bytes back
 			if rr := <-ch; rr.f != nil {
 				rr.f.Release()
 			}
 		}()
-		return fail(fmt.Errorf("function did not load within 15s"))
+		return fail(fmt.Errorf("function did not load within %s", loadTimeout(m, files)))
 	case <-ctx.Done():
 		go func() {
 			if rr := <-ch; rr.f != nil {
@@ -318,6 +318,17 @@ func (in *Instance) startRuntime(ctx context.Context, m *manifest.Manifest, file
 	}
 	go in.monitor(rt, m)
 	return rt, nil
+}
+
+// loadTimeout bounds how long a runner may take to load a function: 15 s;
+// for a wasm module, which the runner compiles to machine code within the
+// function's CPU share, 10 s more per MiB of module (at most 2 minutes).
+func loadTimeout(m *manifest.Manifest, files map[string][]byte) time.Duration {
+	d := 15 * time.Second
+	if m.Image == manifest.ImageWasm {
+		d += time.Duration(len(files[m.Entry])) * 10 * time.Second / (1 << 20)
+	}
+	return min(d, 2*time.Minute).Round(time.Second)
 }
 
 // loadError is an error in the function's code found while loading it.

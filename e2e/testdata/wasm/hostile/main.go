@@ -5,9 +5,7 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"syscall"
 
 	"github.com/torbento/bento/sdk/go/bento"
@@ -17,7 +15,7 @@ var sink [][]byte
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Println("usage: hostile loop|grow|flood|read|exec|fork|socket|dial|denied|badptr")
+		fmt.Println("usage: hostile loop|grow|flood|read|exec|fork|socket|dial|denied")
 		return
 	}
 	switch os.Args[1] {
@@ -50,7 +48,7 @@ func main() {
 		ents, err := os.ReadDir("/")
 		fmt.Printf("readdir /: %d entries, %v\n", len(ents), err)
 	case "exec":
-		err := exec.Command("/bin/sh", "-c", "id").Run()
+		_, err := os.StartProcess("/bin/sh", []string{"sh", "-c", "id"}, &os.ProcAttr{})
 		fmt.Printf("exec: %v\n", err)
 	case "fork":
 		_, err := os.StartProcess("/bento-runner", []string{"bento-runner"}, &os.ProcAttr{})
@@ -58,15 +56,8 @@ func main() {
 	case "socket":
 		_, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, 1)
 		fmt.Printf("socket: %v\n", err)
-	case "dial": // a TCP connection to the address given, or to 127.0.0.1:9
-		addr := "127.0.0.1:9"
-		if len(os.Args) > 2 {
-			addr = os.Args[2]
-		}
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			_, err = c.Write([]byte("escaped\n"))
-		}
+	case "dial": // a TCP socket for a connection (to the address given)
+		_, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 		fmt.Printf("dial: %v\n", err)
 	case "denied": // a host call the manifest does not ask for
 		_, err := bento.Fetch(bento.Request{URL: "http://127.0.0.1:9/"})
