@@ -29,9 +29,26 @@ func reportMedian(b *testing.B, d []time.Duration) {
 
 // BenchmarkUploadToFirstByte measures deploy + invoke of hello until the
 // first output byte arrives at the client.
-func BenchmarkUploadToFirstByte(b *testing.B) {
-	d := startBentod(b, "MaxInstances 512\nMaxInstancesPerClient 512\nTotalCPU 50\nConnectRatePerAddress 100000\n")
-	fnc, err := client.LoadFunction(fn("hello"))
+func BenchmarkUploadToFirstByte(b *testing.B) { uploadToFirstByte(b, fn("hello"), "") }
+
+// BenchmarkUploadToFirstByteWasmGo is the same for the wasm image:
+// functions/hello-wasm built with GOOS=wasip1 (a 3 MB module the runner
+// compiles when the instance starts).
+func BenchmarkUploadToFirstByteWasmGo(b *testing.B) {
+	uploadToFirstByte(b, wasmFunction(b, "functions/hello-wasm", mustRead(b, filepath.Join(fn("hello-wasm"), "bento.toml"))), wasmPolicy)
+}
+
+// BenchmarkUploadToFirstByteWasmC: a C hello built with clang's
+// wasm32-wasi target (160 KB).
+func BenchmarkUploadToFirstByteWasmC(b *testing.B) {
+	uploadToFirstByte(b, wasmFunction(b, "e2e/testdata/wasm/c-hello/main.c", cHelloManifest), wasmPolicy)
+}
+
+const cHelloManifest = "name = \"c-hello\"\nimage = \"wasm\"\nmode = \"service\"\napis = [\"send\", \"storage\"]\n"
+
+func uploadToFirstByte(b *testing.B, dir, rc string) {
+	d := startBentod(b, "MaxInstances 512\nMaxInstancesPerClient 512\nTotalCPU 50\nConnectRatePerAddress 100000\n"+rc)
+	fnc, err := client.LoadFunction(dir)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -144,12 +161,24 @@ func BenchmarkProtocolRoundTripBaseline(b *testing.B) {
 // BenchmarkIdleInstances starts 100 idle service instances and reports the
 // memory each costs: its cgroup's charge (the runner's memory and kernel
 // memory) and the runner's resident set, against an idle bentod's own RSS.
-func BenchmarkIdleInstances(b *testing.B) {
-	const n = 100
+func BenchmarkIdleInstances(b *testing.B) { idleInstances(b, fn("dropbox"), 100, "") }
+
+// BenchmarkIdleInstancesWasmGo: 20 idle instances of functions/hello-wasm
+// (each compiles its 3 MB module when it starts: 100 would take minutes).
+func BenchmarkIdleInstancesWasmGo(b *testing.B) {
+	idleInstances(b, wasmFunction(b, "functions/hello-wasm", mustRead(b, filepath.Join(fn("hello-wasm"), "bento.toml"))), 20, wasmPolicy)
+}
+
+// BenchmarkIdleInstancesWasmC: 100 idle instances of the C hello.
+func BenchmarkIdleInstancesWasmC(b *testing.B) {
+	idleInstances(b, wasmFunction(b, "e2e/testdata/wasm/c-hello/main.c", cHelloManifest), 100, wasmPolicy)
+}
+
+func idleInstances(b *testing.B, dir string, n int, rc string) {
 	for i := 0; i < b.N; i++ {
-		d := startBentod(b, "MaxInstances 200\nMaxInstancesPerClient 200\nTotalCPU 50\n")
+		d := startBentod(b, "MaxInstances 200\nMaxInstancesPerClient 200\nTotalCPU 50\n"+rc)
 		base := rssKB(d.cmd.Process.Pid)
-		fnc, _ := client.LoadFunction(fn("dropbox"))
+		fnc, _ := client.LoadFunction(dir)
 		cl := client.New(d.Addr)
 		var ids []string
 		for j := 0; j < n; j++ {
@@ -168,9 +197,9 @@ func BenchmarkIdleInstances(b *testing.B) {
 			rss += rssKB(p)
 		}
 		daemon := rssKB(d.cmd.Process.Pid) - base
-		b.ReportMetric(float64(cg)/n/(1<<20), "cgroup-MB/instance")
-		b.ReportMetric(float64(rss)/n/1024, "runner-RSS-MB/instance")
-		b.ReportMetric(float64(daemon)/n/1024, "bentod-MB/instance")
+		b.ReportMetric(float64(cg)/float64(n)/(1<<20), "cgroup-MB/instance")
+		b.ReportMetric(float64(rss)/float64(n)/1024, "runner-RSS-MB/instance")
+		b.ReportMetric(float64(daemon)/float64(n)/1024, "bentod-MB/instance")
 		b.ReportMetric(float64(base)/1024, "bentod-idle-MB")
 		d.stop(b)
 	}

@@ -12,7 +12,8 @@ import (
 
 // TestSecurityTable keeps docs/SECURITY.md's table of attacks and the tests
 // one for one: every test it names exists, and every case of the
-// adversarial tests (TestAttacks, TestLimits) is in the table.
+// adversarial tests (TestAttacks, TestLimits, TestWasmImage) is in the
+// table.
 func TestSecurityTable(t *testing.T) {
 	root := testutil.RepoRoot()
 	doc, err := os.ReadFile(filepath.Join(root, "docs", "SECURITY.md"))
@@ -62,6 +63,7 @@ func TestSecurityTable(t *testing.T) {
 		"TestSiegeFunctions":     runRE,
 		"TestCompositionCharged": runRE,
 		"TestLimits":             regexp.MustCompile(`\{"([a-z]+)", "[a-z ]+(limit|exceeded|reached)`),
+		"TestWasmImage":          regexp.MustCompile(`\{"([a-z]+)", [0-9], "`),
 	}
 	for fn, re := range cases {
 		found := false

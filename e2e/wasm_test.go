@@ -67,7 +67,7 @@ func TestWasmImage(t *testing.T) {
 	}
 
 	// A second language: C with Debian's clang and wasi-libc.
-	c := wasmFunction(t, "e2e/testdata/wasm/c-hello/main.c", "name = \"c-hello\"\nimage = \"wasm\"\nmode = \"service\"\napis = [\"send\", \"storage\"]\n")
+	c := wasmFunction(t, "e2e/testdata/wasm/c-hello/main.c", cHelloManifest)
 	cdep := deployCLI(t, d, c)
 	for i, want := range []string{"hello, carol! (greeting 1, from C)\n", "hello, carol! (greeting 2, from C)\n"} {
 		if r := bento(t, "", "invoke", d.Addr, cdep.InvocationToken, "carol"); r.Code != 0 || r.Stdout != want {

@@ -61,6 +61,13 @@ if [ "$tests" = 1 ]; then
 	need_pkg systemd-nspawn systemd-container    # ... booted with its own systemd
 	need_pkg qemu-system-x86_64 qemu-system-x86 # scripts/test-vm.sh: cgroup v2 in a VM
 	need_pkg mkfs.ext4 e2fsprogs                 # ... its disks
+	need_pkg clang clang   # the wasm image's second language (C, --target=wasm32-wasi) ...
+	need_pkg wasm-ld lld   # ... its linker
+	if [ ! -e /usr/lib/wasm32-wasi/libc.a ] || ! ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1; then
+		say "installing wasi-libc and libclang-rt-dev-wasm32"
+		[ "$apt_updated" = 1 ] || { apt-get update -qq || die "apt-get update failed"; apt_updated=1; }
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wasi-libc libclang-rt-dev-wasm32 >/dev/null || die "apt-get install wasi-libc libclang-rt-dev-wasm32 failed"
+	fi
 fi
 # Debian's tor for the private Tor network of the tests and the demo, and
 # (tests only) cloud-init for checking the dust motes' user-data
