@@ -17,6 +17,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bento-runner: no host-API channel on fd 3; this program is started by bentod")
 		os.Exit(2)
 	}
+	runner.OwnProcess = true
 	conn := wire.NewConn(ch)
 	conn.MaxFrame = 256 << 20
 	if err := runner.Serve(conn); err != nil {

@@ -29,6 +29,11 @@ import (
 // module for each invocation.
 const ImageWasm = "wasm"
 
+// OwnProcess is set by bento-runner, whose process serves one instance:
+// the runner may then set process-wide limits (Go's memory limit) from the
+// manifest. bento dev, which serves in its own process, leaves it unset.
+var OwnProcess bool
+
 // Bounds of the wasm image.
 const (
 	// MaxWasmModule bounds the module the runner compiles (the policy's
@@ -104,7 +109,7 @@ func wasmConfig(pages uint32) wazero.RuntimeConfig {
 // and the bento module's, its memory fits the bound, and the function to
 // call is exported without parameters or results.
 func (r *Runner) loadWasm() *proto.FuncError {
-	if r.init.Memory > 0 {
+	if OwnProcess && r.init.Memory > 0 {
 		// The runner's own garbage (the compiler's above all) is
 		// collected before it could take the cgroup over its limit.
 		debug.SetMemoryLimit(r.init.Memory * 3 / 4)
