@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -143,11 +144,12 @@ func TestWasmHostile(t *testing.T) {
 		{attack: "fork", wantOut: []string{"fork: fork/exec /bento-runner: Not implemented on wasip1"}},
 		{attack: "socket", wantOut: []string{"socket: Not implemented on wasip1"}},
 		{attack: "dial", wantOut: []string{"dial: Not implemented on wasip1"}},
+		{attack: "echo", wantOut: []string{"in1in2\necho: 6 bytes, <no error>"}},
 		{attack: "denied", wantOut: []string{"fetch: http.fetch: http.fetch is not in the manifest's apis"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.attack, func(t *testing.T) {
-			sent := 0
+			sent, recvs := 0, 0
 			var out bytes.Buffer
 			if tc.cancel {
 				time.AfterFunc(300*time.Millisecond, func() {
@@ -162,6 +164,11 @@ func TestWasmHostile(t *testing.T) {
 						return proto.Reply{Error: "output limit exceeded: 1 MB kept for clients"}, nil
 					}
 					out.Write(b)
+				case "recv":
+					if recvs++; recvs <= 2 {
+						return proto.Reply{}, []byte(fmt.Sprintf("in%d", recvs))
+					}
+					return proto.Reply{Result: json.RawMessage(`{"eof":true}`)}, nil
 				case "http.fetch":
 					return proto.Reply{Error: "http.fetch is not in the manifest's apis"}, nil
 				}

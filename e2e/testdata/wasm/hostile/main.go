@@ -5,6 +5,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"syscall"
 
@@ -15,7 +16,7 @@ var sink [][]byte
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Println("usage: hostile loop|grow|flood|read|exec|fork|socket|dial|denied")
+		fmt.Println("usage: hostile loop|grow|flood|read|exec|fork|socket|dial|echo|denied")
 		return
 	}
 	switch os.Args[1] {
@@ -59,6 +60,9 @@ func main() {
 	case "dial": // a TCP socket for a connection (to the address given)
 		_, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 		fmt.Printf("dial: %v\n", err)
+	case "echo": // all the input there is, back (stdin is the client's input)
+		n, err := io.Copy(os.Stdout, os.Stdin)
+		fmt.Printf("\necho: %d bytes, %v\n", n, errText(err))
 	case "denied": // a host call the manifest does not ask for
 		_, err := bento.Fetch(bento.Request{URL: "http://127.0.0.1:9/"})
 		fmt.Printf("fetch: %v\n", err)
@@ -66,4 +70,11 @@ func main() {
 		fmt.Println("unknown attack", os.Args[1])
 		os.Exit(2)
 	}
+}
+
+func errText(err error) string {
+	if err == nil {
+		return "<no error>"
+	}
+	return err.Error()
 }
