@@ -129,6 +129,12 @@ func (r *Runner) loadWasm() *proto.FuncError {
 		}
 	}
 	r.wasm = w
+	if OwnProcess {
+		// What compiling took (several times the module) goes back to
+		// the kernel now, not when Go's scavenger gets to it: an idle
+		// instance holds its compiled code, not the compiler's garbage.
+		debug.FreeOSMemory()
+	}
 	return nil
 }
 
