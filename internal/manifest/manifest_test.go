@@ -329,3 +329,34 @@ func TestProtect(t *testing.T) {
 		t.Error("protect = \"yes\" parsed")
 	}
 }
+
+// TestImageDefaults: the wasm image's entry and function default to a
+// WASI command's; a policy offering only starlark refuses it.
+func TestImageDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		toml, image, entry, function string
+	}{
+		{"name = \"a\"\n", "starlark", "main.star", "main"},
+		{"name = \"a\"\nimage = \"wasm\"\n", "wasm", "main.wasm", "_start"},
+		{"name = \"a\"\nimage = \"wasm\"\nentry = \"f.wasm\"\nfunction = \"run\"\n", "wasm", "f.wasm", "run"},
+	} {
+		m, err := Parse([]byte(tc.toml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Image != tc.image || m.Entry != tc.entry || m.Function != tc.function {
+			t.Errorf("%q: image %q entry %q function %q", tc.toml, m.Image, m.Entry, m.Function)
+		}
+	}
+	m, _ := Parse([]byte("name = \"a\"\nimage = \"wasm\"\n"))
+	if vs := Check(m, policy.Default()); len(vs) != 1 || vs[0].Item != "image" {
+		t.Errorf("wasm under the default policy: %v", vs)
+	}
+	p, err := policy.Parse("rc", []byte("Image starlark, wasm\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vs := Check(m, p); len(vs) != 0 {
+		t.Errorf("wasm where it is offered: %v", vs)
+	}
+}
