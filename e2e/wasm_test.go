@@ -48,7 +48,11 @@ func wasmFunction(t testing.TB, src, manifest string) string {
 // -race on a loaded machine), most of it the runner compiling the two Go
 // modules (TestImageDefaults and TestDevWasm check that a policy without
 // the image refuses it).
+//
+// It times nothing and has a bentod of its own, so it runs in the
+// parallel phase, beside the tests that mostly wait for tor.
 func TestWasmImage(t *testing.T) {
+	t.Parallel()
 	d := startBentod(t, wasmPolicy+"TotalCPU 4\n")
 
 	// The shipped Go example, built here with GOOS=wasip1.

@@ -98,11 +98,21 @@ type wasmFunc struct {
 // seccomp allow-list); a flaw in it would give a module the runner, which
 // holds no authority and is treated as hostile anyway (docs/SECURITY.md).
 func wasmConfig(pages uint32) wazero.RuntimeConfig {
-	return wazero.NewRuntimeConfig().
+	cfg := wazero.NewRuntimeConfig().
 		WithCloseOnContextDone(true).
 		WithMemoryLimitPages(pages).
 		WithCoreFeatures(api.CoreFeaturesV2)
+	if compilationCache != nil {
+		cfg = cfg.WithCompilationCache(compilationCache)
+	}
+	return cfg
 }
+
+// compilationCache, when set, keeps compiled modules across runtimes in
+// this process. bento-runner compiles one module per process and leaves
+// it nil; the tests, which compile the same modules over and over (a
+// Go module is seconds of compiling under the race detector), set it.
+var compilationCache wazero.CompilationCache
 
 // loadWasm compiles the entry module and checks, without running any of
 // it, that it can be instantiated here: its imports are WASI preview 1's

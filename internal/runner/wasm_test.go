@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/tetratelabs/wazero"
 	"net"
 	"os"
 	"os/exec"
@@ -51,6 +52,9 @@ var (
 	builtMu sync.Mutex
 	built   = map[string][]byte{}
 )
+
+// The same modules are compiled for test after test: once is enough.
+func init() { compilationCache = wazero.NewCompilationCache() }
 
 // startWasm starts a runner on the module code as main.wasm.
 func startWasm(t *testing.T, code []byte, init proto.Init) (*fakeHost, *proto.Ready) {
