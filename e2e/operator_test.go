@@ -99,7 +99,6 @@ func waitFor(d time.Duration, cond func() bool) bool {
 // scraped with Prometheus's parser and guarded by MetricsPortPolicy, and
 // bentoctl stop.
 func TestOperatorControl(t *testing.T) {
-	t.Parallel() // its bentod and tmux are its own, and it times nothing
 	tmux, err := exec.LookPath("tmux")
 	testutil.Require(t, err == nil, "tmux (apt-get install tmux)")
 	dir := testutil.TempDir(t)
