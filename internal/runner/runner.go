@@ -67,7 +67,18 @@ func Serve(conn *wire.Conn) error {
 		return err
 	}
 	if ready.Error != nil {
-		return nil
+		// bentod reads the error and then ends the container: the runner
+		// waits for that instead of exiting at once, since its exit closes
+		// bentod's end of the channel, which could happen before bentod
+		// read the frame (the author then got "sandbox ended during
+		// start-up" instead of the error at its line).
+		for {
+			f, err := conn.Read()
+			if err != nil {
+				return nil
+			}
+			f.Release()
+		}
 	}
 	for {
 		f, err := conn.Read()

@@ -338,7 +338,11 @@ func TestObserverSeesNoDifference(t *testing.T) {
 		}
 	}
 	nb, ni := len(busy.sizes)-2, len(idle.sizes)-2
-	if nb < 150 || ni < 150 || abs(nb-ni) > 5 {
+	// Counted over a second of wall time on a machine running other tests
+	// (and the race detector): the two runs' scheduling alone differs by a
+	// few percent (194 against 200 in CI). A sender whose rate followed
+	// its traffic would differ by far more, its idle run sending nothing.
+	if nb < 150 || ni < 150 || abs(nb-ni) > max(5, max(nb, ni)/10) {
 		t.Fatalf("records in 1 s: busy %d, idle %d; want the same rate (~200/s)", nb, ni)
 	}
 	t.Logf("busy: %d records, idle: %d records, all %d bytes", nb, ni, 4096+etap.TagSize)
