@@ -15,11 +15,7 @@ import (
 // written: each names a package that builds and a -bench pattern that
 // matches at least one benchmark there (go test -list). The cheapest of
 // them, runc alone, is run once as root, as the document says.
-//
-// It times nothing (it lists benchmarks, and runs one only to see it
-// run): it runs in the parallel phase.
 func TestBenchmarkCommands(t *testing.T) {
-	t.Parallel()
 	root := testutil.RepoRoot()
 	doc, err := os.ReadFile(filepath.Join(root, "docs", "benchmarks.md"))
 	if err != nil {

@@ -17,11 +17,7 @@ import (
 // against a real bentod, and checks its message and exit status; a row
 // without a case here, or a case without a row, fails. (The rows marked
 // unit are cmd/bento's TestErrorsTable.)
-//
-// Its bentods are its own and it times nothing: it runs in the parallel
-// phase.
 func TestErrorsTableServer(t *testing.T) {
-	t.Parallel()
 	d := startBentod(t, "")
 	cl := client.New(d.Addr)
 	fnDir := func(t *testing.T, manifest, code string) string {
