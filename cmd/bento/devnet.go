@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -107,17 +106,11 @@ func (h *devHost) netCall(name string, args json.RawMessage, body []byte) (any, 
 		}
 		buf := make([]byte, a.N)
 		n, err := c.Read(buf)
-		if n > 0 {
-			return runner.StreamResult{}, buf[:n], nil
+		res, b, err := runner.ReadResult(name, buf, n, err)
+		if err != nil {
+			return nil, nil, err
 		}
-		var ne net.Error
-		switch {
-		case errors.As(err, &ne) && ne.Timeout():
-			return runner.StreamResult{Timeout: true}, nil, nil
-		case errors.Is(err, io.EOF):
-			return runner.StreamResult{EOF: true}, []byte{}, nil
-		}
-		return nil, nil, fmt.Errorf("net.read: %v", err)
+		return res, b, nil
 	case "net.write":
 		c, err := st.get(a.Conn)
 		if err != nil {

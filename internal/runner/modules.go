@@ -2,7 +2,10 @@ package runner
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 
 	starlarkjson "go.starlark.net/lib/json"
 	"go.starlark.net/starlark"
@@ -532,6 +535,23 @@ type StreamResult struct {
 	Onion   string `json:"onion,omitempty"`
 	EOF     bool   `json:"eof,omitempty"`
 	Timeout bool   `json:"timeout,omitempty"`
+}
+
+// ReadResult is the answer to a stream read (tor.read, net.read) that
+// read n bytes of buf and ended with err: the bytes, the end of the
+// stream, a timeout, or an error naming the call.
+func ReadResult(call string, buf []byte, n int, err error) (StreamResult, []byte, error) {
+	if n > 0 {
+		return StreamResult{}, buf[:n], nil
+	}
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		return StreamResult{Timeout: true}, nil, nil
+	case errors.Is(err, io.EOF):
+		return StreamResult{EOF: true}, []byte{}, nil
+	}
+	return StreamResult{}, nil, fmt.Errorf("%s: %v", call, err)
 }
 
 func (r *Runner) stream(th *starlark.Thread, call string, args any, bulk []byte) (StreamResult, []byte, error) {

@@ -306,16 +306,12 @@ func (h *hostCall) torStream(name string) (any, []byte, error) {
 			if werr != nil {
 				return nil, nil, errStopped
 			}
-			return runner.StreamResult{}, buf[:n], nil
 		}
-		var ne net.Error
-		switch {
-		case errors.As(err, &ne) && ne.Timeout():
-			return runner.StreamResult{Timeout: true}, nil, nil
-		case errors.Is(err, io.EOF):
-			return runner.StreamResult{EOF: true}, []byte{}, nil
+		res, b, err := runner.ReadResult(name, buf, n, err)
+		if err != nil {
+			return nil, nil, err
 		}
-		return nil, nil, fmt.Errorf("%s: %v", name, err)
+		return res, b, nil
 	case "tor.write", "net.write":
 		c, err := st.get(a.Conn)
 		if err != nil {
