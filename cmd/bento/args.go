@@ -224,6 +224,21 @@ const (
 // wrongToken explains a token of the other kind, before anything is sent:
 // want is the kind the command takes. It returns -1 for a token that may
 // be right (of the kind wanted, or of no known kind).
+// serverToken checks the positional arguments of a command that takes
+// SERVER TOKEN first (ok tells whether their count is right; usage says
+// what the command takes), recognises the other kind of token, and
+// resolves @ID from the local store: the token, and -1 when all is well,
+// else the exit code.
+func (c *cli) serverToken(cmd string, pos []string, ok bool, usage string, shutdown bool) (string, int) {
+	if !ok {
+		return "", c.usageErr("%s takes %s", cmd, usage)
+	}
+	if code := c.wrongToken(cmd, pos[1], shutdown); code >= 0 {
+		return "", code
+	}
+	return c.resolveToken(pos[0], pos[1], shutdown)
+}
+
 func (c *cli) wrongToken(cmd, token string, wantShutdown bool) int {
 	switch {
 	case wantShutdown && strings.HasPrefix(token, invPrefix):

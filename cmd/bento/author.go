@@ -142,13 +142,7 @@ func (c *cli) update(args []string) int {
 	if err != nil {
 		return code
 	}
-	if len(pos) != 3 {
-		return c.usageErr("update takes SERVER SHUTDOWN-TOKEN DIR")
-	}
-	if code := c.wrongToken("update", pos[1], true); code >= 0 {
-		return code
-	}
-	tok, code := c.resolveToken(pos[0], pos[1], true)
+	tok, code := c.serverToken("update", pos, len(pos) == 3, "SERVER SHUTDOWN-TOKEN DIR", true)
 	if code >= 0 {
 		return code
 	}

@@ -542,13 +542,7 @@ func (c *cli) invoke(args []string) int {
 	if err != nil {
 		return code
 	}
-	if len(pos) < 2 {
-		return c.usageErr("invoke takes [-i] SERVER INVOCATION-TOKEN [ARG...]")
-	}
-	if code := c.wrongToken("invoke", pos[1], false); code >= 0 {
-		return code
-	}
-	tok, code := c.resolveToken(pos[0], pos[1], false)
+	tok, code := c.serverToken("invoke", pos, len(pos) >= 2, "[-i] SERVER INVOCATION-TOKEN [ARG...]", false)
 	if code >= 0 {
 		return code
 	}
@@ -570,13 +564,7 @@ func (c *cli) attach(args []string) int {
 	if err != nil {
 		return code
 	}
-	if len(pos) != 3 {
-		return c.usageErr("attach takes SERVER INVOCATION-TOKEN SESSION [--offset N]")
-	}
-	if code := c.wrongToken("attach", pos[1], false); code >= 0 {
-		return code
-	}
-	tok, code := c.resolveToken(pos[0], pos[1], false)
+	tok, code := c.serverToken("attach", pos, len(pos) == 3, "SERVER INVOCATION-TOKEN SESSION [--offset N]", false)
 	if code >= 0 {
 		return code
 	}
@@ -685,13 +673,7 @@ func (c *cli) shutdown(args []string) int {
 	if err != nil {
 		return code
 	}
-	if len(args) != 2 {
-		return c.usageErr("shutdown takes SERVER SHUTDOWN-TOKEN")
-	}
-	if code := c.wrongToken("shutdown", args[1], true); code >= 0 {
-		return code
-	}
-	tok, code := c.resolveToken(args[0], args[1], true)
+	tok, code := c.serverToken("shutdown", args, len(args) == 2, "SERVER SHUTDOWN-TOKEN", true)
 	if code >= 0 {
 		return code
 	}
