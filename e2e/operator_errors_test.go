@@ -71,7 +71,7 @@ func TestOperatorErrorsTable(t *testing.T) {
 			os.WriteFile(p, append(b, []byte("ListenAddress "+d.Addr+"\n")...), 0o644)
 			return runBentod(t, "-f", p)
 		},
-		"user-unknown": func(t *testing.T) result { return runBentod(t, "-f", rc(t, "User nosuchuser")) },
+		"user-unknown":         func(t *testing.T) result { return runBentod(t, "-f", rc(t, "User nosuchuser")) },
 		"control-socket-taken": func(t *testing.T) result { return runBentod(t, "-f", rc(t, "ControlSocket "+sock)) },
 		"control-socket-not-socket": func(t *testing.T) result {
 			f := filepath.Join(testutil.TempDir(t), "bentorc.bak")
