@@ -54,7 +54,12 @@ type Policy struct {
 	// to the addresses MetricsPolicy accepts (tor's MetricsPortPolicy).
 	MetricsPort   string
 	MetricsPolicy []string
-	Nickname      string // shown to clients
+	// CompatListenAddress serves the original Bento's client protocol
+	// (internal/compat; "" disables it, the default); what its clients
+	// store runs under the manifest in CompatManifest.
+	CompatListenAddress string
+	CompatManifest      string
+	Nickname            string // shown to clients
 
 	// The co-resident tor (none when TorControlPort is empty).
 	TorControlPort     string // "unix:/run/tor/control" or "127.0.0.1:9051"
