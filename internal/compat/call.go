@@ -36,7 +36,8 @@ func ParseCall(src string) (string, []any, error) {
 	if d := bracketDepth(src); d > maxCallDepth {
 		return "", nil, fmt.Errorf("call expression nests %d deep: at most %d", d, maxCallDepth)
 	}
-	e, err := syntax.ParseExpr("call", src, 0)
+	// Python's eval ignores the blanks around an expression.
+	e, err := syntax.ParseExpr("call", strings.TrimSpace(src), 0)
 	if err != nil {
 		return "", nil, fmt.Errorf("call expression does not parse: %v (want name(literal, ...), e.g. hello('world', 3))", trimPos(err))
 	}
@@ -44,7 +45,7 @@ func ParseCall(src string) (string, []any, error) {
 	if !ok {
 		return "", nil, fmt.Errorf("call expression is %s, not a call: want name(literal, ...), e.g. hello('world', 3)", describe(e))
 	}
-	fn, ok := call.Fn.(*syntax.Ident)
+	fn, ok := unparen(call.Fn).(*syntax.Ident)
 	if !ok {
 		return "", nil, fmt.Errorf("call expression calls %s: only a function's plain name may be called (e.g. hello(...)), nothing else is evaluated", describe(call.Fn))
 	}
