@@ -1,0 +1,287 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/torbento/bento/client/compat"
+	"github.com/torbento/bento/internal/testutil"
+)
+
+// compatEcho is the original's continuousInput in spirit: it greets,
+// then echoes each input until "stop", and returns "bye".
+const compatEcho = `
+def echo(greeting, n, extra):
+    bento.send("%s %d %s\n" % (greeting, n, extra["k"][0]))
+    while True:
+        msg = bento.recv()
+        if msg == None or msg == b"stop":
+            return "bye"
+        bento.send(msg)
+
+def fails():
+    fail("it went wrong")
+`
+
+const compatManifest = `apis = ["send", "recv"]
+
+[resources]
+lifetime = "2 minutes"
+memory = "32 MB"
+`
+
+// compatDaemon starts bentod with the compat listener on, under
+// manifest, and returns it and the listener's address.
+func compatDaemon(t *testing.T, manifest string) (*daemon, string) {
+	t.Helper()
+	dir := testutil.TempDir(t)
+	mf := filepath.Join(dir, "compat.toml")
+	if err := os.WriteFile(mf, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	d := startBentod(t, fmt.Sprintf("AllowAPI send,recv\nMaxUploadSize 64 KB\nCompatListenAddress %s\nCompatManifest %s\n", addr, mf))
+	return d, addr
+}
+
+// dialCompat connects with a receive buffer of rcvbuf bytes (0: the
+// kernel's), so that the server's unacknowledged bytes stay in its send
+// queue.
+func dialCompat(t *testing.T, addr string, rcvbuf int) *compat.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if rcvbuf > 0 {
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf) })
+			return errors.Join(err, serr)
+		}
+	}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(90 * time.Second))
+	return compat.New(nc)
+}
+
+func recvMsg(t *testing.T, c *compat.Conn, want uint8) []byte {
+	t.Helper()
+	data, typ, err := c.RecvOutput()
+	if err != nil {
+		t.Fatalf("recv: %v", err)
+	}
+	if typ != want {
+		t.Fatalf("recv: message of type %d (%q), want %d", typ, trunc(string(data)), want)
+	}
+	return data
+}
+
+// TestCompat drives bentod's compat listener as the original Bento
+// client does: store, execute, open, input and output, an abrupt
+// disconnect and a reattach that loses nothing, the function's end
+// ("function dead", and its instance gone), and the refusals, each with
+// its error in the original's frame.
+func TestCompat(t *testing.T) {
+	d, addr := compatDaemon(t, compatManifest)
+
+	c := dialCompat(t, addr, 4096)
+	tok, err := c.Store("echo", compatEcho)
+	if err != nil || len(tok) != 36 {
+		t.Fatalf("store: %q %v", tok, err)
+	}
+	id, err := c.Execute(`echo('hi', 3, {'k': [True]})`, tok)
+	if err != nil || len(id) != 36 {
+		t.Fatalf("execute: %q %v", id, err)
+	}
+	if err := c.Open(id); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(recvMsg(t, c, compat.Output)); got != "hi 3 True\n" {
+		t.Fatalf("greeting %q", got)
+	}
+	if err := c.SendInput(id, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(recvMsg(t, c, compat.Output)); got != "hello" {
+		t.Fatalf("echo %q", got)
+	}
+	// Two large echoes: the first read whole, the second's first bytes
+	// only, then the connection dies without a Close (a reset). The
+	// second was not all acknowledged by the client's TCP (its receive
+	// buffer is 4 KB): a later Open sends it again, whole.
+	big1, big2 := bytes.Repeat([]byte("x"), 48<<10), bytes.Repeat([]byte("y"), 48<<10)
+	if err := c.SendInput(id, big1); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SendInput(id, big2); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvMsg(t, c, compat.Output); !bytes.Equal(got, big1) {
+		t.Fatalf("first echo: %d bytes", len(got))
+	}
+	time.Sleep(300 * time.Millisecond) // the second echo is under way
+	tc := c.NetConn().(*net.TCPConn)
+	tc.SetLinger(0)
+	tc.Close()
+
+	c2 := dialCompat(t, addr, 0)
+	if err := c2.Open(id); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvMsg(t, c2, compat.Output); !bytes.Equal(got, big2) {
+		t.Fatalf("after the reattach: %d bytes (%.20q), want the second echo whole", len(got), got)
+	}
+	if err := c2.SendInput(id, []byte("stop")); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(recvMsg(t, c2, compat.Output)); got != "bye" {
+		t.Fatalf("return value %q", got)
+	}
+	if got := string(recvMsg(t, c2, compat.FunctionErr)); got != "function dead" {
+		t.Fatalf("end %q", got)
+	}
+	// Its end delivered, the function is gone: a Close, and an Open of it
+	// is told so.
+	c2.Close(id)
+	c2.Open(id)
+	if got := string(recvMsg(t, c2, compat.FunctionErr)); !strings.HasPrefix(got, "no function exists with id: "+id) {
+		t.Fatalf("open of a dead function: %q", got)
+	}
+	// ... and its instance with its retained output (the first started).
+	inst := regexp.MustCompile(`instance started.* instance=(i-[0-9a-f]+)`).FindStringSubmatch(d.log.String())
+	if inst == nil {
+		t.Fatalf("no instance in the log:\n%s", d.log)
+	}
+	if !waitFor(10*time.Second, func() bool { return !exists(filepath.Join(d.DataDir, "instances", inst[1])) }) {
+		t.Errorf("the dead function's instance %s is still kept; log:\n%s", inst[1], d.log)
+	}
+
+	// The function's error: an Error message, then "function dead".
+	c3 := dialCompat(t, addr, 0)
+	id, err = c3.Execute("fails()", tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c3.Open(id)
+	if got := string(recvMsg(t, c3, compat.Error)); !strings.Contains(got, "it went wrong") {
+		t.Fatalf("error text %q", got)
+	}
+	if got := string(recvMsg(t, c3, compat.FunctionErr)); got != "function dead" {
+		t.Fatalf("end %q", got)
+	}
+	c3.Close(id)
+
+	// Refusals, each in the original's error response.
+	refused := func(what string, err error, want string) {
+		t.Helper()
+		var se *compat.ServerError
+		if !errors.As(err, &se) || !strings.Contains(se.Msg, want) {
+			t.Errorf("%s: %v, want a server error saying %q", what, err, want)
+		}
+	}
+	_, err = c3.Execute("echo('x', 1, {'k': [1]})", "00000000-0000-4000-8000-000000000000")
+	refused("a bad token", err, "invalid token")
+	for call, want := range map[string]string{
+		"__import__('os').system('id')": "attribute access",
+		"echo(open('/etc/passwd'), 1)":  "a call is not a literal",
+		"echo(x, 1)":                    `the name "x" is a name`,
+		"echo(lambda: 1)":               "a lambda is not a literal",
+		"echo(1e999)":                   "does not parse",
+		"echo(" + strings.Repeat("[", 40) + strings.Repeat("]", 40) + ")": "nests",
+	} {
+		_, err = c3.Execute(call, tok)
+		refused(call, err, want)
+	}
+	_, err = c3.Execute("missing()", tok)
+	refused("a call of a function the code lacks", err, "function failed to load")
+	_, err = c3.Store("big", strings.Repeat("#", 65<<10))
+	refused("code over MaxUploadSize", err, "exceeds this node's MaxUploadSize of 64 KB")
+	bad, err := c3.Store("syntax", "def f(:\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c3.Execute("f()", bad)
+	refused("code that does not load", err, "function failed to load")
+
+	// Oversized frames: refused on their header, with the error, and
+	// the connection closed.
+	raw := func(frame []byte, response bool) []byte {
+		t.Helper()
+		nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		nc.SetDeadline(time.Now().Add(10 * time.Second))
+		nc.Write(frame)
+		var all bytes.Buffer
+		all.ReadFrom(nc)
+		return all.Bytes()
+	}
+	if got := raw([]byte{0, 0x7f, 0xff, 0xff, 0xff}, true); len(got) < 6 || got[0] != 0 || got[1] != 1 || !bytes.Contains(got, []byte("exceeds this node's bound")) {
+		t.Errorf("a 2 GB store: %q", got)
+	}
+	if got := raw([]byte{9, 0, 0, 0, 0}, true); len(got) < 6 || got[1] != 1 || !bytes.Contains(got, []byte("invalid request")) {
+		t.Errorf("an unknown request: %q", got)
+	}
+	// In a function's messages: an input frame of 1 GB.
+	c4 := dialCompat(t, addr, 0)
+	id, err = c4.Execute(`echo('hi', 1, {'k': ['x']})`, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c4.Open(id)
+	recvMsg(t, c4, compat.Output)
+	c4.NetConn().Write([]byte{7, 0x40, 0, 0, 0})
+	if got := string(recvMsg(t, c4, compat.FunctionErr)); !strings.Contains(got, "message too large") {
+		t.Errorf("a 1 GB input: %q", got)
+	}
+	if _, _, err := c4.RecvOutput(); err == nil {
+		t.Error("the connection stays open after a 1 GB input")
+	}
+	// ... and an unknown message type: answered, the connection goes on.
+	c5 := dialCompat(t, addr, 0)
+	c5.Open(id)
+	c5.NetConn().Write([]byte{0x9, 0, 0, 0, 2, 'h', 'i'})
+	if got := string(recvMsg(t, c5, compat.FunctionErr)); got != "invalid msg type" {
+		t.Errorf("an unknown message: %q", got)
+	}
+	c5.SendInput(id, []byte("stop"))
+	if got := string(recvMsg(t, c5, compat.Output)); got != "bye" {
+		t.Errorf("after the unknown message: %q", got)
+	}
+}
+
+// TestCompatManifestRefused: bentod refuses to start with a
+// CompatManifest the policy does not allow, saying why.
+func TestCompatManifestRefused(t *testing.T) {
+	dir := testutil.TempDir(t)
+	mf := filepath.Join(dir, "compat.toml")
+	os.WriteFile(mf, []byte("apis = [\"send\"]\n[resources]\nmemory = \"1 GB\"\n"), 0o644)
+	rc := filepath.Join(dir, "bentorc")
+	os.WriteFile(rc, []byte(fmt.Sprintf("DataDirectory %s\nMaxMemory 64 MB\nAllowAPI send\nCompatListenAddress 127.0.0.1:1\nCompatManifest %s\n", filepath.Join(dir, "data"), mf)), 0o644)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, filepath.Join(testutil.Binaries(t), "bentod"), "-f", rc, "--verify-config").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "asks for more than this node's policy allows") || !strings.Contains(string(out), "resources.memory") {
+		t.Errorf("bentod with a CompatManifest over the policy: %v\n%s", err, out)
+	}
+	os.WriteFile(mf, []byte("name = \"x\"\n"), 0o644)
+	out, err = exec.CommandContext(ctx, filepath.Join(testutil.Binaries(t), "bentod"), "-f", rc, "--verify-config").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `"name" is set by each Execute`) {
+		t.Errorf("bentod with a CompatManifest naming the function: %v\n%s", err, out)
+	}
+}
