@@ -73,7 +73,7 @@ func dialCompat(t *testing.T, addr string, rcvbuf int) *compat.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(90 * time.Second))
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
 	return compat.New(nc)
 }
 

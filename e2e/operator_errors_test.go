@@ -72,6 +72,19 @@ func TestOperatorErrorsTable(t *testing.T) {
 			return runBentod(t, "-f", p)
 		},
 		"control-socket-taken": func(t *testing.T) result { return runBentod(t, "-f", rc(t, "ControlSocket "+sock)) },
+		"compat-manifest-over-policy": func(t *testing.T) result {
+			mf := filepath.Join(testutil.TempDir(t), "compat.toml")
+			os.WriteFile(mf, []byte("[resources]\nmemory = \"1 GB\"\n"), 0o644)
+			return runBentod(t, "-f", rc(t, "MaxMemory 64 MB\nCompatListenAddress 127.0.0.1:1\nCompatManifest "+mf), "--verify-config")
+		},
+		"compat-manifest-sets-function": func(t *testing.T) result {
+			mf := filepath.Join(testutil.TempDir(t), "compat.toml")
+			os.WriteFile(mf, []byte("function = \"main\"\n"), 0o644)
+			return runBentod(t, "-f", rc(t, "CompatListenAddress 127.0.0.1:1\nCompatManifest "+mf), "--verify-config")
+		},
+		"compat-no-manifest": func(t *testing.T) result {
+			return runBentod(t, "-f", rc(t, "CompatListenAddress 127.0.0.1:1"), "--verify-config")
+		},
 		"control-socket-not-socket": func(t *testing.T) result {
 			f := filepath.Join(testutil.TempDir(t), "bentorc.bak")
 			os.WriteFile(f, []byte("keep"), 0o644)
