@@ -263,6 +263,19 @@ func TestCompat(t *testing.T) {
 	if got := string(recvMsg(t, c5, compat.Output)); got != "bye" {
 		t.Errorf("after the unknown message: %q", got)
 	}
+
+	// The CLI's way: bento compat.
+	file := filepath.Join(testutil.TempDir(t), "echo.star")
+	os.WriteFile(file, []byte(compatEcho), 0o644)
+	if r := bento(t, "a\nstop\n", "compat", "-i", addr, file, "echo('cli', 2, {'k': [None]})"); r.Code != 0 || r.Stdout != "cli 2 None\nabye" || !strings.Contains(r.Stderr, "function id ") {
+		t.Errorf("bento compat: %s", r)
+	}
+	if r := bento(t, "", "compat", addr, file, "fails()"); r.Code != 1 || !strings.Contains(r.Stderr, "it went wrong") {
+		t.Errorf("bento compat of a failing function: %s", r)
+	}
+	if r := bento(t, "", "compat", addr, file, "os.system('id')"); r.Code != 3 || !strings.Contains(r.Stderr, "server refused the execute: call expression calls an attribute access (.system)") {
+		t.Errorf("bento compat with code as the call: %s", r)
+	}
 }
 
 // TestCompatManifestRefused: bentod refuses to start with a
