@@ -213,11 +213,11 @@ func (d *daemon) serve(i int, addr string, raw net.Listener) *slot {
 		s.ln = d.srv.LimitNamedListener(raw, "compat", compat.Refusal)
 		at := s.ln.Addr().String()
 		go func() {
-			if err := d.compat.Serve(s.ln); err != nil && !errors.Is(err, net.ErrClosed) {
+			if err := d.compat.Serve(s.ln); !errors.Is(err, net.ErrClosed) {
 				d.log.Error("the compat listener stopped", "addr", at, "err", err)
 			}
 		}()
-		safelog.Notice(d.log, "serving the original Bento's client protocol (CompatListenAddress)", "addr", at, "image", d.policy().CompatManifest)
+		safelog.Notice(d.log, "serving the original Bento's client protocol (CompatListenAddress)", "addr", at, "manifest", d.policy().CompatManifest)
 		return s
 	default:
 		s.ln, s.hs = d.srv.LimitHTTPListener(raw, "metrics"), d.metricsServer()

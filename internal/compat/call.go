@@ -37,7 +37,7 @@ func ParseCall(src string) (string, []any, error) {
 		return "", nil, fmt.Errorf("call expression nests %d deep: at most %d", d, maxCallDepth)
 	}
 	// Python's eval ignores the blanks around an expression.
-	e, err := syntax.ParseExpr("call", strings.TrimSpace(src), 0)
+	e, err := (&syntax.FileOptions{}).ParseExpr("call", strings.TrimSpace(src), 0)
 	if err != nil {
 		return "", nil, fmt.Errorf("call expression does not parse: %v (want name(literal, ...), e.g. hello('world', 3))", trimPos(err))
 	}
