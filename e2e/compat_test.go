@@ -118,6 +118,17 @@ func TestCompat(t *testing.T) {
 	if got := string(recvMsg(t, c, compat.Output)); got != "hello" {
 		t.Fatalf("echo %q", got)
 	}
+	// More messages than the listener's ledger keeps before it counts
+	// the acknowledged ones delivered.
+	for i := range 70 {
+		msg := fmt.Sprintf("m%d", i)
+		if err := c.SendInput(id, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if got := string(recvMsg(t, c, compat.Output)); got != msg {
+			t.Fatalf("echo %d: %q", i, got)
+		}
+	}
 	// Two large echoes: the first read whole, the second's first bytes
 	// only, then the connection dies without a Close (a reset). The
 	// second was not all acknowledged by the client's TCP (its receive

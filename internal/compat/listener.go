@@ -103,6 +103,7 @@ const (
 	maxStored          = 1024
 	storedTTL          = time.Hour
 	takeOverWait       = 5 * time.Second
+	ledgerCompact      = 64
 	ackWait            = 2 * time.Second
 	outputRetention    = 10 * time.Minute
 )
@@ -475,10 +476,31 @@ func (c *conn) open(rawID string) (*Frame, error) {
 		ledger []mark
 		dead   = make(chan struct{})
 	)
+	// Marks acknowledged on a live connection are delivered: every
+	// ledgerCompact marks, they go to the function's offset, and the
+	// ledger stays short whatever the function's output.
 	record := func(m mark) {
 		lmu.Lock()
+		defer lmu.Unlock()
 		ledger = append(ledger, m)
-		lmu.Unlock()
+		if len(ledger) < ledgerCompact {
+			return
+		}
+		acked, ok := bytesAcked(c.raw)
+		if !ok {
+			return
+		}
+		n := 0
+		for n < len(ledger) && ledger[n].end <= acked && !ledger[n].dead {
+			n++
+		}
+		if n == 0 {
+			return
+		}
+		f.mu.Lock()
+		f.offset = max(f.offset, ledger[n-1].offset)
+		f.mu.Unlock()
+		ledger = append(ledger[:0], ledger[n:]...)
 	}
 	pumpDone := make(chan struct{})
 	go func() {
@@ -486,6 +508,12 @@ func (c *conn) open(rawID string) (*Frame, error) {
 		for {
 			data, exit, err := sess.Recv()
 			if err != nil {
+				// bentod's own refusal (too much output in flight, the
+				// output discarded) is the client's to hear.
+				var pe *proto.Error
+				if errors.As(err, &pe) {
+					_, _ = c.message(MFunctionErr, f.id, []byte(pe.Message))
+				}
 				return
 			}
 			if exit != nil {
