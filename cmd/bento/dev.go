@@ -155,6 +155,8 @@ type devHost struct {
 	out      []byte // with --json: the output, printed at the end
 	last     byte   // the output's last byte
 	told     map[string]bool
+
+	streams devStreams // net.* connections
 }
 
 // frameLimit is bentod's bound on a frame from the runner.
@@ -164,6 +166,7 @@ func (h *devHost) run(files map[string][]byte, words []string) int {
 	c := h.c
 	a, b := net.Pipe()
 	defer a.Close()
+	defer h.streams.closeAll()
 	go func() {
 		_ = runner.Serve(wire.NewConn(b))
 		b.Close()
@@ -457,6 +460,8 @@ func (h *devHost) dispatch(call proto.Call, body []byte) {
 		go func() { reply(h.sleep(call.Args)) }()
 	case call.Name == "http.fetch":
 		go func() { reply(h.fetch(call.Args, body)) }()
+	case api == policy.APINet:
+		go func() { reply(h.netCall(call.Name, call.Args, body)) }()
 	case strings.HasPrefix(api, "tor."):
 		h.note(call.Name, "%s() answered an error: tor.* is not emulated", call.Name)
 		reply(nil, nil, fmt.Errorf("%s: not emulated by bento dev: deploy to a server to use tor.*", call.Name))

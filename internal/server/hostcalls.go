@@ -152,7 +152,8 @@ func (in *Instance) dispatch(rt *runtime, call proto.Call, f *wire.Frame) {
 		res, bulk, err := h.storage(call.Name)
 		finish(res, bulk, err)
 	case "recv", "sleep", "http.fetch", "tor.fetch", "tor.control", "tor.event", "bento.deploy", "bento.invoke", "bento.shutdown", "bento.choose",
-		"tor.listen", "tor.accept", "tor.dial", "tor.read", "tor.write", "tor.close", "tor.splice":
+		"tor.listen", "tor.accept", "tor.dial", "tor.read", "tor.write", "tor.close", "tor.splice",
+		"net.dial", "net.read", "net.write", "net.close":
 		go func() {
 			defer func() {
 				if r := recover(); r != nil {
@@ -264,7 +265,8 @@ func (h *hostCall) blocking(name string) (any, []byte, error) {
 		return h.torControl()
 	case "tor.event":
 		return h.torEvent()
-	case "tor.listen", "tor.accept", "tor.dial", "tor.read", "tor.write", "tor.close", "tor.splice":
+	case "tor.listen", "tor.accept", "tor.dial", "tor.read", "tor.write", "tor.close", "tor.splice",
+		"net.dial", "net.read", "net.write", "net.close":
 		return h.torStream(name)
 	case "bento.deploy", "bento.invoke", "bento.shutdown":
 		return h.remote(name)
