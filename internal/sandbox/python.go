@@ -29,8 +29,9 @@ var pythonDriver []byte
 func PythonDriver() []byte { return pythonDriver }
 
 // pythonPackages are the packages of /usr/lib/python3/dist-packages a
-// function sees: requests and what it imports (those present).
-var pythonPackages = []string{"requests", "urllib3", "idna", "certifi", "charset_normalizer", "chardet"}
+// function sees: requests and what it imports (those present; Debian's
+// urllib3 imports six, which it does not vendor).
+var pythonPackages = []string{"requests", "urllib3", "idna", "certifi", "charset_normalizer", "chardet", "six"}
 
 // caBundle is the certificate authorities' file certifi (Debian's) names.
 const caBundle = "/etc/ssl/certs/ca-certificates.crt"
@@ -85,6 +86,8 @@ func FindPython() (*PythonImage, error) {
 		dir := filepath.Join("/usr/lib/python3/dist-packages", p)
 		if st, err := os.Stat(dir); err == nil && st.IsDir() {
 			img.Mounts = append(img.Mounts, bindMount{Source: dir, Target: dir, Dir: true})
+		} else if st, err := os.Stat(dir + ".py"); err == nil && st.Mode().IsRegular() {
+			img.Mounts = append(img.Mounts, bindMount{Source: dir + ".py", Target: dir + ".py"})
 		}
 	}
 	if real, err := filepath.EvalSymlinks(caBundle); err == nil {
