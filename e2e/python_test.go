@@ -191,4 +191,81 @@ func TestPythonImage(t *testing.T) {
 			t.Fatalf("py-browser outside its destinations: %s", r)
 		}
 	})
+
+	t.Run("hostile", func(t *testing.T) { testPythonHostile(t, d) })
+}
+
+// hostilePython is e2e/testdata/python/hostile's manifest: a service
+// instance with small limits.
+const hostilePython = `name = "hostile-python"
+image = "python"
+mode = "service"
+apis = ["send", "log"]
+[resources]
+memory = "64 MB"
+cpu = 1
+cpu_time = "2 s"
+output = "1 MB"
+processes = 32
+`
+
+// testPythonHostile runs the hostile python function's attacks against
+// d, one invocation each on one service instance; a neighbour is served
+// after each. Each row of docs/SECURITY.md's sandbox table for the python
+// image names its subtest.
+func testPythonHostile(t *testing.T, d *daemon) {
+	hostile := pyFunction(t, hostilePython, mustRead(t, filepath.Join(testutil.RepoRoot(), "e2e", "testdata", "python", "hostile", "main.py")))
+	hdep := deployCLI(t, d, hostile)
+	neighbour := pyFunction(t, "name = \"neighbour\"\nimage = \"python\"\nmode = \"service\"\napis = [\"send\"]\n", "def main(name):\n    return 'hello, %s!\\n' % name\n")
+	ndep := deployCLI(t, d, neighbour)
+	tests := []struct {
+		attack string
+		code   int
+		want   string // in stdout (exit 0) or stderr
+	}{
+		{"fork", 0, "fork: PermissionError: [Errno 1] Operation not permitted"},
+		{"subprocess", 0, "subprocess: PermissionError: [Errno 1] Operation not permitted"},
+		{"spawn", 0, "spawn: PermissionError: [Errno 1] Operation not permitted"},
+		{"passwd", 0, "passwd: FileNotFoundError: [Errno 2] No such file or directory: '/etc/passwd'"},
+		{"environ", 0, "environ: succeeded: b'PATH=/usr/bin\\x00LANG=C.UTF-8\\x00HOME=/\\x00'"},
+		{"root", 0, "root: FileNotFoundError"},
+		{"writeroot", 0, "writeroot: OSError: [Errno 30] Read-only file system: '/usr/lib/evil'"},
+		{"exec", 0, "exec: FileNotFoundError: [Errno 2] No such file or directory"},
+		{"hostroot", 0, "hostroot: succeeded: ['bento', 'bento-runner', 'dev', 'etc', 'lib', 'lib64', 'proc', 'tmp', 'usr']"},
+		{"raw", 0, "raw: PermissionError: [Errno 1] Operation not permitted"},
+		{"inet", 0, "inet: PermissionError: [Errno 1] Operation not permitted"},
+		{"inet6", 0, "inet6: PermissionError: [Errno 1] Operation not permitted"},
+		{"netlink", 0, "netlink: PermissionError: [Errno 1] Operation not permitted"},
+		{"connect", 0, `connect: ConnectionRefusedError: [Errno 111] 127.0.0.1:22: permission denied: net.dial() needs "net" in the manifest's apis`},
+		{"cpubomb", 6, "cpu time limit exceeded"},
+		{"flood", 6, "output limit exceeded"},
+		{"membomb", 6, "memory limit"},
+		// Last: bentod may stop the runtime for its threads once the
+		// invocation has returned.
+		{"threads", 0, "threads: RuntimeError: can't start new thread|process limit exceeded (32 processes/threads)"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.attack, func(t *testing.T) {
+			start := time.Now()
+			r := bento(t, "", "invoke", d.Addr, hdep.InvocationToken, tc.attack)
+			got := r.Stderr
+			if tc.code == 0 {
+				got = r.Stdout
+			}
+			ok := false
+			for _, w := range strings.Split(tc.want, "|") {
+				ok = ok || strings.Contains(r.Stdout+r.Stderr, w) && (r.Code == tc.code || strings.Contains(r.Stderr, w))
+			}
+			if !ok {
+				t.Fatalf("want exit %d with %q, got %s", tc.code, tc.want, r)
+			}
+			if strings.Contains(r.Stdout, "root:x:0") || (tc.code == 0 && strings.Contains(r.Stdout, "succeeded") && !strings.Contains(tc.want, "succeeded")) {
+				t.Fatalf("the attack succeeded: %s", r)
+			}
+			t.Logf("%s: exit %d after %v: %s", tc.attack, r.Code, time.Since(start).Round(time.Millisecond), strings.TrimSpace(trunc(got)))
+			if r := bento(t, "", "invoke", d.Addr, ndep.InvocationToken, "dan"); r.Code != 0 || r.Stdout != "hello, dan!\n" {
+				t.Fatalf("the neighbour after %s: %s", tc.attack, r)
+			}
+		})
+	}
 }
