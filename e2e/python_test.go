@@ -192,28 +192,9 @@ func TestPythonImage(t *testing.T) {
 		}
 	})
 
-	t.Run("hostile", func(t *testing.T) { testPythonHostile(t, d) })
-}
-
-// hostilePython is e2e/testdata/python/hostile's manifest: a service
-// instance with small limits.
-const hostilePython = `name = "hostile-python"
-image = "python"
-mode = "service"
-apis = ["send", "log"]
-[resources]
-memory = "64 MB"
-cpu = 1
-cpu_time = "2 s"
-output = "1 MB"
-processes = 32
-`
-
-// testPythonHostile runs the hostile python function's attacks against
-// d, one invocation each on one service instance; a neighbour is served
-// after each. Each row of docs/SECURITY.md's sandbox table for the python
-// image names its subtest.
-func testPythonHostile(t *testing.T, d *daemon) {
+	// The hostile python function's attacks, one invocation each on one
+	// service instance; a neighbour is served after each. Each has its row
+	// in docs/SECURITY.md's sandbox table.
 	hostile := pyFunction(t, hostilePython, mustRead(t, filepath.Join(testutil.RepoRoot(), "e2e", "testdata", "python", "hostile", "main.py")))
 	hdep := deployCLI(t, d, hostile)
 	neighbour := pyFunction(t, "name = \"neighbour\"\nimage = \"python\"\nmode = \"service\"\napis = [\"send\"]\n", "def main(name):\n    return 'hello, %s!\\n' % name\n")
@@ -269,3 +250,17 @@ func testPythonHostile(t *testing.T, d *daemon) {
 		})
 	}
 }
+
+// hostilePython is e2e/testdata/python/hostile's manifest: a service
+// instance with small limits.
+const hostilePython = `name = "hostile-python"
+image = "python"
+mode = "service"
+apis = ["send", "log"]
+[resources]
+memory = "64 MB"
+cpu = 1
+cpu_time = "2 s"
+output = "1 MB"
+processes = 32
+`

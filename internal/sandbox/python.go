@@ -2,13 +2,14 @@ package sandbox
 
 import (
 	"debug/elf"
-	_ "embed"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/torbento/bento/internal/sandbox/python"
 )
 
 // ImagePython is the image whose functions are Python modules run by
@@ -22,11 +23,7 @@ const PythonBinary = "/usr/bin/python3"
 // driverPath is where the driver is in the containers' root.
 const driverPath = "/bento/driver.py"
 
-//go:embed python/driver.py
-var pythonDriver []byte
-
-// PythonDriver returns the driver's source (for tests and bento check).
-func PythonDriver() []byte { return pythonDriver }
+var pythonDriver = python.Driver
 
 // pythonPackages are the packages of /usr/lib/python3/dist-packages a
 // function sees: requests and what it imports (those present; Debian's

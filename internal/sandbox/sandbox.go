@@ -59,7 +59,7 @@ type Sandbox struct {
 	memsw   bool
 	userns  bool // containers get a user namespace
 	place   Placement
-	cgroot  string // the cgroup file system's mount point
+	cgroot  string       // the cgroup file system's mount point
 	python  *PythonImage // nil unless the image is offered
 	// WeightErr is why the containers' parent cgroup could not be given a
 	// low CPU weight (nil when it was).

@@ -52,33 +52,37 @@ func seccompProfile() *ociSeccomp {
 
 // pythonSyscalls is the seccomp allow-list for image python: Debian's
 // CPython running the driver (docs/python.md). It was derived by tracing
-// (scripts/seccomp-trace.sh python: the driver's protocol tests and the
-// python test functions under strace -f, keeping the calls after the
-// interpreter's execve) and is:
+// (scripts/seccomp-trace.sh python: bentod under strace -f -ff driving
+// the py-* functions and every attack of the hostile python function,
+// keeping the calls of each interpreter after its execve and of every
+// thread it cloned). The trace showed:
 //
-//   - the dynamic loader and start-up: openat, read, pread64, fstat,
-//     newfstatat, lseek, mmap/mprotect/munmap/brk, arch_prctl,
-//     set_tid_address, set_robust_list, rseq, prlimit64, getrandom,
-//     readlink(at) and getcwd (the interpreter finding its prefix),
-//     getdents64 (the importer listing directories), ioctl only for
-//     TCGETS (isatty), FIONBIO (a socket's timeout) and FIOCLEX;
-//   - threads: clone only with CLONE_THREAD set (below), futex, the
-//     scheduler, signals as for the runner;
-//   - I/O on the host-API descriptor and on the sockets of the network
-//     shim: read, write, readv, writev, poll, select and their p*
-//     variants, epoll, sendto/recvfrom/sendmsg/recvmsg, shutdown,
-//     get/setsockopt, getsockname/getpeername, and socketpair and socket
-//     for AF_UNIX only (arg 0): a function's "TCP" connection is one end
-//     of a socketpair whose other end the driver relays through bentod's
-//     checked net.* host calls;
-//   - /tmp (the instance's small tmpfs): unlink, mkdir, rmdir, rename,
-//     ftruncate, fsync, umask, access, statfs;
-//   - execve, close_range and fstatfs, which runc's init calls after
-//     installing the filter.
+//   - the dynamic loader and the importer: openat, newfstatat, read,
+//     pread64, lseek, close, getdents64, readlink, access, mmap, mprotect,
+//     munmap, madvise, brk, arch_prctl, set_tid_address, set_robust_list,
+//     rseq, prlimit64, getrandom, sysinfo, getuid; ioctl (TCGETS, for
+//     isatty: ENOTTY on every descriptor);
+//   - threads (an invocation each, two per network connection): clone3
+//     (answered ENOSYS, below), clone with CLONE_THREAD, futex, gettid,
+//     rt_sigprocmask, rt_sigaction, exit, clock_nanosleep (time.sleep);
+//   - the host-API descriptor and the network shim's socketpairs: read,
+//     readv, write, sendto, recvfrom, poll, shutdown, getsockname, fcntl,
+//     pipe2, epoll_create1, socketpair and socket (AF_UNIX);
+//   - what the attacks tried and were refused: clone without
+//     CLONE_THREAD, vfork, socket of other families, connect (glibc's
+//     resolver asking nscd; nothing connects), writing the root (EROFS).
+//
+// Added beyond the trace, for paths it cannot force: the rest of the
+// time, signal and poller calls the runner's list has (clock_gettime
+// without the vDSO, select, ppoll, epoll_*), ioctl FIONBIO (a socket's
+// timeout) and FIOCLEX, recvmsg/sendmsg and get/setsockopt on the
+// socketpairs, dup*, and what files in /tmp need (unlink, mkdir, rename,
+// ftruncate, fsync, statx, ...); execve, close_range and fstatfs, which
+// runc's init calls after installing the filter.
 //
 // Fork is refused: clone without CLONE_THREAD (fork, vfork-style spawns)
 // fails with EPERM, vfork and fork too, and clone3 answers ENOSYS so that
-// glibc falls back to clone (whose flags a filter can read, clone3's sit
+// glibc falls back to clone (whose flags a filter can read; clone3's sit
 // behind a pointer). Refused as for the runner: connect, bind, listen,
 // accept, AF_INET/AF_INET6/AF_PACKET/AF_NETLINK sockets, ptrace, mount,
 // bpf, keyctl, perf_event_open, personality, process_vm_*, userfaultfd,
@@ -89,9 +93,9 @@ var pythonSyscalls = []string{
 	// threads and scheduling (clone: see pythonSeccompProfile)
 	"futex", "sched_yield", "sched_getaffinity", "gettid", "getpid", "getppid", "tgkill",
 	"exit", "exit_group", "arch_prctl", "set_robust_list", "set_tid_address", "rseq",
-	"nanosleep", "clock_nanosleep", "clock_gettime", "clock_getres", "gettimeofday", "time",
+	"nanosleep", "clock_nanosleep", "clock_gettime", "clock_getres", "gettimeofday",
 	"getrusage", "times", "sysinfo", "uname",
-	"getuid", "geteuid", "getgid", "getegid", "getgroups",
+	"getuid", "geteuid", "getgid", "getegid",
 	// signals
 	"rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
 	// I/O on descriptors, the poller
