@@ -10,18 +10,18 @@
 # Written for Bento; the function API it gives (`api.send`, `api.recv`,
 # `api.poll`, the return value) is the original Bento's.
 
+# Imports are few and cheap: the interpreter starts within the
+# function's CPU share, and every millisecond counts towards the cold
+# start (socket, traceback and linecache load when first needed).
+import _json
 import errno
-import importlib.util
 import io
-import json
-import linecache
 import os
-import socket
 import struct
 import sys
 import threading
-import traceback
 import types
+from importlib.machinery import ModuleSpec
 
 FD = 3
 MAX_FRAME = 32 << 20  # wire.DefaultMaxFrame
@@ -37,6 +37,61 @@ HOST_API_VERSION = 1
 
 class ProtocolError(Exception):
     pass
+
+
+# JSON for the frames' headers with the C scanner and string encoder
+# alone: the json package would import re, enum and functools (7 ms of
+# CPU at every start). Return values are encoded by the json package,
+# loaded when a function first returns something other than str or bytes.
+
+def _json_constant(name):
+    raise ValueError("%s is not allowed in a header" % name)
+
+
+class _ScanContext:
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = staticmethod(_json_constant)
+    memo = None
+
+
+_scan = _json.make_scanner(_ScanContext())
+
+
+def json_loads(b):
+    s = b.decode("utf-8") if isinstance(b, (bytes, bytearray, memoryview)) else b
+    try:
+        v, end = _scan(s, 0)
+    except StopIteration:
+        raise ValueError("not JSON") from None
+    if s[end:].strip():
+        raise ValueError("extra data after JSON")
+    return v
+
+
+def json_dumps(v):
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, int):
+        return int.__repr__(v)
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError("%r is not JSON" % v)
+        return float.__repr__(v)
+    if isinstance(v, str):
+        return _json.encode_basestring_ascii(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(json_dumps(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ",".join(_json.encode_basestring_ascii(str(k)) + ":" + json_dumps(x) for k, x in v.items()) + "}"
+    raise TypeError("%s is not JSON" % type(v).__name__)
 
 
 class Conn:
@@ -73,14 +128,17 @@ class Conn:
         (hl,) = struct.unpack(">I", p[1:5])
         if hl > MAX_HEADER or hl > n - 5:
             raise ProtocolError("header length %d does not fit a %d-byte frame" % (hl, n))
-        hdr = json.loads(bytes(p[5:5 + hl])) if hl else {}
+        try:
+            hdr = json_loads(bytes(p[5:5 + hl])) if hl else {}
+        except (ValueError, RecursionError) as e:
+            raise ProtocolError("frame type %d: bad header: %s" % (typ, e)) from None
         if not isinstance(hdr, dict):
             raise ProtocolError("frame type %d: header is not a JSON object" % typ)
         body = bytes(memoryview(p)[5 + hl:])
         return typ, hdr, body
 
     def send(self, typ, hdr, body=b""):
-        h = json.dumps(hdr, separators=(",", ":")).encode() if hdr is not None else b""
+        h = json_dumps(hdr).encode() if hdr is not None else b""
         pre = struct.pack(">IBI", 1 + 4 + len(h) + len(body), typ, len(h)) + h
         with self.wlock:
             self._write_all(pre)
@@ -187,10 +245,6 @@ class Driver:
         src = self.files.get(entry)
         if src is None:
             return {"file": entry, "msg": "no file %r in the function bundle" % entry}
-        for name, data in self.files.items():
-            if name.endswith(".py"):
-                text = data.decode("utf-8", "replace")
-                linecache.cache[name] = (len(text), None, text.splitlines(True), name)
         mod = types.ModuleType(entry[:-3] if entry.endswith(".py") else entry)
         mod.__file__ = entry
         mod.api = API(self)
@@ -212,6 +266,12 @@ class Driver:
         """A FuncError for exception e: where in the function's own code
         it happened (a SyntaxError's place, or the innermost frame of a
         bundle file), its message and a backtrace of the function's frames."""
+        import linecache
+        import traceback
+        for name, data in self.files.items():
+            if name.endswith(".py") and name not in linecache.cache:
+                text = data.decode("utf-8", "replace")
+                linecache.cache[name] = (len(text), None, text.splitlines(True), name)
         if isinstance(e, SyntaxError) and e.filename in self.files:
             fe = {"file": e.filename, "line": e.lineno or 0, "col": e.offset or 0,
                   "msg": "%s: %s" % (type(e).__name__, e.msg)}
@@ -232,19 +292,17 @@ class Driver:
 
     # --- invocations ---
 
-    def invoke(self, inv, args):
+    def invoke(self, inv, a):
         self.local.inv = inv
         with self.lock:
             self.threads[inv] = threading.get_ident()
         done = {"inv": inv}
         body = b""
         try:
-            try:
-                a = json.loads(args) if args else []
-                if not isinstance(a, list):
-                    raise ValueError("want a JSON array")
-            except ValueError as e:
-                done["error"] = {"msg": "bad invocation arguments: %s" % e}
+            if a is None:
+                a = []
+            if not isinstance(a, list):
+                done["error"] = {"msg": "bad invocation arguments: want a JSON array"}
             else:
                 try:
                     v = self.fn(*a)
@@ -331,9 +389,7 @@ class Driver:
                 typ, hdr, body = self.conn.read()
                 if typ == H_INVOKE:
                     inv = int(hdr.get("inv") or 0)
-                    args = hdr.get("args")
-                    raw = json.dumps(args) if args is not None else ""
-                    threading.Thread(target=self.invoke, args=(inv, raw), name="inv%d" % inv, daemon=True).start()
+                    threading.Thread(target=self.invoke, args=(inv, hdr.get("args")), name="inv%d" % inv, daemon=True).start()
                 elif typ == H_CANCEL:
                     self.cancel(int(hdr.get("inv") or 0), str(hdr.get("reason") or ""))
                 elif typ == H_REPLY:
@@ -405,6 +461,7 @@ def encode_value(v):
         return v.encode("utf-8")
     if isinstance(v, (bytes, bytearray, memoryview)):
         return bytes(v)
+    import json
     return json.dumps(v, separators=(",", ":")).encode()
 
 
@@ -424,9 +481,10 @@ class _BundleFinder:
 
     def find_spec(self, fullname, path=None, target=None):
         if "." not in fullname and fullname + ".py" in self.d.files:
-            return importlib.util.spec_from_loader(fullname, self, origin=fullname + ".py")
-        if fullname == "urllib3.util.connection":
-            # Patch urllib3's connection function once it has loaded.
+            return ModuleSpec(fullname, self, origin=fullname + ".py")
+        if fullname in ("socket", "urllib3.util.connection"):
+            # Patch socket's and urllib3's connection functions once they
+            # have loaded.
             for finder in sys.meta_path:
                 if finder is self or not hasattr(finder, "find_spec"):
                     continue
@@ -456,6 +514,9 @@ class _PatchingLoader:
     def exec_module(self, module):
         self.inner.exec_module(module)
         module.create_connection = create_connection
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
 
 # --- the function's output and log ---
@@ -789,24 +850,38 @@ class API:
 
 # --- the network: sockets that are checked host calls ---
 
-class _ShimSocket(socket.socket):
+_SHIM = []
+
+
+def _shim_socket_class():
     """One end of a socketpair whose other end the driver relays to a
     net.* stream. TCP options (TCP_NODELAY, keep-alive) mean nothing on it
     and are ignored."""
+    if not _SHIM:
+        import socket
 
-    def setsockopt(self, level, opt, *value):
-        if level == socket.IPPROTO_TCP:
-            return None
-        try:
-            return super().setsockopt(level, opt, *value)
-        except OSError:
-            return None
+        class ShimSocket(socket.socket):
+            def setsockopt(self, level, opt, *value):
+                if level == socket.IPPROTO_TCP:
+                    return None
+                try:
+                    return super().setsockopt(level, opt, *value)
+                except OSError:
+                    return None
+        _SHIM.append(ShimSocket)
+    return _SHIM[0]
 
 
-def create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, *args, **kw):
+_DEFAULT = object()
+
+
+def create_connection(address, timeout=_DEFAULT, source_address=None, *args, **kw):
     """socket.create_connection for functions: bentod dials (net.dial,
     checked against the manifest's and the operator's destination
     policies) and the driver relays the bytes."""
+    import socket
+    if timeout is socket._GLOBAL_DEFAULT_TIMEOUT:
+        timeout = _DEFAULT
     host, port = address[0], address[1]
     t = timeout if isinstance(timeout, (int, float)) and timeout > 0 else 30.0
     d = _d()
@@ -817,8 +892,8 @@ def create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_ad
         raise ConnectionRefusedError(errno.ECONNREFUSED, "%s:%s: %s" % (host, port, e)) from None
     conn = int(res.get("conn", 0))
     ours, theirs = socket.socketpair()
-    s = _ShimSocket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=theirs.detach())
-    if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+    s = _shim_socket_class()(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=theirs.detach())
+    if timeout is not _DEFAULT:
         s.settimeout(timeout)
     threading.Thread(target=_pump_up, args=(d, inv, conn, ours), daemon=True).start()
     threading.Thread(target=_pump_down, args=(d, inv, conn, ours), daemon=True).start()
@@ -859,7 +934,7 @@ def _pump_down(d, inv, conn, sock):
     except (OSError, Error, Cancelled):
         pass
     try:
-        sock.shutdown(socket.SHUT_WR)
+        sock.shutdown(1)  # SHUT_WR
     except OSError:
         pass
 
@@ -871,7 +946,8 @@ def main():
     d = Driver(Conn(FD))
     DRIVER = d
     make_bento_module()
-    socket.create_connection = create_connection
+    if "socket" in sys.modules:  # loaded at start-up after all
+        sys.modules["socket"].create_connection = create_connection
     sys.stdout = _LogWriter(d, "stdout")
     sys.stderr = _LogWriter(d, "stderr")
     sys.stdin = io.StringIO("")
