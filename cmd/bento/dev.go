@@ -155,6 +155,8 @@ type devHost struct {
 	out      []byte // with --json: the output, printed at the end
 	last     byte   // the output's last byte
 	told     map[string]bool
+
+	streams devStreams // net.* connections
 }
 
 // frameLimit is bentod's bound on a frame from the runner.
@@ -162,12 +164,25 @@ func (h *devHost) frameLimit() int64 { return policy.InstanceInFlight(h.m.Resour
 
 func (h *devHost) run(files map[string][]byte, words []string) int {
 	c := h.c
-	a, b := net.Pipe()
+	defer h.streams.closeAll()
+	var a io.ReadWriteCloser
+	if h.m.Image == runner.ImagePython {
+		// The python image's driver, run by the local python3 (not in a
+		// sandbox: the author's own code on the author's machine).
+		conn, err := startPythonDriver()
+		if err != nil {
+			return c.errorf(exitServer, nil, "starting python3: %v", err)
+		}
+		a = conn
+	} else {
+		p, b := net.Pipe()
+		go func() {
+			_ = runner.Serve(wire.NewConn(b))
+			b.Close()
+		}()
+		a = p
+	}
 	defer a.Close()
-	go func() {
-		_ = runner.Serve(wire.NewConn(b))
-		b.Close()
-	}()
 	h.conn = wire.NewConn(a)
 	h.conn.MaxFrame = int(h.frameLimit())
 	ents, body := proto.PackFiles(files)
@@ -457,6 +472,8 @@ func (h *devHost) dispatch(call proto.Call, body []byte) {
 		go func() { reply(h.sleep(call.Args)) }()
 	case call.Name == "http.fetch":
 		go func() { reply(h.fetch(call.Args, body)) }()
+	case api == policy.APINet:
+		go func() { reply(h.netCall(call.Name, call.Args, body)) }()
 	case strings.HasPrefix(api, "tor."):
 		h.note(call.Name, "%s() answered an error: tor.* is not emulated", call.Name)
 		reply(nil, nil, fmt.Errorf("%s: not emulated by bento dev: deploy to a server to use tor.*", call.Name))

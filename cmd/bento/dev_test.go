@@ -1,15 +1,18 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -67,8 +70,27 @@ func TestDev(t *testing.T) {
 	defer web.Close()
 	rcDir := t.TempDir()
 	rc := filepath.Join(rcDir, "bentorc")
-	os.WriteFile(rc, []byte("AllowAPI send, http.fetch, tor.fetch, bento\nTorSocksPort 127.0.0.1:9\nDestinationPolicy accept 127.0.0.1:*\n"), 0o644)
+	os.WriteFile(rc, []byte("AllowAPI send, http.fetch, net, tor.fetch, bento\nTorSocksPort 127.0.0.1:9\nDestinationPolicy accept 127.0.0.1:*\n"), 0o644)
 	storage := t.TempDir()
+	// A TCP server answering a line with "pong:" and the line.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			fmt.Fprintf(c, "pong:%s", line)
+			c.Close()
+		}
+	}()
+	linePort := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	const dialCode = "def main(p):\n    c = net.dial(\"127.0.0.1\", int(p))\n    net.write(c, \"ping\\n\")\n    out = b\"\"\n    for i in range(100):\n        b = net.read(c, timeout=5)\n        if not b:\n            break\n        out += b\n    net.close(c)\n    return out\n"
 
 	for _, tc := range []struct {
 		name   string
@@ -116,6 +138,10 @@ func TestDev(t *testing.T) {
 			stdout: "page /x"},
 		{name: "fetch denied", args: []string{"dev", "--policy", rc, devFn(t, "name = \"a\"\napis = [\"http.fetch\"]\ndestinations = [\"accept 127.0.0.1:1\"]\n", "def main(u):\n    return http.fetch(u).body\n"), web.URL + "/x"}, code: 1,
 			stdout: "", stderr: []string{"is rejected by the manifest's destinations"}},
+		{name: "net", args: []string{"dev", "--policy", rc, devFn(t, "name = \"a\"\napis = [\"net\"]\ndestinations = [\"accept 127.0.0.1:"+linePort+"\"]\n", dialCode), linePort}, code: 0,
+			stdout: "pong:ping\n"},
+		{name: "net denied", args: []string{"dev", "--policy", rc, devFn(t, "name = \"a\"\napis = [\"net\"]\ndestinations = [\"accept 127.0.0.1:1\"]\n", dialCode), linePort}, code: 1,
+			stdout: "", stderr: []string{"main.star:2:17: net.dial: destination 127.0.0.1:" + linePort + " denied: 127.0.0.1:" + linePort + " is rejected by the manifest's destinations"}},
 		{name: "tor not emulated", args: []string{"dev", "--policy", rc, devFn(t, "name = \"a\"\napis = [\"tor.fetch\"]\ndestinations = [\"accept 127.0.0.1:80\"]\n", "def main():\n    return tor.fetch(\"http://127.0.0.1/\")\n")}, code: 1,
 			stdout: "", stderr: []string{"bento: function error: main.star:2:21: tor.fetch: not emulated by bento dev: deploy to a server to use tor.*"}},
 		{name: "remote not emulated", args: []string{"dev", "--policy", rc, devFn(t, "name = \"a\"\napis = [\"bento\"]\ndestinations = [\"accept 127.0.0.1:*\"]\n", "def main():\n    remote.shutdown(\"127.0.0.1:1\", \"t\")\n")}, code: 1,

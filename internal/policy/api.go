@@ -16,6 +16,7 @@ const (
 	APITorFetch   = "tor.fetch"   // HTTP(S) through Tor circuits, .onion included
 	APITorControl = "tor.control" // tor's control port through bentod's firewall: own circuits, streams, onion services
 	APITorStream  = "tor.stream"  // TCP streams through Tor, and onion services whose connections the function accepts
+	APINet        = "net"         // direct TCP streams to destinations the destination policy accepts
 )
 
 // APIs lists every known host call with a one-line description, in the
@@ -30,6 +31,7 @@ var APIs = []struct{ Name, Doc string }{
 	{APIStorage, "private key/value storage, counted against the storage limit"},
 	{APIExit, "end the instance from inside"},
 	{APIHTTPFetch, "HTTP(S) requests to destinations the destination policy accepts"},
+	{APINet, "direct TCP streams (net.dial, net.read, net.write, net.close) to destinations the destination policy accepts"},
 	{APIBento, "deploy, invoke and shut down functions on other Bento servers (composition)"},
 	{APITorFetch, "HTTP(S) requests through Tor circuits (.onion included); the exit relay's policy applies, not DestinationPolicy"},
 	{APITorStream, "streams through Tor (tor.dial) and onion services of the function's own whose connections it accepts (tor.listen, tor.accept)"},

@@ -644,7 +644,7 @@ func (p *Policy) Validate() error {
 	if p.APIs[APITorControl] && p.TorControlPort == "" {
 		return fmt.Errorf("AllowAPI %s needs TorControlPort", APITorControl)
 	}
-	if p.APIs[APIHTTPFetch] || p.APIs[APIBento] && p.TorSocksPort == "" {
+	if p.APIs[APIHTTPFetch] || p.APIs[APINet] || p.APIs[APIBento] && p.TorSocksPort == "" {
 		if !p.Destinations.AcceptsAny() {
 			p.Warnings = append(p.Warnings, "AllowAPI lists a network call but DestinationPolicy accepts nothing: such calls will always be refused")
 		}

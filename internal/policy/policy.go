@@ -254,8 +254,9 @@ func (p *Policy) AllowedAPIs() []string {
 }
 
 // BuiltinImages are the images bentod can run: Starlark, and WebAssembly
-// modules (WASI preview 1) run by wazero inside the same sandbox.
-var BuiltinImages = []string{"starlark", "wasm"}
+// modules (WASI preview 1) run by wazero inside the same sandbox, and
+// Python run by Debian's CPython (docs/python.md).
+var BuiltinImages = []string{"starlark", "wasm", "python"}
 
 // BuiltinImage reports whether name is one of BuiltinImages.
 func BuiltinImage(name string) bool { return slices.Contains(BuiltinImages, name) }

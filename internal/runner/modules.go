@@ -2,7 +2,10 @@ package runner
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 
 	starlarkjson "go.starlark.net/lib/json"
 	"go.starlark.net/starlark"
@@ -51,10 +54,16 @@ func (r *Runner) predeclared() starlark.StringDict {
 			"listen":  b("listen", r.torListen),
 			"accept":  b("accept", r.torAccept),
 			"dial":    b("dial", r.torDial),
-			"read":    b("read", r.torRead),
-			"write":   b("write", r.torWrite),
-			"close":   b("close", r.torClose),
+			"read":    b("read", r.streamRead("tor")),
+			"write":   b("write", r.streamWrite("tor")),
+			"close":   b("close", r.streamClose("tor")),
 			"splice":  b("splice", r.torSplice),
+		}),
+		"net": module("net", starlark.StringDict{
+			"dial":  b("dial", r.netDial),
+			"read":  b("read", r.streamRead("net")),
+			"write": b("write", r.streamWrite("net")),
+			"close": b("close", r.streamClose("net")),
 		}),
 		"remote": module("remote", starlark.StringDict{
 			"deploy":   b("deploy", r.remoteDeploy),
@@ -528,6 +537,23 @@ type StreamResult struct {
 	Timeout bool   `json:"timeout,omitempty"`
 }
 
+// ReadResult is the answer to a stream read (tor.read, net.read) that
+// read n bytes of buf and ended with err: the bytes, the end of the
+// stream, a timeout, or an error naming the call.
+func ReadResult(call string, buf []byte, n int, err error) (StreamResult, []byte, error) {
+	if n > 0 {
+		return StreamResult{}, buf[:n], nil
+	}
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		return StreamResult{Timeout: true}, nil, nil
+	case errors.Is(err, io.EOF):
+		return StreamResult{EOF: true}, []byte{}, nil
+	}
+	return StreamResult{}, nil, fmt.Errorf("%s: %v", call, err)
+}
+
 func (r *Runner) stream(th *starlark.Thread, call string, args any, bulk []byte) (StreamResult, []byte, error) {
 	var out StreamResult
 	res, body, err := r.call(th, call, args, bulk)
@@ -605,8 +631,60 @@ func (r *Runner) torDial(th *starlark.Thread, args starlark.Tuple, kw []starlark
 	return starlark.MakeInt(res.Conn), nil
 }
 
-// torRead reads up to n bytes: b"" at end of stream, None on timeout.
-func (r *Runner) torRead(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+// netDial opens a direct TCP connection to host:port, which both the
+// node's destination policy and the manifest must accept, and returns its
+// handle (None with raise_error=False when it fails).
+func (r *Runner) netDial(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var host string
+	var port int
+	var tv starlark.Value = starlark.None
+	raise := true
+	if err := starlark.UnpackArgs("dial", args, kw, "host", &host, "port", &port, "timeout?", &tv, "raise_error?", &raise); err != nil {
+		return nil, err
+	}
+	timeout, err := seconds("dial", tv, 60)
+	if err != nil {
+		return nil, err
+	}
+	res, _, err := r.stream(th, "net.dial", map[string]any{"host": host, "port": port, "timeout": timeout}, nil)
+	if err != nil {
+		if !raise {
+			return starlark.None, nil
+		}
+		return nil, err
+	}
+	return starlark.MakeInt(res.Conn), nil
+}
+
+// Starlark builtins have one signature; the stream calls of the tor and
+// net modules differ only in their prefix.
+type builtinFunc = func(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error)
+
+// streamRead reads up to n bytes: b"" at end of stream, None on timeout.
+func (r *Runner) streamRead(prefix string) builtinFunc {
+	return func(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+		return r.readStream(th, prefix+".read", args, kw)
+	}
+}
+
+func (r *Runner) streamWrite(prefix string) builtinFunc {
+	return func(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+		return r.writeStream(th, prefix+".write", args, kw)
+	}
+}
+
+func (r *Runner) streamClose(prefix string) builtinFunc {
+	return func(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+		var conn int
+		if err := starlark.UnpackArgs("close", args, kw, "conn", &conn); err != nil {
+			return nil, err
+		}
+		_, _, err := r.stream(th, prefix+".close", map[string]int{"conn": conn}, nil)
+		return starlark.None, err
+	}
+}
+
+func (r *Runner) readStream(th *starlark.Thread, call string, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
 	var conn int
 	n := 65536
 	var tv starlark.Value = starlark.None
@@ -617,7 +695,7 @@ func (r *Runner) torRead(th *starlark.Thread, args starlark.Tuple, kw []starlark
 	if err != nil {
 		return nil, err
 	}
-	res, body, err := r.stream(th, "tor.read", map[string]any{"conn": conn, "n": n, "timeout": timeout}, nil)
+	res, body, err := r.stream(th, call, map[string]any{"conn": conn, "n": n, "timeout": timeout}, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -627,7 +705,7 @@ func (r *Runner) torRead(th *starlark.Thread, args starlark.Tuple, kw []starlark
 	return starlark.Bytes(body), nil
 }
 
-func (r *Runner) torWrite(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+func (r *Runner) writeStream(th *starlark.Thread, call string, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
 	var conn int
 	var data starlark.Value
 	if err := starlark.UnpackArgs("write", args, kw, "conn", &conn, "data", &data); err != nil {
@@ -637,19 +715,10 @@ func (r *Runner) torWrite(th *starlark.Thread, args starlark.Tuple, kw []starlar
 	if err != nil {
 		return nil, err
 	}
-	if _, _, err := r.stream(th, "tor.write", map[string]int{"conn": conn}, bulk); err != nil {
+	if _, _, err := r.stream(th, call, map[string]int{"conn": conn}, bulk); err != nil {
 		return nil, err
 	}
 	return starlark.None, nil
-}
-
-func (r *Runner) torClose(th *starlark.Thread, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
-	var conn int
-	if err := starlark.UnpackArgs("close", args, kw, "conn", &conn); err != nil {
-		return nil, err
-	}
-	_, _, err := r.stream(th, "tor.close", map[string]int{"conn": conn}, nil)
-	return starlark.None, err
 }
 
 // torSplice hands two streams to bentod, which copies each way until one

@@ -45,6 +45,9 @@ type Config struct {
 	// below the service's cgroup, and the service's MemoryMax= bounds
 	// them too); 0 for none.
 	DaemonMemoryMax int64
+	// Python prepares the python image (FindPython): its mount targets in
+	// the shared root and the driver.
+	Python *PythonImage
 }
 
 // Sandbox starts and tracks containers.
@@ -56,7 +59,8 @@ type Sandbox struct {
 	memsw   bool
 	userns  bool // containers get a user namespace
 	place   Placement
-	cgroot  string // the cgroup file system's mount point
+	cgroot  string       // the cgroup file system's mount point
+	python  *PythonImage // nil unless the image is offered
 	// WeightErr is why the containers' parent cgroup could not be given a
 	// low CPU weight (nil when it was).
 	WeightErr error
@@ -89,6 +93,12 @@ func New(cfg Config) (*Sandbox, error) {
 	}
 	if err := s.prepareRootfs(cfg.RunnerPath); err != nil {
 		return nil, err
+	}
+	if cfg.Python != nil {
+		if err := s.preparePython(cfg.Python); err != nil {
+			return nil, fmt.Errorf("preparing the python image: %w", err)
+		}
+		s.python = cfg.Python
 	}
 	// Where the containers' cgroups go: below bentod's own cgroup when it
 	// is a delegated cgroup v2, else at /bento.
@@ -203,6 +213,9 @@ const OutputKept = 8 << 10
 func (s *Sandbox) Start(ctx context.Context, id string, l Limits, hostAPI *os.File) (*Container, error) {
 	if !validID(id) {
 		return nil, fmt.Errorf("invalid container id %q", id)
+	}
+	if l.Image == ImagePython && s.python == nil {
+		return nil, errors.New("image python was not prepared when bentod started: restart bentod to offer it")
 	}
 	bundle := filepath.Join(s.bundles, id)
 	if err := os.MkdirAll(bundle, 0o700); err != nil {

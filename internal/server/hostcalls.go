@@ -152,7 +152,8 @@ func (in *Instance) dispatch(rt *runtime, call proto.Call, f *wire.Frame) {
 		res, bulk, err := h.storage(call.Name)
 		finish(res, bulk, err)
 	case "recv", "sleep", "http.fetch", "tor.fetch", "tor.control", "tor.event", "bento.deploy", "bento.invoke", "bento.shutdown", "bento.choose",
-		"tor.listen", "tor.accept", "tor.dial", "tor.read", "tor.write", "tor.close", "tor.splice":
+		"tor.listen", "tor.accept", "tor.dial", "tor.read", "tor.write", "tor.close", "tor.splice",
+		"net.dial", "net.read", "net.write", "net.close":
 		go func() {
 			defer func() {
 				if r := recover(); r != nil {
@@ -264,7 +265,8 @@ func (h *hostCall) blocking(name string) (any, []byte, error) {
 		return h.torControl()
 	case "tor.event":
 		return h.torEvent()
-	case "tor.listen", "tor.accept", "tor.dial", "tor.read", "tor.write", "tor.close", "tor.splice":
+	case "tor.listen", "tor.accept", "tor.dial", "tor.read", "tor.write", "tor.close", "tor.splice",
+		"net.dial", "net.read", "net.write", "net.close":
 		return h.torStream(name)
 	case "bento.deploy", "bento.invoke", "bento.shutdown":
 		return h.remote(name)
@@ -286,10 +288,13 @@ func seconds(v float64, most time.Duration) time.Duration {
 func (h *hostCall) recv() (any, []byte, error) {
 	var a struct {
 		Timeout float64 `json:"timeout"`
+		// Poll: do not wait; {"timeout": true} at once when no input is
+		// pending (the python image's api.poll()).
+		Poll bool `json:"poll"`
 	}
 	_ = json.Unmarshal(h.args, &a)
 	var timeout <-chan time.Time
-	if a.Timeout > 0 {
+	if a.Timeout > 0 && !a.Poll {
 		t := time.NewTimer(seconds(a.Timeout, h.in.mf().Resources.Lifetime))
 		defer t.Stop()
 		timeout = t.C
@@ -303,6 +308,14 @@ func (h *hostCall) recv() (any, []byte, error) {
 	case f := <-h.s.input:
 		return give(f)
 	default:
+	}
+	if a.Poll {
+		select {
+		case <-h.s.eof:
+			return map[string]bool{"eof": true}, nil, nil
+		default:
+			return map[string]bool{"timeout": true}, nil, nil
+		}
 	}
 	select {
 	case f := <-h.s.input:

@@ -23,6 +23,8 @@ func APIFor(name string) string {
 		return policy.APIBento
 	case name == "tor.event":
 		return policy.APITorControl
+	case strings.HasPrefix(name, "net."):
+		return policy.APINet
 	case name == "ends_at":
 		return policy.APITime
 	case strings.HasPrefix(name, "tor.") && name != "tor.fetch" && name != "tor.control":

@@ -160,7 +160,11 @@ func (s *Server) listenFor(owner string, virtPort int) (string, error) {
 	return ln.Addr().String(), nil
 }
 
-// torStream carries out the tor.* stream calls.
+// torStream carries out the stream calls: tor.* (streams through Tor and
+// onion services) and net.* (direct TCP connections, checked as http.fetch
+// is: both destination policies and, beside a relay, its exit policy). An
+// instance's streams of both kinds share one table and its bound; read,
+// write and close work on either.
 func (h *hostCall) torStream(name string) (any, []byte, error) {
 	var a struct {
 		Host    string  `json:"host"`
@@ -183,6 +187,8 @@ func (h *hostCall) torStream(name string) (any, []byte, error) {
 		return h.ctx(h.in.mf().Resources.Lifetime)
 	}
 	switch name {
+	case "net.dial":
+		return h.netDial(a.Host, a.Port, wait)
 	case "tor.listen":
 		if a.Port < 1 || a.Port > 65535 {
 			return nil, nil, fmt.Errorf("tor.listen: port must be 1-65535")
@@ -262,10 +268,10 @@ func (h *hostCall) torStream(name string) (any, []byte, error) {
 			return nil, nil, fmt.Errorf("tor.dial: %w", err)
 		}
 		return runner.StreamResult{Conn: id}, nil, nil
-	case "tor.read":
+	case "tor.read", "net.read":
 		c, err := st.get(a.Conn)
 		if err != nil {
-			return nil, nil, fmt.Errorf("tor.read: %w", err)
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
 		}
 		if a.N <= 0 || a.N > 1<<20 {
 			a.N = 1 << 16
@@ -289,7 +295,7 @@ func (h *hostCall) torStream(name string) (any, []byte, error) {
 		err = h.hold(hctx, int64(a.N))
 		hcancel()
 		if err != nil {
-			return nil, nil, fmt.Errorf("tor.read: %w", err)
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
 		}
 		buf := make([]byte, a.N)
 		n, err := c.Read(buf)
@@ -300,27 +306,23 @@ func (h *hostCall) torStream(name string) (any, []byte, error) {
 			if werr != nil {
 				return nil, nil, errStopped
 			}
-			return runner.StreamResult{}, buf[:n], nil
 		}
-		var ne net.Error
-		switch {
-		case errors.As(err, &ne) && ne.Timeout():
-			return runner.StreamResult{Timeout: true}, nil, nil
-		case errors.Is(err, io.EOF):
-			return runner.StreamResult{EOF: true}, []byte{}, nil
+		res, b, err := runner.ReadResult(name, buf, n, err)
+		if err != nil {
+			return nil, nil, err
 		}
-		return nil, nil, fmt.Errorf("tor.read: %v", err)
-	case "tor.write":
+		return res, b, nil
+	case "tor.write", "net.write":
 		c, err := st.get(a.Conn)
 		if err != nil {
-			return nil, nil, fmt.Errorf("tor.write: %w", err)
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
 		}
 		_ = c.SetWriteDeadline(time.Now().Add(60 * time.Second))
 		if _, err := c.Write(h.body); err != nil {
-			return nil, nil, fmt.Errorf("tor.write: %v", err)
+			return nil, nil, fmt.Errorf("%s: %v", name, err)
 		}
 		return runner.StreamResult{}, nil, nil
-	case "tor.close":
+	case "tor.close", "net.close":
 		st.mu.Lock()
 		c, ok := st.conns[a.Conn]
 		delete(st.conns, a.Conn)
@@ -351,6 +353,26 @@ func (h *hostCall) torStream(name string) (any, []byte, error) {
 		return runner.StreamResult{}, nil, nil
 	}
 	return nil, nil, fmt.Errorf("unknown host call %q", name)
+}
+
+// netDial opens a direct TCP connection to host:port for net.dial, to a
+// destination every policy accepts (the name resolved once, the address
+// checked, the connection made to the checked address).
+func (h *hostCall) netDial(host string, port int, wait func() (context.Context, context.CancelFunc)) (any, []byte, error) {
+	if host == "" || len(host) > 255 || port < 1 || port > 65535 {
+		return nil, nil, fmt.Errorf("net.dial: want a host name or address and a port 1-65535")
+	}
+	ctx, cancel := wait()
+	defer cancel()
+	c, err := h.checked().DialContext(ctx, "tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("net.dial: %w", err)
+	}
+	id, err := h.in.streams().add(c)
+	if err != nil {
+		return nil, nil, fmt.Errorf("net.dial: %w", err)
+	}
+	return runner.StreamResult{Conn: id}, nil, nil
 }
 
 // splice copies a→b and b→a until either direction ends or the instance
