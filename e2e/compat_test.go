@@ -19,9 +19,35 @@ import (
 	"github.com/torbento/bento/internal/testutil"
 )
 
-// compatEcho is the original's continuousInput in spirit: it greets,
-// then echoes each input until "stop", and returns "bye".
+// compatEcho is the original's continuousInput in spirit, written
+// against the original's function API (api.send, api.recv, the return
+// value): it greets, then echoes each input until "stop", and returns
+// "bye".
 const compatEcho = `
+def echo(greeting, n, extra):
+    api.send("%s %d %s\n" % (greeting, n, extra["k"][0]))
+    while True:
+        msg = api.recv()
+        if msg == b"" or msg == b"stop":
+            return "bye"
+        api.send(msg)
+
+
+def fails():
+    raise ValueError("it went wrong")
+`
+
+const compatManifest = `image = "python"
+apis = ["send", "recv"]
+
+[resources]
+lifetime = "2 minutes"
+memory = "64 MB"
+`
+
+// compatStarlark is the same in Starlark, under a manifest for the
+// starlark image: the listener knows no image of its own.
+const compatStarlark = `
 def echo(greeting, n, extra):
     bento.send("%s %d %s\n" % (greeting, n, extra["k"][0]))
     while True:
@@ -29,16 +55,6 @@ def echo(greeting, n, extra):
         if msg == None or msg == b"stop":
             return "bye"
         bento.send(msg)
-
-def fails():
-    fail("it went wrong")
-`
-
-const compatManifest = `apis = ["send", "recv"]
-
-[resources]
-lifetime = "2 minutes"
-memory = "32 MB"
 `
 
 // compatDaemon starts bentod with the compat listener on, under
@@ -51,7 +67,7 @@ func compatDaemon(t *testing.T, manifest string) (*daemon, string) {
 		t.Fatal(err)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	d := startBentod(t, fmt.Sprintf("AllowAPI send,recv\nMaxUploadSize 64 KB\nCompatListenAddress %s\nCompatManifest %s\n", addr, mf))
+	d := startBentod(t, fmt.Sprintf("Image starlark, python\nAllowAPI send,recv\nMaxUploadSize 64 KB\nCompatListenAddress %s\nCompatManifest %s\n", addr, mf))
 	return d, addr
 }
 
@@ -95,6 +111,7 @@ func recvMsg(t *testing.T, c *compat.Conn, want uint8) []byte {
 // ("function dead", and its instance gone), and the refusals, each with
 // its error in the original's frame.
 func TestCompat(t *testing.T) {
+	needPython(t)
 	d, addr := compatDaemon(t, compatManifest)
 
 	c := dialCompat(t, addr, 4096)
@@ -187,7 +204,7 @@ func TestCompat(t *testing.T) {
 		t.Fatal(err)
 	}
 	c3.Open(id)
-	if got := string(recvMsg(t, c3, compat.Error)); !strings.Contains(got, "it went wrong") {
+	if got := string(recvMsg(t, c3, compat.Error)); !strings.Contains(got, "ValueError: it went wrong") {
 		t.Fatalf("error text %q", got)
 	}
 	if got := string(recvMsg(t, c3, compat.FunctionErr)); got != "function dead" {
@@ -220,7 +237,7 @@ func TestCompat(t *testing.T) {
 	refused("a call of a function the code lacks", err, "function failed to load")
 	_, err = c3.Store("big", strings.Repeat("#", 65<<10))
 	refused("code over MaxUploadSize", err, "exceeds this node's MaxUploadSize of 64 KB")
-	bad, err := c3.Store("syntax", "def f(:\n")
+	bad, err := c3.Store("syntax", "def f(:\n    pass\n")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +293,7 @@ func TestCompat(t *testing.T) {
 	}
 
 	// The CLI's way: bento compat.
-	file := filepath.Join(testutil.TempDir(t), "echo.star")
+	file := filepath.Join(testutil.TempDir(t), "echo.py")
 	os.WriteFile(file, []byte(compatEcho), 0o644)
 	if r := bento(t, "a\nstop\n", "compat", "-i", addr, file, "echo('cli', 2, {'k': [None]})"); r.Code != 0 || r.Stdout != "cli 2 None\nabye" || !strings.Contains(r.Stderr, "function id ") {
 		t.Errorf("bento compat: %s", r)
@@ -286,6 +303,32 @@ func TestCompat(t *testing.T) {
 	}
 	if r := bento(t, "", "compat", addr, file, "os.system('id')"); r.Code != 3 || !strings.Contains(r.Stderr, "server refused the execute: call expression calls an attribute access (.system)") {
 		t.Errorf("bento compat with code as the call: %s", r)
+	}
+}
+
+// TestCompatStarlark: the same listener with a manifest of the starlark
+// image runs Starlark functions (the image is the operator's choice).
+func TestCompatStarlark(t *testing.T) {
+	_, addr := compatDaemon(t, "apis = [\"send\", \"recv\"]\n")
+	c := dialCompat(t, addr, 0)
+	tok, err := c.Store("echo", compatStarlark)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := c.Execute("echo('star', 1, {'k': [False]})", tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Open(id)
+	if got := string(recvMsg(t, c, compat.Output)); got != "star 1 False\n" {
+		t.Fatalf("greeting %q", got)
+	}
+	c.SendInput(id, []byte("stop"))
+	if got := string(recvMsg(t, c, compat.Output)); got != "bye" {
+		t.Fatalf("return value %q", got)
+	}
+	if got := string(recvMsg(t, c, compat.FunctionErr)); got != "function dead" {
+		t.Fatalf("end %q", got)
 	}
 }
 
