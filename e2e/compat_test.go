@@ -292,9 +292,20 @@ func TestCompat(t *testing.T) {
 		t.Errorf("after the unknown message: %q", got)
 	}
 
+	// A Python client framing the protocol as the original's does.
+	script := filepath.Join(testutil.RepoRoot(), "e2e", "testdata", "compat", "client.py")
+	codeFile := filepath.Join(testutil.TempDir(t), "echo.py")
+	os.WriteFile(codeFile, []byte(compatEcho), 0o644)
+	host, port, _ := net.SplitHostPort(addr)
+	pctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	out, err := exec.CommandContext(pctx, "/usr/bin/python3", script, host, port, codeFile).CombinedOutput()
+	cancel()
+	if want := "6:py 7 client\n|6:ping|6:bye|4:function dead\n"; err != nil || string(out) != want {
+		t.Errorf("the Python client: %v, %q, want %q", err, out, want)
+	}
+
 	// The CLI's way: bento compat.
-	file := filepath.Join(testutil.TempDir(t), "echo.py")
-	os.WriteFile(file, []byte(compatEcho), 0o644)
+	file := codeFile
 	if r := bento(t, "a\nstop\n", "compat", "-i", addr, file, "echo('cli', 2, {'k': [None]})"); r.Code != 0 || r.Stdout != "cli 2 None\nabye" || !strings.Contains(r.Stderr, "function id ") {
 		t.Errorf("bento compat: %s", r)
 	}

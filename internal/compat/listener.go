@@ -104,6 +104,7 @@ const (
 	storedTTL          = time.Hour
 	takeOverWait       = 5 * time.Second
 	ledgerCompact      = 64
+	maxFunctions       = 16384
 	ackWait            = 2 * time.Second
 	outputRetention    = 10 * time.Minute
 )
@@ -132,11 +133,7 @@ type conn struct {
 
 func (l *Listener) handle(nc net.Conn) {
 	defer nc.Close()
-	defer func() {
-		if r := recover(); r != nil {
-			l.log.Error("internal error in the compat listener (a bug: please report it); bentod goes on", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-		}
-	}()
+	defer l.recoverPanic("serving a compat client")
 	p := l.be.Policy()
 	bud, done := l.be.ClientBudget(nc.RemoteAddr())
 	defer done()
@@ -146,6 +143,13 @@ func (l *Listener) handle(nc net.Conn) {
 	c.r.Budget, c.r.BudgetWait = bud, p.Daemon.IdleTimeout
 	c.bud = bud
 	c.serve()
+}
+
+// recoverPanic keeps a bug reached by one client from ending bentod.
+func (l *Listener) recoverPanic(where string) {
+	if r := recover(); r != nil {
+		l.log.Error("internal error in the compat listener (a bug: please report it); bentod goes on", "where", where, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+	}
 }
 
 // write sends b within WriteTimeout and returns how many bytes the
@@ -326,6 +330,13 @@ func (c *conn) execute(p []byte) error {
 	if !ok {
 		return fail("invalid token")
 	}
+	c.l.mu.Lock()
+	c.l.sweepLocked()
+	full := len(c.l.funcs) >= maxFunctions
+	c.l.mu.Unlock()
+	if full {
+		return fail("busy, retry later: this server keeps the most functions it may (%d); each is forgotten once its end is delivered", maxFunctions)
+	}
 	name, args, err := ParseCall(req.Call)
 	if err != nil {
 		return fail("%v", err)
@@ -339,7 +350,11 @@ func (c *conn) execute(p []byte) error {
 	ctx := context.Background()
 	dep, err := nat.Deploy(ctx, &client.Function{Manifest: mf, Files: map[string][]byte{t.Entry: []byte(code.code)}})
 	if err != nil {
-		c.log.Info("execute refused", "err", errText(err))
+		// Its words stay out of the log: a load error quotes the code.
+		var pe *proto.Error
+		if errors.As(err, &pe) {
+			c.log.Info("execute refused", "code", pe.Code)
+		}
 		return fail("%s", errText(err))
 	}
 	sess, err := nat.Invoke(ctx, dep.InvocationToken, args...)
@@ -354,7 +369,6 @@ func (c *conn) execute(p []byte) error {
 	f := &function{id: newUUID(), inv: dep.InvocationToken, shut: dep.ShutdownToken, session: sid,
 		expires: time.Now().Add(res.Lifetime + outputRetention + time.Minute)}
 	c.l.mu.Lock()
-	c.l.sweepLocked()
 	c.l.funcs[f.id] = f
 	c.l.mu.Unlock()
 	c.log.Info("function executing", "instance", dep.Instance)
@@ -505,6 +519,7 @@ func (c *conn) open(rawID string) (*Frame, error) {
 	pumpDone := make(chan struct{})
 	go func() {
 		defer close(pumpDone)
+		defer c.l.recoverPanic("sending a compat function's output")
 		for {
 			data, exit, err := sess.Recv()
 			if err != nil {
@@ -643,6 +658,7 @@ func (c *conn) open(rawID string) (*Frame, error) {
 	stopReader := make(chan struct{})
 	go func() {
 		defer close(readerDone)
+		defer c.l.recoverPanic("reading a compat client's messages")
 		for {
 			fr, err := c.r.Read()
 			var te *TypeError
