@@ -67,7 +67,7 @@ func compatDaemon(t *testing.T, manifest string) (*daemon, string) {
 		t.Fatal(err)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	d := startBentod(t, fmt.Sprintf("Image starlark, python\nAllowAPI send,recv\nMaxUploadSize 64 KB\nCompatListenAddress %s\nCompatManifest %s\n", addr, mf))
+	d := startBentod(t, fmt.Sprintf("Image starlark, python\nAllowAPI send,recv\nMaxUploadSize 64 KB\nHandshakeTimeout 2 seconds\nCompatListenAddress %s\nCompatManifest %s\n", addr, mf))
 	return d, addr
 }
 
@@ -113,6 +113,14 @@ func recvMsg(t *testing.T, c *compat.Conn, want uint8) []byte {
 func TestCompat(t *testing.T) {
 	needPython(t)
 	d, addr := compatDaemon(t, compatManifest)
+	// A client that says nothing: closed after HandshakeTimeout (2 s),
+	// checked at the end.
+	silent, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	silentAt := time.Now()
 
 	c := dialCompat(t, addr, 4096)
 	tok, err := c.Store("echo", compatEcho)
@@ -302,6 +310,12 @@ func TestCompat(t *testing.T) {
 	cancel()
 	if want := "6:py 7 client\n|6:ping|6:bye|4:function dead\n"; err != nil || string(out) != want {
 		t.Errorf("the Python client: %v, %q, want %q", err, out, want)
+	}
+
+	// The silent client is gone by now (and was not told anything).
+	silent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := silent.Read(make([]byte, 1)); err == nil || n != 0 || time.Since(silentAt) > 10*time.Second {
+		t.Errorf("a client saying nothing: read %d, %v after %v", n, err, time.Since(silentAt))
 	}
 
 	// The CLI's way: bento compat.
