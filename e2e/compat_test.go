@@ -348,6 +348,19 @@ func TestCompatStarlark(t *testing.T) {
 	if got := string(recvMsg(t, c, compat.Output)); got != "star 1 False\n" {
 		t.Fatalf("greeting %q", got)
 	}
+	// Another connection opens it while the first still holds it (its
+	// client reconnected, say, and the first connection is silently
+	// dead): it takes the function over, and the first is closed.
+	c2 := dialCompat(t, addr, 0)
+	c2.Open(id)
+	if _, _, err := c.RecvOutput(); err == nil {
+		t.Error("the connection the function was taken from is still open")
+	}
+	c2.SendInput(id, []byte("again"))
+	if got := string(recvMsg(t, c2, compat.Output)); got != "again" {
+		t.Fatalf("after the take-over %q", got)
+	}
+	c = c2
 	c.SendInput(id, []byte("stop"))
 	if got := string(recvMsg(t, c, compat.Output)); got != "bye" {
 		t.Fatalf("return value %q", got)

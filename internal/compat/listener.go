@@ -106,6 +106,7 @@ const (
 	ledgerCompact      = 64
 	maxFunctions       = 16384
 	ackWait            = 2 * time.Second
+	delayedAck         = 250 * time.Millisecond
 	outputRetention    = 10 * time.Minute
 )
 
@@ -584,9 +585,16 @@ func (c *conn) open(rawID string) (*Frame, error) {
 		marks := ledger
 		lmu.Unlock()
 		acked, ok := bytesAcked(c.raw)
-		if alive && ok && len(marks) > 0 {
+		if ok && len(marks) > 0 {
+			// The client's TCP may delay its acknowledgement (40 ms to
+			// 200 ms on Linux): a connection given up waits that long,
+			// a live one a little longer.
+			wait := ackWait
+			if !alive {
+				wait = delayedAck
+			}
 			want := marks[len(marks)-1].end
-			for stop := time.Now().Add(ackWait); acked < want && time.Now().Before(stop); {
+			for stop := time.Now().Add(wait); acked < want && time.Now().Before(stop); {
 				time.Sleep(20 * time.Millisecond)
 				acked, _ = bytesAcked(c.raw)
 			}
