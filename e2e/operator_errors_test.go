@@ -101,6 +101,11 @@ func TestOperatorErrorsTable(t *testing.T) {
 			return reload(t, "DataDirectory "+filepath.Join(dir, "elsewhere")+"\n")
 		},
 		"reload-bad-config": func(t *testing.T) result { return reload(t, "Frobnicate 1\n") },
+		"reload-compat-manifest": func(t *testing.T) result {
+			mf := filepath.Join(testutil.TempDir(t), "compat.toml")
+			os.WriteFile(mf, []byte("[resources]\ncpu = 64\n"), 0o644)
+			return reload(t, fmt.Sprintf("CompatListenAddress 127.0.0.1:%d\nCompatManifest %s\n", freePort(t), mf))
+		},
 		"ctl-end-unknown":   func(t *testing.T) result { return bentoctl(t, sock, "end", "i-nosuch", "x") },
 		"ctl-end-no-reason": func(t *testing.T) result { return bentoctl(t, sock, "end", "i-0123") },
 		"ctl-no-socket":     func(t *testing.T) result { return bentoctl(t, filepath.Join(dir, "none"), "status") },
