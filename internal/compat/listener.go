@@ -738,16 +738,22 @@ func (c *conn) open(rawID string) (*Frame, error) {
 						_ = pipe.SetWriteDeadline(time.Now().Add(c.p.Daemon.WriteTimeout))
 					}
 					if sess.Send(data) != nil && !isDead() {
-						// The session's end is on its way (or the
-						// function's input queue stayed full).
+						// The session's end is on its way, or the
+						// function left its input unread for
+						// WriteTimeout (and the input stream to it may
+						// be cut mid-frame): this connection ends.
 						select {
 						case <-dead:
 						case <-pumpDone:
 						case <-time.After(time.Second):
 						}
-						if isDead() {
-							_, _ = c.message(MFunctionErr, f.id, []byte("function dead"))
+						if !isDead() {
+							_, _ = c.message(MFunctionErr, f.id, []byte("the function did not read its input: this input was not delivered; open the function again to go on"))
+							fr.Release()
+							finish(false)
+							return nil, errClosed
 						}
+						_, _ = c.message(MFunctionErr, f.id, []byte("function dead"))
 					}
 				}
 				fr.Release()
