@@ -106,7 +106,7 @@ const (
 	ledgerCompact      = 64
 	maxFunctions       = 16384
 	ackWait            = 2 * time.Second
-	delayedAck         = 250 * time.Millisecond
+	delayedAck         = 500 * time.Millisecond
 	outputRetention    = 10 * time.Minute
 )
 
