@@ -241,16 +241,35 @@ func TestCompat(t *testing.T) {
 		_, err = c3.Execute(call, tok)
 		refused(call, err, want)
 	}
-	_, err = c3.Execute("missing()", tok)
-	refused("a call of a function the code lacks", err, "function failed to load")
 	_, err = c3.Store("big", strings.Repeat("#", 65<<10))
 	refused("code over MaxUploadSize", err, "exceeds this node's MaxUploadSize of 64 KB")
+	// Code that does not load, or lacks the function called: as in the
+	// original, the execute succeeds and the error is its output.
 	bad, err := c3.Store("syntax", "def f(:\n    pass\n")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = c3.Execute("f()", bad)
-	refused("code that does not load", err, "function failed to load")
+	for _, tc := range []struct{ call, token, want string }{
+		{"f()", bad, "SyntaxError"},
+		{"missing()", tok, "missing"},
+	} {
+		id, err := c3.Execute(tc.call, tc.token)
+		if err != nil {
+			t.Fatalf("execute %s: %v", tc.call, err)
+		}
+		c3.Open(id)
+		if got := string(recvMsg(t, c3, compat.Error)); !strings.HasPrefix(got, "function failed to load: ") || !strings.Contains(got, tc.want) {
+			t.Errorf("%s: error %q", tc.call, got)
+		}
+		if got := string(recvMsg(t, c3, compat.FunctionErr)); got != "function dead" {
+			t.Errorf("%s: end %q", tc.call, got)
+		}
+		c3.Close(id)
+		c3.Open(id)
+		if got := string(recvMsg(t, c3, compat.FunctionErr)); !strings.HasPrefix(got, "no function exists with id: ") {
+			t.Errorf("%s: a second open: %q", tc.call, got)
+		}
+	}
 
 	// Oversized frames: refused on their header, with the error, and
 	// the connection closed.

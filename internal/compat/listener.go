@@ -84,6 +84,7 @@ type function struct {
 	shut    string // its shutdown token
 	session string
 	expires time.Time // the instance's lifetime and its output's retention are over
+	loadErr string    // the code did not load: no instance, this is its output
 
 	mu      sync.Mutex
 	offset  int64       // output delivered: a later Open resumes here
@@ -104,6 +105,7 @@ const (
 	storedTTL          = time.Hour
 	takeOverWait       = 5 * time.Second
 	ledgerCompact      = 64
+	loadFailed         = "function failed to load: "
 	maxFunctions       = 16384
 	ackWait            = 2 * time.Second
 	delayedAck         = 500 * time.Millisecond
@@ -355,6 +357,16 @@ func (c *conn) execute(p []byte) error {
 		var pe *proto.Error
 		if errors.As(err, &pe) {
 			c.log.Info("execute refused", "code", pe.Code)
+			if pe.Code == proto.CodeBadRequest && strings.HasPrefix(pe.Message, loadFailed) {
+				// As the original, whose worker raised it: the
+				// execute succeeds and the error is the function's
+				// output, an Error message at its Open.
+				f := &function{id: newUUID(), loadErr: pe.Message, expires: time.Now().Add(outputRetention)}
+				c.l.mu.Lock()
+				c.l.funcs[f.id] = f
+				c.l.mu.Unlock()
+				return c.respond(TExecute, false, f.id)
+			}
 		}
 		return fail("%s", errText(err))
 	}
@@ -461,6 +473,9 @@ func (c *conn) open(rawID string) (*Frame, error) {
 	if !f.take(a) {
 		_, err := c.message(MFunctionErr, f.id, []byte("busy, retry later: function "+f.id+" is open on another connection"))
 		return nil, err
+	}
+	if f.loadErr != "" {
+		return nil, c.openFailed(f, a)
 	}
 	f.mu.Lock()
 	off := f.offset
@@ -768,6 +783,29 @@ func (c *conn) open(rawID string) (*Frame, error) {
 			}
 		}
 	}
+}
+
+// openFailed delivers the load error of code that did not load, and the
+// function's end; once the client's TCP has them, the function is
+// forgotten.
+func (c *conn) openFailed(f *function, a *attachment) error {
+	end, err := c.write(AppendMessage(AppendMessage(nil, MError, f.id, []byte(f.loadErr)), MFunctionErr, f.id, []byte("function dead")))
+	acked, ok := false, false
+	for stop := time.Now().Add(ackWait); err == nil && time.Now().Before(stop); time.Sleep(20 * time.Millisecond) {
+		var n int64
+		if n, ok = bytesAcked(c.raw); !ok || n >= end {
+			acked = ok
+			break
+		}
+	}
+	f.mu.Lock()
+	f.att = nil
+	f.mu.Unlock()
+	close(a.done)
+	if acked {
+		c.l.forget(f)
+	}
+	return err
 }
 
 // exitText is what the original client is told of an invocation's end
