@@ -78,7 +78,7 @@ func TestErrorsTableServer(t *testing.T) {
 			}
 			return bento(t, "", "invoke", pd.Addr, dep.InvocationToken)
 		},
-		"function-error":   func(t *testing.T) result { return bento(t, "", "run", d.Addr, fn("runtimeerr")) },
+		"function-error": func(t *testing.T) result { return bento(t, "", "run", d.Addr, fn("runtimeerr")) },
 		"compat-call-refused": func(t *testing.T) result {
 			// A bentod of its own, with the compat listener.
 			_, addr := compatDaemon(t, "apis = [\"send\"]\n")
