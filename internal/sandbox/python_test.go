@@ -131,6 +131,9 @@ func (d *pyDriver) invoke(inv uint64, args string, answer func(c proto.Call, bod
 			var body []byte
 			switch c.Name {
 			case "send":
+				if c.Inv != inv {
+					d.t.Errorf("send of invocation %d during invocation %d", c.Inv, inv)
+				}
 				out.Write(f.Body)
 			case "log":
 				var a struct{ Msg string }
@@ -179,7 +182,17 @@ def main(name="world", n=1):
 	if out != "hello, ann! (0)\nhello, ann! (1)\n" || done.Error != nil || string(body) != `{"greeted":"ANN"}` {
 		t.Fatalf("got output %q, done %+v, body %q", out, done, body)
 	}
-	if len(d.logs) != 1 || d.logs[0] != "greeted ann" {
+	// A thread the function starts sends within its invocation.
+	d3, _ := startDriver(t, map[string]string{"main.py": "import threading\ndef main():\n    t = threading.Thread(target=api.send, args=('from a thread\\n',))\n    t.start()\n    t.join()\n"}, "main.py", "main")
+	out3, _, _ := d3.invoke(5, `[]`, nil)
+	if out3 != "from a thread\n" {
+		t.Errorf("a thread's send: %q", out3)
+	}
+	out, done, body = d.invoke(2, `["ann", 2]`, nil)
+	if out != "hello, ann! (0)\nhello, ann! (1)\n" || done.Error != nil || string(body) != `{"greeted":"ANN"}` {
+		t.Fatalf("got output %q, done %+v, body %q", out, done, body)
+	}
+	if len(d.logs) != 2 || d.logs[0] != "greeted ann" {
 		t.Errorf("print went to the log as %q", d.logs)
 	}
 	// Bytes as they are, None as no output.
