@@ -221,6 +221,13 @@ def main(who):
 		if r.Code != 1 || !strings.Contains(r.Stderr, "rejected by the manifest's destinations") || !strings.Contains(r.Stderr, "main.py:13:") {
 			t.Fatalf("py-browser outside its destinations: %s", r)
 		}
+		// The shipped manifest asks for the web (ports 80 and 443), which
+		// this node's DestinationPolicy (loopback only) does not give.
+		r = bento(t, "", "run", d.Addr, fn("py-browser"), "http://example.com/", "0")
+		if r.Code != 3 || !strings.Contains(r.Stderr, "destinations") {
+			t.Fatalf("py-browser's own manifest under a loopback-only policy: %s", r)
+		}
+		t.Logf("refused: %s", strings.TrimSpace(r.Stderr))
 	})
 
 	// The hostile python function's attacks, one invocation each on one
