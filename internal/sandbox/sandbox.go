@@ -59,7 +59,7 @@ type Sandbox struct {
 	memsw   bool
 	userns  bool // containers get a user namespace
 	place   Placement
-	cgroot  string       // the cgroup file system's mount point
+	cgroot  string // the cgroup file system's mount point
 	pyMu    sync.Mutex
 	python  *PythonImage // nil until the image is offered
 	// WeightErr is why the containers' parent cgroup could not be given a
