@@ -80,6 +80,37 @@ func TestPythonImage(t *testing.T) {
 		}
 	})
 
+	t.Run("bento-module", func(t *testing.T) {
+		// The host API as a Python module: storage kept between
+		// invocations of a service instance, print() and bento.log in the
+		// instance log, a refused call an exception the function catches.
+		dir := pyFunction(t, "name = \"counter\"\nimage = \"python\"\nmode = \"service\"\napis = [\"send\", \"storage\", \"log\"]\n", `import bento
+from bento import storage
+
+
+def main(who):
+    n = int(storage.get("n") or b"0") + 1
+    storage.put("n", str(n))
+    print("visit", n, "by", who)
+    try:
+        bento.http.fetch("http://127.0.0.1:1/")
+    except bento.Error as e:
+        bento.log("refused:", str(e))
+    return {"visits": n, "keys": storage.keys()}
+`)
+		dep := deployCLI(t, d, dir)
+		for i, who := range []string{"ann", "bob"} {
+			want := fmt.Sprintf(`{"visits":%d,"keys":["n"]}`, i+1)
+			if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, who); r.Code != 0 || strings.TrimSpace(r.Stdout) != want {
+				t.Fatalf("invoke %d: %s, want %s", i, r, want)
+			}
+		}
+		r := bento(t, "", "logs", d.Addr, dep.ShutdownToken)
+		if r.Code != 0 || !strings.Contains(r.Stdout, "visit 1 by ann") || !strings.Contains(r.Stdout, "visit 2 by bob") || !strings.Contains(r.Stdout, `refused: permission denied: http.fetch() needs "http.fetch" in the manifest's apis`) {
+			t.Fatalf("the instance log: %s", r)
+		}
+	})
+
 	t.Run("periodic-reattach", func(t *testing.T) {
 		// Output comes while the function runs and survives a disconnect:
 		// the rest is read after reattaching, nothing lost or repeated.
@@ -190,6 +221,13 @@ func TestPythonImage(t *testing.T) {
 		if r.Code != 1 || !strings.Contains(r.Stderr, "rejected by the manifest's destinations") || !strings.Contains(r.Stderr, "main.py:13:") {
 			t.Fatalf("py-browser outside its destinations: %s", r)
 		}
+		// The shipped manifest asks for the web (ports 80 and 443), which
+		// this node's DestinationPolicy (loopback only) does not give.
+		r = bento(t, "", "run", d.Addr, fn("py-browser"), "http://example.com/", "0")
+		if r.Code != 3 || !strings.Contains(r.Stderr, "destinations") {
+			t.Fatalf("py-browser's own manifest under a loopback-only policy: %s", r)
+		}
+		t.Logf("refused: %s", strings.TrimSpace(r.Stderr))
 	})
 
 	// The hostile python function's attacks, one invocation each on one

@@ -6,6 +6,7 @@
 #   scripts/seccomp-trace.sh python   Debian's CPython running the python
 #                                     image's driver (pythonSyscalls): the
 #                                     py-* functions and the hostile one
+#   KEEP=1 ...                        keep the traces (the directory is printed)
 #
 # Runs bentod under strace -f -ff, drives the shipped and test functions
 # against it, records the host thread ids of live runners from
@@ -16,6 +17,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
 command -v strace >/dev/null || apt-get install -y -qq strace >/dev/null
 work=$(mktemp -d /tmp/bento-trace.XXXXXX)
+[ -z "${KEEP:-}" ] || echo "traces in $work" >&2
 chmod 711 "$work" # containers, in a user namespace, reach their root file system through it
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 cat >"$work/rc" <<RC
@@ -24,12 +26,10 @@ PolicyAddress 127.0.0.1:17791
 DataDirectory $work/data
 AllowAPI send,recv,log,time,sleep,random,storage,exit,http.fetch,bento,net
 DestinationPolicy accept 127.0.0.1:*
-Image starlark, python
-MaxMemory 384 MB
-MaxOutput 128 MB
-MaxInFlight 600 MB
-MaxDaemonMemory 2 GB
 RC
+if [ "${1:-}" = python ]; then
+	printf 'Image starlark, python\nMaxMemory 384 MB\nMaxOutput 128 MB\nMaxInFlight 600 MB\nMaxDaemonMemory 2 GB\n' >>"$work/rc"
+fi
 # --decode-pids=pidns: a thread's id inside its container's pid namespace
 # is followed by its id here, which names its trace file.
 strace -f -ff -qq --decode-pids=pidns -o "$work/tr" bin/bentod -f "$work/rc" 2>"$work/log" &

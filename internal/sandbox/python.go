@@ -18,7 +18,7 @@ const ImagePython = "python"
 
 // PythonBinary is where the image's interpreter is looked for: Debian's
 // python3 (a symbolic link to python3.11), never a shim in PATH.
-const PythonBinary = "/usr/bin/python3"
+var PythonBinary = "/usr/bin/python3"
 
 // driverPath is where the driver is in the containers' root.
 const driverPath = "/bento/driver.py"

@@ -2,9 +2,11 @@ package sandbox
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -129,6 +131,9 @@ func (d *pyDriver) invoke(inv uint64, args string, answer func(c proto.Call, bod
 			var body []byte
 			switch c.Name {
 			case "send":
+				if c.Inv != inv {
+					d.t.Errorf("send of invocation %d during invocation %d", c.Inv, inv)
+				}
 				out.Write(f.Body)
 			case "log":
 				var a struct{ Msg string }
@@ -177,7 +182,17 @@ def main(name="world", n=1):
 	if out != "hello, ann! (0)\nhello, ann! (1)\n" || done.Error != nil || string(body) != `{"greeted":"ANN"}` {
 		t.Fatalf("got output %q, done %+v, body %q", out, done, body)
 	}
-	if len(d.logs) != 1 || d.logs[0] != "greeted ann" {
+	// A thread the function starts sends within its invocation.
+	d3, _ := startDriver(t, map[string]string{"main.py": "import threading\ndef main():\n    t = threading.Thread(target=api.send, args=('from a thread\\n',))\n    t.start()\n    t.join()\n"}, "main.py", "main")
+	out3, _, _ := d3.invoke(5, `[]`, nil)
+	if out3 != "from a thread\n" {
+		t.Errorf("a thread's send: %q", out3)
+	}
+	out, done, body = d.invoke(2, `["ann", 2]`, nil)
+	if out != "hello, ann! (0)\nhello, ann! (1)\n" || done.Error != nil || string(body) != `{"greeted":"ANN"}` {
+		t.Fatalf("got output %q, done %+v, body %q", out, done, body)
+	}
+	if len(d.logs) != 2 || d.logs[0] != "greeted ann" {
 		t.Errorf("print went to the log as %q", d.logs)
 	}
 	// Bytes as they are, None as no output.
@@ -289,4 +304,137 @@ func TestPythonDriverBadFrames(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the driver did not end after a 1 GB frame")
 	}
+}
+
+// TestFindPython: what the python image mounts of this host, and the
+// refusal without python3.
+func TestFindPython(t *testing.T) {
+	needPython(t)
+	img, err := FindPython()
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets := map[string]bindMount{}
+	for _, m := range img.Mounts {
+		targets[m.Target] = m
+		if strings.HasPrefix(m.Source, "/root") || strings.Contains(m.Source, "pyenv") {
+			t.Errorf("mounts %s from a home directory", m.Source)
+		}
+	}
+	for _, want := range []string{img.Binary, "/usr/lib/python3.11", "/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/libc.so.6",
+		"/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib/python3/dist-packages/requests", "/usr/lib/python3/dist-packages/urllib3", caBundle} {
+		if _, ok := targets[want]; !ok {
+			t.Errorf("%s is not mounted", want)
+		}
+	}
+	if img.Binary != "/usr/bin/python3.11" {
+		t.Errorf("the interpreter is %s", img.Binary)
+	}
+	for _, not := range []string{"/usr/lib/python3/dist-packages", "/etc", "/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu/libdbus-1.so.3"} {
+		if _, ok := targets[not]; ok {
+			t.Errorf("%s is mounted whole", not)
+		}
+	}
+	for _, m := range img.ociMounts() {
+		if m.Type != "bind" || !slices.Contains(m.Options, "ro") || !slices.Contains(m.Options, "nosuid") || !slices.Contains(m.Options, "nodev") {
+			t.Errorf("mount %+v is not a read-only bind without devices and set-uid", m)
+		}
+	}
+	// The container's process is the interpreter with the driver, under
+	// its own seccomp list.
+	s := &Sandbox{python: img, rootfs: "/x"}
+	spec := s.buildSpec("x", Limits{CPU: 1, Memory: 64 << 20, Image: ImagePython})
+	if strings.Join(spec.Process.Args, " ") != img.Binary+" -I -S -B /bento/driver.py" {
+		t.Errorf("args %q", spec.Process.Args)
+	}
+	var clone, clone3, sock bool
+	for _, r := range spec.Linux.Seccomp.Syscalls {
+		switch {
+		case slices.Contains(r.Names, "clone"):
+			clone = r.Action == "SCMP_ACT_ALLOW" && len(r.Args) == 1 && r.Args[0].Op == "SCMP_CMP_MASKED_EQ" && r.Args[0].Value == cloneThread && r.Args[0].ValueTwo == cloneThread
+		case slices.Contains(r.Names, "clone3"):
+			clone3 = r.Action == "SCMP_ACT_ERRNO" && r.ErrnoRet != nil && *r.ErrnoRet == 38
+		case slices.Contains(r.Names, "socket"):
+			sock = len(r.Args) == 1 && r.Args[0].Index == 0 && r.Args[0].Value == 1 && r.Args[0].Op == "SCMP_CMP_EQ"
+		}
+		for _, n := range r.Names {
+			if r.Action == "SCMP_ACT_ALLOW" && len(r.Args) == 0 && slices.Contains([]string{"fork", "vfork", "connect", "bind", "ptrace", "mount", "socket", "clone", "kill", "setuid"}, n) {
+				t.Errorf("%s allowed without condition", n)
+			}
+		}
+	}
+	if !clone || !clone3 || !sock {
+		t.Errorf("seccomp rules: clone %v, clone3 %v, socket %v", clone, clone3, sock)
+	}
+	// A starlark container's spec is unchanged.
+	if spec := s.buildSpec("x", Limits{CPU: 1, Memory: 64 << 20}); spec.Process.Args[0] != "/bento-runner" || len(spec.Mounts) != 3 {
+		t.Errorf("a starlark container: %q, %d mounts", spec.Process.Args, len(spec.Mounts))
+	}
+
+	old := PythonBinary
+	PythonBinary = "/nonexistent/python3"
+	defer func() { PythonBinary = old }()
+	if _, err := FindPython(); err == nil || !strings.Contains(err.Error(), "apt-get install python3 python3-requests") || !strings.Contains(err.Error(), "remove python from Image") {
+		t.Errorf("without python3: %v", err)
+	}
+}
+
+// FuzzPythonDriverFrames feeds the driver, once loaded, arbitrary bytes
+// as frames from bentod: it answers with well-formed frames or ends, and
+// ends within seconds once its input ends; it never hangs on a frame that
+// announces more than it sends or more than its bound. (Each input
+// starts an interpreter: slow, but the driver's decoder is Python.)
+func FuzzPythonDriverFrames(f *testing.F) {
+	frame := func(typ uint8, hdr string, body string) []byte {
+		return (&wire.Frame{Type: typ, Header: []byte(hdr), Body: []byte(body)}).Encode(nil)
+	}
+	f.Add(frame(proto.HInvoke, `{"inv":1,"args":["x"]}`, ""))
+	f.Add(frame(proto.HInvoke, `{"inv":1,"args":{"a":1}}`, ""))
+	f.Add(frame(proto.HReply, `{"id":99,"error":"no such call"}`, "body"))
+	f.Add(frame(proto.HCancel, `{"inv":5,"reason":"x"}`, ""))
+	f.Add(frame(proto.HInvoke, `[1,2]`, ""))
+	f.Add(frame(proto.HInvoke, `{"inv":1e400}`, ""))
+	f.Add(frame(proto.HInvoke, `{"inv":NaN}`, ""))
+	f.Add(frame(proto.HInvoke, `{"inv":"x"}`, ""))
+	f.Add([]byte{0, 0, 0, 9, proto.HInvoke, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4})
+	f.Add([]byte{0x7f, 0xff, 0xff, 0xff, proto.HReply})
+	f.Add(frame(99, `{}`, ""))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		d, ready := startDriver(t, map[string]string{"main.py": "def main(*a):\n    return repr(a)\n"}, "main.py", "main")
+		if ready.Error != nil {
+			t.Fatal(ready.Error)
+		}
+		go func() {
+			d.host.Write(in)
+			// Then nothing more: the driver must end.
+			syscall.Shutdown(int(d.host.Fd()), syscall.SHUT_WR)
+		}()
+		read := make(chan error, 1)
+		go func() {
+			for {
+				fr, err := d.conn.Read()
+				if err != nil {
+					read <- nil
+					return
+				}
+				if fr.Type != proto.HDone && fr.Type != proto.HCall {
+					read <- fmt.Errorf("the driver sent frame type %d", fr.Type)
+					return
+				}
+				var m map[string]any
+				if err := fr.Unmarshal(&m); err != nil {
+					read <- fmt.Errorf("the driver sent a bad header: %v", err)
+					return
+				}
+			}
+		}()
+		select {
+		case <-d.exited:
+		case <-time.After(15 * time.Second):
+			t.Fatal("the driver did not end after its input ended")
+		}
+		if err := <-read; err != nil {
+			t.Fatal(err)
+		}
+	})
 }

@@ -59,8 +59,9 @@ type Sandbox struct {
 	memsw   bool
 	userns  bool // containers get a user namespace
 	place   Placement
-	cgroot  string       // the cgroup file system's mount point
-	python  *PythonImage // nil unless the image is offered
+	cgroot  string // the cgroup file system's mount point
+	pyMu    sync.Mutex
+	python  *PythonImage // nil until the image is offered
 	// WeightErr is why the containers' parent cgroup could not be given a
 	// low CPU weight (nil when it was).
 	WeightErr error
@@ -117,6 +118,26 @@ func New(cfg Config) (*Sandbox, error) {
 		s.userns = false
 	}
 	return s, nil
+}
+
+// pythonReady prepares the python image if bentod started without it
+// (a policy reloaded to offer it): its mounts worked out, their targets
+// and the driver written into the shared root.
+func (s *Sandbox) pythonReady() error {
+	s.pyMu.Lock()
+	defer s.pyMu.Unlock()
+	if s.python != nil {
+		return nil
+	}
+	img, err := FindPython()
+	if err != nil {
+		return err
+	}
+	if err := s.preparePython(img); err != nil {
+		return fmt.Errorf("preparing the python image: %w", err)
+	}
+	s.python = img
+	return nil
 }
 
 // Placement tells where the containers' cgroups are, and why.
@@ -214,8 +235,10 @@ func (s *Sandbox) Start(ctx context.Context, id string, l Limits, hostAPI *os.Fi
 	if !validID(id) {
 		return nil, fmt.Errorf("invalid container id %q", id)
 	}
-	if l.Image == ImagePython && s.python == nil {
-		return nil, errors.New("image python was not prepared when bentod started: restart bentod to offer it")
+	if l.Image == ImagePython {
+		if err := s.pythonReady(); err != nil {
+			return nil, err
+		}
 	}
 	bundle := filepath.Join(s.bundles, id)
 	if err := os.MkdirAll(bundle, 0o700); err != nil {

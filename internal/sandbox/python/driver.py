@@ -939,6 +939,25 @@ def _pump_down(d, inv, conn, sock):
         pass
 
 
+def _inherit_invocation():
+    """Threads a function starts during an invocation belong to it: their
+    api.send reaches the same client (the original Bento's Proxy sends
+    from threads of its own)."""
+    start = threading.Thread.start
+
+    def start_in_invocation(self):
+        inv = getattr(DRIVER.local, "inv", 0)
+        if inv:
+            run = self.run
+
+            def run_in_invocation():
+                DRIVER.local.inv = inv
+                run()
+            self.run = run_in_invocation
+        start(self)
+    threading.Thread.start = start_in_invocation
+
+
 def main():
     global DRIVER
     os.environ.clear()  # no proxy settings, nothing of the host
@@ -946,6 +965,7 @@ def main():
     d = Driver(Conn(FD))
     DRIVER = d
     make_bento_module()
+    _inherit_invocation()
     if "socket" in sys.modules:  # loaded at start-up after all
         sys.modules["socket"].create_connection = create_connection
     sys.stdout = _LogWriter(d, "stdout")
