@@ -271,6 +271,16 @@ func TestCompat(t *testing.T) {
 		}
 	}
 
+	// An unknown request after a valid one: answered, and the
+	// connection goes on, as the original's.
+	c3.NetConn().Write([]byte{9, 0, 0, 0, 2, 'h', 'i'})
+	if _, err := c3.Store("again", "x = 1\n"); err == nil || !strings.Contains(err.Error(), "invalid request: type 9") {
+		t.Errorf("an unknown request: %v", err)
+	}
+	if _, err := c3.Store("again", "x = 1\n"); err != nil {
+		t.Errorf("a store after an unknown request: %v", err)
+	}
+
 	// Oversized frames: refused on their header, with the error, and
 	// the connection closed.
 	raw := func(frame []byte, response bool) []byte {

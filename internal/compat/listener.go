@@ -237,6 +237,15 @@ func (c *conn) serve() {
 			var err error
 			f, err = c.r.Read()
 			netlimit.SetIdle(c.nc, false)
+			var te *TypeError
+			if errors.As(err, &te) && te.Size <= maxDiscard && !first {
+				// As the original: answered, and the connection goes
+				// on (input sent after its function died, say).
+				if c.r.Discard(int(te.Size)) == nil {
+					c.readError(err, "")
+					continue
+				}
+			}
 			if err != nil {
 				c.readError(err, "")
 				return
