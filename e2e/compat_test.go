@@ -419,3 +419,65 @@ func TestCompatManifestRefused(t *testing.T) {
 		t.Errorf("bentod with a CompatManifest naming the function: %v\n%s", err, out)
 	}
 }
+
+// TestCompatReload: a reload opens the compat listener, takes a new
+// CompatManifest (the next Execute runs under it), and closes the
+// listener again.
+func TestCompatReload(t *testing.T) {
+	dir := testutil.TempDir(t)
+	sock := filepath.Join(dir, "control")
+	d := startBentod(t, "ControlSocket "+sock+"\nAllowAPI send,recv\n")
+	conf, err := os.ReadFile(d.conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mf := filepath.Join(dir, "compat.toml")
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	reload := func(extra string) {
+		t.Helper()
+		os.WriteFile(d.conf, append(append([]byte{}, conf...), extra...), 0o644)
+		if r := bentoctl(t, sock, "reload"); r.Code != 0 {
+			t.Fatalf("reload: %s", r)
+		}
+	}
+	run := func() string {
+		t.Helper()
+		c := dialCompat(t, addr, 0)
+		defer c.Disconnect()
+		tok, err := c.Store("echo", compatStarlark)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := c.Execute("echo('r', 1, {'k': [2]})", tok)
+		if err != nil {
+			return err.Error()
+		}
+		c.Open(id)
+		return string(recvMsg(t, c, compat.Output))
+	}
+	os.WriteFile(mf, []byte("apis = [\"send\", \"recv\"]\n"), 0o644)
+	reload(fmt.Sprintf("CompatListenAddress %s\nCompatManifest %s\n", addr, mf))
+	if got := run(); got != "r 1 2\n" {
+		t.Fatalf("after the reload that opened the listener: %q", got)
+	}
+	// A manifest without recv: the function's recv is refused now.
+	os.WriteFile(mf, []byte("apis = [\"send\"]\n"), 0o644)
+	reload(fmt.Sprintf("CompatListenAddress %s\nCompatManifest %s\n", addr, mf))
+	c := dialCompat(t, addr, 0)
+	tok, _ := c.Store("echo", compatStarlark)
+	id, err := c.Execute("echo('r', 1, {'k': [2]})", tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Open(id)
+	recvMsg(t, c, compat.Output)
+	if got := string(recvMsg(t, c, compat.Error)); !strings.Contains(got, "recv") {
+		t.Errorf("recv under a manifest without it: %q", got)
+	}
+	c.Disconnect()
+	reload("")
+	if nc, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		nc.Close()
+		t.Error("the compat listener still listens after a reload without CompatListenAddress")
+	}
+}
