@@ -65,8 +65,10 @@ if [ "$tests" = 1 ]; then
 	need_pkg clang clang   # the wasm image's second language (C, --target=wasm32-wasi) ...
 	need_pkg wasm-ld lld   # ... its linker
 	need_pkg /usr/bin/python3 python3 # the python image (docs/python.md): Debian's, not a shim in PATH ...
-	if [ ! -d /usr/lib/python3/dist-packages/requests ]; then
-		need_pkg /nonexistent/requests python3-requests # ... and the requests its Browser uses
+	if [ ! -d /usr/lib/python3/dist-packages/requests ]; then # ... and the requests its Browser uses
+		say "installing python3-requests"
+		[ "$apt_updated" = 1 ] || { apt-get update -qq || die "apt-get update failed"; apt_updated=1; }
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-requests >/dev/null || die "apt-get install python3-requests failed"
 	fi
 	if [ ! -e /usr/lib/wasm32-wasi/libc.a ] || ! ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1; then
 		say "installing wasi-libc and libclang-rt-dev-wasm32"

@@ -171,6 +171,16 @@ ready=$(grep -n 'bentod listening' <<<"$journal" | head -1 | cut -d: -f1)
 started=$(grep -n '^Started bentod.service' <<<"$journal" | head -1 | cut -d: -f1)
 [ -n "$ready" ] && [ -n "$started" ] && [ "$ready" -lt "$started" ] ||
 	{ echo "$journal" >&2; fail "systemd did not wait for bentod to serve before calling it started"; }
+# User bento: bentod gives up root where containers can run rootless (the
+# VM test, on cgroup v2, checks that it does); here it says why it cannot.
+if line=$(grep -m1 'running as an unprivileged user' <<<"$journal"); then
+	say "User bento: $line"
+elif line=$(grep -m1 'staying root' <<<"$journal"); then
+	say "User bento: $line"
+else
+	echo "$journal" >&2
+	fail "bentod neither switched to User bento nor said why it stays root"
+fi
 
 say "bentoctl status"
 status=$(in_box bentoctl status) || fail "bentoctl status failed"

@@ -151,6 +151,8 @@ say() { echo "bento-vm: $*"; }
 fail() {
 	echo "bento-vm: FAIL: $*"
 	journalctl -u bentod.service --no-pager -o cat 2>&1 | tail -40 | sed 's/^/bento-vm: journal: /'
+	ls -laR /var/lib/bento/instances 2>&1 | head -30 | sed 's/^/bento-vm: files: /'
+	grep -h '^Uid' /proc/"$(systemctl show -p MainPID --value bentod.service)"/task/*/status 2>&1 | sort | uniq -c | sed 's/^/bento-vm: threads: /'
 	exit 1
 }
 svc=/system.slice/bentod.service
@@ -174,6 +176,11 @@ log=$(journalctl -u bentod.service --no-pager -o cat)
 grep -q "containers' cgroups: cgroup v2, own cgroup $svc delegated: bentod in $svc/daemon, containers below $svc/instances" <<<"$log" ||
 	fail "bentod did not log the delegated placement"
 say "journal: $(grep "containers' cgroups" <<<"$log" | head -1)"
+# User bento: on a delegated cgroup v2, bentod gives up root.
+grep -q 'running as an unprivileged user' <<<"$log" || fail "bentod did not switch to User bento: $(grep -m1 'staying root' <<<"$log")"
+[ "$(stat -c %U /proc/"$main")" = bento ] || fail "bentod runs as $(stat -c %U /proc/"$main"), want bento"
+grep -q '^CapEff:[[:space:]]*0000000000000000$' /proc/"$main"/status || fail "bentod holds capabilities: $(grep CapEff /proc/"$main"/status)"
+say "bentod runs as $(stat -c %U /proc/"$main") with no capabilities"
 # bentod's own hard ceiling is its leaf's (MaxDaemonMemory 512 MB + 256
 # MB, no swap); the unit sets no MemoryMax= (it would bound the functions
 # too), so the service's cgroup has none and bentod has nothing to warn of.
@@ -200,6 +207,12 @@ done
 [ -n "$runner" ] || fail "no bento-runner process after the deploy"
 cg=$(cat /proc/"$runner"/cgroup)
 say "the container's process (pid $runner) is in $cg"
+# Rootless: the container's root is bento outside, with no capabilities.
+[ "$(stat -c %U /proc/"$runner")" = bento ] || fail "the container's process runs as $(stat -c %U /proc/"$runner") outside, want bento"
+grep -q '^CapEff:[[:space:]]*0000000000000000$' /proc/"$runner"/status || fail "the container's process holds capabilities: $(grep CapEff /proc/"$runner"/status)"
+grep -q '^CapBnd:[[:space:]]*0000000000000000$' /proc/"$runner"/status || fail "the container's bounding set is not empty: $(grep CapBnd /proc/"$runner"/status)"
+[ "$(readlink /proc/"$runner"/ns/user)" != "$(readlink /proc/1/ns/user)" ] || fail "the container has no user namespace of its own"
+say "the container's process runs as bento outside, in a user namespace of its own, with no capabilities"
 case "$cg" in
 "0::$svc/instances/"?*) ;;
 *) fail "the container is in $cg, not below $svc/instances" ;;
@@ -226,6 +239,7 @@ journalctl -u bentod.service --no-pager -o cat | grep -q 'policy reloaded' || fa
 systemctl is-active --quiet bentod.service || fail "bentod is not active after the reload"
 [ "$(cat /proc/"$main"/cgroup)" = "0::$svc/daemon" ] || fail "bentod left its leaf on reload: $(cat /proc/"$main"/cgroup)"
 kill -0 "$runner" 2>/dev/null || fail "the container ended on reload"
+[ "$(stat -c %U /var/lib/bento)" = bento ] || fail "/var/lib/bento is $(stat -c %U /var/lib/bento)'s after the reload, not bento's"
 say "systemctl reload bentod: policy reloaded, the container kept"
 
 out=$(HOME=/tmp bento invoke 127.0.0.1:8888 "$inv" VM 2>&1) || { echo "$out" | sed 's/^/bento-vm: invoke: /'; fail "bento invoke failed"; }

@@ -245,18 +245,6 @@ func (d *daemon) serve(i int, addr string, raw net.Listener) *slot {
 	return s
 }
 
-// openListeners opens and serves the listeners of p at start.
-func (d *daemon) openListeners(p *policy.Policy) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	raws, err := d.listen(p)
-	if err != nil {
-		return err
-	}
-	d.commit(p, raws)
-	return nil
-}
-
 // close stops the slot's listener; connections it already took go on.
 func (s *slot) close() {
 	if s == nil {

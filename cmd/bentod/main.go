@@ -184,9 +184,20 @@ func run() int {
 		srv.Close()
 		return 1
 	}
-	if err := d.openListeners(p); err != nil {
+	// The listeners are bound as root (a port below 1024 needs it), then
+	// bentod gives up root where it can (User), then they serve: no
+	// client's container starts before the switch.
+	raws, err := d.listen(p)
+	if err != nil {
 		return fail("cannot listen", err)
 	}
+	if err := switchUser(p, srv, log); err != nil {
+		closeRaw(raws)
+		return fail("cannot switch user", err)
+	}
+	d.mu.Lock()
+	d.commit(p, raws)
+	d.mu.Unlock()
 	// Connections through bentod's onion service arrive on a listener of
 	// their own, with limits of their own.
 	onionTarget := ""

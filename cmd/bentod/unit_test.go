@@ -87,9 +87,17 @@ func TestServiceUnit(t *testing.T) {
 	if d, err := time.ParseDuration(svc("WatchdogSec") + "s"); err != nil || d < 10*time.Second {
 		t.Errorf("WatchdogSec=%q: bentod's watchdog test takes up to 2 s and runs every WatchdogSec/2; give it at least 10 s", svc("WatchdogSec"))
 	}
-	for k, want := range map[string]string{"RuntimeDirectory": "bento", "StateDirectory": "bento", "LogsDirectory": "bento", "Delegate": "yes", "KillMode": "mixed"} {
+	for k, want := range map[string]string{"RuntimeDirectory": "bento", "ReadWritePaths": "/var/lib/bento /var/log/bento", "Delegate": "yes", "KillMode": "mixed"} {
 		if svc(k) != want {
 			t.Errorf("%s=%q, want %q", k, svc(k), want)
+		}
+	}
+	// systemd gives a StateDirectory= or LogsDirectory= back to the
+	// unit's user (root) at every ExecReload=, taking the data away from
+	// a bentod that switched to User bento.
+	for _, k := range []string{"StateDirectory", "LogsDirectory", "CacheDirectory"} {
+		if svc(k) != "" {
+			t.Errorf("%s=%q: systemd would chown it to root at each reload, away from User bento", k, svc(k))
 		}
 	}
 	if !strings.HasPrefix(svc("ExecStart"), "/usr/sbin/bentod ") {

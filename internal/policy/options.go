@@ -93,6 +93,8 @@ var Options = []*Option{
 			}
 			return one(p.ControlSocket)
 		}},
+	{Name: "User", Type: "USERNAME", Help: "started as root, bentod switches to this user once it holds what needs root (listeners, its cgroup, its files), where the kernel lets containers run without root: a delegated cgroup v2 and unprivileged user namespaces; elsewhere it stays root, its capabilities narrowed, and says why (none, the default; the package sets bento); it must exist",
+		get: str(func(p *Policy) string { return p.User })},
 	{Name: "ControlSocketGroup", Type: "GROUP", Help: "a group whose members may use the control socket besides root and bentod's user (none, the default: nobody else; the package sets bento); it must exist",
 		get: str(func(p *Policy) string { return p.ControlSocketGroup })},
 	{Name: "MetricsPort", Type: "HOST:PORT|0", Help: "where Prometheus metrics are served over HTTP (0: nowhere, the default)", Reopen: true,

@@ -334,6 +334,11 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			default:
 				p.ControlSocket = l.value
 			}
+		case "user":
+			if l.value == "" || strings.ContainsAny(l.value, " \t:/") {
+				err = fail("User %q is not a user name", l.value)
+			}
+			p.User = l.value
 		case "controlsocketgroup":
 			if strings.ContainsAny(l.value, " \t:/") {
 				err = fail("ControlSocketGroup %q is not a group name", l.value)

@@ -46,6 +46,10 @@ type Policy struct {
 	// HeartbeatPeriod: a heartbeat line is logged this often (0: never).
 	HeartbeatPeriod time.Duration
 
+	// User is the user bentod switches to once it holds what needs root
+	// ("" for none), where containers can run without root.
+	User string
+
 	// ControlSocket is the operator's control socket (bentoctl); ""
 	// disables it. ControlSocketGroup may use it besides root.
 	ControlSocket      string

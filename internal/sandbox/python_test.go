@@ -438,3 +438,36 @@ func FuzzPythonDriverFrames(f *testing.F) {
 		}
 	})
 }
+
+// TestPythonDriverHostileErrors: an exception whose message cannot be
+// read, a recursion without end, a return value that is not JSON: each
+// an error of the invocation, the driver serving the next.
+func TestPythonDriverHostileErrors(t *testing.T) {
+	src := `class Bad(Exception):
+    def __str__(self):
+        raise RuntimeError("no")
+
+def main(what):
+    if what == "bad":
+        raise Bad()
+    if what == "deep":
+        return main(what)
+    if what == "set":
+        return {1, 2}
+    return "fine"
+`
+	d, _ := startDriver(t, map[string]string{"main.py": src}, "main.py", "main")
+	for _, tc := range []struct{ arg, want string }{
+		{"bad", "Bad"},
+		{"deep", "RecursionError: maximum recursion depth exceeded"},
+		{"set", "return value: Object of type set is not JSON serializable"},
+	} {
+		_, done, _ := d.invoke(1, `["`+tc.arg+`"]`, nil)
+		if done.Error == nil || !strings.Contains(done.Error.Msg, tc.want) {
+			t.Errorf("%s: %+v", tc.arg, done.Error)
+		}
+		if _, done, body := d.invoke(2, `["ok"]`, nil); done.Error != nil || string(body) != "fine" {
+			t.Fatalf("after %s: %+v %q", tc.arg, done.Error, body)
+		}
+	}
+}

@@ -58,10 +58,13 @@ type Sandbox struct {
 	rootfs  string
 	memsw   bool
 	userns  bool // containers get a user namespace
-	place   Placement
-	cgroot  string // the cgroup file system's mount point
-	pyMu    sync.Mutex
-	python  *PythonImage // nil until the image is offered
+	// mapUID and mapGID, once bentod gave up root (HandOver), are its
+	// IDs, to which each container's root is mapped; -1 before.
+	mapUID, mapGID int
+	place          Placement
+	cgroot         string // the cgroup file system's mount point
+	pyMu           sync.Mutex
+	python         *PythonImage // nil until the image is offered
 	// WeightErr is why the containers' parent cgroup could not be given a
 	// low CPU weight (nil when it was).
 	WeightErr error
@@ -86,6 +89,8 @@ func New(cfg Config) (*Sandbox, error) {
 		state:   filepath.Join(cfg.StateDir, "runtime"),
 		bundles: filepath.Join(cfg.StateDir, "bundles"),
 		rootfs:  filepath.Join(cfg.StateDir, "rootfs"),
+		mapUID:  -1,
+		mapGID:  -1,
 	}
 	for _, d := range []string{s.state, s.bundles, s.rootfs} {
 		if err := os.MkdirAll(d, 0o700); err != nil {

@@ -231,6 +231,16 @@ func (s *Sandbox) buildSpec(id string, l Limits) *ociSpec {
 		spec.Linux.Namespaces = append(spec.Linux.Namespaces, ociNamespace{Type: "user"})
 		spec.Linux.UIDMappings = []ociIDMap{{ContainerID: 0, HostID: UserNSBase, Size: 65536}}
 		spec.Linux.GIDMappings = []ociIDMap{{ContainerID: 0, HostID: UserNSBase, Size: 65536}}
+		if s.mapUID >= 0 {
+			// bentod gave up root: an unprivileged runtime maps one ID,
+			// bentod's own, and must map its root (the runtime's init
+			// becomes root in the namespace first). The runner runs as
+			// that root: no capabilities (an empty bounding set, no new
+			// privileges), a read-only root file system, seccomp.
+			spec.Linux.UIDMappings = []ociIDMap{{ContainerID: 0, HostID: uint32(s.mapUID), Size: 1}}
+			spec.Linux.GIDMappings = []ociIDMap{{ContainerID: 0, HostID: uint32(s.mapGID), Size: 1}}
+			spec.Process.User = ociUser{UID: 0, GID: 0}
+		}
 	}
 	if s.memsw {
 		swap := l.Memory // memory+swap equal to memory: no swap

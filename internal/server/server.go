@@ -566,3 +566,18 @@ func (s *Server) totalMemory(p *policy.Policy) int64 {
 // and room for runc while containers start, as the shipped unit's
 // MemoryMax= is on cgroup v1.
 func DaemonHardMemory(p *policy.Policy) int64 { return p.Daemon.MaxMemory + 256<<20 }
+
+// Rootless tells whether bentod can give up root and still run
+// containers here, and if not, why.
+func (s *Server) Rootless() error { return s.sb.Rootless() }
+
+// HandOver makes what bentod holds on disk and in its cgroups uid:gid's,
+// for a bentod that gives up root right after: the data directory (state,
+// instances, keys, the runtime's state) and the delegated cgroups.
+// Containers started afterwards map their root to uid:gid.
+func (s *Server) HandOver(uid, gid int) error {
+	if err := s.sb.HandOver(uid, gid); err != nil {
+		return err
+	}
+	return sandbox.ChownTree(s.policy().DataDirectory, uid, gid)
+}

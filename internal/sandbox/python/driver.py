@@ -253,7 +253,10 @@ class Driver:
             code = compile(src, entry, "exec", dont_inherit=True)
             exec(code, mod.__dict__)
         except BaseException as e:
-            return self.func_error(e)
+            try:
+                return self.func_error(e)
+            except Exception:
+                return {"file": entry, "msg": "%s (its message could not be read)" % type(e).__name__}
         fn = mod.__dict__.get(fname)
         if fn is None:
             return {"file": entry, "msg": "no function %r defined (set \"function\" in bento.toml)" % fname}
@@ -308,7 +311,10 @@ class Driver:
                     v = self.fn(*a)
                     _flush_output()
                 except BaseException as e:  # the function's error, whatever it is
-                    done["error"] = self.func_error(e)
+                    try:
+                        done["error"] = self.func_error(e)
+                    except Exception:  # its __str__ failed, say
+                        done["error"] = {"msg": "%s (its message could not be read)" % type(e).__name__}
                 else:
                     if v is None:
                         done["none"] = True
