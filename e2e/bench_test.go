@@ -44,6 +44,13 @@ func BenchmarkUploadToFirstByteWasmC(b *testing.B) {
 	uploadToFirstByte(b, wasmFunction(b, "e2e/testdata/wasm/c-hello/main.c", cHelloManifest), wasmPolicy)
 }
 
+// BenchmarkUploadToFirstBytePython: functions/py-hello in the python
+// image (Debian's CPython starting in the container, the driver loading
+// the function).
+func BenchmarkUploadToFirstBytePython(b *testing.B) {
+	uploadToFirstByte(b, fn("py-hello"), "Image starlark, python\n")
+}
+
 const cHelloManifest = "name = \"c-hello\"\nimage = \"wasm\"\nmode = \"service\"\napis = [\"send\", \"storage\"]\n"
 
 func uploadToFirstByte(b *testing.B, dir, rc string) {
@@ -172,6 +179,17 @@ func BenchmarkIdleInstancesWasmGo(b *testing.B) {
 // BenchmarkIdleInstancesWasmC: 100 idle instances of the C hello.
 func BenchmarkIdleInstancesWasmC(b *testing.B) {
 	idleInstances(b, wasmFunction(b, "e2e/testdata/wasm/c-hello/main.c", cHelloManifest), 100, wasmPolicy)
+}
+
+// BenchmarkIdleInstancesPython: 100 idle instances of py-hello in
+// service mode (an interpreter each, with the driver and the function
+// loaded).
+func BenchmarkIdleInstancesPython(b *testing.B) {
+	dir := testutil.TempDir(b)
+	m := strings.Replace(mustRead(b, filepath.Join(fn("py-hello"), "bento.toml")), "apis =", "mode = \"service\"\napis =", 1)
+	os.WriteFile(filepath.Join(dir, "bento.toml"), []byte(m), 0o644)
+	os.WriteFile(filepath.Join(dir, "main.py"), []byte(mustRead(b, filepath.Join(fn("py-hello"), "main.py"))), 0o644)
+	idleInstances(b, dir, 100, "Image starlark, python\n")
 }
 
 func idleInstances(b *testing.B, dir string, n int, rc string) {

@@ -78,7 +78,14 @@ func TestErrorsTableServer(t *testing.T) {
 			}
 			return bento(t, "", "invoke", pd.Addr, dep.InvocationToken)
 		},
-		"function-error":   func(t *testing.T) result { return bento(t, "", "run", d.Addr, fn("runtimeerr")) },
+		"function-error": func(t *testing.T) result { return bento(t, "", "run", d.Addr, fn("runtimeerr")) },
+		"compat-call-refused": func(t *testing.T) result {
+			// A bentod of its own, with the compat listener.
+			_, addr := compatDaemon(t, "apis = [\"send\"]\n")
+			file := filepath.Join(t.TempDir(), "f.star")
+			os.WriteFile(file, []byte("def f():\n    return 1\n"), 0o644)
+			return bento(t, "", "compat", addr, file, "os.system('id')")
+		},
 		"function-stopped": func(t *testing.T) result { return bento(t, "", "run", d.Addr, fn("sleeper")) },
 		"interrupted-run": func(t *testing.T) result {
 			before := instances(t)

@@ -73,6 +73,19 @@ func TestOperatorErrorsTable(t *testing.T) {
 		},
 		"user-unknown":         func(t *testing.T) result { return runBentod(t, "-f", rc(t, "User nosuchuser")) },
 		"control-socket-taken": func(t *testing.T) result { return runBentod(t, "-f", rc(t, "ControlSocket "+sock)) },
+		"compat-manifest-over-policy": func(t *testing.T) result {
+			mf := filepath.Join(testutil.TempDir(t), "compat.toml")
+			os.WriteFile(mf, []byte("[resources]\nmemory = \"1 GB\"\n"), 0o644)
+			return runBentod(t, "-f", rc(t, "MaxMemory 64 MB\nCompatListenAddress 127.0.0.1:1\nCompatManifest "+mf), "--verify-config")
+		},
+		"compat-manifest-sets-function": func(t *testing.T) result {
+			mf := filepath.Join(testutil.TempDir(t), "compat.toml")
+			os.WriteFile(mf, []byte("function = \"main\"\n"), 0o644)
+			return runBentod(t, "-f", rc(t, "CompatListenAddress 127.0.0.1:1\nCompatManifest "+mf), "--verify-config")
+		},
+		"compat-no-manifest": func(t *testing.T) result {
+			return runBentod(t, "-f", rc(t, "CompatListenAddress 127.0.0.1:1"), "--verify-config")
+		},
 		"control-socket-not-socket": func(t *testing.T) result {
 			f := filepath.Join(testutil.TempDir(t), "bentorc.bak")
 			os.WriteFile(f, []byte("keep"), 0o644)
@@ -89,6 +102,11 @@ func TestOperatorErrorsTable(t *testing.T) {
 			return reload(t, "DataDirectory "+filepath.Join(dir, "elsewhere")+"\n")
 		},
 		"reload-bad-config": func(t *testing.T) result { return reload(t, "Frobnicate 1\n") },
+		"reload-compat-manifest": func(t *testing.T) result {
+			mf := filepath.Join(testutil.TempDir(t), "compat.toml")
+			os.WriteFile(mf, []byte("[resources]\ncpu = 64\n"), 0o644)
+			return reload(t, fmt.Sprintf("CompatListenAddress 127.0.0.1:%d\nCompatManifest %s\n", freePort(t), mf))
+		},
 		"ctl-end-unknown":   func(t *testing.T) result { return bentoctl(t, sock, "end", "i-nosuch", "x") },
 		"ctl-end-no-reason": func(t *testing.T) result { return bentoctl(t, sock, "end", "i-0123") },
 		"ctl-no-socket":     func(t *testing.T) result { return bentoctl(t, filepath.Join(dir, "none"), "status") },

@@ -64,6 +64,7 @@ func TestSecurityTable(t *testing.T) {
 		"TestCompositionCharged": runRE,
 		"TestLimits":             regexp.MustCompile(`\{"([a-z]+)", "[a-z ]+(limit|exceeded|reached)`),
 		"TestWasmImage":          regexp.MustCompile(`\{"([a-z]+)", [0-9], "`),
+		"TestPythonImage":        regexp.MustCompile(`\{"([a-z0-9]+)", [0-9], "`),
 	}
 	for fn, re := range cases {
 		found := false

@@ -9,7 +9,8 @@
 #                                  besides: gcc (the race detector), curl,
 #                                  tshark, cloud-init, tmux, debootstrap,
 #                                  systemd-container, qemu-system-x86,
-#                                  e2fsprogs (scripts/test.sh runs this)
+#                                  e2fsprogs, python3 and python3-requests
+#                                  (scripts/test.sh runs this)
 #
 # Needs root (containers are started through runc as root). Checks for Go
 # and builds bentod, bentoctl, bento and the static bento-runner into
@@ -63,6 +64,12 @@ if [ "$tests" = 1 ]; then
 	need_pkg mkfs.ext4 e2fsprogs                 # ... its disks
 	need_pkg clang clang   # the wasm image's second language (C, --target=wasm32-wasi) ...
 	need_pkg wasm-ld lld   # ... its linker
+	need_pkg /usr/bin/python3 python3 # the python image (docs/python.md): Debian's, not a shim in PATH ...
+	if [ ! -d /usr/lib/python3/dist-packages/requests ]; then # ... and the requests its Browser uses
+		say "installing python3-requests"
+		[ "$apt_updated" = 1 ] || { apt-get update -qq || die "apt-get update failed"; apt_updated=1; }
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-requests >/dev/null || die "apt-get install python3-requests failed"
+	fi
 	if [ ! -e /usr/lib/wasm32-wasi/libc.a ] || ! ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1; then
 		say "installing wasi-libc and libclang-rt-dev-wasm32"
 		[ "$apt_updated" = 1 ] || { apt-get update -qq || die "apt-get update failed"; apt_updated=1; }

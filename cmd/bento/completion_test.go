@@ -40,7 +40,8 @@ func TestCompletion(t *testing.T) {
 		{[]string{"bento", "shard", "g"}, "get"},
 		{[]string{"bento", "sh"}, "shutdown shard"},
 		{[]string{"bento", "completion", "f"}, "fish"},
-		{[]string{"bento", "c"}, "check completion"},
+		{[]string{"bento", "c"}, "check compat completion"},
+		{[]string{"bento", "compat", "-"}, "--timeout -i"},
 	} {
 		if got := complete(tc.words...); got != tc.want {
 			t.Errorf("completing %q: %q, want %q", tc.words, got, tc.want)

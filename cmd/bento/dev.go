@@ -164,13 +164,25 @@ func (h *devHost) frameLimit() int64 { return policy.InstanceInFlight(h.m.Resour
 
 func (h *devHost) run(files map[string][]byte, words []string) int {
 	c := h.c
-	a, b := net.Pipe()
-	defer a.Close()
 	defer h.streams.closeAll()
-	go func() {
-		_ = runner.Serve(wire.NewConn(b))
-		b.Close()
-	}()
+	var a io.ReadWriteCloser
+	if h.m.Image == runner.ImagePython {
+		// The python image's driver, run by the local python3 (not in a
+		// sandbox: the author's own code on the author's machine).
+		conn, err := startPythonDriver()
+		if err != nil {
+			return c.errorf(exitServer, nil, "starting python3: %v", err)
+		}
+		a = conn
+	} else {
+		p, b := net.Pipe()
+		go func() {
+			_ = runner.Serve(wire.NewConn(b))
+			b.Close()
+		}()
+		a = p
+	}
+	defer a.Close()
 	h.conn = wire.NewConn(a)
 	h.conn.MaxFrame = int(h.frameLimit())
 	ents, body := proto.PackFiles(files)

@@ -341,3 +341,28 @@ func TestDevWasm(t *testing.T) {
 		t.Fatalf("dev: exit %d\nstdout %q\nstderr %s", code, stdout, stderr)
 	}
 }
+
+// TestDevPython: bento check and bento dev run a python function with
+// the local python3 and the image's driver; a syntax error is found
+// offline with its line.
+func TestDevPython(t *testing.T) {
+	if _, err := os.Stat("/usr/bin/python3"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("/usr/bin/python3 is missing (bash scripts/setup.sh --test installs it)")
+		}
+		t.Skip(err)
+	}
+	fns := filepath.Join("..", "..", "functions")
+	if _, stderr, code := devRun([]string{"check", filepath.Join(fns, "py-echo")}, ""); code != 0 {
+		t.Fatalf("check: exit %d\n%s", code, stderr)
+	}
+	if _, stderr, code := devRun([]string{"check", filepath.Join(fns, "py-syntaxerr")}, ""); code == 0 || !strings.Contains(stderr, "main.py:6:13: SyntaxError: '(' was never closed") {
+		t.Fatalf("check of py-syntaxerr: exit %d\n%s", code, stderr)
+	}
+	rc := filepath.Join(t.TempDir(), "bentorc")
+	os.WriteFile(rc, []byte("Image starlark, python\n"), 0o644)
+	stdout, stderr, code := devRun([]string{"dev", "-i", "--policy", rc, filepath.Join(fns, "py-echo")}, "one\nstop\n")
+	if code != 0 || stdout != "echo: one\nstopped after 1 messages\n" {
+		t.Fatalf("dev: exit %d\nstdout %q\nstderr %s", code, stdout, stderr)
+	}
+}

@@ -58,7 +58,10 @@ func TestErrorsTable(t *testing.T) {
 		"invocation-token-to-shutdown": func(t *testing.T) []string { return []string{"shutdown", server, "bento-inv-x"} },
 		"server-unreachable":           func(t *testing.T) []string { return []string{"policy", closedPort(t)} },
 		"cleartext-refused":            func(t *testing.T) []string { return []string{"policy", "192.0.2.1:8888"} },
-		"bad-pin":                      func(t *testing.T) []string { return []string{"policy", "192.0.2.1:8888#sha256:0123"} },
+		"compat-pin": func(t *testing.T) []string {
+			return []string{"compat", server + "#sha256:0000000000000000000000000000000000000000000000000000000000000000", "f.py", "f()"}
+		},
+		"bad-pin": func(t *testing.T) []string { return []string{"policy", "192.0.2.1:8888#sha256:0123"} },
 		"pin-onion": func(t *testing.T) []string {
 			return []string{"policy", "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion:8888#sha256:" + strings.Repeat("ab", 32)}
 		},

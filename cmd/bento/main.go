@@ -18,6 +18,7 @@
 //	bento ls       [--json]
 //	bento forget   INSTANCE
 //	bento shard    put|get|rm  (bento shard -h)
+//	bento compat   [-i] SERVER FILE CALL
 //
 // Flags may come anywhere among a command's arguments, until "--": what
 // follows it is never a flag. Commands that talk to a server take
@@ -101,6 +102,7 @@ const usage = `usage:
   bento boxes    [--check DIR] [--json]      list the boxes the Tor network's relays announce
   bento dust     up|ls|down|render           dust motes: a relay and a box that end (bento dust -h)
   bento shard    put|get|rm                  a file spread, encrypted, over n boxes, any k of which rebuild it (bento shard -h)
+  bento compat   [-i] SERVER FILE CALL      the original Bento's way, over its protocol: store FILE, execute CALL (a Python call of literals), print its output (-i: stdin lines to it)
   bento completion bash|zsh|fish             a shell completion script
 
 Flags may come anywhere among a command's arguments; everything after -- is an argument, never a
@@ -230,6 +232,8 @@ func runCtx(ctx context.Context, stopSignals func(), args []string, stdin io.Rea
 		return c.ls(rest)
 	case "forget":
 		return c.forget(rest)
+	case "compat":
+		return c.compatCmd(rest)
 	}
 	if near := suggest.Nearest(cmd, commands, 2); near != "" && !strings.HasPrefix(cmd, "-") {
 		fmt.Fprintf(stderr, "bento: unknown command %q; did you mean %s? (bento --help lists the commands)\n", cmd, near)
@@ -240,7 +244,7 @@ func runCtx(ctx context.Context, stopSignals func(), args []string, stdin io.Rea
 }
 
 // commands are bento's commands, for "did you mean".
-var commands = []string{"new", "completion", "check", "dev", "policy", "deploy", "invoke", "attach", "shutdown", "run", "boxes", "dust", "shard", "logs", "update", "ls", "forget"}
+var commands = []string{"new", "completion", "check", "dev", "policy", "deploy", "invoke", "attach", "shutdown", "run", "boxes", "dust", "shard", "logs", "update", "ls", "forget", "compat"}
 
 // isTerminal reports whether w is a terminal.
 func isTerminal(w io.Writer) bool {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/torbento/bento/client"
+	"github.com/torbento/bento/internal/compat"
 	"github.com/torbento/bento/internal/metrics"
 	"github.com/torbento/bento/internal/netlimit"
 	"github.com/torbento/bento/internal/policy"
@@ -71,6 +72,7 @@ type daemon struct {
 	link     *torlink.Link
 	stopLink context.CancelFunc
 	box      *boxAnnouncer
+	compat   *compat.Listener // CompatListenAddress's protocol (nil without CompatManifest)
 	ff       interface {
 		SetAccess(allowed bool, coordinators []string) error
 	}
@@ -89,10 +91,11 @@ const (
 	slotClient  = iota // ListenAddress
 	slotPolicy         // PolicyAddress
 	slotMetrics        // MetricsPort
+	slotCompat         // CompatListenAddress
 	nSlots
 )
 
-var slotOption = [nSlots]string{"ListenAddress", "PolicyAddress", "MetricsPort"}
+var slotOption = [nSlots]string{"ListenAddress", "PolicyAddress", "MetricsPort", "CompatListenAddress"}
 
 func slotAddr(p *policy.Policy, i int) string {
 	switch i {
@@ -100,8 +103,35 @@ func slotAddr(p *policy.Policy, i int) string {
 		return p.ListenAddress
 	case slotPolicy:
 		return p.PolicyAddress
+	case slotCompat:
+		return p.CompatListenAddress
 	}
 	return p.MetricsPort
+}
+
+// compatBackend is the server as the compat listener uses it.
+type compatBackend struct{ *server.Server }
+
+func (b compatBackend) ClientBudget(remote net.Addr) (compat.Budget, func()) {
+	return b.Server.ClientBudget(remote)
+}
+
+// setCompat loads CompatManifest for the compat listener (made the first
+// time): a manifest that does not fit p is refused with why.
+func (d *daemon) setCompat(p *policy.Policy) error {
+	if p.CompatManifest == "" {
+		return nil
+	}
+	t, err := compat.LoadTemplate(p.CompatManifest, p)
+	if err != nil {
+		return err
+	}
+	if d.compat == nil {
+		d.compat = compat.New(compatBackend{d.srv}, t, d.log)
+	} else {
+		d.compat.SetTemplate(t)
+	}
+	return nil
 }
 
 // slot is one listener a reload may replace, with the HTTP server on it
@@ -179,6 +209,16 @@ func (d *daemon) serve(i int, addr string, raw net.Listener) *slot {
 		s.ln = d.srv.LimitListener(raw, false)
 	case slotPolicy:
 		s.ln, s.hs = d.srv.LimitPolicyListener(raw), d.srv.PolicyServer()
+	case slotCompat:
+		s.ln = d.srv.LimitNamedListener(raw, "compat", compat.Refusal)
+		at := s.ln.Addr().String()
+		go func() {
+			if err := d.compat.Serve(s.ln); !errors.Is(err, net.ErrClosed) {
+				d.log.Error("the compat listener stopped", "addr", at, "err", err)
+			}
+		}()
+		safelog.Notice(d.log, "serving the original Bento's client protocol (CompatListenAddress)", "addr", at, "manifest", d.policy().CompatManifest)
+		return s
 	default:
 		s.ln, s.hs = d.srv.LimitHTTPListener(raw, "metrics"), d.metricsServer()
 	}
@@ -256,6 +296,9 @@ func (d *daemon) reload() error {
 	if err := policy.Transition(old, np); err != nil {
 		return fail(err)
 	}
+	if err := d.setCompatCheck(np); err != nil {
+		return fail(err)
+	}
 	raws, err := d.listen(np)
 	if err != nil {
 		return fail(err)
@@ -270,6 +313,7 @@ func (d *daemon) reload() error {
 	}
 	// Committed from here on.
 	d.pol.Store(np)
+	_ = d.setCompat(np) // checked above
 	d.commit(np, raws)
 	d.srv.SetPolicy(np)
 	if np.Daemon.MaxMemory > 0 {
@@ -293,6 +337,16 @@ func (d *daemon) reload() error {
 }
 
 func (d *daemon) policy() *policy.Policy { return d.pol.Load() }
+
+// setCompatCheck refuses a reload whose CompatManifest does not fit its
+// policy.
+func (d *daemon) setCompatCheck(p *policy.Policy) error {
+	if p.CompatManifest == "" {
+		return nil
+	}
+	_, err := compat.LoadTemplate(p.CompatManifest, p)
+	return err
+}
 
 // notifyReady tells systemd bentod serves (Type=notify), and starts its
 // watchdog the first time.

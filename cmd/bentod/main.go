@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/torbento/bento/internal/compat"
 	"github.com/torbento/bento/internal/control"
 	"github.com/torbento/bento/internal/netlimit"
 	"github.com/torbento/bento/internal/policy"
@@ -92,6 +93,14 @@ func run() int {
 	if *dumpConfig != "" {
 		fmt.Print(policy.Dump(p, *dumpConfig == "full"))
 		return 0
+	}
+	if p.CompatManifest != "" {
+		// Refused loudly: the operator's manifest for the original
+		// client's code must fit the policy.
+		if _, err := compat.LoadTemplate(p.CompatManifest, p); err != nil {
+			fmt.Fprintf(os.Stderr, "bentod: %v\n", err)
+			return 1
+		}
 	}
 	if *verify {
 		b, _ := json.MarshalIndent(p.PublicView(), "", "  ")
@@ -162,6 +171,11 @@ func run() int {
 	}
 	d := &daemon{cfg: cfg, fromFile: !builtin, log: log, router: router, srv: srv, started: time.Now(), stopReq: make(chan string, 1)}
 	d.pol.Store(p)
+	if err := d.setCompat(p); err != nil {
+		log.Error("cannot start", "err", err)
+		srv.Close()
+		return 1
+	}
 	// A start that fails from here on still ends what the server holds
 	// (restored instances, an earlier bentod's containers).
 	fail := func(msg string, err error) int {

@@ -42,6 +42,7 @@ const (
 const (
 	ImageStarlark = "starlark" // Starlark code run by bento-runner
 	ImageWasm     = "wasm"     // a WebAssembly module (WASI preview 1) run by bento-runner with wazero
+	ImagePython   = "python"   // Python run by Debian's CPython with bentod's driver (docs/python.md)
 )
 
 // Manifest is a parsed and validated bento.toml.
@@ -306,6 +307,9 @@ func (m *Manifest) validate() []*Error {
 		m.Entry = "main.star"
 		if wasm {
 			m.Entry = "main.wasm"
+		}
+		if m.Image == ImagePython {
+			m.Entry = "main.py"
 		}
 	}
 	if !ValidFileName(m.Entry) {

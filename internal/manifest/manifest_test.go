@@ -339,6 +339,8 @@ func TestImageDefaults(t *testing.T) {
 		{"name = \"a\"\n", "starlark", "main.star", "main"},
 		{"name = \"a\"\nimage = \"wasm\"\n", "wasm", "main.wasm", "_start"},
 		{"name = \"a\"\nimage = \"wasm\"\nentry = \"f.wasm\"\nfunction = \"run\"\n", "wasm", "f.wasm", "run"},
+		{"name = \"a\"\nimage = \"python\"\n", "python", "main.py", "main"},
+		{"name = \"a\"\nimage = \"python\"\nfunction = \"browser\"\n", "python", "main.py", "browser"},
 	} {
 		m, err := Parse([]byte(tc.toml))
 		if err != nil {
@@ -358,5 +360,13 @@ func TestImageDefaults(t *testing.T) {
 	}
 	if vs := Check(m, p); len(vs) != 0 {
 		t.Errorf("wasm where it is offered: %v", vs)
+	}
+	py, _ := Parse([]byte("name = \"a\"\nimage = \"python\"\n"))
+	if vs := Check(py, p); len(vs) != 1 || vs[0].Item != "image" {
+		t.Errorf("python where only starlark and wasm are offered: %v", vs)
+	}
+	p, _ = policy.Parse("rc", []byte("Image starlark, python\n"))
+	if vs := Check(py, p); len(vs) != 0 {
+		t.Errorf("python where it is offered: %v", vs)
 	}
 }

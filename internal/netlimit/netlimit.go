@@ -936,3 +936,12 @@ func SetIdle(c net.Conn, idle bool) {
 		lc.idleSince.Store(time.Now().UnixNano())
 	}
 }
+
+// Unwrap returns the connection c (a connection a Listener returned)
+// wraps, for socket options; other connections are returned as they are.
+func Unwrap(c net.Conn) net.Conn {
+	if lc, ok := c.(*conn); ok {
+		return lc.Conn
+	}
+	return c
+}

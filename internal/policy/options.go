@@ -111,6 +111,15 @@ var Options = []*Option{
 			}
 			return one(strings.Join(p.MetricsPolicy, ", "))
 		}},
+	{Name: "CompatListenAddress", Type: "HOST:PORT|0", Help: "where clients of the original Bento (its Python client) connect (0: nowhere, the default); needs CompatManifest (docs/compat.md)", Reopen: true,
+		get: func(p *Policy) []string {
+			if p.CompatListenAddress == "" {
+				return one("0")
+			}
+			return one(p.CompatListenAddress)
+		}},
+	{Name: "CompatManifest", Type: "PATH", Help: "the manifest (image, resources, apis) code stored through CompatListenAddress runs under; checked against the policy at start and reload", Live: true,
+		get: str(func(p *Policy) string { return p.CompatManifest })},
 	{Name: "Runtime", Type: "runc|crun|runsc", Help: "the OCI runtime containers run with", get: str(func(p *Policy) string { return p.Runtime })},
 	{Name: "RuntimePath", Type: "PATH", Help: "the runtime's binary (default: found in PATH)", get: str(func(p *Policy) string { return p.RuntimePath })},
 	{Name: "RunnerPath", Type: "PATH", Help: "bento-runner's binary (default: beside bentod)", get: str(func(p *Policy) string { return p.RunnerPath })},

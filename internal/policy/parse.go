@@ -352,6 +352,19 @@ func fromLines(lines []line, mem int64) (*Policy, error) {
 			} else {
 				p.MetricsPort = l.value
 			}
+		case "compatlistenaddress":
+			if l.value == "0" || strings.EqualFold(l.value, "none") {
+				p.CompatListenAddress = ""
+			} else if _, _, e := net.SplitHostPort(l.value); e != nil {
+				err = fail("CompatListenAddress: %q is not HOST:PORT (e.g. 127.0.0.1:8887) or 0", l.value)
+			} else {
+				p.CompatListenAddress = l.value
+			}
+		case "compatmanifest":
+			if !filepath.IsAbs(l.value) {
+				err = fail("CompatManifest must be an absolute path (e.g. /etc/bento/compat.toml), got %q", l.value)
+			}
+			p.CompatManifest = l.value
 		case "metricsportpolicy":
 			items, e := ParseMetricsPolicy(l.value)
 			if e != nil {
@@ -617,6 +630,9 @@ func (p *Policy) Validate() error {
 	}
 	if p.Max.Processes < 4 {
 		return fmt.Errorf("MaxProcesses %d is below 4, the least a function runner needs", p.Max.Processes)
+	}
+	if p.CompatListenAddress != "" && p.CompatManifest == "" {
+		return fmt.Errorf("CompatListenAddress needs CompatManifest: the manifest (image, resources, apis) the original client's stored code runs under (docs/compat.md)")
 	}
 	if p.Box.Announce && !p.OnionService {
 		return fmt.Errorf("BoxAnnounce 1 needs OnionService 1: the directory lists boxes by their onion address")

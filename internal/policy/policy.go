@@ -58,7 +58,12 @@ type Policy struct {
 	// to the addresses MetricsPolicy accepts (tor's MetricsPortPolicy).
 	MetricsPort   string
 	MetricsPolicy []string
-	Nickname      string // shown to clients
+	// CompatListenAddress serves the original Bento's client protocol
+	// (internal/compat; "" disables it, the default); what its clients
+	// store runs under the manifest in CompatManifest.
+	CompatListenAddress string
+	CompatManifest      string
+	Nickname            string // shown to clients
 
 	// The co-resident tor (none when TorControlPort is empty).
 	TorControlPort     string // "unix:/run/tor/control" or "127.0.0.1:9051"
@@ -253,8 +258,9 @@ func (p *Policy) AllowedAPIs() []string {
 }
 
 // BuiltinImages are the images bentod can run: Starlark, and WebAssembly
-// modules (WASI preview 1) run by wazero inside the same sandbox.
-var BuiltinImages = []string{"starlark", "wasm"}
+// modules (WASI preview 1) run by wazero inside the same sandbox, and
+// Python run by Debian's CPython (docs/python.md).
+var BuiltinImages = []string{"starlark", "wasm", "python"}
 
 // BuiltinImage reports whether name is one of BuiltinImages.
 func BuiltinImage(name string) bool { return slices.Contains(BuiltinImages, name) }

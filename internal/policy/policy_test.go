@@ -90,7 +90,7 @@ func TestParseErrors(t *testing.T) {
 		"DataDirectory relative":      "absolute",
 		"MaxMemory 1 MB":              "below 16 MB",
 		"ListenAddress 8888":          "HOST:PORT",
-		"Image python":                "not built in",
+		"Image java":                  "not built in",
 		"MaxCPU -1":                   "number of cores",
 		"SafeLogging yes":             "0 or 1",
 		"AllowFSProtect yes":          "AllowFSProtect takes 0 or 1",

@@ -25,8 +25,13 @@ import (
 //
 // For the wasm image, the entry module is compiled and checked instead, as
 // the runner does before it runs it (loadWasm), under the linear-memory
-// bound of a memory resource of memory bytes.
+// bound of a memory resource of memory bytes. For the python image, every
+// .py file is compiled by the local python3 when there is one
+// (checkPython).
 func Check(image, entry, function string, memory int64, files map[string][]byte) []*proto.FuncError {
+	if image == ImagePython {
+		return checkPython(entry, function, files)
+	}
 	if image == ImageWasm {
 		code, ok := files[entry]
 		if !ok {

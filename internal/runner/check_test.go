@@ -72,8 +72,47 @@ func TestCheckShipped(t *testing.T) {
 		if m.Image == ImageWasm {
 			continue // source only: TestWasmShipped builds and checks it
 		}
-		for _, e := range Check(m.Image, m.Entry, m.Function, 0, files) {
+		errs := Check(m.Image, m.Entry, m.Function, 0, files)
+		if filepath.Base(dir) == "py-syntaxerr" {
+			// The original Bento's error test: it must not compile.
+			if _, err := os.Stat(PythonForCheck); err == nil && (len(errs) != 1 || errs[0].Line != 6) {
+				t.Errorf("%s: want its syntax error at line 6, got %v", dir, errs)
+			}
+			continue
+		}
+		for _, e := range errs {
 			t.Errorf("%s: %v", dir, e)
+		}
+	}
+}
+
+func TestCheckPython(t *testing.T) {
+	if _, err := os.Stat(PythonForCheck); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s is missing (bash scripts/setup.sh --test installs it)", PythonForCheck)
+		}
+		t.Skip(err)
+	}
+	for _, tc := range []struct {
+		files map[string]string
+		want  string
+	}{
+		{map[string]string{"main.py": "def main():\n    return 1\n"}, ""},
+		{map[string]string{"main.py": "import lib\nmain = lib.f\n", "lib.py": "def f(:\n"}, "lib.py:1:7: SyntaxError: invalid syntax"},
+		{map[string]string{"main.py": "def other():\n    pass\n"}, "main.py: no function 'main' defined at top level"},
+		{map[string]string{"lib.py": "x = 1\n"}, "the entry file main.py is not in the function directory"},
+	} {
+		files := map[string][]byte{}
+		for k, v := range tc.files {
+			files[k] = []byte(v)
+		}
+		errs := Check(ImagePython, "main.py", "main", 0, files)
+		got := ""
+		for _, e := range errs {
+			got += e.Error() + "\n"
+		}
+		if tc.want == "" && got != "" || !strings.Contains(got, tc.want) {
+			t.Errorf("%v: got %q, want %q", tc.files, got, tc.want)
 		}
 	}
 }

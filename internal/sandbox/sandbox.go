@@ -45,6 +45,9 @@ type Config struct {
 	// below the service's cgroup, and the service's MemoryMax= bounds
 	// them too); 0 for none.
 	DaemonMemoryMax int64
+	// Python prepares the python image (FindPython): its mount targets in
+	// the shared root and the driver.
+	Python *PythonImage
 }
 
 // Sandbox starts and tracks containers.
@@ -60,6 +63,8 @@ type Sandbox struct {
 	mapUID, mapGID int
 	place          Placement
 	cgroot         string // the cgroup file system's mount point
+	pyMu           sync.Mutex
+	python         *PythonImage // nil until the image is offered
 	// WeightErr is why the containers' parent cgroup could not be given a
 	// low CPU weight (nil when it was).
 	WeightErr error
@@ -95,6 +100,12 @@ func New(cfg Config) (*Sandbox, error) {
 	if err := s.prepareRootfs(cfg.RunnerPath); err != nil {
 		return nil, err
 	}
+	if cfg.Python != nil {
+		if err := s.preparePython(cfg.Python); err != nil {
+			return nil, fmt.Errorf("preparing the python image: %w", err)
+		}
+		s.python = cfg.Python
+	}
 	// Where the containers' cgroups go: below bentod's own cgroup when it
 	// is a delegated cgroup v2, else at /bento.
 	env := hostCgroupEnv(cfg.DaemonMemoryMax)
@@ -112,6 +123,26 @@ func New(cfg Config) (*Sandbox, error) {
 		s.userns = false
 	}
 	return s, nil
+}
+
+// pythonReady prepares the python image if bentod started without it
+// (a policy reloaded to offer it): its mounts worked out, their targets
+// and the driver written into the shared root.
+func (s *Sandbox) pythonReady() error {
+	s.pyMu.Lock()
+	defer s.pyMu.Unlock()
+	if s.python != nil {
+		return nil
+	}
+	img, err := FindPython()
+	if err != nil {
+		return err
+	}
+	if err := s.preparePython(img); err != nil {
+		return fmt.Errorf("preparing the python image: %w", err)
+	}
+	s.python = img
+	return nil
 }
 
 // Placement tells where the containers' cgroups are, and why.
@@ -208,6 +239,11 @@ const OutputKept = 8 << 10
 func (s *Sandbox) Start(ctx context.Context, id string, l Limits, hostAPI *os.File) (*Container, error) {
 	if !validID(id) {
 		return nil, fmt.Errorf("invalid container id %q", id)
+	}
+	if l.Image == ImagePython {
+		if err := s.pythonReady(); err != nil {
+			return nil, err
+		}
 	}
 	bundle := filepath.Join(s.bundles, id)
 	if err := os.MkdirAll(bundle, 0o700); err != nil {

@@ -49,3 +49,97 @@ func seccompProfile() *ociSeccomp {
 		Syscalls:      []ociSyscallRule{{Names: runnerSyscalls, Action: "SCMP_ACT_ALLOW"}},
 	}
 }
+
+// pythonSyscalls is the seccomp allow-list for image python: Debian's
+// CPython running the driver (docs/python.md). It was derived by tracing
+// (scripts/seccomp-trace.sh python: bentod under strace -f -ff driving
+// the py-* functions and every attack of the hostile python function,
+// keeping the calls of each interpreter after its execve and of every
+// thread it cloned). The trace showed:
+//
+//   - the dynamic loader and the importer: openat, newfstatat, read,
+//     pread64, lseek, close, getdents64, readlink, access, mmap, mprotect,
+//     munmap, madvise, brk, arch_prctl, set_tid_address, set_robust_list,
+//     rseq, prlimit64, getrandom, sysinfo, getuid; ioctl (TCGETS, for
+//     isatty: ENOTTY on every descriptor);
+//   - threads (an invocation each, two per network connection): clone3
+//     (answered ENOSYS, below), clone with CLONE_THREAD, futex, gettid,
+//     rt_sigprocmask, rt_sigaction, exit, clock_nanosleep (time.sleep);
+//   - the host-API descriptor and the network shim's socketpairs: read,
+//     readv, write, sendto, recvfrom, poll, shutdown, getsockname, fcntl,
+//     pipe2, epoll_create1, socketpair and socket (AF_UNIX);
+//   - what the attacks tried and were refused: clone without
+//     CLONE_THREAD, vfork, socket of other families, connect (glibc's
+//     resolver asking nscd; nothing connects), writing the root (EROFS).
+//
+// Added beyond the trace, for paths it cannot force: the rest of the
+// time, signal and poller calls the runner's list has (clock_gettime
+// without the vDSO, select, ppoll, epoll_*), ioctl FIONBIO (a socket's
+// timeout) and FIOCLEX, recvmsg/sendmsg and get/setsockopt on the
+// socketpairs, dup*, and what files in /tmp need (unlink, mkdir, rename,
+// ftruncate, fsync, statx, ...); execve, close_range and fstatfs, which
+// runc's init calls after installing the filter.
+//
+// Fork is refused: clone without CLONE_THREAD (fork, vfork-style spawns)
+// fails with EPERM, vfork and fork too, and clone3 answers ENOSYS so that
+// glibc falls back to clone (whose flags a filter can read; clone3's sit
+// behind a pointer). Refused as for the runner: connect, bind, listen,
+// accept, AF_INET/AF_INET6/AF_PACKET/AF_NETLINK sockets, ptrace, mount,
+// bpf, keyctl, perf_event_open, personality, process_vm_*, userfaultfd,
+// setuid and friends, kill (tgkill of its own threads stays).
+var pythonSyscalls = []string{
+	// memory
+	"mmap", "munmap", "madvise", "mprotect", "mremap", "brk",
+	// threads and scheduling (clone: see pythonSeccompProfile)
+	"futex", "sched_yield", "sched_getaffinity", "gettid", "getpid", "getppid", "tgkill",
+	"exit", "exit_group", "arch_prctl", "set_robust_list", "set_tid_address", "rseq",
+	"nanosleep", "clock_nanosleep", "clock_gettime", "clock_getres", "gettimeofday",
+	"getrusage", "times", "sysinfo", "uname",
+	"getuid", "geteuid", "getgid", "getegid",
+	// signals
+	"rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
+	// I/O on descriptors, the poller
+	"read", "write", "readv", "writev", "pread64", "pwrite64", "lseek", "close", "fcntl",
+	"dup", "dup2", "dup3", "pipe2", "poll", "ppoll", "select", "pselect6",
+	"epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_pwait2", "epoll_wait", "eventfd2",
+	// the sockets of the socketpairs (socket and socketpair: AF_UNIX only)
+	"sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown",
+	"getsockopt", "setsockopt", "getsockname", "getpeername",
+	// files: the read-only root and /tmp
+	"openat", "newfstatat", "fstat", "statx", "readlink", "readlinkat", "getcwd", "getdents64",
+	"access", "faccessat", "faccessat2", "statfs", "fstatfs",
+	"unlink", "unlinkat", "mkdir", "mkdirat", "rmdir", "rename", "renameat", "renameat2",
+	"ftruncate", "fsync", "fdatasync", "umask",
+	"getrandom", "prlimit64",
+	// runc's init after the filter is installed
+	"execve", "close_range",
+}
+
+// Seccomp constants for the argument rules.
+const (
+	cloneThread  = 0x00010000 // CLONE_THREAD
+	afUnix       = 1          // AF_UNIX
+	errnoENOSYS  = 38
+	ioctlTCGETS  = 0x5401
+	ioctlFIONBIO = 0x5421
+	ioctlFIOCLEX = 0x5451
+)
+
+func pythonSeccompProfile() *ociSeccomp {
+	enosys := uint(errnoENOSYS)
+	eq := func(index uint, v uint64) []ociSyscArg {
+		return []ociSyscArg{{Index: index, Value: v, Op: "SCMP_CMP_EQ"}}
+	}
+	rules := []ociSyscallRule{
+		{Names: pythonSyscalls, Action: "SCMP_ACT_ALLOW"},
+		// Threads only: a clone that does not share the thread group is a
+		// fork.
+		{Names: []string{"clone"}, Action: "SCMP_ACT_ALLOW", Args: []ociSyscArg{{Index: 0, Value: cloneThread, ValueTwo: cloneThread, Op: "SCMP_CMP_MASKED_EQ"}}},
+		{Names: []string{"clone3"}, Action: "SCMP_ACT_ERRNO", ErrnoRet: &enosys},
+		{Names: []string{"socket", "socketpair"}, Action: "SCMP_ACT_ALLOW", Args: eq(0, afUnix)},
+	}
+	for _, req := range []uint64{ioctlTCGETS, ioctlFIONBIO, ioctlFIOCLEX} {
+		rules = append(rules, ociSyscallRule{Names: []string{"ioctl"}, Action: "SCMP_ACT_ALLOW", Args: eq(1, req)})
+	}
+	return &ociSeccomp{DefaultAction: "SCMP_ACT_ERRNO", Architectures: []string{"SCMP_ARCH_X86_64"}, Syscalls: rules}
+}

@@ -136,8 +136,17 @@ type ociSeccomp struct {
 }
 
 type ociSyscallRule struct {
-	Names  []string `json:"names"`
-	Action string   `json:"action"`
+	Names    []string     `json:"names"`
+	Action   string       `json:"action"`
+	ErrnoRet *uint        `json:"errnoRet,omitempty"`
+	Args     []ociSyscArg `json:"args,omitempty"`
+}
+
+type ociSyscArg struct {
+	Index    uint   `json:"index"`
+	Value    uint64 `json:"value"`
+	ValueTwo uint64 `json:"valueTwo"`
+	Op       string `json:"op"`
 }
 
 const cpuPeriod = 100_000 // µs
@@ -205,6 +214,16 @@ func (s *Sandbox) buildSpec(id string, l Limits) *ociSpec {
 			Seccomp: seccompProfile(),
 		},
 	}
+	if l.Image == ImagePython && s.python != nil {
+		p := &spec.Process
+		// -I: no environment variables, no user site, no script directory
+		// on the path; -S: no site module (the driver sets the path); -B:
+		// no .pyc files written (the root is read-only anyway).
+		p.Args = []string{s.python.Binary, "-I", "-S", "-B", driverPath}
+		p.Env = []string{"PATH=/usr/bin", "LANG=C.UTF-8"}
+		spec.Mounts = append(spec.Mounts, s.python.ociMounts()...)
+		spec.Linux.Seccomp = pythonSeccompProfile()
+	}
 	if s.userns {
 		// A user namespace: the runner's uid 65534 inside is an unprivileged
 		// uid of a range no one on the host uses; root inside (which nothing
@@ -238,6 +257,9 @@ type Limits struct {
 	Lifetime  time.Duration
 	Processes int
 	Storage   int64
+	// Image is the manifest's image: ImagePython runs Debian's CPython
+	// with the driver instead of bento-runner.
+	Image string
 }
 
 // UserNSBase is the first host ID of the range containers' IDs map to.

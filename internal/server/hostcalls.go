@@ -288,10 +288,13 @@ func seconds(v float64, most time.Duration) time.Duration {
 func (h *hostCall) recv() (any, []byte, error) {
 	var a struct {
 		Timeout float64 `json:"timeout"`
+		// Poll: do not wait; {"timeout": true} at once when no input is
+		// pending (the python image's api.poll()).
+		Poll bool `json:"poll"`
 	}
 	_ = json.Unmarshal(h.args, &a)
 	var timeout <-chan time.Time
-	if a.Timeout > 0 {
+	if a.Timeout > 0 && !a.Poll {
 		t := time.NewTimer(seconds(a.Timeout, h.in.mf().Resources.Lifetime))
 		defer t.Stop()
 		timeout = t.C
@@ -305,6 +308,14 @@ func (h *hostCall) recv() (any, []byte, error) {
 	case f := <-h.s.input:
 		return give(f)
 	default:
+	}
+	if a.Poll {
+		select {
+		case <-h.s.eof:
+			return map[string]bool{"eof": true}, nil, nil
+		default:
+			return map[string]bool{"timeout": true}, nil, nil
+		}
 	}
 	select {
 	case f := <-h.s.input:

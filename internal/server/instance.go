@@ -244,7 +244,7 @@ func (in *Instance) startRuntime(ctx context.Context, m *manifest.Manifest, file
 	host, guest := os.NewFile(uintptr(fds[0]), "hostapi"), os.NewFile(uintptr(fds[1]), "hostapi-guest")
 	r := m.Resources
 	c, err := in.srv.sb.Start(ctx, in.id, sandbox.Limits{
-		Memory: r.Memory, CPU: r.CPU, CPUTime: r.CPUTime, Lifetime: r.Lifetime, Processes: r.Processes, Storage: r.Storage,
+		Memory: r.Memory, CPU: r.CPU, CPUTime: r.CPUTime, Lifetime: r.Lifetime, Processes: r.Processes, Storage: r.Storage, Image: m.Image,
 	}, guest)
 	// Only the container may hold the guest end: its death must be EOF here.
 	guest.Close()

@@ -134,7 +134,15 @@ func New(opts Options) (*Server, error) {
 	if rt == "" {
 		rt = p.Runtime
 	}
-	sb, err := sandbox.New(sandbox.Config{Runtime: rt, StateDir: p.DataDirectory, RunnerPath: runnerPath, DaemonMemoryMax: DaemonHardMemory(p)})
+	var py *sandbox.PythonImage
+	if p.HasImage(sandbox.ImagePython) {
+		// What the python image mounts, worked out once: a policy that
+		// offers it on a host without python3 is refused here.
+		if py, err = sandbox.FindPython(); err != nil {
+			return nil, err
+		}
+	}
+	sb, err := sandbox.New(sandbox.Config{Runtime: rt, StateDir: p.DataDirectory, RunnerPath: runnerPath, DaemonMemoryMax: DaemonHardMemory(p), Python: py})
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,66 @@
+# A hostile python function: each attack named by the invocation's
+# argument tries to leave the sandbox or exhaust it, and reports what
+# happened (e2e TestPythonImage, docs/SECURITY.md).
+import os
+import socket
+import subprocess
+import threading
+
+
+def _try(name, f):
+    try:
+        got = f()
+    except BaseException as e:
+        return "%s: %s: %s\n" % (name, type(e).__name__, e)
+    return "%s: succeeded: %r\n" % (name, got)
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _threads():
+    n = 0
+    stop = threading.Event()
+    try:
+        while n < 10000:
+            threading.Thread(target=stop.wait, daemon=True).start()
+            n += 1
+    finally:
+        stop.set()
+    return n
+
+
+ATTACKS = {
+    "fork": lambda: os.fork(),
+    "subprocess": lambda: subprocess.run(["/usr/bin/python3", "-c", "print(1)"], capture_output=True),
+    "spawn": lambda: os.posix_spawn("/usr/bin/python3", ["python3", "-c", "1"], {}),
+    "passwd": lambda: _read("/etc/passwd"),
+    "environ": lambda: _read("/proc/self/environ"),
+    "root": lambda: os.listdir("/root"),
+    "writeroot": lambda: open("/usr/lib/evil", "w"),
+    "exec": lambda: os.execv("/bin/sh", ["sh", "-c", "id"]),
+    "hostroot": lambda: sorted(os.listdir("/")),
+    "raw": lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0),
+    "inet": lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM),
+    "inet6": lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM),
+    "netlink": lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0),
+    "connect": lambda: socket.create_connection(("127.0.0.1", 22), timeout=2),
+    "threads": _threads,
+}
+
+
+def main(attack):
+    if attack == "membomb":
+        hog = []
+        while True:
+            hog.append(bytearray(16 << 20))
+    if attack == "cpubomb":
+        while True:
+            pass
+    if attack == "flood":
+        chunk = b"x" * 65536
+        while True:
+            api.send(chunk)
+    return _try(attack, ATTACKS[attack])

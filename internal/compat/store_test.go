@@ -1,0 +1,69 @@
+package compat
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestCodeStoreBounds: stored code is bounded per address and in all,
+// and forgotten an hour after its last use.
+func TestCodeStoreBounds(t *testing.T) {
+	s := newCodeStore()
+	const max = 1 << 10
+	var first string
+	for i := range maxStoredPerClient {
+		tok, err := s.put("a", "f", "x", max)
+		if err != nil {
+			t.Fatalf("store %d: %v", i, err)
+		}
+		if len(tok) != 36 || tok[14] != '4' {
+			t.Fatalf("token %q is not a version 4 UUID", tok)
+		}
+		if i == 0 {
+			first = tok
+		}
+	}
+	if _, err := s.put("a", "f", "x", max); err == nil || !strings.Contains(err.Error(), "your address keeps 16 stored functions") {
+		t.Fatalf("17th: %v", err)
+	}
+	// Bytes per address: four uploads' worth.
+	for i := range 4 {
+		if _, err := s.put("b", "f", strings.Repeat("x", max), max); err != nil {
+			t.Fatalf("b %d: %v", i, err)
+		}
+	}
+	if _, err := s.put("b", "f", "x", max); err == nil {
+		t.Fatal("b beyond 4 uploads' bytes: stored")
+	}
+	// Another address is not held up.
+	if _, err := s.put("c", "f", "x", max); err != nil {
+		t.Fatal(err)
+	}
+	if c, ok := s.get(first); !ok || c.code != "x" {
+		t.Fatal("the first code is gone")
+	}
+	if _, ok := s.get("nonexistent"); ok {
+		t.Fatal("unknown token found")
+	}
+	if _, ok := s.get(strings.Repeat("x", 1000)); ok {
+		t.Fatal("huge token found")
+	}
+	// An hour unused: forgotten, and the address may store again.
+	s.mu.Lock()
+	for _, e := range s.m {
+		e.used = time.Now().Add(-2 * storedTTL)
+	}
+	s.mu.Unlock()
+	if _, ok := s.get(first); ok {
+		t.Fatal("an expired code is still there")
+	}
+	if _, err := s.put("a", "f", "x", max); err != nil {
+		t.Fatalf("after expiry: %v", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.m) != 1 || s.bytes != 1 || len(s.byOwner) != 1 {
+		t.Fatalf("left %d codes, %d bytes, %d owners", len(s.m), s.bytes, len(s.byOwner))
+	}
+}
