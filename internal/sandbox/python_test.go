@@ -404,10 +404,20 @@ func FuzzPythonDriverFrames(f *testing.F) {
 		if ready.Error != nil {
 			t.Fatal(ready.Error)
 		}
+		// The descriptor is taken here, not in the writer: the test's
+		// clean-up closes the file, and the writer is waited for below.
+		fd := int(d.host.Fd())
+		wrote := make(chan struct{})
 		go func() {
+			defer close(wrote)
 			d.host.Write(in)
 			// Then nothing more: the driver must end.
-			syscall.Shutdown(int(d.host.Fd()), syscall.SHUT_WR)
+			syscall.Shutdown(fd, syscall.SHUT_WR)
+		}()
+		defer func() {
+			// A driver that stopped reading would hold the writer: end it.
+			d.cmd.Process.Kill()
+			<-wrote
 		}()
 		read := make(chan error, 1)
 		go func() {
