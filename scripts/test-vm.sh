@@ -54,8 +54,9 @@ accel=${BENTO_VM_ACCEL:-tcg}
 deadline=${BENTO_VM_TIMEOUT:-480} # seconds for the VM's whole run
 # The root: systemd to boot (udev for the disks), the package's
 # dependencies (so installing it needs no network), and Debian's kernel
-# with its initramfs.
-include=systemd,systemd-sysv,dbus,udev,adduser,runc,procps,linux-image-amd64
+# with its initramfs; Debian's python3 and python3-requests for the python
+# image.
+include=systemd,systemd-sysv,dbus,udev,adduser,runc,procps,linux-image-amd64,python3,python3-requests
 # The boot hook: mount the second disk read-only and run its run.sh, the
 # output to the second serial port; power off when it ends, whatever it
 # did.
@@ -161,6 +162,8 @@ say "booted: kernel $(uname -r), $(systemctl --version | head -1), /sys/fs/cgrou
 [ "$(ls /sys/class/net)" = lo ] || fail "the VM has network links besides loopback: $(ls /sys/class/net | tr '\n' ' ')"
 
 dpkg -i /run/bento-test/bento.deb >/tmp/dpkg.log 2>&1 || { sed 's/^/bento-vm: dpkg: /' /tmp/dpkg.log; fail "dpkg -i bento.deb failed"; }
+# The python image too (Debian's CPython, bind-mounted read-only).
+echo 'Image starlark, python' >>/etc/bento/bentorc
 systemctl start bentod.service || fail "systemctl start bentod failed"
 main=$(systemctl show -p MainPID --value bentod.service)
 own=$(cat /proc/"$main"/cgroup)
@@ -254,6 +257,32 @@ done
 [ ! -e "$dir" ] || fail "$dir is left after the one-shot instance ended"
 kill -0 "$runner" 2>/dev/null && fail "the container's process outlived its one-shot instance"
 say "the one-shot instance ended: its container and cgroup are gone"
+
+# A python function, rootless as well: Debian's CPython in the container,
+# its root bento outside, no capabilities.
+mkdir -p /tmp/pyfn
+printf 'name = "pyfn"\nimage = "python"\nentry = "main.py"\nfunction = "main"\napis = ["send"]\n' >/tmp/pyfn/bento.toml
+cat >/tmp/pyfn/main.py <<'PY'
+import os
+def main(name):
+    caps = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff:")][0]
+    api.send("hello from python, %s: uid %d in the container, capabilities %s\n" % (name, os.getuid(), caps))
+PY
+dep=$(HOME=/tmp bento deploy --no-store 127.0.0.1:8888 /tmp/pyfn 2>&1) || { echo "$dep" | sed 's/^/bento-vm: deploy: /'; fail "bento deploy of a python function failed"; }
+inv=$(sed -n 's/.*"invocation_token": *"\([^"]*\)".*/\1/p' <<<"$dep")
+py=
+for _ in $(seq 100); do
+	py=$(pgrep -x 'python3\.[0-9]+' | head -1)
+	[ -n "$py" ] && break
+	sleep 0.1
+done
+[ -n "$py" ] || fail "no python process after the deploy"
+[ "$(stat -c %U /proc/"$py")" = bento ] || fail "the python container's process runs as $(stat -c %U /proc/"$py") outside, want bento"
+grep -q '^CapEff:[[:space:]]*0000000000000000$' /proc/"$py"/status || fail "the python container's process holds capabilities"
+case "$(cat /proc/"$py"/cgroup)" in "0::$svc/instances/"?*) ;; *) fail "the python container is in $(cat /proc/"$py"/cgroup)" ;; esac
+out=$(HOME=/tmp bento invoke 127.0.0.1:8888 "$inv" VM 2>&1) || { echo "$out" | sed 's/^/bento-vm: invoke: /'; fail "bento invoke of the python function failed"; }
+grep -q '^hello from python, VM: uid 0 in the container, capabilities 0000000000000000$' <<<"$out" || fail "the python function said: $out"
+say "python: $(grep "^hello from python" <<<"$out") (outside: bento, in $svc/instances)"
 
 systemctl stop bentod.service || fail "systemctl stop bentod failed"
 [ ! -e /sys/fs/cgroup$svc ] || fail "$svc is left after the stop: $(find /sys/fs/cgroup$svc -type d | tr '\n' ' ')"
