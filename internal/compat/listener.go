@@ -42,8 +42,10 @@ type Listener struct {
 	tmpl  atomic.Pointer[Template]
 	codes *codeStore
 
-	mu    sync.Mutex
-	funcs map[string]*function // by function id
+	mu       sync.Mutex
+	funcs    map[string]*function // by function id
+	perOwner map[string]int       // functions kept (and Executes under way) by client address
+	held     int                  // functions kept and Executes under way, in all
 }
 
 // New returns a listener for be whose stored code runs under t.
@@ -51,7 +53,7 @@ func New(be Backend, t *Template, log *slog.Logger) *Listener {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	l := &Listener{be: be, log: log, codes: newCodeStore(), funcs: map[string]*function{}}
+	l := &Listener{be: be, log: log, codes: newCodeStore(), funcs: map[string]*function{}, perOwner: map[string]int{}}
 	l.tmpl.Store(t)
 	return l
 }
@@ -80,6 +82,7 @@ func (l *Listener) Serve(ln net.Listener) error {
 // reachable by the original's function id.
 type function struct {
 	id      string
+	owner   string // the address that executed it, charged for its place
 	inv     string // the instance's invocation token
 	shut    string // its shutdown token
 	session string
@@ -107,9 +110,13 @@ const (
 	ledgerCompact      = 64
 	loadFailed         = "function failed to load: "
 	maxFunctions       = 16384
-	ackWait            = 2 * time.Second
-	delayedAck         = 500 * time.Millisecond
-	outputRetention    = 10 * time.Minute
+	// maxFunctionsPerClient bounds the function ids one address makes
+	// the listener keep: each outlives its instance until its end is
+	// delivered (code that does not load has none at all).
+	maxFunctionsPerClient = 256
+	ackWait               = 2 * time.Second
+	delayedAck            = 500 * time.Millisecond
+	outputRetention       = 10 * time.Minute
 )
 
 var (
@@ -342,17 +349,19 @@ func (c *conn) execute(p []byte) error {
 	if !ok {
 		return fail("invalid token")
 	}
-	c.l.mu.Lock()
-	c.l.sweepLocked()
-	full := len(c.l.funcs) >= maxFunctions
-	c.l.mu.Unlock()
-	if full {
-		return fail("busy, retry later: this server keeps the most functions it may (%d); each is forgotten once its end is delivered", maxFunctions)
-	}
 	name, args, err := ParseCall(req.Call)
 	if err != nil {
 		return fail("%v", err)
 	}
+	if err := c.l.reserve(c.owner); err != nil {
+		return fail("%v", err)
+	}
+	kept := false
+	defer func() {
+		if !kept {
+			c.l.unreserve(c.owner)
+		}
+	}()
 	t := c.l.tmpl.Load()
 	mf, err := t.Manifest(manifestName(code.name), name)
 	if err != nil {
@@ -370,10 +379,9 @@ func (c *conn) execute(p []byte) error {
 				// As the original, whose worker raised it: the
 				// execute succeeds and the error is the function's
 				// output, an Error message at its Open.
-				f := &function{id: newUUID(), loadErr: pe.Message, expires: time.Now().Add(outputRetention)}
-				c.l.mu.Lock()
-				c.l.funcs[f.id] = f
-				c.l.mu.Unlock()
+				f := &function{id: newUUID(), owner: c.owner, loadErr: pe.Message, expires: time.Now().Add(outputRetention)}
+				c.l.keep(f)
+				kept = true
 				return c.respond(TExecute, false, f.id)
 			}
 		}
@@ -388,21 +396,66 @@ func (c *conn) execute(p []byte) error {
 	sess.Close() // the invocation goes on; its output is kept for Open
 	var res policy.Limits
 	_ = json.Unmarshal(dep.Resources, &res)
-	f := &function{id: newUUID(), inv: dep.InvocationToken, shut: dep.ShutdownToken, session: sid,
+	f := &function{id: newUUID(), owner: c.owner, inv: dep.InvocationToken, shut: dep.ShutdownToken, session: sid,
 		expires: time.Now().Add(res.Lifetime + outputRetention + time.Minute)}
-	c.l.mu.Lock()
-	c.l.funcs[f.id] = f
-	c.l.mu.Unlock()
+	c.l.keep(f)
+	kept = true
 	c.log.Info("function executing", "instance", dep.Instance)
 	return c.respond(TExecute, false, f.id)
+}
+
+// reserve takes a place for a function of owner's (an Execute under
+// way), within the bounds per address and in all.
+func (l *Listener) reserve(owner string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.sweepLocked()
+	switch {
+	case l.perOwner[owner] >= maxFunctionsPerClient:
+		return fmt.Errorf("busy, retry later: your address keeps %d functions, the most it may; each is forgotten once its end is delivered (open it to the end), or 10 minutes after its instance ended", maxFunctionsPerClient)
+	case l.held >= maxFunctions:
+		return fmt.Errorf("busy, retry later: this server keeps the most functions it may (%d); each is forgotten once its end is delivered", maxFunctions)
+	}
+	l.perOwner[owner]++
+	l.held++
+	return nil
+}
+
+// unreserve gives back a place reserve took.
+func (l *Listener) unreserve(owner string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.unreserveLocked(owner)
+}
+
+func (l *Listener) unreserveLocked(owner string) {
+	l.held--
+	if l.perOwner[owner]--; l.perOwner[owner] <= 0 {
+		delete(l.perOwner, owner)
+	}
+}
+
+// keep adds a function in the place reserve took for it.
+func (l *Listener) keep(f *function) {
+	l.mu.Lock()
+	l.funcs[f.id] = f
+	l.mu.Unlock()
+}
+
+// dropLocked forgets a function kept, giving its place back.
+func (l *Listener) dropLocked(f *function) {
+	if l.funcs[f.id] == f {
+		delete(l.funcs, f.id)
+		l.unreserveLocked(f.owner)
+	}
 }
 
 // sweepLocked forgets functions whose instance is surely gone.
 func (l *Listener) sweepLocked() {
 	now := time.Now()
-	for id, f := range l.funcs {
+	for _, f := range l.funcs {
 		if now.After(f.expires) {
-			delete(l.funcs, id)
+			l.dropLocked(f)
 		}
 	}
 }
@@ -412,7 +465,7 @@ func (l *Listener) lookup(id string) *function {
 	defer l.mu.Unlock()
 	f := l.funcs[id]
 	if f != nil && time.Now().After(f.expires) {
-		delete(l.funcs, id)
+		l.dropLocked(f)
 		return nil
 	}
 	return f
@@ -420,7 +473,7 @@ func (l *Listener) lookup(id string) *function {
 
 func (l *Listener) forget(f *function) {
 	l.mu.Lock()
-	delete(l.funcs, f.id)
+	l.dropLocked(f)
 	l.mu.Unlock()
 	f.mu.Lock()
 	f.removed = true

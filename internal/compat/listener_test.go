@@ -1,0 +1,250 @@
+package compat
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/torbento/bento/internal/netlimit"
+	"github.com/torbento/bento/internal/policy"
+	"github.com/torbento/bento/internal/proto"
+	"github.com/torbento/bento/internal/wire"
+)
+
+// fakeBackend speaks enough of bentod's own protocol for the listener:
+// Deploy (refused with a load error when loadFail is set), Invoke, Attach
+// (whose session is served by attach) and Shutdown.
+type fakeBackend struct {
+	p        *policy.Policy
+	loadFail bool
+	attach   func(conn *wire.Conn, nc net.Conn)
+
+	mu      sync.Mutex
+	deploys int
+}
+
+type freeBudget struct{}
+
+func (freeBudget) Acquire(context.Context, int64) error { return nil }
+func (freeBudget) Release(int64)                        {}
+
+func (b *fakeBackend) Policy() *policy.Policy { return b.p }
+
+func (b *fakeBackend) ClientBudget(net.Addr) (Budget, func()) { return freeBudget{}, func() {} }
+
+func (b *fakeBackend) LocalConn(net.Addr) net.Conn {
+	a, s := net.Pipe()
+	go b.serve(s)
+	return a
+}
+
+func (b *fakeBackend) serve(nc net.Conn) {
+	defer nc.Close()
+	conn := wire.NewConn(nc)
+	f, err := conn.Read()
+	if err != nil || f.Type != proto.THello {
+		return
+	}
+	if conn.Send(proto.TWelcome, proto.Welcome{Version: proto.Version}, nil) != nil {
+		return
+	}
+	for {
+		f, err := conn.Read()
+		if err != nil {
+			return
+		}
+		switch f.Type {
+		case proto.TDeploy:
+			b.mu.Lock()
+			b.deploys++
+			b.mu.Unlock()
+			if b.loadFail {
+				_ = conn.Send(proto.TError, proto.Error{Code: proto.CodeBadRequest, Message: loadFailed + "SyntaxError"}, nil)
+				continue
+			}
+			res, _ := json.Marshal(policy.Limits{Lifetime: time.Minute})
+			_ = conn.Send(proto.TDeployed, proto.Deployed{Instance: "i", InvocationToken: "inv", ShutdownToken: "shut", Resources: res}, nil)
+		case proto.TInvoke:
+			_ = conn.Send(proto.TSession, proto.Session{Session: "s"}, nil)
+			return // the invocation goes on: its output waits for an Attach
+		case proto.TAttach:
+			if conn.Send(proto.TSession, proto.Session{Session: "s"}, nil) != nil {
+				return
+			}
+			b.attach(conn, nc)
+			return
+		case proto.TShutdown:
+			_ = conn.Send(proto.TOK, nil, nil)
+		default:
+			return
+		}
+	}
+}
+
+// testPolicy has the shortest deadlines a bentorc may give.
+func testPolicy() *policy.Policy {
+	p := policy.Default()
+	p.Daemon.HandshakeTimeout = time.Second
+	p.Daemon.IdleTimeout = time.Second
+	p.Daemon.WriteTimeout = time.Second
+	p.Daemon.ConnectionLifetime = time.Minute
+	return p
+}
+
+// startListener serves be on a loopback port.
+func startListener(t *testing.T, be *fakeBackend) (*Listener, string) {
+	t.Helper()
+	tmpl := &Template{doc: map[string]any{"image": "starlark"}, Entry: "main.star", Image: "starlark"}
+	l := New(be, tmpl, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() { _ = l.Serve(ln) }()
+	return l, ln.Addr().String()
+}
+
+// dialFrom connects to addr from the loopback address from.
+func dialFrom(t *testing.T, from, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+type rawClient struct {
+	t  *testing.T
+	nc net.Conn
+	r  *Reader
+}
+
+func newRawClient(t *testing.T, nc net.Conn) *rawClient {
+	return &rawClient{t: t, nc: nc, r: NewReader(nc, true)}
+}
+
+// request sends a request and reads its response.
+func (c *rawClient) request(typ uint8, payload any) (bool, string) {
+	c.t.Helper()
+	b, _ := json.Marshal(payload)
+	if _, err := c.nc.Write(AppendRequest(nil, typ, b)); err != nil {
+		c.t.Fatal(err)
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	f, err := c.r.Read()
+	if err != nil {
+		c.t.Fatalf("response to request %d: %v", typ, err)
+	}
+	return f.Err == 0, string(f.Payload)
+}
+
+func (c *rawClient) store() string {
+	c.t.Helper()
+	ok, tok := c.request(TStore, StoreRequest{Name: "f", Code: "def f(): pass"})
+	if !ok {
+		c.t.Fatalf("store: %s", tok)
+	}
+	return tok
+}
+
+// TestFunctionsPerClient: one address cannot fill the listener's table of
+// function ids (whose entries outlive their instances, or have none: code
+// that does not load) and lock every other client out of Execute.
+func TestFunctionsPerClient(t *testing.T) {
+	be := &fakeBackend{p: testPolicy(), loadFail: true}
+	l, addr := startListener(t, be)
+	c := newRawClient(t, dialFrom(t, "127.0.0.1", addr))
+	tok := c.store()
+	for i := range maxFunctionsPerClient {
+		if ok, msg := c.request(TExecute, ExecuteRequest{Call: "f()", Token: tok}); !ok {
+			t.Fatalf("execute %d: %s", i+1, msg)
+		}
+	}
+	ok, msg := c.request(TExecute, ExecuteRequest{Call: "f()", Token: tok})
+	if ok || !strings.Contains(msg, "busy, retry later") || !strings.Contains(msg, "your address") {
+		t.Fatalf("execute beyond the address's bound: ok %v, %q", ok, msg)
+	}
+	l.mu.Lock()
+	n := len(l.funcs)
+	l.mu.Unlock()
+	if n != maxFunctionsPerClient {
+		t.Fatalf("%d functions kept, want %d", n, maxFunctionsPerClient)
+	}
+	// Another address is not locked out.
+	o := newRawClient(t, dialFrom(t, "127.0.0.2", addr))
+	if ok, msg := o.request(TExecute, ExecuteRequest{Call: "f()", Token: tok}); !ok {
+		t.Fatalf("another address's execute: %s", msg)
+	}
+	// Delivering a function's end gives its place back.
+	id := ""
+	l.mu.Lock()
+	for fid, f := range l.funcs {
+		if f.owner == netlimitKey("127.0.0.1") {
+			id = fid
+			break
+		}
+	}
+	l.mu.Unlock()
+	c.open(id)
+	if typ, data := c.message(); typ != MError {
+		t.Fatalf("open of code that did not load: message %d %q", typ, data)
+	}
+	if typ, data := c.message(); typ != MFunctionErr || data != "function dead" {
+		t.Fatalf("open of code that did not load: message %d %q", typ, data)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		l.mu.Lock()
+		_, kept := l.funcs[id]
+		l.mu.Unlock()
+		if !kept {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a function whose end was delivered is still kept")
+		}
+	}
+	if ok, msg := c.request(TExecute, ExecuteRequest{Call: "f()", Token: tok}); !ok {
+		t.Fatalf("execute after one was delivered: %s", msg)
+	}
+}
+
+func netlimitKey(ip string) string {
+	return netlimit.AddrKey(&net.TCPAddr{IP: net.ParseIP(ip)})
+}
+
+func (c *rawClient) open(id string) {
+	c.t.Helper()
+	if _, err := c.nc.Write(AppendRequest(nil, TOpen, []byte(id))); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// message reads the next message: its type and data.
+func (c *rawClient) message() (uint8, string) {
+	c.t.Helper()
+	_ = c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var hdr [MessageHeader]byte
+	if _, err := io.ReadFull(c.nc, hdr[:]); err != nil {
+		c.t.Fatalf("reading a message: %v", err)
+	}
+	p := make([]byte, binary.BigEndian.Uint32(hdr[1:]))
+	if _, err := io.ReadFull(c.nc, p); err != nil {
+		c.t.Fatalf("reading a message: %v", err)
+	}
+	_, data, err := SplitMessage(p)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return hdr[0], string(data)
+}
