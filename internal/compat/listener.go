@@ -173,6 +173,11 @@ func (c *conn) write(b []byte) (int64, error) {
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.p.Daemon.WriteTimeout))
 	n, err := c.nc.Write(b)
 	c.written += int64(n)
+	if err != nil {
+		// The frame may be cut: nothing more may follow it, and the
+		// connection is given up.
+		c.gone.Store(true)
+	}
 	return c.written, err
 }
 
@@ -601,18 +606,25 @@ func (c *conn) open(rawID string) (*Frame, error) {
 		ledger = append(ledger[:0], ledger[n:]...)
 	}
 	pumpDone := make(chan struct{})
+	var released atomic.Bool // the function is being let go: its session's end is ours
 	go func() {
 		defer close(pumpDone)
 		defer c.l.recoverPanic("sending a compat function's output")
 		for {
 			data, exit, err := sess.Recv()
 			if err != nil {
+				if released.Load() {
+					return
+				}
 				// bentod's own refusal (too much output in flight, the
-				// output discarded) is the client's to hear.
+				// output discarded) is the client's to hear; so is a
+				// session that dropped, lest the client wait for ever.
+				msg := "the function's output stopped on this connection: close the function and open it again to go on"
 				var pe *proto.Error
 				if errors.As(err, &pe) {
-					_, _ = c.message(MFunctionErr, f.id, []byte(pe.Message))
+					msg = pe.Message + "; close the function and open it again to go on"
 				}
+				_, _ = c.message(MFunctionErr, f.id, []byte(msg))
 				return
 			}
 			if exit != nil {
@@ -657,6 +669,7 @@ func (c *conn) open(rawID string) (*Frame, error) {
 	// delivered, the rest is sent again at the next Open; a dead function
 	// whose end was delivered is shut down and forgotten.
 	release := func(alive bool) {
+		released.Store(true)
 		if !alive {
 			// A write waiting for a client that is gone ends now.
 			c.gone.Store(true)
@@ -761,6 +774,9 @@ func (c *conn) open(rawID string) (*Frame, error) {
 			case <-a.kick:
 				fr.Release()
 				return
+			case <-stopReader:
+				fr.Release()
+				return
 			}
 			if err != nil && err != errInvalidType {
 				return
@@ -782,8 +798,24 @@ func (c *conn) open(rawID string) (*Frame, error) {
 		close(stopReader)
 		<-readerDone
 	}
+	pumped := pumpDone // nil once seen
 	for {
 		select {
+		case <-pumped:
+			pumped = nil
+			switch {
+			case c.gone.Load():
+				// A write failed (WriteTimeout: the client reads
+				// nothing): the connection ends, what it did not
+				// acknowledge waits for the next Open.
+				finish(false)
+				return nil, errClosed
+			case !isDead():
+				// The output stopped without the function's end (the
+				// client was told): the client has IdleTimeout to
+				// close the function, as between requests.
+				_ = c.nc.SetReadDeadline(time.Now().Add(c.p.Daemon.IdleTimeout))
+			}
 		case <-a.kick:
 			// Another connection opened the function: this one is taken
 			// to be dead (its client reconnected).

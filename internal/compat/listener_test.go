@@ -1,14 +1,17 @@
 package compat
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -247,4 +250,88 @@ func (c *rawClient) message() (uint8, string) {
 		c.t.Fatal(err)
 	}
 	return hdr[0], string(data)
+}
+
+// execute runs a function and returns its id.
+func (c *rawClient) execute() string {
+	c.t.Helper()
+	tok := c.store()
+	ok, id := c.request(TExecute, ExecuteRequest{Call: "f()", Token: tok})
+	if !ok {
+		c.t.Fatalf("execute: %s", id)
+	}
+	return id
+}
+
+// TestOpenOutputInterrupted: when the function's output stops flowing on
+// an open connection without the function's end (bentod's session
+// dropped), the client is told, and the connection does not stay open
+// beyond IdleTimeout without a word.
+func TestOpenOutputInterrupted(t *testing.T) {
+	be := &fakeBackend{p: testPolicy(), attach: func(*wire.Conn, net.Conn) {}}
+	_, addr := startListener(t, be)
+	c := newRawClient(t, dialFrom(t, "127.0.0.1", addr))
+	c.open(c.execute())
+	typ, data := c.message()
+	if typ != MFunctionErr || !strings.Contains(data, "open it again") {
+		t.Fatalf("after the output stopped: message %d %q, want a FunctionErr saying to open it again", typ, data)
+	}
+	// Silent, the client is dropped after IdleTimeout.
+	_ = c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.nc.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("connection after the output stopped and IdleTimeout: %v, want it closed", err)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestOpenWriteTimeoutEnds: a client that stops reading mid-output is
+// dropped after WriteTimeout; the stream never goes on after a message
+// cut short (the original client would read garbage).
+func TestOpenWriteTimeoutEnds(t *testing.T) {
+	big := bytes.Repeat([]byte("x"), 8<<20)
+	be := &fakeBackend{p: testPolicy(), attach: func(conn *wire.Conn, nc net.Conn) {
+		_ = conn.Send(proto.TOutput, proto.Output{Offset: int64(len(big))}, big)
+		// The session then drops (bentod's own WriteTimeout, say).
+	}}
+	_, addr := startListener(t, be)
+	// A small receive buffer, set before the connection's window is.
+	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4<<10) })
+	}}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	c := newRawClient(t, nc)
+	id := c.execute()
+	c.open(id)
+	time.Sleep(3 * time.Second) // beyond WriteTimeout, reading nothing
+	// Whole messages, then the end of the connection: nothing after a
+	// message cut short.
+	_ = c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	all, err := io.ReadAll(c.nc)
+	if isTimeout(err) {
+		t.Fatalf("the connection was not closed after a write timed out (%d bytes read)", len(all))
+	}
+	for len(all) > 0 {
+		if len(all) < MessageHeader {
+			return // cut: then nothing
+		}
+		n := int(binary.BigEndian.Uint32(all[1:MessageHeader]))
+		if all[0] < MFunctionErr || all[0] > MOutput || n < IDLen || n > len(big)+IDLen {
+			t.Fatalf("a frame of type %d, %d bytes: the stream went on after a message cut short", all[0], n)
+		}
+		if len(all) < MessageHeader+n {
+			return // cut: then nothing
+		}
+		if got := string(all[MessageHeader : MessageHeader+IDLen]); got != id {
+			t.Fatalf("a message for %q: the stream went on after a message cut short", got)
+		}
+		all = all[MessageHeader+n:]
+	}
 }
