@@ -998,7 +998,7 @@ func (s *codeStore) put(owner, name, code string, maxUpload int64) (string, erro
 	switch {
 	case u.n >= maxStoredPerClient || u.bytes+size > 4*maxUpload:
 		return "", fmt.Errorf("busy, retry later: your address keeps %d stored functions (%s), the most it may (%d, %s); each is forgotten an hour after its last use", u.n, units.FormatSize(u.bytes), maxStoredPerClient, units.FormatSize(4*maxUpload))
-	case len(s.m) >= maxStored || s.bytes+size > 64*maxUpload:
+	case !s.makeRoomLocked(owner, u, size, maxUpload):
 		return "", errors.New("busy, retry later: this server keeps the most stored functions it may; each is forgotten an hour after its last use")
 	}
 	tok := newUUID()
@@ -1008,6 +1008,52 @@ func (s *codeStore) put(owner, name, code string, maxUpload int64) (string, erro
 	u.bytes += size
 	s.byOwner[owner] = u
 	return tok, nil
+}
+
+// makeRoomLocked makes room for size bytes of owner's (who holds u) when
+// the store is full in all: the least recently used code of the address
+// holding the most goes, as long as that address keeps more than owner
+// will, so that many addresses filling the store cannot lock a newcomer
+// out for an hour, and no address loses code to one holding more.
+func (s *codeStore) makeRoomLocked(owner string, u *ownerUse, size, maxUpload int64) bool {
+	for {
+		countFull := len(s.m) >= maxStored
+		bytesFull := s.bytes+size > 64*maxUpload
+		if !countFull && !bytesFull {
+			return true
+		}
+		var victim string
+		var most *ownerUse
+		for o, v := range s.byOwner {
+			if o == owner {
+				continue
+			}
+			if most == nil || v.n > most.n || v.n == most.n && v.bytes > most.bytes {
+				victim, most = o, v
+			}
+		}
+		if bytesFull {
+			for o, v := range s.byOwner {
+				if o != owner && (most == nil || v.bytes > most.bytes) {
+					victim, most = o, v
+				}
+			}
+		}
+		switch {
+		case most == nil,
+			countFull && most.n <= u.n+1,
+			bytesFull && most.bytes <= u.bytes+size:
+			return false
+		}
+		var oldTok string
+		var oldest *stored
+		for tok, e := range s.m {
+			if e.owner == victim && (oldest == nil || e.used.Before(oldest.used)) {
+				oldTok, oldest = tok, e
+			}
+		}
+		s.dropLocked(oldTok, oldest)
+	}
 }
 
 func (s *codeStore) get(tok string) (stored, bool) {

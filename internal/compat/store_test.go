@@ -1,6 +1,7 @@
 package compat
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -65,5 +66,64 @@ func TestCodeStoreBounds(t *testing.T) {
 	defer s.mu.Unlock()
 	if len(s.m) != 1 || s.bytes != 1 || len(s.byOwner) != 1 {
 		t.Fatalf("left %d codes, %d bytes, %d owners", len(s.m), s.bytes, len(s.byOwner))
+	}
+}
+
+// TestCodeStoreFairShare: addresses filling the store in all cannot lock
+// a newcomer out for an hour: its code takes the place of the least
+// recently used code of the address holding the most, and an address
+// never loses code to one that holds more.
+func TestCodeStoreFairShare(t *testing.T) {
+	s := newCodeStore()
+	const max = 1 << 20
+	honest, err := s.put("honest", "f", "x", max)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Attackers fill the rest of the store.
+	var attackers []string
+	for i := 0; len(s.m) < maxStored; i++ {
+		a := fmt.Sprintf("attacker%d", i)
+		attackers = append(attackers, a)
+		for j := 0; j < maxStoredPerClient && len(s.m) < maxStored; j++ {
+			if _, err := s.put(a, "f", "x", max); err != nil {
+				t.Fatalf("%s: %v", a, err)
+			}
+		}
+	}
+	// A newcomer is not locked out.
+	if _, err := s.put("newcomer", "f", "x", max); err != nil {
+		t.Fatalf("a newcomer with the store full: %v", err)
+	}
+	// An attacker storing more only takes from those holding more than
+	// it will, never from the honest address.
+	for _, a := range attackers {
+		for range maxStoredPerClient {
+			_, _ = s.put(a, "f", "x", max)
+		}
+	}
+	if _, ok := s.get(honest); !ok {
+		t.Fatal("the honest address's code was evicted")
+	}
+	if n := s.byOwner["newcomer"].n; n != 1 {
+		t.Fatalf("the newcomer holds %d codes", n)
+	}
+	if len(s.m) > maxStored {
+		t.Fatalf("%d codes stored, at most %d", len(s.m), maxStored)
+	}
+	// By bytes too: a newcomer's large code makes room.
+	b := newCodeStore()
+	for i := 0; i < 16; i++ {
+		for range 4 {
+			if _, err := b.put(fmt.Sprintf("a%d", i), "f", strings.Repeat("x", 1000), 1000); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := b.put("newcomer", "f", strings.Repeat("x", 1000), 1000); err != nil {
+		t.Fatalf("a newcomer with the store's bytes full: %v", err)
+	}
+	if b.bytes > 64*1000 {
+		t.Fatalf("%d bytes stored, at most %d", b.bytes, 64*1000)
 	}
 }
