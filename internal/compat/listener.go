@@ -524,6 +524,54 @@ type mark struct {
 	dead   bool
 }
 
+// maxLedger bounds a connection's ledger: a client whose TCP acknowledges
+// nothing (its window closed) while the socket's buffer takes thousands
+// of small messages does not make it grow with them.
+const maxLedger = 4096
+
+// addMark appends m to the ledger. Every ledgerCompact marks, those the
+// client's TCP acknowledged (acked; ok false: it cannot tell) leave it,
+// and the output offset they took the function to is returned as
+// delivered (-1: none). Beyond maxLedger marks, every other one goes: a
+// message whose mark went counts as delivered only with the next one's
+// (sent again, rather than lost).
+func addMark(ledger []mark, m mark, acked func() (int64, bool)) ([]mark, int64) {
+	ledger = append(ledger, m)
+	if len(ledger) < ledgerCompact {
+		return ledger, -1
+	}
+	delivered := int64(-1)
+	n, ok := acked()
+	if !ok && len(ledger) > maxLedger {
+		// Without TCP_INFO (not Linux's TCP): the oldest marks are
+		// taken as delivered beyond a bound.
+		n, ok = ledger[len(ledger)/2].end, true
+	}
+	if ok {
+		i := 0
+		for i < len(ledger) && ledger[i].end <= n && !ledger[i].dead {
+			i++
+		}
+		if i > 0 {
+			delivered = ledger[i-1].offset
+			ledger = append(ledger[:0], ledger[i:]...)
+		}
+	}
+	if len(ledger) > maxLedger {
+		last := ledger[len(ledger)-1]
+		k := 0
+		for i := 1; i < len(ledger); i += 2 {
+			ledger[k] = ledger[i]
+			k++
+		}
+		ledger = ledger[:k]
+		if ledger[k-1] != last {
+			ledger = append(ledger, last)
+		}
+	}
+	return ledger, delivered
+}
+
 // open streams the function's output to the client and its input to the
 // function until the client closes it, the function is dead and the
 // client moves on, or the connection ends. It returns a request read
@@ -579,31 +627,13 @@ func (c *conn) open(rawID string) (*Frame, error) {
 	record := func(m mark) {
 		lmu.Lock()
 		defer lmu.Unlock()
-		ledger = append(ledger, m)
-		if len(ledger) < ledgerCompact {
-			return
+		var delivered int64
+		ledger, delivered = addMark(ledger, m, func() (int64, bool) { return bytesAcked(c.raw) })
+		if delivered >= 0 {
+			f.mu.Lock()
+			f.offset = max(f.offset, delivered)
+			f.mu.Unlock()
 		}
-		acked, ok := bytesAcked(c.raw)
-		if !ok {
-			// Without TCP_INFO (not Linux's TCP): the oldest marks are
-			// taken as delivered beyond a bound.
-			if len(ledger) > 64*ledgerCompact {
-				acked = ledger[len(ledger)/2].end
-			} else {
-				return
-			}
-		}
-		n := 0
-		for n < len(ledger) && ledger[n].end <= acked && !ledger[n].dead {
-			n++
-		}
-		if n == 0 {
-			return
-		}
-		f.mu.Lock()
-		f.offset = max(f.offset, ledger[n-1].offset)
-		f.mu.Unlock()
-		ledger = append(ledger[:0], ledger[n:]...)
 	}
 	pumpDone := make(chan struct{})
 	var released atomic.Bool // the function is being let go: its session's end is ours

@@ -335,3 +335,48 @@ func TestOpenWriteTimeoutEnds(t *testing.T) {
 		all = all[MessageHeader+n:]
 	}
 }
+
+// TestLedgerBounded: a client whose TCP acknowledges nothing while
+// thousands of small messages are written (its window closed, the
+// socket's buffer large) does not grow the ledger with them; what the
+// thinned ledger counts as delivered is never more than was.
+func TestLedgerBounded(t *testing.T) {
+	var ledger, all []mark
+	none := func() (int64, bool) { return 0, true }
+	for i := int64(1); i <= 200000; i++ {
+		m := mark{end: 41 * i, offset: 17 * i}
+		all = append(all, m)
+		var d int64
+		if ledger, d = addMark(ledger, m, none); d >= 0 {
+			t.Fatalf("mark %d: offset %d delivered with nothing acknowledged", i, d)
+		}
+		if len(ledger) > maxLedger+1 {
+			t.Fatalf("%d marks held after %d messages, at most %d", len(ledger), i, maxLedger+1)
+		}
+	}
+	if ledger[len(ledger)-1] != all[len(all)-1] {
+		t.Fatal("the last mark was thinned out")
+	}
+	deliveredBy := func(marks []mark, acked int64) int64 {
+		d := int64(-1)
+		for _, m := range marks {
+			if m.end <= acked {
+				d = m.offset
+			}
+		}
+		return d
+	}
+	for _, acked := range []int64{0, 40, 41, 1000, 41 * 99999, 41*199999 + 3, 41 * 200000} {
+		if got, most := deliveredBy(ledger, acked), deliveredBy(all, acked); got > most {
+			t.Fatalf("acknowledged %d: %d counted delivered, only %d was", acked, got, most)
+		}
+	}
+	if got := deliveredBy(ledger, 41*200000); got != 17*200000 {
+		t.Fatalf("everything acknowledged: %d delivered, want %d", got, 17*200000)
+	}
+	// Acknowledged marks leave it, the offset they reached delivered.
+	ledger, d := addMark(ledger, mark{end: 41 * 200001, offset: 17 * 200001}, func() (int64, bool) { return 41 * 200001, true })
+	if d != 17*200001 || len(ledger) != 0 {
+		t.Fatalf("all acknowledged: delivered %d, %d marks left", d, len(ledger))
+	}
+}
