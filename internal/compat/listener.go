@@ -3,6 +3,7 @@ package compat
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,7 +44,7 @@ type Listener struct {
 	codes *codeStore
 
 	mu       sync.Mutex
-	funcs    map[string]*function // by function id
+	funcs    map[secret]*function // by function id's hash
 	perOwner map[string]int       // functions kept (and Executes under way) by client address
 	held     int                  // functions kept and Executes under way, in all
 }
@@ -53,7 +54,7 @@ func New(be Backend, t *Template, log *slog.Logger) *Listener {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	l := &Listener{be: be, log: log, codes: newCodeStore(), funcs: map[string]*function{}, perOwner: map[string]int{}}
+	l := &Listener{be: be, log: log, codes: newCodeStore(), funcs: map[secret]*function{}, perOwner: map[string]int{}}
 	l.tmpl.Store(t)
 	return l
 }
@@ -443,14 +444,14 @@ func (l *Listener) unreserveLocked(owner string) {
 // keep adds a function in the place reserve took for it.
 func (l *Listener) keep(f *function) {
 	l.mu.Lock()
-	l.funcs[f.id] = f
+	l.funcs[hashSecret(f.id)] = f
 	l.mu.Unlock()
 }
 
 // dropLocked forgets a function kept, giving its place back.
 func (l *Listener) dropLocked(f *function) {
-	if l.funcs[f.id] == f {
-		delete(l.funcs, f.id)
+	if k := hashSecret(f.id); l.funcs[k] == f {
+		delete(l.funcs, k)
 		l.unreserveLocked(f.owner)
 	}
 }
@@ -468,7 +469,10 @@ func (l *Listener) sweepLocked() {
 func (l *Listener) lookup(id string) *function {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	f := l.funcs[id]
+	if len(id) > IDLen {
+		return nil
+	}
+	f := l.funcs[hashSecret(id)]
 	if f != nil && time.Now().After(f.expires) {
 		l.dropLocked(f)
 		return nil
@@ -961,6 +965,14 @@ func truncate(s string, n int) string {
 	return s
 }
 
+// secret is the SHA-256 hash of a token or a function id, by which they
+// are looked up: a lookup's time depends on the hash of what the client
+// sent, never on how much of a real token it guessed (as bentod's own
+// tokens, internal/server).
+type secret [sha256.Size]byte
+
+func hashSecret(s string) secret { return sha256.Sum256([]byte(s)) }
+
 // newUUID is a random (version 4) UUID string, the form of the original's
 // tokens and function ids.
 func newUUID() string {
@@ -975,7 +987,7 @@ func newUUID() string {
 // and bytes; each is forgotten an hour after its last use.
 type codeStore struct {
 	mu      sync.Mutex
-	m       map[string]*stored
+	m       map[secret]*stored // by the token's hash
 	bytes   int64
 	byOwner map[string]*ownerUse
 }
@@ -991,19 +1003,19 @@ type stored struct {
 }
 
 func newCodeStore() *codeStore {
-	return &codeStore{m: map[string]*stored{}, byOwner: map[string]*ownerUse{}}
+	return &codeStore{m: map[secret]*stored{}, byOwner: map[string]*ownerUse{}}
 }
 
 func (s *codeStore) expireLocked(now time.Time) {
-	for tok, e := range s.m {
+	for k, e := range s.m {
 		if now.Sub(e.used) > storedTTL {
-			s.dropLocked(tok, e)
+			s.dropLocked(k, e)
 		}
 	}
 }
 
-func (s *codeStore) dropLocked(tok string, e *stored) {
-	delete(s.m, tok)
+func (s *codeStore) dropLocked(k secret, e *stored) {
+	delete(s.m, k)
 	s.bytes -= int64(len(e.code))
 	u := s.byOwner[e.owner]
 	u.n--
@@ -1032,7 +1044,7 @@ func (s *codeStore) put(owner, name, code string, maxUpload int64) (string, erro
 		return "", errors.New("busy, retry later: this server keeps the most stored functions it may; each is forgotten an hour after its last use")
 	}
 	tok := newUUID()
-	s.m[tok] = &stored{owner: owner, name: name, code: code, used: now}
+	s.m[hashSecret(tok)] = &stored{owner: owner, name: name, code: code, used: now}
 	s.bytes += size
 	u.n++
 	u.bytes += size
@@ -1075,14 +1087,14 @@ func (s *codeStore) makeRoomLocked(owner string, u *ownerUse, size, maxUpload in
 			bytesFull && most.bytes <= u.bytes+size:
 			return false
 		}
-		var oldTok string
+		var oldKey secret
 		var oldest *stored
-		for tok, e := range s.m {
+		for k, e := range s.m {
 			if e.owner == victim && (oldest == nil || e.used.Before(oldest.used)) {
-				oldTok, oldest = tok, e
+				oldKey, oldest = k, e
 			}
 		}
-		s.dropLocked(oldTok, oldest)
+		s.dropLocked(oldKey, oldest)
 	}
 }
 
@@ -1092,12 +1104,13 @@ func (s *codeStore) get(tok string) (stored, bool) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.m[tok]
+	k := hashSecret(tok)
+	e := s.m[k]
 	if e == nil {
 		return stored{}, false
 	}
 	if time.Since(e.used) > storedTTL {
-		s.dropLocked(tok, e)
+		s.dropLocked(k, e)
 		return stored{}, false
 	}
 	e.used = time.Now()

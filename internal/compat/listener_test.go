@@ -192,9 +192,9 @@ func TestFunctionsPerClient(t *testing.T) {
 	// Delivering a function's end gives its place back.
 	id := ""
 	l.mu.Lock()
-	for fid, f := range l.funcs {
+	for _, f := range l.funcs {
 		if f.owner == netlimitKey("127.0.0.1") {
-			id = fid
+			id = f.id
 			break
 		}
 	}
@@ -208,7 +208,7 @@ func TestFunctionsPerClient(t *testing.T) {
 	}
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		l.mu.Lock()
-		_, kept := l.funcs[id]
+		_, kept := l.funcs[hashSecret(id)]
 		l.mu.Unlock()
 		if !kept {
 			break

@@ -127,3 +127,25 @@ func TestCodeStoreFairShare(t *testing.T) {
 		t.Fatalf("%d bytes stored, at most %d", b.bytes, 64*1000)
 	}
 }
+
+// TestTokensHashed: the code store keeps tokens only as their SHA-256
+// hashes, by which they are looked up (a lookup's time says nothing of
+// how much of a token a guess got right).
+func TestTokensHashed(t *testing.T) {
+	s := newCodeStore()
+	tok, err := s.put("a", "f", "x", 1<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, e := range s.m {
+		if k != hashSecret(tok) || strings.Contains(fmt.Sprintf("%+v", *e), tok) {
+			t.Fatalf("the token is kept in clear: key %x, entry %+v", k, *e)
+		}
+	}
+	if _, ok := s.get(tok[:35] + "0"); ok && tok[35] != '0' {
+		t.Fatal("a token one character off found")
+	}
+	if _, ok := s.get(tok); !ok {
+		t.Fatal("the token is not found")
+	}
+}
