@@ -418,7 +418,7 @@ func (l *Listener) reserve(owner string) error {
 	l.sweepLocked()
 	switch {
 	case l.perOwner[owner] >= maxFunctionsPerClient:
-		return fmt.Errorf("busy, retry later: your address keeps %d functions, the most it may; each is forgotten once its end is delivered (open it to the end), or 10 minutes after its instance ended", maxFunctionsPerClient)
+		return fmt.Errorf("busy, retry later: your address keeps %d functions, the most it may; each is forgotten once its end is delivered (open it to the end), or its lifetime and 11 minutes after its Execute", maxFunctionsPerClient)
 	case l.held >= maxFunctions:
 		return fmt.Errorf("busy, retry later: this server keeps the most functions it may (%d); each is forgotten once its end is delivered", maxFunctions)
 	}
