@@ -192,13 +192,14 @@ func (c *conn) message(t uint8, id string, data []byte) (int64, error) {
 }
 
 // requestLimit bounds a request by type: a Store holds code of at most
-// MaxUploadSize, JSON-escaped (twice as long at most for the original's
-// ASCII-only JSON, short of control characters); an Execute a call of at
-// most MaxCall bytes and a token.
+// MaxUploadSize, JSON-escaped as the original's ASCII-only JSON does (six
+// times as long at most: a control character, or an accented letter's
+// two bytes, become \u00XX); an Execute a call of at most MaxCall bytes
+// and a token. A frame's buffer grows only as its bytes arrive.
 func (c *conn) requestLimit(t uint8) int {
 	switch t {
 	case TStore:
-		return int(2*c.p.Max.Upload) + 4<<10
+		return int(6*c.p.Max.Upload) + 4<<10
 	case TExecute:
 		return 2*MaxCall + 1<<10
 	case TOpen, TClose:

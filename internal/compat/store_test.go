@@ -149,3 +149,35 @@ func TestTokensHashed(t *testing.T) {
 		t.Fatal("the token is not found")
 	}
 }
+
+// TestStoreLimitEscapes: code of MaxUploadSize bytes fits in a Store as
+// the original client writes it (json.dumps, ASCII only: an accented
+// letter's two bytes become six, a control character's one six).
+func TestStoreLimitEscapes(t *testing.T) {
+	c := &conn{p: testPolicy()}
+	max := int(c.p.Max.Upload)
+	for _, unit := range []string{"é", "\x01", "x", "😀"} {
+		code := strings.Repeat(unit, max/len(unit))
+		var b strings.Builder
+		b.WriteString(`{"name": "f", "code": "`)
+		for _, r := range code {
+			switch {
+			case r < 0x20 || r >= 0x80 && r <= 0xffff:
+				fmt.Fprintf(&b, `\u%04x`, r)
+			case r > 0xffff:
+				r -= 0x10000
+				fmt.Fprintf(&b, `\u%04x\u%04x`, 0xd800+(r>>10), 0xdc00+(r&0x3ff))
+			default:
+				b.WriteRune(r)
+			}
+		}
+		b.WriteString(`"}`)
+		if n, lim := b.Len(), c.requestLimit(TStore); n > lim {
+			t.Errorf("code of %d bytes of %q: a store of %d bytes, over the frame's bound of %d", len(code), unit, n, lim)
+		}
+		req, err := DecodeStore([]byte(b.String()))
+		if err != nil || req.Code != code {
+			t.Fatalf("%q: %v", unit, err)
+		}
+	}
+}
