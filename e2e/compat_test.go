@@ -3,8 +3,10 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -61,13 +63,19 @@ def echo(greeting, n, extra):
 // manifest, and returns it and the listener's address.
 func compatDaemon(t *testing.T, manifest string) (*daemon, string) {
 	t.Helper()
+	return compatDaemonRC(t, manifest, "")
+}
+
+// compatDaemonRC is compatDaemon with more bentorc lines.
+func compatDaemonRC(t *testing.T, manifest, extra string) (*daemon, string) {
+	t.Helper()
 	dir := testutil.TempDir(t)
 	mf := filepath.Join(dir, "compat.toml")
 	if err := os.WriteFile(mf, []byte(manifest), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	d := startBentod(t, fmt.Sprintf("Image starlark, python\nAllowAPI send,recv\nMaxUploadSize 64 KB\nHandshakeTimeout 2 seconds\nCompatListenAddress %s\nCompatManifest %s\n", addr, mf))
+	d := startBentod(t, fmt.Sprintf("Image starlark, python\nAllowAPI send,recv\nMaxUploadSize 64 KB\nHandshakeTimeout 2 seconds\nCompatListenAddress %s\nCompatManifest %s\n", addr, mf)+extra)
 	return d, addr
 }
 
@@ -397,6 +405,106 @@ func TestCompatStarlark(t *testing.T) {
 	if got := string(recvMsg(t, c, compat.FunctionErr)); got != "function dead" {
 		t.Fatalf("end %q", got)
 	}
+}
+
+// compatFlood sends n messages of 100,000 bytes, each beginning with
+// its index (six digits), when told to.
+const compatFlood = `
+def flood(n):
+    bento.recv()
+    for i in range(n):
+        s = str(i)
+        bento.send("0" * (6 - len(s)) + s + "x" * 99994)
+`
+
+// TestCompatSlowReader: a client that stops reading mid-output is
+// dropped after WriteTimeout; it has whole messages, then the end of the
+// connection (never a message cut short followed by more), and a later
+// Open delivers the rest: nothing lost.
+func TestCompatSlowReader(t *testing.T) {
+	_, addr := compatDaemonRC(t, "apis = [\"send\", \"recv\"]\n[resources]\noutput = \"12 MB\"\n", "WriteTimeout 1 s\n")
+	const n = 100
+	c := dialCompat(t, addr, 4096)
+	tok, err := c.Store("flood", compatFlood)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := c.Execute(fmt.Sprintf("flood(%d)", n), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Open(id)
+	c.SendInput(id, []byte("go"))
+	time.Sleep(3 * time.Second) // reading nothing, beyond WriteTimeout
+	// What the first connection carried: whole messages of the function,
+	// in order, then its end, at most one message cut short by it.
+	nc := c.NetConn()
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	raw, err := io.ReadAll(nc)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the connection was not closed after WriteTimeout (%d bytes read)", len(raw))
+	}
+	index := func(msg []byte) int {
+		var i int
+		if len(msg) != 100000 || strings.Trim(string(msg[6:]), "x") != "" {
+			t.Fatalf("a message of %d bytes is not one of the function's", len(msg))
+		}
+		if _, err := fmt.Sscanf(string(msg[:6]), "%06d", &i); err != nil {
+			t.Fatalf("a message beginning %q is not one of the function's", msg[:6])
+		}
+		return i
+	}
+	k := 0 // whole messages the first connection carried
+	for len(raw) >= 5 {
+		size := int(binary.BigEndian.Uint32(raw[1:5]))
+		if raw[0] != compat.Output || size != 36+100000 {
+			t.Fatalf("a message of type %d, %d bytes, on the dropped connection: the stream went on after a message cut short", raw[0], size)
+		}
+		if len(raw) < 5+size {
+			break // cut by the connection's end
+		}
+		if string(raw[5:5+36]) != id || index(raw[5+36:5+size]) != k {
+			t.Fatalf("message %d on the dropped connection is not the function's %d-th", k, k)
+		}
+		k++
+		raw = raw[5+size:]
+	}
+	if k == n {
+		t.Fatalf("all %d messages went through a client reading nothing: the test shows nothing", n)
+	}
+	// The rest, at a later Open: from at most where the first connection
+	// stopped (again what its TCP may not have acknowledged), in order.
+	c2 := dialCompat(t, addr, 0)
+	c2.Open(id)
+	next := -1
+	for {
+		data, typ, err := c2.RecvOutput()
+		if err != nil {
+			t.Fatalf("after the reopen, at message %d: %v", next, err)
+		}
+		if typ == compat.FunctionErr {
+			if string(data) != "function dead" {
+				t.Fatalf("after the reopen: %q", data)
+			}
+			break
+		}
+		if typ != compat.Output {
+			t.Fatalf("after the reopen: a message of type %d (%q)", typ, trunc(string(data)))
+		}
+		i := index(data)
+		switch {
+		case next < 0 && i > k:
+			t.Fatalf("the reopen starts at message %d: %d..%d lost (the dropped connection carried %d)", i, k, i-1, k)
+		case next >= 0 && i != next:
+			t.Fatalf("after the reopen: message %d, want %d", i, next)
+		}
+		next = i + 1
+	}
+	if next != n {
+		t.Fatalf("the reopen ended at message %d of %d", next, n)
+	}
+	t.Logf("the dropped connection carried %d whole messages; the reopen sent the rest", k)
 }
 
 // TestCompatManifestRefused: bentod refuses to start with a

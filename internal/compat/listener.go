@@ -3,6 +3,7 @@ package compat
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,8 +43,10 @@ type Listener struct {
 	tmpl  atomic.Pointer[Template]
 	codes *codeStore
 
-	mu    sync.Mutex
-	funcs map[string]*function // by function id
+	mu       sync.Mutex
+	funcs    map[secret]*function // by function id's hash
+	perOwner map[string]int       // functions kept (and Executes under way) by client address
+	held     int                  // functions kept and Executes under way, in all
 }
 
 // New returns a listener for be whose stored code runs under t.
@@ -51,7 +54,7 @@ func New(be Backend, t *Template, log *slog.Logger) *Listener {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	l := &Listener{be: be, log: log, codes: newCodeStore(), funcs: map[string]*function{}}
+	l := &Listener{be: be, log: log, codes: newCodeStore(), funcs: map[secret]*function{}, perOwner: map[string]int{}}
 	l.tmpl.Store(t)
 	return l
 }
@@ -80,6 +83,7 @@ func (l *Listener) Serve(ln net.Listener) error {
 // reachable by the original's function id.
 type function struct {
 	id      string
+	owner   string // the address that executed it, charged for its place
 	inv     string // the instance's invocation token
 	shut    string // its shutdown token
 	session string
@@ -107,9 +111,13 @@ const (
 	ledgerCompact      = 64
 	loadFailed         = "function failed to load: "
 	maxFunctions       = 16384
-	ackWait            = 2 * time.Second
-	delayedAck         = 500 * time.Millisecond
-	outputRetention    = 10 * time.Minute
+	// maxFunctionsPerClient bounds the function ids one address makes
+	// the listener keep: each outlives its instance until its end is
+	// delivered (code that does not load has none at all).
+	maxFunctionsPerClient = 256
+	ackWait               = 2 * time.Second
+	delayedAck            = 500 * time.Millisecond
+	outputRetention       = 10 * time.Minute
 )
 
 var (
@@ -166,6 +174,11 @@ func (c *conn) write(b []byte) (int64, error) {
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.p.Daemon.WriteTimeout))
 	n, err := c.nc.Write(b)
 	c.written += int64(n)
+	if err != nil {
+		// The frame may be cut: nothing more may follow it, and the
+		// connection is given up.
+		c.gone.Store(true)
+	}
 	return c.written, err
 }
 
@@ -179,13 +192,14 @@ func (c *conn) message(t uint8, id string, data []byte) (int64, error) {
 }
 
 // requestLimit bounds a request by type: a Store holds code of at most
-// MaxUploadSize, JSON-escaped (twice as long at most for the original's
-// ASCII-only JSON, short of control characters); an Execute a call of at
-// most MaxCall bytes and a token.
+// MaxUploadSize, JSON-escaped as the original's ASCII-only JSON does (six
+// times as long at most: a control character, or an accented letter's
+// two bytes, become \u00XX); an Execute a call of at most MaxCall bytes
+// and a token. A frame's buffer grows only as its bytes arrive.
 func (c *conn) requestLimit(t uint8) int {
 	switch t {
 	case TStore:
-		return int(2*c.p.Max.Upload) + 4<<10
+		return int(6*c.p.Max.Upload) + 4<<10
 	case TExecute:
 		return 2*MaxCall + 1<<10
 	case TOpen, TClose:
@@ -342,17 +356,19 @@ func (c *conn) execute(p []byte) error {
 	if !ok {
 		return fail("invalid token")
 	}
-	c.l.mu.Lock()
-	c.l.sweepLocked()
-	full := len(c.l.funcs) >= maxFunctions
-	c.l.mu.Unlock()
-	if full {
-		return fail("busy, retry later: this server keeps the most functions it may (%d); each is forgotten once its end is delivered", maxFunctions)
-	}
 	name, args, err := ParseCall(req.Call)
 	if err != nil {
 		return fail("%v", err)
 	}
+	if err := c.l.reserve(c.owner); err != nil {
+		return fail("%v", err)
+	}
+	kept := false
+	defer func() {
+		if !kept {
+			c.l.unreserve(c.owner)
+		}
+	}()
 	t := c.l.tmpl.Load()
 	mf, err := t.Manifest(manifestName(code.name), name)
 	if err != nil {
@@ -370,10 +386,9 @@ func (c *conn) execute(p []byte) error {
 				// As the original, whose worker raised it: the
 				// execute succeeds and the error is the function's
 				// output, an Error message at its Open.
-				f := &function{id: newUUID(), loadErr: pe.Message, expires: time.Now().Add(outputRetention)}
-				c.l.mu.Lock()
-				c.l.funcs[f.id] = f
-				c.l.mu.Unlock()
+				f := &function{id: newUUID(), owner: c.owner, loadErr: pe.Message, expires: time.Now().Add(outputRetention)}
+				c.l.keep(f)
+				kept = true
 				return c.respond(TExecute, false, f.id)
 			}
 		}
@@ -388,21 +403,66 @@ func (c *conn) execute(p []byte) error {
 	sess.Close() // the invocation goes on; its output is kept for Open
 	var res policy.Limits
 	_ = json.Unmarshal(dep.Resources, &res)
-	f := &function{id: newUUID(), inv: dep.InvocationToken, shut: dep.ShutdownToken, session: sid,
+	f := &function{id: newUUID(), owner: c.owner, inv: dep.InvocationToken, shut: dep.ShutdownToken, session: sid,
 		expires: time.Now().Add(res.Lifetime + outputRetention + time.Minute)}
-	c.l.mu.Lock()
-	c.l.funcs[f.id] = f
-	c.l.mu.Unlock()
+	c.l.keep(f)
+	kept = true
 	c.log.Info("function executing", "instance", dep.Instance)
 	return c.respond(TExecute, false, f.id)
+}
+
+// reserve takes a place for a function of owner's (an Execute under
+// way), within the bounds per address and in all.
+func (l *Listener) reserve(owner string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.sweepLocked()
+	switch {
+	case l.perOwner[owner] >= maxFunctionsPerClient:
+		return fmt.Errorf("busy, retry later: your address keeps %d functions, the most it may; each is forgotten once its end is delivered (open it to the end), or its lifetime and 11 minutes after its Execute", maxFunctionsPerClient)
+	case l.held >= maxFunctions:
+		return fmt.Errorf("busy, retry later: this server keeps the most functions it may (%d); each is forgotten once its end is delivered", maxFunctions)
+	}
+	l.perOwner[owner]++
+	l.held++
+	return nil
+}
+
+// unreserve gives back a place reserve took.
+func (l *Listener) unreserve(owner string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.unreserveLocked(owner)
+}
+
+func (l *Listener) unreserveLocked(owner string) {
+	l.held--
+	if l.perOwner[owner]--; l.perOwner[owner] <= 0 {
+		delete(l.perOwner, owner)
+	}
+}
+
+// keep adds a function in the place reserve took for it.
+func (l *Listener) keep(f *function) {
+	l.mu.Lock()
+	l.funcs[hashSecret(f.id)] = f
+	l.mu.Unlock()
+}
+
+// dropLocked forgets a function kept, giving its place back.
+func (l *Listener) dropLocked(f *function) {
+	if k := hashSecret(f.id); l.funcs[k] == f {
+		delete(l.funcs, k)
+		l.unreserveLocked(f.owner)
+	}
 }
 
 // sweepLocked forgets functions whose instance is surely gone.
 func (l *Listener) sweepLocked() {
 	now := time.Now()
-	for id, f := range l.funcs {
+	for _, f := range l.funcs {
 		if now.After(f.expires) {
-			delete(l.funcs, id)
+			l.dropLocked(f)
 		}
 	}
 }
@@ -410,9 +470,12 @@ func (l *Listener) sweepLocked() {
 func (l *Listener) lookup(id string) *function {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	f := l.funcs[id]
+	if len(id) > IDLen {
+		return nil
+	}
+	f := l.funcs[hashSecret(id)]
 	if f != nil && time.Now().After(f.expires) {
-		delete(l.funcs, id)
+		l.dropLocked(f)
 		return nil
 	}
 	return f
@@ -420,7 +483,7 @@ func (l *Listener) lookup(id string) *function {
 
 func (l *Listener) forget(f *function) {
 	l.mu.Lock()
-	delete(l.funcs, f.id)
+	l.dropLocked(f)
 	l.mu.Unlock()
 	f.mu.Lock()
 	f.removed = true
@@ -464,6 +527,54 @@ type mark struct {
 	end    int64
 	offset int64
 	dead   bool
+}
+
+// maxLedger bounds a connection's ledger: a client whose TCP acknowledges
+// nothing (its window closed) while the socket's buffer takes thousands
+// of small messages does not make it grow with them.
+const maxLedger = 4096
+
+// addMark appends m to the ledger. Every ledgerCompact marks, those the
+// client's TCP acknowledged (acked; ok false: it cannot tell) leave it,
+// and the output offset they took the function to is returned as
+// delivered (-1: none). Beyond maxLedger marks, every other one goes: a
+// message whose mark went counts as delivered only with the next one's
+// (sent again, rather than lost).
+func addMark(ledger []mark, m mark, acked func() (int64, bool)) ([]mark, int64) {
+	ledger = append(ledger, m)
+	if len(ledger) < ledgerCompact {
+		return ledger, -1
+	}
+	delivered := int64(-1)
+	n, ok := acked()
+	if !ok && len(ledger) > maxLedger {
+		// Without TCP_INFO (not Linux's TCP): the oldest marks are
+		// taken as delivered beyond a bound.
+		n, ok = ledger[len(ledger)/2].end, true
+	}
+	if ok {
+		i := 0
+		for i < len(ledger) && ledger[i].end <= n && !ledger[i].dead {
+			i++
+		}
+		if i > 0 {
+			delivered = ledger[i-1].offset
+			ledger = append(ledger[:0], ledger[i:]...)
+		}
+	}
+	if len(ledger) > maxLedger {
+		last := ledger[len(ledger)-1]
+		k := 0
+		for i := 1; i < len(ledger); i += 2 {
+			ledger[k] = ledger[i]
+			k++
+		}
+		ledger = ledger[:k]
+		if ledger[k-1] != last {
+			ledger = append(ledger, last)
+		}
+	}
+	return ledger, delivered
 }
 
 // open streams the function's output to the client and its input to the
@@ -521,45 +632,34 @@ func (c *conn) open(rawID string) (*Frame, error) {
 	record := func(m mark) {
 		lmu.Lock()
 		defer lmu.Unlock()
-		ledger = append(ledger, m)
-		if len(ledger) < ledgerCompact {
-			return
+		var delivered int64
+		ledger, delivered = addMark(ledger, m, func() (int64, bool) { return bytesAcked(c.raw) })
+		if delivered >= 0 {
+			f.mu.Lock()
+			f.offset = max(f.offset, delivered)
+			f.mu.Unlock()
 		}
-		acked, ok := bytesAcked(c.raw)
-		if !ok {
-			// Without TCP_INFO (not Linux's TCP): the oldest marks are
-			// taken as delivered beyond a bound.
-			if len(ledger) > 64*ledgerCompact {
-				acked = ledger[len(ledger)/2].end
-			} else {
-				return
-			}
-		}
-		n := 0
-		for n < len(ledger) && ledger[n].end <= acked && !ledger[n].dead {
-			n++
-		}
-		if n == 0 {
-			return
-		}
-		f.mu.Lock()
-		f.offset = max(f.offset, ledger[n-1].offset)
-		f.mu.Unlock()
-		ledger = append(ledger[:0], ledger[n:]...)
 	}
 	pumpDone := make(chan struct{})
+	var released atomic.Bool // the function is being let go: its session's end is ours
 	go func() {
 		defer close(pumpDone)
 		defer c.l.recoverPanic("sending a compat function's output")
 		for {
 			data, exit, err := sess.Recv()
 			if err != nil {
+				if released.Load() {
+					return
+				}
 				// bentod's own refusal (too much output in flight, the
-				// output discarded) is the client's to hear.
+				// output discarded) is the client's to hear; so is a
+				// session that dropped, lest the client wait for ever.
+				msg := "the function's output stopped on this connection: close the function and open it again to go on"
 				var pe *proto.Error
 				if errors.As(err, &pe) {
-					_, _ = c.message(MFunctionErr, f.id, []byte(pe.Message))
+					msg = pe.Message + "; close the function and open it again to go on"
 				}
+				_, _ = c.message(MFunctionErr, f.id, []byte(msg))
 				return
 			}
 			if exit != nil {
@@ -604,6 +704,7 @@ func (c *conn) open(rawID string) (*Frame, error) {
 	// delivered, the rest is sent again at the next Open; a dead function
 	// whose end was delivered is shut down and forgotten.
 	release := func(alive bool) {
+		released.Store(true)
 		if !alive {
 			// A write waiting for a client that is gone ends now.
 			c.gone.Store(true)
@@ -708,6 +809,9 @@ func (c *conn) open(rawID string) (*Frame, error) {
 			case <-a.kick:
 				fr.Release()
 				return
+			case <-stopReader:
+				fr.Release()
+				return
 			}
 			if err != nil && err != errInvalidType {
 				return
@@ -729,8 +833,24 @@ func (c *conn) open(rawID string) (*Frame, error) {
 		close(stopReader)
 		<-readerDone
 	}
+	pumped := pumpDone // nil once seen
 	for {
 		select {
+		case <-pumped:
+			pumped = nil
+			switch {
+			case c.gone.Load():
+				// A write failed (WriteTimeout: the client reads
+				// nothing): the connection ends, what it did not
+				// acknowledge waits for the next Open.
+				finish(false)
+				return nil, errClosed
+			case !isDead():
+				// The output stopped without the function's end (the
+				// client was told): the client has IdleTimeout to
+				// close the function, as between requests.
+				_ = c.nc.SetReadDeadline(time.Now().Add(c.p.Daemon.IdleTimeout))
+			}
 		case <-a.kick:
 			// Another connection opened the function: this one is taken
 			// to be dead (its client reconnected).
@@ -846,6 +966,14 @@ func truncate(s string, n int) string {
 	return s
 }
 
+// secret is the SHA-256 hash of a token or a function id, by which they
+// are looked up: a lookup's time depends on the hash of what the client
+// sent, never on how much of a real token it guessed (as bentod's own
+// tokens, internal/server).
+type secret [sha256.Size]byte
+
+func hashSecret(s string) secret { return sha256.Sum256([]byte(s)) }
+
 // newUUID is a random (version 4) UUID string, the form of the original's
 // tokens and function ids.
 func newUUID() string {
@@ -860,7 +988,7 @@ func newUUID() string {
 // and bytes; each is forgotten an hour after its last use.
 type codeStore struct {
 	mu      sync.Mutex
-	m       map[string]*stored
+	m       map[secret]*stored // by the token's hash
 	bytes   int64
 	byOwner map[string]*ownerUse
 }
@@ -876,19 +1004,19 @@ type stored struct {
 }
 
 func newCodeStore() *codeStore {
-	return &codeStore{m: map[string]*stored{}, byOwner: map[string]*ownerUse{}}
+	return &codeStore{m: map[secret]*stored{}, byOwner: map[string]*ownerUse{}}
 }
 
 func (s *codeStore) expireLocked(now time.Time) {
-	for tok, e := range s.m {
+	for k, e := range s.m {
 		if now.Sub(e.used) > storedTTL {
-			s.dropLocked(tok, e)
+			s.dropLocked(k, e)
 		}
 	}
 }
 
-func (s *codeStore) dropLocked(tok string, e *stored) {
-	delete(s.m, tok)
+func (s *codeStore) dropLocked(k secret, e *stored) {
+	delete(s.m, k)
 	s.bytes -= int64(len(e.code))
 	u := s.byOwner[e.owner]
 	u.n--
@@ -913,16 +1041,62 @@ func (s *codeStore) put(owner, name, code string, maxUpload int64) (string, erro
 	switch {
 	case u.n >= maxStoredPerClient || u.bytes+size > 4*maxUpload:
 		return "", fmt.Errorf("busy, retry later: your address keeps %d stored functions (%s), the most it may (%d, %s); each is forgotten an hour after its last use", u.n, units.FormatSize(u.bytes), maxStoredPerClient, units.FormatSize(4*maxUpload))
-	case len(s.m) >= maxStored || s.bytes+size > 64*maxUpload:
+	case !s.makeRoomLocked(owner, u, size, maxUpload):
 		return "", errors.New("busy, retry later: this server keeps the most stored functions it may; each is forgotten an hour after its last use")
 	}
 	tok := newUUID()
-	s.m[tok] = &stored{owner: owner, name: name, code: code, used: now}
+	s.m[hashSecret(tok)] = &stored{owner: owner, name: name, code: code, used: now}
 	s.bytes += size
 	u.n++
 	u.bytes += size
 	s.byOwner[owner] = u
 	return tok, nil
+}
+
+// makeRoomLocked makes room for size bytes of owner's (who holds u) when
+// the store is full in all: the least recently used code of the address
+// holding the most goes, as long as that address keeps more than owner
+// will, so that many addresses filling the store cannot lock a newcomer
+// out for an hour, and no address loses code to one holding more.
+func (s *codeStore) makeRoomLocked(owner string, u *ownerUse, size, maxUpload int64) bool {
+	for {
+		countFull := len(s.m) >= maxStored
+		bytesFull := s.bytes+size > 64*maxUpload
+		if !countFull && !bytesFull {
+			return true
+		}
+		var victim string
+		var most *ownerUse
+		for o, v := range s.byOwner {
+			if o == owner {
+				continue
+			}
+			if most == nil || v.n > most.n || v.n == most.n && v.bytes > most.bytes {
+				victim, most = o, v
+			}
+		}
+		if bytesFull {
+			for o, v := range s.byOwner {
+				if o != owner && (most == nil || v.bytes > most.bytes) {
+					victim, most = o, v
+				}
+			}
+		}
+		switch {
+		case most == nil,
+			countFull && most.n <= u.n+1,
+			bytesFull && most.bytes <= u.bytes+size:
+			return false
+		}
+		var oldKey secret
+		var oldest *stored
+		for k, e := range s.m {
+			if e.owner == victim && (oldest == nil || e.used.Before(oldest.used)) {
+				oldKey, oldest = k, e
+			}
+		}
+		s.dropLocked(oldKey, oldest)
+	}
 }
 
 func (s *codeStore) get(tok string) (stored, bool) {
@@ -931,12 +1105,13 @@ func (s *codeStore) get(tok string) (stored, bool) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.m[tok]
+	k := hashSecret(tok)
+	e := s.m[k]
 	if e == nil {
 		return stored{}, false
 	}
 	if time.Since(e.used) > storedTTL {
-		s.dropLocked(tok, e)
+		s.dropLocked(k, e)
 		return stored{}, false
 	}
 	e.used = time.Now()

@@ -223,16 +223,16 @@ func NewReader(r io.Reader, response bool) *Reader {
 
 // Read returns the next frame.
 func (r *Reader) Read() (*Frame, error) {
-	n := RequestHeader
+	hn := RequestHeader
 	if r.Response {
-		n = ResponseHeader
+		hn = ResponseHeader
 	}
 	var hdr [ResponseHeader]byte
-	if _, err := io.ReadFull(r.r, hdr[:n]); err != nil {
+	if _, err := io.ReadFull(r.r, hdr[:hn]); err != nil {
 		return nil, err
 	}
 	f := &Frame{Type: hdr[0]}
-	size := binary.BigEndian.Uint32(hdr[n-4 : n])
+	size := binary.BigEndian.Uint32(hdr[hn-4 : hn])
 	if r.Response {
 		f.Err = hdr[1]
 	}
@@ -245,30 +245,65 @@ func (r *Reader) Read() (*Frame, error) {
 			return nil, &SizeError{Type: f.Type, Size: size, Limit: lim}
 		}
 	}
-	if r.Budget != nil && size > FreeFrame {
+	// The payload's buffer grows as its bytes arrive, each step charged
+	// first (frames beyond FreeFrame): announcing a large frame holds at
+	// most readChunk of the budget and of memory until it is sent, as
+	// bentod's own protocol (internal/wire).
+	held := int64(0)
+	charge := func(want int64) error {
+		if r.Budget == nil || size <= FreeFrame || want <= held {
+			return nil
+		}
 		wait := r.BudgetWait
 		if wait <= 0 {
 			wait = 30 * time.Second
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
-		err := r.Budget.Acquire(ctx, int64(size))
-		cancel()
-		if err != nil {
-			return nil, ErrBusy
+		defer cancel()
+		if err := r.Budget.Acquire(ctx, want-held); err != nil {
+			return ErrBusy
 		}
-		b, n := r.Budget, int64(size)
-		f.release = func() { b.Release(n) }
+		held = want
+		return nil
 	}
-	f.Payload = make([]byte, size)
-	if _, err := io.ReadFull(r.r, f.Payload); err != nil {
-		f.Release()
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
+	giveBack := func() {
+		if held > 0 {
+			r.Budget.Release(held)
+			held = 0
 		}
-		return nil, err
+	}
+	n := int(size)
+	p := []byte{}
+	for len(p) < n {
+		if cap(p) == len(p) {
+			want := min(n, max(2*cap(p), readChunk))
+			if err := charge(int64(want)); err != nil {
+				return nil, err
+			}
+			q := make([]byte, len(p), want)
+			copy(q, p)
+			p = q
+		}
+		m, err := r.r.Read(p[len(p):cap(p)])
+		p = p[:len(p)+m]
+		if err != nil && len(p) < n {
+			giveBack()
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+	f.Payload = p
+	if held > 0 {
+		b, h := r.Budget, held
+		f.release = func() { b.Release(h) }
 	}
 	return f, nil
 }
+
+// readChunk is how far a frame's buffer grows ahead of its bytes.
+const readChunk = 64 << 10
 
 // Discard skips n bytes (the payload of a refused frame).
 func (r *Reader) Discard(n int) error {

@@ -196,3 +196,55 @@ func FuzzClientFrames(f *testing.F) {
 		}
 	})
 }
+
+// stallReader serves b, then reports what the budget holds when asked
+// for more, and fails.
+type stallReader struct {
+	b      []byte
+	budget *testBudget
+	held   int64
+}
+
+func (s *stallReader) Read(p []byte) (int, error) {
+	if len(s.b) == 0 {
+		s.held = s.budget.held
+		return 0, io.ErrUnexpectedEOF
+	}
+	n := copy(p, s.b)
+	s.b = s.b[n:]
+	return n, nil
+}
+
+// TestReaderChargesAsBytesArrive: a frame's header announcing the most
+// its type may hold, then nothing, holds at most one step of the budget
+// (readChunk), not what it announced; everything is given back when it
+// fails.
+func TestReaderChargesAsBytesArrive(t *testing.T) {
+	b := &testBudget{limit: 64 << 20}
+	hdr := []byte{TStore, 0, 0x80, 0, 0} // 8 MB announced
+	src := &stallReader{b: append(hdr, "{\"name\""...), budget: b}
+	r := NewReader(src, false)
+	r.Limit = func(uint8) int { return 16 << 20 }
+	r.Budget = b
+	if _, err := r.Read(); err != io.ErrUnexpectedEOF {
+		t.Fatalf("a frame cut short: %v", err)
+	}
+	if src.held > 64<<10 {
+		t.Fatalf("%d bytes of the budget held for a frame of 7 bytes so far (8 MB announced): at most %d", src.held, 64<<10)
+	}
+	if b.held != 0 {
+		t.Fatalf("%d bytes held after the frame failed", b.held)
+	}
+	// Whole, a large frame is charged its size while held.
+	payload := bytes.Repeat([]byte("a"), 300<<10)
+	r = NewReader(bytes.NewReader(AppendRequest(nil, TStore, payload)), false)
+	r.Limit, r.Budget = func(uint8) int { return 16 << 20 }, b
+	f, err := r.Read()
+	if err != nil || !bytes.Equal(f.Payload, payload) || b.held != int64(len(payload)) {
+		t.Fatalf("%v: held %d for %d bytes", err, b.held, len(payload))
+	}
+	f.Release()
+	if b.held != 0 {
+		t.Fatalf("%d held after release", b.held)
+	}
+}
