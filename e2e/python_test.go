@@ -282,6 +282,8 @@ def main(host, port):
 		{"inet6", 0, "inet6: PermissionError: [Errno 1] Operation not permitted"},
 		{"netlink", 0, "netlink: PermissionError: [Errno 1] Operation not permitted"},
 		{"connect", 0, `connect: ConnectionRefusedError: [Errno 111] 127.0.0.1:22: permission denied: net.dial() needs "net" in the manifest's apis`},
+		{"lease", 0, "lease: PermissionError: [Errno 1] Operation not permitted"},
+		{"oob", 0, "oob: PermissionError: [Errno 1] Operation not permitted"},
 		{"cpubomb", 6, "cpu time limit exceeded"},
 		{"flood", 6, "output limit exceeded"},
 		{"membomb", 6, "memory limit"},

@@ -32,6 +32,29 @@ def _threads():
     return n
 
 
+def _lease():
+    # A write lease on a file its user owns: with a rootless bentod that
+    # user owns the shared root (/bento-runner, /bento/driver.py), and
+    # the lease would stall every other container's start for 45 s. Here
+    # a file of its own /tmp stands for them.
+    import fcntl
+    with open("/tmp/lease", "wb"):
+        pass
+    with open("/tmp/lease", "rb") as f:
+        return fcntl.fcntl(f, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+
+
+def _oob():
+    # Out-of-band data on an AF_UNIX socket: the kernel's path of
+    # CVE-2025-38236.
+    a, b = socket.socketpair()
+    try:
+        return a.send(b"!", socket.MSG_OOB)
+    finally:
+        a.close()
+        b.close()
+
+
 ATTACKS = {
     "fork": lambda: os.fork(),
     "subprocess": lambda: subprocess.run(["/usr/bin/python3", "-c", "print(1)"], capture_output=True),
@@ -47,6 +70,8 @@ ATTACKS = {
     "inet6": lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM),
     "netlink": lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0),
     "connect": lambda: socket.create_connection(("127.0.0.1", 22), timeout=2),
+    "lease": _lease,
+    "oob": _oob,
     "threads": _threads,
 }
 
