@@ -367,6 +367,13 @@ func TestFindPython(t *testing.T) {
 	if !clone || !clone3 || !sock {
 		t.Errorf("seccomp rules: clone %v, clone3 %v, socket %v", clone, clone3, sock)
 	}
+	// The host's activity counters, readable by a python function's
+	// open(), are masked.
+	for _, p := range []string{"/proc/softirqs", "/proc/vmstat", "/proc/pressure", "/proc/sys/fs/file-nr", "/proc/loadavg"} {
+		if !slices.Contains(spec.Linux.MaskedPaths, p) {
+			t.Errorf("%s is not masked", p)
+		}
+	}
 	// A starlark container's spec is unchanged.
 	if spec := s.buildSpec("x", Limits{CPU: 1, Memory: 64 << 20}); spec.Process.Args[0] != "/bento-runner" || len(spec.Mounts) != 3 {
 		t.Errorf("a starlark container: %q, %d mounts", spec.Process.Args, len(spec.Mounts))
@@ -558,6 +565,7 @@ func TestPythonSeccompArgs(t *testing.T) {
 		{"process_vm_writev", nil, false},
 		{"personality", nil, false},
 		{"flock", nil, false},
+		{"sysinfo", nil, false}, // the host's uptime, load and memory
 	} {
 		if got := seccompAllows(p, tc.name, tc.args); got != tc.want {
 			t.Errorf("%s %#x: allowed %v, want %v", tc.name, tc.args, got, tc.want)
