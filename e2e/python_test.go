@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/zlib"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -110,6 +111,54 @@ def main(who):
 		r := bento(t, "", "logs", d.Addr, dep.ShutdownToken)
 		if r.Code != 0 || !strings.Contains(r.Stdout, "visit 1 by ann") || !strings.Contains(r.Stdout, "visit 2 by bob") || !strings.Contains(r.Stdout, `refused: permission denied: http.fetch() needs "http.fetch" in the manifest's apis`) {
 			t.Fatalf("the instance log: %s", r)
+		}
+	})
+
+	t.Run("deep-args", func(t *testing.T) {
+		// A client's arguments nested past CPython's recursion limit took
+		// the driver down as it decoded them, and every invocation of
+		// the instance with it: bentod refuses them, and another client's
+		// invocation runs on.
+		dir := pyFunction(t, "name = \"deep\"\nimage = \"python\"\nmode = \"service\"\napis = [\"send\"]\n", `import time
+
+
+def main(*a):
+    if a and a[0] == "slow":
+        time.sleep(3)
+        return "slow done\n"
+    return "depth %d\n" % len(a)
+`)
+		dep := deployCLI(t, d, dir)
+		cl := client.New(d.Addr)
+		slow, err := cl.Invoke(ctx(t), dep.InvocationToken, "slow")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer slow.Close()
+		time.Sleep(300 * time.Millisecond)
+		deep := json.RawMessage(strings.Repeat("[", 2000) + strings.Repeat("]", 2000))
+		if s, err := cl.Invoke(ctx(t), dep.InvocationToken, deep); err == nil || !strings.Contains(err.Error(), "arguments nest 2001 deep, more than the 100 allowed") {
+			if err == nil {
+				s.Close()
+			}
+			t.Fatalf("arguments 2000 deep: %v", err)
+		}
+		var out []byte
+		for {
+			data, exit, err := slow.Recv()
+			if err != nil {
+				t.Fatalf("the other invocation: %v (output %q)", err, out)
+			}
+			out = append(out, data...)
+			if exit != nil {
+				if exit.Status != "ok" || string(out) != "slow done\n" {
+					t.Fatalf("the other invocation ended %+v with %q", exit, out)
+				}
+				break
+			}
+		}
+		if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "x"); r.Code != 0 || r.Stdout != "depth 1\n" {
+			t.Fatalf("after: %s", r)
 		}
 	})
 
