@@ -548,7 +548,8 @@ func TestPythonSeccompArgs(t *testing.T) {
 		{"sendto", map[uint]uint64{3: 1<<40 | msgOOB}, false},
 		{"recvfrom", map[uint]uint64{3: msgPeek | msgDontwait}, true},
 		{"recvfrom", map[uint]uint64{3: msgOOB}, false},
-		{"sendmsg", map[uint]uint64{2: 0}, true},
+		{"sendmsg", map[uint]uint64{2: 0}, false}, // descriptors (SCM_RIGHTS) travel with it alone
+		{"recvmsg", map[uint]uint64{2: msgPeek}, true},
 		{"sendmsg", map[uint]uint64{2: msgOOB}, false},
 		{"recvmsg", map[uint]uint64{2: msgOOB | msgPeek}, false},
 		{"sendmmsg", nil, false},

@@ -78,8 +78,7 @@ func seccompProfile() *ociSeccomp {
 // Added beyond the trace, for paths it cannot force: the rest of the
 // time, signal and poller calls the runner's list has (clock_gettime
 // without the vDSO, select, ppoll, epoll_*), ioctl FIONBIO (a socket's
-// timeout) and FIOCLEX, recvmsg/sendmsg and get/setsockopt on the
-// socketpairs, dup*, and what files in /tmp need (unlink, mkdir, rename,
+// timeout) and FIOCLEX, recvmsg and get/setsockopt on the socketpairs, dup*, and what files in /tmp need (unlink, mkdir, rename,
 // ftruncate, fsync, statx, ...); execve, close_range and fstatfs, which
 // runc's init calls after installing the filter.
 //
@@ -95,8 +94,8 @@ func seccompProfile() *ociSeccomp {
 // standard library's ctypes runs any machine code a function brings, so
 // every call here may come with any arguments. Filtered on them (see
 // pythonSeccompProfile): clone (a thread, and no namespace flag), socket
-// and socketpair (AF_UNIX), sendto/recvfrom/sendmsg/recvmsg (no
-// MSG_OOB), fcntl (no F_SETLEASE, F_NOTIFY or other rare commands),
+// and socketpair (AF_UNIX), sendto/recvfrom/recvmsg (no MSG_OOB; sendmsg
+// not at all), fcntl (no F_SETLEASE, F_NOTIFY or other rare commands),
 // ioctl (three requests). Each rule is an equality on all 64 bits or a
 // mask of bits that must be clear (the upper half included where it
 // tells commands apart), never "not equal": the kernel drops the upper
@@ -118,7 +117,7 @@ var pythonSyscalls = []string{
 	"dup", "dup2", "dup3", "pipe2", "poll", "ppoll", "select", "pselect6",
 	"epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_pwait2", "epoll_wait", "eventfd2",
 	// the sockets of the socketpairs (socket and socketpair: AF_UNIX only;
-	// sendto, recvfrom, sendmsg, recvmsg: without MSG_OOB)
+	// sendto, recvfrom, recvmsg: without MSG_OOB; no sendmsg)
 	"shutdown",
 	"getsockopt", "setsockopt", "getsockname", "getpeername",
 	// files: the read-only root and /tmp
@@ -181,9 +180,13 @@ func pythonSeccompProfile() *ociSeccomp {
 		// socketpairs need, and the kernel's least-trodden path there
 		// (CVE-2025-38236, a use-after-free reached from sandboxes this
 		// way): never. The flags are arg 3 of sendto and recvfrom, arg 2
-		// of sendmsg and recvmsg.
+		// of recvmsg. sendmsg is refused: it alone passes descriptors
+		// (SCM_RIGHTS), whose cycles the kernel's AF_UNIX garbage
+		// collector untangles, another path of exploited bugs
+		// (CVE-2021-0920, CVE-2024-26923); the driver and requests send
+		// with sendto.
 		{Names: []string{"sendto", "recvfrom"}, Action: "SCMP_ACT_ALLOW", Args: masked(3, msgOOB, 0)},
-		{Names: []string{"sendmsg", "recvmsg"}, Action: "SCMP_ACT_ALLOW", Args: masked(2, msgOOB, 0)},
+		{Names: []string{"recvmsg"}, Action: "SCMP_ACT_ALLOW", Args: masked(2, msgOOB, 0)},
 		{Names: []string{"fcntl"}, Action: "SCMP_ACT_ALLOW", Args: masked(1, fcntlLow, 0)},
 	}
 	for _, cmd := range fcntlHigh {
