@@ -333,6 +333,7 @@ def main(host, port):
 		{"connect", 0, `connect: ConnectionRefusedError: [Errno 111] 127.0.0.1:22: permission denied: net.dial() needs "net" in the manifest's apis`},
 		{"lease", 0, "lease: PermissionError: [Errno 1] Operation not permitted"},
 		{"oob", 0, "oob: PermissionError: [Errno 1] Operation not permitted"},
+		{"scmrights", 0, "scmrights: PermissionError: [Errno 1] Operation not permitted"},
 		{"hostinfo", 0, "hostinfo: Contained: nothing of the host's activity is readable"},
 		{"cpubomb", 6, "cpu time limit exceeded"},
 		{"flood", 6, "output limit exceeded"},

@@ -94,6 +94,17 @@ def _hostinfo():
     raise Contained("nothing of the host's activity is readable")
 
 
+def _scmrights():
+    # A descriptor sent over an AF_UNIX socket (to itself: a cycle for
+    # the kernel's garbage collector).
+    a, b = socket.socketpair()
+    try:
+        return socket.send_fds(a, [b"x"], [a.fileno(), b.fileno()])
+    finally:
+        a.close()
+        b.close()
+
+
 ATTACKS = {
     "fork": lambda: os.fork(),
     "subprocess": lambda: subprocess.run(["/usr/bin/python3", "-c", "print(1)"], capture_output=True),
@@ -112,6 +123,7 @@ ATTACKS = {
     "lease": _lease,
     "oob": _oob,
     "hostinfo": _hostinfo,
+    "scmrights": _scmrights,
     "threads": _threads,
 }
 
