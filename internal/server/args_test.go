@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestJSONDepth(t *testing.T) {
@@ -57,4 +58,32 @@ func depthOf(v any) int {
 		return most + 1
 	}
 	return 0
+}
+
+// TestCallLimiter: an instance's host calls go at callsPerCore a second
+// per core of its quota (at least minCalls), a second's worth ahead.
+func TestCallLimiter(t *testing.T) {
+	for _, tc := range []struct {
+		cpu  float64
+		rate float64
+	}{{1, 2000}, {0.1, 1000}, {2, 4000}} {
+		l := newCallLimiter(tc.cpu)
+		if l.rate != tc.rate || l.burst != tc.rate {
+			t.Errorf("cpu %v: rate %v burst %v, want %v", tc.cpu, l.rate, l.burst, tc.rate)
+		}
+	}
+	l := newCallLimiter(1)
+	start := time.Now()
+	for range 3000 { // the burst, then 1000 at 2000 a second
+		if !l.waitOr(nil, 1) {
+			t.Fatal("stopped")
+		}
+	}
+	if d := time.Since(start); d < 400*time.Millisecond || d > 3*time.Second {
+		t.Errorf("3000 calls took %v, want about 500 ms", d)
+	}
+	stop := make(chan struct{})
+	close(stop)
+	for l.waitOr(stop, 1) {
+	} // the bucket runs dry: stop ends the wait
 }
