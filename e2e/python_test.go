@@ -162,6 +162,33 @@ def main(*a):
 		}
 	})
 
+	t.Run("poll-loop", func(t *testing.T) {
+		// api.poll() in a loop is a host call each time, some 80 µs of
+		// bentod's own CPU: unpaced, a function made bentod spend more
+		// than the function's quota. bentod carries out 2000 calls a
+		// second per core of the function's (a second's worth ahead).
+		dir := pyFunction(t, "name = \"poller\"\nimage = \"python\"\napis = [\"send\", \"recv\"]\n[resources]\ncpu = 1\n", `import time
+
+
+def main():
+    n = 0
+    end = time.time() + 2
+    while time.time() < end:
+        api.poll()
+        n += 1
+    return str(n)
+`)
+		r := bento(t, "", "run", d.Addr, dir)
+		n, err := strconv.Atoi(r.Stdout)
+		if r.Code != 0 || err != nil {
+			t.Fatalf("the poll loop: %s", r)
+		}
+		if n > 6600 { // 2000 ahead, 2000 a second for 2 s, and a tenth
+			t.Fatalf("%d polls in 2 s, more than bentod's pace (2000 a second per core, 2000 ahead) allows", n)
+		}
+		t.Logf("%d polls in 2 s", n)
+	})
+
 	t.Run("https", func(t *testing.T) {
 		// TLS is Python's own ssl over the shim's socket: http.client
 		// here, against a loopback server with a certificate of its own.
