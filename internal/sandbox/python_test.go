@@ -412,7 +412,11 @@ func FuzzPythonDriverFrames(f *testing.F) {
 		if ready.Error != nil {
 			t.Fatal(ready.Error)
 		}
+		wrote := make(chan struct{})
+		// The cleanup closes d.host: the writer ends before it.
+		t.Cleanup(func() { <-wrote })
 		go func() {
+			defer close(wrote)
 			d.host.Write(in)
 			// Then nothing more: the driver must end.
 			syscall.Shutdown(int(d.host.Fd()), syscall.SHUT_WR)
