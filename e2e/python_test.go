@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/zlib"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -111,6 +112,81 @@ def main(who):
 		if r.Code != 0 || !strings.Contains(r.Stdout, "visit 1 by ann") || !strings.Contains(r.Stdout, "visit 2 by bob") || !strings.Contains(r.Stdout, `refused: permission denied: http.fetch() needs "http.fetch" in the manifest's apis`) {
 			t.Fatalf("the instance log: %s", r)
 		}
+	})
+
+	t.Run("deep-args", func(t *testing.T) {
+		// A client's arguments nested past CPython's recursion limit took
+		// the driver down as it decoded them, and every invocation of
+		// the instance with it: bentod refuses them, and another client's
+		// invocation runs on.
+		dir := pyFunction(t, "name = \"deep\"\nimage = \"python\"\nmode = \"service\"\napis = [\"send\"]\n", `import time
+
+
+def main(*a):
+    if a and a[0] == "slow":
+        time.sleep(3)
+        return "slow done\n"
+    return "depth %d\n" % len(a)
+`)
+		dep := deployCLI(t, d, dir)
+		cl := client.New(d.Addr)
+		slow, err := cl.Invoke(ctx(t), dep.InvocationToken, "slow")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer slow.Close()
+		time.Sleep(300 * time.Millisecond)
+		deep := json.RawMessage(strings.Repeat("[", 2000) + strings.Repeat("]", 2000))
+		if s, err := cl.Invoke(ctx(t), dep.InvocationToken, deep); err == nil || !strings.Contains(err.Error(), "arguments nest 2001 deep, more than the 100 allowed") {
+			if err == nil {
+				s.Close()
+			}
+			t.Fatalf("arguments 2000 deep: %v", err)
+		}
+		var out []byte
+		for {
+			data, exit, err := slow.Recv()
+			if err != nil {
+				t.Fatalf("the other invocation: %v (output %q)", err, out)
+			}
+			out = append(out, data...)
+			if exit != nil {
+				if exit.Status != "ok" || string(out) != "slow done\n" {
+					t.Fatalf("the other invocation ended %+v with %q", exit, out)
+				}
+				break
+			}
+		}
+		if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "x"); r.Code != 0 || r.Stdout != "depth 1\n" {
+			t.Fatalf("after: %s", r)
+		}
+	})
+
+	t.Run("poll-loop", func(t *testing.T) {
+		// api.poll() in a loop is a host call each time, some 80 µs of
+		// bentod's own CPU: unpaced, a function made bentod spend more
+		// than the function's quota. bentod carries out 2000 calls a
+		// second per core of the function's (a second's worth ahead).
+		dir := pyFunction(t, "name = \"poller\"\nimage = \"python\"\napis = [\"send\", \"recv\"]\n[resources]\ncpu = 1\n", `import time
+
+
+def main():
+    n = 0
+    end = time.time() + 2
+    while time.time() < end:
+        api.poll()
+        n += 1
+    return str(n)
+`)
+		r := bento(t, "", "run", d.Addr, dir)
+		n, err := strconv.Atoi(r.Stdout)
+		if r.Code != 0 || err != nil {
+			t.Fatalf("the poll loop: %s", r)
+		}
+		if n > 6600 { // 2000 ahead, 2000 a second for 2 s, and a tenth
+			t.Fatalf("%d polls in 2 s, more than bentod's pace (2000 a second per core, 2000 ahead) allows", n)
+		}
+		t.Logf("%d polls in 2 s", n)
 	})
 
 	t.Run("https", func(t *testing.T) {
@@ -282,6 +358,10 @@ def main(host, port):
 		{"inet6", 0, "inet6: PermissionError: [Errno 1] Operation not permitted"},
 		{"netlink", 0, "netlink: PermissionError: [Errno 1] Operation not permitted"},
 		{"connect", 0, `connect: ConnectionRefusedError: [Errno 111] 127.0.0.1:22: permission denied: net.dial() needs "net" in the manifest's apis`},
+		{"lease", 0, "lease: PermissionError: [Errno 1] Operation not permitted"},
+		{"oob", 0, "oob: PermissionError: [Errno 1] Operation not permitted"},
+		{"scmrights", 0, "scmrights: PermissionError: [Errno 1] Operation not permitted"},
+		{"hostinfo", 0, "hostinfo: Contained: nothing of the host's activity is readable"},
 		{"cpubomb", 6, "cpu time limit exceeded"},
 		{"flood", 6, "output limit exceeded"},
 		{"membomb", 6, "memory limit"},

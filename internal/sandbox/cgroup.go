@@ -42,6 +42,11 @@ type Placement struct {
 	MemoryMax int64
 	// DaemonMax is the memory.max bentod gave its own leaf (0: none).
 	DaemonMax int64
+	// FunctionTasks is the pids.max of the containers' parent when
+	// delegated: the service's (systemd's TasksMax=) but daemonTasks, so
+	// that functions filling their process limits together leave bentod
+	// its threads (0: the service has no TasksMax=).
+	FunctionTasks int64
 	// Err is what went wrong setting up the delegated placement, when
 	// bentod fell back to the legacy one; nil otherwise.
 	Err error
@@ -154,6 +159,10 @@ func place(env cgroupEnv) Placement {
 const (
 	daemonLeaf   = "daemon"
 	instancesDir = "instances"
+	// daemonTasks is what bentod keeps of the service's TasksMax= for
+	// itself (a quarter where that is less): the Go runtime's threads and
+	// the OCI runtime's processes while containers start and end.
+	daemonTasks = 512
 )
 
 func delegate(env cgroupEnv, own string) (Placement, error) {
@@ -212,15 +221,34 @@ func delegate(env cgroupEnv, own string) (Placement, error) {
 	if b, err := os.ReadFile(filepath.Join(dir, "memory.max")); err == nil && strings.TrimSpace(string(b)) != "max" {
 		memMax, _ = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 	}
+	// The service's TasksMax= bounds bentod and every function together:
+	// the functions get all of it but bentod's reserve (a python function
+	// fills its process limit with threads, and all of them together
+	// would otherwise leave bentod's runtime no thread to start, which it
+	// does not survive).
+	var tasks int64
+	if b, err := os.ReadFile(filepath.Join(dir, "pids.max")); err == nil && strings.TrimSpace(string(b)) != "max" {
+		if n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && n > 0 {
+			tasks = n - min(daemonTasks, n/4)
+			if err := env.writeFile(filepath.Join(inst, "pids.max"), []byte(strconv.FormatInt(tasks, 10))); err != nil {
+				return Placement{}, fmt.Errorf("setting %s/pids.max: %w", inst, err)
+			}
+		}
+	}
+	why := "cgroup v2, own cgroup " + own + " delegated: bentod in " + path.Join(own, daemonLeaf) + ", containers below " + path.Join(own, instancesDir)
+	if tasks > 0 {
+		why += fmt.Sprintf(" (at most %d processes and threads together: the unit's TasksMax= but bentod's own)", tasks)
+	}
 	return Placement{
-		MemoryMax: memMax,
-		DaemonMax: env.daemonMax,
-		Mode:      PlaceDelegated,
-		V2:        true,
-		Own:       own,
-		Parent:    path.Join(own, instancesDir),
-		Daemon:    path.Join(own, daemonLeaf),
-		Why:       "cgroup v2, own cgroup " + own + " delegated: bentod in " + path.Join(own, daemonLeaf) + ", containers below " + path.Join(own, instancesDir),
+		MemoryMax:     memMax,
+		DaemonMax:     env.daemonMax,
+		FunctionTasks: tasks,
+		Mode:          PlaceDelegated,
+		V2:            true,
+		Own:           own,
+		Parent:        path.Join(own, instancesDir),
+		Daemon:        path.Join(own, daemonLeaf),
+		Why:           why,
 	}, nil
 }
 

@@ -316,3 +316,40 @@ func TestPlaceDaemonCeiling(t *testing.T) {
 		}
 	}
 }
+
+// TestPlaceFunctionTasks: the service's TasksMax= (its pids.max) bounds
+// bentod and every function together; the functions' parent gets all of
+// it but bentod's reserve, so functions that fill their process limits
+// together (a python function's threads) never take the last threads
+// bentod's own runtime and the OCI runtime need.
+func TestPlaceFunctionTasks(t *testing.T) {
+	for _, tc := range []struct {
+		tasksMax string // the service's pids.max
+		want     string // instances/pids.max, "" for untouched
+		n        int64
+	}{
+		{"4096\n", "3584", 3584},
+		{"1000\n", "750", 750},
+		{"max\n", "", 0},
+	} {
+		root := fakeCgroupFS(t, map[string]string{
+			"cgroup.controllers":                  "cpu memory pids\n",
+			svc + "/cgroup.controllers":           "cpu memory pids\n",
+			svc + "/cgroup.procs":                 "",
+			svc + "/pids.max":                     tc.tasksMax,
+			svc + "/instances/cgroup.controllers": "cpu memory pids\n",
+		})
+		self := filepath.Join(t.TempDir(), "cgroup")
+		if err := os.WriteFile(self, []byte("0::"+svc+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p := place(cgroupEnv{root: root, self: self, pid: 1, delegated: func(string) bool { return true }})
+		if p.Mode != PlaceDelegated || p.FunctionTasks != tc.n {
+			t.Fatalf("TasksMax %q: place = %+v, want FunctionTasks %d", tc.tasksMax, p, tc.n)
+		}
+		b, err := os.ReadFile(filepath.Join(root, svc, "instances", "pids.max"))
+		if got := string(b); (err != nil) != (tc.want == "") || got != tc.want {
+			t.Errorf("TasksMax %q: instances/pids.max = %q (%v), want %q", tc.tasksMax, got, err, tc.want)
+		}
+	}
+}

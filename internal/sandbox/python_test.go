@@ -351,20 +351,28 @@ func TestFindPython(t *testing.T) {
 	for _, r := range spec.Linux.Seccomp.Syscalls {
 		switch {
 		case slices.Contains(r.Names, "clone"):
-			clone = r.Action == "SCMP_ACT_ALLOW" && len(r.Args) == 1 && r.Args[0].Op == "SCMP_CMP_MASKED_EQ" && r.Args[0].Value == cloneThread && r.Args[0].ValueTwo == cloneThread
+			clone = r.Action == "SCMP_ACT_ALLOW" && len(r.Args) == 1 && r.Args[0].Op == "SCMP_CMP_MASKED_EQ" && r.Args[0].Value == cloneThread|cloneNewNS && r.Args[0].ValueTwo == cloneThread
 		case slices.Contains(r.Names, "clone3"):
 			clone3 = r.Action == "SCMP_ACT_ERRNO" && r.ErrnoRet != nil && *r.ErrnoRet == 38
 		case slices.Contains(r.Names, "socket"):
 			sock = len(r.Args) == 1 && r.Args[0].Index == 0 && r.Args[0].Value == 1 && r.Args[0].Op == "SCMP_CMP_EQ"
 		}
 		for _, n := range r.Names {
-			if r.Action == "SCMP_ACT_ALLOW" && len(r.Args) == 0 && slices.Contains([]string{"fork", "vfork", "connect", "bind", "ptrace", "mount", "socket", "clone", "kill", "setuid"}, n) {
+			if r.Action == "SCMP_ACT_ALLOW" && len(r.Args) == 0 && slices.Contains([]string{"fork", "vfork", "connect", "bind", "ptrace", "mount", "socket", "clone", "kill", "setuid",
+				"fcntl", "sendto", "recvfrom", "sendmsg", "recvmsg", "ioctl", "unshare", "setns", "io_uring_setup", "memfd_create", "execveat", "personality", "process_vm_writev", "sendmmsg", "recvmmsg", "flock"}, n) {
 				t.Errorf("%s allowed without condition", n)
 			}
 		}
 	}
 	if !clone || !clone3 || !sock {
 		t.Errorf("seccomp rules: clone %v, clone3 %v, socket %v", clone, clone3, sock)
+	}
+	// The host's activity counters, readable by a python function's
+	// open(), are masked.
+	for _, p := range []string{"/proc/softirqs", "/proc/vmstat", "/proc/pressure", "/proc/sys/fs/file-nr", "/proc/loadavg"} {
+		if !slices.Contains(spec.Linux.MaskedPaths, p) {
+			t.Errorf("%s is not masked", p)
+		}
 	}
 	// A starlark container's spec is unchanged.
 	if spec := s.buildSpec("x", Limits{CPU: 1, Memory: 64 << 20}); spec.Process.Args[0] != "/bento-runner" || len(spec.Mounts) != 3 {
@@ -478,6 +486,100 @@ def main(what):
 		}
 		if _, done, body := d.invoke(2, `["ok"]`, nil); done.Error != nil || string(body) != "fine" {
 			t.Fatalf("after %s: %+v %q", tc.arg, done.Error, body)
+		}
+	}
+}
+
+// seccompAllows evaluates an OCI seccomp profile as libseccomp does for
+// one call: allowed when some rule naming it allows it with all of its
+// argument conditions met.
+func seccompAllows(p *ociSeccomp, name string, args map[uint]uint64) bool {
+	for _, r := range p.Syscalls {
+		if !slices.Contains(r.Names, name) || r.Action != "SCMP_ACT_ALLOW" {
+			continue
+		}
+		ok := true
+		for _, a := range r.Args {
+			v := args[a.Index]
+			switch a.Op {
+			case "SCMP_CMP_EQ":
+				ok = ok && v == a.Value
+			case "SCMP_CMP_NE":
+				ok = ok && v != a.Value
+			case "SCMP_CMP_MASKED_EQ":
+				ok = ok && v&a.Value == a.ValueTwo
+			default:
+				panic("operator " + a.Op)
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return p.DefaultAction == "SCMP_ACT_ALLOW"
+}
+
+// TestPythonSeccompArgs checks the python image's argument rules call by
+// call, as a function's native code (ctypes) could make them: with any
+// arguments, upper bits of 32-bit ones included.
+func TestPythonSeccompArgs(t *testing.T) {
+	const (
+		cloneVM, cloneFS, cloneFiles, cloneSighand = 0x100, 0x200, 0x400, 0x800
+		thread                                     = cloneVM | cloneFS | cloneFiles | cloneSighand | cloneThread | 0x00080000 | 0x00100000 | 0x00200000 | 0x01000000 // glibc's pthread_create
+		fSetlease, fNotify, fDupfdCloexec          = 1024, 1026, 1030
+		fGetfl, fSetfl, fSetlk, fOFDSetlk          = 3, 4, 6, 37
+		msgPeek, msgDontwait, msgNosignal          = 2, 0x40, 0x4000
+	)
+	p := pythonSeccompProfile()
+	for _, tc := range []struct {
+		name string
+		args map[uint]uint64
+		want bool
+	}{
+		{"clone", map[uint]uint64{0: thread}, true},
+		{"clone", map[uint]uint64{0: 0x01200011}, false},          // fork: CLONE_CHILD_SETTID|CLONE_CHILD_CLEARTID|SIGCHLD
+		{"clone", map[uint]uint64{0: thread | 0x40000000}, false}, // CLONE_NEWNET
+		{"clone", map[uint]uint64{0: thread | 0x10000000}, false}, // CLONE_NEWUSER
+		{"clone", map[uint]uint64{0: thread | 0x00020000}, false}, // CLONE_NEWNS
+		{"clone3", nil, false},
+		{"unshare", map[uint]uint64{0: 0x40000000}, false},
+		{"setns", nil, false},
+		{"fcntl", map[uint]uint64{1: fGetfl}, true},
+		{"fcntl", map[uint]uint64{1: fSetfl}, true},
+		{"fcntl", map[uint]uint64{1: fSetlk}, true},
+		{"fcntl", map[uint]uint64{1: fOFDSetlk}, true},
+		{"fcntl", map[uint]uint64{1: fDupfdCloexec}, true},
+		{"fcntl", map[uint]uint64{1: fSetlease}, false},
+		{"fcntl", map[uint]uint64{1: 1<<32 | fSetlease}, false}, // the kernel reads the lower half only
+		{"fcntl", map[uint]uint64{1: 1<<32 | fGetfl}, false},
+		{"fcntl", map[uint]uint64{1: fNotify}, false},
+		{"sendto", map[uint]uint64{3: msgNosignal}, true},
+		{"sendto", map[uint]uint64{3: msgNosignal | msgOOB}, false},
+		{"sendto", map[uint]uint64{3: 1<<40 | msgOOB}, false},
+		{"recvfrom", map[uint]uint64{3: msgPeek | msgDontwait}, true},
+		{"recvfrom", map[uint]uint64{3: msgOOB}, false},
+		{"sendmsg", map[uint]uint64{2: 0}, false}, // descriptors (SCM_RIGHTS) travel with it alone
+		{"recvmsg", map[uint]uint64{2: msgPeek}, true},
+		{"sendmsg", map[uint]uint64{2: msgOOB}, false},
+		{"recvmsg", map[uint]uint64{2: msgOOB | msgPeek}, false},
+		{"sendmmsg", nil, false},
+		{"socket", map[uint]uint64{0: afUnix}, true},
+		{"socket", map[uint]uint64{0: 1<<32 | afUnix}, false},
+		{"socket", map[uint]uint64{0: 2}, false}, // AF_INET
+		{"socketpair", map[uint]uint64{0: 2}, false},
+		{"ioctl", map[uint]uint64{1: ioctlFIONBIO}, true},
+		{"ioctl", map[uint]uint64{1: 0x5412}, false}, // TIOCSTI
+		{"io_uring_setup", nil, false},
+		{"memfd_create", nil, false},
+		{"execveat", nil, false},
+		{"ptrace", nil, false},
+		{"process_vm_writev", nil, false},
+		{"personality", nil, false},
+		{"flock", nil, false},
+		{"sysinfo", nil, false}, // the host's uptime, load and memory
+	} {
+		if got := seccompAllows(p, tc.name, tc.args); got != tc.want {
+			t.Errorf("%s %#x: allowed %v, want %v", tc.name, tc.args, got, tc.want)
 		}
 	}
 }

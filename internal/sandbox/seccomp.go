@@ -60,8 +60,11 @@ func seccompProfile() *ociSeccomp {
 //   - the dynamic loader and the importer: openat, newfstatat, read,
 //     pread64, lseek, close, getdents64, readlink, access, mmap, mprotect,
 //     munmap, madvise, brk, arch_prctl, set_tid_address, set_robust_list,
-//     rseq, prlimit64, getrandom, sysinfo, getuid; ioctl (TCGETS, for
-//     isatty: ENOTTY on every descriptor);
+//     rseq, prlimit64, getrandom, getuid; ioctl (TCGETS, for isatty:
+//     ENOTTY on every descriptor); sysinfo too, refused on purpose: it
+//     tells the host's uptime, load and free memory, which /proc's
+//     masked files hide (glibc's qsort asks it for the memory size, and
+//     sorts either way);
 //   - threads (an invocation each, two per network connection): clone3
 //     (answered ENOSYS, below), clone with CLONE_THREAD, futex, gettid,
 //     rt_sigprocmask, rt_sigaction, exit, clock_nanosleep (time.sleep);
@@ -75,8 +78,7 @@ func seccompProfile() *ociSeccomp {
 // Added beyond the trace, for paths it cannot force: the rest of the
 // time, signal and poller calls the runner's list has (clock_gettime
 // without the vDSO, select, ppoll, epoll_*), ioctl FIONBIO (a socket's
-// timeout) and FIOCLEX, recvmsg/sendmsg and get/setsockopt on the
-// socketpairs, dup*, and what files in /tmp need (unlink, mkdir, rename,
+// timeout) and FIOCLEX, recvmsg and get/setsockopt on the socketpairs, dup*, and what files in /tmp need (unlink, mkdir, rename,
 // ftruncate, fsync, statx, ...); execve, close_range and fstatfs, which
 // runc's init calls after installing the filter.
 //
@@ -87,6 +89,18 @@ func seccompProfile() *ociSeccomp {
 // accept, AF_INET/AF_INET6/AF_PACKET/AF_NETLINK sockets, ptrace, mount,
 // bpf, keyctl, perf_event_open, personality, process_vm_*, userfaultfd,
 // setuid and friends, kill (tgkill of its own threads stays).
+//
+// Unlike the runner's, this list is the boundary for native code: the
+// standard library's ctypes runs any machine code a function brings, so
+// every call here may come with any arguments. Filtered on them (see
+// pythonSeccompProfile): clone (a thread, and no namespace flag), socket
+// and socketpair (AF_UNIX), sendto/recvfrom/recvmsg (no MSG_OOB; sendmsg
+// not at all), fcntl (no F_SETLEASE, F_NOTIFY or other rare commands),
+// ioctl (three requests). Each rule is an equality on all 64 bits or a
+// mask of bits that must be clear (the upper half included where it
+// tells commands apart), never "not equal": the kernel drops the upper
+// half of a 32-bit argument, so a command with a bit set there would
+// pass such a rule and still be the command.
 var pythonSyscalls = []string{
 	// memory
 	"mmap", "munmap", "madvise", "mprotect", "mremap", "brk",
@@ -94,16 +108,17 @@ var pythonSyscalls = []string{
 	"futex", "sched_yield", "sched_getaffinity", "gettid", "getpid", "getppid", "tgkill",
 	"exit", "exit_group", "arch_prctl", "set_robust_list", "set_tid_address", "rseq",
 	"nanosleep", "clock_nanosleep", "clock_gettime", "clock_getres", "gettimeofday",
-	"getrusage", "times", "sysinfo", "uname",
+	"getrusage", "times", "uname",
 	"getuid", "geteuid", "getgid", "getegid",
 	// signals
 	"rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
 	// I/O on descriptors, the poller
-	"read", "write", "readv", "writev", "pread64", "pwrite64", "lseek", "close", "fcntl",
+	"read", "write", "readv", "writev", "pread64", "pwrite64", "lseek", "close",
 	"dup", "dup2", "dup3", "pipe2", "poll", "ppoll", "select", "pselect6",
 	"epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_pwait2", "epoll_wait", "eventfd2",
-	// the sockets of the socketpairs (socket and socketpair: AF_UNIX only)
-	"sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown",
+	// the sockets of the socketpairs (socket and socketpair: AF_UNIX only;
+	// sendto, recvfrom, recvmsg: without MSG_OOB; no sendmsg)
+	"shutdown",
 	"getsockopt", "setsockopt", "getsockname", "getpeername",
 	// files: the read-only root and /tmp
 	"openat", "newfstatat", "fstat", "statx", "readlink", "readlinkat", "getcwd", "getdents64",
@@ -117,26 +132,65 @@ var pythonSyscalls = []string{
 
 // Seccomp constants for the argument rules.
 const (
-	cloneThread  = 0x00010000 // CLONE_THREAD
-	afUnix       = 1          // AF_UNIX
+	cloneThread = 0x00010000 // CLONE_THREAD
+	// cloneNewNS are clone's namespace flags (CLONE_NEWNS, NEWCGROUP,
+	// NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET): a thread never gets one.
+	cloneNewNS   = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+	afUnix       = 1 // AF_UNIX
+	msgOOB       = 1 // MSG_OOB
 	errnoENOSYS  = 38
 	ioctlTCGETS  = 0x5401
 	ioctlFIONBIO = 0x5421
 	ioctlFIOCLEX = 0x5451
+	// fcntlLow masks the fcntl commands below 1024 (F_DUPFD to
+	// F_OFD_SETLKW: descriptors, status flags, locks, owners): the
+	// command must be one of them, with no bit set above, or one of
+	// fcntlHigh.
+	fcntlLow = ^uint64(1023)
 )
+
+// fcntlHigh are the fcntl commands from 1024 up the python image may
+// use: F_DUPFD_CLOEXEC, F_SETPIPE_SZ, F_GETPIPE_SZ, F_GET_SEALS. Not
+// F_SETLEASE (1024): a lease on a file the container's user owns blocks
+// everyone else's open of it for lease-break-time (45 s), and with a
+// rootless bentod that user owns the shared root (/bento-runner,
+// /bento/driver.py), which every container opens as it starts. Nor
+// F_NOTIFY, F_CANCELLK, F_ADD_SEALS or the write hints.
+var fcntlHigh = []uint64{1030, 1031, 1032, 1034}
 
 func pythonSeccompProfile() *ociSeccomp {
 	enosys := uint(errnoENOSYS)
 	eq := func(index uint, v uint64) []ociSyscArg {
 		return []ociSyscArg{{Index: index, Value: v, Op: "SCMP_CMP_EQ"}}
 	}
+	// masked: (arg & mask) == v. In the runtime's rules Value is the mask
+	// and ValueTwo the datum (libseccomp's SCMP_CMP_MASKED_EQ).
+	masked := func(index uint, mask, v uint64) []ociSyscArg {
+		return []ociSyscArg{{Index: index, Value: mask, ValueTwo: v, Op: "SCMP_CMP_MASKED_EQ"}}
+	}
 	rules := []ociSyscallRule{
 		{Names: pythonSyscalls, Action: "SCMP_ACT_ALLOW"},
 		// Threads only: a clone that does not share the thread group is a
-		// fork.
-		{Names: []string{"clone"}, Action: "SCMP_ACT_ALLOW", Args: []ociSyscArg{{Index: 0, Value: cloneThread, ValueTwo: cloneThread, Op: "SCMP_CMP_MASKED_EQ"}}},
+		// fork; and no namespace flag (they take capabilities the
+		// container has none of: refused here whatever the kernel).
+		{Names: []string{"clone"}, Action: "SCMP_ACT_ALLOW", Args: masked(0, cloneThread|cloneNewNS, cloneThread)},
 		{Names: []string{"clone3"}, Action: "SCMP_ACT_ERRNO", ErrnoRet: &enosys},
 		{Names: []string{"socket", "socketpair"}, Action: "SCMP_ACT_ALLOW", Args: eq(0, afUnix)},
+		// Out-of-band data on AF_UNIX sockets is nothing Python's
+		// socketpairs need, and the kernel's least-trodden path there
+		// (CVE-2025-38236, a use-after-free reached from sandboxes this
+		// way): never. The flags are arg 3 of sendto and recvfrom, arg 2
+		// of recvmsg. sendmsg is refused: it alone passes descriptors
+		// (SCM_RIGHTS), whose cycles the kernel's AF_UNIX garbage
+		// collector untangles, another path of exploited bugs
+		// (CVE-2021-0920, CVE-2024-26923); the driver and requests send
+		// with sendto.
+		{Names: []string{"sendto", "recvfrom"}, Action: "SCMP_ACT_ALLOW", Args: masked(3, msgOOB, 0)},
+		{Names: []string{"recvmsg"}, Action: "SCMP_ACT_ALLOW", Args: masked(2, msgOOB, 0)},
+		{Names: []string{"fcntl"}, Action: "SCMP_ACT_ALLOW", Args: masked(1, fcntlLow, 0)},
+	}
+	for _, cmd := range fcntlHigh {
+		rules = append(rules, ociSyscallRule{Names: []string{"fcntl"}, Action: "SCMP_ACT_ALLOW", Args: eq(1, cmd)})
 	}
 	for _, req := range []uint64{ioctlTCGETS, ioctlFIONBIO, ioctlFIOCLEX} {
 		rules = append(rules, ociSyscallRule{Names: []string{"ioctl"}, Action: "SCMP_ACT_ALLOW", Args: eq(1, req)})

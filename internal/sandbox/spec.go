@@ -205,6 +205,13 @@ func (s *Sandbox) buildSpec(id string, l Limits) *ociSpec {
 				"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
 				"/proc/interrupts", "/proc/meminfo", "/proc/cpuinfo", "/proc/stat", "/proc/loadavg",
 				"/proc/uptime", "/proc/diskstats", "/proc/net", "/sys/firmware",
+				// The host's activity, which no namespace divides (a
+				// python function reads /proc): softirqs counts the
+				// NICs' packets per CPU as they come, the others its
+				// memory, scheduling, pressure, locks and open files.
+				"/proc/softirqs", "/proc/vmstat", "/proc/zoneinfo", "/proc/buddyinfo",
+				"/proc/schedstat", "/proc/pressure", "/proc/locks", "/proc/swaps",
+				"/proc/sys/fs/file-nr", "/proc/sys/fs/inode-nr", "/proc/sys/fs/dentry-state",
 				// runc always adds these devices; masked, each is /dev/null.
 				"/dev/full", "/dev/random", "/dev/tty",
 			},

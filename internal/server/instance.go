@@ -59,6 +59,7 @@ type Instance struct {
 	budget     chain        // host-call data in flight: the instance's, its client's, the daemon's
 	budgetDone func()       // gives the client's budget back
 	io         *rateLimiter // host-call data moved, per second
+	calls      *rateLimiter // host calls carried out, per second
 
 	logMu      sync.Mutex    // the function's log files, and:
 	logEnd     int64         // bytes ever written to the log (a reader's position is counted so)
@@ -191,6 +192,7 @@ func newInstance(s *Server, id string, m *manifest.Manifest, o origin, adm *admi
 	client, done := s.budgets.get(budgetKey(o.owner))
 	in.budget, in.budgetDone = append(chain{budget.New(instanceShare(m.Resources))}, client...), done
 	in.io = newRateLimiter(max(1<<20, m.Resources.CPU*ioPerCore))
+	in.calls = newCallLimiter(m.Resources.CPU)
 	return in
 }
 
@@ -533,6 +535,12 @@ func (in *Instance) serve(rt *runtime) {
 				f.Release()
 				in.stopRuntime(rt, "host API protocol violation: "+err.Error())
 				continue
+			}
+			// The calls' pace: the runtime's next frames wait (its
+			// function's threads with them), bounded by the runtime's end.
+			if !in.calls.waitOr(rt.exited(), 1) {
+				f.Release()
+				return
 			}
 			if rt.calls.Add(1) > maxCalls {
 				rt.calls.Add(-1)

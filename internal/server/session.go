@@ -149,6 +149,9 @@ func (s *Server) openSession(f *wire.Frame) (*Instance, *session, int64, *proto.
 		if json.Unmarshal(req.Args, &probe) != nil {
 			return nil, nil, 0, badRequest("args must be a JSON array")
 		}
+		if d := jsonDepth(req.Args); d > maxArgsDepth {
+			return nil, nil, 0, badRequest(fmt.Sprintf("arguments nest %d deep, more than the %d allowed: pass deeper data as a string", d, maxArgsDepth))
+		}
 	}
 	in.mu.Lock()
 	full := in.readers >= maxInstanceReaders
@@ -308,4 +311,36 @@ func (s *Server) streamOutput(bud wire.Budget, send func(uint8, any, []byte) err
 			return false // the client went away; output stays for a reattach
 		}
 	}
+}
+
+// maxArgsDepth bounds how deep an invocation's arguments nest (the
+// array of arguments itself is depth 1). The python image's driver
+// decodes them with CPython's recursive JSON scanner, which stops at the
+// interpreter's recursion limit (1000) and took the driver, and every
+// invocation running in it, down with it; no image needs more.
+const maxArgsDepth = 100
+
+// jsonDepth returns how deep the arrays and objects of valid JSON nest.
+func jsonDepth(b []byte) int {
+	depth, most := 0, 0
+	in, esc := false, false
+	for _, c := range b {
+		switch {
+		case in && esc:
+			esc = false
+		case in && c == '\\':
+			esc = true
+		case in && c == '"':
+			in = false
+		case in:
+		case c == '"':
+			in = true
+		case c == '[' || c == '{':
+			depth++
+			most = max(most, depth)
+		case c == ']' || c == '}':
+			depth--
+		}
+	}
+	return most
 }
