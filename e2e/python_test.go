@@ -339,11 +339,7 @@ def main(host, port):
 	hdep := deployCLI(t, d, hostile)
 	neighbour := pyFunction(t, "name = \"neighbour\"\nimage = \"python\"\nmode = \"service\"\napis = [\"send\"]\n", "def main(name):\n    return 'hello, %s!\\n' % name\n")
 	ndep := deployCLI(t, d, neighbour)
-	tests := []struct {
-		attack string
-		code   int
-		want   string // in stdout (exit 0) or stderr
-	}{
+	attacks := []imageAttack{
 		{"fork", 0, "fork: PermissionError: [Errno 1] Operation not permitted"},
 		{"subprocess", 0, "subprocess: PermissionError: [Errno 1] Operation not permitted"},
 		{"spawn", 0, "spawn: PermissionError: [Errno 1] Operation not permitted"},
@@ -369,30 +365,7 @@ def main(host, port):
 		// invocation has returned.
 		{"threads", 0, "threads: RuntimeError: can't start new thread|process limit exceeded (32 processes/threads)"},
 	}
-	for _, tc := range tests {
-		t.Run(tc.attack, func(t *testing.T) {
-			start := time.Now()
-			r := bento(t, "", "invoke", d.Addr, hdep.InvocationToken, tc.attack)
-			got := r.Stderr
-			if tc.code == 0 {
-				got = r.Stdout
-			}
-			ok := false
-			for _, w := range strings.Split(tc.want, "|") {
-				ok = ok || strings.Contains(r.Stdout+r.Stderr, w) && (r.Code == tc.code || strings.Contains(r.Stderr, w))
-			}
-			if !ok {
-				t.Fatalf("want exit %d with %q, got %s", tc.code, tc.want, r)
-			}
-			if strings.Contains(r.Stdout, "root:x:0") || (tc.code == 0 && strings.Contains(r.Stdout, "succeeded") && !strings.Contains(tc.want, "succeeded")) {
-				t.Fatalf("the attack succeeded: %s", r)
-			}
-			t.Logf("%s: exit %d after %v: %s", tc.attack, r.Code, time.Since(start).Round(time.Millisecond), strings.TrimSpace(trunc(got)))
-			if r := bento(t, "", "invoke", d.Addr, ndep.InvocationToken, "dan"); r.Code != 0 || r.Stdout != "hello, dan!\n" {
-				t.Fatalf("the neighbour after %s: %s", tc.attack, r)
-			}
-		})
-	}
+	runImageAttacks(t, d, hdep.InvocationToken, ndep.InvocationToken, attacks)
 }
 
 // hostilePython is e2e/testdata/python/hostile's manifest: a service

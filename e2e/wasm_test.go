@@ -103,11 +103,7 @@ cpu_time = "2 s"
 output = "1 MB"
 `)
 	hdep := deployCLI(t, d, hostile)
-	tests := []struct {
-		attack string
-		code   int
-		want   string // in stdout (exit 0) or stderr
-	}{
+	attacks := []imageAttack{
 		{"loop", 6, "cpu time limit exceeded"},
 		{"grow", 1, "fatal error: out of memory"}, // at the page limit, 60 MB
 		{"flood", 6, "output limit exceeded"},
@@ -118,27 +114,7 @@ output = "1 MB"
 		{"dial", 0, "dial: Not implemented on wasip1"},
 		{"denied", 0, "fetch: http.fetch: "},
 	}
-	for _, tc := range tests {
-		t.Run(tc.attack, func(t *testing.T) {
-			start := time.Now()
-			r := bento(t, "", "invoke", d.Addr, hdep.InvocationToken, tc.attack)
-			got := r.Stderr
-			if tc.code == 0 {
-				got = r.Stdout
-			}
-			if r.Code != tc.code || !strings.Contains(got, tc.want) {
-				t.Fatalf("want exit %d with %q, got %s", tc.code, tc.want, r)
-			}
-			if strings.Contains(r.Stdout, "root:") || strings.Contains(r.Stdout, "<nil>") {
-				t.Fatalf("the attack succeeded: %s", r)
-			}
-			t.Logf("%s: exit %d after %v: %s", tc.attack, r.Code, time.Since(start).Round(time.Millisecond), strings.TrimSpace(trunc(got)))
-			// The neighbour is served after each.
-			if r := bento(t, "", "invoke", d.Addr, dep.InvocationToken, "dan"); r.Code != 0 || !strings.Contains(r.Stdout, "hello, dan!") {
-				t.Fatalf("the neighbour after %s: %s", tc.attack, r)
-			}
-		})
-	}
+	runImageAttacks(t, d, hdep.InvocationToken, dep.InvocationToken, attacks)
 }
 
 func mustRead(t testing.TB, p string) string {
