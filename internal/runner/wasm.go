@@ -159,6 +159,11 @@ func compileWasm(ctx context.Context, entry, function string, code []byte, pages
 	case !bytes.HasPrefix(code, []byte("\x00asm")):
 		return bad("not a WebAssembly module (it does not start with \\0asm); build it with GOOS=wasip1 GOARCH=wasm, or clang --target=wasm32-wasi (docs/wasm.md)")
 	}
+	// wazero sizes its tables by what the module declares: first check
+	// that what it declares is there.
+	if err := scanWasm(code); err != nil {
+		return bad("invalid module: %v", err)
+	}
 	rt := wazero.NewRuntimeWithConfig(ctx, wasmConfig(pages))
 	ok := false
 	defer func() {

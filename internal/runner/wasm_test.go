@@ -420,3 +420,35 @@ func FuzzCompileWasm(f *testing.F) {
 		w.rt.Close(context.Background())
 	})
 }
+
+// TestScanWasm: modules whose counts and lengths ask for more than they
+// hold are refused before wazero allocates by them (a 124-byte module
+// made the runner ask for 28 GB: FuzzCompileWasm); real modules pass.
+func TestScanWasm(t *testing.T) {
+	hdr := []byte("\x00asm\x01\x00\x00\x00")
+	huge := []byte{0xb8, 0xb8, 0xb8, 0xb8, 0x01}
+	for _, tc := range []struct {
+		name string
+		mod  []byte
+		want string // "" for accepted
+	}{
+		{"tiny", tinyModule(1, "bento", "call", "_start", []byte("hi"), nil), ""},
+		{"code count", cat(hdr, section(10, huge)), "beyond"},
+		{"code entry size", cat(hdr, section(10, cat([]byte{1}, huge))), "beyond"},
+		{"locals", cat(hdr, section(10, vec(cat([]byte{6, 1}, uleb(maxWasmLocals+1), []byte{0x7f, 0x0b})))), "locals"},
+		{"export name", cat(hdr, section(7, cat([]byte{1}, huge, []byte("x")))), "beyond"},
+		{"data bytes", cat(hdr, section(11, cat([]byte{1, 1}, huge))), "beyond"},
+		{"section size", cat(hdr, []byte{0}, huge), "beyond"},
+		{"type params", cat(hdr, section(1, cat([]byte{1, 0x60}, huge))), "beyond"},
+		{"expression", cat(hdr, section(6, vec([]byte{0x7f, 0, 0x10, 0x0b}))), "constant expression"},
+		{"unknown section", cat(hdr, section(42, nil)), "unknown section"},
+	} {
+		err := scanWasm(tc.mod)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: refused: %v", tc.name, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
